@@ -1,0 +1,329 @@
+//! The `tessera` command line: the only place that reads the environment, installs the
+//! crypto provider and spawns tasks.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::{self, DesiredState};
+use crate::reconcile;
+use crate::resources::crd;
+use crate::server::admin::{self, Report};
+use crate::sources::dir::DirSource;
+
+/// How long running tasks get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Declarative, GitOps-driven software deployment for endpoint fleets.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "TESSERA_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a configuration directory: watch it, reconcile it, and run the admin API.
+    Serve(ServeArgs),
+    /// Parse and validate a configuration directory; print every problem and exit 1 if any.
+    Validate(ValidateArgs),
+    /// Print the CustomResourceDefinitions of every kind as YAML.
+    Crds(CrdsArgs),
+}
+
+/// `tessera serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The configuration directory to serve.
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: PathBuf,
+    /// State directory (database, fragments, certificates, status files).
+    /// Default: `<config>/.tessera`.
+    #[arg(long, env = "TESSERA_STATE")]
+    pub state: Option<PathBuf>,
+    /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
+    /// mutual TLS: it shows what is deployed where.
+    #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
+    pub admin_address: SocketAddr,
+    /// Accept a configuration with no objects at all as "remove everything". Without it, an
+    /// empty read (a broken mount, a bad checkout) prunes nothing.
+    #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+}
+
+/// `tessera validate`.
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// The configuration directory.
+    dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+/// `tessera crds`.
+#[derive(Debug, Args)]
+struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Human,
+    Json,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for every rustls user in the process (see README, dependencies).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Crds(args) => crds(&args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => runtime()
+            .and_then(|rt| rt.block_on(serve(args)))
+            .map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+fn validate(args: &ValidateArgs) -> Result<ExitCode> {
+    let state = evaluate_dir(&args.dir)?;
+    let valid = state.entries.values().filter(|e| e.is_actionable()).count();
+    let files: std::collections::BTreeSet<_> = state
+        .problems
+        .iter()
+        .filter_map(|p| p.file.as_deref())
+        .collect();
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Human => {
+            for problem in &state.problems {
+                writeln!(out, "{problem}")?;
+            }
+            if state.problems.is_empty() {
+                writeln!(out, "{} objects, no problems", state.entries.len())?;
+            } else {
+                writeln!(
+                    out,
+                    "{} problem{} in {} file{}; {valid} of {} objects valid",
+                    state.problems.len(),
+                    plural(state.problems.len()),
+                    files.len(),
+                    plural(files.len()),
+                    state.entries.len()
+                )?;
+            }
+        }
+        OutputFormat::Json => {
+            let body = serde_json::json!({
+                "objects": state.entries.len(),
+                "valid": valid,
+                "problems": state.problems,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        }
+    }
+    Ok(if state.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Reads and evaluates a configuration directory once, as `validate` does.
+pub fn evaluate_dir(dir: &Path) -> Result<DesiredState> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let state_dir = dir.join(".tessera");
+    let source = DirSource::new(dir, vec![state_dir])?;
+    Ok(desired::evaluate(
+        &source.scan(),
+        None,
+        desired::Options::default(),
+    ))
+}
+
+fn crds(args: &CrdsArgs) -> Result<()> {
+    match &args.output_dir {
+        None => {
+            std::io::stdout()
+                .lock()
+                .write_all(crd::all_yaml().as_bytes())?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+            for definition in crd::all() {
+                let path = dir.join(crd::file_name(&definition));
+                std::fs::write(&path, crd::to_yaml(&definition))
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A running `tessera serve`: its tasks and how to reach it.
+pub struct Running {
+    /// Where the admin API listens.
+    pub admin_address: SocketAddr,
+    /// The latest report, as the admin API shows it.
+    pub reports: watch::Receiver<Report>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+}
+
+impl Running {
+    /// Stops every task, waiting at most `SHUTDOWN_GRACE`.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        let drain = async {
+            while let Some(joined) = self.tasks.join_next().await {
+                joined.context("a task panicked")??;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
+            Ok(result) => result,
+            Err(_) => bail!("tasks did not stop within {SHUTDOWN_GRACE:?}"),
+        }
+    }
+
+    /// Waits until a task ends on its own (which is an error) or `signal` resolves.
+    async fn until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            () = signal => {
+                tracing::info!("shutting down");
+                self.stop().await
+            }
+            Some(joined) = self.tasks.join_next() => {
+                self.shutdown.cancel();
+                joined.context("a task panicked")??;
+                bail!("a task stopped unexpectedly")
+            }
+        }
+    }
+}
+
+/// Starts everything `tessera serve` runs and returns once the admin API listens.
+pub async fn start(args: ServeArgs) -> Result<Running> {
+    let config = args.config.clone();
+    if !config.is_dir() {
+        bail!("--config {}: not a directory", config.display());
+    }
+    let state_dir = args
+        .state
+        .clone()
+        .unwrap_or_else(|| config.join(".tessera"));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
+    let source = DirSource::new(&config, vec![state_dir.clone()])?;
+    let (snapshot_tx, snapshot_rx) = watch::channel(source.scan());
+    let (report_tx, report_rx) = watch::channel(Report::default());
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let listener = admin::bind(args.admin_address).await?;
+    let admin_address = listener.local_addr()?;
+    tracing::info!(
+        config = %source.root().display(),
+        state = %state_dir.display(),
+        admin = %format!("http://{admin_address}"),
+        "serving"
+    );
+
+    let token = shutdown.clone();
+    tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+    let reconcile_config = reconcile::Config {
+        state_dir,
+        options: desired::Options {
+            allow_empty: args.allow_empty,
+        },
+    };
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        reconcile::run(snapshot_rx, report_tx, reconcile_config, token)
+            .await
+            .map_err(Into::into)
+    });
+    let app = admin::app(report_rx.clone());
+    let token = shutdown.clone();
+    tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
+
+    Ok(Running {
+        admin_address,
+        reports: report_rx,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let running = start(args).await?;
+    running.until(shutdown_signal()).await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

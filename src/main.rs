@@ -1,0 +1,5 @@
+//! The `tessera` binary: everything is in `tessera::cli`.
+
+fn main() -> std::process::ExitCode {
+    tessera::cli::main()
+}

@@ -1,0 +1,286 @@
+//! The reconcile loop: level-triggered, each pass evaluates the latest snapshot into a
+//! desired state, converges what exists towards it, and publishes what it found (the admin
+//! report and the status files).
+//!
+//! Building fragments and issuing certificates come here in later parts; until then those
+//! kinds say so honestly in their `Ready` condition rather than pretending.
+
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::{self, DesiredState, Entry, Served};
+use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
+use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
+
+/// Passes run at least this often even when nothing changed (level-triggered: anything that
+/// drifted outside Tessera is put back).
+pub const REQUEUE: Duration = Duration::from_secs(300);
+
+/// How reconcile runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The state directory; status files go to `status/` below it.
+    pub state_dir: PathBuf,
+    /// How snapshots are evaluated.
+    pub options: desired::Options,
+}
+
+/// Errors of the reconcile loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("failed to write status files")]
+    Status(#[from] status::StatusError),
+}
+
+/// Runs passes on every new snapshot (and every `REQUEUE`) until `shutdown`.
+pub async fn run(
+    mut snapshots: watch::Receiver<Snapshot>,
+    reports: watch::Sender<Report>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ReconcileError> {
+    let mut reconciler = Reconciler::new(config);
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let report = reconciler.pass(&snapshot, jiff::Timestamp::now())?;
+        reports.send_replace(report);
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
+            () = tokio::time::sleep(REQUEUE) => {}
+        }
+    }
+}
+
+/// The state kept between passes.
+pub struct Reconciler {
+    config: Config,
+    previous: Option<DesiredState>,
+    /// When each condition last changed status, so transition times stay put between passes.
+    transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
+}
+
+impl Reconciler {
+    /// A reconciler that has run no pass yet.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            previous: None,
+            transitions: HashMap::new(),
+        }
+    }
+
+    /// One pass over `snapshot` at time `now`: returns the report to publish.
+    pub fn pass(
+        &mut self,
+        snapshot: &Snapshot,
+        now: jiff::Timestamp,
+    ) -> Result<Report, ReconcileError> {
+        let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
+        let empty = DesiredState::default();
+        let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
+        let report = self.report(&desired, now);
+        status::write(&self.config.state_dir, &report)?;
+
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        let ready = report
+            .objects
+            .iter()
+            .filter(|o| {
+                o.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .count();
+        if !changes.is_empty() || self.previous.is_none() {
+            tracing::info!(
+                revision = %desired.revision,
+                objects = desired.entries.len(),
+                ready,
+                problems = desired.problems.len(),
+                changes = %shown.join(" "),
+                "reconciled"
+            );
+        }
+        for problem in &desired.problems {
+            if self
+                .previous
+                .as_ref()
+                .is_none_or(|p| !p.problems.contains(problem))
+            {
+                tracing::warn!(%problem, "configuration problem");
+            }
+        }
+        self.previous = Some(desired);
+        Ok(report)
+    }
+
+    fn report(&mut self, desired: &DesiredState, now: jiff::Timestamp) -> Report {
+        let mut objects = Vec::with_capacity(desired.entries.len());
+        for (key, entry) in &desired.entries {
+            let conditions = conditions(entry)
+                .into_iter()
+                .map(|c| {
+                    let slot = self
+                        .transitions
+                        .entry((key.clone(), c.type_))
+                        .or_insert_with(|| (c.status.to_owned(), now.to_string()));
+                    if slot.0 != c.status {
+                        *slot = (c.status.to_owned(), now.to_string());
+                    }
+                    ConditionReport {
+                        type_: c.type_.to_owned(),
+                        status: c.status.to_owned(),
+                        reason: c.reason.to_owned(),
+                        message: c.message,
+                        last_transition_time: slot.1.clone(),
+                    }
+                })
+                .collect();
+            objects.push(ObjectReport {
+                api_version: API_VERSION.to_owned(),
+                kind: key.kind.to_string(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                source: entry.origin.as_ref().map(|o| SourceRef {
+                    file: o.file.clone(),
+                    line: o.line,
+                }),
+                generation: entry.generation,
+                observed_generation: entry.observed_generation(),
+                conditions,
+                problems: entry
+                    .problems
+                    .iter()
+                    .chain(&entry.dependency_problems)
+                    .map(problem_report)
+                    .collect(),
+            });
+        }
+        self.transitions
+            .retain(|(key, _), _| desired.entries.contains_key(key));
+        Report {
+            revision: desired.revision.clone(),
+            ready: true,
+            objects,
+            problems: desired
+                .problems
+                .iter()
+                .filter(|p| p.object.is_none())
+                .map(problem_report)
+                .collect(),
+        }
+    }
+}
+
+/// A condition before its transition time is known.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub type_: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The kstatus conditions of an entry: `Ready`, `Stalled` and `Reconciling`.
+pub fn conditions(entry: &Entry) -> Vec<Condition> {
+    let first = |problems: &[Problem]| {
+        let more = problems.len().saturating_sub(1);
+        let text = problems.first().map(|p| match &p.field {
+            Some(field) => format!("{field}: {}", p.message),
+            None => p.message.clone(),
+        });
+        match (text, more) {
+            (Some(text), 0) => text,
+            (Some(text), more) => format!("{text} (and {more} more)"),
+            (None, _) => String::new(),
+        }
+    };
+    let (ready, reason, message): (bool, &'static str, String) = match &entry.served {
+        Served::Nothing => (false, "InvalidSpec", first(&entry.problems)),
+        Served::LastGood { generation, .. } => (
+            false,
+            "InvalidSpec",
+            format!(
+                "generation {} is refused: {}; generation {generation}, the last valid version, stays in effect",
+                entry.generation,
+                first(&entry.problems)
+            ),
+        ),
+        Served::Current(_) if !entry.dependency_problems.is_empty() => (
+            false,
+            "MissingDependency",
+            first(&entry.dependency_problems),
+        ),
+        Served::Current(_) => match pending_part(entry.key.kind) {
+            Some(missing) => (false, "NotImplemented", missing.to_owned()),
+            None => (true, "Accepted", accepted(entry.key.kind).to_owned()),
+        },
+    };
+    let stalled = !ready;
+    vec![
+        Condition {
+            type_: "Ready",
+            status: if ready { "True" } else { "False" },
+            reason,
+            message: message.clone(),
+        },
+        Condition {
+            type_: "Stalled",
+            status: if stalled { "True" } else { "False" },
+            reason: if stalled { reason } else { "Accepted" },
+            message: if stalled { message } else { String::new() },
+        },
+        Condition {
+            type_: "Reconciling",
+            status: "False",
+            reason: if ready { "Accepted" } else { reason },
+            message: String::new(),
+        },
+    ]
+}
+
+/// What this version of Tessera cannot yet do for a kind, said plainly in its status.
+fn pending_part(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Issuer | Kind::Certificate => Some(
+            "certificate issuance is not part of this version of Tessera yet: nothing was issued",
+        ),
+        Kind::Server => Some(
+            "the agent-facing server is not part of this version of Tessera yet: only the admin API runs",
+        ),
+        Kind::Gateway => Some(
+            "the gateway relay is not part of this version of Tessera yet: nothing listens for it",
+        ),
+        Kind::Package => Some(
+            "package building is not part of this version of Tessera yet: no fragments are served",
+        ),
+        Kind::Activation | Kind::Affectation => None,
+    }
+}
+
+fn accepted(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Activation => "accepted: agents are offered the package once it is built",
+        Kind::Affectation => {
+            "accepted: targets are matched against each computer's latest inventory"
+        }
+        _ => "accepted",
+    }
+}
+
+fn problem_report(problem: &Problem) -> ProblemReport {
+    ProblemReport {
+        file: problem.file.clone(),
+        line: problem.line,
+        object: problem.object.as_ref().map(ToString::to_string),
+        field: problem.field.clone(),
+        message: problem.message.clone(),
+    }
+}

@@ -1,0 +1,142 @@
+//! `Gateway`: a DMZ relay for roaming agents.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::meta::{CommonStatus, LocalRef};
+use super::quantity::Duration;
+
+/// A relay in the DMZ between roaming agents and the server.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "tessera.dev",
+    version = "v1alpha1",
+    kind = "Gateway",
+    namespaced,
+    derive = "PartialEq",
+    status = "GatewayStatus",
+    shortname = "gw",
+    category = "tessera",
+    doc = "A relay in the DMZ between roaming agents and the server.",
+    printcolumn(name = "Listen", type_ = "string", json_path = ".spec.listen"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".spec.backend"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Address the gateway listens on, `host:port`.
+    pub listen: String,
+    /// `passthrough`, `tunnel` or `terminate`.
+    pub mode: GatewayMode,
+    /// Default backend, `host:port` of the Tessera server.
+    pub backend: String,
+    /// Backends chosen by the TLS server name (passthrough); others go to `backend`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<SniRoute>,
+    /// Certificate the gateway presents to agents (tunnel and terminate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_ref: Option<LocalRef>,
+    /// Client certificate the gateway presents to the backend (terminate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_certificate_ref: Option<LocalRef>,
+    /// Issuers whose client certificates are accepted at the edge (tunnel and terminate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_client_issuers: Vec<LocalRef>,
+    /// Send a PROXY protocol v2 header to the backend with the client's address.
+    /// Default false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Timeouts and limits.
+    #[serde(default)]
+    pub limits: GatewayLimits,
+}
+
+/// How the gateway relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    /// Read the TLS ClientHello, pick a backend by server name, forward bytes untouched.
+    Passthrough,
+    /// Verify the client certificate at the edge, then relay the agent's inner TLS session.
+    Tunnel,
+    /// Verify at the edge, then open a fresh mutual-TLS connection to the backend.
+    Terminate,
+}
+
+/// A backend for one TLS server name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SniRoute {
+    /// The server name agents ask for, e.g. `deploy.example.com`.
+    pub server_name: String,
+    /// `host:port` to relay to.
+    pub backend: String,
+}
+
+/// Gateway limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayLimits {
+    /// Time allowed for the client's TLS handshake (default `10s`).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic this long is closed (default `5m`).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Time allowed to connect to the backend (default `5s`).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Connections served at once; more are refused (default 10000).
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1))]
+    pub max_connections: i64,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+            connect_timeout: default_connect_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// What the gateway is doing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    #[serde(flatten)]
+    pub common: CommonStatus,
+    /// Connections open now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_connections: Option<i64>,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_connections() -> i64 {
+    10_000
+}

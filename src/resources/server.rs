@@ -1,0 +1,233 @@
+//! `Server`: the agent-facing listeners, their certificate, client authentication and the
+//! download pacing sent to agents (the OCS server options).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::meta::{CommonStatus, LocalRef};
+use super::quantity::Duration;
+
+/// The agent-facing server: listeners, certificate, client authentication and pacing.
+/// A configuration holds at most one.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "tessera.dev",
+    version = "v1alpha1",
+    kind = "Server",
+    namespaced,
+    derive = "PartialEq",
+    status = "ServerStatus",
+    category = "tessera",
+    doc = "The agent-facing server: listeners, certificate, client authentication, pacing.",
+    printcolumn(name = "HTTPS", type_ = "string", json_path = ".spec.listen.https"),
+    printcolumn(
+        name = "Client Auth",
+        type_ = "string",
+        json_path = ".spec.clientAuth.mode"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Listening addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// The Certificate presented to agents (needs usage `server auth` and the names agents
+    /// use in its `dnsNames` or `ipAddresses`).
+    pub certificate_ref: LocalRef,
+    /// Whether agents must present a client certificate.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Download pacing sent to agents with every PROLOG reply.
+    #[serde(default)]
+    pub download: DownloadPacing,
+    /// How often agents contact the server (OCS `PROLOG_FREQ`, whole hours; default `12h`).
+    #[serde(default = "default_prolog_frequency")]
+    pub prolog_frequency: Duration,
+    /// A package notified longer ago than this without a result is shown as stale
+    /// (default `168h`). Windows agents never report a failed `info` download.
+    #[serde(default = "default_stale_after")]
+    pub stale_after: Duration,
+    /// The OCS Inventory NG compatible endpoint for unmodified OCS agents.
+    #[serde(default)]
+    pub ocs: OcsCompatibility,
+}
+
+/// Listening addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    /// HTTPS address, `host:port` (default `0.0.0.0:8443`).
+    #[serde(default = "default_https_address")]
+    pub https: String,
+    /// Optional plain-HTTP address serving fragments only (their digest is checked by the
+    /// agent), e.g. `0.0.0.0:8080`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            https: default_https_address(),
+            http: None,
+        }
+    }
+}
+
+/// TLS client authentication.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientAuth {
+    /// `None` (default), `Optional` (checked when presented) or `Required`. The native
+    /// `/v1` API always requires a valid client certificate.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// Issuers whose certificates are accepted from clients. Required unless `mode` is `None`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_issuers: Vec<LocalRef>,
+}
+
+/// Whether clients present certificates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ClientAuthMode {
+    /// No client certificate is asked for (native API excepted).
+    #[default]
+    None,
+    /// A client certificate is asked for and verified when presented.
+    Optional,
+    /// Every client must present a valid certificate.
+    Required,
+}
+
+/// Download pacing, the OCS `DOWNLOAD` CONF parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownloadPacing {
+    /// Whether agents download at all (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pause after each fragment (default `10s`).
+    #[serde(default = "default_frag_latency")]
+    pub frag_latency: Duration,
+    /// Pause after each cycle (default `60s`).
+    #[serde(default = "default_cycle_latency")]
+    pub cycle_latency: Duration,
+    /// Pause after each period (default `1s`).
+    #[serde(default = "default_period_latency")]
+    pub period_latency: Duration,
+    /// Cycles in a period (default 10).
+    #[serde(default = "default_period_length")]
+    #[schemars(range(min = 1))]
+    pub period_length: i64,
+    /// How long a package may stay on an agent before it gives up (`ERR_TIMEOUT`), whole
+    /// days (default `30d`).
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// How long a command may run before it is stopped (default `120m`).
+    #[serde(default = "default_execution_timeout")]
+    pub execution_timeout: Duration,
+}
+
+impl Default for DownloadPacing {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            frag_latency: default_frag_latency(),
+            cycle_latency: default_cycle_latency(),
+            period_latency: default_period_latency(),
+            period_length: default_period_length(),
+            timeout: default_timeout(),
+            execution_timeout: default_execution_timeout(),
+        }
+    }
+}
+
+/// The OCS-compatible endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OcsCompatibility {
+    /// Whether OCS agents are served (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Path of the endpoint (default `/ocsinventory`).
+    #[serde(default = "default_ocs_path")]
+    pub path: String,
+}
+
+impl Default for OcsCompatibility {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: default_ocs_path(),
+        }
+    }
+}
+
+/// What the server is doing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    #[serde(flatten)]
+    pub common: CommonStatus,
+    /// Addresses the server listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Serial number of the certificate being served (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_serial: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_https_address() -> String {
+    "0.0.0.0:8443".to_owned()
+}
+
+fn default_prolog_frequency() -> Duration {
+    Duration::from_hours(12)
+}
+
+fn default_stale_after() -> Duration {
+    Duration::from_hours(168)
+}
+
+fn default_frag_latency() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_cycle_latency() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_period_latency() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_period_length() -> i64 {
+    10
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_hours(30 * 24)
+}
+
+fn default_execution_timeout() -> Duration {
+    Duration::from_secs(120 * 60)
+}
+
+fn default_ocs_path() -> String {
+    "/ocsinventory".to_owned()
+}

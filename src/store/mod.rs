@@ -1,0 +1,3 @@
+//! State on disk.
+
+pub mod atomic;
