@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use crate::resources::certificate::KeyUsage;
-use crate::resources::parse::{Origin, SourcedObject, parse_file};
+use crate::resources::parse::{FieldLines, Origin, SourcedObject, parse_file};
 use crate::resources::{Kind, ObjectKey, Problem, Resource, Snapshot};
 
 /// How to evaluate a snapshot.
@@ -39,6 +39,8 @@ pub struct Entry {
     pub key: ObjectKey,
     /// Where the latest version was read, when known.
     pub origin: Option<Origin>,
+    /// Line of each field of the version read, to place problems found later.
+    pub lines: FieldLines,
     /// Generation of the latest version read: it grows each time the spec changes.
     pub generation: i64,
     /// The version to act on.
@@ -124,7 +126,10 @@ pub fn evaluate(
             if let Some(first) = valid.get(&key) {
                 problems.push(Problem {
                     file: Some(object.origin.file.clone()),
-                    line: Some(object.origin.line),
+                    line: object
+                        .lines
+                        .line("metadata.name")
+                        .or(Some(object.origin.line)),
                     object: Some(key.clone()),
                     field: Some("metadata.name".into()),
                     message: format!(
@@ -196,6 +201,7 @@ pub fn evaluate(
             Entry {
                 key,
                 origin: Some(object.origin),
+                lines: object.lines,
                 generation,
                 served: Served::Current(Box::new(resource)),
                 problems: Vec::new(),
@@ -273,6 +279,7 @@ fn refused(key: ObjectKey, problems: Vec<Problem>, prior: Option<&Entry>) -> Ent
     Entry {
         key,
         origin: origin.or_else(|| prior.and_then(|p| p.origin.clone())),
+        lines: prior.map(|p| p.lines.clone()).unwrap_or_default(),
         generation,
         served,
         problems,
@@ -299,7 +306,10 @@ fn check_dependencies(entries: &mut BTreeMap<ObjectKey, Entry>) {
         };
         let place = |field: &str, message: String| Problem {
             file: entry.origin.as_ref().map(|o| o.file.clone()),
-            line: entry.origin.as_ref().map(|o| o.line),
+            line: entry
+                .lines
+                .line(field)
+                .or(entry.origin.as_ref().map(|o| o.line)),
             object: Some(entry.key.clone()),
             field: Some(field.to_owned()),
             message,

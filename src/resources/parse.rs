@@ -357,6 +357,7 @@ fn plain_message(message: &str) -> String {
         _ => message,
     };
     trimmed
+        .replace("unknown variant", "unknown value")
         .replace("expected one of ", "expected one of: ")
         .replace("invalid i64", "expected a whole number")
         .replace("invalid u32", "expected a whole number")

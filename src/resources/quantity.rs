@@ -260,7 +260,7 @@ impl fmt::Display for ByteSize {
             ("Mi", 1 << 20),
             ("Ki", 1 << 10),
         ] {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{suffix}", self.0 / size);
             }
         }
@@ -312,10 +312,9 @@ impl JsonSchema for ByteSize {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "x-kubernetes-int-or-string": true,
-            "anyOf": [{ "type": "integer" }, { "type": "string" }],
-        })
+        // The bare marker, as k8s-openapi's IntOrString: kube's structural rewriter would empty
+        // an `anyOf: [integer, string]` form.
+        json_schema!({ "x-kubernetes-int-or-string": true })
     }
 }
 

@@ -613,7 +613,7 @@ fn server(spec: &ServerSpec, found: &mut Found) {
         );
     }
     let hours = spec.prolog_frequency.as_secs();
-    if hours < 3600 || hours % 3600 != 0 {
+    if hours < 3600 || !hours.is_multiple_of(3600) {
         found.add(
             "spec.prologFrequency",
             format!(
@@ -630,7 +630,7 @@ fn server(spec: &ServerSpec, found: &mut Found) {
         );
     }
     let timeout = download.timeout.as_secs();
-    if timeout < 86_400 || timeout % 86_400 != 0 {
+    if timeout < 86_400 || !timeout.is_multiple_of(86_400) {
         found.add(
             "spec.download.timeout",
             format!(

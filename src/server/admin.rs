@@ -164,8 +164,11 @@ struct ObjectList {
 async fn objects(
     State(reports): State<watch::Receiver<Report>>,
     Query(filter): Query<ObjectFilter>,
-) -> Json<ObjectList> {
+) -> Response {
     let report = reports.borrow();
+    if !report.ready {
+        return not_ready();
+    }
     let objects = report
         .objects
         .iter()
@@ -182,6 +185,16 @@ async fn objects(
         revision: report.revision.clone(),
         objects,
     })
+    .into_response()
+}
+
+/// Before the first reconcile there is nothing true to show: an empty list would be a lie.
+fn not_ready() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready: the first reconcile has not finished\n",
+    )
+        .into_response()
 }
 
 async fn object(
@@ -199,15 +212,18 @@ async fn object(
     }
 }
 
-async fn problems(State(reports): State<watch::Receiver<Report>>) -> Json<Vec<ProblemReport>> {
+async fn problems(State(reports): State<watch::Receiver<Report>>) -> Response {
     let report = reports.borrow();
-    let all = report
+    if !report.ready {
+        return not_ready();
+    }
+    let all: Vec<ProblemReport> = report
         .problems
         .iter()
         .chain(report.objects.iter().flat_map(|o| o.problems.iter()))
         .cloned()
         .collect();
-    Json(all)
+    Json(all).into_response()
 }
 
 #[cfg(test)]

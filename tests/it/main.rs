@@ -1,0 +1,7 @@
+//! Integration tests, in one binary so the crate links once.
+
+mod crds;
+mod examples;
+mod serve;
+mod support;
+mod validate;

@@ -1,0 +1,153 @@
+//! `tessera validate`: one clear problem per mistake, with file and line; exit codes; JSON.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Each mistake of `tests/fixtures/mistakes`: where it is and words the problem must use.
+const EXPECTED: &[(&str, &str)] = &[
+    (
+        "api.yaml:1: Package/wrong-version: apiVersion:",
+        "unknown apiVersion `tessera.dev/v1`",
+    ),
+    ("api.yaml:12: kind:", "unknown kind `Pakage`"),
+    ("broken.yaml:7:", "YAML syntax error"),
+    (
+        "certificates.yaml:10: Certificate/bad-dns: spec.dnsNames[1]:",
+        "`bad_name.example.com` is not a valid DNS name",
+    ),
+    (
+        "certificates.yaml:21: Certificate/bad-ip: spec.ipAddresses[1]:",
+        "`300.1.2.3` is not an IPv4 or IPv6 address",
+    ),
+    (
+        "certificates.yaml:32: Certificate/bad-usage: spec.usages[0]:",
+        "unknown value `server-auth`",
+    ),
+    (
+        "packages.yaml:7: Package/unknown-field: spec.prority:",
+        "unknown field `prority`",
+    ),
+    (
+        "packages.yaml:18: Package/priority-too-high: spec.priority:",
+        "between 0 and 10, got 11",
+    ),
+    (
+        "packages.yaml:29: Package/no-action: spec.action:",
+        "no action",
+    ),
+    (
+        "packages.yaml:39: Package/two-actions: spec.action:",
+        "2 actions (execute, store)",
+    ),
+    (
+        "packages.yaml:51: Package/tiny-fragments: spec.fragmentSize:",
+        "between 4Ki and 64Mi, got 1Ki",
+    ),
+    (
+        "packages.yaml:59: Package/good: metadata.name:",
+        "declared twice",
+    ),
+    (
+        "references.yaml:6: Activation/orphan: spec.packageRef:",
+        "Package/does-not-exist, which does not exist",
+    ),
+    (
+        "references.yaml:14: Certificate/no-issuer: spec.issuerRef:",
+        "Issuer/missing-ca, which does not exist",
+    ),
+];
+
+#[test]
+fn validate_reports_each_mistake_once_with_file_and_line() {
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .args(["validate"])
+        .arg(fixture("mistakes"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a directory with problems exits 1"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    for (place, words) in EXPECTED {
+        let matching: Vec<&&str> = lines.iter().filter(|l| l.starts_with(place)).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected one line starting {place:?}, got {matching:?}\n{stdout}"
+        );
+        assert!(
+            matching[0].contains(words),
+            "{place}: expected {words:?} in {:?}",
+            matching[0]
+        );
+    }
+    // Nothing beyond the mistakes, and a summary line.
+    assert_eq!(lines.len(), EXPECTED.len() + 1, "{stdout}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with(&format!("{} problems in 5 files", EXPECTED.len())),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_json_lists_the_same_problems_for_machines() {
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .args(["validate", "--output", "json"])
+        .arg(fixture("mistakes"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let problems = json["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), EXPECTED.len());
+    let priority = problems
+        .iter()
+        .find(|p| p["field"] == "spec.priority")
+        .expect("priority problem");
+    assert_eq!(priority["file"], "packages.yaml");
+    assert_eq!(priority["line"], 18);
+    assert_eq!(priority["object"]["kind"], "Package");
+    assert_eq!(priority["object"]["name"], "priority-too-high");
+}
+
+#[test]
+fn validate_exits_zero_on_a_clean_directory_and_explains_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: p\nspec:\n  os: linux\n  action:\n    execute:\n      command: \"true\"\n",
+    )
+    .unwrap();
+    Command::cargo_bin("tessera")
+        .unwrap()
+        .arg("validate")
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout("1 objects, no problems\n");
+    let missing = Command::cargo_bin("tessera")
+        .unwrap()
+        .args(["validate", "/nonexistent/tessera-config"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("/nonexistent/tessera-config is not a directory")
+    );
+}
