@@ -28,6 +28,23 @@ async fn object(running: &Running, kind: &str, name: &str) -> Option<Value> {
     (status == 200).then(|| serde_json::from_str(&body).unwrap())
 }
 
+/// Waits until `kind/name` is listed, and returns it.
+async fn until_present(running: &Running, kind: &str, name: &str) -> Value {
+    let what = format!("{kind}/{name} listed");
+    eventually(&what, || async { object(running, kind, name).await })
+        .await
+        .0
+}
+
+/// Waits until `kind/name` is no longer listed.
+async fn until_absent(running: &Running, kind: &str, name: &str) {
+    let what = format!("{kind}/{name} gone");
+    eventually(&what, || async {
+        object(running, kind, name).await.is_none().then_some(())
+    })
+    .await;
+}
+
 fn condition<'a>(object: &'a Value, kind: &str) -> &'a Value {
     object["conditions"]
         .as_array()
@@ -85,10 +102,7 @@ async fn an_edit_shows_within_a_second_and_a_broken_one_keeps_the_last_good_vers
     let file = dir.path().join("p.yaml");
     std::fs::write(&file, PACKAGE).unwrap();
     let running = start(dir.path(), false).await;
-    eventually("first pass", || async {
-        object(&running, "Package", "p").await
-    })
-    .await;
+    until_present(&running, "Package", "p").await;
 
     std::fs::write(&file, PACKAGE.replace("priority: 5", "priority: 7")).unwrap();
     let (_, took) = eventually("edit seen", || async {
@@ -141,10 +155,7 @@ async fn a_configmap_data_symlink_swap_is_seen() {
     symlink("..2026_11_23_01", root.join("..data")).unwrap();
     symlink("..data/p.yaml", root.join("p.yaml")).unwrap();
     let running = start(root, false).await;
-    eventually("first pass", || async {
-        object(&running, "Package", "p").await
-    })
-    .await;
+    until_present(&running, "Package", "p").await;
 
     // An update: a new timestamped directory, a temporary link, renamed over `..data`.
     std::fs::create_dir(root.join("..2026_11_23_02")).unwrap();
@@ -178,28 +189,16 @@ async fn files_renamed_into_place_and_deleted_are_seen() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.yaml"), PACKAGE).unwrap();
     let running = start(dir.path(), false).await;
-    eventually("first pass", || async {
-        object(&running, "Package", "p").await
-    })
-    .await;
+    until_present(&running, "Package", "p").await;
 
     // An editor writes a hidden temporary file, then renames it into place.
     let temporary = dir.path().join(".q.yaml.swp");
     std::fs::write(&temporary, PACKAGE.replace("name: p", "name: q")).unwrap();
     std::fs::rename(&temporary, dir.path().join("q.yaml")).unwrap();
-    eventually("renamed file seen", || async {
-        object(&running, "Package", "q").await
-    })
-    .await;
+    until_present(&running, "Package", "q").await;
 
     std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
-    eventually("deletion seen", || async {
-        object(&running, "Package", "p")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    until_absent(&running, "Package", "p").await;
     let status = dir.path().join(".tessera/status/default/package/p.yaml");
     eventually("status file removed", || async {
         (!status.exists()).then_some(())
@@ -213,10 +212,7 @@ async fn an_emptied_directory_prunes_nothing_without_allow_empty() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.yaml"), PACKAGE).unwrap();
     let running = start(dir.path(), false).await;
-    eventually("first pass", || async {
-        object(&running, "Package", "p").await
-    })
-    .await;
+    until_present(&running, "Package", "p").await;
     std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
     let (problems, _) = eventually("empty-source problem", || async {
         let problems = get_json(running.admin_address, "/api/v1/problems").await;
@@ -239,18 +235,9 @@ async fn an_emptied_directory_prunes_nothing_without_allow_empty() {
     // With --allow-empty, the same emptying removes the object.
     std::fs::write(dir.path().join("p.yaml"), PACKAGE).unwrap();
     let running = start(dir.path(), true).await;
-    eventually("first pass", || async {
-        object(&running, "Package", "p").await
-    })
-    .await;
+    until_present(&running, "Package", "p").await;
     std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
-    eventually("pruned", || async {
-        object(&running, "Package", "p")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    until_absent(&running, "Package", "p").await;
     running.stop().await.unwrap();
 }
 
