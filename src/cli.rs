@@ -275,10 +275,12 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         "serving"
     );
 
+    let config_root = source.root().to_path_buf();
     let token = shutdown.clone();
     tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
     let reconcile_config = reconcile::Config {
         state_dir,
+        config_dir: config_root,
         options: desired::Options {
             allow_empty: args.allow_empty,
         },

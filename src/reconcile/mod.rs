@@ -5,6 +5,7 @@
 //! Building fragments and issuing certificates come here in later parts; until then those
 //! kinds say so honestly in their `Ready` condition rather than pretending.
 
+pub mod certificates;
 pub mod status;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState, Entry, Served};
+use crate::reconcile::certificates::{Certificates, Outcome};
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
 
@@ -27,6 +29,8 @@ pub const REQUEUE: Duration = Duration::from_secs(300);
 pub struct Config {
     /// The state directory; status files go to `status/` below it.
     pub state_dir: PathBuf,
+    /// The configuration directory, to resolve file names relative to the declaring file.
+    pub config_dir: PathBuf,
     /// How snapshots are evaluated.
     pub options: desired::Options,
 }
@@ -48,20 +52,36 @@ pub async fn run(
     let mut reconciler = Reconciler::new(config);
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        let report = reconciler.pass(&snapshot, jiff::Timestamp::now())?;
-        reports.send_replace(report);
+        let now = jiff::Timestamp::now();
+        let pass = reconciler.pass(&snapshot, now)?;
+        reports.send_replace(pass.report);
+        // Wake for the next renewal or retry if it comes before the regular requeue.
+        let sleep = pass
+            .wake
+            .map(|at| at.duration_since(now).max(jiff::SignedDuration::ZERO))
+            .and_then(|d| Duration::try_from(d).ok())
+            .map_or(REQUEUE, |d| d.min(REQUEUE));
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
-            () = tokio::time::sleep(REQUEUE) => {}
+            () = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+/// What one pass produced.
+pub struct Pass {
+    /// What the admin API shows.
+    pub report: Report,
+    /// When something is next due (a renewal, a retry), if before anything else.
+    pub wake: Option<jiff::Timestamp>,
 }
 
 /// The state kept between passes.
 pub struct Reconciler {
     config: Config,
     previous: Option<DesiredState>,
+    certificates: Certificates,
     /// When each condition last changed status, so transition times stay put between passes.
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
 }
@@ -70,6 +90,7 @@ impl Reconciler {
     /// A reconciler that has run no pass yet.
     pub fn new(config: Config) -> Self {
         Self {
+            certificates: Certificates::new(config.state_dir.clone(), config.config_dir.clone()),
             config,
             previous: None,
             transitions: HashMap::new(),
@@ -81,11 +102,12 @@ impl Reconciler {
         &mut self,
         snapshot: &Snapshot,
         now: jiff::Timestamp,
-    ) -> Result<Report, ReconcileError> {
+    ) -> Result<Pass, ReconcileError> {
         let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
-        let report = self.report(&desired, now);
+        let (outcomes, wake) = self.certificates.reconcile(&desired, now);
+        let report = self.report(&desired, &outcomes, now);
         status::write(&self.config.state_dir, &report)?;
 
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
@@ -118,13 +140,19 @@ impl Reconciler {
             }
         }
         self.previous = Some(desired);
-        Ok(report)
+        Ok(Pass { report, wake })
     }
 
-    fn report(&mut self, desired: &DesiredState, now: jiff::Timestamp) -> Report {
+    fn report(
+        &mut self,
+        desired: &DesiredState,
+        outcomes: &HashMap<ObjectKey, Outcome>,
+        now: jiff::Timestamp,
+    ) -> Report {
         let mut objects = Vec::with_capacity(desired.entries.len());
         for (key, entry) in &desired.entries {
-            let conditions = conditions(entry)
+            let outcome = outcomes.get(key);
+            let conditions = conditions(entry, outcome)
                 .into_iter()
                 .map(|c| {
                     let slot = self
@@ -154,6 +182,7 @@ impl Reconciler {
                 }),
                 generation: entry.generation,
                 observed_generation: entry.observed_generation(),
+                details: outcome.map(|o| o.details.clone()).unwrap_or_default(),
                 conditions,
                 problems: entry
                     .problems
@@ -188,8 +217,9 @@ pub struct Condition {
     pub message: String,
 }
 
-/// The kstatus conditions of an entry: `Ready`, `Stalled` and `Reconciling`.
-pub fn conditions(entry: &Entry) -> Vec<Condition> {
+/// The kstatus conditions of an entry: `Ready`, `Stalled` and `Reconciling`, plus
+/// `Issuing` for Certificates. `outcome` is what reconcile found for the object, if it acted.
+pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
     let first = |problems: &[Problem]| {
         let more = problems.len().saturating_sub(1);
         let text = problems.first().map(|p| match &p.field {
@@ -218,13 +248,19 @@ pub fn conditions(entry: &Entry) -> Vec<Condition> {
             "MissingDependency",
             first(&entry.dependency_problems),
         ),
-        Served::Current(_) => match pending_part(entry.key.kind) {
-            Some(missing) => (false, "NotImplemented", missing.to_owned()),
-            None => (true, "Accepted", accepted(entry.key.kind).to_owned()),
+        Served::Current(_) => match (outcome, pending_part(entry.key.kind)) {
+            (Some(outcome), _) => (outcome.ready, outcome.reason, outcome.message.clone()),
+            (None, Some(missing)) => (false, "NotImplemented", missing.to_owned()),
+            (None, None) => (true, "Accepted", accepted(entry.key.kind).to_owned()),
         },
     };
-    let stalled = !ready;
-    vec![
+    // Waiting on a retry or on another object is progress, not a dead end.
+    let progressing = matches!(
+        reason,
+        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed"
+    );
+    let stalled = !ready && !progressing;
+    let mut found = vec![
         Condition {
             type_: "Ready",
             status: if ready { "True" } else { "False" },
@@ -235,23 +271,34 @@ pub fn conditions(entry: &Entry) -> Vec<Condition> {
             type_: "Stalled",
             status: if stalled { "True" } else { "False" },
             reason: if stalled { reason } else { "Accepted" },
-            message: if stalled { message } else { String::new() },
+            message: if stalled {
+                message.clone()
+            } else {
+                String::new()
+            },
         },
         Condition {
             type_: "Reconciling",
-            status: "False",
+            status: if progressing { "True" } else { "False" },
             reason: if ready { "Accepted" } else { reason },
-            message: String::new(),
+            message: if progressing { message } else { String::new() },
         },
-    ]
+    ];
+    if let Some((issuing, reason, message)) = outcome.and_then(|o| o.issuing.clone()) {
+        found.push(Condition {
+            type_: "Issuing",
+            status: if issuing { "True" } else { "False" },
+            reason,
+            message,
+        });
+    }
+    found
 }
 
 /// What this version of Tessera cannot yet do for a kind, said plainly in its status.
 fn pending_part(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::Issuer | Kind::Certificate => Some(
-            "certificate issuance is not part of this version of Tessera yet: nothing was issued",
-        ),
+        Kind::Issuer | Kind::Certificate => None,
         Kind::Server => Some(
             "the agent-facing server is not part of this version of Tessera yet: only the admin API runs",
         ),

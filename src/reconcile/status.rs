@@ -29,6 +29,12 @@ pub fn write(state_dir: &Path, report: &Report) -> Result<(), StatusError> {
             .join(&object.namespace)
             .join(object.kind.to_ascii_lowercase())
             .join(format!("{}.yaml", object.name));
+        let mut status = object.details.clone();
+        status.insert(
+            "observedGeneration".into(),
+            json!(object.observed_generation),
+        );
+        status.insert("conditions".into(), json!(object.conditions));
         let document = json!({
             "apiVersion": object.api_version,
             "kind": object.kind,
@@ -38,10 +44,7 @@ pub fn write(state_dir: &Path, report: &Report) -> Result<(), StatusError> {
                 "generation": object.generation,
             },
             "source": object.source,
-            "status": {
-                "observedGeneration": object.observed_generation,
-                "conditions": object.conditions,
-            },
+            "status": status,
             "problems": object.problems,
         });
         let text = serde_saphyr::to_string(&document).map_err(|_| StatusError::Serialise {

@@ -557,6 +557,30 @@ fn certificate(spec: &CertificateSpec, found: &mut Found) {
     if let Some(key) = &spec.private_key {
         private_key("spec.privateKey", key, found);
     }
+    if let Some(dir) = &spec.output_directory {
+        let path = std::path::Path::new(dir);
+        let escapes = path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        let first = path
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        if dir.trim().is_empty() || escapes {
+            found.add(
+                "spec.outputDirectory",
+                format!("`{dir}` must be a relative path inside the state directory, without `..`"),
+            );
+        } else if matches!(first.as_deref(), Some("pki" | "status")) {
+            found.add(
+                "spec.outputDirectory",
+                format!(
+                    "`{dir}` is inside Tessera's own `pki/` or `status/` directory: choose another"
+                ),
+            );
+        }
+    }
     if let Some(keystores) = &spec.keystores {
         if let Some(pkcs12) = &keystores.pkcs12 {
             password("spec.keystores.pkcs12", pkcs12, found);

@@ -47,6 +47,9 @@ pub struct ObjectReport {
     /// Generation of the version in effect, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The kind's own status fields (a Certificate's `notAfter`, `renewalTime`, `revision`...).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
     /// kstatus conditions.
     pub conditions: Vec<ConditionReport>,
     /// What is wrong with this object, if anything.
@@ -245,6 +248,7 @@ mod tests {
                 source: None,
                 generation: 2,
                 observed_generation: Some(1),
+                details: serde_json::Map::new(),
                 conditions: vec![],
                 problems: vec![ProblemReport {
                     file: Some("p.yaml".into()),

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so the crate links once.
 
+mod certificates;
 mod crds;
 mod examples;
 mod serve;

@@ -31,6 +31,10 @@ const EXPECTED: &[(&str, &str)] = &[
         "unknown value `server-auth`",
     ),
     (
+        "certificates.yaml:42: Certificate/escaping-output: spec.outputDirectory:",
+        "without `..`",
+    ),
+    (
         "packages.yaml:7: Package/unknown-field: spec.prority:",
         "unknown field `prority`",
     ),

@@ -1,0 +1,647 @@
+//! Issuers and Certificates: each pass makes sure every Issuer has its CA and every
+//! Certificate a valid certificate matching its spec, issuing where the renewal chain says
+//! so, and says when the next renewal is due.
+//!
+//! Layout under the state directory:
+//! - `pki/issuers/<namespace>/<name>/ca.crt`, `ca.key` (0600): a `selfSigned` issuer's CA,
+//!   made once and kept, also when the Issuer is removed (a new CA would strand every agent
+//!   that trusts the old one; delete the directory to discard it).
+//! - `certificates/<namespace>/<name>/tls.crt` (leaf and intermediates), `tls.key` (0600),
+//!   `ca.crt` (the root), or the Certificate's `outputDirectory`.
+//! - `pki/certificates/<namespace>/<name>.json`: the revision, kept across restarts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::desired::DesiredState;
+use crate::pki::authority::{self, Authority, LeafRequest};
+use crate::pki::facts;
+use crate::pki::renewal::{self, Decision, Existing, RenewBefore, Wanted};
+use crate::pki::{KeyType, Names, PkiError, Usage};
+use crate::resources::certificate::KeyUsage;
+use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec, RotationPolicy};
+use crate::resources::{Certificate, Issuer, Kind, ObjectKey, Resource};
+use crate::store::atomic::{self, Access};
+
+/// Default lifetime of a self-signed CA: 10 years.
+const DEFAULT_CA_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(87_600);
+/// Default lifetime of a certificate: 90 days, as cert-manager.
+const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(2_160);
+/// First retry after a failed issuance; doubles on each failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
+const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+/// What a pass found for one Issuer or Certificate.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+    /// Status fields of the kind (notAfter, revision, ...).
+    pub details: Map<String, Value>,
+    /// cert-manager's `Issuing` condition, for Certificates: (status, reason, message).
+    pub issuing: Option<(bool, &'static str, String)>,
+}
+
+/// Issuers and certificates between passes.
+pub struct Certificates {
+    state_dir: PathBuf,
+    config_dir: PathBuf,
+    authorities: HashMap<ObjectKey, Arc<Authority>>,
+    failures: HashMap<ObjectKey, Failure>,
+}
+
+/// The last failed issuance of a certificate.
+#[derive(Clone, Debug)]
+struct Failure {
+    count: u32,
+    at: jiff::Timestamp,
+    retry_at: jiff::Timestamp,
+    message: String,
+    /// The spec that failed: a changed spec is tried at once.
+    spec: Value,
+}
+
+impl Certificates {
+    /// Certificates kept under `state_dir`; relative file names in Issuers are resolved from
+    /// the directory of the file that declares them, below `config_dir`.
+    pub fn new(state_dir: PathBuf, config_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            config_dir,
+            authorities: HashMap::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    /// Converges every Issuer and Certificate of `desired`. Returns an outcome per object and
+    /// the earliest time something is due (a renewal or a retry).
+    pub fn reconcile(
+        &mut self,
+        desired: &DesiredState,
+        now: jiff::Timestamp,
+    ) -> (HashMap<ObjectKey, Outcome>, Option<jiff::Timestamp>) {
+        let mut outcomes = HashMap::new();
+        let mut wake: Option<jiff::Timestamp> = None;
+        let mut due =
+            |at: jiff::Timestamp| wake = Some(wake.map_or(at, |w: jiff::Timestamp| w.min(at)));
+        self.authorities
+            .retain(|key, _| desired.entries.contains_key(key));
+        self.failures
+            .retain(|key, _| desired.entries.contains_key(key));
+
+        // Issuers that sign with an `isCA` Certificate need that certificate first, which needs
+        // its own issuer: a few rounds settle any chain of intermediates. Kinds are visited in
+        // key order, Issuers before Certificates.
+        for round in 0..4 {
+            let ready_before = outcomes.values().filter(|o: &&Outcome| o.ready).count();
+            for (key, resource) in desired.actionable() {
+                if outcomes.get(key).is_some_and(|o: &Outcome| o.ready) {
+                    continue;
+                }
+                let outcome = match resource {
+                    Resource::Issuer(issuer) => self.issuer(key, issuer, desired, now),
+                    Resource::Certificate(certificate) => {
+                        let (outcome, next) = self.certificate(key, certificate, desired, now);
+                        if let Some(next) = next {
+                            due(next);
+                        }
+                        outcome
+                    }
+                    _ => continue,
+                };
+                outcomes.insert(key.clone(), outcome);
+            }
+            if round > 0 && outcomes.values().filter(|o| o.ready).count() == ready_before {
+                break;
+            }
+        }
+        if !desired.held_back {
+            self.prune(desired);
+        }
+        (outcomes, wake)
+    }
+
+    fn issuer(
+        &mut self,
+        key: &ObjectKey,
+        issuer: &Issuer,
+        desired: &DesiredState,
+        now: jiff::Timestamp,
+    ) -> Outcome {
+        let loaded = match (&issuer.spec.self_signed, &issuer.spec.ca) {
+            (Some(self_signed), _) => self.self_signed(key, self_signed, now),
+            (None, Some(ca)) => {
+                if let Some(reference) = &ca.certificate_ref {
+                    let certificate =
+                        ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+                    let is_ca = desired
+                        .entries
+                        .get(&certificate)
+                        .and_then(|e| e.resource())
+                        .is_some_and(|r| matches!(r, Resource::Certificate(c) if c.spec.is_ca));
+                    if !is_ca {
+                        return not_ready(
+                            "CertificateNotCA",
+                            format!("{certificate} must have isCA: true to sign for this issuer"),
+                        );
+                    }
+                    let dir = self.output_dir(&certificate, desired);
+                    match read_pair(&dir) {
+                        Some((chain, key_pem, root)) => {
+                            Authority::from_pem(&chain, &key_pem, root.as_deref())
+                                .map_err(|e| e.to_string())
+                        }
+                        None => {
+                            return not_ready(
+                                "Pending",
+                                format!("waiting for {certificate} to be issued"),
+                            );
+                        }
+                    }
+                } else if let (Some(cert_file), Some(key_file)) = (&ca.cert_file, &ca.key_file) {
+                    let base = self.declaring_dir(desired, key);
+                    let read = |name: &str| {
+                        let path = base.join(name);
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| format!("failed to read {}: {e}", path.display()))
+                    };
+                    read(cert_file)
+                        .and_then(|chain| read(key_file).map(|k| (chain, k)))
+                        .and_then(|(chain, k)| {
+                            Authority::from_pem(&chain, &k, None).map_err(|e| e.to_string())
+                        })
+                } else {
+                    return not_ready(
+                        "SecretsNeedKubernetes",
+                        "secretName is read in Kubernetes mode; in directory mode use certFile and keyFile".into(),
+                    );
+                }
+            }
+            (None, None) => return not_ready("InvalidSpec", "no issuer type".into()),
+        };
+        match loaded {
+            Ok(authority) => {
+                let facts = authority.facts().clone();
+                self.authorities.insert(key.clone(), Arc::new(authority));
+                let mut details = Map::new();
+                details.insert("subject".into(), json!(facts.subject));
+                details.insert("serialNumber".into(), json!(facts.serial));
+                details.insert("notAfter".into(), json!(facts.not_after.to_string()));
+                if facts.not_after <= now {
+                    return Outcome {
+                        ready: false,
+                        reason: "Expired",
+                        message: format!("the CA certificate expired at {}", facts.not_after),
+                        details,
+                        issuing: None,
+                    };
+                }
+                Outcome {
+                    ready: true,
+                    reason: "KeyPairVerified",
+                    message: format!("signing as {} until {}", facts.subject, facts.not_after),
+                    details,
+                    issuing: None,
+                }
+            }
+            Err(message) => {
+                self.authorities.remove(key);
+                not_ready("ErrorLoadingCA", message)
+            }
+        }
+    }
+
+    /// Loads a self-signed issuer's CA, or makes it the first time.
+    fn self_signed(
+        &self,
+        key: &ObjectKey,
+        spec: &crate::resources::issuer::SelfSignedIssuer,
+        now: jiff::Timestamp,
+    ) -> Result<Authority, String> {
+        let dir = self
+            .state_dir
+            .join("pki/issuers")
+            .join(&key.namespace)
+            .join(&key.name);
+        let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
+        if cert_path.exists() || key_path.exists() {
+            // Never overwrite an existing CA: agents trust it.
+            let chain = std::fs::read_to_string(&cert_path)
+                .map_err(|e| format!("failed to read {}: {e}", cert_path.display()))?;
+            let key_pem = std::fs::read_to_string(&key_path)
+                .map_err(|e| format!("failed to read {}: {e}", key_path.display()))?;
+            return Authority::from_pem(&chain, &key_pem, None).map_err(|e| {
+                format!("{} cannot be used, and is not replaced: {e}", dir.display())
+            });
+        }
+        let common_name = spec.common_name.clone().unwrap_or_else(|| key.name.clone());
+        let lifetime = spec
+            .duration
+            .map_or(DEFAULT_CA_LIFETIME, |d| signed(d.as_std()));
+        let key_type = key_type(spec.private_key.as_ref());
+        let authority = Authority::generate(&common_name, key_type, now, lifetime)
+            .map_err(|e| e.to_string())?;
+        atomic::write(&key_path, authority.key_pem().as_bytes(), Access::OwnerOnly)
+            .map_err(|e| e.to_string())?;
+        atomic::write(
+            &cert_path,
+            authority.certificate_pem().as_bytes(),
+            Access::Public,
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(issuer = %key, subject = %authority.facts().subject, "created a self-signed CA");
+        Ok(authority)
+    }
+
+    fn certificate(
+        &mut self,
+        key: &ObjectKey,
+        certificate: &Certificate,
+        desired: &DesiredState,
+        now: jiff::Timestamp,
+    ) -> (Outcome, Option<jiff::Timestamp>) {
+        let spec = &certificate.spec;
+        let issuer_key = ObjectKey::referenced(Kind::Issuer, &key.namespace, &spec.issuer_ref);
+        let Some(authority) = self.authorities.get(&issuer_key).cloned() else {
+            return (
+                not_ready("IssuerNotReady", format!("waiting for {issuer_key}")),
+                None,
+            );
+        };
+        let wanted = wanted(certificate);
+        let dir = self.output_dir(key, desired);
+        let existing = existing(&dir);
+        let revision = self.revision(key);
+        let decision = renewal::decide(&existing, &wanted, authority.facts(), now);
+        let reason = match decision {
+            Decision::Keep { renew_at } => {
+                self.failures.remove(key);
+                let Existing::Present { facts, .. } = &existing else {
+                    unreachable!("kept certificates exist")
+                };
+                let outcome = ready_certificate(facts, renew_at, revision, spec, &dir);
+                return (outcome, Some(renew_at));
+            }
+            Decision::Issue(reason) => reason,
+        };
+
+        let spec_json = serde_json::to_value(spec).unwrap_or_default();
+        if let Some(failure) = self.failures.get(key)
+            && failure.spec == spec_json
+            && now < failure.retry_at
+        {
+            let outcome = failed_certificate(&existing, failure, revision);
+            return (outcome, Some(failure.retry_at));
+        }
+        match self.issue(
+            &dir,
+            &wanted,
+            spec.private_key.as_ref(),
+            &authority,
+            &existing,
+            now,
+        ) {
+            Ok(issued) => {
+                let revision = revision + 1;
+                self.failures.remove(key);
+                if let Err(error) = self.save_revision(key, revision) {
+                    tracing::warn!(certificate = %key, %error, "failed to record the revision");
+                }
+                tracing::info!(
+                    certificate = %key,
+                    reason = %reason,
+                    serial = %issued.serial,
+                    not_after = %issued.not_after,
+                    revision,
+                    "issued a certificate"
+                );
+                let renew_at = renewal::renewal_time(&issued, wanted.renew);
+                (
+                    ready_certificate(&issued, renew_at, revision, spec, &dir),
+                    Some(renew_at),
+                )
+            }
+            Err(error) => {
+                let count = self
+                    .failures
+                    .get(key)
+                    .filter(|f| f.spec == spec_json)
+                    .map_or(1, |f| f.count + 1);
+                let backoff = (FIRST_BACKOFF
+                    * 2i32.saturating_pow(count.saturating_sub(1).min(16)))
+                .min(MAX_BACKOFF);
+                let failure = Failure {
+                    count,
+                    at: now,
+                    retry_at: now + backoff,
+                    message: format!("{reason}: {error}"),
+                    spec: spec_json,
+                };
+                tracing::warn!(certificate = %key, error = %failure.message, retry_in = ?backoff, "failed to issue a certificate");
+                let outcome = failed_certificate(&existing, &failure, revision);
+                let retry = failure.retry_at;
+                self.failures.insert(key.clone(), failure);
+                (outcome, Some(retry))
+            }
+        }
+    }
+
+    /// Issues and writes the files; returns the new certificate's facts.
+    fn issue(
+        &self,
+        dir: &Path,
+        wanted: &Wanted,
+        private_key: Option<&PrivateKeySpec>,
+        authority: &Authority,
+        existing: &Existing,
+        now: jiff::Timestamp,
+    ) -> Result<facts::CertFacts, PkiError> {
+        // rotationPolicy Never keeps a key that still matches the key settings.
+        let keep_key = private_key.is_some_and(|k| k.rotation_policy == RotationPolicy::Never)
+            && matches!(
+                existing,
+                Existing::Present {
+                    key_matches: true,
+                    ..
+                }
+            );
+        let key = match std::fs::read_to_string(dir.join("tls.key")) {
+            Ok(pem) if keep_key => authority::load_key(&pem)
+                .ok()
+                .filter(|k| authority::key_type_of(k) == Some(wanted.key_type))
+                .map_or_else(|| authority::generate_key(wanted.key_type), Ok)?,
+            _ => authority::generate_key(wanted.key_type)?,
+        };
+        let request = LeafRequest {
+            names: wanted.names.clone(),
+            usages: wanted.usages.clone(),
+            is_ca: wanted.is_ca,
+            lifetime: wanted.lifetime,
+        };
+        let issued = authority.issue(&request, &key, now)?;
+        let write = |name: &str, text: &str, access| {
+            atomic::write(&dir.join(name), text.as_bytes(), access)
+                .map_err(|e| PkiError::Certificate(e.to_string()))
+        };
+        // The key first: a reader that sees the new certificate always finds its key.
+        write("tls.key", &key.serialize_pem(), Access::OwnerOnly)?;
+        write("tls.crt", &issued.chain_pem, Access::Public)?;
+        write("ca.crt", &issued.root_pem, Access::Public)?;
+        Ok(issued.facts)
+    }
+
+    /// Where a certificate's files go.
+    fn output_dir(&self, key: &ObjectKey, desired: &DesiredState) -> PathBuf {
+        let custom = desired
+            .entries
+            .get(key)
+            .and_then(|e| e.resource())
+            .and_then(|r| match r {
+                Resource::Certificate(c) => c.spec.output_directory.clone(),
+                _ => None,
+            });
+        match custom {
+            Some(dir) => self.state_dir.join(dir),
+            None => self
+                .state_dir
+                .join("certificates")
+                .join(&key.namespace)
+                .join(&key.name),
+        }
+    }
+
+    /// The directory of the file that declares `key`, for its relative file names.
+    fn declaring_dir(&self, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
+        let file = desired
+            .entries
+            .get(key)
+            .and_then(|e| e.origin.as_ref())
+            .map(|o| o.file.clone());
+        let declared = file
+            .map(|f| self.config_dir.join(f))
+            .unwrap_or_else(|| self.config_dir.clone());
+        declared
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.config_dir.clone())
+    }
+
+    fn revision_path(&self, key: &ObjectKey) -> PathBuf {
+        self.state_dir
+            .join("pki/certificates")
+            .join(&key.namespace)
+            .join(format!("{}.json", key.name))
+    }
+
+    fn revision(&self, key: &ObjectKey) -> i64 {
+        std::fs::read(self.revision_path(key))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .and_then(|v| v["revision"].as_i64())
+            .unwrap_or(0)
+    }
+
+    fn save_revision(&self, key: &ObjectKey, revision: i64) -> Result<(), atomic::WriteError> {
+        let body = json!({ "revision": revision }).to_string();
+        atomic::write(&self.revision_path(key), body.as_bytes(), Access::Public)
+    }
+
+    /// Removes the files of Certificates no longer declared (they can be issued again);
+    /// CA keys of removed Issuers are kept on purpose (see the module notes).
+    fn prune(&self, desired: &DesiredState) {
+        let root = self.state_dir.join("certificates");
+        let Ok(namespaces) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for namespace in namespaces.flatten() {
+            let Ok(names) = std::fs::read_dir(namespace.path()) else {
+                continue;
+            };
+            for name in names.flatten() {
+                let key = ObjectKey::new(
+                    Kind::Certificate,
+                    &namespace.file_name().to_string_lossy(),
+                    &name.file_name().to_string_lossy(),
+                );
+                if !desired.entries.contains_key(&key) {
+                    for file in ["tls.crt", "tls.key", "ca.crt"] {
+                        let _ = std::fs::remove_file(name.path().join(file));
+                    }
+                    let _ = std::fs::remove_dir(name.path());
+                    let _ = std::fs::remove_file(self.revision_path(&key));
+                    tracing::info!(certificate = %key, "removed the files of a certificate no longer declared");
+                }
+            }
+        }
+    }
+}
+
+/// What exists in `dir`.
+fn existing(dir: &Path) -> Existing {
+    let (Ok(chain), Ok(key_pem)) = (
+        std::fs::read_to_string(dir.join("tls.crt")),
+        std::fs::read_to_string(dir.join("tls.key")),
+    ) else {
+        return Existing::Missing;
+    };
+    let facts = match facts::pem_certificates(&chain).and_then(|c| facts::read(&c[0])) {
+        Ok(facts) => facts,
+        Err(e) => return Existing::Unreadable(format!("tls.crt: {e}")),
+    };
+    match authority::load_key(&key_pem) {
+        Ok(key) => Existing::Present {
+            key_matches: authority::key_matches(&key, &facts),
+            facts: Box::new(facts),
+        },
+        Err(e) => Existing::Unreadable(format!("tls.key: {e}")),
+    }
+}
+
+/// The chain, key and root of an issued CA certificate, if all are there.
+fn read_pair(dir: &Path) -> Option<(String, String, Option<String>)> {
+    let chain = std::fs::read_to_string(dir.join("tls.crt")).ok()?;
+    let key = std::fs::read_to_string(dir.join("tls.key")).ok()?;
+    Some((chain, key, std::fs::read_to_string(dir.join("ca.crt")).ok()))
+}
+
+/// The spec in PKI terms.
+fn wanted(certificate: &Certificate) -> Wanted {
+    let spec = &certificate.spec;
+    let usages = if spec.usages.is_empty() {
+        vec![Usage::DigitalSignature, Usage::KeyEncipherment]
+    } else {
+        spec.usages
+            .iter()
+            .map(|u| match u {
+                KeyUsage::ServerAuth => Usage::ServerAuth,
+                KeyUsage::ClientAuth => Usage::ClientAuth,
+                KeyUsage::DigitalSignature => Usage::DigitalSignature,
+                KeyUsage::KeyEncipherment => Usage::KeyEncipherment,
+            })
+            .collect()
+    };
+    let renew = match (spec.renew_before, spec.renew_before_percentage) {
+        (Some(before), _) => RenewBefore::Duration(signed(before.as_std())),
+        (None, Some(percent)) => {
+            RenewBefore::Percentage(u8::try_from(percent.clamp(1, 99)).unwrap_or(33))
+        }
+        (None, None) => RenewBefore::Default,
+    };
+    Wanted {
+        names: Names {
+            common_name: spec.common_name.clone(),
+            dns_names: spec.dns_names.clone(),
+            ip_addresses: spec
+                .ip_addresses
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+            uris: spec.uris.clone(),
+        },
+        usages,
+        is_ca: spec.is_ca,
+        key_type: key_type(spec.private_key.as_ref()),
+        lifetime: spec
+            .duration
+            .map_or(DEFAULT_LIFETIME, |d| signed(d.as_std())),
+        renew,
+    }
+}
+
+fn key_type(spec: Option<&PrivateKeySpec>) -> KeyType {
+    let Some(spec) = spec else {
+        return KeyType::EcdsaP256;
+    };
+    match (spec.algorithm, spec.size) {
+        (KeyAlgorithm::Ecdsa, Some(384)) => KeyType::EcdsaP384,
+        (KeyAlgorithm::Ecdsa, _) => KeyType::EcdsaP256,
+        (KeyAlgorithm::Ed25519, _) => KeyType::Ed25519,
+        (KeyAlgorithm::Rsa, size) => {
+            KeyType::Rsa(size.and_then(|s| u32::try_from(s).ok()).unwrap_or(2048))
+        }
+    }
+}
+
+fn signed(duration: std::time::Duration) -> jiff::SignedDuration {
+    jiff::SignedDuration::try_from(duration).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+fn not_ready(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        ready: false,
+        reason,
+        message,
+        details: Map::new(),
+        issuing: None,
+    }
+}
+
+fn certificate_details(facts: &facts::CertFacts, revision: i64) -> Map<String, Value> {
+    let mut details = Map::new();
+    details.insert("notBefore".into(), json!(facts.not_before.to_string()));
+    details.insert("notAfter".into(), json!(facts.not_after.to_string()));
+    details.insert("serialNumber".into(), json!(facts.serial));
+    details.insert("revision".into(), json!(revision));
+    details
+}
+
+fn ready_certificate(
+    facts: &facts::CertFacts,
+    renew_at: jiff::Timestamp,
+    revision: i64,
+    spec: &crate::resources::CertificateSpec,
+    dir: &Path,
+) -> Outcome {
+    let mut details = certificate_details(facts, revision);
+    details.insert("renewalTime".into(), json!(renew_at.to_string()));
+    let mut message = format!(
+        "valid until {}, renewed at {renew_at}; files in {}",
+        facts.not_after,
+        dir.display()
+    );
+    let mut later = Vec::new();
+    if spec.keystores.is_some() {
+        later.push("keystores");
+    }
+    if spec.revoked {
+        later.push("revocation");
+    }
+    if !later.is_empty() {
+        message.push_str(&format!(
+            " ({} not yet supported by this version of Tessera)",
+            later.join(" and ")
+        ));
+    }
+    Outcome {
+        ready: true,
+        reason: "Ready",
+        message,
+        details,
+        issuing: Some((false, "Issued", String::new())),
+    }
+}
+
+fn failed_certificate(existing: &Existing, failure: &Failure, revision: i64) -> Outcome {
+    let mut details = match existing {
+        Existing::Present { facts, .. } => certificate_details(facts, revision),
+        _ => Map::new(),
+    };
+    details.insert("lastFailureTime".into(), json!(failure.at.to_string()));
+    details.insert("lastFailureReason".into(), json!(failure.message));
+    let retry = format!("{}; retrying at {}", failure.message, failure.retry_at);
+    Outcome {
+        ready: false,
+        reason: if matches!(existing, Existing::Present { .. }) {
+            "RenewalFailed"
+        } else {
+            "IssuanceFailed"
+        },
+        message: retry.clone(),
+        details,
+        issuing: Some((true, "Failed", retry)),
+    }
+}

@@ -1,0 +1,453 @@
+//! Issuers and Certificates through the reconciler, with an injected clock, checked with
+//! openssl as an independent verifier.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use tessera::desired;
+use tessera::reconcile::{Config, Reconciler};
+use tessera::server::admin::{ObjectReport, Report};
+use tessera::sources::dir::DirSource;
+
+const ISSUER: &str = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned:\n    commonName: Test Root CA\n";
+
+fn certificate(name: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: {name}\nspec:\n  issuerRef:\n    name: ca\n  dnsNames: [{name}.example.com]\n  ipAddresses: [127.0.0.1]\n  usages: [server auth, digital signature]\n{extra}"
+    )
+}
+
+struct Setup {
+    config: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(yaml: &str) -> Self {
+        let config = tempfile::tempdir().unwrap();
+        std::fs::write(config.path().join("pki.yaml"), yaml).unwrap();
+        Self {
+            config,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn write(&self, yaml: &str) {
+        std::fs::write(self.config.path().join("pki.yaml"), yaml).unwrap();
+    }
+
+    fn reconciler(&self) -> Reconciler {
+        Reconciler::new(Config {
+            state_dir: self.state.path().to_path_buf(),
+            config_dir: self.config.path().to_path_buf(),
+            options: desired::Options::default(),
+        })
+    }
+
+    fn pass(
+        &self,
+        reconciler: &mut Reconciler,
+        now: jiff::Timestamp,
+    ) -> (Report, Option<jiff::Timestamp>) {
+        let snapshot = DirSource::new(self.config.path(), vec![]).unwrap().scan();
+        let pass = reconciler.pass(&snapshot, now).unwrap();
+        (pass.report, pass.wake)
+    }
+
+    fn files(&self, name: &str) -> PathBuf {
+        self.state.path().join("certificates/default").join(name)
+    }
+}
+
+fn object<'a>(report: &'a Report, kind: &str, name: &str) -> &'a ObjectReport {
+    report
+        .objects
+        .iter()
+        .find(|o| o.kind == kind && o.name == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not in the report"))
+}
+
+fn ready(object: &ObjectReport) -> (String, String, String) {
+    let c = object
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn detail(object: &ObjectReport, field: &str) -> Value {
+    object.details.get(field).cloned().unwrap_or(Value::Null)
+}
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed by scripts/setup.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+#[test]
+fn issued_files_pass_openssl_and_show_the_asked_names_usages_and_lifetime() {
+    let setup = Setup::new(&format!(
+        "{ISSUER}{}",
+        certificate("web", "  duration: 720h\n")
+    ));
+    let mut reconciler = setup.reconciler();
+    let (report, wake) = setup.pass(&mut reconciler, now());
+    let web = object(&report, "Certificate", "web");
+    assert_eq!(ready(web).0, "True", "{:?}", ready(web));
+    assert_eq!(detail(web, "revision"), 1);
+    assert_eq!(ready(object(&report, "Issuer", "ca")).0, "True");
+    let renewal: jiff::Timestamp = detail(web, "renewalTime")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(wake, Some(renewal), "the loop wakes at the renewal time");
+
+    let dir = setup.files("web");
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        path(&dir.join("ca.crt")),
+        path(&dir.join("tls.crt")),
+    ]);
+    assert!(ok, "{out}");
+    let (_, text) = openssl(&["x509", "-in", path(&dir.join("tls.crt")), "-noout", "-text"]);
+    assert!(text.contains("DNS:web.example.com"), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(text.contains("Digital Signature"), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    let (_, end) = openssl(&[
+        "x509",
+        "-in",
+        path(&dir.join("tls.crt")),
+        "-noout",
+        "-enddate",
+    ]);
+    let (_, start) = openssl(&[
+        "x509",
+        "-in",
+        path(&dir.join("tls.crt")),
+        "-noout",
+        "-startdate",
+    ]);
+    assert!(!end.is_empty() && !start.is_empty());
+    let not_after: jiff::Timestamp = detail(web, "notAfter").as_str().unwrap().parse().unwrap();
+    let days = (not_after - now()).total(jiff::Unit::Hour).unwrap() / 24.0;
+    assert!((29.9..30.1).contains(&days), "720h asked, got {days} days");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "private keys are readable by the owner only");
+        let ca_key = setup.state.path().join("pki/issuers/default/ca/ca.key");
+        assert_eq!(
+            std::fs::metadata(ca_key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (ok, out) = openssl(&["pkey", "-in", path(&dir.join("tls.key")), "-noout"]);
+    assert!(ok, "openssl reads the key: {out}");
+}
+
+#[test]
+fn a_chain_root_intermediate_leaf_verifies() {
+    let yaml = format!(
+        "{ISSUER}{}---\napiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: intermediate\nspec:\n  ca:\n    certificateRef:\n      name: intermediate-ca\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: leaf\nspec:\n  issuerRef:\n    name: intermediate\n  dnsNames: [leaf.example.com]\n  usages: [server auth]\n",
+        "---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: intermediate-ca\nspec:\n  issuerRef:\n    name: ca\n  commonName: Test Intermediate CA\n  isCA: true\n  duration: 8760h\n"
+    );
+    let setup = Setup::new(&yaml);
+    let mut reconciler = setup.reconciler();
+    let (report, _) = setup.pass(&mut reconciler, now());
+    for (kind, name) in [
+        ("Issuer", "ca"),
+        ("Certificate", "intermediate-ca"),
+        ("Issuer", "intermediate"),
+        ("Certificate", "leaf"),
+    ] {
+        assert_eq!(
+            ready(object(&report, kind, name)).0,
+            "True",
+            "{kind}/{name}: {:?}",
+            ready(object(&report, kind, name))
+        );
+    }
+    let leaf = setup.files("leaf");
+    let chain = std::fs::read_to_string(leaf.join("tls.crt")).unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "tls.crt holds the leaf and the intermediate"
+    );
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        path(&leaf.join("ca.crt")),
+        "-untrusted",
+        path(&leaf.join("tls.crt")),
+        path(&leaf.join("tls.crt")),
+    ]);
+    assert!(ok, "{out}");
+    // Without the intermediate, the leaf does not verify against the root alone.
+    let only_leaf = leaf.join("only-leaf.pem");
+    std::fs::write(
+        &only_leaf,
+        &chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 26],
+    )
+    .unwrap();
+    let (ok, _) = openssl(&[
+        "verify",
+        "-CAfile",
+        path(&leaf.join("ca.crt")),
+        path(&only_leaf),
+    ]);
+    assert!(!ok, "a leaf alone must not verify without its intermediate");
+}
+
+#[test]
+fn renewal_happens_at_the_computed_time_and_never_before() {
+    let setup = Setup::new(&format!(
+        "{ISSUER}{}",
+        certificate("short", "  duration: 2m\n  renewBefore: 30s\n")
+    ));
+    let mut reconciler = setup.reconciler();
+    // Certificates count whole seconds.
+    let start = jiff::Timestamp::from_second(now().as_second()).unwrap();
+    let (report, wake) = setup.pass(&mut reconciler, start);
+    let first = object(&report, "Certificate", "short");
+    let serial = detail(first, "serialNumber");
+    let renew_at = wake.expect("a renewal time");
+    // 2m lifetime from `start`, renewed 30s before the end.
+    assert_eq!(renew_at, start + jiff::SignedDuration::from_secs(90));
+
+    let (report, _) = setup.pass(
+        &mut reconciler,
+        renew_at - jiff::SignedDuration::from_secs(1),
+    );
+    let before = object(&report, "Certificate", "short");
+    assert_eq!(detail(before, "serialNumber"), serial, "not renewed early");
+    assert_eq!(detail(before, "revision"), 1);
+
+    let (report, wake) = setup.pass(&mut reconciler, renew_at);
+    let after = object(&report, "Certificate", "short");
+    assert_ne!(
+        detail(after, "serialNumber"),
+        serial,
+        "renewed at the renewal time"
+    );
+    assert_eq!(detail(after, "revision"), 2);
+    assert_eq!(ready(after).0, "True");
+    assert!(wake.unwrap() > renew_at);
+}
+
+#[test]
+fn a_spec_change_reissues_at_once_and_a_restart_reissues_nothing() {
+    let setup = Setup::new(&format!("{ISSUER}{}", certificate("web", "")));
+    let mut reconciler = setup.reconciler();
+    let t = now();
+    let (report, _) = setup.pass(&mut reconciler, t);
+    let serial = detail(object(&report, "Certificate", "web"), "serialNumber");
+
+    // A restart: a new reconciler over the same state keeps what exists.
+    let mut restarted = setup.reconciler();
+    let (report, _) = setup.pass(&mut restarted, t + jiff::SignedDuration::from_secs(5));
+    let web = object(&report, "Certificate", "web");
+    assert_eq!(detail(web, "serialNumber"), serial);
+    assert_eq!(
+        detail(web, "revision"),
+        1,
+        "the revision survives a restart"
+    );
+
+    setup.write(&format!(
+        "{ISSUER}{}",
+        certificate("web", "").replace("[127.0.0.1]", "[127.0.0.1, 10.1.2.3]")
+    ));
+    let (report, _) = setup.pass(&mut restarted, t + jiff::SignedDuration::from_secs(10));
+    let web = object(&report, "Certificate", "web");
+    assert_ne!(detail(web, "serialNumber"), serial);
+    assert_eq!(detail(web, "revision"), 2);
+    let (_, text) = openssl(&[
+        "x509",
+        "-in",
+        path(&setup.files("web").join("tls.crt")),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(text.contains("10.1.2.3"), "{text}");
+}
+
+#[test]
+fn a_failed_issuance_backs_off_and_a_spec_change_retries_at_once() {
+    // ring cannot generate RSA keys: issuance fails with a clear reason.
+    let rsa = "  privateKey:\n    algorithm: RSA\n    size: 2048\n";
+    let setup = Setup::new(&format!("{ISSUER}{}", certificate("web", rsa)));
+    let mut reconciler = setup.reconciler();
+    let t = now();
+    let (report, wake) = setup.pass(&mut reconciler, t);
+    let web = object(&report, "Certificate", "web");
+    let (status, reason, message) = ready(web);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "IssuanceFailed")
+    );
+    assert!(message.contains("RSA"), "{message}");
+    assert_eq!(
+        wake,
+        Some(t + jiff::SignedDuration::from_mins(1)),
+        "first retry within a minute"
+    );
+    let issuing = web
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Issuing")
+        .unwrap();
+    assert_eq!(issuing.status, "True");
+
+    // Before the retry time nothing is tried; at it, the second failure doubles the wait.
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_secs(30));
+    assert_eq!(
+        detail(object(&report, "Certificate", "web"), "lastFailureTime"),
+        Value::String(t.to_string())
+    );
+    let (_, wake) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_mins(1));
+    assert_eq!(
+        wake,
+        Some(t + jiff::SignedDuration::from_mins(3)),
+        "then two minutes"
+    );
+
+    // Fixing the spec is tried at once, without waiting for the backoff.
+    setup.write(&format!("{ISSUER}{}", certificate("web", "")));
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_secs(61));
+    assert_eq!(ready(object(&report, "Certificate", "web")).0, "True");
+}
+
+#[test]
+fn a_ca_issuer_signs_with_a_key_pair_made_by_openssl() {
+    let config = tempfile::tempdir().unwrap();
+    let (ok, out) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        path(&config.path().join("corp-ca.key")),
+        "-out",
+        path(&config.path().join("corp-ca.crt")),
+        "-subj",
+        "/CN=Corp Root CA",
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    assert!(ok, "{out}");
+    let yaml = format!(
+        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  ca:\n    certFile: corp-ca.crt\n    keyFile: corp-ca.key\n{}",
+        certificate("web", "")
+    );
+    std::fs::write(config.path().join("pki.yaml"), yaml).unwrap();
+    let setup = Setup {
+        config,
+        state: tempfile::tempdir().unwrap(),
+    };
+    let mut reconciler = setup.reconciler();
+    let (report, _) = setup.pass(&mut reconciler, now());
+    let issuer = object(&report, "Issuer", "ca");
+    assert_eq!(ready(issuer).0, "True", "{:?}", ready(issuer));
+    assert_eq!(detail(issuer, "subject"), "CN=Corp Root CA");
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        path(&setup.config.path().join("corp-ca.crt")),
+        path(&setup.files("web").join("tls.crt")),
+    ]);
+    assert!(ok, "{out}");
+    // The leaf cannot outlive the 30-day CA, although 90 days are the default.
+    let not_after: jiff::Timestamp = detail(object(&report, "Certificate", "web"), "notAfter")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(not_after <= now() + jiff::SignedDuration::from_hours(30 * 24 + 1));
+}
+
+#[test]
+fn a_ca_issuer_with_a_key_that_is_not_the_certificates_is_refused() {
+    let config = tempfile::tempdir().unwrap();
+    for name in ["a", "b"] {
+        let (ok, out) = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            path(&config.path().join(format!("{name}.key"))),
+            "-out",
+            path(&config.path().join(format!("{name}.crt"))),
+            "-subj",
+            "/CN=CA",
+            "-days",
+            "1",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        assert!(ok, "{out}");
+    }
+    let yaml = format!(
+        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  ca:\n    certFile: a.crt\n    keyFile: b.key\n{}",
+        certificate("web", "")
+    );
+    std::fs::write(config.path().join("pki.yaml"), yaml).unwrap();
+    let setup = Setup {
+        config,
+        state: tempfile::tempdir().unwrap(),
+    };
+    let mut reconciler = setup.reconciler();
+    let (report, _) = setup.pass(&mut reconciler, now());
+    let (status, reason, message) = ready(object(&report, "Issuer", "ca"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ErrorLoadingCA")
+    );
+    assert!(message.contains("does not belong"), "{message}");
+    let (status, reason, _) = ready(object(&report, "Certificate", "web"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "IssuerNotReady")
+    );
+}
