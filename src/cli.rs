@@ -284,6 +284,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         options: desired::Options {
             allow_empty: args.allow_empty,
         },
+        environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
     };
     let token = shutdown.clone();
     tasks.spawn(async move {

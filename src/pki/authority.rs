@@ -251,14 +251,7 @@ pub fn key_type_of(key: &KeyPair) -> Option<KeyType> {
 
 /// 16 random bytes, positive: serials must be unique per issuer, also when a key is reused.
 fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
-    let random = rustls::crypto::ring::default_provider().secure_random;
-    if random.fill(&mut bytes).is_err() {
-        // The system's random source failing is not recoverable in any useful way; a
-        // time-based serial still differs between issuances.
-        let nanos = jiff::Timestamp::now().as_nanosecond().to_be_bytes();
-        bytes.copy_from_slice(&nanos);
-    }
+    let mut bytes: [u8; 16] = super::random_bytes();
     bytes[0] = (bytes[0] & 0x7f) | 0x40; // positive, and always 16 bytes long
     SerialNumber::from_slice(&bytes)
 }

@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod facts;
+pub mod keystore;
 pub mod renewal;
 
 use std::fmt;
@@ -34,6 +35,21 @@ pub enum PkiError {
     Sign(#[source] rcgen::Error),
     #[error("the CA certificate expired at {0}: nothing it signs would be valid")]
     AuthorityExpired(jiff::Timestamp),
+}
+
+/// `N` bytes from the operating system's secure random source (through ring).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    if random.fill(&mut bytes).is_err() {
+        // The system's random source failing is not recoverable in any useful way; mixing in
+        // the time still keeps values apart.
+        let nanos = jiff::Timestamp::now().as_nanosecond().to_be_bytes();
+        for (byte, n) in bytes.iter_mut().zip(nanos.iter().cycle()) {
+            *byte ^= n;
+        }
+    }
+    bytes
 }
 
 /// The kinds of key Tessera makes.

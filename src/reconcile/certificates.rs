@@ -18,10 +18,10 @@ use serde_json::{Map, Value, json};
 
 use crate::desired::DesiredState;
 use crate::pki::authority::{self, Authority, LeafRequest};
-use crate::pki::facts;
 use crate::pki::renewal::{self, Decision, Existing, RenewBefore, Wanted};
 use crate::pki::{KeyType, Names, PkiError, Usage};
-use crate::resources::certificate::KeyUsage;
+use crate::pki::{facts, keystore};
+use crate::resources::certificate::{KeyUsage, KeystorePassword, Keystores};
 use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec, RotationPolicy};
 use crate::resources::{Certificate, Issuer, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
@@ -46,10 +46,43 @@ pub struct Outcome {
     pub issuing: Option<(bool, &'static str, String)>,
 }
 
+/// Reads a named value of the process environment (keystore passwords from `passwordEnv`).
+/// Handed in by `cli`, the only place that reads the environment; tests pass their own.
+#[derive(Clone)]
+pub struct Environment(Arc<Lookup>);
+
+/// A function from a variable's name to its value.
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Environment {
+    /// An environment that answers with `lookup`.
+    pub fn new(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(lookup))
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Environment")
+    }
+}
+
+impl Default for Environment {
+    /// An empty environment.
+    fn default() -> Self {
+        Self::new(|_| None)
+    }
+}
+
 /// Issuers and certificates between passes.
 pub struct Certificates {
     state_dir: PathBuf,
     config_dir: PathBuf,
+    environment: Environment,
     authorities: HashMap<ObjectKey, Arc<Authority>>,
     failures: HashMap<ObjectKey, Failure>,
 }
@@ -68,10 +101,11 @@ struct Failure {
 impl Certificates {
     /// Certificates kept under `state_dir`; relative file names in Issuers are resolved from
     /// the directory of the file that declares them, below `config_dir`.
-    pub fn new(state_dir: PathBuf, config_dir: PathBuf) -> Self {
+    pub fn new(state_dir: PathBuf, config_dir: PathBuf, environment: Environment) -> Self {
         Self {
             state_dir,
             config_dir,
+            environment,
             authorities: HashMap::new(),
             failures: HashMap::new(),
         }
@@ -284,6 +318,7 @@ impl Certificates {
                     unreachable!("kept certificates exist")
                 };
                 let outcome = ready_certificate(facts, renew_at, revision, spec, &dir);
+                let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 return (outcome, Some(renew_at));
             }
             Decision::Issue(reason) => reason,
@@ -320,10 +355,9 @@ impl Certificates {
                     "issued a certificate"
                 );
                 let renew_at = renewal::renewal_time(&issued, wanted.renew);
-                (
-                    ready_certificate(&issued, renew_at, revision, spec, &dir),
-                    Some(renew_at),
-                )
+                let outcome = ready_certificate(&issued, renew_at, revision, spec, &dir);
+                let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
+                (outcome, Some(renew_at))
             }
             Err(error) => {
                 let count = self
@@ -394,6 +428,37 @@ impl Certificates {
         Ok(issued.facts)
     }
 
+    /// Writes the keystores a Certificate asks for when they are missing, do not open with
+    /// the current password, or do not hold the current certificate. A failure makes the
+    /// Certificate not Ready: its PEM files are there, but not everything it asks for.
+    fn with_keystores(
+        &self,
+        mut outcome: Outcome,
+        key: &ObjectKey,
+        certificate: &Certificate,
+        desired: &DesiredState,
+        dir: &Path,
+        now: jiff::Timestamp,
+    ) -> Outcome {
+        let Some(keystores) = &certificate.spec.keystores else {
+            return outcome;
+        };
+        let base = self.declaring_dir(desired, key);
+        match write_keystores(keystores, dir, &base, &self.environment, now) {
+            Ok(written) => {
+                if !written.is_empty() {
+                    tracing::info!(certificate = %key, keystores = %written.join(", "), "wrote keystores");
+                }
+            }
+            Err(message) => {
+                outcome.ready = false;
+                outcome.reason = "KeystoreFailed";
+                outcome.message = message;
+            }
+        }
+        outcome
+    }
+
     /// Where a certificate's files go.
     fn output_dir(&self, key: &ObjectKey, desired: &DesiredState) -> PathBuf {
         let custom = desired
@@ -453,6 +518,14 @@ impl Certificates {
     /// Removes the files of Certificates no longer declared (they can be issued again);
     /// CA keys of removed Issuers are kept on purpose (see the module notes).
     fn prune(&self, desired: &DesiredState) {
+        const FILES: [&str; 6] = [
+            "tls.crt",
+            "tls.key",
+            "ca.crt",
+            "keystore.p12",
+            "keystore.jks",
+            "truststore.jks",
+        ];
         let root = self.state_dir.join("certificates");
         let Ok(namespaces) = std::fs::read_dir(&root) else {
             return;
@@ -468,7 +541,7 @@ impl Certificates {
                     &name.file_name().to_string_lossy(),
                 );
                 if !desired.entries.contains_key(&key) {
-                    for file in ["tls.crt", "tls.key", "ca.crt"] {
+                    for file in FILES {
                         let _ = std::fs::remove_file(name.path().join(file));
                     }
                     let _ = std::fs::remove_dir(name.path());
@@ -477,6 +550,109 @@ impl Certificates {
                 }
             }
         }
+    }
+}
+
+/// Brings the keystores in `dir` up to date; returns the files written.
+fn write_keystores(
+    keystores: &Keystores,
+    dir: &Path,
+    base: &Path,
+    environment: &Environment,
+    now: jiff::Timestamp,
+) -> Result<Vec<&'static str>, String> {
+    let chain_pem = std::fs::read_to_string(dir.join("tls.crt"))
+        .map_err(|e| format!("failed to read tls.crt: {e}"))?;
+    let key_pem = std::fs::read_to_string(dir.join("tls.key"))
+        .map_err(|e| format!("failed to read tls.key: {e}"))?;
+    let root_pem = std::fs::read_to_string(dir.join("ca.crt"))
+        .map_err(|e| format!("failed to read ca.crt: {e}"))?;
+    let mut chain: Vec<Vec<u8>> = facts::pem_certificates(&chain_pem)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let root = facts::pem_certificates(&root_pem).map_err(|e| e.to_string())?[0].to_vec();
+    if !chain.contains(&root) {
+        chain.push(root.clone());
+    }
+    let key = authority::load_key(&key_pem)
+        .map_err(|e| e.to_string())?
+        .serialize_der();
+    let leaf = chain[0].clone();
+    let created = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    let mut written = Vec::new();
+    let write = |name: &str, bytes: &[u8], access| {
+        atomic::write(&dir.join(name), bytes, access).map_err(|e| e.to_string())
+    };
+
+    if let Some(source) = &keystores.pkcs12 {
+        let password = password(source, "spec.keystores.pkcs12", base, environment)?;
+        let current = std::fs::read(dir.join("keystore.p12")).unwrap_or_default();
+        if !keystore::pkcs12_holds(&current, &password, &leaf) {
+            let bytes = keystore::pkcs12(&key, &chain, &password).map_err(|e| e.to_string())?;
+            write("keystore.p12", &bytes, Access::OwnerOnly)?;
+            written.push("keystore.p12");
+        }
+    }
+    if let Some(jks) = &keystores.jks {
+        let password_ks = password(
+            &jks.keystore,
+            "spec.keystores.jks.keystore",
+            base,
+            environment,
+        )?;
+        let password_ts = match &jks.truststore {
+            Some(source) => password(source, "spec.keystores.jks.truststore", base, environment)?,
+            None => password_ks.clone(),
+        };
+        let current = std::fs::read(dir.join("keystore.jks")).unwrap_or_default();
+        if !keystore::jks_holds(&current, &password_ks, &leaf) {
+            let bytes = keystore::jks_keystore(
+                &key,
+                &chain,
+                &password_ks,
+                created,
+                crate::pki::random_bytes(),
+            );
+            write("keystore.jks", &bytes, Access::OwnerOnly)?;
+            written.push("keystore.jks");
+        }
+        let current = std::fs::read(dir.join("truststore.jks")).unwrap_or_default();
+        if !keystore::jks_holds(&current, &password_ts, &root) {
+            write(
+                "truststore.jks",
+                &keystore::jks_truststore(&root, &password_ts, created),
+                Access::Public,
+            )?;
+            written.push("truststore.jks");
+        }
+    }
+    Ok(written)
+}
+
+/// A keystore password from its file or environment variable, never from the YAML.
+fn password(
+    source: &KeystorePassword,
+    field: &str,
+    base: &Path,
+    environment: &Environment,
+) -> Result<String, String> {
+    match (&source.password_file, &source.password_env) {
+        (Some(file), _) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "{field}.passwordFile: failed to read {}: {e}",
+                    path.display()
+                )
+            })?;
+            Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (None, Some(name)) => environment.get(name).ok_or_else(|| {
+            format!("{field}.passwordEnv: the environment variable {name} is not set")
+        }),
+        (None, None) => Err(format!("{field}: no password source")),
     }
 }
 

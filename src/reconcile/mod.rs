@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState, Entry, Served};
-use crate::reconcile::certificates::{Certificates, Outcome};
+use crate::reconcile::certificates::{Certificates, Environment, Outcome};
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
 
@@ -33,6 +33,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     /// How snapshots are evaluated.
     pub options: desired::Options,
+    /// Where `passwordEnv` values come from.
+    pub environment: Environment,
 }
 
 /// Errors of the reconcile loop.
@@ -90,7 +92,11 @@ impl Reconciler {
     /// A reconciler that has run no pass yet.
     pub fn new(config: Config) -> Self {
         Self {
-            certificates: Certificates::new(config.state_dir.clone(), config.config_dir.clone()),
+            certificates: Certificates::new(
+                config.state_dir.clone(),
+                config.config_dir.clone(),
+                config.environment.clone(),
+            ),
             config,
             previous: None,
             transitions: HashMap::new(),

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use tessera::desired;
+use tessera::reconcile::certificates::Environment;
 use tessera::reconcile::{Config, Reconciler};
 use tessera::server::admin::{ObjectReport, Report};
 use tessera::sources::dir::DirSource;
@@ -42,6 +43,9 @@ impl Setup {
             state_dir: self.state.path().to_path_buf(),
             config_dir: self.config.path().to_path_buf(),
             options: desired::Options::default(),
+            environment: Environment::new(|name| {
+                (name == "TEST_JKS_PASSWORD").then(|| "jks-secret".to_owned())
+            }),
         })
     }
 
@@ -449,5 +453,170 @@ fn a_ca_issuer_with_a_key_that_is_not_the_certificates_is_refused() {
     assert_eq!(
         (status.as_str(), reason.as_str()),
         ("False", "IssuerNotReady")
+    );
+}
+
+#[test]
+fn keystores_open_in_openssl_and_keytool_with_their_passwords() {
+    let keystores = "  keystores:\n    pkcs12:\n      passwordFile: p12-password.txt\n    jks:\n      keystore:\n        passwordEnv: TEST_JKS_PASSWORD\n      truststore:\n        passwordFile: trust-password.txt\n";
+    let setup = Setup::new(&format!("{ISSUER}{}", certificate("java", keystores)));
+    std::fs::write(setup.config.path().join("p12-password.txt"), "p12-secret\n").unwrap();
+    std::fs::write(
+        setup.config.path().join("trust-password.txt"),
+        "trust-secret",
+    )
+    .unwrap();
+    let mut reconciler = setup.reconciler();
+    let (report, _) = setup.pass(&mut reconciler, now());
+    let java = object(&report, "Certificate", "java");
+    assert_eq!(ready(java).0, "True", "{:?}", ready(java));
+    let dir = setup.files("java");
+
+    let p12 = dir.join("keystore.p12");
+    let (ok, out) = openssl(&[
+        "pkcs12",
+        "-in",
+        path(&p12),
+        "-passin",
+        "pass:p12-secret",
+        "-nodes",
+        "-info",
+    ]);
+    assert!(ok, "openssl opens keystore.p12: {out}");
+    assert!(
+        out.contains("BEGIN PRIVATE KEY") && out.contains("subject=CN=")
+            || out.contains("subject="),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf and root: {out}"
+    );
+    let (ok, _) = openssl(&[
+        "pkcs12",
+        "-in",
+        path(&p12),
+        "-passin",
+        "pass:wrong",
+        "-nodes",
+        "-info",
+    ]);
+    assert!(!ok, "a wrong password is refused");
+
+    let keytool = |args: &[&str]| {
+        let output = Command::new("keytool")
+            .args(args)
+            .output()
+            .expect("keytool (the JDK) is installed");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, out) = keytool(&[
+        "-list",
+        "-v",
+        "-storetype",
+        "JKS",
+        "-keystore",
+        path(&dir.join("keystore.jks")),
+        "-storepass",
+        "jks-secret",
+    ]);
+    assert!(ok, "keytool opens keystore.jks: {out}");
+    assert!(
+        out.contains("Alias name: certificate") && out.contains("PrivateKeyEntry"),
+        "{out}"
+    );
+    assert!(out.contains("Certificate chain length: 2"), "{out}");
+    let (ok, out) = keytool(&[
+        "-list",
+        "-storetype",
+        "JKS",
+        "-keystore",
+        path(&dir.join("keystore.jks")),
+        "-storepass",
+        "not-it",
+    ]);
+    assert!(!ok, "keytool refuses a wrong password: {out}");
+    let (ok, out) = keytool(&[
+        "-list",
+        "-v",
+        "-storetype",
+        "JKS",
+        "-keystore",
+        path(&dir.join("truststore.jks")),
+        "-storepass",
+        "trust-secret",
+    ]);
+    assert!(ok, "keytool opens truststore.jks: {out}");
+    assert!(
+        out.contains("Alias name: ca")
+            && out.contains("trustedCertEntry")
+            && out.contains("CN=Test Root CA"),
+        "{out}"
+    );
+    // keytool can take the private key out with the store password, so the key protector is right.
+    let exported = dir.join("exported.p12");
+    let (ok, out) = keytool(&[
+        "-importkeystore",
+        "-srckeystore",
+        path(&dir.join("keystore.jks")),
+        "-srcstoretype",
+        "JKS",
+        "-srcstorepass",
+        "jks-secret",
+        "-destkeystore",
+        path(&exported),
+        "-deststoretype",
+        "PKCS12",
+        "-deststorepass",
+        "exported",
+        "-noprompt",
+    ]);
+    assert!(ok, "keytool recovers the private key: {out}");
+
+    // A new password rewrites the keystore; an unchanged one leaves it alone.
+    let before = std::fs::read(&p12).unwrap();
+    let (_, _) = setup.pass(&mut reconciler, now());
+    assert_eq!(
+        std::fs::read(&p12).unwrap(),
+        before,
+        "unchanged keystores are not rewritten"
+    );
+    std::fs::write(setup.config.path().join("p12-password.txt"), "rotated\n").unwrap();
+    let (_, _) = setup.pass(&mut reconciler, now());
+    let (ok, out) = openssl(&[
+        "pkcs12",
+        "-in",
+        path(&p12),
+        "-passin",
+        "pass:rotated",
+        "-nodes",
+        "-info",
+    ]);
+    assert!(ok, "the keystore follows the new password: {out}");
+}
+
+#[test]
+fn a_missing_keystore_password_is_reported_not_ignored() {
+    let keystores = "  keystores:\n    pkcs12:\n      passwordEnv: NOT_SET_ANYWHERE\n";
+    let setup = Setup::new(&format!("{ISSUER}{}", certificate("java", keystores)));
+    let mut reconciler = setup.reconciler();
+    let (report, _) = setup.pass(&mut reconciler, now());
+    let (status, reason, message) = ready(object(&report, "Certificate", "java"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "KeystoreFailed")
+    );
+    assert!(message.contains("NOT_SET_ANYWHERE is not set"), "{message}");
+    assert!(
+        setup.files("java").join("tls.crt").exists(),
+        "the PEM files are still written"
     );
 }
