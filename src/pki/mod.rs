@@ -6,6 +6,7 @@ pub mod authority;
 pub mod facts;
 pub mod keystore;
 pub mod renewal;
+pub mod tls;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -5,4 +5,5 @@ mod crds;
 mod examples;
 mod serve;
 mod support;
+mod tls;
 mod validate;

@@ -1,0 +1,183 @@
+//! rustls configuration that follows renewals: the server certificate and the verifier of
+//! client certificates are read from `watch` channels at each handshake, so a renewed
+//! certificate or a new set of trusted CAs takes effect on the next connection without
+//! restarting a listener, while connections already open keep going.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, NoClientAuth, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use tokio::sync::watch;
+
+use super::PkiError;
+use super::facts;
+
+/// The process's one crypto provider (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key, ready for rustls.
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, PkiError> {
+    let chain = facts::pem_certificates(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::Key(e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| PkiError::Key(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|_| PkiError::KeyMismatch)?;
+    Ok(Arc::new(certified))
+}
+
+/// Serves whatever certificate is current on the channel. With none (`None`), handshakes
+/// fail: a listener fails closed until its certificate exists.
+#[derive(Debug)]
+pub struct ReloadingResolver(watch::Receiver<Option<Arc<CertifiedKey>>>);
+
+impl ReloadingResolver {
+    /// A resolver reading `current`.
+    pub fn new(current: watch::Receiver<Option<Arc<CertifiedKey>>>) -> Arc<Self> {
+        Arc::new(Self(current))
+    }
+}
+
+impl ResolvesServerCert for ReloadingResolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.borrow().clone()
+    }
+}
+
+/// Whether clients present certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Not asked for.
+    None,
+    /// Asked for and verified when presented.
+    Optional,
+    /// Every client must present a valid one.
+    Required,
+}
+
+/// A verifier of client certificates against `trusted` CA certificates (PEM), refusing those
+/// listed in `crls`.
+pub fn client_verifier(
+    mode: ClientAuth,
+    trusted: &[String],
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    if mode == ClientAuth::None {
+        return Ok(Arc::new(NoClientAuth));
+    }
+    let mut roots = RootCertStore::empty();
+    for pem in trusted {
+        for certificate in facts::pem_certificates(pem)? {
+            roots
+                .add(certificate)
+                .map_err(|e| PkiError::Certificate(format!("not usable as a trusted CA: {e}")))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(PkiError::Certificate(
+            "no trusted CA to verify client certificates".into(),
+        ));
+    }
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
+    let builder = if mode == ClientAuth::Optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder
+        .build()
+        .map_err(|e| PkiError::Certificate(format!("failed to build the client verifier: {e}")))
+}
+
+/// Delegates every decision to the verifier current on the channel.
+///
+/// It sends no list of acceptable CAs in the certificate request (the list would have to be
+/// borrowed from a value that may change); TLS allows that, and clients holding one
+/// certificate send it anyway.
+#[derive(Debug)]
+pub struct ReloadingClientVerifier(watch::Receiver<Arc<dyn ClientCertVerifier>>);
+
+impl ReloadingClientVerifier {
+    /// A verifier reading `current`.
+    pub fn new(current: watch::Receiver<Arc<dyn ClientCertVerifier>>) -> Arc<Self> {
+        Arc::new(Self(current))
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.0.borrow().clone()
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.current().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.current().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// A server configuration whose certificate and client verification follow the channels.
+pub fn server_config(
+    certificate: watch::Receiver<Option<Arc<CertifiedKey>>>,
+    client_verifier: watch::Receiver<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Certificate(e.to_string()))?
+        .with_client_cert_verifier(ReloadingClientVerifier::new(client_verifier))
+        .with_cert_resolver(ReloadingResolver::new(certificate));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
