@@ -15,10 +15,12 @@ pub enum Existing {
     Missing,
     /// Files exist but cannot be used (why).
     Unreadable(String),
-    /// A certificate, and whether the key beside it is its key.
+    /// A certificate, whether the key beside it is its key, and whether its issuer has
+    /// revoked it.
     Present {
         facts: Box<CertFacts>,
         key_matches: bool,
+        revoked: bool,
     },
 }
 
@@ -50,6 +52,7 @@ pub enum Reason {
     Missing,
     Unreadable(String),
     KeyMismatch,
+    Revoked,
     SpecChanged(String),
     IssuerChanged,
     Expired,
@@ -63,6 +66,7 @@ impl Reason {
             Reason::Missing => "DoesNotExist",
             Reason::Unreadable(_) => "Unreadable",
             Reason::KeyMismatch => "KeyMismatch",
+            Reason::Revoked => "Revoked",
             Reason::SpecChanged(_) => "SpecChanged",
             Reason::IssuerChanged => "IssuerChanged",
             Reason::Expired => "Expired",
@@ -77,6 +81,7 @@ impl fmt::Display for Reason {
             Reason::Missing => f.write_str("no certificate has been issued yet"),
             Reason::Unreadable(why) => write!(f, "the existing certificate cannot be used: {why}"),
             Reason::KeyMismatch => f.write_str("the private key does not match the certificate"),
+            Reason::Revoked => f.write_str("the certificate was revoked"),
             Reason::SpecChanged(what) => write!(f, "the spec changed: {what}"),
             Reason::IssuerChanged => {
                 f.write_str("the certificate was not signed by the current issuer")
@@ -104,13 +109,18 @@ pub fn decide(
     issuer: &CertFacts,
     now: jiff::Timestamp,
 ) -> Decision {
-    let (facts, key_matches) = match existing {
+    let (facts, key_matches, revoked) = match existing {
         Existing::Missing => return Decision::Issue(Reason::Missing),
         Existing::Unreadable(why) => return Decision::Issue(Reason::Unreadable(why.clone())),
-        Existing::Present { facts, key_matches } => (facts.as_ref(), *key_matches),
+        Existing::Present {
+            facts,
+            key_matches,
+            revoked,
+        } => (facts.as_ref(), *key_matches, *revoked),
     };
-    let checks: [&dyn Fn() -> Option<Reason>; 4] = [
+    let checks: [&dyn Fn() -> Option<Reason>; 5] = [
         &|| (!key_matches).then_some(Reason::KeyMismatch),
+        &|| revoked.then_some(Reason::Revoked),
         &|| spec_changed(facts, wanted, issuer).map(Reason::SpecChanged),
         &|| (!facts.issued_by(issuer)).then_some(Reason::IssuerChanged),
         &|| (facts.not_after <= now).then_some(Reason::Expired),
@@ -241,6 +251,7 @@ mod tests {
         Existing::Present {
             facts: Box::new(issued.facts),
             key_matches: true,
+            revoked: false,
         }
     }
 
@@ -274,12 +285,22 @@ mod tests {
         let Existing::Present { facts, .. } = issue(&ca, &wanted(), now) else {
             unreachable!()
         };
-        // A wrong key is found before anything else, even with the names changed too.
+        let revoked = Existing::Present {
+            facts: facts.clone(),
+            key_matches: true,
+            revoked: true,
+        };
+        assert_eq!(
+            decide(&revoked, &wanted(), ca.facts(), now),
+            Decision::Issue(Reason::Revoked)
+        );
+        // A wrong key is found before anything else, even revoked and with the names changed.
         let mut changed = wanted();
         changed.names.dns_names.push("other.local".into());
         let wrong_key = Existing::Present {
             facts,
             key_matches: false,
+            revoked: true,
         };
         assert_eq!(
             decide(&wrong_key, &changed, ca.facts(), now),

@@ -10,7 +10,7 @@
 //!   `ca.crt` (the root), or the Certificate's `outputDirectory`.
 //! - `pki/certificates/<namespace>/<name>.json`: the revision, kept across restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,6 +33,57 @@ const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(
 /// First retry after a failed issuance; doubles on each failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
 const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+/// Default validity of a CRL: a week, refreshed after 2/3 of it.
+const DEFAULT_CRL_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_hours(168);
+
+/// An issuer's revocations, in `pki/issuers/<namespace>/<name>/revoked.json`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Revocations {
+    /// Number of the last CRL published.
+    crl_number: u64,
+    /// Certificates revoked through `revoked: true`.
+    certificates: Vec<RevokedEntry>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RevokedEntry {
+    serial: String,
+    /// RFC 3339.
+    at: String,
+    /// The Certificate it belonged to.
+    certificate: String,
+}
+
+/// What an existing CRL says.
+struct CrlFacts {
+    number: u64,
+    this_update: jiff::Timestamp,
+    next_update: jiff::Timestamp,
+    serials: HashSet<String>,
+    issuer: Vec<u8>,
+}
+
+fn read_crl(pem: &str) -> Option<CrlFacts> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).ok()?;
+    let time = |t: x509_parser::time::ASN1Time| jiff::Timestamp::from_second(t.timestamp()).ok();
+    Some(CrlFacts {
+        number: crl
+            .crl_number()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        this_update: time(crl.last_update())?,
+        next_update: time(crl.next_update()?)?,
+        serials: crl
+            .iter_revoked_certificates()
+            .map(|r| authority::normalise_serial(&hex::encode(r.raw_serial())))
+            .collect(),
+        issuer: crl.issuer().as_raw().to_vec(),
+    })
+}
 
 /// What a pass found for one Issuer or Certificate.
 #[derive(Clone, Debug)]
@@ -151,6 +202,14 @@ impl Certificates {
             }
             if round > 0 && outcomes.values().filter(|o| o.ready).count() == ready_before {
                 break;
+            }
+        }
+        for (key, outcome) in outcomes.iter_mut() {
+            if key.kind == Kind::Issuer
+                && outcome.ready
+                && let Some(next) = self.publish_crl(key, desired, outcome, now)
+            {
+                due(next);
             }
         }
         if !desired.held_back {
@@ -308,8 +367,15 @@ impl Certificates {
         };
         let wanted = wanted(certificate);
         let dir = self.output_dir(key, desired);
-        let existing = existing(&dir);
+        let revoked = self.revoked_serials(&issuer_key, desired);
+        let existing = existing(&dir, &revoked);
         let revision = self.revision(key);
+        if spec.revoked {
+            return (
+                self.revoke(key, &issuer_key, &existing, revision, now),
+                None,
+            );
+        }
         let decision = renewal::decide(&existing, &wanted, authority.facts(), now);
         let reason = match decision {
             Decision::Keep { renew_at } => {
@@ -317,7 +383,7 @@ impl Certificates {
                 let Existing::Present { facts, .. } = &existing else {
                     unreachable!("kept certificates exist")
                 };
-                let outcome = ready_certificate(facts, renew_at, revision, spec, &dir);
+                let outcome = ready_certificate(facts, renew_at, revision, &dir);
                 let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 return (outcome, Some(renew_at));
             }
@@ -355,7 +421,7 @@ impl Certificates {
                     "issued a certificate"
                 );
                 let renew_at = renewal::renewal_time(&issued, wanted.renew);
-                let outcome = ready_certificate(&issued, renew_at, revision, spec, &dir);
+                let outcome = ready_certificate(&issued, renew_at, revision, &dir);
                 let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 (outcome, Some(renew_at))
             }
@@ -426,6 +492,188 @@ impl Certificates {
         write("tls.crt", &issued.chain_pem, Access::Public)?;
         write("ca.crt", &issued.root_pem, Access::Public)?;
         Ok(issued.facts)
+    }
+
+    /// The serials `issuer` has revoked: those its spec lists, and those of Certificates
+    /// revoked through `revoked: true` (kept on disk, so they stay revoked).
+    fn revoked_serials(&self, issuer: &ObjectKey, desired: &DesiredState) -> HashSet<String> {
+        let mut serials: HashSet<String> = self
+            .revocations(issuer)
+            .certificates
+            .into_iter()
+            .map(|entry| entry.serial)
+            .collect();
+        if let Some(Resource::Issuer(spec)) = desired.entries.get(issuer).and_then(|e| e.resource())
+        {
+            serials.extend(
+                spec.spec
+                    .revoked_serials
+                    .iter()
+                    .map(|s| authority::normalise_serial(s)),
+            );
+        }
+        serials
+    }
+
+    /// A Certificate with `revoked: true`: its current certificate goes on the issuer's
+    /// revocation list, and it is not renewed until `revoked` is cleared.
+    fn revoke(
+        &self,
+        key: &ObjectKey,
+        issuer: &ObjectKey,
+        existing: &Existing,
+        revision: i64,
+        now: jiff::Timestamp,
+    ) -> Outcome {
+        let Existing::Present { facts, .. } = existing else {
+            return not_ready(
+                "Revoked",
+                "revoked: true, and no certificate exists: nothing is issued until revoked is cleared".into(),
+            );
+        };
+        let mut revocations = self.revocations(issuer);
+        if !revocations
+            .certificates
+            .iter()
+            .any(|entry| entry.serial == facts.serial)
+        {
+            revocations.certificates.push(RevokedEntry {
+                serial: facts.serial.clone(),
+                at: now.to_string(),
+                certificate: key.to_string(),
+            });
+            match self.save_revocations(issuer, &revocations) {
+                Ok(()) => {
+                    tracing::info!(certificate = %key, serial = %facts.serial, "revoked a certificate")
+                }
+                Err(error) => {
+                    return not_ready(
+                        "RevocationFailed",
+                        format!("failed to record the revocation: {error}"),
+                    );
+                }
+            }
+        }
+        Outcome {
+            ready: false,
+            reason: "Revoked",
+            message: format!(
+                "serial {} is revoked and listed in {issuer}'s CRL; set revoked: false to issue a new certificate",
+                facts.serial
+            ),
+            details: certificate_details(facts, revision),
+            issuing: Some((false, "Revoked", String::new())),
+        }
+    }
+
+    fn issuer_dir(&self, issuer: &ObjectKey) -> PathBuf {
+        self.state_dir
+            .join("pki/issuers")
+            .join(&issuer.namespace)
+            .join(&issuer.name)
+    }
+
+    fn revocations(&self, issuer: &ObjectKey) -> Revocations {
+        std::fs::read(self.issuer_dir(issuer).join("revoked.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_revocations(
+        &self,
+        issuer: &ObjectKey,
+        revocations: &Revocations,
+    ) -> Result<(), String> {
+        let body = serde_json::to_vec_pretty(revocations).map_err(|e| e.to_string())?;
+        atomic::write(
+            &self.issuer_dir(issuer).join("revoked.json"),
+            &body,
+            Access::Public,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Writes the issuer's CRL (`crl.pem` beside its CA files) when it is missing, lists other
+    /// serials than the revoked set, or has passed 2/3 of its validity. Returns when it is next
+    /// due for refresh, and adds `crlNumber` and `crlNextUpdate` to the issuer's status.
+    fn publish_crl(
+        &self,
+        key: &ObjectKey,
+        desired: &DesiredState,
+        outcome: &mut Outcome,
+        now: jiff::Timestamp,
+    ) -> Option<jiff::Timestamp> {
+        let authority = self.authorities.get(key)?;
+        let Some(Resource::Issuer(issuer)) = desired.entries.get(key).and_then(|e| e.resource())
+        else {
+            return None;
+        };
+        let validity = issuer
+            .spec
+            .crl_validity
+            .map_or(DEFAULT_CRL_VALIDITY, |d| signed(d.as_std()));
+        let revoked = self.revoked_serials(key, desired);
+        let path = self.issuer_dir(key).join("crl.pem");
+        let current = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|pem| read_crl(&pem));
+        let fresh = current.as_ref().filter(|crl| {
+            let refresh =
+                crl.this_update + (crl.next_update.duration_since(crl.this_update)) * 2 / 3;
+            crl.serials == revoked && crl.issuer == authority.facts().subject_der && now < refresh
+        });
+        let (number, next_update, this_update) = match fresh {
+            Some(crl) => (crl.number, crl.next_update, crl.this_update),
+            None => {
+                let mut revocations = self.revocations(key);
+                revocations.crl_number += 1;
+                let at = |serial: &str| {
+                    revocations
+                        .certificates
+                        .iter()
+                        .find(|e| e.serial == serial)
+                        .and_then(|e| e.at.parse().ok())
+                        .unwrap_or(now)
+                };
+                let mut entries: Vec<authority::Revoked> = revoked
+                    .iter()
+                    .map(|serial| authority::Revoked {
+                        serial: serial.clone(),
+                        at: at(serial),
+                    })
+                    .collect();
+                entries.sort_by(|a, b| a.serial.cmp(&b.serial));
+                let written = authority
+                    .crl(&entries, revocations.crl_number, now, validity)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| {
+                        atomic::write(&path, pem.as_bytes(), Access::Public)
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|()| self.save_revocations(key, &revocations));
+                if let Err(error) = written {
+                    outcome
+                        .message
+                        .push_str(&format!("; no CRL could be published: {error}"));
+                    return Some(now + FIRST_BACKOFF);
+                }
+                tracing::info!(issuer = %key, number = revocations.crl_number, revoked = entries.len(), "published a CRL");
+                (
+                    revocations.crl_number,
+                    now + validity,
+                    now - authority::BACKDATE,
+                )
+            }
+        };
+        outcome.details.insert("crlNumber".into(), json!(number));
+        outcome
+            .details
+            .insert("crlNextUpdate".into(), json!(next_update.to_string()));
+        outcome
+            .details
+            .insert("revokedCertificates".into(), json!(revoked.len()));
+        Some(this_update + next_update.duration_since(this_update) * 2 / 3)
     }
 
     /// Writes the keystores a Certificate asks for when they are missing, do not open with
@@ -656,8 +904,8 @@ fn password(
     }
 }
 
-/// What exists in `dir`.
-fn existing(dir: &Path) -> Existing {
+/// What exists in `dir`; `revoked` holds the serials the issuer has revoked.
+fn existing(dir: &Path, revoked: &HashSet<String>) -> Existing {
     let (Ok(chain), Ok(key_pem)) = (
         std::fs::read_to_string(dir.join("tls.crt")),
         std::fs::read_to_string(dir.join("tls.key")),
@@ -671,6 +919,7 @@ fn existing(dir: &Path) -> Existing {
     match authority::load_key(&key_pem) {
         Ok(key) => Existing::Present {
             key_matches: authority::key_matches(&key, &facts),
+            revoked: revoked.contains(&facts.serial),
             facts: Box::new(facts),
         },
         Err(e) => Existing::Unreadable(format!("tls.key: {e}")),
@@ -769,29 +1018,15 @@ fn ready_certificate(
     facts: &facts::CertFacts,
     renew_at: jiff::Timestamp,
     revision: i64,
-    spec: &crate::resources::CertificateSpec,
     dir: &Path,
 ) -> Outcome {
     let mut details = certificate_details(facts, revision);
     details.insert("renewalTime".into(), json!(renew_at.to_string()));
-    let mut message = format!(
+    let message = format!(
         "valid until {}, renewed at {renew_at}; files in {}",
         facts.not_after,
         dir.display()
     );
-    let mut later = Vec::new();
-    if spec.keystores.is_some() {
-        later.push("keystores");
-    }
-    if spec.revoked {
-        later.push("revocation");
-    }
-    if !later.is_empty() {
-        message.push_str(&format!(
-            " ({} not yet supported by this version of Tessera)",
-            later.join(" and ")
-        ));
-    }
     Outcome {
         ready: true,
         reason: "Ready",

@@ -123,7 +123,21 @@ fn issued_files_pass_openssl_and_show_the_asked_names_usages_and_lifetime() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(wake, Some(renewal), "the loop wakes at the renewal time");
+    // The loop wakes at what comes first: this renewal, or the CRL's refresh at 2/3 of a week.
+    let issuer = object(&report, "Issuer", "ca");
+    let crl_next: jiff::Timestamp = detail(issuer, "crlNextUpdate")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let crl_refresh =
+        crl_next - (crl_next.duration_since(now()) + jiff::SignedDuration::from_mins(5)) / 3;
+    let wake = wake.unwrap();
+    assert!(wake <= renewal, "wakes no later than the renewal");
+    assert!(
+        (wake.duration_since(crl_refresh)).abs() < jiff::SignedDuration::from_secs(5),
+        "{wake} vs {crl_refresh}"
+    );
 
     let dir = setup.files("web");
     let (ok, out) = openssl(&[
@@ -470,6 +484,11 @@ fn keystores_open_in_openssl_and_keytool_with_their_passwords() {
     let (report, _) = setup.pass(&mut reconciler, now());
     let java = object(&report, "Certificate", "java");
     assert_eq!(ready(java).0, "True", "{:?}", ready(java));
+    assert!(
+        !ready(java).2.contains("not yet supported"),
+        "{:?}",
+        ready(java)
+    );
     let dir = setup.files("java");
 
     let p12 = dir.join("keystore.p12");
@@ -619,4 +638,154 @@ fn a_missing_keystore_password_is_reported_not_ignored() {
         setup.files("java").join("tls.crt").exists(),
         "the PEM files are still written"
     );
+}
+
+#[test]
+fn a_revoked_certificate_is_in_the_crl_refused_by_openssl_and_replaced_once_unrevoked() {
+    let both = |revoked: &str| {
+        format!(
+            "{ISSUER}{}{}",
+            certificate("web", revoked),
+            certificate("other", "")
+        )
+    };
+    let setup = Setup::new(&both(""));
+    let mut reconciler = setup.reconciler();
+    let t = now();
+    let (report, _) = setup.pass(&mut reconciler, t);
+    let serial = detail(object(&report, "Certificate", "web"), "serialNumber")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let crl = setup.state.path().join("pki/issuers/default/ca/crl.pem");
+    assert_eq!(
+        detail(object(&report, "Issuer", "ca"), "crlNumber"),
+        1,
+        "a CRL is published from the start"
+    );
+
+    setup.write(&both("  revoked: true\n"));
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_secs(1));
+    let web = object(&report, "Certificate", "web");
+    let (status, reason, message) = ready(web);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Revoked"),
+        "{message}"
+    );
+    assert_eq!(detail(object(&report, "Issuer", "ca"), "crlNumber"), 2);
+    assert_eq!(
+        detail(object(&report, "Issuer", "ca"), "revokedCertificates"),
+        1
+    );
+
+    let (ok, text) = openssl(&["crl", "-in", path(&crl), "-noout", "-text"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains(&serial),
+        "serial {serial} listed:\n{text}"
+    );
+    let ca = setup.files("web").join("ca.crt");
+    let (ok, out) = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CRLfile",
+        path(&crl),
+        "-CAfile",
+        path(&ca),
+        path(&setup.files("web").join("tls.crt")),
+    ]);
+    assert!(
+        !ok && out.contains("certificate revoked"),
+        "openssl refuses the revoked leaf: {out}"
+    );
+    let (ok, out) = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CRLfile",
+        path(&crl),
+        "-CAfile",
+        path(&ca),
+        path(&setup.files("other").join("tls.crt")),
+    ]);
+    assert!(
+        ok,
+        "a certificate not revoked still verifies with the CRL: {out}"
+    );
+
+    // Clearing `revoked` issues a new certificate; the old serial stays revoked.
+    setup.write(&both(""));
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_secs(2));
+    let web = object(&report, "Certificate", "web");
+    assert_eq!(ready(web).0, "True");
+    assert_ne!(detail(web, "serialNumber"), Value::String(serial.clone()));
+    assert_eq!(detail(web, "revision"), 2);
+    let (ok, out) = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CRLfile",
+        path(&crl),
+        "-CAfile",
+        path(&ca),
+        path(&setup.files("web").join("tls.crt")),
+    ]);
+    assert!(ok, "the replacement verifies: {out}");
+    let (_, text) = openssl(&["crl", "-in", path(&crl), "-noout", "-text"]);
+    assert!(
+        text.to_ascii_lowercase().contains(&serial),
+        "still revoked:\n{text}"
+    );
+}
+
+#[test]
+fn serials_listed_on_the_issuer_are_revoked_and_the_crl_is_refreshed_before_it_expires() {
+    let setup = Setup::new(&format!(
+        "{}  crlValidity: 3h\n{}",
+        ISSUER,
+        certificate("web", "")
+    ));
+    let mut reconciler = setup.reconciler();
+    let t = now();
+    let (report, wake) = setup.pass(&mut reconciler, t);
+    let serial = detail(object(&report, "Certificate", "web"), "serialNumber")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The CRL is due for refresh at 2/3 of its 3h validity: the loop wakes by then.
+    assert!(wake.unwrap() <= t + jiff::SignedDuration::from_hours(2));
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_mins(115));
+    assert_eq!(detail(object(&report, "Issuer", "ca"), "crlNumber"), 1);
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_mins(121));
+    assert_eq!(
+        detail(object(&report, "Issuer", "ca"), "crlNumber"),
+        2,
+        "refreshed after 2/3 of its validity"
+    );
+
+    // Listing the serial on the Issuer revokes it; the Certificate gets a new one.
+    let colon_serial: Vec<String> = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_uppercase())
+        .collect();
+    setup.write(&format!(
+        "{}  revokedSerials: [\"{}\"]\n{}",
+        ISSUER,
+        colon_serial.join(":"),
+        certificate("web", "")
+    ));
+    let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_mins(122));
+    let web = object(&report, "Certificate", "web");
+    assert_ne!(
+        detail(web, "serialNumber"),
+        Value::String(serial.clone()),
+        "re-issued because revoked"
+    );
+    assert_eq!(
+        detail(object(&report, "Issuer", "ca"), "revokedCertificates"),
+        1
+    );
+    let crl = setup.state.path().join("pki/issuers/default/ca/crl.pem");
+    let (_, text) = openssl(&["crl", "-in", path(&crl), "-noout", "-text"]);
+    assert!(text.to_ascii_lowercase().contains(&serial), "{text}");
 }

@@ -297,3 +297,48 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         "a new connection sees the renewed certificate"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use tessera::pki::authority::Revoked;
+    let server_ca = ca("Server CA");
+    let server = leaf(&server_ca, Usage::ServerAuth);
+    let (_certificate_tx, certificate_rx) =
+        watch::channel(Some(tls::certified_key(&server.0, &server.1).unwrap()));
+    let clients = ca("Client CA");
+    let good = leaf(&clients, Usage::ClientAuth);
+    let bad = leaf(&clients, Usage::ClientAuth);
+    let bad_serial = facts::read(&facts::pem_certificates(&bad.0).unwrap()[0])
+        .unwrap()
+        .serial;
+    let crl_pem = clients
+        .crl(
+            &[Revoked {
+                serial: bad_serial,
+                at: jiff::Timestamp::now(),
+            }],
+            1,
+            jiff::Timestamp::now(),
+            jiff::SignedDuration::from_hours(24),
+        )
+        .unwrap();
+    let crl = CertificateRevocationListDer::from_pem_slice(crl_pem.as_bytes()).unwrap();
+    let verifier = tls::client_verifier(
+        ClientAuth::Required,
+        &[clients.root_pem().to_owned()],
+        vec![crl],
+    )
+    .unwrap();
+    let address = echo_server(certificate_rx, watch::channel(verifier).1).await;
+
+    let mut accepted = connect(address, server_ca.root_pem(), Some(&good))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut accepted, "ok").await.unwrap(), "ok");
+    let refused = match connect(address, server_ca.root_pem(), Some(&bad)).await {
+        Ok(mut stream) => round_trip(&mut stream, "no").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a revoked client certificate is refused");
+}
