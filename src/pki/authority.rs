@@ -119,6 +119,47 @@ impl Authority {
         })
     }
 
+    /// The same CA, with `intermediates_pem` sent after every leaf it signs and
+    /// `trust_bundle_pem` as the root(s) clients should hold. Used during a CA rollover, where
+    /// leaves carry a cross-certificate and clients are given both the old and the new CA.
+    pub fn with_chain(mut self, intermediates_pem: String, trust_bundle_pem: String) -> Self {
+        self.intermediates_pem = intermediates_pem;
+        self.root_pem = trust_bundle_pem;
+        self
+    }
+
+    /// Certifies `other`'s CA key and subject with this CA's key: a cross-certificate, so that
+    /// chains through `other` also verify for clients that trust only this CA. It ends no
+    /// later than either CA.
+    pub fn cross_sign(&self, other: &Authority, now: jiff::Timestamp) -> Result<String, PkiError> {
+        let der = facts::pem_certificates(&other.certificate_pem)?.remove(0);
+        let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| PkiError::Certificate(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = same_name(&certificate.tbs_certificate.subject)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        // The same key identifier as `other`'s own certificate, so path building matches the
+        // leaves' authority key identifier to either.
+        if let Some(id) = &other.facts.subject_key_id {
+            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id.clone());
+        }
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        params.not_before = offset((now - BACKDATE).max(self.facts.not_before))?;
+        params.not_after = offset(other.facts.not_after.min(self.facts.not_after))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.certificate_pem, &self.key)
+            .map_err(|e| PkiError::Certificate(e.to_string()))?;
+        let cross = params
+            .signed_by(&other.key, &issuer)
+            .map_err(PkiError::Sign)?;
+        Ok(cross.pem())
+    }
+
     /// The CA certificate.
     pub fn certificate_pem(&self) -> &str {
         &self.certificate_pem
@@ -320,6 +361,37 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// The same distinguished name as `name`, attribute by attribute, keeping each value's
+/// string type so the encoding (which chain building compares byte for byte) is identical.
+fn same_name(name: &x509_parser::x509::X509Name<'_>) -> Result<DistinguishedName, PkiError> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let mut out = DistinguishedName::new();
+    for attribute in name.iter_attributes() {
+        let oid: Vec<u64> = attribute
+            .attr_type()
+            .iter()
+            .ok_or_else(|| PkiError::Certificate("an attribute type is too large".into()))?
+            .collect();
+        let value = attribute.attr_value();
+        let text = std::str::from_utf8(value.data)
+            .map_err(|_| PkiError::Certificate("a name attribute is not text".into()))?
+            .to_owned();
+        let value = match value.tag() {
+            Tag::PrintableString => rcgen::DnValue::PrintableString(
+                text.try_into()
+                    .map_err(|_| PkiError::Certificate("bad PrintableString".into()))?,
+            ),
+            Tag::Ia5String => rcgen::DnValue::Ia5String(
+                text.try_into()
+                    .map_err(|_| PkiError::Certificate("bad IA5String".into()))?,
+            ),
+            _ => rcgen::DnValue::Utf8String(text),
+        };
+        out.push(DnType::from_oid(&oid), value);
+    }
+    Ok(out)
+}
+
 fn distinguished_name(common_name: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, common_name);
@@ -508,6 +580,44 @@ mod tests {
             Authority::from_pem(&leaf.chain_pem, &other.serialize_pem(), None),
             Err(PkiError::NotCa(_))
         ));
+    }
+
+    #[test]
+    fn a_cross_certificate_lets_old_roots_verify_the_new_cas_leaves() {
+        let old = Authority::generate(
+            "Old CA",
+            KeyType::EcdsaP256,
+            now(),
+            jiff::SignedDuration::from_hours(24),
+        )
+        .unwrap();
+        let new = Authority::generate(
+            "New CA",
+            KeyType::EcdsaP256,
+            now(),
+            jiff::SignedDuration::from_hours(48),
+        )
+        .unwrap();
+        let cross = old.cross_sign(&new, now()).unwrap();
+        let cross_facts = facts::read(&facts::pem_certificates(&cross).unwrap()[0]).unwrap();
+        assert_eq!(
+            cross_facts.subject_der,
+            new.facts().subject_der,
+            "same subject as the new CA"
+        );
+        assert_eq!(
+            cross_facts.subject_key_id,
+            new.facts().subject_key_id,
+            "same key identifier"
+        );
+        assert_eq!(cross_facts.public_key, new.facts().public_key, "same key");
+        assert!(cross_facts.issued_by(old.facts()));
+        assert!(cross_facts.is_ca && cross_facts.can_sign_certificates);
+        assert_eq!(
+            cross_facts.not_after,
+            old.facts().not_after,
+            "ends with the old CA"
+        );
     }
 
     #[test]

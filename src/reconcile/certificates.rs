@@ -33,6 +33,47 @@ const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(
 /// First retry after a failed issuance; doubles on each failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
 const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+/// Default overlap of a CA rollover: a month for clients to learn the new CA.
+const DEFAULT_ROLLOVER_OVERLAP: jiff::SignedDuration = jiff::SignedDuration::from_hours(720);
+
+/// A CA rollover in progress, in `pki/issuers/<namespace>/<name>/rollover.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RolloverState {
+    phase: RolloverPhase,
+    /// RFC 3339.
+    started: String,
+    /// When the new CA starts signing (RFC 3339).
+    reissue_at: String,
+}
+
+impl RolloverState {
+    fn reissue_at(&self) -> jiff::Timestamp {
+        self.reissue_at
+            .parse()
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum RolloverPhase {
+    Overlap,
+    Reissuing,
+}
+
+/// What an issuer's pass says of rollover: its phase, and when the next step is due.
+#[derive(Clone, Debug, Default)]
+struct Rollover {
+    phase: Option<&'static str>,
+    next: Option<jiff::Timestamp>,
+}
+
+/// When a CA should start rolling over: when a third of its life remains, or twice the
+/// overlap if that is longer, so the overlap ends well before the old CA does.
+fn rollover_start(ca: &facts::CertFacts, overlap: jiff::SignedDuration) -> jiff::Timestamp {
+    ca.not_after - (ca.lifetime() / 3).max(overlap * 2)
+}
+
 /// Default validity of a CRL: a week, refreshed after 2/3 of it.
 const DEFAULT_CRL_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_hours(168);
 
@@ -95,6 +136,8 @@ pub struct Outcome {
     pub details: Map<String, Value>,
     /// cert-manager's `Issuing` condition, for Certificates: (status, reason, message).
     pub issuing: Option<(bool, &'static str, String)>,
+    /// When the object next needs a pass (a CA rollover step), if it does.
+    pub wake: Option<jiff::Timestamp>,
 }
 
 /// Reads a named value of the process environment (keystore passwords from `passwordEnv`).
@@ -188,7 +231,13 @@ impl Certificates {
                     continue;
                 }
                 let outcome = match resource {
-                    Resource::Issuer(issuer) => self.issuer(key, issuer, desired, now),
+                    Resource::Issuer(issuer) => {
+                        let outcome = self.issuer(key, issuer, desired, now);
+                        if let Some(next) = outcome.wake {
+                            due(next);
+                        }
+                        outcome
+                    }
                     Resource::Certificate(certificate) => {
                         let (outcome, next) = self.certificate(key, certificate, desired, now);
                         if let Some(next) = next {
@@ -205,6 +254,13 @@ impl Certificates {
             }
         }
         for (key, outcome) in outcomes.iter_mut() {
+            if key.kind == Kind::Issuer && outcome.ready && self.complete_rollover(key, desired) {
+                // The bundle shrinks on the next pass, right away.
+                outcome
+                    .details
+                    .insert("rolloverPhase".into(), json!("Complete"));
+                due(now);
+            }
             if key.kind == Kind::Issuer
                 && outcome.ready
                 && let Some(next) = self.publish_crl(key, desired, outcome, now)
@@ -225,8 +281,19 @@ impl Certificates {
         desired: &DesiredState,
         now: jiff::Timestamp,
     ) -> Outcome {
+        let mut rollover = Rollover::default();
         let loaded = match (&issuer.spec.self_signed, &issuer.spec.ca) {
-            (Some(self_signed), _) => self.self_signed(key, self_signed, now),
+            (Some(self_signed), _) => {
+                let overlap = issuer
+                    .spec
+                    .rollover_overlap
+                    .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()));
+                self.self_signed(key, self_signed, overlap, now)
+                    .map(|(authority, state)| {
+                        rollover = state;
+                        authority
+                    })
+            }
             (None, Some(ca)) => {
                 if let Some(reference) = &ca.certificate_ref {
                     let certificate =
@@ -284,6 +351,9 @@ impl Certificates {
                 details.insert("subject".into(), json!(facts.subject));
                 details.insert("serialNumber".into(), json!(facts.serial));
                 details.insert("notAfter".into(), json!(facts.not_after.to_string()));
+                if let Some(phase) = rollover.phase {
+                    details.insert("rolloverPhase".into(), json!(phase));
+                }
                 if facts.not_after <= now {
                     return Outcome {
                         ready: false,
@@ -291,14 +361,23 @@ impl Certificates {
                         message: format!("the CA certificate expired at {}", facts.not_after),
                         details,
                         issuing: None,
+                        wake: None,
                     };
                 }
+                let message = match rollover.phase {
+                    Some(phase) => format!(
+                        "signing as {} until {}; CA rollover: {phase}",
+                        facts.subject, facts.not_after
+                    ),
+                    None => format!("signing as {} until {}", facts.subject, facts.not_after),
+                };
                 Outcome {
                     ready: true,
                     reason: "KeyPairVerified",
-                    message: format!("signing as {} until {}", facts.subject, facts.not_after),
+                    message,
                     details,
                     issuing: None,
+                    wake: rollover.next,
                 }
             }
             Err(message) => {
@@ -308,46 +387,221 @@ impl Certificates {
         }
     }
 
-    /// Loads a self-signed issuer's CA, or makes it the first time.
+    /// Loads a self-signed issuer's CA, makes it the first time, and walks a CA rollover
+    /// when the CA nears its end or its spec (common name, key) changes:
+    ///
+    /// 1. `Overlap`: a new CA is made (`next/`); clients are given both CAs (`ca.crt` of every
+    ///    Certificate of this issuer); leaves are still signed by the old one. It lasts
+    ///    `rolloverOverlap`.
+    /// 2. `Reissuing`: the new CA signs, with a cross-certificate (the new CA certified by the
+    ///    old key) sent after each leaf, so clients that only know the old CA still verify;
+    ///    every leaf is re-issued (its issuer changed).
+    /// 3. Once every leaf comes from the new CA, the old CA leaves the bundle. Leaves keep the
+    ///    cross-certificate until it expires with the old CA.
     fn self_signed(
         &self,
         key: &ObjectKey,
         spec: &crate::resources::issuer::SelfSignedIssuer,
+        overlap: jiff::SignedDuration,
         now: jiff::Timestamp,
-    ) -> Result<Authority, String> {
-        let dir = self
-            .state_dir
-            .join("pki/issuers")
-            .join(&key.namespace)
-            .join(&key.name);
-        let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
-        if cert_path.exists() || key_path.exists() {
-            // Never overwrite an existing CA: agents trust it.
-            let chain = std::fs::read_to_string(&cert_path)
-                .map_err(|e| format!("failed to read {}: {e}", cert_path.display()))?;
-            let key_pem = std::fs::read_to_string(&key_path)
-                .map_err(|e| format!("failed to read {}: {e}", key_path.display()))?;
-            return Authority::from_pem(&chain, &key_pem, None).map_err(|e| {
-                format!("{} cannot be used, and is not replaced: {e}", dir.display())
-            });
-        }
+    ) -> Result<(Authority, Rollover), String> {
+        let dir = self.issuer_dir(key);
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("failed to read {}: {e}", path.display()))
+        };
+        let load = |sub: &Path| -> Result<Authority, String> {
+            let chain = read(&sub.join("ca.crt"))?;
+            let key_pem = read(&sub.join("ca.key"))?;
+            Authority::from_pem(&chain, &key_pem, None)
+                .map_err(|e| format!("{} cannot be used, and is not replaced: {e}", sub.display()))
+        };
         let common_name = spec.common_name.clone().unwrap_or_else(|| key.name.clone());
         let lifetime = spec
             .duration
             .map_or(DEFAULT_CA_LIFETIME, |d| signed(d.as_std()));
         let key_type = key_type(spec.private_key.as_ref());
-        let authority = Authority::generate(&common_name, key_type, now, lifetime)
+        let generate = |sub: &Path| -> Result<Authority, String> {
+            let authority = Authority::generate(&common_name, key_type, now, lifetime)
+                .map_err(|e| e.to_string())?;
+            atomic::write(
+                &sub.join("ca.key"),
+                authority.key_pem().as_bytes(),
+                Access::OwnerOnly,
+            )
             .map_err(|e| e.to_string())?;
-        atomic::write(&key_path, authority.key_pem().as_bytes(), Access::OwnerOnly)
+            atomic::write(
+                &sub.join("ca.crt"),
+                authority.certificate_pem().as_bytes(),
+                Access::Public,
+            )
             .map_err(|e| e.to_string())?;
+            Ok(authority)
+        };
+
+        if !dir.join("ca.crt").exists() && !dir.join("ca.key").exists() {
+            let authority = generate(&dir)?;
+            tracing::info!(issuer = %key, subject = %authority.facts().subject, "created a self-signed CA");
+        }
+        // Never overwrite a CA that cannot be read: agents trust it.
+        let mut active = load(&dir)?;
+        let mut state = self.rollover_state(key);
+
+        if state.is_none() {
+            let facts = active.facts();
+            let changed = facts.names.common_name.as_deref() != Some(common_name.as_str())
+                || facts.key_type != Some(key_type);
+            let start = rollover_start(facts, overlap);
+            if changed || now >= start {
+                let why = if changed {
+                    "its spec changed"
+                } else {
+                    "it nears its end"
+                };
+                let next = generate(&dir.join("next"))?;
+                let started = RolloverState {
+                    phase: RolloverPhase::Overlap,
+                    started: now.to_string(),
+                    reissue_at: (now + overlap).to_string(),
+                };
+                self.save_rollover(key, &started)?;
+                tracing::info!(issuer = %key, new = %next.facts().serial, reason = why, reissue_at = %started.reissue_at, "CA rollover: overlap begins");
+                state = Some(started);
+            }
+        }
+        if let Some(current) = &state
+            && current.phase == RolloverPhase::Overlap
+            && now >= current.reissue_at()
+        {
+            let next = load(&dir.join("next"))?;
+            let cross = active.cross_sign(&next, now).map_err(|e| e.to_string())?;
+            atomic::write(
+                &dir.join("previous.crt"),
+                active.certificate_pem().as_bytes(),
+                Access::Public,
+            )
+            .map_err(|e| e.to_string())?;
+            atomic::write(&dir.join("cross.crt"), cross.as_bytes(), Access::Public)
+                .map_err(|e| e.to_string())?;
+            atomic::write(
+                &dir.join("ca.key"),
+                next.key_pem().as_bytes(),
+                Access::OwnerOnly,
+            )
+            .map_err(|e| e.to_string())?;
+            atomic::write(
+                &dir.join("ca.crt"),
+                next.certificate_pem().as_bytes(),
+                Access::Public,
+            )
+            .map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(dir.join("next"));
+            let reissuing = RolloverState {
+                phase: RolloverPhase::Reissuing,
+                ..current.clone()
+            };
+            self.save_rollover(key, &reissuing)?;
+            tracing::info!(issuer = %key, serial = %next.facts().serial, "CA rollover: the new CA signs; re-issuing every certificate");
+            state = Some(reissuing);
+            active = next;
+        }
+
+        // The cross-certificate, while it is for this CA and still valid.
+        let cross = std::fs::read_to_string(dir.join("cross.crt"))
+            .ok()
+            .filter(|pem| {
+                facts::pem_certificates(pem)
+                    .ok()
+                    .and_then(|c| facts::read(&c[0]).ok())
+                    .is_some_and(|f| f.public_key == active.facts().public_key && f.not_after > now)
+            });
+        let own = active.certificate_pem().to_owned();
+        let (intermediates, bundle, rollover) = match state.as_ref().map(|s| s.phase) {
+            Some(RolloverPhase::Overlap) => {
+                let next = read(&dir.join("next/ca.crt"))?;
+                let at = state.as_ref().map(RolloverState::reissue_at);
+                (
+                    cross.unwrap_or_default(),
+                    format!("{own}{next}"),
+                    Rollover {
+                        phase: Some("Overlap"),
+                        next: at,
+                    },
+                )
+            }
+            Some(RolloverPhase::Reissuing) => {
+                let previous = read(&dir.join("previous.crt"))?;
+                (
+                    cross.unwrap_or_default(),
+                    format!("{previous}{own}"),
+                    Rollover {
+                        phase: Some("Reissuing"),
+                        next: None,
+                    },
+                )
+            }
+            None => {
+                let next = rollover_start(active.facts(), overlap);
+                (
+                    cross.unwrap_or_default(),
+                    own,
+                    Rollover {
+                        phase: None,
+                        next: Some(next),
+                    },
+                )
+            }
+        };
+        Ok((active.with_chain(intermediates, bundle), rollover))
+    }
+
+    /// Ends a rollover in `Reissuing` once every Certificate of `issuer` is signed by the new
+    /// CA: the old CA leaves the trust bundle. Returns whether it ended.
+    fn complete_rollover(&self, issuer: &ObjectKey, desired: &DesiredState) -> bool {
+        let Some(state) = self.rollover_state(issuer) else {
+            return false;
+        };
+        if state.phase != RolloverPhase::Reissuing {
+            return false;
+        }
+        let Some(authority) = self.authorities.get(issuer) else {
+            return false;
+        };
+        let all_reissued = desired.actionable().all(|(key, resource)| match resource {
+            Resource::Certificate(c)
+                if ObjectKey::referenced(Kind::Issuer, &key.namespace, &c.spec.issuer_ref)
+                    == *issuer =>
+            {
+                std::fs::read_to_string(self.output_dir(key, desired).join("tls.crt"))
+                    .ok()
+                    .and_then(|pem| facts::pem_certificates(&pem).ok())
+                    .and_then(|chain| facts::read(&chain[0]).ok())
+                    .is_some_and(|f| f.issued_by(authority.facts()))
+            }
+            _ => true,
+        });
+        if all_reissued {
+            let dir = self.issuer_dir(issuer);
+            let _ = std::fs::remove_file(dir.join("previous.crt"));
+            let _ = std::fs::remove_file(dir.join("rollover.json"));
+            tracing::info!(issuer = %issuer, "CA rollover complete: the old CA left the trust bundle");
+        }
+        all_reissued
+    }
+
+    fn rollover_state(&self, issuer: &ObjectKey) -> Option<RolloverState> {
+        let bytes = std::fs::read(self.issuer_dir(issuer).join("rollover.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save_rollover(&self, issuer: &ObjectKey, state: &RolloverState) -> Result<(), String> {
+        let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
         atomic::write(
-            &cert_path,
-            authority.certificate_pem().as_bytes(),
+            &self.issuer_dir(issuer).join("rollover.json"),
+            &body,
             Access::Public,
         )
-        .map_err(|e| e.to_string())?;
-        tracing::info!(issuer = %key, subject = %authority.facts().subject, "created a self-signed CA");
-        Ok(authority)
+        .map_err(|e| e.to_string())
     }
 
     fn certificate(
@@ -383,6 +637,14 @@ impl Certificates {
                 let Existing::Present { facts, .. } = &existing else {
                     unreachable!("kept certificates exist")
                 };
+                // The trust bundle changes during a CA rollover while leaves are kept.
+                if let Err(error) = atomic::write_if_changed(
+                    &dir.join("ca.crt"),
+                    authority.root_pem().as_bytes(),
+                    Access::Public,
+                ) {
+                    tracing::warn!(certificate = %key, %error, "failed to update ca.crt");
+                }
                 let outcome = ready_certificate(facts, renew_at, revision, &dir);
                 let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 return (outcome, Some(renew_at));
@@ -563,6 +825,7 @@ impl Certificates {
             ),
             details: certificate_details(facts, revision),
             issuing: Some((false, "Revoked", String::new())),
+            wake: None,
         }
     }
 
@@ -1002,6 +1265,7 @@ fn not_ready(reason: &'static str, message: String) -> Outcome {
         message,
         details: Map::new(),
         issuing: None,
+        wake: None,
     }
 }
 
@@ -1033,6 +1297,7 @@ fn ready_certificate(
         message,
         details,
         issuing: Some((false, "Issued", String::new())),
+        wake: None,
     }
 }
 
@@ -1054,5 +1319,6 @@ fn failed_certificate(existing: &Existing, failure: &Failure, revision: i64) -> 
         message: retry.clone(),
         details,
         issuing: Some((true, "Failed", retry)),
+        wake: None,
     }
 }

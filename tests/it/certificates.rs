@@ -789,3 +789,96 @@ fn serials_listed_on_the_issuer_are_revoked_and_the_crl_is_refreshed_before_it_e
     let (_, text) = openssl(&["crl", "-in", path(&crl), "-noout", "-text"]);
     assert!(text.to_ascii_lowercase().contains(&serial), "{text}");
 }
+
+/// Whether `dir`'s tls.crt verifies with openssl against `trusted` alone (PEM text),
+/// with the rest of tls.crt as untrusted intermediates.
+/// `at` is the (simulated) time of the check.
+fn verifies_with(dir: &Path, trusted: &str, at: jiff::Timestamp) -> (bool, String) {
+    let anchors = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(anchors.path(), trusted).unwrap();
+    let tls = dir.join("tls.crt");
+    let at = at.as_second().to_string();
+    openssl(&[
+        "verify",
+        "-attime",
+        &at,
+        "-CAfile",
+        path(anchors.path()),
+        "-untrusted",
+        path(&tls),
+        path(&tls),
+    ])
+}
+
+#[test]
+fn a_ca_rollover_walks_every_phase_without_stranding_a_client_that_knows_only_the_old_ca() {
+    let issuer = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned:\n    commonName: Rolling CA\n    duration: 3h\n  rolloverOverlap: 30m\n";
+    let setup = Setup::new(&format!(
+        "{issuer}{}",
+        certificate("web", "  duration: 1h\n")
+    ));
+    let mut reconciler = setup.reconciler();
+    let t0 = jiff::Timestamp::from_second(now().as_second()).unwrap();
+    let phase = |report: &Report| detail(object(report, "Issuer", "ca"), "rolloverPhase");
+    let web = setup.files("web");
+
+    let (t1, t2) = (
+        t0 + jiff::SignedDuration::from_mins(121),
+        t0 + jiff::SignedDuration::from_mins(152),
+    );
+    let (report, _) = setup.pass(&mut reconciler, t0);
+    assert_eq!(phase(&report), Value::Null, "no rollover at first");
+    // The client: it learned the trust bundle once, at the start, and never again.
+    let old_bundle = std::fs::read_to_string(web.join("ca.crt")).unwrap();
+    assert_eq!(old_bundle.matches("BEGIN CERTIFICATE").count(), 1);
+    assert!(verifies_with(&web, &old_bundle, t0).0);
+
+    // A third of the CA's 3h life remains: the overlap begins, with both CAs in the bundle.
+    let (report, wake) = setup.pass(&mut reconciler, t1);
+    assert_eq!(phase(&report), "Overlap");
+    let bundle = std::fs::read_to_string(web.join("ca.crt")).unwrap();
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "old and new CA offered to clients"
+    );
+    assert!(bundle.starts_with(&old_bundle));
+    let new_ca = bundle[old_bundle.len()..].to_owned();
+    let (ok, out) = verifies_with(&web, &old_bundle, t1);
+    assert!(ok, "overlap: still verifies with the old CA alone: {out}");
+    assert!(
+        wake.unwrap() <= t0 + jiff::SignedDuration::from_mins(151),
+        "wakes when the overlap ends"
+    );
+
+    // The overlap is over: the new CA signs and every leaf is re-issued, with the
+    // cross-certificate after it. One pass finishes re-issuing and completes the rollover.
+    let (report, wake) = setup.pass(&mut reconciler, t2);
+    let web_object = object(&report, "Certificate", "web");
+    assert_eq!(ready(web_object).0, "True");
+    let (ok, out) = verifies_with(&web, &old_bundle, t2);
+    assert!(
+        ok,
+        "re-issued leaf verifies for a client that knows only the old CA: {out}"
+    );
+    let (ok, out) = verifies_with(&web, &new_ca, t2);
+    assert!(ok, "and for a client that knows only the new CA: {out}");
+    assert_eq!(
+        phase(&report),
+        "Complete",
+        "every leaf re-issued: the old CA leaves the bundle"
+    );
+    assert_eq!(wake, Some(t2), "a pass right away");
+
+    let (report, _) = setup.pass(&mut reconciler, t2);
+    assert_eq!(phase(&report), Value::Null);
+    let bundle = std::fs::read_to_string(web.join("ca.crt")).unwrap();
+    assert_eq!(bundle, new_ca, "the bundle now holds the new CA only");
+    let (ok, out) = verifies_with(&web, &old_bundle, t2);
+    assert!(
+        ok,
+        "the old-only client is still not stranded while the old CA lives: {out}"
+    );
+    let issuer_facts = object(&report, "Issuer", "ca");
+    assert_ne!(detail(issuer_facts, "serialNumber"), Value::Null);
+}
