@@ -41,6 +41,33 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the CustomResourceDefinitions of every kind as YAML.
     Crds(CrdsArgs),
+    /// Connect to a TLS server, show the chain it offers, and explain what is wrong.
+    Doctor(DoctorArgs),
+}
+
+/// `tessera doctor`.
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// The server, `host:port`.
+    address: String,
+    /// The name the client uses (default: the host of ADDRESS), as an agent's URL has it.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// The CA file the client trusts (an OCS agent's cacert.pem, or Tessera's ca.crt).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// A client certificate chain to present (PEM), with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// CRLs the client checks (PEM); may be repeated.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    /// Connection and handshake timeout.
+    #[arg(long, default_value = "10s")]
+    timeout: crate::resources::quantity::Duration,
 }
 
 /// `tessera serve`.
@@ -99,6 +126,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => runtime()
             .and_then(|rt| rt.block_on(serve(args)))
             .map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor_options(&args)
+            .and_then(|options| runtime().and_then(|rt| rt.block_on(crate::doctor::run(options)))),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -165,6 +194,24 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+fn doctor_options(args: &DoctorArgs) -> Result<crate::doctor::Options> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
+    };
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(crate::doctor::Options {
+        address: args.address.clone(),
+        server_name: args.server_name.clone(),
+        trusted: args.ca.as_deref().map(read).transpose()?,
+        identity,
+        crls: args.crl.iter().map(|p| read(p)).collect::<Result<_>>()?,
+        timeout: args.timeout.as_std(),
     })
 }
 

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod desired;
+pub mod doctor;
 pub mod pki;
 pub mod reconcile;
 pub mod resources;

@@ -184,3 +184,36 @@ fn key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<KeyTyp
         None
     }
 }
+
+/// What a CRL says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlFacts {
+    pub number: u64,
+    pub this_update: jiff::Timestamp,
+    pub next_update: jiff::Timestamp,
+    /// Revoked serials, as `normalise_serial` writes them.
+    pub serials: std::collections::HashSet<String>,
+    /// DER of the issuer's name.
+    pub issuer: Vec<u8>,
+}
+
+/// The facts of a PEM CRL, or None if it is not one (or has no next update).
+pub fn read_crl(pem: &str) -> Option<CrlFacts> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).ok()?;
+    let time = |t: x509_parser::time::ASN1Time| jiff::Timestamp::from_second(t.timestamp()).ok();
+    Some(CrlFacts {
+        number: crl
+            .crl_number()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        this_update: time(crl.last_update())?,
+        next_update: time(crl.next_update()?)?,
+        serials: crl
+            .iter_revoked_certificates()
+            .map(|r| super::authority::normalise_serial(&hex::encode(r.raw_serial())))
+            .collect(),
+        issuer: crl.issuer().as_raw().to_vec(),
+    })
+}

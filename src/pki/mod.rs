@@ -3,6 +3,7 @@
 //! Imports nothing of the crate: callers translate resources into these plain types.
 
 pub mod authority;
+pub mod diagnose;
 pub mod facts;
 pub mod keystore;
 pub mod renewal;

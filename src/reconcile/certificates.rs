@@ -96,36 +96,6 @@ struct RevokedEntry {
     certificate: String,
 }
 
-/// What an existing CRL says.
-struct CrlFacts {
-    number: u64,
-    this_update: jiff::Timestamp,
-    next_update: jiff::Timestamp,
-    serials: HashSet<String>,
-    issuer: Vec<u8>,
-}
-
-fn read_crl(pem: &str) -> Option<CrlFacts> {
-    use rustls::pki_types::CertificateRevocationListDer;
-    use rustls::pki_types::pem::PemObject;
-    let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).ok()?;
-    let (_, crl) = x509_parser::parse_x509_crl(&der).ok()?;
-    let time = |t: x509_parser::time::ASN1Time| jiff::Timestamp::from_second(t.timestamp()).ok();
-    Some(CrlFacts {
-        number: crl
-            .crl_number()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0),
-        this_update: time(crl.last_update())?,
-        next_update: time(crl.next_update()?)?,
-        serials: crl
-            .iter_revoked_certificates()
-            .map(|r| authority::normalise_serial(&hex::encode(r.raw_serial())))
-            .collect(),
-        issuer: crl.issuer().as_raw().to_vec(),
-    })
-}
-
 /// What a pass found for one Issuer or Certificate.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -880,7 +850,7 @@ impl Certificates {
         let path = self.issuer_dir(key).join("crl.pem");
         let current = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|pem| read_crl(&pem));
+            .and_then(|pem| facts::read_crl(&pem));
         let fresh = current.as_ref().filter(|crl| {
             let refresh =
                 crl.this_update + (crl.next_update.duration_since(crl.this_update)) * 2 / 3;

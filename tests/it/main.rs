@@ -2,6 +2,7 @@
 
 mod certificates;
 mod crds;
+mod doctor;
 mod examples;
 mod serve;
 mod support;
