@@ -332,6 +332,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             allow_empty: args.allow_empty,
         },
         environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
+        clock: reconcile::Clock::system(),
     };
     let token = shutdown.clone();
     tasks.spawn(async move {

@@ -10,6 +10,7 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -35,6 +36,41 @@ pub struct Config {
     pub options: desired::Options,
     /// Where `passwordEnv` values come from.
     pub environment: Environment,
+    /// What time it is: the system clock, or one a test controls.
+    pub clock: Clock,
+}
+
+/// The time source of the reconcile loop.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(jiff::Timestamp::now))
+    }
+
+    /// A clock that answers with `now`.
+    pub fn new(now: impl Fn() -> jiff::Timestamp + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 /// Errors of the reconcile loop.
@@ -51,10 +87,11 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcileError> {
+    let clock = config.clock.clone();
     let mut reconciler = Reconciler::new(config);
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        let now = jiff::Timestamp::now();
+        let now = clock.now();
         let pass = reconciler.pass(&snapshot, now)?;
         reports.send_replace(pass.report);
         // Wake for the next renewal or retry if it comes before the regular requeue.

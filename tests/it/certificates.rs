@@ -46,6 +46,7 @@ impl Setup {
             environment: Environment::new(|name| {
                 (name == "TEST_JKS_PASSWORD").then(|| "jks-secret".to_owned())
             }),
+            clock: Default::default(),
         })
     }
 
@@ -881,4 +882,71 @@ fn a_ca_rollover_walks_every_phase_without_stranding_a_client_that_knows_only_th
     );
     let issuer_facts = object(&report, "Issuer", "ca");
     assert_ne!(detail(issuer_facts, "serialNumber"), Value::Null);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
+    use tessera::reconcile::{self, Clock};
+    let setup = Setup::new(&format!(
+        "{ISSUER}{}",
+        certificate("web", "  duration: 1m\n  renewBefore: 20s\n")
+    ));
+    // Time as the paused tokio clock advances it: no real waiting.
+    let base = jiff::Timestamp::from_second(now().as_second()).unwrap();
+    let start = tokio::time::Instant::now();
+    let clock = Clock::new(move || base + jiff::SignedDuration::try_from(start.elapsed()).unwrap());
+    let snapshot = DirSource::new(setup.config.path(), vec![]).unwrap().scan();
+    let (_snapshots_tx, snapshots) = tokio::sync::watch::channel(snapshot);
+    let (reports_tx, mut reports) = tokio::sync::watch::channel(Report::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = Config {
+        state_dir: setup.state.path().to_path_buf(),
+        config_dir: setup.config.path().to_path_buf(),
+        options: desired::Options::default(),
+        environment: Environment::default(),
+        clock,
+    };
+    let task = tokio::spawn(reconcile::run(
+        snapshots,
+        reports_tx,
+        config,
+        shutdown.clone(),
+    ));
+
+    let revision = |report: &Report| {
+        report
+            .objects
+            .iter()
+            .find(|o| o.kind == "Certificate")
+            .and_then(|o| o.details.get("revision").and_then(Value::as_i64))
+    };
+    let mut serials = Vec::new();
+    for expected in 1..=3 {
+        let report = tokio::time::timeout(std::time::Duration::from_secs(600), async {
+            loop {
+                reports.changed().await.unwrap();
+                let report = reports.borrow_and_update().clone();
+                if revision(&report) == Some(expected) {
+                    return report;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("revision {expected} never came"));
+        serials.push(detail(
+            object(&report, "Certificate", "web"),
+            "serialNumber",
+        ));
+        // Issued at `base`, then renewed 40 s into each one-minute life.
+        let elapsed = start.elapsed().as_secs();
+        assert_eq!(
+            elapsed,
+            40 * (expected as u64 - 1),
+            "revision {expected} at {elapsed}s"
+        );
+    }
+    assert_ne!(serials[0], serials[1]);
+    assert_ne!(serials[1], serials[2]);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

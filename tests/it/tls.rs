@@ -263,6 +263,7 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         config_dir: config.path().to_path_buf(),
         options: Default::default(),
         environment: Default::default(),
+        clock: Default::default(),
     });
     let snapshot = tessera::sources::dir::DirSource::new(config.path(), vec![])
         .unwrap()
