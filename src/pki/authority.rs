@@ -424,15 +424,32 @@ mod tests {
         "2026-11-23T12:00:00Z".parse().unwrap()
     }
 
-    #[test]
-    fn a_generated_root_signs_leaves_with_the_asked_names_and_usages() {
-        let ca = Authority::generate(
-            "Test CA",
+    fn ca(name: &str, hours: i64) -> Authority {
+        Authority::generate(
+            name,
             KeyType::EcdsaP256,
             now(),
-            jiff::SignedDuration::from_hours(87600),
+            jiff::SignedDuration::from_hours(hours),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A request for `dns`, living `hours`, with no usages.
+    fn request(dns: &str, hours: i64) -> LeafRequest {
+        LeafRequest {
+            names: Names {
+                dns_names: vec![dns.into()],
+                ..Names::default()
+            },
+            usages: vec![],
+            is_ca: false,
+            lifetime: jiff::SignedDuration::from_hours(hours),
+        }
+    }
+
+    #[test]
+    fn a_generated_root_signs_leaves_with_the_asked_names_and_usages() {
+        let ca = ca("Test CA", 87600);
         assert!(ca.facts().is_ca && ca.facts().can_sign_certificates);
         let key = generate_key(KeyType::EcdsaP256).unwrap();
         let request = LeafRequest {
@@ -474,23 +491,9 @@ mod tests {
 
     #[test]
     fn a_leaf_never_outlives_its_issuer() {
-        let ca = Authority::generate(
-            "Short CA",
-            KeyType::EcdsaP256,
-            now(),
-            jiff::SignedDuration::from_hours(24),
-        )
-        .unwrap();
+        let ca = ca("Short CA", 24);
         let key = generate_key(KeyType::Ed25519).unwrap();
-        let request = LeafRequest {
-            names: Names {
-                dns_names: vec!["a.example".into()],
-                ..Names::default()
-            },
-            usages: vec![],
-            is_ca: false,
-            lifetime: jiff::SignedDuration::from_hours(2160),
-        };
+        let request = request("a.example", 2160);
         let issued = ca.issue(&request, &key, now()).unwrap();
         assert_eq!(issued.facts.not_after, ca.facts().not_after);
         assert_eq!(issued.facts.key_type, Some(KeyType::Ed25519));
@@ -549,33 +552,13 @@ mod tests {
 
     #[test]
     fn loading_refuses_a_foreign_key_and_a_non_ca_certificate() {
-        let ca = Authority::generate(
-            "CA",
-            KeyType::EcdsaP256,
-            now(),
-            jiff::SignedDuration::from_hours(24),
-        )
-        .unwrap();
+        let ca = ca("CA", 24);
         let other = generate_key(KeyType::EcdsaP256).unwrap();
         assert!(matches!(
             Authority::from_pem(ca.certificate_pem(), &other.serialize_pem(), None),
             Err(PkiError::KeyMismatch)
         ));
-        let leaf = ca
-            .issue(
-                &LeafRequest {
-                    names: Names {
-                        dns_names: vec!["x.example".into()],
-                        ..Names::default()
-                    },
-                    usages: vec![],
-                    is_ca: false,
-                    lifetime: jiff::SignedDuration::from_hours(1),
-                },
-                &other,
-                now(),
-            )
-            .unwrap();
+        let leaf = ca.issue(&request("x.example", 1), &other, now()).unwrap();
         assert!(matches!(
             Authority::from_pem(&leaf.chain_pem, &other.serialize_pem(), None),
             Err(PkiError::NotCa(_))
@@ -584,20 +567,8 @@ mod tests {
 
     #[test]
     fn a_cross_certificate_lets_old_roots_verify_the_new_cas_leaves() {
-        let old = Authority::generate(
-            "Old CA",
-            KeyType::EcdsaP256,
-            now(),
-            jiff::SignedDuration::from_hours(24),
-        )
-        .unwrap();
-        let new = Authority::generate(
-            "New CA",
-            KeyType::EcdsaP256,
-            now(),
-            jiff::SignedDuration::from_hours(48),
-        )
-        .unwrap();
+        let old = ca("Old CA", 24);
+        let new = ca("New CA", 48);
         let cross = old.cross_sign(&new, now()).unwrap();
         let cross_facts = facts::read(&facts::pem_certificates(&cross).unwrap()[0]).unwrap();
         assert_eq!(
@@ -622,23 +593,9 @@ mod tests {
 
     #[test]
     fn serials_differ_even_for_the_same_key() {
-        let ca = Authority::generate(
-            "CA",
-            KeyType::EcdsaP256,
-            now(),
-            jiff::SignedDuration::from_hours(24),
-        )
-        .unwrap();
+        let ca = ca("CA", 24);
         let key = generate_key(KeyType::EcdsaP256).unwrap();
-        let request = LeafRequest {
-            names: Names {
-                dns_names: vec!["x.example".into()],
-                ..Names::default()
-            },
-            usages: vec![],
-            is_ca: false,
-            lifetime: jiff::SignedDuration::from_hours(1),
-        };
+        let request = request("x.example", 1);
         let a = ca.issue(&request, &key, now()).unwrap();
         let b = ca.issue(&request, &key, now()).unwrap();
         assert_ne!(a.facts.serial, b.facts.serial);

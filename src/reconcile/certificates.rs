@@ -36,6 +36,18 @@ const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 /// Default overlap of a CA rollover: a month for clients to learn the new CA.
 const DEFAULT_ROLLOVER_OVERLAP: jiff::SignedDuration = jiff::SignedDuration::from_hours(720);
 
+/// Where an issuer's CA comes from.
+enum CaSource {
+    /// Made by Tessera (`selfSigned`).
+    Generated {
+        common_name: String,
+        key_type: KeyType,
+        lifetime: jiff::SignedDuration,
+    },
+    /// The operator's PEM files (`ca.certFile`, `ca.keyFile`).
+    Supplied { chain: String, key: String },
+}
+
 /// A CA rollover in progress, in `pki/issuers/<namespace>/<name>/rollover.json`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -258,7 +270,17 @@ impl Certificates {
                     .spec
                     .rollover_overlap
                     .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()));
-                self.self_signed(key, self_signed, overlap, now)
+                let source = CaSource::Generated {
+                    common_name: self_signed
+                        .common_name
+                        .clone()
+                        .unwrap_or_else(|| key.name.clone()),
+                    key_type: key_type(self_signed.private_key.as_ref()),
+                    lifetime: self_signed
+                        .duration
+                        .map_or(DEFAULT_CA_LIFETIME, |d| signed(d.as_std())),
+                };
+                self.managed_ca(key, source, overlap, now)
                     .map(|(authority, state)| {
                         rollover = state;
                         authority
@@ -299,10 +321,32 @@ impl Certificates {
                         std::fs::read_to_string(&path)
                             .map_err(|e| format!("failed to read {}: {e}", path.display()))
                     };
+                    let overlap = issuer
+                        .spec
+                        .rollover_overlap
+                        .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()));
                     read(cert_file)
-                        .and_then(|chain| read(key_file).map(|k| (chain, k)))
-                        .and_then(|(chain, k)| {
-                            Authority::from_pem(&chain, &k, None).map_err(|e| e.to_string())
+                        .and_then(|chain| {
+                            read(key_file).map(|key_pem| CaSource::Supplied {
+                                chain,
+                                key: key_pem,
+                            })
+                        })
+                        .and_then(|source| {
+                            // Checked before it is kept: a bad pair must not replace a good one.
+                            if let CaSource::Supplied {
+                                chain,
+                                key: key_pem,
+                            } = &source
+                            {
+                                Authority::from_pem(chain, key_pem, None)
+                                    .map_err(|e| e.to_string())?;
+                            }
+                            self.managed_ca(key, source, overlap, now)
+                        })
+                        .map(|(authority, state)| {
+                            rollover = state;
+                            authority
                         })
                 } else {
                     return not_ready(
@@ -357,8 +401,10 @@ impl Certificates {
         }
     }
 
-    /// Loads a self-signed issuer's CA, makes it the first time, and walks a CA rollover
-    /// when the CA nears its end or its spec (common name, key) changes:
+    /// Loads an issuer's CA (kept under `pki/issuers/`), takes it into use the first time,
+    /// and walks a CA rollover when the trust anchor changes: a self-signed CA that nears its
+    /// end or whose spec (common name, key) changes, or CA files replaced by others under
+    /// another root. A copy of the CA in use is kept so the old key can still cross-sign:
     ///
     /// 1. `Overlap`: a new CA is made (`next/`); clients are given both CAs (`ca.crt` of every
     ///    Certificate of this issuer); leaves are still signed by the old one. It lasts
@@ -368,10 +414,10 @@ impl Certificates {
     ///    every leaf is re-issued (its issuer changed).
     /// 3. Once every leaf comes from the new CA, the old CA leaves the bundle. Leaves keep the
     ///    cross-certificate until it expires with the old CA.
-    fn self_signed(
+    fn managed_ca(
         &self,
         key: &ObjectKey,
-        spec: &crate::resources::issuer::SelfSignedIssuer,
+        source: CaSource,
         overlap: jiff::SignedDuration,
         now: jiff::Timestamp,
     ) -> Result<(Authority, Rollover), String> {
@@ -386,49 +432,86 @@ impl Certificates {
             Authority::from_pem(&chain, &key_pem, None)
                 .map_err(|e| format!("{} cannot be used, and is not replaced: {e}", sub.display()))
         };
-        let common_name = spec.common_name.clone().unwrap_or_else(|| key.name.clone());
-        let lifetime = spec
-            .duration
-            .map_or(DEFAULT_CA_LIFETIME, |d| signed(d.as_std()));
-        let key_type = key_type(spec.private_key.as_ref());
-        let generate = |sub: &Path| -> Result<Authority, String> {
-            let authority = Authority::generate(&common_name, key_type, now, lifetime)
-                .map_err(|e| e.to_string())?;
+        let keep = |sub: &Path, authority: &Authority, chain: &str| -> Result<(), String> {
             atomic::write(
                 &sub.join("ca.key"),
                 authority.key_pem().as_bytes(),
                 Access::OwnerOnly,
             )
             .map_err(|e| e.to_string())?;
-            atomic::write(
-                &sub.join("ca.crt"),
-                authority.certificate_pem().as_bytes(),
-                Access::Public,
-            )
-            .map_err(|e| e.to_string())?;
+            atomic::write(&sub.join("ca.crt"), chain.as_bytes(), Access::Public)
+                .map_err(|e| e.to_string())
+        };
+        // The CA the source offers now: made fresh, or the operator's files.
+        let offered = |sub: &Path| -> Result<Authority, String> {
+            let (authority, chain) = match &source {
+                CaSource::Generated {
+                    common_name,
+                    key_type,
+                    lifetime,
+                } => {
+                    let authority = Authority::generate(common_name, *key_type, now, *lifetime)
+                        .map_err(|e| e.to_string())?;
+                    let pem = authority.certificate_pem().to_owned();
+                    (authority, pem)
+                }
+                CaSource::Supplied { chain, key } => (
+                    Authority::from_pem(chain, key, None).map_err(|e| e.to_string())?,
+                    chain.clone(),
+                ),
+            };
+            keep(sub, &authority, &chain)?;
             Ok(authority)
         };
 
         if !dir.join("ca.crt").exists() && !dir.join("ca.key").exists() {
-            let authority = generate(&dir)?;
-            tracing::info!(issuer = %key, subject = %authority.facts().subject, "created a self-signed CA");
+            let authority = offered(&dir)?;
+            tracing::info!(issuer = %key, subject = %authority.facts().subject, "took a CA into use");
         }
         // Never overwrite a CA that cannot be read: agents trust it.
         let mut active = load(&dir)?;
         let mut state = self.rollover_state(key);
 
         if state.is_none() {
-            let facts = active.facts();
-            let changed = facts.names.common_name.as_deref() != Some(common_name.as_str())
-                || facts.key_type != Some(key_type);
-            let start = rollover_start(facts, overlap);
-            if changed || now >= start {
-                let why = if changed {
-                    "its spec changed"
-                } else {
-                    "it nears its end"
-                };
-                let next = generate(&dir.join("next"))?;
+            let facts = active.facts().clone();
+            let why = match &source {
+                CaSource::Generated {
+                    common_name,
+                    key_type,
+                    ..
+                } => {
+                    if facts.names.common_name.as_deref() != Some(common_name.as_str())
+                        || facts.key_type != Some(*key_type)
+                    {
+                        Some("its spec changed")
+                    } else if now >= rollover_start(&facts, overlap) {
+                        Some("it nears its end")
+                    } else {
+                        None
+                    }
+                }
+                CaSource::Supplied {
+                    chain,
+                    key: key_pem,
+                } => {
+                    let supplied =
+                        Authority::from_pem(chain, key_pem, None).map_err(|e| e.to_string())?;
+                    if supplied.facts().public_key == facts.public_key {
+                        None
+                    } else if supplied.root_pem() == active.root_pem() {
+                        // Same trust anchor (another intermediate of the same root): clients
+                        // already trust it, so it takes over at once.
+                        keep(&dir, &supplied, chain)?;
+                        tracing::info!(issuer = %key, subject = %supplied.facts().subject, "new CA files under the same root: in use at once");
+                        active = supplied;
+                        None
+                    } else {
+                        Some("its files now hold another CA")
+                    }
+                }
+            };
+            if let Some(why) = why {
+                let next = offered(&dir.join("next"))?;
                 let started = RolloverState {
                     phase: RolloverPhase::Overlap,
                     started: now.to_string(),
@@ -445,26 +528,32 @@ impl Certificates {
         {
             let next = load(&dir.join("next"))?;
             let cross = active.cross_sign(&next, now).map_err(|e| e.to_string())?;
+            // Clients that know only the old root verify the new CA through the cross-certificate,
+            // then through the old CA's own intermediates, if it had any.
+            let old_chain = read(&dir.join("ca.crt"))?;
+            let old_is_root = active.facts().issuer_der == active.facts().subject_der;
+            let old_intermediates = if old_is_root {
+                String::new()
+            } else {
+                old_chain
+                    .strip_suffix(active.root_pem())
+                    .unwrap_or(&old_chain)
+                    .to_owned()
+            };
             atomic::write(
                 &dir.join("previous.crt"),
-                active.certificate_pem().as_bytes(),
+                active.root_pem().as_bytes(),
                 Access::Public,
             )
             .map_err(|e| e.to_string())?;
-            atomic::write(&dir.join("cross.crt"), cross.as_bytes(), Access::Public)
-                .map_err(|e| e.to_string())?;
             atomic::write(
-                &dir.join("ca.key"),
-                next.key_pem().as_bytes(),
-                Access::OwnerOnly,
-            )
-            .map_err(|e| e.to_string())?;
-            atomic::write(
-                &dir.join("ca.crt"),
-                next.certificate_pem().as_bytes(),
+                &dir.join("cross.crt"),
+                format!("{cross}{old_intermediates}").as_bytes(),
                 Access::Public,
             )
             .map_err(|e| e.to_string())?;
+            let next_chain = read(&dir.join("next/ca.crt"))?;
+            keep(&dir, &next, &next_chain)?;
             let _ = std::fs::remove_dir_all(dir.join("next"));
             let reissuing = RolloverState {
                 phase: RolloverPhase::Reissuing,
@@ -485,10 +574,10 @@ impl Certificates {
                     .and_then(|c| facts::read(&c[0]).ok())
                     .is_some_and(|f| f.public_key == active.facts().public_key && f.not_after > now)
             });
-        let own = active.certificate_pem().to_owned();
+        let own = active.root_pem().to_owned();
         let (intermediates, bundle, rollover) = match state.as_ref().map(|s| s.phase) {
             Some(RolloverPhase::Overlap) => {
-                let next = read(&dir.join("next/ca.crt"))?;
+                let next = load(&dir.join("next"))?.root_pem().to_owned();
                 let at = state.as_ref().map(RolloverState::reissue_at);
                 (
                     cross.unwrap_or_default(),

@@ -34,6 +34,25 @@ impl Setup {
         }
     }
 
+    /// A configuration in `config` (already holding CA files): an Issuer `ca` of type `ca`
+    /// reading `cert_file` and `key_file` (with `extra` spec lines), and Certificate/web.
+    fn with_ca_files(
+        config: tempfile::TempDir,
+        cert_file: &str,
+        key_file: &str,
+        extra: &str,
+    ) -> Self {
+        let yaml = format!(
+            "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  ca:\n    certFile: {cert_file}\n    keyFile: {key_file}\n{extra}{}",
+            certificate("web", "")
+        );
+        std::fs::write(config.path().join("pki.yaml"), yaml).unwrap();
+        Self {
+            config,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn write(&self, yaml: &str) {
         std::fs::write(self.config.path().join("pki.yaml"), yaml).unwrap();
     }
@@ -368,37 +387,8 @@ fn a_failed_issuance_backs_off_and_a_spec_change_retries_at_once() {
 #[test]
 fn a_ca_issuer_signs_with_a_key_pair_made_by_openssl() {
     let config = tempfile::tempdir().unwrap();
-    let (ok, out) = openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        path(&config.path().join("corp-ca.key")),
-        "-out",
-        path(&config.path().join("corp-ca.crt")),
-        "-subj",
-        "/CN=Corp Root CA",
-        "-days",
-        "30",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    assert!(ok, "{out}");
-    let yaml = format!(
-        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  ca:\n    certFile: corp-ca.crt\n    keyFile: corp-ca.key\n{}",
-        certificate("web", "")
-    );
-    std::fs::write(config.path().join("pki.yaml"), yaml).unwrap();
-    let setup = Setup {
-        config,
-        state: tempfile::tempdir().unwrap(),
-    };
+    openssl_ca(config.path(), "corp-ca", "/CN=Corp Root CA");
+    let setup = Setup::with_ca_files(config, "corp-ca.crt", "corp-ca.key", "");
     let mut reconciler = setup.reconciler();
     let (report, _) = setup.pass(&mut reconciler, now());
     let issuer = object(&report, "Issuer", "ca");
@@ -424,38 +414,9 @@ fn a_ca_issuer_signs_with_a_key_pair_made_by_openssl() {
 fn a_ca_issuer_with_a_key_that_is_not_the_certificates_is_refused() {
     let config = tempfile::tempdir().unwrap();
     for name in ["a", "b"] {
-        let (ok, out) = openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            path(&config.path().join(format!("{name}.key"))),
-            "-out",
-            path(&config.path().join(format!("{name}.crt"))),
-            "-subj",
-            "/CN=CA",
-            "-days",
-            "1",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
-        assert!(ok, "{out}");
+        openssl_ca(config.path(), name, "/CN=CA");
     }
-    let yaml = format!(
-        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  ca:\n    certFile: a.crt\n    keyFile: b.key\n{}",
-        certificate("web", "")
-    );
-    std::fs::write(config.path().join("pki.yaml"), yaml).unwrap();
-    let setup = Setup {
-        config,
-        state: tempfile::tempdir().unwrap(),
-    };
+    let setup = Setup::with_ca_files(config, "a.crt", "b.key", "");
     let mut reconciler = setup.reconciler();
     let (report, _) = setup.pass(&mut reconciler, now());
     let (status, reason, message) = ready(object(&report, "Issuer", "ca"));
@@ -949,4 +910,80 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
     assert_ne!(serials[1], serials[2]);
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// Makes a self-signed CA with openssl: `<name>.crt`, `<name>.key` in `dir`.
+fn openssl_ca(dir: &Path, name: &str, subject: &str) {
+    let (ok, out) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        path(&dir.join(format!("{name}.key"))),
+        "-out",
+        path(&dir.join(format!("{name}.crt"))),
+        "-subj",
+        subject,
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn replacing_a_ca_issuers_files_rolls_over_without_stranding_clients_of_the_old_ca() {
+    let config = tempfile::tempdir().unwrap();
+    openssl_ca(config.path(), "corp", "/CN=Corp Root 2026");
+    let setup = Setup::with_ca_files(config, "corp.crt", "corp.key", "  rolloverOverlap: 1h\n");
+    let mut reconciler = setup.reconciler();
+    let phase = |report: &Report| detail(object(report, "Issuer", "ca"), "rolloverPhase");
+    let web = setup.files("web");
+    let t0 = jiff::Timestamp::from_second(now().as_second()).unwrap();
+
+    let (report, _) = setup.pass(&mut reconciler, t0);
+    assert_eq!(ready(object(&report, "Certificate", "web")).0, "True");
+    let old_root = std::fs::read_to_string(setup.config.path().join("corp.crt")).unwrap();
+    assert!(verifies_with(&web, &old_root, t0).0);
+
+    // The operator replaces the files with a new root: the overlap begins.
+    openssl_ca(setup.config.path(), "corp", "/CN=Corp Root 2027");
+    let new_root = std::fs::read_to_string(setup.config.path().join("corp.crt")).unwrap();
+    let t1 = t0 + jiff::SignedDuration::from_secs(10);
+    let (report, _) = setup.pass(&mut reconciler, t1);
+    assert_eq!(phase(&report), "Overlap");
+    let bundle = std::fs::read_to_string(web.join("ca.crt")).unwrap();
+    assert!(
+        bundle.contains(old_root.trim()) && bundle.contains(new_root.trim()),
+        "both roots offered"
+    );
+    assert!(
+        verifies_with(&web, &old_root, t1).0,
+        "leaves still from the old CA"
+    );
+
+    let t2 = t1 + jiff::SignedDuration::from_mins(61);
+    let (report, _) = setup.pass(&mut reconciler, t2);
+    assert_eq!(phase(&report), "Complete");
+    let (ok, out) = verifies_with(&web, &old_root, t2);
+    assert!(ok, "a client of the old root is not stranded: {out}");
+    let (ok, out) = verifies_with(&web, &new_root, t2);
+    assert!(ok, "a client of the new root verifies: {out}");
+    let (report, _) = setup.pass(&mut reconciler, t2);
+    assert_eq!(phase(&report), Value::Null);
+    assert_eq!(
+        detail(object(&report, "Issuer", "ca"), "subject"),
+        "CN=Corp Root 2027"
+    );
+    assert_eq!(
+        std::fs::read_to_string(web.join("ca.crt")).unwrap().trim(),
+        new_root.trim()
+    );
 }
