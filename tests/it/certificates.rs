@@ -340,9 +340,10 @@ fn a_spec_change_reissues_at_once_and_a_restart_reissues_nothing() {
 
 #[test]
 fn a_failed_issuance_backs_off_and_a_spec_change_retries_at_once() {
-    // ring cannot generate RSA keys: issuance fails with a clear reason.
-    let rsa = "  privateKey:\n    algorithm: RSA\n    size: 2048\n";
-    let setup = Setup::new(&format!("{ISSUER}{}", certificate("web", rsa)));
+    // The output directory cannot be made: a plain file stands where it should be.
+    let blocked = "  outputDirectory: blocked/web\n";
+    let setup = Setup::new(&format!("{ISSUER}{}", certificate("web", blocked)));
+    std::fs::write(setup.state.path().join("blocked"), "not a directory").unwrap();
     let mut reconciler = setup.reconciler();
     let t = now();
     let (report, wake) = setup.pass(&mut reconciler, t);
@@ -352,7 +353,10 @@ fn a_failed_issuance_backs_off_and_a_spec_change_retries_at_once() {
         (status.as_str(), reason.as_str()),
         ("False", "IssuanceFailed")
     );
-    assert!(message.contains("RSA"), "{message}");
+    assert!(
+        message.contains("blocked"),
+        "the failure names the path: {message}"
+    );
     assert_eq!(
         wake,
         Some(t + jiff::SignedDuration::from_mins(1)),
@@ -985,5 +989,39 @@ fn replacing_a_ca_issuers_files_rolls_over_without_stranding_clients_of_the_old_
     assert_eq!(
         std::fs::read_to_string(web.join("ca.crt")).unwrap().trim(),
         new_root.trim()
+    );
+}
+
+#[test]
+fn rsa_keys_are_generated_and_read_by_openssl() {
+    let rsa = "  privateKey:\n    algorithm: RSA\n    size: 2048\n";
+    let setup = Setup::new(&format!("{ISSUER}{}", certificate("legacy", rsa)));
+    let mut reconciler = setup.reconciler();
+    let (report, wake) = setup.pass(&mut reconciler, now());
+    let legacy = object(&report, "Certificate", "legacy");
+    assert_eq!(ready(legacy).0, "True", "{:?}", ready(legacy));
+    let dir = setup.files("legacy");
+    let (_, text) = openssl(&["x509", "-in", path(&dir.join("tls.crt")), "-noout", "-text"]);
+    assert!(
+        text.contains("rsaEncryption") && text.contains("2048 bit"),
+        "{text}"
+    );
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        path(&dir.join("ca.crt")),
+        path(&dir.join("tls.crt")),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = openssl(&["rsa", "-in", path(&dir.join("tls.key")), "-check", "-noout"]);
+    assert!(ok && out.contains("RSA key ok"), "{out}");
+    // The next pass sees an RSA 2048 key as what was asked: nothing is re-issued.
+    let (report, _) = setup.pass(
+        &mut reconciler,
+        wake.unwrap() - jiff::SignedDuration::from_secs(1),
+    );
+    assert_eq!(
+        detail(object(&report, "Certificate", "legacy"), "revision"),
+        1
     );
 }
