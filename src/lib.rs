@@ -9,6 +9,15 @@
 //!                                                              routes)         store) ──status──▶ sources
 //! ```
 //!
+//! - `resources`: the kinds, YAML reading, per-object checks (pure).
+//! - `pki`: CA, issuance, renewal policy (pure), keystores, CRLs, rustls configs that follow
+//!   renewals, and the diagnosis behind `tessera doctor`; imports nothing of the crate.
+//! - `desired`: snapshot → desired state, references, last valid version, pruning guard (pure).
+//! - `sources`: where snapshots come from (`dir`).
+//! - `store`: state on disk. `server`: the admin API (later the agent-facing server).
+//! - `reconcile`: the loop; issuers and certificates; conditions and status files.
+//! - `doctor`: the client side of `tessera doctor`. `cli`: commands, environment, tasks.
+//!
 //! `resources` and `desired` are pure (no tokio, no I/O). `server` never imports `sources`,
 //! `desired` or `reconcile`: it is handed plain values to serve.
 
