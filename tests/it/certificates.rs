@@ -503,42 +503,28 @@ fn keystores_open_in_openssl_and_keytool_with_their_passwords() {
             ),
         )
     };
-    let (ok, out) = keytool(&[
-        "-list",
-        "-v",
-        "-storetype",
-        "JKS",
-        "-keystore",
-        path(&dir.join("keystore.jks")),
-        "-storepass",
-        "jks-secret",
-    ]);
+    let list = |store: &str, password: &str| {
+        keytool(&[
+            "-list",
+            "-v",
+            "-storetype",
+            "JKS",
+            "-keystore",
+            path(&dir.join(store)),
+            "-storepass",
+            password,
+        ])
+    };
+    let (ok, out) = list("keystore.jks", "jks-secret");
     assert!(ok, "keytool opens keystore.jks: {out}");
     assert!(
         out.contains("Alias name: certificate") && out.contains("PrivateKeyEntry"),
         "{out}"
     );
     assert!(out.contains("Certificate chain length: 2"), "{out}");
-    let (ok, out) = keytool(&[
-        "-list",
-        "-storetype",
-        "JKS",
-        "-keystore",
-        path(&dir.join("keystore.jks")),
-        "-storepass",
-        "not-it",
-    ]);
+    let (ok, out) = list("keystore.jks", "not-it");
     assert!(!ok, "keytool refuses a wrong password: {out}");
-    let (ok, out) = keytool(&[
-        "-list",
-        "-v",
-        "-storetype",
-        "JKS",
-        "-keystore",
-        path(&dir.join("truststore.jks")),
-        "-storepass",
-        "trust-secret",
-    ]);
+    let (ok, out) = list("truststore.jks", "trust-secret");
     assert!(ok, "keytool opens truststore.jks: {out}");
     assert!(
         out.contains("Alias name: ca")
