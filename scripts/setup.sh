@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl)
+# Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl,
+# tar, md5sum, Python's zipfile)
 # that tests drive against the server. Idempotent; quick when everything is there.
 set -euo pipefail
 
-packages=(curl openssl ca-certificates)
+packages=(curl openssl ca-certificates tar coreutils python3)
 
 missing=()
 for package in "${packages[@]}"; do

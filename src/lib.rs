@@ -25,6 +25,7 @@ pub mod cli;
 pub mod desired;
 pub mod doctor;
 pub mod pki;
+pub mod protocol;
 pub mod reconcile;
 pub mod resources;
 pub mod server;

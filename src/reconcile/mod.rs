@@ -6,6 +6,7 @@
 //! kinds say so honestly in their `Ready` condition rather than pretending.
 
 pub mod certificates;
+pub mod fragments;
 pub mod status;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState, Entry, Served};
 use crate::reconcile::certificates::{Certificates, Environment, Outcome};
+use crate::reconcile::fragments::Packages;
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
 
@@ -121,6 +123,7 @@ pub struct Reconciler {
     config: Config,
     previous: Option<DesiredState>,
     certificates: Certificates,
+    packages: Packages,
     /// When each condition last changed status, so transition times stay put between passes.
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
 }
@@ -129,6 +132,7 @@ impl Reconciler {
     /// A reconciler that has run no pass yet.
     pub fn new(config: Config) -> Self {
         Self {
+            packages: Packages::new(config.state_dir.clone(), config.config_dir.clone()),
             certificates: Certificates::new(
                 config.state_dir.clone(),
                 config.config_dir.clone(),
@@ -149,7 +153,8 @@ impl Reconciler {
         let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
-        let (outcomes, wake) = self.certificates.reconcile(&desired, now);
+        let (mut outcomes, wake) = self.certificates.reconcile(&desired, now);
+        outcomes.extend(self.packages.reconcile(&desired));
         let report = self.report(&desired, &outcomes, now);
         status::write(&self.config.state_dir, &report)?;
 
@@ -341,17 +346,15 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
 /// What this version of Tessera cannot yet do for a kind, said plainly in its status.
 fn pending_part(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::Issuer | Kind::Certificate => None,
         Kind::Server => Some(
             "the agent-facing server is not part of this version of Tessera yet: only the admin API runs",
         ),
         Kind::Gateway => Some(
             "the gateway relay is not part of this version of Tessera yet: nothing listens for it",
         ),
-        Kind::Package => Some(
-            "package building is not part of this version of Tessera yet: no fragments are served",
-        ),
-        Kind::Activation | Kind::Affectation => None,
+        Kind::Issuer | Kind::Certificate | Kind::Package | Kind::Activation | Kind::Affectation => {
+            None
+        }
     }
 }
 

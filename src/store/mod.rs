@@ -1,3 +1,4 @@
 //! State on disk.
 
 pub mod atomic;
+pub mod fragments;

@@ -4,6 +4,7 @@ mod certificates;
 mod crds;
 mod doctor;
 mod examples;
+mod packages;
 mod serve;
 mod support;
 mod tls;

@@ -77,7 +77,7 @@ async fn serve_lists_the_quickstart_with_honest_conditions_and_writes_status_fil
         );
         let ready = condition(object, "Ready");
         match object["kind"].as_str().unwrap() {
-            "Activation" | "Affectation" | "Issuer" | "Certificate" => {
+            "Activation" | "Affectation" | "Issuer" | "Certificate" | "Package" => {
                 assert_eq!(ready["status"], "True", "{object}")
             }
             // Parts built by later components say so rather than claim readiness.

@@ -1,0 +1,3 @@
+//! Wire types of the agent-facing protocols. Imports nothing of the crate.
+
+pub mod ocs;

@@ -1,0 +1,572 @@
+//! Packages: each pass makes sure every Package is built into the fragment store, under a
+//! package id derived from its spec and content, and removes packages no longer declared.
+//!
+//! A content directory is archived deterministically (entries sorted, times fixed, modes
+//! normalised to 0644/0755, owners zero), tar.gz for Linux and macOS, zip for Windows, so the
+//! same input always gives the same bytes, the same digests and the same id, on every
+//! replica and after every restart. The content is fingerprinted (paths, sizes, times,
+//! modes) to skip rebuilding what did not change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::desired::DesiredState;
+use crate::protocol::ocs::{self, Info};
+use crate::reconcile::certificates::Outcome;
+use crate::resources::meta::Os;
+use crate::resources::{Kind, ObjectKey, Package, Resource};
+use crate::store::atomic::{self, Access};
+use crate::store::fragments::{FragmentStore, Manifest};
+
+/// The range of package ids: ten digits, and within a signed 32-bit integer, which is what
+/// the OCS agents' history and the reference server's tables hold.
+const ID_FLOOR: u64 = 1_000_000_000;
+const ID_SPAN: u64 = 1_147_483_647;
+
+/// Packages between passes.
+pub struct Packages {
+    state_dir: PathBuf,
+    config_dir: PathBuf,
+}
+
+/// What was built for one package, kept in `packages/<namespace>/<name>.json` so a restart
+/// does not rebuild unchanged content.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Built {
+    /// Digest of the spec and the content fingerprint this build was made from.
+    input: String,
+    id: String,
+    archive_sha256: String,
+}
+
+impl Packages {
+    /// Packages built from content below `config_dir`, stored under `state_dir`.
+    pub fn new(state_dir: PathBuf, config_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            config_dir,
+        }
+    }
+
+    /// Builds what is missing and prunes what is gone. One outcome per Package.
+    pub fn reconcile(&mut self, desired: &DesiredState) -> HashMap<ObjectKey, Outcome> {
+        let mut outcomes = HashMap::new();
+        let store = match FragmentStore::open(self.state_dir.join("download")) {
+            Ok(store) => store,
+            Err(error) => {
+                for (key, resource) in desired.actionable() {
+                    if matches!(resource, Resource::Package(_)) {
+                        outcomes.insert(key.clone(), failed("StoreUnavailable", error.to_string()));
+                    }
+                }
+                return outcomes;
+            }
+        };
+        let mut ids: BTreeMap<String, ObjectKey> = BTreeMap::new();
+        for (key, resource) in desired.actionable() {
+            let Resource::Package(package) = resource else {
+                continue;
+            };
+            let outcome = match self.package(key, package, desired, &store, &mut ids) {
+                Ok(outcome) => outcome,
+                Err(message) => failed("BuildFailed", message),
+            };
+            outcomes.insert(key.clone(), outcome);
+        }
+        if !desired.held_back {
+            for id in store.ids().unwrap_or_default() {
+                if !ids.contains_key(&id) {
+                    match store.remove(&id) {
+                        Ok(()) => {
+                            tracing::info!(package = %id, "removed a package no longer declared")
+                        }
+                        Err(error) => {
+                            tracing::warn!(package = %id, %error, "failed to remove a package")
+                        }
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+
+    fn package(
+        &self,
+        key: &ObjectKey,
+        package: &Package,
+        desired: &DesiredState,
+        store: &FragmentStore,
+        ids: &mut BTreeMap<String, ObjectKey>,
+    ) -> Result<Outcome, String> {
+        let spec = &package.spec;
+        let base = self.declaring_dir(desired, key);
+        let content = spec.content.as_ref();
+        if content.is_some_and(|c| c.url.is_some()) {
+            return Ok(failed(
+                "NotImplemented",
+                "content from a url is not fetched by this version of Tessera yet: use directory or archive".into(),
+            ));
+        }
+        let source = content.and_then(|c| {
+            c.directory
+                .as_ref()
+                .map(|d| Source::Directory(base.join(d)))
+                .or_else(|| c.archive.as_ref().map(|a| Source::Archive(base.join(a))))
+        });
+        let fingerprint = match &source {
+            Some(source) => source.fingerprint()?,
+            None => String::new(),
+        };
+        let spec_json = serde_json::to_string(spec).unwrap_or_default();
+        let input = hex::encode(Sha256::digest(format!("{spec_json}\n{fingerprint}")));
+        let cache_path = self
+            .state_dir
+            .join("packages")
+            .join(&key.namespace)
+            .join(format!("{}.json", key.name));
+        let cached: Option<Built> = std::fs::read(&cache_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+
+        let (archive, archive_sha256) = match cached.filter(|c| c.input == input) {
+            Some(built) if store.manifest(&built.id).ok().flatten().is_some() => {
+                (None, built.archive_sha256)
+            }
+            _ => match &source {
+                Some(source) => {
+                    let path = self.build_archive(key, source, spec.os)?;
+                    let sha = hex::encode(Sha256::digest(
+                        std::fs::read(&path).map_err(|e| e.to_string())?,
+                    ));
+                    if let Some(expected) = content.and_then(|c| c.sha256.as_ref())
+                        && !expected.eq_ignore_ascii_case(&sha)
+                    {
+                        return Ok(failed(
+                            "DigestMismatch",
+                            format!(
+                                "the archive's SHA-256 is {sha}, but spec.content.sha256 says {expected}"
+                            ),
+                        ));
+                    }
+                    (Some(path), sha)
+                }
+                None => (None, String::new()),
+            },
+        };
+
+        // The id: from the spec and the archive, all digits, the same everywhere. Two
+        // packages landing on one id is reported, and the later one (in key order) moves on.
+        let mut attempt = 0u32;
+        let id = loop {
+            let id = package_id(&spec_json, &archive_sha256, attempt);
+            match ids.get(&id) {
+                Some(other) if other != key => {
+                    tracing::warn!(package = %key, other = %other, %id, "package id collision; deriving another");
+                    attempt += 1;
+                }
+                _ => break id,
+            }
+        };
+        ids.insert(id.clone(), key.clone());
+
+        let manifest = match store.manifest(&id).map_err(|e| e.to_string())? {
+            Some(manifest) => {
+                let info = info_file(&id, package, proto(desired, key), Some(&manifest))?;
+                store
+                    .rewrite_info(&id, info.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                manifest
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let archive = match (&archive, &source) {
+                    (Some(path), _) => Some(path.clone()),
+                    (None, Some(source)) => Some(self.build_archive(key, source, spec.os)?),
+                    (None, None) => None,
+                };
+                // The info file needs the archive's digest, known once it is split: it is
+                // written with the package and then again with the digest.
+                let draft = info_file(&id, package, proto(desired, key), None)?;
+                let manifest = store
+                    .build(
+                        &id,
+                        archive.as_deref(),
+                        spec.fragment_size.bytes(),
+                        draft.as_bytes(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                let info = info_file(&id, package, proto(desired, key), Some(&manifest))?;
+                store
+                    .rewrite_info(&id, info.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    package = %key,
+                    %id,
+                    bytes = manifest.size,
+                    fragments = manifest.fragments.len(),
+                    took = ?started.elapsed(),
+                    "built a package"
+                );
+                manifest
+            }
+        };
+        if let Some(path) = &archive {
+            let _ = std::fs::remove_file(path);
+        }
+        let built = Built {
+            input,
+            id: id.clone(),
+            archive_sha256: manifest.sha256.clone(),
+        };
+        let body = serde_json::to_vec_pretty(&built).unwrap_or_default();
+        atomic::write_if_changed(&cache_path, &body, Access::Public).map_err(|e| e.to_string())?;
+
+        let mut details = Map::new();
+        details.insert("packageId".into(), json!(id));
+        details.insert("size".into(), json!(manifest.size));
+        details.insert("fragments".into(), json!(manifest.fragments.len()));
+        if !manifest.md5.is_empty() {
+            details.insert("md5".into(), json!(manifest.md5));
+            details.insert("sha256".into(), json!(manifest.sha256));
+        }
+        Ok(Outcome {
+            ready: true,
+            reason: "Built",
+            message: format!(
+                "package {id}: {} bytes in {} fragment{}",
+                manifest.size,
+                manifest.fragments.len(),
+                if manifest.fragments.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ),
+            details,
+            issuing: None,
+            wake: None,
+        })
+    }
+
+    /// Writes the package's archive to a temporary file under the state directory.
+    fn build_archive(&self, key: &ObjectKey, source: &Source, os: Os) -> Result<PathBuf, String> {
+        let dir = self.state_dir.join("build");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+        let target = dir.join(format!(
+            "{}-{}.{}",
+            key.namespace,
+            key.name,
+            if os == Os::Windows { "zip" } else { "tar.gz" }
+        ));
+        match source {
+            Source::Archive(path) => {
+                std::fs::copy(path, &target)
+                    .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+            }
+            Source::Directory(path) => {
+                let entries = walk(path)?;
+                let file = std::fs::File::create(&target)
+                    .map_err(|e| format!("failed to create {}: {e}", target.display()))?;
+                if os == Os::Windows {
+                    write_zip(file, &entries)?;
+                } else {
+                    write_tar_gz(file, &entries)?;
+                }
+            }
+        }
+        Ok(target)
+    }
+
+    fn declaring_dir(&self, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
+        let file = desired
+            .entries
+            .get(key)
+            .and_then(|e| e.origin.as_ref())
+            .map(|o| o.file.clone());
+        let declared = file
+            .map(|f| self.config_dir.join(f))
+            .unwrap_or_else(|| self.config_dir.clone());
+        declared
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.config_dir.clone())
+    }
+}
+
+/// Where a package's files come from.
+enum Source {
+    Directory(PathBuf),
+    Archive(PathBuf),
+}
+
+impl Source {
+    /// A digest of what the content is made of, cheap to compute: paths, sizes, times and
+    /// modes of every file (an archive: its own).
+    fn fingerprint(&self) -> Result<String, String> {
+        let mut digest = Sha256::new();
+        match self {
+            Source::Archive(path) => {
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+                digest.update(format!(
+                    "{}:{}:{:?}",
+                    path.display(),
+                    meta.len(),
+                    meta.modified().ok()
+                ));
+            }
+            Source::Directory(path) => {
+                for entry in walk(path)? {
+                    let meta = std::fs::metadata(&entry.path).map_err(|e| e.to_string())?;
+                    digest.update(format!(
+                        "{}:{}:{:?}:{}\n",
+                        entry.name,
+                        meta.len(),
+                        meta.modified().ok(),
+                        entry.mode
+                    ));
+                }
+            }
+        }
+        Ok(hex::encode(digest.finalize()))
+    }
+}
+
+/// One entry of a content directory, in archive order.
+struct Entry {
+    /// Path inside the archive, `/`-separated.
+    name: String,
+    path: PathBuf,
+    directory: bool,
+    /// 0o755 or 0o644.
+    mode: u32,
+}
+
+/// Every entry below `root`, sorted by name; symlinks are refused (they could point
+/// anywhere on the build machine).
+fn walk(root: &Path) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    let meta = std::fs::metadata(root)
+        .map_err(|e| format!("content directory {}: {e}", root.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "content directory {} is not a directory",
+            root.display()
+        ));
+    }
+    walk_into(root, "", &mut out)?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("failed to read {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{} is a symbolic link: package content must be plain files",
+                path.display()
+            ));
+        }
+        let executable = {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                meta.permissions().mode() & 0o111 != 0
+            }
+            #[cfg(not(unix))]
+            {
+                false
+            }
+        };
+        if meta.is_dir() {
+            out.push(Entry {
+                name: relative.clone(),
+                path: path.clone(),
+                directory: true,
+                mode: 0o755,
+            });
+            walk_into(&path, &relative, out)?;
+        } else if meta.is_file() {
+            out.push(Entry {
+                name: relative,
+                path,
+                directory: false,
+                mode: if executable { 0o755 } else { 0o644 },
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_tar_gz(file: std::fs::File, entries: &[Entry]) -> Result<(), String> {
+    // No name and time zero in the gzip header, so the bytes depend on content alone.
+    let gzip = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gzip);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mode(entry.mode);
+        if entry.directory {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, format!("{}/", entry.name), std::io::empty())
+                .map_err(|e| e.to_string())?;
+        } else {
+            let data = std::fs::read(&entry.path)
+                .map_err(|e| format!("failed to read {}: {e}", entry.path.display()))?;
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(data.len() as u64);
+            tar.append_data(&mut header, &entry.name, data.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let gzip = tar.into_inner().map_err(|e| e.to_string())?;
+    let mut file = gzip.finish().map_err(|e| e.to_string())?;
+    file.flush().map_err(|e| e.to_string())
+}
+
+fn write_zip(file: std::fs::File, entries: &[Entry]) -> Result<(), String> {
+    let mut zip = zip::ZipWriter::new(file);
+    for entry in entries {
+        // The zip epoch (1980-01-01), the same for every entry.
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .last_modified_time(zip::DateTime::default())
+            .unix_permissions(entry.mode);
+        if entry.directory {
+            zip.add_directory(format!("{}/", entry.name), options)
+                .map_err(|e| e.to_string())?;
+        } else {
+            let data = std::fs::read(&entry.path)
+                .map_err(|e| format!("failed to read {}: {e}", entry.path.display()))?;
+            zip.start_file(entry.name.clone(), options)
+                .map_err(|e| e.to_string())?;
+            zip.write_all(&data).map_err(|e| e.to_string())?;
+        }
+    }
+    zip.finish().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A ten-digit id from the spec and the archive digest; `attempt` moves off a collision.
+fn package_id(spec_json: &str, archive_sha256: &str, attempt: u32) -> String {
+    let digest = Sha256::digest(format!(
+        "tessera-package-v1\n{spec_json}\n{archive_sha256}\n{attempt}"
+    ));
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (ID_FLOOR + u64::from_be_bytes(first) % ID_SPAN).to_string()
+}
+
+/// `HTTP` when an Activation of this package sends agents to an `http://` mirror for
+/// fragments, else `HTTPS`.
+fn proto(desired: &DesiredState, package: &ObjectKey) -> ocs::Proto {
+    let plain = desired.actionable().any(|(key, resource)| match resource {
+        Resource::Activation(activation) => {
+            ObjectKey::referenced(Kind::Package, &key.namespace, &activation.spec.package_ref)
+                == *package
+                && activation
+                    .spec
+                    .pack_location
+                    .as_deref()
+                    .is_some_and(|l| l.starts_with("http://"))
+        }
+        _ => false,
+    });
+    if plain {
+        ocs::Proto::Http
+    } else {
+        ocs::Proto::Https
+    }
+}
+
+fn info_file(
+    id: &str,
+    package: &Package,
+    proto: ocs::Proto,
+    manifest: Option<&Manifest>,
+) -> Result<String, String> {
+    let spec = &package.spec;
+    let action = &spec.action;
+    let action = if let Some(launch) = &action.launch {
+        ocs::Action::Launch {
+            name: launch.command.clone(),
+        }
+    } else if let Some(execute) = &action.execute {
+        ocs::Action::Execute {
+            command: execute.command.clone(),
+        }
+    } else if let Some(store) = &action.store {
+        ocs::Action::Store {
+            path: store.path.clone(),
+        }
+    } else {
+        return Err("no action".into());
+    };
+    Ok(Info {
+        id: id.to_owned(),
+        priority: u8::try_from(spec.priority).unwrap_or(5),
+        action,
+        digest: manifest.map(|m| m.md5.clone()).unwrap_or_default(),
+        proto,
+        fragments: manifest.map_or(0, |m| m.fragments.len()),
+        notify: spec.notification.as_ref().map(|n| ocs::Notify {
+            text: n.text.clone(),
+            countdown: n.countdown.map(|c| c.as_secs()),
+            can_abort: n.can_abort,
+            can_delay: n.can_delay,
+        }),
+        done_action: spec.done_action.as_ref().map(|d| d.text.clone()),
+    }
+    .to_xml())
+}
+
+fn failed(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        ready: false,
+        reason,
+        message,
+        details: Map::<String, Value>::new(),
+        issuing: None,
+        wake: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_ten_digits_within_a_signed_32_bit_integer_and_stable() {
+        for attempt in 0..200 {
+            let id = package_id("{\"os\":\"linux\"}", &format!("{attempt:064x}"), attempt);
+            assert_eq!(id.len(), 10, "{id}");
+            let value: u64 = id.parse().unwrap();
+            assert!((ID_FLOOR..=i32::MAX as u64).contains(&value), "{id}");
+        }
+        assert_eq!(package_id("a", "b", 0), package_id("a", "b", 0));
+        assert_ne!(package_id("a", "b", 0), package_id("a", "b", 1));
+        assert_ne!(package_id("a", "b", 0), package_id("a", "c", 0));
+    }
+}
