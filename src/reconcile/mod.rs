@@ -80,6 +80,8 @@ impl std::fmt::Debug for Clock {
 pub enum ReconcileError {
     #[error("failed to write status files")]
     Status(#[from] status::StatusError),
+    #[error("a reconcile pass panicked: {0}")]
+    Panicked(String),
 }
 
 /// Runs passes on every new snapshot (and every `REQUEUE`) until `shutdown`.
@@ -94,7 +96,16 @@ pub async fn run(
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         let now = clock.now();
-        let pass = reconciler.pass(&snapshot, now)?;
+        // A pass archives packages and makes keys: blocking work, kept off the async workers
+        // so the admin API stays responsive during a large build.
+        let (returned, pass) = tokio::task::spawn_blocking(move || {
+            let pass = reconciler.pass(&snapshot, now);
+            (reconciler, pass)
+        })
+        .await
+        .map_err(|e| ReconcileError::Panicked(e.to_string()))?;
+        reconciler = returned;
+        let pass = pass?;
         reports.send_replace(pass.report);
         // Wake for the next renewal or retry if it comes before the regular requeue.
         let sleep = pass
