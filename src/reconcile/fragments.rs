@@ -76,6 +76,13 @@ impl Packages {
                 Ok(outcome) => outcome,
                 Err(message) => failed("BuildFailed", message),
             };
+            // A build that fails (content briefly unreadable during a checkout, a full disk)
+            // must not prune the version agents may be downloading: keep the last one built.
+            if !outcome.ready
+                && let Some(built) = self.cached(key)
+            {
+                ids.entry(built.id).or_insert_with(|| key.clone());
+            }
             outcomes.insert(key.clone(), outcome);
         }
         if !desired.held_back {
@@ -281,6 +288,20 @@ impl Packages {
             }
         }
         Ok(target)
+    }
+
+    fn cache_path(&self, key: &ObjectKey) -> PathBuf {
+        self.state_dir
+            .join("packages")
+            .join(&key.namespace)
+            .join(format!("{}.json", key.name))
+    }
+
+    /// What was last built for `key`, if anything.
+    fn cached(&self, key: &ObjectKey) -> Option<Built> {
+        std::fs::read(self.cache_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     fn declaring_dir(&self, desired: &DesiredState, key: &ObjectKey) -> PathBuf {

@@ -319,3 +319,51 @@ fn an_archive_with_the_wrong_sha256_is_refused() {
         "{ready:?}"
     );
 }
+
+#[test]
+fn a_failed_rebuild_keeps_the_last_version_in_the_store() {
+    let config = tempfile::tempdir().unwrap();
+    write_payload(config.path());
+    std::fs::write(
+        config.path().join("p.yaml"),
+        package("app", "linux", CONTENT),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let id = details(&pass(config.path(), state.path()), "app")["packageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The content disappears for a moment (a checkout in progress): the build fails...
+    std::fs::rename(
+        config.path().join("payload"),
+        config.path().join("payload.moved"),
+    )
+    .unwrap();
+    let report = pass(config.path(), state.path());
+    let object = report.objects.iter().find(|o| o.name == "app").unwrap();
+    let ready = object
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "BuildFailed"),
+        "{ready:?}"
+    );
+    assert!(
+        ready.message.contains("payload"),
+        "the message names the directory: {}",
+        ready.message
+    );
+    // ...but the version agents may be fetching stays.
+    assert!(
+        state
+            .path()
+            .join("download")
+            .join(&id)
+            .join("info")
+            .exists()
+    );
+}
