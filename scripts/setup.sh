@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl,
-# tar, md5sum, Python's zipfile)
+# tar, md5sum, Python's zipfile, Java's keytool)
 # that tests drive against the server. Idempotent; quick when everything is there.
 set -euo pipefail
 
@@ -10,6 +10,8 @@ missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+# Java's keytool opens the JKS keystores in the tests; any JDK or JRE on the PATH will do.
+command -v keytool >/dev/null || missing+=(openjdk-17-jre-headless)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
