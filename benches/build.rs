@@ -1,0 +1,69 @@
+//! How fast a package is built into the fragment store, against `md5sum` on the same file.
+//!
+//! `cargo bench --bench build` writes an incompressible archive (default 256 MiB, or
+//! `TESSERA_BENCH_MIB`), stores it as a package in 1 MiB fragments (MD5 and SHA-256 of the
+//! whole, SHA-256 of each fragment, every fragment written and synced), and times
+//! `md5sum` reading the same file. It prints figures; it asserts nothing.
+
+use std::io::Write;
+use std::time::Instant;
+
+use sha2::Digest;
+use tessera::store::fragments::FragmentStore;
+
+fn main() {
+    let mib: u64 = std::env::var("TESSERA_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let archive = dir.path().join("archive.bin");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&archive).unwrap());
+        let mut block = [0u8; 32];
+        for i in 0..(mib << 20) / 32 {
+            block = sha2::Sha256::digest([&block[..], &i.to_be_bytes()].concat()).into();
+            file.write_all(&block).unwrap();
+        }
+    }
+    let bytes = (mib << 20) as f64;
+    // Warm the page cache so both read from memory.
+    let _ = std::fs::read(&archive);
+
+    let started = Instant::now();
+    let output = std::process::Command::new("md5sum")
+        .arg(&archive)
+        .output()
+        .expect("md5sum");
+    let md5sum = started.elapsed();
+    let reference = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+
+    let store = FragmentStore::open(dir.path().join("download")).unwrap();
+    let started = Instant::now();
+    let manifest = store
+        .build("1234567890", Some(&archive), 1 << 20, b"<DOWNLOAD/>")
+        .unwrap();
+    let build = started.elapsed();
+    assert_eq!(manifest.md5, reference, "the store's MD5 is md5sum's");
+
+    let rate = |d: std::time::Duration| bytes / (1 << 20) as f64 / d.as_secs_f64();
+    println!(
+        "build: {mib} MiB archive, {} fragments of 1 MiB",
+        manifest.fragments.len()
+    );
+    println!(
+        "  md5sum:                      {:>7.0} MiB/s ({:.2} s)",
+        rate(md5sum),
+        md5sum.as_secs_f64()
+    );
+    println!(
+        "  tessera build (MD5 + SHA-256 + per-fragment SHA-256 + write + fsync): {:>7.0} MiB/s ({:.2} s), {:.0}% of md5sum",
+        rate(build),
+        build.as_secs_f64(),
+        100.0 * md5sum.as_secs_f64() / build.as_secs_f64()
+    );
+}
