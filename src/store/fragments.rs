@@ -161,6 +161,8 @@ impl FragmentStore {
                     let path = building.join(&name);
                     let mut file = std::fs::File::create(&path).map_err(io("create", &path))?;
                     file.write_all(chunk).map_err(io("write", &path))?;
+                    // On disk before the rename publishes it: after a power cut, a listed
+                    // package is never one with empty fragments.
                     file.sync_all().map_err(io("sync", &path))?;
                     manifest.size += filled as u64;
                     manifest.fragments.push(Fragment {
@@ -185,6 +187,10 @@ impl FragmentStore {
                 std::fs::remove_dir_all(&target).map_err(io("replace", &target))?;
             }
             std::fs::rename(&building, &target).map_err(io("rename into place", &target))?;
+            // And the rename itself on disk.
+            std::fs::File::open(&self.root)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io("flush", &self.root))?;
             Ok(manifest)
         })();
         if result.is_err() {
