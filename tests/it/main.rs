@@ -4,6 +4,7 @@ mod certificates;
 mod crds;
 mod doctor;
 mod examples;
+mod export;
 mod packages;
 mod serve;
 mod support;

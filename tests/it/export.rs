@@ -1,0 +1,131 @@
+//! `tessera export`: the download tree, served by a plain static web server, is what agents
+//! need; packages no longer activated are pruned; a broken configuration exports nothing.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+
+use crate::support::quickstart_copy;
+
+fn export(config: &std::path::Path, output: &std::path::Path) -> (i32, String) {
+    let result = Command::new(cargo_bin("tessera"))
+        .args(["export", "--config"])
+        .arg(config)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .unwrap();
+    (
+        result.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&result.stdout).into_owned(),
+    )
+}
+
+fn curl(url: &str) -> Vec<u8> {
+    let output = Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .expect("curl");
+    assert!(output.status.success(), "GET {url}");
+    output.stdout
+}
+
+#[test]
+fn an_exported_tree_served_by_a_static_server_gives_agents_what_the_info_file_promises() {
+    let config = quickstart_copy();
+    let mirror = tempfile::tempdir().unwrap();
+    let (code, out) = export(config.path(), mirror.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 packages"), "{out}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(mirror.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "static server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut checked = 0;
+    for entry in std::fs::read_dir(mirror.path()).unwrap().flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let info = String::from_utf8(curl(&format!("http://127.0.0.1:{port}/{id}/info"))).unwrap();
+        let attribute = |name: &str| {
+            let start = info.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            info[start..start + info[start..].find('"').unwrap()].to_owned()
+        };
+        assert_eq!(attribute("ID"), id);
+        let fragments: usize = attribute("FRAGS").parse().unwrap();
+        let archive: Vec<u8> = (1..=fragments)
+            .flat_map(|n| curl(&format!("http://127.0.0.1:{port}/{id}/{id}-{n}")))
+            .collect();
+        use md5::Digest;
+        assert_eq!(
+            hex::encode(md5::Md5::digest(&archive)),
+            attribute("DIGEST"),
+            "the fragments served add up to the digest"
+        );
+        checked += 1;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(checked, 2);
+
+    // Without its Activation a package is no longer published: the next export prunes it.
+    let tools = config.path().join("packages/tools.yaml");
+    let text = std::fs::read_to_string(&tools).unwrap();
+    std::fs::write(&tools, &text[..text.find("---").unwrap()]).unwrap();
+    let affectations = config.path().join("affectations.yaml");
+    let text = std::fs::read_to_string(&affectations).unwrap();
+    std::fs::write(&affectations, &text[..text.find("---").unwrap()]).unwrap();
+    let (code, out) = export(config.path(), mirror.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("removed ") && out.contains("1 package in"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(mirror.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_configuration_with_package_problems_exports_nothing() {
+    let config = quickstart_copy();
+    let hello = config.path().join("packages/hello.yaml");
+    let text = std::fs::read_to_string(&hello)
+        .unwrap()
+        .replace("priority: 5", "priority: 50");
+    std::fs::write(&hello, text).unwrap();
+    let mirror = tempfile::tempdir().unwrap();
+    let result = Command::new(cargo_bin("tessera"))
+        .args(["export", "--config"])
+        .arg(config.path())
+        .arg("--output")
+        .arg(mirror.path())
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&result.stdout).contains("spec.priority"));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("nothing was exported"));
+    assert_eq!(std::fs::read_dir(mirror.path()).unwrap().count(), 0);
+}
