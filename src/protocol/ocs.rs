@@ -125,13 +125,7 @@ pub fn parse_request(xml: &[u8]) -> Result<Request, CodecError> {
         Err(_) => xml.iter().map(|&b| char::from(b)).collect(),
     };
     let mut reader = quick_xml::Reader::from_str(&text);
-    let mut request = Request::default();
-    let mut inventory = Inventory::default();
-    let mut is_inventory = false;
-    let mut path: Vec<String> = Vec::new();
-    let mut value = String::new();
-    let mut account_key: Option<String> = None;
-    let mut account_value: Option<String> = None;
+    let mut reading = Reading::default();
     loop {
         let event = reader
             .read_event()
@@ -139,52 +133,38 @@ pub fn parse_request(xml: &[u8]) -> Result<Request, CodecError> {
         match event {
             Event::Start(ref element) | Event::Empty(ref element) => {
                 let name = element.local_name().as_ref().to_ascii_uppercase();
-                if path.is_empty() && name != "REQUEST" {
+                if reading.path.is_empty() && name != "REQUEST" {
                     return Err(CodecError::NotARequest(name));
                 }
-                let attributes: Vec<(String, String)> = element
-                    .attributes()
-                    .flatten()
-                    .map(|a| {
-                        let key = a.key.local_name().as_ref().to_ascii_uppercase();
-                        let value = a
-                            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                            .map(|v| v.into_owned())
-                            .unwrap_or_default();
-                        (key, value)
-                    })
-                    .collect();
-                path.push(name.clone());
-                value.clear();
-                let at = path.join("/");
-                for (key, attribute) in attributes {
+                reading.path.push(name);
+                reading.value.clear();
+                let at = reading.path.join("/");
+                for attribute in element.attributes().flatten() {
+                    let key = attribute.key.local_name().as_ref().to_ascii_uppercase();
+                    let value = attribute
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map(|v| v.into_owned())
+                        .unwrap_or_default();
                     match (at.as_str(), key.as_str()) {
-                        ("REQUEST", field) => set_field(&mut request, field, attribute),
+                        ("REQUEST", field) => set_field(&mut reading.request, field, value),
                         ("REQUEST/CONTENT/DOWNLOAD/HISTORY/PACKAGE", "ID") => {
-                            inventory.history.push(attribute)
+                            reading.inventory.history.push(value)
                         }
                         _ => {}
                     }
                 }
                 if at == "REQUEST/CONTENT" {
-                    is_inventory = true;
+                    reading.is_inventory = true;
                 }
                 if matches!(event, Event::Empty(_)) {
-                    finish(
-                        &mut path,
-                        &mut value,
-                        &mut request,
-                        &mut inventory,
-                        &mut account_key,
-                        &mut account_value,
-                    );
+                    reading.finish();
                 }
             }
-            Event::Text(text) => value.push_str(&text.xml10_content()),
-            Event::CData(data) => value.push_str(&data.into_inner()),
+            Event::Text(text) => reading.value.push_str(&text.xml10_content()),
+            Event::CData(data) => reading.value.push_str(&data.into_inner()),
             Event::GeneralRef(reference) => match reference.resolve_char_ref() {
-                Ok(Some(c)) => value.push(c),
-                _ => value.push_str(match &*reference {
+                Ok(Some(c)) => reading.value.push(c),
+                _ => reading.value.push_str(match &*reference {
                     "amp" => "&",
                     "lt" => "<",
                     "gt" => ">",
@@ -193,18 +173,17 @@ pub fn parse_request(xml: &[u8]) -> Result<Request, CodecError> {
                     _ => "",
                 }),
             },
-            Event::End(_) => finish(
-                &mut path,
-                &mut value,
-                &mut request,
-                &mut inventory,
-                &mut account_key,
-                &mut account_value,
-            ),
+            Event::End(_) => reading.finish(),
             Event::Eof => break,
             _ => {}
         }
     }
+    let Reading {
+        mut request,
+        inventory,
+        is_inventory,
+        ..
+    } = reading;
     if request.query.is_empty() {
         return Err(CodecError::Missing("QUERY"));
     }
@@ -220,48 +199,58 @@ pub fn parse_request(xml: &[u8]) -> Result<Request, CodecError> {
     Ok(request)
 }
 
-/// Closes the element on top of `path`, filing its text where it belongs.
-fn finish(
-    path: &mut Vec<String>,
-    value: &mut String,
-    request: &mut Request,
-    inventory: &mut Inventory,
-    account_key: &mut Option<String>,
-    account_value: &mut Option<String>,
-) {
-    let at = path.join("/");
-    let text = std::mem::take(value).trim().to_owned();
-    match at.as_str() {
-        "REQUEST/QUERY" | "REQUEST/DEVICEID" | "REQUEST/ID" | "REQUEST/ERR" => {
-            let field = at.rsplit('/').next().unwrap_or_default().to_owned();
-            set_field(request, &field, text);
-        }
-        "REQUEST/CONTENT/HARDWARE/NAME" => inventory.name = Some(text),
-        "REQUEST/CONTENT/HARDWARE/OSNAME" => inventory.os_name = Some(text),
-        "REQUEST/CONTENT/HARDWARE/OSVERSION" => inventory.os_version = Some(text),
-        "REQUEST/CONTENT/HARDWARE/IPADDR" | "REQUEST/CONTENT/NETWORKS/IPADDRESS" => {
-            for ip in text.split(['/', ',', ' ']).filter(|s| !s.is_empty()) {
-                if !inventory.ip_addresses.iter().any(|known| known == ip) {
-                    inventory.ip_addresses.push(ip.to_owned());
+/// Where the reader is in a request, and what it has found so far.
+#[derive(Default)]
+struct Reading {
+    /// Element names from the root, upper case.
+    path: Vec<String>,
+    /// Text of the element being read.
+    value: String,
+    request: Request,
+    inventory: Inventory,
+    is_inventory: bool,
+    /// The KEYNAME and KEYVALUE of the ACCOUNTINFO row being read.
+    account_key: Option<String>,
+    account_value: Option<String>,
+}
+
+impl Reading {
+    /// Closes the element on top of `path`, filing its text where it belongs.
+    fn finish(&mut self) {
+        let at = self.path.join("/");
+        let text = std::mem::take(&mut self.value).trim().to_owned();
+        let inventory = &mut self.inventory;
+        match at.as_str() {
+            "REQUEST/QUERY" | "REQUEST/DEVICEID" | "REQUEST/ID" | "REQUEST/ERR" => {
+                let field = at.rsplit('/').next().unwrap_or_default().to_owned();
+                set_field(&mut self.request, &field, text);
+            }
+            "REQUEST/CONTENT/HARDWARE/NAME" => inventory.name = Some(text),
+            "REQUEST/CONTENT/HARDWARE/OSNAME" => inventory.os_name = Some(text),
+            "REQUEST/CONTENT/HARDWARE/OSVERSION" => inventory.os_version = Some(text),
+            "REQUEST/CONTENT/HARDWARE/IPADDR" | "REQUEST/CONTENT/NETWORKS/IPADDRESS" => {
+                for ip in text.split(['/', ',', ' ']).filter(|s| !s.is_empty()) {
+                    if !inventory.ip_addresses.iter().any(|known| known == ip) {
+                        inventory.ip_addresses.push(ip.to_owned());
+                    }
                 }
             }
-        }
-        "REQUEST/CONTENT/ACCOUNTINFO/KEYNAME" => *account_key = Some(text),
-        "REQUEST/CONTENT/ACCOUNTINFO/KEYVALUE" => *account_value = Some(text),
-        "REQUEST/CONTENT/ACCOUNTINFO" => {
-            if account_key
-                .take()
-                .is_some_and(|k| k.eq_ignore_ascii_case("TAG"))
-                && let Some(tag) = account_value.take().filter(|t| !t.is_empty())
-            {
-                inventory.tags.push(tag);
+            "REQUEST/CONTENT/ACCOUNTINFO/KEYNAME" => self.account_key = Some(text),
+            "REQUEST/CONTENT/ACCOUNTINFO/KEYVALUE" => self.account_value = Some(text),
+            "REQUEST/CONTENT/ACCOUNTINFO" => {
+                let key = self.account_key.take();
+                let value = self.account_value.take();
+                if key.is_some_and(|k| k.eq_ignore_ascii_case("TAG"))
+                    && let Some(tag) = value.filter(|t| !t.is_empty())
+                {
+                    inventory.tags.push(tag);
+                }
             }
-            *account_value = None;
+            "REQUEST/CONTENT/DOWNLOAD/HISTORY/PACKAGE/ID" => inventory.history.push(text),
+            _ => {}
         }
-        "REQUEST/CONTENT/DOWNLOAD/HISTORY/PACKAGE/ID" => inventory.history.push(text),
-        _ => {}
+        self.path.pop();
     }
-    path.pop();
 }
 
 fn set_field(request: &mut Request, field: &str, value: String) {

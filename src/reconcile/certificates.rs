@@ -315,7 +315,7 @@ impl Certificates {
                         }
                     }
                 } else if let (Some(cert_file), Some(key_file)) = (&ca.cert_file, &ca.key_file) {
-                    let base = self.declaring_dir(desired, key);
+                    let base = super::declaring_dir(&self.config_dir, desired, key);
                     let read = |name: &str| {
                         let path = base.join(name);
                         std::fs::read_to_string(&path)
@@ -1013,7 +1013,7 @@ impl Certificates {
         let Some(keystores) = &certificate.spec.keystores else {
             return outcome;
         };
-        let base = self.declaring_dir(desired, key);
+        let base = super::declaring_dir(&self.config_dir, desired, key);
         match write_keystores(keystores, dir, &base, &self.environment, now) {
             Ok(written) => {
                 if !written.is_empty() {
@@ -1047,22 +1047,6 @@ impl Certificates {
                 .join(&key.namespace)
                 .join(&key.name),
         }
-    }
-
-    /// The directory of the file that declares `key`, for its relative file names.
-    fn declaring_dir(&self, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
-        let file = desired
-            .entries
-            .get(key)
-            .and_then(|e| e.origin.as_ref())
-            .map(|o| o.file.clone());
-        let declared = file
-            .map(|f| self.config_dir.join(f))
-            .unwrap_or_else(|| self.config_dir.clone());
-        declared
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.config_dir.clone())
     }
 
     fn revision_path(&self, key: &ObjectKey) -> PathBuf {

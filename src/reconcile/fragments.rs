@@ -111,7 +111,7 @@ impl Packages {
         ids: &mut BTreeMap<String, ObjectKey>,
     ) -> Result<Outcome, String> {
         let spec = &package.spec;
-        let base = self.declaring_dir(desired, key);
+        let base = super::declaring_dir(&self.config_dir, desired, key);
         let content = spec.content.as_ref();
         if content.is_some_and(|c| c.url.is_some()) {
             return Ok(failed(
@@ -302,21 +302,6 @@ impl Packages {
         std::fs::read(self.cache_path(key))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-    }
-
-    fn declaring_dir(&self, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
-        let file = desired
-            .entries
-            .get(key)
-            .and_then(|e| e.origin.as_ref())
-            .map(|o| o.file.clone());
-        let declared = file
-            .map(|f| self.config_dir.join(f))
-            .unwrap_or_else(|| self.config_dir.clone());
-        declared
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.config_dir.clone())
     }
 }
 

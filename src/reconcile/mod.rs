@@ -354,6 +354,19 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
     found
 }
 
+/// The directory of the file that declares `key`, below `config_dir`: relative file names
+/// in a resource (content directories, CA files, password files) are resolved from it.
+fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
+    let file = desired.entries.get(key).and_then(|e| e.origin.as_ref());
+    file.and_then(|origin| {
+        config_dir
+            .join(&origin.file)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+    })
+    .unwrap_or_else(|| config_dir.to_path_buf())
+}
+
 /// What this version of Tessera cannot yet do for a kind, said plainly in its status.
 fn pending_part(kind: Kind) -> Option<&'static str> {
     match kind {

@@ -118,6 +118,30 @@ fn openssl(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// `openssl verify` of `dir`'s tls.crt against its ca.crt.
+fn verify(dir: &Path) -> (bool, String) {
+    openssl(&[
+        "verify",
+        "-CAfile",
+        path(&dir.join("ca.crt")),
+        path(&dir.join("tls.crt")),
+    ])
+}
+
+/// `openssl verify -crl_check` of `dir`'s tls.crt against `ca` and `crl`.
+fn verify_with_crl(crl: &Path, ca: &Path, dir: &Path) -> (bool, String) {
+    let leaf = dir.join("tls.crt");
+    openssl(&[
+        "verify",
+        "-crl_check",
+        "-CRLfile",
+        path(crl),
+        "-CAfile",
+        path(ca),
+        path(&leaf),
+    ])
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -160,12 +184,7 @@ fn issued_files_pass_openssl_and_show_the_asked_names_usages_and_lifetime() {
     );
 
     let dir = setup.files("web");
-    let (ok, out) = openssl(&[
-        "verify",
-        "-CAfile",
-        path(&dir.join("ca.crt")),
-        path(&dir.join("tls.crt")),
-    ]);
+    let (ok, out) = verify(&dir);
     assert!(ok, "{out}");
     let (_, text) = openssl(&["x509", "-in", path(&dir.join("tls.crt")), "-noout", "-text"]);
     assert!(text.contains("DNS:web.example.com"), "{text}");
@@ -638,28 +657,12 @@ fn a_revoked_certificate_is_in_the_crl_refused_by_openssl_and_replaced_once_unre
         "serial {serial} listed:\n{text}"
     );
     let ca = setup.files("web").join("ca.crt");
-    let (ok, out) = openssl(&[
-        "verify",
-        "-crl_check",
-        "-CRLfile",
-        path(&crl),
-        "-CAfile",
-        path(&ca),
-        path(&setup.files("web").join("tls.crt")),
-    ]);
+    let (ok, out) = verify_with_crl(&crl, &ca, &setup.files("web"));
     assert!(
         !ok && out.contains("certificate revoked"),
         "openssl refuses the revoked leaf: {out}"
     );
-    let (ok, out) = openssl(&[
-        "verify",
-        "-crl_check",
-        "-CRLfile",
-        path(&crl),
-        "-CAfile",
-        path(&ca),
-        path(&setup.files("other").join("tls.crt")),
-    ]);
+    let (ok, out) = verify_with_crl(&crl, &ca, &setup.files("other"));
     assert!(
         ok,
         "a certificate not revoked still verifies with the CRL: {out}"
@@ -672,15 +675,7 @@ fn a_revoked_certificate_is_in_the_crl_refused_by_openssl_and_replaced_once_unre
     assert_eq!(ready(web).0, "True");
     assert_ne!(detail(web, "serialNumber"), Value::String(serial.clone()));
     assert_eq!(detail(web, "revision"), 2);
-    let (ok, out) = openssl(&[
-        "verify",
-        "-crl_check",
-        "-CRLfile",
-        path(&crl),
-        "-CAfile",
-        path(&ca),
-        path(&setup.files("web").join("tls.crt")),
-    ]);
+    let (ok, out) = verify_with_crl(&crl, &ca, &setup.files("web"));
     assert!(ok, "the replacement verifies: {out}");
     let (_, text) = openssl(&["crl", "-in", path(&crl), "-noout", "-text"]);
     assert!(
@@ -992,12 +987,7 @@ fn rsa_keys_are_generated_and_read_by_openssl() {
         text.contains("rsaEncryption") && text.contains("2048 bit"),
         "{text}"
     );
-    let (ok, out) = openssl(&[
-        "verify",
-        "-CAfile",
-        path(&dir.join("ca.crt")),
-        path(&dir.join("tls.crt")),
-    ]);
+    let (ok, out) = verify(&dir);
     assert!(ok, "{out}");
     let (ok, out) = openssl(&["rsa", "-in", path(&dir.join("tls.key")), "-check", "-noout"]);
     assert!(ok && out.contains("RSA key ok"), "{out}");

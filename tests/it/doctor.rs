@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use tessera::pki::authority::{Authority, LeafRequest, Revoked, generate_key};
 use tessera::pki::{KeyType, Names, Usage};
@@ -40,14 +39,7 @@ impl OpensslServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("openssl");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "openssl s_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::support::wait_for_port(port, "openssl s_server");
         Self { child, port }
     }
 }

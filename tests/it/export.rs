@@ -2,7 +2,6 @@
 //! need; packages no longer activated are pruned; a broken configuration exports nothing.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
 
@@ -58,14 +57,7 @@ fn an_exported_tree_served_by_a_static_server_gives_agents_what_the_info_file_pr
         .stderr(Stdio::null())
         .spawn()
         .expect("python3");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "static server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::wait_for_port(port, "static server");
 
     let mut checked = 0;
     for entry in std::fs::read_dir(mirror.path()).unwrap().flatten() {

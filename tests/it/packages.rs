@@ -40,6 +40,24 @@ fn write_payload(config: &Path) {
     }
 }
 
+/// A configuration with Package/app (a Linux package from `payload/`), built once:
+/// (configuration, state directory, package id).
+fn built_app() -> (tempfile::TempDir, tempfile::TempDir, String) {
+    let config = tempfile::tempdir().unwrap();
+    write_payload(config.path());
+    std::fs::write(
+        config.path().join("p.yaml"),
+        package("app", "linux", CONTENT),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let id = details(&pass(config.path(), state.path()), "app")["packageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (config, state, id)
+}
+
 fn pass(config: &Path, state: &Path) -> Report {
     let mut reconciler = Reconciler::new(Config {
         state_dir: state.to_path_buf(),
@@ -53,6 +71,21 @@ fn pass(config: &Path, state: &Path) -> Report {
         .pass(&snapshot, jiff::Timestamp::now())
         .unwrap()
         .report
+}
+
+/// The `Ready` condition of Package/`name`.
+fn ready_of(report: &Report, name: &str) -> tessera::server::admin::ConditionReport {
+    let object = report
+        .objects
+        .iter()
+        .find(|o| o.kind == "Package" && o.name == name)
+        .expect("package listed");
+    object
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned()
+        .expect("a Ready condition")
 }
 
 fn details(report: &Report, name: &str) -> serde_json::Map<String, Value> {
@@ -204,18 +237,7 @@ fn windows_packages_are_zip_archives_that_another_reader_opens() {
 
 #[test]
 fn an_edit_gives_a_new_id_and_the_old_package_is_removed() {
-    let config = tempfile::tempdir().unwrap();
-    write_payload(config.path());
-    std::fs::write(
-        config.path().join("p.yaml"),
-        package("app", "linux", CONTENT),
-    )
-    .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let old = details(&pass(config.path(), state.path()), "app")["packageId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (config, state, old) = built_app();
     std::fs::write(
         config.path().join("payload/install.sh"),
         "#!/bin/sh\necho version 2\n",
@@ -307,12 +329,7 @@ fn an_archive_with_the_wrong_sha256_is_refused() {
     .unwrap();
     let state = tempfile::tempdir().unwrap();
     let report = pass(config.path(), state.path());
-    let object = report.objects.iter().find(|o| o.name == "app").unwrap();
-    let ready = object
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = ready_of(&report, "app");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "DigestMismatch"),
@@ -322,18 +339,7 @@ fn an_archive_with_the_wrong_sha256_is_refused() {
 
 #[test]
 fn a_failed_rebuild_keeps_the_last_version_in_the_store() {
-    let config = tempfile::tempdir().unwrap();
-    write_payload(config.path());
-    std::fs::write(
-        config.path().join("p.yaml"),
-        package("app", "linux", CONTENT),
-    )
-    .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let id = details(&pass(config.path(), state.path()), "app")["packageId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (config, state, id) = built_app();
     // The content disappears for a moment (a checkout in progress): the build fails...
     std::fs::rename(
         config.path().join("payload"),
@@ -341,12 +347,7 @@ fn a_failed_rebuild_keeps_the_last_version_in_the_store() {
     )
     .unwrap();
     let report = pass(config.path(), state.path());
-    let object = report.objects.iter().find(|o| o.name == "app").unwrap();
-    let ready = object
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = ready_of(&report, "app");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "BuildFailed"),

@@ -102,3 +102,13 @@ pub fn quickstart_copy() -> tempfile::TempDir {
     let _ = std::fs::remove_dir_all(dir.path().join(".tessera"));
     dir
 }
+
+/// Waits until something accepts connections on `port` of 127.0.0.1 (a server a test
+/// started as a separate process), or panics after `PATIENCE` naming `what`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < PATIENCE, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
