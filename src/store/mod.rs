@@ -1,4 +1,5 @@
-//! State on disk.
+//! State on disk: atomic file writes, the fragment store, and the state database.
 
 pub mod atomic;
+pub mod db;
 pub mod fragments;
