@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl,
-# tar, md5sum, Python's zipfile, Java's keytool)
+# tar, md5sum, Python's zipfile, Java's keytool, the OCS Inventory NG Unix agent)
 # that tests drive against the server. Idempotent; quick when everything is there.
 set -euo pipefail
 
-packages=(curl openssl ca-certificates tar coreutils python3)
+# The agent's deployment module disables itself (one log line) without Perl's LWP https
+# support, which Debian only recommends; --no-install-recommends would leave it out.
+packages=(curl openssl ca-certificates tar coreutils python3 liblwp-protocol-https-perl)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -12,6 +14,7 @@ for package in "${packages[@]}"; do
 done
 # Java's keytool opens the JKS keystores in the tests; any JDK or JRE on the PATH will do.
 command -v keytool >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v ocsinventory-agent >/dev/null || missing+=(ocsinventory-agent)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
@@ -23,5 +26,8 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+# The agent's package asks how to report (local or http) and for a TAG. Answer "local": its
+# cfg then says local=..., which the tests override with --nolocal and --server.
+echo "ocsinventory-agent ocsinventory-agent/method select local" | $sudo debconf-set-selections
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +19,10 @@ use crate::reconcile;
 use crate::reconcile::fragments::Packages;
 use crate::resources::{Kind, ObjectKey, Resource, crd};
 use crate::server::admin::{self, Report};
+use crate::server::agent::{self, Listen, Routes, Shared};
+use crate::server::metrics::Metrics;
 use crate::sources::dir::DirSource;
+use crate::store::db::Database;
 
 /// How long running tasks get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -457,6 +461,50 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     let config_root = source.root().to_path_buf();
     let token = shutdown.clone();
     tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+
+    // The agent-facing runtime: state database, channels from reconcile, listeners.
+    let db_path = state_dir.join("state.db");
+    let db = Arc::new(
+        Database::open(&db_path)
+            .with_context(|| format!("failed to open {}", db_path.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
+    let (listen_tx, listen_rx) = watch::channel(Listen::default());
+    let (certificate_tx, certificate_rx) = watch::channel(None);
+    let (verifier_tx, verifier_rx) = watch::channel(
+        crate::pki::tls::client_verifier(crate::pki::tls::ClientAuth::None, &[], vec![])
+            .context("failed to build the default client verifier")?,
+    );
+    let (bound_tx, bound_rx) = watch::channel(Vec::new());
+    let (activity_tx, activity_rx) = watch::channel(0u64);
+    let shared = Shared {
+        routes: routes_rx,
+        db: db.clone(),
+        store: state_dir.join("download"),
+        metrics: metrics.clone(),
+        activity: Arc::new(activity_tx),
+        clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+    };
+    let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
+        .context("failed to build the TLS configuration")?;
+    let token = shutdown.clone();
+    let (https_app, http_app) = (agent::app(shared.clone()), agent::fragments_app(shared));
+    let listener_metrics = metrics.clone();
+    tasks.spawn(async move {
+        agent::run(
+            listen_rx,
+            tls,
+            https_app,
+            http_app,
+            listener_metrics,
+            bound_tx,
+            token,
+        )
+        .await
+        .map_err(Into::into)
+    });
+
     let reconcile_config = reconcile::Config {
         state_dir,
         config_dir: config_root,
@@ -465,6 +513,16 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         },
         environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
         clock: reconcile::Clock::system(),
+        runtime: Some(Arc::new(reconcile::routes::Runtime {
+            db: db.clone(),
+            routes: routes_tx,
+            listen: listen_tx,
+            certificate: certificate_tx,
+            verifier: verifier_tx,
+            bound: bound_rx,
+            activity: activity_rx,
+            metrics: metrics.clone(),
+        })),
     };
     let token = shutdown.clone();
     tasks.spawn(async move {
@@ -472,7 +530,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             .await
             .map_err(Into::into)
     });
-    let app = admin::app(report_rx.clone());
+    let app = admin::app(report_rx.clone())
+        .merge(admin::deployments_app(admin::Deployments { db, metrics }));
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
 

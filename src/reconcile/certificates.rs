@@ -888,7 +888,8 @@ impl Certificates {
         }
     }
 
-    fn issuer_dir(&self, issuer: &ObjectKey) -> PathBuf {
+    /// Where an issuer's CA files, revocations and CRL live.
+    pub(crate) fn issuer_dir(&self, issuer: &ObjectKey) -> PathBuf {
         self.state_dir
             .join("pki/issuers")
             .join(&issuer.namespace)
@@ -1030,7 +1031,7 @@ impl Certificates {
     }
 
     /// Where a certificate's files go.
-    fn output_dir(&self, key: &ObjectKey, desired: &DesiredState) -> PathBuf {
+    pub(crate) fn output_dir(&self, key: &ObjectKey, desired: &DesiredState) -> PathBuf {
         let custom = desired
             .entries
             .get(key)

@@ -31,6 +31,7 @@ const ID_SPAN: u64 = 1_147_483_647;
 pub struct Packages {
     state_dir: PathBuf,
     config_dir: PathBuf,
+    metrics: Option<std::sync::Arc<crate::server::metrics::Metrics>>,
 }
 
 /// What was built for one package, kept in `packages/<namespace>/<name>.json` so a restart
@@ -50,7 +51,17 @@ impl Packages {
         Self {
             state_dir,
             config_dir,
+            metrics: None,
         }
+    }
+
+    /// Counts build times and sizes into `metrics`.
+    pub fn with_metrics(
+        mut self,
+        metrics: std::sync::Arc<crate::server::metrics::Metrics>,
+    ) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Builds what is missing and prunes what is gone. One outcome per Package.
@@ -125,6 +136,20 @@ impl Packages {
                 .map(|d| Source::Directory(base.join(d)))
                 .or_else(|| c.archive.as_ref().map(|a| Source::Archive(base.join(a))))
         });
+        // Agents run a launched command as `./<first word>`: it must be a file of the
+        // content, or every agent reports ERR_EXECUTE.
+        if let (Some(launch), Some(Source::Directory(dir))) = (&spec.action.launch, &source) {
+            let program = launch.command.split_whitespace().next().unwrap_or_default();
+            if !walk(dir)?.iter().any(|e| !e.directory && e.name == program) {
+                return Ok(failed(
+                    "InvalidContent",
+                    format!(
+                        "spec.action.launch.command: agents run {program:?} from the package content, but {} has no such file (use execute for a command such as `sh script.sh`)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         let fingerprint = match &source {
             Some(source) => source.fingerprint()?,
             None => String::new(),
@@ -211,6 +236,9 @@ impl Packages {
                 store
                     .rewrite_info(&id, info.as_bytes())
                     .map_err(|e| e.to_string())?;
+                if let Some(metrics) = &self.metrics {
+                    metrics.built(started.elapsed(), manifest.size);
+                }
                 tracing::info!(
                     package = %key,
                     %id,

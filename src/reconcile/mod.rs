@@ -7,6 +7,7 @@
 
 pub mod certificates;
 pub mod fragments;
+pub mod routes;
 pub mod status;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct Config {
     pub environment: Environment,
     /// What time it is: the system clock, or one a test controls.
     pub clock: Clock,
+    /// The agent-facing runtime to publish routes to, when one runs.
+    pub runtime: Option<Arc<routes::Runtime>>,
 }
 
 /// The time source of the reconcile loop.
@@ -92,6 +95,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ReconcileError> {
     let clock = config.clock.clone();
+    let mut activity = config.runtime.as_ref().map(|r| r.activity.clone());
+    let mut bound = config.runtime.as_ref().map(|r| r.bound.clone());
     let mut reconciler = Reconciler::new(config);
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
@@ -117,7 +122,26 @@ pub async fn run(
             () = shutdown.cancelled() => return Ok(()),
             changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
             () = tokio::time::sleep(sleep) => {}
+            Some(()) = changed(&mut bound) => {}
+            Some(()) = changed(&mut activity) => {
+                // Agents report in bursts: refresh the counts at most this often.
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(ACTIVITY_DEBOUNCE) => {}
+                }
+            }
         }
+    }
+}
+
+/// Deployment counts in statuses lag agents' reports by at most this.
+pub const ACTIVITY_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Resolves when `receiver` (if any) sees a new value; `None` when its sender is gone.
+async fn changed<T>(receiver: &mut Option<watch::Receiver<T>>) -> Option<()> {
+    match receiver {
+        Some(receiver) => receiver.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -135,6 +159,7 @@ pub struct Reconciler {
     previous: Option<DesiredState>,
     certificates: Certificates,
     packages: Packages,
+    publisher: routes::Publisher,
     /// When each condition last changed status, so transition times stay put between passes.
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
 }
@@ -143,13 +168,20 @@ impl Reconciler {
     /// A reconciler that has run no pass yet.
     pub fn new(config: Config) -> Self {
         Self {
-            packages: Packages::new(config.state_dir.clone(), config.config_dir.clone()),
+            packages: {
+                let packages = Packages::new(config.state_dir.clone(), config.config_dir.clone());
+                match &config.runtime {
+                    Some(runtime) => packages.with_metrics(runtime.metrics.clone()),
+                    None => packages,
+                }
+            },
             certificates: Certificates::new(
                 config.state_dir.clone(),
                 config.config_dir.clone(),
                 config.environment.clone(),
             ),
             config,
+            publisher: routes::Publisher::default(),
             previous: None,
             transitions: HashMap::new(),
         }
@@ -165,7 +197,14 @@ impl Reconciler {
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
         let (mut outcomes, wake) = self.certificates.reconcile(&desired, now);
-        outcomes.extend(self.packages.reconcile(&desired));
+        let packages = self.packages.reconcile(&desired);
+        if let Some(runtime) = &self.config.runtime {
+            let published =
+                self.publisher
+                    .publish(runtime, &desired, &packages, &self.certificates, now);
+            outcomes.extend(published);
+        }
+        outcomes.extend(packages);
         let report = self.report(&desired, &outcomes, now);
         status::write(&self.config.state_dir, &report)?;
 
@@ -370,15 +409,15 @@ fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &Obj
 /// What this version of Tessera cannot yet do for a kind, said plainly in its status.
 fn pending_part(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::Server => Some(
-            "the agent-facing server is not part of this version of Tessera yet: only the admin API runs",
-        ),
         Kind::Gateway => Some(
             "the gateway relay is not part of this version of Tessera yet: nothing listens for it",
         ),
-        Kind::Issuer | Kind::Certificate | Kind::Package | Kind::Activation | Kind::Affectation => {
-            None
-        }
+        Kind::Server
+        | Kind::Issuer
+        | Kind::Certificate
+        | Kind::Package
+        | Kind::Activation
+        | Kind::Affectation => None,
     }
 }
 

@@ -1,10 +1,12 @@
 //! The admin API: `/healthz`, `/readyz`, and the objects with their conditions and problems
-//! as JSON (`/api/v1/objects`, `/api/v1/problems`).
+//! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
+//! `/api/v1/computers/{id}`) and `/metrics`.
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -15,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::server::deployments::{self, PackageLine};
+use crate::server::metrics::Metrics;
+use crate::store::db::{Computer, Database, DbError, Deployment, Event};
 
 /// What the admin API shows: the latest reconcile's view of every object.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -113,6 +119,102 @@ pub fn app(reports: watch::Receiver<Report>) -> Router {
         .route("/api/v1/objects/{kind}/{name}", get(object))
         .route("/api/v1/problems", get(problems))
         .with_state(reports)
+}
+
+/// What the deployment routes read.
+#[derive(Clone)]
+pub struct Deployments {
+    pub db: Arc<Database>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `/metrics` (Prometheus), `/api/v1/deployments` (the `tessera status` table) and
+/// `/api/v1/computers/{id}` (one computer, by device id or name, with its history).
+pub fn deployments_app(state: Deployments) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/deployments", get(deployment_table))
+        .route("/api/v1/computers/{id}", get(computer))
+        .with_state(state)
+}
+
+/// The deployment table, as JSON and as `tessera status` prints it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentTable {
+    /// Notified longer than this many seconds ago without a result counts as stale.
+    pub stale_after: i64,
+    pub packages: Vec<PackageLine>,
+}
+
+/// One computer's facts, deployments and history.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputerReport {
+    pub computer: Computer,
+    pub deployments: Vec<Deployment>,
+    pub history: Vec<Event>,
+}
+
+/// Reads the deployment table from `db` at `now`.
+pub fn deployment_table_of(db: &Database, now: i64) -> Result<DeploymentTable, DbError> {
+    let stale_after = db
+        .setting("staleAfter")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7 * 24 * 3600);
+    Ok(DeploymentTable {
+        stale_after,
+        packages: deployments::table(&db.deployments()?, now - stale_after),
+    })
+}
+
+/// Every computer whose device id or name is `wanted`.
+pub fn computer_reports(db: &Database, wanted: &str) -> Result<Vec<ComputerReport>, DbError> {
+    let mut out = Vec::new();
+    for computer in db.find_computers(wanted)? {
+        let Some((computer, deployments)) = db.computer(&computer.device_id)? else {
+            continue;
+        };
+        let history = db.events(&computer.device_id)?;
+        out.push(ComputerReport {
+            computer,
+            deployments,
+            history,
+        });
+    }
+    Ok(out)
+}
+
+async fn metrics(State(state): State<Deployments>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn deployment_table(State(state): State<Deployments>) -> Response {
+    let now = jiff::Timestamp::now().as_second();
+    let db = state.db.clone();
+    match tokio::task::spawn_blocking(move || deployment_table_of(&db, now)).await {
+        Ok(Ok(table)) => Json(table).into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn computer(State(state): State<Deployments>, Path(id): Path<String>) -> Response {
+    let db = state.db.clone();
+    let wanted = id.clone();
+    match tokio::task::spawn_blocking(move || computer_reports(&db, &wanted)).await {
+        Ok(Ok(found)) if found.is_empty() => {
+            (StatusCode::NOT_FOUND, format!("no computer {id}\n")).into_response()
+        }
+        Ok(Ok(found)) => Json(found).into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// Binds `address` (port 0 picks a free one).

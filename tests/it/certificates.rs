@@ -66,6 +66,7 @@ impl Setup {
                 (name == "TEST_JKS_PASSWORD").then(|| "jks-secret".to_owned())
             }),
             clock: Default::default(),
+            runtime: None,
         })
     }
 
@@ -851,6 +852,7 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
         options: desired::Options::default(),
         environment: Environment::default(),
         clock,
+        runtime: None,
     };
     let task = tokio::spawn(reconcile::run(
         snapshots,

@@ -5,6 +5,8 @@ mod crds;
 mod doctor;
 mod examples;
 mod export;
+mod ocs;
+mod ocs_agent;
 mod packages;
 mod serve;
 mod support;

@@ -17,7 +17,7 @@ fn package(name: &str, os: &str, extra: &str) -> String {
 }
 
 const CONTENT: &str =
-    "  content:\n    directory: payload\n  action:\n    launch:\n      command: sh install.sh\n";
+    "  content:\n    directory: payload\n  action:\n    launch:\n      command: install.sh\n";
 
 fn write_payload(config: &Path) {
     let payload = config.join("payload");
@@ -65,6 +65,7 @@ fn pass(config: &Path, state: &Path) -> Report {
         options: desired::Options::default(),
         environment: Default::default(),
         clock: Default::default(),
+        runtime: None,
     });
     let snapshot = DirSource::new(config, vec![]).unwrap().scan();
     reconciler
@@ -191,7 +192,7 @@ fn a_directory_becomes_the_same_tar_gz_and_id_everywhere_and_tar_reads_it() {
         format!("DIGEST=\"{}\"", first["md5"].as_str().unwrap()),
         "PROTO=\"HTTPS\"".into(),
         format!("FRAGS=\"{fragments}\""),
-        "NAME=\"sh install.sh\"".into(),
+        "NAME=\"install.sh\"".into(),
     ] {
         assert!(info.contains(&part), "{part} in {info}");
     }

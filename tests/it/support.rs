@@ -100,6 +100,17 @@ pub fn quickstart_copy() -> tempfile::TempDir {
     );
     // A state directory left by a manual run of the example is not part of it.
     let _ = std::fs::remove_dir_all(dir.path().join(".tessera"));
+    // Tests listen on loopback only, on free ports, and agents do not pause.
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    let text = text
+        .replace("https: 0.0.0.0:8443", "https: 127.0.0.1:0")
+        .replace("http: 0.0.0.0:8080", "http: 127.0.0.1:0")
+        .replace("fragLatency: 1s", "fragLatency: 0s")
+        .replace("cycleLatency: 5s", "cycleLatency: 0s")
+        .replace("periodLatency: 1s", "periodLatency: 0s");
+    assert!(text.contains("127.0.0.1:0") && text.contains("cycleLatency: 0s"));
+    std::fs::write(&server, text).unwrap();
     dir
 }
 

@@ -264,6 +264,7 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         options: Default::default(),
         environment: Default::default(),
         clock: Default::default(),
+        runtime: None,
     });
     let snapshot = tessera::sources::dir::DirSource::new(config.path(), vec![])
         .unwrap()

@@ -1,0 +1,542 @@
+//! Routes: turns the desired Server, Activations and Affectations, with the packages built
+//! this pass, into the plain values the agent-facing server runs on, and publishes them
+//! through `watch` channels (the routing table, the listen addresses, the certificate and
+//! the client verifier). Also reads the deployment counts back for Affectation statuses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use crate::desired::DesiredState;
+use crate::pki::tls::{self, ClientAuth};
+use crate::protocol::ocs::DownloadConf;
+use crate::reconcile::certificates::{Certificates, Outcome};
+use crate::resources::meta::Os;
+use crate::resources::server::{ClientAuthMode, ServerSpec};
+use crate::resources::{Kind, ObjectKey, Resource};
+use crate::server::agent::{Listen, PackageRoute, Routes};
+use crate::server::deployments::{self, Assignment, OsFamily, Selector};
+use crate::store::db::Database;
+
+/// The channels reconcile publishes on and the runtime reads, and the database both use.
+pub struct Runtime {
+    pub db: Arc<Database>,
+    pub routes: watch::Sender<Arc<Routes>>,
+    pub listen: watch::Sender<Listen>,
+    pub certificate: watch::Sender<Option<Arc<CertifiedKey>>>,
+    pub verifier: watch::Sender<Arc<dyn ClientCertVerifier>>,
+    /// What the listeners are bound to, as the runtime reports it.
+    pub bound: watch::Receiver<Vec<SocketAddr>>,
+    /// Bumped by the runtime when deployment states change.
+    pub activity: watch::Receiver<u64>,
+    /// Where package build times are counted.
+    pub metrics: Arc<crate::server::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtime")
+    }
+}
+
+/// What a pass last published, to publish only changes.
+#[derive(Default)]
+pub struct Publisher {
+    certificate_pem: Option<(String, String)>,
+    verifier_input: Option<(ClientAuthMode, Vec<String>, Vec<String>)>,
+    assignments_key: Option<String>,
+}
+
+/// An Activation whose package is built: (package, package id, OS, info location, pack
+/// location).
+type ActiveActivation = (String, String, Os, Option<String>, Option<String>);
+
+/// `namespace/name`.
+pub fn qualified(key: &ObjectKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
+}
+
+impl Publisher {
+    /// Computes the routes from `desired` and the package `outcomes`, publishes them, and
+    /// returns the outcomes of the Server, Activations and Affectations.
+    pub fn publish(
+        &mut self,
+        runtime: &Runtime,
+        desired: &DesiredState,
+        packages: &HashMap<ObjectKey, Outcome>,
+        certificates: &Certificates,
+        now: jiff::Timestamp,
+    ) -> HashMap<ObjectKey, Outcome> {
+        let mut outcomes = HashMap::new();
+        let server = desired.actionable().find_map(|(key, r)| match r {
+            Resource::Server(server) => Some((key.clone(), server.spec.clone())),
+            _ => None,
+        });
+        let mut routes = Routes::default();
+        let mut listen = Listen::default();
+        if let Some((key, spec)) = &server {
+            routes = base_routes(spec);
+            let (outcome, wanted) = self.server(runtime, desired, key, spec, certificates);
+            listen = wanted;
+            outcomes.insert(key.clone(), outcome);
+        }
+
+        // Built packages, by key: (id, success codes, os).
+        let built: HashMap<&ObjectKey, &str> = packages
+            .iter()
+            .filter(|(_, o)| o.ready)
+            .filter_map(|(k, o)| {
+                o.details
+                    .get("packageId")
+                    .and_then(Value::as_str)
+                    .map(|id| (k, id))
+            })
+            .collect();
+        let mut activations: HashMap<ObjectKey, ActiveActivation> = HashMap::new();
+        for (key, resource) in desired.actionable() {
+            let Resource::Activation(activation) = resource else {
+                continue;
+            };
+            let package_key =
+                ObjectKey::referenced(Kind::Package, &key.namespace, &activation.spec.package_ref);
+            let package = desired.entries.get(&package_key).and_then(|e| e.resource());
+            let (Some(id), Some(Resource::Package(package))) = (built.get(&package_key), package)
+            else {
+                outcomes.insert(
+                    key.clone(),
+                    waiting(format!("waiting for {package_key} to be built")),
+                );
+                continue;
+            };
+            routes.packages.insert(
+                (*id).to_owned(),
+                PackageRoute {
+                    name: qualified(&package_key),
+                    success_exit_codes: package.spec.success_exit_codes.clone(),
+                },
+            );
+            activations.insert(
+                key.clone(),
+                (
+                    qualified(&package_key),
+                    (*id).to_owned(),
+                    package.spec.os,
+                    activation.spec.info_location.as_deref().map(strip_scheme),
+                    activation.spec.pack_location.as_deref().map(strip_scheme),
+                ),
+            );
+            let mut details = Map::new();
+            details.insert("packageId".into(), json!(id));
+            outcomes.insert(
+                key.clone(),
+                Outcome {
+                    ready: true,
+                    reason: "Active",
+                    message: format!("agents are offered package {id}"),
+                    details,
+                    issuing: None,
+                    wake: None,
+                },
+            );
+        }
+
+        for (key, resource) in desired.actionable() {
+            let Resource::Affectation(affectation) = resource else {
+                continue;
+            };
+            let spec = &affectation.spec;
+            let activation_key =
+                ObjectKey::referenced(Kind::Activation, &key.namespace, &spec.activation_ref);
+            let Some((package, id, os, info, pack)) = activations.get(&activation_key) else {
+                outcomes.insert(
+                    key.clone(),
+                    waiting(format!("waiting for {activation_key} to be active")),
+                );
+                continue;
+            };
+            if spec.rollout.is_some() {
+                outcomes.insert(
+                    key.clone(),
+                    failed(
+                        "NotImplemented",
+                        "staged rollouts are not part of this version of Tessera yet: nothing is offered; remove spec.rollout to deploy to every target".into(),
+                    ),
+                );
+                continue;
+            }
+            let targets = &spec.targets;
+            let selector = match Selector::new(
+                targets.all,
+                &targets.names,
+                &targets.name_globs,
+                &targets.tags,
+                targets.os.iter().map(|os| family(*os)).collect(),
+            ) {
+                Ok(selector) => selector,
+                Err(message) => {
+                    outcomes.insert(key.clone(), failed("InvalidSpec", message));
+                    continue;
+                }
+            };
+            let instant = |text: &Option<String>| {
+                text.as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|t| t.as_second())
+            };
+            routes.assignments.push(Assignment {
+                affectation: qualified(key),
+                activation: qualified(&activation_key),
+                package: package.clone(),
+                package_id: id.clone(),
+                package_os: family(*os),
+                selector,
+                redeploy: spec.redeploy.clone(),
+                not_before: spec.schedule.as_ref().and_then(|s| instant(&s.not_before)),
+                not_after: spec.schedule.as_ref().and_then(|s| instant(&s.not_after)),
+                info_location: info.clone(),
+                pack_location: pack.clone(),
+            });
+        }
+
+        // Counts per Affectation, from the database.
+        let stale_before = now.as_second() - routes.stale_after;
+        let counted = runtime
+            .db
+            .computers()
+            .and_then(|computers| Ok((computers, runtime.db.deployments()?)));
+        let counts = match &counted {
+            Ok((computers, rows)) => {
+                deployments::counts(&routes.assignments, computers, rows, stale_before)
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::server::error_chain(error), "failed to read deployment states");
+                HashMap::new()
+            }
+        };
+        for assignment in &routes.assignments {
+            let Some(key) = desired
+                .entries
+                .keys()
+                .find(|k| k.kind == Kind::Affectation && qualified(k) == assignment.affectation)
+            else {
+                continue;
+            };
+            let c = counts
+                .get(&assignment.affectation)
+                .copied()
+                .unwrap_or_default();
+            let mut details = Map::new();
+            details.insert("targets".into(), json!(c.targets));
+            details.insert(
+                "counts".into(),
+                json!({
+                    "waiting": c.waiting, "notified": c.notified, "stale": c.stale,
+                    "downloading": c.downloading, "installing": c.installing,
+                    "success": c.success, "error": c.error,
+                }),
+            );
+            outcomes.insert(
+                key.clone(),
+                Outcome {
+                    ready: true,
+                    reason: "Deploying",
+                    message: format!(
+                        "package {} to {} target{}: {} success, {} error, {} waiting, {} notified, {} stale",
+                        assignment.package_id,
+                        c.targets,
+                        if c.targets == 1 { "" } else { "s" },
+                        c.success,
+                        c.error,
+                        c.waiting,
+                        c.notified,
+                        c.stale
+                    ),
+                    details,
+                    issuing: None,
+                    wake: None,
+                },
+            );
+        }
+
+        // Arm known computers when what is assigned changed, then publish.
+        let key = assignments_key(&routes.assignments);
+        let changed = self.assignments_key.as_ref() != Some(&key);
+        if let Err(error) = runtime
+            .db
+            .set_setting("staleAfter", &routes.stale_after.to_string())
+        {
+            tracing::warn!(error = %crate::server::error_chain(&error), "failed to record staleAfter");
+        }
+        if changed {
+            match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
+                Ok(armed) => {
+                    self.assignments_key = Some(key);
+                    if armed > 0 {
+                        tracing::info!(armed, "armed deployments for known computers");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::server::error_chain(&error), "failed to arm deployments")
+                }
+            }
+        }
+        runtime.routes.send_replace(Arc::new(routes));
+        runtime.listen.send_if_modified(|current| {
+            let changed = *current != listen;
+            *current = listen;
+            changed
+        });
+        outcomes
+    }
+
+    /// The Server: its listen addresses, its certificate and its client verifier.
+    fn server(
+        &mut self,
+        runtime: &Runtime,
+        desired: &DesiredState,
+        key: &ObjectKey,
+        spec: &ServerSpec,
+        certificates: &Certificates,
+    ) -> (Outcome, Listen) {
+        let parse = |field: &str, text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|e| format!("spec.listen.{field}: {text:?} is not an address:port ({e})"))
+        };
+        let listen = match (
+            parse("https", &spec.listen.https),
+            spec.listen
+                .http
+                .as_deref()
+                .map(|h| parse("http", h))
+                .transpose(),
+        ) {
+            (Ok(https), Ok(http)) => Listen {
+                https: Some(https),
+                http,
+            },
+            (Err(message), _) | (_, Err(message)) => {
+                return (failed("InvalidSpec", message), Listen::default());
+            }
+        };
+
+        let certificate_key =
+            ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
+        let dir = certificates.output_dir(&certificate_key, desired);
+        let pems = (
+            std::fs::read_to_string(dir.join("tls.crt")),
+            std::fs::read_to_string(dir.join("tls.key")),
+        );
+        let (Ok(chain), Ok(private)) = pems else {
+            runtime.certificate.send_replace(None);
+            self.certificate_pem = None;
+            return (
+                waiting(format!("waiting for {certificate_key} to be issued")),
+                listen,
+            );
+        };
+        let serial = crate::pki::facts::pem_certificates(&chain)
+            .ok()
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|der| crate::pki::facts::read(der).ok())
+            })
+            .map(|f| f.serial);
+        if self.certificate_pem.as_ref() != Some(&(chain.clone(), private.clone())) {
+            match tls::certified_key(&chain, &private) {
+                Ok(certified) => {
+                    runtime.certificate.send_replace(Some(certified));
+                    self.certificate_pem = Some((chain, private));
+                    tracing::info!(certificate = %certificate_key, serial = serial.as_deref().unwrap_or("?"), "serving certificate");
+                }
+                Err(error) => {
+                    return (
+                        failed("CertificateUnusable", format!("{certificate_key}: {error}")),
+                        listen,
+                    );
+                }
+            }
+        }
+
+        // Client certificates: trusted issuers' CA certificates (both during a rollover)
+        // and their revocation lists.
+        let mode = spec.client_auth.mode;
+        let mut trusted = Vec::new();
+        let mut crls = Vec::new();
+        for issuer in &spec.client_auth.trusted_issuers {
+            let issuer_key = ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer);
+            let dir = certificates.issuer_dir(&issuer_key);
+            for file in ["ca.crt", "next/ca.crt"] {
+                if let Ok(pem) = std::fs::read_to_string(dir.join(file)) {
+                    trusted.push(pem);
+                }
+            }
+            if let Ok(pem) = std::fs::read_to_string(dir.join("crl.pem")) {
+                crls.push(pem);
+            }
+        }
+        let input = (mode, trusted, crls);
+        if self.verifier_input.as_ref() != Some(&input) {
+            let (mode, trusted, crls) = &input;
+            let ders = crls
+                .iter()
+                .filter_map(|pem| {
+                    rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+                        .ok()
+                })
+                .collect();
+            match tls::client_verifier(client_auth(*mode), trusted, ders) {
+                Ok(verifier) => {
+                    runtime.verifier.send_replace(verifier);
+                    self.verifier_input = Some(input);
+                }
+                Err(error) => {
+                    return (
+                        failed("ClientAuthUnusable", format!("spec.clientAuth: {error}")),
+                        listen,
+                    );
+                }
+            }
+        }
+
+        let bound = runtime.bound.borrow().clone();
+        let mut details = Map::new();
+        details.insert(
+            "addresses".into(),
+            json!(bound.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        );
+        if let Some(serial) = &serial {
+            details.insert("certificateSerial".into(), json!(serial));
+        }
+        let (ready, reason, message) = if bound.is_empty() {
+            (
+                false,
+                "Pending",
+                "the listeners are starting (or failed to bind: see the log)".to_owned(),
+            )
+        } else {
+            (
+                true,
+                "Serving",
+                format!(
+                    "listening on {}",
+                    bound
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        };
+        (
+            Outcome {
+                ready,
+                reason,
+                message,
+                details,
+                issuing: None,
+                wake: None,
+            },
+            listen,
+        )
+    }
+}
+
+fn base_routes(spec: &ServerSpec) -> Routes {
+    let seconds = |d: crate::resources::quantity::Duration| d.as_std().as_secs();
+    let pacing = &spec.download;
+    Routes {
+        ocs_enabled: spec.ocs.enabled,
+        ocs_path: spec.ocs.path.clone(),
+        prolog_frequency_hours: u32::try_from((seconds(spec.prolog_frequency) / 3600).max(1))
+            .unwrap_or(u32::MAX),
+        download: DownloadConf {
+            on: pacing.enabled,
+            frag_latency: seconds(pacing.frag_latency),
+            cycle_latency: seconds(pacing.cycle_latency),
+            period_latency: seconds(pacing.period_latency),
+            period_length: u64::try_from(pacing.period_length.max(1)).unwrap_or(1),
+            timeout: (seconds(pacing.timeout) / 86_400).max(1),
+            execution_timeout: (seconds(pacing.execution_timeout) / 60).max(1),
+        },
+        stale_after: i64::try_from(seconds(spec.stale_after)).unwrap_or(i64::MAX),
+        assignments: Vec::new(),
+        packages: HashMap::new(),
+    }
+}
+
+/// A fingerprint of who gets which package id with which token, to arm only on change.
+fn assignments_key(assignments: &[Assignment]) -> String {
+    let mut parts: Vec<String> = assignments
+        .iter()
+        .map(|a| {
+            format!(
+                "{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}",
+                a.affectation,
+                a.activation,
+                a.package_id,
+                a.redeploy,
+                a.selector.names,
+                a.selector.tags,
+                a.selector.os,
+                a.selector.all,
+                a.selector.patterns.join(","),
+                a.package_os
+            )
+        })
+        .collect();
+    parts.sort();
+    parts.join("\n")
+}
+
+fn strip_scheme(location: &str) -> String {
+    location
+        .split_once("://")
+        .map_or(location, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn family(os: Os) -> OsFamily {
+    match os {
+        Os::Windows => OsFamily::Windows,
+        Os::Linux => OsFamily::Linux,
+        Os::Macos => OsFamily::Macos,
+    }
+}
+
+fn client_auth(mode: ClientAuthMode) -> ClientAuth {
+    match mode {
+        ClientAuthMode::None => ClientAuth::None,
+        ClientAuthMode::Optional => ClientAuth::Optional,
+        ClientAuthMode::Required => ClientAuth::Required,
+    }
+}
+
+fn waiting(message: String) -> Outcome {
+    Outcome {
+        ready: false,
+        reason: "Pending",
+        message,
+        details: Map::new(),
+        issuing: None,
+        wake: None,
+    }
+}
+
+fn failed(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        ready: false,
+        reason,
+        message,
+        details: Map::new(),
+        issuing: None,
+        wake: None,
+    }
+}

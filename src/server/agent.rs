@@ -1,0 +1,444 @@
+//! The agent-facing server: the OCS endpoint and `/download/<id>/` over HTTPS, fragments
+//! only over the optional plain-HTTP listener.
+//!
+//! Reconcile hands it plain values through `watch` channels: the [`Routes`] (what to
+//! offer to whom, the pacing) and the [`Listen`] addresses; certificates reach it through
+//! the rustls configuration of `pki::tls`, so a renewal never restarts a listener. Each
+//! accepted connection gets its own task, and the TLS handshake runs there under a
+//! timeout: one stalled client never holds up the accept loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::protocol::ocs;
+use crate::server::deployments::{self, Assignment};
+use crate::server::metrics::{Listener, Metrics};
+use crate::store::db::Database;
+
+/// A client has this long to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// And this long to send a request's headers (a slowloris defence).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open connections finish their request within this on shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Files up to this size are read whole and sent in one piece; larger ones are streamed.
+const WHOLE_FILE: u64 = 8 << 20;
+/// Read size when streaming a large file.
+const STREAM_CHUNK: usize = 256 << 10;
+
+/// What the server offers, as reconcile last computed it.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    /// Whether the OCS endpoint answers.
+    pub ocs_enabled: bool,
+    /// Its path, e.g. `/ocsinventory`.
+    pub ocs_path: String,
+    /// Hours between agent contacts (`PROLOG_FREQ`).
+    pub prolog_frequency_hours: u32,
+    /// Pacing sent with every PROLOG reply.
+    pub download: ocs::DownloadConf,
+    /// A package notified longer ago than this (seconds) without a result is stale.
+    pub stale_after: i64,
+    /// One per Affectation whose package is built.
+    pub assignments: Vec<Assignment>,
+    /// Activated packages by id: only these are downloadable.
+    pub packages: HashMap<String, PackageRoute>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            ocs_enabled: true,
+            ocs_path: "/ocsinventory".into(),
+            prolog_frequency_hours: 12,
+            download: ocs::DownloadConf {
+                on: true,
+                frag_latency: 10,
+                cycle_latency: 60,
+                period_latency: 1,
+                period_length: 10,
+                timeout: 30,
+                execution_timeout: 120,
+            },
+            stale_after: 7 * 24 * 3600,
+            assignments: Vec::new(),
+            packages: HashMap::new(),
+        }
+    }
+}
+
+/// A package agents may download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageRoute {
+    /// `namespace/name` of the Package.
+    pub name: String,
+    /// Exit codes that count as success.
+    pub success_exit_codes: Vec<i32>,
+}
+
+/// Where to listen; `None` everywhere until a Server resource says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listen {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Shared {
+    pub routes: watch::Receiver<Arc<Routes>>,
+    pub db: Arc<Database>,
+    /// The fragment store's root (`<state>/download`).
+    pub store: PathBuf,
+    pub metrics: Arc<Metrics>,
+    /// Bumped after every change to deployment states, so reconcile refreshes counts.
+    pub activity: Arc<watch::Sender<u64>>,
+    /// The current time in Unix seconds.
+    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    pub(crate) fn touched(&self) {
+        self.activity.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Runs a database call on the blocking pool.
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Database) -> Result<T, crate::store::db::DbError> + Send + 'static,
+    ) -> Result<T, ServeError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || call(&db))
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .map_err(|e| ServeError::Internal(super::error_chain(&e)))
+    }
+}
+
+/// Errors of the agent-facing server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("failed to listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The HTTPS routes: the OCS endpoint (at whatever path the routes name) and downloads.
+pub fn app(shared: Shared) -> Router {
+    Router::new()
+        .route("/download/{id}/{file}", get(download_https))
+        .fallback(super::ocs::endpoint)
+        .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
+        .with_state(shared)
+}
+
+/// The plain-HTTP routes: fragments only (agents check the whole archive's digest, and the
+/// `info` file that carries it always comes over HTTPS).
+pub fn fragments_app(shared: Shared) -> Router {
+    Router::new()
+        .route("/download/{id}/{file}", get(download_http))
+        .with_state(shared)
+}
+
+/// Keeps listeners bound to the addresses on `listen`, serving `https` with `tls` and the
+/// plain listener with `http`, until `shutdown`. Bound addresses are published on `bound`.
+pub async fn run(
+    mut listen: watch::Receiver<Listen>,
+    tls: Arc<rustls::ServerConfig>,
+    https: Router,
+    http: Router,
+    metrics: Arc<Metrics>,
+    bound: watch::Sender<Vec<SocketAddr>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let tracker = TaskTracker::new();
+    loop {
+        let wanted = listen.borrow_and_update().clone();
+        // One token per generation of listeners: a change of address stops the old ones.
+        let generation = shutdown.child_token();
+        let mut addresses = Vec::new();
+        if let Some(address) = wanted.https {
+            match bind(address).await {
+                Ok(listener) => {
+                    addresses.push(listener.local_addr().unwrap_or(address));
+                    tracing::info!(address = %addresses[addresses.len() - 1], "agent-facing HTTPS listening");
+                    tracker.spawn(accept_tls(
+                        listener,
+                        TlsAcceptor::from(tls.clone()),
+                        https.clone(),
+                        metrics.clone(),
+                        tracker.clone(),
+                        generation.clone(),
+                    ));
+                }
+                Err(error) => {
+                    tracing::error!(error = %super::error_chain(&error), "HTTPS listener not started")
+                }
+            }
+        }
+        if let Some(address) = wanted.http {
+            match bind(address).await {
+                Ok(listener) => {
+                    addresses.push(listener.local_addr().unwrap_or(address));
+                    tracing::info!(address = %addresses[addresses.len() - 1], "plain-HTTP fragment listener listening");
+                    tracker.spawn(accept_plain(
+                        listener,
+                        http.clone(),
+                        tracker.clone(),
+                        generation.clone(),
+                    ));
+                }
+                Err(error) => {
+                    tracing::error!(error = %super::error_chain(&error), "HTTP listener not started")
+                }
+            }
+        }
+        bound.send_replace(addresses);
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = listen.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if *listen.borrow() == wanted {
+                    continue;
+                }
+                generation.cancel();
+            }
+        }
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+    Ok(())
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })
+}
+
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        metrics.handshake_failed(false);
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.handshake_failed(true);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            serve_connection(stream, app, shutdown).await;
+        });
+    }
+}
+
+async fn accept_plain(
+    listener: TcpListener,
+    app: Router,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.spawn(serve_connection(stream, app.clone(), shutdown.clone()));
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it closes or `shutdown`, then lets the
+/// request in flight finish.
+async fn serve_connection<S>(stream: S, app: Router, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, connection).await;
+        }
+    }
+}
+
+async fn download_https(
+    State(shared): State<Shared>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    download(&shared, &id, &file, Listener::Https).await
+}
+
+async fn download_http(
+    State(shared): State<Shared>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    if file == "info" {
+        shared.metrics.not_found();
+        return (
+            StatusCode::NOT_FOUND,
+            "info files are served over HTTPS only\n",
+        )
+            .into_response();
+    }
+    download(&shared, &id, &file, Listener::Http).await
+}
+
+/// `info` or a fragment `<id>-<n>` of an activated package: always 200 with the whole file
+/// and its exact length (the Unix agent's LWP `mirror` fails on anything else).
+async fn download(shared: &Shared, id: &str, file: &str, listener: Listener) -> Response {
+    let fragment = file
+        .strip_prefix(id)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let known = !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (fragment || file == "info")
+        && shared.routes.borrow().packages.contains_key(id);
+    if !known {
+        shared.metrics.not_found();
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let path = shared.store.join(id).join(file);
+    let opened = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(_) => {
+            shared.metrics.not_found();
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    };
+    let length = match opened.metadata().await {
+        Ok(meta) => meta.len(),
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let body = if length <= WHOLE_FILE {
+        let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+        let mut opened = opened;
+        if tokio::io::AsyncReadExt::read_to_end(&mut opened, &mut bytes)
+            .await
+            .is_err()
+            || bytes.len() as u64 != length
+        {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Body::from(bytes)
+    } else {
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            opened,
+            STREAM_CHUNK,
+        ))
+    };
+    shared.metrics.served(fragment, length, listener);
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if fragment {
+            "application/octet-stream"
+        } else {
+            "application/xml"
+        }),
+    );
+    response
+}
+
+/// Arms every known computer for `routes` (a new Affectation, a new package version, a new
+/// redeploy token), so counts show targets as waiting before their agents call.
+pub fn arm_all(
+    db: &Database,
+    assignments: &[Assignment],
+    now: i64,
+) -> Result<usize, crate::store::db::DbError> {
+    let mut armed = 0;
+    let mut by_device: HashMap<String, Vec<crate::store::db::Deployment>> = HashMap::new();
+    for deployment in db.deployments()? {
+        by_device
+            .entry(deployment.device_id.clone())
+            .or_default()
+            .push(deployment);
+    }
+    for computer in db.computers()? {
+        let mine = by_device.remove(&computer.device_id).unwrap_or_default();
+        let changes = deployments::arm(assignments, &computer, &mine);
+        armed += changes.len();
+        db.apply(&computer.device_id, &changes, now)?;
+    }
+    Ok(armed)
+}

@@ -1,0 +1,248 @@
+//! Counters for `/metrics`, in the Prometheus text format. Plain atomics: the agent-facing
+//! handlers bump them on every request, so they must cost nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Result codes come from agents: beyond this many distinct ones, the rest count as
+/// `other`, so a misbehaving agent cannot grow the metrics without bound.
+const MAX_RESULT_CODES: usize = 64;
+
+/// OCS request kinds counted separately.
+pub const QUERIES: [&str; 6] = [
+    "PROLOG",
+    "INVENTORY",
+    "DOWNLOAD",
+    "NOTIFY",
+    "other",
+    "invalid",
+];
+
+/// Every counter the server keeps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [AtomicU64; QUERIES.len()],
+    results: Mutex<BTreeMap<String, u64>>,
+    info_served: AtomicU64,
+    fragments_served: AtomicU64,
+    bytes_https: AtomicU64,
+    bytes_http: AtomicU64,
+    not_found: AtomicU64,
+    handshake_failures: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    builds: AtomicU64,
+    build_millis: AtomicU64,
+    build_bytes: AtomicU64,
+}
+
+/// Which listener served the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Https,
+    Http,
+}
+
+impl Metrics {
+    /// Counts an OCS request of kind `query` (`invalid` for ones that could not be read).
+    pub fn request(&self, query: &str) {
+        let index = QUERIES
+            .iter()
+            .position(|q| *q == query)
+            .unwrap_or(QUERIES.len() - 2);
+        self.requests[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a DOWNLOAD result code.
+    pub fn result(&self, code: &str) {
+        let mut results = self
+            .results
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = results.contains_key(code) || results.len() < MAX_RESULT_CODES;
+        *results
+            .entry(if known { code } else { "other" }.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Counts a file served: an `info` file or a fragment, with its size.
+    pub fn served(&self, fragment: bool, bytes: u64, listener: Listener) {
+        if fragment {
+            self.fragments_served.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.info_served.fetch_add(1, Ordering::Relaxed);
+        }
+        match listener {
+            Listener::Https => self.bytes_https.fetch_add(bytes, Ordering::Relaxed),
+            Listener::Http => self.bytes_http.fetch_add(bytes, Ordering::Relaxed),
+        };
+    }
+
+    /// Counts a download request for something that is not there.
+    pub fn not_found(&self) {
+        self.not_found.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed or timed-out TLS handshake.
+    pub fn handshake_failed(&self, timed_out: bool) {
+        if timed_out {
+            self.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a package build.
+    pub fn built(&self, took: std::time::Duration, bytes: u64) {
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        self.build_millis.fetch_add(
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.build_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        header(
+            &mut out,
+            "tessera_ocs_requests_total",
+            "OCS requests by query.",
+        );
+        for (query, counter) in QUERIES.iter().zip(&self.requests) {
+            let _ = writeln!(
+                out,
+                "tessera_ocs_requests_total{{query=\"{}\"}} {}",
+                query.to_ascii_lowercase(),
+                load(counter)
+            );
+        }
+        header(
+            &mut out,
+            "tessera_deployment_results_total",
+            "Results reported by agents, by code.",
+        );
+        for (code, count) in self
+            .results
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let code: String = code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let _ = writeln!(
+                out,
+                "tessera_deployment_results_total{{code=\"{code}\"}} {count}"
+            );
+        }
+        let counters: [(&str, &str, String); 6] = [
+            (
+                "tessera_info_files_served_total",
+                "info files served.",
+                load(&self.info_served).to_string(),
+            ),
+            (
+                "tessera_fragments_served_total",
+                "Fragments served.",
+                load(&self.fragments_served).to_string(),
+            ),
+            (
+                "tessera_download_not_found_total",
+                "Download requests for files that do not exist.",
+                load(&self.not_found).to_string(),
+            ),
+            (
+                "tessera_package_builds_total",
+                "Packages built.",
+                load(&self.builds).to_string(),
+            ),
+            (
+                "tessera_package_build_seconds_total",
+                "Time spent building packages.",
+                format!("{:.3}", load(&self.build_millis) as f64 / 1000.0),
+            ),
+            (
+                "tessera_package_build_bytes_total",
+                "Bytes of archives built.",
+                load(&self.build_bytes).to_string(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(&mut out, name, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "tessera_download_bytes_total",
+            "Bytes of info files and fragments sent, by listener.",
+        );
+        let _ = writeln!(
+            out,
+            "tessera_download_bytes_total{{listener=\"https\"}} {}",
+            load(&self.bytes_https)
+        );
+        let _ = writeln!(
+            out,
+            "tessera_download_bytes_total{{listener=\"http\"}} {}",
+            load(&self.bytes_http)
+        );
+        header(
+            &mut out,
+            "tessera_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+        );
+        let _ = writeln!(
+            out,
+            "tessera_tls_handshake_failures_total{{reason=\"error\"}} {}",
+            load(&self.handshake_failures)
+        );
+        let _ = writeln!(
+            out,
+            "tessera_tls_handshake_failures_total{{reason=\"timeout\"}} {}",
+            load(&self.handshake_timeouts)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_in_the_prometheus_text_format() {
+        let metrics = Metrics::default();
+        metrics.request("PROLOG");
+        metrics.request("PROLOG");
+        metrics.request("SNMP");
+        metrics.result("SUCCESS_0");
+        metrics.result("ERR_\"x\"");
+        metrics.served(true, 4096, Listener::Http);
+        let text = metrics.render();
+        assert!(text.contains("tessera_ocs_requests_total{query=\"prolog\"} 2\n"));
+        assert!(text.contains("tessera_ocs_requests_total{query=\"other\"} 1\n"));
+        assert!(text.contains("tessera_deployment_results_total{code=\"SUCCESS_0\"} 1\n"));
+        assert!(text.contains("tessera_deployment_results_total{code=\"ERR_x\"} 1\n"));
+        assert!(text.contains("tessera_download_bytes_total{listener=\"http\"} 4096\n"));
+        assert!(text.contains("# TYPE tessera_fragments_served_total counter\n"));
+    }
+
+    #[test]
+    fn result_codes_beyond_the_limit_count_as_other() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_RESULT_CODES + 5 {
+            metrics.result(&format!("EXIT_CODE_{n}"));
+        }
+        let text = metrics.render();
+        assert!(text.contains("code=\"other\"} 5\n"));
+    }
+}

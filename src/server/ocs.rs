@@ -1,0 +1,480 @@
+//! The OCS Inventory NG endpoint: PROLOG, INVENTORY, DOWNLOAD results and NOTIFY, read
+//! with `protocol::ocs` and answered in the encoding the agent used.
+//!
+//! Anything malformed is a 400 with a log line naming the device when it is known, never a
+//! crash. No User-Agent gate: the reference server's refusal of newer agents is a known
+//! source of outages (protocol notes 1.5).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::protocol::ocs::{self, Encoding, Pack, PrologReply, Request};
+use crate::server::agent::Shared;
+use crate::server::deployments;
+use crate::store::db::Facts;
+
+/// An agent whose last inventory is older than this is asked for a new one, so targeting
+/// works on fresh facts (tags, OS, the packages it has installed).
+pub const INVENTORY_MAX_AGE: i64 = 24 * 3600;
+
+/// Everything that is not a download: the OCS endpoint when the path matches, else 404.
+pub async fn endpoint(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (enabled, path) = {
+        let routes = shared.routes.borrow();
+        (routes.ocs_enabled, routes.ocs_path.clone())
+    };
+    if !enabled || uri.path().trim_end_matches('/') != path.trim_end_matches('/') {
+        // The Windows agent asks `<path>/deploy/label` on first run; a 404 is harmless.
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "POST an OCS request\n").into_response();
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let decoded = ocs::decode_body(&body).and_then(|(xml, encoding)| {
+        ocs::parse_request(&xml).map(|request| (request, encoding, xml))
+    });
+    let (request, encoding, xml) = match decoded {
+        Ok(found) => found,
+        Err(error) => {
+            shared.metrics.request("invalid");
+            tracing::warn!(%agent, bytes = body.len(), %error, "refused an OCS request");
+            return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
+        }
+    };
+    shared.metrics.request(&request.query);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(ToString::to_string));
+    let outcome = match request.query.as_str() {
+        "PROLOG" => prolog(&shared, &request, host.as_deref(), encoding).await,
+        "INVENTORY" => inventory(&shared, request.clone(), xml, encoding).await,
+        "DOWNLOAD" => result(&shared, &request).await,
+        // The Windows agent's IP change notice: nothing to keep yet.
+        "NOTIFY" => Ok(StatusCode::OK.into_response()),
+        other => {
+            tracing::warn!(device = %request.device_id, query = other, "unknown OCS query");
+            return (StatusCode::BAD_REQUEST, format!("unknown QUERY {other}\n")).into_response();
+        }
+    };
+    match outcome {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(device = %request.device_id, query = %request.query, %error, "failed to answer an OCS request");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn reply(xml: &str, encoding: Encoding) -> Response {
+    let mut response = Response::new(ocs::encode_body(xml, encoding).into());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-compressed"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn prolog(
+    shared: &Shared,
+    request: &Request,
+    host: Option<&str>,
+    encoding: Encoding,
+) -> Result<Response, crate::server::agent::ServeError> {
+    let routes = shared.routes.borrow().clone();
+    let now = shared.now();
+    let device = request.device_id.clone();
+    let assignments = routes.clone();
+    let (computer, offers, changed) = shared
+        .db(move |db| {
+            let (computer, current) = db.contact(&device, now)?;
+            let (offers, changes) =
+                deployments::prolog(&assignments.assignments, &computer, &current, now);
+            db.apply(&device, &changes, now)?;
+            Ok((computer, offers, !changes.is_empty()))
+        })
+        .await?;
+    if changed {
+        shared.touched();
+    }
+    // Locations default to the address the agent used to reach this server.
+    let here = format!("{}/download", host.unwrap_or("localhost"));
+    let packs: Vec<Pack> = offers
+        .into_iter()
+        .map(|offer| Pack {
+            info_loc: offer.info_location.unwrap_or_else(|| here.clone()),
+            pack_loc: offer.pack_location.unwrap_or_else(|| here.clone()),
+            id: offer.package_id,
+            force: offer.force,
+        })
+        .collect();
+    let send_inventory = computer
+        .last_inventory
+        .is_none_or(|at| now - at >= INVENTORY_MAX_AGE);
+    if !packs.is_empty() {
+        tracing::info!(device = %request.device_id, packages = %packs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(","), "offered packages");
+    }
+    let answer = PrologReply {
+        send_inventory,
+        prolog_freq: routes.prolog_frequency_hours,
+        download: routes.download.clone(),
+        packs,
+    };
+    Ok(reply(&answer.to_xml(), encoding))
+}
+
+async fn inventory(
+    shared: &Shared,
+    request: Request,
+    xml: Vec<u8>,
+    encoding: Encoding,
+) -> Result<Response, crate::server::agent::ServeError> {
+    let found = request.inventory.unwrap_or_default();
+    let facts = Facts {
+        name: found.name.unwrap_or_default(),
+        os_name: found.os_name.unwrap_or_default(),
+        os_version: found.os_version.unwrap_or_default(),
+        tags: found.tags,
+        ip_addresses: found.ip_addresses,
+        history: found.history,
+    };
+    let routes = shared.routes.borrow().clone();
+    let now = shared.now();
+    let device = request.device_id.clone();
+    let armed = shared
+        .db(move |db| {
+            // Kept compressed: inventories are kept for reference, rarely read.
+            let raw = ocs::encode_body(&String::from_utf8_lossy(&xml), Encoding::Zlib);
+            let computer = db.record_inventory(&device, &facts, &raw, now)?;
+            let (_, current) = db.contact(&device, now)?;
+            let changes = deployments::arm(&routes.assignments, &computer, &current);
+            db.apply(&device, &changes, now)?;
+            Ok(changes.len())
+        })
+        .await?;
+    shared.touched();
+    tracing::debug!(device = %request.device_id, armed, "stored an inventory");
+    Ok(reply(&ocs::inventory_reply(), encoding))
+}
+
+async fn result(
+    shared: &Shared,
+    request: &Request,
+) -> Result<Response, crate::server::agent::ServeError> {
+    let (Some(id), Some(code)) = (request.id.clone(), request.err.clone()) else {
+        tracing::warn!(device = %request.device_id, "a DOWNLOAD result without ID or ERR");
+        // Both agents keep resending a result that is not answered 200; one without an id
+        // can never be filed, so accept it rather than have it resent forever.
+        return Ok(StatusCode::OK.into_response());
+    };
+    shared.metrics.result(&code);
+    let success_codes = shared
+        .routes
+        .borrow()
+        .packages
+        .get(&id)
+        .map_or_else(|| vec![0], |p| p.success_exit_codes.clone());
+    let state = deployments::classify(&code, &success_codes);
+    let now = shared.now();
+    let device = request.device_id.clone();
+    let package = id.clone();
+    let result_code = code.clone();
+    let activations = shared
+        .db(move |db| db.record_result(&device, &package, state, &result_code, now))
+        .await?;
+    shared.touched();
+    if activations.is_empty() {
+        tracing::info!(device = %request.device_id, package = %id, %code, "result for a package not being deployed to this computer");
+    } else {
+        tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
+    }
+    // 200 with an empty body, which is what both agents expect.
+    Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use tokio::sync::watch;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::server::agent::{self, PackageRoute, Routes};
+    use crate::server::deployments::{Assignment, OsFamily, Selector};
+    use crate::server::metrics::Metrics;
+    use crate::store::db::{Database, State as DeploymentState};
+
+    const DEVICE: &str = "lab-01-2026-01-01-00-00-00";
+    const ID: &str = "1234567890";
+
+    struct Fixture {
+        shared: Shared,
+        store: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let store = tempfile::tempdir().unwrap();
+        let package = store.path().join(ID);
+        std::fs::create_dir_all(&package).unwrap();
+        std::fs::write(package.join("info"), "<DOWNLOAD ID=\"1234567890\" />").unwrap();
+        std::fs::write(package.join(format!("{ID}-1")), vec![7u8; 5000]).unwrap();
+        let routes = Routes {
+            assignments: vec![Assignment {
+                affectation: "default/lab".into(),
+                activation: "default/hello".into(),
+                package: "default/hello".into(),
+                package_id: ID.into(),
+                package_os: OsFamily::Linux,
+                selector: Selector::new(false, &[], &[], &["lab".into()], vec![]).unwrap(),
+                redeploy: None,
+                not_before: None,
+                not_after: None,
+                info_location: None,
+                pack_location: Some("mirror.lab:8080/download".into()),
+            }],
+            packages: HashMap::from([(
+                ID.to_owned(),
+                PackageRoute {
+                    name: "default/hello".into(),
+                    success_exit_codes: vec![0, 3],
+                },
+            )]),
+            ..Routes::default()
+        };
+        let (_, routes) = watch::channel(Arc::new(routes));
+        let (activity, _) = watch::channel(0);
+        Fixture {
+            shared: Shared {
+                routes,
+                db: Arc::new(Database::in_memory().unwrap()),
+                store: store.path().to_path_buf(),
+                metrics: Arc::new(Metrics::default()),
+                activity: Arc::new(activity),
+                clock: Arc::new(|| 1_000_000),
+            },
+            store,
+        }
+    }
+
+    async fn post(shared: &Shared, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let request = HttpRequest::post("/ocsinventory")
+            .header("host", "tessera.lab:8443")
+            .body(Body::from(body))
+            .unwrap();
+        let response = agent::app(shared.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
+
+    async fn ask(shared: &Shared, xml: &str) -> (StatusCode, String) {
+        let (status, body) = post(shared, ocs::encode_body(xml, Encoding::Zlib)).await;
+        let text = if body.is_empty() {
+            String::new()
+        } else {
+            let (xml, encoding) = ocs::decode_body(&body).unwrap();
+            assert_eq!(encoding, Encoding::Zlib);
+            String::from_utf8(xml).unwrap()
+        };
+        (status, text)
+    }
+
+    fn prolog_xml() -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><REQUEST><DEVICEID>{DEVICE}</DEVICEID><QUERY>PROLOG</QUERY></REQUEST>"
+        )
+    }
+
+    fn inventory_xml(history: &str) -> String {
+        format!(
+            "<REQUEST><CONTENT><ACCOUNTINFO><KEYNAME>TAG</KEYNAME><KEYVALUE>lab</KEYVALUE></ACCOUNTINFO>\
+             <HARDWARE><NAME>lab-01</NAME><OSNAME>Debian GNU/Linux 12</OSNAME><OSVERSION>12</OSVERSION></HARDWARE>\
+             <DOWNLOAD><HISTORY>{history}</HISTORY></DOWNLOAD></CONTENT>\
+             <DEVICEID>{DEVICE}</DEVICEID><QUERY>INVENTORY</QUERY></REQUEST>"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_computer_is_asked_for_an_inventory_and_then_offered_its_packages() {
+        let f = fixture();
+        let (status, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(reply.contains("<RESPONSE>SEND</RESPONSE>"), "{reply}");
+        assert!(
+            !reply.contains("TYPE=\"PACK\""),
+            "unknown computers get nothing: {reply}"
+        );
+
+        let (status, reply) = ask(&f.shared, &inventory_xml("")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(reply.contains("NO_ACCOUNT_UPDATE"), "{reply}");
+
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(reply.contains("<RESPONSE>STOP</RESPONSE>"), "{reply}");
+        let conf = reply.find("TYPE=\"CONF\"").unwrap();
+        let pack = reply.find("TYPE=\"PACK\"").unwrap();
+        assert!(conf < pack, "CONF comes first: {reply}");
+        assert!(
+            reply.contains(&format!("ID=\"{ID}\" INFO_LOC=\"tessera.lab:8443/download\" PACK_LOC=\"mirror.lab:8080/download\"")),
+            "info from the address the agent used, fragments from the mirror: {reply}"
+        );
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(rows[0].state, DeploymentState::Notified);
+    }
+
+    #[tokio::test]
+    async fn results_are_stored_verbatim_and_mapped_through_the_success_codes() {
+        let f = fixture();
+        ask(&f.shared, &inventory_xml("")).await;
+        ask(&f.shared, &prolog_xml()).await;
+        // The Unix agent's form: every field an attribute, no declaration.
+        let result = format!(
+            "<REQUEST DEVICEID=\"{DEVICE}\" ERR=\"SUCCESS_3\" ID=\"{ID}\" QUERY=\"DOWNLOAD\" />"
+        );
+        let (status, body) = post(&f.shared, ocs::encode_body(&result, Encoding::Zlib)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.is_empty());
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(
+            rows[0].state,
+            DeploymentState::Success,
+            "3 is listed as success"
+        );
+        assert_eq!(rows[0].code.as_deref(), Some("SUCCESS_3"));
+        // Settled: not offered again.
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(!reply.contains("TYPE=\"PACK\""), "{reply}");
+        assert!(f.shared.metrics.render().contains("code=\"SUCCESS_3\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn a_package_in_the_agents_history_is_never_offered_without_force() {
+        let f = fixture();
+        ask(
+            &f.shared,
+            &inventory_xml(&format!("<PACKAGE ID=\"{ID}\"/>")),
+        )
+        .await;
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(!reply.contains("TYPE=\"PACK\""), "{reply}");
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(
+            rows[0].code.as_deref(),
+            Some(deployments::ALREADY_IN_HISTORY)
+        );
+    }
+
+    #[tokio::test]
+    async fn replies_use_the_encoding_of_the_request() {
+        let f = fixture();
+        let (status, body) = post(&f.shared, ocs::encode_body(&prolog_xml(), Encoding::Gzip)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip in, gzip out");
+        let (status, body) = post(&f.shared, prolog_xml().into_bytes()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with(b"<?xml"), "plain in, plain out");
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_get_a_400_and_nothing_is_stored() {
+        let f = fixture();
+        for body in [
+            b"\x78\x9c garbage".to_vec(),
+            ocs::encode_body("<REQUEST><QUERY>PROLOG</QUERY>", Encoding::Zlib),
+            ocs::encode_body(
+                "<REQUEST><DEVICEID>no-date</DEVICEID><QUERY>PROLOG</QUERY></REQUEST>",
+                Encoding::Zlib,
+            ),
+            ocs::encode_body(
+                &format!("<REQUEST><DEVICEID>{DEVICE}</DEVICEID><QUERY>SNMP</QUERY></REQUEST>"),
+                Encoding::Zlib,
+            ),
+            vec![0u8; ocs::MAX_BODY + 1],
+        ] {
+            let (status, _) = post(&f.shared, body).await;
+            assert!(status.is_client_error(), "{status}");
+        }
+        assert!(
+            f.shared
+                .db
+                .computers()
+                .unwrap()
+                .iter()
+                .all(|c| c.last_inventory.is_none())
+        );
+    }
+
+    #[tokio::test]
+    async fn files_of_activated_packages_are_served_whole_and_nothing_else_is() {
+        let f = fixture();
+        let get = |uri: String, app: axum::Router| async move {
+            let request = HttpRequest::get(uri)
+                .header("if-modified-since", "Wed, 21 Oct 2099 07:28:00 GMT")
+                .body(Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let length = response
+                .headers()
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, length, body.len())
+        };
+        let https = agent::app(f.shared.clone());
+        let (status, length, size) = get(format!("/download/{ID}/{ID}-1"), https.clone()).await;
+        assert_eq!(status, StatusCode::OK, "always 200, never 304");
+        assert_eq!((length.as_deref(), size), (Some("5000"), 5000));
+        assert_eq!(
+            get(format!("/download/{ID}/info"), https.clone()).await.0,
+            StatusCode::OK
+        );
+        for missing in [
+            format!("/download/{ID}/{ID}-2"),
+            format!("/download/{ID}/manifest.json"),
+            "/download/999/999-1".to_owned(),
+            format!("/download/..%2F{ID}/info"),
+        ] {
+            assert_eq!(
+                get(missing.clone(), https.clone()).await.0,
+                StatusCode::NOT_FOUND,
+                "{missing}"
+            );
+        }
+        let http = agent::fragments_app(f.shared.clone());
+        assert_eq!(
+            get(format!("/download/{ID}/{ID}-1"), http.clone()).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(format!("/download/{ID}/info"), http).await.0,
+            StatusCode::NOT_FOUND,
+            "info files only over HTTPS"
+        );
+        drop(f.store);
+    }
+}

@@ -1,0 +1,293 @@
+//! The real Debian `ocsinventory-agent` against `tessera serve` on the quickstart: every
+//! package kind is deployed, and what the server records matches what the agent reported.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tessera::cli::{self, Running, ServeArgs};
+
+use crate::ocs_agent::{self, AgentRun, OcsAgent};
+use crate::support::{eventually, get, get_json, quickstart_copy};
+
+/// A package whose command fails: its error must be recorded as such.
+const FAILING: &str = "apiVersion: tessera.dev/v1alpha1
+kind: Package
+metadata:
+  name: failing
+spec:
+  os: linux
+  action:
+    execute:
+      command: sh -c 'exit 3'
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Activation
+metadata:
+  name: failing
+spec:
+  packageRef:
+    name: failing
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Affectation
+metadata:
+  name: failing
+spec:
+  activationRef:
+    name: failing
+  targets:
+    tags: [lab]
+";
+
+/// A second activation of the quickstart's `hello`, added once the agent has installed it:
+/// the agent answers that it has it already.
+const HELLO_AGAIN: &str = "apiVersion: tessera.dev/v1alpha1
+kind: Activation
+metadata:
+  name: hello-again
+spec:
+  packageRef:
+    name: hello
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Affectation
+metadata:
+  name: hello-again
+spec:
+  activationRef:
+    name: hello-again
+  targets:
+    all: true
+";
+
+async fn start(config: &Path) -> Running {
+    cli::start(ServeArgs {
+        config: config.to_path_buf(),
+        state: None,
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        allow_empty: false,
+    })
+    .await
+    .expect("serve starts")
+}
+
+/// The Server's bound addresses once it is ready: (HTTPS, plain HTTP).
+async fn addresses(running: &Running) -> (String, String) {
+    eventually("the Server serving", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        let list = server["details"]["addresses"].as_array()?.clone();
+        (list.len() == 2).then(|| {
+            (
+                list[0].as_str().unwrap().to_owned(),
+                list[1].as_str().unwrap().to_owned(),
+            )
+        })
+    })
+    .await
+    .0
+}
+
+/// Runs the agent once and waits for its download worker.
+async fn run(agent: &OcsAgent) -> AgentRun {
+    let run = tokio::task::block_in_place(|| agent.run()).expect("the agent runs");
+    assert!(
+        run.completed(),
+        "the agent or its download worker did not finish: {run:?}"
+    );
+    println!(
+        "agent run of {} took {:?}; its output:\n{}",
+        agent.device_id(),
+        run.elapsed,
+        run.stdout
+    );
+    run
+}
+
+/// The computer's deployments by activation name: (state, code).
+async fn deployments(running: &Running, device: &str) -> Vec<(String, String, String)> {
+    let found = get_json(
+        running.admin_address,
+        &format!("/api/v1/computers/{device}"),
+    )
+    .await;
+    found[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["activation"].as_str().unwrap().to_owned(),
+                d["state"].as_str().unwrap().to_owned(),
+                d["code"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn affectation_counts(object: &Value) -> (i64, i64, i64) {
+    let counts = &object["details"]["counts"];
+    (
+        object["details"]["targets"].as_i64().unwrap_or(-1),
+        counts["success"].as_i64().unwrap_or(-1),
+        counts["error"].as_i64().unwrap_or(-1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_real_ocs_agent_deploys_every_package_kind_of_the_quickstart() {
+    let dir = quickstart_copy();
+    std::fs::write(dir.path().join("failing.yaml"), FAILING).unwrap();
+    let running = start(dir.path()).await;
+    let (https, http) = addresses(&running).await;
+
+    // Fragments of lab-tools come from the plain-HTTP listener, as from a site mirror.
+    let tools = dir.path().join("packages/tools.yaml");
+    let text = std::fs::read_to_string(&tools).unwrap().replace(
+        "  # packLocation: http://mirror.lab.example:8080/download",
+        &format!("  packLocation: http://{http}/download"),
+    );
+    std::fs::write(&tools, text).unwrap();
+    eventually("the mirror location in effect", || async {
+        let activation = get_json(
+            running.admin_address,
+            "/api/v1/objects/Activation/lab-tools",
+        )
+        .await;
+        (activation["generation"] == 2 && activation["observedGeneration"] == 2).then_some(())
+    })
+    .await;
+
+    let ca: PathBuf = dir
+        .path()
+        .join(".tessera/certificates/default/tessera-server/ca.crt");
+    let agent = OcsAgent::new(
+        &format!("https://{https}/ocsinventory"),
+        &ca,
+        &ocs_agent::device_id(1).unwrap(),
+    )
+    .unwrap();
+    let device = agent.device_id().to_owned();
+
+    // First contact: unknown, so asked for an inventory; its facts make it a target.
+    let first = run(&agent).await;
+    let found = get_json(
+        running.admin_address,
+        &format!("/api/v1/computers/{device}"),
+    )
+    .await;
+    let computer = &found[0]["computer"];
+    assert_eq!(computer["tags"], serde_json::json!(["lab"]), "{first:?}");
+    assert!(
+        computer["osName"].as_str().unwrap().contains("Linux"),
+        "{computer}"
+    );
+    let waiting = deployments(&running, &device).await;
+    assert_eq!(waiting.len(), 5, "{waiting:?}");
+    assert!(
+        waiting.iter().all(|(_, state, _)| state == "waiting"),
+        "{waiting:?}"
+    );
+
+    // Second contact: every package offered, downloaded, run and reported.
+    let second = run(&agent).await;
+    let states = deployments(&running, &device).await;
+    let expect = |activation: &str, state: &str, code: &str| {
+        let found = states
+            .iter()
+            .find(|(a, _, _)| a == &format!("default/{activation}"))
+            .unwrap_or_else(|| panic!("no deployment of {activation}: {states:?}"));
+        assert_eq!(
+            (found.1.as_str(), found.2.as_str()),
+            (state, code),
+            "{activation}: {states:?}\nagent stderr:\n{}",
+            second.stderr
+        );
+    };
+    expect("hello", "success", "SUCCESS_0"); // LAUNCH, 3 fragments, priority 5
+    expect("check-disk", "success", "SUCCESS"); // EXECUTE, no fragments
+    expect("lab-tools", "success", "SUCCESS"); // STORE, fragments over plain HTTP
+    expect("baseline", "success", "SUCCESS"); // priority 0
+    expect("failing", "error", "ERR_EXECUTE");
+    assert!(
+        agent.vardir().join("lab-tools/motd-lab.txt").is_file(),
+        "STORE put the files in INSTALL_PATH/lab-tools"
+    );
+    let installed = agent.history();
+    assert_eq!(installed.len(), 4, "{installed:?}");
+
+    // Priority 0 goes first and alone: its result precedes every other.
+    let found = get_json(
+        running.admin_address,
+        &format!("/api/v1/computers/{device}"),
+    )
+    .await;
+    let results: Vec<&str> = found[0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["code"].is_string())
+        .map(|e| e["activation"].as_str().unwrap())
+        .collect();
+    assert_eq!(results.first(), Some(&"default/baseline"), "{results:?}");
+
+    // Statuses count what the agent reported.
+    let (hello, _) = eventually("counts in the Affectation status", || async {
+        let object = get_json(
+            running.admin_address,
+            "/api/v1/objects/Affectation/lab-hello",
+        )
+        .await;
+        (affectation_counts(&object) == (1, 1, 0)).then_some(object)
+    })
+    .await;
+    assert_eq!(hello["details"]["counts"]["waiting"], 0, "{hello}");
+    eventually("the failure counted", || async {
+        let object = get_json(running.admin_address, "/api/v1/objects/Affectation/failing").await;
+        (affectation_counts(&object) == (1, 0, 1)).then_some(())
+    })
+    .await;
+    let table = get_json(running.admin_address, "/api/v1/deployments").await;
+    assert_eq!(table["packages"].as_array().unwrap().len(), 5, "{table}");
+    let (_, metrics) = get(running.admin_address, "/metrics").await;
+    let http_bytes = metrics
+        .lines()
+        .find(|l| l.starts_with("tessera_download_bytes_total{listener=\"http\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    assert!(http_bytes > 0, "{metrics}");
+    assert!(
+        metrics.contains("tessera_deployment_results_total{code=\"ERR_EXECUTE\"} 1"),
+        "{metrics}"
+    );
+
+    // A third contact: nothing is offered again; then the same package through a second
+    // activation, which the agent reports as already installed.
+    let third = run(&agent).await;
+    assert!(
+        !third.stderr.contains("TYPE=\"PACK\""),
+        "settled packages are not offered again:\n{}",
+        third.stderr
+    );
+    std::fs::write(dir.path().join("hello-again.yaml"), HELLO_AGAIN).unwrap();
+    eventually("hello-again armed", || async {
+        let states = deployments(&running, &device).await;
+        states
+            .iter()
+            .any(|(a, s, _)| a == "default/hello-again" && s == "waiting")
+            .then_some(())
+    })
+    .await;
+    run(&agent).await;
+    let states = deployments(&running, &device).await;
+    assert!(
+        states.contains(&(
+            "default/hello-again".into(),
+            "success".into(),
+            "SUCCESS_ALREADY_SETUP".into()
+        )),
+        "{states:?}"
+    );
+    running.stop().await.unwrap();
+}
