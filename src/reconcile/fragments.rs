@@ -124,17 +124,17 @@ impl Packages {
         let spec = &package.spec;
         let base = super::declaring_dir(&self.config_dir, desired, key);
         let content = spec.content.as_ref();
-        if content.is_some_and(|c| c.url.is_some()) {
-            return Ok(failed(
-                "NotImplemented",
-                "content from a url is not fetched by this version of Tessera yet: use directory or archive".into(),
-            ));
-        }
         let source = content.and_then(|c| {
             c.directory
                 .as_ref()
                 .map(|d| Source::Directory(base.join(d)))
                 .or_else(|| c.archive.as_ref().map(|a| Source::Archive(base.join(a))))
+                .or_else(|| {
+                    c.url.as_ref().map(|u| Source::Url {
+                        url: u.clone(),
+                        sha256: c.sha256.clone().unwrap_or_default(),
+                    })
+                })
         });
         // Agents run a launched command as `./<first word>`: it must be a file of the
         // content, or every agent reports ERR_EXECUTE.
@@ -304,6 +304,19 @@ impl Packages {
                 std::fs::copy(path, &target)
                     .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
             }
+            Source::Url { url, sha256 } => {
+                let cached = super::fetch::fetch(
+                    url,
+                    sha256,
+                    &self.state_dir.join("cache/urls"),
+                    &mut terminal_progress(&format!("downloading {key}")),
+                )?;
+                let _ = std::fs::remove_file(&target);
+                if std::fs::hard_link(&cached, &target).is_err() {
+                    std::fs::copy(&cached, &target)
+                        .map_err(|e| format!("failed to copy {}: {e}", cached.display()))?;
+                }
+            }
             Source::Directory(path) => {
                 let entries = walk(path)?;
                 let file = std::fs::File::create(&target)
@@ -337,6 +350,34 @@ impl Packages {
 enum Source {
     Directory(PathBuf),
     Archive(PathBuf),
+    /// Downloaded once, kept by its digest.
+    Url {
+        url: String,
+        sha256: String,
+    },
+}
+
+/// A progress line on standard error when it is a terminal (nothing in logs or under a
+/// service manager), updated at most four times a second.
+pub fn terminal_progress(what: &str) -> impl FnMut(u64, Option<u64>) + use<> {
+    use std::io::IsTerminal;
+    let shown = std::io::stderr().is_terminal();
+    let what = what.to_owned();
+    let mut last = std::time::Instant::now();
+    move |done, total| {
+        if !shown || (last.elapsed().as_millis() < 250 && Some(done) != total) {
+            return;
+        }
+        last = std::time::Instant::now();
+        let mib = |n: u64| n as f64 / f64::from(1 << 20);
+        match total {
+            Some(total) => eprint!("\r{what}: {:.1} of {:.1} MiB", mib(done), mib(total)),
+            None => eprint!("\r{what}: {:.1} MiB", mib(done)),
+        }
+        if Some(done) == total {
+            eprintln!();
+        }
+    }
 }
 
 impl Source {
@@ -345,6 +386,10 @@ impl Source {
     fn fingerprint(&self) -> Result<String, String> {
         let mut digest = Sha256::new();
         match self {
+            Source::Url { url, sha256 } => {
+                // The digest names the content: nothing else to look at.
+                digest.update(format!("{url}\n{}", sha256.to_ascii_lowercase()));
+            }
             Source::Archive(path) => {
                 let meta = std::fs::metadata(path)
                     .map_err(|e| format!("failed to read {}: {e}", path.display()))?;

@@ -6,6 +6,7 @@
 //! kinds say so honestly in their `Ready` condition rather than pretending.
 
 pub mod certificates;
+pub mod fetch;
 pub mod fragments;
 pub mod routes;
 pub mod status;

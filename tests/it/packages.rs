@@ -369,3 +369,66 @@ fn a_failed_rebuild_keeps_the_last_version_in_the_store() {
             .exists()
     );
 }
+
+#[test]
+fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
+    let site = tempfile::tempdir().unwrap();
+    let archive: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(site.path().join("app.tar.gz"), &archive).unwrap();
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(&archive));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(site.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    crate::support::wait_for_port(port, "static server");
+
+    let config = tempfile::tempdir().unwrap();
+    let write = |sha: &str| {
+        let extra = format!(
+            "  content:\n    url: http://127.0.0.1:{port}/app.tar.gz\n    sha256: {sha}\n  action:\n    store:\n      path: /opt/app\n"
+        );
+        std::fs::write(
+            config.path().join("p.yaml"),
+            package("app", "linux", &extra),
+        )
+        .unwrap();
+    };
+    write(&"0".repeat(64));
+    let state = tempfile::tempdir().unwrap();
+    let ready = ready_of(&pass(config.path(), state.path()), "app");
+    assert_eq!(ready.status, "False", "{ready:?}");
+    assert!(
+        ready.message.contains(&sha) && ready.message.contains("spec.content.sha256"),
+        "the message gives the real digest: {ready:?}"
+    );
+
+    write(&sha);
+    let report = pass(config.path(), state.path());
+    assert_eq!(ready_of(&report, "app").status, "True");
+    let built = details(&report, "app");
+    assert_eq!(built["sha256"], sha.as_str());
+    assert_eq!(built["size"], archive.len());
+    // Cached under its digest: the site going away changes nothing.
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(state.path().join("cache/urls").join(&sha).is_file());
+    std::fs::remove_dir_all(state.path().join("packages")).unwrap();
+    let again = pass(config.path(), state.path());
+    assert_eq!(details(&again, "app")["packageId"], built["packageId"]);
+}
