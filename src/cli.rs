@@ -51,6 +51,25 @@ enum Command {
     /// Build the activated packages and write the `download/` tree (info files and
     /// fragments) into a directory, for a static web server or a site mirror.
     Export(ExportArgs),
+    /// Deployment states: packages × states, or one computer's deployments and history.
+    Status(StatusArgs),
+}
+
+/// `tessera status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The state directory of a `tessera serve` (default `<config>/.tessera`).
+    #[arg(long, env = "TESSERA_STATE")]
+    state: Option<PathBuf>,
+    /// The configuration directory, to find the default state directory.
+    #[arg(long, env = "TESSERA_CONFIG", default_value = ".")]
+    config: PathBuf,
+    /// Show one computer (device id or name): its facts, deployments and history.
+    #[arg(long)]
+    computer: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
 }
 
 /// `tessera export`.
@@ -150,6 +169,7 @@ pub fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(serve(args)))
             .map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export(&args),
+        Command::Status(args) => status(&args),
         Command::Doctor(args) => doctor_options(&args)
             .and_then(|options| runtime().and_then(|rt| rt.block_on(crate::doctor::run(options)))),
     };
@@ -353,6 +373,148 @@ fn copy_package(stored: &Path, output: &Path, id: &str) -> Result<()> {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+fn status(args: &StatusArgs) -> Result<ExitCode> {
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.config.join(".tessera"));
+    let path = state.join("state.db");
+    if !path.is_file() {
+        bail!(
+            "no state database at {}: has `tessera serve` run with this state directory?",
+            path.display()
+        );
+    }
+    let db = Database::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
+    let now = jiff::Timestamp::now().as_second();
+    let mut out = std::io::stdout().lock();
+    let Some(wanted) = &args.computer else {
+        let table = admin::deployment_table_of(&db, now)?;
+        match args.output {
+            OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&table)?)?,
+            OutputFormat::Human => write_table(&mut out, &table)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let found = admin::computer_reports(&db, wanted)?;
+    if found.is_empty() {
+        bail!("no computer with device id or name {wanted:?}");
+    }
+    match args.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?,
+        OutputFormat::Human => {
+            for report in &found {
+                write_computer(&mut out, report, now)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_table(out: &mut impl Write, table: &admin::DeploymentTable) -> Result<()> {
+    if table.packages.is_empty() {
+        writeln!(out, "no deployments yet")?;
+        return Ok(());
+    }
+    let width = table
+        .packages
+        .iter()
+        .map(|l| l.activation.len().max(l.package.len()))
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    writeln!(
+        out,
+        "{:width$}  {:width$}  {:10}  {:>7}  {:>7}  {:>8}  {:>5}  {:>7}  {:>5}",
+        "ACTIVATION",
+        "PACKAGE",
+        "ID",
+        "TARGETS",
+        "WAITING",
+        "NOTIFIED",
+        "STALE",
+        "SUCCESS",
+        "ERROR"
+    )?;
+    for line in &table.packages {
+        let c = &line.counts;
+        writeln!(
+            out,
+            "{:width$}  {:width$}  {:10}  {:>7}  {:>7}  {:>8}  {:>5}  {:>7}  {:>5}",
+            line.activation,
+            line.package,
+            line.package_id,
+            c.targets,
+            c.waiting,
+            c.notified + c.downloading + c.installing,
+            c.stale,
+            c.success,
+            c.error
+        )?;
+    }
+    writeln!(
+        out,
+        "stale: notified more than {:#} ago without a result",
+        jiff::SignedDuration::from_secs(table.stale_after)
+    )?;
+    Ok(())
+}
+
+fn write_computer(out: &mut impl Write, report: &admin::ComputerReport, now: i64) -> Result<()> {
+    let c = &report.computer;
+    let when =
+        |t: i64| jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |t| t.to_string());
+    writeln!(
+        out,
+        "{} ({})",
+        c.device_id,
+        if c.name.is_empty() {
+            "no inventory yet"
+        } else {
+            &c.name
+        }
+    )?;
+    writeln!(out, "  os:        {} {}", c.os_name, c.os_version)?;
+    writeln!(out, "  tags:      {}", c.tags.join(", "))?;
+    writeln!(out, "  addresses: {}", c.ip_addresses.join(", "))?;
+    writeln!(out, "  installed: {}", c.history.join(", "))?;
+    writeln!(
+        out,
+        "  first seen {}, last contact {} ({}s ago)",
+        when(c.first_seen),
+        when(c.last_contact),
+        now - c.last_contact
+    )?;
+    writeln!(out, "  deployments:")?;
+    for d in &report.deployments {
+        writeln!(
+            out,
+            "    {:30} {:10} {:9} {}",
+            d.activation,
+            d.package_id,
+            d.state.as_str(),
+            d.code.as_deref().unwrap_or("")
+        )?;
+    }
+    writeln!(out, "  history:")?;
+    for e in &report.history {
+        writeln!(
+            out,
+            "    {}  {:30} {:10} {:9} {}",
+            when(e.at),
+            if e.activation.is_empty() {
+                "(not deployed here)"
+            } else {
+                &e.activation
+            },
+            e.package_id,
+            e.state.as_str(),
+            e.code.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
 }
 
 /// Reads and evaluates a configuration directory once, as `validate` does.

@@ -16,7 +16,8 @@ use crate::server::deployments;
 use crate::store::db::Facts;
 
 /// An agent whose last inventory is older than this is asked for a new one, so targeting
-/// works on fresh facts (tags, OS, the packages it has installed).
+/// works on fresh facts (tags, OS). It is also asked after reporting results, so the
+/// packages it lists as installed are known before anything else is offered.
 pub const INVENTORY_MAX_AGE: i64 = 24 * 3600;
 
 /// Everything that is not a download: the OCS endpoint when the path matches, else 404.
@@ -101,13 +102,19 @@ async fn prolog(
     let now = shared.now();
     let device = request.device_id.clone();
     let assignments = routes.clone();
-    let (computer, offers, changed) = shared
+    let (computer, offers, changed, reported) = shared
         .db(move |db| {
             let (computer, current) = db.contact(&device, now)?;
             let (offers, changes) =
                 deployments::prolog(&assignments.assignments, &computer, &current, now);
             db.apply(&device, &changes, now)?;
-            Ok((computer, offers, !changes.is_empty()))
+            // Results since the last inventory: the agent's history has changed.
+            let reported = current.iter().any(|d| {
+                !d.state.is_open()
+                    && d.code.as_deref() != Some(deployments::ALREADY_IN_HISTORY)
+                    && computer.last_inventory.is_some_and(|at| d.changed_at >= at)
+            });
+            Ok((computer, offers, !changes.is_empty(), reported))
         })
         .await?;
     if changed {
@@ -124,9 +131,10 @@ async fn prolog(
             force: offer.force,
         })
         .collect();
-    let send_inventory = computer
-        .last_inventory
-        .is_none_or(|at| now - at >= INVENTORY_MAX_AGE);
+    let send_inventory = reported
+        || computer
+            .last_inventory
+            .is_none_or(|at| now - at >= INVENTORY_MAX_AGE);
     if !packs.is_empty() {
         tracing::info!(device = %request.device_id, packages = %packs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(","), "offered packages");
     }

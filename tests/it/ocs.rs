@@ -39,8 +39,7 @@ spec:
     tags: [lab]
 ";
 
-/// A second activation of the quickstart's `hello`, added once the agent has installed it:
-/// the agent answers that it has it already.
+/// A second activation of the quickstart's `hello`, added once the agent has installed it.
 const HELLO_AGAIN: &str = "apiVersion: tessera.dev/v1alpha1
 kind: Activation
 metadata:
@@ -262,32 +261,40 @@ async fn the_real_ocs_agent_deploys_every_package_kind_of_the_quickstart() {
         "{metrics}"
     );
 
-    // A third contact: nothing is offered again; then the same package through a second
-    // activation, which the agent reports as already installed.
+    // A third contact: nothing is offered again, and the agent is asked for an inventory,
+    // which lists what it installed.
     let third = run(&agent).await;
     assert!(
         !third.stderr.contains("TYPE=\"PACK\""),
         "settled packages are not offered again:\n{}",
         third.stderr
     );
+    let found = get_json(
+        running.admin_address,
+        &format!("/api/v1/computers/{device}"),
+    )
+    .await;
+    let listed = found[0]["computer"]["history"].as_array().unwrap().len();
+    assert_eq!(listed, 4, "{found}");
+    // The same package through a second activation: the agent's report says it is
+    // installed already, so it is settled without being offered.
     std::fs::write(dir.path().join("hello-again.yaml"), HELLO_AGAIN).unwrap();
-    eventually("hello-again armed", || async {
+    eventually("hello-again settled from the agent's report", || async {
         let states = deployments(&running, &device).await;
         states
-            .iter()
-            .any(|(a, s, _)| a == "default/hello-again" && s == "waiting")
+            .contains(&(
+                "default/hello-again".into(),
+                "success".into(),
+                "SUCCESS_ALREADY_IN_HISTORY".into(),
+            ))
             .then_some(())
     })
     .await;
-    run(&agent).await;
-    let states = deployments(&running, &device).await;
+    let fourth = run(&agent).await;
     assert!(
-        states.contains(&(
-            "default/hello-again".into(),
-            "success".into(),
-            "SUCCESS_ALREADY_SETUP".into()
-        )),
-        "{states:?}"
+        !fourth.stderr.contains("TYPE=\"PACK\""),
+        "{}",
+        fourth.stderr
     );
     running.stop().await.unwrap();
 }
