@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so the crate links once.
 
 mod certificates;
+mod crash;
 mod crds;
 mod doctor;
 mod examples;

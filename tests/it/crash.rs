@@ -1,0 +1,218 @@
+//! `kill -9` of `tessera serve` in the middle of a package build, after a real agent's
+//! deployment: on restart nothing recorded is lost and no half-built package is served.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::ocs_agent::{self, OcsAgent};
+use crate::support::{PATIENCE, quickstart_copy};
+
+const BIG: &str = "apiVersion: tessera.dev/v1alpha1
+kind: Package
+metadata:
+  name: big
+spec:
+  os: linux
+  content:
+    directory: big
+  action:
+    store:
+      path: INSTALL_PATH/big
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Activation
+metadata:
+  name: big
+spec:
+  packageRef:
+    name: big
+";
+
+fn serve(config: &Path, admin: u16) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tessera serve starts")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET on the admin API with curl (the server runs as another process).
+fn admin(port: u16, path: &str) -> Option<Value> {
+    let output = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}{path}")])
+        .output()
+        .expect("curl is installed by scripts/setup.sh");
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).ok())
+        .flatten()
+}
+
+fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            start.elapsed() < PATIENCE * 3,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn https_address(port: u16) -> String {
+    until("the Server serving", || {
+        let server = admin(port, "/api/v1/objects/Server/tessera")?;
+        let list = server["details"]["addresses"].as_array()?.clone();
+        (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
+    })
+}
+
+/// (activation, state, code) of every deployment of `device`.
+fn states(port: u16, device: &str) -> Vec<(String, String, String)> {
+    let found = admin(port, &format!("/api/v1/computers/{device}")).unwrap_or_default();
+    found[0]["deployments"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|d| {
+                    (
+                        d["activation"].as_str().unwrap_or_default().to_owned(),
+                        d["state"].as_str().unwrap_or_default().to_owned(),
+                        d["code"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every package directory of the store is complete: its fragments add up to the digest
+/// of its `info` file.
+fn assert_store_complete(download: &Path) {
+    for entry in std::fs::read_dir(download).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue; // temporary names are never served (ids are all digits)
+        }
+        let info = std::fs::read_to_string(entry.path().join("info")).unwrap();
+        let attribute = |key: &str| {
+            let start = info.find(&format!(" {key}=\"")).unwrap() + key.len() + 3;
+            info[start..start + info[start..].find('"').unwrap()].to_owned()
+        };
+        let fragments: usize = attribute("FRAGS").parse().unwrap();
+        let mut digest = <md5::Md5 as md5::Digest>::new();
+        for n in 1..=fragments {
+            let mut bytes = Vec::new();
+            std::fs::File::open(entry.path().join(format!("{name}-{n}")))
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            md5::Digest::update(&mut digest, &bytes);
+        }
+        if fragments > 0 {
+            assert_eq!(
+                hex::encode(md5::Digest::finalize(digest)),
+                attribute("DIGEST"),
+                "package {name} is complete"
+            );
+        }
+    }
+}
+
+#[test]
+fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
+    let dir = quickstart_copy();
+    let port = free_port();
+    let mut server = serve(dir.path(), port);
+    let https = https_address(port);
+
+    // A real deployment first: its results must survive the crash.
+    let ca = dir
+        .path()
+        .join(".tessera/certificates/default/tessera-server/ca.crt");
+    let agent = OcsAgent::new(
+        &format!("https://{https}/ocsinventory"),
+        &ca,
+        &ocs_agent::device_id(2).unwrap(),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        assert!(agent.run().unwrap().completed());
+    }
+    let device = agent.device_id().to_owned();
+    let before = states(port, &device);
+    assert_eq!(before.len(), 4, "{before:?}");
+    assert!(before.iter().all(|(_, s, _)| s == "success"), "{before:?}");
+
+    // A large package: killed while it is being built.
+    let content = dir.path().join("big");
+    std::fs::create_dir_all(&content).unwrap();
+    let mut noise = vec![0u8; 48 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
+    std::fs::write(content.join("data.bin"), &noise).unwrap();
+    std::fs::write(dir.path().join("big.yaml"), BIG).unwrap();
+    let state = dir.path().join(".tessera");
+    until("the build to start", || {
+        let in_build = std::fs::read_dir(state.join("build"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false);
+        let in_store = std::fs::read_dir(state.join("download"))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                !e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            });
+        (in_build || in_store).then_some(())
+    });
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    assert_store_complete(&state.join("download"));
+
+    // Restart: the recorded results are all there, and the big package is built whole.
+    let mut server = serve(dir.path(), port);
+    https_address(port);
+    assert_eq!(states(port, &device), before);
+    let id = until("the big package rebuilt", || {
+        let package = admin(port, "/api/v1/objects/Package/big")?;
+        package["details"]["packageId"].as_str().map(str::to_owned)
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(state.join("download"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary directories removed: {leftovers:?}"
+    );
+    assert_store_complete(&state.join("download"));
+    assert!(state.join("download").join(&id).join("info").is_file());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
