@@ -38,8 +38,9 @@ use crate::store::db::Database;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// And this long to send a request's headers (a slowloris defence).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Open connections finish their request within this on shutdown.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections finish their request within this on shutdown (less than the grace
+/// period `tessera serve` gives its tasks).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Files up to this size are read whole and sent in one piece; larger ones are streamed.
 const WHOLE_FILE: u64 = 8 << 20;
 /// Read size when streaming a large file.
@@ -273,8 +274,12 @@ async fn accept_tls(
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let handshake = tokio::select! {
+                () = shutdown.cancelled() => return,
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+            };
             let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
                         metrics.handshake_failed(false);

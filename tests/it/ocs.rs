@@ -298,3 +298,66 @@ async fn the_real_ocs_agent_deploys_every_package_kind_of_the_quickstart() {
     );
     running.stop().await.unwrap();
 }
+
+/// The serial of the certificate `address` presents, as `openssl s_client` sees it.
+fn served_serial(address: &str) -> String {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {address} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .expect("openssl is installed by scripts/setup.sh");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_holds_up_no_one_and_a_renewed_certificate_is_served_without_restart() {
+    let dir = quickstart_copy();
+    let running = start(dir.path()).await;
+    let (https, _) = addresses(&running).await;
+    let ca = dir
+        .path()
+        .join(".tessera/certificates/default/tessera-server/ca.crt");
+    let package = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+    let id = package["details"]["packageId"].as_str().unwrap().to_owned();
+
+    // Connections that never start their handshake.
+    let silent: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&https).unwrap())
+        .collect();
+    let curl = |path: &str| {
+        std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://{https}{path}"))
+            .output()
+            .expect("curl is installed by scripts/setup.sh")
+    };
+    let info = curl(&format!("/download/{id}/info"));
+    assert!(info.status.success(), "{info:?}");
+    assert!(String::from_utf8_lossy(&info.stdout).contains(&format!("ID=\"{id}\"")));
+
+    let before = tokio::task::block_in_place(|| served_serial(&https));
+    assert!(before.starts_with("serial="), "{before}");
+    // A changed Certificate is re-issued; the listener serves it from the next handshake.
+    let pki = dir.path().join("pki.yaml");
+    let text = std::fs::read_to_string(&pki).unwrap().replace(
+        "    - tessera.local\n",
+        "    - tessera.local\n    - deploy.tessera.local\n",
+    );
+    std::fs::write(&pki, text).unwrap();
+    eventually("the renewed certificate served", || async {
+        let now = tokio::task::block_in_place(|| served_serial(&https));
+        (now.starts_with("serial=") && now != before).then_some(())
+    })
+    .await;
+    let info = curl(&format!("/download/{id}/info"));
+    assert!(
+        info.status.success(),
+        "the new certificate is trusted: {info:?}"
+    );
+    // Shutting down does not wait for them.
+    running.stop().await.unwrap();
+    drop(silent);
+}
