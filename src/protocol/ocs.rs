@@ -302,6 +302,22 @@ pub struct DownloadConf {
     pub execution_timeout: u64,
 }
 
+impl Default for DownloadConf {
+    /// The OCS console's defaults: on, 10 s after each fragment, 60 s after each cycle,
+    /// 1 s after each period of 10 cycles, 30 days, 120 minutes.
+    fn default() -> Self {
+        Self {
+            on: true,
+            frag_latency: 10,
+            cycle_latency: 60,
+            period_latency: 1,
+            period_length: 10,
+            timeout: 30,
+            execution_timeout: 120,
+        }
+    }
+}
+
 /// A package offered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pack {
@@ -574,15 +590,7 @@ mod tests {
         let reply = PrologReply {
             send_inventory: false,
             prolog_freq: 12,
-            download: DownloadConf {
-                on: true,
-                frag_latency: 10,
-                cycle_latency: 60,
-                period_latency: 1,
-                period_length: 10,
-                timeout: 30,
-                execution_timeout: 120,
-            },
+            download: DownloadConf::default(),
             packs: vec![Pack {
                 id: "1736849000".into(),
                 info_loc: "ocs.example.lan:8443/download".into(),

@@ -122,6 +122,20 @@ pub struct Outcome {
     pub wake: Option<jiff::Timestamp>,
 }
 
+impl Outcome {
+    /// An object that is not ready, for `reason`, with nothing else to tell.
+    pub fn not_ready(reason: &'static str, message: String) -> Self {
+        Self {
+            ready: false,
+            reason,
+            message,
+            details: Map::new(),
+            issuing: None,
+            wake: None,
+        }
+    }
+}
+
 /// Reads a named value of the process environment (keystore passwords from `passwordEnv`).
 /// Handed in by `cli`, the only place that reads the environment; tests pass their own.
 #[derive(Clone)]
@@ -1303,14 +1317,7 @@ fn signed(duration: std::time::Duration) -> jiff::SignedDuration {
 }
 
 fn not_ready(reason: &'static str, message: String) -> Outcome {
-    Outcome {
-        ready: false,
-        reason,
-        message,
-        details: Map::new(),
-        issuing: None,
-        wake: None,
-    }
+    Outcome::not_ready(reason, message)
 }
 
 fn certificate_details(facts: &facts::CertFacts, revision: i64) -> Map<String, Value> {

@@ -520,23 +520,9 @@ fn client_auth(mode: ClientAuthMode) -> ClientAuth {
 }
 
 fn waiting(message: String) -> Outcome {
-    Outcome {
-        ready: false,
-        reason: "Pending",
-        message,
-        details: Map::new(),
-        issuing: None,
-        wake: None,
-    }
+    Outcome::not_ready("Pending", message)
 }
 
 fn failed(reason: &'static str, message: String) -> Outcome {
-    Outcome {
-        ready: false,
-        reason,
-        message,
-        details: Map::new(),
-        issuing: None,
-        wake: None,
-    }
+    Outcome::not_ready(reason, message)
 }

@@ -424,44 +424,37 @@ impl Database {
                     package,
                     package_id,
                     token,
-                } => {
-                    upsert(
-                        &tx,
-                        device_id,
-                        activation,
-                        package,
-                        package_id,
-                        token,
-                        State::Waiting,
-                        None,
-                        now,
-                    )?;
-                    (activation, package_id.clone(), State::Waiting, None)
                 }
-                Change::ArmSettled {
+                | Change::ArmSettled {
                     activation,
                     package,
                     package_id,
                     token,
-                    code,
+                    ..
                 } => {
-                    upsert(
-                        &tx,
+                    let (state, code) = match change {
+                        Change::ArmSettled { code, .. } => (State::Success, Some(code.as_str())),
+                        _ => (State::Waiting, None),
+                    };
+                    tx.prepare_cached(
+                        "INSERT INTO deployments (device_id, activation, package, package_id, token,
+                             state, code, changed_at, notified_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
+                         ON CONFLICT (device_id, activation) DO UPDATE SET package = $3,
+                             package_id = $4, token = $5, state = $6, code = $7, changed_at = $8,
+                             notified_at = NULL",
+                    )?
+                    .execute(params![
                         device_id,
                         activation,
                         package,
                         package_id,
                         token,
-                        State::Success,
-                        Some(code.as_str()),
-                        now,
-                    )?;
-                    (
-                        activation,
-                        package_id.clone(),
-                        State::Success,
-                        Some(code.as_str()),
-                    )
+                        state.as_str(),
+                        code,
+                        now
+                    ])?;
+                    (activation, package_id.clone(), state, code)
                 }
                 Change::Notify { activation } => {
                     let package_id: Option<String> = tx
@@ -642,39 +635,6 @@ fn deployments_of(connection: &Connection, device_id: &str) -> Result<Vec<Deploy
         .query_map(params![device_id], deployment_row)?
         .collect::<Result<_, _>>()?;
     Ok(found)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn upsert(
-    connection: &Connection,
-    device_id: &str,
-    activation: &str,
-    package: &str,
-    package_id: &str,
-    token: &str,
-    state: State,
-    code: Option<&str>,
-    now: i64,
-) -> Result<(), DbError> {
-    connection
-        .prepare_cached(
-            "INSERT INTO deployments (device_id, activation, package, package_id, token, state,
-                 code, changed_at, notified_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
-             ON CONFLICT (device_id, activation) DO UPDATE SET package = $3, package_id = $4,
-                 token = $5, state = $6, code = $7, changed_at = $8, notified_at = NULL",
-        )?
-        .execute(params![
-            device_id,
-            activation,
-            package,
-            package_id,
-            token,
-            state.as_str(),
-            code,
-            now
-        ])?;
-    Ok(())
 }
 
 fn event(

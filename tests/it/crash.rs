@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::ocs_agent::{self, OcsAgent};
-use crate::support::{PATIENCE, quickstart_copy};
+use crate::support::{PATIENCE, free_port, quickstart_copy};
 
 const BIG: &str = "apiVersion: tessera.dev/v1alpha1
 kind: Package
@@ -41,14 +41,6 @@ fn serve(config: &Path, admin: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("tessera serve starts")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// GET on the admin API with curl (the server runs as another process).

@@ -1,7 +1,7 @@
 //! `tessera export`: the download tree, served by a plain static web server, is what agents
 //! need; packages no longer activated are pruned; a broken configuration exports nothing.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use assert_cmd::cargo::cargo_bin;
 
@@ -38,26 +38,8 @@ fn an_exported_tree_served_by_a_static_server_gives_agents_what_the_info_file_pr
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("4 packages"), "{out}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(mirror.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    crate::support::wait_for_port(port, "static server");
+    let server = crate::support::StaticServer::start(mirror.path());
+    let port = server.port;
 
     let mut checked = 0;
     for entry in std::fs::read_dir(mirror.path()).unwrap().flatten() {
@@ -86,8 +68,7 @@ fn an_exported_tree_served_by_a_static_server_gives_agents_what_the_info_file_pr
         );
         checked += 1;
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(checked, 4);
 
     // Without its Activation a package is no longer published: the next export prunes it.

@@ -377,26 +377,8 @@ fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
     std::fs::write(site.path().join("app.tar.gz"), &archive).unwrap();
     use sha2::Digest;
     let sha = hex::encode(sha2::Sha256::digest(&archive));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--directory")
-        .arg(site.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3");
-    crate::support::wait_for_port(port, "static server");
+    let server = crate::support::StaticServer::start(site.path());
+    let port = server.port;
 
     let config = tempfile::tempdir().unwrap();
     let write = |sha: &str| {
@@ -425,8 +407,7 @@ fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
     assert_eq!(built["sha256"], sha.as_str());
     assert_eq!(built["size"], archive.len());
     // Cached under its digest: the site going away changes nothing.
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(state.path().join("cache/urls").join(&sha).is_file());
     std::fs::remove_dir_all(state.path().join("packages")).unwrap();
     let again = pass(config.path(), state.path());

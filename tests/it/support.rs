@@ -123,3 +123,50 @@ pub fn wait_for_port(port: u16, what: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A port of 127.0.0.1 that was free a moment ago (for servers started as processes, which
+/// must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A static web server (`python3 -m http.server`) on loopback serving `dir`, killed when
+/// dropped.
+pub struct StaticServer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl StaticServer {
+    /// Starts it and waits until it accepts connections.
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 is installed by scripts/setup.sh");
+        wait_for_port(port, "static server");
+        Self { port, child }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
