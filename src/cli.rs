@@ -53,17 +53,78 @@ enum Command {
     Export(ExportArgs),
     /// Deployment states: packages × states, or one computer's deployments and history.
     Status(StatusArgs),
+    /// Enrollment tokens for Tessera's own agents: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
-/// `tessera status`.
-#[derive(Debug, Args)]
-struct StatusArgs {
+/// Where the state database is: `--state`, or `<config>/.tessera`.
+#[derive(Debug, Clone, Args)]
+struct StateArgs {
     /// The state directory of a `tessera serve` (default `<config>/.tessera`).
     #[arg(long, env = "TESSERA_STATE")]
     state: Option<PathBuf>,
     /// The configuration directory, to find the default state directory.
     #[arg(long, env = "TESSERA_CONFIG", default_value = ".")]
     config: PathBuf,
+}
+
+impl StateArgs {
+    /// Opens the state database, which `tessera serve` creates.
+    fn open(&self) -> Result<Database> {
+        let state = self
+            .state
+            .clone()
+            .unwrap_or_else(|| self.config.join(".tessera"));
+        let path = state.join("state.db");
+        if !path.is_file() {
+            bail!(
+                "no state database at {}: has `tessera serve` run with this state directory?",
+                path.display()
+            );
+        }
+        Database::open(&path).with_context(|| format!("failed to open {}", path.display()))
+    }
+}
+
+/// `tessera token`.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; it is printed once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        state: StateArgs,
+        /// How long it can be used.
+        #[arg(long, default_value = "1h")]
+        ttl: crate::resources::quantity::Duration,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        /// What it is for (shown in `tessera token list`).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List tokens with their uses, last use, expiry and revocation (never the secrets).
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+        output: OutputFormat,
+    },
+    /// Revoke a token by its id: agents can no longer enroll with it.
+    Revoke {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The token's id (the 12 hex digits after `tsr_`).
+        id: String,
+    },
+}
+
+/// `tessera status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    state: StateArgs,
     /// Show one computer (device id or name): its facts, deployments and history.
     #[arg(long)]
     computer: Option<String>,
@@ -170,6 +231,7 @@ pub fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export(&args),
         Command::Status(args) => status(&args),
+        Command::Token(command) => token(command),
         Command::Doctor(args) => doctor_options(&args)
             .and_then(|options| runtime().and_then(|rt| rt.block_on(crate::doctor::run(options)))),
     };
@@ -375,19 +437,99 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-fn status(args: &StatusArgs) -> Result<ExitCode> {
-    let state = args
-        .state
-        .clone()
-        .unwrap_or_else(|| args.config.join(".tessera"));
-    let path = state.join("state.db");
-    if !path.is_file() {
-        bail!(
-            "no state database at {}: has `tessera serve` run with this state directory?",
-            path.display()
-        );
+fn token(command: TokenCommand) -> Result<ExitCode> {
+    let now = jiff::Timestamp::now().as_second();
+    let mut out = std::io::stdout().lock();
+    match command {
+        TokenCommand::Create {
+            state,
+            ttl,
+            uses,
+            note,
+        } => {
+            if uses < 1 {
+                bail!("--uses must be at least 1");
+            }
+            let db = state.open()?;
+            let token = crate::pki::token::Token::generate();
+            let ttl = i64::try_from(ttl.as_std().as_secs()).unwrap_or(i64::MAX);
+            db.create_token(&crate::store::db::TokenRecord {
+                id: token.id.clone(),
+                secret_sha256: token.secret_sha256(),
+                note,
+                created_at: now,
+                expires_at: now.saturating_add(ttl),
+                max_uses: uses,
+                uses: 0,
+                last_used_at: None,
+                revoked_at: None,
+            })?;
+            writeln!(out, "{}", token.reveal())?;
+            eprintln!(
+                "token {} allows {uses} enrollment{} until {}; it is shown only now",
+                token.id,
+                plural(usize::try_from(uses).unwrap_or(2)),
+                jiff::Timestamp::from_second(now.saturating_add(ttl))
+                    .map_or_else(|_| "forever".to_owned(), |t| t.to_string())
+            );
+        }
+        TokenCommand::List { state, output } => {
+            let tokens = state.open()?.tokens()?;
+            match output {
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&tokens)?)?,
+                OutputFormat::Human => {
+                    let when = |t: Option<i64>| {
+                        t.and_then(|t| jiff::Timestamp::from_second(t).ok())
+                            .map_or_else(|| "-".to_owned(), |t| t.to_string())
+                    };
+                    writeln!(
+                        out,
+                        "{:12}  {:7}  {:20}  {:20}  {:9}  NOTE",
+                        "ID", "USES", "EXPIRES", "LAST USED", "STATE"
+                    )?;
+                    for t in &tokens {
+                        let state = if t.revoked_at.is_some() {
+                            "revoked"
+                        } else if now >= t.expires_at {
+                            "expired"
+                        } else if t.uses >= t.max_uses {
+                            "used up"
+                        } else {
+                            "usable"
+                        };
+                        writeln!(
+                            out,
+                            "{:12}  {:7}  {:20}  {:20}  {:9}  {}",
+                            t.id,
+                            format!("{}/{}", t.uses, t.max_uses),
+                            when(Some(t.expires_at)),
+                            when(t.last_used_at),
+                            state,
+                            t.note
+                        )?;
+                    }
+                }
+            }
+        }
+        TokenCommand::Revoke { state, id } => {
+            // The id, also when given the whole token.
+            let id = id
+                .trim_start_matches("tsr_")
+                .split('_')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !state.open()?.revoke_token(&id, now)? {
+                bail!("no enrollment token {id}");
+            }
+            writeln!(out, "token {id} revoked")?;
+        }
     }
-    let db = Database::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: &StatusArgs) -> Result<ExitCode> {
+    let db = args.state.open()?;
     let now = jiff::Timestamp::now().as_second();
     let mut out = std::io::stdout().lock();
     let Some(wanted) = &args.computer else {

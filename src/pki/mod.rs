@@ -8,6 +8,7 @@ pub mod facts;
 pub mod keystore;
 pub mod renewal;
 pub mod tls;
+pub mod token;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -37,9 +37,10 @@ pub enum DbError {
 }
 
 /// The schema, one step per version. Never edit a step that has shipped: add one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE computers (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE computers (
         device_id TEXT PRIMARY KEY,
         name TEXT NOT NULL DEFAULT '',
         os_name TEXT NOT NULL DEFAULT '',
@@ -78,7 +79,22 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE enrollment_tokens (
+        id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        max_uses BIGINT NOT NULL,
+        uses BIGINT NOT NULL DEFAULT 0,
+        last_used_at BIGINT,
+        revoked_at BIGINT
+    );",
+    ),
+];
 
 /// Where a computer stands with one activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -224,6 +240,36 @@ pub enum Change {
     },
     /// The package was offered in a PROLOG reply.
     Notify { activation: String },
+}
+
+/// An enrollment token as stored (its secret only as a hash).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    #[serde(skip)]
+    pub secret_sha256: String,
+    pub note: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: i64,
+    pub uses: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Why a token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No such token, or the secret does not match (the two are not told apart).
+    #[error("unknown enrollment token")]
+    Unknown,
+    #[error("the enrollment token has expired")]
+    Expired,
+    #[error("the enrollment token has been used as many times as it allows")]
+    UsedUp,
+    #[error("the enrollment token has been revoked")]
+    Revoked,
 }
 
 /// The state database. One connection: SQLite has one writer at a time anyway, and every
@@ -521,6 +567,90 @@ impl Database {
         Ok(activations)
     }
 
+    /// Stores a new enrollment token.
+    pub fn create_token(&self, token: &TokenRecord) -> Result<(), DbError> {
+        let connection = self.lock();
+        connection
+            .prepare_cached(
+                "INSERT INTO enrollment_tokens (id, secret_sha256, note, created_at, expires_at,
+                     max_uses, uses) VALUES ($1, $2, $3, $4, $5, $6, 0)",
+            )?
+            .execute(params![
+                token.id,
+                token.secret_sha256,
+                token.note,
+                token.created_at,
+                token.expires_at,
+                token.max_uses
+            ])?;
+        Ok(())
+    }
+
+    /// Every enrollment token, newest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"
+        ))?;
+        let found = statement
+            .query_map([], token_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(found)
+    }
+
+    /// Revokes token `id`; false when there is no such token.
+    pub fn revoke_token(&self, id: &str, now: i64) -> Result<bool, DbError> {
+        let connection = self.lock();
+        let changed = connection
+            .prepare_cached(
+                "UPDATE enrollment_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+            )?
+            .execute(params![now, id])?;
+        Ok(changed > 0)
+    }
+
+    /// Uses token `id` once, if `proves` accepts its stored secret hash and it is neither
+    /// expired, used up nor revoked. Checking and counting happen in one transaction, so
+    /// a token allowed N uses is never used N+1 times.
+    pub fn use_token(
+        &self,
+        id: &str,
+        proves: impl FnOnce(&str) -> bool,
+        now: i64,
+    ) -> Result<Result<TokenRecord, TokenRefusal>, DbError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let found = tx
+            .prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1"
+            ))?
+            .query_row(params![id], token_row)
+            .optional()?;
+        let Some(mut token) = found.filter(|t| proves(&t.secret_sha256)) else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        let refusal = if token.revoked_at.is_some() {
+            Some(TokenRefusal::Revoked)
+        } else if now >= token.expires_at {
+            Some(TokenRefusal::Expired)
+        } else if token.uses >= token.max_uses {
+            Some(TokenRefusal::UsedUp)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Err(refusal));
+        }
+        tx.prepare_cached(
+            "UPDATE enrollment_tokens SET uses = uses + 1, last_used_at = $1 WHERE id = $2",
+        )?
+        .execute(params![now, id])?;
+        tx.commit()?;
+        token.uses += 1;
+        token.last_used_at = Some(now);
+        Ok(Ok(token))
+    }
+
     /// A named setting shared with other readers of the database (`tessera status`).
     pub fn setting(&self, name: &str) -> Result<Option<String>, DbError> {
         let connection = self.lock();
@@ -548,6 +678,23 @@ const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_a
 
 const DEPLOYMENT_COLUMNS: &str =
     "device_id, activation, package, package_id, token, state, code, changed_at, notified_at";
+
+const TOKEN_COLUMNS: &str = "id, secret_sha256, note, created_at, expires_at, max_uses, uses, \
+     last_used_at, revoked_at";
+
+fn token_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: row.get(0)?,
+        secret_sha256: row.get(1)?,
+        note: row.get(2)?,
+        created_at: row.get(3)?,
+        expires_at: row.get(4)?,
+        max_uses: row.get(5)?,
+        uses: row.get(6)?,
+        last_used_at: row.get(7)?,
+        revoked_at: row.get(8)?,
+    })
+}
 
 fn migrate(connection: &mut Connection) -> Result<(), DbError> {
     connection.execute_batch(
@@ -783,6 +930,54 @@ mod tests {
             Database::open(&path),
             Err(DbError::TooNew { found: 999, .. })
         ));
+    }
+
+    #[test]
+    fn a_token_is_refused_once_used_up_expired_or_revoked_and_a_wrong_secret_is_unknown() {
+        let db = Database::in_memory().unwrap();
+        let token = |id: &str, expires_at, max_uses| TokenRecord {
+            id: id.into(),
+            secret_sha256: "right".into(),
+            note: String::new(),
+            created_at: 0,
+            expires_at,
+            max_uses,
+            uses: 0,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        db.create_token(&token("twice", 100, 2)).unwrap();
+        db.create_token(&token("old", 10, 5)).unwrap();
+        let right = |hash: &str| hash == "right";
+        assert!(db.use_token("twice", right, 1).unwrap().is_ok());
+        assert_eq!(
+            db.use_token("twice", |h| h == "wrong", 2).unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        assert_eq!(db.use_token("twice", right, 3).unwrap().unwrap().uses, 2);
+        assert_eq!(
+            db.use_token("twice", right, 4).unwrap(),
+            Err(TokenRefusal::UsedUp)
+        );
+        assert_eq!(
+            db.use_token("old", right, 10).unwrap(),
+            Err(TokenRefusal::Expired)
+        );
+        assert_eq!(
+            db.use_token("nope", right, 1).unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        db.create_token(&token("third", 100, 5)).unwrap();
+        assert!(db.revoke_token("third", 5).unwrap());
+        assert!(!db.revoke_token("nope", 5).unwrap());
+        assert_eq!(
+            db.use_token("third", right, 6).unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+        let listed = db.tokens().unwrap();
+        assert_eq!(listed.len(), 3);
+        let twice = listed.iter().find(|t| t.id == "twice").unwrap();
+        assert_eq!((twice.uses, twice.last_used_at), (2, Some(3)));
     }
 
     /// PostgreSQL binds `$n` by number, SQLite by order of first use: both agree only when

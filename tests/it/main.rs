@@ -12,4 +12,5 @@ mod packages;
 mod serve;
 mod support;
 mod tls;
+mod tokens;
 mod validate;
