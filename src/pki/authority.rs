@@ -180,11 +180,25 @@ impl Authority {
         &self.facts
     }
 
+    /// Signs a certificate for the public key of a certificate signing request (PEM), whose
+    /// signature proves possession of the private key. Only the key is taken from it: the
+    /// names and usages come from `request`, so a requester cannot choose its identity.
+    pub fn issue_for_csr(
+        &self,
+        request: &LeafRequest,
+        csr_pem: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Issued, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Certificate(format!("unusable certificate request: {e}")))?;
+        self.issue(request, &csr.public_key, now)
+    }
+
     /// Signs a certificate for `key` at time `now`. Its validity never outlasts the CA's.
     pub fn issue(
         &self,
         request: &LeafRequest,
-        key: &KeyPair,
+        key: &impl rcgen::PublicKeyData,
         now: jiff::Timestamp,
     ) -> Result<Issued, PkiError> {
         if self.facts.not_after <= now {

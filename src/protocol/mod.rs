@@ -1,3 +1,4 @@
 //! Wire types of the agent-facing protocols. Imports nothing of the crate.
 
 pub mod ocs;
+pub mod v1;

@@ -902,6 +902,11 @@ impl Certificates {
         }
     }
 
+    /// The CA of Issuer `key`, once it is in use.
+    pub(crate) fn authority(&self, key: &ObjectKey) -> Option<Arc<Authority>> {
+        self.authorities.get(key).cloned()
+    }
+
     /// Where an issuer's CA files, revocations and CRL live.
     pub(crate) fn issuer_dir(&self, issuer: &ObjectKey) -> PathBuf {
         self.state_dir

@@ -20,7 +20,7 @@ use crate::reconcile::certificates::{Certificates, Outcome};
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 use crate::resources::{Kind, ObjectKey, Resource};
-use crate::server::agent::{Listen, PackageRoute, Routes};
+use crate::server::agent::{EnrollmentRoute, Listen, PackageRoute, Routes};
 use crate::server::deployments::{self, Assignment, OsFamily, Selector};
 use crate::store::db::Database;
 
@@ -83,6 +83,26 @@ impl Publisher {
         if let Some((key, spec)) = &server {
             routes = base_routes(spec);
             let (outcome, wanted) = self.server(runtime, desired, key, spec, certificates);
+            routes.enrollment = spec.enrollment.as_ref().and_then(|enrollment| {
+                let issuer =
+                    ObjectKey::referenced(Kind::Issuer, &key.namespace, &enrollment.issuer_ref);
+                let server_certificate =
+                    ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
+                let server_ca = std::fs::read_to_string(
+                    certificates
+                        .output_dir(&server_certificate, desired)
+                        .join("ca.crt"),
+                )
+                .ok()?;
+                Some(EnrollmentRoute {
+                    server_ca,
+                    authority: certificates.authority(&issuer)?,
+                    lifetime: jiff::SignedDuration::try_from(
+                        enrollment.certificate_duration.as_std(),
+                    )
+                    .unwrap_or(jiff::SignedDuration::from_hours(720)),
+                })
+            });
             listen = wanted;
             outcomes.insert(key.clone(), outcome);
         }
@@ -366,10 +386,21 @@ impl Publisher {
 
         // Client certificates: trusted issuers' CA certificates (both during a rollover)
         // and their revocation lists.
-        let mode = spec.client_auth.mode;
+        // Enrolled agents' certificates are always checked when presented: the native API
+        // needs them even where OCS agents present none.
+        let mut mode = spec.client_auth.mode;
+        let mut issuers = spec.client_auth.trusted_issuers.clone();
+        if let Some(enrollment) = &spec.enrollment {
+            if mode == ClientAuthMode::None {
+                mode = ClientAuthMode::Optional;
+            }
+            if !issuers.contains(&enrollment.issuer_ref) {
+                issuers.push(enrollment.issuer_ref.clone());
+            }
+        }
         let mut trusted = Vec::new();
         let mut crls = Vec::new();
-        for issuer in &spec.client_auth.trusted_issuers {
+        for issuer in &issuers {
             let issuer_key = ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer);
             let dir = certificates.issuer_dir(&issuer_key);
             for file in ["ca.crt", "next/ca.crt"] {
@@ -468,6 +499,7 @@ fn base_routes(spec: &ServerSpec) -> Routes {
         stale_after: i64::try_from(seconds(spec.stale_after)).unwrap_or(i64::MAX),
         assignments: Vec::new(),
         packages: HashMap::new(),
+        enrollment: None,
     }
 }
 

@@ -160,6 +160,12 @@ impl Resource {
                         to(Kind::Issuer, issuer),
                     ));
                 }
+                if let Some(enrollment) = &server.spec.enrollment {
+                    found.push((
+                        "spec.enrollment.issuerRef".into(),
+                        to(Kind::Issuer, &enrollment.issuer_ref),
+                    ));
+                }
             }
             Resource::Gateway(gateway) => {
                 if let Some(certificate) = &gateway.spec.certificate_ref {

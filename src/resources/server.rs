@@ -61,6 +61,22 @@ pub struct ServerSpec {
     /// The OCS Inventory NG compatible endpoint for unmodified OCS agents.
     #[serde(default)]
     pub ocs: OcsCompatibility,
+    /// Enrollment of Tessera's own agents (`POST /v1/enroll` with a token from
+    /// `tessera token create`). Default: no enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<Enrollment>,
+}
+
+/// How agents get their client certificates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Enrollment {
+    /// The Issuer, in the same namespace, whose CA signs agents' client certificates
+    /// (usage `client auth`, the agent id in a URI SAN `urn:tessera:agent:<id>`).
+    pub issuer_ref: LocalRef,
+    /// Lifetime of an agent's certificate (default `720h`); agents renew it at 2/3.
+    #[serde(default = "default_agent_certificate_duration")]
+    pub certificate_duration: Duration,
 }
 
 /// Listening addresses.
@@ -226,6 +242,10 @@ fn default_timeout() -> Duration {
 
 fn default_execution_timeout() -> Duration {
     Duration::from_secs(120 * 60)
+}
+
+fn default_agent_certificate_duration() -> Duration {
+    Duration::from_hours(720)
 }
 
 fn default_ocs_path() -> String {

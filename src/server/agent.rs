@@ -63,6 +63,27 @@ pub struct Routes {
     pub assignments: Vec<Assignment>,
     /// Activated packages by id: only these are downloadable.
     pub packages: HashMap<String, PackageRoute>,
+    /// How agents enroll, when the Server allows it.
+    pub enrollment: Option<EnrollmentRoute>,
+}
+
+/// What signs agents' client certificates.
+#[derive(Clone)]
+pub struct EnrollmentRoute {
+    pub authority: Arc<crate::pki::authority::Authority>,
+    /// The CA certificates agents trust for this server (its certificate's `ca.crt`).
+    pub server_ca: String,
+    /// Lifetime of an agent's certificate.
+    pub lifetime: jiff::SignedDuration,
+}
+
+impl std::fmt::Debug for EnrollmentRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollmentRoute")
+            .field("authority", &self.authority.facts().subject)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
 }
 
 impl Default for Routes {
@@ -75,6 +96,7 @@ impl Default for Routes {
             stale_after: 7 * 24 * 3600,
             assignments: Vec::new(),
             packages: HashMap::new(),
+            enrollment: None,
         }
     }
 }
@@ -148,6 +170,7 @@ pub enum ServeError {
 pub fn app(shared: Shared) -> Router {
     Router::new()
         .route("/download/{id}/{file}", get(download_https))
+        .route("/v1/enroll", axum::routing::post(super::v1::enroll))
         .fallback(super::ocs::endpoint)
         .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
         .with_state(shared)

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod deployments;
 pub mod metrics;
 pub mod ocs;
+pub mod v1;
 
 /// `error` and its causes on one line, `outer: inner: innermost`.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {

@@ -4,6 +4,7 @@ mod certificates;
 mod crash;
 mod crds;
 mod doctor;
+mod enroll;
 mod examples;
 mod export;
 mod ocs;
