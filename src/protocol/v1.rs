@@ -44,6 +44,129 @@ pub struct Problem {
     pub message: String,
 }
 
+/// `POST /v1/checkin`: the computer's facts and what it has installed. The agent is
+/// known by its certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckIn {
+    pub hostname: String,
+    pub os_name: String,
+    #[serde(default)]
+    pub os_version: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
+    /// Package ids installed by this agent.
+    #[serde(default)]
+    pub installed: Vec<String>,
+}
+
+/// The answer to a check-in: what to install, and how fast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckInResponse {
+    pub assignments: Vec<Assignment>,
+    pub pacing: Pacing,
+    /// Seconds until the next check-in.
+    pub check_in_seconds: u64,
+}
+
+/// A package to install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub package_id: String,
+    pub priority: u8,
+    /// Install even if listed as installed (a redeploy).
+    pub force: bool,
+}
+
+/// The OCS download schedule's parameters, in seconds and counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pacing {
+    pub enabled: bool,
+    pub frag_latency: u64,
+    pub cycle_latency: u64,
+    pub period_latency: u64,
+    pub period_length: u64,
+    /// Days a package may take before the agent gives up.
+    pub timeout_days: u64,
+    pub execution_timeout_seconds: u64,
+}
+
+/// `GET /v1/packages/{id}/manifest`: everything to fetch, verify and run a package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub package_id: String,
+    pub priority: u8,
+    pub action: Action,
+    /// `tar.gz` or `zip`; absent for a command-only package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Size of the archive in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole archive, hex.
+    pub sha256: String,
+    /// Fragments in order, each with its size and SHA-256, fetched from
+    /// `/v1/packages/{id}/fragments/{n}` (1-based, HTTP Range supported).
+    pub fragments: Vec<Fragment>,
+    /// Exit codes that count as success.
+    pub success_exit_codes: Vec<i32>,
+}
+
+/// One fragment of a package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fragment {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What an agent does with a package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Action {
+    /// Run a file of the archive, keeping its exit code.
+    Launch { command: String },
+    /// Run a command in the unpacked archive.
+    Execute { command: String },
+    /// Copy the archive's files into `path`.
+    Store { path: String },
+}
+
+/// `POST /v1/results`: where a package stands on the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Report {
+    pub package_id: String,
+    pub state: ReportedState,
+    /// The command's exit code, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, as a stable code (`ERR_BAD_DIGEST`, `ERR_UNSAFE_PATH`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last 4 KiB of the command's output.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+/// The states an agent reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedState {
+    Downloading,
+    Installing,
+    /// Finished: success or error is decided from the exit code and the error.
+    Done,
+}
+
+/// Most output kept with a result.
+pub const MAX_OUTPUT: usize = 4096;
+
 /// The URI SAN that names agent `id` in its certificate.
 pub fn agent_uri(id: &str) -> String {
     format!("urn:tessera:agent:{id}")

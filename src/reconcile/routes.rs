@@ -139,6 +139,16 @@ impl Publisher {
                 PackageRoute {
                     name: qualified(&package_key),
                     success_exit_codes: package.spec.success_exit_codes.clone(),
+                    priority: u8::try_from(package.spec.priority).unwrap_or(5),
+                    action: native_action(&package.spec.action),
+                    format: package.spec.content.as_ref().map(|_| {
+                        if package.spec.os == Os::Windows {
+                            "zip"
+                        } else {
+                            "tar.gz"
+                        }
+                        .to_owned()
+                    }),
                 },
             );
             activations.insert(
@@ -525,6 +535,27 @@ fn assignments_key(assignments: &[Assignment]) -> String {
         .collect();
     parts.sort();
     parts.join("\n")
+}
+
+fn native_action(action: &crate::resources::package::PackageAction) -> crate::protocol::v1::Action {
+    use crate::protocol::v1::Action;
+    if let Some(launch) = &action.launch {
+        Action::Launch {
+            command: launch.command.clone(),
+        }
+    } else if let Some(store) = &action.store {
+        Action::Store {
+            path: store.path.clone(),
+        }
+    } else {
+        Action::Execute {
+            command: action
+                .execute
+                .as_ref()
+                .map(|e| e.command.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 fn strip_scheme(location: &str) -> String {

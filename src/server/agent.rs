@@ -108,7 +108,32 @@ pub struct PackageRoute {
     pub name: String,
     /// Exit codes that count as success.
     pub success_exit_codes: Vec<i32>,
+    pub priority: u8,
+    /// What the native agent does with it.
+    pub action: crate::protocol::v1::Action,
+    /// `tar.gz` or `zip`; `None` without content.
+    pub format: Option<String>,
 }
+
+impl PackageRoute {
+    /// A route for a package in tests and tools: priority 5, success on 0, a command.
+    pub fn new(name: &str, success_exit_codes: Vec<i32>) -> Self {
+        Self {
+            name: name.to_owned(),
+            success_exit_codes,
+            priority: 5,
+            action: crate::protocol::v1::Action::Execute {
+                command: "true".into(),
+            },
+            format: None,
+        }
+    }
+}
+
+/// The agent a connection's client certificate names (`urn:tessera:agent:<id>`), checked
+/// at the handshake; `None` without one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAgent(pub Option<String>);
 
 /// Where to listen; `None` everywhere until a Server resource says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -171,6 +196,10 @@ pub fn app(shared: Shared) -> Router {
     Router::new()
         .route("/download/{id}/{file}", get(download_https))
         .route("/v1/enroll", axum::routing::post(super::v1::enroll))
+        .route("/v1/checkin", axum::routing::post(super::v1::check_in))
+        .route("/v1/results", axum::routing::post(super::v1::report))
+        .route("/v1/packages/{id}/manifest", get(super::v1::manifest))
+        .route("/v1/packages/{id}/fragments/{n}", get(super::v1::fragment))
         .fallback(super::ocs::endpoint)
         .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
         .with_state(shared)
@@ -307,6 +336,21 @@ async fn accept_tls(
                         return;
                     }
                 };
+            // Identity comes from the verified certificate, never from a request.
+            let agent = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| crate::pki::facts::read(der).ok())
+                .and_then(|facts| {
+                    facts
+                        .names
+                        .uris
+                        .iter()
+                        .find_map(|uri| crate::protocol::v1::agent_id_of(uri).map(str::to_owned))
+                });
+            let app = app.layer(axum::Extension(PeerAgent(agent)));
             serve_connection(stream, app, shutdown).await;
         });
     }

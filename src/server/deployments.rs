@@ -487,6 +487,7 @@ mod tests {
                         code: None,
                         changed_at: now,
                         notified_at: None,
+                        output: None,
                     });
                 }
                 Change::Notify { activation } => {

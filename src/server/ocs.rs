@@ -204,7 +204,7 @@ async fn result(
     let package = id.clone();
     let result_code = code.clone();
     let activations = shared
-        .db(move |db| db.record_result(&device, &package, state, &result_code, now))
+        .db(move |db| db.record_result(&device, &package, state, Some(&result_code), None, now))
         .await?;
     shared.touched();
     if activations.is_empty() {
@@ -262,10 +262,7 @@ mod tests {
             }],
             packages: HashMap::from([(
                 ID.to_owned(),
-                PackageRoute {
-                    name: "default/hello".into(),
-                    success_exit_codes: vec![0, 3],
-                },
+                PackageRoute::new("default/hello", vec![0, 3]),
             )]),
             ..Routes::default()
         };

@@ -1,10 +1,15 @@
 //! The native API of Tessera's own agent (`/v1`). Enrollment: a token and a certificate
-//! request in, a client certificate out.
+//! request in, a client certificate out. Everything else needs that certificate: the agent
+//! is who its certificate says, and sees and reports only its own deployments.
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use crate::server::agent::PeerAgent;
+use crate::server::deployments;
+use crate::store::db::{Facts, State as DeploymentState};
 
 use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
@@ -106,4 +111,309 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
         renew_after: renew_after.to_string(),
     })
     .into_response()
+}
+
+/// The agent of the connection, when it presented an enrolled certificate.
+fn identity(peer: Option<Extension<PeerAgent>>) -> Option<String> {
+    peer.and_then(|Extension(PeerAgent(agent))| agent)
+}
+
+fn unauthenticated() -> Response {
+    problem(
+        StatusCode::UNAUTHORIZED,
+        "client_certificate_required",
+        "the native API needs the client certificate this agent received at enrollment",
+    )
+}
+
+fn internal(error: impl std::fmt::Display) -> Response {
+    tracing::error!(%error, "native API failure");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
+/// `POST /v1/checkin`: facts in (they re-target the computer at once), assignments out.
+pub async fn check_in(
+    State(shared): State<Shared>,
+    peer: Option<Extension<PeerAgent>>,
+    Json(check_in): Json<v1::CheckIn>,
+) -> Response {
+    let Some(agent) = identity(peer) else {
+        return unauthenticated();
+    };
+    let routes = shared.routes.borrow().clone();
+    let now = shared.now();
+    let raw = serde_json::to_vec(&check_in).unwrap_or_default();
+    let facts = Facts {
+        name: check_in.hostname,
+        os_name: check_in.os_name,
+        os_version: check_in.os_version,
+        tags: check_in.tags,
+        ip_addresses: check_in.ip_addresses,
+        history: check_in.installed,
+    };
+    let device = agent.clone();
+    let table = routes.clone();
+    let found = shared
+        .db(move |db| {
+            let computer = db.record_inventory(&device, &facts, &raw, now)?;
+            let (_, current) = db.contact(&device, now)?;
+            let (offers, changes) =
+                deployments::prolog(&table.assignments, &computer, &current, now);
+            db.apply(&device, &changes, now)?;
+            Ok(offers)
+        })
+        .await;
+    let offers = match found {
+        Ok(offers) => offers,
+        Err(error) => return internal(error),
+    };
+    shared.touched();
+    let assignments = offers
+        .into_iter()
+        .map(|offer| v1::Assignment {
+            priority: routes
+                .packages
+                .get(&offer.package_id)
+                .map_or(5, |p| p.priority),
+            package_id: offer.package_id,
+            force: offer.force,
+        })
+        .collect();
+    let d = &routes.download;
+    Json(v1::CheckInResponse {
+        assignments,
+        pacing: v1::Pacing {
+            enabled: d.on,
+            frag_latency: d.frag_latency,
+            cycle_latency: d.cycle_latency,
+            period_latency: d.period_latency,
+            period_length: d.period_length,
+            timeout_days: d.timeout,
+            execution_timeout_seconds: d.execution_timeout * 60,
+        },
+        check_in_seconds: u64::from(routes.prolog_frequency_hours) * 3600,
+    })
+    .into_response()
+}
+
+/// Whether `package_id` is being deployed to `agent` (so it may read it).
+async fn assigned(shared: &Shared, agent: &str, package_id: &str) -> Result<bool, Response> {
+    let device = agent.to_owned();
+    let wanted = package_id.to_owned();
+    shared
+        .db(move |db| {
+            Ok(db.computer(&device)?.is_some_and(|(_, rows)| {
+                rows.iter()
+                    .any(|d| d.package_id == wanted && d.state.is_open())
+            }))
+        })
+        .await
+        .map_err(internal)
+}
+
+fn not_assigned(package_id: &str) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not_assigned",
+        format!("package {package_id} is not being deployed to this agent"),
+    )
+}
+
+/// `GET /v1/packages/{id}/manifest`.
+pub async fn manifest(
+    State(shared): State<Shared>,
+    peer: Option<Extension<PeerAgent>>,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(agent) = identity(peer) else {
+        return unauthenticated();
+    };
+    match assigned(&shared, &agent, &id).await {
+        Ok(true) => {}
+        Ok(false) => return not_assigned(&id),
+        Err(refusal) => return refusal,
+    }
+    let Some(route) = shared.routes.borrow().packages.get(&id).cloned() else {
+        return not_assigned(&id);
+    };
+    let store = crate::store::fragments::FragmentStore::open(&shared.store);
+    let built = match store.and_then(|s| s.manifest(&id)) {
+        Ok(Some(built)) => built,
+        Ok(None) => return not_assigned(&id),
+        Err(error) => return internal(error),
+    };
+    Json(v1::Manifest {
+        package_id: id,
+        priority: route.priority,
+        action: route.action,
+        format: route.format,
+        size: built.size,
+        sha256: built.sha256,
+        fragments: built
+            .fragments
+            .iter()
+            .map(|f| v1::Fragment {
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
+        success_exit_codes: route.success_exit_codes,
+    })
+    .into_response()
+}
+
+/// `GET /v1/packages/{id}/fragments/{n}`, with `Range: bytes=<from>-[<to>]` to resume.
+pub async fn fragment(
+    State(shared): State<Shared>,
+    peer: Option<Extension<PeerAgent>>,
+    Path((id, n)): Path<(String, u32)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(agent) = identity(peer) else {
+        return unauthenticated();
+    };
+    match assigned(&shared, &agent, &id).await {
+        Ok(true) => {}
+        Ok(false) => return not_assigned(&id),
+        Err(refusal) => return refusal,
+    }
+    if !id.bytes().all(|b| b.is_ascii_digit()) {
+        return not_assigned(&id);
+    }
+    let path = shared.store.join(&id).join(format!("{id}-{n}"));
+    let Ok(bytes) = tokio::fs::read(&path).await else {
+        shared.metrics.not_found();
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let length = bytes.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, length));
+    let (status, slice) = match range {
+        None => (StatusCode::OK, 0..length),
+        Some(Some(range)) => (StatusCode::PARTIAL_CONTENT, range),
+        Some(None) => {
+            let mut refused = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                refused.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return refused;
+        }
+    };
+    shared.metrics.served(
+        true,
+        slice.end - slice.start,
+        crate::server::metrics::Listener::Https,
+    );
+    let start = usize::try_from(slice.start).unwrap_or(0);
+    let end = usize::try_from(slice.end).unwrap_or(bytes.len());
+    let mut response = Response::new(axum::body::Body::from(bytes[start..end].to_vec()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(value) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{length}", slice.start, slice.end - 1))
+    {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    response
+}
+
+/// One `bytes=from-[to]` range within `length`; `None` when it cannot be satisfied.
+fn parse_range(value: &str, length: u64) -> Option<std::ops::Range<u64>> {
+    let (from, to) = value.strip_prefix("bytes=")?.split_once('-')?;
+    if from.is_empty() {
+        // A suffix: the last `to` bytes.
+        let last: u64 = to.parse().ok()?;
+        return (last > 0 && length > 0).then(|| length.saturating_sub(last)..length);
+    }
+    let from: u64 = from.parse().ok()?;
+    let to: u64 = if to.is_empty() {
+        length.checked_sub(1)?
+    } else {
+        to.parse::<u64>().ok()?.min(length.checked_sub(1)?)
+    };
+    (from <= to && from < length).then(|| from..to + 1)
+}
+
+/// `POST /v1/results`.
+pub async fn report(
+    State(shared): State<Shared>,
+    peer: Option<Extension<PeerAgent>>,
+    Json(report): Json<v1::Report>,
+) -> Response {
+    let Some(agent) = identity(peer) else {
+        return unauthenticated();
+    };
+    match assigned(&shared, &agent, &report.package_id).await {
+        Ok(true) => {}
+        Ok(false) => return not_assigned(&report.package_id),
+        Err(refusal) => return refusal,
+    }
+    let success_codes = shared
+        .routes
+        .borrow()
+        .packages
+        .get(&report.package_id)
+        .map_or_else(|| vec![0], |p| p.success_exit_codes.clone());
+    let (state, code) = match report.state {
+        v1::ReportedState::Downloading => (DeploymentState::Downloading, None),
+        v1::ReportedState::Installing => (DeploymentState::Installing, None),
+        v1::ReportedState::Done => {
+            let code = match (&report.error, report.exit_code) {
+                (Some(error), _) => error.clone(),
+                (None, Some(n)) => format!("EXIT_CODE_{n}"),
+                (None, None) => "SUCCESS".to_owned(),
+            };
+            (deployments::classify(&code, &success_codes), Some(code))
+        }
+    };
+    if let Some(code) = &code {
+        shared.metrics.result(code);
+    }
+    let mut output = report.output;
+    if output.len() > v1::MAX_OUTPUT {
+        let mut cut = output.len() - v1::MAX_OUTPUT;
+        while !output.is_char_boundary(cut) {
+            cut += 1;
+        }
+        output = output[cut..].to_owned();
+    }
+    let now = shared.now();
+    let package = report.package_id.clone();
+    let recorded = shared
+        .db(move |db| {
+            db.record_result(
+                &agent,
+                &package,
+                state,
+                code.as_deref(),
+                (!output.is_empty()).then_some(output.as_str()),
+                now,
+            )
+        })
+        .await;
+    if let Err(error) = recorded {
+        return internal(error);
+    }
+    shared.touched();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_resume_within_the_fragment_and_refuse_what_lies_beyond() {
+        assert_eq!(parse_range("bytes=100-", 1000), Some(100..1000));
+        assert_eq!(parse_range("bytes=0-99", 1000), Some(0..100));
+        assert_eq!(parse_range("bytes=900-5000", 1000), Some(900..1000));
+        assert_eq!(parse_range("bytes=-10", 1000), Some(990..1000));
+        assert_eq!(parse_range("bytes=1000-", 1000), None);
+        assert_eq!(parse_range("bytes=5-4", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
+    }
 }

@@ -94,6 +94,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         revoked_at BIGINT
     );",
     ),
+    (
+        3,
+        "ALTER TABLE deployments ADD COLUMN output TEXT;
+    ALTER TABLE events ADD COLUMN output TEXT;",
+    ),
 ];
 
 /// Where a computer stands with one activation.
@@ -204,6 +209,8 @@ pub struct Deployment {
     pub state: State,
     /// The agent's result code, verbatim.
     pub code: Option<String>,
+    /// The end of the command's output (native agents).
+    pub output: Option<String>,
     pub changed_at: i64,
     pub notified_at: Option<i64>,
 }
@@ -217,6 +224,8 @@ pub struct Event {
     pub package_id: String,
     pub state: State,
     pub code: Option<String>,
+    /// The end of the command's output (native agents).
+    pub output: Option<String>,
     pub at: i64,
 }
 
@@ -437,7 +446,7 @@ impl Database {
     pub fn events(&self, device_id: &str) -> Result<Vec<Event>, DbError> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
-            "SELECT device_id, activation, package_id, state, code, at FROM events
+            "SELECT device_id, activation, package_id, state, code, at, output FROM events
              WHERE device_id = $1 ORDER BY at, rowid",
         )?;
         let found = statement
@@ -449,6 +458,7 @@ impl Database {
                     state: State::parse(&row.get::<_, String>(3)?),
                     code: row.get(4)?,
                     at: row.get(5)?,
+                    output: row.get(6)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -488,7 +498,7 @@ impl Database {
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
                          ON CONFLICT (device_id, activation) DO UPDATE SET package = $3,
                              package_id = $4, token = $5, state = $6, code = $7, changed_at = $8,
-                             notified_at = NULL",
+                             notified_at = NULL, output = NULL",
                     )?
                     .execute(params![
                         device_id,
@@ -526,42 +536,51 @@ impl Database {
         Ok(())
     }
 
-    /// Records the agent's result for `package_id`: every open deployment of that package
-    /// on `device_id` takes `state` with `code`. Returns the activations updated (none when
-    /// the package was not expected, which is still recorded in the history).
+    /// Records the agent's result for `package_id`: every deployment of that package on
+    /// `device_id` takes `state` with `code` (and the command's `output`, native agents
+    /// only). Returns the activations updated (none when the package was not expected,
+    /// which is still recorded in the history).
     pub fn record_result(
         &self,
         device_id: &str,
         package_id: &str,
         state: State,
-        code: &str,
+        code: Option<&str>,
+        output: Option<&str>,
         now: i64,
     ) -> Result<Vec<String>, DbError> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
         let activations: Vec<String> = tx
             .prepare_cached(
-                "UPDATE deployments SET state = $1, code = $2, changed_at = $3
-                 WHERE device_id = $4 AND package_id = $5 RETURNING activation",
+                "UPDATE deployments SET state = $1, code = $2, output = $3, changed_at = $4
+                 WHERE device_id = $5 AND package_id = $6 RETURNING activation",
             )?
             .query_map(
-                params![state.as_str(), code, now, device_id, package_id],
+                params![state.as_str(), code, output, now, device_id, package_id],
                 |row| row.get(0),
             )?
             .collect::<Result<_, _>>()?;
-        if activations.is_empty() {
-            event(&tx, device_id, "", package_id, state, Some(code), now)?;
-        }
-        for activation in &activations {
-            event(
-                &tx,
+        let record = |activation: &str| {
+            tx.prepare_cached(
+                "INSERT INTO events (device_id, activation, package_id, state, code, output, at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )?
+            .execute(params![
                 device_id,
                 activation,
                 package_id,
-                state,
-                Some(code),
-                now,
-            )?;
+                state.as_str(),
+                code,
+                output,
+                now
+            ])
+        };
+        if activations.is_empty() {
+            record("")?;
+        }
+        for activation in &activations {
+            record(activation)?;
         }
         tx.commit()?;
         Ok(activations)
@@ -676,8 +695,8 @@ impl Database {
 const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
      first_seen, last_contact, last_inventory";
 
-const DEPLOYMENT_COLUMNS: &str =
-    "device_id, activation, package, package_id, token, state, code, changed_at, notified_at";
+const DEPLOYMENT_COLUMNS: &str = "device_id, activation, package, package_id, token, state, code, \
+     changed_at, notified_at, output";
 
 const TOKEN_COLUMNS: &str = "id, secret_sha256, note, created_at, expires_at, max_uses, uses, \
      last_used_at, revoked_at";
@@ -762,6 +781,7 @@ fn deployment_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
         code: row.get(6)?,
         changed_at: row.get(7)?,
         notified_at: row.get(8)?,
+        output: row.get(9)?,
     })
 }
 
@@ -849,7 +869,8 @@ mod tests {
                 "pc-2026-01-01-00-00-00",
                 "1234567890",
                 State::Success,
-                "SUCCESS_0",
+                Some("SUCCESS_0"),
+                None,
                 105,
             )
             .unwrap();
@@ -876,7 +897,8 @@ mod tests {
                 "pc-2026-01-01-00-00-00",
                 "42",
                 State::Error,
-                "ERR_BAD_ID",
+                Some("ERR_BAD_ID"),
+                None,
                 2,
             )
             .unwrap();

@@ -210,3 +210,209 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
     );
     running.stop().await.unwrap();
 }
+
+/// Enrolls a new agent and returns its certificate and key files.
+fn enrolled(
+    https: &str,
+    server_ca: &Path,
+    state: &Path,
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let (key, csr) = key_and_csr();
+    let body =
+        serde_json::json!({"token": token(state, 1, 3600).reveal(), "csr": csr, "hostname": name})
+            .to_string();
+    let (status, answer) = curl(https, server_ca, "/v1/enroll", Some(&body), None);
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let (cert, key_file) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, answer["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    (
+        cert,
+        key_file,
+        answer["agentId"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_api_serves_each_agent_only_its_own_deployments_with_resumable_fragments() {
+    let dir = quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n"),
+    )
+    .unwrap();
+    let running = cli::start(ServeArgs {
+        config: dir.path().to_path_buf(),
+        state: None,
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        allow_empty: false,
+    })
+    .await
+    .unwrap();
+    let (https, _) = eventually("the Server serving", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        let list = server["details"]["addresses"].as_array()?.clone();
+        (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
+    })
+    .await;
+    let state = dir.path().join(".tessera");
+    let ca = state.join("certificates/default/tessera-server/ca.crt");
+    let work = tempfile::tempdir().unwrap();
+    let (lab_id, package) = tokio::task::block_in_place(|| {
+        let (lab_cert, lab_key, lab_id) = enrolled(&https, &ca, &state, work.path(), "lab-01");
+        let (office_cert, office_key, _) = enrolled(&https, &ca, &state, work.path(), "office-01");
+        let lab = Some((lab_cert.as_path(), lab_key.as_path()));
+        let office = Some((office_cert.as_path(), office_key.as_path()));
+        let check_in = |tag: &str, name: &str| {
+            serde_json::json!({"hostname": name, "osName": "Debian GNU/Linux 12", "tags": [tag]})
+                .to_string()
+        };
+
+        // No certificate, no native API.
+        let (status, body) = curl(
+            &https,
+            &ca,
+            "/v1/checkin",
+            Some(&check_in("lab", "x")),
+            None,
+        );
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("client_certificate_required"), "{body}");
+
+        let (status, body) = curl(
+            &https,
+            &ca,
+            "/v1/checkin",
+            Some(&check_in("lab", "lab-01")),
+            lab,
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let assigned: Vec<&str> = answer["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["packageId"].as_str().unwrap())
+            .collect();
+        assert_eq!(assigned.len(), 4, "{body}");
+        let package = {
+            let store = state.join("download");
+            assigned
+                .iter()
+                .find(|id| store.join(id).join(format!("{id}-3")).is_file())
+                .expect("hello has three fragments")
+                .to_string()
+        };
+
+        let (status, body) = curl(
+            &https,
+            &ca,
+            &format!("/v1/packages/{package}/manifest"),
+            None,
+            lab,
+        );
+        assert_eq!(status, 200, "{body}");
+        let manifest: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(manifest["action"]["kind"], "launch", "{manifest}");
+        assert_eq!(manifest["format"], "tar.gz");
+        let fragments = manifest["fragments"].as_array().unwrap();
+        assert_eq!(fragments.len(), 3);
+        let first = std::fs::read(
+            state
+                .join("download")
+                .join(&package)
+                .join(format!("{package}-1")),
+        )
+        .unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            fragments[0]["sha256"],
+            hex::encode(sha2::Sha256::digest(&first))
+        );
+
+        // Resuming inside a fragment: only the missing bytes come.
+        let output = Command::new("curl")
+            .args(["-s", "-D", "-", "-H", "range: bytes=100-", "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&lab_cert)
+            .arg("--key")
+            .arg(&lab_key)
+            .arg(format!("https://{https}/v1/packages/{package}/fragments/1"))
+            .output()
+            .unwrap();
+        let text = output.stdout;
+        let split = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&text[..split]).to_lowercase();
+        assert!(
+            head.starts_with("http/1.1 206") || head.starts_with("http/2 206"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!(
+                "content-range: bytes 100-{}/{}",
+                first.len() - 1,
+                first.len()
+            )),
+            "{head}"
+        );
+        assert_eq!(&text[split + 4..], &first[100..]);
+
+        // Another agent sees none of it and cannot report for it.
+        let (status, body) = curl(
+            &https,
+            &ca,
+            "/v1/checkin",
+            Some(&check_in("office", "office-01")),
+            office,
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            answer["assignments"].as_array().unwrap().len(),
+            1,
+            "only the baseline: {body}"
+        );
+        let (status, _) = curl(
+            &https,
+            &ca,
+            &format!("/v1/packages/{package}/manifest"),
+            None,
+            office,
+        );
+        assert_eq!(status, 404);
+        let done = serde_json::json!({"packageId": package, "state": "done", "exitCode": 0, "output": "installed"}).to_string();
+        let (status, _) = curl(&https, &ca, "/v1/results", Some(&done), office);
+        assert_eq!(status, 404);
+
+        // The agent's own report lands in the shared state machine.
+        let (status, body) = curl(&https, &ca, "/v1/results", Some(&done), lab);
+        assert_eq!(status, 204, "{body}");
+        (lab_id, package)
+    });
+    let found = crate::support::get_json(
+        running.admin_address,
+        &format!("/api/v1/computers/{lab_id}"),
+    )
+    .await;
+    let deployment = found[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["packageId"] == package.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(deployment["state"], "success", "{deployment}");
+    assert_eq!(deployment["code"], "EXIT_CODE_0");
+    assert_eq!(deployment["output"], "installed");
+    running.stop().await.unwrap();
+}
