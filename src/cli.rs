@@ -56,6 +56,35 @@ enum Command {
     /// Enrollment tokens for Tessera's own agents: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tessera's own agent: enroll, check in, download, verify, install, report.
+    Agent(AgentArgs),
+}
+
+/// `tessera agent`.
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// The server, `https://host:port`.
+    #[arg(long, env = "TESSERA_SERVER")]
+    server: String,
+    /// Where the agent keeps its identity, downloads and results.
+    #[arg(long, env = "TESSERA_AGENT_STATE")]
+    state: PathBuf,
+    /// The CA certificate to trust for the server at enrollment (`ca.crt` of the server's
+    /// Certificate); afterwards the agent keeps the one the server gave it.
+    #[arg(long, env = "TESSERA_CA")]
+    ca: Option<PathBuf>,
+    /// An enrollment token (`tessera token create`), needed once.
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A tag to report (may be repeated), matched by Affectations' `targets.tags`.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// One pass, then exit (for cron, tests and first runs).
+    #[arg(long)]
+    once: bool,
+    /// Time between passes when running as a service (default: what the server says).
+    #[arg(long)]
+    interval: Option<crate::resources::quantity::Duration>,
 }
 
 /// Where the state database is: `--state`, or `<config>/.tessera`.
@@ -232,6 +261,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export(&args),
         Command::Status(args) => status(&args),
         Command::Token(command) => token(command),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent(args))),
         Command::Doctor(args) => doctor_options(&args)
             .and_then(|options| runtime().and_then(|rt| rt.block_on(crate::doctor::run(options)))),
     };
@@ -435,6 +465,40 @@ fn copy_package(stored: &Path, output: &Path, id: &str) -> Result<()> {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    let config = crate::agent::Config {
+        server: args.server.trim_end_matches('/').to_owned(),
+        state_dir: args.state,
+        ca: args.ca,
+        token: args.token,
+        tags: args.tag,
+        clock: jiff::Timestamp::now,
+    };
+    loop {
+        match crate::agent::run_once(&config).await {
+            Ok(pass) => {
+                for (id, code) in &pass.finished {
+                    tracing::info!(package = %id, %code, "installed");
+                }
+                if args.once {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Err(error) if args.once => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "pass failed; retrying later")
+            }
+        }
+        let wait = args
+            .interval
+            .map_or(Duration::from_secs(3600), |d| d.as_std());
+        tokio::select! {
+            () = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 fn token(command: TokenCommand) -> Result<ExitCode> {

@@ -16,11 +16,14 @@
 //! - `sources`: where snapshots come from (`dir`).
 //! - `store`: state on disk. `server`: the admin API (later the agent-facing server).
 //! - `reconcile`: the loop; issuers and certificates; conditions and status files.
+//! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
+//!   safe extraction, actions); imports only `protocol` and `pki`.
 //! - `doctor`: the client side of `tessera doctor`. `cli`: commands, environment, tasks.
 //!
 //! `resources` and `desired` are pure (no tokio, no I/O). `server` never imports `sources`,
 //! `desired` or `reconcile`: it is handed plain values to serve.
 
+pub mod agent;
 pub mod cli;
 pub mod desired;
 pub mod doctor;

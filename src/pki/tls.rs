@@ -39,6 +39,37 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>
     Ok(Arc::new(certified))
 }
 
+/// A client configuration trusting the CA certificates in `trusted_pem`, presenting
+/// `identity` (certificate chain and key, PEM) when given: what Tessera's agent uses.
+pub fn client_config(
+    trusted_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in facts::pem_certificates(trusted_pem)? {
+        roots
+            .add(certificate)
+            .map_err(|e| PkiError::Certificate(format!("not usable as a trusted CA: {e}")))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Certificate(e.to_string()))?
+        .with_root_certificates(roots);
+    // No ALPN here: the HTTP client sets the protocols it speaks.
+    let config = match identity {
+        Some((chain_pem, key_pem)) => {
+            let chain = facts::pem_certificates(chain_pem)?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|e| PkiError::Key(e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| PkiError::Key(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 /// Serves whatever certificate is current on the channel. With none (`None`), handshakes
 /// fail: a listener fails closed until its certificate exists.
 #[derive(Debug)]

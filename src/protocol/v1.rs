@@ -19,7 +19,15 @@ pub struct EnrollRequest {
     pub hostname: String,
 }
 
-/// The answer to an enrollment.
+/// `POST /v1/renew`, over mutual TLS with the current certificate: a request for a new
+/// key. The answer is an [`EnrollResponse`] for the same agent id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+/// The answer to an enrollment or a renewal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollResponse {

@@ -197,6 +197,7 @@ pub fn app(shared: Shared) -> Router {
         .route("/download/{id}/{file}", get(download_https))
         .route("/v1/enroll", axum::routing::post(super::v1::enroll))
         .route("/v1/checkin", axum::routing::post(super::v1::check_in))
+        .route("/v1/renew", axum::routing::post(super::v1::renew))
         .route("/v1/results", axum::routing::post(super::v1::report))
         .route("/v1/packages/{id}/manifest", get(super::v1::manifest))
         .route("/v1/packages/{id}/fragments/{n}", get(super::v1::fragment))

@@ -80,6 +80,37 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
         return problem(StatusCode::FORBIDDEN, code, refusal.to_string());
     }
     let agent_id = hex::encode(crate::pki::random_bytes::<16>());
+    tracing::info!(agent = %agent_id, token = %token.id, hostname = %request.hostname, "enrolling an agent");
+    certify(&enrollment, agent_id, &request.csr, now)
+}
+
+/// `POST /v1/renew`: a new certificate for the agent the current one names.
+pub async fn renew(
+    State(shared): State<Shared>,
+    peer: Option<Extension<PeerAgent>>,
+    Json(request): Json<v1::RenewRequest>,
+) -> Response {
+    let Some(agent) = identity(peer) else {
+        return unauthenticated();
+    };
+    let Some(enrollment) = shared.routes.borrow().enrollment.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "enrollment_disabled",
+            "this server does not enroll agents",
+        );
+    };
+    tracing::info!(%agent, "renewing an agent's certificate");
+    certify(&enrollment, agent, &request.csr, shared.now())
+}
+
+/// Signs `csr` for `agent_id` with the enrollment Issuer.
+fn certify(
+    enrollment: &crate::server::agent::EnrollmentRoute,
+    agent_id: String,
+    csr: &str,
+    now: i64,
+) -> Response {
     let leaf = LeafRequest {
         names: Names {
             common_name: Some(agent_id.clone()),
@@ -91,7 +122,7 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
         lifetime: enrollment.lifetime,
     };
     let at = jiff::Timestamp::from_second(now).unwrap_or_else(|_| jiff::Timestamp::now());
-    let issued = match enrollment.authority.issue_for_csr(&leaf, &request.csr, at) {
+    let issued = match enrollment.authority.issue_for_csr(&leaf, csr, at) {
         Ok(issued) => issued,
         Err(error) => {
             return problem(StatusCode::BAD_REQUEST, "bad_csr", error.to_string());
@@ -102,7 +133,7 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
         .not_after
         .duration_since(issued.facts.not_before);
     let renew_after = issued.facts.not_before + lifetime * 2 / 3;
-    tracing::info!(agent = %agent_id, token = %token.id, hostname = %request.hostname, not_after = %issued.facts.not_after, "enrolled an agent");
+    tracing::info!(agent = %agent_id, not_after = %issued.facts.not_after, "issued an agent certificate");
     Json(EnrollResponse {
         agent_id,
         certificate: issued.chain_pem,

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so the crate links once.
 
+mod agent;
 mod certificates;
 mod crash;
 mod crds;

@@ -1,0 +1,150 @@
+//! The agent's HTTPS client: the server's CA only (never the system's roots), the agent's
+//! own certificate once enrolled, a timeout on every exchange.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Each exchange (headers and body) must end within this.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest JSON answer read.
+const MAX_JSON: usize = 4 << 20;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{0}` is not an https:// URL")]
+    BadUrl(String),
+    #[error("{url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{url} answered what is not the expected JSON: {reason}")]
+    Json { url: String, reason: String },
+}
+
+/// A connection pool to one server.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// An answer's status, headers and body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Client {
+    /// A client of `base` (`https://host:port`) with `tls`.
+    pub fn new(base: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        if !base.starts_with("https://") {
+            return Err(ClientError::BadUrl(base.to_owned()));
+        }
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// Sends a request to `path` and reads the whole answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let transport = |reason: String| ClientError::Transport {
+            url: url.clone(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl(url.clone()))?;
+        let mut request = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| transport(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| transport(crate::agent::error_chain(&e)))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| transport(e.to_string()))?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| transport(format!("no answer within {EXCHANGE_TIMEOUT:?}")))?
+    }
+
+    /// POSTs `body` as JSON and reads a JSON answer (2xx), or nothing for 204.
+    pub async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Option<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Json {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let answer = self.send(method, path, body, &[]).await?;
+        if !answer.status.is_success() {
+            return Err(ClientError::Status {
+                url,
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(2048)])
+                    .into_owned(),
+            });
+        }
+        if answer.status == StatusCode::NO_CONTENT || answer.body.len() > MAX_JSON {
+            return Ok(None);
+        }
+        serde_json::from_slice(&answer.body)
+            .map(Some)
+            .map_err(|e| ClientError::Json {
+                url,
+                reason: e.to_string(),
+            })
+    }
+}

@@ -1,0 +1,628 @@
+//! Tessera's own agent: enrolls with a token (its key never leaves the machine), checks in
+//! over mutual TLS, downloads on the OCS schedule with every fragment verified and resumed
+//! from the last byte kept, unpacks safely, runs the action, and keeps each result on disk
+//! until the server has it. Imports only `protocol` and `pki`.
+//!
+//! State directory:
+//!
+//! ```text
+//! identity/agent.key (0600), agent.crt, ca.crt, agent.json   who this agent is
+//! installed.json                                             package ids installed
+//! packages/<id>/manifest.json, <n> (verified), <n>.part       downloads in progress
+//! results/<id>.json                                          results not yet acknowledged
+//! ```
+
+pub mod client;
+pub mod extract;
+pub mod schedule;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::agent::client::{Client, ClientError};
+use crate::protocol::v1;
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `https://host:port` of the server.
+    pub server: String,
+    pub state_dir: PathBuf,
+    /// The CA to trust for the server before enrollment (afterwards the one it returned).
+    pub ca: Option<PathBuf>,
+    /// An enrollment token, used when the agent has no identity yet.
+    pub token: Option<String>,
+    /// Tags reported with every check-in.
+    pub tags: Vec<String>,
+    /// What time it is (tests move it forward to see renewals).
+    pub clock: fn() -> jiff::Timestamp,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("this agent is not enrolled: pass --token (from `tessera token create`) and --ca")]
+    NotEnrolled,
+    #[error("failed to {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::pki::PkiError),
+    #[error("the server's answer was empty")]
+    Empty,
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub assigned: Vec<String>,
+    /// (package id, result code) of packages finished in this pass.
+    pub finished: Vec<(String, String)>,
+}
+
+/// `error` and its causes on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
+    let path = path.to_path_buf();
+    move |source| AgentError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), AgentError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&temporary).map_err(io("write", &temporary))?;
+    file.write_all(bytes).map_err(io("write", &temporary))?;
+    file.sync_all().map_err(io("write", &temporary))?;
+    std::fs::rename(&temporary, path).map_err(io("write", path))
+}
+
+/// One pass: enroll if needed, send kept results, check in, download and install what is
+/// assigned (sleeping the server's latencies), report.
+pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
+    let identity = config.state_dir.join("identity");
+    if !identity.join("agent.crt").is_file() {
+        enroll(config).await?;
+    }
+    let client = mutual_client(config)?;
+    let client = match renew_if_due(config, &client).await? {
+        true => mutual_client(config)?,
+        false => client,
+    };
+    send_kept_results(&client, &config.state_dir).await;
+
+    let installed = installed(&config.state_dir);
+    let facts = v1::CheckIn {
+        hostname: hostname(),
+        os_name: os_name(),
+        os_version: String::new(),
+        tags: config.tags.clone(),
+        ip_addresses: Vec::new(),
+        installed: installed.iter().cloned().collect(),
+    };
+    let answer: v1::CheckInResponse = client
+        .json(Method::POST, "/v1/checkin", Some(&facts))
+        .await?
+        .ok_or(AgentError::Empty)?;
+    let mut pass = Pass {
+        assigned: answer
+            .assignments
+            .iter()
+            .map(|a| a.package_id.clone())
+            .collect(),
+        ..Pass::default()
+    };
+    if !answer.pacing.enabled {
+        return Ok(pass);
+    }
+    let pacing = &answer.pacing;
+    let mut jobs: Vec<(String, u8)> = Vec::new();
+    let mut manifests = std::collections::HashMap::new();
+    for assignment in &answer.assignments {
+        if installed.contains(&assignment.package_id) && !assignment.force {
+            continue;
+        }
+        let path = format!("/v1/packages/{}/manifest", assignment.package_id);
+        let manifest: v1::Manifest = match client.json(Method::GET, &path, None::<&()>).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) | Err(_) => continue,
+        };
+        let dir = package_dir(&config.state_dir, &manifest.package_id);
+        write_file(
+            &dir.join("manifest.json"),
+            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+            false,
+        )?;
+        jobs.push((manifest.package_id.clone(), manifest.priority));
+        manifests.insert(manifest.package_id.clone(), manifest);
+    }
+    let sleep = |seconds: u64| tokio::time::sleep(Duration::from_secs(seconds));
+    // Periods of cycles until every package is done (each step makes progress or fails
+    // the package, so this ends).
+    let mut reported_downloading = BTreeSet::new();
+    while !jobs.is_empty() {
+        for index in 1..=pacing.period_length.max(1) {
+            let stepping: Vec<String> = schedule::cycle(&jobs, index)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            let urgent = jobs.iter().any(|(_, p)| *p == 0);
+            for id in stepping {
+                let Some(manifest) = manifests.get(&id) else {
+                    continue;
+                };
+                if reported_downloading.insert(id.clone()) {
+                    let _ = report(
+                        &client,
+                        &config.state_dir,
+                        progress(&id, v1::ReportedState::Downloading),
+                    )
+                    .await;
+                }
+                if let Some(result) = step(&client, config, manifest, pacing).await? {
+                    let code = result_code(&result);
+                    pass.finished.push((id.clone(), code));
+                    if succeeded(&result, manifest) {
+                        mark_installed(&config.state_dir, &id)?;
+                    }
+                    let _ = std::fs::remove_dir_all(package_dir(&config.state_dir, &id));
+                    report(&client, &config.state_dir, result).await?;
+                    jobs.retain(|(job, _)| *job != id);
+                }
+                sleep(pacing.frag_latency).await;
+            }
+            if jobs.is_empty() {
+                break;
+            }
+            if !urgent {
+                sleep(pacing.cycle_latency).await;
+            }
+        }
+        sleep(pacing.period_latency).await;
+    }
+    Ok(pass)
+}
+
+fn progress(id: &str, state: v1::ReportedState) -> v1::Report {
+    v1::Report {
+        package_id: id.to_owned(),
+        state,
+        exit_code: None,
+        error: None,
+        output: String::new(),
+    }
+}
+
+fn result_code(report: &v1::Report) -> String {
+    match (&report.error, report.exit_code) {
+        (Some(error), _) => error.clone(),
+        (None, Some(n)) => format!("EXIT_CODE_{n}"),
+        (None, None) => "SUCCESS".into(),
+    }
+}
+
+fn succeeded(report: &v1::Report, manifest: &v1::Manifest) -> bool {
+    report.error.is_none()
+        && report
+            .exit_code
+            .is_none_or(|n| manifest.success_exit_codes.contains(&n))
+}
+
+fn package_dir(state: &Path, id: &str) -> PathBuf {
+    state.join("packages").join(id)
+}
+
+/// One step of a package: the next fragment, or, when all are there, its installation
+/// (which gives the result).
+async fn step(
+    client: &Client,
+    config: &Config,
+    manifest: &v1::Manifest,
+    pacing: &v1::Pacing,
+) -> Result<Option<v1::Report>, AgentError> {
+    let dir = package_dir(&config.state_dir, &manifest.package_id);
+    for (index, fragment) in manifest.fragments.iter().enumerate() {
+        let n = index + 1;
+        let done = dir.join(n.to_string());
+        if done.is_file() {
+            continue;
+        }
+        fetch_fragment(client, manifest, n, fragment, &dir).await?;
+        return Ok(None);
+    }
+    Ok(Some(install(config, manifest, pacing).await))
+}
+
+/// Downloads fragment `n`, resuming a partial one with a Range request, and keeps it only
+/// once its SHA-256 matches the manifest.
+async fn fetch_fragment(
+    client: &Client,
+    manifest: &v1::Manifest,
+    n: usize,
+    fragment: &v1::Fragment,
+    dir: &Path,
+) -> Result<(), AgentError> {
+    let partial = dir.join(format!("{n}.part"));
+    let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    let path = format!("/v1/packages/{}/fragments/{n}", manifest.package_id);
+    let range = (have > 0 && have < fragment.size).then(|| ("range", format!("bytes={have}-")));
+    let answer = client
+        .send(Method::GET, &path, None, range.as_slice())
+        .await?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .map_err(io("write", &partial))?;
+    match answer.status {
+        StatusCode::PARTIAL_CONTENT => {}
+        StatusCode::OK => file.set_len(0).map_err(io("write", &partial))?,
+        _ => return Ok(()), // retried at the next step
+    }
+    file.write_all(&answer.body)
+        .map_err(io("write", &partial))?;
+    file.sync_all().map_err(io("write", &partial))?;
+    let bytes = std::fs::read(&partial).map_err(io("read", &partial))?;
+    if bytes.len() as u64 >= fragment.size {
+        if hex::encode(Sha256::digest(&bytes)) == fragment.sha256 {
+            std::fs::rename(&partial, dir.join(n.to_string())).map_err(io("write", &partial))?;
+        } else {
+            // Corrupt (a proxy, a disk): fetched again from the start.
+            tracing::warn!(package = %manifest.package_id, fragment = n, "fragment digest mismatch; fetching it again");
+            std::fs::remove_file(&partial).map_err(io("remove", &partial))?;
+        }
+    }
+    Ok(())
+}
+
+/// Assembles, verifies, unpacks and runs a package; the result is also kept on disk.
+async fn install(config: &Config, manifest: &v1::Manifest, pacing: &v1::Pacing) -> v1::Report {
+    let failed = |code: &str, output: String| v1::Report {
+        package_id: manifest.package_id.clone(),
+        state: v1::ReportedState::Done,
+        exit_code: None,
+        error: Some(code.to_owned()),
+        output,
+    };
+    let dir = package_dir(&config.state_dir, &manifest.package_id);
+    let work = dir.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(error) = std::fs::create_dir_all(&work) {
+        return failed("ERR_EXTRACT_IO", error.to_string());
+    }
+    if let Some(format) = &manifest.format {
+        let archive = dir.join("archive");
+        let mut digest = Sha256::new();
+        let mut whole = Vec::new();
+        for n in 1..=manifest.fragments.len() {
+            match std::fs::read(dir.join(n.to_string())) {
+                Ok(bytes) => {
+                    digest.update(&bytes);
+                    whole.extend_from_slice(&bytes);
+                }
+                Err(error) => return failed("ERR_BUILD", error.to_string()),
+            }
+        }
+        if hex::encode(digest.finalize()) != manifest.sha256 {
+            return failed("ERR_BAD_DIGEST", String::new());
+        }
+        if let Err(error) = std::fs::write(&archive, &whole) {
+            return failed("ERR_EXTRACT_IO", error.to_string());
+        }
+        let Some(format) = extract::Format::from_name(format) else {
+            return failed("ERR_BAD_PARAM", format!("unknown archive format {format}"));
+        };
+        if let Err(error) = extract::extract(&archive, format, &work, &extract::Limits::default()) {
+            return failed(error.code(), error.to_string());
+        }
+    }
+    let timeout = Duration::from_secs(pacing.execution_timeout_seconds.max(1));
+    let outcome = match &manifest.action {
+        v1::Action::Store { path } => store(&work, &expand(path, &config.state_dir)),
+        v1::Action::Launch { command } => {
+            let program = command.split_whitespace().next().unwrap_or_default();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(
+                    work.join(program),
+                    std::fs::Permissions::from_mode(0o755),
+                );
+            }
+            run(&format!("./{command}"), &work, timeout).await
+        }
+        v1::Action::Execute { command } => run(command, &work, timeout).await,
+    };
+    let result = match outcome {
+        Ok((exit_code, output)) => v1::Report {
+            package_id: manifest.package_id.clone(),
+            state: v1::ReportedState::Done,
+            exit_code,
+            error: None,
+            output,
+        },
+        Err((code, output)) => failed(code, output),
+    };
+    let kept = config
+        .state_dir
+        .join("results")
+        .join(format!("{}.json", manifest.package_id));
+    let _ = write_file(
+        &kept,
+        &serde_json::to_vec(&result).unwrap_or_default(),
+        false,
+    );
+    result
+}
+
+/// `$VAR`, `${VAR}` and `INSTALL_PATH` (the agent's state directory) expanded.
+fn expand(path: &str, state: &Path) -> PathBuf {
+    let mut out = path.replace("INSTALL_PATH", &state.display().to_string());
+    for (name, value) in std::env::vars() {
+        out = out
+            .replace(&format!("${{{name}}}"), &value)
+            .replace(&format!("${name}"), &value);
+    }
+    PathBuf::from(out)
+}
+
+type Outcome = Result<(Option<i32>, String), (&'static str, String)>;
+
+fn store(from: &Path, to: &Path) -> Outcome {
+    fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copy(&entry.path(), &target)?;
+            } else {
+                std::fs::copy(entry.path(), &target)?;
+            }
+        }
+        Ok(())
+    }
+    copy(from, to)
+        .map(|()| (None, String::new()))
+        .map_err(|e| ("ERR_STORE", format!("{}: {e}", to.display())))
+}
+
+/// Runs `command` with a shell in `dir`, stopping it after `timeout`; the exit code and
+/// the last 4 KiB of its output.
+async fn run(command: &str, dir: &Path, timeout: Duration) -> Outcome {
+    #[cfg(unix)]
+    let mut process = tokio::process::Command::new("sh");
+    #[cfg(unix)]
+    process.arg("-c").arg(command);
+    #[cfg(windows)]
+    let mut process = tokio::process::Command::new("cmd");
+    #[cfg(windows)]
+    process.arg("/C").arg(command);
+    process
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = process
+        .spawn()
+        .map_err(|e| ("ERR_EXECUTE", format!("{command}: {e}")))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err((
+            "ERR_EXECUTE_TIMEOUT",
+            format!("{command}: still running after {timeout:?}, stopped"),
+        )),
+        Ok(Err(error)) => Err(("ERR_EXECUTE", format!("{command}: {error}"))),
+        Ok(Ok(output)) => {
+            let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&output.stderr));
+            if text.len() > v1::MAX_OUTPUT {
+                let mut cut = text.len() - v1::MAX_OUTPUT;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text = text[cut..].to_owned();
+            }
+            Ok((output.status.code().or(Some(-1)), text))
+        }
+    }
+}
+
+/// Sends a result; a final one is kept on disk until the server acknowledges it.
+async fn report(client: &Client, state: &Path, result: v1::Report) -> Result<(), AgentError> {
+    let kept = state
+        .join("results")
+        .join(format!("{}.json", result.package_id));
+    let sent = client
+        .json::<serde_json::Value>(Method::POST, "/v1/results", Some(&result))
+        .await;
+    match sent {
+        Ok(_) if result.state == v1::ReportedState::Done => {
+            let _ = std::fs::remove_file(&kept);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::warn!(package = %result.package_id, error = %error_chain(&error), "result kept to send later");
+            Ok(())
+        }
+    }
+}
+
+async fn send_kept_results(client: &Client, state: &Path) {
+    let Ok(entries) = std::fs::read_dir(state.join("results")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        if let Ok(result) = serde_json::from_slice::<v1::Report>(&bytes) {
+            let _ = report(client, state, result).await;
+        }
+    }
+}
+
+fn installed(state: &Path) -> BTreeSet<String> {
+    std::fs::read(state.join("installed.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn mark_installed(state: &Path, id: &str) -> Result<(), AgentError> {
+    let mut all = installed(state);
+    all.insert(id.to_owned());
+    write_file(
+        &state.join("installed.json"),
+        &serde_json::to_vec(&all).unwrap_or_default(),
+        false,
+    )
+}
+
+/// Makes a key, sends a certificate request with the token, keeps what comes back.
+async fn enroll(config: &Config) -> Result<(), AgentError> {
+    let token = config.token.as_ref().ok_or(AgentError::NotEnrolled)?;
+    let ca_path = config.ca.as_ref().ok_or(AgentError::NotEnrolled)?;
+    let ca = std::fs::read_to_string(ca_path).map_err(io("read", ca_path))?;
+    let key = crate::pki::authority::generate_key(crate::pki::KeyType::EcdsaP256)?;
+    let csr = certificate_request(&key)?;
+    let client = Client::new(&config.server, crate::pki::tls::client_config(&ca, None)?)?;
+    let request = v1::EnrollRequest {
+        token: token.clone(),
+        csr,
+        hostname: hostname(),
+    };
+    let answer: v1::EnrollResponse = client
+        .json(Method::POST, "/v1/enroll", Some(&request))
+        .await?
+        .ok_or(AgentError::Empty)?;
+    keep_identity(&config.state_dir.join("identity"), &key, &answer)?;
+    tracing::info!(agent = %answer.agent_id, "enrolled");
+    Ok(())
+}
+
+/// Renews the certificate over mutual TLS once its renewal time has come (2/3 of its
+/// lifetime), with a new key; also takes the CA bundle the server sends, so a CA rollover
+/// reaches the agent before the old CA goes away.
+async fn renew_if_due(config: &Config, client: &Client) -> Result<bool, AgentError> {
+    let dir = config.state_dir.join("identity");
+    let path = dir.join("agent.json");
+    let kept: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let due = kept["renewAfter"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_none_or(|at| (config.clock)() >= at);
+    if !due {
+        return Ok(false);
+    }
+    let key = crate::pki::authority::generate_key(crate::pki::KeyType::EcdsaP256)?;
+    let csr = certificate_request(&key)?;
+    let answer: v1::EnrollResponse = client
+        .json(Method::POST, "/v1/renew", Some(&v1::RenewRequest { csr }))
+        .await?
+        .ok_or(AgentError::Empty)?;
+    keep_identity(&dir, &key, &answer)?;
+    tracing::info!(agent = %answer.agent_id, not_after = %answer.not_after, "renewed the agent certificate");
+    Ok(true)
+}
+
+fn certificate_request(key: &rcgen::KeyPair) -> Result<String, AgentError> {
+    Ok(rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(key))
+        .and_then(|csr| csr.pem())
+        .map_err(|e| crate::pki::PkiError::Certificate(e.to_string()))?)
+}
+
+/// Writes the key (0600), the certificate, the CA bundle and the renewal time.
+fn keep_identity(
+    dir: &Path,
+    key: &rcgen::KeyPair,
+    answer: &v1::EnrollResponse,
+) -> Result<(), AgentError> {
+    write_file(&dir.join("agent.key"), key.serialize_pem().as_bytes(), true)?;
+    write_file(&dir.join("agent.crt"), answer.certificate.as_bytes(), false)?;
+    write_file(&dir.join("ca.crt"), answer.ca.as_bytes(), false)?;
+    write_file(
+        &dir.join("agent.json"),
+        &serde_json::to_vec_pretty(&serde_json::json!({
+            "agentId": answer.agent_id,
+            "notAfter": answer.not_after,
+            "renewAfter": answer.renew_after,
+        }))
+        .unwrap_or_default(),
+        false,
+    )
+}
+
+fn mutual_client(config: &Config) -> Result<Client, AgentError> {
+    let dir = config.state_dir.join("identity");
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(io("read", &path))
+    };
+    let (ca, chain, key) = (read("ca.crt")?, read("agent.crt")?, read("agent.key")?);
+    let tls = crate::pki::tls::client_config(&ca, Some((&chain, &key)))?;
+    Ok(Client::new(&config.server, tls)?)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The OS as an inventory names it: `PRETTY_NAME` of os-release on Linux.
+fn os_name() -> String {
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| match std::env::consts::OS {
+            "macos" => "macOS".into(),
+            "windows" => "Microsoft Windows".into(),
+            other => other.into(),
+        })
+}

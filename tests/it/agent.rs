@@ -1,0 +1,171 @@
+//! Tessera's own agent against `tessera serve` on the quickstart: enrollment, every action
+//! kind, a resumed fragment and a corrupted one, and the result in the server's state.
+
+use serde_json::Value;
+use tessera::agent::{self, Config};
+use tessera::cli::{self, ServeArgs};
+use tessera::pki::token::Token;
+use tessera::store::db::{Database, TokenRecord};
+
+use crate::support::{eventually, get, get_json, quickstart_copy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragment() {
+    let dir = quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n"),
+    )
+    .unwrap();
+    let running = cli::start(ServeArgs {
+        config: dir.path().to_path_buf(),
+        state: None,
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        allow_empty: false,
+    })
+    .await
+    .unwrap();
+    let https = eventually("the Server serving", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        let list = server["details"]["addresses"].as_array()?.clone();
+        (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
+    })
+    .await
+    .0;
+    let state = dir.path().join(".tessera");
+    let token = Token::generate();
+    let now = jiff::Timestamp::now().as_second();
+    Database::open(&state.join("state.db"))
+        .unwrap()
+        .create_token(&TokenRecord {
+            id: token.id.clone(),
+            secret_sha256: token.secret_sha256(),
+            note: String::new(),
+            created_at: now,
+            expires_at: now + 600,
+            max_uses: 1,
+            uses: 0,
+            last_used_at: None,
+            revoked_at: None,
+        })
+        .unwrap();
+
+    // A cut download of hello's first fragment (the first 100 bytes, kept) and a corrupted
+    // partial second one: the agent resumes the first and fetches the second again.
+    let hello = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+    let hello_id = hello["details"]["packageId"].as_str().unwrap().to_owned();
+    let store = state.join("download").join(&hello_id);
+    let agent_state = tempfile::tempdir().unwrap();
+    let partial = agent_state.path().join("packages").join(&hello_id);
+    std::fs::create_dir_all(&partial).unwrap();
+    let first = std::fs::read(store.join(format!("{hello_id}-1"))).unwrap();
+    std::fs::write(partial.join("1.part"), &first[..100]).unwrap();
+    std::fs::write(partial.join("2.part"), vec![0xAAu8; 100]).unwrap();
+
+    let config = Config {
+        server: format!("https://{https}"),
+        state_dir: agent_state.path().to_path_buf(),
+        ca: Some(state.join("certificates/default/tessera-server/ca.crt")),
+        token: Some(token.reveal()),
+        tags: vec!["lab".into()],
+        clock: jiff::Timestamp::now,
+    };
+    let pass = agent::run_once(&config).await.expect("the first pass");
+    let mut finished = pass.finished.clone();
+    finished.sort();
+    assert_eq!(finished.len(), 4, "{pass:?}");
+    assert!(
+        finished
+            .iter()
+            .all(|(_, code)| code == "EXIT_CODE_0" || code == "SUCCESS"),
+        "{finished:?}"
+    );
+    assert!(
+        agent_state.path().join("lab-tools/motd-lab.txt").is_file(),
+        "store: files copied into INSTALL_PATH/lab-tools"
+    );
+    assert!(
+        !agent_state
+            .path()
+            .join("results")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "every result acknowledged"
+    );
+
+    // Bytes served: every fragment once, less the 100 resumed, plus the second fragment's
+    // rest that did not verify.
+    let mut expected: u64 = 0;
+    for id in &pass.assigned {
+        for entry in std::fs::read_dir(state.join("download").join(id))
+            .unwrap()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{id}-")) {
+                expected += entry.metadata().unwrap().len();
+            }
+        }
+    }
+    let second = std::fs::metadata(store.join(format!("{hello_id}-2")))
+        .unwrap()
+        .len();
+    expected = expected - 100 + (second - 100);
+    let (_, metrics) = get(running.admin_address, "/metrics").await;
+    let served: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tessera_download_bytes_total{listener=\"https\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(served, expected, "{metrics}");
+
+    // The server saw it all; a second pass has nothing to do.
+    let agent_id: Value = serde_json::from_slice(
+        &std::fs::read(agent_state.path().join("identity/agent.json")).unwrap(),
+    )
+    .unwrap();
+    let found = get_json(
+        running.admin_address,
+        &format!(
+            "/api/v1/computers/{}",
+            agent_id["agentId"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let states: Vec<&str> = found[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["success"; 4], "{found}");
+    let again = agent::run_once(&config).await.unwrap();
+    assert!(
+        again.assigned.is_empty() && again.finished.is_empty(),
+        "{again:?}"
+    );
+
+    // Two thirds into its lifetime the agent renews, with a new key, over mutual TLS.
+    let before = std::fs::read_to_string(agent_state.path().join("identity/agent.crt")).unwrap();
+    let later = Config {
+        clock: || jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 25),
+        ..config.clone()
+    };
+    agent::run_once(&later).await.expect("a pass that renews");
+    let after = std::fs::read_to_string(agent_state.path().join("identity/agent.crt")).unwrap();
+    assert_ne!(before, after, "a new certificate");
+    let renewed: Value = serde_json::from_slice(
+        &std::fs::read(agent_state.path().join("identity/agent.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(renewed["agentId"], agent_id["agentId"], "the same identity");
+    agent::run_once(&config)
+        .await
+        .expect("the renewed certificate works");
+    running.stop().await.unwrap();
+}
