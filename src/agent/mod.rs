@@ -626,3 +626,50 @@ fn os_name() -> String {
             other => other.into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_stopped_and_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let outcome = run(
+            "echo started; sleep 30",
+            dir.path(),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(outcome.unwrap_err().0, "ERR_EXECUTE_TIMEOUT");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_command_keeps_its_exit_code_and_the_end_of_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, output) = run(
+            "head -c 10000 /dev/zero | tr '\\0' x; echo; echo last line; exit 3",
+            dir.path(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, Some(3));
+        assert!(output.len() <= v1::MAX_OUTPUT && output.ends_with("last line\n"));
+    }
+
+    #[test]
+    fn store_paths_expand_install_path_and_environment_variables() {
+        let state = Path::new("/var/lib/tessera-agent");
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(
+            expand("INSTALL_PATH/tools", state),
+            PathBuf::from("/var/lib/tessera-agent/tools")
+        );
+        assert_eq!(
+            expand("${HOME}/x", state),
+            PathBuf::from(format!("{home}/x"))
+        );
+    }
+}
