@@ -703,6 +703,19 @@ fn write_computer(out: &mut impl Write, report: &admin::ComputerReport, now: i64
             d.state.as_str(),
             d.code.as_deref().unwrap_or("")
         )?;
+        if let Some(output) = d.output.as_deref().filter(|o| !o.trim().is_empty()) {
+            for line in output
+                .trim_end()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                writeln!(out, "      | {line}")?;
+            }
+        }
     }
     writeln!(out, "  history:")?;
     for e in &report.history {
