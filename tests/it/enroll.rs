@@ -208,6 +208,77 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
         status, 0,
         "a certificate from an unknown CA is refused at the handshake"
     );
+
+    // An expired certificate from the right CA: refused at the handshake.
+    let issuer_dir = state.join("pki/issuers/default/quickstart-ca");
+    let authority = tessera::pki::authority::Authority::from_pem(
+        &std::fs::read_to_string(issuer_dir.join("ca.crt")).unwrap(),
+        &std::fs::read_to_string(issuer_dir.join("ca.key")).unwrap(),
+        None,
+    )
+    .unwrap();
+    let old_key = rcgen::KeyPair::generate().unwrap();
+    let expired = authority
+        .issue(
+            &tessera::pki::authority::LeafRequest {
+                names: tessera::pki::Names {
+                    common_name: Some("old".into()),
+                    uris: vec![tessera::protocol::v1::agent_uri("0123")],
+                    ..Default::default()
+                },
+                usages: vec![tessera::pki::Usage::ClientAuth],
+                is_ca: false,
+                lifetime: jiff::SignedDuration::from_mins(10),
+            },
+            &old_key,
+            jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+        )
+        .unwrap();
+    let (expired_cert, expired_key) = (work.path().join("e.crt"), work.path().join("e.key"));
+    std::fs::write(&expired_cert, &expired.chain_pem).unwrap();
+    std::fs::write(&expired_key, old_key.serialize_pem()).unwrap();
+    let (status, _) = tokio::task::block_in_place(|| {
+        curl(
+            &https,
+            &server_ca,
+            &info,
+            None,
+            Some((&expired_cert, &expired_key)),
+        )
+    });
+    assert_eq!(
+        status, 0,
+        "an expired certificate is refused at the handshake"
+    );
+
+    // Revoking the agent's serial in its Issuer: refused from the next handshake on.
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&certificate)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8(serial.stdout).unwrap();
+    let serial = serial.trim().trim_start_matches("serial=").to_owned();
+    let pki = dir.path().join("pki.yaml");
+    let text = std::fs::read_to_string(&pki).unwrap().replacen(
+        "  selfSigned:",
+        &format!("  revokedSerials: [\"{serial}\"]\n  selfSigned:"),
+        1,
+    );
+    std::fs::write(&pki, text).unwrap();
+    eventually("the revoked certificate refused", || async {
+        let (status, _) = tokio::task::block_in_place(|| {
+            curl(
+                &https,
+                &server_ca,
+                &info,
+                None,
+                Some((&certificate, &key_file)),
+            )
+        });
+        (status == 0).then_some(())
+    })
+    .await;
     running.stop().await.unwrap();
 }
 
