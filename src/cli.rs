@@ -82,6 +82,10 @@ struct AgentArgs {
     /// One pass, then exit (for cron, tests and first runs).
     #[arg(long)]
     once: bool,
+    /// An HTTP proxy to reach the server through (CONNECT; TLS stays end to end),
+    /// `http://[user:password@]host:port`.
+    #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
     /// Time between passes when running as a service (default: what the server says).
     #[arg(long)]
     interval: Option<crate::resources::quantity::Duration>,
@@ -474,6 +478,7 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
         ca: args.ca,
         token: args.token,
         tags: args.tag,
+        proxy: args.proxy,
         clock: jiff::Timestamp::now,
     };
     loop {

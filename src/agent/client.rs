@@ -1,5 +1,6 @@
 //! The agent's HTTPS client: the server's CA only (never the system's roots), the agent's
-//! own certificate once enrolled, a timeout on every exchange.
+//! own certificate once enrolled, a timeout on every exchange, and, when configured, an
+//! HTTP proxy reached with CONNECT (TLS stays end to end: the proxy sees only bytes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::rt::TokioExecutor;
 
 /// Each exchange (headers and body) must end within this.
@@ -37,7 +39,13 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Http,
+}
+
+#[derive(Clone)]
+enum Http {
+    Direct(HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Proxied(HyperClient<hyper_rustls::HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
 }
 
 /// An answer's status, headers and body.
@@ -48,19 +56,55 @@ pub struct Answer {
 }
 
 impl Client {
-    /// A client of `base` (`https://host:port`) with `tls`.
-    pub fn new(base: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+    /// A client of `base` (`https://host:port`) with `tls`, through `proxy`
+    /// (`http://[user:password@]host:port`) when given.
+    pub fn new(
+        base: &str,
+        tls: Arc<rustls::ClientConfig>,
+        proxy: Option<&str>,
+    ) -> Result<Self, ClientError> {
         if !base.starts_with("https://") {
             return Err(ClientError::BadUrl(base.to_owned()));
         }
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_only()
-            .enable_http1()
-            .build();
+        let builder = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((*tls).clone())
+                .https_only()
+                .enable_http1()
+        };
+        let http = match proxy {
+            None => {
+                Http::Direct(HyperClient::builder(TokioExecutor::new()).build(builder().build()))
+            }
+            Some(proxy) => {
+                let uri: Uri = proxy
+                    .parse()
+                    .map_err(|_| ClientError::BadUrl(proxy.to_owned()))?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    return Err(ClientError::BadUrl(proxy.to_owned()));
+                }
+                let mut plain = HttpConnector::new();
+                plain.enforce_http(false);
+                let mut tunnel = Tunnel::new(uri.clone(), plain);
+                // Credentials in the proxy URL become Proxy-Authorization: Basic.
+                if let Some((user, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
+                    use base64::Engine;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(user);
+                    if let Ok(value) =
+                        hyper::header::HeaderValue::from_str(&format!("Basic {encoded}"))
+                    {
+                        tunnel = tunnel.with_auth(value);
+                    }
+                }
+                Http::Proxied(
+                    HyperClient::builder(TokioExecutor::new())
+                        .build(builder().wrap_connector(tunnel)),
+                )
+            }
+        };
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            http,
         })
     }
 
@@ -89,11 +133,11 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| transport(e.to_string()))?;
         let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| transport(crate::agent::error_chain(&e)))?;
+            let response = match &self.http {
+                Http::Direct(client) => client.request(request).await,
+                Http::Proxied(client) => client.request(request).await,
+            }
+            .map_err(|e| transport(crate::agent::error_chain(&e)))?;
             let status = response.status();
             let headers = response.headers().clone();
             let body = response

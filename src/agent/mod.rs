@@ -39,6 +39,8 @@ pub struct Config {
     pub token: Option<String>,
     /// Tags reported with every check-in.
     pub tags: Vec<String>,
+    /// An HTTP proxy to reach the server through (CONNECT), `http://[user:pass@]host:port`.
+    pub proxy: Option<String>,
     /// What time it is (tests move it forward to see renewals).
     pub clock: fn() -> jiff::Timestamp,
 }
@@ -522,7 +524,11 @@ async fn enroll(config: &Config) -> Result<(), AgentError> {
     let ca = std::fs::read_to_string(ca_path).map_err(io("read", ca_path))?;
     let key = crate::pki::authority::generate_key(crate::pki::KeyType::EcdsaP256)?;
     let csr = certificate_request(&key)?;
-    let client = Client::new(&config.server, crate::pki::tls::client_config(&ca, None)?)?;
+    let client = Client::new(
+        &config.server,
+        crate::pki::tls::client_config(&ca, None)?,
+        config.proxy.as_deref(),
+    )?;
     let request = v1::EnrollRequest {
         token: token.clone(),
         csr,
@@ -601,7 +607,7 @@ fn mutual_client(config: &Config) -> Result<Client, AgentError> {
     };
     let (ca, chain, key) = (read("ca.crt")?, read("agent.crt")?, read("agent.key")?);
     let tls = crate::pki::tls::client_config(&ca, Some((&chain, &key)))?;
-    Ok(Client::new(&config.server, tls)?)
+    Ok(Client::new(&config.server, tls, config.proxy.as_deref())?)
 }
 
 fn hostname() -> String {

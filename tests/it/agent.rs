@@ -1,5 +1,6 @@
-//! Tessera's own agent against `tessera serve` on the quickstart: enrollment, every action
-//! kind, a resumed fragment and a corrupted one, and the result in the server's state.
+//! Tessera's own agent against `tessera serve` on the quickstart, through an HTTP proxy:
+//! enrollment, every action kind, a resumed fragment and a corrupted one, the result in
+//! the server's state, and the renewal of its certificate.
 
 use serde_json::Value;
 use tessera::agent::{self, Config};
@@ -65,12 +66,15 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
     std::fs::write(partial.join("1.part"), &first[..100]).unwrap();
     std::fs::write(partial.join("2.part"), vec![0xAAu8; 100]).unwrap();
 
+    // Through a corporate proxy, as roaming agents are.
+    let (proxy, tunnels) = crate::support::connect_proxy().await;
     let config = Config {
         server: format!("https://{https}"),
         state_dir: agent_state.path().to_path_buf(),
         ca: Some(state.join("certificates/default/tessera-server/ca.crt")),
         token: Some(token.reveal()),
         tags: vec!["lab".into()],
+        proxy: Some(format!("http://{proxy}")),
         clock: jiff::Timestamp::now,
     };
     let pass = agent::run_once(&config).await.expect("the first pass");
