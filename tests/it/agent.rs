@@ -171,5 +171,9 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
     agent::run_once(&config)
         .await
         .expect("the renewed certificate works");
+    assert!(
+        tunnels.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "every exchange went through the proxy"
+    );
     running.stop().await.unwrap();
 }
