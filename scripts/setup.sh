@@ -6,7 +6,7 @@ set -euo pipefail
 
 # The agent's deployment module disables itself (one log line) without Perl's LWP https
 # support, which Debian only recommends; --no-install-recommends would leave it out.
-packages=(curl openssl ca-certificates tar coreutils python3 liblwp-protocol-https-perl)
+packages=(curl openssl ca-certificates tar coreutils python3 binutils liblwp-protocol-https-perl)
 
 missing=()
 for package in "${packages[@]}"; do

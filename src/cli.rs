@@ -250,6 +250,30 @@ enum OutputFormat {
     Json,
 }
 
+/// `tessera-agent`: the agent alone, for endpoints (it links no Kubernetes code).
+#[derive(Debug, Parser)]
+#[command(name = "tessera-agent", version, about = "Tessera's agent", long_about = None)]
+struct AgentCli {
+    #[command(flatten)]
+    args: AgentArgs,
+    /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
+    #[arg(long, env = "TESSERA_LOG", default_value = "info")]
+    log: String,
+}
+
+/// The `tessera-agent` binary's command line.
+pub fn agent_main() -> ExitCode {
+    let cli = AgentCli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    init_logging(&cli.log);
+    runtime()
+        .and_then(|rt| rt.block_on(agent(cli.args)))
+        .unwrap_or_else(|error| {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        })
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

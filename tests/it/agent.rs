@@ -177,3 +177,26 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
     );
     running.stop().await.unwrap();
 }
+
+#[test]
+fn the_agent_binary_links_no_kubernetes_code() {
+    let binary = assert_cmd::cargo::cargo_bin("tessera-agent");
+    let symbols = std::process::Command::new("nm")
+        .arg("-C")
+        .arg(&binary)
+        .output()
+        .expect("nm (binutils) comes with the C toolchain");
+    assert!(symbols.status.success());
+    let symbols = String::from_utf8_lossy(&symbols.stdout);
+    assert!(symbols.contains("tessera::agent::"), "the agent is in it");
+    let kubernetes = symbols
+        .lines()
+        .filter(|l| l.contains("kube::") || l.contains("k8s_openapi::"))
+        .count();
+    assert_eq!(kubernetes, 0, "Kubernetes symbols in {}", binary.display());
+    let help = std::process::Command::new(&binary)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--token"));
+}
