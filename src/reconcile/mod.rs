@@ -197,7 +197,7 @@ impl Reconciler {
         let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
-        let (mut outcomes, wake) = self.certificates.reconcile(&desired, now);
+        let (mut outcomes, certificates_wake) = self.certificates.reconcile(&desired, now);
         let packages = self.packages.reconcile(&desired);
         if let Some(runtime) = &self.config.runtime {
             let published =
@@ -206,6 +206,12 @@ impl Reconciler {
             outcomes.extend(published);
         }
         outcomes.extend(packages);
+        // The earliest thing due: a renewal, a retry, the next stage of a rollout.
+        let wake = outcomes
+            .values()
+            .filter_map(|o| o.wake)
+            .chain(certificates_wake)
+            .min();
         let report = self.report(&desired, &outcomes, now);
         status::write(&self.config.state_dir, &report)?;
 

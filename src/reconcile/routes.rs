@@ -50,7 +50,6 @@ impl std::fmt::Debug for Runtime {
 pub struct Publisher {
     certificate_pem: Option<(String, String)>,
     verifier_input: Option<(ClientAuthMode, Vec<String>, Vec<String>)>,
-    assignments_key: Option<String>,
 }
 
 /// An Activation whose package is built: (package, package id, OS, info location, pack
@@ -176,6 +175,7 @@ impl Publisher {
             );
         }
 
+        let mut wakes: HashMap<String, jiff::Timestamp> = HashMap::new();
         for (key, resource) in desired.actionable() {
             let Resource::Affectation(affectation) = resource else {
                 continue;
@@ -190,16 +190,6 @@ impl Publisher {
                 );
                 continue;
             };
-            if spec.rollout.is_some() {
-                outcomes.insert(
-                    key.clone(),
-                    failed(
-                        "NotImplemented",
-                        "staged rollouts are not part of this version of Tessera yet: nothing is offered; remove spec.rollout to deploy to every target".into(),
-                    ),
-                );
-                continue;
-            }
             let targets = &spec.targets;
             let selector = match Selector::new(
                 targets.all,
@@ -219,7 +209,44 @@ impl Publisher {
                     .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                     .map(|t| t.as_second())
             };
+            // A staged rollout: its clock starts when this package version (and redeploy
+            // token) is first assigned, and is kept in the database across restarts.
+            let (share, next_stage) = match &spec.rollout {
+                None => (100, None),
+                Some(rollout) => {
+                    let clock = format!(
+                        "rollout/{}/{}/{}",
+                        qualified(key),
+                        id,
+                        spec.redeploy.as_deref().unwrap_or("")
+                    );
+                    let started = match runtime.db.setting(&clock) {
+                        Ok(Some(at)) => at.parse().unwrap_or(now.as_second()),
+                        _ => {
+                            let _ = runtime.db.set_setting(&clock, &now.as_second().to_string());
+                            now.as_second()
+                        }
+                    };
+                    let mut begins = started;
+                    let mut share = 0u8;
+                    let mut next = None;
+                    for stage in &rollout.stages {
+                        begins = begins.saturating_add(
+                            i64::try_from(stage.after.as_std().as_secs()).unwrap_or(i64::MAX),
+                        );
+                        if now.as_second() >= begins {
+                            share = u8::try_from(stage.percent.clamp(0, 100)).unwrap_or(100);
+                        } else {
+                            next = jiff::Timestamp::from_second(begins).ok();
+                            break;
+                        }
+                    }
+                    (share, next)
+                }
+            };
             routes.assignments.push(Assignment {
+                share,
+                paused: false,
                 affectation: qualified(key),
                 activation: qualified(&activation_key),
                 package: package.clone(),
@@ -232,6 +259,9 @@ impl Publisher {
                 info_location: info.clone(),
                 pack_location: pack.clone(),
             });
+            if let Some(at) = next_stage {
+                wakes.insert(qualified(key), at);
+            }
         }
 
         // Counts per Affectation, from the database.
@@ -249,7 +279,7 @@ impl Publisher {
                 HashMap::new()
             }
         };
-        for assignment in &routes.assignments {
+        for assignment in &mut routes.assignments {
             let Some(key) = desired
                 .entries
                 .keys()
@@ -261,7 +291,24 @@ impl Publisher {
                 .get(&assignment.affectation)
                 .copied()
                 .unwrap_or_default();
+            let rollout = match desired.entries.get(key).and_then(|e| e.resource()) {
+                Some(Resource::Affectation(a)) => a.spec.rollout.clone(),
+                _ => None,
+            };
             let mut details = Map::new();
+            if let Some(rollout) = &rollout {
+                // Too many errors pause it: nothing new is offered until it is fixed (a new
+                // package version or redeploy token restarts the rollout).
+                assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
+                details.insert(
+                    "rollout".into(),
+                    json!({
+                        "percent": assignment.share,
+                        "paused": assignment.paused,
+                        "nextStage": wakes.get(&assignment.affectation).map(ToString::to_string),
+                    }),
+                );
+            }
             details.insert("targets".into(), json!(c.targets));
             details.insert(
                 "counts".into(),
@@ -289,31 +336,34 @@ impl Publisher {
                     ),
                     details,
                     issuing: None,
-                    wake: None,
+                    wake: wakes.get(&assignment.affectation).copied(),
                 },
             );
+            if assignment.paused
+                && let Some(outcome) = outcomes.get_mut(key)
+            {
+                outcome.ready = false;
+                outcome.reason = "RolloutPaused";
+                outcome.message = format!(
+                    "rollout paused at {}%: {} errors reached spec.rollout.maxErrors; {}",
+                    assignment.share, c.error, outcome.message
+                );
+            }
         }
 
-        // Arm known computers when what is assigned changed, then publish.
-        let key = assignments_key(&routes.assignments);
-        let changed = self.assignments_key.as_ref() != Some(&key);
+        // Arm known computers for what is assigned now (new Affectations, versions, tokens,
+        // rollout stages); computers already armed cost a read.
         if let Err(error) = runtime
             .db
             .set_setting("staleAfter", &routes.stale_after.to_string())
         {
             tracing::warn!(error = %crate::server::error_chain(&error), "failed to record staleAfter");
         }
-        if changed {
-            match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
-                Ok(armed) => {
-                    self.assignments_key = Some(key);
-                    if armed > 0 {
-                        tracing::info!(armed, "armed deployments for known computers");
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %crate::server::error_chain(&error), "failed to arm deployments")
-                }
+        match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
+            Ok(0) => {}
+            Ok(armed) => tracing::info!(armed, "armed deployments for known computers"),
+            Err(error) => {
+                tracing::warn!(error = %crate::server::error_chain(&error), "failed to arm deployments")
             }
         }
         runtime.routes.send_replace(Arc::new(routes));
@@ -511,30 +561,6 @@ fn base_routes(spec: &ServerSpec) -> Routes {
         packages: HashMap::new(),
         enrollment: None,
     }
-}
-
-/// A fingerprint of who gets which package id with which token, to arm only on change.
-fn assignments_key(assignments: &[Assignment]) -> String {
-    let mut parts: Vec<String> = assignments
-        .iter()
-        .map(|a| {
-            format!(
-                "{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}",
-                a.affectation,
-                a.activation,
-                a.package_id,
-                a.redeploy,
-                a.selector.names,
-                a.selector.tags,
-                a.selector.os,
-                a.selector.all,
-                a.selector.patterns.join(","),
-                a.package_os
-            )
-        })
-        .collect();
-    parts.sort();
-    parts.join("\n")
 }
 
 fn native_action(action: &crate::resources::package::PackageAction) -> crate::protocol::v1::Action {

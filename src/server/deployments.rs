@@ -145,6 +145,10 @@ pub struct Assignment {
     pub info_location: Option<String>,
     /// `host[:port]/path` for fragments; `None`: this server.
     pub pack_location: Option<String>,
+    /// A staged rollout: the share of targets (0 to 100) reached so far; 100 without one.
+    pub share: u8,
+    /// A rollout paused by too many errors: nothing new is offered.
+    pub paused: bool,
 }
 
 impl Assignment {
@@ -152,7 +156,19 @@ impl Assignment {
     pub fn targets(&self, computer: &Computer) -> bool {
         self.selector.matches(computer)
             && OsFamily::of(&computer.os_name).is_some_and(|f| f == self.package_os)
+            && (self.share >= 100 || bucket(&self.affectation, &computer.device_id) < self.share)
     }
+}
+
+/// A computer's place in a rollout, 0 to 99: a stable hash of the Affectation and the
+/// computer, so each stage adds computers and none leaves, and different Affectations
+/// start with different computers.
+pub fn bucket(affectation: &str, device_id: &str) -> u8 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{affectation}\n{device_id}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u8::try_from(u64::from_be_bytes(first) % 100).unwrap_or(0)
 }
 
 /// What one computer should have through one activation: the package id and the redeploy
@@ -272,6 +288,7 @@ pub fn prolog(
         let window = &wanted.assignment;
         if window.not_before.is_some_and(|t| now < t)
             || (state == State::Waiting && window.not_after.is_some_and(|t| now > t))
+            || (state == State::Waiting && window.paused)
         {
             continue;
         }
@@ -447,6 +464,8 @@ mod tests {
             not_after: None,
             info_location: None,
             pack_location: None,
+            share: 100,
+            paused: false,
         }
     }
 
@@ -596,6 +615,39 @@ mod tests {
         assert_eq!(changes.len(), 1, "armed but not notified: {changes:?}");
         let (offers, _) = prolog(&[later], &pc, &[], 150);
         assert_eq!(offers.len(), 1);
+    }
+
+    #[test]
+    fn a_rollout_reaches_a_stable_growing_share_and_a_pause_offers_nothing_new() {
+        let fleet: Vec<Computer> = (0..400)
+            .map(|i| computer(&format!("lab-{i:03}"), &["lab"], &[]))
+            .collect();
+        let mut staged = assignment("lab", by_tag("lab"), None);
+        let reached = |a: &Assignment| -> Vec<&str> {
+            fleet
+                .iter()
+                .filter(|c| a.targets(c))
+                .map(|c| c.device_id.as_str())
+                .collect()
+        };
+        staged.share = 10;
+        let first = reached(&staged);
+        assert!(
+            (20..=60).contains(&first.len()),
+            "about 10% of 400: {}",
+            first.len()
+        );
+        staged.share = 50;
+        let second = reached(&staged);
+        assert!(
+            first.iter().all(|c| second.contains(c)),
+            "no one leaves a rollout"
+        );
+        assert!((150..=250).contains(&second.len()), "{}", second.len());
+        staged.paused = true;
+        let target = fleet.iter().find(|c| staged.targets(c)).unwrap();
+        let (offers, _) = prolog(&[staged], target, &[], 1);
+        assert!(offers.is_empty(), "paused: nothing new is offered");
     }
 
     #[test]

@@ -259,6 +259,8 @@ mod tests {
                 not_after: None,
                 info_location: None,
                 pack_location: Some("mirror.lab:8080/download".into()),
+                share: 100,
+                paused: false,
             }],
             packages: HashMap::from([(
                 ID.to_owned(),

@@ -361,3 +361,81 @@ async fn a_silent_client_holds_up_no_one_and_a_renewed_certificate_is_served_wit
     running.stop().await.unwrap();
     drop(silent);
 }
+
+const STAGED: &str = "apiVersion: tessera.dev/v1alpha1
+kind: Affectation
+metadata:
+  name: staged
+spec:
+  activationRef:
+    name: check-disk
+  targets:
+    tags: [fleet]
+  rollout:
+    stages:
+      - percent: 20
+      - percent: 100
+        after: 24h
+    maxErrors: 1
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_rollout_reaches_its_share_and_pauses_on_errors() {
+    let dir = quickstart_copy();
+    std::fs::write(dir.path().join("staged.yaml"), STAGED).unwrap();
+    let running = start(dir.path()).await;
+    addresses(&running).await;
+    // A fleet of 200 computers that have sent an inventory.
+    let db = tessera::store::db::Database::open(&dir.path().join(".tessera/state.db")).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    for i in 0..200 {
+        let facts = tessera::store::db::Facts {
+            name: format!("pc-{i:03}"),
+            os_name: "Debian GNU/Linux 12".into(),
+            tags: vec!["fleet".into()],
+            ..Default::default()
+        };
+        db.record_inventory(&format!("pc-{i:03}-2026-01-01-00-00-00"), &facts, b"", now)
+            .unwrap();
+    }
+    // Any change makes a pass; the counts then cover the new computers.
+    std::fs::write(dir.path().join("touch.yaml"), "# touched\n").unwrap();
+    let (staged, _) = eventually("the first stage counted", || async {
+        let object = get_json(running.admin_address, "/api/v1/objects/Affectation/staged").await;
+        (object["details"]["targets"].as_i64().unwrap_or(0) > 0).then_some(object)
+    })
+    .await;
+    let targets = staged["details"]["targets"].as_i64().unwrap();
+    assert!((20..=65).contains(&targets), "about 20% of 200: {staged}");
+    assert_eq!(staged["details"]["rollout"]["percent"], 20, "{staged}");
+    assert!(
+        staged["details"]["rollout"]["nextStage"].is_string(),
+        "{staged}"
+    );
+
+    // One error among them reaches maxErrors: the rollout pauses and says so.
+    let rows = db.deployments().unwrap();
+    let first = rows
+        .iter()
+        .find(|d| d.activation == "default/check-disk")
+        .expect("the first stage is armed");
+    db.record_result(
+        &first.device_id,
+        &first.package_id,
+        tessera::store::db::State::Error,
+        Some("ERR_EXECUTE"),
+        None,
+        now,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("touch.yaml"), "# touched again\n").unwrap();
+    let (paused, _) = eventually("the rollout paused", || async {
+        let object = get_json(running.admin_address, "/api/v1/objects/Affectation/staged").await;
+        (object["details"]["rollout"]["paused"] == true).then_some(object)
+    })
+    .await;
+    let ready = &paused["conditions"][0];
+    assert_eq!(ready["reason"], "RolloutPaused", "{paused}");
+    assert_eq!(ready["status"], "False", "{paused}");
+    running.stop().await.unwrap();
+}
