@@ -1,0 +1,1535 @@
+//! How fast `tessera serve` answers agents, next to nginx serving the same fragment files.
+//!
+//! `cargo bench --bench serve` starts the release `tessera serve` on loopback ports with the
+//! quickstart configuration plus a 64 MiB package of incompressible content in 1 MiB
+//! fragments, registers 1,000 computers (tag `lab`, Debian 12) with one inventory each, and
+//! measures with one minimal HTTP/1.1 keep-alive client (tokio, rustls with ring):
+//!
+//! - PROLOG requests per second and p99 latency over HTTPS at 1, 4 and 64 connections;
+//! - the time to ingest a ~350 KB inventory, zlib-compressed as the agent sends it;
+//! - fragment throughput over HTTPS and plain HTTP at 1 and 16 connections, against nginx
+//!   rooted at the same fragment store (started here on loopback ports, when installed:
+//!   `scripts/bench-setup.sh` installs it);
+//! - the server's peak resident memory (VmHWM).
+//!
+//! `TESSERA_BENCH_SECS` sets the seconds per measured level (default 5). Client and servers
+//! share the machine's cores: each row shows the CPU the server, the client and every other
+//! process used meanwhile (a build running alongside skews the figures). It prints figures;
+//! it asserts nothing.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use sha2::Digest as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Computers registered before PROLOG runs, so PROLOG looks up many different devices.
+const COMPUTERS: usize = 1_000;
+/// Concurrent connections for PROLOG.
+const PROLOG_LEVELS: [usize; 3] = [1, 4, 64];
+/// Concurrent connections for fragments.
+const FRAGMENT_LEVELS: [usize; 2] = [1, 16];
+/// Inventory posts timed one after the other (after a few untimed ones).
+const INVENTORY_POSTS: usize = 50;
+const INVENTORY_WARMUP: usize = 3;
+/// Size of the uncompressed inventory XML, about what an agent sends for a desktop with
+/// its full software list.
+const INVENTORY_BYTES: usize = 350_000;
+/// The package served as fragments: incompressible, so fragments are its full size.
+const PACKAGE_MIB: usize = 64;
+const FRAGMENT_BYTES: u64 = 1 << 20;
+/// The package built by `tessera serve` at start-up; the first build hashes 64 MiB.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Any single exchange taking longer than this is an error, not a slow sample.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Response heads larger than this are refused.
+const MAX_HEAD: usize = 64 << 10;
+/// The client's read buffer, also its scratch space for discarded bodies.
+const READ_BUFFER: usize = 256 << 10;
+const PACKAGE_NAME: &str = "bench-payload";
+
+fn main() {
+    let secs: u64 = std::env::var("TESSERA_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(5);
+    let duration = Duration::from_secs(secs);
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo bench --bench serve`",
+        binary.display()
+    );
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let work = tempfile::tempdir().expect("temporary directory");
+    // nginx workers drop to `nobody` when started as root: let them walk to the store.
+    set_mode(work.path(), 0o755);
+    let config = work.path().join("config");
+    let [https, http, admin] = free_ports();
+    write_config(&config, https, http);
+    let validate = Command::new(&binary)
+        .arg("validate")
+        .arg(&config)
+        .output()
+        .expect("run tessera validate");
+    assert!(
+        validate.status.success(),
+        "the bench configuration does not validate:\n{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
+
+    let log = work.path().join("tessera.log");
+    let mut command = Command::new(&binary);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--admin-address")
+        .arg(admin.to_string())
+        .env("TESSERA_LOG", "warn")
+        .env("RUST_LOG", "warn")
+        .env_remove("TESSERA_STATE")
+        .env_remove("TESSERA_ALLOW_EMPTY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("create the server log"));
+    let server = Process::spawn("tessera serve", &mut command);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let setup = Setup {
+        duration,
+        config,
+        admin,
+        https,
+        http,
+        log,
+        work: work.path().to_owned(),
+        load_average,
+    };
+    let report = runtime.block_on(run(&setup, &server));
+    drop(server);
+    print!("{report}");
+    let log = std::fs::read_to_string(&setup.log).unwrap_or_default();
+    let noted: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .collect();
+    println!("tessera log: {} warnings or errors", noted.len());
+    for line in noted.iter().take(5) {
+        println!("  {line}");
+    }
+}
+
+/// Where things are, decided before the runtime starts.
+struct Setup {
+    duration: Duration,
+    config: PathBuf,
+    admin: SocketAddr,
+    https: SocketAddr,
+    http: SocketAddr,
+    log: PathBuf,
+    work: PathBuf,
+    /// `/proc/loadavg` before the server started: a busy machine skews every figure.
+    load_average: String,
+}
+
+async fn run(setup: &Setup, server: &Process) -> String {
+    let started = Instant::now();
+    let package_id = wait_ready(setup, server).await;
+    let state = setup.config.join(".tessera");
+    let tls_dir = state.join("certificates/default/tessera-server");
+    let tls = tls_connector(&tls_dir.join("ca.crt"));
+    let https = Target::new(setup.https, Some(tls.clone()));
+    let http = Target::new(setup.http, None);
+    let hwm_ready = peak_memory(server.id());
+    let mut cpu = Cpu::new(server.id());
+    eprintln!(
+        "serve bench: tessera ready in {:.1} s (package {package_id}, {PACKAGE_MIB} MiB)",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every computer sends a small inventory first, so PROLOG has targeting to do.
+    let host = setup.https.to_string();
+    let register: Vec<Vec<u8>> = (0..COMPUTERS)
+        .map(|i| ocs_post(&host, &inventory_xml(i, 0)))
+        .collect();
+    let started = Instant::now();
+    let registered = send_each(&https, 8, &register).await;
+    assert_eq!(
+        registered.errors,
+        0,
+        "registering computers failed; see {}",
+        setup.log.display()
+    );
+    eprintln!(
+        "serve bench: {COMPUTERS} computers registered in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let prologs: Vec<Vec<u8>> = (0..COMPUTERS)
+        .map(|i| ocs_post(&host, &prolog_xml(i)))
+        .collect();
+    let offered = check_prolog(&https, &prologs[0]).await;
+    // One untimed round: first notifications are written once, later PROLOGs repeat them.
+    send_each(&https, 4, &prologs).await;
+    let mut prolog_rows = Vec::new();
+    for connections in PROLOG_LEVELS {
+        let before = cpu.sample();
+        let load = load_for(&https, connections, setup.duration, &prologs).await;
+        let used = cpu.used(before, load.elapsed);
+        eprintln!(
+            "serve bench: PROLOG x{connections}: {:.0} req/s",
+            load.rate()
+        );
+        prolog_rows.push((connections, load, used));
+    }
+
+    let big = inventory_xml(0, INVENTORY_BYTES);
+    let inventories: Vec<Vec<u8>> = (0..INVENTORY_WARMUP + INVENTORY_POSTS)
+        .map(|i| ocs_post(&host, &inventory_xml(i % COMPUTERS, INVENTORY_BYTES)))
+        .collect();
+    let compressed = zlib(big.as_bytes()).len();
+    send_each(&https, 1, &inventories[..INVENTORY_WARMUP]).await;
+    let ingest = send_each(&https, 1, &inventories[INVENTORY_WARMUP..]).await;
+    check_inventory(&https, &inventories[0]).await;
+    let hwm_agents = peak_memory(server.id());
+
+    let fragments = fragment_paths(&state.join("download").join(&package_id));
+    let nginx = match Nginx::start(&setup.work, &state, &tls_dir) {
+        Ok(nginx) => Some(nginx),
+        Err(NginxMissing) => {
+            eprintln!(
+                "serve bench: nginx is not installed; skipping the nginx column. Run scripts/bench-setup.sh to install it."
+            );
+            None
+        }
+    };
+    if let Some(nginx) = &nginx {
+        cpu.nginx = nginx.pids();
+    }
+    let nginx_targets = nginx.as_ref().map(|n| {
+        (
+            Target::new(n.https, Some(tls.clone())),
+            Target::new(n.http, None),
+        )
+    });
+    if let Some((nginx_https, _)) = &nginx_targets {
+        same_bytes(&https, nginx_https, &host, &fragments[0]).await;
+    }
+    let mut fragment_rows = Vec::new();
+    for (scheme, tessera) in [("HTTPS", &https), ("HTTP", &http)] {
+        let requests: Vec<Vec<u8>> = fragments.iter().map(|f| get(&host, f)).collect();
+        for connections in FRAGMENT_LEVELS {
+            let before = cpu.sample();
+            let ours = load_for(tessera, connections, setup.duration, &requests).await;
+            let ours_cpu = cpu.used(before, ours.elapsed);
+            let theirs = match &nginx_targets {
+                Some((nginx_https, nginx_http)) => {
+                    let target = if scheme == "HTTPS" {
+                        nginx_https
+                    } else {
+                        nginx_http
+                    };
+                    let before = cpu.sample();
+                    let load = load_for(target, connections, setup.duration, &requests).await;
+                    let used = cpu.used(before, load.elapsed);
+                    Some((load, used))
+                }
+                None => None,
+            };
+            eprintln!(
+                "serve bench: fragments {scheme} x{connections}: tessera {:.0} MB/s, nginx {}",
+                ours.megabytes(),
+                theirs.as_ref().map_or("-".to_owned(), |(l, _)| format!(
+                    "{:.0} MB/s",
+                    l.megabytes()
+                ))
+            );
+            fragment_rows.push((scheme, connections, (ours, ours_cpu), theirs));
+        }
+    }
+    let hwm_end = peak_memory(server.id());
+    let nginx_memory = nginx.as_ref().and_then(|n| n.peak_memory());
+    let suite = cipher_suite(&https).await;
+    drop(nginx);
+
+    let mut table = Table::default();
+    for (connections, load, used) in &prolog_rows {
+        table.row([
+            &format!("PROLOG HTTPS, {connections} conn: req/s"),
+            &format!("{:.0}", load.rate()),
+            &used.to_string(),
+            "-",
+            "",
+            ">= 5,000",
+            verdict(load.rate() >= 5_000.0),
+        ]);
+        let p99 = load.percentile(99.0);
+        table.row([
+            &format!("PROLOG HTTPS, {connections} conn: p99 ms"),
+            &millis(p99),
+            "",
+            "-",
+            "",
+            "< 5",
+            verdict(p99 < Duration::from_millis(5)),
+        ]);
+    }
+    let median = ingest.percentile(50.0);
+    table.row([
+        "Inventory 350 KB: median ms",
+        &millis(median),
+        "",
+        "-",
+        "",
+        "< 20",
+        verdict(median < Duration::from_millis(20)),
+    ]);
+    table.row([
+        "Inventory 350 KB: p99 ms",
+        &millis(ingest.percentile(99.0)),
+        "",
+        "-",
+        "",
+        "",
+        "",
+    ]);
+    for (scheme, connections, (ours, ours_cpu), theirs) in &fragment_rows {
+        let (nginx_figure, nginx_cpu, check) = match theirs {
+            Some((theirs, used)) => {
+                // Judged at the precision shown: 1.00x is as fast as nginx.
+                let ratio = (100.0 * ours.megabytes() / theirs.megabytes()).round() / 100.0;
+                (
+                    format!("{:.0}", theirs.megabytes()),
+                    used.to_string(),
+                    format!("{} ({ratio:.2}x)", verdict(ratio >= 1.0)),
+                )
+            }
+            None => ("-".to_owned(), String::new(), String::new()),
+        };
+        table.row([
+            &format!("Fragments {scheme}, {connections} conn: MB/s"),
+            &format!("{:.0}", ours.megabytes()),
+            &ours_cpu.to_string(),
+            &nginx_figure,
+            &nginx_cpu,
+            ">= nginx",
+            &check,
+        ]);
+    }
+    table.row([
+        "Peak RSS (VmHWM) MiB",
+        &mib(hwm_end),
+        "",
+        &nginx_memory.map_or("-".to_owned(), |m| mib(Some(m))),
+        "",
+        "",
+        "",
+    ]);
+
+    let errors: u64 = prolog_rows.iter().map(|(_, l, _)| l.errors).sum::<u64>()
+        + ingest.errors
+        + fragment_rows
+            .iter()
+            .map(|(_, _, (o, _), t)| o.errors + t.as_ref().map_or(0, |(t, _)| t.errors))
+            .sum::<u64>();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\nserve bench: {cores} CPU cores shared by client and servers, {} s per level, {COMPUTERS} computers",
+        setup.duration.as_secs()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "  PROLOG reply offers {offered} packages; inventory {} bytes of XML, {} bytes zlib ({} SOFTWARES rows), {INVENTORY_POSTS} posts on one connection",
+        big.len(),
+        compressed,
+        big.matches("<SOFTWARES>").count()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "  fragments: {} of {} bytes, TLS {suite}; nginx: {}",
+        fragments.len(),
+        FRAGMENT_BYTES,
+        if nginx_targets.is_some() {
+            "sendfile on, 2 workers, TLSv1.3, same files and certificate"
+        } else {
+            "not installed (scripts/bench-setup.sh)"
+        }
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "  tessera VmHWM: {} MiB after start-up and package build, {} MiB after PROLOG and inventories, {} MiB at the end",
+        mib(hwm_ready),
+        mib(hwm_agents),
+        mib(hwm_end)
+    )
+    .unwrap();
+    let other = prolog_rows
+        .iter()
+        .map(|(_, _, used)| used)
+        .chain(fragment_rows.iter().flat_map(|(_, _, (_, ours), theirs)| {
+            std::iter::once(ours).chain(theirs.as_ref().map(|(_, used)| used))
+        }))
+        .map(|used| used.other)
+        .fold(0.0, f64::max);
+    writeln!(
+        out,
+        "  request errors: {errors}; other processes used at most {other:.0}% of one core during a measurement (load average before start: {})\n",
+        setup.load_average
+    )
+    .unwrap();
+    out.push_str(&table.render());
+    out
+}
+
+/// Polls the admin API until the listeners are bound and the bench package is built;
+/// returns the package id used in download URLs.
+async fn wait_ready(setup: &Setup, server: &Process) -> String {
+    let admin = Target::new(setup.admin, None);
+    let host = setup.admin.to_string();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(id) = ready_package(&admin, &host).await {
+            return id;
+        }
+        assert!(
+            server.running(),
+            "tessera serve exited; its log:\n{}",
+            tail(&setup.log)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "tessera serve not ready after {READY_TIMEOUT:?}; its log:\n{}",
+            tail(&setup.log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ready_package(admin: &Target, host: &str) -> Option<String> {
+    let mut connection = Connection::open(admin).await.ok()?;
+    let server = connection
+        .json(&get(host, "/api/v1/objects/Server/tessera"))
+        .await?;
+    if server["details"]["addresses"].as_array()?.len() != 2 {
+        return None;
+    }
+    let package = connection
+        .json(&get(
+            host,
+            &format!("/api/v1/objects/Package/{PACKAGE_NAME}"),
+        ))
+        .await?;
+    let ready = package["conditions"]
+        .as_array()?
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    let id = package["details"]["packageId"].as_str()?;
+    ready.then(|| id.to_owned())
+}
+
+/// One PROLOG, decoded: the number of packages offered.
+async fn check_prolog(target: &Target, request: &[u8]) -> usize {
+    let reply = exchange_once(target, request).await;
+    assert!(
+        reply.contains("<RESPONSE>"),
+        "unexpected PROLOG reply: {reply}"
+    );
+    let offered = reply.matches("TYPE=\"PACK\"").count();
+    assert!(offered > 0, "the PROLOG reply offers nothing: {reply}");
+    offered
+}
+
+async fn check_inventory(target: &Target, request: &[u8]) {
+    let reply = exchange_once(target, request).await;
+    assert!(
+        reply.contains("ACCOUNT_UPDATE"),
+        "unexpected INVENTORY reply: {reply}"
+    );
+}
+
+/// Sends one OCS request and inflates the reply.
+async fn exchange_once(target: &Target, request: &[u8]) -> String {
+    let mut connection = Connection::open(target).await.expect("connect");
+    let response = connection
+        .exchange(request, Body::Keep)
+        .await
+        .expect("exchange");
+    assert_eq!(
+        response.status, 200,
+        "OCS request answered {}",
+        response.status
+    );
+    let mut xml = String::new();
+    flate2::read::ZlibDecoder::new(&response.body[..])
+        .read_to_string(&mut xml)
+        .expect("zlib reply");
+    xml
+}
+
+/// Both servers serve the same bytes for the same URL.
+async fn same_bytes(tessera: &Target, nginx: &Target, host: &str, path: &str) {
+    let mut digests = Vec::new();
+    for target in [tessera, nginx] {
+        let mut connection = Connection::open(target).await.expect("connect");
+        let response = connection
+            .exchange(&get(host, path), Body::Keep)
+            .await
+            .expect("fragment");
+        assert_eq!(
+            response.status, 200,
+            "GET {path} answered {}",
+            response.status
+        );
+        digests.push(sha2::Sha256::digest(&response.body));
+    }
+    assert_eq!(digests[0], digests[1], "tessera and nginx differ on {path}");
+}
+
+async fn cipher_suite(target: &Target) -> String {
+    let Some(tls) = &target.tls else {
+        return "none".to_owned();
+    };
+    let tcp = TcpStream::connect(target.address).await.expect("connect");
+    let stream = tls
+        .connect(ServerName::from(Ipv4Addr::LOCALHOST), tcp)
+        .await
+        .expect("handshake");
+    let (_, session) = stream.get_ref();
+    session
+        .negotiated_cipher_suite()
+        .map_or("?".to_owned(), |s| format!("{:?}", s.suite()))
+}
+
+// --- load ---------------------------------------------------------------------------
+
+/// What a run of requests gave.
+#[derive(Default)]
+struct Load {
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn megabytes(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+
+    /// Nearest-rank percentile.
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
+    fn merge(&mut self, other: Load) {
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// `connections` keep-alive connections, each sending requests back to back (cycling
+/// through `requests` from its own offset) for `duration`.
+async fn load_for(
+    target: &Target,
+    connections: usize,
+    duration: Duration,
+    requests: &[Vec<u8>],
+) -> Load {
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(requests.to_vec());
+    let mut opened = Vec::new();
+    for _ in 0..connections {
+        opened.push(Connection::open(target).await.expect("connect"));
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for (worker, mut connection) in opened.into_iter().enumerate() {
+        let requests = requests.clone();
+        let target = target.clone();
+        workers.spawn(async move {
+            let mut load = Load::default();
+            let mut next = worker * requests.len() / connections;
+            while Instant::now() < deadline {
+                let request = &requests[next % requests.len()];
+                next += 1;
+                let sent = Instant::now();
+                match timed_exchange(&mut connection, request).await {
+                    Ok(response) if response.status == 200 => {
+                        load.latencies.push(sent.elapsed());
+                        load.requests += 1;
+                        load.bytes += response.length as u64;
+                        if response.closing {
+                            connection = reconnect(&target).await;
+                        }
+                    }
+                    Ok(_) => load.errors += 1,
+                    Err(_) => {
+                        load.errors += 1;
+                        connection = reconnect(&target).await;
+                    }
+                }
+            }
+            load
+        });
+    }
+    let mut total = Load::default();
+    while let Some(load) = workers.join_next().await {
+        total.merge(load.expect("load worker"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// Sends every request once over `connections` connections, each taking the next unsent.
+async fn send_each(target: &Target, connections: usize, requests: &[Vec<u8>]) -> Load {
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(requests.to_vec());
+    let cursor = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let requests = requests.clone();
+        let cursor = cursor.clone();
+        let target = target.clone();
+        workers.spawn(async move {
+            let mut load = Load::default();
+            let mut connection = reconnect(&target).await;
+            loop {
+                let next = cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(request) = requests.get(next) else {
+                    break;
+                };
+                let sent = Instant::now();
+                match timed_exchange(&mut connection, request).await {
+                    Ok(response) if response.status == 200 => {
+                        load.latencies.push(sent.elapsed());
+                        load.requests += 1;
+                        load.bytes += response.length as u64;
+                        if response.closing {
+                            connection = reconnect(&target).await;
+                        }
+                    }
+                    Ok(_) => load.errors += 1,
+                    Err(_) => {
+                        load.errors += 1;
+                        connection = reconnect(&target).await;
+                    }
+                }
+            }
+            load
+        });
+    }
+    let mut total = Load::default();
+    while let Some(load) = workers.join_next().await {
+        total.merge(load.expect("send worker"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn timed_exchange(connection: &mut Connection, request: &[u8]) -> std::io::Result<Response> {
+    tokio::time::timeout(
+        EXCHANGE_TIMEOUT,
+        connection.exchange(request, Body::Discard),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "exchange timed out"))?
+}
+
+/// A fresh connection, retrying: a failed request must not end the measurement.
+async fn reconnect(target: &Target) -> Connection {
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    loop {
+        match Connection::open(target).await {
+            Ok(connection) => return connection,
+            Err(e) if Instant::now() >= deadline => panic!("reconnect to {}: {e}", target.address),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+// --- the client ---------------------------------------------------------------------
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A server to connect to, over TLS when `tls` is set.
+#[derive(Clone)]
+struct Target {
+    address: SocketAddr,
+    tls: Option<TlsConnector>,
+}
+
+impl Target {
+    fn new(address: SocketAddr, tls: Option<TlsConnector>) -> Self {
+        Self { address, tls }
+    }
+}
+
+/// What to do with a response body.
+#[derive(Clone, Copy, PartialEq)]
+enum Body {
+    Keep,
+    Discard,
+}
+
+struct Response {
+    status: u16,
+    length: usize,
+    /// Empty when the body was discarded.
+    body: Vec<u8>,
+    /// The server said `Connection: close`.
+    closing: bool,
+}
+
+/// One HTTP/1.1 keep-alive connection: a request written, a head read, exactly
+/// `Content-Length` bytes of body read, and again.
+struct Connection {
+    io: Box<dyn Io>,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Connection {
+    async fn open(target: &Target) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(target.address).await?;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Io> = match &target.tls {
+            Some(tls) => Box::new(
+                tls.connect(ServerName::from(Ipv4Addr::LOCALHOST), tcp)
+                    .await?,
+            ),
+            None => Box::new(tcp),
+        };
+        Ok(Self {
+            io,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        })
+    }
+
+    async fn exchange(&mut self, request: &[u8], body: Body) -> std::io::Result<Response> {
+        self.io.write_all(request).await?;
+        self.io.flush().await?;
+        let head_end = loop {
+            if let Some(i) = find(&self.buffer[self.start..self.end], b"\r\n\r\n") {
+                break self.start + i + 4;
+            }
+            if self.end - self.start >= MAX_HEAD {
+                return Err(invalid("response head too large"));
+            }
+            if self.end == self.buffer.len() {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = self.io.read(&mut self.buffer[self.end..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += n;
+        };
+        let head = parse_head(&self.buffer[self.start..head_end])?;
+        self.start = head_end;
+        let buffered = (self.end - self.start).min(head.length);
+        let mut kept = Vec::new();
+        if body == Body::Keep {
+            kept.reserve_exact(head.length);
+            kept.extend_from_slice(&self.buffer[self.start..self.start + buffered]);
+        }
+        self.start += buffered;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let mut remaining = head.length - buffered;
+        // Something left to read means the buffer was emptied above: it is scratch space.
+        match body {
+            Body::Keep => {
+                kept.resize(head.length, 0);
+                self.io.read_exact(&mut kept[buffered..]).await?;
+            }
+            Body::Discard => {
+                while remaining > 0 {
+                    let limit = remaining.min(self.buffer.len());
+                    let n = self.io.read(&mut self.buffer[..limit]).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    remaining -= n;
+                }
+            }
+        }
+        Ok(Response {
+            status: head.status,
+            length: head.length,
+            body: kept,
+            closing: head.closing,
+        })
+    }
+
+    /// GETs JSON; `None` on anything but a 200 with a JSON body.
+    async fn json(&mut self, request: &[u8]) -> Option<serde_json::Value> {
+        let response = self.exchange(request, Body::Keep).await.ok()?;
+        if response.status != 200 {
+            return None;
+        }
+        serde_json::from_slice(&response.body).ok()
+    }
+}
+
+struct Head {
+    status: u16,
+    length: usize,
+    closing: bool,
+}
+
+fn parse_head(head: &[u8]) -> std::io::Result<Head> {
+    let text = std::str::from_utf8(head).map_err(|_| invalid("response head not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| invalid("bad status line"))?;
+    let mut length = None;
+    let mut closing = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse().map_err(|_| invalid("bad Content-Length"))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(invalid("chunked responses are not supported"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            closing = value.eq_ignore_ascii_case("close");
+        }
+    }
+    let length = length.ok_or_else(|| invalid("no Content-Length"))?;
+    Ok(Head {
+        status,
+        length,
+        closing,
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn invalid(message: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned())
+}
+
+fn tls_connector(ca: &Path) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read ca.crt") {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+// --- requests -----------------------------------------------------------------------
+
+fn get(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tessera-bench\r\n\r\n").into_bytes()
+}
+
+/// An OCS POST as the Unix agent sends it: the XML zlib-compressed.
+fn ocs_post(host: &str, xml: &str) -> Vec<u8> {
+    let body = zlib(xml.as_bytes());
+    let mut request = format!(
+        "POST /ocsinventory HTTP/1.1\r\nHost: {host}\r\nUser-Agent: OCS-NG_unified_unix_agent_v2.10.0\r\nContent-Type: application/x-compress\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+fn zlib(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("compress");
+    encoder.finish().expect("compress")
+}
+
+fn device_id(computer: usize) -> String {
+    format!("bench-{computer:04}-2026-01-01-00-00-00")
+}
+
+fn prolog_xml(computer: usize) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<REQUEST>\n  <DEVICEID>{}</DEVICEID>\n  <QUERY>PROLOG</QUERY>\n</REQUEST>\n",
+        device_id(computer)
+    )
+}
+
+/// Package name stems for SOFTWARES rows, as a Debian desktop lists them.
+const SOFTWARE: [&str; 24] = [
+    "libc6",
+    "libssl3",
+    "python3",
+    "perl-base",
+    "libgtk-3",
+    "firefox-esr",
+    "libreoffice-core",
+    "openssh-client",
+    "systemd",
+    "libglib2.0",
+    "fonts-dejavu",
+    "libx11",
+    "gnome-shell",
+    "libqt5core5a",
+    "cups-client",
+    "libpulse0",
+    "vim-tiny",
+    "libcurl4",
+    "git",
+    "linux-image-6.1.0",
+    "libmesa",
+    "libxml2",
+    "zlib1g",
+    "ocsinventory-agent",
+];
+
+/// Words for package descriptions.
+const WORDS: [&str; 40] = [
+    "library",
+    "shared",
+    "runtime",
+    "GNU",
+    "development",
+    "files",
+    "for",
+    "the",
+    "client",
+    "server",
+    "utilities",
+    "support",
+    "plugin",
+    "module",
+    "Python",
+    "bindings",
+    "graphical",
+    "toolkit",
+    "X11",
+    "Wayland",
+    "daemon",
+    "kernel",
+    "headers",
+    "documentation",
+    "fonts",
+    "data",
+    "common",
+    "core",
+    "network",
+    "protocol",
+    "audio",
+    "video",
+    "codec",
+    "driver",
+    "firmware",
+    "printing",
+    "system",
+    "tools",
+    "interface",
+    "transitional",
+];
+
+/// A small deterministic generator (xorshift64), enough for varied test data.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// An agent-shaped inventory: the usual sections, then SOFTWARES rows until the XML
+/// reaches about `bytes` (none when 0).
+fn inventory_xml(computer: usize, bytes: usize) -> String {
+    let name = format!("bench-{computer:04}");
+    let mut xml = String::with_capacity(bytes + 8192);
+    xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<REQUEST>\n  <CONTENT>\n");
+    xml.push_str("    <ACCOUNTINFO>\n      <KEYNAME>TAG</KEYNAME>\n      <KEYVALUE>lab</KEYVALUE>\n    </ACCOUNTINFO>\n");
+    write!(
+        xml,
+        "    <BIOS>\n      <BDATE>03/14/2024</BDATE>\n      <BMANUFACTURER>LENOVO</BMANUFACTURER>\n      <BVERSION>N3HET87W (1.64 )</BVERSION>\n      <SMANUFACTURER>LENOVO</SMANUFACTURER>\n      <SMODEL>21AH00F5GE</SMODEL>\n      <SSN>PF{computer:06}</SSN>\n      <TYPE>Notebook</TYPE>\n    </BIOS>\n"
+    )
+    .unwrap();
+    write!(
+        xml,
+        "    <HARDWARE>\n      <NAME>{name}</NAME>\n      <OSNAME>Debian GNU/Linux 12</OSNAME>\n      <OSVERSION>12</OSVERSION>\n      <OSCOMMENTS>#1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1 (2025-11-20)</OSCOMMENTS>\n      <ARCH>x86_64</ARCH>\n      <CHECKSUM>262143</CHECKSUM>\n      <IPADDR>10.20.{}.{}</IPADDR>\n      <MEMORY>15729</MEMORY>\n      <SWAP>976</SWAP>\n      <PROCESSORN>1</PROCESSORN>\n      <PROCESSORS>2600</PROCESSORS>\n      <PROCESSORT>12th Gen Intel(R) Core(TM) i7-1260P</PROCESSORT>\n      <USERID>user{computer}</USERID>\n      <WORKGROUP>lab.example.lan</WORKGROUP>\n      <UUID>4c4c4544-0042-{computer:04}-8051-b4c04f4e3732</UUID>\n    </HARDWARE>\n",
+        computer / 250,
+        computer % 250 + 1
+    )
+    .unwrap();
+    for cpu in 0..2 {
+        write!(
+            xml,
+            "    <CPUS>\n      <CORES>12</CORES>\n      <CPUARCH>x86_64</CPUARCH>\n      <MANUFACTURER>Intel</MANUFACTURER>\n      <SPEED>2600</SPEED>\n      <THREADS>16</THREADS>\n      <TYPE>12th Gen Intel(R) Core(TM) i7-1260P</TYPE>\n      <SERIALNUMBER>CPU{cpu}</SERIALNUMBER>\n    </CPUS>\n"
+        )
+        .unwrap();
+    }
+    for slot in 0..2 {
+        write!(
+            xml,
+            "    <MEMORIES>\n      <CAPACITY>8192</CAPACITY>\n      <DESCRIPTION>SODIMM</DESCRIPTION>\n      <NUMSLOTS>{slot}</NUMSLOTS>\n      <SPEED>4800</SPEED>\n      <TYPE>DDR5</TYPE>\n    </MEMORIES>\n"
+        )
+        .unwrap();
+    }
+    for (i, nic) in ["enp0s31f6", "wlp0s20f3", "docker0"].iter().enumerate() {
+        write!(
+            xml,
+            "    <NETWORKS>\n      <DESCRIPTION>{nic}</DESCRIPTION>\n      <IPADDRESS>10.{i}.{}.{}</IPADDRESS>\n      <IPMASK>255.255.255.0</IPMASK>\n      <MACADDR>8c:8c:aa:{i:02x}:{:02x}:{:02x}</MACADDR>\n      <STATUS>Up</STATUS>\n      <TYPE>ethernet</TYPE>\n      <VIRTUALDEV>0</VIRTUALDEV>\n    </NETWORKS>\n",
+            computer / 250,
+            computer % 250 + 1,
+            computer / 256,
+            computer % 256
+        )
+        .unwrap();
+    }
+    for (volume, free) in [("/", 40_211), ("/boot", 301), ("/home", 310_553)] {
+        write!(
+            xml,
+            "    <DRIVES>\n      <FILESYSTEM>ext4</FILESYSTEM>\n      <FREE>{free}</FREE>\n      <TOTAL>476940</TOTAL>\n      <TYPE>{volume}</TYPE>\n      <VOLUMN>/dev/nvme0n1p2</VOLUMN>\n    </DRIVES>\n"
+        )
+        .unwrap();
+    }
+    let tail = format!(
+        "  </CONTENT>\n  <DEVICEID>{}</DEVICEID>\n  <QUERY>INVENTORY</QUERY>\n</REQUEST>\n",
+        device_id(computer)
+    );
+    // Varied descriptions and figures, so the XML compresses about as well as an agent's.
+    let mut random = Xorshift(0x9e37_79b9_7f4a_7c15 ^ computer as u64);
+    let mut row = 0usize;
+    while bytes > 0 && xml.len() + tail.len() < bytes {
+        let stem = SOFTWARE[row % SOFTWARE.len()];
+        let variant = row / SOFTWARE.len();
+        let mut comments = String::new();
+        for _ in 0..6 + random.below(8) {
+            comments.push_str(WORDS[random.below(WORDS.len())]);
+            comments.push(' ');
+        }
+        write!(
+            xml,
+            "    <SOFTWARES>\n      <ARCH>amd64</ARCH>\n      <COMMENTS>{}</COMMENTS>\n      <FILESIZE>{}</FILESIZE>\n      <FROM>deb</FROM>\n      <INSTALLDATE>2025/{:02}/{:02} {:02}:{:02}:{:02}</INSTALLDATE>\n      <NAME>{stem}-{variant}</NAME>\n      <PUBLISHER>Debian Maintainers &lt;debian-devel@lists.debian.org&gt;</PUBLISHER>\n      <VERSION>{}.{}.{}-{}+deb12u{}</VERSION>\n    </SOFTWARES>\n",
+            comments.trim_end(),
+            random.below(900_000) + 16,
+            random.below(12) + 1,
+            random.below(28) + 1,
+            random.below(24),
+            random.below(60),
+            random.below(60),
+            random.below(9) + 1,
+            random.below(31),
+            random.below(17),
+            random.below(5) + 1,
+            random.below(4) + 1
+        )
+        .unwrap();
+        row += 1;
+    }
+    xml.push_str(&tail);
+    xml
+}
+
+// --- the Tessera configuration --------------------------------------------------------
+
+/// `N` distinct free loopback ports, found by binding port 0 and letting go.
+fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local address"))
+}
+
+/// The quickstart, listening on `https` and `http`, plus a package of incompressible
+/// content affected to every `lab` computer.
+fn write_config(config: &Path, https: SocketAddr, http: SocketAddr) {
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
+    copy_tree(&quickstart, config);
+    let server = config.join("server.yaml");
+    let text = std::fs::read_to_string(&server).expect("read server.yaml");
+    let mut replaced = 0;
+    let rewritten: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let indent = &line[..line.len() - trimmed.len()];
+            if trimmed.starts_with("https:") {
+                replaced += 1;
+                format!("{indent}https: {https}")
+            } else if trimmed.starts_with("http:") {
+                replaced += 1;
+                format!("{indent}http: {http}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(
+        replaced, 2,
+        "server.yaml: expected listen.https and listen.http"
+    );
+    std::fs::write(&server, rewritten.join("\n") + "\n").expect("write server.yaml");
+
+    let content = config.join("packages/bench");
+    std::fs::create_dir_all(&content).expect("create the content directory");
+    let mut random = Vec::with_capacity(PACKAGE_MIB << 20);
+    std::fs::File::open("/dev/urandom")
+        .expect("open /dev/urandom")
+        .take((PACKAGE_MIB << 20) as u64)
+        .read_to_end(&mut random)
+        .expect("read /dev/urandom");
+    std::fs::write(content.join("payload.bin"), random).expect("write the payload");
+    std::fs::write(
+        config.join("packages/bench.yaml"),
+        format!(
+            "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: {PACKAGE_NAME}\nspec:\n  displayName: Serve bench payload\n  os: linux\n  priority: 5\n  content:\n    directory: bench\n  action:\n    store:\n      path: INSTALL_PATH/bench\n  fragmentSize: 1Mi\n\
+             ---\napiVersion: tessera.dev/v1alpha1\nkind: Activation\nmetadata:\n  name: {PACKAGE_NAME}\nspec:\n  packageRef:\n    name: {PACKAGE_NAME}\n\
+             ---\napiVersion: tessera.dev/v1alpha1\nkind: Affectation\nmetadata:\n  name: lab-{PACKAGE_NAME}\nspec:\n  activationRef:\n    name: {PACKAGE_NAME}\n  targets:\n    tags: [lab]\n    os: [linux]\n"
+        ),
+    )
+    .expect("write packages/bench.yaml");
+    let ignore = config.join(".tesseraignore");
+    let mut rules = std::fs::read_to_string(&ignore).unwrap_or_default();
+    rules.push_str("packages/bench/\n");
+    std::fs::write(&ignore, rules).expect("write .tesseraignore");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a directory");
+    for entry in std::fs::read_dir(from).expect("read the quickstart") {
+        let entry = entry.expect("a directory entry");
+        if entry.file_name() == ".tessera" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a quickstart file");
+        }
+    }
+}
+
+/// The fragment files of the package that are exactly `FRAGMENT_BYTES` long, as URL paths.
+fn fragment_paths(package: &Path) -> Vec<String> {
+    let id = package
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("package id");
+    let mut numbers: Vec<u32> = std::fs::read_dir(package)
+        .expect("read the package's fragments")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let number = entry
+                .file_name()
+                .to_str()?
+                .strip_prefix(id)?
+                .strip_prefix('-')?
+                .parse()
+                .ok()?;
+            (entry.metadata().ok()?.len() == FRAGMENT_BYTES).then_some(number)
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert!(
+        !numbers.is_empty(),
+        "no 1 MiB fragment in {}",
+        package.display()
+    );
+    numbers
+        .into_iter()
+        .map(|n| format!("/download/{id}/{id}-{n}"))
+        .collect()
+}
+
+// --- processes ------------------------------------------------------------------------
+
+/// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
+struct Process {
+    name: &'static str,
+    child: std::cell::RefCell<Child>,
+}
+
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command) -> Self {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self {
+            name,
+            child: std::cell::RefCell::new(child),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.borrow().id()
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.child.borrow_mut().try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let child = self.child.get_mut();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "serve bench: {} did not stop on SIGTERM; killing it",
+            self.name
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// nginx, started as a child on two loopback ports with a generated configuration.
+struct Nginx {
+    http: SocketAddr,
+    https: SocketAddr,
+    process: Process,
+}
+
+/// nginx is not installed.
+struct NginxMissing;
+
+impl Nginx {
+    /// Serves `<state>/download` at `/download/` over HTTP and HTTPS (TLS 1.3, Tessera's own
+    /// server certificate), with the usual static-file settings.
+    fn start(work: &Path, state: &Path, tls: &Path) -> Result<Self, NginxMissing> {
+        let binary = nginx_binary().ok_or(NginxMissing)?;
+        let dir = work.join("nginx");
+        std::fs::create_dir_all(&dir).expect("create the nginx directory");
+        let [http, https] = free_ports();
+        let root = state.display();
+        let d = dir.display();
+        let cert = tls.join("tls.crt");
+        let key = tls.join("tls.key");
+        let locations = "    location /download/ { }\n    location / { return 404; }\n";
+        let config = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n  keepalive_timeout 300s;\n  access_log off;\n  default_type application/octet-stream;\n\
+             \x20 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             \x20 server {{\n    listen {http};\n    root {root};\n{locations}  }}\n\
+             \x20 server {{\n    listen {https} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n    root {root};\n{locations}  }}\n}}\n",
+            cert.display(),
+            key.display()
+        );
+        let file = dir.join("nginx.conf");
+        std::fs::write(&file, config).expect("write nginx.conf");
+        let log = std::fs::File::create(dir.join("stderr.log")).expect("create the nginx log");
+        let process = Process::spawn(
+            "nginx",
+            Command::new(binary)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(&file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(http).is_err()
+            || std::net::TcpStream::connect(https).is_err()
+        {
+            assert!(
+                process.running() && Instant::now() < deadline,
+                "nginx did not start; {}:\n{}",
+                dir.display(),
+                tail(&dir.join("error.log"))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            http,
+            https,
+            process,
+        })
+    }
+
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.process.id();
+        let mut pids = vec![master];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            if status_field(&status, "PPid:") == Some(u64::from(master)) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// The sum of VmHWM over the master and its workers.
+    fn peak_memory(&self) -> Option<u64> {
+        self.pids().into_iter().map(peak_memory).sum()
+    }
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// VmHWM of a process, in bytes.
+fn peak_memory(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, "VmHWM:").map(|kib| kib * 1024)
+}
+
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// --- the report -----------------------------------------------------------------------
+
+/// Columns: what, Tessera, its CPU, nginx, its CPU, target, met.
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 7]>,
+}
+
+impl Table {
+    const HEADER: [&'static str; 7] = [
+        "",
+        "Tessera",
+        "CPU srv/cli/oth",
+        "nginx",
+        "CPU srv/cli/oth",
+        "target",
+        "met",
+    ];
+
+    fn row(&mut self, cells: [&str; 7]) {
+        self.rows.push(cells.map(str::to_owned));
+    }
+
+    fn render(&self) -> String {
+        let header = Self::HEADER.map(str::to_owned);
+        let all: Vec<&[String; 7]> = std::iter::once(&header).chain(&self.rows).collect();
+        let widths: Vec<usize> = (0..7)
+            .map(|c| all.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for (i, row) in all.iter().enumerate() {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                let width = widths[c];
+                // The label and the target/met columns read left to right; figures align right.
+                if c == 0 || c >= 5 {
+                    write!(line, "{cell:<width$}  ").unwrap();
+                } else {
+                    write!(line, "{cell:>width$}  ").unwrap();
+                }
+            }
+            writeln!(out, "{}", line.trim_end()).unwrap();
+            if i == 0 {
+                writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 12)).unwrap();
+            }
+        }
+        out
+    }
+}
+
+/// CPU used by the server, by this client and by every other process on the machine (noise:
+/// a build running alongside skews figures), as `server%/client%/other%` of one core.
+struct CpuUse {
+    server: f64,
+    client: f64,
+    other: f64,
+}
+
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}%/{:.0}%/{:.0}%",
+            self.server, self.client, self.other
+        )
+    }
+}
+
+/// Reads CPU time of the server processes and of this process from `/proc`.
+struct Cpu {
+    tessera: u32,
+    /// nginx's master and workers, once started.
+    nginx: Vec<u32>,
+    ticks_per_second: f64,
+}
+
+/// CPU seconds so far: Tessera, nginx, this client, the whole machine.
+type CpuSample = [f64; 4];
+
+impl Cpu {
+    fn new(tessera: u32) -> Self {
+        let ticks_per_second = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0);
+        Self {
+            tessera,
+            nginx: Vec::new(),
+            ticks_per_second,
+        }
+    }
+
+    fn sample(&self) -> CpuSample {
+        let seconds = |pids: &[u32]| {
+            pids.iter().filter_map(|&pid| cpu_ticks(pid)).sum::<u64>() as f64
+                / self.ticks_per_second
+        };
+        [
+            seconds(&[self.tessera]),
+            seconds(&self.nginx),
+            seconds(&[std::process::id()]),
+            machine_busy_ticks() as f64 / self.ticks_per_second,
+        ]
+    }
+
+    /// Percent of one core since `before`; the server is whichever of the two was busy.
+    fn used(&self, before: CpuSample, elapsed: Duration) -> CpuUse {
+        let after = self.sample();
+        let percent = |i: usize| 100.0 * (after[i] - before[i]) / elapsed.as_secs_f64();
+        CpuUse {
+            server: percent(0) + percent(1),
+            client: percent(2),
+            other: (percent(3) - percent(0) - percent(1) - percent(2)).max(0.0),
+        }
+    }
+}
+
+/// Time all CPUs spent running processes (user, nice, system), in clock ticks: interrupt
+/// time is left out, as loopback traffic is processed there on no process's account.
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find_map(|line| line.strip_prefix("cpu ")) else {
+        return 0;
+    };
+    // user nice system idle iowait irq softirq steal ...; guest time is already in user.
+    cpu.split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the first, then
+    // utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "yes" } else { "NO" }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("?".to_owned(), |b| {
+        format!("{:.0}", b as f64 / f64::from(1 << 20))
+    })
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what `cargo bench --bench serve` compares Tessera against: Debian's nginx,
+# serving the same fragment files. The bench starts its own nginx on loopback ports with a
+# generated configuration; the system service is stopped so nothing is left on port 80.
+# Idempotent; quick when nginx is there.
+set -euo pipefail
+
+if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+  exit 0
+fi
+
+echo "bench-setup: installing nginx" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "bench-setup: need root (or sudo) to install nginx" >&2; exit 1; }
+  sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+# Debian starts a service on install; exit code 101 from policy-rc.d forbids it (and the
+# package's postinst then leaves the daemon stopped). Only ours is removed afterwards.
+policy=/usr/sbin/policy-rc.d
+created_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  created_policy="yes"
+fi
+cleanup() {
+  if [ -n "$created_policy" ]; then
+    $sudo rm -f "$policy"
+  fi
+}
+trap cleanup EXIT
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends nginx >/dev/null
+
+# Belt and braces: where a service manager did start it anyway, stop and disable it.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+elif [ -f /run/nginx.pid ]; then
+  $sudo nginx -s quit 2>/dev/null || true
+fi
