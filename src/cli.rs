@@ -895,6 +895,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         metrics: metrics.clone(),
         activity: Arc::new(activity_tx),
         clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+        cache: Arc::new(agent::FragmentCache::new(agent::FRAGMENT_CACHE)),
     };
     let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
         .context("failed to build the TLS configuration")?;

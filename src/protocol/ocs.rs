@@ -54,7 +54,7 @@ pub fn decode_body(body: &[u8]) -> Result<(Vec<u8>, Encoding), CodecError> {
             _ => Ok(None),
         }
     };
-    if let Some(xml) = inflate(&mut flate2::read::ZlibDecoder::new(body))? {
+    if let Some(xml) = zlib_inflate(body)? {
         return Ok((xml, Encoding::Zlib));
     }
     if let Some(xml) = inflate(&mut flate2::read::GzDecoder::new(body))? {
@@ -74,12 +74,7 @@ pub fn decode_body(body: &[u8]) -> Result<(Vec<u8>, Encoding), CodecError> {
 pub fn encode_body(xml: &str, encoding: Encoding) -> Vec<u8> {
     // Writing into a Vec cannot fail.
     match encoding {
-        Encoding::Zlib => {
-            let mut encoder =
-                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            let _ = encoder.write_all(xml.as_bytes());
-            encoder.finish().unwrap_or_default()
-        }
+        Encoding::Zlib => zlib_deflate(xml.as_bytes()),
         Encoding::Gzip => {
             let mut encoder =
                 flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -88,6 +83,76 @@ pub fn encode_body(xml: &str, encoding: Encoding) -> Vec<u8> {
         }
         Encoding::Plain => xml.as_bytes().to_vec(),
     }
+}
+
+// A zlib stream's state is hundreds of kilobytes to allocate and clear: far more than a
+// PROLOG's bytes take to compress. Each thread keeps one of each and resets it.
+thread_local! {
+    static DEFLATE: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), true));
+    static INFLATE: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(true));
+}
+
+/// `data` as a zlib stream (RFC 1950), as OCS agents expect replies.
+fn zlib_deflate(data: &[u8]) -> Vec<u8> {
+    DEFLATE.with(|cell| {
+        let mut deflate = cell.borrow_mut();
+        deflate.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        loop {
+            let consumed = usize::try_from(deflate.total_in()).unwrap_or(data.len());
+            let status = deflate.compress_vec(
+                &data[consumed.min(data.len())..],
+                &mut out,
+                flate2::FlushCompress::Finish,
+            );
+            match status {
+                Ok(flate2::Status::StreamEnd) | Err(_) => return out,
+                Ok(_) => out.reserve(out.capacity().max(64)),
+            }
+        }
+    })
+}
+
+/// The content of a zlib stream; `None` when `body` is not one.
+fn zlib_inflate(body: &[u8]) -> Result<Option<Vec<u8>>, CodecError> {
+    INFLATE.with(|cell| {
+        let mut inflate = cell.borrow_mut();
+        inflate.reset(true);
+        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_INFLATED) + 64);
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity().max(64));
+            }
+            let consumed = usize::try_from(inflate.total_in()).unwrap_or(body.len());
+            let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+            let status = inflate.decompress_vec(
+                &body[consumed.min(body.len())..],
+                &mut out,
+                // Not `Finish`: with it the decompressor takes `out` as the whole output and
+                // cannot continue into a grown buffer.
+                flate2::FlushDecompress::None,
+            );
+            if out.len() > MAX_INFLATED {
+                return Err(CodecError::InflatesTooFar);
+            }
+            match status {
+                Ok(flate2::Status::StreamEnd) if !out.is_empty() => return Ok(Some(out)),
+                Ok(flate2::Status::StreamEnd) | Err(_) => return Ok(None),
+                // Neither input taken nor output given with room to spare: the input
+                // ended before the stream did.
+                Ok(_)
+                    if inflate.total_in() == in_before
+                        && inflate.total_out() == out_before
+                        && out.len() < out.capacity() =>
+                {
+                    return Ok(None);
+                }
+                Ok(_) => {}
+            }
+        }
+    })
 }
 
 /// What an agent said.

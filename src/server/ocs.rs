@@ -278,6 +278,7 @@ mod tests {
                 metrics: Arc::new(Metrics::default()),
                 activity: Arc::new(activity),
                 clock: Arc::new(|| 1_000_000),
+                cache: Arc::new(agent::FragmentCache::new(1 << 20)),
             },
             store,
         }

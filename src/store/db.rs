@@ -36,6 +36,9 @@ pub enum DbError {
     Query(#[from] rusqlite::Error),
 }
 
+/// Seconds within which a second contact of a computer is not written again.
+pub const CONTACT_PRECISION: i64 = 60;
+
 /// The schema, one step per version. Never edit a step that has shipped: add one.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -330,13 +333,20 @@ impl Database {
     }
 
     /// Records a contact from `device_id` at `now` and returns the computer (as it was
-    /// before this contact's inventory, if any) with its deployments.
+    /// before this contact's inventory, if any) with its deployments. The last contact is
+    /// kept to `CONTACT_PRECISION`: a reconnect storm costs reads, not writes.
     pub fn contact(
         &self,
         device_id: &str,
         now: i64,
     ) -> Result<(Computer, Vec<Deployment>), DbError> {
         let mut connection = self.lock();
+        if let Some(known) = computer(&connection, device_id)?
+            && (0..CONTACT_PRECISION).contains(&(now - known.last_contact))
+        {
+            let deployments = deployments_of(&connection, device_id)?;
+            return Ok((known, deployments));
+        }
         let tx = connection.transaction()?;
         tx.prepare_cached(
             "INSERT INTO computers (device_id, first_seen, last_contact) VALUES ($1, $2, $2)
