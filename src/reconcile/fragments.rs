@@ -230,6 +230,7 @@ impl Packages {
                         archive.as_deref(),
                         spec.fragment_size.bytes(),
                         draft.as_bytes(),
+                        &mut terminal_progress(&format!("building {key}")),
                     )
                     .map_err(|e| e.to_string())?;
                 let info = info_file(&id, package, proto(desired, key), Some(&manifest))?;
