@@ -227,19 +227,24 @@ pub async fn check_in(
     .into_response()
 }
 
-/// Whether `package_id` is being deployed to `agent` (so it may read it).
-async fn assigned(shared: &Shared, agent: &str, package_id: &str) -> Result<bool, Response> {
+/// The refusal to send unless `package_id` is being deployed to `agent` (so it may read
+/// it and report on it).
+async fn unless_assigned(shared: &Shared, agent: &str, package_id: &str) -> Option<Response> {
     let device = agent.to_owned();
     let wanted = package_id.to_owned();
-    shared
+    let assigned = shared
         .db(move |db| {
             Ok(db.computer(&device)?.is_some_and(|(_, rows)| {
                 rows.iter()
                     .any(|d| d.package_id == wanted && d.state.is_open())
             }))
         })
-        .await
-        .map_err(internal)
+        .await;
+    match assigned {
+        Ok(true) => None,
+        Ok(false) => Some(not_assigned(package_id)),
+        Err(error) => Some(internal(error)),
+    }
 }
 
 fn not_assigned(package_id: &str) -> Response {
@@ -259,10 +264,8 @@ pub async fn manifest(
     let Some(agent) = identity(peer) else {
         return unauthenticated();
     };
-    match assigned(&shared, &agent, &id).await {
-        Ok(true) => {}
-        Ok(false) => return not_assigned(&id),
-        Err(refusal) => return refusal,
+    if let Some(refusal) = unless_assigned(&shared, &agent, &id).await {
+        return refusal;
     }
     let Some(route) = shared.routes.borrow().packages.get(&id).cloned() else {
         return not_assigned(&id);
@@ -303,10 +306,8 @@ pub async fn fragment(
     let Some(agent) = identity(peer) else {
         return unauthenticated();
     };
-    match assigned(&shared, &agent, &id).await {
-        Ok(true) => {}
-        Ok(false) => return not_assigned(&id),
-        Err(refusal) => return refusal,
+    if let Some(refusal) = unless_assigned(&shared, &agent, &id).await {
+        return refusal;
     }
     if !id.bytes().all(|b| b.is_ascii_digit()) {
         return not_assigned(&id);
@@ -378,10 +379,8 @@ pub async fn report(
     let Some(agent) = identity(peer) else {
         return unauthenticated();
     };
-    match assigned(&shared, &agent, &report.package_id).await {
-        Ok(true) => {}
-        Ok(false) => return not_assigned(&report.package_id),
-        Err(refusal) => return refusal,
+    if let Some(refusal) = unless_assigned(&shared, &agent, &report.package_id).await {
+        return refusal;
     }
     let success_codes = shared
         .routes

@@ -332,6 +332,21 @@ impl Database {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Every row `sql` selects, read by `row`.
+    fn all<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(sql)?;
+        let found = statement
+            .query_map(params, row)?
+            .collect::<Result<_, _>>()?;
+        Ok(found)
+    }
+
     /// Records a contact from `device_id` at `now` and returns the computer (as it was
     /// before this contact's inventory, if any) with its deployments. The last contact is
     /// kept to `CONTACT_PRECISION`: a reconnect storm costs reads, not writes.
@@ -417,39 +432,32 @@ impl Database {
 
     /// Computers whose device id or name is `wanted` (names are not unique).
     pub fn find_computers(&self, wanted: &str) -> Result<Vec<Computer>, DbError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(&format!(
-            "SELECT {COMPUTER_COLUMNS} FROM computers
-             WHERE device_id = $1 OR lower(name) = lower($1) ORDER BY device_id"
-        ))?;
-        let found = statement
-            .query_map(params![wanted], computer_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(found)
+        self.all(
+            &format!(
+                "SELECT {COMPUTER_COLUMNS} FROM computers
+                 WHERE device_id = $1 OR lower(name) = lower($1) ORDER BY device_id"
+            ),
+            params![wanted],
+            computer_row,
+        )
     }
 
     /// Every computer, by device id.
     pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(&format!(
-            "SELECT {COMPUTER_COLUMNS} FROM computers ORDER BY device_id"
-        ))?;
-        let found = statement
-            .query_map([], computer_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(found)
+        self.all(
+            &format!("SELECT {COMPUTER_COLUMNS} FROM computers ORDER BY device_id"),
+            [],
+            computer_row,
+        )
     }
 
     /// Every deployment state.
     pub fn deployments(&self) -> Result<Vec<Deployment>, DbError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(&format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY activation, device_id"
-        ))?;
-        let found = statement
-            .query_map([], deployment_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(found)
+        self.all(
+            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY activation, device_id"),
+            [],
+            deployment_row,
+        )
     }
 
     /// The history of one computer, oldest first.
@@ -617,14 +625,11 @@ impl Database {
 
     /// Every enrollment token, newest first.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"
-        ))?;
-        let found = statement
-            .query_map([], token_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(found)
+        self.all(
+            &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"),
+            [],
+            token_row,
+        )
     }
 
     /// Revokes token `id`; false when there is no such token.

@@ -4,38 +4,14 @@
 
 use serde_json::Value;
 use tessera::agent::{self, Config};
-use tessera::cli::{self, ServeArgs};
 use tessera::pki::token::Token;
 use tessera::store::db::{Database, TokenRecord};
 
-use crate::support::{eventually, get, get_json, quickstart_copy};
+use crate::support::{get, get_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragment() {
-    let dir = quickstart_copy();
-    let server = dir.path().join("server.yaml");
-    let text = std::fs::read_to_string(&server).unwrap();
-    std::fs::write(
-        &server,
-        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n"),
-    )
-    .unwrap();
-    let running = cli::start(ServeArgs {
-        config: dir.path().to_path_buf(),
-        state: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        allow_empty: false,
-    })
-    .await
-    .unwrap();
-    let https = eventually("the Server serving", || async {
-        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
-        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
-        let list = server["details"]["addresses"].as_array()?.clone();
-        (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
-    })
-    .await
-    .0;
+    let (dir, running, https) = crate::support::quickstart_enrolling("").await;
     let state = dir.path().join(".tessera");
     let token = Token::generate();
     let now = jiff::Timestamp::now().as_second();

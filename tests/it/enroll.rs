@@ -5,11 +5,10 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use tessera::cli::{self, ServeArgs};
 use tessera::pki::token::Token;
 use tessera::store::db::{Database, TokenRecord};
 
-use crate::support::{eventually, get, quickstart_copy};
+use crate::support::eventually;
 
 /// Stores a token in the server's database, as `tessera token create` does.
 fn token(state: &Path, max_uses: i64, expires_in: i64) -> Token {
@@ -75,29 +74,8 @@ fn curl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
-    let dir = quickstart_copy();
-    let server = dir.path().join("server.yaml");
-    let text = std::fs::read_to_string(&server).unwrap();
-    std::fs::write(
-        &server,
-        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n    certificateDuration: 2h\n"),
-    )
-    .unwrap();
-    let running = cli::start(ServeArgs {
-        config: dir.path().to_path_buf(),
-        state: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        allow_empty: false,
-    })
-    .await
-    .unwrap();
-    let (https, _) = eventually("the Server serving", || async {
-        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
-        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
-        let list = server["details"]["addresses"].as_array()?.clone();
-        (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
-    })
-    .await;
+    let (dir, running, https) =
+        crate::support::quickstart_enrolling("    certificateDuration: 2h\n").await;
     let state = dir.path().join(".tessera");
     let server_ca = state.join("certificates/default/tessera-server/ca.crt");
     let work = tempfile::tempdir().unwrap();
@@ -312,29 +290,7 @@ fn enrolled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_native_api_serves_each_agent_only_its_own_deployments_with_resumable_fragments() {
-    let dir = quickstart_copy();
-    let server = dir.path().join("server.yaml");
-    let text = std::fs::read_to_string(&server).unwrap();
-    std::fs::write(
-        &server,
-        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n"),
-    )
-    .unwrap();
-    let running = cli::start(ServeArgs {
-        config: dir.path().to_path_buf(),
-        state: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        allow_empty: false,
-    })
-    .await
-    .unwrap();
-    let (https, _) = eventually("the Server serving", || async {
-        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
-        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
-        let list = server["details"]["addresses"].as_array()?.clone();
-        (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
-    })
-    .await;
+    let (dir, running, https) = crate::support::quickstart_enrolling("").await;
     let state = dir.path().join(".tessera");
     let ca = state.join("certificates/default/tessera-server/ca.crt");
     let work = tempfile::tempdir().unwrap();

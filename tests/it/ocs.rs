@@ -1,13 +1,13 @@
 //! The real Debian `ocsinventory-agent` against `tessera serve` on the quickstart: every
 //! package kind is deployed, and what the server records matches what the agent reported.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
-use tessera::cli::{self, Running, ServeArgs};
+use tessera::cli::Running;
 
 use crate::ocs_agent::{self, AgentRun, OcsAgent};
-use crate::support::{eventually, get, get_json, quickstart_copy};
+use crate::support::{addresses, eventually, get, get_json, quickstart_copy, start};
 
 /// A package whose command fails: its error must be recorded as such.
 const FAILING: &str = "apiVersion: tessera.dev/v1alpha1
@@ -58,34 +58,6 @@ spec:
   targets:
     all: true
 ";
-
-async fn start(config: &Path) -> Running {
-    cli::start(ServeArgs {
-        config: config.to_path_buf(),
-        state: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        allow_empty: false,
-    })
-    .await
-    .expect("serve starts")
-}
-
-/// The Server's bound addresses once it is ready: (HTTPS, plain HTTP).
-async fn addresses(running: &Running) -> (String, String) {
-    eventually("the Server serving", || async {
-        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
-        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
-        let list = server["details"]["addresses"].as_array()?.clone();
-        (list.len() == 2).then(|| {
-            (
-                list[0].as_str().unwrap().to_owned(),
-                list[1].as_str().unwrap().to_owned(),
-            )
-        })
-    })
-    .await
-    .0
-}
 
 /// Runs the agent once and waits for its download worker.
 async fn run(agent: &OcsAgent) -> AgentRun {

@@ -216,3 +216,51 @@ pub async fn connect_proxy() -> (
     });
     (address, tunnels)
 }
+
+/// `tessera serve` in-process on `config`, its admin API on a free loopback port.
+pub async fn start(config: &Path) -> tessera::cli::Running {
+    tessera::cli::start(tessera::cli::ServeArgs {
+        config: config.to_path_buf(),
+        state: None,
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        allow_empty: false,
+    })
+    .await
+    .expect("serve starts")
+}
+
+/// The Server's bound addresses once it is ready: (HTTPS, plain HTTP).
+pub async fn addresses(running: &tessera::cli::Running) -> (String, String) {
+    eventually("the Server serving", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let server: serde_json::Value =
+            (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        let list = server["details"]["addresses"].as_array()?.clone();
+        (list.len() == 2).then(|| {
+            (
+                list[0].as_str().unwrap().to_owned(),
+                list[1].as_str().unwrap().to_owned(),
+            )
+        })
+    })
+    .await
+    .0
+}
+
+/// The quickstart with agent enrollment by its CA (`extra` more lines under it), served:
+/// the directory, the running server and its HTTPS address.
+pub async fn quickstart_enrolling(
+    extra: &str,
+) -> (tempfile::TempDir, tessera::cli::Running, String) {
+    let dir = quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n{extra}"),
+    )
+    .unwrap();
+    let running = start(dir.path()).await;
+    let (https, _) = addresses(&running).await;
+    (dir, running, https)
+}
