@@ -11,7 +11,7 @@ use crate::support::{get, get_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragment() {
-    let (dir, running, https) = crate::support::quickstart_enrolling("").await;
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
     let state = dir.path().join(".tessera");
     let token = Token::generate();
     let now = jiff::Timestamp::now().as_second();

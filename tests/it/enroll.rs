@@ -74,8 +74,7 @@ fn curl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
-    let (dir, running, https) =
-        crate::support::quickstart_enrolling("    certificateDuration: 2h\n").await;
+    let (dir, running, https) = crate::support::quickstart_enrolling(Some("2h")).await;
     let state = dir.path().join(".tessera");
     let server_ca = state.join("certificates/default/tessera-server/ca.crt");
     let work = tempfile::tempdir().unwrap();
@@ -290,7 +289,7 @@ fn enrolled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_native_api_serves_each_agent_only_its_own_deployments_with_resumable_fragments() {
-    let (dir, running, https) = crate::support::quickstart_enrolling("").await;
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
     let state = dir.path().join(".tessera");
     let ca = state.join("certificates/default/tessera-server/ca.crt");
     let work = tempfile::tempdir().unwrap();

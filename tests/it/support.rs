@@ -247,19 +247,26 @@ pub async fn addresses(running: &tessera::cli::Running) -> (String, String) {
     .0
 }
 
-/// The quickstart with agent enrollment by its CA (`extra` more lines under it), served:
-/// the directory, the running server and its HTTPS address.
+/// The quickstart (whose Server enrolls agents with its CA), served, with its Server's
+/// `certificateDuration` for agents replaced when `duration` is given: the directory, the
+/// running server and its HTTPS address.
 pub async fn quickstart_enrolling(
-    extra: &str,
+    duration: Option<&str>,
 ) -> (tempfile::TempDir, tessera::cli::Running, String) {
     let dir = quickstart_copy();
-    let server = dir.path().join("server.yaml");
-    let text = std::fs::read_to_string(&server).unwrap();
-    std::fs::write(
-        &server,
-        format!("{text}  enrollment:\n    issuerRef:\n      name: quickstart-ca\n{extra}"),
-    )
-    .unwrap();
+    if let Some(duration) = duration {
+        let server = dir.path().join("server.yaml");
+        let text = std::fs::read_to_string(&server).unwrap();
+        assert!(text.contains("certificateDuration: 720h"));
+        std::fs::write(
+            &server,
+            text.replace(
+                "certificateDuration: 720h",
+                &format!("certificateDuration: {duration}"),
+            ),
+        )
+        .unwrap();
+    }
     let running = start(dir.path()).await;
     let (https, _) = addresses(&running).await;
     (dir, running, https)
