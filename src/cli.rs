@@ -58,6 +58,8 @@ enum Command {
     Token(TokenCommand),
     /// Tessera's own agent: enroll, check in, download, verify, install, report.
     Agent(AgentArgs),
+    /// Ask a computer's agent to check in now (over mutual TLS, to the agent's listener).
+    Notify(NotifyArgs),
 }
 
 /// `tessera agent`.
@@ -86,9 +88,24 @@ struct AgentArgs {
     /// `http://[user:password@]host:port`.
     #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
     proxy: Option<String>,
-    /// Time between passes when running as a service (default: what the server says).
+    /// Time between passes when running as a service (default: an hour).
     #[arg(long)]
     interval: Option<crate::resources::quantity::Duration>,
+    /// Listen here for the server's "check in now" (`tessera notify`), with mutual TLS.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The address the server should call (default: the --listen address).
+    #[arg(long, requires = "listen")]
+    notify_address: Option<String>,
+}
+
+/// `tessera notify`.
+#[derive(Debug, Args)]
+struct NotifyArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// The computer (device id or name) whose agent should check in now.
+    computer: String,
 }
 
 /// Where the state database is: `--state`, or `<config>/.tessera`.
@@ -290,6 +307,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status(&args),
         Command::Token(command) => token(command),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent(args))),
+        Command::Notify(args) => runtime().and_then(|rt| rt.block_on(notify(&args))),
         Command::Doctor(args) => doctor_options(&args)
             .and_then(|options| runtime().and_then(|rt| rt.block_on(crate::doctor::run(options)))),
     };
@@ -503,8 +521,15 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
         token: args.token,
         tags: args.tag,
         proxy: args.proxy,
+        notify_address: args
+            .notify_address
+            .clone()
+            .or_else(|| args.listen.map(|a| a.to_string())),
         clock: jiff::Timestamp::now,
     };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let shutdown = CancellationToken::new();
+    let mut listening = false;
     loop {
         match crate::agent::run_once(&config).await {
             Ok(pass) => {
@@ -513,6 +538,21 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
                 }
                 if args.once {
                     return Ok(ExitCode::SUCCESS);
+                }
+                // Listening needs the identity the first pass made.
+                if let (Some(address), false) = (args.listen, listening) {
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("failed to listen on {address}"))?;
+                    let (config, wake, token) = (config.clone(), wake.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) =
+                            crate::agent::listen(&config, listener, wake, token).await
+                        {
+                            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "the notify listener stopped");
+                        }
+                    });
+                    listening = true;
                 }
             }
             Err(error) if args.once => return Err(error.into()),
@@ -524,10 +564,104 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
             .interval
             .map_or(Duration::from_secs(3600), |d| d.as_std());
         tokio::select! {
-            () = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            () = shutdown_signal() => {
+                shutdown.cancel();
+                return Ok(ExitCode::SUCCESS);
+            }
             () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
         }
     }
+}
+
+async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = args.state.open()?;
+    let computer = match db.find_computers(&args.computer)?.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("no computer with device id or name {:?}", args.computer),
+        many => bail!(
+            "{} computers are named {:?}: give a device id ({})",
+            many.len(),
+            args.computer,
+            many.iter()
+                .map(|c| c.device_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let Some(address) = db.notify_address(&computer.device_id)? else {
+        bail!(
+            "the agent of {} does not listen for calls (start it with --listen)",
+            computer.device_id
+        );
+    };
+    // A short-lived certificate from the enrollment Issuer names this caller as the server.
+    let Some(issuer) = db.setting("enrollmentIssuer")? else {
+        bail!("the Server enrolls no agents (no spec.enrollment)");
+    };
+    let state = args
+        .state
+        .state
+        .clone()
+        .unwrap_or_else(|| args.state.config.join(".tessera"));
+    let dir = state.join("pki/issuers").join(&issuer);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("failed to read {}", dir.join(name).display()))
+    };
+    let (ca, key) = (read("ca.crt")?, read("ca.key")?);
+    let authority = crate::pki::authority::Authority::from_pem(&ca, &key, None)?;
+    let caller_key = crate::pki::authority::generate_key(crate::pki::KeyType::EcdsaP256)?;
+    let issued = authority.issue(
+        &crate::pki::authority::LeafRequest {
+            names: crate::pki::Names {
+                common_name: Some("tessera server".into()),
+                uris: vec![crate::protocol::v1::SERVER_URI.into()],
+                ..Default::default()
+            },
+            usages: vec![
+                crate::pki::Usage::ClientAuth,
+                crate::pki::Usage::DigitalSignature,
+            ],
+            is_ca: false,
+            lifetime: jiff::SignedDuration::from_mins(10),
+        },
+        &caller_key,
+        jiff::Timestamp::now(),
+    )?;
+    let tls = crate::pki::tls::agent_call_config(
+        authority.root_pem(),
+        (&issued.chain_pem, &caller_key.serialize_pem()),
+        crate::protocol::v1::agent_uri(&computer.device_id),
+    )?;
+    let call = async {
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .with_context(|| format!("failed to connect to {address}"))?;
+        let name = rustls::pki_types::ServerName::try_from("agent.tessera.invalid")?;
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await
+            .with_context(|| format!("the agent at {address} was not who it should be"))?;
+        stream
+            .write_all(b"POST /v1/notify HTTP/1.1\r\nhost: agent\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .context("the agent did not answer within 15 s")??;
+    if !answer.starts_with("HTTP/1.1 202") {
+        bail!(
+            "the agent at {address} refused: {}",
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    println!("{} ({address}) will check in now", computer.device_id);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn token(command: TokenCommand) -> Result<ExitCode> {

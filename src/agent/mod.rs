@@ -41,6 +41,9 @@ pub struct Config {
     pub tags: Vec<String>,
     /// An HTTP proxy to reach the server through (CONNECT), `http://[user:pass@]host:port`.
     pub proxy: Option<String>,
+    /// Where this agent listens for the server's "check in now" (`host:port` as the server
+    /// reaches it), reported with every check-in; see [`listen`].
+    pub notify_address: Option<String>,
     /// What time it is (tests move it forward to see renewals).
     pub clock: fn() -> jiff::Timestamp,
 }
@@ -136,6 +139,7 @@ pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
         tags: config.tags.clone(),
         ip_addresses: Vec::new(),
         installed: installed.iter().cloned().collect(),
+        notify_address: config.notify_address.clone(),
     };
     let answer: v1::CheckInResponse = client
         .json(Method::POST, "/v1/checkin", Some(&facts))
@@ -587,6 +591,7 @@ fn keep_identity(
     write_file(&dir.join("agent.key"), key.serialize_pem().as_bytes(), true)?;
     write_file(&dir.join("agent.crt"), answer.certificate.as_bytes(), false)?;
     write_file(&dir.join("ca.crt"), answer.ca.as_bytes(), false)?;
+    write_file(&dir.join("issuer.crt"), answer.issuer_ca.as_bytes(), false)?;
     write_file(
         &dir.join("agent.json"),
         &serde_json::to_vec_pretty(&serde_json::json!({
@@ -608,6 +613,71 @@ fn mutual_client(config: &Config) -> Result<Client, AgentError> {
     let (ca, chain, key) = (read("ca.crt")?, read("agent.crt")?, read("agent.key")?);
     let tls = crate::pki::tls::client_config(&ca, Some((&chain, &key)))?;
     Ok(Client::new(&config.server, tls, config.proxy.as_deref())?)
+}
+
+/// Listens on `listener` for the server's "check in now" and wakes `wake` for each valid
+/// call, until `shutdown`. Both sides check the other: the caller must present a
+/// certificate from this agent's own Issuer naming the server (`urn:tessera:server`), and
+/// the agent presents its certificate, which the caller checks names this agent.
+pub async fn listen(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), AgentError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = config.state_dir.join("identity");
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(io("read", &path))
+    };
+    let tls = crate::pki::tls::agent_listener_config(
+        &read("issuer.crt")?,
+        &read("agent.crt")?,
+        &read("agent.key")?,
+    )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let acceptor = acceptor.clone();
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(mut stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let from_server = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| crate::pki::facts::read(der).ok())
+                .is_some_and(|f| f.names.uris.iter().any(|u| u == v1::SERVER_URI));
+            if !from_server {
+                tracing::warn!(
+                    "a \"check in now\" call from a certificate that is not the server's"
+                );
+                return;
+            }
+            let mut request = vec![0u8; 8192];
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut request)).await;
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            let _ = stream.shutdown().await;
+            tracing::info!("the server asked for a check-in now");
+            wake.notify_one();
+        });
+    }
 }
 
 fn hostname() -> String {

@@ -212,3 +212,129 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Roots made of the CA certificates in `pem`.
+fn roots_of(pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in facts::pem_certificates(pem)? {
+        roots
+            .add(certificate)
+            .map_err(|e| PkiError::Certificate(format!("not usable as a trusted CA: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client configuration for calling an agent that listens for "check in now": trusts
+/// `issuer_pem`, presents `identity` (chain, key), and accepts only a certificate naming
+/// `expected_uri` (agents have no DNS name; they are named by their URI).
+pub fn agent_call_config(
+    issuer_pem: &str,
+    identity: (&str, &str),
+    expected_uri: String,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let roots = roots_of(issuer_pem)?;
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| PkiError::Certificate(e.to_string()))?;
+    let chain = facts::pem_certificates(identity.0)?;
+    let key = PrivateKeyDer::from_pem_slice(identity.1.as_bytes())
+        .map_err(|e| PkiError::Key(e.to_string()))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Certificate(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NamedByUri {
+            inner,
+            uri: expected_uri,
+        }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| PkiError::Key(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// A server configuration for an agent's "check in now" listener: presents the agent's
+/// certificate, and requires a client certificate from `issuer_pem` (whose URI the caller
+/// checks after the handshake).
+pub fn agent_listener_config(
+    issuer_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots_of(issuer_pem)?, provider())
+        .build()
+        .map_err(|e| PkiError::Certificate(e.to_string()))?;
+    let certified = certified_key(chain_pem, key_pem)?;
+    let (_, current) = watch::channel(Some(certified));
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Certificate(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(ReloadingResolver::new(current));
+    Ok(Arc::new(config))
+}
+
+/// Verifies a chain as WebPKI does, but names the peer by a URI SAN instead of a DNS name.
+#[derive(Debug)]
+struct NamedByUri {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    uri: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedByUri {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        // The chain (issuer, validity, usage) is checked first; only the DNS name may fail.
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(error) => return Err(error),
+        }
+        let named = facts::read(end_entity)
+            .map(|f| f.names.uris.contains(&self.uri))
+            .unwrap_or(false);
+        if named {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -41,6 +41,10 @@ pub struct EnrollResponse {
     pub not_after: String,
     /// When the agent should renew it (RFC 3339): 2/3 of its lifetime.
     pub renew_after: String,
+    /// The CA certificate that signed the agent's certificate, PEM: the agent trusts it
+    /// for the server's "check in now" calls.
+    #[serde(default)]
+    pub issuer_ca: String,
 }
 
 /// A refusal, with what went wrong in words.
@@ -68,6 +72,9 @@ pub struct CheckIn {
     /// Package ids installed by this agent.
     #[serde(default)]
     pub installed: Vec<String>,
+    /// Where the agent listens for the server's "check in now" (`host:port`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_address: Option<String>,
 }
 
 /// The answer to a check-in: what to install, and how fast.
@@ -174,6 +181,9 @@ pub enum ReportedState {
 
 /// Most output kept with a result.
 pub const MAX_OUTPUT: usize = 4096;
+
+/// The URI SAN of the certificate the server presents when it calls an agent.
+pub const SERVER_URI: &str = "urn:tessera:server";
 
 /// The URI SAN that names agent `id` in its certificate.
 pub fn agent_uri(id: &str) -> String {

@@ -85,6 +85,10 @@ impl Publisher {
             routes.enrollment = spec.enrollment.as_ref().and_then(|enrollment| {
                 let issuer =
                     ObjectKey::referenced(Kind::Issuer, &key.namespace, &enrollment.issuer_ref);
+                // `tessera notify` signs its calls with this Issuer.
+                let _ = runtime
+                    .db
+                    .set_setting("enrollmentIssuer", &qualified(&issuer));
                 let server_certificate =
                     ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
                 let server_ca = std::fs::read_to_string(

@@ -117,7 +117,12 @@ fn certify(
             uris: vec![v1::agent_uri(&agent_id)],
             ..Names::default()
         },
-        usages: vec![Usage::ClientAuth, Usage::DigitalSignature],
+        // Server auth too: the agent may listen for the server's "check in now".
+        usages: vec![
+            Usage::ClientAuth,
+            Usage::ServerAuth,
+            Usage::DigitalSignature,
+        ],
         is_ca: false,
         lifetime: enrollment.lifetime,
     };
@@ -140,6 +145,7 @@ fn certify(
         ca: enrollment.server_ca.clone(),
         not_after: issued.facts.not_after.to_string(),
         renew_after: renew_after.to_string(),
+        issuer_ca: issued.root_pem,
     })
     .into_response()
 }
@@ -184,9 +190,11 @@ pub async fn check_in(
     };
     let device = agent.clone();
     let table = routes.clone();
+    let notify_address = check_in.notify_address.clone();
     let found = shared
         .db(move |db| {
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
+            db.set_notify_address(&device, notify_address.as_deref())?;
             let (_, current) = db.contact(&device, now)?;
             let (offers, changes) =
                 deployments::prolog(&table.assignments, &computer, &current, now);

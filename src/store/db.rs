@@ -102,6 +102,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE deployments ADD COLUMN output TEXT;
     ALTER TABLE events ADD COLUMN output TEXT;",
     ),
+    (4, "ALTER TABLE computers ADD COLUMN notify_address TEXT;"),
 ];
 
 /// Where a computer stands with one activation.
@@ -406,6 +407,29 @@ impl Database {
         let found = computer(&tx, device_id)?.unwrap_or_default();
         tx.commit()?;
         Ok(found)
+    }
+
+    /// Records where the agent of `device_id` listens for "check in now" (`None`: nowhere).
+    pub fn set_notify_address(
+        &self,
+        device_id: &str,
+        address: Option<&str>,
+    ) -> Result<(), DbError> {
+        let connection = self.lock();
+        connection
+            .prepare_cached("UPDATE computers SET notify_address = $1 WHERE device_id = $2")?
+            .execute(params![address, device_id])?;
+        Ok(())
+    }
+
+    /// Where the agent of `device_id` listens, if it said.
+    pub fn notify_address(&self, device_id: &str) -> Result<Option<String>, DbError> {
+        let connection = self.lock();
+        let found = connection
+            .prepare_cached("SELECT notify_address FROM computers WHERE device_id = $1")?
+            .query_row(params![device_id], |row| row.get::<_, Option<String>>(0))
+            .optional()?;
+        Ok(found.flatten())
     }
 
     /// The raw inventory last stored for `device_id` (compressed as it was given).

@@ -51,6 +51,7 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
         token: Some(token.reveal()),
         tags: vec!["lab".into()],
         proxy: Some(format!("http://{proxy}")),
+        notify_address: None,
         clock: jiff::Timestamp::now,
     };
     let pass = agent::run_once(&config).await.expect("the first pass");
@@ -175,4 +176,91 @@ fn the_agent_binary_links_no_kubernetes_code() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tessera_notify_asks_a_listening_agent_to_check_in_over_mutual_tls() {
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    let state = dir.path().join(".tessera");
+    let token = Token::generate();
+    let now = jiff::Timestamp::now().as_second();
+    Database::open(&state.join("state.db"))
+        .unwrap()
+        .create_token(&TokenRecord {
+            id: token.id.clone(),
+            secret_sha256: token.secret_sha256(),
+            note: String::new(),
+            created_at: now,
+            expires_at: now + 600,
+            max_uses: 1,
+            uses: 0,
+            last_used_at: None,
+            revoked_at: None,
+        })
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let agent_state = tempfile::tempdir().unwrap();
+    let config = Config {
+        server: format!("https://{https}"),
+        state_dir: agent_state.path().to_path_buf(),
+        ca: Some(state.join("certificates/default/tessera-server/ca.crt")),
+        token: Some(token.reveal()),
+        tags: vec!["office".into()],
+        proxy: None,
+        notify_address: Some(address.to_string()),
+        clock: jiff::Timestamp::now,
+    };
+    agent::run_once(&config)
+        .await
+        .expect("enrolled and checked in");
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listening = {
+        let (config, wake, shutdown) = (config.clone(), wake.clone(), shutdown.clone());
+        tokio::spawn(async move { agent::listen(&config, listener, wake, shutdown).await })
+    };
+    let agent_id: Value = serde_json::from_slice(
+        &std::fs::read(agent_state.path().join("identity/agent.json")).unwrap(),
+    )
+    .unwrap();
+    let agent_id = agent_id["agentId"].as_str().unwrap().to_owned();
+
+    let notify = |computer: String| {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+                .args(["notify", &computer, "--state"])
+                .arg(&state)
+                .output()
+                .unwrap()
+        })
+    };
+    let output = notify(agent_id.clone()).await.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("will check in now"));
+    tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified())
+        .await
+        .expect("the agent was woken");
+
+    // Only the server may call: the agent's own certificate is not the server's.
+    let identity = agent_state.path().join("identity");
+    let refused = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "-X", "POST", "--cert"])
+        .arg(identity.join("agent.crt"))
+        .arg("--key")
+        .arg(identity.join("agent.key"))
+        .arg(format!("https://{address}/v1/notify"))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&refused.stdout).contains("202"),
+        "{refused:?}"
+    );
+    // A computer whose agent does not listen is told so.
+    let output = notify("nobody".into()).await.unwrap();
+    assert!(!output.status.success());
+    shutdown.cancel();
+    listening.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 }
