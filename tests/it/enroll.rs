@@ -227,6 +227,36 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
         status, 0,
         "an expired certificate is refused at the handshake"
     );
+    let early = authority
+        .issue(
+            &tessera::pki::authority::LeafRequest {
+                names: tessera::pki::Names {
+                    common_name: Some("early".into()),
+                    uris: vec![tessera::protocol::v1::agent_uri("0124")],
+                    ..Default::default()
+                },
+                usages: vec![tessera::pki::Usage::ClientAuth],
+                is_ca: false,
+                lifetime: jiff::SignedDuration::from_hours(2),
+            },
+            &old_key,
+            jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+        )
+        .unwrap();
+    std::fs::write(&expired_cert, &early.chain_pem).unwrap();
+    let (status, _) = tokio::task::block_in_place(|| {
+        curl(
+            &https,
+            &server_ca,
+            &info,
+            None,
+            Some((&expired_cert, &expired_key)),
+        )
+    });
+    assert_eq!(
+        status, 0,
+        "a not-yet-valid certificate is refused at the handshake"
+    );
 
     // Revoking the agent's serial in its Issuer: refused from the next handshake on.
     let serial = Command::new("openssl")
