@@ -60,6 +60,19 @@ enum Command {
     Agent(AgentArgs),
     /// Ask a computer's agent to check in now (over mutual TLS, to the agent's listener).
     Notify(NotifyArgs),
+    /// The DMZ relay, configured by a Gateway resource (this version: passthrough mode).
+    Gateway(GatewayArgs),
+}
+
+/// `tessera gateway`.
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// A YAML file, or a directory, holding the Gateway resource.
+    #[arg(long, env = "TESSERA_CONFIG")]
+    config: PathBuf,
+    /// Which Gateway, when there are several.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// `tessera agent`.
@@ -308,6 +321,7 @@ pub fn main() -> ExitCode {
         Command::Token(command) => token(command),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent(args))),
         Command::Notify(args) => runtime().and_then(|rt| rt.block_on(notify(&args))),
+        Command::Gateway(args) => runtime().and_then(|rt| rt.block_on(gateway(&args))),
         Command::Doctor(args) => doctor_options(&args)
             .and_then(|options| runtime().and_then(|rt| rt.block_on(crate::doctor::run(options)))),
     };
@@ -572,6 +586,89 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
             () = wake.notified() => {}
         }
     }
+}
+
+async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
+    use crate::resources::gateway::GatewayMode;
+    let desired = if args.config.is_dir() {
+        evaluate_dir(&args.config)?
+    } else {
+        let text = std::fs::read_to_string(&args.config)
+            .with_context(|| format!("failed to read {}", args.config.display()))?;
+        let snapshot = crate::resources::Snapshot {
+            revision: "file".into(),
+            files: vec![crate::resources::SourceFile {
+                path: args.config.display().to_string(),
+                text,
+            }],
+            problems: Vec::new(),
+        };
+        desired::evaluate(&snapshot, None, desired::Options::default())
+    };
+    let gateways: Vec<_> = desired
+        .entries
+        .iter()
+        .filter_map(|(key, entry)| match entry.resource() {
+            Some(Resource::Gateway(gateway)) if key.kind == Kind::Gateway => {
+                Some((key.clone(), gateway.spec.clone(), entry.problems.clone()))
+            }
+            _ => None,
+        })
+        .filter(|(key, _, _)| args.name.as_ref().is_none_or(|n| *n == key.name))
+        .collect();
+    let (key, spec, problems) = match gateways.as_slice() {
+        [one] => one.clone(),
+        [] => bail!(
+            "{}: no Gateway{}",
+            args.config.display(),
+            args.name
+                .as_ref()
+                .map(|n| format!(" named {n}"))
+                .unwrap_or_default()
+        ),
+        _ => bail!(
+            "{}: several Gateways; choose one with --name",
+            args.config.display()
+        ),
+    };
+    if let Some(problem) = problems.first() {
+        bail!("{problem}");
+    }
+    if spec.mode != GatewayMode::Passthrough {
+        bail!(
+            "{key}: spec.mode {:?} is not part of this version of Tessera yet; passthrough is",
+            spec.mode
+        );
+    }
+    let seconds = |d: crate::resources::quantity::Duration| d.as_std();
+    let config = Arc::new(crate::gateway::Config {
+        backend: spec.backend.clone(),
+        routes: spec
+            .routes
+            .iter()
+            .map(|r| (r.server_name.to_ascii_lowercase(), r.backend.clone()))
+            .collect(),
+        handshake_timeout: seconds(spec.limits.handshake_timeout),
+        idle_timeout: seconds(spec.limits.idle_timeout),
+        connect_timeout: seconds(spec.limits.connect_timeout),
+        max_connections: usize::try_from(spec.limits.max_connections.max(1)).unwrap_or(1),
+    });
+    let listener = tokio::net::TcpListener::bind(&spec.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", spec.listen))?;
+    tracing::info!(gateway = %key, listen = %listener.local_addr()?, backend = %config.backend, routes = config.routes.len(), "relaying (passthrough)");
+    let shutdown = CancellationToken::new();
+    let counters = Arc::new(crate::gateway::Counters::default());
+    let relay = tokio::spawn(crate::gateway::run(
+        listener,
+        config,
+        counters,
+        shutdown.clone(),
+    ));
+    shutdown_signal().await;
+    shutdown.cancel();
+    let _ = relay.await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn notify(args: &NotifyArgs) -> Result<ExitCode> {

@@ -27,6 +27,7 @@ pub mod agent;
 pub mod cli;
 pub mod desired;
 pub mod doctor;
+pub mod gateway;
 pub mod pki;
 pub mod protocol;
 pub mod reconcile;

@@ -417,7 +417,7 @@ fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &Obj
 fn pending_part(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Gateway => Some(
-            "the gateway relay is not part of this version of Tessera yet: nothing listens for it",
+            "tessera serve does not run gateways: run `tessera gateway --config <file>` in the DMZ (this version: passthrough mode only; tunnel and terminate come next)",
         ),
         Kind::Server
         | Kind::Issuer

@@ -8,6 +8,7 @@ mod doctor;
 mod enroll;
 mod examples;
 mod export;
+mod gateway;
 mod ocs;
 mod ocs_agent;
 mod packages;
