@@ -105,8 +105,14 @@ async fn prolog(
     let (computer, offers, changed, reported) = shared
         .db(move |db| {
             let (computer, current) = db.contact(&device, now)?;
-            let (offers, changes) =
+            let (mut offers, mut changes) =
                 deployments::prolog(&assignments.assignments, &computer, &current, now);
+            // Deployment switched off (`ON="0"`): agents stop their download workers, so
+            // nothing is offered and nothing counts as notified.
+            if !assignments.download.on {
+                offers.clear();
+                changes.retain(|c| !matches!(c, crate::store::db::Change::Notify { .. }));
+            }
             db.apply(&device, &changes, now)?;
             // Results since the last inventory: the agent's history has changed.
             let reported = current.iter().any(|d| {
@@ -350,6 +356,21 @@ mod tests {
         );
         let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
         assert_eq!(rows[0].state, DeploymentState::Notified);
+    }
+
+    #[tokio::test]
+    async fn with_deployment_switched_off_agents_get_on_0_and_no_package() {
+        let mut f = fixture();
+        let mut routes = (**f.shared.routes.borrow()).clone();
+        routes.download.on = false;
+        let (_, receiver) = watch::channel(Arc::new(routes));
+        f.shared.routes = receiver;
+        ask(&f.shared, &inventory_xml("")).await;
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(reply.contains("ON=\"0\""), "{reply}");
+        assert!(!reply.contains("TYPE=\"PACK\""), "{reply}");
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(rows[0].state, DeploymentState::Waiting);
     }
 
     #[tokio::test]

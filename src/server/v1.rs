@@ -196,8 +196,12 @@ pub async fn check_in(
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
             db.set_notify_address(&device, notify_address.as_deref())?;
             let (_, current) = db.contact(&device, now)?;
-            let (offers, changes) =
+            let (mut offers, mut changes) =
                 deployments::prolog(&table.assignments, &computer, &current, now);
+            if !table.download.on {
+                offers.clear();
+                changes.retain(|c| !matches!(c, crate::store::db::Change::Notify { .. }));
+            }
             db.apply(&device, &changes, now)?;
             Ok(offers)
         })
