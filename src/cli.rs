@@ -652,6 +652,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         idle_timeout: seconds(spec.limits.idle_timeout),
         connect_timeout: seconds(spec.limits.connect_timeout),
         max_connections: usize::try_from(spec.limits.max_connections.max(1)).unwrap_or(1),
+        proxy_protocol: spec.proxy_protocol,
     });
     let listener = tokio::net::TcpListener::bind(&spec.listen)
         .await
@@ -945,6 +946,9 @@ fn write_computer(out: &mut impl Write, report: &admin::ComputerReport, now: i64
     writeln!(out, "  os:        {} {}", c.os_name, c.os_version)?;
     writeln!(out, "  tags:      {}", c.tags.join(", "))?;
     writeln!(out, "  addresses: {}", c.ip_addresses.join(", "))?;
+    if let Some(address) = &c.address {
+        writeln!(out, "  connects from: {address}")?;
+    }
     writeln!(out, "  installed: {}", c.history.join(", "))?;
     writeln!(
         out,

@@ -27,6 +27,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    /// Send a PROXY protocol v2 header to the backend, so the server knows the client.
+    pub proxy_protocol: bool,
 }
 
 impl Config {
@@ -267,7 +269,13 @@ async fn relay(
         }
     };
     let _ = upstream.set_nodelay(true);
-    if upstream.write_all(&hello).await.is_err() {
+    let mut first = Vec::with_capacity(hello.len() + 52);
+    if config.proxy_protocol {
+        let destination = client.local_addr().unwrap_or(peer);
+        first.extend_from_slice(&crate::protocol::proxy::encode(peer, destination));
+    }
+    first.extend_from_slice(&hello);
+    if upstream.write_all(&first).await.is_err() {
         return;
     }
     counters.relayed.fetch_add(1, Ordering::Relaxed);
@@ -361,6 +369,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             max_connections: 1,
+            proxy_protocol: false,
         };
         assert_eq!(
             config.backend_for(Some("TESSERA.example.org")),

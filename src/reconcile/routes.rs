@@ -403,11 +403,27 @@ impl Publisher {
             (Ok(https), Ok(http)) => Listen {
                 https: Some(https),
                 http,
+                trusted_proxies: Vec::new(),
             },
             (Err(message), _) | (_, Err(message)) => {
                 return (failed("InvalidSpec", message), Listen::default());
             }
         };
+        let mut listen = listen;
+        for (i, text) in spec.trusted_proxies.iter().enumerate() {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => listen.trusted_proxies.push(ip),
+                Err(_) => {
+                    return (
+                        failed(
+                            "InvalidSpec",
+                            format!("spec.trustedProxies[{i}]: {text:?} is not an IP address"),
+                        ),
+                        Listen::default(),
+                    );
+                }
+            }
+        }
 
         let certificate_key =
             ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);

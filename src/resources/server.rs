@@ -61,6 +61,11 @@ pub struct ServerSpec {
     /// The OCS Inventory NG compatible endpoint for unmodified OCS agents.
     #[serde(default)]
     pub ocs: OcsCompatibility,
+    /// Addresses of gateways allowed to tell, with a PROXY protocol v2 header, which client
+    /// they relay (`spec.proxyProtocol` of a Gateway). Connections from these addresses
+    /// must start with one; from anywhere else a header is never believed. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Enrollment of Tessera's own agents (`POST /v1/enroll` with a token from
     /// `tessera token create`). Default: no enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]

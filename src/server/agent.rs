@@ -140,6 +140,36 @@ pub struct PeerAgent(pub Option<String>);
 pub struct Listen {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// Relays whose PROXY protocol v2 header names the real client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// The client a request came from: the TCP peer, or the one a trusted relay named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddress(pub SocketAddr);
+
+/// Reads the PROXY protocol v2 header a trusted relay sends first; the client it names.
+async fn proxied_client(
+    stream: &mut tokio::net::TcpStream,
+    relay: SocketAddr,
+) -> Result<SocketAddr, String> {
+    use crate::protocol::proxy;
+    use tokio::io::AsyncReadExt;
+    let mut fixed = [0u8; proxy::FIXED];
+    stream
+        .read_exact(&mut fixed)
+        .await
+        .map_err(|e| e.to_string())?;
+    let length = proxy::block_length(&fixed).map_err(|e| e.to_string())?;
+    let mut block = vec![0u8; length];
+    stream
+        .read_exact(&mut block)
+        .await
+        .map_err(|e| e.to_string())?;
+    match proxy::decode(&fixed, &block).map_err(|e| e.to_string())? {
+        proxy::Header::Proxied { source, .. } => Ok(source),
+        proxy::Header::Local => Ok(relay),
+    }
 }
 
 /// Fragments kept in memory, least recently used dropped first.
@@ -315,6 +345,7 @@ pub async fn run(
                     tracing::info!(address = %addresses[addresses.len() - 1], "agent-facing HTTPS listening");
                     tracker.spawn(accept_tls(
                         listener,
+                        wanted.trusted_proxies.clone(),
                         TlsAcceptor::from(tls.clone()),
                         https.clone(),
                         metrics.clone(),
@@ -371,6 +402,7 @@ async fn bind(address: SocketAddr) -> Result<TcpListener, ServeError> {
 
 async fn accept_tls(
     listener: TcpListener,
+    trusted_proxies: Vec<std::net::IpAddr>,
     acceptor: TlsAcceptor,
     app: Router,
     metrics: Arc<Metrics>,
@@ -395,40 +427,52 @@ async fn accept_tls(
         let app = app.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
+        let relayed = trusted_proxies.contains(&peer.ip());
         tracker.spawn(async move {
+            let mut stream = stream;
+            let opening = async {
+                // A trusted relay says first who the client is; nobody else is believed.
+                let client = if relayed {
+                    proxied_client(&mut stream, peer).await?
+                } else {
+                    peer
+                };
+                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((client, tls))
+            };
             let handshake = tokio::select! {
                 () = shutdown.cancelled() => return,
-                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening) => handshake,
             };
-            let stream =
-                match handshake {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        metrics.handshake_failed(false);
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.handshake_failed(true);
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let (client, stream) = match handshake {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(error)) => {
+                    metrics.handshake_failed(false);
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.handshake_failed(true);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             // Identity comes from the verified certificate, never from a request.
-            let agent = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| crate::pki::facts::read(der).ok())
-                .and_then(|facts| {
-                    facts
-                        .names
-                        .uris
-                        .iter()
-                        .find_map(|uri| crate::protocol::v1::agent_id_of(uri).map(str::to_owned))
-                });
-            let app = app.layer(axum::Extension(PeerAgent(agent)));
+            let agent =
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|der| crate::pki::facts::read(der).ok())
+                    .and_then(|facts| {
+                        facts.names.uris.iter().find_map(|uri| {
+                            crate::protocol::v1::agent_id_of(uri).map(str::to_owned)
+                        })
+                    });
+            let app = app
+                .layer(axum::Extension(PeerAgent(agent)))
+                .layer(axum::Extension(ClientAddress(client)));
             serve_connection(stream, app, shutdown).await;
         });
     }

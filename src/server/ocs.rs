@@ -23,6 +23,7 @@ pub const INVENTORY_MAX_AGE: i64 = 24 * 3600;
 /// Everything that is not a download: the OCS endpoint when the path matches, else 404.
 pub async fn endpoint(
     State(shared): State<Shared>,
+    client: Option<axum::extract::Extension<crate::server::agent::ClientAddress>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -51,7 +52,8 @@ pub async fn endpoint(
         Ok(found) => found,
         Err(error) => {
             shared.metrics.request("invalid");
-            tracing::warn!(%agent, bytes = body.len(), %error, "refused an OCS request");
+            let address = client.map(|c| c.0.0.to_string()).unwrap_or_default();
+            tracing::warn!(%agent, %address, bytes = body.len(), %error, "refused an OCS request");
             return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
         }
     };
@@ -63,7 +65,10 @@ pub async fn endpoint(
         .or_else(|| uri.authority().map(ToString::to_string));
     let outcome = match request.query.as_str() {
         "PROLOG" => prolog(&shared, &request, host.as_deref(), encoding).await,
-        "INVENTORY" => inventory(&shared, request.clone(), xml, encoding).await,
+        "INVENTORY" => {
+            let address = client.map(|c| c.0.0.ip().to_string());
+            inventory(&shared, request.clone(), xml, encoding, address).await
+        }
         "DOWNLOAD" => result(&shared, &request).await,
         // The Windows agent's IP change notice: nothing to keep yet.
         "NOTIFY" => Ok(StatusCode::OK.into_response()),
@@ -158,6 +163,7 @@ async fn inventory(
     request: Request,
     xml: Vec<u8>,
     encoding: Encoding,
+    address: Option<String>,
 ) -> Result<Response, crate::server::agent::ServeError> {
     let found = request.inventory.unwrap_or_default();
     let facts = Facts {
@@ -176,6 +182,7 @@ async fn inventory(
             // Kept compressed: inventories are kept for reference, rarely read.
             let raw = ocs::encode_body(&String::from_utf8_lossy(&xml), Encoding::Zlib);
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
+            db.set_address(&device, address.as_deref())?;
             let (_, current) = db.contact(&device, now)?;
             let changes = deployments::arm(&routes.assignments, &computer, &current);
             db.apply(&device, &changes, now)?;

@@ -103,6 +103,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE events ADD COLUMN output TEXT;",
     ),
     (4, "ALTER TABLE computers ADD COLUMN notify_address TEXT;"),
+    (5, "ALTER TABLE computers ADD COLUMN address TEXT;"),
 ];
 
 /// Where a computer stands with one activation.
@@ -185,6 +186,8 @@ pub struct Computer {
     pub last_contact: i64,
     /// When the last inventory arrived; `None` before the first.
     pub last_inventory: Option<i64>,
+    /// The address it last sent an inventory from (the client a trusted gateway named).
+    pub address: Option<String>,
 }
 
 /// The facts an inventory brings.
@@ -420,6 +423,26 @@ impl Database {
             .prepare_cached("UPDATE computers SET notify_address = $1 WHERE device_id = $2")?
             .execute(params![address, device_id])?;
         Ok(())
+    }
+
+    /// Records the address `device_id` last connected from (behind a trusted gateway: the
+    /// one the gateway named).
+    pub fn set_address(&self, device_id: &str, address: Option<&str>) -> Result<(), DbError> {
+        let connection = self.lock();
+        connection
+            .prepare_cached("UPDATE computers SET address = $1 WHERE device_id = $2")?
+            .execute(params![address, device_id])?;
+        Ok(())
+    }
+
+    /// The address `device_id` last connected from, if known.
+    pub fn address(&self, device_id: &str) -> Result<Option<String>, DbError> {
+        let connection = self.lock();
+        let found = connection
+            .prepare_cached("SELECT address FROM computers WHERE device_id = $1")?
+            .query_row(params![device_id], |row| row.get::<_, Option<String>>(0))
+            .optional()?;
+        Ok(found.flatten())
     }
 
     /// Where the agent of `device_id` listens, if it said.
@@ -732,7 +755,7 @@ impl Database {
 }
 
 const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
-     first_seen, last_contact, last_inventory";
+     first_seen, last_contact, last_inventory, address";
 
 const DEPLOYMENT_COLUMNS: &str = "device_id, activation, package, package_id, token, state, code, \
      changed_at, notified_at, output";
@@ -806,6 +829,7 @@ fn computer_row(row: &Row<'_>) -> rusqlite::Result<Computer> {
         first_seen: row.get(7)?,
         last_contact: row.get(8)?,
         last_inventory: row.get(9)?,
+        address: row.get(10)?,
     })
 }
 

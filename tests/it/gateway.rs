@@ -111,3 +111,80 @@ async fn passthrough_relays_tls_end_to_end_by_server_name_for_real_clients() {
     assert!(log.contains("relaying (passthrough)"), "{log}");
     running.stop().await.unwrap();
 }
+
+/// Sends an OCS INVENTORY over TLS on `stream`; the HTTP status line of the answer.
+async fn inventory_over(
+    stream: tokio::net::TcpStream,
+    ca: &std::path::Path,
+    device: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls =
+        tessera::pki::tls::client_config(&std::fs::read_to_string(ca).unwrap(), None).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .unwrap();
+    let xml = format!(
+        "<REQUEST><CONTENT><HARDWARE><NAME>roaming</NAME><OSNAME>Debian GNU/Linux 12</OSNAME></HARDWARE></CONTENT><DEVICEID>{device}</DEVICEID><QUERY>INVENTORY</QUERY></REQUEST>"
+    );
+    let body = tessera::protocol::ocs::encode_body(&xml, tessera::protocol::ocs::Encoding::Zlib);
+    let head = format!(
+        "POST /ocsinventory HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_relay_names_the_client_and_others_are_never_believed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        format!("{text}  trustedProxies: [\"127.0.0.1\"]\n"),
+    )
+    .unwrap();
+    let running = start(dir.path()).await;
+    let (https, _) = addresses(&running).await;
+    let ca = dir
+        .path()
+        .join(".tessera/certificates/default/tessera-server/ca.crt");
+
+    // From a trusted relay: the header names the client, and that is what is stored.
+    let mut relayed = tokio::net::TcpStream::connect(&https).await.unwrap();
+    let header = tessera::protocol::proxy::encode(
+        "198.51.100.7:40000".parse().unwrap(),
+        https.parse().unwrap(),
+    );
+    relayed.write_all(&header).await.unwrap();
+    let status = inventory_over(relayed, &ca, "roaming-2026-01-01-00-00-00").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let db = tessera::store::db::Database::open(&dir.path().join(".tessera/state.db")).unwrap();
+    assert_eq!(
+        db.address("roaming-2026-01-01-00-00-00")
+            .unwrap()
+            .as_deref(),
+        Some("198.51.100.7")
+    );
+
+    // From the trusted address a connection must start with the header: plain TLS is
+    // refused rather than taken for the relay's own request.
+    let plain = tokio::net::TcpStream::connect(&https).await.unwrap();
+    let refused =
+        tokio::spawn(async move { inventory_over(plain, &ca, "direct-2026-01-01-00-00-00").await })
+            .await;
+    assert!(refused.is_err() || !refused.unwrap().contains("200"));
+    running.stop().await.unwrap();
+}
