@@ -73,6 +73,9 @@ struct GatewayArgs {
     /// Which Gateway, when there are several.
     #[arg(long)]
     name: Option<String>,
+    /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
+    #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9091")]
+    admin_address: SocketAddr,
 }
 
 /// `tessera agent`.
@@ -660,6 +663,22 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     tracing::info!(gateway = %key, listen = %listener.local_addr()?, backend = %config.backend, routes = config.routes.len(), "relaying (passthrough)");
     let shutdown = CancellationToken::new();
     let counters = Arc::new(crate::gateway::Counters::default());
+    let listening = listener.local_addr()?.to_string();
+    let metrics = {
+        let counters = counters.clone();
+        axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = counters.render(&listening);
+                    async move { text }
+                }),
+            )
+    };
+    let admin = admin::bind(args.admin_address).await?;
+    let token = shutdown.clone();
+    tokio::spawn(async move { admin::serve(admin, metrics, token).await });
     let relay = tokio::spawn(crate::gateway::run(
         listener,
         config,

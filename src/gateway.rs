@@ -55,6 +55,49 @@ pub struct Counters {
     pub refused_hello: AtomicU64,
     pub backend_failed: AtomicU64,
     pub bytes: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+}
+
+impl Counters {
+    /// The Prometheus text exposition, labelled with the listener's address.
+    pub fn render(&self, listener: &str) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in lines {
+                out.push_str(&format!(
+                    "{name}{{listener=\"{listener}\"{labels}}} {value}\n"
+                ));
+            }
+        };
+        metric(
+            "tessera_gateway_connections_total",
+            "counter",
+            "Connections accepted, relayed, and refused by reason.",
+            &[
+                (",outcome=\"accepted\"", load(&self.accepted)),
+                (",outcome=\"relayed\"", load(&self.relayed)),
+                (",outcome=\"refused_limit\"", load(&self.refused_busy)),
+                (",outcome=\"refused_hello\"", load(&self.refused_hello)),
+                (",outcome=\"backend_failed\"", load(&self.backend_failed)),
+            ],
+        );
+        metric(
+            "tessera_gateway_bytes_total",
+            "counter",
+            "Bytes relayed, both ways.",
+            &[("", load(&self.bytes))],
+        );
+        metric(
+            "tessera_gateway_active_connections",
+            "gauge",
+            "Connections open now.",
+            &[("", load(&self.active))],
+        );
+        out
+    }
 }
 
 /// Why a ClientHello could not be read.
@@ -205,10 +248,12 @@ pub async fn run(
         let (config, counters, shutdown) = (config.clone(), counters.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
+            counters.active.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = relay(client, peer, &config, &counters) => {}
             }
+            counters.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -358,6 +403,19 @@ mod tests {
         let mut bytes = huge.to_vec();
         bytes.extend(std::iter::repeat_n(0u8, 70_000));
         assert_eq!(server_name(&bytes), Err(HelloError::TooLarge));
+    }
+
+    #[test]
+    fn counters_render_per_listener_and_outcome() {
+        let counters = Counters::default();
+        counters.accepted.fetch_add(3, Ordering::Relaxed);
+        counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+        let text = counters.render("0.0.0.0:443");
+        assert!(text.contains(
+            "tessera_gateway_connections_total{listener=\"0.0.0.0:443\",outcome=\"accepted\"} 3\n"
+        ));
+        assert!(text.contains("outcome=\"refused_limit\"} 1\n"));
+        assert!(text.contains("# TYPE tessera_gateway_active_connections gauge\n"));
     }
 
     #[test]

@@ -44,9 +44,11 @@ async fn passthrough_relays_tls_end_to_end_by_server_name_for_real_clients() {
         "apiVersion: tessera.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: dmz\nspec:\n  listen: 127.0.0.1:{port}\n  mode: passthrough\n  backend: {https}\n  routes:\n    - serverName: elsewhere.tessera.local\n      backend: 127.0.0.1:1\n  limits:\n    handshakeTimeout: 3s\n"
     )
     .unwrap();
+    let admin = free_port();
     let mut gateway = Command::new(assert_cmd::cargo::cargo_bin("tessera"))
         .args(["gateway", "--config"])
         .arg(config.path())
+        .args(["--admin-address", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -105,6 +107,24 @@ async fn passthrough_relays_tls_end_to_end_by_server_name_for_real_clients() {
         );
     });
     drop(slow);
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let count = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("relayed") >= 3, "{metrics}");
+    assert!(
+        count("backend_failed") >= 1,
+        "the routed name's dead backend: {metrics}"
+    );
     let _ = gateway.kill();
     let output = gateway.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
