@@ -4,8 +4,6 @@
 
 use serde_json::Value;
 use tessera::agent::{self, Config};
-use tessera::pki::token::Token;
-use tessera::store::db::{Database, TokenRecord};
 
 use crate::support::{get, get_json};
 
@@ -13,22 +11,7 @@ use crate::support::{get, get_json};
 async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragment() {
     let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
     let state = dir.path().join(".tessera");
-    let token = Token::generate();
-    let now = jiff::Timestamp::now().as_second();
-    Database::open(&state.join("state.db"))
-        .unwrap()
-        .create_token(&TokenRecord {
-            id: token.id.clone(),
-            secret_sha256: token.secret_sha256(),
-            note: String::new(),
-            created_at: now,
-            expires_at: now + 600,
-            max_uses: 1,
-            uses: 0,
-            last_used_at: None,
-            revoked_at: None,
-        })
-        .unwrap();
+    let token = crate::support::token(&state, 1, 600);
 
     // A cut download of hello's first fragment (the first 100 bytes, kept) and a corrupted
     // partial second one: the agent resumes the first and fetches the second again.
@@ -182,22 +165,7 @@ fn the_agent_binary_links_no_kubernetes_code() {
 async fn tessera_notify_asks_a_listening_agent_to_check_in_over_mutual_tls() {
     let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
     let state = dir.path().join(".tessera");
-    let token = Token::generate();
-    let now = jiff::Timestamp::now().as_second();
-    Database::open(&state.join("state.db"))
-        .unwrap()
-        .create_token(&TokenRecord {
-            id: token.id.clone(),
-            secret_sha256: token.secret_sha256(),
-            note: String::new(),
-            created_at: now,
-            expires_at: now + 600,
-            max_uses: 1,
-            uses: 0,
-            last_used_at: None,
-            revoked_at: None,
-        })
-        .unwrap();
+    let token = crate::support::token(&state, 1, 600);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let agent_state = tempfile::tempdir().unwrap();

@@ -6,29 +6,33 @@ use std::process::Command;
 
 use serde_json::Value;
 use tessera::pki::token::Token;
-use tessera::store::db::{Database, TokenRecord};
+use tessera::store::db::Database;
 
 use crate::support::eventually;
 
-/// Stores a token in the server's database, as `tessera token create` does.
-fn token(state: &Path, max_uses: i64, expires_in: i64) -> Token {
-    let token = Token::generate();
-    let now = jiff::Timestamp::now().as_second();
-    Database::open(&state.join("state.db"))
+/// A client certificate for some agent from `authority`, valid for `lifetime` from `at`.
+fn client_certificate(
+    authority: &tessera::pki::authority::Authority,
+    key: &rcgen::KeyPair,
+    lifetime: jiff::SignedDuration,
+    at: jiff::Timestamp,
+) -> tessera::pki::authority::Issued {
+    authority
+        .issue(
+            &tessera::pki::authority::LeafRequest {
+                names: tessera::pki::Names {
+                    common_name: Some("agent".into()),
+                    uris: vec![tessera::protocol::v1::agent_uri("0123")],
+                    ..Default::default()
+                },
+                usages: vec![tessera::pki::Usage::ClientAuth],
+                is_ca: false,
+                lifetime,
+            },
+            key,
+            at,
+        )
         .unwrap()
-        .create_token(&TokenRecord {
-            id: token.id.clone(),
-            secret_sha256: token.secret_sha256(),
-            note: String::new(),
-            created_at: now,
-            expires_at: now + expires_in,
-            max_uses,
-            uses: 0,
-            last_used_at: None,
-            revoked_at: None,
-        })
-        .unwrap();
-    token
 }
 
 /// A key pair and a certificate request for it, asking for a name it must not get.
@@ -85,7 +89,7 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
         tokio::task::block_in_place(|| curl(&https, &server_ca, "/v1/enroll", Some(&body), None))
     };
 
-    let once = token(&state, 1, 3600);
+    let once = crate::support::token(&state, 1, 3600);
     let (status, body) = enroll(&once.reveal(), &csr);
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -133,9 +137,9 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
     };
     let (status, body) = enroll(&once.reveal(), &csr);
     refused(status, &body, "token_used_up");
-    let (status, body) = enroll(&token(&state, 5, -1).reveal(), &csr);
+    let (status, body) = enroll(&crate::support::token(&state, 5, -1).reveal(), &csr);
     refused(status, &body, "token_expired");
-    let revoked = token(&state, 5, 3600);
+    let revoked = crate::support::token(&state, 5, 3600);
     Database::open(&state.join("state.db"))
         .unwrap()
         .revoke_token(&revoked.id, 0)
@@ -144,7 +148,10 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
     refused(status, &body, "token_revoked");
     let (status, body) = enroll(&Token::generate().reveal(), &csr);
     refused(status, &body, "token_unknown");
-    let (status, body) = enroll(&token(&state, 5, 3600).reveal(), "not a csr");
+    let (status, body) = enroll(
+        &crate::support::token(&state, 5, 3600).reveal(),
+        "not a csr",
+    );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("bad_csr"), "{body}");
 
@@ -195,22 +202,12 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
     )
     .unwrap();
     let old_key = rcgen::KeyPair::generate().unwrap();
-    let expired = authority
-        .issue(
-            &tessera::pki::authority::LeafRequest {
-                names: tessera::pki::Names {
-                    common_name: Some("old".into()),
-                    uris: vec![tessera::protocol::v1::agent_uri("0123")],
-                    ..Default::default()
-                },
-                usages: vec![tessera::pki::Usage::ClientAuth],
-                is_ca: false,
-                lifetime: jiff::SignedDuration::from_mins(10),
-            },
-            &old_key,
-            jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
-        )
-        .unwrap();
+    let expired = client_certificate(
+        &authority,
+        &old_key,
+        jiff::SignedDuration::from_mins(10),
+        jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+    );
     let (expired_cert, expired_key) = (work.path().join("e.crt"), work.path().join("e.key"));
     std::fs::write(&expired_cert, &expired.chain_pem).unwrap();
     std::fs::write(&expired_key, old_key.serialize_pem()).unwrap();
@@ -227,22 +224,12 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
         status, 0,
         "an expired certificate is refused at the handshake"
     );
-    let early = authority
-        .issue(
-            &tessera::pki::authority::LeafRequest {
-                names: tessera::pki::Names {
-                    common_name: Some("early".into()),
-                    uris: vec![tessera::protocol::v1::agent_uri("0124")],
-                    ..Default::default()
-                },
-                usages: vec![tessera::pki::Usage::ClientAuth],
-                is_ca: false,
-                lifetime: jiff::SignedDuration::from_hours(2),
-            },
-            &old_key,
-            jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
-        )
-        .unwrap();
+    let early = client_certificate(
+        &authority,
+        &old_key,
+        jiff::SignedDuration::from_hours(2),
+        jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+    );
     std::fs::write(&expired_cert, &early.chain_pem).unwrap();
     let (status, _) = tokio::task::block_in_place(|| {
         curl(
@@ -299,7 +286,7 @@ fn enrolled(
 ) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let (key, csr) = key_and_csr();
     let body =
-        serde_json::json!({"token": token(state, 1, 3600).reveal(), "csr": csr, "hostname": name})
+        serde_json::json!({"token": crate::support::token(state, 1, 3600).reveal(), "csr": csr, "hostname": name})
             .to_string();
     let (status, answer) = curl(https, server_ca, "/v1/enroll", Some(&body), None);
     assert_eq!(status, 200, "{answer}");

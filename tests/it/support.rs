@@ -271,3 +271,25 @@ pub async fn quickstart_enrolling(
     let (https, _) = addresses(&running).await;
     (dir, running, https)
 }
+
+/// Stores an enrollment token in the state database under `state`, as
+/// `tessera token create` does, usable `max_uses` times for `expires_in` seconds.
+pub fn token(state: &Path, max_uses: i64, expires_in: i64) -> tessera::pki::token::Token {
+    let token = tessera::pki::token::Token::generate();
+    let now = jiff::Timestamp::now().as_second();
+    tessera::store::db::Database::open(&state.join("state.db"))
+        .unwrap()
+        .create_token(&tessera::store::db::TokenRecord {
+            id: token.id.clone(),
+            secret_sha256: token.secret_sha256(),
+            note: String::new(),
+            created_at: now,
+            expires_at: now + expires_in,
+            max_uses,
+            uses: 0,
+            last_used_at: None,
+            revoked_at: None,
+        })
+        .unwrap();
+    token
+}
