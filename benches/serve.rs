@@ -10,7 +10,11 @@
 //! - fragment throughput over HTTPS and plain HTTP at 1 and 16 connections, against nginx
 //!   rooted at the same fragment store (started here on loopback ports, when installed:
 //!   `scripts/bench-setup.sh` installs it);
-//! - the server's peak resident memory (VmHWM).
+//! - the server's peak resident memory (VmHWM);
+//! - the cost of `tessera gateway` in passthrough mode, next to `socat` as a plain TCP relay
+//!   (when installed: `scripts/bench-setup.sh` installs it): fragment throughput over HTTPS
+//!   at 1 and 16 connections, and the time to open a new TLS connection and get the
+//!   package's small `info` document, direct and through each relay.
 //!
 //! `TESSERA_BENCH_SECS` sets the seconds per measured level (default 5). Client and servers
 //! share the machine's cores: each row shows the CPU the server, the client and every other
@@ -51,6 +55,16 @@ const FRAGMENT_BYTES: u64 = 1 << 20;
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Any single exchange taking longer than this is an error, not a slow sample.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// New connections timed per target for the relay latency, interleaved across targets
+/// (after a few untimed ones).
+const RELAY_CONNECTS: usize = 200;
+const RELAY_CONNECTS_WARMUP: usize = 5;
+/// The gateway must move fragments at least this fast relative to socat.
+const RELAY_RATIO_TARGET: f64 = 0.90;
+/// How long before the end of a load the relay's CPU is read (see `measured`).
+const RELAY_SAMPLE_MARGIN: Duration = Duration::from_millis(100);
+/// Time allowed for a relay to accept connections after it is started.
+const RELAY_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Response heads larger than this are refused.
 const MAX_HEAD: usize = 64 << 10;
 /// The client's read buffer, also its scratch space for discarded bodies.
@@ -117,6 +131,7 @@ fn main() {
         .expect("tokio runtime");
     let setup = Setup {
         duration,
+        binary,
         config,
         admin,
         https,
@@ -142,6 +157,8 @@ fn main() {
 /// Where things are, decided before the runtime starts.
 struct Setup {
     duration: Duration,
+    /// The release `tessera`, for `serve` and `gateway`.
+    binary: PathBuf,
     config: PathBuf,
     admin: SocketAddr,
     https: SocketAddr,
@@ -157,7 +174,7 @@ async fn run(setup: &Setup, server: &Process) -> String {
     let package_id = wait_ready(setup, server).await;
     let state = setup.config.join(".tessera");
     let tls_dir = state.join("certificates/default/tessera-server");
-    let tls = tls_connector(&tls_dir.join("ca.crt"));
+    let tls = tls_connector(&tls_dir.join("ca.crt"), Handshake::Resumed);
     let https = Target::new(setup.https, Some(tls.clone()));
     let http = Target::new(setup.http, None);
     let hwm_ready = peak_memory(server.id());
@@ -233,7 +250,7 @@ async fn run(setup: &Setup, server: &Process) -> String {
         )
     });
     if let Some((nginx_https, _)) = &nginx_targets {
-        same_bytes(&https, nginx_https, &host, &fragments[0]).await;
+        same_bytes(&https, nginx_https, "nginx", &host, &fragments[0]).await;
     }
     let mut fragment_rows = Vec::new();
     for (scheme, tessera) in [("HTTPS", &https), ("HTTP", &http)] {
@@ -271,8 +288,25 @@ async fn run(setup: &Setup, server: &Process) -> String {
     let nginx_memory = nginx.as_ref().and_then(|n| n.peak_memory());
     let suite = cipher_suite(&https).await;
     drop(nginx);
+    cpu.nginx.clear();
+    let relays = measure_relays(
+        setup,
+        &mut cpu,
+        &tls_dir.join("ca.crt"),
+        &package_id,
+        &fragments,
+    )
+    .await;
 
-    let mut table = Table::default();
+    let mut table = Table::new([
+        "",
+        "Tessera",
+        "CPU srv/cli/oth",
+        "nginx",
+        "CPU srv/cli/oth",
+        "target",
+        "met",
+    ]);
     for (connections, load, used) in &prolog_rows {
         table.row([
             &format!("PROLOG HTTPS, {connections} conn: req/s"),
@@ -351,7 +385,8 @@ async fn run(setup: &Setup, server: &Process) -> String {
         + fragment_rows
             .iter()
             .map(|(_, _, (o, _), t)| o.errors + t.as_ref().map_or(0, |(t, _)| t.errors))
-            .sum::<u64>();
+            .sum::<u64>()
+        + relays.errors();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = String::new();
     writeln!(
@@ -394,6 +429,7 @@ async fn run(setup: &Setup, server: &Process) -> String {
         .chain(fragment_rows.iter().flat_map(|(_, _, (_, ours), theirs)| {
             std::iter::once(ours).chain(theirs.as_ref().map(|(_, used)| used))
         }))
+        .chain(relays.cpu())
         .map(|used| used.other)
         .fold(0.0, f64::max);
     writeln!(
@@ -403,6 +439,7 @@ async fn run(setup: &Setup, server: &Process) -> String {
     )
     .unwrap();
     out.push_str(&table.render());
+    out.push_str(&relays.render());
     out
 }
 
@@ -491,10 +528,11 @@ async fn exchange_once(target: &Target, request: &[u8]) -> String {
     xml
 }
 
-/// Both servers serve the same bytes for the same URL.
-async fn same_bytes(tessera: &Target, nginx: &Target, host: &str, path: &str) {
+/// Tessera and `other` (another server, or a relay in front of Tessera) give the same bytes
+/// for the same URL.
+async fn same_bytes(tessera: &Target, other: &Target, name: &str, host: &str, path: &str) {
     let mut digests = Vec::new();
-    for target in [tessera, nginx] {
+    for target in [tessera, other] {
         let mut connection = Connection::open(target).await.expect("connect");
         let response = connection
             .exchange(&get(host, path), Body::Keep)
@@ -507,7 +545,10 @@ async fn same_bytes(tessera: &Target, nginx: &Target, host: &str, path: &str) {
         );
         digests.push(sha2::Sha256::digest(&response.body));
     }
-    assert_eq!(digests[0], digests[1], "tessera and nginx differ on {path}");
+    assert_eq!(
+        digests[0], digests[1],
+        "tessera and {name} differ on {path}"
+    );
 }
 
 async fn cipher_suite(target: &Target) -> String {
@@ -523,6 +564,309 @@ async fn cipher_suite(target: &Target) -> String {
     session
         .negotiated_cipher_suite()
         .map_or("?".to_owned(), |s| format!("{:?}", s.suite()))
+}
+
+// --- relays -------------------------------------------------------------------------
+
+/// A load and the CPU it took.
+type Measured = (Load, CpuUse);
+
+/// Tessera's HTTPS listener reached directly, through `tessera gateway` (passthrough) and
+/// through socat (absent when socat is not installed).
+struct RelayFigures {
+    /// Per level of `FRAGMENT_LEVELS`: connections, then direct, gateway and socat.
+    fragments: Vec<(usize, Measured, Measured, Option<Measured>)>,
+    /// A new TLS connection and one `info` exchange on it: direct, gateway and socat.
+    connects: (Load, Load, Option<Load>),
+    /// Size of the `info` body.
+    info_bytes: usize,
+    /// Warnings and errors the gateway logged.
+    gateway_log: Vec<String>,
+}
+
+/// Starts both relays in front of the HTTPS listener, measures, stops them.
+async fn measure_relays(
+    setup: &Setup,
+    cpu: &mut Cpu,
+    ca: &Path,
+    package_id: &str,
+    fragments: &[String],
+) -> RelayFigures {
+    let gateway = Relay::gateway(&setup.binary, &setup.work, setup.https);
+    let socat = match Relay::socat(&setup.work, setup.https) {
+        Ok(socat) => Some(socat),
+        Err(RelayMissing) => {
+            eprintln!(
+                "serve bench: socat is not installed; skipping the socat column. Run scripts/bench-setup.sh to install it."
+            );
+            None
+        }
+    };
+    // The relays pass TLS through untouched: the client still verifies Tessera's
+    // certificate (IP SAN 127.0.0.1), whichever address it connects to.
+    let tls = tls_connector(ca, Handshake::Resumed);
+    let direct = Target::new(setup.https, Some(tls.clone()));
+    let through_gateway = Target::new(gateway.address, Some(tls.clone()));
+    let through_socat = socat
+        .as_ref()
+        .map(|s| (s, Target::new(s.address, Some(tls.clone()))));
+    let host = setup.https.to_string();
+    same_bytes(
+        &direct,
+        &through_gateway,
+        "tessera gateway",
+        &host,
+        &fragments[0],
+    )
+    .await;
+    if let Some((_, target)) = &through_socat {
+        same_bytes(&direct, target, "socat", &host, &fragments[0]).await;
+    }
+
+    let requests: Vec<Vec<u8>> = fragments.iter().map(|f| get(&host, f)).collect();
+    let mut rows = Vec::new();
+    for connections in FRAGMENT_LEVELS {
+        let level = (connections, setup.duration, &requests[..]);
+        let ours = measured(cpu, None, &direct, level).await;
+        let gatewayed = measured(cpu, Some(&gateway), &through_gateway, level).await;
+        let socated = match &through_socat {
+            Some((relay, target)) => Some(measured(cpu, Some(relay), target, level).await),
+            None => None,
+        };
+        eprintln!(
+            "serve bench: fragments via relays x{connections}: direct {:.0} MB/s, gateway {:.0} MB/s, socat {}",
+            ours.0.megabytes(),
+            gatewayed.0.megabytes(),
+            socated.as_ref().map_or("-".to_owned(), |(l, _)| format!(
+                "{:.0} MB/s",
+                l.megabytes()
+            ))
+        );
+        rows.push((connections, ours, gatewayed, socated));
+    }
+
+    let info = get(&host, &format!("/download/{package_id}/info"));
+    let info_bytes = check_info(&direct, &info).await;
+    let fresh = tls_connector(ca, Handshake::Full);
+    let mut targets = vec![
+        Target::new(setup.https, Some(fresh.clone())),
+        Target::new(gateway.address, Some(fresh.clone())),
+    ];
+    if let Some((relay, _)) = &through_socat {
+        targets.push(Target::new(relay.address, Some(fresh.clone())));
+    }
+    let mut connects = connect_each(&targets, &info).await.into_iter();
+    let connects = (
+        connects.next().expect("direct connections"),
+        connects.next().expect("gateway connections"),
+        connects.next(),
+    );
+    eprintln!(
+        "serve bench: new connection + info, median: direct {} ms, gateway {} ms, socat {}",
+        millis(connects.0.percentile(50.0)),
+        millis(connects.1.percentile(50.0)),
+        connects.2.as_ref().map_or("-".to_owned(), |l| format!(
+            "{} ms",
+            millis(l.percentile(50.0))
+        ))
+    );
+    let gateway_log = std::fs::read_to_string(&gateway.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    RelayFigures {
+        fragments: rows,
+        connects,
+        info_bytes,
+        gateway_log,
+    }
+}
+
+impl RelayFigures {
+    fn errors(&self) -> u64 {
+        let (direct, gateway, socat) = &self.connects;
+        self.fragments
+            .iter()
+            .map(|(_, (d, _), (g, _), s)| {
+                d.errors + g.errors + s.as_ref().map_or(0, |(s, _)| s.errors)
+            })
+            .sum::<u64>()
+            + direct.errors
+            + gateway.errors
+            + socat.as_ref().map_or(0, |s| s.errors)
+    }
+
+    /// The CPU of every measured row.
+    fn cpu(&self) -> impl Iterator<Item = &CpuUse> {
+        self.fragments.iter().flat_map(|(_, (_, d), (_, g), s)| {
+            [d, g].into_iter().chain(s.as_ref().map(|(_, used)| used))
+        })
+    }
+
+    fn render(&self) -> String {
+        let mut table = Table::new([
+            "",
+            "direct",
+            "CPU srv/cli/oth",
+            "gateway",
+            "CPU gw/srv/cli/oth",
+            "socat",
+            "CPU socat/srv/cli/oth",
+            "target",
+            "met",
+        ]);
+        let target = format!(">= {RELAY_RATIO_TARGET:.2}x socat");
+        for (connections, (direct, direct_cpu), (gateway, gateway_cpu), socat) in &self.fragments {
+            let (socat_figure, socat_cpu, check) = match socat {
+                Some((socat, used)) => {
+                    // Judged at the precision shown, as for nginx.
+                    let ratio = (100.0 * gateway.megabytes() / socat.megabytes()).round() / 100.0;
+                    (
+                        format!("{:.0}", socat.megabytes()),
+                        used.to_string(),
+                        format!("{} ({ratio:.2}x)", verdict(ratio >= RELAY_RATIO_TARGET)),
+                    )
+                }
+                None => ("-".to_owned(), String::new(), String::new()),
+            };
+            table.row([
+                &format!("Fragments HTTPS, {connections} conn: MB/s"),
+                &format!("{:.0}", direct.megabytes()),
+                &direct_cpu.to_string(),
+                &format!("{:.0}", gateway.megabytes()),
+                &gateway_cpu.to_string(),
+                &socat_figure,
+                &socat_cpu,
+                &target,
+                &check,
+            ]);
+        }
+        let (direct, gateway, socat) = &self.connects;
+        for (what, p) in [("median", 50.0), ("p99", 99.0)] {
+            table.row([
+                &format!("New TLS conn + info: {what} ms"),
+                &millis(direct.percentile(p)),
+                "",
+                &millis(gateway.percentile(p)),
+                "",
+                &socat
+                    .as_ref()
+                    .map_or("-".to_owned(), |s| millis(s.percentile(p))),
+                "",
+                "",
+                "",
+            ]);
+        }
+        let added = |relay: &Load| {
+            let ms = (relay.percentile(50.0).as_secs_f64() - direct.percentile(50.0).as_secs_f64())
+                * 1e3;
+            format!("{ms:+.2} ms")
+        };
+        let mut out = String::new();
+        writeln!(
+            out,
+            "\n  relays in front of the HTTPS listener: tessera gateway (passthrough, no SNI: default backend; {} warnings or errors logged) and socat ({})",
+            self.gateway_log.len(),
+            if socat.is_some() {
+                "TCP-LISTEN fork to TCP, nodelay, default 8 KiB buffer"
+            } else {
+                "not installed (scripts/bench-setup.sh)"
+            }
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "  new connections: {RELAY_CONNECTS} per target, interleaved, each a full TLS handshake (no resumption) then GET /download/<id>/info ({} bytes); median added over direct: gateway {}, socat {}\n",
+            self.info_bytes,
+            added(gateway),
+            socat.as_ref().map_or("-".to_owned(), added)
+        )
+        .unwrap();
+        out.push_str(&table.render());
+        for line in self.gateway_log.iter().take(5) {
+            writeln!(out, "  gateway: {line}").unwrap();
+        }
+        out
+    }
+}
+
+/// `load_for` at `(connections, duration, requests)`, with the CPU it took; `relay` is the
+/// process between client and server, if any.
+async fn measured(
+    cpu: &mut Cpu,
+    relay: Option<&Relay>,
+    target: &Target,
+    (connections, duration, requests): (usize, Duration, &[Vec<u8>]),
+) -> Measured {
+    cpu.relay = relay.map(|r| r.process.id());
+    let before = cpu.sample();
+    let started = Instant::now();
+    // socat's children exit with their connections at the end of the load, and their CPU
+    // time can go with them: the relay is read once more shortly before.
+    let late = async {
+        tokio::time::sleep(duration.saturating_sub(RELAY_SAMPLE_MARGIN)).await;
+        (cpu.sample()[2], started.elapsed())
+    };
+    let (load, (late_seconds, late_elapsed)) =
+        tokio::join!(load_for(target, connections, duration, requests), late);
+    let mut used = cpu.used(before, load.elapsed);
+    if let Some(relay) = &mut used.relay {
+        let late_percent = 100.0 * (late_seconds - before[2]) / late_elapsed.as_secs_f64();
+        used.other = (used.other + *relay - late_percent).max(0.0);
+        *relay = late_percent;
+    }
+    cpu.relay = None;
+    (load, used)
+}
+
+/// GETs the package's `info` once; its size.
+async fn check_info(target: &Target, request: &[u8]) -> usize {
+    let mut connection = Connection::open(target).await.expect("connect");
+    let response = connection
+        .exchange(request, Body::Keep)
+        .await
+        .expect("info");
+    assert_eq!(response.status, 200, "info answered {}", response.status);
+    response.body.len()
+}
+
+/// For each target, `RELAY_CONNECTS` new connections (after `RELAY_CONNECTS_WARMUP` untimed
+/// ones), each timed from the TCP connect to the end of one response and then dropped. The
+/// targets take turns, the first of each round rotating, so a disturbance (or waking an idle
+/// core) hits them all alike.
+async fn connect_each(targets: &[Target], request: &[u8]) -> Vec<Load> {
+    let mut loads: Vec<Load> = targets.iter().map(|_| Load::default()).collect();
+    let started = Instant::now();
+    for round in 0..RELAY_CONNECTS_WARMUP + RELAY_CONNECTS {
+        for turn in 0..targets.len() {
+            let i = (round + turn) % targets.len();
+            let (target, load) = (&targets[i], &mut loads[i]);
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+                let mut connection = Connection::open(target).await?;
+                connection.exchange(request, Body::Discard).await
+            })
+            .await;
+            let elapsed = sent.elapsed();
+            if round < RELAY_CONNECTS_WARMUP {
+                continue;
+            }
+            match outcome {
+                Ok(Ok(response)) if response.status == 200 => {
+                    load.latencies.push(elapsed);
+                    load.requests += 1;
+                    load.bytes += response.length as u64;
+                }
+                _ => load.errors += 1,
+            }
+        }
+    }
+    for load in &mut loads {
+        load.elapsed = started.elapsed();
+    }
+    loads
 }
 
 // --- load ---------------------------------------------------------------------------
@@ -862,18 +1206,29 @@ fn invalid(message: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned())
 }
 
-fn tls_connector(ca: &Path) -> TlsConnector {
+/// Whether new connections resume an earlier TLS session when they can.
+#[derive(Clone, Copy, PartialEq)]
+enum Handshake {
+    Resumed,
+    /// Every connection pays for a full handshake, as a freshly started agent does.
+    Full,
+}
+
+fn tls_connector(ca: &Path, handshake: Handshake) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("read ca.crt") {
         roots.add(cert.expect("a PEM certificate")).expect("a CA");
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    if handshake == Handshake::Full {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     TlsConnector::from(Arc::new(config))
 }
 
@@ -1319,21 +1674,7 @@ impl Nginx {
     /// The master and its workers.
     fn pids(&self) -> Vec<u32> {
         let master = self.process.id();
-        let mut pids = vec![master];
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            if status_field(&status, "PPid:") == Some(u64::from(master)) {
-                pids.push(pid);
-            }
-        }
-        pids
+        std::iter::once(master).chain(children(master)).collect()
     }
 
     /// The sum of VmHWM over the master and its workers.
@@ -1343,11 +1684,101 @@ impl Nginx {
 }
 
 fn nginx_binary() -> Option<PathBuf> {
+    installed("nginx")
+}
+
+/// A program on `PATH`, or in `/usr/sbin` or `/usr/bin` (often missing from `PATH` for users).
+fn installed(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nginx"))
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+/// A TCP relay started as a child on a loopback port, in front of Tessera's HTTPS listener.
+struct Relay {
+    address: SocketAddr,
+    log: PathBuf,
+    process: Process,
+}
+
+/// socat is not installed.
+struct RelayMissing;
+
+impl Relay {
+    /// `tessera gateway` in passthrough mode, configured by a Gateway resource.
+    fn gateway(binary: &Path, work: &Path, backend: SocketAddr) -> Self {
+        let dir = work.join("gateway");
+        std::fs::create_dir_all(&dir).expect("create the gateway directory");
+        let [address] = free_ports();
+        let config = dir.join("gateway.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: bench\nspec:\n  listen: {address}\n  mode: passthrough\n  backend: {backend}\n"
+            ),
+        )
+        .expect("write gateway.yaml");
+        let log = dir.join("gateway.log");
+        let process = Process::spawn(
+            "tessera gateway",
+            Command::new(binary)
+                .arg("gateway")
+                .arg("--config")
+                .arg(&config)
+                .env("TESSERA_LOG", "warn")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("create the gateway log")),
+        );
+        Self::accepting(address, log, process)
+    }
+
+    /// socat forking a plain TCP relay per connection, with its default 8 KiB buffer.
+    /// `nodelay` on both sides, as the gateway does: without it Nagle's algorithm meets the
+    /// peer's delayed ACK and each small exchange waits ~40 ms, which measures the socket
+    /// option, not the relay.
+    fn socat(work: &Path, backend: SocketAddr) -> Result<Self, RelayMissing> {
+        let binary = installed("socat").ok_or(RelayMissing)?;
+        let [address] = free_ports();
+        let log = work.join("socat.log");
+        let process = Process::spawn(
+            "socat",
+            Command::new(binary)
+                .arg(format!(
+                    "TCP-LISTEN:{},bind={},reuseaddr,fork,nodelay",
+                    address.port(),
+                    address.ip()
+                ))
+                .arg(format!("TCP:{backend},nodelay"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("create the socat log")),
+        );
+        Ok(Self::accepting(address, log, process))
+    }
+
+    /// Waits until the relay accepts connections.
+    fn accepting(address: SocketAddr, log: PathBuf, process: Process) -> Self {
+        let deadline = Instant::now() + RELAY_START_TIMEOUT;
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                process.running() && Instant::now() < deadline,
+                "{} did not start; {}:\n{}",
+                process.name,
+                log.display(),
+                tail(&log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            address,
+            log,
+            process,
+        }
+    }
 }
 
 /// VmHWM of a process, in bytes.
@@ -1379,31 +1810,28 @@ fn tail(path: &Path) -> String {
 
 // --- the report -----------------------------------------------------------------------
 
-/// Columns: what, Tessera, its CPU, nginx, its CPU, target, met.
-#[derive(Default)]
-struct Table {
-    rows: Vec<[String; 7]>,
+/// Columns: what, then figures with the CPU they took, then target and met.
+struct Table<const N: usize> {
+    header: [&'static str; N],
+    rows: Vec<[String; N]>,
 }
 
-impl Table {
-    const HEADER: [&'static str; 7] = [
-        "",
-        "Tessera",
-        "CPU srv/cli/oth",
-        "nginx",
-        "CPU srv/cli/oth",
-        "target",
-        "met",
-    ];
+impl<const N: usize> Table<N> {
+    fn new(header: [&'static str; N]) -> Self {
+        Self {
+            header,
+            rows: Vec::new(),
+        }
+    }
 
-    fn row(&mut self, cells: [&str; 7]) {
+    fn row(&mut self, cells: [&str; N]) {
         self.rows.push(cells.map(str::to_owned));
     }
 
     fn render(&self) -> String {
-        let header = Self::HEADER.map(str::to_owned);
-        let all: Vec<&[String; 7]> = std::iter::once(&header).chain(&self.rows).collect();
-        let widths: Vec<usize> = (0..7)
+        let header = self.header.map(str::to_owned);
+        let all: Vec<&[String; N]> = std::iter::once(&header).chain(&self.rows).collect();
+        let widths: Vec<usize> = (0..N)
             .map(|c| all.iter().map(|r| r[c].len()).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
@@ -1412,7 +1840,7 @@ impl Table {
             for (c, cell) in row.iter().enumerate() {
                 let width = widths[c];
                 // The label and the target/met columns read left to right; figures align right.
-                if c == 0 || c >= 5 {
+                if c == 0 || c + 2 >= N {
                     write!(line, "{cell:<width$}  ").unwrap();
                 } else {
                     write!(line, "{cell:>width$}  ").unwrap();
@@ -1420,16 +1848,23 @@ impl Table {
             }
             writeln!(out, "{}", line.trim_end()).unwrap();
             if i == 0 {
-                writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 12)).unwrap();
+                writeln!(
+                    out,
+                    "{}",
+                    "-".repeat(widths.iter().sum::<usize>() + 2 * (N - 1))
+                )
+                .unwrap();
             }
         }
         out
     }
 }
 
-/// CPU used by the server, by this client and by every other process on the machine (noise:
-/// a build running alongside skews figures), as `server%/client%/other%` of one core.
+/// CPU used by the relay (when one is measured), by the server, by this client and by every
+/// other process on the machine (noise: a build running alongside skews figures), as
+/// `[relay%/]server%/client%/other%` of one core.
 struct CpuUse {
+    relay: Option<f64>,
     server: f64,
     client: f64,
     other: f64,
@@ -1437,6 +1872,9 @@ struct CpuUse {
 
 impl std::fmt::Display for CpuUse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(relay) = self.relay {
+            write!(f, "{relay:.0}%/")?;
+        }
         write!(
             f,
             "{:.0}%/{:.0}%/{:.0}%",
@@ -1450,11 +1888,13 @@ struct Cpu {
     tessera: u32,
     /// nginx's master and workers, once started.
     nginx: Vec<u32>,
+    /// The relay being measured, with the children it forks.
+    relay: Option<u32>,
     ticks_per_second: f64,
 }
 
-/// CPU seconds so far: Tessera, nginx, this client, the whole machine.
-type CpuSample = [f64; 4];
+/// CPU seconds so far: Tessera, nginx, the relay, this client, the whole machine.
+type CpuSample = [f64; 5];
 
 impl Cpu {
     fn new(tessera: u32) -> Self {
@@ -1468,6 +1908,7 @@ impl Cpu {
         Self {
             tessera,
             nginx: Vec::new(),
+            relay: None,
             ticks_per_second,
         }
     }
@@ -1480,6 +1921,7 @@ impl Cpu {
         [
             seconds(&[self.tessera]),
             seconds(&self.nginx),
+            self.relay.map_or(0, tree_ticks) as f64 / self.ticks_per_second,
             seconds(&[std::process::id()]),
             machine_busy_ticks() as f64 / self.ticks_per_second,
         ]
@@ -1489,10 +1931,12 @@ impl Cpu {
     fn used(&self, before: CpuSample, elapsed: Duration) -> CpuUse {
         let after = self.sample();
         let percent = |i: usize| 100.0 * (after[i] - before[i]) / elapsed.as_secs_f64();
+        let known = percent(0) + percent(1) + percent(2) + percent(3);
         CpuUse {
+            relay: self.relay.map(|_| percent(2)),
             server: percent(0) + percent(1),
-            client: percent(2),
-            other: (percent(3) - percent(0) - percent(1) - percent(2)).max(0.0),
+            client: percent(3),
+            other: (percent(4) - known).max(0.0),
         }
     }
 }
@@ -1513,11 +1957,50 @@ fn machine_busy_ticks() -> u64 {
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is the first, then
-    // utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU of a process and of its children, in clock ticks: its own utime + stime, the children
+/// it has reaped (cutime + cstime), and those still running (socat forks one per connection).
+fn tree_ticks(pid: u32) -> u64 {
+    let reaped = stat_fields(pid).map_or(0, |fields| {
+        fields[11..15]
+            .iter()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum()
+    });
+    reaped + children(pid).into_iter().filter_map(cpu_ticks).sum::<u64>()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name, which may hold spaces: state is
+/// the first, then utime, stime, cutime and cstime are the 12th to the 15th.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<String> = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (fields.len() >= 15).then_some(fields)
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        if status_field(&status, "PPid:") == Some(u64::from(parent)) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 fn verdict(met: bool) -> &'static str {

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Installs what `cargo bench --bench serve` compares Tessera against: Debian's nginx,
-# serving the same fragment files. The bench starts its own nginx on loopback ports with a
-# generated configuration; the system service is stopped so nothing is left on port 80.
-# Idempotent; quick when nginx is there.
+# serving the same fragment files, and socat, as a plain TCP relay next to `tessera gateway`.
+# The bench starts its own nginx and socat on loopback ports; the system nginx service is
+# stopped so nothing is left on port 80. Idempotent; quick when both are there.
 set -euo pipefail
 
-if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+missing=()
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  missing+=(nginx)
+fi
+if ! command -v socat >/dev/null && [ ! -x /usr/bin/socat ]; then
+  missing+=(socat)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-echo "bench-setup: installing nginx" >&2
+echo "bench-setup: installing ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "bench-setup: need root (or sudo) to install nginx" >&2; exit 1; }
+  command -v sudo >/dev/null || { echo "bench-setup: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
   sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -32,9 +39,12 @@ cleanup() {
 }
 trap cleanup EXIT
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends nginx >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
-# Belt and braces: where a service manager did start it anyway, stop and disable it.
+# Belt and braces: where a service manager did start nginx anyway, stop and disable it.
+if [[ " ${missing[*]} " != *" nginx "* ]]; then
+  exit 0
+fi
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
 elif [ -f /run/nginx.pid ]; then
