@@ -35,3 +35,16 @@ pub mod resources;
 pub mod server;
 pub mod sources;
 pub mod store;
+
+/// `error` and its causes on one line, `outer: inner: innermost`, for logs and messages. A
+/// helper every module may use (it is not a module, so the import rules are unchanged).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

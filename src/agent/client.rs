@@ -137,7 +137,7 @@ impl Client {
                 Http::Direct(client) => client.request(request).await,
                 Http::Proxied(client) => client.request(request).await,
             }
-            .map_err(|e| transport(crate::agent::error_chain(&e)))?;
+            .map_err(|e| transport(crate::error_chain(&e)))?;
             let status = response.status();
             let headers = response.headers().clone();
             let body = response

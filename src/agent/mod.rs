@@ -76,18 +76,6 @@ pub struct Pass {
     pub finished: Vec<(String, String)>,
 }
 
-/// `error` and its causes on one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
     let path = path.to_path_buf();
     move |source| AgentError::Io {
@@ -484,7 +472,7 @@ async fn report(client: &Client, state: &Path, result: v1::Report) -> Result<(),
         }
         Ok(_) => Ok(()),
         Err(error) => {
-            tracing::warn!(package = %result.package_id, error = %error_chain(&error), "result kept to send later");
+            tracing::warn!(package = %result.package_id, error = %crate::error_chain(&error), "result kept to send later");
             Ok(())
         }
     }

@@ -45,16 +45,10 @@ pub fn client_config(
     trusted_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> Result<Arc<rustls::ClientConfig>, PkiError> {
-    let mut roots = RootCertStore::empty();
-    for certificate in facts::pem_certificates(trusted_pem)? {
-        roots
-            .add(certificate)
-            .map_err(|e| PkiError::Certificate(format!("not usable as a trusted CA: {e}")))?;
-    }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Certificate(e.to_string()))?
-        .with_root_certificates(roots);
+        .with_root_certificates(roots_of(trusted_pem)?);
     // No ALPN here: the HTTP client sets the protocols it speaks.
     let config = match identity {
         Some((chain_pem, key_pem)) => {
@@ -109,21 +103,13 @@ pub fn client_verifier(
     if mode == ClientAuth::None {
         return Ok(Arc::new(NoClientAuth));
     }
-    let mut roots = RootCertStore::empty();
-    for pem in trusted {
-        for certificate in facts::pem_certificates(pem)? {
-            roots
-                .add(certificate)
-                .map_err(|e| PkiError::Certificate(format!("not usable as a trusted CA: {e}")))?;
-        }
-    }
+    let roots = roots_of(&trusted.join("\n"))?;
     if roots.is_empty() {
         return Err(PkiError::Certificate(
             "no trusted CA to verify client certificates".into(),
         ));
     }
-    let builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls);
     let builder = if mode == ClientAuth::Optional {
         builder.allow_unauthenticated()
     } else {

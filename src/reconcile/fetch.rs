@@ -83,12 +83,7 @@ async fn download(
         let response = tokio::time::timeout(READ_TIMEOUT, client.get(uri.clone()))
             .await
             .map_err(|_| format!("{uri} did not answer within {READ_TIMEOUT:?}"))?
-            .map_err(|e| {
-                format!(
-                    "failed to download {uri}: {}",
-                    crate::server::error_chain(&e)
-                )
-            })?;
+            .map_err(|e| format!("failed to download {uri}: {}", crate::error_chain(&e)))?;
         let status = response.status();
         if status.is_redirection() {
             let location = response

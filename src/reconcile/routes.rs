@@ -279,7 +279,7 @@ impl Publisher {
                 deployments::counts(&routes.assignments, computers, rows, stale_before)
             }
             Err(error) => {
-                tracing::warn!(error = %crate::server::error_chain(error), "failed to read deployment states");
+                tracing::warn!(error = %crate::error_chain(error), "failed to read deployment states");
                 HashMap::new()
             }
         };
@@ -361,13 +361,13 @@ impl Publisher {
             .db
             .set_setting("staleAfter", &routes.stale_after.to_string())
         {
-            tracing::warn!(error = %crate::server::error_chain(&error), "failed to record staleAfter");
+            tracing::warn!(error = %crate::error_chain(&error), "failed to record staleAfter");
         }
         match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
             Ok(0) => {}
             Ok(armed) => tracing::info!(armed, "armed deployments for known computers"),
             Err(error) => {
-                tracing::warn!(error = %crate::server::error_chain(&error), "failed to arm deployments")
+                tracing::warn!(error = %crate::error_chain(&error), "failed to arm deployments")
             }
         }
         runtime.routes.send_replace(Arc::new(routes));

@@ -281,7 +281,7 @@ impl Shared {
         tokio::task::spawn_blocking(move || call(&db))
             .await
             .map_err(|e| ServeError::Internal(e.to_string()))?
-            .map_err(|e| ServeError::Internal(super::error_chain(&e)))
+            .map_err(|e| ServeError::Internal(crate::error_chain(&e)))
     }
 }
 
@@ -354,7 +354,7 @@ pub async fn run(
                     ));
                 }
                 Err(error) => {
-                    tracing::error!(error = %super::error_chain(&error), "HTTPS listener not started")
+                    tracing::error!(error = %crate::error_chain(&error), "HTTPS listener not started")
                 }
             }
         }
@@ -371,7 +371,7 @@ pub async fn run(
                     ));
                 }
                 Err(error) => {
-                    tracing::error!(error = %super::error_chain(&error), "HTTP listener not started")
+                    tracing::error!(error = %crate::error_chain(&error), "HTTP listener not started")
                 }
             }
         }
@@ -410,17 +410,8 @@ async fn accept_tls(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = next_connection(&listener, &shutdown).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
@@ -478,6 +469,26 @@ async fn accept_tls(
     }
 }
 
+/// The next accepted connection, or `None` at shutdown.
+async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(error) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 async fn accept_plain(
     listener: TcpListener,
     app: Router,
@@ -485,16 +496,8 @@ async fn accept_plain(
     shutdown: CancellationToken,
 ) {
     loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, _)) = next_connection(&listener, &shutdown).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         tracker.spawn(serve_connection(stream, app.clone(), shutdown.clone()));

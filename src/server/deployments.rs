@@ -473,52 +473,31 @@ mod tests {
         Selector::new(false, &[], &[], &[tag.to_owned()], vec![]).unwrap()
     }
 
-    /// Applies changes the way the database does, for the sequences below.
-    fn apply(rows: &mut Vec<Deployment>, device: &str, changes: &[Change], now: i64) {
-        for change in changes {
-            match change {
-                Change::Arm {
-                    activation,
-                    package,
-                    package_id,
-                    token,
-                }
-                | Change::ArmSettled {
-                    activation,
-                    package,
-                    package_id,
-                    token,
-                    ..
-                } => {
-                    rows.retain(|d| d.device_id != device || d.activation != *activation);
-                    let settled = matches!(change, Change::ArmSettled { .. });
-                    rows.push(Deployment {
-                        device_id: device.into(),
-                        activation: activation.clone(),
-                        package: package.clone(),
-                        package_id: package_id.clone(),
-                        token: token.clone(),
-                        state: if settled {
-                            State::Success
-                        } else {
-                            State::Waiting
-                        },
-                        code: None,
-                        changed_at: now,
-                        notified_at: None,
-                        output: None,
-                    });
-                }
-                Change::Notify { activation } => {
-                    for d in rows
-                        .iter_mut()
-                        .filter(|d| d.device_id == device && d.activation == *activation)
-                    {
-                        d.state = State::Notified;
-                        d.notified_at = Some(now);
-                    }
-                }
-            }
+    /// The deployment states of the sequences below, in a real (in-memory) state database.
+    struct States(crate::store::db::Database);
+
+    impl States {
+        fn new() -> Self {
+            Self(crate::store::db::Database::in_memory().unwrap())
+        }
+
+        fn of(&self, device: &str) -> Vec<Deployment> {
+            let all = self.0.deployments().unwrap();
+            all.into_iter().filter(|d| d.device_id == device).collect()
+        }
+
+        fn all(&self) -> Vec<Deployment> {
+            self.0.deployments().unwrap()
+        }
+
+        fn apply(&self, device: &str, changes: &[Change], now: i64) {
+            self.0.apply(device, changes, now).unwrap();
+        }
+
+        fn report(&self, device: &str, package_id: &str, state: State, now: i64) {
+            self.0
+                .record_result(device, package_id, state, Some("TEST"), None, now)
+                .unwrap();
         }
     }
 
@@ -552,56 +531,59 @@ mod tests {
     fn a_package_is_offered_until_the_agent_reports_and_never_after() {
         let pc = computer("lab-01", &["lab"], &[]);
         let assignments = [assignment("lab", by_tag("lab"), None)];
-        let mut rows = Vec::new();
-        let (offers, changes) = prolog(&assignments, &pc, &rows, 10);
+        let states = States::new();
+        let device = pc.device_id.as_str();
+        let (offers, changes) = prolog(&assignments, &pc, &states.of(device), 10);
         assert_eq!(offers.len(), 1);
         assert!(!offers[0].force);
         assert_eq!(changes.len(), 2, "armed, then notified: {changes:?}");
-        apply(&mut rows, &pc.device_id, &changes, 10);
+        states.apply(device, &changes, 10);
         // Notified: offered again on the next PROLOG (the agent may have missed it), and
         // nothing more to record.
-        let (offers, changes) = prolog(&assignments, &pc, &rows, 20);
+        let (offers, changes) = prolog(&assignments, &pc, &states.of(device), 20);
         assert_eq!(offers.len(), 1);
         assert!(changes.is_empty());
-        rows[0].state = State::Error;
-        let (offers, changes) = prolog(&assignments, &pc, &rows, 30);
+        states.report(device, "1234567890", State::Error, 25);
+        let (offers, changes) = prolog(&assignments, &pc, &states.of(device), 30);
         assert!(offers.is_empty() && changes.is_empty());
     }
 
     #[test]
     fn an_installed_package_is_settled_and_a_redeploy_token_forces_it_once() {
         let pc = computer("lab-01", &["lab"], &["1234567890"]);
-        let mut rows = Vec::new();
+        let states = States::new();
+        let device = pc.device_id.as_str();
         let plain = [assignment("lab", by_tag("lab"), None)];
-        let (offers, changes) = prolog(&plain, &pc, &rows, 10);
+        let (offers, changes) = prolog(&plain, &pc, &states.of(device), 10);
         assert!(offers.is_empty());
         assert!(
             matches!(&changes[..], [Change::ArmSettled { code, .. }] if code == ALREADY_IN_HISTORY)
         );
-        apply(&mut rows, &pc.device_id, &changes, 10);
+        states.apply(device, &changes, 10);
 
         let redeploy = [assignment("lab", by_tag("lab"), Some("2"))];
-        let (offers, changes) = prolog(&redeploy, &pc, &rows, 20);
+        let (offers, changes) = prolog(&redeploy, &pc, &states.of(device), 20);
         assert_eq!(offers.len(), 1);
         assert!(offers[0].force);
-        apply(&mut rows, &pc.device_id, &changes, 20);
-        rows[0].state = State::Success;
+        states.apply(device, &changes, 20);
+        states.report(device, "1234567890", State::Success, 25);
         // Once: the same token does not re-arm.
-        let (offers, changes) = prolog(&redeploy, &pc, &rows, 30);
+        let (offers, changes) = prolog(&redeploy, &pc, &states.of(device), 30);
         assert!(offers.is_empty() && changes.is_empty());
     }
 
     #[test]
     fn a_new_package_version_rearms_every_target() {
         let pc = computer("lab-01", &["lab"], &[]);
-        let mut rows = Vec::new();
+        let states = States::new();
+        let device = pc.device_id.as_str();
         let v1 = [assignment("lab", by_tag("lab"), None)];
-        let (_, changes) = prolog(&v1, &pc, &rows, 10);
-        apply(&mut rows, &pc.device_id, &changes, 10);
-        rows[0].state = State::Success;
+        let (_, changes) = prolog(&v1, &pc, &states.of(device), 10);
+        states.apply(device, &changes, 10);
+        states.report(device, "1234567890", State::Success, 15);
         let mut v2 = v1;
         v2[0].package_id = "1999999999".into();
-        let (offers, _) = prolog(&v2, &pc, &rows, 20);
+        let (offers, _) = prolog(&v2, &pc, &states.of(device), 20);
         assert_eq!(offers[0].package_id, "1999999999");
     }
 
@@ -671,17 +653,12 @@ mod tests {
         let c = computer("lab-03", &["lab"], &[]);
         let office = computer("office-01", &["office"], &[]);
         let assignments = [assignment("lab", by_tag("lab"), None)];
-        let mut rows = Vec::new();
+        let states = States::new();
         for (pc, now) in [(&a, 10), (&b, 500)] {
-            let mine: Vec<_> = rows
-                .iter()
-                .filter(|d: &&Deployment| d.device_id == pc.device_id)
-                .cloned()
-                .collect();
-            let (_, changes) = prolog(&assignments, pc, &mine, now);
-            apply(&mut rows, &pc.device_id, &changes, now);
+            let (_, changes) = prolog(&assignments, pc, &states.of(&pc.device_id), now);
+            states.apply(&pc.device_id, &changes, now);
         }
-        let counts = counts(&assignments, &[a, b, c, office], &rows, 100);
+        let counts = counts(&assignments, &[a, b, c, office], &states.all(), 100);
         let lab = counts["default/lab"];
         assert_eq!(
             (lab.targets, lab.waiting, lab.notified, lab.stale),

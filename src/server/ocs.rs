@@ -434,7 +434,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn malformed_requests_get_a_400_and_nothing_is_stored() {
+    async fn malformed_requests_get_a_400_oversized_ones_a_413_and_nothing_is_stored() {
         let f = fixture();
         for body in [
             b"\x78\x9c garbage".to_vec(),
@@ -447,19 +447,14 @@ mod tests {
                 &format!("<REQUEST><DEVICEID>{DEVICE}</DEVICEID><QUERY>SNMP</QUERY></REQUEST>"),
                 Encoding::Zlib,
             ),
-            vec![0u8; ocs::MAX_BODY + 1],
         ] {
             let (status, _) = post(&f.shared, body).await;
-            assert!(status.is_client_error(), "{status}");
+            assert_eq!(status, StatusCode::BAD_REQUEST);
         }
-        assert!(
-            f.shared
-                .db
-                .computers()
-                .unwrap()
-                .iter()
-                .all(|c| c.last_inventory.is_none())
-        );
+        let (status, _) = post(&f.shared, vec![0u8; ocs::MAX_BODY + 1]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(f.shared.db.computers().unwrap().is_empty());
+        assert!(f.shared.metrics.render().contains("query=\"invalid\"} 3\n"));
     }
 
     #[tokio::test]

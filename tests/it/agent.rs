@@ -30,7 +30,7 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
     let config = Config {
         server: format!("https://{https}"),
         state_dir: agent_state.path().to_path_buf(),
-        ca: Some(state.join("certificates/default/tessera-server/ca.crt")),
+        ca: Some(crate::support::server_ca(dir.path())),
         token: Some(token.reveal()),
         tags: vec!["lab".into()],
         proxy: Some(format!("http://{proxy}")),
@@ -172,7 +172,7 @@ async fn tessera_notify_asks_a_listening_agent_to_check_in_over_mutual_tls() {
     let config = Config {
         server: format!("https://{https}"),
         state_dir: agent_state.path().to_path_buf(),
-        ca: Some(state.join("certificates/default/tessera-server/ca.crt")),
+        ca: Some(crate::support::server_ca(dir.path())),
         token: Some(token.reveal()),
         tags: vec!["office".into()],
         proxy: None,
@@ -211,19 +211,33 @@ async fn tessera_notify_asks_a_listening_agent_to_check_in_over_mutual_tls() {
         .await
         .expect("the agent was woken");
 
-    // Only the server may call: the agent's own certificate is not the server's.
+    // Only the server may call: the agent's own certificate (same Issuer, but naming an
+    // agent, not the server) gets no answer and wakes nothing.
     let identity = agent_state.path().join("identity");
     let refused = std::process::Command::new("curl")
-        .args(["-sk", "--max-time", "5", "-X", "POST", "--cert"])
+        .args([
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-X", "POST", "--cert"])
         .arg(identity.join("agent.crt"))
         .arg("--key")
         .arg(identity.join("agent.key"))
         .arg(format!("https://{address}/v1/notify"))
         .output()
         .unwrap();
+    let code = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert_ne!(code, "202", "{refused:?}");
     assert!(
-        !String::from_utf8_lossy(&refused.stdout).contains("202"),
-        "{refused:?}"
+        tokio::time::timeout(std::time::Duration::from_millis(500), wake.notified())
+            .await
+            .is_err(),
+        "a call from a certificate that is not the server's woke the agent"
     );
     // A computer whose agent does not listen is told so.
     let output = notify("nobody".into()).await.unwrap();

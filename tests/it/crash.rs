@@ -138,9 +138,7 @@ fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
     let https = https_address(port);
 
     // A real deployment first: its results must survive the crash.
-    let ca = dir
-        .path()
-        .join(".tessera/certificates/default/tessera-server/ca.crt");
+    let ca = crate::support::server_ca(dir.path());
     let agent = OcsAgent::new(
         &format!("https://{https}/ocsinventory"),
         &ca,

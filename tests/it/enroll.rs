@@ -80,7 +80,7 @@ fn curl(
 async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
     let (dir, running, https) = crate::support::quickstart_enrolling(Some("2h")).await;
     let state = dir.path().join(".tessera");
-    let server_ca = state.join("certificates/default/tessera-server/ca.crt");
+    let server_ca = crate::support::server_ca(dir.path());
     let work = tempfile::tempdir().unwrap();
     let (key, csr) = key_and_csr();
     let enroll = |token: &str, csr: &str| {
@@ -202,48 +202,31 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
     )
     .unwrap();
     let old_key = rcgen::KeyPair::generate().unwrap();
-    let expired = client_certificate(
-        &authority,
-        &old_key,
-        jiff::SignedDuration::from_mins(10),
-        jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
-    );
-    let (expired_cert, expired_key) = (work.path().join("e.crt"), work.path().join("e.key"));
-    std::fs::write(&expired_cert, &expired.chain_pem).unwrap();
-    std::fs::write(&expired_key, old_key.serialize_pem()).unwrap();
-    let (status, _) = tokio::task::block_in_place(|| {
-        curl(
-            &https,
-            &server_ca,
-            &info,
-            None,
-            Some((&expired_cert, &expired_key)),
-        )
-    });
-    assert_eq!(
-        status, 0,
-        "an expired certificate is refused at the handshake"
-    );
-    let early = client_certificate(
-        &authority,
-        &old_key,
-        jiff::SignedDuration::from_hours(2),
-        jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
-    );
-    std::fs::write(&expired_cert, &early.chain_pem).unwrap();
-    let (status, _) = tokio::task::block_in_place(|| {
-        curl(
-            &https,
-            &server_ca,
-            &info,
-            None,
-            Some((&expired_cert, &expired_key)),
-        )
-    });
-    assert_eq!(
-        status, 0,
-        "a not-yet-valid certificate is refused at the handshake"
-    );
+    // Certificates from the right CA, outside their validity: refused at the handshake.
+    let (old_cert, old_key_file) = (work.path().join("e.crt"), work.path().join("e.key"));
+    std::fs::write(&old_key_file, old_key.serialize_pem()).unwrap();
+    let hour = jiff::SignedDuration::from_hours(1);
+    for (what, lifetime, from) in [
+        (
+            "an expired",
+            jiff::SignedDuration::from_mins(10),
+            jiff::Timestamp::now() - hour,
+        ),
+        ("a not-yet-valid", hour * 2, jiff::Timestamp::now() + hour),
+    ] {
+        let issued = client_certificate(&authority, &old_key, lifetime, from);
+        std::fs::write(&old_cert, &issued.chain_pem).unwrap();
+        let (status, _) = tokio::task::block_in_place(|| {
+            curl(
+                &https,
+                &server_ca,
+                &info,
+                None,
+                Some((&old_cert, &old_key_file)),
+            )
+        });
+        assert_eq!(status, 0, "{what} certificate is refused at the handshake");
+    }
 
     // Revoking the agent's serial in its Issuer: refused from the next handshake on.
     let serial = Command::new("openssl")
@@ -308,7 +291,7 @@ fn enrolled(
 async fn the_native_api_serves_each_agent_only_its_own_deployments_with_resumable_fragments() {
     let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
     let state = dir.path().join(".tessera");
-    let ca = state.join("certificates/default/tessera-server/ca.crt");
+    let ca = crate::support::server_ca(dir.path());
     let work = tempfile::tempdir().unwrap();
     let (lab_id, package) = tokio::task::block_in_place(|| {
         let (lab_cert, lab_key, lab_id) = enrolled(&https, &ca, &state, work.path(), "lab-01");

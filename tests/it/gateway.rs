@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::ocs_agent::{self, OcsAgent};
-use crate::support::{addresses, free_port, get_json, quickstart_copy, start, wait_for_port};
+use crate::support::{addresses, free_port, quickstart_copy, start, wait_for_port};
 
 fn curl(ca: &std::path::Path, url: &str, resolve: Option<&str>) -> (bool, String) {
     let mut command = Command::new("curl");
@@ -31,11 +31,8 @@ async fn passthrough_relays_tls_end_to_end_by_server_name_for_real_clients() {
     let dir = quickstart_copy();
     let running = start(dir.path()).await;
     let (https, _) = addresses(&running).await;
-    let ca = dir
-        .path()
-        .join(".tessera/certificates/default/tessera-server/ca.crt");
-    let package = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
-    let id = package["details"]["packageId"].as_str().unwrap().to_owned();
+    let ca = crate::support::server_ca(dir.path());
+    let id = crate::support::package_id(&running, "hello").await;
 
     let port = free_port();
     let config = tempfile::NamedTempFile::new().unwrap();
@@ -132,20 +129,23 @@ async fn passthrough_relays_tls_end_to_end_by_server_name_for_real_clients() {
     running.stop().await.unwrap();
 }
 
-/// Sends an OCS INVENTORY over TLS on `stream`; the HTTP status line of the answer.
+/// Sends an OCS INVENTORY over TLS on `stream`, after `prefix` (a PROXY protocol header);
+/// the HTTP status line of the answer, or why there was none.
 async fn inventory_over(
-    stream: tokio::net::TcpStream,
+    mut stream: tokio::net::TcpStream,
+    prefix: &[u8],
     ca: &std::path::Path,
     device: &str,
-) -> String {
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(prefix).await.map_err(|e| e.to_string())?;
     let tls =
         tessera::pki::tls::client_config(&std::fs::read_to_string(ca).unwrap(), None).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, stream)
         .await
-        .unwrap();
+        .map_err(|e| format!("TLS: {e}"))?;
     let xml = format!(
         "<REQUEST><CONTENT><HARDWARE><NAME>roaming</NAME><OSNAME>Debian GNU/Linux 12</OSNAME></HARDWARE></CONTENT><DEVICEID>{device}</DEVICEID><QUERY>INVENTORY</QUERY></REQUEST>"
     );
@@ -154,20 +154,29 @@ async fn inventory_over(
         "POST /ocsinventory HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body).await.unwrap();
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(&body).await.map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
-    String::from_utf8_lossy(&answer)
+    Ok(String::from_utf8_lossy(&answer)
         .lines()
         .next()
         .unwrap_or("")
-        .to_owned()
+        .to_owned())
+}
+
+/// A connection to `to` from the loopback address `from` (all of 127.0.0.0/8 is local).
+async fn connect_from(from: &str, to: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to.parse().unwrap()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_relay_names_the_client_and_others_are_never_believed() {
-    use tokio::io::AsyncWriteExt;
     let dir = quickstart_copy();
     let server = dir.path().join("server.yaml");
     let text = std::fs::read_to_string(&server).unwrap();
@@ -178,20 +187,22 @@ async fn a_trusted_relay_names_the_client_and_others_are_never_believed() {
     .unwrap();
     let running = start(dir.path()).await;
     let (https, _) = addresses(&running).await;
-    let ca = dir
-        .path()
-        .join(".tessera/certificates/default/tessera-server/ca.crt");
-
-    // From a trusted relay: the header names the client, and that is what is stored.
-    let mut relayed = tokio::net::TcpStream::connect(&https).await.unwrap();
+    let ca = crate::support::server_ca(dir.path());
     let header = tessera::protocol::proxy::encode(
         "198.51.100.7:40000".parse().unwrap(),
         https.parse().unwrap(),
     );
-    relayed.write_all(&header).await.unwrap();
-    let status = inventory_over(relayed, &ca, "roaming-2026-01-01-00-00-00").await;
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let db = tessera::store::db::Database::open(&dir.path().join(".tessera/state.db")).unwrap();
+
+    // From the trusted relay (127.0.0.1): the header names the client, and that is stored.
+    let relayed = connect_from("127.0.0.1", &https).await;
+    let status = inventory_over(relayed, &header, &ca, "roaming-2026-01-01-00-00-00").await;
+    assert!(
+        status
+            .as_deref()
+            .is_ok_and(|s| s.starts_with("HTTP/1.1 200")),
+        "{status:?}"
+    );
     assert_eq!(
         db.address("roaming-2026-01-01-00-00-00")
             .unwrap()
@@ -199,12 +210,34 @@ async fn a_trusted_relay_names_the_client_and_others_are_never_believed() {
         Some("198.51.100.7")
     );
 
+    // From an untrusted address (127.0.0.2) the same header is not believed: it is not
+    // even parsed, so the connection is not TLS and nothing is stored.
+    let forged = connect_from("127.0.0.2", &https).await;
+    let status = inventory_over(forged, &header, &ca, "forged-2026-01-01-00-00-00").await;
+    assert!(status.is_err(), "{status:?}");
+    assert!(
+        db.find_computers("forged-2026-01-01-00-00-00")
+            .unwrap()
+            .is_empty()
+    );
+    // ... while its own plain connection works, under its own address.
+    let direct = connect_from("127.0.0.2", &https).await;
+    let status = inventory_over(direct, b"", &ca, "direct-2026-01-01-00-00-00").await;
+    assert!(
+        status
+            .as_deref()
+            .is_ok_and(|s| s.starts_with("HTTP/1.1 200")),
+        "{status:?}"
+    );
+    assert_eq!(
+        db.address("direct-2026-01-01-00-00-00").unwrap().as_deref(),
+        Some("127.0.0.2")
+    );
+
     // From the trusted address a connection must start with the header: plain TLS is
     // refused rather than taken for the relay's own request.
-    let plain = tokio::net::TcpStream::connect(&https).await.unwrap();
-    let refused =
-        tokio::spawn(async move { inventory_over(plain, &ca, "direct-2026-01-01-00-00-00").await })
-            .await;
-    assert!(refused.is_err() || !refused.unwrap().contains("200"));
+    let plain = connect_from("127.0.0.1", &https).await;
+    let status = inventory_over(plain, b"", &ca, "plain-2026-01-01-00-00-00").await;
+    assert!(status.is_err(), "{status:?}");
     running.stop().await.unwrap();
 }

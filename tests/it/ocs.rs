@@ -1,8 +1,6 @@
 //! The real Debian `ocsinventory-agent` against `tessera serve` on the quickstart: every
 //! package kind is deployed, and what the server records matches what the agent reported.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use tessera::cli::Running;
 
@@ -129,9 +127,7 @@ async fn the_real_ocs_agent_deploys_every_package_kind_of_the_quickstart() {
     })
     .await;
 
-    let ca: PathBuf = dir
-        .path()
-        .join(".tessera/certificates/default/tessera-server/ca.crt");
+    let ca = crate::support::server_ca(dir.path());
     let agent = OcsAgent::new(
         &format!("https://{https}/ocsinventory"),
         &ca,
@@ -288,11 +284,8 @@ async fn a_silent_client_holds_up_no_one_and_a_renewed_certificate_is_served_wit
     let dir = quickstart_copy();
     let running = start(dir.path()).await;
     let (https, _) = addresses(&running).await;
-    let ca = dir
-        .path()
-        .join(".tessera/certificates/default/tessera-server/ca.crt");
-    let package = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
-    let id = package["details"]["packageId"].as_str().unwrap().to_owned();
+    let ca = crate::support::server_ca(dir.path());
+    let id = crate::support::package_id(&running, "hello").await;
 
     // Connections that never start their handshake.
     let silent: Vec<_> = (0..8)

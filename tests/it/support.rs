@@ -293,3 +293,21 @@ pub fn token(state: &Path, max_uses: i64, expires_in: i64) -> tessera::pki::toke
         .unwrap();
     token
 }
+
+/// The CA certificate agents trust for the quickstart's server, once issued.
+pub fn server_ca(config: &Path) -> std::path::PathBuf {
+    config.join(".tessera/certificates/default/tessera-server/ca.crt")
+}
+
+/// The package id of Package/`name`, as the admin API shows it.
+pub async fn package_id(running: &tessera::cli::Running, name: &str) -> String {
+    let package = get_json(
+        running.admin_address,
+        &format!("/api/v1/objects/Package/{name}"),
+    )
+    .await;
+    package["details"]["packageId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Package/{name} has no id: {package}"))
+        .to_owned()
+}
