@@ -60,7 +60,8 @@ enum Command {
     Agent(AgentArgs),
     /// Ask a computer's agent to check in now (over mutual TLS, to the agent's listener).
     Notify(NotifyArgs),
-    /// The DMZ relay, configured by a Gateway resource (this version: passthrough mode).
+    /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
+    /// certificates it presents issued and renewed from the same configuration.
     Gateway(GatewayArgs),
 }
 
@@ -73,6 +74,10 @@ struct GatewayArgs {
     /// Which Gateway, when there are several.
     #[arg(long)]
     name: Option<String>,
+    /// Where the gateway keeps the certificates it issues and renews (default: `.tessera`
+    /// beside the configuration).
+    #[arg(long, env = "TESSERA_STATE")]
+    state: Option<PathBuf>,
     /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9091")]
     admin_address: SocketAddr,
@@ -592,22 +597,47 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
 }
 
 async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
+    use crate::reconcile::gateway::{GatewayRuntime, relay_config};
     use crate::resources::gateway::GatewayMode;
-    let desired = if args.config.is_dir() {
-        evaluate_dir(&args.config)?
+    // A directory is watched like `tessera serve`'s; a single file is read once.
+    let (config_dir, source) = if args.config.is_dir() {
+        (args.config.clone(), None)
     } else {
         let text = std::fs::read_to_string(&args.config)
             .with_context(|| format!("failed to read {}", args.config.display()))?;
+        let dir = args
+            .config
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let file = args
+            .config
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let snapshot = crate::resources::Snapshot {
             revision: "file".into(),
-            files: vec![crate::resources::SourceFile {
-                path: args.config.display().to_string(),
-                text,
-            }],
+            files: vec![crate::resources::SourceFile { path: file, text }],
             problems: Vec::new(),
         };
-        desired::evaluate(&snapshot, None, desired::Options::default())
+        (dir, Some(snapshot))
     };
+    let state_dir = args
+        .state
+        .clone()
+        .unwrap_or_else(|| config_dir.join(".tessera"));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
+    let (dir_source, snapshot) = match source {
+        Some(snapshot) => (None, snapshot),
+        None => {
+            let source = DirSource::new(&config_dir, vec![state_dir.clone()])?;
+            let snapshot = source.scan();
+            (Some(source), snapshot)
+        }
+    };
+    let desired = desired::evaluate(&snapshot, None, desired::Options::default());
     let gateways: Vec<_> = desired
         .entries
         .iter()
@@ -637,57 +667,143 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     if let Some(problem) = problems.first() {
         bail!("{problem}");
     }
-    if spec.mode != GatewayMode::Passthrough {
+    if spec.mode == GatewayMode::Terminate {
         bail!(
-            "{key}: spec.mode {:?} is not part of this version of Tessera yet; passthrough is",
-            spec.mode
+            "{key}: spec.mode terminate is not part of this version of Tessera; use tunnel (edge-verified, the agent's TLS session stays end to end) or passthrough"
         );
     }
-    let seconds = |d: crate::resources::quantity::Duration| d.as_std();
-    let config = Arc::new(crate::gateway::Config {
-        backend: spec.backend.clone(),
-        routes: spec
-            .routes
-            .iter()
-            .map(|r| (r.server_name.to_ascii_lowercase(), r.backend.clone()))
-            .collect(),
-        handshake_timeout: seconds(spec.limits.handshake_timeout),
-        idle_timeout: seconds(spec.limits.idle_timeout),
-        connect_timeout: seconds(spec.limits.connect_timeout),
-        max_connections: usize::try_from(spec.limits.max_connections.max(1)).unwrap_or(1),
-        proxy_protocol: spec.proxy_protocol,
-    });
     let listener = tokio::net::TcpListener::bind(&spec.listen)
         .await
         .with_context(|| format!("failed to listen on {}", spec.listen))?;
-    tracing::info!(gateway = %key, listen = %listener.local_addr()?, backend = %config.backend, routes = config.routes.len(), "relaying (passthrough)");
-    let shutdown = CancellationToken::new();
-    let counters = Arc::new(crate::gateway::Counters::default());
     let listening = listener.local_addr()?.to_string();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let counters = Arc::new(crate::gateway::Counters::default());
+    let (config_tx, config_rx) = watch::channel(Arc::new(relay_config(&spec)));
+    let (certificate_tx, certificate_rx) = watch::channel(None);
+    // Replaced before the first connection is accepted: a tunnel starts only once its
+    // Gateway is Ready, which needs the trusted issuers' verifier published.
+    let (verifier_tx, verifier_rx) = watch::channel(crate::pki::tls::client_verifier(
+        crate::pki::tls::ClientAuth::None,
+        &[],
+        vec![],
+    )?);
+    let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
+    let (report_tx, mut report_rx) = watch::channel(Report::default());
+    if let Some(source) = dir_source {
+        let token = shutdown.clone();
+        tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+    } else {
+        // Kept open: a closed channel ends the reconcile loop.
+        tasks.spawn(async move {
+            snapshot_tx.closed().await;
+            Ok(())
+        });
+    }
+    let reconcile_config = reconcile::Config {
+        state_dir,
+        config_dir,
+        options: desired::Options::default(),
+        environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
+        clock: reconcile::Clock::system(),
+        runtime: None,
+        gateway: Some(Arc::new(GatewayRuntime {
+            key: key.clone(),
+            listen: spec.listen.clone(),
+            config: config_tx,
+            certificate: certificate_tx,
+            verifier: verifier_tx,
+            counters: counters.clone(),
+        })),
+    };
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        reconcile::run(snapshot_rx, report_tx, reconcile_config, token)
+            .await
+            .map_err(Into::into)
+    });
+
     let metrics = {
         let counters = counters.clone();
-        axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let text = counters.render(&listening);
-                    async move { text }
-                }),
-            )
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = counters.render(&listening);
+                async move { text }
+            }),
+        )
     };
     let admin = admin::bind(args.admin_address).await?;
+    let app = admin::app(report_rx.clone()).merge(metrics);
     let token = shutdown.clone();
-    tokio::spawn(async move { admin::serve(admin, metrics, token).await });
-    let relay = tokio::spawn(crate::gateway::run(
-        listener,
-        config,
-        counters,
-        shutdown.clone(),
-    ));
-    shutdown_signal().await;
+    tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
+
+    // A tunnel waits until its certificate and trust are in place.
+    let edge = if spec.mode == GatewayMode::Tunnel {
+        let name = key.to_string();
+        let ready = |report: &Report| {
+            report.objects.iter().find(|o| o.kind == "Gateway" && o.name == key.name).map(|o| {
+                o.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| (c.status == "True", c.message.clone()))
+                    .unwrap_or_default()
+            })
+        };
+        let mut said = String::new();
+        loop {
+            if let Some((true, _)) = ready(&report_rx.borrow_and_update()) {
+                break;
+            }
+            if let Some((false, message)) = ready(&report_rx.borrow()) {
+                if message != said {
+                    tracing::warn!(gateway = %name, %message, "not relaying yet");
+                    said = message;
+                }
+            }
+            tokio::select! {
+                () = shutdown_signal() => {
+                    shutdown.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Ok(ExitCode::SUCCESS);
+                }
+                changed = report_rx.changed() => if changed.is_err() {
+                    break;
+                },
+            }
+        }
+        let mut edge = (*crate::pki::tls::server_config(certificate_rx, verifier_rx)
+            .context("failed to build the TLS configuration")?)
+        .clone();
+        // CONNECT is HTTP/1.1; an agent's raw inner session offers no ALPN.
+        edge.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Some(Arc::new(edge))
+    } else {
+        None
+    };
+    tracing::info!(
+        gateway = %key,
+        listen = %listener.local_addr()?,
+        mode = ?spec.mode,
+        backend = %spec.backend,
+        routes = spec.routes.len(),
+        "relaying"
+    );
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        crate::gateway::run(listener, config_rx, edge, counters, token).await;
+        Ok(())
+    });
+    tokio::select! {
+        () = shutdown_signal() => {}
+        Some(Ok(Err(error))) = tasks.join_next() => {
+            shutdown.cancel();
+            return Err(error);
+        }
+    }
     shutdown.cancel();
-    let _ = relay.await;
+    while tasks.join_next().await.is_some() {}
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1188,6 +1304,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             activity: activity_rx,
             metrics: metrics.clone(),
         })),
+        gateway: None,
     };
     let token = shutdown.clone();
     tasks.spawn(async move {

@@ -1,24 +1,45 @@
-//! The DMZ relay. This version has the `passthrough` mode: read the TLS ClientHello (with
-//! a timeout and a size limit), pick the backend by its server name (SNI), and forward the
-//! bytes untouched, so TLS stays end to end between agent and server.
+//! The DMZ relay, in two modes per listener:
 //!
-//! Imports nothing of the crate: `cli` turns a `Gateway` resource into a [`Config`].
+//! - `passthrough`: read the TLS ClientHello (with a timeout and a size limit), pick the
+//!   backend by its server name (SNI), and forward the bytes untouched, so TLS stays end to
+//!   end between agent and server.
+//! - `tunnel`: terminate an outer TLS session that requires a client certificate (verified
+//!   against the trusted CAs, validity, usage and CRLs by rustls), and only then connect to
+//!   the backend and relay. Inside, the agent runs its own TLS session with the server, so
+//!   the gateway never sees the traffic. The tunnel speaks two ways: the agent's inner
+//!   ClientHello straight away (routed by its server name, like passthrough), or an HTTP
+//!   `CONNECT` to one of the configured backends first, which is what `curl --proxy https://`
+//!   and other HTTPS-proxy clients send.
+//!
+//! A client refused at the edge never causes a connection to the backend.
+//!
+//! Reconcile publishes the [`Config`] and the edge TLS settings through `watch`, so routes,
+//! certificates and trust change without a restart.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// A ClientHello larger than this is refused (real ones are well under 2 KiB; post-quantum
 /// key shares bring them near 1.5 KiB more).
 pub const MAX_CLIENT_HELLO: usize = 16 << 10;
 
+/// How a listener relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Passthrough,
+    Tunnel,
+}
+
 /// How the relay runs.
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub mode: Mode,
     /// Where clients go when their server name matches no route.
     pub backend: String,
     /// Server name (lowercase) → `host:port`.
@@ -44,6 +65,24 @@ impl Config {
             })
             .unwrap_or(&self.backend)
     }
+
+    /// The backend a tunnel's `CONNECT host:port` may reach: a route's server name (at any
+    /// port) gives its backend; a backend named directly is allowed; anything else is not.
+    pub fn connect_target(&self, authority: &str) -> Option<&str> {
+        let authority = authority.to_ascii_lowercase();
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority.as_str(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Some((_, backend)) = self.routes.iter().find(|(name, _)| name == host) {
+            return Some(backend);
+        }
+        std::iter::once(&self.backend)
+            .chain(self.routes.iter().map(|(_, backend)| backend))
+            .find(|backend| backend.eq_ignore_ascii_case(&authority))
+            .map(String::as_str)
+    }
 }
 
 /// What happened to connections, for logs and metrics.
@@ -53,6 +92,14 @@ pub struct Counters {
     pub relayed: AtomicU64,
     pub refused_busy: AtomicU64,
     pub refused_hello: AtomicU64,
+    /// Tunnel: refused at the edge, by reason.
+    pub refused_no_certificate: AtomicU64,
+    pub refused_untrusted: AtomicU64,
+    pub refused_expired: AtomicU64,
+    pub refused_revoked: AtomicU64,
+    pub refused_handshake: AtomicU64,
+    /// Tunnel: a `CONNECT` to somewhere that is not a backend, or a malformed one.
+    pub refused_target: AtomicU64,
     pub backend_failed: AtomicU64,
     pub bytes: AtomicU64,
     /// Connections open now.
@@ -81,6 +128,15 @@ impl Counters {
                 (",outcome=\"relayed\"", load(&self.relayed)),
                 (",outcome=\"refused_limit\"", load(&self.refused_busy)),
                 (",outcome=\"refused_hello\"", load(&self.refused_hello)),
+                (
+                    ",outcome=\"refused_no_certificate\"",
+                    load(&self.refused_no_certificate),
+                ),
+                (",outcome=\"refused_untrusted\"", load(&self.refused_untrusted)),
+                (",outcome=\"refused_expired\"", load(&self.refused_expired)),
+                (",outcome=\"refused_revoked\"", load(&self.refused_revoked)),
+                (",outcome=\"refused_handshake\"", load(&self.refused_handshake)),
+                (",outcome=\"refused_target\"", load(&self.refused_target)),
                 (",outcome=\"backend_failed\"", load(&self.backend_failed)),
             ],
         );
@@ -218,14 +274,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Relays connections accepted on `listener` until `shutdown`.
+/// Relays connections accepted on `listener` until `shutdown`, with the latest `config`
+/// (taken per connection). `edge` is the TLS configuration of a tunnel listener.
 pub async fn run(
     listener: TcpListener,
-    config: Arc<Config>,
+    config: watch::Receiver<Arc<Config>>,
+    edge: Option<Arc<rustls::ServerConfig>>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let acceptor = edge.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (client, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -239,50 +297,47 @@ pub async fn run(
             },
         };
         counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let config = config.borrow().clone();
         // Beyond the limit, a connection is closed at once: a clear, fast refusal.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let active = counters.active.fetch_add(1, Ordering::Relaxed);
+        if active >= config.max_connections as u64 {
+            counters.active.fetch_sub(1, Ordering::Relaxed);
             counters.refused_busy.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, limit = config.max_connections, "connection refused: at the connection limit");
             continue;
-        };
-        let (config, counters, shutdown) = (config.clone(), counters.clone(), shutdown.clone());
+        }
+        let (counters, shutdown, acceptor) = (counters.clone(), shutdown.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            counters.active.fetch_add(1, Ordering::Relaxed);
+            let _ = client.set_nodelay(true);
+            let relay = async {
+                match (config.mode, acceptor) {
+                    (Mode::Tunnel, Some(acceptor)) => {
+                        tunnel(client, peer, &acceptor, &config, &counters).await;
+                    }
+                    (Mode::Tunnel, None) => {
+                        tracing::error!(%peer, "tunnel listener without TLS settings: connection closed");
+                    }
+                    (Mode::Passthrough, _) => passthrough(client, peer, &config, &counters).await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = relay(client, peer, &config, &counters) => {}
+                () = relay => {}
             }
             counters.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn relay(
+async fn passthrough(
     mut client: TcpStream,
     peer: std::net::SocketAddr,
     config: &Config,
     counters: &Counters,
 ) {
-    let _ = client.set_nodelay(true);
-    let mut hello = Vec::with_capacity(2048);
-    let read_hello = async {
-        let mut buffer = [0u8; 4096];
-        loop {
-            match server_name(&hello) {
-                Ok(Some(name)) => return Ok(name),
-                Ok(None) => {}
-                Err(error) => return Err(error.to_string()),
-            }
-            match client.read(&mut buffer).await {
-                Ok(0) => return Err("closed before its ClientHello ended".to_owned()),
-                Ok(n) => hello.extend_from_slice(&buffer[..n]),
-                Err(error) => return Err(error.to_string()),
-            }
-        }
-    };
-    let name = match tokio::time::timeout(config.handshake_timeout, read_hello).await {
-        Ok(Ok(name)) => name,
+    let hello = match tokio::time::timeout(config.handshake_timeout, read_hello(&mut client)).await
+    {
+        Ok(Ok(hello)) => hello,
         Ok(Err(reason)) => {
             counters.refused_hello.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, %reason, "connection refused");
@@ -294,51 +349,254 @@ async fn relay(
             return;
         }
     };
-    let backend = config.backend_for(name.as_deref());
-    let mut upstream = match tokio::time::timeout(
-        config.connect_timeout,
-        TcpStream::connect(backend),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            counters.backend_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %backend, %error, "backend unreachable");
-            return;
-        }
-        Err(_) => {
-            counters.backend_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %backend, "backend did not accept within the connect timeout");
-            return;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let mut first = Vec::with_capacity(hello.len() + 52);
-    if config.proxy_protocol {
-        let destination = client.local_addr().unwrap_or(peer);
-        first.extend_from_slice(&crate::protocol::proxy::encode(peer, destination));
-    }
-    first.extend_from_slice(&hello);
-    if upstream.write_all(&first).await.is_err() {
+    let local = client.local_addr().unwrap_or(peer);
+    let backend = config.backend_for(hello.name.as_deref());
+    let Some(upstream) = open_backend(backend, peer, local, &hello.bytes, config, counters).await
+    else {
         return;
-    }
-    counters.relayed.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, server_name = name.as_deref().unwrap_or("-"), %backend, "relaying");
+    };
+    tracing::debug!(%peer, server_name = hello.name.as_deref().unwrap_or("-"), %backend, "relaying");
     let bytes = copy_with_idle_timeout(client, upstream, config.idle_timeout).await;
     counters
         .bytes
-        .fetch_add(bytes + hello.len() as u64, Ordering::Relaxed);
+        .fetch_add(bytes + hello.bytes.len() as u64, Ordering::Relaxed);
+}
+
+/// A ClientHello read off a connection: its bytes and server name.
+struct Hello {
+    bytes: Vec<u8>,
+    name: Option<String>,
+}
+
+/// Reads until a whole ClientHello is in, appending to what `first` already holds.
+async fn read_hello_after(
+    client: &mut (impl AsyncRead + Unpin),
+    mut bytes: Vec<u8>,
+) -> Result<Hello, String> {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match server_name(&bytes) {
+            Ok(Some(name)) => return Ok(Hello { bytes, name }),
+            Ok(None) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+        match client.read(&mut buffer).await {
+            Ok(0) => return Err("closed before its ClientHello ended".to_owned()),
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+async fn read_hello(client: &mut (impl AsyncRead + Unpin)) -> Result<Hello, String> {
+    read_hello_after(client, Vec::with_capacity(2048)).await
+}
+
+/// Connects to `backend` within the connect timeout and sends the PROXY header (when asked)
+/// and `first`; `None` (counted and logged) when that fails.
+async fn open_backend(
+    backend: &str,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    first: &[u8],
+    config: &Config,
+    counters: &Counters,
+) -> Option<TcpStream> {
+    let mut upstream =
+        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, %backend, %error, "backend unreachable");
+                return None;
+            }
+            Err(_) => {
+                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, %backend, "backend did not accept within the connect timeout");
+                return None;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let mut head = Vec::with_capacity(first.len() + 52);
+    if config.proxy_protocol {
+        head.extend_from_slice(&crate::protocol::proxy::encode(peer, local));
+    }
+    head.extend_from_slice(first);
+    if upstream.write_all(&head).await.is_err() {
+        counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    counters.relayed.fetch_add(1, Ordering::Relaxed);
+    Some(upstream)
+}
+
+/// Why an edge handshake failed, as a metric label's counter.
+fn refusal<'a>(error: &std::io::Error, counters: &'a Counters) -> (&'a AtomicU64, &'static str) {
+    use rustls::{CertificateError, Error};
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>());
+    match tls {
+        Some(Error::NoCertificatesPresented) => {
+            (&counters.refused_no_certificate, "no client certificate")
+        }
+        Some(Error::InvalidCertificate(CertificateError::Expired))
+        | Some(Error::InvalidCertificate(CertificateError::ExpiredContext { .. }))
+        | Some(Error::InvalidCertificate(CertificateError::NotValidYet))
+        | Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => {
+            (&counters.refused_expired, "client certificate outside its validity")
+        }
+        Some(Error::InvalidCertificate(CertificateError::Revoked)) => {
+            (&counters.refused_revoked, "client certificate revoked")
+        }
+        Some(Error::InvalidCertificate(_)) => (
+            &counters.refused_untrusted,
+            "client certificate not trusted (unknown CA, bad signature or usage)",
+        ),
+        _ => (&counters.refused_handshake, "TLS handshake failed"),
+    }
+}
+
+async fn tunnel(
+    client: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    config: &Config,
+    counters: &Counters,
+) {
+    let local = client.local_addr().unwrap_or(peer);
+    // The client's certificate is verified during the handshake: nothing reaches the
+    // backend before it is done.
+    let mut outer =
+        match tokio::time::timeout(config.handshake_timeout, acceptor.accept(client)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                let (counter, reason) = refusal(&error, counters);
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, %error, "refused at the edge: {reason}");
+                return;
+            }
+            Err(_) => {
+                counters.refused_handshake.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, "refused at the edge: no TLS handshake within the handshake timeout");
+                return;
+            }
+        };
+    let subject = outer
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| crate::pki::facts::read(der).ok())
+        .map(|facts| facts.subject)
+        .unwrap_or_default();
+    // Either the agent's inner ClientHello, or an HTTP CONNECT naming the backend.
+    let opened = tokio::time::timeout(config.handshake_timeout, async {
+        let mut first = [0u8; 1];
+        if outer.read_exact(&mut first).await.is_err() {
+            return Err("closed before sending anything".to_owned());
+        }
+        if first[0] == b'C' {
+            let (authority, rest) = read_connect(&mut outer, first[0]).await?;
+            match config.connect_target(&authority) {
+                Some(backend) => Ok((backend.to_owned(), authority, rest, true)),
+                None => {
+                    let _ = outer
+                        .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    Err(format!("CONNECT {authority}: not a backend of this gateway"))
+                }
+            }
+        } else {
+            let hello = read_hello_after(&mut outer, vec![first[0]]).await?;
+            let backend = config.backend_for(hello.name.as_deref()).to_owned();
+            let name = hello.name.unwrap_or_else(|| "-".into());
+            Ok((backend, name, hello.bytes, false))
+        }
+    })
+    .await;
+    let (backend, asked, first, connect) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(reason)) => {
+            counters.refused_target.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %subject, %reason, "tunnel refused");
+            return;
+        }
+        Err(_) => {
+            counters.refused_target.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %subject, "tunnel refused: nothing sent within the handshake timeout");
+            return;
+        }
+    };
+    let Some(upstream) = open_backend(&backend, peer, local, &first, config, counters).await
+    else {
+        if connect {
+            let _ = outer
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+        return;
+    };
+    if connect
+        && outer
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return;
+    }
+    tracing::debug!(%peer, %subject, %asked, %backend, "tunnelling");
+    let bytes = copy_with_idle_timeout(outer, upstream, config.idle_timeout).await;
+    counters
+        .bytes
+        .fetch_add(bytes + first.len() as u64, Ordering::Relaxed);
+}
+
+/// The largest `CONNECT` request head accepted.
+const MAX_CONNECT_HEAD: usize = 8 << 10;
+
+/// Reads an HTTP `CONNECT host:port HTTP/1.x` request head (its first byte already read):
+/// the authority, and any bytes sent after the head.
+async fn read_connect(
+    stream: &mut (impl AsyncRead + Unpin),
+    first: u8,
+) -> Result<(String, Vec<u8>), String> {
+    let mut head = vec![first];
+    let mut buffer = [0u8; 1024];
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > MAX_CONNECT_HEAD {
+            return Err(format!("request head over {MAX_CONNECT_HEAD} bytes"));
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) => return Err("closed inside the request head".into()),
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+            Err(error) => return Err(error.to_string()),
+        }
+    };
+    let text = std::str::from_utf8(&head[..end]).map_err(|_| "request head is not text")?;
+    let mut words = text.lines().next().unwrap_or_default().split(' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("CONNECT"), Some(authority), Some(version)) if version.starts_with("HTTP/1.") => {
+            Ok((authority.to_owned(), head[end..].to_vec()))
+        }
+        _ => Err("neither a TLS ClientHello nor an HTTP CONNECT".into()),
+    }
 }
 
 /// Copies both ways until either side closes or nothing moves for `idle`; bytes copied.
-async fn copy_with_idle_timeout(client: TcpStream, upstream: TcpStream, idle: Duration) -> u64 {
-    let (client_read, client_write) = client.into_split();
+async fn copy_with_idle_timeout(
+    client: impl AsyncRead + AsyncWrite + Send,
+    upstream: TcpStream,
+    idle: Duration,
+) -> u64 {
+    let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = upstream.into_split();
-    let total = Arc::new(AtomicU64::new(0));
-    let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
-                mut to: tokio::net::tcp::OwnedWriteHalf,
-                total: Arc<AtomicU64>| async move {
+    let total = AtomicU64::new(0);
+    let pipe = async |mut from: Box<dyn AsyncRead + Send + Unpin + '_>,
+                      mut to: Box<dyn AsyncWrite + Send + Unpin + '_>| {
         let mut buffer = vec![0u8; 64 << 10];
         loop {
             match tokio::time::timeout(idle, from.read(&mut buffer)).await {
@@ -353,9 +611,11 @@ async fn copy_with_idle_timeout(client: TcpStream, upstream: TcpStream, idle: Du
         }
         let _ = to.shutdown().await;
     };
-    let up = pipe(client_read, upstream_write, total.clone());
-    let down = pipe(upstream_read, client_write, total.clone());
-    tokio::join!(up, down);
+    let client_read = Box::new(client_read);
+    tokio::join!(
+        pipe(client_read, Box::new(upstream_write)),
+        pipe(Box::new(upstream_read), Box::new(client_write)),
+    );
     total.load(Ordering::Relaxed)
 }
 
@@ -421,6 +681,7 @@ mod tests {
     #[test]
     fn routes_pick_the_backend_by_name_and_fall_back_to_the_default() {
         let config = Config {
+            mode: Mode::Passthrough,
             backend: "inside:8443".into(),
             routes: vec![("tessera.example.org".into(), "other:8443".into())],
             handshake_timeout: Duration::from_secs(1),

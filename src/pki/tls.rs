@@ -100,6 +100,26 @@ pub fn client_verifier(
     trusted: &[String],
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    build_client_verifier(mode, trusted, crls, false)
+}
+
+/// Like [`client_verifier`], where some trusted CAs publish no CRL: certificates of those are
+/// accepted without a revocation check (otherwise their status is unknown, and refused), while
+/// certificates listed in a CRL that is there are still refused.
+pub fn client_verifier_partial_crls(
+    mode: ClientAuth,
+    trusted: &[String],
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    build_client_verifier(mode, trusted, crls, true)
+}
+
+fn build_client_verifier(
+    mode: ClientAuth,
+    trusted: &[String],
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    allow_unknown_status: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
     if mode == ClientAuth::None {
         return Ok(Arc::new(NoClientAuth));
     }
@@ -110,6 +130,11 @@ pub fn client_verifier(
         ));
     }
     let builder = WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls);
+    let builder = if allow_unknown_status {
+        builder.allow_unknown_revocation_status()
+    } else {
+        builder
+    };
     let builder = if mode == ClientAuth::Optional {
         builder.allow_unauthenticated()
     } else {

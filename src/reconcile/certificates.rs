@@ -122,6 +122,35 @@ pub struct Outcome {
     pub wake: Option<jiff::Timestamp>,
 }
 
+/// The CA certificates and CRLs a listener verifies clients with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    pub cas: Vec<String>,
+    pub crls: Vec<String>,
+    pub every_ca_has_crl: bool,
+}
+
+impl Trust {
+    /// The rustls verifier for `mode`: strict about revocation when every CA has a CRL.
+    pub fn verifier(
+        &self,
+        mode: crate::pki::tls::ClientAuth,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, PkiError> {
+        use rustls::pki_types::CertificateRevocationListDer;
+        use rustls::pki_types::pem::PemObject;
+        let crls = self
+            .crls
+            .iter()
+            .filter_map(|pem| CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).ok())
+            .collect();
+        if self.every_ca_has_crl {
+            crate::pki::tls::client_verifier(mode, &self.cas, crls)
+        } else {
+            crate::pki::tls::client_verifier_partial_crls(mode, &self.cas, crls)
+        }
+    }
+}
+
 impl Outcome {
     /// An object that is not ready, for `reason`, with nothing else to tell.
     pub fn not_ready(reason: &'static str, message: String) -> Self {
@@ -328,6 +357,10 @@ impl Certificates {
                             );
                         }
                     }
+                } else if let (Some(cert_file), None) = (&ca.cert_file, &ca.key_file) {
+                    let base = super::declaring_dir(&self.config_dir, desired, key);
+                    self.authorities.remove(key);
+                    return self.trust_only(key, &base, cert_file, ca.crl_file.as_deref(), now);
                 } else if let (Some(cert_file), Some(key_file)) = (&ca.cert_file, &ca.key_file) {
                     let base = super::declaring_dir(&self.config_dir, desired, key);
                     let read = |name: &str| {
@@ -687,6 +720,19 @@ impl Certificates {
         let spec = &certificate.spec;
         let issuer_key = ObjectKey::referenced(Kind::Issuer, &key.namespace, &spec.issuer_ref);
         let Some(authority) = self.authorities.get(&issuer_key).cloned() else {
+            let trust_only = matches!(
+                desired.entries.get(&issuer_key).and_then(|e| e.resource()),
+                Some(Resource::Issuer(issuer)) if issuer.spec.ca.as_ref().is_some_and(|ca| ca.cert_file.is_some() && ca.key_file.is_none())
+            );
+            if trust_only {
+                return (
+                    not_ready(
+                        "IssuerCannotSign",
+                        format!("{issuer_key} is trust-only (certFile without keyFile): it holds no key to sign with"),
+                    ),
+                    None,
+                );
+            }
             return (
                 not_ready("IssuerNotReady", format!("waiting for {issuer_key}")),
                 None,
@@ -902,9 +948,132 @@ impl Certificates {
         }
     }
 
+    /// A trust-only issuer: copies its CA certificate (and CRL) where listeners read trust
+    /// from, so they verify with it; it signs nothing.
+    fn trust_only(
+        &self,
+        key: &ObjectKey,
+        base: &Path,
+        cert_file: &str,
+        crl_file: Option<&str>,
+        now: jiff::Timestamp,
+    ) -> Outcome {
+        let read = |name: &str| {
+            let path = base.join(name);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("failed to read {}: {e}", path.display()))
+        };
+        let checked = read(cert_file).and_then(|pem| {
+            let first = facts::pem_certificates(&pem)
+                .and_then(|certs| facts::read(&certs[0]))
+                .map_err(|e| format!("{cert_file}: {e}"))?;
+            let crl = match crl_file {
+                None => None,
+                Some(name) => {
+                    let text = read(name)?;
+                    let crl = facts::read_crl(&text)
+                        .ok_or_else(|| format!("{name}: not a PEM certificate revocation list"))?;
+                    if crl.issuer != first.subject_der {
+                        return Err(format!("{name}: the CRL was not issued by {cert_file}'s CA"));
+                    }
+                    Some((text, crl))
+                }
+            };
+            Ok((pem, first, crl))
+        });
+        let (pem, ca, crl) = match checked {
+            Ok(checked) => checked,
+            Err(message) => return not_ready("ErrorLoadingCA", message),
+        };
+        let dir = self.issuer_dir(key);
+        let write = |name: &str, body: &str| {
+            let path = dir.join(name);
+            if std::fs::read_to_string(&path).ok().as_deref() == Some(body) {
+                return Ok(());
+            }
+            atomic::write(&path, body.as_bytes(), Access::Public).map_err(|e| e.to_string())
+        };
+        let written = write("ca.crt", &pem).and_then(|()| match &crl {
+            Some((text, _)) => write("crl.pem", text),
+            None => match std::fs::remove_file(dir.join("crl.pem")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            },
+        });
+        if let Err(message) = written {
+            return not_ready("WriteFailed", message);
+        }
+        let mut details = Map::new();
+        details.insert("subject".into(), json!(ca.subject));
+        details.insert("serialNumber".into(), json!(ca.serial));
+        details.insert("notAfter".into(), json!(ca.not_after.to_string()));
+        if let Some((_, crl)) = &crl {
+            details.insert("crlNumber".into(), json!(crl.number));
+            details.insert("crlNextUpdate".into(), json!(crl.next_update.to_string()));
+            if crl.next_update <= now {
+                return Outcome {
+                    ready: false,
+                    reason: "CRLExpired",
+                    message: format!(
+                        "the CRL in {} expired at {}: clients are refused until a fresh one is in place",
+                        crl_file.unwrap_or_default(),
+                        crl.next_update
+                    ),
+                    details,
+                    issuing: None,
+                    wake: None,
+                };
+            }
+        }
+        if ca.not_after <= now {
+            return Outcome {
+                ready: false,
+                reason: "Expired",
+                message: format!("the CA certificate expired at {}", ca.not_after),
+                details,
+                issuing: None,
+                wake: None,
+            };
+        }
+        Outcome {
+            ready: true,
+            reason: "TrustOnly",
+            message: format!(
+                "trusted to verify certificates signed by {} (holds no key, signs nothing){}",
+                ca.subject,
+                if crl.is_some() { "; revocations from its CRL" } else { "" }
+            ),
+            details,
+            issuing: None,
+            wake: crl.map(|(_, crl)| crl.next_update),
+        }
+    }
+
     /// The CA of Issuer `key`, once it is in use.
     pub(crate) fn authority(&self, key: &ObjectKey) -> Option<Arc<Authority>> {
         self.authorities.get(key).cloned()
+    }
+
+    /// What a listener trusting `issuers` verifies clients with: their CA certificates (both
+    /// during a rollover), their CRLs, and whether every one of them has a CRL.
+    pub(crate) fn trust(&self, issuers: &[ObjectKey]) -> Trust {
+        let mut trust = Trust {
+            every_ca_has_crl: true,
+            ..Trust::default()
+        };
+        for issuer in issuers {
+            let dir = self.issuer_dir(issuer);
+            for file in ["ca.crt", "next/ca.crt"] {
+                if let Ok(pem) = std::fs::read_to_string(dir.join(file)) {
+                    trust.cas.push(pem);
+                }
+            }
+            match std::fs::read_to_string(dir.join("crl.pem")) {
+                Ok(pem) => trust.crls.push(pem),
+                Err(_) => trust.every_ca_has_crl = false,
+            }
+        }
+        trust
     }
 
     /// Where an issuer's CA files, revocations and CRL live.

@@ -8,6 +8,7 @@
 pub mod certificates;
 pub mod fetch;
 pub mod fragments;
+pub mod gateway;
 pub mod routes;
 pub mod status;
 
@@ -44,6 +45,8 @@ pub struct Config {
     pub clock: Clock,
     /// The agent-facing runtime to publish routes to, when one runs.
     pub runtime: Option<Arc<routes::Runtime>>,
+    /// The gateway to publish relay settings to, in `tessera gateway`.
+    pub gateway: Option<Arc<gateway::GatewayRuntime>>,
 }
 
 /// The time source of the reconcile loop.
@@ -161,6 +164,7 @@ pub struct Reconciler {
     certificates: Certificates,
     packages: Packages,
     publisher: routes::Publisher,
+    gateway: gateway::GatewayPublisher,
     /// When each condition last changed status, so transition times stay put between passes.
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
 }
@@ -183,6 +187,7 @@ impl Reconciler {
             ),
             config,
             publisher: routes::Publisher::default(),
+            gateway: gateway::GatewayPublisher::default(),
             previous: None,
             transitions: HashMap::new(),
         }
@@ -203,6 +208,10 @@ impl Reconciler {
             let published =
                 self.publisher
                     .publish(runtime, &desired, &packages, &self.certificates, now);
+            outcomes.extend(published);
+        }
+        if let Some(runtime) = &self.config.gateway {
+            let published = self.gateway.publish(runtime, &desired, &self.certificates);
             outcomes.extend(published);
         }
         outcomes.extend(packages);
@@ -355,7 +364,7 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
         ),
         Served::Current(_) => match (outcome, pending_part(entry.key.kind)) {
             (Some(outcome), _) => (outcome.ready, outcome.reason, outcome.message.clone()),
-            (None, Some(missing)) => (false, "NotImplemented", missing.to_owned()),
+            (None, Some(elsewhere)) => (false, "RunElsewhere", elsewhere.to_owned()),
             (None, None) => (true, "Accepted", accepted(entry.key.kind).to_owned()),
         },
     };
@@ -413,11 +422,11 @@ fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &Obj
     .unwrap_or_else(|| config_dir.to_path_buf())
 }
 
-/// What this version of Tessera cannot yet do for a kind, said plainly in its status.
+/// Kinds this process does not act on, said plainly in their status.
 fn pending_part(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Gateway => Some(
-            "tessera serve does not run gateways: run `tessera gateway --config <file>` in the DMZ (this version: passthrough mode only; tunnel and terminate come next)",
+            "run by `tessera gateway --config DIR --name NAME` (in the DMZ), not by this process",
         ),
         Kind::Server
         | Kind::Issuer

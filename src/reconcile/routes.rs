@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use serde_json::{Map, Value, json};
@@ -16,7 +15,7 @@ use tokio::sync::watch;
 use crate::desired::DesiredState;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
-use crate::reconcile::certificates::{Certificates, Outcome};
+use crate::reconcile::certificates::{Certificates, Outcome, Trust};
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 use crate::resources::{Kind, ObjectKey, Resource};
@@ -49,7 +48,7 @@ impl std::fmt::Debug for Runtime {
 #[derive(Default)]
 pub struct Publisher {
     certificate_pem: Option<(String, String)>,
-    verifier_input: Option<(ClientAuthMode, Vec<String>, Vec<String>)>,
+    verifier_input: Option<(ClientAuthMode, Trust)>,
 }
 
 /// An Activation whose package is built: (package, package id, OS, info location, pack
@@ -478,31 +477,13 @@ impl Publisher {
                 issuers.push(enrollment.issuer_ref.clone());
             }
         }
-        let mut trusted = Vec::new();
-        let mut crls = Vec::new();
-        for issuer in &issuers {
-            let issuer_key = ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer);
-            let dir = certificates.issuer_dir(&issuer_key);
-            for file in ["ca.crt", "next/ca.crt"] {
-                if let Ok(pem) = std::fs::read_to_string(dir.join(file)) {
-                    trusted.push(pem);
-                }
-            }
-            if let Ok(pem) = std::fs::read_to_string(dir.join("crl.pem")) {
-                crls.push(pem);
-            }
-        }
-        let input = (mode, trusted, crls);
+        let issuers: Vec<ObjectKey> = issuers
+            .iter()
+            .map(|issuer| ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer))
+            .collect();
+        let input = (mode, certificates.trust(&issuers));
         if self.verifier_input.as_ref() != Some(&input) {
-            let (mode, trusted, crls) = &input;
-            let ders = crls
-                .iter()
-                .filter_map(|pem| {
-                    rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
-                        .ok()
-                })
-                .collect();
-            match tls::client_verifier(client_auth(*mode), trusted, ders) {
+            match input.1.verifier(client_auth(mode)) {
                 Ok(verifier) => {
                     runtime.verifier.send_replace(verifier);
                     self.verifier_input = Some(input);

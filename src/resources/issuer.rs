@@ -71,15 +71,24 @@ pub struct SelfSignedIssuer {
 
 /// An existing CA: exactly one of the PEM files, a Kubernetes Secret, or a Certificate with
 /// `isCA: true` issued by another Issuer (an intermediate).
+///
+/// `certFile` without `keyFile` makes a trust-only issuer: it signs nothing, but listeners
+/// that name it trust the certificates it signed, checked against `crlFile` when given. This
+/// is how a gateway in the DMZ trusts the inside server's agent CA without holding its key.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CaIssuer {
     /// PEM file of the CA certificate (with its chain), relative to the declaring file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<String>,
-    /// PEM file of the CA private key, relative to the declaring file.
+    /// PEM file of the CA private key, relative to the declaring file. Without it the
+    /// issuer only verifies (trust-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// Trust-only issuers: a PEM CRL signed by that CA (for example the `crl.pem` the inside
+    /// server publishes), re-read on every pass. Certificates it lists are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<String>,
     /// Kubernetes mode: a `kubernetes.io/tls` Secret holding `tls.crt` and `tls.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

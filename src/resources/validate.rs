@@ -400,7 +400,7 @@ fn issuer(spec: &IssuerSpec, found: &mut Found) {
         }
     }
     if let Some(ca) = &spec.ca {
-        let files = ca.cert_file.is_some() || ca.key_file.is_some();
+        let files = ca.cert_file.is_some() || ca.key_file.is_some() || ca.crl_file.is_some();
         let sources = [
             files,
             ca.secret_name.is_some(),
@@ -414,17 +414,27 @@ fn issuer(spec: &IssuerSpec, found: &mut Found) {
                 "spec.ca",
                 "name exactly one source of the CA key pair: certFile and keyFile, secretName, or certificateRef",
             );
-        } else if files && (ca.cert_file.is_none() || ca.key_file.is_none()) {
-            let missing = if ca.cert_file.is_none() {
-                "certFile"
-            } else {
-                "keyFile"
-            };
+        } else if files && ca.cert_file.is_none() {
             found.add(
-                format!("spec.ca.{missing}"),
-                "certFile and keyFile go together: both are needed",
+                "spec.ca.certFile",
+                "keyFile and crlFile need the CA certificate in certFile",
+            );
+        } else if ca.key_file.is_some() && ca.crl_file.is_some() {
+            found.add(
+                "spec.ca.crlFile",
+                "an issuer holding its key publishes its own CRL from revokedSerials; crlFile is for trust-only issuers (certFile alone)",
             );
         }
+    }
+    let trust_only = spec
+        .ca
+        .as_ref()
+        .is_some_and(|ca| ca.cert_file.is_some() && ca.key_file.is_none());
+    if trust_only && !spec.revoked_serials.is_empty() {
+        found.add(
+            "spec.revokedSerials",
+            "a trust-only issuer (certFile without keyFile) cannot sign a CRL: revoke at the issuing CA and name its CRL in spec.ca.crlFile",
+        );
     }
     for (i, serial) in spec.revoked_serials.iter().enumerate() {
         let hex = serial.replace(':', "");

@@ -125,7 +125,7 @@ async fn passthrough_relays_tls_end_to_end_by_server_name_for_real_clients() {
     let _ = gateway.kill();
     let output = gateway.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("relaying (passthrough)"), "{log}");
+    assert!(log.contains("mode=Passthrough"), "{log}");
     running.stop().await.unwrap();
 }
 

@@ -1,0 +1,204 @@
+//! Gateway: turns the desired Gateway, with its certificate and trusted issuers, into the
+//! relay's settings and publishes them through `watch` (the relay's [`Config`], the edge
+//! certificate and the client verifier), so a renewal or a new CRL applies from the next
+//! connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use serde_json::{Map, json};
+use tokio::sync::watch;
+
+use crate::desired::DesiredState;
+use crate::gateway::{Config, Mode};
+use crate::pki::tls::{self, ClientAuth};
+use crate::reconcile::certificates::{Certificates, Outcome, Trust};
+use crate::resources::gateway::{GatewayMode, GatewaySpec};
+use crate::resources::{Kind, ObjectKey, Resource};
+
+/// The channels reconcile publishes on and `tessera gateway` reads.
+pub struct GatewayRuntime {
+    /// The Gateway this process runs.
+    pub key: ObjectKey,
+    /// The address the listener is bound to (a changed `spec.listen` needs a restart).
+    pub listen: String,
+    pub config: watch::Sender<Arc<Config>>,
+    pub certificate: watch::Sender<Option<Arc<CertifiedKey>>>,
+    pub verifier: watch::Sender<Arc<dyn ClientCertVerifier>>,
+    /// The relay's counters, for the status.
+    pub counters: Arc<crate::gateway::Counters>,
+}
+
+impl std::fmt::Debug for GatewayRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatewayRuntime({})", self.key)
+    }
+}
+
+/// What a pass last published, to publish only changes.
+#[derive(Default)]
+pub struct GatewayPublisher {
+    certificate_pem: Option<(String, String)>,
+    trust: Option<Trust>,
+}
+
+/// The relay's settings from the resource.
+pub fn relay_config(spec: &GatewaySpec) -> Config {
+    let seconds = |d: crate::resources::quantity::Duration| d.as_std();
+    Config {
+        mode: match spec.mode {
+            GatewayMode::Passthrough => Mode::Passthrough,
+            GatewayMode::Tunnel | GatewayMode::Terminate => Mode::Tunnel,
+        },
+        backend: spec.backend.clone(),
+        routes: spec
+            .routes
+            .iter()
+            .map(|r| (r.server_name.to_ascii_lowercase(), r.backend.clone()))
+            .collect(),
+        handshake_timeout: seconds(spec.limits.handshake_timeout),
+        idle_timeout: seconds(spec.limits.idle_timeout),
+        connect_timeout: seconds(spec.limits.connect_timeout),
+        max_connections: usize::try_from(spec.limits.max_connections.max(1)).unwrap_or(1),
+        proxy_protocol: spec.proxy_protocol,
+    }
+}
+
+impl GatewayPublisher {
+    /// Publishes the Gateway of `runtime` and returns its outcome.
+    pub fn publish(
+        &mut self,
+        runtime: &GatewayRuntime,
+        desired: &DesiredState,
+        certificates: &Certificates,
+    ) -> HashMap<ObjectKey, Outcome> {
+        let key = &runtime.key;
+        let spec = match desired.entries.get(key).and_then(|e| e.resource()) {
+            Some(Resource::Gateway(gateway)) => gateway.spec.clone(),
+            _ => return HashMap::new(),
+        };
+        let outcome = self.gateway(runtime, desired, key, &spec, certificates);
+        HashMap::from([(key.clone(), outcome)])
+    }
+
+    fn gateway(
+        &mut self,
+        runtime: &GatewayRuntime,
+        desired: &DesiredState,
+        key: &ObjectKey,
+        spec: &GatewaySpec,
+        certificates: &Certificates,
+    ) -> Outcome {
+        let config = relay_config(spec);
+        let mut details = Map::new();
+        details.insert(
+            "activeConnections".into(),
+            json!(
+                runtime
+                    .counters
+                    .active
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            ),
+        );
+        if spec.mode == GatewayMode::Terminate {
+            return Outcome::not_ready(
+                "NotImplemented",
+                "spec.mode terminate is not part of this version: use tunnel (the agent keeps its own TLS session with the server inside the verified one) or passthrough".into(),
+            );
+        }
+        if config.mode == Mode::Tunnel {
+            let Some(reference) = &spec.certificate_ref else {
+                return Outcome::not_ready(
+                    "InvalidSpec",
+                    "spec.certificateRef: a tunnel presents a certificate to agents; name one"
+                        .into(),
+                );
+            };
+            if spec.trusted_client_issuers.is_empty() {
+                return Outcome::not_ready(
+                    "InvalidSpec",
+                    "spec.trustedClientIssuers: a tunnel verifies client certificates; name the Issuers whose certificates it accepts".into(),
+                );
+            }
+            let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+            let dir = certificates.output_dir(&certificate, desired);
+            let (Ok(chain), Ok(private)) = (
+                std::fs::read_to_string(dir.join("tls.crt")),
+                std::fs::read_to_string(dir.join("tls.key")),
+            ) else {
+                return Outcome::not_ready(
+                    "Pending",
+                    format!("waiting for {certificate} to be issued"),
+                );
+            };
+            if self.certificate_pem.as_ref() != Some(&(chain.clone(), private.clone())) {
+                match tls::certified_key(&chain, &private) {
+                    Ok(certified) => {
+                        runtime.certificate.send_replace(Some(certified));
+                        tracing::info!(certificate = %certificate, "presenting certificate");
+                        self.certificate_pem = Some((chain.clone(), private));
+                    }
+                    Err(error) => {
+                        return Outcome::not_ready(
+                            "CertificateUnusable",
+                            format!("{certificate}: {error}"),
+                        );
+                    }
+                }
+            }
+            if let Some(serial) = crate::pki::facts::pem_certificates(&chain)
+                .ok()
+                .and_then(|certs| crate::pki::facts::read(&certs[0]).ok())
+                .map(|facts| facts.serial)
+            {
+                details.insert("certificateSerial".into(), json!(serial));
+            }
+            let issuers: Vec<ObjectKey> = spec
+                .trusted_client_issuers
+                .iter()
+                .map(|issuer| ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer))
+                .collect();
+            let trust = certificates.trust(&issuers);
+            if self.trust.as_ref() != Some(&trust) {
+                match trust.verifier(ClientAuth::Required) {
+                    Ok(verifier) => {
+                        runtime.verifier.send_replace(verifier);
+                        tracing::info!(
+                            cas = trust.cas.len(),
+                            crls = trust.crls.len(),
+                            "verifying client certificates"
+                        );
+                        self.trust = Some(trust);
+                    }
+                    Err(error) => {
+                        return Outcome::not_ready(
+                            "ClientAuthUnusable",
+                            format!("spec.trustedClientIssuers: {error}"),
+                        );
+                    }
+                }
+            }
+        }
+        let moved = spec.listen != runtime.listen;
+        runtime.config.send_replace(Arc::new(config));
+        let mode = format!("{:?}", spec.mode).to_lowercase();
+        let message = if moved {
+            format!(
+                "relaying ({mode}) on {}; spec.listen is now {}: restart the gateway to move the listener",
+                runtime.listen, spec.listen
+            )
+        } else {
+            format!("relaying ({mode}) on {} to {}", runtime.listen, spec.backend)
+        };
+        Outcome {
+            ready: true,
+            reason: "Relaying",
+            message,
+            details,
+            issuing: None,
+            wake: None,
+        }
+    }
+}
