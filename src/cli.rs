@@ -109,6 +109,13 @@ struct AgentArgs {
     /// `http://[user:password@]host:port`.
     #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
     proxy: Option<String>,
+    /// A Tessera gateway in tunnel mode to reach the server through, `host:port`: the agent
+    /// shows its certificate to the gateway, and its TLS session with the server runs inside.
+    #[arg(long, env = "TESSERA_GATEWAY", conflicts_with = "proxy")]
+    gateway: Option<String>,
+    /// The CA that issued the gateway's certificate (default: the server's CA).
+    #[arg(long, env = "TESSERA_GATEWAY_CA", requires = "gateway")]
+    gateway_ca: Option<PathBuf>,
     /// Time between passes when running as a service (default: an hour).
     #[arg(long)]
     interval: Option<crate::resources::quantity::Duration>,
@@ -543,6 +550,7 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
         token: args.token,
         tags: args.tag,
         proxy: args.proxy,
+        gateway: args.gateway.map(|address| (address, args.gateway_ca)),
         notify_address: args
             .notify_address
             .clone()
@@ -652,12 +660,17 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let (key, spec, problems) = match gateways.as_slice() {
         [one] => one.clone(),
         [] => bail!(
-            "{}: no Gateway{}",
+            "{}: no valid Gateway{}{}",
             args.config.display(),
             args.name
                 .as_ref()
                 .map(|n| format!(" named {n}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            desired
+                .problems
+                .iter()
+                .map(|p| format!("\n  {p}"))
+                .collect::<String>()
         ),
         _ => bail!(
             "{}: several Gateways; choose one with --name",
@@ -743,24 +756,28 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let edge = if spec.mode == GatewayMode::Tunnel {
         let name = key.to_string();
         let ready = |report: &Report| {
-            report.objects.iter().find(|o| o.kind == "Gateway" && o.name == key.name).map(|o| {
-                o.conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready")
-                    .map(|c| (c.status == "True", c.message.clone()))
-                    .unwrap_or_default()
-            })
+            report
+                .objects
+                .iter()
+                .find(|o| o.kind == "Gateway" && o.name == key.name)
+                .map(|o| {
+                    o.conditions
+                        .iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| (c.status == "True", c.message.clone()))
+                        .unwrap_or_default()
+                })
         };
         let mut said = String::new();
         loop {
             if let Some((true, _)) = ready(&report_rx.borrow_and_update()) {
                 break;
             }
-            if let Some((false, message)) = ready(&report_rx.borrow()) {
-                if message != said {
-                    tracing::warn!(gateway = %name, %message, "not relaying yet");
-                    said = message;
-                }
+            if let Some((false, message)) = ready(&report_rx.borrow())
+                && message != said
+            {
+                tracing::warn!(gateway = %name, %message, "not relaying yet");
+                said = message;
             }
             tokio::select! {
                 () = shutdown_signal() => {

@@ -132,10 +132,16 @@ impl Counters {
                     ",outcome=\"refused_no_certificate\"",
                     load(&self.refused_no_certificate),
                 ),
-                (",outcome=\"refused_untrusted\"", load(&self.refused_untrusted)),
+                (
+                    ",outcome=\"refused_untrusted\"",
+                    load(&self.refused_untrusted),
+                ),
                 (",outcome=\"refused_expired\"", load(&self.refused_expired)),
                 (",outcome=\"refused_revoked\"", load(&self.refused_revoked)),
-                (",outcome=\"refused_handshake\"", load(&self.refused_handshake)),
+                (
+                    ",outcome=\"refused_handshake\"",
+                    load(&self.refused_handshake),
+                ),
                 (",outcome=\"refused_target\"", load(&self.refused_target)),
                 (",outcome=\"backend_failed\"", load(&self.backend_failed)),
             ],
@@ -402,20 +408,24 @@ async fn open_backend(
     config: &Config,
     counters: &Counters,
 ) -> Option<TcpStream> {
-    let mut upstream =
-        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, %backend, %error, "backend unreachable");
-                return None;
-            }
-            Err(_) => {
-                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, %backend, "backend did not accept within the connect timeout");
-                return None;
-            }
-        };
+    let mut upstream = match tokio::time::timeout(
+        config.connect_timeout,
+        TcpStream::connect(backend),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, %backend, %error, "backend unreachable");
+            return None;
+        }
+        Err(_) => {
+            counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, %backend, "backend did not accept within the connect timeout");
+            return None;
+        }
+    };
     let _ = upstream.set_nodelay(true);
     let mut head = Vec::with_capacity(first.len() + 52);
     if config.proxy_protocol {
@@ -443,9 +453,10 @@ fn refusal<'a>(error: &std::io::Error, counters: &'a Counters) -> (&'a AtomicU64
         Some(Error::InvalidCertificate(CertificateError::Expired))
         | Some(Error::InvalidCertificate(CertificateError::ExpiredContext { .. }))
         | Some(Error::InvalidCertificate(CertificateError::NotValidYet))
-        | Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => {
-            (&counters.refused_expired, "client certificate outside its validity")
-        }
+        | Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => (
+            &counters.refused_expired,
+            "client certificate outside its validity",
+        ),
         Some(Error::InvalidCertificate(CertificateError::Revoked)) => {
             (&counters.refused_revoked, "client certificate revoked")
         }
@@ -467,21 +478,22 @@ async fn tunnel(
     let local = client.local_addr().unwrap_or(peer);
     // The client's certificate is verified during the handshake: nothing reaches the
     // backend before it is done.
-    let mut outer =
-        match tokio::time::timeout(config.handshake_timeout, acceptor.accept(client)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                let (counter, reason) = refusal(&error, counters);
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, %error, "refused at the edge: {reason}");
-                return;
-            }
-            Err(_) => {
-                counters.refused_handshake.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, "refused at the edge: no TLS handshake within the handshake timeout");
-                return;
-            }
-        };
+    let mut outer = match tokio::time::timeout(config.handshake_timeout, acceptor.accept(client))
+        .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let (counter, reason) = refusal(&error, counters);
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %error, "refused at the edge: {reason}");
+            return;
+        }
+        Err(_) => {
+            counters.refused_handshake.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "refused at the edge: no TLS handshake within the handshake timeout");
+            return;
+        }
+    };
     let subject = outer
         .get_ref()
         .1
@@ -528,11 +540,12 @@ async fn tunnel(
             return;
         }
     };
-    let Some(upstream) = open_backend(&backend, peer, local, &first, config, counters).await
-    else {
+    let Some(upstream) = open_backend(&backend, peer, local, &first, config, counters).await else {
         if connect {
             let _ = outer
-                .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
                 .await;
         }
         return;
@@ -676,6 +689,57 @@ mod tests {
         ));
         assert!(text.contains("outcome=\"refused_limit\"} 1\n"));
         assert!(text.contains("# TYPE tessera_gateway_active_connections gauge\n"));
+    }
+
+    #[test]
+    fn a_connect_reaches_only_the_gateways_backends() {
+        let config = Config {
+            mode: Mode::Tunnel,
+            backend: "10.0.0.5:8443".into(),
+            routes: vec![("tessera.example.org".into(), "10.0.0.6:8443".into())],
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            proxy_protocol: false,
+        };
+        // A route's name at any port, in any case.
+        assert_eq!(
+            config.connect_target("Tessera.Example.org:443"),
+            Some("10.0.0.6:8443")
+        );
+        // A backend named directly.
+        assert_eq!(
+            config.connect_target("10.0.0.5:8443"),
+            Some("10.0.0.5:8443")
+        );
+        assert_eq!(
+            config.connect_target("10.0.0.6:8443"),
+            Some("10.0.0.6:8443")
+        );
+        // Anything else: not an open relay.
+        assert_eq!(config.connect_target("10.0.0.5:22"), None);
+        assert_eq!(config.connect_target("example.com:443"), None);
+        assert_eq!(config.connect_target("[::1]:8443"), None);
+    }
+
+    #[tokio::test]
+    async fn a_connect_head_is_read_whole_and_anything_else_refused() {
+        let mut input: &[u8] =
+            b"ONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n\x16\x03";
+        let (authority, rest) = read_connect(&mut input, b'C').await.unwrap();
+        assert_eq!(authority, "a.example:443");
+        assert_eq!(
+            rest, b"\x16\x03",
+            "bytes after the head are kept for the backend"
+        );
+
+        let mut get: &[u8] = b"ET / HTTP/1.1\r\n\r\n";
+        assert!(read_connect(&mut get, b'G').await.is_err());
+        let mut cut: &[u8] = b"ONNECT a.example:443 HTTP/1.1\r\n";
+        assert!(read_connect(&mut cut, b'C').await.is_err());
+        let endless = [b'x'; MAX_CONNECT_HEAD + 10];
+        assert!(read_connect(&mut &endless[..], b'C').await.is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The agent's HTTPS client: the server's CA only (never the system's roots), the agent's
 //! own certificate once enrolled, a timeout on every exchange, and, when configured, an
-//! HTTP proxy reached with CONNECT (TLS stays end to end: the proxy sees only bytes).
+//! HTTP proxy reached with CONNECT (TLS stays end to end: the proxy sees only bytes), or a
+//! Tessera gateway in tunnel mode: an outer TLS session where the agent presents its
+//! certificate to the gateway, and inside it the agent's own TLS session with the server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,113 @@ pub struct Client {
 enum Http {
     Direct(HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
     Proxied(HyperClient<hyper_rustls::HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
+    Gateway(HyperClient<hyper_rustls::HttpsConnector<GatewayConnector>, Full<Bytes>>),
+}
+
+/// Opens the outer TLS session to a gateway in tunnel mode; the HTTPS connector runs the
+/// session with the server inside it.
+#[derive(Clone)]
+pub struct GatewayConnector {
+    address: String,
+    name: rustls::pki_types::ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl GatewayConnector {
+    /// A connector to the gateway at `address` (`host:port`), verified and identified by
+    /// `tls` (the CA that issued the gateway's certificate, and the agent's certificate).
+    pub fn new(address: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| ClientError::BadUrl(address.to_owned()))?;
+        Ok(Self {
+            address: address.to_owned(),
+            name,
+            tls: tokio_rustls::TlsConnector::from(tls),
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for GatewayConnector {
+    type Response = GatewayStream;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<GatewayStream, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&this.address)
+                .await
+                .map_err(|e| format!("gateway {}: {e}", this.address))?;
+            let _ = tcp.set_nodelay(true);
+            let outer = this
+                .tls
+                .connect(this.name.clone(), tcp)
+                .await
+                .map_err(|e| format!("gateway {}: {e}", this.address))?;
+            Ok(GatewayStream(hyper_util::rt::TokioIo::new(outer)))
+        })
+    }
+}
+
+/// The outer session with a gateway, carrying the inner one.
+pub struct GatewayStream(
+    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+);
+
+impl hyper_util::client::legacy::connect::Connection for GatewayStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for GatewayStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for GatewayStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// An answer's status, headers and body.
@@ -108,6 +217,26 @@ impl Client {
         })
     }
 
+    /// A client of `base` with `tls`, through a gateway in tunnel mode.
+    pub fn through_gateway(
+        base: &str,
+        tls: Arc<rustls::ClientConfig>,
+        gateway: GatewayConnector,
+    ) -> Result<Self, ClientError> {
+        if !base.starts_with("https://") {
+            return Err(ClientError::BadUrl(base.to_owned()));
+        }
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(gateway);
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: Http::Gateway(HyperClient::builder(TokioExecutor::new()).build(connector)),
+        })
+    }
+
     /// Sends a request to `path` and reads the whole answer.
     pub async fn send(
         &self,
@@ -136,6 +265,7 @@ impl Client {
             let response = match &self.http {
                 Http::Direct(client) => client.request(request).await,
                 Http::Proxied(client) => client.request(request).await,
+                Http::Gateway(client) => client.request(request).await,
             }
             .map_err(|e| transport(crate::error_chain(&e)))?;
             let status = response.status();

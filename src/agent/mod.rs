@@ -41,6 +41,10 @@ pub struct Config {
     pub tags: Vec<String>,
     /// An HTTP proxy to reach the server through (CONNECT), `http://[user:pass@]host:port`.
     pub proxy: Option<String>,
+    /// A gateway in tunnel mode to reach the server through, `host:port`, and the CA that
+    /// issued its certificate (default: the server's CA). Enrolled agents only: the gateway
+    /// admits no one without a certificate.
+    pub gateway: Option<(String, Option<PathBuf>)>,
     /// Where this agent listens for the server's "check in now" (`host:port` as the server
     /// reaches it), reported with every check-in; see [`listen`].
     pub notify_address: Option<String>,
@@ -53,6 +57,10 @@ pub struct Config {
 pub enum AgentError {
     #[error("this agent is not enrolled: pass --token (from `tessera token create`) and --ca")]
     NotEnrolled,
+    #[error(
+        "a gateway tunnel admits enrolled agents only: enroll once without --gateway (inside, or through a passthrough gateway), then roam"
+    )]
+    GatewayNeedsIdentity,
     #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
@@ -512,6 +520,9 @@ fn mark_installed(state: &Path, id: &str) -> Result<(), AgentError> {
 /// Makes a key, sends a certificate request with the token, keeps what comes back.
 async fn enroll(config: &Config) -> Result<(), AgentError> {
     let token = config.token.as_ref().ok_or(AgentError::NotEnrolled)?;
+    if config.gateway.is_some() {
+        return Err(AgentError::GatewayNeedsIdentity);
+    }
     let ca_path = config.ca.as_ref().ok_or(AgentError::NotEnrolled)?;
     let ca = std::fs::read_to_string(ca_path).map_err(io("read", ca_path))?;
     let key = crate::pki::authority::generate_key(crate::pki::KeyType::EcdsaP256)?;
@@ -600,6 +611,15 @@ fn mutual_client(config: &Config) -> Result<Client, AgentError> {
     };
     let (ca, chain, key) = (read("ca.crt")?, read("agent.crt")?, read("agent.key")?);
     let tls = crate::pki::tls::client_config(&ca, Some((&chain, &key)))?;
+    if let Some((address, gateway_ca)) = &config.gateway {
+        let gateway_ca = match gateway_ca {
+            Some(path) => std::fs::read_to_string(path).map_err(io("read", path))?,
+            None => ca,
+        };
+        let outer = crate::pki::tls::client_config(&gateway_ca, Some((&chain, &key)))?;
+        let connector = crate::agent::client::GatewayConnector::new(address, outer)?;
+        return Ok(Client::through_gateway(&config.server, tls, connector)?);
+    }
     Ok(Client::new(&config.server, tls, config.proxy.as_deref())?)
 }
 

@@ -728,7 +728,9 @@ impl Certificates {
                 return (
                     not_ready(
                         "IssuerCannotSign",
-                        format!("{issuer_key} is trust-only (certFile without keyFile): it holds no key to sign with"),
+                        format!(
+                            "{issuer_key} is trust-only (certFile without keyFile): it holds no key to sign with"
+                        ),
                     ),
                     None,
                 );
@@ -974,7 +976,9 @@ impl Certificates {
                     let crl = facts::read_crl(&text)
                         .ok_or_else(|| format!("{name}: not a PEM certificate revocation list"))?;
                     if crl.issuer != first.subject_der {
-                        return Err(format!("{name}: the CRL was not issued by {cert_file}'s CA"));
+                        return Err(format!(
+                            "{name}: the CRL was not issued by {cert_file}'s CA"
+                        ));
                     }
                     Some((text, crl))
                 }
@@ -1041,7 +1045,11 @@ impl Certificates {
             message: format!(
                 "trusted to verify certificates signed by {} (holds no key, signs nothing){}",
                 ca.subject,
-                if crl.is_some() { "; revocations from its CRL" } else { "" }
+                if crl.is_some() {
+                    "; revocations from its CRL"
+                } else {
+                    ""
+                }
             ),
             details,
             issuing: None,

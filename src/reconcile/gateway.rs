@@ -190,7 +190,10 @@ impl GatewayPublisher {
                 runtime.listen, spec.listen
             )
         } else {
-            format!("relaying ({mode}) on {} to {}", runtime.listen, spec.backend)
+            format!(
+                "relaying ({mode}) on {} to {}",
+                runtime.listen, spec.backend
+            )
         };
         Outcome {
             ready: true,

@@ -41,16 +41,22 @@ pub struct GatewaySpec {
     pub mode: GatewayMode,
     /// Default backend, `host:port` of the Tessera server.
     pub backend: String,
-    /// Backends chosen by the TLS server name (passthrough); others go to `backend`.
+    /// Backends chosen by server name: the TLS server name in passthrough mode; in tunnel
+    /// mode the inner session's server name, or the host of an HTTP `CONNECT`. Other names
+    /// go to `backend`; a `CONNECT` to a host that is neither a route nor a backend is
+    /// refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<SniRoute>,
-    /// Certificate the gateway presents to agents (tunnel and terminate).
+    /// Certificate the gateway presents to agents (tunnel and terminate), issued and renewed
+    /// by `tessera gateway` from an Issuer in the gateway's own configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_ref: Option<LocalRef>,
     /// Client certificate the gateway presents to the backend (terminate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_certificate_ref: Option<LocalRef>,
-    /// Issuers whose client certificates are accepted at the edge (tunnel and terminate).
+    /// Issuers whose client certificates are accepted at the edge (tunnel and terminate):
+    /// chain, validity, client-auth usage and the issuers' CRLs are checked. In a DMZ, name a
+    /// trust-only Issuer (`ca.certFile` and `ca.crlFile`, no key) holding the inside's agent CA.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_client_issuers: Vec<LocalRef>,
     /// Send a PROXY protocol v2 header to the backend with the client's address.

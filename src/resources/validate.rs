@@ -735,10 +735,10 @@ fn gateway(spec: &GatewaySpec, found: &mut Found) {
                     "tunnel and terminate modes verify client certificates: name at least one issuer",
                 );
             }
-            if !spec.routes.is_empty() {
+            if spec.mode == GatewayMode::Terminate && !spec.routes.is_empty() {
                 found.add(
                     "spec.routes",
-                    "routes by server name apply to passthrough mode only",
+                    "routes by server name apply to passthrough and tunnel modes",
                 );
             }
         }

@@ -34,6 +34,7 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
         token: Some(token.reveal()),
         tags: vec!["lab".into()],
         proxy: Some(format!("http://{proxy}")),
+        gateway: None,
         notify_address: None,
         clock: jiff::Timestamp::now,
     };
@@ -176,6 +177,7 @@ async fn tessera_notify_asks_a_listening_agent_to_check_in_over_mutual_tls() {
         token: Some(token.reveal()),
         tags: vec!["office".into()],
         proxy: None,
+        gateway: None,
         notify_address: Some(address.to_string()),
         clock: jiff::Timestamp::now,
     };

@@ -16,4 +16,5 @@ mod serve;
 mod support;
 mod tls;
 mod tokens;
+mod tunnel;
 mod validate;

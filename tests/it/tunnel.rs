@@ -1,0 +1,588 @@
+//! `tessera gateway` in tunnel mode in front of `tessera serve`: client certificates are
+//! verified at the edge (trusted CA, validity, revocation) before anything reaches the
+//! inside; real clients (`curl --proxy https://`, `openssl s_client`, Tessera's agent with
+//! `--gateway`) get through with their own TLS session to the server inside the tunnel; and
+//! the gateway's certificate is re-issued while tunnels stay open.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tessera::agent::{self, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{eventually, free_port, get};
+
+/// A TCP forwarder in front of the server that counts the connections it is given: the
+/// inside as the gateway sees it.
+async fn counting_forwarder(to: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (address, count)
+}
+
+/// An agent enrolled directly with the server (inside, before it roams).
+async fn enrolled_agent(server: &str, ca: &Path, token: &str) -> tempfile::TempDir {
+    let state = tempfile::tempdir().unwrap();
+    let config = Config {
+        server: format!("https://{server}"),
+        state_dir: state.path().to_path_buf(),
+        ca: Some(ca.to_path_buf()),
+        token: Some(token.to_owned()),
+        tags: vec![],
+        proxy: None,
+        gateway: None,
+        notify_address: None,
+        clock: jiff::Timestamp::now,
+    };
+    agent::run_once(&config).await.expect("enrolled directly");
+    state
+}
+
+fn identity(agent: &Path) -> (PathBuf, PathBuf) {
+    (
+        agent.join("identity/agent.crt"),
+        agent.join("identity/agent.key"),
+    )
+}
+
+fn serial_of(pem_file: &Path) -> String {
+    let pem = std::fs::read_to_string(pem_file).unwrap();
+    let certs = tessera::pki::facts::pem_certificates(&pem).unwrap();
+    tessera::pki::facts::read(&certs[0]).unwrap().serial
+}
+
+/// The gateway's configuration: its own CA and certificate, a stranger's client
+/// certificate from that CA (not trusted for clients), and the inside's agent CA as a
+/// trust-only Issuer with its CRL.
+fn gateway_yaml(port: u16, backend: &str, extra_dns: &str, revision: u32) -> String {
+    format!(
+        r#"# revision {revision}
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: edge-ca
+spec:
+  selfSigned: {{}}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Certificate
+metadata:
+  name: gateway-tls
+spec:
+  issuerRef:
+    name: edge-ca
+  dnsNames: [localhost{extra_dns}]
+  ipAddresses: [127.0.0.1]
+  usages: [server auth, digital signature]
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Certificate
+metadata:
+  name: stranger
+spec:
+  issuerRef:
+    name: edge-ca
+  commonName: stranger
+  usages: [client auth, digital signature]
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: inside-agents
+spec:
+  ca:
+    certFile: inside-ca.crt
+    crlFile: inside-crl.pem
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Gateway
+metadata:
+  name: dmz
+spec:
+  listen: 127.0.0.1:{port}
+  mode: tunnel
+  backend: {backend}
+  routes:
+    - serverName: tessera.local
+      backend: {backend}
+  certificateRef:
+    name: gateway-tls
+  trustedClientIssuers:
+    - name: inside-agents
+  limits:
+    handshakeTimeout: 3s
+"#
+    )
+}
+
+struct Gateway {
+    child: std::process::Child,
+    admin: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// The object as the gateway's admin API shows it (`null` before the first pass).
+    async fn object(&self, kind: &str, name: &str) -> serde_json::Value {
+        let (status, body) = get(self.admin, &format!("/api/v1/objects/{kind}/{name}")).await;
+        if status == 404 {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn metric(&self, outcome: &str) -> u64 {
+        let output = Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", self.admin)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn ready(object: &serde_json::Value) -> bool {
+    object["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// `curl` through the tunnel as an HTTPS proxy, presenting `certificate` to the gateway.
+fn curl_through(
+    port: u16,
+    gateway_ca: &Path,
+    certificate: Option<(&Path, &Path)>,
+    server_ca: &Path,
+    url: &str,
+) -> (bool, String) {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "-f", "--max-time", "10"])
+        .args(["--proxy", &format!("https://127.0.0.1:{port}")])
+        .arg("--proxy-cacert")
+        .arg(gateway_ca)
+        .arg("--cacert")
+        .arg(server_ca);
+    if let Some((cert, key)) = certificate {
+        command
+            .arg("--proxy-cert")
+            .arg(cert)
+            .arg("--proxy-key")
+            .arg(key);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .expect("curl is installed by scripts/setup.sh");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// `openssl s_client` to the gateway with `certificate`, sending a CONNECT: the first line
+/// of the gateway's answer, if any came within a few seconds.
+fn s_client_connect(port: u16, gateway_ca: &Path, certificate: (&Path, &Path)) -> Option<String> {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error"])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .arg("-CAfile")
+        .arg(gateway_ca)
+        .arg("-cert")
+        .arg(certificate.0)
+        .arg("-key")
+        .arg(certificate.1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed by scripts/setup.sh");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"CONNECT tessera.local:443 HTTP/1.1\r\nHost: tessera.local:443\r\n\r\n")
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    line.filter(|l| !l.is_empty()).map(|l| l.trim().to_owned())
+}
+
+type Inner =
+    tokio_rustls::client::TlsStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A tunnel opened by hand: the outer session (agent certificate to the gateway), a
+/// CONNECT, and the inner session with the server. Returns it with the serial of the
+/// certificate the gateway presented.
+async fn open_tunnel(
+    port: u16,
+    gateway_ca: &Path,
+    agent: &Path,
+    server_ca: &Path,
+) -> (Inner, String) {
+    let (cert, key) = identity(agent);
+    let outer_tls = tessera::pki::tls::client_config(
+        &std::fs::read_to_string(gateway_ca).unwrap(),
+        Some((
+            &std::fs::read_to_string(cert).unwrap(),
+            &std::fs::read_to_string(key).unwrap(),
+        )),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut outer = tokio_rustls::TlsConnector::from(outer_tls)
+        .connect(name, tcp)
+        .await
+        .expect("the gateway admits an enrolled agent");
+    let serial = {
+        let der = &outer.get_ref().1.peer_certificates().unwrap()[0];
+        tessera::pki::facts::read(der).unwrap().serial
+    };
+    outer
+        .write_all(b"CONNECT tessera.local:443 HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        outer.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let inner_tls =
+        tessera::pki::tls::client_config(&std::fs::read_to_string(server_ca).unwrap(), None)
+            .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("tessera.local").unwrap();
+    let inner = tokio_rustls::TlsConnector::from(inner_tls)
+        .connect(name, outer)
+        .await
+        .expect("TLS with the server, inside the tunnel");
+    (inner, serial)
+}
+
+/// One keep-alive GET on `stream`: the status line and the body.
+async fn get_on(stream: &mut Inner, path: &str) -> (String, String) {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: tessera.local\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (
+        head.lines().next().unwrap().to_owned(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admitted() {
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    let state = dir.path().join(".tessera");
+    let server_ca = crate::support::server_ca(dir.path());
+    let id = crate::support::package_id(&running, "hello").await;
+    let token = crate::support::token(&state, 2, 600).reveal();
+    let roaming = enrolled_agent(&https, &server_ca, &token).await;
+    let doomed = enrolled_agent(&https, &server_ca, &token).await;
+    let (backend, inside) = counting_forwarder(https.clone()).await;
+
+    // The gateway's own configuration, with the inside's agent CA and CRL copied in.
+    let gw = tempfile::tempdir().unwrap();
+    let issuer = state.join("pki/issuers/default/quickstart-ca");
+    std::fs::copy(issuer.join("ca.crt"), gw.path().join("inside-ca.crt")).unwrap();
+    std::fs::copy(issuer.join("crl.pem"), gw.path().join("inside-crl.pem")).unwrap();
+    let port = free_port();
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        gateway_yaml(port, &backend, "", 1),
+    )
+    .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway {
+        child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["gateway", "--config"])
+            .arg(gw.path())
+            .args(["--admin-address", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        admin,
+    };
+    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
+    let (first, _) = eventually("the tunnel to be Ready", async || {
+        let object = gateway.object("Gateway", "dmz").await;
+        ready(&object).then_some(object)
+    })
+    .await;
+    let first_serial = first["details"]["certificateSerial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gateway_ca = gw
+        .path()
+        .join(".tessera/certificates/default/gateway-tls/ca.crt");
+    let stranger = gw.path().join(".tessera/certificates/default/stranger");
+    let (cert, key) = identity(roaming.path());
+    let info = format!("https://tessera.local:443/download/{id}/info");
+
+    // A slow client sends half a ClientHello and waits: the others are served meanwhile.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+
+    // Tessera's agent with --gateway: outer session with its certificate, its own TLS
+    // session with the server inside.
+    let through = Config {
+        server: format!("https://{https}"),
+        state_dir: roaming.path().to_path_buf(),
+        ca: None,
+        token: None,
+        tags: vec![],
+        proxy: None,
+        gateway: Some((format!("127.0.0.1:{port}"), Some(gateway_ca.clone()))),
+        notify_address: None,
+        clock: jiff::Timestamp::now,
+    };
+    agent::run_once(&through)
+        .await
+        .expect("a check-in through the tunnel");
+    let after_agent = inside.load(Ordering::SeqCst);
+    assert!(after_agent >= 1, "the agent's session reached the inside");
+
+    tokio::task::block_in_place(|| {
+        // curl, with the gateway as an HTTPS proxy: CONNECT, then TLS with the server.
+        let (ok, body) = curl_through(port, &gateway_ca, Some((&cert, &key)), &server_ca, &info);
+        assert!(ok && body.contains(&format!("ID=\"{id}\"")), "{body}");
+        // openssl s_client with the agent's certificate: the CONNECT is answered.
+        let line = s_client_connect(port, &gateway_ca, (&cert, &key));
+        assert_eq!(line.as_deref(), Some("HTTP/1.1 200 Connection established"));
+    });
+    let admitted = inside.load(Ordering::SeqCst);
+    assert_eq!(
+        admitted,
+        after_agent + 2,
+        "curl and s_client reached the inside"
+    );
+
+    // Refused at the edge: no certificate, a CA the gateway does not trust for clients, an
+    // expired certificate. The inside sees none of them.
+    let expired = tempfile::tempdir().unwrap();
+    {
+        let authority = tessera::pki::authority::Authority::from_pem(
+            &std::fs::read_to_string(issuer.join("ca.crt")).unwrap(),
+            &std::fs::read_to_string(issuer.join("ca.key")).unwrap(),
+            None,
+        )
+        .unwrap();
+        let key_pair =
+            tessera::pki::authority::generate_key(tessera::pki::KeyType::EcdsaP256).unwrap();
+        let issued = authority
+            .issue(
+                &tessera::pki::authority::LeafRequest {
+                    names: tessera::pki::Names {
+                        common_name: Some("expired".into()),
+                        ..Default::default()
+                    },
+                    usages: vec![
+                        tessera::pki::Usage::ClientAuth,
+                        tessera::pki::Usage::DigitalSignature,
+                    ],
+                    is_ca: false,
+                    lifetime: jiff::SignedDuration::from_hours(24),
+                },
+                &key_pair,
+                jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72),
+            )
+            .unwrap();
+        std::fs::write(expired.path().join("tls.crt"), issued.chain_pem).unwrap();
+        std::fs::write(expired.path().join("tls.key"), key_pair.serialize_pem()).unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        let (ok, out) = curl_through(port, &gateway_ca, None, &server_ca, &info);
+        assert!(!ok, "no certificate: {out}");
+        let (ok, out) = curl_through(
+            port,
+            &gateway_ca,
+            Some((&stranger.join("tls.crt"), &stranger.join("tls.key"))),
+            &server_ca,
+            &info,
+        );
+        assert!(!ok, "wrong CA: {out}");
+        let (ok, out) = curl_through(
+            port,
+            &gateway_ca,
+            Some((
+                &expired.path().join("tls.crt"),
+                &expired.path().join("tls.key"),
+            )),
+            &server_ca,
+            &info,
+        );
+        assert!(!ok, "expired: {out}");
+        assert_eq!(
+            s_client_connect(
+                port,
+                &gateway_ca,
+                (&stranger.join("tls.crt"), &stranger.join("tls.key"))
+            ),
+            None,
+            "s_client with an untrusted certificate gets no answer"
+        );
+    });
+
+    // Revoked at the inside: the server publishes a new CRL, the DMZ gets a copy, and the
+    // gateway refuses that agent from its next pass.
+    let (doomed_cert, doomed_key) = identity(doomed.path());
+    let doomed_serial = serial_of(&doomed_cert);
+    let crl_before = std::fs::read_to_string(issuer.join("crl.pem")).unwrap();
+    let pki = dir.path().join("pki.yaml");
+    let text = std::fs::read_to_string(&pki).unwrap();
+    std::fs::write(
+        &pki,
+        text.replacen(
+            "  selfSigned:\n",
+            &format!("  revokedSerials: [\"{doomed_serial}\"]\n  selfSigned:\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    let (crl, _) = eventually(
+        "the inside to publish a CRL with the revoked agent",
+        async || {
+            let crl = std::fs::read_to_string(issuer.join("crl.pem")).ok()?;
+            (crl != crl_before).then_some(crl)
+        },
+    )
+    .await;
+    std::fs::write(gw.path().join("inside-crl.pem"), crl).unwrap();
+    let crl_number = |object: &serde_json::Value| object["details"]["crlNumber"].as_u64();
+    let number_before = crl_number(&gateway.object("Issuer", "inside-agents").await);
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        gateway_yaml(port, &backend, "", 2),
+    )
+    .unwrap();
+    eventually("the gateway to take the new CRL", async || {
+        let number = crl_number(&gateway.object("Issuer", "inside-agents").await);
+        (number != number_before).then_some(())
+    })
+    .await;
+    tokio::task::block_in_place(|| {
+        let (ok, out) = curl_through(
+            port,
+            &gateway_ca,
+            Some((&doomed_cert, &doomed_key)),
+            &server_ca,
+            &info,
+        );
+        assert!(!ok, "revoked: {out}");
+    });
+    let mut doomed_config = through.clone();
+    doomed_config.state_dir = doomed.path().to_path_buf();
+    assert!(agent::run_once(&doomed_config).await.is_err());
+
+    assert_eq!(
+        inside.load(Ordering::SeqCst),
+        admitted,
+        "a refused client never causes a connection to the inside"
+    );
+    for outcome in [
+        "refused_no_certificate",
+        "refused_untrusted",
+        "refused_expired",
+        "refused_revoked",
+    ] {
+        assert!(gateway.metric(outcome) >= 1, "{outcome}");
+    }
+    drop(slow);
+
+    // The gateway's certificate is re-issued (a name added) while a tunnel is open: the
+    // open tunnel goes on, new ones see the new certificate.
+    let (mut open, serial) = open_tunnel(port, &gateway_ca, roaming.path(), &server_ca).await;
+    assert_eq!(serial, first_serial);
+    let (status, body) = get_on(&mut open, &format!("/download/{id}/info")).await;
+    assert!(
+        status.starts_with("HTTP/1.1 200") && body.contains(&id),
+        "{status}"
+    );
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        gateway_yaml(port, &backend, ", gateway.dmz.example", 3),
+    )
+    .unwrap();
+    let (renewed, _) = eventually("the gateway's certificate to be re-issued", async || {
+        let object = gateway.object("Gateway", "dmz").await;
+        let serial = object["details"]["certificateSerial"].as_str()?.to_owned();
+        (serial != first_serial).then_some(serial)
+    })
+    .await;
+    let (status, _) = get_on(&mut open, &format!("/download/{id}/info")).await;
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "the open tunnel goes on"
+    );
+    let (_, serial) = open_tunnel(port, &gateway_ca, roaming.path(), &server_ca).await;
+    assert_eq!(serial, renewed, "a new tunnel sees the new certificate");
+
+    drop(gateway);
+    running.stop().await.unwrap();
+}
