@@ -680,11 +680,6 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     if let Some(problem) = problems.first() {
         bail!("{problem}");
     }
-    if spec.mode == GatewayMode::Terminate {
-        bail!(
-            "{key}: spec.mode terminate is not part of this version of Tessera; use tunnel (edge-verified, the agent's TLS session stays end to end) or passthrough"
-        );
-    }
     let listener = tokio::net::TcpListener::bind(&spec.listen)
         .await
         .with_context(|| format!("failed to listen on {}", spec.listen))?;
@@ -752,8 +747,8 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
 
-    // A tunnel waits until its certificate and trust are in place.
-    let edge = if spec.mode == GatewayMode::Tunnel {
+    // Tunnel and terminate wait until their certificates and trust are in place.
+    let edge = if spec.mode != GatewayMode::Passthrough {
         let name = key.to_string();
         let ready = |report: &Report| {
             report
@@ -793,8 +788,10 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         let mut edge = (*crate::pki::tls::server_config(certificate_rx, verifier_rx)
             .context("failed to build the TLS configuration")?)
         .clone();
-        // CONNECT is HTTP/1.1; an agent's raw inner session offers no ALPN.
-        edge.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if spec.mode == GatewayMode::Tunnel {
+            // CONNECT is HTTP/1.1; an agent's raw inner session offers no ALPN.
+            edge.alpn_protocols = vec![b"http/1.1".to_vec()];
+        }
         Some(Arc::new(edge))
     } else {
         None

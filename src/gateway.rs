@@ -11,6 +11,13 @@
 //!   `CONNECT` to one of the configured backends first, which is what `curl --proxy https://`
 //!   and other HTTPS-proxy clients send.
 //!
+//! - `terminate`: for HTTP clients that cannot tunnel. The client certificate is verified at
+//!   the edge as in tunnel mode; each request then goes to the backend over a mutual-TLS
+//!   connection of the gateway's own, with the verified certificate in the
+//!   `X-Tessera-Client-Certificate` header and the client's address in `X-Forwarded-For`
+//!   (whatever the client sent under those names is replaced). The server believes them
+//!   only from gateways it lists, and checks the certificate again.
+//!
 //! A client refused at the edge never causes a connection to the backend.
 //!
 //! Reconcile publishes the [`Config`] and the edge TLS settings through `watch`, so routes,
@@ -34,6 +41,7 @@ pub const MAX_CLIENT_HELLO: usize = 16 << 10;
 pub enum Mode {
     Passthrough,
     Tunnel,
+    Terminate,
 }
 
 /// How the relay runs.
@@ -50,6 +58,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Send a PROXY protocol v2 header to the backend, so the server knows the client.
     pub proxy_protocol: bool,
+    /// Terminate mode: how the gateway connects to the backend (its own certificate, and
+    /// the CA of the backend's).
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -320,8 +331,11 @@ pub async fn run(
                     (Mode::Tunnel, Some(acceptor)) => {
                         tunnel(client, peer, &acceptor, &config, &counters).await;
                     }
-                    (Mode::Tunnel, None) => {
-                        tracing::error!(%peer, "tunnel listener without TLS settings: connection closed");
+                    (Mode::Terminate, Some(acceptor)) => {
+                        terminate(client, peer, &acceptor, &config, &counters).await;
+                    }
+                    (Mode::Tunnel | Mode::Terminate, None) => {
+                        tracing::error!(%peer, "listener without TLS settings: connection closed");
                     }
                     (Mode::Passthrough, _) => passthrough(client, peer, &config, &counters).await,
                 }
@@ -468,6 +482,42 @@ fn refusal<'a>(error: &std::io::Error, counters: &'a Counters) -> (&'a AtomicU64
     }
 }
 
+type EdgeStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The edge handshake: the client's certificate is verified during it, so nothing reaches
+/// the backend before it is done. `None` (counted by reason and logged) when refused.
+async fn edge_handshake(
+    client: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    config: &Config,
+    counters: &Counters,
+) -> Option<EdgeStream> {
+    match tokio::time::timeout(config.handshake_timeout, acceptor.accept(client)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            let (counter, reason) = refusal(&error, counters);
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %error, "refused at the edge: {reason}");
+            None
+        }
+        Err(_) => {
+            counters.refused_handshake.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "refused at the edge: no TLS handshake within the handshake timeout");
+            None
+        }
+    }
+}
+
+/// The verified client certificate of an edge session.
+fn client_certificate(stream: &EdgeStream) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+}
+
 async fn tunnel(
     client: TcpStream,
     peer: std::net::SocketAddr,
@@ -476,29 +526,10 @@ async fn tunnel(
     counters: &Counters,
 ) {
     let local = client.local_addr().unwrap_or(peer);
-    // The client's certificate is verified during the handshake: nothing reaches the
-    // backend before it is done.
-    let mut outer = match tokio::time::timeout(config.handshake_timeout, acceptor.accept(client))
-        .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            let (counter, reason) = refusal(&error, counters);
-            counter.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, %error, "refused at the edge: {reason}");
-            return;
-        }
-        Err(_) => {
-            counters.refused_handshake.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, "refused at the edge: no TLS handshake within the handshake timeout");
-            return;
-        }
+    let Some(mut outer) = edge_handshake(client, peer, acceptor, config, counters).await else {
+        return;
     };
-    let subject = outer
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
+    let subject = client_certificate(&outer)
         .and_then(|der| crate::pki::facts::read(der).ok())
         .map(|facts| facts.subject)
         .unwrap_or_default();
@@ -563,6 +594,135 @@ async fn tunnel(
     counters
         .bytes
         .fetch_add(bytes + first.len() as u64, Ordering::Relaxed);
+}
+
+/// The header the verified client certificate goes to the backend in (terminate mode).
+pub const FORWARDED_CERTIFICATE: &str = "x-tessera-client-certificate";
+
+/// Headers that belong to one connection, not to the request: never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+type ProxyBody = http_body_util::combinators::BoxBody<hyper::body::Bytes, hyper::Error>;
+
+/// A response made by the gateway itself.
+fn gateway_response(status: hyper::StatusCode, text: String) -> hyper::Response<ProxyBody> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(hyper::body::Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = status;
+    response
+}
+
+async fn terminate(
+    client: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    config: &Config,
+    counters: &Counters,
+) {
+    use base64::Engine;
+    use http_body_util::BodyExt;
+    use hyper::header::HeaderValue;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let Some(stream) = edge_handshake(client, peer, acceptor, config, counters).await else {
+        return;
+    };
+    let Some(backend_tls) = config.backend_tls.clone() else {
+        tracing::error!(%peer, "terminate mode without the gateway's backend identity: connection closed");
+        return;
+    };
+    let Some(certificate) = client_certificate(&stream).and_then(|der| {
+        HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(der.as_ref())).ok()
+    }) else {
+        return;
+    };
+    counters.relayed.fetch_add(1, Ordering::Relaxed);
+    let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    // One backend pool per client connection: what the client keeps alive, the gateway
+    // keeps alive to the backend.
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*backend_tls).clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    let backend_client: Client<_, hyper::body::Incoming> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.idle_timeout)
+        .build(connector);
+    let backend = config.backend.clone();
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let backend_client = backend_client.clone();
+            let backend = backend.clone();
+            let (certificate, client_ip) = (certificate.clone(), client_ip.clone());
+            async move {
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let Ok(uri) = format!("https://{backend}{path}").parse::<hyper::Uri>() else {
+                    return Ok::<_, std::convert::Infallible>(gateway_response(
+                        hyper::StatusCode::BAD_REQUEST,
+                        "bad request target\n".into(),
+                    ));
+                };
+                *request.uri_mut() = uri;
+                *request.version_mut() = hyper::Version::HTTP_11;
+                let headers = request.headers_mut();
+                for name in HOP_BY_HOP {
+                    headers.remove(name);
+                }
+                headers.remove(hyper::header::HOST);
+                headers.remove("forwarded");
+                // Whatever the client sent under these names is replaced, never passed on.
+                headers.insert(FORWARDED_CERTIFICATE, certificate);
+                headers.insert("x-forwarded-for", client_ip);
+                match backend_client.request(request).await {
+                    Ok(response) => {
+                        let (mut parts, body) = response.into_parts();
+                        for name in HOP_BY_HOP {
+                            parts.headers.remove(name);
+                        }
+                        Ok(hyper::Response::from_parts(parts, body.boxed()))
+                    }
+                    Err(error) => {
+                        let reason = crate::error_chain(&error);
+                        tracing::warn!(%peer, %backend, %reason, "backend failed");
+                        Ok(gateway_response(
+                            hyper::StatusCode::BAD_GATEWAY,
+                            format!("the gateway could not reach the server: {reason}\n"),
+                        ))
+                    }
+                }
+            }
+        });
+    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.idle_timeout);
+    if let Err(error) = server.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!(%peer, %error, "connection ended");
+    }
 }
 
 /// The largest `CONNECT` request head accepted.
@@ -702,6 +862,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_connections: 1,
             proxy_protocol: false,
+            backend_tls: None,
         };
         // A route's name at any port, in any case.
         assert_eq!(
@@ -753,6 +914,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_connections: 1,
             proxy_protocol: false,
+            backend_tls: None,
         };
         assert_eq!(
             config.backend_for(Some("TESSERA.example.org")),

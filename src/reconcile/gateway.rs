@@ -37,11 +37,16 @@ impl std::fmt::Debug for GatewayRuntime {
     }
 }
 
+/// The gateway's certificate chain and key towards the backend, and the backend's CAs.
+type BackendInput = (String, String, Vec<String>);
+
 /// What a pass last published, to publish only changes.
 #[derive(Default)]
 pub struct GatewayPublisher {
     certificate_pem: Option<(String, String)>,
     trust: Option<Trust>,
+    /// Terminate mode: the client config, and what it was made of.
+    backend: Option<(BackendInput, Arc<rustls::ClientConfig>)>,
 }
 
 /// The relay's settings from the resource.
@@ -50,7 +55,8 @@ pub fn relay_config(spec: &GatewaySpec) -> Config {
     Config {
         mode: match spec.mode {
             GatewayMode::Passthrough => Mode::Passthrough,
-            GatewayMode::Tunnel | GatewayMode::Terminate => Mode::Tunnel,
+            GatewayMode::Tunnel => Mode::Tunnel,
+            GatewayMode::Terminate => Mode::Terminate,
         },
         backend: spec.backend.clone(),
         routes: spec
@@ -63,10 +69,67 @@ pub fn relay_config(spec: &GatewaySpec) -> Config {
         connect_timeout: seconds(spec.limits.connect_timeout),
         max_connections: usize::try_from(spec.limits.max_connections.max(1)).unwrap_or(1),
         proxy_protocol: spec.proxy_protocol,
+        backend_tls: None,
     }
 }
 
 impl GatewayPublisher {
+    /// Terminate mode: the gateway's own certificate towards the backend, and the CA it
+    /// checks the backend's certificate with.
+    fn backend_tls(
+        &mut self,
+        desired: &DesiredState,
+        key: &ObjectKey,
+        spec: &GatewaySpec,
+        certificates: &Certificates,
+    ) -> Result<Arc<rustls::ClientConfig>, Box<Outcome>> {
+        let (Some(certificate), Some(issuer)) =
+            (&spec.backend_certificate_ref, &spec.backend_issuer_ref)
+        else {
+            return Err(Box::new(Outcome::not_ready(
+                "InvalidSpec",
+                "terminate mode needs spec.backendCertificateRef and spec.backendIssuerRef".into(),
+            )));
+        };
+        let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, certificate);
+        let dir = certificates.output_dir(&certificate, desired);
+        let (Ok(chain), Ok(private)) = (
+            std::fs::read_to_string(dir.join("tls.crt")),
+            std::fs::read_to_string(dir.join("tls.key")),
+        ) else {
+            return Err(Box::new(Outcome::not_ready(
+                "Pending",
+                format!("waiting for {certificate} to be issued"),
+            )));
+        };
+        let issuer = ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer);
+        let cas = certificates.trust(std::slice::from_ref(&issuer)).cas;
+        if cas.is_empty() {
+            return Err(Box::new(Outcome::not_ready(
+                "Pending",
+                format!("waiting for {issuer}'s CA certificate"),
+            )));
+        }
+        let input = (chain, private, cas);
+        if let Some((previous, tls)) = &self.backend
+            && *previous == input
+        {
+            return Ok(tls.clone());
+        }
+        let (chain, private, cas) = &input;
+        match tls::client_config(&cas.join("\n"), Some((chain, private))) {
+            Ok(tls) => {
+                tracing::info!(certificate = %certificate, backend_ca = %issuer, "connecting to the backend with mutual TLS");
+                self.backend = Some((input.clone(), tls.clone()));
+                Ok(tls)
+            }
+            Err(error) => Err(Box::new(Outcome::not_ready(
+                "CertificateUnusable",
+                format!("{certificate} or {issuer}: {error}"),
+            ))),
+        }
+    }
+
     /// Publishes the Gateway of `runtime` and returns its outcome.
     pub fn publish(
         &mut self,
@@ -91,7 +154,7 @@ impl GatewayPublisher {
         spec: &GatewaySpec,
         certificates: &Certificates,
     ) -> Outcome {
-        let config = relay_config(spec);
+        let mut config = relay_config(spec);
         let mut details = Map::new();
         details.insert(
             "activeConnections".into(),
@@ -102,13 +165,7 @@ impl GatewayPublisher {
                     .load(std::sync::atomic::Ordering::Relaxed)
             ),
         );
-        if spec.mode == GatewayMode::Terminate {
-            return Outcome::not_ready(
-                "NotImplemented",
-                "spec.mode terminate is not part of this version: use tunnel (the agent keeps its own TLS session with the server inside the verified one) or passthrough".into(),
-            );
-        }
-        if config.mode == Mode::Tunnel {
+        if config.mode != Mode::Passthrough {
             let Some(reference) = &spec.certificate_ref else {
                 return Outcome::not_ready(
                     "InvalidSpec",
@@ -179,6 +236,12 @@ impl GatewayPublisher {
                         );
                     }
                 }
+            }
+        }
+        if config.mode == Mode::Terminate {
+            match self.backend_tls(desired, key, spec, certificates) {
+                Ok(tls) => config.backend_tls = Some(tls),
+                Err(outcome) => return *outcome,
             }
         }
         let moved = spec.listen != runtime.listen;

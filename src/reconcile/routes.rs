@@ -19,7 +19,9 @@ use crate::reconcile::certificates::{Certificates, Outcome, Trust};
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 use crate::resources::{Kind, ObjectKey, Resource};
-use crate::server::agent::{EnrollmentRoute, Listen, PackageRoute, Routes};
+use crate::server::agent::{
+    EnrollmentRoute, Forwarded, GatewayIdentities, Listen, PackageRoute, Routes,
+};
 use crate::server::deployments::{self, Assignment, OsFamily, Selector};
 use crate::store::db::Database;
 
@@ -49,6 +51,9 @@ impl std::fmt::Debug for Runtime {
 pub struct Publisher {
     certificate_pem: Option<(String, String)>,
     verifier_input: Option<(ClientAuthMode, Trust)>,
+    /// Gateways in terminate mode, as last published.
+    forwarded: Option<Arc<Forwarded>>,
+    forwarded_input: Option<(GatewayIdentities, Trust)>,
 }
 
 /// An Activation whose package is built: (package, package id, OS, info location, pack
@@ -81,6 +86,7 @@ impl Publisher {
         if let Some((key, spec)) = &server {
             routes = base_routes(spec);
             let (outcome, wanted) = self.server(runtime, desired, key, spec, certificates);
+            routes.forwarded = self.forwarded.clone();
             routes.enrollment = spec.enrollment.as_ref().and_then(|enrollment| {
                 let issuer =
                     ObjectKey::referenced(Kind::Issuer, &key.namespace, &enrollment.issuer_ref);
@@ -481,7 +487,62 @@ impl Publisher {
             .iter()
             .map(|issuer| ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer))
             .collect();
-        let input = (mode, certificates.trust(&issuers));
+        // Gateways in terminate mode: their certificates are accepted on the listener, and
+        // the agent certificates they forward are checked against the agents' issuers.
+        let agents_trust = certificates.trust(&issuers);
+        let mut gateways = Vec::new();
+        let mut all_issuers = issuers;
+        for gateway in &spec.trusted_gateways {
+            let issuer = ObjectKey::referenced(Kind::Issuer, &key.namespace, &gateway.issuer_ref);
+            let subjects = certificates
+                .trust(std::slice::from_ref(&issuer))
+                .cas
+                .iter()
+                .filter_map(|pem| crate::pki::facts::pem_certificates(pem).ok())
+                .filter_map(|certs| crate::pki::facts::read(&certs[0]).ok())
+                .map(|facts| facts.subject_der)
+                .collect();
+            let names = gateway
+                .names
+                .iter()
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect();
+            gateways.push((subjects, names));
+            if !all_issuers.contains(&issuer) {
+                all_issuers.push(issuer);
+            }
+            if mode == ClientAuthMode::None {
+                mode = ClientAuthMode::Optional;
+            }
+        }
+        let forwarded_input = (gateways, agents_trust);
+        if self.forwarded_input.as_ref() != Some(&forwarded_input) {
+            self.forwarded = None;
+            if !forwarded_input.0.is_empty() {
+                match forwarded_input.1.verifier(ClientAuth::Required) {
+                    Ok(verifier) => {
+                        self.forwarded = Some(Arc::new(Forwarded {
+                            gateways: forwarded_input.0.clone(),
+                            verifier,
+                        }));
+                    }
+                    Err(error) => {
+                        return (
+                            failed(
+                                "ClientAuthUnusable",
+                                format!(
+                                    "spec.trustedGateways: agent certificates cannot be checked: {error}"
+                                ),
+                            ),
+                            listen,
+                        );
+                    }
+                }
+            }
+            self.forwarded_input = Some(forwarded_input);
+        }
+        let input = (mode, certificates.trust(&all_issuers));
         if self.verifier_input.as_ref() != Some(&input) {
             match input.1.verifier(client_auth(mode)) {
                 Ok(verifier) => {
@@ -558,6 +619,7 @@ fn base_routes(spec: &ServerSpec) -> Routes {
             execution_timeout: (seconds(pacing.execution_timeout) / 60).max(1),
         },
         stale_after: i64::try_from(seconds(spec.stale_after)).unwrap_or(i64::MAX),
+        forwarded: None,
         assignments: Vec::new(),
         packages: HashMap::new(),
         enrollment: None,

@@ -51,9 +51,15 @@ pub struct GatewaySpec {
     /// by `tessera gateway` from an Issuer in the gateway's own configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_ref: Option<LocalRef>,
-    /// Client certificate the gateway presents to the backend (terminate).
+    /// Client certificate the gateway presents to the backend (terminate); the server lists
+    /// the gateway in `spec.trustedGateways`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_certificate_ref: Option<LocalRef>,
+    /// The Issuer whose CA signed the backend's certificate (terminate), usually a
+    /// trust-only Issuer holding the inside server's CA. The backend's certificate must name
+    /// the host of `backend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_issuer_ref: Option<LocalRef>,
     /// Issuers whose client certificates are accepted at the edge (tunnel and terminate):
     /// chain, validity, client-auth usage and the issuers' CRLs are checked. In a DMZ, name a
     /// trust-only Issuer (`ca.certFile` and `ca.crlFile`, no key) holding the inside's agent CA.
@@ -76,7 +82,9 @@ pub enum GatewayMode {
     Passthrough,
     /// Verify the client certificate at the edge, then relay the agent's inner TLS session.
     Tunnel,
-    /// Verify at the edge, then open a fresh mutual-TLS connection to the backend.
+    /// Verify at the edge, then forward each HTTP request over a mutual-TLS connection of
+    /// the gateway's own, with the verified client certificate in a header the server
+    /// believes only from gateways it lists.
     Terminate,
 }
 

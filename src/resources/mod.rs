@@ -166,6 +166,12 @@ impl Resource {
                         to(Kind::Issuer, &enrollment.issuer_ref),
                     ));
                 }
+                for (i, gateway) in server.spec.trusted_gateways.iter().enumerate() {
+                    found.push((
+                        format!("spec.trustedGateways[{i}].issuerRef"),
+                        to(Kind::Issuer, &gateway.issuer_ref),
+                    ));
+                }
             }
             Resource::Gateway(gateway) => {
                 if let Some(certificate) = &gateway.spec.certificate_ref {
@@ -179,6 +185,9 @@ impl Resource {
                         "spec.backendCertificateRef".into(),
                         to(Kind::Certificate, certificate),
                     ));
+                }
+                if let Some(issuer) = &gateway.spec.backend_issuer_ref {
+                    found.push(("spec.backendIssuerRef".into(), to(Kind::Issuer, issuer)));
                 }
                 for (i, issuer) in gateway.spec.trusted_client_issuers.iter().enumerate() {
                     found.push((

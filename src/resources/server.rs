@@ -70,6 +70,24 @@ pub struct ServerSpec {
     /// `tessera token create`). Default: no enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<Enrollment>,
+    /// Gateways in `terminate` mode. A connection whose client certificate is one of these
+    /// gateways' may name the agent it relays, with the agent's certificate in the
+    /// `X-Tessera-Client-Certificate` header (checked again here against the trusted
+    /// issuers) and its address in `X-Forwarded-For`; from anyone else those headers are
+    /// ignored. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_gateways: Vec<TrustedGateway>,
+}
+
+/// A gateway the server believes about the client it relays.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustedGateway {
+    /// The Issuer whose CA signed the gateway's client certificate (its
+    /// `backendCertificateRef`); usually a trust-only Issuer holding the DMZ's CA.
+    pub issuer_ref: LocalRef,
+    /// Names the gateway's certificate carries (its common name or a DNS name); at least one.
+    pub names: Vec<String>,
 }
 
 /// How agents get their client certificates.

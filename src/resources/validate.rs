@@ -679,6 +679,14 @@ fn server(spec: &ServerSpec, found: &mut Found) {
             "agents count the execution timeout in whole minutes: use 1m or more",
         );
     }
+    for (i, gateway) in spec.trusted_gateways.iter().enumerate() {
+        if gateway.names.iter().all(|n| n.trim().is_empty()) {
+            found.add(
+                format!("spec.trustedGateways[{i}].names"),
+                "name the gateway's certificate (its common name or a DNS name): without a name any certificate of that issuer would be believed",
+            );
+        }
+    }
     let path = &spec.ocs.path;
     if !path.starts_with('/')
         || path.len() < 2
@@ -743,10 +751,23 @@ fn gateway(spec: &GatewaySpec, found: &mut Found) {
             }
         }
     }
-    if spec.mode == GatewayMode::Terminate && spec.backend_certificate_ref.is_none() {
+    if spec.mode == GatewayMode::Terminate {
+        if spec.backend_certificate_ref.is_none() {
+            found.add(
+                "spec.backendCertificateRef",
+                "terminate mode connects to the backend with its own client certificate: set backendCertificateRef",
+            );
+        }
+        if spec.backend_issuer_ref.is_none() {
+            found.add(
+                "spec.backendIssuerRef",
+                "terminate mode verifies the backend's certificate: name the Issuer of its CA",
+            );
+        }
+    } else if spec.backend_certificate_ref.is_some() || spec.backend_issuer_ref.is_some() {
         found.add(
-            "spec.backendCertificateRef",
-            "terminate mode connects to the backend with its own client certificate: set backendCertificateRef",
+            "spec.mode",
+            "backendCertificateRef and backendIssuerRef are used in terminate mode only (passthrough and tunnel keep the agent's TLS session end to end)",
         );
     }
     let limits = &spec.limits;

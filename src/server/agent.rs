@@ -65,6 +65,118 @@ pub struct Routes {
     pub packages: HashMap<String, PackageRoute>,
     /// How agents enroll, when the Server allows it.
     pub enrollment: Option<EnrollmentRoute>,
+    /// Gateways in terminate mode whose word about the client is believed.
+    pub forwarded: Option<Arc<Forwarded>>,
+}
+
+/// The header a gateway in terminate mode carries the agent's verified certificate in
+/// (base64 DER).
+pub const FORWARDED_CERTIFICATE: &str = "x-tessera-client-certificate";
+
+/// Per gateway: the subjects (DER) of the CA that signs its certificate (two during a CA
+/// rollover), and the names its certificate carries (lowercase).
+pub type GatewayIdentities = Vec<(Vec<Vec<u8>>, Vec<String>)>;
+
+/// Gateways allowed to name the client they relay, and how their word is checked.
+pub struct Forwarded {
+    pub gateways: GatewayIdentities,
+    /// Verifies the agent certificate a gateway forwards, against the agents' issuers.
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarded")
+            .field("gateways", &self.gateways.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarded {
+    /// Whether `certificate` (a connection's verified client certificate) is one of the
+    /// gateways'.
+    pub fn is_gateway(&self, certificate: &[u8]) -> bool {
+        let Ok(facts) = crate::pki::facts::read(certificate) else {
+            return false;
+        };
+        let names: Vec<String> = facts
+            .names
+            .common_name
+            .iter()
+            .chain(&facts.names.dns_names)
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        self.gateways.iter().any(|(subjects, wanted)| {
+            subjects.contains(&facts.issuer_der) && wanted.iter().any(|w| names.contains(w))
+        })
+    }
+
+    /// The agent a gateway's header names, once its certificate verifies here too.
+    pub fn agent(&self, header: &str) -> Result<Option<String>, String> {
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(header.trim())
+            .map_err(|e| format!("{FORWARDED_CERTIFICATE}: not base64 ({e})"))?;
+        let certificate = rustls::pki_types::CertificateDer::from(der);
+        self.verifier
+            .verify_client_cert(&certificate, &[], rustls::pki_types::UnixTime::now())
+            .map_err(|e| format!("{FORWARDED_CERTIFICATE}: {e}"))?;
+        let facts = crate::pki::facts::read(&certificate).map_err(|e| e.to_string())?;
+        Ok(facts
+            .names
+            .uris
+            .iter()
+            .find_map(|uri| crate::protocol::v1::agent_id_of(uri).map(str::to_owned)))
+    }
+}
+
+/// The client certificate a connection presented (verified at the handshake).
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Option<Arc<Vec<u8>>>);
+
+/// For a connection from a trusted gateway: takes the agent and client address it names
+/// from the headers (the gateway's own certificate is never an agent's). From anyone
+/// else the headers are removed unread.
+async fn forwarded_identity(
+    State(shared): State<Shared>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = request.headers_mut().remove(FORWARDED_CERTIFICATE);
+    let forwarded = shared.routes.borrow().forwarded.clone();
+    let from_gateway = match (&forwarded, request.extensions().get::<PeerCertificate>()) {
+        (Some(forwarded), Some(PeerCertificate(Some(der)))) => forwarded.is_gateway(der),
+        _ => false,
+    };
+    if let (true, Some(forwarded)) = (from_gateway, forwarded) {
+        let agent = match header.as_ref().map(|h| h.to_str().unwrap_or_default()) {
+            None => None,
+            Some(value) => match forwarded.agent(value) {
+                Ok(agent) => agent,
+                Err(error) => {
+                    tracing::warn!(%error, "a gateway forwarded a certificate that does not verify here");
+                    return (
+                        StatusCode::FORBIDDEN,
+                        "forwarded client certificate refused\n",
+                    )
+                        .into_response();
+                }
+            },
+        };
+        request.extensions_mut().insert(PeerAgent(agent));
+        let client = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next_back())
+            .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+        if let Some(ip) = client {
+            request
+                .extensions_mut()
+                .insert(ClientAddress(SocketAddr::new(ip, 0)));
+        }
+    }
+    next.run(request).await
 }
 
 /// What signs agents' client certificates.
@@ -97,6 +209,7 @@ impl Default for Routes {
             assignments: Vec::new(),
             packages: HashMap::new(),
             enrollment: None,
+            forwarded: None,
         }
     }
 }
@@ -310,6 +423,10 @@ pub fn app(shared: Shared) -> Router {
         .route("/v1/packages/{id}/fragments/{n}", get(super::v1::fragment))
         .fallback(super::ocs::endpoint)
         .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            forwarded_identity,
+        ))
         .with_state(shared)
 }
 
@@ -448,13 +565,16 @@ async fn accept_tls(
                     return;
                 }
             };
-            // Identity comes from the verified certificate, never from a request.
+            // Identity comes from the verified certificate, never from a request (except
+            // from a trusted gateway, see `forwarded_identity`).
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| Arc::new(der.to_vec()));
             let agent =
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
+                leaf.as_deref()
                     .and_then(|der| crate::pki::facts::read(der).ok())
                     .and_then(|facts| {
                         facts.names.uris.iter().find_map(|uri| {
@@ -463,6 +583,7 @@ async fn accept_tls(
                     });
             let app = app
                 .layer(axum::Extension(PeerAgent(agent)))
+                .layer(axum::Extension(PeerCertificate(leaf)))
                 .layer(axum::Extension(ClientAddress(client)));
             serve_connection(stream, app, shutdown).await;
         });

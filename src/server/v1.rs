@@ -172,6 +172,7 @@ fn internal(error: impl std::fmt::Display) -> Response {
 pub async fn check_in(
     State(shared): State<Shared>,
     peer: Option<Extension<PeerAgent>>,
+    client: Option<Extension<crate::server::agent::ClientAddress>>,
     Json(check_in): Json<v1::CheckIn>,
 ) -> Response {
     let Some(agent) = identity(peer) else {
@@ -191,10 +192,12 @@ pub async fn check_in(
     let device = agent.clone();
     let table = routes.clone();
     let notify_address = check_in.notify_address.clone();
+    let address = client.map(|Extension(c)| c.0.ip().to_string());
     let found = shared
         .db(move |db| {
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
             db.set_notify_address(&device, notify_address.as_deref())?;
+            db.set_address(&device, address.as_deref())?;
             let (_, current) = db.contact(&device, now)?;
             let (mut offers, mut changes) =
                 deployments::prolog(&table.assignments, &computer, &current, now);

@@ -1,8 +1,9 @@
-//! `tessera gateway` in tunnel mode in front of `tessera serve`: client certificates are
-//! verified at the edge (trusted CA, validity, revocation) before anything reaches the
-//! inside; real clients (`curl --proxy https://`, `openssl s_client`, Tessera's agent with
-//! `--gateway`) get through with their own TLS session to the server inside the tunnel; and
-//! the gateway's certificate is re-issued while tunnels stay open.
+//! `tessera gateway` in tunnel and terminate modes in front of `tessera serve`: client
+//! certificates are verified at the edge (trusted CA, validity, revocation) before anything
+//! reaches the inside; real clients (`curl`, `openssl s_client`, Tessera's agent with
+//! `--gateway`) get through; the gateway's certificate is re-issued while tunnels stay
+//! open; and a terminating gateway's word about the client is believed by the server, and
+//! nobody else's.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -583,6 +584,270 @@ async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admi
     let (_, serial) = open_tunnel(port, &gateway_ca, roaming.path(), &server_ca).await;
     assert_eq!(serial, renewed, "a new tunnel sees the new certificate");
 
+    drop(gateway);
+    running.stop().await.unwrap();
+}
+
+/// The terminate-mode gateway's configuration: its own CA, its certificate towards agents
+/// and its client certificate towards the server, and the inside CA (which signs both the
+/// server's certificate and the agents') as a trust-only Issuer.
+fn terminating_gateway_yaml(port: u16, backend: &str) -> String {
+    format!(
+        r#"apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: edge-ca
+spec:
+  selfSigned: {{}}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Certificate
+metadata:
+  name: gateway-tls
+spec:
+  issuerRef:
+    name: edge-ca
+  ipAddresses: [127.0.0.1]
+  usages: [server auth, digital signature]
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Certificate
+metadata:
+  name: gateway-backend
+spec:
+  issuerRef:
+    name: edge-ca
+  commonName: gateway.dmz
+  usages: [client auth, digital signature]
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: inside
+spec:
+  ca:
+    certFile: inside-ca.crt
+    crlFile: inside-crl.pem
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Gateway
+metadata:
+  name: dmz
+spec:
+  listen: 127.0.0.1:{port}
+  mode: terminate
+  backend: {backend}
+  certificateRef:
+    name: gateway-tls
+  backendCertificateRef:
+    name: gateway-backend
+  backendIssuerRef:
+    name: inside
+  trustedClientIssuers:
+    - name: inside
+"#
+    )
+}
+
+fn agent_id(agent: &Path) -> String {
+    let pem = std::fs::read_to_string(agent.join("identity/agent.crt")).unwrap();
+    let certs = tessera::pki::facts::pem_certificates(&pem).unwrap();
+    let facts = tessera::pki::facts::read(&certs[0]).unwrap();
+    facts
+        .names
+        .uris
+        .iter()
+        .find_map(|uri| tessera::protocol::v1::agent_id_of(uri).map(str::to_owned))
+        .unwrap()
+}
+
+fn base64_der(pem_file: &Path) -> String {
+    use base64::Engine;
+    let pem = std::fs::read_to_string(pem_file).unwrap();
+    let certs = tessera::pki::facts::pem_certificates(&pem).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(certs[0].as_ref())
+}
+
+/// A check-in by `curl` from the loopback address `from`: the HTTP status and the body.
+fn curl_check_in(
+    url: &str,
+    ca: &Path,
+    certificate: Option<(&Path, &Path)>,
+    from: &str,
+    forged: Option<&str>,
+) -> (String, String) {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["--interface", from])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-H", "content-type: application/json"])
+        .args([
+            "-d",
+            r#"{"hostname":"roamer","osName":"Debian GNU/Linux 12","tags":["roaming"]}"#,
+        ]);
+    if let Some((cert, key)) = certificate {
+        command.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    if let Some(forged) = forged {
+        command.args(["-H", &format!("X-Tessera-Client-Certificate: {forged}")]);
+    }
+    let output = command.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (status.trim().to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_gateway_passes_the_verified_identity_that_only_it_is_believed_about() {
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    let state = dir.path().join(".tessera");
+    let server_ca = crate::support::server_ca(dir.path());
+    let id = crate::support::package_id(&running, "hello").await;
+    let token = crate::support::token(&state, 2, 600).reveal();
+    let roaming = enrolled_agent(&https, &server_ca, &token).await;
+    let other = enrolled_agent(&https, &server_ca, &token).await;
+    let (backend, inside) = counting_forwarder(https.clone()).await;
+
+    let gw = tempfile::tempdir().unwrap();
+    let issuer = state.join("pki/issuers/default/quickstart-ca");
+    std::fs::copy(issuer.join("ca.crt"), gw.path().join("inside-ca.crt")).unwrap();
+    std::fs::copy(issuer.join("crl.pem"), gw.path().join("inside-crl.pem")).unwrap();
+    let port = free_port();
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        terminating_gateway_yaml(port, &backend),
+    )
+    .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway {
+        child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["gateway", "--config"])
+            .arg(gw.path())
+            .args(["--admin-address", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        admin,
+    };
+    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
+    eventually("the terminating gateway to be Ready", async || {
+        ready(&gateway.object("Gateway", "dmz").await).then_some(())
+    })
+    .await;
+    let gateway_ca = gw
+        .path()
+        .join(".tessera/certificates/default/gateway-tls/ca.crt");
+
+    // The server learns of the gateway: a trust-only Issuer with the DMZ's CA, and the
+    // gateway's certificate name.
+    std::fs::copy(
+        gw.path()
+            .join(".tessera/pki/issuers/default/edge-ca/ca.crt"),
+        dir.path().join("dmz-ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dmz.yaml"),
+        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: dmz-gateways\nspec:\n  ca:\n    certFile: dmz-ca.crt\n",
+    )
+    .unwrap();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        format!(
+            "{text}  trustedGateways:\n    - issuerRef:\n        name: dmz-gateways\n      names: [gateway.dmz]\n"
+        ),
+    )
+    .unwrap();
+
+    let (cert, key) = identity(roaming.path());
+    let (other_cert, _) = identity(other.path());
+    let url = format!("https://127.0.0.1:{port}/v1/checkin");
+    let db = tessera::store::db::Database::open(&state.join("state.db")).unwrap();
+    let roaming_id = agent_id(roaming.path());
+    let other_id = agent_id(other.path());
+    // From 127.0.0.3, with another agent's certificate slipped into the header: the server
+    // sees the verified agent, at the client's address.
+    let forged = base64_der(&other_cert);
+    eventually("the server to believe the gateway", async || {
+        let (status, _) = tokio::task::block_in_place(|| {
+            curl_check_in(
+                &url,
+                &gateway_ca,
+                Some((&cert, &key)),
+                "127.0.0.3",
+                Some(&forged),
+            )
+        });
+        (status == "200").then_some(())
+    })
+    .await;
+    assert_eq!(
+        db.address(&roaming_id).unwrap().as_deref(),
+        Some("127.0.0.3"),
+        "the address the gateway named"
+    );
+    assert_eq!(
+        db.address(&other_id).unwrap().as_deref(),
+        Some("127.0.0.1"),
+        "the forged header changed nothing for the other agent"
+    );
+    let admitted = inside.load(Ordering::SeqCst);
+    assert!(admitted >= 1);
+
+    tokio::task::block_in_place(|| {
+        // No certificate at the edge: refused there, the inside sees nothing.
+        let (status, _) = curl_check_in(&url, &gateway_ca, None, "127.0.0.1", None);
+        assert_eq!(status, "000", "refused during the handshake");
+        // The same header sent straight to the server, by someone who is not a gateway, is
+        // not believed.
+        let (status, _) = curl_check_in(
+            &format!("https://{https}/v1/checkin"),
+            &server_ca,
+            None,
+            "127.0.0.1",
+            Some(&base64_der(&cert)),
+        );
+        assert_eq!(status, "401");
+        // openssl s_client: any request passes, here an OCS download's info file.
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-ign_eof", "-verify_return_error"])
+            .args(["-connect", &format!("127.0.0.1:{port}")])
+            .arg("-CAfile")
+            .arg(&gateway_ca)
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                format!("GET /download/{id}/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(&format!("ID=\"{id}\"")), "{text}");
+    });
+    assert_eq!(
+        inside.load(Ordering::SeqCst),
+        admitted + 1,
+        "only s_client's connection reached the inside"
+    );
+    assert!(gateway.metric("refused_no_certificate") >= 1);
     drop(gateway);
     running.stop().await.unwrap();
 }
