@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod fetch;
 pub mod fragments;
 pub mod routes;
+pub mod secrets;
 pub mod status;
 
 use std::collections::HashMap;
@@ -44,6 +45,10 @@ pub struct Config {
     pub clock: Clock,
     /// The agent-facing runtime to publish routes to, when one runs.
     pub runtime: Option<Arc<routes::Runtime>>,
+    /// Kubernetes mode: where Issuers of type `ca` read `secretName` and where Certificates
+    /// are also written, as `kubernetes.io/tls` Secrets. The state directory stays the
+    /// source of truth either way.
+    pub secrets: Option<Arc<dyn secrets::Secrets>>,
 }
 
 /// The time source of the reconcile loop.
@@ -180,7 +185,8 @@ impl Reconciler {
                 config.state_dir.clone(),
                 config.config_dir.clone(),
                 config.environment.clone(),
-            ),
+            )
+            .with_secrets(config.secrets.clone()),
             config,
             publisher: routes::Publisher::default(),
             previous: None,
@@ -362,7 +368,7 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
     // Waiting on a retry or on another object is progress, not a dead end.
     let progressing = matches!(
         reason,
-        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed"
+        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed" | "SecretWriteFailed"
     );
     let stalled = !ready && !progressing;
     let mut found = vec![

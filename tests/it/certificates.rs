@@ -67,6 +67,7 @@ impl Setup {
             }),
             clock: Default::default(),
             runtime: None,
+            secrets: None,
         })
     }
 
@@ -853,6 +854,7 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
         environment: Environment::default(),
         clock,
         runtime: None,
+        secrets: None,
     };
     let task = tokio::spawn(reconcile::run(
         snapshots,

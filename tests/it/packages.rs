@@ -66,6 +66,7 @@ fn pass(config: &Path, state: &Path) -> Report {
         environment: Default::default(),
         clock: Default::default(),
         runtime: None,
+        secrets: None,
     });
     let snapshot = DirSource::new(config, vec![]).unwrap().scan();
     reconciler
