@@ -556,3 +556,219 @@ async fn against_a_real_cluster() {
     assert_eq!(issuer.status.unwrap().common.observed_generation, Some(1));
     shutdown.cancel();
 }
+
+mod lease {
+    //! Leader election: the Lease calls, against the mocked API server.
+
+    use super::*;
+    use tessera::sources::lease::{LeaseLock, run};
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/tessera/leases/tessera";
+
+    fn lease(holder: Option<&str>, renewed: &str, transitions: i32) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "tessera", "namespace": "tessera", "resourceVersion": "7"},
+            "spec": {
+                "holderIdentity": holder, "leaseDurationSeconds": 15,
+                "acquireTime": "2026-11-23T00:00:00.000000Z", "renewTime": renewed,
+                "leaseTransitions": transitions,
+            },
+        })
+    }
+
+    fn lock(client: Client) -> LeaseLock {
+        LeaseLock::new(client, "tessera", "tessera", "tessera-0")
+    }
+
+    fn now() -> jiff::Timestamp {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    /// Answers a GET of the Lease with `current` (404 when None).
+    async fn answer_get(handle: &mut Handle, current: Option<Value>) {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), http::Method::GET);
+        assert_eq!(request.uri().path(), PATH);
+        match current {
+            Some(lease) => send.send_response(respond(StatusCode::OK, &lease)),
+            None => send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound"))),
+        }
+    }
+
+    /// Takes the next write, checks its method, answers `status` with its own body.
+    async fn answer_write(handle: &mut Handle, method: http::Method, status: StatusCode) -> Value {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), method);
+        let body = body_json(request).await;
+        if status.is_success() {
+            send.send_response(respond(status, &body));
+        } else {
+            send.send_response(respond(status, &api_error(status.as_u16(), "Conflict")));
+        }
+        body
+    }
+
+    /// No request follows: call once the client is dropped, so the channel ends after
+    /// whatever was sent.
+    async fn assert_quiet(handle: &mut Handle) {
+        assert!(handle.next_request().await.is_none(), "no further request");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_lease_is_created_with_our_identity() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            answer_get(&mut handle, None).await;
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/coordination.k8s.io/v1/namespaces/tessera/leases"
+            );
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::CREATED, &body));
+            body
+        });
+        assert!(lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let body = server.await.unwrap();
+        assert_eq!(body["metadata"]["name"], "tessera");
+        assert_eq!(body["spec"]["holderIdentity"], "tessera-0");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(body["spec"]["leaseTransitions"], 0);
+        assert!(
+            body["spec"]["renewTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T12:00:00")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn our_lease_is_renewed_with_its_resource_version() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            answer_get(
+                &mut handle,
+                Some(lease(Some("tessera-0"), "2026-11-23T11:59:58.000000Z", 2)),
+            )
+            .await;
+            let body = answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await;
+            (body, handle)
+        });
+        assert!(lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let (body, _handle) = server.await.unwrap();
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "optimistic concurrency"
+        );
+        assert_eq!(body["spec"]["holderIdentity"], "tessera-0");
+        assert_eq!(
+            body["spec"]["leaseTransitions"], 2,
+            "a renewal is no transition"
+        );
+        assert!(
+            body["spec"]["acquireTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T00:00:00")
+        );
+        assert!(
+            body["spec"]["renewTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T12:00:00")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_is_taken_over() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            // Renewed 16 s ago with a 15 s duration: expired.
+            answer_get(
+                &mut handle,
+                Some(lease(Some("tessera-1"), "2026-11-23T11:59:44.000000Z", 4)),
+            )
+            .await;
+            answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await
+        });
+        assert!(lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let body = server.await.unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert_eq!(body["spec"]["holderIdentity"], "tessera-0");
+        assert_eq!(body["spec"]["leaseTransitions"], 5);
+        assert!(
+            body["spec"]["acquireTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T12:00:00")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_lease_of_another_replica_is_left_alone() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            // Renewed 14 s ago with a 15 s duration: still held.
+            answer_get(
+                &mut handle,
+                Some(lease(Some("tessera-1"), "2026-11-23T11:59:46.000000Z", 4)),
+            )
+            .await;
+            handle
+        });
+        assert!(!lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let mut handle = server.await.unwrap();
+        assert_quiet(&mut handle).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflicting_write_loses_the_race() {
+        let (client, mut handle) = mock_client();
+        tokio::spawn(async move {
+            answer_get(
+                &mut handle,
+                Some(lease(None, "2026-11-23T11:00:00.000000Z", 1)),
+            )
+            .await;
+            answer_write(&mut handle, http::Method::PUT, StatusCode::CONFLICT).await;
+            handle
+        });
+        assert!(!lock(client).try_acquire_or_renew(now()).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_is_published_lost_to_another_and_released_on_shutdown() {
+        let (client, mut handle) = mock_client();
+        let (leader_tx, mut leader) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(lock(client), leader_tx, shutdown.clone()));
+
+        // Round 1: no Lease yet, it is created: we lead.
+        answer_get(&mut handle, None).await;
+        answer_write(&mut handle, http::Method::POST, StatusCode::CREATED).await;
+        leader.changed().await.unwrap();
+        assert!(*leader.borrow_and_update());
+
+        // Round 2: someone else holds a fresh Lease (we were partitioned): we step down.
+        let fresh = jiff::Timestamp::now().to_string();
+        answer_get(&mut handle, Some(lease(Some("tessera-1"), &fresh, 1))).await;
+        leader.changed().await.unwrap();
+        assert!(!*leader.borrow_and_update());
+
+        // Round 3: the Lease is ours again (renewed by us), then shutdown releases it.
+        let ours = jiff::Timestamp::now().to_string();
+        answer_get(&mut handle, Some(lease(Some("tessera-0"), &ours, 2))).await;
+        answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await;
+        leader.changed().await.unwrap();
+        assert!(*leader.borrow_and_update());
+        shutdown.cancel();
+        answer_get(&mut handle, Some(lease(Some("tessera-0"), &ours, 2))).await;
+        let released = answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await;
+        assert!(released["spec"]["holderIdentity"].is_null(), "{released}");
+        assert_eq!(released["metadata"]["resourceVersion"], "7");
+        running.await.unwrap();
+        assert!(!*leader.borrow());
+    }
+}
