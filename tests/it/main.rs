@@ -2,6 +2,7 @@
 
 mod agent;
 mod certificates;
+mod chart;
 mod crash;
 mod crds;
 mod doctor;
