@@ -523,3 +523,47 @@ pub async fn read_tls_secret(
     };
     Ok((field("tls.crt")?, field("tls.key")?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, spec: Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "tessera.dev/v1alpha1",
+            "kind": "Package",
+            "metadata": {
+                "name": name, "namespace": "fleet", "generation": 2, "uid": "u-1",
+                "resourceVersion": "5", "managedFields": [{"manager": "kubectl"}],
+            },
+            "spec": spec,
+            "status": {"observedGeneration": 1},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_object_becomes_a_document_named_after_it() {
+        let spec =
+            json!({"os": "linux", "action": {"execute": {"command": "true"}}, "version": "1.10"});
+        let file = document(Kind::Package, &object("hello", spec));
+        assert_eq!(file.path, "Package/fleet/hello");
+        let read: Value = serde_saphyr::from_str(&file.text).unwrap();
+        assert_eq!(read["metadata"]["generation"], 2);
+        assert_eq!(read["metadata"]["uid"], "u-1");
+        assert_eq!(read["spec"]["version"], "1.10", "strings stay strings");
+        assert!(read.get("status").is_none());
+        assert!(read["metadata"].get("managedFields").is_none());
+    }
+
+    #[test]
+    fn the_revision_follows_content_not_order() {
+        let a = (Kind::Package, object("a", json!({"os": "linux"})));
+        let b = (Kind::Package, object("b", json!({"os": "windows"})));
+        let one = snapshot([a.clone(), b.clone()]);
+        let two = snapshot([b, a.clone()]);
+        assert_eq!(one, two);
+        let changed = snapshot([a, (Kind::Package, object("b", json!({"os": "macos"})))]);
+        assert_ne!(one.revision, changed.revision);
+    }
+}

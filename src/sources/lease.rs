@@ -214,3 +214,26 @@ pub async fn run(lock: LeaseLock, leader: watch::Sender<bool>, shutdown: Cancell
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(renewed: Option<&str>, seconds: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some("other".into()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: renewed.map(|t| MicroTime(t.parse().unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_expires_after_its_duration_since_the_last_renewal() {
+        let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
+        assert!(!expired(&spec(Some("2026-11-23T11:59:46Z"), 15), now));
+        assert!(!expired(&spec(Some("2026-11-23T11:59:45Z"), 15), now));
+        assert!(expired(&spec(Some("2026-11-23T11:59:44Z"), 15), now));
+        assert!(expired(&spec(None, 15), now), "never renewed");
+    }
+}

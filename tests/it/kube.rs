@@ -192,7 +192,7 @@ async fn watch_errors_are_retried_not_fatal() {
             next = handle.next_request() => {
                 let (request, send) = next.unwrap();
                 let path = request.uri().path().to_owned();
-                if query(&request).get("watch").is_some() {
+                if query(&request).contains_key("watch") {
                     open_watches.push(send);
                 } else if refused.insert(path) {
                     send.send_response(respond(StatusCode::FORBIDDEN, &api_error(403, "Forbidden")));
