@@ -1307,13 +1307,6 @@ fn start_kube(
 ) -> Arc<dyn reconcile::secrets::Secrets> {
     use crate::sources::{kube as kube_source, lease};
 
-    let source = kube_source::KubeSource::new(client.clone(), args.namespace.clone());
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        source.run(snapshots, token).await;
-        Ok(())
-    });
-
     let identity = args
         .pod_name
         .clone()
@@ -1330,6 +1323,13 @@ fn start_kube(
         &args.lease
     };
     let (leader_tx, leader_rx) = watch::channel(false);
+    let source = kube_source::KubeSource::new(client.clone(), args.namespace.clone())
+        .resync_on(leader_rx.clone());
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        source.run(snapshots, token).await;
+        Ok(())
+    });
     let lock = lease::LeaseLock::new(client.clone(), &lease_namespace, lease_name, &identity);
     let token = shutdown.clone();
     tasks.spawn(async move {

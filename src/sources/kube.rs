@@ -81,12 +81,25 @@ pub struct KubeSource {
     client: Client,
     /// One namespace, or every namespace when `None`.
     namespace: Option<String>,
+    /// When this turns true, the current snapshot is published again (unchanged) so
+    /// reconcile makes a pass: a replica that becomes leader writes its Secrets at once.
+    resync: Option<watch::Receiver<bool>>,
 }
 
 impl KubeSource {
     /// A source watching `namespace`, or all namespaces.
     pub fn new(client: Client, namespace: Option<String>) -> Self {
-        Self { client, namespace }
+        Self {
+            client,
+            namespace,
+            resync: None,
+        }
+    }
+
+    /// The same, publishing the snapshot again each time `trigger` turns true.
+    pub fn resync_on(mut self, trigger: watch::Receiver<bool>) -> Self {
+        self.resync = Some(trigger);
+        self
     }
 
     /// Watches every kind until `shutdown`, publishing a snapshot on `publish` whenever what
@@ -115,10 +128,16 @@ impl KubeSource {
         let mut events = futures::stream::select_all(streams);
         let mut listed: HashMap<Kind, bool> = HashMap::new();
         let mut due: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
+        let mut resync = self.resync;
         loop {
             let deadline = due.map(|(quiet, latest)| quiet.min(latest));
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                Some(now_true) = turned(&mut resync) => {
+                    if now_true && listed.len() == Kind::ALL.len() {
+                        publish.send_modify(|_| {});
+                    }
+                }
                 event = events.next() => match event {
                     Some((kind, Ok(event))) => {
                         if matches!(event, watcher::Event::InitDone) {
@@ -154,6 +173,21 @@ impl KubeSource {
                 }
             }
         }
+    }
+}
+
+/// The new value of `receiver` once it changes; never resolves without one (or once its
+/// sender is gone).
+async fn turned(receiver: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    match receiver {
+        Some(inner) => match inner.changed().await {
+            Ok(()) => Some(*inner.borrow_and_update()),
+            Err(_) => {
+                *receiver = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -772,3 +772,169 @@ mod lease {
         assert!(!*leader.borrow());
     }
 }
+
+/// What the end-to-end mock saw: status patches, Secrets written, anything unexpected.
+#[derive(Debug)]
+enum Seen {
+    Status { path: String, body: Value },
+    Secret { path: String, body: Value },
+    Unexpected(String),
+}
+
+/// A small API server: lists `objects` (plural → items) in namespace `fleet`, keeps watches
+/// open, keeps one Lease, and records status patches and Secrets on `seen`.
+async fn fake_cluster(
+    mut handle: Handle,
+    objects: BTreeMap<&'static str, Vec<Value>>,
+    seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+) {
+    let mut open_watches = Vec::new();
+    let mut lease: Option<Value> = None;
+    let mut version = 1;
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        let params = query(&request);
+        if path.starts_with("/apis/tessera.dev/") && method == http::Method::GET {
+            if params.contains_key("watch") {
+                open_watches.push(send);
+                continue;
+            }
+            let plural = path.rsplit('/').next().unwrap();
+            let items = objects.get(plural).cloned().unwrap_or_default();
+            send.send_response(respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "List",
+                        "metadata": {"resourceVersion": "10"}, "items": items}),
+            ));
+        } else if path.starts_with("/apis/coordination.k8s.io/") {
+            match method {
+                http::Method::GET => match &lease {
+                    Some(current) => send.send_response(respond(StatusCode::OK, current)),
+                    None => send
+                        .send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound"))),
+                },
+                _ => {
+                    let mut body = body_json(request).await;
+                    version += 1;
+                    body["metadata"]["resourceVersion"] = json!(version.to_string());
+                    lease = Some(body.clone());
+                    send.send_response(respond(StatusCode::OK, &body));
+                }
+            }
+        } else if path.ends_with("/status") && method == http::Method::PATCH {
+            let body = body_json(request).await;
+            let name = path.rsplit('/').nth(1).unwrap().to_owned();
+            let mut object = body.clone();
+            object["metadata"] =
+                json!({"name": name, "namespace": "fleet", "uid": format!("uid-{name}")});
+            send.send_response(respond(StatusCode::OK, &object));
+            let _ = seen.send(Seen::Status { path, body });
+        } else if path.starts_with("/apis/events.k8s.io/") {
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::CREATED, &body));
+        } else if path.starts_with("/api/v1/namespaces/fleet/secrets/")
+            && method == http::Method::PATCH
+        {
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::OK, &body));
+            let _ = seen.send(Seen::Secret { path, body });
+        } else {
+            send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound")));
+            let _ = seen.send(Seen::Unexpected(format!("{method} {path}")));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_kube_reconciles_watched_objects_and_writes_back() {
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([
+        (
+            "issuers",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+            "metadata": meta("ca"), "spec": {"selfSigned": {"commonName": "Fleet CA"}}}),
+            ],
+        ),
+        (
+            "certificates",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Certificate",
+            "metadata": meta("web"),
+            "spec": {"issuerRef": {"name": "ca"}, "dnsNames": ["web.example.com"], "secretName": "web-tls"}}),
+            ],
+        ),
+        (
+            "packages",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Package",
+            "metadata": meta("broken"), "spec": {"os": "plan9", "action": {}}}),
+            ],
+        ),
+    ]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(fake_cluster(handle, objects, seen_tx));
+    let state = tempfile::tempdir().unwrap();
+    let running = tessera::cli::start_with(
+        tessera::cli::ServeArgs {
+            config: None,
+            state: Some(state.path().to_path_buf()),
+            admin_address: "127.0.0.1:0".parse().unwrap(),
+            allow_empty: false,
+            kube: tessera::cli::KubeArgs {
+                kube: true,
+                namespace: Some("fleet".into()),
+                lease: "tessera".into(),
+                lease_namespace: Some("fleet".into()),
+                pod_name: Some("tessera-0".into()),
+            },
+        },
+        Some(client),
+    )
+    .await
+    .expect("serve --kube starts");
+
+    let (mut certificate_ready, mut package_stalled, mut secret) = (false, false, None);
+    let wait = async {
+        while !(certificate_ready && package_stalled && secret.is_some()) {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Status { path, body } => {
+                    let condition = |type_: &str| {
+                        body["status"]["conditions"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .find(|c| c["type"] == type_)
+                            .map(|c| c["status"].as_str().unwrap().to_owned())
+                    };
+                    if path.ends_with("/certificates/web/status")
+                        && condition("Ready").as_deref() == Some("True")
+                    {
+                        assert!(body["status"]["notAfter"].is_string(), "{body}");
+                        certificate_ready = true;
+                    }
+                    if path.ends_with("/packages/broken/status") {
+                        assert_eq!(condition("Stalled").as_deref(), Some("True"), "{body}");
+                        package_stalled = true;
+                    }
+                }
+                Seen::Secret { path, body } => {
+                    assert_eq!(path, "/api/v1/namespaces/fleet/secrets/web-tls");
+                    secret = Some(body);
+                }
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+            }
+        }
+    };
+    // A guard against a hang, not a measure: this takes well under a second.
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .expect("statuses and the Secret are written");
+    let secret = secret.unwrap();
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-web");
+    let keys: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    running.stop().await.unwrap();
+}
