@@ -411,7 +411,7 @@ pub fn events(
                 EventType::Normal
             },
             reason: reason.clone(),
-            note: (!message.is_empty()).then(|| truncate(message, 1000)),
+            note: (!message.is_empty()).then(|| truncate(message, 1024)),
             action: "Reconcile".into(),
             secondary: None,
         });
@@ -458,11 +458,17 @@ fn condition(status: &Map<String, Value>, type_: &str) -> Option<(String, String
     Some((text("status"), text("reason"), text("message")))
 }
 
+/// `text` cut to at most `max` bytes, on a character boundary (Event notes are limited
+/// to 1 kB).
 fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+    if text.len() <= max {
+        return text.to_owned();
     }
+    let mut cut = max - '…'.len_utf8();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
 }
 
 /// The owner of a Secret: the Certificate it holds the material of.
@@ -588,6 +594,15 @@ mod tests {
         assert_eq!(read["spec"]["version"], "1.10", "strings stay strings");
         assert!(read.get("status").is_none());
         assert!(read["metadata"].get("managedFields").is_none());
+    }
+
+    #[test]
+    fn event_notes_stay_within_a_kilobyte() {
+        let long = "é".repeat(800);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("short", 1024), "short");
     }
 
     #[test]

@@ -170,6 +170,18 @@ fn the_server_resources_are_valid_tessera_documents() {
     );
 
     let mut values = default_values();
+    values["watchNamespace"] = json!("fleet");
+    let text = render(&read("templates/server.yaml"), &context(values));
+    let parsed = tessera::resources::parse_file("server.yaml", &text);
+    assert!(
+        parsed
+            .objects
+            .iter()
+            .all(|o| o.resource.key().namespace == "fleet"),
+        "the Server resources go where Tessera watches"
+    );
+
+    let mut values = default_values();
     values["server"]["create"] = json!(false);
     let text = render(&read("templates/server.yaml"), &context(values));
     assert!(text.trim().is_empty(), "{text}");
