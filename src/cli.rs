@@ -254,11 +254,16 @@ struct DoctorArgs {
 /// `tessera serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The configuration directory to serve.
-    #[arg(long, env = "TESSERA_CONFIG")]
-    pub config: PathBuf,
+    /// The configuration directory to serve (directory mode).
+    #[arg(
+        long,
+        env = "TESSERA_CONFIG",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    pub config: Option<PathBuf>,
     /// State directory (database, fragments, certificates, status files).
-    /// Default: `<config>/.tessera`.
+    /// Default: `<config>/.tessera`, or `/var/lib/tessera` with `--kube`.
     #[arg(long, env = "TESSERA_STATE")]
     pub state: Option<PathBuf>,
     /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
@@ -269,6 +274,31 @@ pub struct ServeArgs {
     /// empty read (a broken mount, a bad checkout) prunes nothing.
     #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
     pub allow_empty: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// `tessera serve --kube`: the custom resources of a cluster instead of a directory.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeArgs {
+    /// Watch the Tessera custom resources (in-cluster configuration, or the kubeconfig)
+    /// instead of a directory; statuses, Events and Secrets are written back.
+    #[arg(long, env = "TESSERA_KUBE")]
+    pub kube: bool,
+    /// The namespace to watch. Default: every namespace.
+    #[arg(long, env = "TESSERA_NAMESPACE", requires = "kube")]
+    pub namespace: Option<String>,
+    /// The Lease that elects the replica writing statuses and Secrets.
+    #[arg(long, env = "TESSERA_LEASE", default_value = "tessera")]
+    pub lease: String,
+    /// Namespace of the Lease (the chart passes the pod's). Default: `--namespace`, else
+    /// `default`.
+    #[arg(long, env = "TESSERA_POD_NAMESPACE", requires = "kube")]
+    pub lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events (the chart passes the pod's).
+    /// Default: the host name.
+    #[arg(long, env = "TESSERA_POD_NAME", requires = "kube")]
+    pub pod_name: Option<String>,
 }
 
 /// `tessera validate`.
@@ -716,6 +746,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
         clock: reconcile::Clock::system(),
         runtime: None,
+        secrets: None,
         gateway: Some(Arc::new(GatewayRuntime {
             key: key.clone(),
             listen: spec.listen.clone(),
@@ -1227,34 +1258,76 @@ impl Running {
 
 /// Starts everything `tessera serve` runs and returns once the admin API listens.
 pub async fn start(args: ServeArgs) -> Result<Running> {
-    let config = args.config.clone();
-    if !config.is_dir() {
-        bail!("--config {}: not a directory", config.display());
-    }
-    let state_dir = args
-        .state
-        .clone()
-        .unwrap_or_else(|| config.join(".tessera"));
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
-    let source = DirSource::new(&config, vec![state_dir.clone()])?;
-    let (snapshot_tx, snapshot_rx) = watch::channel(source.scan());
-    let (report_tx, report_rx) = watch::channel(Report::default());
+    let client =
+        if args.kube.kube {
+            Some(kube::Client::try_default().await.context(
+                "failed to connect to Kubernetes (in-cluster configuration or kubeconfig)",
+            )?)
+        } else {
+            None
+        };
+    start_with(args, client).await
+}
+
+/// `start`, with the Kubernetes client to use in `--kube` mode (tests hand in a mock).
+pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result<Running> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-
+    let (report_tx, report_rx) = watch::channel(Report::default());
+    let (snapshot_tx, snapshot_rx) = watch::channel(crate::resources::Snapshot::default());
     let listener = admin::bind(args.admin_address).await?;
     let admin_address = listener.local_addr()?;
-    tracing::info!(
-        config = %source.root().display(),
-        state = %state_dir.display(),
-        admin = %format!("http://{admin_address}"),
-        "serving"
-    );
 
-    let config_root = source.root().to_path_buf();
-    let token = shutdown.clone();
-    tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+    let (state_dir, config_root, secrets) = match (&args.config, client) {
+        (Some(config), _) => {
+            if !config.is_dir() {
+                bail!("--config {}: not a directory", config.display());
+            }
+            let state_dir = args
+                .state
+                .clone()
+                .unwrap_or_else(|| config.join(".tessera"));
+            create_state_dir(&state_dir)?;
+            let source = DirSource::new(config, vec![state_dir.clone()])?;
+            snapshot_tx.send_replace(source.scan());
+            tracing::info!(
+                config = %source.root().display(),
+                state = %state_dir.display(),
+                admin = %format!("http://{admin_address}"),
+                "serving"
+            );
+            let config_root = source.root().to_path_buf();
+            let token = shutdown.clone();
+            tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+            (state_dir, config_root, None)
+        }
+        (None, Some(client)) => {
+            let state_dir = args
+                .state
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/tessera"));
+            create_state_dir(&state_dir)?;
+            tracing::info!(
+                namespace = args.kube.namespace.as_deref().unwrap_or("(all)"),
+                state = %state_dir.display(),
+                admin = %format!("http://{admin_address}"),
+                "serving from Kubernetes"
+            );
+            let secrets = start_kube(
+                &args.kube,
+                client,
+                snapshot_tx,
+                report_rx.clone(),
+                &shutdown,
+                &mut tasks,
+            );
+            // Relative file names (package content directories) resolve below the state
+            // directory: in Kubernetes there is no configuration directory.
+            (state_dir.clone(), state_dir, Some(secrets))
+        }
+        (None, None) => bail!("--config or --kube is required"),
+    };
+    let kube_mode = secrets.is_some();
 
     // The agent-facing runtime: state database, channels from reconcile, listeners.
     let db_path = state_dir.join("state.db");
@@ -1319,9 +1392,19 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             metrics: metrics.clone(),
         })),
         gateway: None,
+        secrets,
     };
     let token = shutdown.clone();
     tasks.spawn(async move {
+        let mut snapshot_rx = snapshot_rx;
+        // Kubernetes mode: no pass before every kind was listed once, or the empty
+        // placeholder would look like a configuration emptied on purpose.
+        if kube_mode {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                changed = snapshot_rx.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
         reconcile::run(snapshot_rx, report_tx, reconcile_config, token)
             .await
             .map_err(Into::into)
@@ -1337,6 +1420,170 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+fn create_state_dir(state_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("failed to create state directory {}", state_dir.display()))
+}
+
+/// Starts what `--kube` adds: the watch of the custom resources, leader election, and the
+/// status writer (only while leading). Returns the Secrets reconcile reads and writes.
+fn start_kube(
+    args: &KubeArgs,
+    client: kube::Client,
+    snapshots: watch::Sender<crate::resources::Snapshot>,
+    reports: watch::Receiver<Report>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<Result<()>>,
+) -> Arc<dyn reconcile::secrets::Secrets> {
+    use crate::sources::{kube as kube_source, lease};
+
+    let identity = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("tessera-{}", std::process::id()));
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| crate::resources::DEFAULT_NAMESPACE.to_owned());
+    let lease_name = if args.lease.is_empty() {
+        "tessera"
+    } else {
+        &args.lease
+    };
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let source = kube_source::KubeSource::new(client.clone(), args.namespace.clone())
+        .resync_on(leader_rx.clone());
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        source.run(snapshots, token).await;
+        Ok(())
+    });
+    let lock = lease::LeaseLock::new(client.clone(), &lease_namespace, lease_name, &identity);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        lease::run(lock, leader_tx, token).await;
+        Ok(())
+    });
+
+    let mut writer = kube_source::StatusWriter::new(client.clone(), Some(identity));
+    let mut leader = leader_rx.clone();
+    let mut reports = reports;
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                changed = reports.changed() => if changed.is_err() { return Ok(()) },
+                changed = leader.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    // Another replica may have written while we were not leading.
+                    writer.forget();
+                }
+            }
+            if !*leader.borrow() {
+                continue;
+            }
+            let report = reports.borrow().clone();
+            if report.ready {
+                writer.write(&kube_statuses(&report)).await;
+            }
+        }
+    });
+
+    Arc::new(KubeSecrets {
+        client,
+        runtime: tokio::runtime::Handle::current(),
+        leader: leader_rx,
+        written: std::sync::Mutex::new(std::collections::HashMap::new()),
+    })
+}
+
+/// The status subresource of every object of a report.
+pub fn kube_statuses(report: &Report) -> Vec<crate::sources::kube::ObjectStatus> {
+    report
+        .objects
+        .iter()
+        .filter_map(|object| {
+            Some(crate::sources::kube::ObjectStatus {
+                key: ObjectKey::new(
+                    Kind::from_name(&object.kind)?,
+                    &object.namespace,
+                    &object.name,
+                ),
+                status: reconcile::status::subresource(object),
+            })
+        })
+        .collect()
+}
+
+/// Reconcile's view of Secrets in `--kube` mode. Reads always; writes only while this
+/// replica leads, and only what changed since it last wrote.
+struct KubeSecrets {
+    client: kube::Client,
+    /// Reconcile passes run on blocking threads; the API calls run on this runtime.
+    runtime: tokio::runtime::Handle,
+    leader: watch::Receiver<bool>,
+    /// What was last written to each Secret (a digest of owner and data).
+    written: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
+}
+
+impl std::fmt::Debug for KubeSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeSecrets")
+    }
+}
+
+impl reconcile::secrets::Secrets for KubeSecrets {
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), String> {
+        self.runtime
+            .block_on(crate::sources::kube::read_tls_secret(
+                &self.client,
+                namespace,
+                name,
+            ))
+            .map_err(|e| crate::error_chain(&e))
+    }
+
+    fn write(&self, secret: &reconcile::secrets::TlsSecret) -> Result<(), String> {
+        use sha2::Digest as _;
+        if !*self.leader.borrow() {
+            return Ok(());
+        }
+        let mut digest = sha2::Sha256::new();
+        digest.update(format!("{:?}", secret.owner_uid));
+        for (name, bytes) in &secret.data {
+            digest.update(name.as_bytes());
+            digest.update([0]);
+            digest.update(bytes);
+        }
+        let digest = digest.finalize().to_vec();
+        let slot = (secret.namespace.clone(), secret.name.clone());
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written.get(&slot) == Some(&digest) {
+            return Ok(());
+        }
+        let owner = crate::sources::kube::Owner {
+            kind: Kind::Certificate,
+            name: secret.owner.clone(),
+            uid: secret.owner_uid.clone(),
+        };
+        self.runtime
+            .block_on(crate::sources::kube::apply_tls_secret(
+                &self.client,
+                &secret.namespace,
+                &secret.name,
+                &owner,
+                &secret.data,
+            ))
+            .map_err(|e| crate::error_chain(&e))?;
+        tracing::info!(secret = %format!("{}/{}", secret.namespace, secret.name), certificate = %secret.owner, "wrote Secret");
+        written.insert(slot, digest);
+        Ok(())
+    }
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -13,7 +13,8 @@
 //! - `pki`: CA, issuance, renewal policy (pure), keystores, CRLs, rustls configs that follow
 //!   renewals, and the diagnosis behind `tessera doctor`; imports nothing of the crate.
 //! - `desired`: snapshot → desired state, references, last valid version, pruning guard (pure).
-//! - `sources`: where snapshots come from (`dir`).
+//! - `sources`: where snapshots come from (`dir`, `kube`), and in Kubernetes the way back
+//!   (statuses, Events, Secrets) and leader election (`lease`).
 //! - `store`: state on disk. `server`: the admin API (later the agent-facing server).
 //! - `reconcile`: the loop; issuers and certificates; conditions and status files.
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,

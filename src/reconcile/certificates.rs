@@ -10,7 +10,7 @@
 //!   `ca.crt` (the root), or the Certificate's `outputDirectory`.
 //! - `pki/certificates/<namespace>/<name>.json`: the revision, kept across restarts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec, RotationPolicy};
 use crate::resources::{Certificate, Issuer, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
+use super::secrets::{SECRET_FILES, Secrets, TlsSecret};
+
 /// Default lifetime of a self-signed CA: 10 years.
 const DEFAULT_CA_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(87_600);
 /// Default lifetime of a certificate: 90 days, as cert-manager.
@@ -33,6 +35,9 @@ const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(
 /// First retry after a failed issuance; doubles on each failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
 const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+/// A Secret that could not be written is tried again this soon (the API server may be
+/// restarting, or RBAC being fixed).
+const SECRET_RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
 /// Default overlap of a CA rollover: a month for clients to learn the new CA.
 const DEFAULT_ROLLOVER_OVERLAP: jiff::SignedDuration = jiff::SignedDuration::from_hours(720);
 
@@ -204,6 +209,8 @@ pub struct Certificates {
     environment: Environment,
     authorities: HashMap<ObjectKey, Arc<Authority>>,
     failures: HashMap<ObjectKey, Failure>,
+    /// Kubernetes mode: CA key pairs read from, and certificates also written to, Secrets.
+    secrets: Option<Arc<dyn Secrets>>,
 }
 
 /// The last failed issuance of a certificate.
@@ -227,7 +234,14 @@ impl Certificates {
             environment,
             authorities: HashMap::new(),
             failures: HashMap::new(),
+            secrets: None,
         }
+    }
+
+    /// The same, reading and writing Secrets through `secrets` (Kubernetes mode).
+    pub fn with_secrets(mut self, secrets: Option<Arc<dyn Secrets>>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Converges every Issuer and Certificate of `desired`. Returns an outcome per object and
@@ -291,6 +305,22 @@ impl Certificates {
                 && let Some(next) = self.publish_crl(key, desired, outcome, now)
             {
                 due(next);
+            }
+        }
+        if let Some(secrets) = &self.secrets {
+            for (key, outcome) in outcomes.iter_mut() {
+                if key.kind == Kind::Certificate
+                    && outcome.ready
+                    && let Some(Resource::Certificate(certificate)) =
+                        desired.entries.get(key).and_then(|e| e.resource())
+                    && let Err(message) =
+                        self.write_secret(secrets.as_ref(), key, certificate, desired)
+                {
+                    outcome.ready = false;
+                    outcome.reason = "SecretWriteFailed";
+                    outcome.message = message;
+                    due(now + SECRET_RETRY);
+                }
             }
         }
         if !desired.held_back {
@@ -361,23 +391,33 @@ impl Certificates {
                     let base = super::declaring_dir(&self.config_dir, desired, key);
                     self.authorities.remove(key);
                     return self.trust_only(key, &base, cert_file, ca.crl_file.as_deref(), now);
-                } else if let (Some(cert_file), Some(key_file)) = (&ca.cert_file, &ca.key_file) {
-                    let base = super::declaring_dir(&self.config_dir, desired, key);
-                    let read = |name: &str| {
-                        let path = base.join(name);
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| format!("failed to read {}: {e}", path.display()))
+                } else {
+                    let supplied = if let (Some(cert_file), Some(key_file)) =
+                        (&ca.cert_file, &ca.key_file)
+                    {
+                        let base = super::declaring_dir(&self.config_dir, desired, key);
+                        let read = |name: &str| {
+                            let path = base.join(name);
+                            std::fs::read_to_string(&path)
+                                .map_err(|e| format!("failed to read {}: {e}", path.display()))
+                        };
+                        read(cert_file).and_then(|chain| read(key_file).map(|k| (chain, k)))
+                    } else if let (Some(secret), Some(secrets)) = (&ca.secret_name, &self.secrets) {
+                        secrets.read_key_pair(&key.namespace, secret)
+                    } else {
+                        return not_ready(
+                            "SecretsNeedKubernetes",
+                            "secretName is read in Kubernetes mode; in directory mode use certFile and keyFile".into(),
+                        );
                     };
                     let overlap = issuer
                         .spec
                         .rollover_overlap
                         .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()));
-                    read(cert_file)
-                        .and_then(|chain| {
-                            read(key_file).map(|key_pem| CaSource::Supplied {
-                                chain,
-                                key: key_pem,
-                            })
+                    supplied
+                        .map(|(chain, key_pem)| CaSource::Supplied {
+                            chain,
+                            key: key_pem,
                         })
                         .and_then(|source| {
                             // Checked before it is kept: a bad pair must not replace a good one.
@@ -395,11 +435,6 @@ impl Certificates {
                             rollover = state;
                             authority
                         })
-                } else {
-                    return not_ready(
-                        "SecretsNeedKubernetes",
-                        "secretName is read in Kubernetes mode; in directory mode use certFile and keyFile".into(),
-                    );
                 }
             }
             (None, None) => return not_ready("InvalidSpec", "no issuer type".into()),
@@ -1224,6 +1259,40 @@ impl Certificates {
             }
         }
         outcome
+    }
+
+    /// Copies a ready certificate's files into its Secret (`secretName`, default the
+    /// certificate's name).
+    fn write_secret(
+        &self,
+        secrets: &dyn Secrets,
+        key: &ObjectKey,
+        certificate: &Certificate,
+        desired: &DesiredState,
+    ) -> Result<(), String> {
+        let dir = self.output_dir(key, desired);
+        let mut data = BTreeMap::new();
+        for name in SECRET_FILES {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => {
+                    data.insert(name.to_owned(), bytes);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("failed to read {}: {e}", dir.join(name).display())),
+            }
+        }
+        let secret = TlsSecret {
+            namespace: key.namespace.clone(),
+            name: certificate
+                .spec
+                .secret_name
+                .clone()
+                .unwrap_or_else(|| key.name.clone()),
+            owner: key.name.clone(),
+            owner_uid: certificate.metadata.uid.clone(),
+            data,
+        };
+        secrets.write(&secret)
     }
 
     /// Where a certificate's files go.

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod fragments;
 pub mod gateway;
 pub mod routes;
+pub mod secrets;
 pub mod status;
 
 use std::collections::HashMap;
@@ -47,6 +48,10 @@ pub struct Config {
     pub runtime: Option<Arc<routes::Runtime>>,
     /// The gateway to publish relay settings to, in `tessera gateway`.
     pub gateway: Option<Arc<gateway::GatewayRuntime>>,
+    /// Kubernetes mode: where Issuers of type `ca` read `secretName` and where Certificates
+    /// are also written, as `kubernetes.io/tls` Secrets. The state directory stays the
+    /// source of truth either way.
+    pub secrets: Option<Arc<dyn secrets::Secrets>>,
 }
 
 /// The time source of the reconcile loop.
@@ -184,7 +189,8 @@ impl Reconciler {
                 config.state_dir.clone(),
                 config.config_dir.clone(),
                 config.environment.clone(),
-            ),
+            )
+            .with_secrets(config.secrets.clone()),
             config,
             publisher: routes::Publisher::default(),
             gateway: gateway::GatewayPublisher::default(),
@@ -371,7 +377,7 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
     // Waiting on a retry or on another object is progress, not a dead end.
     let progressing = matches!(
         reason,
-        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed"
+        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed" | "SecretWriteFailed"
     );
     let stalled = !ready && !progressing;
     let mut found = vec![

@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
-use crate::server::admin::Report;
+use crate::server::admin::{ObjectReport, Report};
 use crate::store::atomic::{self, Access, WriteError};
 
 /// Errors writing status files.
@@ -65,6 +65,18 @@ pub fn write(state_dir: &Path, report: &Report) -> Result<(), StatusError> {
     written.insert(problems);
     remove_others(&root, &written);
     Ok(())
+}
+
+/// The `status` subresource of `object` as Kubernetes stores it: the kind's facts,
+/// `observedGeneration` (left out while no version is in effect) and the conditions.
+pub fn subresource(object: &ObjectReport) -> Map<String, Value> {
+    let mut status = object.details.clone();
+    status.retain(|_, value| !value.is_null());
+    if let Some(generation) = object.observed_generation {
+        status.insert("observedGeneration".into(), json!(generation));
+    }
+    status.insert("conditions".into(), json!(object.conditions));
+    status
 }
 
 /// Removes status files not written in this pass, and directories left empty.

@@ -140,8 +140,8 @@ struct HeaderMetadata {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
     generation: Option<i64>,
-    #[allow(dead_code)]
-    uid: Option<IgnoredAny>,
+    /// Kept: a Kubernetes object's uid names it in the ownerReferences of its Secrets.
+    uid: Option<String>,
     #[allow(dead_code)]
     resource_version: Option<IgnoredAny>,
     #[allow(dead_code)]
@@ -240,6 +240,7 @@ fn parse_document(file: &str, document: &RawDocument<'_>) -> Result<SourcedObjec
         labels: (!metadata.labels.is_empty()).then_some(metadata.labels),
         annotations: (!metadata.annotations.is_empty()).then_some(metadata.annotations),
         generation: metadata.generation,
+        uid: metadata.uid,
         ..ObjectMeta::default()
     };
     let resource = read_resource(kind, meta, document)

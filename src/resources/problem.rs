@@ -52,6 +52,17 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A Kubernetes object is its own "file" (`Kind/namespace/name`): named once, and
+        // without the line, which would count lines of Tessera's rendering of the object.
+        if let (Some(file), Some(object)) = (&self.file, &self.object)
+            && *file == format!("{}/{}/{}", object.kind, object.namespace, object.name)
+        {
+            write!(f, "{file}: ")?;
+            if let Some(field) = &self.field {
+                write!(f, "{field}: ")?;
+            }
+            return f.write_str(&self.message);
+        }
         match (&self.file, self.line) {
             (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
             (Some(file), None) => write!(f, "{file}: ")?,
@@ -64,5 +75,31 @@ impl fmt::Display for Problem {
             write!(f, "{field}: ")?;
         }
         f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Kind;
+
+    #[test]
+    fn a_kubernetes_object_is_named_once_without_a_line() {
+        let mut problem = Problem {
+            file: Some("Package/fleet/hello".into()),
+            line: Some(7),
+            object: Some(ObjectKey::new(Kind::Package, "fleet", "hello")),
+            field: Some("spec.os".into()),
+            message: "unknown variant".into(),
+        };
+        assert_eq!(
+            problem.to_string(),
+            "Package/fleet/hello: spec.os: unknown variant"
+        );
+        problem.file = Some("packages.yaml".into());
+        assert_eq!(
+            problem.to_string(),
+            "packages.yaml:7: Package/fleet/hello: spec.os: unknown variant"
+        );
     }
 }

@@ -1,4 +1,11 @@
 //! Sources of configuration. Each reads every document and publishes a whole
 //! `resources::Snapshot` on a `tokio::sync::watch` channel; `desired` takes it from there.
+//!
+//! - `dir`: a directory of YAML files.
+//! - `kube`: the Tessera custom resources of a cluster, and the way back (statuses, Events,
+//!   Secrets).
+//! - `lease`: leader election on a Lease, for `serve --kube` with several replicas.
 
 pub mod dir;
+pub mod kube;
+pub mod lease;

@@ -68,6 +68,7 @@ impl Setup {
             clock: Default::default(),
             runtime: None,
             gateway: None,
+            secrets: None,
         })
     }
 
@@ -855,6 +856,7 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
         clock,
         runtime: None,
         gateway: None,
+        secrets: None,
     };
     let task = tokio::spawn(reconcile::run(
         snapshots,

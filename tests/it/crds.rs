@@ -186,3 +186,31 @@ fn the_structural_check_refuses_what_kubernetes_refuses() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_chart_installs_the_same_crds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let list = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let top = list(&root.join("crds"));
+    let chart = list(&root.join("charts/tessera/crds"));
+    assert_eq!(
+        chart, top,
+        "charts/tessera/crds must hold the same files as crds/: cp crds/*.yaml charts/tessera/crds/"
+    );
+    for name in &top {
+        let a = std::fs::read(root.join("crds").join(name)).unwrap();
+        let b = std::fs::read(root.join("charts/tessera/crds").join(name)).unwrap();
+        assert!(
+            a == b,
+            "charts/tessera/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/tessera/crds/"
+        );
+    }
+}

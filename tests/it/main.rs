@@ -2,6 +2,7 @@
 
 mod agent;
 mod certificates;
+mod chart;
 mod crash;
 mod crds;
 mod doctor;
@@ -9,6 +10,7 @@ mod enroll;
 mod examples;
 mod export;
 mod gateway;
+mod kube;
 mod ocs;
 mod ocs_agent;
 mod packages;

@@ -67,6 +67,7 @@ fn pass(config: &Path, state: &Path) -> Report {
         clock: Default::default(),
         runtime: None,
         gateway: None,
+        secrets: None,
     });
     let snapshot = DirSource::new(config, vec![]).unwrap().scan();
     reconciler

@@ -266,6 +266,7 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         clock: Default::default(),
         runtime: None,
         gateway: None,
+        secrets: None,
     });
     let snapshot = tessera::sources::dir::DirSource::new(config.path(), vec![])
         .unwrap()

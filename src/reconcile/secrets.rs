@@ -1,0 +1,41 @@
+//! Where certificate material goes besides the state directory: Kubernetes Secrets, in
+//! `serve --kube`. Reconcile only sees this trait; `cli` hands in an implementation that
+//! talks to the API server (and writes only while this replica leads), tests their own.
+//!
+//! The calls are synchronous because a reconcile pass runs on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Reads CA key pairs from Secrets and writes Certificates into them.
+pub trait Secrets: Send + Sync + fmt::Debug {
+    /// The (`tls.crt`, `tls.key`) PEM of a `kubernetes.io/tls` Secret, or why not.
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), String>;
+
+    /// Writes `secret`; a no-op when the same content was already written.
+    fn write(&self, secret: &TlsSecret) -> Result<(), String>;
+}
+
+/// A `kubernetes.io/tls` Secret holding a Certificate's material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSecret {
+    pub namespace: String,
+    pub name: String,
+    /// The Certificate it belongs to.
+    pub owner: String,
+    /// The Certificate's uid, for the ownerReference (none in directory mode).
+    pub owner_uid: Option<String>,
+    /// `tls.crt`, `tls.key`, `ca.crt`, and the keystores written (`keystore.p12`,
+    /// `keystore.jks`, `truststore.jks`).
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+/// The files of a certificate's output directory that go into its Secret.
+pub const SECRET_FILES: [&str; 6] = [
+    "tls.crt",
+    "tls.key",
+    "ca.crt",
+    "keystore.p12",
+    "keystore.jks",
+    "truststore.jks",
+];

@@ -1,0 +1,941 @@
+//! `serve --kube` against a mocked API server (`tower_test::mock::pair` into
+//! `kube::Client::new`): the watch feeding a snapshot, statuses by server-side apply, Events,
+//! Secrets, and reconcile reading and writing Secrets. No cluster runs here; the last test
+//! needs one and is ignored.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::{Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Map, Value, json};
+use tessera::desired::{self, Served};
+use tessera::reconcile::certificates::Environment;
+use tessera::reconcile::secrets::{Secrets, TlsSecret};
+use tessera::reconcile::{Config, Reconciler};
+use tessera::resources::{Kind, ObjectKey, Snapshot};
+use tessera::sources::kube::{self as source, KubeSource, ObjectStatus, Owner, StatusWriter};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// A client whose every request comes out of the returned handle.
+pub fn mock_client() -> (Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+/// A JSON response.
+pub fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+/// The request's body as JSON.
+pub async fn body_json(request: Request<Body>) -> Value {
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The query parameters of a request.
+pub fn query(request: &Request<Body>) -> BTreeMap<String, String> {
+    request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// A Kubernetes `Status` error body.
+pub fn api_error(code: u16, reason: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "message": reason, "reason": reason, "code": code,
+    })
+}
+
+const PACKAGE_SPEC: &str = r#"{"os": "linux", "priority": 5, "content": {"url": "https://mirror.example.com/hello.tar.gz", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}, "action": {"execute": {"command": "true"}}}"#;
+
+fn package(name: &str, spec: Value, generation: i64) -> Value {
+    json!({
+        "apiVersion": "tessera.dev/v1alpha1",
+        "kind": "Package",
+        "metadata": {
+            "name": name, "namespace": "fleet", "generation": generation,
+            "uid": format!("uid-{name}"), "resourceVersion": "10",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+        },
+        "spec": spec,
+        "status": {"observedGeneration": 1},
+    })
+}
+
+/// Answers the list of each kind (Packages get `packages`, other kinds nothing) and keeps
+/// the watches that follow open, without events.
+async fn api_server(mut handle: Handle, packages: Vec<Value>) {
+    let mut open_watches = Vec::new();
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let params = query(&request);
+        assert_eq!(request.method(), http::Method::GET, "{path}");
+        assert!(
+            path.starts_with("/apis/tessera.dev/v1alpha1/namespaces/fleet/"),
+            "watches only the namespace asked for: {path}"
+        );
+        if params.get("watch").map(String::as_str) == Some("true") {
+            open_watches.push(send);
+            continue;
+        }
+        let plural = path.rsplit('/').next().unwrap().to_owned();
+        let items = if plural == "packages" {
+            packages.clone()
+        } else {
+            Vec::new()
+        };
+        send.send_response(respond(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": "tessera.dev/v1alpha1", "kind": "List",
+                "metadata": {"resourceVersion": "10"},
+                "items": items,
+            }),
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn watched_objects_feed_a_snapshot_and_a_malformed_one_is_stalled_alone() {
+    let (client, handle) = mock_client();
+    let good = package("hello", serde_json::from_str(PACKAGE_SPEC).unwrap(), 3);
+    let mut broken_spec: Value = serde_json::from_str(PACKAGE_SPEC).unwrap();
+    broken_spec["priority"] = json!("urgent");
+    broken_spec["colour"] = json!("blue");
+    let broken = package("broken", broken_spec, 2);
+    tokio::spawn(api_server(handle, vec![good, broken]));
+
+    let (publish, mut snapshots) = watch::channel(Snapshot::default());
+    let shutdown = CancellationToken::new();
+    let source = KubeSource::new(client, Some("fleet".into()));
+    let running = tokio::spawn(source.run(publish, shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(30), snapshots.changed())
+        .await
+        .expect("a snapshot once every kind is listed")
+        .unwrap();
+    let snapshot = snapshots.borrow_and_update().clone();
+
+    let paths: Vec<&str> = snapshot.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["Package/fleet/broken", "Package/fleet/hello"]);
+    let hello = &snapshot.files[1].text;
+    assert!(
+        !hello.contains("last-applied"),
+        "kubectl's annotation is dropped:\n{hello}"
+    );
+    assert!(
+        !hello.contains("status"),
+        "status is output, not input:\n{hello}"
+    );
+
+    let state = desired::evaluate(&snapshot, None, desired::Options::default());
+    let good = &state.entries[&ObjectKey::new(Kind::Package, "fleet", "hello")];
+    assert!(
+        matches!(good.served, Served::Current(_)),
+        "{:?}",
+        good.problems
+    );
+    assert_eq!(
+        good.observed_generation(),
+        Some(3),
+        "the object's own generation"
+    );
+    let resource = good.resource().unwrap();
+    assert_eq!(resource.metadata().uid.as_deref(), Some("uid-hello"));
+
+    let broken = &state.entries[&ObjectKey::new(Kind::Package, "fleet", "broken")];
+    assert!(matches!(broken.served, Served::Nothing));
+    let problem = broken.problems.first().expect("a problem");
+    assert_eq!(problem.file.as_deref(), Some("Package/fleet/broken"));
+    let conditions = tessera::reconcile::conditions(broken, None);
+    let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "InvalidSpec");
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_errors_are_retried_not_fatal() {
+    let (client, mut handle) = mock_client();
+    let (publish, mut snapshots) = watch::channel(Snapshot::default());
+    let shutdown = CancellationToken::new();
+    let running =
+        tokio::spawn(KubeSource::new(client, Some("fleet".into())).run(publish, shutdown.clone()));
+    // Every kind's first list is refused (RBAC not there yet); the retries succeed.
+    let mut refused = std::collections::HashSet::new();
+    let mut open_watches = Vec::new();
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => { changed.unwrap(); break; }
+            next = handle.next_request() => {
+                let (request, send) = next.unwrap();
+                let path = request.uri().path().to_owned();
+                if query(&request).contains_key("watch") {
+                    open_watches.push(send);
+                } else if refused.insert(path) {
+                    send.send_response(respond(StatusCode::FORBIDDEN, &api_error(403, "Forbidden")));
+                } else {
+                    send.send_response(respond(StatusCode::OK, &json!({
+                        "apiVersion": "v1", "kind": "List",
+                        "metadata": {"resourceVersion": "1"}, "items": [],
+                    })));
+                }
+            }
+        }
+    }
+    assert_eq!(refused.len(), 7, "each kind was refused once, then retried");
+    assert!(snapshots.borrow().files.is_empty());
+    assert!(!running.is_finished(), "the source keeps running");
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+fn ready_status(generation: i64, ready: &str, reason: &str) -> Map<String, Value> {
+    let mut status = Map::new();
+    status.insert("observedGeneration".into(), json!(generation));
+    status.insert("packageId".into(), json!("1700000000"));
+    status.insert("fragments".into(), json!(3));
+    status.insert(
+        "conditions".into(),
+        json!([{
+            "type": "Ready", "status": ready, "reason": reason,
+            "message": "built", "lastTransitionTime": "2026-11-23T00:00:00Z",
+        }, {
+            "type": "Stalled", "status": "False", "reason": "Accepted",
+            "message": "", "lastTransitionTime": "2026-11-23T00:00:00Z",
+        }]),
+    );
+    status
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_are_applied_server_side_once_and_changes_make_events() {
+    let (client, mut handle) = mock_client();
+    let key = ObjectKey::new(Kind::Package, "fleet", "hello");
+    let statuses = vec![ObjectStatus {
+        key: key.clone(),
+        status: ready_status(3, "True", "Accepted"),
+    }];
+    let mut writer = StatusWriter::new(client, Some("tessera-0".into()));
+    let server = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), http::Method::PATCH);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/tessera.dev/v1alpha1/namespaces/fleet/packages/hello/status"
+        );
+        let params = query(&request);
+        assert_eq!(
+            params.get("fieldManager").map(String::as_str),
+            Some("tessera")
+        );
+        assert_eq!(params.get("force").map(String::as_str), Some("true"));
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let body = body_json(request).await;
+        assert_eq!(body["apiVersion"], "tessera.dev/v1alpha1");
+        assert_eq!(body["kind"], "Package");
+        assert_eq!(body["status"]["observedGeneration"], 3);
+        assert_eq!(body["status"]["packageId"], "1700000000");
+        assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
+        assert!(body.get("spec").is_none(), "status only");
+        let mut object = package("hello", serde_json::from_str(PACKAGE_SPEC).unwrap(), 3);
+        object["status"] = body["status"].clone();
+        send.send_response(respond(StatusCode::OK, &object));
+
+        // Then the Events: Ready became True (reason Built), and the package was built.
+        let mut reasons = Vec::new();
+        for _ in 0..2 {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/fleet/events"
+            );
+            let event = body_json(request).await;
+            assert_eq!(event["regarding"]["uid"], "uid-hello");
+            assert_eq!(event["regarding"]["kind"], "Package");
+            assert_eq!(event["reportingController"], "tessera");
+            assert_eq!(event["reportingInstance"], "tessera-0");
+            reasons.push(event["reason"].as_str().unwrap().to_owned());
+            send.send_response(respond(StatusCode::CREATED, &event));
+        }
+        reasons.sort();
+        assert_eq!(reasons, ["Accepted", "Built"].map(str::to_owned));
+        handle
+    });
+    assert_eq!(writer.write(&statuses).await, 1);
+    let _handle = server.await.unwrap();
+    // The same status again: nothing is sent. Were a request sent, the mock would leave it
+    // unanswered and the (paused, so instant) timeout would fire.
+    let again = tokio::time::timeout(Duration::from_secs(60), writer.write(&statuses)).await;
+    assert_eq!(
+        again.ok(),
+        Some(0),
+        "an unchanged status is not patched again"
+    );
+}
+
+#[test]
+fn events_name_what_changed() {
+    let before = ready_status(3, "True", "Built");
+    let mut after = ready_status(4, "False", "InvalidSpec");
+    after["conditions"][1]["status"] = json!("True");
+    let events = source::events(Kind::Package, Some(&before), &after);
+    assert_eq!(events.len(), 1, "the package id did not change");
+    assert_eq!(events[0].reason, "InvalidSpec");
+    assert_eq!(events[0].type_, kube::runtime::events::EventType::Warning);
+    assert!(source::events(Kind::Package, Some(&before), &before).is_empty());
+
+    let mut certificate = Map::new();
+    certificate.insert("revision".into(), json!(2));
+    certificate.insert("notAfter".into(), json!("2027-01-01T00:00:00Z"));
+    let mut renewed = certificate.clone();
+    renewed.insert("revision".into(), json!(3));
+    let events = source::events(Kind::Certificate, Some(&certificate), &renewed);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason, "Renewed");
+}
+
+#[tokio::test]
+async fn a_tls_secret_is_applied_with_its_keys_and_owner() {
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), http::Method::PATCH);
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/fleet/secrets/web-tls"
+        );
+        let params = query(&request);
+        assert_eq!(
+            params.get("fieldManager").map(String::as_str),
+            Some("tessera")
+        );
+        assert_eq!(params.get("force").map(String::as_str), Some("true"));
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let body = body_json(request).await;
+        send.send_response(respond(StatusCode::OK, &body));
+        body
+    });
+    let data = BTreeMap::from([
+        ("tls.crt".to_owned(), b"CERT".to_vec()),
+        ("tls.key".to_owned(), b"KEY".to_vec()),
+        ("ca.crt".to_owned(), b"CA".to_vec()),
+    ]);
+    let owner = Owner {
+        kind: Kind::Certificate,
+        name: "web".into(),
+        uid: Some("uid-web".into()),
+    };
+    source::apply_tls_secret(&client, "fleet", "web-tls", &owner, &data)
+        .await
+        .unwrap();
+    let body = server.await.unwrap();
+    assert_eq!(body["type"], "kubernetes.io/tls");
+    let decoded = |key: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(body["data"][key].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(decoded("tls.crt"), b"CERT");
+    assert_eq!(decoded("tls.key"), b"KEY");
+    assert_eq!(decoded("ca.crt"), b"CA");
+    let reference = &body["metadata"]["ownerReferences"][0];
+    assert_eq!(reference["apiVersion"], "tessera.dev/v1alpha1");
+    assert_eq!(reference["kind"], "Certificate");
+    assert_eq!(reference["name"], "web");
+    assert_eq!(reference["uid"], "uid-web");
+    assert_eq!(reference["controller"], true);
+}
+
+#[tokio::test]
+async fn a_ca_key_pair_is_read_from_a_tls_secret() {
+    let (client, mut handle) = mock_client();
+    tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/fleet/secrets/root"
+        );
+        let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        send.send_response(respond(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "root", "namespace": "fleet"},
+                "data": {"tls.crt": encode("CERT"), "tls.key": encode("KEY")},
+            }),
+        ));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound")));
+    });
+    let pair = source::read_tls_secret(&client, "fleet", "root")
+        .await
+        .unwrap();
+    assert_eq!(pair, ("CERT".to_owned(), "KEY".to_owned()));
+    let missing = source::read_tls_secret(&client, "fleet", "gone")
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+}
+
+/// Secrets kept in memory: what reconcile wrote, and CA pairs to read.
+#[derive(Debug, Default)]
+struct MemorySecrets {
+    stored: Mutex<BTreeMap<(String, String), TlsSecret>>,
+}
+
+impl Secrets for MemorySecrets {
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), String> {
+        let stored = self.stored.lock().unwrap();
+        let secret = stored
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
+        let text = |key: &str| String::from_utf8(secret.data[key].clone()).unwrap();
+        Ok((text("tls.crt"), text("tls.key")))
+    }
+
+    fn write(&self, secret: &TlsSecret) -> Result<(), String> {
+        self.stored.lock().unwrap().insert(
+            (secret.namespace.clone(), secret.name.clone()),
+            secret.clone(),
+        );
+        Ok(())
+    }
+}
+
+fn kube_snapshot(documents: &[(&str, &str)]) -> Snapshot {
+    Snapshot {
+        revision: "1".into(),
+        files: documents
+            .iter()
+            .map(|(path, text)| tessera::resources::SourceFile {
+                path: (*path).to_owned(),
+                text: (*text).to_owned(),
+            })
+            .collect(),
+        problems: Vec::new(),
+    }
+}
+
+#[test]
+fn reconcile_writes_certificates_to_secrets_and_reads_ca_issuers_from_them() {
+    let state = tempfile::tempdir().unwrap();
+    let secrets = Arc::new(MemorySecrets::default());
+    let mut reconciler = Reconciler::new(Config {
+        state_dir: state.path().to_path_buf(),
+        config_dir: state.path().to_path_buf(),
+        options: desired::Options::default(),
+        environment: Environment::default(),
+        clock: Default::default(),
+        runtime: None,
+        secrets: Some(secrets.clone()),
+        gateway: None,
+    });
+    let root = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: root\n  namespace: fleet\nspec:\n  selfSigned: {}\n";
+    let ca = "apiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: intermediate\n  namespace: fleet\n  uid: uid-intermediate\nspec:\n  issuerRef:\n    name: root\n  commonName: Intermediate\n  isCA: true\n  secretName: intermediate-tls\n";
+    let from_secret = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: from-secret\n  namespace: fleet\nspec:\n  ca:\n    secretName: intermediate-tls\n";
+    let web = "apiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: web\n  namespace: fleet\n  uid: uid-web\nspec:\n  issuerRef:\n    name: from-secret\n  dnsNames: [web.example.com]\n";
+    let snapshot = kube_snapshot(&[
+        ("Issuer/fleet/root", root),
+        ("Certificate/fleet/intermediate", ca),
+        ("Issuer/fleet/from-secret", from_secret),
+        ("Certificate/fleet/web", web),
+    ]);
+    let now = jiff::Timestamp::now();
+    // The first pass writes the intermediate's Secret; the Issuer reading it follows.
+    let mut report = reconciler.pass(&snapshot, now).unwrap().report;
+    for _ in 0..2 {
+        report = reconciler.pass(&snapshot, now).unwrap().report;
+    }
+    let ready = |name: &str| {
+        report
+            .objects
+            .iter()
+            .find(|o| o.name == name)
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.message.clone()))
+            .unwrap()
+    };
+    assert_eq!(ready("from-secret").0, "True", "{:?}", ready("from-secret"));
+    assert_eq!(ready("web").0, "True", "{:?}", ready("web"));
+
+    let stored = secrets.stored.lock().unwrap();
+    let web = &stored[&("fleet".to_owned(), "web".to_owned())];
+    assert_eq!(web.owner, "web");
+    assert_eq!(web.owner_uid.as_deref(), Some("uid-web"));
+    let keys: Vec<&str> = web.data.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    assert!(String::from_utf8_lossy(&web.data["tls.key"]).contains("PRIVATE KEY"));
+    // The leaf is signed by the CA that the Secret holds.
+    let intermediate = &stored[&("fleet".to_owned(), "intermediate-tls".to_owned())];
+    let leaf = x509_parser::pem::parse_x509_pem(&web.data["tls.crt"])
+        .unwrap()
+        .1;
+    let leaf = leaf.parse_x509().unwrap();
+    let issuer = x509_parser::pem::parse_x509_pem(&intermediate.data["tls.crt"])
+        .unwrap()
+        .1;
+    let issuer = issuer.parse_x509().unwrap();
+    assert_eq!(leaf.issuer().to_string(), issuer.subject().to_string());
+    assert_eq!(issuer.subject().to_string(), "CN=Intermediate");
+}
+
+/// Against a real cluster. Run with a kubeconfig pointing at a disposable cluster (kind,
+/// k3d, minikube):
+///
+/// ```text
+/// cargo run -- crds | kubectl apply -f -
+/// kubectl create namespace tessera-test
+/// kubectl -n tessera-test apply -f examples/quickstart/pki.yaml
+/// cargo test --test it kube::against_a_real_cluster -- --ignored
+/// ```
+///
+/// It starts the source on namespace `tessera-test`, waits for the quickstart's Issuer and
+/// Certificate in a snapshot, then applies a status to the Issuer and reads it back.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the CRDs installed (see the comment)"]
+async fn against_a_real_cluster() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await.expect("a kubeconfig");
+    let (publish, mut snapshots) = watch::channel(Snapshot::default());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        KubeSource::new(client.clone(), Some("tessera-test".into())).run(publish, shutdown.clone()),
+    );
+    tokio::time::timeout(Duration::from_secs(30), snapshots.changed())
+        .await
+        .expect("a snapshot")
+        .unwrap();
+    let paths: Vec<String> = snapshots
+        .borrow()
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .collect();
+    assert!(
+        paths.contains(&"Issuer/tessera-test/quickstart-ca".to_owned()),
+        "{paths:?}"
+    );
+    let key = ObjectKey::new(Kind::Issuer, "tessera-test", "quickstart-ca");
+    let mut writer = StatusWriter::new(client.clone(), None);
+    let status = ready_status(1, "True", "KeyPairVerified");
+    assert_eq!(writer.write(&[ObjectStatus { key, status }]).await, 1);
+    let api: kube::Api<tessera::resources::Issuer> = kube::Api::namespaced(client, "tessera-test");
+    let issuer = api.get_status("quickstart-ca").await.unwrap();
+    assert_eq!(issuer.status.unwrap().common.observed_generation, Some(1));
+    shutdown.cancel();
+}
+
+mod lease {
+    //! Leader election: the Lease calls, against the mocked API server.
+
+    use super::*;
+    use tessera::sources::lease::{LeaseLock, run};
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/tessera/leases/tessera";
+
+    fn lease(holder: Option<&str>, renewed: &str, transitions: i32) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "tessera", "namespace": "tessera", "resourceVersion": "7"},
+            "spec": {
+                "holderIdentity": holder, "leaseDurationSeconds": 15,
+                "acquireTime": "2026-11-23T00:00:00.000000Z", "renewTime": renewed,
+                "leaseTransitions": transitions,
+            },
+        })
+    }
+
+    fn lock(client: Client) -> LeaseLock {
+        LeaseLock::new(client, "tessera", "tessera", "tessera-0")
+    }
+
+    fn now() -> jiff::Timestamp {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    /// Answers a GET of the Lease with `current` (404 when None).
+    async fn answer_get(handle: &mut Handle, current: Option<Value>) {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), http::Method::GET);
+        assert_eq!(request.uri().path(), PATH);
+        match current {
+            Some(lease) => send.send_response(respond(StatusCode::OK, &lease)),
+            None => send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound"))),
+        }
+    }
+
+    /// Takes the next write, checks its method, answers `status` with its own body.
+    async fn answer_write(handle: &mut Handle, method: http::Method, status: StatusCode) -> Value {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), method);
+        let body = body_json(request).await;
+        if status.is_success() {
+            send.send_response(respond(status, &body));
+        } else {
+            send.send_response(respond(status, &api_error(status.as_u16(), "Conflict")));
+        }
+        body
+    }
+
+    /// No request follows: call once the client is dropped, so the channel ends after
+    /// whatever was sent.
+    async fn assert_quiet(handle: &mut Handle) {
+        assert!(handle.next_request().await.is_none(), "no further request");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_lease_is_created_with_our_identity() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            answer_get(&mut handle, None).await;
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/coordination.k8s.io/v1/namespaces/tessera/leases"
+            );
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::CREATED, &body));
+            body
+        });
+        assert!(lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let body = server.await.unwrap();
+        assert_eq!(body["metadata"]["name"], "tessera");
+        assert_eq!(body["spec"]["holderIdentity"], "tessera-0");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(body["spec"]["leaseTransitions"], 0);
+        assert!(
+            body["spec"]["renewTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T12:00:00")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn our_lease_is_renewed_with_its_resource_version() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            answer_get(
+                &mut handle,
+                Some(lease(Some("tessera-0"), "2026-11-23T11:59:58.000000Z", 2)),
+            )
+            .await;
+            let body = answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await;
+            (body, handle)
+        });
+        assert!(lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let (body, _handle) = server.await.unwrap();
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "optimistic concurrency"
+        );
+        assert_eq!(body["spec"]["holderIdentity"], "tessera-0");
+        assert_eq!(
+            body["spec"]["leaseTransitions"], 2,
+            "a renewal is no transition"
+        );
+        assert!(
+            body["spec"]["acquireTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T00:00:00")
+        );
+        assert!(
+            body["spec"]["renewTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T12:00:00")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_is_taken_over() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            // Renewed 16 s ago with a 15 s duration: expired.
+            answer_get(
+                &mut handle,
+                Some(lease(Some("tessera-1"), "2026-11-23T11:59:44.000000Z", 4)),
+            )
+            .await;
+            answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await
+        });
+        assert!(lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let body = server.await.unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert_eq!(body["spec"]["holderIdentity"], "tessera-0");
+        assert_eq!(body["spec"]["leaseTransitions"], 5);
+        assert!(
+            body["spec"]["acquireTime"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-23T12:00:00")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_lease_of_another_replica_is_left_alone() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            // Renewed 14 s ago with a 15 s duration: still held.
+            answer_get(
+                &mut handle,
+                Some(lease(Some("tessera-1"), "2026-11-23T11:59:46.000000Z", 4)),
+            )
+            .await;
+            handle
+        });
+        assert!(!lock(client).try_acquire_or_renew(now()).await.unwrap());
+        let mut handle = server.await.unwrap();
+        assert_quiet(&mut handle).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflicting_write_loses_the_race() {
+        let (client, mut handle) = mock_client();
+        tokio::spawn(async move {
+            answer_get(
+                &mut handle,
+                Some(lease(None, "2026-11-23T11:00:00.000000Z", 1)),
+            )
+            .await;
+            answer_write(&mut handle, http::Method::PUT, StatusCode::CONFLICT).await;
+            handle
+        });
+        assert!(!lock(client).try_acquire_or_renew(now()).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_is_published_lost_to_another_and_released_on_shutdown() {
+        let (client, mut handle) = mock_client();
+        let (leader_tx, mut leader) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(lock(client), leader_tx, shutdown.clone()));
+
+        // Round 1: no Lease yet, it is created: we lead.
+        answer_get(&mut handle, None).await;
+        answer_write(&mut handle, http::Method::POST, StatusCode::CREATED).await;
+        leader.changed().await.unwrap();
+        assert!(*leader.borrow_and_update());
+
+        // Round 2: someone else holds a fresh Lease (we were partitioned): we step down.
+        let fresh = jiff::Timestamp::now().to_string();
+        answer_get(&mut handle, Some(lease(Some("tessera-1"), &fresh, 1))).await;
+        leader.changed().await.unwrap();
+        assert!(!*leader.borrow_and_update());
+
+        // Round 3: the Lease is ours again (renewed by us), then shutdown releases it.
+        let ours = jiff::Timestamp::now().to_string();
+        answer_get(&mut handle, Some(lease(Some("tessera-0"), &ours, 2))).await;
+        answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await;
+        leader.changed().await.unwrap();
+        assert!(*leader.borrow_and_update());
+        shutdown.cancel();
+        answer_get(&mut handle, Some(lease(Some("tessera-0"), &ours, 2))).await;
+        let released = answer_write(&mut handle, http::Method::PUT, StatusCode::OK).await;
+        assert!(released["spec"]["holderIdentity"].is_null(), "{released}");
+        assert_eq!(released["metadata"]["resourceVersion"], "7");
+        running.await.unwrap();
+        assert!(!*leader.borrow());
+    }
+}
+
+/// What the end-to-end mock saw: status patches, Secrets written, anything unexpected.
+#[derive(Debug)]
+enum Seen {
+    Status { path: String, body: Value },
+    Secret { path: String, body: Value },
+    Unexpected(String),
+}
+
+/// A small API server: lists `objects` (plural → items) in namespace `fleet`, keeps watches
+/// open, keeps one Lease, and records status patches and Secrets on `seen`.
+async fn fake_cluster(
+    mut handle: Handle,
+    objects: BTreeMap<&'static str, Vec<Value>>,
+    seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+) {
+    let mut open_watches = Vec::new();
+    let mut lease: Option<Value> = None;
+    let mut version = 1;
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        let params = query(&request);
+        if path.starts_with("/apis/tessera.dev/") && method == http::Method::GET {
+            if params.contains_key("watch") {
+                open_watches.push(send);
+                continue;
+            }
+            let plural = path.rsplit('/').next().unwrap();
+            let items = objects.get(plural).cloned().unwrap_or_default();
+            send.send_response(respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "List",
+                        "metadata": {"resourceVersion": "10"}, "items": items}),
+            ));
+        } else if path.starts_with("/apis/coordination.k8s.io/") {
+            match method {
+                http::Method::GET => match &lease {
+                    Some(current) => send.send_response(respond(StatusCode::OK, current)),
+                    None => send
+                        .send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound"))),
+                },
+                _ => {
+                    let mut body = body_json(request).await;
+                    version += 1;
+                    body["metadata"]["resourceVersion"] = json!(version.to_string());
+                    lease = Some(body.clone());
+                    send.send_response(respond(StatusCode::OK, &body));
+                }
+            }
+        } else if path.ends_with("/status") && method == http::Method::PATCH {
+            let body = body_json(request).await;
+            let name = path.rsplit('/').nth(1).unwrap().to_owned();
+            let mut object = body.clone();
+            object["metadata"] =
+                json!({"name": name, "namespace": "fleet", "uid": format!("uid-{name}")});
+            send.send_response(respond(StatusCode::OK, &object));
+            let _ = seen.send(Seen::Status { path, body });
+        } else if path.starts_with("/apis/events.k8s.io/") {
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::CREATED, &body));
+        } else if path.starts_with("/api/v1/namespaces/fleet/secrets/")
+            && method == http::Method::PATCH
+        {
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::OK, &body));
+            let _ = seen.send(Seen::Secret { path, body });
+        } else {
+            send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound")));
+            let _ = seen.send(Seen::Unexpected(format!("{method} {path}")));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_kube_reconciles_watched_objects_and_writes_back() {
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([
+        (
+            "issuers",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+            "metadata": meta("ca"), "spec": {"selfSigned": {"commonName": "Fleet CA"}}}),
+            ],
+        ),
+        (
+            "certificates",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Certificate",
+            "metadata": meta("web"),
+            "spec": {"issuerRef": {"name": "ca"}, "dnsNames": ["web.example.com"], "secretName": "web-tls"}}),
+            ],
+        ),
+        (
+            "packages",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Package",
+            "metadata": meta("broken"), "spec": {"os": "plan9", "action": {}}}),
+            ],
+        ),
+    ]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(fake_cluster(handle, objects, seen_tx));
+    let state = tempfile::tempdir().unwrap();
+    let running = tessera::cli::start_with(
+        tessera::cli::ServeArgs {
+            config: None,
+            state: Some(state.path().to_path_buf()),
+            admin_address: "127.0.0.1:0".parse().unwrap(),
+            allow_empty: false,
+            kube: tessera::cli::KubeArgs {
+                kube: true,
+                namespace: Some("fleet".into()),
+                lease: "tessera".into(),
+                lease_namespace: Some("fleet".into()),
+                pod_name: Some("tessera-0".into()),
+            },
+        },
+        Some(client),
+    )
+    .await
+    .expect("serve --kube starts");
+
+    let (mut certificate_ready, mut package_stalled, mut secret) = (false, false, None);
+    let wait = async {
+        while !(certificate_ready && package_stalled && secret.is_some()) {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Status { path, body } => {
+                    let condition = |type_: &str| {
+                        body["status"]["conditions"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .find(|c| c["type"] == type_)
+                            .map(|c| c["status"].as_str().unwrap().to_owned())
+                    };
+                    if path.ends_with("/certificates/web/status")
+                        && condition("Ready").as_deref() == Some("True")
+                    {
+                        assert!(body["status"]["notAfter"].is_string(), "{body}");
+                        certificate_ready = true;
+                    }
+                    if path.ends_with("/packages/broken/status") {
+                        assert_eq!(condition("Stalled").as_deref(), Some("True"), "{body}");
+                        package_stalled = true;
+                    }
+                }
+                Seen::Secret { path, body } => {
+                    assert_eq!(path, "/api/v1/namespaces/fleet/secrets/web-tls");
+                    secret = Some(body);
+                }
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+            }
+        }
+    };
+    // A guard against a hang, not a measure: this takes well under a second.
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .expect("statuses and the Secret are written");
+    let secret = secret.unwrap();
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-web");
+    let keys: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    running.stop().await.unwrap();
+}
