@@ -722,11 +722,20 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let (certificate_tx, certificate_rx) = watch::channel(None);
     // Replaced before the first connection is accepted: a tunnel starts only once its
     // Gateway is Ready, which needs the trusted issuers' verifier published.
-    let (verifier_tx, verifier_rx) = watch::channel(crate::pki::tls::client_verifier(
-        crate::pki::tls::ClientAuth::None,
-        &[],
-        vec![],
-    )?);
+    let placeholder =
+        || crate::pki::tls::client_verifier(crate::pki::tls::ClientAuth::None, &[], vec![]);
+    let (verifier_tx, verifier_rx) = watch::channel(placeholder()?);
+    let (inside_verifier_tx, inside_verifier_rx) = watch::channel(placeholder()?);
+    // Dial-out: where inside servers connect, bound now so that a bad address fails at once.
+    let inside = match &spec.dial_out {
+        Some(dial_out) => {
+            let listener = tokio::net::TcpListener::bind(&dial_out.listen)
+                .await
+                .with_context(|| format!("failed to listen on {} (dial-out)", dial_out.listen))?;
+            Some((listener, Arc::new(crate::gateway::InsidePool::default())))
+        }
+        None => None,
+    };
     let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
     let (report_tx, mut report_rx) = watch::channel(Report::default());
     if let Some(source) = dir_source {
@@ -753,6 +762,8 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
             config: config_tx,
             certificate: certificate_tx,
             verifier: verifier_tx,
+            inside_verifier: inside_verifier_tx,
+            inside: inside.as_ref().map(|(_, pool)| pool.clone()),
             counters: counters.clone(),
         })),
     };
@@ -765,10 +776,17 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
 
     let metrics = {
         let counters = counters.clone();
+        let pool = inside.as_ref().map(|(_, pool)| pool.clone());
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let text = counters.render(&listening);
+                let mut text = counters.render(&listening);
+                if let Some(pool) = &pool {
+                    text.push_str(&format!(
+                        "# HELP tessera_gateway_dial_out_idle Idle connections from inside servers, ready for agents.\n# TYPE tessera_gateway_dial_out_idle gauge\ntessera_gateway_dial_out_idle{{listener=\"{listening}\"}} {}\n",
+                        pool.idle()
+                    ));
+                }
                 async move { text }
             }),
         )
@@ -779,7 +797,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
 
     // Tunnel and terminate wait until their certificates and trust are in place.
-    let edge = if spec.mode != GatewayMode::Passthrough {
+    let edge = if spec.mode != GatewayMode::Passthrough || spec.dial_out.is_some() {
         let name = key.to_string();
         let ready = |report: &Report| {
             report
@@ -816,16 +834,41 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
                 },
             }
         }
-        let mut edge = (*crate::pki::tls::server_config(certificate_rx, verifier_rx)
+        let mut edge = (*crate::pki::tls::server_config(certificate_rx.clone(), verifier_rx)
             .context("failed to build the TLS configuration")?)
         .clone();
         if spec.mode == GatewayMode::Tunnel {
             // CONNECT is HTTP/1.1; an agent's raw inner session offers no ALPN.
             edge.alpn_protocols = vec![b"http/1.1".to_vec()];
         }
-        Some(Arc::new(edge))
+        (spec.mode != GatewayMode::Passthrough).then(|| Arc::new(edge))
     } else {
         None
+    };
+    let pool = match inside {
+        Some((listener, pool)) => {
+            let mut tls = (*crate::pki::tls::server_config(certificate_rx, inside_verifier_rx)
+                .context("failed to build the dial-out TLS configuration")?)
+            .clone();
+            tls.alpn_protocols.clear();
+            tracing::info!(listen = %listener.local_addr()?, "waiting for inside servers to dial out");
+            let token = shutdown.clone();
+            let (config, pool_task, counters) = (config_rx.clone(), pool.clone(), counters.clone());
+            tasks.spawn(async move {
+                crate::gateway::accept_inside(
+                    listener,
+                    Arc::new(tls),
+                    config,
+                    pool_task,
+                    counters,
+                    token,
+                )
+                .await;
+                Ok(())
+            });
+            Some(pool)
+        }
+        None => None,
     };
     tracing::info!(
         gateway = %key,
@@ -837,7 +880,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     );
     let token = shutdown.clone();
     tasks.spawn(async move {
-        crate::gateway::run(listener, config_rx, edge, counters, token).await;
+        crate::gateway::run(listener, config_rx, edge, pool, counters, token).await;
         Ok(())
     });
     tokio::select! {
@@ -1345,6 +1388,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     );
     let (bound_tx, bound_rx) = watch::channel(Vec::new());
     let (activity_tx, activity_rx) = watch::channel(0u64);
+    let (dial_out_tx, dial_out_rx) = watch::channel(None);
     let shared = Shared {
         routes: routes_rx,
         db: db.clone(),
@@ -1358,6 +1402,27 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         .context("failed to build the TLS configuration")?;
     let token = shutdown.clone();
     let (https_app, http_app) = (agent::app(shared.clone()), agent::fragments_app(shared));
+    // Dial-out: connections the server keeps open to a gateway, served like accepted ones.
+    let (dialed_tx, dialed_rx) = tokio::sync::mpsc::channel(64);
+    let dial_token = token.clone();
+    tasks.spawn(async move {
+        crate::server::dial_out::run(dial_out_rx, dialed_tx, dial_token).await;
+        Ok(())
+    });
+    let (dialed_tls, dialed_app, dialed_metrics) =
+        (tls.clone(), https_app.clone(), metrics.clone());
+    let dialed_token = token.clone();
+    tasks.spawn(async move {
+        agent::serve_dialed(
+            dialed_rx,
+            dialed_tls,
+            dialed_app,
+            dialed_metrics,
+            dialed_token,
+        )
+        .await;
+        Ok(())
+    });
     let listener_metrics = metrics.clone();
     tasks.spawn(async move {
         agent::run(
@@ -1390,6 +1455,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             bound: bound_rx,
             activity: activity_rx,
             metrics: metrics.clone(),
+            dial_out: dial_out_tx,
         })),
         gateway: None,
         secrets,

@@ -61,6 +61,8 @@ pub struct Config {
     /// Terminate mode: how the gateway connects to the backend (its own certificate, and
     /// the CA of the backend's).
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Dial-out: names an inside server's certificate must carry (lowercase).
+    pub inside_names: Vec<String>,
 }
 
 impl Config {
@@ -111,6 +113,9 @@ pub struct Counters {
     pub refused_handshake: AtomicU64,
     /// Tunnel: a `CONNECT` to somewhere that is not a backend, or a malformed one.
     pub refused_target: AtomicU64,
+    /// Dial-out connections from inside servers: taken into the pool, and refused.
+    pub inside_accepted: AtomicU64,
+    pub inside_refused: AtomicU64,
     pub backend_failed: AtomicU64,
     pub bytes: AtomicU64,
     /// Connections open now.
@@ -155,6 +160,15 @@ impl Counters {
                 ),
                 (",outcome=\"refused_target\"", load(&self.refused_target)),
                 (",outcome=\"backend_failed\"", load(&self.backend_failed)),
+            ],
+        );
+        metric(
+            "tessera_gateway_dial_out_connections_total",
+            "counter",
+            "Connections from inside servers (dial-out), accepted into the pool or refused.",
+            &[
+                (",outcome=\"accepted\"", load(&self.inside_accepted)),
+                (",outcome=\"refused\"", load(&self.inside_refused)),
             ],
         );
         metric(
@@ -297,6 +311,7 @@ pub async fn run(
     listener: TcpListener,
     config: watch::Receiver<Arc<Config>>,
     edge: Option<Arc<rustls::ServerConfig>>,
+    inside: Option<Arc<InsidePool>>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
@@ -324,12 +339,21 @@ pub async fn run(
             continue;
         }
         let (counters, shutdown, acceptor) = (counters.clone(), shutdown.clone(), acceptor.clone());
+        let inside = inside.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
             let relay = async {
                 match (config.mode, acceptor) {
                     (Mode::Tunnel, Some(acceptor)) => {
-                        tunnel(client, peer, &acceptor, &config, &counters).await;
+                        tunnel(
+                            client,
+                            peer,
+                            &acceptor,
+                            &config,
+                            &counters,
+                            inside.as_deref(),
+                        )
+                        .await;
                     }
                     (Mode::Terminate, Some(acceptor)) => {
                         terminate(client, peer, &acceptor, &config, &counters).await;
@@ -337,7 +361,9 @@ pub async fn run(
                     (Mode::Tunnel | Mode::Terminate, None) => {
                         tracing::error!(%peer, "listener without TLS settings: connection closed");
                     }
-                    (Mode::Passthrough, _) => passthrough(client, peer, &config, &counters).await,
+                    (Mode::Passthrough, _) => {
+                        passthrough(client, peer, &config, &counters, inside.as_deref()).await;
+                    }
                 }
             };
             tokio::select! {
@@ -354,6 +380,7 @@ async fn passthrough(
     peer: std::net::SocketAddr,
     config: &Config,
     counters: &Counters,
+    inside: Option<&InsidePool>,
 ) {
     let hello = match tokio::time::timeout(config.handshake_timeout, read_hello(&mut client)).await
     {
@@ -371,7 +398,8 @@ async fn passthrough(
     };
     let local = client.local_addr().unwrap_or(peer);
     let backend = config.backend_for(hello.name.as_deref());
-    let Some(upstream) = open_backend(backend, peer, local, &hello.bytes, config, counters).await
+    let Some(upstream) =
+        open_backend(backend, peer, local, &hello.bytes, config, counters, inside).await
     else {
         return;
     };
@@ -421,37 +449,197 @@ async fn open_backend(
     first: &[u8],
     config: &Config,
     counters: &Counters,
-) -> Option<TcpStream> {
-    let mut upstream = match tokio::time::timeout(
-        config.connect_timeout,
-        TcpStream::connect(backend),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            counters.backend_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %backend, %error, "backend unreachable");
-            return None;
+    inside: Option<&InsidePool>,
+) -> Option<Upstream> {
+    let mut upstream: Upstream = if let Some(inside) = inside {
+        // Dial-out: an idle connection the inside opened; the header always names the
+        // client, since the inside has no other way to know it.
+        match inside.take(config.connect_timeout).await {
+            Some(stream) => {
+                let mut stream: Upstream = Box::new(stream);
+                let header = crate::protocol::proxy::encode(peer, local);
+                if stream.write_all(&header).await.is_err() {
+                    counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                stream
+            }
+            None => {
+                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "no dial-out connection from the inside within the connect timeout");
+                return None;
+            }
         }
-        Err(_) => {
-            counters.backend_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %backend, "backend did not accept within the connect timeout");
-            return None;
+    } else {
+        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let mut stream: Upstream = Box::new(stream);
+                if config.proxy_protocol {
+                    let header = crate::protocol::proxy::encode(peer, local);
+                    if stream.write_all(&header).await.is_err() {
+                        counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                }
+                stream
+            }
+            Ok(Err(error)) => {
+                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, %backend, %error, "backend unreachable");
+                return None;
+            }
+            Err(_) => {
+                counters.backend_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, %backend, "backend did not accept within the connect timeout");
+                return None;
+            }
         }
     };
-    let _ = upstream.set_nodelay(true);
-    let mut head = Vec::with_capacity(first.len() + 52);
-    if config.proxy_protocol {
-        head.extend_from_slice(&crate::protocol::proxy::encode(peer, local));
-    }
-    head.extend_from_slice(first);
-    if upstream.write_all(&head).await.is_err() {
+    if upstream.write_all(first).await.is_err() {
         counters.backend_failed.fetch_add(1, Ordering::Relaxed);
         return None;
     }
     counters.relayed.fetch_add(1, Ordering::Relaxed);
     Some(upstream)
+}
+
+/// The backend side of a relay: a TCP connection, or a dial-out session from the inside.
+type Upstream = Box<dyn Stream>;
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// An idle dial-out connection is handed out only while younger than this (the inside
+/// replaces it at 240 s).
+const INSIDE_MAX_AGE: Duration = Duration::from_secs(225);
+
+type InsideStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Idle connections the inside servers opened to the gateway (dial-out), oldest first.
+#[derive(Default)]
+pub struct InsidePool {
+    idle: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, InsideStream)>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl InsidePool {
+    fn put(&self, stream: InsideStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(since, _)| since.elapsed() < INSIDE_MAX_AGE);
+        idle.push_back((std::time::Instant::now(), stream));
+        drop(idle);
+        self.arrived.notify_one();
+    }
+
+    /// Idle connections now.
+    pub fn idle(&self) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(since, _)| since.elapsed() < INSIDE_MAX_AGE);
+        idle.len()
+    }
+
+    /// The youngest live idle connection, waiting up to `within` for one.
+    async fn take(&self, within: Duration) -> Option<InsideStream> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            loop {
+                let next = {
+                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    idle.pop_back()
+                };
+                let Some((since, stream)) = next else { break };
+                if since.elapsed() < INSIDE_MAX_AGE && alive(&stream) {
+                    return Some(stream);
+                }
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Whether an idle connection is still open: the inside sends nothing on it until it is
+/// used, so anything readable (its close, or a TLS alert) means it is gone.
+fn alive(stream: &InsideStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.get_ref().0.try_read(&mut byte) {
+        Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
+        Ok(_) => false,
+    }
+}
+
+/// Accepts the inside servers' dial-out connections on `listener`: TLS with their client
+/// certificate verified, and a name `config.inside_names` lists; kept idle in `pool`.
+pub async fn accept_inside(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    config: watch::Receiver<Arc<Config>>,
+    pool: Arc<InsidePool>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed (dial-out)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, pool, counters) = (acceptor.clone(), pool.clone(), counters.clone());
+        let config = config.borrow().clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(
+                config.handshake_timeout,
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    counters.inside_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, %error, "dial-out connection refused");
+                    return;
+                }
+                Err(_) => {
+                    counters.inside_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, "dial-out connection refused: no TLS handshake in time");
+                    return;
+                }
+            };
+            let names: Vec<String> = client_certificate(&stream)
+                .and_then(|der| crate::pki::facts::read(der).ok())
+                .map(|facts| {
+                    facts
+                        .names
+                        .common_name
+                        .into_iter()
+                        .chain(facts.names.dns_names)
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !config.inside_names.iter().any(|n| names.contains(n)) {
+                counters.inside_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, ?names, "dial-out connection refused: the certificate names no inside server this gateway knows");
+                return;
+            }
+            counters.inside_accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "dial-out connection ready");
+            pool.put(stream);
+        });
+    }
 }
 
 /// Why an edge handshake failed, as a metric label's counter.
@@ -524,6 +712,7 @@ async fn tunnel(
     acceptor: &tokio_rustls::TlsAcceptor,
     config: &Config,
     counters: &Counters,
+    inside: Option<&InsidePool>,
 ) {
     let local = client.local_addr().unwrap_or(peer);
     let Some(mut outer) = edge_handshake(client, peer, acceptor, config, counters).await else {
@@ -571,7 +760,9 @@ async fn tunnel(
             return;
         }
     };
-    let Some(upstream) = open_backend(&backend, peer, local, &first, config, counters).await else {
+    let Some(upstream) =
+        open_backend(&backend, peer, local, &first, config, counters, inside).await
+    else {
         if connect {
             let _ = outer
                 .write_all(
@@ -762,11 +953,11 @@ async fn read_connect(
 /// Copies both ways until either side closes or nothing moves for `idle`; bytes copied.
 async fn copy_with_idle_timeout(
     client: impl AsyncRead + AsyncWrite + Send,
-    upstream: TcpStream,
+    upstream: impl AsyncRead + AsyncWrite + Send,
     idle: Duration,
 ) -> u64 {
     let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = upstream.into_split();
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let total = AtomicU64::new(0);
     let pipe = async |mut from: Box<dyn AsyncRead + Send + Unpin + '_>,
                       mut to: Box<dyn AsyncWrite + Send + Unpin + '_>| {
@@ -784,9 +975,8 @@ async fn copy_with_idle_timeout(
         }
         let _ = to.shutdown().await;
     };
-    let client_read = Box::new(client_read);
     tokio::join!(
-        pipe(client_read, Box::new(upstream_write)),
+        pipe(Box::new(client_read), Box::new(upstream_write)),
         pipe(Box::new(upstream_read), Box::new(client_write)),
     );
     total.load(Ordering::Relaxed)
@@ -863,6 +1053,7 @@ mod tests {
             max_connections: 1,
             proxy_protocol: false,
             backend_tls: None,
+            inside_names: Vec::new(),
         };
         // A route's name at any port, in any case.
         assert_eq!(
@@ -915,6 +1106,7 @@ mod tests {
             max_connections: 1,
             proxy_protocol: false,
             backend_tls: None,
+            inside_names: Vec::new(),
         };
         assert_eq!(
             config.backend_for(Some("TESSERA.example.org")),

@@ -27,6 +27,10 @@ pub struct GatewayRuntime {
     pub config: watch::Sender<Arc<Config>>,
     pub certificate: watch::Sender<Option<Arc<CertifiedKey>>>,
     pub verifier: watch::Sender<Arc<dyn ClientCertVerifier>>,
+    /// Dial-out: verifies the inside servers' certificates.
+    pub inside_verifier: watch::Sender<Arc<dyn ClientCertVerifier>>,
+    /// Dial-out: the idle connections from the inside, for the status.
+    pub inside: Option<Arc<crate::gateway::InsidePool>>,
     /// The relay's counters, for the status.
     pub counters: Arc<crate::gateway::Counters>,
 }
@@ -45,6 +49,7 @@ type BackendInput = (String, String, Vec<String>);
 pub struct GatewayPublisher {
     certificate_pem: Option<(String, String)>,
     trust: Option<Trust>,
+    inside_trust: Option<Trust>,
     /// Terminate mode: the client config, and what it was made of.
     backend: Option<(BackendInput, Arc<rustls::ClientConfig>)>,
 }
@@ -70,6 +75,13 @@ pub fn relay_config(spec: &GatewaySpec) -> Config {
         max_connections: usize::try_from(spec.limits.max_connections.max(1)).unwrap_or(1),
         proxy_protocol: spec.proxy_protocol,
         backend_tls: None,
+        inside_names: spec
+            .dial_out
+            .iter()
+            .flat_map(|d| &d.names)
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect(),
     }
 }
 
@@ -165,78 +177,43 @@ impl GatewayPublisher {
                     .load(std::sync::atomic::Ordering::Relaxed)
             ),
         );
+        if config.mode != Mode::Passthrough || spec.dial_out.is_some() {
+            match self.certificate(runtime, desired, key, spec, certificates) {
+                Ok(serial) => {
+                    details.insert("certificateSerial".into(), json!(serial));
+                }
+                Err(outcome) => return *outcome,
+            }
+        }
         if config.mode != Mode::Passthrough {
-            let Some(reference) = &spec.certificate_ref else {
+            let issuers = keys(key, &spec.trusted_client_issuers);
+            if let Err(message) = publish_trust(
+                &mut self.trust,
+                &runtime.verifier,
+                certificates.trust(&issuers),
+            ) {
                 return Outcome::not_ready(
-                    "InvalidSpec",
-                    "spec.certificateRef: a tunnel presents a certificate to agents; name one"
-                        .into(),
-                );
-            };
-            if spec.trusted_client_issuers.is_empty() {
-                return Outcome::not_ready(
-                    "InvalidSpec",
-                    "spec.trustedClientIssuers: a tunnel verifies client certificates; name the Issuers whose certificates it accepts".into(),
+                    "ClientAuthUnusable",
+                    format!("spec.trustedClientIssuers: {message}"),
                 );
             }
-            let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
-            let dir = certificates.output_dir(&certificate, desired);
-            let (Ok(chain), Ok(private)) = (
-                std::fs::read_to_string(dir.join("tls.crt")),
-                std::fs::read_to_string(dir.join("tls.key")),
-            ) else {
+        }
+        if let Some(dial_out) = &spec.dial_out {
+            let issuers = keys(key, &dial_out.trusted_server_issuers);
+            if let Err(message) = publish_trust(
+                &mut self.inside_trust,
+                &runtime.inside_verifier,
+                certificates.trust(&issuers),
+            ) {
                 return Outcome::not_ready(
-                    "Pending",
-                    format!("waiting for {certificate} to be issued"),
+                    "ClientAuthUnusable",
+                    format!("spec.dialOut.trustedServerIssuers: {message}"),
                 );
-            };
-            if self.certificate_pem.as_ref() != Some(&(chain.clone(), private.clone())) {
-                match tls::certified_key(&chain, &private) {
-                    Ok(certified) => {
-                        runtime.certificate.send_replace(Some(certified));
-                        tracing::info!(certificate = %certificate, "presenting certificate");
-                        self.certificate_pem = Some((chain.clone(), private));
-                    }
-                    Err(error) => {
-                        return Outcome::not_ready(
-                            "CertificateUnusable",
-                            format!("{certificate}: {error}"),
-                        );
-                    }
-                }
             }
-            if let Some(serial) = crate::pki::facts::pem_certificates(&chain)
-                .ok()
-                .and_then(|certs| crate::pki::facts::read(&certs[0]).ok())
-                .map(|facts| facts.serial)
-            {
-                details.insert("certificateSerial".into(), json!(serial));
-            }
-            let issuers: Vec<ObjectKey> = spec
-                .trusted_client_issuers
-                .iter()
-                .map(|issuer| ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer))
-                .collect();
-            let trust = certificates.trust(&issuers);
-            if self.trust.as_ref() != Some(&trust) {
-                match trust.verifier(ClientAuth::Required) {
-                    Ok(verifier) => {
-                        runtime.verifier.send_replace(verifier);
-                        tracing::info!(
-                            cas = trust.cas.len(),
-                            crls = trust.crls.len(),
-                            "verifying client certificates"
-                        );
-                        self.trust = Some(trust);
-                    }
-                    Err(error) => {
-                        return Outcome::not_ready(
-                            "ClientAuthUnusable",
-                            format!("spec.trustedClientIssuers: {error}"),
-                        );
-                    }
-                }
-            }
+            details.insert(
+                "dialOutConnections".into(),
+                json!(runtime.inside.as_ref().map_or(0, |pool| pool.idle())),
+            );
         }
         if config.mode == Mode::Terminate {
             match self.backend_tls(desired, key, spec, certificates) {
@@ -247,16 +224,17 @@ impl GatewayPublisher {
         let moved = spec.listen != runtime.listen;
         runtime.config.send_replace(Arc::new(config));
         let mode = format!("{:?}", spec.mode).to_lowercase();
+        let backend = match &spec.dial_out {
+            Some(dial_out) => format!("the inside servers dialing in on {}", dial_out.listen),
+            None => spec.backend.clone(),
+        };
         let message = if moved {
             format!(
-                "relaying ({mode}) on {}; spec.listen is now {}: restart the gateway to move the listener",
+                "relaying ({mode}) on {} to {backend}; spec.listen is now {}: restart the gateway to move the listener",
                 runtime.listen, spec.listen
             )
         } else {
-            format!(
-                "relaying ({mode}) on {} to {}",
-                runtime.listen, spec.backend
-            )
+            format!("relaying ({mode}) on {} to {backend}", runtime.listen)
         };
         Outcome {
             ready: true,
@@ -267,4 +245,82 @@ impl GatewayPublisher {
             wake: None,
         }
     }
+
+    /// Publishes the gateway's certificate when it changed; its serial.
+    fn certificate(
+        &mut self,
+        runtime: &GatewayRuntime,
+        desired: &DesiredState,
+        key: &ObjectKey,
+        spec: &GatewaySpec,
+        certificates: &Certificates,
+    ) -> Result<String, Box<Outcome>> {
+        let Some(reference) = &spec.certificate_ref else {
+            return Err(Box::new(Outcome::not_ready(
+                "InvalidSpec",
+                "spec.certificateRef: the gateway presents a certificate in this mode; name one"
+                    .into(),
+            )));
+        };
+        let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+        let dir = certificates.output_dir(&certificate, desired);
+        let (Ok(chain), Ok(private)) = (
+            std::fs::read_to_string(dir.join("tls.crt")),
+            std::fs::read_to_string(dir.join("tls.key")),
+        ) else {
+            return Err(Box::new(Outcome::not_ready(
+                "Pending",
+                format!("waiting for {certificate} to be issued"),
+            )));
+        };
+        if self.certificate_pem.as_ref() != Some(&(chain.clone(), private.clone())) {
+            match tls::certified_key(&chain, &private) {
+                Ok(certified) => {
+                    runtime.certificate.send_replace(Some(certified));
+                    tracing::info!(certificate = %certificate, "presenting certificate");
+                    self.certificate_pem = Some((chain.clone(), private));
+                }
+                Err(error) => {
+                    return Err(Box::new(Outcome::not_ready(
+                        "CertificateUnusable",
+                        format!("{certificate}: {error}"),
+                    )));
+                }
+            }
+        }
+        Ok(crate::pki::facts::pem_certificates(&chain)
+            .ok()
+            .and_then(|certs| crate::pki::facts::read(&certs[0]).ok())
+            .map(|facts| facts.serial)
+            .unwrap_or_default())
+    }
+}
+
+fn keys(key: &ObjectKey, issuers: &[crate::resources::meta::LocalRef]) -> Vec<ObjectKey> {
+    issuers
+        .iter()
+        .map(|issuer| ObjectKey::referenced(Kind::Issuer, &key.namespace, issuer))
+        .collect()
+}
+
+/// Publishes a verifier requiring certificates from `trust`, when it changed.
+fn publish_trust(
+    published: &mut Option<Trust>,
+    channel: &watch::Sender<Arc<dyn ClientCertVerifier>>,
+    trust: Trust,
+) -> Result<(), String> {
+    if published.as_ref() == Some(&trust) {
+        return Ok(());
+    }
+    let verifier = trust
+        .verifier(ClientAuth::Required)
+        .map_err(|e| e.to_string())?;
+    channel.send_replace(verifier);
+    tracing::info!(
+        cas = trust.cas.len(),
+        crls = trust.crls.len(),
+        "verifying client certificates"
+    );
+    *published = Some(trust);
+    Ok(())
 }

@@ -38,6 +38,8 @@ pub struct Runtime {
     pub activity: watch::Receiver<u64>,
     /// Where package build times are counted.
     pub metrics: Arc<crate::server::metrics::Metrics>,
+    /// Dial-out to a gateway, when the Server asks for it.
+    pub dial_out: watch::Sender<Option<Arc<crate::server::dial_out::Settings>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -54,7 +56,11 @@ pub struct Publisher {
     /// Gateways in terminate mode, as last published.
     forwarded: Option<Arc<Forwarded>>,
     forwarded_input: Option<(GatewayIdentities, Trust)>,
+    /// Dial-out: (gateway, connections, certificate chain, key, gateway CAs) as published.
+    dial_out_input: Option<DialOutInput>,
 }
+
+type DialOutInput = (String, usize, String, String, Vec<String>);
 
 /// An Activation whose package is built: (package, package id, OS, info location, pack
 /// location).
@@ -384,6 +390,55 @@ impl Publisher {
         outcomes
     }
 
+    /// Publishes the dial-out settings (or their absence) when they change.
+    fn dial_out(
+        &mut self,
+        runtime: &Runtime,
+        desired: &DesiredState,
+        key: &ObjectKey,
+        spec: &ServerSpec,
+        certificates: &Certificates,
+    ) -> Result<(), String> {
+        let Some(dial_out) = &spec.dial_out else {
+            if self.dial_out_input.take().is_some() {
+                runtime.dial_out.send_replace(None);
+            }
+            return Ok(());
+        };
+        let certificate =
+            ObjectKey::referenced(Kind::Certificate, &key.namespace, &dial_out.certificate_ref);
+        let dir = certificates.output_dir(&certificate, desired);
+        let (Ok(chain), Ok(private)) = (
+            std::fs::read_to_string(dir.join("tls.crt")),
+            std::fs::read_to_string(dir.join("tls.key")),
+        ) else {
+            // Not issued yet: the next pass, once it is.
+            return Ok(());
+        };
+        let issuer =
+            ObjectKey::referenced(Kind::Issuer, &key.namespace, &dial_out.gateway_issuer_ref);
+        let cas = certificates.trust(std::slice::from_ref(&issuer)).cas;
+        if cas.is_empty() {
+            return Ok(());
+        }
+        let connections = usize::try_from(dial_out.connections.clamp(1, 256)).unwrap_or(4);
+        let input = (dial_out.gateway.clone(), connections, chain, private, cas);
+        if self.dial_out_input.as_ref() == Some(&input) {
+            return Ok(());
+        }
+        let tls = tls::client_config(&input.4.join("\n"), Some((&input.2, &input.3)))
+            .map_err(|e| format!("spec.dialOut: {certificate} or {issuer}: {e}"))?;
+        runtime
+            .dial_out
+            .send_replace(Some(Arc::new(crate::server::dial_out::Settings {
+                gateway: input.0.clone(),
+                connections,
+                tls,
+            })));
+        self.dial_out_input = Some(input);
+        Ok(())
+    }
+
     /// The Server: its listen addresses, its certificate and its client verifier.
     fn server(
         &mut self,
@@ -556,6 +611,10 @@ impl Publisher {
                     );
                 }
             }
+        }
+
+        if let Err(message) = self.dial_out(runtime, desired, key, spec, certificates) {
+            return (failed("DialOutUnusable", message), listen);
         }
 
         let bound = runtime.bound.borrow().clone();

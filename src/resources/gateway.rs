@@ -47,8 +47,9 @@ pub struct GatewaySpec {
     /// refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<SniRoute>,
-    /// Certificate the gateway presents to agents (tunnel and terminate), issued and renewed
-    /// by `tessera gateway` from an Issuer in the gateway's own configuration.
+    /// Certificate the gateway presents to agents (tunnel and terminate) and to inside
+    /// servers (dial-out), issued and renewed by `tessera gateway` from an Issuer in the
+    /// gateway's own configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_ref: Option<LocalRef>,
     /// Client certificate the gateway presents to the backend (terminate); the server lists
@@ -72,6 +73,27 @@ pub struct GatewaySpec {
     /// Timeouts and limits.
     #[serde(default)]
     pub limits: GatewayLimits,
+    /// Dial-out: inside servers connect out to the gateway, and agents are relayed over
+    /// those connections instead of to `backend`, so the DMZ needs no path to the inside.
+    /// Passthrough and tunnel modes. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_out: Option<GatewayDialOut>,
+}
+
+/// Where inside servers connect out to, and who they must be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayDialOut {
+    /// Address inside servers connect to, `host:port` (apart from the agents' `listen`).
+    /// The gateway presents `certificateRef` there.
+    pub listen: String,
+    /// Issuers whose client certificates inside servers present (chain, validity, usage
+    /// and CRLs checked).
+    pub trusted_server_issuers: Vec<LocalRef>,
+    /// Names an inside server's certificate must carry (its common name or a DNS name);
+    /// at least one, so that no other certificate of those issuers (an agent's) is taken
+    /// for a server.
+    pub names: Vec<String>,
 }
 
 /// How the gateway relays.

@@ -166,6 +166,16 @@ impl Resource {
                         to(Kind::Issuer, &enrollment.issuer_ref),
                     ));
                 }
+                if let Some(dial_out) = &server.spec.dial_out {
+                    found.push((
+                        "spec.dialOut.gatewayIssuerRef".into(),
+                        to(Kind::Issuer, &dial_out.gateway_issuer_ref),
+                    ));
+                    found.push((
+                        "spec.dialOut.certificateRef".into(),
+                        to(Kind::Certificate, &dial_out.certificate_ref),
+                    ));
+                }
                 for (i, gateway) in server.spec.trusted_gateways.iter().enumerate() {
                     found.push((
                         format!("spec.trustedGateways[{i}].issuerRef"),
@@ -188,6 +198,14 @@ impl Resource {
                 }
                 if let Some(issuer) = &gateway.spec.backend_issuer_ref {
                     found.push(("spec.backendIssuerRef".into(), to(Kind::Issuer, issuer)));
+                }
+                if let Some(dial_out) = &gateway.spec.dial_out {
+                    for (i, issuer) in dial_out.trusted_server_issuers.iter().enumerate() {
+                        found.push((
+                            format!("spec.dialOut.trustedServerIssuers[{i}]"),
+                            to(Kind::Issuer, issuer),
+                        ));
+                    }
                 }
                 for (i, issuer) in gateway.spec.trusted_client_issuers.iter().enumerate() {
                     found.push((

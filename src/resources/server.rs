@@ -77,6 +77,31 @@ pub struct ServerSpec {
     /// ignored. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_gateways: Vec<TrustedGateway>,
+    /// Dial-out to a gateway in the DMZ: the server keeps connections open to it, and
+    /// agents reach the server over them, so nothing in the DMZ connects in. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_out: Option<DialOut>,
+}
+
+/// Connections kept open from the server out to a gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DialOut {
+    /// The gateway's `dialOut.listen` address as seen from the inside, `host:port`.
+    pub gateway: String,
+    /// The Issuer whose CA signed the gateway's certificate (usually trust-only).
+    pub gateway_issuer_ref: LocalRef,
+    /// The client certificate the server presents to the gateway (usage `client auth`; a
+    /// name the gateway's `dialOut.names` lists).
+    pub certificate_ref: LocalRef,
+    /// Idle connections kept ready for agents (default 4); each one used is replaced.
+    #[serde(default = "default_dial_out_connections")]
+    #[schemars(range(min = 1, max = 256))]
+    pub connections: i64,
+}
+
+fn default_dial_out_connections() -> i64 {
+    4
 }
 
 /// A gateway the server believes about the client it relays.

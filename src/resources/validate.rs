@@ -679,6 +679,11 @@ fn server(spec: &ServerSpec, found: &mut Found) {
             "agents count the execution timeout in whole minutes: use 1m or more",
         );
     }
+    if let Some(dial_out) = &spec.dial_out
+        && let Some(reason) = host_port_problem(&dial_out.gateway)
+    {
+        found.add("spec.dialOut.gateway", reason);
+    }
     for (i, gateway) in spec.trusted_gateways.iter().enumerate() {
         if gateway.names.iter().all(|n| n.trim().is_empty()) {
             found.add(
@@ -723,7 +728,9 @@ fn gateway(spec: &GatewaySpec, found: &mut Found) {
     }
     match spec.mode {
         GatewayMode::Passthrough => {
-            if spec.certificate_ref.is_some() || !spec.trusted_client_issuers.is_empty() {
+            if (spec.certificate_ref.is_some() && spec.dial_out.is_none())
+                || !spec.trusted_client_issuers.is_empty()
+            {
                 found.add(
                     "spec.mode",
                     "passthrough forwards TLS untouched: certificateRef and trustedClientIssuers are not used (choose tunnel or terminate to verify clients at the edge)",
@@ -769,6 +776,41 @@ fn gateway(spec: &GatewaySpec, found: &mut Found) {
             "spec.mode",
             "backendCertificateRef and backendIssuerRef are used in terminate mode only (passthrough and tunnel keep the agent's TLS session end to end)",
         );
+    }
+    if let Some(dial_out) = &spec.dial_out {
+        if let Some(reason) = socket_address_problem(&dial_out.listen) {
+            found.add("spec.dialOut.listen", reason);
+        }
+        if dial_out.listen == spec.listen {
+            found.add(
+                "spec.dialOut.listen",
+                "inside servers connect to an address of their own, not the agents' listen",
+            );
+        }
+        if spec.certificate_ref.is_none() {
+            found.add(
+                "spec.certificateRef",
+                "dial-out: the gateway presents this certificate to inside servers; set it",
+            );
+        }
+        if dial_out.trusted_server_issuers.is_empty() {
+            found.add(
+                "spec.dialOut.trustedServerIssuers",
+                "name the Issuers of the inside servers' certificates",
+            );
+        }
+        if dial_out.names.iter().all(|n| n.trim().is_empty()) {
+            found.add(
+                "spec.dialOut.names",
+                "name the inside servers' certificates: without a name any certificate of those issuers (an agent's) would be taken for a server",
+            );
+        }
+        if spec.mode == GatewayMode::Terminate {
+            found.add(
+                "spec.dialOut",
+                "dial-out carries passthrough and tunnel connections; terminate mode connects to the backend itself",
+            );
+        }
     }
     let limits = &spec.limits;
     for (field, value) in [

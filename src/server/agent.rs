@@ -262,8 +262,8 @@ pub struct Listen {
 pub struct ClientAddress(pub SocketAddr);
 
 /// Reads the PROXY protocol v2 header a trusted relay sends first; the client it names.
-async fn proxied_client(
-    stream: &mut tokio::net::TcpStream,
+pub(crate) async fn proxied_client(
+    stream: &mut (impl AsyncRead + Unpin),
     relay: SocketAddr,
 ) -> Result<SocketAddr, String> {
     use crate::protocol::proxy;
@@ -538,56 +538,122 @@ async fn accept_tls(
         let relayed = trusted_proxies.contains(&peer.ip());
         tracker.spawn(async move {
             let mut stream = stream;
-            let opening = async {
-                // A trusted relay says first who the client is; nobody else is believed.
-                let client = if relayed {
-                    proxied_client(&mut stream, peer).await?
-                } else {
-                    peer
+            let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+            // A trusted relay says first who the client is; nobody else is believed.
+            let client = if relayed {
+                let header = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    header = tokio::time::timeout_at(deadline, proxied_client(&mut stream, peer)) => header,
                 };
-                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((client, tls))
-            };
-            let handshake = tokio::select! {
-                () = shutdown.cancelled() => return,
-                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening) => handshake,
-            };
-            let (client, stream) = match handshake {
-                Ok(Ok(opened)) => opened,
-                Ok(Err(error)) => {
-                    metrics.handshake_failed(false);
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
+                match header {
+                    Ok(Ok(client)) => client,
+                    Ok(Err(error)) => {
+                        metrics.handshake_failed(false);
+                        tracing::debug!(%peer, %error, "PROXY header refused");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.handshake_failed(true);
+                        tracing::debug!(%peer, "PROXY header timed out");
+                        return;
+                    }
                 }
-                Err(_) => {
-                    metrics.handshake_failed(true);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            } else {
+                peer
             };
-            // Identity comes from the verified certificate, never from a request (except
-            // from a trusted gateway, see `forwarded_identity`).
-            let leaf = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|der| Arc::new(der.to_vec()));
-            let agent =
-                leaf.as_deref()
-                    .and_then(|der| crate::pki::facts::read(der).ok())
-                    .and_then(|facts| {
-                        facts.names.uris.iter().find_map(|uri| {
-                            crate::protocol::v1::agent_id_of(uri).map(str::to_owned)
-                        })
-                    });
-            let app = app
-                .layer(axum::Extension(PeerAgent(agent)))
-                .layer(axum::Extension(PeerCertificate(leaf)))
-                .layer(axum::Extension(ClientAddress(client)));
-            serve_connection(stream, app, shutdown).await;
+            serve_tls(stream, client, deadline, acceptor, app, metrics, shutdown).await;
         });
     }
+}
+
+/// Connections a gateway handed over through dial-out, each with the client it carries:
+/// served like those accepted on the HTTPS listener.
+pub async fn serve_dialed<S>(
+    mut dialed: tokio::sync::mpsc::Receiver<(S, SocketAddr)>,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = TlsAcceptor::from(tls);
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = dialed.recv() => match next {
+                Some(next) => next,
+                None => break,
+            },
+        };
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        tracker.spawn(serve_tls(
+            stream,
+            client,
+            deadline,
+            acceptor.clone(),
+            app.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+}
+
+/// The TLS handshake (by `deadline`) and the HTTP exchanges of one connection from `client`.
+async fn serve_tls<S>(
+    stream: S,
+    client: SocketAddr,
+    deadline: tokio::time::Instant,
+    acceptor: TlsAcceptor,
+    app: Router,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = tokio::select! {
+        () = shutdown.cancelled() => return,
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            metrics.handshake_failed(false);
+            tracing::debug!(%client, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics.handshake_failed(true);
+            tracing::debug!(%client, "TLS handshake timed out");
+            return;
+        }
+    };
+    // Identity comes from the verified certificate, never from a request (except from a
+    // trusted gateway, see `forwarded_identity`).
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| Arc::new(der.to_vec()));
+    let agent = leaf
+        .as_deref()
+        .and_then(|der| crate::pki::facts::read(der).ok())
+        .and_then(|facts| {
+            facts
+                .names
+                .uris
+                .iter()
+                .find_map(|uri| crate::protocol::v1::agent_id_of(uri).map(str::to_owned))
+        });
+    let app = app
+        .layer(axum::Extension(PeerAgent(agent)))
+        .layer(axum::Extension(PeerCertificate(leaf)))
+        .layer(axum::Extension(ClientAddress(client)));
+    serve_connection(stream, app, shutdown).await;
 }
 
 /// The next accepted connection, or `None` at shutdown.

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod deployments;
+pub mod dial_out;
 pub mod metrics;
 pub mod ocs;
 pub mod v1;

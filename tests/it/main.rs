@@ -5,6 +5,7 @@ mod certificates;
 mod chart;
 mod crash;
 mod crds;
+mod dial_out;
 mod doctor;
 mod enroll;
 mod examples;

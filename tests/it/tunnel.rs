@@ -20,7 +20,7 @@ use crate::support::{eventually, free_port, get};
 
 /// A TCP forwarder in front of the server that counts the connections it is given: the
 /// inside as the gateway sees it.
-async fn counting_forwarder(to: String) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn counting_forwarder(to: String) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let count = Arc::new(AtomicUsize::new(0));
@@ -40,7 +40,7 @@ async fn counting_forwarder(to: String) -> (String, Arc<AtomicUsize>) {
 }
 
 /// An agent enrolled directly with the server (inside, before it roams).
-async fn enrolled_agent(server: &str, ca: &Path, token: &str) -> tempfile::TempDir {
+pub(crate) async fn enrolled_agent(server: &str, ca: &Path, token: &str) -> tempfile::TempDir {
     let state = tempfile::tempdir().unwrap();
     let config = Config {
         server: format!("https://{server}"),
@@ -57,7 +57,7 @@ async fn enrolled_agent(server: &str, ca: &Path, token: &str) -> tempfile::TempD
     state
 }
 
-fn identity(agent: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn identity(agent: &Path) -> (PathBuf, PathBuf) {
     (
         agent.join("identity/agent.crt"),
         agent.join("identity/agent.key"),
@@ -134,9 +134,9 @@ spec:
     )
 }
 
-struct Gateway {
-    child: std::process::Child,
-    admin: SocketAddr,
+pub(crate) struct Gateway {
+    pub(crate) child: std::process::Child,
+    pub(crate) admin: SocketAddr,
 }
 
 impl Drop for Gateway {
@@ -148,7 +148,7 @@ impl Drop for Gateway {
 
 impl Gateway {
     /// The object as the gateway's admin API shows it (`null` before the first pass).
-    async fn object(&self, kind: &str, name: &str) -> serde_json::Value {
+    pub(crate) async fn object(&self, kind: &str, name: &str) -> serde_json::Value {
         let (status, body) = get(self.admin, &format!("/api/v1/objects/{kind}/{name}")).await;
         if status == 404 {
             return serde_json::Value::Null;
@@ -156,21 +156,25 @@ impl Gateway {
         serde_json::from_str(&body).unwrap()
     }
 
-    fn metric(&self, outcome: &str) -> u64 {
+    pub(crate) fn metric(&self, outcome: &str) -> u64 {
+        self.metric_of("tessera_gateway_connections_total", outcome)
+    }
+
+    pub(crate) fn metric_of(&self, name: &str, outcome: &str) -> u64 {
         let output = Command::new("curl")
             .args(["-sf", &format!("http://{}/metrics", self.admin)])
             .output()
             .unwrap();
         String::from_utf8_lossy(&output.stdout)
             .lines()
-            .find(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .find(|l| l.starts_with(name) && l.contains(&format!("outcome=\"{outcome}\"")))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
 }
 
-fn ready(object: &serde_json::Value) -> bool {
+pub(crate) fn ready(object: &serde_json::Value) -> bool {
     object["conditions"]
         .as_array()
         .into_iter()
@@ -649,7 +653,7 @@ spec:
     )
 }
 
-fn agent_id(agent: &Path) -> String {
+pub(crate) fn agent_id(agent: &Path) -> String {
     let pem = std::fs::read_to_string(agent.join("identity/agent.crt")).unwrap();
     let certs = tessera::pki::facts::pem_certificates(&pem).unwrap();
     let facts = tessera::pki::facts::read(&certs[0]).unwrap();
@@ -661,7 +665,7 @@ fn agent_id(agent: &Path) -> String {
         .unwrap()
 }
 
-fn base64_der(pem_file: &Path) -> String {
+pub(crate) fn base64_der(pem_file: &Path) -> String {
     use base64::Engine;
     let pem = std::fs::read_to_string(pem_file).unwrap();
     let certs = tessera::pki::facts::pem_certificates(&pem).unwrap();
@@ -669,7 +673,7 @@ fn base64_der(pem_file: &Path) -> String {
 }
 
 /// A check-in by `curl` from the loopback address `from`: the HTTP status and the body.
-fn curl_check_in(
+pub(crate) fn curl_check_in(
     url: &str,
     ca: &Path,
     certificate: Option<(&Path, &Path)>,

@@ -1,0 +1,228 @@
+//! Dial-out: `tessera serve` keeps connections open to `tessera gateway` in the DMZ, and
+//! agents reach the server over them while the gateway has no way in (its `backend` is a
+//! dead port). Real clients (`curl`, `openssl s_client`) through it, the client's address
+//! carried to the server, an impostor refused on the dial-out port, and a fast failure
+//! once the inside is gone.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use crate::support::{eventually, free_port, quickstart_copy, start};
+use crate::tunnel::{Gateway, agent_id, curl_check_in, enrolled_agent, identity, ready};
+
+fn gateway_yaml(port: u16, dial_port: u16) -> String {
+    format!(
+        r#"apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: edge-ca
+spec:
+  selfSigned: {{}}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Certificate
+metadata:
+  name: gateway-tls
+spec:
+  issuerRef:
+    name: edge-ca
+  ipAddresses: [127.0.0.1]
+  usages: [server auth, digital signature]
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: inside-servers
+spec:
+  ca:
+    certFile: inside-ca.crt
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Gateway
+metadata:
+  name: dmz
+spec:
+  listen: 127.0.0.1:{port}
+  mode: passthrough
+  backend: 127.0.0.1:1
+  certificateRef:
+    name: gateway-tls
+  dialOut:
+    listen: 127.0.0.1:{dial_port}
+    trustedServerIssuers:
+      - name: inside-servers
+    names: [inside.tessera]
+  limits:
+    connectTimeout: 2s
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inside_dials_out_and_agents_reach_it_with_no_path_in() {
+    let dir = quickstart_copy();
+    let running = start(dir.path()).await;
+    let (https, _) = crate::support::addresses(&running).await;
+    let state = dir.path().join(".tessera");
+    let server_ca = crate::support::server_ca(dir.path());
+    let id = crate::support::package_id(&running, "hello").await;
+    let token = crate::support::token(&state, 1, 600).reveal();
+    let agent = enrolled_agent(&https, &server_ca, &token).await;
+
+    // The gateway trusts the inside's CA for inside servers named inside.tessera.
+    let gw = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        state.join("pki/issuers/default/quickstart-ca/ca.crt"),
+        gw.path().join("inside-ca.crt"),
+    )
+    .unwrap();
+    let (port, dial_port) = (free_port(), free_port());
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        gateway_yaml(port, dial_port),
+    )
+    .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway {
+        child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["gateway", "--config"])
+            .arg(gw.path())
+            .args(["--admin-address", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        admin,
+    };
+    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
+    eventually("the gateway to be Ready", async || {
+        ready(&gateway.object("Gateway", "dmz").await).then_some(())
+    })
+    .await;
+
+    // The server dials out: it trusts the gateway's CA, and presents inside.tessera.
+    std::fs::copy(
+        gw.path()
+            .join(".tessera/pki/issuers/default/edge-ca/ca.crt"),
+        dir.path().join("dmz-ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dial-out.yaml"),
+        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: dmz-ca\nspec:\n  ca:\n    certFile: dmz-ca.crt\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: inside-dialer\nspec:\n  issuerRef:\n    name: quickstart-ca\n  commonName: inside.tessera\n  usages: [client auth, digital signature]\n",
+    )
+    .unwrap();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        format!(
+            "{text}  dialOut:\n    gateway: 127.0.0.1:{dial_port}\n    gatewayIssuerRef:\n      name: dmz-ca\n    certificateRef:\n      name: inside-dialer\n    connections: 2\n"
+        ),
+    )
+    .unwrap();
+    eventually(
+        "two dial-out connections in the gateway's pool",
+        async || {
+            let accepted = tokio::task::block_in_place(|| {
+                gateway.metric_of("tessera_gateway_dial_out_connections_total", "accepted")
+            });
+            (accepted >= 2).then_some(())
+        },
+    )
+    .await;
+
+    let (cert, key) = identity(agent.path());
+    let db = tessera::store::db::Database::open(&state.join("state.db")).unwrap();
+    tokio::task::block_in_place(|| {
+        // curl through the gateway: TLS end to end with the server, over a dial-out link.
+        let output = Command::new("curl")
+            .args(["-sS", "-f", "--max-time", "10", "--cacert"])
+            .arg(&server_ca)
+            .arg(format!("https://127.0.0.1:{port}/download/{id}/info"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && body.contains(&format!("ID=\"{id}\"")),
+            "{body}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // openssl s_client verifies the server's own certificate through it.
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-ign_eof", "-verify_return_error"])
+            .args(["-connect", &format!("127.0.0.1:{port}")])
+            .arg("-CAfile")
+            .arg(&server_ca)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                format!("GET /download/{id}/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // A check-in from 127.0.0.3: the server learns that address from the gateway.
+        let (status, body) = curl_check_in(
+            &format!("https://127.0.0.1:{port}/v1/checkin"),
+            &server_ca,
+            Some((&cert, &key)),
+            "127.0.0.3",
+            None,
+        );
+        assert_eq!(status, "200", "{body}");
+    });
+    assert_eq!(
+        db.address(&agent_id(agent.path())).unwrap().as_deref(),
+        Some("127.0.0.3")
+    );
+
+    // An agent's certificate is from the trusted CA but names no inside server: refused on
+    // the dial-out port.
+    let refused_before = gateway.metric_of("tessera_gateway_dial_out_connections_total", "refused");
+    tokio::task::block_in_place(|| {
+        let _ = Command::new("openssl")
+            .args(["s_client", "-quiet"])
+            .args(["-connect", &format!("127.0.0.1:{dial_port}")])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    });
+    eventually("the impostor to be refused", async || {
+        let refused = tokio::task::block_in_place(|| {
+            gateway.metric_of("tessera_gateway_dial_out_connections_total", "refused")
+        });
+        (refused > refused_before).then_some(())
+    })
+    .await;
+
+    // The inside goes away: agents get a fast failure, not a hung connection.
+    running.stop().await.unwrap();
+    let failed_before = gateway.metric("backend_failed");
+    tokio::task::block_in_place(|| {
+        let output = Command::new("curl")
+            .args(["-sS", "-f", "--max-time", "20", "--cacert"])
+            .arg(&server_ca)
+            .arg(format!("https://127.0.0.1:{port}/download/{id}/info"))
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+    });
+    assert!(gateway.metric("backend_failed") > failed_before);
+    drop(gateway);
+}
