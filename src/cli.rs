@@ -605,6 +605,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
                 text,
             }],
             problems: Vec::new(),
+            root: None,
         };
         desired::evaluate(&snapshot, None, desired::Options::default())
     };

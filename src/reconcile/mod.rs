@@ -194,6 +194,12 @@ impl Reconciler {
         snapshot: &Snapshot,
         now: jiff::Timestamp,
     ) -> Result<Pass, ReconcileError> {
+        let root = snapshot
+            .root
+            .clone()
+            .unwrap_or_else(|| self.config.config_dir.clone());
+        self.packages.set_config_dir(root.clone());
+        self.certificates.set_config_dir(root);
         let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
@@ -214,6 +220,9 @@ impl Reconciler {
             .min();
         let report = self.report(&desired, &outcomes, now);
         status::write(&self.config.state_dir, &report)?;
+        if !desired.held_back {
+            status::write_applied(&self.config.state_dir, &desired, &outcomes)?;
+        }
 
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         let ready = report
@@ -287,6 +296,7 @@ impl Reconciler {
                 }),
                 generation: entry.generation,
                 observed_generation: entry.observed_generation(),
+                source_revision: desired.revision.clone(),
                 details: outcome.map(|o| o.details.clone()).unwrap_or_default(),
                 conditions,
                 problems: entry

@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub files: Vec<SourceFile>,
     /// Problems met while reading (unreadable files, files too large).
     pub problems: Vec<Problem>,
+    /// Where relative file names in the documents (package content, CA files) resolve,
+    /// when it is not the configuration directory the server was started with: a git
+    /// source checks each commit out into its own directory.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// One file of configuration.
@@ -112,6 +116,11 @@ impl Resource {
             meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
             meta.name.as_deref().unwrap_or_default(),
         )
+    }
+
+    /// The whole object as a document (apiVersion, kind, metadata, spec), as JSON.
+    pub fn to_document(&self) -> serde_json::Value {
+        each!(self, o => serde_json::to_value(o).unwrap_or_default())
     }
 
     /// The spec as JSON: what decides whether two versions of an object differ.

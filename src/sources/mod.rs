@@ -2,3 +2,4 @@
 //! `resources::Snapshot` on a `tokio::sync::watch` channel; `desired` takes it from there.
 
 pub mod dir;
+pub mod git;
