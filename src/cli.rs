@@ -40,7 +40,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a configuration directory: watch it, reconcile it, and run the admin API.
+    /// Serve a configuration directory or a git branch: watch it, reconcile it, and run the
+    /// agent-facing server and the admin API.
     Serve(ServeArgs),
     /// Parse and validate a configuration directory; print every problem and exit 1 if any.
     Validate(ValidateArgs),
@@ -243,12 +244,14 @@ struct DoctorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The configuration directory to serve.
-    #[arg(long, env = "TESSERA_CONFIG")]
-    pub config: PathBuf,
+    #[arg(long, env = "TESSERA_CONFIG", required_unless_present = "git", conflicts_with = "git")]
+    pub config: Option<PathBuf>,
     /// State directory (database, fragments, certificates, status files).
-    /// Default: `<config>/.tessera`.
+    /// Default: `<config>/.tessera`; required with --git.
     #[arg(long, env = "TESSERA_STATE")]
     pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub git: GitArgs,
     /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
     /// mutual TLS: it shows what is deployed where.
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
@@ -257,6 +260,45 @@ pub struct ServeArgs {
     /// empty read (a broken mount, a bad checkout) prunes nothing.
     #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
     pub allow_empty: bool,
+}
+
+/// `tessera serve --git`: where the configuration comes from instead of a directory.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GitArgs {
+    /// Serve a branch of this git repository (`https://`, `ssh://`, `git@host:path`,
+    /// `file://`), fetched into the state directory.
+    #[arg(long, env = "TESSERA_GIT")]
+    pub git: Option<String>,
+    /// The branch to serve.
+    #[arg(long, env = "TESSERA_GIT_BRANCH", default_value = "main", requires = "git")]
+    pub branch: String,
+    /// The folder inside the repository that holds the configuration (default: the root).
+    #[arg(long, env = "TESSERA_GIT_PATH", default_value = "", requires = "git")]
+    pub path: String,
+    /// Time between fetches; a signed webhook call fetches at once.
+    #[arg(long, env = "TESSERA_GIT_INTERVAL", default_value = "1m", requires = "git")]
+    pub interval: Option<crate::resources::quantity::Duration>,
+    /// Longest run of one git command (fetch, archive) before it is killed.
+    #[arg(long, env = "TESSERA_GIT_TIMEOUT", default_value = "2m", requires = "git")]
+    pub git_timeout: Option<crate::resources::quantity::Duration>,
+    /// Private key for SSH remotes (only this key is offered).
+    #[arg(long, env = "TESSERA_GIT_SSH_KEY_FILE", requires = "git")]
+    pub ssh_key_file: Option<PathBuf>,
+    /// `known_hosts` for SSH remotes: host keys are checked strictly against it.
+    #[arg(long, env = "TESSERA_GIT_KNOWN_HOSTS_FILE", requires = "git")]
+    pub known_hosts_file: Option<PathBuf>,
+    /// User name for HTTPS remotes (with --password-file).
+    #[arg(long, env = "TESSERA_GIT_USERNAME", requires = "git")]
+    pub username: Option<String>,
+    /// A file holding the password or access token for HTTPS remotes; it is read when git
+    /// asks, never passed as an argument.
+    #[arg(long, env = "TESSERA_GIT_PASSWORD_FILE", requires = "git")]
+    pub password_file: Option<PathBuf>,
+    /// A file holding the shared secret of push webhooks: `POST /hooks/git` on the admin
+    /// listener then fetches at once for calls signed with it (GitHub's
+    /// `X-Hub-Signature-256`, GitLab's `X-Gitlab-Token`). Without it the hook is off.
+    #[arg(long, env = "TESSERA_WEBHOOK_SECRET_FILE", requires = "git")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// `tessera validate`.
@@ -1098,34 +1140,78 @@ impl Running {
 
 /// Starts everything `tessera serve` runs and returns once the admin API listens.
 pub async fn start(args: ServeArgs) -> Result<Running> {
-    let config = args.config.clone();
-    if !config.is_dir() {
+    if let Some(config) = args.config.as_ref().filter(|c| !c.is_dir()) {
         bail!("--config {}: not a directory", config.display());
     }
-    let state_dir = args
-        .state
-        .clone()
-        .unwrap_or_else(|| config.join(".tessera"));
+    let state_dir = match (&args.state, &args.config) {
+        (Some(state), _) => state.clone(),
+        (None, Some(config)) if args.git.git.is_none() => config.join(".tessera"),
+        _ => bail!("--state is required with --git"),
+    };
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
-    let source = DirSource::new(&config, vec![state_dir.clone()])?;
-    let (snapshot_tx, snapshot_rx) = watch::channel(source.scan());
     let (report_tx, report_rx) = watch::channel(Report::default());
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
     let listener = admin::bind(args.admin_address).await?;
     let admin_address = listener.local_addr()?;
-    tracing::info!(
-        config = %source.root().display(),
-        state = %state_dir.display(),
-        admin = %format!("http://{admin_address}"),
-        "serving"
-    );
-
-    let config_root = source.root().to_path_buf();
-    let token = shutdown.clone();
-    tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+    let mut hooks = None;
+    let (snapshot_rx, config_root) = match (&args.git.git, &args.config) {
+        (Some(_), _) => {
+            let (source, wake) = git_source(&args.git, &state_dir)?;
+            // The first fetch comes before anything else: an empty first snapshot would
+            // read as "nothing declared" to a server restarting with packages in its store.
+            let first = source.fetch_snapshot().await.with_context(|| {
+                format!("failed to read the configuration from {}", source.display_url())
+            })?;
+            tracing::info!(
+                git = %source.display_url(),
+                branch = %args.git.branch,
+                commit = %first.revision,
+                state = %state_dir.display(),
+                admin = %format!("http://{admin_address}"),
+                "serving"
+            );
+            let root = first.root.clone().unwrap_or_else(|| state_dir.clone());
+            let (snapshot_tx, snapshot_rx) = watch::channel(first);
+            if let Some(file) = &args.git.webhook_secret_file {
+                let secret = std::fs::read(file)
+                    .with_context(|| format!("failed to read {}", file.display()))?;
+                let secret = secret.trim_ascii();
+                if secret.is_empty() {
+                    bail!("--webhook-secret-file {}: the file is empty", file.display());
+                }
+                hooks = Some(crate::server::webhook::app(crate::server::webhook::Hook::new(
+                    secret,
+                    wake.clone(),
+                )));
+            }
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                source
+                    .run(snapshot_tx, wake, token)
+                    .await
+                    .map_err(Into::into)
+            });
+            (snapshot_rx, root)
+        }
+        (None, Some(config)) => {
+            let source = DirSource::new(config, vec![state_dir.clone()])?;
+            let (snapshot_tx, snapshot_rx) = watch::channel(source.scan());
+            tracing::info!(
+                config = %source.root().display(),
+                state = %state_dir.display(),
+                admin = %format!("http://{admin_address}"),
+                "serving"
+            );
+            let root = source.root().to_path_buf();
+            let token = shutdown.clone();
+            tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+            (snapshot_rx, root)
+        }
+        (None, None) => bail!("give --config DIR or --git URL"),
+    };
 
     // The agent-facing runtime: state database, channels from reconcile, listeners.
     let db_path = state_dir.join("state.db");
@@ -1196,8 +1282,11 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             .await
             .map_err(Into::into)
     });
-    let app = admin::app(report_rx.clone())
+    let mut app = admin::app(report_rx.clone())
         .merge(admin::deployments_app(admin::Deployments { db, metrics }));
+    if let Some(hooks) = hooks {
+        app = app.merge(hooks);
+    }
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
 
@@ -1207,6 +1296,38 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// The git source of `args`, and the handle a webhook wakes it with.
+fn git_source(
+    args: &GitArgs,
+    state_dir: &Path,
+) -> Result<(crate::sources::git::GitSource, Arc<tokio::sync::Notify>)> {
+    use crate::sources::git::{Credentials, DEFAULT_TIMEOUT, GitConfig, GitSource};
+    let url = args.git.clone().context("no --git URL")?;
+    if args.password_file.is_some() && args.username.is_none() {
+        bail!("--password-file needs --username");
+    }
+    let source = GitSource::new(
+        GitConfig {
+            url,
+            branch: args.branch.clone(),
+            path: args.path.clone(),
+            interval: args
+                .interval
+                .map_or(Duration::from_secs(60), |d| d.as_std())
+                .max(Duration::from_secs(1)),
+            timeout: args.git_timeout.map_or(DEFAULT_TIMEOUT, |d| d.as_std()),
+            credentials: Credentials {
+                ssh_key_file: args.ssh_key_file.clone(),
+                known_hosts_file: args.known_hosts_file.clone(),
+                username: args.username.clone(),
+                password_file: args.password_file.clone(),
+            },
+        },
+        state_dir,
+    )?;
+    Ok((source, Arc::new(tokio::sync::Notify::new())))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -8,3 +8,4 @@ pub mod deployments;
 pub mod metrics;
 pub mod ocs;
 pub mod v1;
+pub mod webhook;

@@ -10,8 +10,9 @@ use crate::support::{eventually, get, get_json, quickstart_copy};
 
 async fn start(config: &Path, allow_empty: bool) -> Running {
     cli::start(ServeArgs {
-        config: config.to_path_buf(),
+        config: Some(config.to_path_buf()),
         state: None,
+        git: Default::default(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty,
     })

@@ -220,8 +220,9 @@ pub async fn connect_proxy() -> (
 /// `tessera serve` in-process on `config`, its admin API on a free loopback port.
 pub async fn start(config: &Path) -> tessera::cli::Running {
     tessera::cli::start(tessera::cli::ServeArgs {
-        config: config.to_path_buf(),
+        config: Some(config.to_path_buf()),
         state: None,
+        git: Default::default(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty: false,
     })
