@@ -128,16 +128,12 @@ impl GitSource {
     /// but an earlier fetch left a commit, that commit is read and the failure is reported
     /// as a problem of the snapshot; with no commit at all, the failure is the error.
     pub async fn fetch_snapshot(&self) -> Result<Snapshot, GitError> {
-        let fetched = self.fetch().await;
-        let commit = match (&fetched, self.local_head().await) {
-            (Ok(commit), _) => commit.clone(),
-            (Err(_), Ok(Some(commit))) => commit,
-            (Err(error), _) => {
-                return Err(GitError::Failed {
-                    action: "fetch".into(),
-                    stderr: error.to_string(),
-                });
-            }
+        let (commit, fetched) = match self.fetch().await {
+            Ok(commit) => (commit, Ok(())),
+            Err(error) => match self.local_head().await {
+                Ok(Some(commit)) => (commit, Err(error)),
+                _ => return Err(error),
+            },
         };
         let mut snapshot = self.snapshot_at(&commit).await?;
         if let Err(error) = fetched {

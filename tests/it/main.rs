@@ -9,6 +9,7 @@ mod enroll;
 mod examples;
 mod export;
 mod gateway;
+mod git;
 mod ocs;
 mod ocs_agent;
 mod packages;
