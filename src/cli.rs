@@ -45,6 +45,10 @@ enum Command {
     Serve(ServeArgs),
     /// Parse and validate a configuration directory; print every problem and exit 1 if any.
     Validate(ValidateArgs),
+    /// What serving a configuration directory would change, compared with what a server last
+    /// applied: packages built, certificates issued or renewed, computers that would receive
+    /// or lose a package. Exit code 0: no change; 2: changes; 1: an error or problems.
+    Plan(PlanArgs),
     /// Print the CustomResourceDefinitions of every kind as YAML.
     Crds(CrdsArgs),
     /// Connect to a TLS server, show the chain it offers, and explain what is wrong.
@@ -311,6 +315,20 @@ struct ValidateArgs {
     output: OutputFormat,
 }
 
+/// `tessera plan`.
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// The configuration directory (a checkout of the commit to merge).
+    dir: PathBuf,
+    /// The state directory of the running `tessera serve` (default `<dir>/.tessera`). Only
+    /// read: nothing is written there.
+    #[arg(long, env = "TESSERA_STATE")]
+    state: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
 /// `tessera crds`.
 #[derive(Debug, Args)]
 struct CrdsArgs {
@@ -358,6 +376,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Crds(args) => crds(&args).map(|()| ExitCode::SUCCESS),
+        Command::Plan(args) => plan(&args),
         Command::Serve(args) => runtime()
             .and_then(|rt| rt.block_on(serve(args)))
             .map(|()| ExitCode::SUCCESS),
@@ -435,6 +454,185 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+fn plan(args: &PlanArgs) -> Result<ExitCode> {
+    use crate::reconcile::plan::{self, CertificateAction, Change, PackageAction, Side};
+    let desired = evaluate_dir(&args.dir)?;
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.dir.join(".tessera"));
+    let mut notes = Vec::new();
+    let (before, unreadable) = match reconcile::status::read_applied(&state)
+        .with_context(|| format!("failed to read {}", state.join("applied.json").display()))?
+    {
+        Some(applied) => Side::applied(&applied),
+        None => {
+            notes.push(format!(
+                "{} holds no applied configuration: everything counts as new",
+                state.display()
+            ));
+            (Side::default(), Vec::new())
+        }
+    };
+    notes.extend(
+        unreadable
+            .into_iter()
+            .map(|u| format!("left out of the comparison: {u}")),
+    );
+    let db_path = state.join("state.db");
+    let computers = if db_path.is_file() {
+        Database::open_read_only(&db_path)
+            .and_then(|db| db.computers())
+            .with_context(|| format!("failed to read {}", db_path.display()))?
+    } else {
+        notes.push(format!("no state database at {}: no computers", db_path.display()));
+        Vec::new()
+    };
+    // Packages are built in a scratch directory, so their ids are the ones serve would make.
+    let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
+    let config_dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("failed to read {}", args.dir.display()))?;
+    let outcomes = Packages::new(scratch.path().to_path_buf(), config_dir).reconcile(&desired);
+    let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
+    let mut ids = std::collections::HashMap::new();
+    for (key, outcome) in &outcomes {
+        match outcome.details.get("packageId").and_then(|v| v.as_str()) {
+            Some(id) if outcome.ready => {
+                ids.insert(key.clone(), id.to_owned());
+            }
+            _ => problems.push(format!("{key}: not built: {}", outcome.message)),
+        }
+    }
+    problems.sort();
+    let after = Side::desired(&desired, ids);
+    let found = plan::plan(&before, &after, &computers, jiff::Timestamp::now());
+
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => {
+            let mut body = serde_json::to_value(&found)?;
+            body["changes"] = found.changes().into();
+            body["problems"] = problems.clone().into();
+            body["notes"] = notes.clone().into();
+            writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        }
+        OutputFormat::Human => {
+            let short = |r: &Option<String>| {
+                r.as_deref()
+                    .map_or_else(|| "nothing".to_owned(), |r| r.chars().take(12).collect())
+            };
+            writeln!(
+                out,
+                "plan: {} ({}) against {} (applied: {})",
+                args.dir.display(),
+                short(&found.revision),
+                state.display(),
+                short(&found.applied_revision)
+            )?;
+            for note in &notes {
+                writeln!(out, "note: {note}")?;
+            }
+            if !found.objects.is_empty() {
+                writeln!(out, "\nobjects:")?;
+                for o in &found.objects {
+                    let sign = match o.change {
+                        Change::Add => "+",
+                        Change::Change => "~",
+                        Change::Remove => "-",
+                    };
+                    writeln!(out, "  {sign} {}", o.object)?;
+                }
+            }
+            if !found.packages.is_empty() {
+                writeln!(out, "\npackages:")?;
+                for p in &found.packages {
+                    let id = |i: &Option<String>| i.clone().unwrap_or_default();
+                    match p.action {
+                        PackageAction::Build => {
+                            writeln!(out, "  + {}: build {}", p.package, id(&p.to))?
+                        }
+                        PackageAction::Rebuild => writeln!(
+                            out,
+                            "  ~ {}: rebuild {} -> {}",
+                            p.package,
+                            id(&p.from),
+                            id(&p.to)
+                        )?,
+                        PackageAction::Remove => {
+                            writeln!(out, "  - {}: remove {}", p.package, id(&p.from))?
+                        }
+                    }
+                }
+            }
+            if !found.certificates.is_empty() {
+                writeln!(out, "\ncertificates:")?;
+                for c in &found.certificates {
+                    let (sign, verb) = match c.action {
+                        CertificateAction::Issue => ("+", "issue"),
+                        CertificateAction::Renew => ("~", "renew"),
+                        CertificateAction::Remove => ("-", "remove"),
+                    };
+                    writeln!(out, "  {sign} {}: {verb} ({})", c.certificate, c.reason)?;
+                }
+            }
+            if !found.deployments.is_empty() {
+                writeln!(out, "\ncomputers ({} known):", found.computers)?;
+                for d in &found.deployments {
+                    writeln!(out, "  {} (package {} {}):", d.activation, d.package, d.package_id)?;
+                    for (what, sample) in [("would receive", &d.receive), ("would lose", &d.lose)] {
+                        if sample.count == 0 {
+                            continue;
+                        }
+                        let more = sample.count - sample.names.len();
+                        writeln!(
+                            out,
+                            "    {what}: {} computer{}: {}{}",
+                            sample.count,
+                            plural(sample.count),
+                            sample.names.join(", "),
+                            if more > 0 { format!(" and {more} more") } else { String::new() }
+                        )?;
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                writeln!(out, "\nproblems:")?;
+                for problem in &problems {
+                    writeln!(out, "  {problem}")?;
+                }
+            }
+            let receive: usize = found.deployments.iter().map(|d| d.receive.count).sum();
+            let lose: usize = found.deployments.iter().map(|d| d.lose.count).sum();
+            let count = |action: PackageAction| {
+                found.packages.iter().filter(|p| p.action == action).count()
+            };
+            writeln!(
+                out,
+                "\n{}: {} object change{}, {} package{} to build, {} to rebuild, {} to remove, {} certificate{} to issue or renew; {receive} deployment{} to receive, {lose} to lose",
+                if found.changes() { "changes" } else { "no changes" },
+                found.objects.len(),
+                plural(found.objects.len()),
+                count(PackageAction::Build),
+                plural(count(PackageAction::Build)),
+                count(PackageAction::Rebuild),
+                count(PackageAction::Remove),
+                found.certificates.len(),
+                plural(found.certificates.len()),
+                plural(receive),
+            )?;
+        }
+    }
+    Ok(if !problems.is_empty() {
+        ExitCode::from(1)
+    } else if found.changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod certificates;
 pub mod fetch;
 pub mod fragments;
+pub mod plan;
 pub mod routes;
 pub mod status;
 

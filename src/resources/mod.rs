@@ -118,6 +118,29 @@ impl Resource {
         )
     }
 
+    /// The object a document (apiVersion, kind, metadata, spec) describes, as
+    /// [`Resource::to_document`] wrote it.
+    pub fn from_document(document: serde_json::Value) -> Result<Resource, serde_json::Error> {
+        use serde::de::Error;
+        let kind = document.get("kind").and_then(|k| k.as_str()).map(Kind::from_name);
+        Ok(match kind {
+            Some(Some(Kind::Issuer)) => Resource::Issuer(serde_json::from_value(document)?),
+            Some(Some(Kind::Certificate)) => {
+                Resource::Certificate(serde_json::from_value(document)?)
+            }
+            Some(Some(Kind::Server)) => Resource::Server(serde_json::from_value(document)?),
+            Some(Some(Kind::Gateway)) => Resource::Gateway(serde_json::from_value(document)?),
+            Some(Some(Kind::Package)) => Resource::Package(serde_json::from_value(document)?),
+            Some(Some(Kind::Activation)) => {
+                Resource::Activation(serde_json::from_value(document)?)
+            }
+            Some(Some(Kind::Affectation)) => {
+                Resource::Affectation(serde_json::from_value(document)?)
+            }
+            _ => return Err(serde_json::Error::custom("not a Tessera kind")),
+        })
+    }
+
     /// The whole object as a document (apiVersion, kind, metadata, spec), as JSON.
     pub fn to_document(&self) -> serde_json::Value {
         each!(self, o => serde_json::to_value(o).unwrap_or_default())
