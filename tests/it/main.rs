@@ -13,6 +13,7 @@ mod git;
 mod ocs;
 mod ocs_agent;
 mod packages;
+mod plan;
 mod serve;
 mod support;
 mod tls;
