@@ -248,7 +248,12 @@ struct DoctorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The configuration directory to serve.
-    #[arg(long, env = "TESSERA_CONFIG", required_unless_present = "git", conflicts_with = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_CONFIG",
+        required_unless_present = "git",
+        conflicts_with = "git"
+    )]
     pub config: Option<PathBuf>,
     /// State directory (database, fragments, certificates, status files).
     /// Default: `<config>/.tessera`; required with --git.
@@ -274,16 +279,31 @@ pub struct GitArgs {
     #[arg(long, env = "TESSERA_GIT")]
     pub git: Option<String>,
     /// The branch to serve.
-    #[arg(long, env = "TESSERA_GIT_BRANCH", default_value = "main", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_BRANCH",
+        default_value = "main",
+        requires = "git"
+    )]
     pub branch: String,
     /// The folder inside the repository that holds the configuration (default: the root).
     #[arg(long, env = "TESSERA_GIT_PATH", default_value = "", requires = "git")]
     pub path: String,
     /// Time between fetches; a signed webhook call fetches at once.
-    #[arg(long, env = "TESSERA_GIT_INTERVAL", default_value = "1m", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_INTERVAL",
+        default_value = "1m",
+        requires = "git"
+    )]
     pub interval: Option<crate::resources::quantity::Duration>,
     /// Longest run of one git command (fetch, archive) before it is killed.
-    #[arg(long, env = "TESSERA_GIT_TIMEOUT", default_value = "2m", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_TIMEOUT",
+        default_value = "2m",
+        requires = "git"
+    )]
     pub git_timeout: Option<crate::resources::quantity::Duration>,
     /// Private key for SSH remotes (only this key is offered).
     #[arg(long, env = "TESSERA_GIT_SSH_KEY_FILE", requires = "git")]
@@ -488,7 +508,10 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
             .and_then(|db| db.computers())
             .with_context(|| format!("failed to read {}", db_path.display()))?
     } else {
-        notes.push(format!("no state database at {}: no computers", db_path.display()));
+        notes.push(format!(
+            "no state database at {}: no computers",
+            db_path.display()
+        ));
         Vec::new()
     };
     // Packages are built in a scratch directory, so their ids are the ones serve would make.
@@ -583,7 +606,11 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
             if !found.deployments.is_empty() {
                 writeln!(out, "\ncomputers ({} known):", found.computers)?;
                 for d in &found.deployments {
-                    writeln!(out, "  {} (package {} {}):", d.activation, d.package, d.package_id)?;
+                    writeln!(
+                        out,
+                        "  {} (package {} {}):",
+                        d.activation, d.package, d.package_id
+                    )?;
                     for (what, sample) in [("would receive", &d.receive), ("would lose", &d.lose)] {
                         if sample.count == 0 {
                             continue;
@@ -595,7 +622,11 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
                             sample.count,
                             plural(sample.count),
                             sample.names.join(", "),
-                            if more > 0 { format!(" and {more} more") } else { String::new() }
+                            if more > 0 {
+                                format!(" and {more} more")
+                            } else {
+                                String::new()
+                            }
                         )?;
                     }
                 }
@@ -614,7 +645,11 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
             writeln!(
                 out,
                 "\n{}: {} object change{}, {} package{} to build, {} to rebuild, {} to remove, {} certificate{} to issue or renew; {receive} deployment{} to receive, {lose} to lose",
-                if found.changes() { "changes" } else { "no changes" },
+                if found.changes() {
+                    "changes"
+                } else {
+                    "no changes"
+                },
                 found.objects.len(),
                 plural(found.objects.len()),
                 count(PackageAction::Build),
@@ -1361,7 +1396,10 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             // The first fetch comes before anything else: an empty first snapshot would
             // read as "nothing declared" to a server restarting with packages in its store.
             let first = source.fetch_snapshot().await.with_context(|| {
-                format!("failed to read the configuration from {}", source.display_url())
+                format!(
+                    "failed to read the configuration from {}",
+                    source.display_url()
+                )
             })?;
             tracing::info!(
                 git = %source.display_url(),
@@ -1378,12 +1416,14 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
                     .with_context(|| format!("failed to read {}", file.display()))?;
                 let secret = secret.trim_ascii();
                 if secret.is_empty() {
-                    bail!("--webhook-secret-file {}: the file is empty", file.display());
+                    bail!(
+                        "--webhook-secret-file {}: the file is empty",
+                        file.display()
+                    );
                 }
-                hooks = Some(crate::server::webhook::app(crate::server::webhook::Hook::new(
-                    secret,
-                    wake.clone(),
-                )));
+                hooks = Some(crate::server::webhook::app(
+                    crate::server::webhook::Hook::new(secret, wake.clone()),
+                ));
             }
             let token = shutdown.clone();
             tasks.spawn(async move {

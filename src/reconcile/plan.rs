@@ -200,7 +200,11 @@ pub fn plan(before: &Side, after: &Side, computers: &[Computer], now: jiff::Time
 }
 
 fn objects(before: &Side, after: &Side) -> Vec<ObjectChange> {
-    let keys: BTreeSet<&ObjectKey> = before.resources.keys().chain(after.resources.keys()).collect();
+    let keys: BTreeSet<&ObjectKey> = before
+        .resources
+        .keys()
+        .chain(after.resources.keys())
+        .collect();
     keys.into_iter()
         .filter_map(|key| {
             let change = match (before.resources.get(key), after.resources.get(key)) {
@@ -253,11 +257,8 @@ fn certificates(before: &Side, after: &Side, now: jiff::Timestamp) -> Vec<Certif
         let Resource::Certificate(certificate) = resource else {
             continue;
         };
-        let issuer = ObjectKey::referenced(
-            Kind::Issuer,
-            &key.namespace,
-            &certificate.spec.issuer_ref,
-        );
+        let issuer =
+            ObjectKey::referenced(Kind::Issuer, &key.namespace, &certificate.spec.issuer_ref);
         let details = before.details.get(key);
         let renewal = details
             .and_then(|d| d.get("renewalTime"))
@@ -283,7 +284,11 @@ fn certificates(before: &Side, after: &Side, now: jiff::Timestamp) -> Vec<Certif
             reason,
         });
     }
-    for key in before.resources.keys().filter(|k| k.kind == Kind::Certificate) {
+    for key in before
+        .resources
+        .keys()
+        .filter(|k| k.kind == Kind::Certificate)
+    {
         if !after.resources.contains_key(key) {
             found.push(CertificateChange {
                 certificate: key.to_string(),
@@ -308,11 +313,8 @@ fn assignments(side: &Side) -> Vec<Assignment> {
         let Some(Resource::Activation(activation)) = side.resources.get(&activation_key) else {
             continue;
         };
-        let package_key = ObjectKey::referenced(
-            Kind::Package,
-            &key.namespace,
-            &activation.spec.package_ref,
-        );
+        let package_key =
+            ObjectKey::referenced(Kind::Package, &key.namespace, &activation.spec.package_ref);
         let (Some(Resource::Package(package)), Some(id)) = (
             side.resources.get(&package_key),
             side.package_ids.get(&package_key),
@@ -348,11 +350,14 @@ fn assignments(side: &Side) -> Vec<Assignment> {
     found
 }
 
-fn deployment_changes(before: &Side, after: &Side, computers: &[Computer]) -> Vec<DeploymentChange> {
+fn deployment_changes(
+    before: &Side,
+    after: &Side,
+    computers: &[Computer],
+) -> Vec<DeploymentChange> {
     let (old, new) = (assignments(before), assignments(after));
     // (activation, package, package id) -> (receive, lose)
-    let mut lists: BTreeMap<(String, String, String), (Vec<String>, Vec<String>)> =
-        BTreeMap::new();
+    let mut lists: BTreeMap<(String, String, String), (Vec<String>, Vec<String>)> = BTreeMap::new();
     for computer in computers {
         let name = if computer.name.is_empty() {
             computer.device_id.clone()
@@ -393,13 +398,15 @@ fn deployment_changes(before: &Side, after: &Side, computers: &[Computer]) -> Ve
     }
     lists
         .into_iter()
-        .map(|((activation, package, package_id), (receive, lose))| DeploymentChange {
-            activation,
-            package,
-            package_id,
-            receive: Sample::of(receive),
-            lose: Sample::of(lose),
-        })
+        .map(
+            |((activation, package, package_id), (receive, lose))| DeploymentChange {
+                activation,
+                package,
+                package_id,
+                receive: Sample::of(receive),
+                lose: Sample::of(lose),
+            },
+        )
         .collect()
 }
 
@@ -422,7 +429,12 @@ mod tests {
         assert!(desired.problems.is_empty(), "{:?}", desired.problems);
         let ids = ids
             .iter()
-            .map(|(name, id)| (ObjectKey::new(Kind::Package, "default", name), (*id).to_owned()))
+            .map(|(name, id)| {
+                (
+                    ObjectKey::new(Kind::Package, "default", name),
+                    (*id).to_owned(),
+                )
+            })
             .collect();
         Side::desired(&desired, ids)
     }
@@ -478,12 +490,28 @@ mod tests {
             computer("office2", &["office"], &["1000000001"]),
         ];
         let found = plan(&before, &after, &computers, jiff::Timestamp::UNIX_EPOCH);
-        let a = found.deployments.iter().find(|d| d.activation == "default/a").unwrap();
-        assert_eq!(a.receive.names, ["office1"], "office2 has it installed already");
+        let a = found
+            .deployments
+            .iter()
+            .find(|d| d.activation == "default/a")
+            .unwrap();
+        assert_eq!(
+            a.receive.names,
+            ["office1"],
+            "office2 has it installed already"
+        );
         assert_eq!(a.lose.count, 0);
-        let b = found.deployments.iter().find(|d| d.activation == "default/b").unwrap();
+        let b = found
+            .deployments
+            .iter()
+            .find(|d| d.activation == "default/b")
+            .unwrap();
         assert_eq!((b.receive.count, b.lose.count), (0, 3));
-        let c = found.deployments.iter().find(|d| d.activation == "default/c").unwrap();
+        let c = found
+            .deployments
+            .iter()
+            .find(|d| d.activation == "default/c")
+            .unwrap();
         assert_eq!(c.receive.names, ["lab1", "office1", "office2"]);
         assert_eq!(
             found.packages,
@@ -527,7 +555,9 @@ mod tests {
     fn certificates_are_issued_when_new_or_changed_and_renewed_when_due() {
         let issuer = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned: {}\n---\n";
         let certificate = |cn: &str| {
-            format!("apiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: web\nspec:\n  issuerRef:\n    name: ca\n  commonName: {cn}\n  dnsNames: [{cn}]\n---\n")
+            format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: web\nspec:\n  issuerRef:\n    name: ca\n  commonName: {cn}\n  dnsNames: [{cn}]\n---\n"
+            )
         };
         let mut before = side(&format!("{issuer}{}", certificate("a.example")), &[]);
         let key = ObjectKey::new(Kind::Certificate, "default", "web");

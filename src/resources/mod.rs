@@ -122,7 +122,10 @@ impl Resource {
     /// [`Resource::to_document`] wrote it.
     pub fn from_document(document: serde_json::Value) -> Result<Resource, serde_json::Error> {
         use serde::de::Error;
-        let kind = document.get("kind").and_then(|k| k.as_str()).map(Kind::from_name);
+        let kind = document
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(Kind::from_name);
         Ok(match kind {
             Some(Some(Kind::Issuer)) => Resource::Issuer(serde_json::from_value(document)?),
             Some(Some(Kind::Certificate)) => {
@@ -131,9 +134,7 @@ impl Resource {
             Some(Some(Kind::Server)) => Resource::Server(serde_json::from_value(document)?),
             Some(Some(Kind::Gateway)) => Resource::Gateway(serde_json::from_value(document)?),
             Some(Some(Kind::Package)) => Resource::Package(serde_json::from_value(document)?),
-            Some(Some(Kind::Activation)) => {
-                Resource::Activation(serde_json::from_value(document)?)
-            }
+            Some(Some(Kind::Activation)) => Resource::Activation(serde_json::from_value(document)?),
             Some(Some(Kind::Affectation)) => {
                 Resource::Affectation(serde_json::from_value(document)?)
             }

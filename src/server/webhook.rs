@@ -153,7 +153,11 @@ mod tests {
     #[tokio::test]
     async fn a_signature_of_another_body_or_secret_is_refused() {
         assert_eq!(
-            call(Some(("X-Hub-Signature-256", GITHUB_EXAMPLE)), b"Hello, World?").await,
+            call(
+                Some(("X-Hub-Signature-256", GITHUB_EXAMPLE)),
+                b"Hello, World?"
+            )
+            .await,
             (StatusCode::FORBIDDEN, false)
         );
         assert_eq!(

@@ -200,7 +200,9 @@ impl GitSource {
                     publish.send_if_modified(|current| {
                         let changed = !current.problems.contains(&problem);
                         if changed {
-                            current.problems.retain(|p| !p.message.starts_with(FETCH_FAILED));
+                            current
+                                .problems
+                                .retain(|p| !p.message.starts_with(FETCH_FAILED));
                             current.problems.push(problem);
                         }
                         changed
@@ -230,7 +232,10 @@ impl GitSource {
             self.git("init", &["init", "--bare", "--quiet"], Some(&repo))
                 .await?;
         }
-        let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.config.branch);
+        let refspec = format!(
+            "+refs/heads/{0}:refs/remotes/origin/{0}",
+            self.config.branch
+        );
         self.git(
             "fetch",
             &[
@@ -411,11 +416,7 @@ impl GitSource {
             .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
             .env("LC_ALL", "C");
         let credentials = &self.config.credentials;
-        let mut ssh = vec![
-            "ssh".to_owned(),
-            "-o".into(),
-            "BatchMode=yes".into(),
-        ];
+        let mut ssh = vec!["ssh".to_owned(), "-o".into(), "BatchMode=yes".into()];
         if let Some(key) = &credentials.ssh_key_file {
             ssh.extend([
                 "-i".into(),
@@ -608,8 +609,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fetches_the_branch_folder_and_keeps_serving_the_last_commit_when_the_remote_is_gone()
-    {
+    async fn fetches_the_branch_folder_and_keeps_serving_the_last_commit_when_the_remote_is_gone() {
         let work = tempfile::tempdir().unwrap();
         let remote = work.path().join("remote.git");
         let clone = work.path().join("clone");
@@ -621,7 +621,10 @@ mod tests {
         std::fs::write(clone.join("outside.yaml"), "b: 1\n").unwrap();
         run(&clone, &["add", "."]);
         run(&clone, &["commit", "--quiet", "-m", "one"]);
-        run(&clone, &["push", "--quiet", remote.to_str().unwrap(), "main"]);
+        run(
+            &clone,
+            &["push", "--quiet", remote.to_str().unwrap(), "main"],
+        );
 
         let state = tempfile::tempdir().unwrap();
         let url = format!("file://{}", remote.display());
@@ -656,7 +659,9 @@ mod tests {
         run(&clone, &["commit", "--quiet", "-m", "one"]);
         let url = format!("file://{}", clone.display());
         let state = tempfile::tempdir().unwrap();
-        let missing = source(url.clone(), "nope", state.path()).fetch_snapshot().await;
+        let missing = source(url.clone(), "nope", state.path())
+            .fetch_snapshot()
+            .await;
         assert!(
             matches!(missing, Err(GitError::NoSuchPath { .. })),
             "{missing:?}"

@@ -213,15 +213,18 @@ async fn a_push_reaches_an_agent_once_a_signed_webhook_calls_and_unsigned_calls_
         403
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(revision(&running).await, first, "refused calls fetch nothing");
+    assert_eq!(
+        revision(&running).await,
+        first,
+        "refused calls fetch nothing"
+    );
     assert!(
-        !state.path().join("git").read_dir().unwrap().any(|e| {
-            e.unwrap()
-                .path()
-                .join("trees")
-                .join(&second)
-                .exists()
-        }),
+        !state
+            .path()
+            .join("git")
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().path().join("trees").join(&second).exists() }),
         "the pushed commit was not fetched"
     );
 
@@ -302,7 +305,10 @@ async fn a_commit_with_a_broken_document_keeps_the_last_good_objects() {
         .find(|c| c["type"] == "Ready")
         .unwrap();
     assert!(
-        ready["message"].as_str().unwrap().contains("stays in effect"),
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("stays in effect"),
         "{ready}"
     );
     let problems = hello["problems"].as_array().unwrap();

@@ -66,7 +66,11 @@ async fn plan_lists_the_computers_a_change_would_reach_and_writes_nothing() {
     // Computers that checked in: two in the lab, one elsewhere (all Linux).
     {
         let db = Database::open(&state.join("state.db")).unwrap();
-        for (name, tags) in [("lab-1", vec!["lab"]), ("lab-2", vec!["lab"]), ("office-1", vec![])] {
+        for (name, tags) in [
+            ("lab-1", vec!["lab"]),
+            ("lab-2", vec!["lab"]),
+            ("office-1", vec![]),
+        ] {
             let id = format!("{name}-2026-01-01-00-00-00");
             db.contact(&id, 1).unwrap();
             db.record_inventory(
@@ -146,7 +150,10 @@ async fn plan_lists_the_computers_a_change_would_reach_and_writes_nothing() {
         .iter()
         .find(|d| d["activation"] == "default/hello")
         .expect("hello rebuilt");
-    assert_eq!(hello["receive"]["names"], serde_json::json!(["lab-1", "lab-2"]));
+    assert_eq!(
+        hello["receive"]["names"],
+        serde_json::json!(["lab-1", "lab-2"])
+    );
 
     // A broken document is an error, whatever else changes.
     std::fs::write(changed.path().join("broken.yaml"), "kind: [\n").unwrap();
@@ -154,5 +161,9 @@ async fn plan_lists_the_computers_a_change_would_reach_and_writes_nothing() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("problems:"), "{text}");
 
-    assert_eq!(listing(&state), before, "plan wrote nothing to the state directory");
+    assert_eq!(
+        listing(&state),
+        before,
+        "plan wrote nothing to the state directory"
+    );
 }
