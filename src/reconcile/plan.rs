@@ -45,10 +45,10 @@ impl Side {
             match Resource::from_document(object.resource.clone()) {
                 Ok(resource) => {
                     let key = resource.key();
-                    if let Some(id) = object.details.get("packageId").and_then(Value::as_str) {
-                        if key.kind == Kind::Package {
-                            side.package_ids.insert(key.clone(), id.to_owned());
-                        }
+                    if let Some(id) = object.details.get("packageId").and_then(Value::as_str)
+                        && key.kind == Kind::Package
+                    {
+                        side.package_ids.insert(key.clone(), id.to_owned());
                     }
                     side.details.insert(key.clone(), object.details.clone());
                     side.resources.insert(key, resource);
@@ -350,14 +350,17 @@ fn assignments(side: &Side) -> Vec<Assignment> {
     found
 }
 
+/// (activation, package, package id).
+type Slot = (String, String, String);
+
 fn deployment_changes(
     before: &Side,
     after: &Side,
     computers: &[Computer],
 ) -> Vec<DeploymentChange> {
     let (old, new) = (assignments(before), assignments(after));
-    // (activation, package, package id) -> (receive, lose)
-    let mut lists: BTreeMap<(String, String, String), (Vec<String>, Vec<String>)> = BTreeMap::new();
+    // Per slot: (receive, lose).
+    let mut lists: BTreeMap<Slot, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for computer in computers {
         let name = if computer.name.is_empty() {
             computer.device_id.clone()
