@@ -299,16 +299,10 @@ impl GitSource {
             let unpacked = match exported {
                 Ok(()) => {
                     let (from, into) = (archive.clone(), staging.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let file = std::fs::File::open(&from)?;
-                        let mut unpacker = tar::Archive::new(file);
-                        unpacker.set_preserve_permissions(true);
-                        unpacker.set_overwrite(false);
-                        unpacker.unpack(&into)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                    .map_err(io(&staging))
+                    tokio::task::spawn_blocking(move || unpack(&from, &into))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                        .map_err(io(&staging))
                 }
                 Err(error) => Err(error),
             };
@@ -513,6 +507,57 @@ impl GitSource {
     }
 }
 
+/// Unpacks the tar archive `from` into `into`, leaving out symbolic links that point outside
+/// the tree: the directory source follows links, and a pushed commit must not make the
+/// server read its own files (its CA key) as configuration or package content.
+fn unpack(from: &Path, into: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(std::fs::File::open(from)?);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(false);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry.link_name()?.unwrap_or_default().into_owned();
+            let base = if kind.is_symlink() {
+                path.parent().unwrap_or(Path::new("")).to_path_buf()
+            } else {
+                PathBuf::new()
+            };
+            if escapes(&base, &target) {
+                tracing::warn!(
+                    link = %path.display(),
+                    target = %target.display(),
+                    "a link pointing outside the repository was left out"
+                );
+                continue;
+            }
+        }
+        entry.unpack_in(into)?;
+    }
+    Ok(())
+}
+
+/// Whether `target`, followed from the directory `base` (relative to the root), leaves the
+/// root.
+fn escapes(base: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    let mut depth: usize = 0;
+    for component in base.components().chain(target.components()) {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return true,
+            },
+            Component::RootDir | Component::Prefix(_) => return true,
+        }
+    }
+    false
+}
+
 /// `url` with any password in its user part replaced by `***`.
 fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -587,6 +632,45 @@ mod tests {
             redact("ssh://git@host/r.git"),
             "ssh://git@host/r.git",
             "a user without a password stays"
+        );
+    }
+
+    #[test]
+    fn links_leaving_the_tree_are_told_apart() {
+        assert!(!escapes(Path::new("a/b"), Path::new("../c")));
+        assert!(!escapes(Path::new("a"), Path::new("./x/../y")));
+        assert!(escapes(Path::new("a"), Path::new("../../etc")));
+        assert!(escapes(Path::new(""), Path::new("/etc/passwd")));
+        assert!(escapes(Path::new("a"), Path::new("b/../../..")));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_symlink_out_of_the_repository_is_not_exported() {
+        let work = tempfile::tempdir().unwrap();
+        let clone = work.path().join("clone");
+        std::fs::create_dir_all(clone.join("pkg")).unwrap();
+        run(&clone, &["init", "--quiet", "--initial-branch", "main"]);
+        std::fs::write(clone.join("pkg/a.yaml"), "a: 1\n").unwrap();
+        std::os::unix::fs::symlink("/etc", clone.join("pkg/outside")).unwrap();
+        std::os::unix::fs::symlink("../pkg/a.yaml", clone.join("pkg/inside.yaml")).unwrap();
+        run(&clone, &["add", "."]);
+        run(&clone, &["commit", "--quiet", "-m", "links"]);
+        let state = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", clone.display());
+        let snapshot = source(url, "pkg", state.path())
+            .fetch_snapshot()
+            .await
+            .unwrap();
+        let root = snapshot.root.unwrap();
+        assert!(root.join("a.yaml").is_file());
+        assert!(
+            root.join("inside.yaml").is_file(),
+            "a link inside the tree stays"
+        );
+        assert!(
+            std::fs::symlink_metadata(root.join("outside")).is_err(),
+            "a link out of the tree is left out"
         );
     }
 
