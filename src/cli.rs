@@ -339,11 +339,34 @@ struct ValidateArgs {
 #[derive(Debug, Args)]
 struct PlanArgs {
     /// The configuration directory (a checkout of the commit to merge).
-    dir: PathBuf,
+    #[arg(required_unless_present = "git", conflicts_with = "git")]
+    dir: Option<PathBuf>,
     /// The state directory of the running `tessera serve` (default `<dir>/.tessera`). Only
     /// read: nothing is written there.
-    #[arg(long, env = "TESSERA_STATE")]
+    #[arg(long, env = "TESSERA_STATE", required_unless_present = "dir")]
     state: Option<PathBuf>,
+    /// Plan a branch of a git repository instead of a directory (fetched into a scratch
+    /// directory, with the credential flags of `tessera serve --git`).
+    #[arg(long)]
+    git: Option<String>,
+    /// With --git: the branch to plan.
+    #[arg(long, default_value = "main", requires = "git")]
+    branch: String,
+    /// With --git: the folder of the repository holding the configuration.
+    #[arg(long, default_value = "", requires = "git")]
+    path: String,
+    /// With --git: SSH private key.
+    #[arg(long, env = "TESSERA_GIT_SSH_KEY_FILE", requires = "git")]
+    ssh_key_file: Option<PathBuf>,
+    /// With --git: `known_hosts`, checked strictly.
+    #[arg(long, env = "TESSERA_GIT_KNOWN_HOSTS_FILE", requires = "git")]
+    known_hosts_file: Option<PathBuf>,
+    /// With --git: HTTPS user name.
+    #[arg(long, env = "TESSERA_GIT_USERNAME", requires = "git")]
+    username: Option<String>,
+    /// With --git: a file holding the HTTPS password or token.
+    #[arg(long, env = "TESSERA_GIT_PASSWORD_FILE", requires = "git")]
+    password_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
@@ -479,11 +502,45 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
 
 fn plan(args: &PlanArgs) -> Result<ExitCode> {
     use crate::reconcile::plan::{self, CertificateAction, Change, PackageAction, Side};
-    let desired = evaluate_dir(&args.dir)?;
-    let state = args
-        .state
-        .clone()
-        .unwrap_or_else(|| args.dir.join(".tessera"));
+    // The configuration: a directory, or a branch fetched into a scratch directory.
+    let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
+    let (desired, config_dir, label) = match (&args.git, &args.dir) {
+        (Some(url), _) => {
+            let git = GitArgs {
+                git: Some(url.clone()),
+                branch: args.branch.clone(),
+                path: args.path.clone(),
+                ssh_key_file: args.ssh_key_file.clone(),
+                known_hosts_file: args.known_hosts_file.clone(),
+                username: args.username.clone(),
+                password_file: args.password_file.clone(),
+                ..GitArgs::default()
+            };
+            let (source, _) = git_source(&git, &scratch.path().join("fetched"))?;
+            let snapshot = runtime()?
+                .block_on(source.fetch_snapshot())
+                .with_context(|| format!("failed to fetch {}", source.display_url()))?;
+            let root = snapshot.root.clone().context("a git snapshot has a root")?;
+            let desired = desired::evaluate(&snapshot, None, desired::Options::default());
+            (
+                desired,
+                root,
+                format!("{} {}", source.display_url(), args.branch),
+            )
+        }
+        (None, Some(dir)) => {
+            let config_dir = dir
+                .canonicalize()
+                .with_context(|| format!("failed to read {}", dir.display()))?;
+            (evaluate_dir(dir)?, config_dir, dir.display().to_string())
+        }
+        (None, None) => bail!("give DIR or --git URL"),
+    };
+    let state = match (&args.state, &args.dir) {
+        (Some(state), _) => state.clone(),
+        (None, Some(dir)) => dir.join(".tessera"),
+        (None, None) => bail!("--state is required with --git"),
+    };
     let mut notes = Vec::new();
     let (before, unreadable) = match reconcile::status::read_applied(&state)
         .with_context(|| format!("failed to read {}", state.join("applied.json").display()))?
@@ -515,12 +572,7 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
         Vec::new()
     };
     // Packages are built in a scratch directory, so their ids are the ones serve would make.
-    let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
-    let config_dir = args
-        .dir
-        .canonicalize()
-        .with_context(|| format!("failed to read {}", args.dir.display()))?;
-    let outcomes = Packages::new(scratch.path().to_path_buf(), config_dir).reconcile(&desired);
+    let outcomes = Packages::new(scratch.path().join("state"), config_dir).reconcile(&desired);
     let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
     let mut ids = std::collections::HashMap::new();
     for (key, outcome) in &outcomes {
@@ -552,7 +604,7 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
             writeln!(
                 out,
                 "plan: {} ({}) against {} (applied: {})",
-                args.dir.display(),
+                label,
                 short(&found.revision),
                 state.display(),
                 short(&found.applied_revision)

@@ -155,6 +155,33 @@ async fn plan_lists_the_computers_a_change_would_reach_and_writes_nothing() {
         serde_json::json!(["lab-1", "lab-2"])
     );
 
+    // The same change as a branch of a repository, planned without a checkout.
+    let repository = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(changed.path(), &repository.path().join("fleet"));
+    crate::git::git(
+        repository.path(),
+        &["init", "--quiet", "--initial-branch", "proposal"],
+    );
+    crate::git::git(repository.path(), &["add", "--all"]);
+    crate::git::git(
+        repository.path(),
+        &["commit", "--quiet", "-m", "a proposal"],
+    );
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .args(["plan", "--branch", "proposal", "--path", "fleet", "--git"])
+        .arg(format!("file://{}", repository.path().display()))
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("would receive: 2 computers: lab-1, lab-2"),
+        "{text}"
+    );
+
     // A broken document is an error, whatever else changes.
     std::fs::write(changed.path().join("broken.yaml"), "kind: [\n").unwrap();
     let (code, text) = plan(changed.path(), &state, false);
