@@ -674,6 +674,40 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn the_askpass_script_answers_from_the_environment_and_the_password_file() {
+        let state = tempfile::tempdir().unwrap();
+        let password = state.path().join("password");
+        std::fs::write(&password, "t0ken\nsecond line\n").unwrap();
+        let mut git = source("https://git.example/r.git".into(), "", state.path());
+        git.config.credentials = Credentials {
+            username: Some("deploy-bot".into()),
+            password_file: Some(password.clone()),
+            ..Credentials::default()
+        };
+        git.write_askpass().unwrap();
+        let ask = |prompt: &str| {
+            // Through `sh`, as git runs it but without executing a file just written (another
+            // test's fork may still hold it open for writing: ETXTBSY).
+            let output = std::process::Command::new("sh")
+                .arg(git.dir.join("askpass"))
+                .arg(prompt)
+                .env("TESSERA_GIT_USERNAME", "deploy-bot")
+                .env("TESSERA_GIT_PASSWORD_FILE", &password)
+                .output()
+                .unwrap();
+            String::from_utf8(output.stdout).unwrap()
+        };
+        assert_eq!(ask("Username for 'https://git.example': "), "deploy-bot\n");
+        assert_eq!(
+            ask("Password for 'https://deploy-bot@git.example': "),
+            "t0ken\n"
+        );
+        let script = std::fs::read_to_string(git.dir.join("askpass")).unwrap();
+        assert!(!script.contains("t0ken") && !script.contains("deploy-bot"));
+    }
+
     #[test]
     fn a_path_leaving_the_repository_is_refused() {
         let state = tempfile::tempdir().unwrap();
