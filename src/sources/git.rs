@@ -182,7 +182,7 @@ impl GitSource {
                         }
                         changed
                     });
-                    if changed {
+                    if changed && !failed {
                         tracing::info!(commit = %revision, "configuration fetched");
                         self.remove_old_trees(&revision);
                     }
