@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl,
-# tar, md5sum, Python's zipfile, Java's keytool, the OCS Inventory NG Unix agent)
+# tar, md5sum, Python's zipfile, Java's keytool, the OCS Inventory NG Unix agent, git for
+# `tessera serve --git` and its local bare repositories)
 # that tests drive against the server. Idempotent; quick when everything is there.
 set -euo pipefail
 
 # The agent's deployment module disables itself (one log line) without Perl's LWP https
 # support, which Debian only recommends; --no-install-recommends would leave it out.
-packages=(curl openssl ca-certificates tar coreutils python3 binutils liblwp-protocol-https-perl)
+packages=(curl openssl ca-certificates tar coreutils python3 binutils git liblwp-protocol-https-perl)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -40,10 +40,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a configuration directory: watch it, reconcile it, and run the admin API.
+    /// Serve a configuration directory or a git branch: watch it, reconcile it, and run the
+    /// agent-facing server and the admin API.
     Serve(ServeArgs),
     /// Parse and validate a configuration directory; print every problem and exit 1 if any.
     Validate(ValidateArgs),
+    /// What serving a configuration directory would change, compared with what a server last
+    /// applied: packages built, certificates issued or renewed, computers that would receive
+    /// or lose a package. Exit code 0: no change; 2: changes; 1: an error or problems.
+    Plan(PlanArgs),
     /// Print the CustomResourceDefinitions of every kind as YAML.
     Crds(CrdsArgs),
     /// Connect to a TLS server, show the chain it offers, and explain what is wrong.
@@ -258,14 +263,17 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TESSERA_CONFIG",
-        required_unless_present = "kube",
-        conflicts_with = "kube"
+        required_unless_present_any = ["kube", "git"],
+        conflicts_with_all = ["kube", "git"]
     )]
     pub config: Option<PathBuf>,
     /// State directory (database, fragments, certificates, status files).
-    /// Default: `<config>/.tessera`, or `/var/lib/tessera` with `--kube`.
+    /// Default: `<config>/.tessera`, or `/var/lib/tessera` with `--kube`; required with
+    /// `--git`.
     #[arg(long, env = "TESSERA_STATE")]
     pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub git: GitArgs,
     /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
     /// mutual TLS: it shows what is deployed where.
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
@@ -301,11 +309,102 @@ pub struct KubeArgs {
     pub pod_name: Option<String>,
 }
 
+/// `tessera serve --git`: where the configuration comes from instead of a directory.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GitArgs {
+    /// Serve a branch of this git repository (`https://`, `ssh://`, `git@host:path`,
+    /// `file://`), fetched into the state directory.
+    #[arg(long, env = "TESSERA_GIT")]
+    pub git: Option<String>,
+    /// The branch to serve.
+    #[arg(
+        long,
+        env = "TESSERA_GIT_BRANCH",
+        default_value = "main",
+        requires = "git"
+    )]
+    pub branch: String,
+    /// The folder inside the repository that holds the configuration (default: the root).
+    #[arg(long, env = "TESSERA_GIT_PATH", default_value = "", requires = "git")]
+    pub path: String,
+    /// Time between fetches; a signed webhook call fetches at once.
+    #[arg(
+        long,
+        env = "TESSERA_GIT_INTERVAL",
+        default_value = "1m",
+        requires = "git"
+    )]
+    pub interval: Option<crate::resources::quantity::Duration>,
+    /// Longest run of one git command (fetch, archive) before it is killed.
+    #[arg(
+        long,
+        env = "TESSERA_GIT_TIMEOUT",
+        default_value = "2m",
+        requires = "git"
+    )]
+    pub git_timeout: Option<crate::resources::quantity::Duration>,
+    /// Private key for SSH remotes (only this key is offered).
+    #[arg(long, env = "TESSERA_GIT_SSH_KEY_FILE", requires = "git")]
+    pub ssh_key_file: Option<PathBuf>,
+    /// `known_hosts` for SSH remotes: host keys are checked strictly against it.
+    #[arg(long, env = "TESSERA_GIT_KNOWN_HOSTS_FILE", requires = "git")]
+    pub known_hosts_file: Option<PathBuf>,
+    /// User name for HTTPS remotes (with --password-file).
+    #[arg(long, env = "TESSERA_GIT_USERNAME", requires = "git")]
+    pub username: Option<String>,
+    /// A file holding the password or access token for HTTPS remotes; it is read when git
+    /// asks, never passed as an argument.
+    #[arg(long, env = "TESSERA_GIT_PASSWORD_FILE", requires = "git")]
+    pub password_file: Option<PathBuf>,
+    /// A file holding the shared secret of push webhooks: `POST /hooks/git` on the admin
+    /// listener then fetches at once for calls signed with it (GitHub's
+    /// `X-Hub-Signature-256`, GitLab's `X-Gitlab-Token`). Without it the hook is off.
+    #[arg(long, env = "TESSERA_WEBHOOK_SECRET_FILE", requires = "git")]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
 /// `tessera validate`.
 #[derive(Debug, Args)]
 struct ValidateArgs {
     /// The configuration directory.
     dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+/// `tessera plan`.
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// The configuration directory (a checkout of the commit to merge).
+    #[arg(required_unless_present = "git", conflicts_with = "git")]
+    dir: Option<PathBuf>,
+    /// The state directory of the running `tessera serve` (default `<dir>/.tessera`). Only
+    /// read: nothing is written there.
+    #[arg(long, env = "TESSERA_STATE", required_unless_present = "dir")]
+    state: Option<PathBuf>,
+    /// Plan a branch of a git repository instead of a directory (fetched into a scratch
+    /// directory, with the credential flags of `tessera serve --git`).
+    #[arg(long)]
+    git: Option<String>,
+    /// With --git: the branch to plan.
+    #[arg(long, default_value = "main", requires = "git")]
+    branch: String,
+    /// With --git: the folder of the repository holding the configuration.
+    #[arg(long, default_value = "", requires = "git")]
+    path: String,
+    /// With --git: SSH private key.
+    #[arg(long, env = "TESSERA_GIT_SSH_KEY_FILE", requires = "git")]
+    ssh_key_file: Option<PathBuf>,
+    /// With --git: `known_hosts`, checked strictly.
+    #[arg(long, env = "TESSERA_GIT_KNOWN_HOSTS_FILE", requires = "git")]
+    known_hosts_file: Option<PathBuf>,
+    /// With --git: HTTPS user name.
+    #[arg(long, env = "TESSERA_GIT_USERNAME", requires = "git")]
+    username: Option<String>,
+    /// With --git: a file holding the HTTPS password or token.
+    #[arg(long, env = "TESSERA_GIT_PASSWORD_FILE", requires = "git")]
+    password_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
@@ -358,6 +457,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Crds(args) => crds(&args).map(|()| ExitCode::SUCCESS),
+        Command::Plan(args) => plan(&args),
         Command::Serve(args) => runtime()
             .and_then(|rt| rt.block_on(serve(args)))
             .map(|()| ExitCode::SUCCESS),
@@ -435,6 +535,229 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+fn plan(args: &PlanArgs) -> Result<ExitCode> {
+    use crate::reconcile::plan::{self, CertificateAction, Change, PackageAction, Side};
+    // The configuration: a directory, or a branch fetched into a scratch directory.
+    let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
+    let (desired, config_dir, label) = match (&args.git, &args.dir) {
+        (Some(url), _) => {
+            let git = GitArgs {
+                git: Some(url.clone()),
+                branch: args.branch.clone(),
+                path: args.path.clone(),
+                ssh_key_file: args.ssh_key_file.clone(),
+                known_hosts_file: args.known_hosts_file.clone(),
+                username: args.username.clone(),
+                password_file: args.password_file.clone(),
+                ..GitArgs::default()
+            };
+            let (source, _) = git_source(&git, &scratch.path().join("fetched"))?;
+            let snapshot = runtime()?
+                .block_on(source.fetch_snapshot())
+                .with_context(|| format!("failed to fetch {}", source.display_url()))?;
+            let root = snapshot.root.clone().context("a git snapshot has a root")?;
+            let desired = desired::evaluate(&snapshot, None, desired::Options::default());
+            (
+                desired,
+                root,
+                format!("{} {}", source.display_url(), args.branch),
+            )
+        }
+        (None, Some(dir)) => {
+            let config_dir = dir
+                .canonicalize()
+                .with_context(|| format!("failed to read {}", dir.display()))?;
+            (evaluate_dir(dir)?, config_dir, dir.display().to_string())
+        }
+        (None, None) => bail!("give DIR or --git URL"),
+    };
+    let state = match (&args.state, &args.dir) {
+        (Some(state), _) => state.clone(),
+        (None, Some(dir)) => dir.join(".tessera"),
+        (None, None) => bail!("--state is required with --git"),
+    };
+    let mut notes = Vec::new();
+    let (before, unreadable) = match reconcile::status::read_applied(&state)
+        .with_context(|| format!("failed to read {}", state.join("applied.json").display()))?
+    {
+        Some(applied) => Side::applied(&applied),
+        None => {
+            notes.push(format!(
+                "{} holds no applied configuration: everything counts as new",
+                state.display()
+            ));
+            (Side::default(), Vec::new())
+        }
+    };
+    notes.extend(
+        unreadable
+            .into_iter()
+            .map(|u| format!("left out of the comparison: {u}")),
+    );
+    let db_path = state.join("state.db");
+    let computers = if db_path.is_file() {
+        Database::open_read_only(&db_path)
+            .and_then(|db| db.computers())
+            .with_context(|| format!("failed to read {}", db_path.display()))?
+    } else {
+        notes.push(format!(
+            "no state database at {}: no computers",
+            db_path.display()
+        ));
+        Vec::new()
+    };
+    // Packages are built in a scratch directory, so their ids are the ones serve would make.
+    let outcomes = Packages::new(scratch.path().join("state"), config_dir).reconcile(&desired);
+    let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
+    let mut ids = std::collections::HashMap::new();
+    for (key, outcome) in &outcomes {
+        match outcome.details.get("packageId").and_then(|v| v.as_str()) {
+            Some(id) if outcome.ready => {
+                ids.insert(key.clone(), id.to_owned());
+            }
+            _ => problems.push(format!("{key}: not built: {}", outcome.message)),
+        }
+    }
+    problems.sort();
+    let after = Side::desired(&desired, ids);
+    let found = plan::plan(&before, &after, &computers, jiff::Timestamp::now());
+
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => {
+            let mut body = serde_json::to_value(&found)?;
+            body["changes"] = found.changes().into();
+            body["problems"] = problems.clone().into();
+            body["notes"] = notes.clone().into();
+            writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        }
+        OutputFormat::Human => {
+            let short = |r: &Option<String>| {
+                r.as_deref()
+                    .map_or_else(|| "nothing".to_owned(), |r| r.chars().take(12).collect())
+            };
+            writeln!(
+                out,
+                "plan: {} ({}) against {} (applied: {})",
+                label,
+                short(&found.revision),
+                state.display(),
+                short(&found.applied_revision)
+            )?;
+            for note in &notes {
+                writeln!(out, "note: {note}")?;
+            }
+            if !found.objects.is_empty() {
+                writeln!(out, "\nobjects:")?;
+                for o in &found.objects {
+                    let sign = match o.change {
+                        Change::Add => "+",
+                        Change::Change => "~",
+                        Change::Remove => "-",
+                    };
+                    writeln!(out, "  {sign} {}", o.object)?;
+                }
+            }
+            if !found.packages.is_empty() {
+                writeln!(out, "\npackages:")?;
+                for p in &found.packages {
+                    let id = |i: &Option<String>| i.clone().unwrap_or_default();
+                    match p.action {
+                        PackageAction::Build => {
+                            writeln!(out, "  + {}: build {}", p.package, id(&p.to))?
+                        }
+                        PackageAction::Rebuild => writeln!(
+                            out,
+                            "  ~ {}: rebuild {} -> {}",
+                            p.package,
+                            id(&p.from),
+                            id(&p.to)
+                        )?,
+                        PackageAction::Remove => {
+                            writeln!(out, "  - {}: remove {}", p.package, id(&p.from))?
+                        }
+                    }
+                }
+            }
+            if !found.certificates.is_empty() {
+                writeln!(out, "\ncertificates:")?;
+                for c in &found.certificates {
+                    let (sign, verb) = match c.action {
+                        CertificateAction::Issue => ("+", "issue"),
+                        CertificateAction::Renew => ("~", "renew"),
+                        CertificateAction::Remove => ("-", "remove"),
+                    };
+                    writeln!(out, "  {sign} {}: {verb} ({})", c.certificate, c.reason)?;
+                }
+            }
+            if !found.deployments.is_empty() {
+                writeln!(out, "\ncomputers ({} known):", found.computers)?;
+                for d in &found.deployments {
+                    writeln!(
+                        out,
+                        "  {} (package {} {}):",
+                        d.activation, d.package, d.package_id
+                    )?;
+                    for (what, sample) in [("would receive", &d.receive), ("would lose", &d.lose)] {
+                        if sample.count == 0 {
+                            continue;
+                        }
+                        let more = sample.count - sample.names.len();
+                        writeln!(
+                            out,
+                            "    {what}: {} computer{}: {}{}",
+                            sample.count,
+                            plural(sample.count),
+                            sample.names.join(", "),
+                            if more > 0 {
+                                format!(" and {more} more")
+                            } else {
+                                String::new()
+                            }
+                        )?;
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                writeln!(out, "\nproblems:")?;
+                for problem in &problems {
+                    writeln!(out, "  {problem}")?;
+                }
+            }
+            let receive: usize = found.deployments.iter().map(|d| d.receive.count).sum();
+            let lose: usize = found.deployments.iter().map(|d| d.lose.count).sum();
+            let count = |action: PackageAction| {
+                found.packages.iter().filter(|p| p.action == action).count()
+            };
+            writeln!(
+                out,
+                "\n{}: {} object change{}, {} package{} to build, {} to rebuild, {} to remove, {} certificate{} to issue or renew; {receive} deployment{} to receive, {lose} to lose",
+                if found.changes() {
+                    "changes"
+                } else {
+                    "no changes"
+                },
+                found.objects.len(),
+                plural(found.objects.len()),
+                count(PackageAction::Build),
+                plural(count(PackageAction::Build)),
+                count(PackageAction::Rebuild),
+                count(PackageAction::Remove),
+                found.certificates.len(),
+                plural(found.certificates.len()),
+                plural(receive),
+            )?;
+        }
+    }
+    Ok(if !problems.is_empty() {
+        ExitCode::from(1)
+    } else if found.changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -658,6 +981,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
             revision: "file".into(),
             files: vec![crate::resources::SourceFile { path: file, text }],
             problems: Vec::new(),
+            root: None,
         };
         (dir, Some(snapshot))
     };
@@ -1321,8 +1645,56 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let listener = admin::bind(args.admin_address).await?;
     let admin_address = listener.local_addr()?;
 
-    let (state_dir, config_root, secrets) = match (&args.config, client) {
-        (Some(config), _) => {
+    let mut hooks = None;
+    let (state_dir, config_root, secrets) = match (&args.git.git, &args.config, client) {
+        (Some(_), _, _) => {
+            let Some(state_dir) = args.state.clone() else {
+                bail!("--state is required with --git");
+            };
+            create_state_dir(&state_dir)?;
+            let (source, wake) = git_source(&args.git, &state_dir)?;
+            // The first fetch comes before anything else: an empty first snapshot would
+            // read as "nothing declared" to a server restarting with packages in its store.
+            let first = source.fetch_snapshot().await.with_context(|| {
+                format!(
+                    "failed to read the configuration from {}",
+                    source.display_url()
+                )
+            })?;
+            tracing::info!(
+                git = %source.display_url(),
+                branch = %args.git.branch,
+                commit = %first.revision,
+                state = %state_dir.display(),
+                admin = %format!("http://{admin_address}"),
+                "serving"
+            );
+            let root = first.root.clone().unwrap_or_else(|| state_dir.clone());
+            snapshot_tx.send_replace(first);
+            if let Some(file) = &args.git.webhook_secret_file {
+                let secret = std::fs::read(file)
+                    .with_context(|| format!("failed to read {}", file.display()))?;
+                let secret = secret.trim_ascii();
+                if secret.is_empty() {
+                    bail!(
+                        "--webhook-secret-file {}: the file is empty",
+                        file.display()
+                    );
+                }
+                hooks = Some(crate::server::webhook::app(
+                    crate::server::webhook::Hook::new(secret, wake.clone()),
+                ));
+            }
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                source
+                    .run(snapshot_tx, wake, token)
+                    .await
+                    .map_err(Into::into)
+            });
+            (state_dir, root, None)
+        }
+        (None, Some(config), _) => {
             if !config.is_dir() {
                 bail!("--config {}: not a directory", config.display());
             }
@@ -1339,12 +1711,18 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
                 admin = %format!("http://{admin_address}"),
                 "serving"
             );
+            tracing::info!(
+                config = %source.root().display(),
+                state = %state_dir.display(),
+                admin = %format!("http://{admin_address}"),
+                "serving"
+            );
             let config_root = source.root().to_path_buf();
             let token = shutdown.clone();
             tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
             (state_dir, config_root, None)
         }
-        (None, Some(client)) => {
+        (None, None, Some(client)) => {
             let state_dir = args
                 .state
                 .clone()
@@ -1368,7 +1746,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             // directory: in Kubernetes there is no configuration directory.
             (state_dir.clone(), state_dir, Some(secrets))
         }
-        (None, None) => bail!("--config or --kube is required"),
+        (None, None, None) => bail!("give --config DIR, --git URL or --kube"),
     };
     let kube_mode = secrets.is_some();
 
@@ -1475,8 +1853,11 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             .await
             .map_err(Into::into)
     });
-    let app = admin::app(report_rx.clone())
+    let mut app = admin::app(report_rx.clone())
         .merge(admin::deployments_app(admin::Deployments { db, metrics }));
+    if let Some(hooks) = hooks {
+        app = app.merge(hooks);
+    }
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
 
@@ -1650,6 +2031,38 @@ impl reconcile::secrets::Secrets for KubeSecrets {
         written.insert(slot, digest);
         Ok(())
     }
+}
+
+/// The git source of `args`, and the handle a webhook wakes it with.
+fn git_source(
+    args: &GitArgs,
+    state_dir: &Path,
+) -> Result<(crate::sources::git::GitSource, Arc<tokio::sync::Notify>)> {
+    use crate::sources::git::{Credentials, DEFAULT_TIMEOUT, GitConfig, GitSource};
+    let url = args.git.clone().context("no --git URL")?;
+    if args.password_file.is_some() && args.username.is_none() {
+        bail!("--password-file needs --username");
+    }
+    let source = GitSource::new(
+        GitConfig {
+            url,
+            branch: args.branch.clone(),
+            path: args.path.clone(),
+            interval: args
+                .interval
+                .map_or(Duration::from_secs(60), |d| d.as_std())
+                .max(Duration::from_secs(1)),
+            timeout: args.git_timeout.map_or(DEFAULT_TIMEOUT, |d| d.as_std()),
+            credentials: Credentials {
+                ssh_key_file: args.ssh_key_file.clone(),
+                known_hosts_file: args.known_hosts_file.clone(),
+                username: args.username.clone(),
+                password_file: args.password_file.clone(),
+            },
+        },
+        state_dir,
+    )?;
+    Ok((source, Arc::new(tokio::sync::Notify::new())))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

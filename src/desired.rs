@@ -448,6 +448,7 @@ mod tests {
                 })
                 .collect(),
             problems: Vec::new(),
+            root: None,
         }
     }
 

@@ -244,6 +244,12 @@ impl Certificates {
         self
     }
 
+    /// Resolves relative file names below `config_dir` from now on (a git source checks
+    /// each commit out into its own directory).
+    pub fn set_config_dir(&mut self, config_dir: PathBuf) {
+        self.config_dir = config_dir;
+    }
+
     /// Converges every Issuer and Certificate of `desired`. Returns an outcome per object and
     /// the earliest time something is due (a renewal or a retry).
     pub fn reconcile(

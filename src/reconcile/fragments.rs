@@ -55,6 +55,12 @@ impl Packages {
         }
     }
 
+    /// Resolves content directories below `config_dir` from now on (a git source checks
+    /// each commit out into its own directory).
+    pub fn set_config_dir(&mut self, config_dir: PathBuf) {
+        self.config_dir = config_dir;
+    }
+
     /// Counts build times and sizes into `metrics`.
     pub fn with_metrics(
         mut self,

@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod fetch;
 pub mod fragments;
 pub mod gateway;
+pub mod plan;
 pub mod routes;
 pub mod secrets;
 pub mod status;
@@ -205,6 +206,12 @@ impl Reconciler {
         snapshot: &Snapshot,
         now: jiff::Timestamp,
     ) -> Result<Pass, ReconcileError> {
+        let root = snapshot
+            .root
+            .clone()
+            .unwrap_or_else(|| self.config.config_dir.clone());
+        self.packages.set_config_dir(root.clone());
+        self.certificates.set_config_dir(root);
         let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
@@ -229,6 +236,9 @@ impl Reconciler {
             .min();
         let report = self.report(&desired, &outcomes, now);
         status::write(&self.config.state_dir, &report)?;
+        if !desired.held_back {
+            status::write_applied(&self.config.state_dir, &desired, &outcomes)?;
+        }
 
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         let ready = report
@@ -302,6 +312,7 @@ impl Reconciler {
                 }),
                 generation: entry.generation,
                 observed_generation: entry.observed_generation(),
+                source_revision: desired.revision.clone(),
                 details: outcome.map(|o| o.details.clone()).unwrap_or_default(),
                 conditions,
                 problems: entry

@@ -714,7 +714,8 @@ fn strip_scheme(location: &str) -> String {
         .to_owned()
 }
 
-fn family(os: Os) -> OsFamily {
+/// The family of a package's target OS.
+pub(crate) fn family(os: Os) -> OsFamily {
     match os {
         Os::Windows => OsFamily::Windows,
         Os::Linux => OsFamily::Linux,

@@ -3,11 +3,14 @@
 //! `<state>/status/problems.yaml`, so a git-driven user can read them without the admin API.
 //! Files are rewritten only when their content changes, and removed with their object.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+use crate::desired::DesiredState;
+use crate::reconcile::certificates::Outcome;
+use crate::resources::ObjectKey;
 use crate::server::admin::{ObjectReport, Report};
 use crate::store::atomic::{self, Access, WriteError};
 
@@ -34,6 +37,7 @@ pub fn write(state_dir: &Path, report: &Report) -> Result<(), StatusError> {
             "observedGeneration".into(),
             json!(object.observed_generation),
         );
+        status.insert("sourceRevision".into(), json!(object.source_revision));
         status.insert("conditions".into(), json!(object.conditions));
         let document = json!({
             "apiVersion": object.api_version,
@@ -77,6 +81,67 @@ pub fn subresource(object: &ObjectReport) -> Map<String, Value> {
     }
     status.insert("conditions".into(), json!(object.conditions));
     status
+}
+
+/// The file, below the state directory, that records what the last pass applied.
+pub const APPLIED_FILE: &str = "applied.json";
+
+/// What the last pass applied: the revision, and every object acted on (the version served,
+/// which is the last valid one when the latest is broken) with its status fields. `tessera
+/// plan` compares a configuration against it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    pub revision: String,
+    pub objects: Vec<AppliedObject>,
+}
+
+/// One object in [`Applied`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AppliedObject {
+    /// The object as a document (apiVersion, kind, metadata, spec).
+    pub resource: serde_json::Value,
+    /// Its status fields as reconcile found them (a Package's `packageId`, a Certificate's
+    /// `renewalTime`).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Writes [`Applied`] for `desired` and the `outcomes` of its pass.
+pub fn write_applied(
+    state_dir: &Path,
+    desired: &DesiredState,
+    outcomes: &HashMap<ObjectKey, Outcome>,
+) -> Result<(), StatusError> {
+    let applied = Applied {
+        revision: desired.revision.clone(),
+        objects: desired
+            .actionable()
+            .map(|(key, resource)| AppliedObject {
+                resource: resource.to_document(),
+                details: outcomes
+                    .get(key)
+                    .map(|o| o.details.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&applied).map_err(|_| StatusError::Serialise {
+        object: APPLIED_FILE.into(),
+    })?;
+    atomic::write_if_changed(&state_dir.join(APPLIED_FILE), &text, Access::Public)?;
+    Ok(())
+}
+
+/// Reads what the last pass under `state_dir` applied; `None` when no pass has run there.
+pub fn read_applied(state_dir: &Path) -> Result<Option<Applied>, std::io::Error> {
+    let path = state_dir.join(APPLIED_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Removes status files not written in this pass, and directories left empty.

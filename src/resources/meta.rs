@@ -116,6 +116,10 @@ pub struct CommonStatus {
     /// object's generation while a newer version is being applied or was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The revision of the configuration this status was reconciled from: the commit of a
+    /// git source, a content digest of a directory, the resource version in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
     /// kstatus conditions: `Ready`, `Reconciling` and `Stalled`, each with a reason and a
     /// message in plain words.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

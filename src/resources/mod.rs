@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub files: Vec<SourceFile>,
     /// Problems met while reading (unreadable files, files too large).
     pub problems: Vec<Problem>,
+    /// Where relative file names in the documents (package content, CA files) resolve,
+    /// when it is not the configuration directory the server was started with: a git
+    /// source checks each commit out into its own directory.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// One file of configuration.
@@ -112,6 +116,35 @@ impl Resource {
             meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
             meta.name.as_deref().unwrap_or_default(),
         )
+    }
+
+    /// The object a document (apiVersion, kind, metadata, spec) describes, as
+    /// [`Resource::to_document`] wrote it.
+    pub fn from_document(document: serde_json::Value) -> Result<Resource, serde_json::Error> {
+        use serde::de::Error;
+        let kind = document
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(Kind::from_name);
+        Ok(match kind {
+            Some(Some(Kind::Issuer)) => Resource::Issuer(serde_json::from_value(document)?),
+            Some(Some(Kind::Certificate)) => {
+                Resource::Certificate(serde_json::from_value(document)?)
+            }
+            Some(Some(Kind::Server)) => Resource::Server(serde_json::from_value(document)?),
+            Some(Some(Kind::Gateway)) => Resource::Gateway(serde_json::from_value(document)?),
+            Some(Some(Kind::Package)) => Resource::Package(serde_json::from_value(document)?),
+            Some(Some(Kind::Activation)) => Resource::Activation(serde_json::from_value(document)?),
+            Some(Some(Kind::Affectation)) => {
+                Resource::Affectation(serde_json::from_value(document)?)
+            }
+            _ => return Err(serde_json::Error::custom("not a Tessera kind")),
+        })
+    }
+
+    /// The whole object as a document (apiVersion, kind, metadata, spec), as JSON.
+    pub fn to_document(&self) -> serde_json::Value {
+        each!(self, o => serde_json::to_value(o).unwrap_or_default())
     }
 
     /// The spec as JSON: what decides whether two versions of an object differ.

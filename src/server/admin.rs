@@ -53,6 +53,9 @@ pub struct ObjectReport {
     /// Generation of the version in effect, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The revision of the configuration this status was reconciled from: the commit for a
+    /// git source, a content digest for a directory.
+    pub source_revision: String,
     /// The kind's own status fields (a Certificate's `notAfter`, `renewalTime`, `revision`...).
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,
@@ -350,6 +353,7 @@ mod tests {
                 source: None,
                 generation: 2,
                 observed_generation: Some(1),
+                source_revision: "abc".into(),
                 details: serde_json::Map::new(),
                 conditions: vec![],
                 problems: vec![ProblemReport {

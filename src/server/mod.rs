@@ -9,3 +9,4 @@ pub mod dial_out;
 pub mod metrics;
 pub mod ocs;
 pub mod v1;
+pub mod webhook;

@@ -108,6 +108,7 @@ impl DirSource {
             revision,
             files,
             problems,
+            root: None,
         }
     }
 

@@ -230,6 +230,7 @@ pub fn snapshot(objects: impl IntoIterator<Item = (Kind, DynamicObject)>) -> Sna
         revision: hex::encode(&digest.finalize()[..8]),
         files,
         problems: Vec::new(),
+        root: None,
     }
 }
 

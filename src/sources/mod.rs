@@ -7,5 +7,6 @@
 //! - `lease`: leader election on a Lease, for `serve --kube` with several replicas.
 
 pub mod dir;
+pub mod git;
 pub mod kube;
 pub mod lease;

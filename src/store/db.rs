@@ -308,6 +308,34 @@ impl Database {
         Self::prepare(connection)
     }
 
+    /// Opens an existing database at `path` for reading only: no schema change, no write,
+    /// not even of the journal mode (`tessera plan` must leave the state untouched).
+    pub fn open_read_only(path: &Path) -> Result<Self, DbError> {
+        let open = |source| DbError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let connection =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(open)?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let current: i64 = connection.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |row| row.get(0),
+        )?;
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if current > known {
+            return Err(DbError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
     /// A database that lives in memory, for tests and dry runs.
     pub fn in_memory() -> Result<Self, DbError> {
         let connection = Connection::open_in_memory().map_err(|source| DbError::Open {

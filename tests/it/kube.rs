@@ -443,6 +443,7 @@ fn kube_snapshot(documents: &[(&str, &str)]) -> Snapshot {
             })
             .collect(),
         problems: Vec::new(),
+        root: None,
     }
 }
 
@@ -884,6 +885,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
             state: Some(state.path().to_path_buf()),
             admin_address: "127.0.0.1:0".parse().unwrap(),
             allow_empty: false,
+            git: Default::default(),
             kube: tessera::cli::KubeArgs {
                 kube: true,
                 namespace: Some("fleet".into()),

@@ -1,0 +1,196 @@
+//! `tessera plan`: a changed copy of a served configuration, against the state directory of
+//! the server that applied the original and where computers have checked in: the packages
+//! built, and the computers that would receive or lose one; exit codes; nothing written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::Value;
+use tessera::store::db::{Database, Facts};
+
+use crate::support::{eventually, get, quickstart_copy};
+
+/// Every file below `dir` with its size and modification time, but SQLite's `-wal` and
+/// `-shm` sidecars: SQLite removes them, empty, when the last connection closes, reading or
+/// not. The database file itself is compared.
+fn listing(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap().flatten() {
+            let metadata = entry.metadata().unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if metadata.is_dir() {
+                stack.push(entry.path());
+            } else if !name.ends_with("-wal") && !name.ends_with("-shm") {
+                found.insert(
+                    entry.path().display().to_string(),
+                    (metadata.len(), metadata.modified().unwrap()),
+                );
+            }
+        }
+    }
+    found
+}
+
+fn plan(dir: &Path, state: &Path, json: bool) -> (i32, String) {
+    let mut command = Command::cargo_bin("tessera").unwrap();
+    command.arg("plan").arg(dir).arg("--state").arg(state);
+    if json {
+        command.args(["--output", "json"]);
+    }
+    let output = command.output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    (output.status.code().unwrap(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_lists_the_computers_a_change_would_reach_and_writes_nothing() {
+    let served = quickstart_copy();
+    let running = crate::support::start(served.path()).await;
+    eventually("every package built", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects?kind=Package").await;
+        let list: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        let packages = list["objects"].as_array()?;
+        (packages.len() == 4
+            && packages
+                .iter()
+                .all(|p| p["details"]["packageId"].is_string()))
+        .then_some(())
+    })
+    .await;
+    running.stop().await.unwrap();
+    let state = served.path().join(".tessera");
+
+    // Computers that checked in: two in the lab, one elsewhere (all Linux).
+    {
+        let db = Database::open(&state.join("state.db")).unwrap();
+        for (name, tags) in [
+            ("lab-1", vec!["lab"]),
+            ("lab-2", vec!["lab"]),
+            ("office-1", vec![]),
+        ] {
+            let id = format!("{name}-2026-01-01-00-00-00");
+            db.contact(&id, 1).unwrap();
+            db.record_inventory(
+                &id,
+                &Facts {
+                    name: name.into(),
+                    os_name: "Debian GNU/Linux 12".into(),
+                    tags: tags.into_iter().map(str::to_owned).collect(),
+                    ..Facts::default()
+                },
+                b"",
+                1,
+            )
+            .unwrap();
+        }
+    }
+    let before = listing(&state);
+
+    // The configuration as served: nothing would change.
+    let (code, text) = plan(served.path(), &state, false);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("no changes"), "{text}");
+
+    // A changed copy: a new package for the lab, hello's script edited, and the baseline
+    // no longer deployed anywhere.
+    let changed = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(served.path(), changed.path());
+    std::fs::remove_dir_all(changed.path().join(".tessera")).unwrap();
+    let affectations = changed.path().join("affectations.yaml");
+    let text = std::fs::read_to_string(&affectations).unwrap();
+    let (kept, baseline) = text
+        .split_once("---\napiVersion: tessera.dev/v1alpha1\nkind: Affectation\nmetadata:\n  name: baseline-everywhere")
+        .expect("the baseline affectation");
+    assert!(!baseline.contains("---"), "it is the last document");
+    std::fs::write(&affectations, kept).unwrap();
+    std::fs::write(
+        changed.path().join("packages/pushed.yaml"),
+        "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: pushed\nspec:\n  os: linux\n  action:\n    execute:\n      command: echo pushed\n---\napiVersion: tessera.dev/v1alpha1\nkind: Activation\nmetadata:\n  name: pushed\nspec:\n  packageRef:\n    name: pushed\n---\napiVersion: tessera.dev/v1alpha1\nkind: Affectation\nmetadata:\n  name: lab-pushed\nspec:\n  activationRef:\n    name: pushed\n  targets:\n    tags: [lab]\n    os: [linux]\n",
+    )
+    .unwrap();
+    let script = changed.path().join("packages/hello/hello.sh");
+    let mut text = std::fs::read_to_string(&script).unwrap();
+    text.push_str("\n# edited\n");
+    std::fs::write(&script, text).unwrap();
+
+    let (code, text) = plan(changed.path(), &state, false);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("would receive: 2 computers: lab-1, lab-2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would lose: 3 computers: lab-1, lab-2, office-1"),
+        "{text}"
+    );
+    assert!(text.contains("+ Package/pushed: build "), "{text}");
+    assert!(text.contains("~ Package/hello: rebuild "), "{text}");
+    assert!(text.contains("- Affectation/baseline-everywhere"), "{text}");
+
+    let (code, text) = plan(changed.path(), &state, true);
+    assert_eq!(code, 2, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["changes"], true);
+    assert_eq!(body["computers"], 3);
+    let pushed = body["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["activation"] == "default/pushed")
+        .expect("the pushed activation");
+    assert_eq!(pushed["receive"]["count"], 2, "{pushed}");
+    assert_eq!(pushed["lose"]["count"], 0, "{pushed}");
+    // hello's new version reaches the lab again (neither computer lists it as installed).
+    let hello = body["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["activation"] == "default/hello")
+        .expect("hello rebuilt");
+    assert_eq!(
+        hello["receive"]["names"],
+        serde_json::json!(["lab-1", "lab-2"])
+    );
+
+    // The same change as a branch of a repository, planned without a checkout.
+    let repository = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(changed.path(), &repository.path().join("fleet"));
+    crate::git::git(
+        repository.path(),
+        &["init", "--quiet", "--initial-branch", "proposal"],
+    );
+    crate::git::git(repository.path(), &["add", "--all"]);
+    crate::git::git(
+        repository.path(),
+        &["commit", "--quiet", "-m", "a proposal"],
+    );
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .args(["plan", "--branch", "proposal", "--path", "fleet", "--git"])
+        .arg(format!("file://{}", repository.path().display()))
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("would receive: 2 computers: lab-1, lab-2"),
+        "{text}"
+    );
+
+    // A broken document is an error, whatever else changes.
+    std::fs::write(changed.path().join("broken.yaml"), "kind: [\n").unwrap();
+    let (code, text) = plan(changed.path(), &state, false);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("problems:"), "{text}");
+
+    assert_eq!(
+        listing(&state),
+        before,
+        "plan wrote nothing to the state directory"
+    );
+}
