@@ -155,3 +155,106 @@ fn validate_exits_zero_on_a_clean_directory_and_explains_a_missing_one() {
             .contains("/nonexistent/tessera-config is not a directory")
     );
 }
+
+/// Mistakes of the gateway's and the edge's settings, each named with its field.
+#[test]
+fn validate_explains_gateway_and_trust_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuers = "apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: trust-with-revocations
+spec:
+  revokedSerials: [\"0a\"]
+  ca:
+    certFile: inside.crt
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: key-and-crl
+spec:
+  ca:
+    certFile: ca.crt
+    keyFile: ca.key
+    crlFile: ca.crl
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: crl-alone
+spec:
+  ca:
+    crlFile: ca.crl
+";
+    let gateways = "apiVersion: tessera.dev/v1alpha1
+kind: Gateway
+metadata:
+  name: unnamed-inside
+spec:
+  listen: 127.0.0.1:443
+  mode: tunnel
+  backend: inside:8443
+  certificateRef: {name: edge}
+  trustedClientIssuers: [{name: crl-alone}]
+  dialOut:
+    listen: 127.0.0.1:443
+    trustedServerIssuers: [{name: crl-alone}]
+    names: []
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Gateway
+metadata:
+  name: terminate-blind
+spec:
+  listen: 127.0.0.1:444
+  mode: terminate
+  backend: inside:8443
+  certificateRef: {name: edge}
+  backendCertificateRef: {name: edge}
+  trustedClientIssuers: [{name: crl-alone}]
+";
+    std::fs::write(dir.path().join("issuers.yaml"), issuers).unwrap();
+    std::fs::write(dir.path().join("gateways.yaml"), gateways).unwrap();
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for (place, words) in [
+        (
+            "issuers.yaml:6: Issuer/trust-with-revocations: spec.revokedSerials:",
+            "trust-only issuer",
+        ),
+        (
+            "issuers.yaml:18: Issuer/key-and-crl: spec.ca.crlFile:",
+            "publishes its own CRL",
+        ),
+        (
+            "issuers.yaml:25: Issuer/crl-alone: spec.ca.certFile:",
+            "need the CA certificate",
+        ),
+        (
+            "gateways.yaml:12: Gateway/unnamed-inside: spec.dialOut.listen:",
+            "address of their own",
+        ),
+        (
+            "gateways.yaml:14: Gateway/unnamed-inside: spec.dialOut.names:",
+            "would be taken for a server",
+        ),
+        (
+            "Gateway/terminate-blind: spec.backendIssuerRef:",
+            "verifies the backend's certificate",
+        ),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(place) && l.contains(words)),
+            "expected {place:?} with {words:?} in:\n{stdout}"
+        );
+    }
+}
