@@ -15,6 +15,7 @@
 //! Every method is synchronous and short; async callers run them on the blocking pool
 //! (the PostgreSQL client blocks on its own runtime and must not run on an async worker).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -163,7 +164,24 @@ const MIGRATIONS: &[(i64, Step)] = &[
             postgres: "ALTER TABLE events ADD COLUMN seq BIGSERIAL;",
         },
     ),
+    // What the leader of several servers shares with the others: the files of its CAs and
+    // issued certificates (see `reconcile::replicate`).
+    (
+        7,
+        Step::Both(
+            "CREATE TABLE shared_files (
+        path TEXT PRIMARY KEY,
+        content BYTEA NOT NULL,
+        owner_only BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );",
+        ),
+    ),
 ];
+
+/// The setting bumped whenever the shared files change, so followers notice with one read.
+pub const SHARED_GENERATION: &str = "sharedFilesGeneration";
 
 /// Where a computer stands with one activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -315,6 +333,16 @@ pub enum Change {
     },
     /// The package was offered in a PROLOG reply.
     Notify { activation: String },
+}
+
+/// A file of the leader's state directory, shared with the other servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFile {
+    /// Relative to the state directory, `/`-separated.
+    pub path: String,
+    pub content: Vec<u8>,
+    /// Readable by its owner only (private keys).
+    pub owner_only: bool,
 }
 
 /// An enrollment token as stored (its secret only as a hash).
@@ -911,6 +939,72 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Every shared file, by path.
+    pub fn shared_files(&self) -> Result<Vec<SharedFile>, DbError> {
+        self.all(
+            "SELECT path, content, owner_only FROM shared_files ORDER BY path",
+            &[],
+            |row| {
+                Ok(SharedFile {
+                    path: row.text(0)?,
+                    content: row.opt_bytes(1)?.unwrap_or_default(),
+                    owner_only: row.int(2)? != 0,
+                })
+            },
+        )
+    }
+
+    /// Makes the shared files exactly `files` in one transaction: writes those that
+    /// changed, removes those no longer there, and bumps `SHARED_GENERATION` if anything
+    /// changed. Returns whether anything did.
+    pub fn share_files(&self, files: &[SharedFile], now: i64) -> Result<bool, DbError> {
+        use sha2::Digest;
+        self.transaction(|c| {
+            let stored: HashMap<String, String> = c
+                .query("SELECT path, sha256 FROM shared_files", &[])?
+                .iter()
+                .map(|row| Ok((row.text(0)?, row.text(1)?)))
+                .collect::<Result<_, DbError>>()?;
+            let mut changed = false;
+            for file in files {
+                let digest = hex::encode(sha2::Sha256::digest(&file.content));
+                let digest = format!("{digest}{}", if file.owner_only { "-0600" } else { "" });
+                if stored.get(&file.path) == Some(&digest) {
+                    continue;
+                }
+                c.execute(
+                    "INSERT INTO shared_files (path, content, owner_only, sha256, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (path) DO UPDATE SET content = $2, owner_only = $3,
+                         sha256 = $4, updated_at = $5",
+                    params![
+                        &file.path,
+                        file.content.as_slice(),
+                        i64::from(file.owner_only),
+                        &digest,
+                        now
+                    ],
+                )?;
+                changed = true;
+            }
+            let wanted: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            for path in stored.keys().filter(|p| !wanted.contains(p.as_str())) {
+                c.execute("DELETE FROM shared_files WHERE path = $1", params![path])?;
+                changed = true;
+            }
+            if changed {
+                c.execute(
+                    "INSERT INTO settings (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET value = $2",
+                    params![SHARED_GENERATION, &now.to_string()],
+                )?;
+            }
+            Ok(changed)
+        })
+    }
+}
+
 const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
      first_seen, last_contact, last_inventory, address";
 
@@ -1067,6 +1161,7 @@ pub(crate) mod tests {
         arming_again_resets_the_state_and_a_result_reaches_every_activation_of_the_package,
         a_setting_is_set_once_by_the_first_writer,
         migrating_again_changes_nothing,
+        shared_files_are_replaced_as_a_whole_and_bump_the_generation_only_on_change,
     );
 
     /// The PostgreSQL server the tests use: `TESSERA_TEST_POSTGRES` (scripts/test.sh starts
@@ -1277,6 +1372,32 @@ pub(crate) mod tests {
         assert_eq!(db.setting("clock").unwrap().as_deref(), Some("30"));
     }
 
+    fn shared_files_are_replaced_as_a_whole_and_bump_the_generation_only_on_change(
+        db: &Database,
+    ) {
+        let file = |path: &str, content: &[u8], owner_only| SharedFile {
+            path: path.into(),
+            content: content.to_vec(),
+            owner_only,
+        };
+        let first = [
+            file("pki/issuers/default/ca/ca.key", b"key\0bytes", true),
+            file("pki/issuers/default/ca/ca.crt", b"cert", false),
+        ];
+        assert!(db.share_files(&first, 10).unwrap());
+        assert_eq!(db.setting(SHARED_GENERATION).unwrap().as_deref(), Some("10"));
+        assert!(!db.share_files(&first, 11).unwrap(), "nothing changed");
+        assert_eq!(db.setting(SHARED_GENERATION).unwrap().as_deref(), Some("10"));
+        let mut stored = db.shared_files().unwrap();
+        stored.sort_by(|a, b| b.path.cmp(&a.path));
+        assert_eq!(stored, first);
+        // Only the mode changes: still a change.
+        let second = [file("pki/issuers/default/ca/ca.crt", b"cert", true)];
+        assert!(db.share_files(&second, 12).unwrap());
+        assert_eq!(db.shared_files().unwrap(), second);
+        assert_eq!(db.setting(SHARED_GENERATION).unwrap().as_deref(), Some("12"));
+    }
+
     fn migrating_again_changes_nothing(db: &Database) {
         db.set_setting("kept", "yes").unwrap();
         db.transaction(migrate).unwrap();
@@ -1287,7 +1408,7 @@ pub(crate) mod tests {
                 |row| row.int(0),
             )
             .unwrap();
-        assert_eq!(versions, (1..=6).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=7).collect::<Vec<i64>>());
         assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
     }
 
@@ -1468,7 +1589,7 @@ pub(crate) mod tests {
         let mut checked = 0;
         for chunk in source.split('"').skip(1).step_by(2) {
             let sql = chunk.trim_start();
-            if !["SELECT", "INSERT", "UPDATE"]
+            if !["SELECT", "INSERT", "UPDATE", "DELETE"]
                 .iter()
                 .any(|k| sql.starts_with(k))
                 || !sql.contains('$')
