@@ -15,6 +15,8 @@
 //! - `desired`: snapshot → desired state, references, last valid version, pruning guard (pure).
 //! - `sources`: where snapshots come from (`dir`).
 //! - `store`: state on disk. `server`: the admin API (later the agent-facing server).
+//! - `leader`: which of several servers reconciles (always this one on SQLite; a PostgreSQL
+//!   advisory lock; a Kubernetes Lease), as a `watch` channel of `bool`.
 //! - `reconcile`: the loop; issuers and certificates; conditions and status files.
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
 //!   safe extraction, actions); imports only `protocol` and `pki`.
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod desired;
 pub mod doctor;
 pub mod gateway;
+pub mod leader;
 pub mod pki;
 pub mod protocol;
 pub mod reconcile;

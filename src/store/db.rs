@@ -1372,9 +1372,7 @@ pub(crate) mod tests {
         assert_eq!(db.setting("clock").unwrap().as_deref(), Some("30"));
     }
 
-    fn shared_files_are_replaced_as_a_whole_and_bump_the_generation_only_on_change(
-        db: &Database,
-    ) {
+    fn shared_files_are_replaced_as_a_whole_and_bump_the_generation_only_on_change(db: &Database) {
         let file = |path: &str, content: &[u8], owner_only| SharedFile {
             path: path.into(),
             content: content.to_vec(),
@@ -1385,9 +1383,15 @@ pub(crate) mod tests {
             file("pki/issuers/default/ca/ca.crt", b"cert", false),
         ];
         assert!(db.share_files(&first, 10).unwrap());
-        assert_eq!(db.setting(SHARED_GENERATION).unwrap().as_deref(), Some("10"));
+        assert_eq!(
+            db.setting(SHARED_GENERATION).unwrap().as_deref(),
+            Some("10")
+        );
         assert!(!db.share_files(&first, 11).unwrap(), "nothing changed");
-        assert_eq!(db.setting(SHARED_GENERATION).unwrap().as_deref(), Some("10"));
+        assert_eq!(
+            db.setting(SHARED_GENERATION).unwrap().as_deref(),
+            Some("10")
+        );
         let mut stored = db.shared_files().unwrap();
         stored.sort_by(|a, b| b.path.cmp(&a.path));
         assert_eq!(stored, first);
@@ -1395,7 +1399,10 @@ pub(crate) mod tests {
         let second = [file("pki/issuers/default/ca/ca.crt", b"cert", true)];
         assert!(db.share_files(&second, 12).unwrap());
         assert_eq!(db.shared_files().unwrap(), second);
-        assert_eq!(db.setting(SHARED_GENERATION).unwrap().as_deref(), Some("12"));
+        assert_eq!(
+            db.setting(SHARED_GENERATION).unwrap().as_deref(),
+            Some("12")
+        );
     }
 
     fn migrating_again_changes_nothing(db: &Database) {
