@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState};
+use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
 use crate::reconcile::fragments::Packages;
 use crate::resources::{Kind, ObjectKey, Resource, crd};
@@ -133,11 +134,17 @@ struct StateArgs {
     /// The configuration directory, to find the default state directory.
     #[arg(long, env = "TESSERA_CONFIG", default_value = ".")]
     config: PathBuf,
+    /// The PostgreSQL database of the servers, if they use one (`postgres://...`).
+    #[arg(long, env = "TESSERA_DATABASE")]
+    database: Option<String>,
 }
 
 impl StateArgs {
-    /// Opens the state database, which `tessera serve` creates.
+    /// Opens the state database, which `tessera serve` creates. Blocks (PostgreSQL).
     fn open(&self) -> Result<Database> {
+        if let Some(url) = &self.database {
+            return Database::postgres(url).context("failed to open the PostgreSQL state database");
+        }
         let state = self
             .state
             .clone()
@@ -249,6 +256,13 @@ pub struct ServeArgs {
     /// Default: `<config>/.tessera`.
     #[arg(long, env = "TESSERA_STATE")]
     pub state: Option<PathBuf>,
+    /// Keep computers, inventories and deployment states in this PostgreSQL database
+    /// (`postgres://user@host:port/name`, no TLS: a trusted network) instead of SQLite in
+    /// the state directory. Several servers on one database serve agents together; one of
+    /// them (an advisory lock decides) reconciles, and the others follow it. Each keeps its
+    /// own state directory.
+    #[arg(long, env = "TESSERA_DATABASE")]
+    pub database: Option<String>,
     /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
     /// mutual TLS: it shows what is deployed where.
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
@@ -691,16 +705,19 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = args.state.open()?;
-    let computer = match db.find_computers(&args.computer)?.as_slice() {
+/// The computer `wanted` names, where its agent listens, and the enrollment Issuer. Blocks.
+fn notify_target(
+    state: &StateArgs,
+    wanted: &str,
+) -> Result<(crate::store::db::Computer, String, String)> {
+    let db = state.open()?;
+    let computer = match db.find_computers(wanted)?.as_slice() {
         [one] => one.clone(),
-        [] => bail!("no computer with device id or name {:?}", args.computer),
+        [] => bail!("no computer with device id or name {:?}", wanted),
         many => bail!(
             "{} computers are named {:?}: give a device id ({})",
             many.len(),
-            args.computer,
+            wanted,
             many.iter()
                 .map(|c| c.device_id.as_str())
                 .collect::<Vec<_>>()
@@ -717,6 +734,16 @@ async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
     let Some(issuer) = db.setting("enrollmentIssuer")? else {
         bail!("the Server enrolls no agents (no spec.enrollment)");
     };
+    Ok((computer, address, issuer))
+}
+
+async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (state, wanted) = (args.state.clone(), args.computer.clone());
+    let (computer, address, issuer) =
+        tokio::task::spawn_blocking(move || notify_target(&state, &wanted))
+            .await
+            .context("the database lookup panicked")??;
     let state = args
         .state
         .state
@@ -1127,11 +1154,30 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
 
     // The agent-facing runtime: state database, channels from reconcile, listeners.
-    let db_path = state_dir.join("state.db");
-    let db = Arc::new(
-        Database::open(&db_path)
-            .with_context(|| format!("failed to open {}", db_path.display()))?,
-    );
+    let (db, leadership) = match &args.database {
+        None => {
+            let db_path = state_dir.join("state.db");
+            let db = Database::open(&db_path)
+                .with_context(|| format!("failed to open {}", db_path.display()))?;
+            (db, Leadership::always())
+        }
+        Some(url) => {
+            let opened = url.clone();
+            let db = tokio::task::spawn_blocking(move || Database::postgres(&opened))
+                .await
+                .context("opening the database panicked")?
+                .context("failed to open the PostgreSQL state database")?;
+            let election = AdvisoryLock::new(url)?;
+            let (sender, receiver) = watch::channel(false);
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                election.run(sender, token).await;
+                Ok(())
+            });
+            (db, Leadership::new(receiver))
+        }
+    };
+    let db = Arc::new(db);
     let metrics = Arc::new(Metrics::default());
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (listen_tx, listen_rx) = watch::channel(Listen::default());
@@ -1178,6 +1224,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         },
         environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
         clock: reconcile::Clock::system(),
+        leadership,
+        shared_database: args.database.is_some(),
         runtime: Some(Arc::new(reconcile::routes::Runtime {
             db: db.clone(),
             routes: routes_tx,

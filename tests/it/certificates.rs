@@ -67,6 +67,8 @@ impl Setup {
             }),
             clock: Default::default(),
             runtime: None,
+            leadership: tessera::leader::Leadership::always(),
+            shared_database: false,
         })
     }
 
@@ -853,6 +855,8 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
         environment: Environment::default(),
         clock,
         runtime: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     };
     let task = tokio::spawn(reconcile::run(
         snapshots,

@@ -66,6 +66,8 @@ fn pass(config: &Path, state: &Path) -> Report {
         environment: Default::default(),
         clock: Default::default(),
         runtime: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     });
     let snapshot = DirSource::new(config, vec![]).unwrap().scan();
     reconciler

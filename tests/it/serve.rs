@@ -12,6 +12,7 @@ async fn start(config: &Path, allow_empty: bool) -> Running {
     cli::start(ServeArgs {
         config: config.to_path_buf(),
         state: None,
+        database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty,
     })

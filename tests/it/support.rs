@@ -222,6 +222,7 @@ pub async fn start(config: &Path) -> tessera::cli::Running {
     tessera::cli::start(tessera::cli::ServeArgs {
         config: config.to_path_buf(),
         state: None,
+        database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty: false,
     })

@@ -265,6 +265,8 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         environment: Default::default(),
         clock: Default::default(),
         runtime: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     });
     let snapshot = tessera::sources::dir::DirSource::new(config.path(), vec![])
         .unwrap()
