@@ -2,6 +2,7 @@
 
 mod agent;
 mod certificates;
+mod cluster;
 mod crash;
 mod crds;
 mod doctor;
