@@ -713,7 +713,7 @@ fn notify_target(
     let db = state.open()?;
     let computer = match db.find_computers(wanted)?.as_slice() {
         [one] => one.clone(),
-        [] => bail!("no computer with device id or name {:?}", wanted),
+        [] => bail!("no computer with device id or name {wanted:?}"),
         many => bail!(
             "{} computers are named {:?}: give a device id ({})",
             many.len(),

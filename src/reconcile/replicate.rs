@@ -130,11 +130,7 @@ fn walk(
         let path = relative.join(&name);
         match entry.file_type() {
             Ok(kind) if kind.is_dir() => walk(state_dir, &path, found, seen)?,
-            Ok(kind) if kind.is_file() => {
-                if seen.insert(path.clone()) {
-                    found.push(path);
-                }
-            }
+            Ok(kind) if kind.is_file() && seen.insert(path.clone()) => found.push(path),
             _ => {}
         }
     }

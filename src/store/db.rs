@@ -385,7 +385,8 @@ enum Engine {
     /// One connection: SQLite has one writer at a time anyway, and every statement here
     /// takes microseconds.
     Sqlite(Mutex<Connection>),
-    Postgres(Pool),
+    /// Boxed: the pool is larger than SQLite's handle.
+    Postgres(Box<Pool>),
 }
 
 impl Database {
@@ -423,7 +424,7 @@ impl Database {
     /// Like [`Database::postgres`], with a parsed configuration.
     pub fn postgres_with(config: postgres::Config) -> Result<Self, DbError> {
         let db = Self {
-            engine: Engine::Postgres(Pool::new(config)?),
+            engine: Engine::Postgres(Box::new(Pool::new(config)?)),
         };
         db.transaction(migrate)?;
         Ok(db)

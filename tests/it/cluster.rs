@@ -209,6 +209,15 @@ fn two_servers_on_one_database_serve_agents_and_the_survivor_of_a_kill_9_reconci
         "both servers present the leader's certificate"
     );
     assert!(served_serial(&https_a).starts_with("serial="));
+    // Each server built the packages itself: the same id and digests everywhere.
+    let package = |server: &Server| {
+        until("the package to be built", &all_logs, || {
+            let details = server.object("Package", "hello")?["details"].clone();
+            details["packageId"].is_string().then_some(details)
+        })
+        .0
+    };
+    assert_eq!(package(&a), package(&b));
 
     // An agent served by the follower, then by the leader: one computer, one history, in
     // the shared database; the fragments each server built itself are the same.
