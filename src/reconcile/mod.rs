@@ -111,7 +111,7 @@ pub async fn run(
     let mut activity = config.runtime.as_ref().map(|r| r.activity.clone());
     let mut bound = config.runtime.as_ref().map(|r| r.bound.clone());
     let mut leadership = Some(config.leadership.clone());
-    // What the leader had shared at the last pass, for a follower to notice news.
+    // Where a follower looks for what the leader shares.
     let shared_db = config
         .runtime
         .as_ref()
@@ -119,6 +119,7 @@ pub async fn run(
         .map(|r| r.db.clone());
     let mut reconciler = Reconciler::new(config);
     loop {
+        // What the leader had shared before this pass, for a follower to notice news.
         let generation = match &shared_db {
             Some(db) => shared_generation(db.clone()).await,
             None => None,

@@ -240,6 +240,11 @@ fn two_servers_on_one_database_serve_agents_and_the_survivor_of_a_kill_9_reconci
     );
     assert_eq!(states(&b, &device), deployed);
 
+    assert!(
+        !state_b.path().join("status").exists(),
+        "a follower writes no statuses"
+    );
+
     // kill -9 of the leader: the follower takes over.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
