@@ -1218,6 +1218,25 @@ pub(crate) mod tests {
         assert!(matches!(Database::postgres(&url), Err(DbError::Connect(_))));
     }
 
+    /// A connection the server ended is not used again: the call on it fails, the next
+    /// one gets a fresh connection.
+    #[test]
+    fn a_postgres_connection_that_broke_is_replaced() {
+        let Some(db) = scratch_postgres() else {
+            return;
+        };
+        db.set_setting("kept", "yes").unwrap();
+        let killed = db.with(|c| c.query("SELECT pg_terminate_backend(pg_backend_pid())", &[]));
+        assert!(killed.is_err(), "{killed:?}");
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+        // A refused statement keeps its connection, and is only its own failure.
+        assert!(
+            db.with(|c| c.query("SELECT no_such_column FROM settings", &[]))
+                .is_err()
+        );
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+    }
+
     /// Two servers on one PostgreSQL database using the same token at once: a token
     /// allowed N uses is used exactly N times.
     #[test]

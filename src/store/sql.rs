@@ -329,7 +329,8 @@ impl Taken<'_> {
     ) -> Result<T, DbError> {
         let PgConnection { client, statements } =
             self.connection.as_mut().expect("taken until dropped");
-        work(&mut Postgres { client, statements })
+        let done = work(&mut Postgres { client, statements });
+        self.check(done)
     }
 
     /// Runs `work` in a transaction, committed when it returns `Ok`.
@@ -339,13 +340,33 @@ impl Taken<'_> {
     ) -> Result<T, DbError> {
         let PgConnection { client, statements } =
             self.connection.as_mut().expect("taken until dropped");
-        let mut tx = client.transaction()?;
-        let done = work(&mut Postgres {
-            client: &mut tx,
-            statements,
-        })?;
-        tx.commit()?;
-        Ok(done)
+        let done = (|| {
+            let mut tx = client.transaction()?;
+            let done = work(&mut Postgres {
+                client: &mut tx,
+                statements,
+            })?;
+            tx.commit()?;
+            Ok(done)
+        })();
+        self.check(done)
+    }
+
+    /// Passes `done` on; after an error that is not the database refusing a statement (the
+    /// connection broke, the server ended the session), the connection is not given back.
+    fn check<T>(&mut self, done: Result<T, DbError>) -> Result<T, DbError> {
+        if let Err(DbError::Postgres(error)) = &done
+            && error
+                .as_db_error()
+                .is_none_or(|refusal| refusal.severity() != "ERROR")
+        {
+            self.connection = None;
+            let mut state = self.pool.lock();
+            state.open -= 1;
+            drop(state);
+            self.pool.freed.notify_one();
+        }
+        done
     }
 }
 
