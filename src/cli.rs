@@ -143,7 +143,7 @@ impl StateArgs {
     /// Opens the state database, which `tessera serve` creates. Blocks (PostgreSQL).
     fn open(&self) -> Result<Database> {
         if let Some(url) = &self.database {
-            return Database::postgres(url).context("failed to open the PostgreSQL state database");
+            return Ok(Database::postgres(url)?);
         }
         let state = self
             .state
@@ -1165,8 +1165,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             let opened = url.clone();
             let db = tokio::task::spawn_blocking(move || Database::postgres(&opened))
                 .await
-                .context("opening the database panicked")?
-                .context("failed to open the PostgreSQL state database")?;
+                .context("opening the database panicked")??;
             let election = AdvisoryLock::new(url)?;
             let (sender, receiver) = watch::channel(false);
             let token = shutdown.clone();

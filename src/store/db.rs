@@ -1036,6 +1036,8 @@ const MIGRATION_LOCK: i64 = 0x7465_7373_6d69_6772;
 fn migrate(c: &mut dyn Sql) -> Result<(), DbError> {
     if c.dialect() == Dialect::Postgres {
         c.query("SELECT pg_advisory_xact_lock($1)", params![MIGRATION_LOCK])?;
+        // "relation already exists, skipping" on every start is no news.
+        c.batch("SET LOCAL client_min_messages = warning")?;
     }
     c.batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
