@@ -229,6 +229,8 @@ pub struct Reconciler {
     publisher: routes::Publisher,
     /// When each condition last changed status, so transition times stay put between passes.
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
+    /// Whether the last pass was the leader's.
+    led: bool,
 }
 
 impl Reconciler {
@@ -251,6 +253,7 @@ impl Reconciler {
             publisher: routes::Publisher::default(),
             previous: None,
             transitions: HashMap::new(),
+            led: false,
         }
     }
 
@@ -271,8 +274,12 @@ impl Reconciler {
             .as_ref()
             .filter(|_| self.config.shared_database)
             .map(|r| (r.db.clone(), self.certificates.shared_dirs(&desired)));
-        // A follower issues nothing: it takes the leader's CAs and certificates.
-        if !leading && let Some((db, dirs)) = &shared {
+        // A follower issues nothing: it takes the leader's CAs and certificates. A server
+        // that has just become the leader takes them once more, so it goes on from the last
+        // shared state rather than from what it had before.
+        if (!leading || !self.led)
+            && let Some((db, dirs)) = &shared
+        {
             match replicate::mirror(db, &self.config.state_dir, dirs) {
                 Ok(0) => {}
                 Ok(files) => tracing::info!(files, "took the files the leader shared"),
@@ -281,6 +288,7 @@ impl Reconciler {
                 }
             }
         }
+        self.led = leading;
         let (mut outcomes, certificates_wake) = if leading {
             self.certificates.reconcile(&desired, now)
         } else {

@@ -68,8 +68,13 @@ pub fn share(
 
 /// A follower: makes the files below `dirs` exactly the database's shared files (each
 /// written whole, keys readable by the owner only). Returns how many files it changed.
+/// While no leader has shared anything yet, it changes nothing: a state directory moved
+/// from SQLite to PostgreSQL keeps its CA keys until its server leads and shares them.
 pub fn mirror(db: &Database, state_dir: &Path, dirs: &[PathBuf]) -> Result<usize, ReplicateError> {
     let shared = db.shared_files()?;
+    if shared.is_empty() {
+        return Ok(0);
+    }
     let mut changed = 0;
     let mut kept = HashSet::new();
     for file in &shared {
@@ -184,6 +189,14 @@ mod tests {
             Access::Public,
         )
         .unwrap();
+        // Before any leader shared anything, a follower's own files are left alone.
+        assert_eq!(mirror(db, follower.path(), &dirs()).unwrap(), 0);
+        assert!(
+            follower
+                .path()
+                .join("certificates/default/old/tls.crt")
+                .exists()
+        );
 
         assert!(share(db, leader.path(), &dirs(), 1).unwrap());
         assert!(!share(db, leader.path(), &dirs(), 2).unwrap(), "unchanged");
