@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl,
 # tar, md5sum, Python's zipfile, Java's keytool, the OCS Inventory NG Unix agent, git for
-# `tessera serve --git` and its local bare repositories)
-# that tests drive against the server. Idempotent; quick when everything is there.
+# `tessera serve --git` and its local bare repositories) that tests drive against the
+# server, and the PostgreSQL server that scripts/postgres.sh starts for the state-store
+# tests. Idempotent; quick when everything is there.
 set -euo pipefail
 
 # The agent's deployment module disables itself (one log line) without Perl's LWP https
 # support, which Debian only recommends; --no-install-recommends would leave it out.
-packages=(curl openssl ca-certificates tar coreutils python3 binutils git liblwp-protocol-https-perl)
+packages=(curl openssl ca-certificates tar coreutils python3 binutils git liblwp-protocol-https-perl postgresql)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -27,6 +28,22 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Debian starts a service on install (PostgreSQL's main cluster on port 5432); exit code 101
+# from policy-rc.d forbids it: the tests start their own throwaway server instead. Only a
+# policy file made here is removed afterwards.
+policy=/usr/sbin/policy-rc.d
+created_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  created_policy="yes"
+fi
+cleanup() {
+  if [ -n "$created_policy" ]; then
+    $sudo rm -f "$policy"
+  fi
+}
+trap cleanup EXIT
 # The agent's package asks how to report (local or http) and for a TAG. Answer "local": its
 # cfg then says local=..., which the tests override with --nolocal and --server.
 echo "ocsinventory-agent ocsinventory-agent/method select local" | $sudo debconf-set-selections

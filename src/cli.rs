@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState};
+use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
 use crate::reconcile::fragments::Packages;
 use crate::resources::{Kind, ObjectKey, Resource, crd};
@@ -150,11 +151,17 @@ struct StateArgs {
     /// The configuration directory, to find the default state directory.
     #[arg(long, env = "TESSERA_CONFIG", default_value = ".")]
     config: PathBuf,
+    /// The PostgreSQL database of the servers, if they use one (`postgres://...`).
+    #[arg(long, env = "TESSERA_DATABASE")]
+    database: Option<String>,
 }
 
 impl StateArgs {
-    /// Opens the state database, which `tessera serve` creates.
+    /// Opens the state database, which `tessera serve` creates. Blocks (PostgreSQL).
     fn open(&self) -> Result<Database> {
+        if let Some(url) = &self.database {
+            return Ok(Database::postgres(url)?);
+        }
         let state = self
             .state
             .clone()
@@ -274,6 +281,13 @@ pub struct ServeArgs {
     pub state: Option<PathBuf>,
     #[command(flatten)]
     pub git: GitArgs,
+    /// Keep computers, inventories and deployment states in this PostgreSQL database
+    /// (`postgres://user@host:port/name`, no TLS: a trusted network) instead of SQLite in
+    /// the state directory. Several servers on one database serve agents together; one of
+    /// them (an advisory lock decides) reconciles, and the others follow it. Each keeps its
+    /// own state directory.
+    #[arg(long, env = "TESSERA_DATABASE")]
+    pub database: Option<String>,
     /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
     /// mutual TLS: it shows what is deployed where.
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
@@ -1080,6 +1094,8 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         clock: reconcile::Clock::system(),
         runtime: None,
         secrets: None,
+        leadership: crate::leader::Leadership::always(),
+        shared_database: false,
         gateway: Some(Arc::new(GatewayRuntime {
             key: key.clone(),
             listen: spec.listen.clone(),
@@ -1219,16 +1235,19 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = args.state.open()?;
-    let computer = match db.find_computers(&args.computer)?.as_slice() {
+/// The computer `wanted` names, where its agent listens, and the enrollment Issuer. Blocks.
+fn notify_target(
+    state: &StateArgs,
+    wanted: &str,
+) -> Result<(crate::store::db::Computer, String, String)> {
+    let db = state.open()?;
+    let computer = match db.find_computers(wanted)?.as_slice() {
         [one] => one.clone(),
-        [] => bail!("no computer with device id or name {:?}", args.computer),
+        [] => bail!("no computer with device id or name {wanted:?}"),
         many => bail!(
             "{} computers are named {:?}: give a device id ({})",
             many.len(),
-            args.computer,
+            wanted,
             many.iter()
                 .map(|c| c.device_id.as_str())
                 .collect::<Vec<_>>()
@@ -1245,6 +1264,16 @@ async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
     let Some(issuer) = db.setting("enrollmentIssuer")? else {
         bail!("the Server enrolls no agents (no spec.enrollment)");
     };
+    Ok((computer, address, issuer))
+}
+
+async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (state, wanted) = (args.state.clone(), args.computer.clone());
+    let (computer, address, issuer) =
+        tokio::task::spawn_blocking(move || notify_target(&state, &wanted))
+            .await
+            .context("the database lookup panicked")??;
     let state = args
         .state
         .state
@@ -1646,7 +1675,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let admin_address = listener.local_addr()?;
 
     let mut hooks = None;
-    let (state_dir, config_root, secrets) = match (&args.git.git, &args.config, client) {
+    let (state_dir, config_root, secrets, lease) = match (&args.git.git, &args.config, client) {
         (Some(_), _, _) => {
             let Some(state_dir) = args.state.clone() else {
                 bail!("--state is required with --git");
@@ -1692,7 +1721,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
                     .await
                     .map_err(Into::into)
             });
-            (state_dir, root, None)
+            (state_dir, root, None, None)
         }
         (None, Some(config), _) => {
             if !config.is_dir() {
@@ -1720,7 +1749,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             let config_root = source.root().to_path_buf();
             let token = shutdown.clone();
             tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
-            (state_dir, config_root, None)
+            (state_dir, config_root, None, None)
         }
         (None, None, Some(client)) => {
             let state_dir = args
@@ -1734,7 +1763,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
                 admin = %format!("http://{admin_address}"),
                 "serving from Kubernetes"
             );
-            let secrets = start_kube(
+            let (secrets, lease) = start_kube(
                 &args.kube,
                 client,
                 snapshot_tx,
@@ -1744,18 +1773,45 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             );
             // Relative file names (package content directories) resolve below the state
             // directory: in Kubernetes there is no configuration directory.
-            (state_dir.clone(), state_dir, Some(secrets))
+            (state_dir.clone(), state_dir, Some(secrets), Some(lease))
         }
         (None, None, None) => bail!("give --config DIR, --git URL or --kube"),
     };
     let kube_mode = secrets.is_some();
 
     // The agent-facing runtime: state database, channels from reconcile, listeners.
-    let db_path = state_dir.join("state.db");
-    let db = Arc::new(
-        Database::open(&db_path)
-            .with_context(|| format!("failed to open {}", db_path.display()))?,
-    );
+    // Who reconciles: in Kubernetes the holder of the Lease; on PostgreSQL the holder of
+    // the advisory lock; otherwise this process.
+    let (db, leadership) = match &args.database {
+        None => {
+            let db_path = state_dir.join("state.db");
+            let db = Database::open(&db_path)
+                .with_context(|| format!("failed to open {}", db_path.display()))?;
+            (db, lease.map_or_else(Leadership::always, Leadership::new))
+        }
+        Some(url) if lease.is_some() => {
+            let opened = url.clone();
+            let db = tokio::task::spawn_blocking(move || Database::postgres(&opened))
+                .await
+                .context("opening the database panicked")??;
+            (db, lease.map_or_else(Leadership::always, Leadership::new))
+        }
+        Some(url) => {
+            let opened = url.clone();
+            let db = tokio::task::spawn_blocking(move || Database::postgres(&opened))
+                .await
+                .context("opening the database panicked")??;
+            let election = AdvisoryLock::new(url)?;
+            let (sender, receiver) = watch::channel(false);
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                election.run(sender, token).await;
+                Ok(())
+            });
+            (db, Leadership::new(receiver))
+        }
+    };
+    let db = Arc::new(db);
     let metrics = Arc::new(Metrics::default());
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (listen_tx, listen_rx) = watch::channel(Listen::default());
@@ -1824,6 +1880,8 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         },
         environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
         clock: reconcile::Clock::system(),
+        leadership,
+        shared_database: args.database.is_some(),
         runtime: Some(Arc::new(reconcile::routes::Runtime {
             db: db.clone(),
             routes: routes_tx,
@@ -1883,7 +1941,7 @@ fn start_kube(
     reports: watch::Receiver<Report>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<Result<()>>,
-) -> Arc<dyn reconcile::secrets::Secrets> {
+) -> (Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>) {
     use crate::sources::{kube as kube_source, lease};
 
     let identity = args
@@ -1941,12 +1999,13 @@ fn start_kube(
         }
     });
 
-    Arc::new(KubeSecrets {
+    let secrets = Arc::new(KubeSecrets {
         client,
         runtime: tokio::runtime::Handle::current(),
-        leader: leader_rx,
+        leader: leader_rx.clone(),
         written: std::sync::Mutex::new(std::collections::HashMap::new()),
-    })
+    });
+    (secrets, leader_rx)
 }
 
 /// The status subresource of every object of a report.

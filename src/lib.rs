@@ -16,6 +16,8 @@
 //! - `sources`: where snapshots come from (`dir`, `kube`), and in Kubernetes the way back
 //!   (statuses, Events, Secrets) and leader election (`lease`).
 //! - `store`: state on disk. `server`: the admin API (later the agent-facing server).
+//! - `leader`: which of several servers reconciles (always this one on SQLite; a PostgreSQL
+//!   advisory lock; a Kubernetes Lease), as a `watch` channel of `bool`.
 //! - `reconcile`: the loop; issuers and certificates; conditions and status files.
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
 //!   safe extraction, actions); imports only `protocol` and `pki`.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod desired;
 pub mod doctor;
 pub mod gateway;
+pub mod leader;
 pub mod pki;
 pub mod protocol;
 pub mod reconcile;

@@ -335,6 +335,82 @@ impl Certificates {
         (outcomes, wake)
     }
 
+    /// A follower's pass (another server leads): issues, renews and writes nothing; loads
+    /// the authorities from the files the leader shared (enrollment signs with them) and
+    /// reports each Issuer and Certificate as ready once its files are there.
+    pub fn follow(&mut self, desired: &DesiredState) -> HashMap<ObjectKey, Outcome> {
+        self.authorities
+            .retain(|key, _| desired.entries.contains_key(key));
+        let mut outcomes = HashMap::new();
+        for (key, resource) in desired.actionable() {
+            let outcome = match resource {
+                Resource::Issuer(issuer) => {
+                    let reference = issuer
+                        .spec
+                        .ca
+                        .as_ref()
+                        .and_then(|ca| ca.certificate_ref.as_ref());
+                    let pair = match reference {
+                        Some(reference) => read_pair(&self.output_dir(
+                            &ObjectKey::referenced(Kind::Certificate, &key.namespace, reference),
+                            desired,
+                        )),
+                        None => {
+                            let dir = self.issuer_dir(key);
+                            std::fs::read_to_string(dir.join("ca.crt"))
+                                .ok()
+                                .zip(std::fs::read_to_string(dir.join("ca.key")).ok())
+                                .map(|(chain, key)| (chain, key, None))
+                        }
+                    };
+                    match pair.map(|(chain, key_pem, root)| {
+                        Authority::from_pem(&chain, &key_pem, root.as_deref())
+                    }) {
+                        Some(Ok(authority)) => {
+                            self.authorities.insert(key.clone(), Arc::new(authority));
+                            following("the leader manages this CA")
+                        }
+                        Some(Err(error)) => Outcome::not_ready(
+                            "Following",
+                            format!("the CA the leader shared cannot be used: {error}"),
+                        ),
+                        None => Outcome::not_ready(
+                            "Following",
+                            "waiting for the leader to share this CA".into(),
+                        ),
+                    }
+                }
+                Resource::Certificate(_) => match read_pair(&self.output_dir(key, desired)) {
+                    Some(_) => following("the leader issues and renews this certificate"),
+                    None => Outcome::not_ready(
+                        "Following",
+                        "waiting for the leader to share this certificate".into(),
+                    ),
+                },
+                _ => continue,
+            };
+            outcomes.insert(key.clone(), outcome);
+        }
+        outcomes
+    }
+
+    /// The directories below the state directory that hold what the leader issues (CAs,
+    /// revocations, certificates and their keystores), relative to it: what several servers
+    /// share.
+    pub fn shared_dirs(&self, desired: &DesiredState) -> Vec<PathBuf> {
+        let mut dirs = vec![PathBuf::from("pki"), PathBuf::from("certificates")];
+        for (key, resource) in desired.actionable() {
+            if let Resource::Certificate(_) = resource
+                && let Ok(relative) = self.output_dir(key, desired).strip_prefix(&self.state_dir)
+                && super::replicate::is_plain(relative)
+                && !dirs.iter().any(|d| relative.starts_with(d))
+            {
+                dirs.push(relative.to_path_buf());
+            }
+        }
+        dirs
+    }
+
     fn issuer(
         &mut self,
         key: &ObjectKey,
@@ -1501,6 +1577,18 @@ fn existing(dir: &Path, revoked: &HashSet<String>) -> Existing {
             facts: Box::new(facts),
         },
         Err(e) => Existing::Unreadable(format!("tls.key: {e}")),
+    }
+}
+
+/// A follower's outcome for what the leader looks after.
+fn following(message: &str) -> Outcome {
+    Outcome {
+        ready: true,
+        reason: "Following",
+        message: message.into(),
+        details: Map::new(),
+        issuing: None,
+        wake: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod fragments;
 pub mod gateway;
 pub mod plan;
+pub mod replicate;
 pub mod routes;
 pub mod secrets;
 pub mod status;
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState, Entry, Served};
+use crate::leader::Leadership;
 use crate::reconcile::certificates::{Certificates, Environment, Outcome};
 use crate::reconcile::fragments::Packages;
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
@@ -53,6 +55,11 @@ pub struct Config {
     /// are also written, as `kubernetes.io/tls` Secrets. The state directory stays the
     /// source of truth either way.
     pub secrets: Option<Arc<dyn secrets::Secrets>>,
+    /// Whether this server reconciles, or follows another that does.
+    pub leadership: Leadership,
+    /// Several servers share the runtime's database: the leader shares what it issues
+    /// through it, and followers mirror that (see `replicate`).
+    pub shared_database: bool,
 }
 
 /// The time source of the reconcile loop.
@@ -97,7 +104,12 @@ pub enum ReconcileError {
     Panicked(String),
 }
 
-/// Runs passes on every new snapshot (and every `REQUEUE`) until `shutdown`.
+/// How often a follower looks for what the leader shared (one read of one row).
+pub const FOLLOW_POLL: Duration = Duration::from_secs(2);
+
+/// Runs passes on every new snapshot (and every `REQUEUE`) until `shutdown`. A follower
+/// also runs one as soon as the leader shares something new, and one at once when its
+/// leadership changes.
 pub async fn run(
     mut snapshots: watch::Receiver<Snapshot>,
     reports: watch::Sender<Report>,
@@ -107,8 +119,20 @@ pub async fn run(
     let clock = config.clock.clone();
     let mut activity = config.runtime.as_ref().map(|r| r.activity.clone());
     let mut bound = config.runtime.as_ref().map(|r| r.bound.clone());
+    let mut leadership = Some(config.leadership.clone());
+    // Where a follower looks for what the leader shares.
+    let shared_db = config
+        .runtime
+        .as_ref()
+        .filter(|_| config.shared_database)
+        .map(|r| r.db.clone());
     let mut reconciler = Reconciler::new(config);
     loop {
+        // What the leader had shared before this pass, for a follower to notice news.
+        let generation = match &shared_db {
+            Some(db) => shared_generation(db.clone()).await,
+            None => None,
+        };
         let snapshot = snapshots.borrow_and_update().clone();
         let now = clock.now();
         // A pass archives packages and makes keys: blocking work, kept off the async workers
@@ -133,6 +157,8 @@ pub async fn run(
             changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
             () = tokio::time::sleep(sleep) => {}
             Some(()) = changed(&mut bound) => {}
+            () = leadership_changed(&mut leadership) => {}
+            () = news(shared_db.as_ref(), &reconciler, generation) => {}
             Some(()) = changed(&mut activity) => {
                 // Agents report in bursts: refresh the counts at most this often.
                 tokio::select! {
@@ -146,6 +172,46 @@ pub async fn run(
 
 /// Deployment counts in statuses lag agents' reports by at most this.
 pub const ACTIVITY_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Resolves when leadership changes; never once nothing can change it.
+async fn leadership_changed(leadership: &mut Option<Leadership>) {
+    match leadership {
+        Some(watched) => {
+            if watched.changed().await.is_none() {
+                *leadership = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The generation of the files the leader shares, if it can be read.
+async fn shared_generation(db: Arc<crate::store::db::Database>) -> Option<String> {
+    tokio::task::spawn_blocking(move || db.setting(crate::store::db::SHARED_GENERATION))
+        .await
+        .ok()?
+        .ok()?
+}
+
+/// For a follower on a shared database: resolves when the leader has shared something
+/// since `seen`. Never for the leader, or a server alone.
+async fn news(
+    db: Option<&Arc<crate::store::db::Database>>,
+    reconciler: &Reconciler,
+    seen: Option<String>,
+) {
+    let Some(db) = db else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        if !reconciler.config.leadership.is_leader() && shared_generation(db.clone()).await != seen
+        {
+            return;
+        }
+    }
+}
 
 /// Resolves when `receiver` (if any) sees a new value; `None` when its sender is gone.
 async fn changed<T>(receiver: &mut Option<watch::Receiver<T>>) -> Option<()> {
@@ -173,6 +239,8 @@ pub struct Reconciler {
     gateway: gateway::GatewayPublisher,
     /// When each condition last changed status, so transition times stay put between passes.
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
+    /// Whether the last pass was the leader's.
+    led: bool,
 }
 
 impl Reconciler {
@@ -197,6 +265,7 @@ impl Reconciler {
             gateway: gateway::GatewayPublisher::default(),
             previous: None,
             transitions: HashMap::new(),
+            led: false,
         }
     }
 
@@ -215,17 +284,64 @@ impl Reconciler {
         let desired = desired::evaluate(snapshot, self.previous.as_ref(), self.config.options);
         let empty = DesiredState::default();
         let changes = desired::changes(self.previous.as_ref().unwrap_or(&empty), &desired);
-        let (mut outcomes, certificates_wake) = self.certificates.reconcile(&desired, now);
+        let leadership = self.config.leadership.clone();
+        let leading = leadership.is_leader();
+        let shared = self
+            .config
+            .runtime
+            .as_ref()
+            .filter(|_| self.config.shared_database)
+            .map(|r| (r.db.clone(), self.certificates.shared_dirs(&desired)));
+        // A follower issues nothing: it takes the leader's CAs and certificates. A server
+        // that has just become the leader takes them once more, so it goes on from the last
+        // shared state rather than from what it had before.
+        if (!leading || !self.led)
+            && let Some((db, dirs)) = &shared
+        {
+            match replicate::mirror(db, &self.config.state_dir, dirs) {
+                Ok(0) => {}
+                Ok(files) => tracing::info!(files, "took the files the leader shared"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "failed to take the files the leader shared")
+                }
+            }
+        }
+        self.led = leading;
+        let (mut outcomes, certificates_wake) = if leading {
+            self.certificates.reconcile(&desired, now)
+        } else {
+            (self.certificates.follow(&desired), None)
+        };
+        // Each server builds the fragments itself: archives are deterministic, so every
+        // server serves the same bytes under the same package id.
         let packages = self.packages.reconcile(&desired);
         if let Some(runtime) = &self.config.runtime {
-            let published =
-                self.publisher
-                    .publish(runtime, &desired, &packages, &self.certificates, now);
+            let published = self.publisher.publish(
+                runtime,
+                &desired,
+                &packages,
+                &self.certificates,
+                &leadership,
+                now,
+            );
             outcomes.extend(published);
         }
         if let Some(runtime) = &self.config.gateway {
             let published = self.gateway.publish(runtime, &desired, &self.certificates);
             outcomes.extend(published);
+        }
+        if let Some((db, dirs)) = &shared
+            && leadership.is_leader()
+        {
+            match replicate::share(db, &self.config.state_dir, dirs, now.as_second()) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!("shared new CA or certificate files with the other servers")
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "failed to share CA and certificate files")
+                }
+            }
         }
         outcomes.extend(packages);
         // The earliest thing due: a renewal, a retry, the next stage of a rollout.
@@ -235,7 +351,10 @@ impl Reconciler {
             .chain(certificates_wake)
             .min();
         let report = self.report(&desired, &outcomes, now);
-        status::write(&self.config.state_dir, &report)?;
+        // Statuses are the leader's to write.
+        if leadership.is_leader() {
+            status::write(&self.config.state_dir, &report)?;
+        }
         if !desired.held_back {
             status::write_applied(&self.config.state_dir, &desired, &outcomes)?;
         }

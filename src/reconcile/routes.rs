@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::desired::DesiredState;
+use crate::leader::Leadership;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
 use crate::reconcile::certificates::{Certificates, Outcome, Trust};
@@ -72,6 +73,24 @@ pub fn qualified(key: &ObjectKey) -> String {
 }
 
 impl Publisher {
+    /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
+    /// computer armed for what `routes` assign.
+    fn arm(&self, runtime: &Runtime, routes: &Routes, now: jiff::Timestamp) {
+        if let Err(error) = runtime
+            .db
+            .set_setting("staleAfter", &routes.stale_after.to_string())
+        {
+            tracing::warn!(error = %crate::error_chain(&error), "failed to record staleAfter");
+        }
+        match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
+            Ok(0) => {}
+            Ok(armed) => tracing::info!(armed, "armed deployments for known computers"),
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "failed to arm deployments")
+            }
+        }
+    }
+
     /// Computes the routes from `desired` and the package `outcomes`, publishes them, and
     /// returns the outcomes of the Server, Activations and Affectations.
     pub fn publish(
@@ -80,6 +99,7 @@ impl Publisher {
         desired: &DesiredState,
         packages: &HashMap<ObjectKey, Outcome>,
         certificates: &Certificates,
+        leadership: &Leadership,
         now: jiff::Timestamp,
     ) -> HashMap<ObjectKey, Outcome> {
         let mut outcomes = HashMap::new();
@@ -97,9 +117,11 @@ impl Publisher {
                 let issuer =
                     ObjectKey::referenced(Kind::Issuer, &key.namespace, &enrollment.issuer_ref);
                 // `tessera notify` signs its calls with this Issuer.
-                let _ = runtime
-                    .db
-                    .set_setting("enrollmentIssuer", &qualified(&issuer));
+                if leadership.is_leader() {
+                    let _ = runtime
+                        .db
+                        .set_setting("enrollmentIssuer", &qualified(&issuer));
+                }
                 let server_certificate =
                     ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
                 let server_ca = std::fs::read_to_string(
@@ -235,13 +257,20 @@ impl Publisher {
                         id,
                         spec.redeploy.as_deref().unwrap_or("")
                     );
-                    let started = match runtime.db.setting(&clock) {
-                        Ok(Some(at)) => at.parse().unwrap_or(now.as_second()),
-                        _ => {
-                            let _ = runtime.db.set_setting(&clock, &now.as_second().to_string());
-                            now.as_second()
-                        }
-                    };
+                    // The leader starts the clock; a follower reads it (and, before the leader
+                    // has, offers the first stage only).
+                    let now_text = now.as_second().to_string();
+                    let started = if leadership.is_leader() {
+                        runtime.db.setting_or_insert(&clock, &now_text)
+                    } else {
+                        runtime
+                            .db
+                            .setting(&clock)
+                            .map(|at| at.unwrap_or_else(|| now_text.clone()))
+                    }
+                    .ok()
+                    .and_then(|at| at.parse().ok())
+                    .unwrap_or(now.as_second());
                     let mut begins = started;
                     let mut share = 0u8;
                     let mut next = None;
@@ -367,19 +396,10 @@ impl Publisher {
         }
 
         // Arm known computers for what is assigned now (new Affectations, versions, tokens,
-        // rollout stages); computers already armed cost a read.
-        if let Err(error) = runtime
-            .db
-            .set_setting("staleAfter", &routes.stale_after.to_string())
-        {
-            tracing::warn!(error = %crate::error_chain(&error), "failed to record staleAfter");
-        }
-        match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
-            Ok(0) => {}
-            Ok(armed) => tracing::info!(armed, "armed deployments for known computers"),
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "failed to arm deployments")
-            }
+        // rollout stages); computers already armed cost a read. The leader's job: followers
+        // serve the routes, and arm only the agents that check in with them.
+        if leadership.is_leader() {
+            self.arm(runtime, &routes, now);
         }
         runtime.routes.send_replace(Arc::new(routes));
         runtime.listen.send_if_modified(|current| {

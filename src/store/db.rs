@@ -1,19 +1,28 @@
 //! The state database: computers, their inventory summary, and one deployment state per
 //! computer and activation with its history of events.
 //!
-//! Embedded SQLite in WAL mode (readers never wait for the writer; `synchronous = NORMAL`
-//! makes a commit durable at the next checkpoint rather than with one fsync each, which is
-//! what WAL is designed for). The schema is created and upgraded by numbered migrations
-//! recorded in `schema_migrations`. Queries stay within SQL that PostgreSQL also speaks:
-//! parameters are numbered `$1, $2, …` in order of first use (a test checks it), times are
-//! integer Unix seconds, lists are newline-separated text.
+//! Two engines, one set of queries (`sql.rs` carries the values):
+//! - embedded SQLite in WAL mode, the default (readers never wait for the writer;
+//!   `synchronous = NORMAL` makes a commit durable at the next checkpoint rather than with
+//!   one fsync each, which is what WAL is designed for);
+//! - PostgreSQL, shared by several servers (`--database postgres://...`).
 //!
-//! Every method is synchronous and short; async callers run them on the blocking pool.
+//! The schema is created and upgraded by the same numbered migrations on both, recorded in
+//! `schema_migrations`. Queries stay within SQL both speak: parameters are numbered
+//! `$1, $2, …` in order of first use (a test checks it), times are integer Unix seconds,
+//! lists are newline-separated text. The tests at the bottom run against both engines.
+//!
+//! Every method is synchronous and short; async callers run them on the blocking pool
+//! (the PostgreSQL client blocks on its own runtime and must not run on an async worker).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::Connection;
+
+pub use super::sql::Dialect;
+use super::sql::{Pool, Row, Sql, Sqlite, Value, params};
 
 /// Errors of the state database.
 #[derive(Debug, thiserror::Error)]
@@ -24,26 +33,57 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("failed to connect to the PostgreSQL state database")]
+    Connect(#[source] postgres::Error),
     #[error("failed to migrate the state database to version {version}")]
     Migrate {
         version: i64,
         #[source]
-        source: rusqlite::Error,
+        source: Box<DbError>,
     },
     #[error("the state database is at version {found}, newer than this Tessera knows ({known})")]
     TooNew { found: i64, known: i64 },
     #[error("state database query failed")]
     Query(#[from] rusqlite::Error),
+    #[error("state database query failed")]
+    Postgres(#[from] postgres::Error),
+    #[error("column {column} of a state database row is not {expected}")]
+    Decode {
+        column: usize,
+        expected: &'static str,
+    },
 }
 
 /// Seconds within which a second contact of a computer is not written again.
 pub const CONTACT_PRECISION: i64 = 60;
 
+/// One step of the schema.
+enum Step {
+    /// The same SQL on both engines.
+    Both(&'static str),
+    /// Where the engines differ.
+    Each {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
+}
+
+impl Step {
+    fn sql(&self, dialect: Dialect) -> &'static str {
+        match (self, dialect) {
+            (Step::Both(sql), _) => sql,
+            (Step::Each { sqlite, .. }, Dialect::Sqlite) => sqlite,
+            (Step::Each { postgres, .. }, Dialect::Postgres) => postgres,
+        }
+    }
+}
+
 /// The schema, one step per version. Never edit a step that has shipped: add one.
-const MIGRATIONS: &[(i64, &str)] = &[
+const MIGRATIONS: &[(i64, Step)] = &[
     (
         1,
-        "CREATE TABLE computers (
+        Step::Both(
+            "CREATE TABLE computers (
         device_id TEXT PRIMARY KEY,
         name TEXT NOT NULL DEFAULT '',
         os_name TEXT NOT NULL DEFAULT '',
@@ -82,10 +122,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+        ),
     ),
     (
         2,
-        "CREATE TABLE enrollment_tokens (
+        Step::Both(
+            "CREATE TABLE enrollment_tokens (
         id TEXT PRIMARY KEY,
         secret_sha256 TEXT NOT NULL,
         note TEXT NOT NULL DEFAULT '',
@@ -96,15 +138,50 @@ const MIGRATIONS: &[(i64, &str)] = &[
         last_used_at BIGINT,
         revoked_at BIGINT
     );",
+        ),
     ),
     (
         3,
-        "ALTER TABLE deployments ADD COLUMN output TEXT;
+        Step::Both(
+            "ALTER TABLE deployments ADD COLUMN output TEXT;
     ALTER TABLE events ADD COLUMN output TEXT;",
+        ),
     ),
-    (4, "ALTER TABLE computers ADD COLUMN notify_address TEXT;"),
-    (5, "ALTER TABLE computers ADD COLUMN address TEXT;"),
+    (
+        4,
+        Step::Both("ALTER TABLE computers ADD COLUMN notify_address TEXT;"),
+    ),
+    (
+        5,
+        Step::Both("ALTER TABLE computers ADD COLUMN address TEXT;"),
+    ),
+    // The order events were written in, for events of the same second: SQLite's rowid
+    // already is it; PostgreSQL has no rowid, so a sequence numbers them.
+    (
+        6,
+        Step::Each {
+            sqlite: "",
+            postgres: "ALTER TABLE events ADD COLUMN seq BIGSERIAL;",
+        },
+    ),
+    // What the leader of several servers shares with the others: the files of its CAs and
+    // issued certificates (see `reconcile::replicate`).
+    (
+        7,
+        Step::Both(
+            "CREATE TABLE shared_files (
+        path TEXT PRIMARY KEY,
+        content BYTEA NOT NULL,
+        owner_only BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );",
+        ),
+    ),
 ];
+
+/// The setting bumped whenever the shared files change, so followers notice with one read.
+pub const SHARED_GENERATION: &str = "sharedFilesGeneration";
 
 /// Where a computer stands with one activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -258,6 +335,16 @@ pub enum Change {
     Notify { activation: String },
 }
 
+/// A file of the leader's state directory, shared with the other servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFile {
+    /// Relative to the state directory, `/`-separated.
+    pub path: String,
+    pub content: Vec<u8>,
+    /// Readable by its owner only (private keys).
+    pub owner_only: bool,
+}
+
 /// An enrollment token as stored (its secret only as a hash).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -288,14 +375,23 @@ pub enum TokenRefusal {
     Revoked,
 }
 
-/// The state database. One connection: SQLite has one writer at a time anyway, and every
-/// statement here takes microseconds.
+/// The state database: SQLite in a file (the default), or PostgreSQL shared by several
+/// servers. Every query below is written once and runs on both.
 pub struct Database {
-    connection: Mutex<Connection>,
+    engine: Engine,
+}
+
+enum Engine {
+    /// One connection: SQLite has one writer at a time anyway, and every statement here
+    /// takes microseconds.
+    Sqlite(Mutex<Connection>),
+    /// Boxed: the pool is larger than SQLite's handle.
+    Postgres(Box<Pool>),
 }
 
 impl Database {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to
+    /// date.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let open = |source| DbError::Open {
             path: path.display().to_string(),
@@ -305,7 +401,7 @@ impl Database {
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(open)?;
-        Self::prepare(connection)
+        Self::sqlite(connection)
     }
 
     /// Opens an existing database at `path` for reading only: no schema change, no write,
@@ -332,51 +428,97 @@ impl Database {
             });
         }
         Ok(Self {
-            connection: Mutex::new(connection),
+            engine: Engine::Sqlite(Mutex::new(connection)),
         })
     }
 
-    /// A database that lives in memory, for tests and dry runs.
+    /// A SQLite database that lives in memory, for tests and dry runs.
     pub fn in_memory() -> Result<Self, DbError> {
         let connection = Connection::open_in_memory().map_err(|source| DbError::Open {
             path: ":memory:".into(),
             source,
         })?;
-        Self::prepare(connection)
+        Self::sqlite(connection)
     }
 
-    fn prepare(mut connection: Connection) -> Result<Self, DbError> {
+    /// Connects to the PostgreSQL database at `url` (`postgres://user@host:port/name`,
+    /// without TLS: keep it on a trusted network) and brings its schema up to date. Blocks:
+    /// call it off the async workers.
+    pub fn postgres(url: &str) -> Result<Self, DbError> {
+        let config = url.parse::<postgres::Config>().map_err(DbError::Connect)?;
+        Self::postgres_with(config)
+    }
+
+    /// Like [`Database::postgres`], with a parsed configuration.
+    pub fn postgres_with(config: postgres::Config) -> Result<Self, DbError> {
+        let db = Self {
+            engine: Engine::Postgres(Box::new(Pool::new(config)?)),
+        };
+        db.transaction(migrate)?;
+        Ok(db)
+    }
+
+    fn sqlite(connection: Connection) -> Result<Self, DbError> {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         // Another process (`tessera status`) may hold a read lock for a moment.
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut connection)?;
-        Ok(Self {
-            connection: Mutex::new(connection),
-        })
+        let db = Self {
+            engine: Engine::Sqlite(Mutex::new(connection)),
+        };
+        db.transaction(migrate)?;
+        Ok(db)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// Which engine this database runs on.
+    pub fn dialect(&self) -> Dialect {
+        match self.engine {
+            Engine::Sqlite(_) => Dialect::Sqlite,
+            Engine::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    fn lock(connection: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (statements are atomic),
         // so a poisoned lock is still usable.
-        self.connection
+        connection
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs `work` with a connection, each statement committed by itself.
+    fn with<T>(&self, work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
+        match &self.engine {
+            Engine::Sqlite(connection) => work(&mut Sqlite(&Self::lock(connection))),
+            Engine::Postgres(pool) => pool.take()?.plain(work),
+        }
+    }
+
+    /// Runs `work` in one transaction, committed when it returns `Ok`.
+    fn transaction<T>(
+        &self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        match &self.engine {
+            Engine::Sqlite(connection) => {
+                let mut connection = Self::lock(connection);
+                let tx = connection.transaction()?;
+                let done = work(&mut Sqlite(&tx))?;
+                tx.commit()?;
+                Ok(done)
+            }
+            Engine::Postgres(pool) => pool.take()?.transaction(work),
+        }
+    }
+
     /// Every row `sql` selects, read by `row`.
-    fn all<T, P: rusqlite::Params>(
+    fn all<T>(
         &self,
         sql: &str,
-        params: P,
-        row: fn(&Row<'_>) -> rusqlite::Result<T>,
+        params: &[Value<'_>],
+        row: fn(&Row) -> Result<T, DbError>,
     ) -> Result<Vec<T>, DbError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(sql)?;
-        let found = statement
-            .query_map(params, row)?
-            .collect::<Result<_, _>>()?;
-        Ok(found)
+        self.with(|c| c.query(sql, params)?.iter().map(row).collect())
     }
 
     /// Records a contact from `device_id` at `now` and returns the computer (as it was
@@ -387,23 +529,27 @@ impl Database {
         device_id: &str,
         now: i64,
     ) -> Result<(Computer, Vec<Deployment>), DbError> {
-        let mut connection = self.lock();
-        if let Some(known) = computer(&connection, device_id)?
-            && (0..CONTACT_PRECISION).contains(&(now - known.last_contact))
-        {
-            let deployments = deployments_of(&connection, device_id)?;
-            return Ok((known, deployments));
+        let known = self.with(|c| {
+            let Some(known) = computer(c, device_id)? else {
+                return Ok(None);
+            };
+            if !(0..CONTACT_PRECISION).contains(&(now - known.last_contact)) {
+                return Ok(None);
+            }
+            Ok(Some((known, deployments_of(c, device_id)?)))
+        })?;
+        if let Some(known) = known {
+            return Ok(known);
         }
-        let tx = connection.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO computers (device_id, first_seen, last_contact) VALUES ($1, $2, $2)
-             ON CONFLICT (device_id) DO UPDATE SET last_contact = $2",
-        )?
-        .execute(params![device_id, now])?;
-        let computer = computer(&tx, device_id)?.unwrap_or_default();
-        let deployments = deployments_of(&tx, device_id)?;
-        tx.commit()?;
-        Ok((computer, deployments))
+        self.transaction(|c| {
+            c.execute(
+                "INSERT INTO computers (device_id, first_seen, last_contact) VALUES ($1, $2, $2)
+                 ON CONFLICT (device_id) DO UPDATE SET last_contact = $2",
+                params![device_id, now],
+            )?;
+            let computer = computer(c, device_id)?.unwrap_or_default();
+            Ok((computer, deployments_of(c, device_id)?))
+        })
     }
 
     /// Stores an inventory: its facts, and the raw document (already compressed).
@@ -414,30 +560,33 @@ impl Database {
         raw: &[u8],
         now: i64,
     ) -> Result<Computer, DbError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO computers (device_id, name, os_name, os_version, tags, ip_addresses,
-                 history, first_seen, last_contact, last_inventory, inventory)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9)
-             ON CONFLICT (device_id) DO UPDATE SET name = $2, os_name = $3, os_version = $4,
-                 tags = $5, ip_addresses = $6, history = $7, last_contact = $8,
-                 last_inventory = $8, inventory = $9",
-        )?
-        .execute(params![
-            device_id,
-            facts.name,
-            facts.os_name,
-            facts.os_version,
+        let (tags, ip_addresses, history) = (
             facts.tags.join("\n"),
             facts.ip_addresses.join("\n"),
             facts.history.join("\n"),
-            now,
-            raw,
-        ])?;
-        let found = computer(&tx, device_id)?.unwrap_or_default();
-        tx.commit()?;
-        Ok(found)
+        );
+        self.transaction(|c| {
+            c.execute(
+                "INSERT INTO computers (device_id, name, os_name, os_version, tags, ip_addresses,
+                     history, first_seen, last_contact, last_inventory, inventory)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9)
+                 ON CONFLICT (device_id) DO UPDATE SET name = $2, os_name = $3, os_version = $4,
+                     tags = $5, ip_addresses = $6, history = $7, last_contact = $8,
+                     last_inventory = $8, inventory = $9",
+                params![
+                    device_id,
+                    &facts.name,
+                    &facts.os_name,
+                    &facts.os_version,
+                    &tags,
+                    &ip_addresses,
+                    &history,
+                    now,
+                    raw,
+                ],
+            )?;
+            Ok(computer(c, device_id)?.unwrap_or_default())
+        })
     }
 
     /// Records where the agent of `device_id` listens for "check in now" (`None`: nowhere).
@@ -446,51 +595,58 @@ impl Database {
         device_id: &str,
         address: Option<&str>,
     ) -> Result<(), DbError> {
-        let connection = self.lock();
-        connection
-            .prepare_cached("UPDATE computers SET notify_address = $1 WHERE device_id = $2")?
-            .execute(params![address, device_id])?;
+        self.with(|c| {
+            c.execute(
+                "UPDATE computers SET notify_address = $1 WHERE device_id = $2",
+                params![address, device_id],
+            )
+        })?;
         Ok(())
     }
 
     /// Records the address `device_id` last connected from (behind a trusted gateway: the
     /// one the gateway named).
     pub fn set_address(&self, device_id: &str, address: Option<&str>) -> Result<(), DbError> {
-        let connection = self.lock();
-        connection
-            .prepare_cached("UPDATE computers SET address = $1 WHERE device_id = $2")?
-            .execute(params![address, device_id])?;
+        self.with(|c| {
+            c.execute(
+                "UPDATE computers SET address = $1 WHERE device_id = $2",
+                params![address, device_id],
+            )
+        })?;
         Ok(())
     }
 
     /// The address `device_id` last connected from, if known.
     pub fn address(&self, device_id: &str) -> Result<Option<String>, DbError> {
-        let connection = self.lock();
-        let found = connection
-            .prepare_cached("SELECT address FROM computers WHERE device_id = $1")?
-            .query_row(params![device_id], |row| row.get::<_, Option<String>>(0))
-            .optional()?;
-        Ok(found.flatten())
+        let found = self.with(|c| {
+            c.query_opt(
+                "SELECT address FROM computers WHERE device_id = $1",
+                params![device_id],
+            )
+        })?;
+        Ok(found.map(|row| row.opt_text(0)).transpose()?.flatten())
     }
 
     /// Where the agent of `device_id` listens, if it said.
     pub fn notify_address(&self, device_id: &str) -> Result<Option<String>, DbError> {
-        let connection = self.lock();
-        let found = connection
-            .prepare_cached("SELECT notify_address FROM computers WHERE device_id = $1")?
-            .query_row(params![device_id], |row| row.get::<_, Option<String>>(0))
-            .optional()?;
-        Ok(found.flatten())
+        let found = self.with(|c| {
+            c.query_opt(
+                "SELECT notify_address FROM computers WHERE device_id = $1",
+                params![device_id],
+            )
+        })?;
+        Ok(found.map(|row| row.opt_text(0)).transpose()?.flatten())
     }
 
     /// The raw inventory last stored for `device_id` (compressed as it was given).
     pub fn inventory(&self, device_id: &str) -> Result<Option<Vec<u8>>, DbError> {
-        let connection = self.lock();
-        let raw = connection
-            .prepare_cached("SELECT inventory FROM computers WHERE device_id = $1")?
-            .query_row(params![device_id], |row| row.get::<_, Option<Vec<u8>>>(0))
-            .optional()?;
-        Ok(raw.flatten())
+        let found = self.with(|c| {
+            c.query_opt(
+                "SELECT inventory FROM computers WHERE device_id = $1",
+                params![device_id],
+            )
+        })?;
+        Ok(found.map(|row| row.opt_bytes(0)).transpose()?.flatten())
     }
 
     /// One computer and its deployments.
@@ -498,11 +654,12 @@ impl Database {
         &self,
         device_id: &str,
     ) -> Result<Option<(Computer, Vec<Deployment>)>, DbError> {
-        let connection = self.lock();
-        let Some(found) = computer(&connection, device_id)? else {
-            return Ok(None);
-        };
-        Ok(Some((found, deployments_of(&connection, device_id)?)))
+        self.with(|c| {
+            let Some(found) = computer(c, device_id)? else {
+                return Ok(None);
+            };
+            Ok(Some((found, deployments_of(c, device_id)?)))
+        })
     }
 
     /// Computers whose device id or name is `wanted` (names are not unique).
@@ -521,7 +678,7 @@ impl Database {
     pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
         self.all(
             &format!("SELECT {COMPUTER_COLUMNS} FROM computers ORDER BY device_id"),
-            [],
+            &[],
             computer_row,
         )
     }
@@ -530,32 +687,37 @@ impl Database {
     pub fn deployments(&self) -> Result<Vec<Deployment>, DbError> {
         self.all(
             &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY activation, device_id"),
-            [],
+            &[],
             deployment_row,
         )
     }
 
     /// The history of one computer, oldest first.
     pub fn events(&self, device_id: &str) -> Result<Vec<Event>, DbError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT device_id, activation, package_id, state, code, at, output FROM events
-             WHERE device_id = $1 ORDER BY at, rowid",
-        )?;
-        let found = statement
-            .query_map(params![device_id], |row| {
+        // Events of one second keep the order they were written in: SQLite's rowid grows,
+        // and PostgreSQL has a sequence for it (migration 6).
+        let order = match self.dialect() {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "seq",
+        };
+        self.all(
+            &format!(
+                "SELECT device_id, activation, package_id, state, code, at, output FROM events
+                 WHERE device_id = $1 ORDER BY at, {order}"
+            ),
+            params![device_id],
+            |row| {
                 Ok(Event {
-                    device_id: row.get(0)?,
-                    activation: row.get(1)?,
-                    package_id: row.get(2)?,
-                    state: State::parse(&row.get::<_, String>(3)?),
-                    code: row.get(4)?,
-                    at: row.get(5)?,
-                    output: row.get(6)?,
+                    device_id: row.text(0)?,
+                    activation: row.text(1)?,
+                    package_id: row.text(2)?,
+                    state: State::parse(&row.text(3)?),
+                    code: row.opt_text(4)?,
+                    at: row.int(5)?,
+                    output: row.opt_text(6)?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(found)
+            },
+        )
     }
 
     /// Applies `changes` to the deployments of `device_id` in one transaction, each with its
@@ -564,69 +726,76 @@ impl Database {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        for change in changes {
-            let (activation, package_id, state, code) = match change {
-                Change::Arm {
-                    activation,
-                    package,
-                    package_id,
-                    token,
-                }
-                | Change::ArmSettled {
-                    activation,
-                    package,
-                    package_id,
-                    token,
-                    ..
-                } => {
-                    let (state, code) = match change {
-                        Change::ArmSettled { code, .. } => (State::Success, Some(code.as_str())),
-                        _ => (State::Waiting, None),
-                    };
-                    tx.prepare_cached(
-                        "INSERT INTO deployments (device_id, activation, package, package_id, token,
-                             state, code, changed_at, notified_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
-                         ON CONFLICT (device_id, activation) DO UPDATE SET package = $3,
-                             package_id = $4, token = $5, state = $6, code = $7, changed_at = $8,
-                             notified_at = NULL, output = NULL",
-                    )?
-                    .execute(params![
-                        device_id,
+        self.transaction(|c| {
+            for change in changes {
+                let (activation, package_id, state, code) = match change {
+                    Change::Arm {
                         activation,
                         package,
                         package_id,
                         token,
-                        state.as_str(),
-                        code,
-                        now
-                    ])?;
-                    (activation, package_id.clone(), state, code)
-                }
-                Change::Notify { activation } => {
-                    let package_id: Option<String> = tx
-                        .prepare_cached(
+                    }
+                    | Change::ArmSettled {
+                        activation,
+                        package,
+                        package_id,
+                        token,
+                        ..
+                    } => {
+                        let (state, code) = match change {
+                            Change::ArmSettled { code, .. } => {
+                                (State::Success, Some(code.as_str()))
+                            }
+                            _ => (State::Waiting, None),
+                        };
+                        c.execute(
+                            "INSERT INTO deployments (device_id, activation, package, package_id,
+                                 token, state, code, changed_at, notified_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
+                             ON CONFLICT (device_id, activation) DO UPDATE SET package = $3,
+                                 package_id = $4, token = $5, state = $6, code = $7,
+                                 changed_at = $8, notified_at = NULL, output = NULL",
+                            params![
+                                device_id,
+                                activation,
+                                package,
+                                package_id,
+                                token,
+                                state.as_str(),
+                                code,
+                                now
+                            ],
+                        )?;
+                        (activation, package_id.clone(), state, code)
+                    }
+                    Change::Notify { activation } => {
+                        let notified = c.query_opt(
                             "UPDATE deployments SET state = $1, changed_at = $2, notified_at = $2
                              WHERE device_id = $3 AND activation = $4 AND state = 'waiting'
                              RETURNING package_id",
-                        )?
-                        .query_row(
                             params![State::Notified.as_str(), now, device_id, activation],
-                            |row| row.get(0),
-                        )
-                        .optional()?;
-                    let Some(package_id) = package_id else {
-                        continue;
-                    };
-                    (activation, package_id, State::Notified, None)
-                }
-            };
-            event(&tx, device_id, activation, &package_id, state, code, now)?;
-        }
-        tx.commit()?;
-        Ok(())
+                        )?;
+                        let Some(row) = notified else {
+                            continue;
+                        };
+                        (activation, row.text(0)?, State::Notified, None)
+                    }
+                };
+                c.execute(
+                    "INSERT INTO events (device_id, activation, package_id, state, code, at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    params![
+                        device_id,
+                        activation,
+                        &package_id,
+                        state.as_str(),
+                        code,
+                        now
+                    ],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Records the agent's result for `package_id`: every deployment of that package on
@@ -642,59 +811,58 @@ impl Database {
         output: Option<&str>,
         now: i64,
     ) -> Result<Vec<String>, DbError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        let activations: Vec<String> = tx
-            .prepare_cached(
-                "UPDATE deployments SET state = $1, code = $2, output = $3, changed_at = $4
-                 WHERE device_id = $5 AND package_id = $6 RETURNING activation",
-            )?
-            .query_map(
-                params![state.as_str(), code, output, now, device_id, package_id],
-                |row| row.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
-        let record = |activation: &str| {
-            tx.prepare_cached(
-                "INSERT INTO events (device_id, activation, package_id, state, code, output, at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )?
-            .execute(params![
-                device_id,
-                activation,
-                package_id,
-                state.as_str(),
-                code,
-                output,
-                now
-            ])
-        };
-        if activations.is_empty() {
-            record("")?;
-        }
-        for activation in &activations {
-            record(activation)?;
-        }
-        tx.commit()?;
-        Ok(activations)
+        self.transaction(|c| {
+            let activations = c
+                .query(
+                    "UPDATE deployments SET state = $1, code = $2, output = $3, changed_at = $4
+                     WHERE device_id = $5 AND package_id = $6 RETURNING activation",
+                    params![state.as_str(), code, output, now, device_id, package_id],
+                )?
+                .iter()
+                .map(|row| row.text(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut record = |activation: &str| {
+                c.execute(
+                    "INSERT INTO events (device_id, activation, package_id, state, code, output,
+                         at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    params![
+                        device_id,
+                        activation,
+                        package_id,
+                        state.as_str(),
+                        code,
+                        output,
+                        now
+                    ],
+                )
+            };
+            if activations.is_empty() {
+                record("")?;
+            }
+            for activation in &activations {
+                record(activation)?;
+            }
+            Ok(activations)
+        })
     }
 
     /// Stores a new enrollment token.
     pub fn create_token(&self, token: &TokenRecord) -> Result<(), DbError> {
-        let connection = self.lock();
-        connection
-            .prepare_cached(
+        self.with(|c| {
+            c.execute(
                 "INSERT INTO enrollment_tokens (id, secret_sha256, note, created_at, expires_at,
                      max_uses, uses) VALUES ($1, $2, $3, $4, $5, $6, 0)",
-            )?
-            .execute(params![
-                token.id,
-                token.secret_sha256,
-                token.note,
-                token.created_at,
-                token.expires_at,
-                token.max_uses
-            ])?;
+                params![
+                    &token.id,
+                    &token.secret_sha256,
+                    &token.note,
+                    token.created_at,
+                    token.expires_at,
+                    token.max_uses
+                ],
+            )
+        })?;
         Ok(())
     }
 
@@ -702,83 +870,167 @@ impl Database {
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
         self.all(
             &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"),
-            [],
+            &[],
             token_row,
         )
     }
 
     /// Revokes token `id`; false when there is no such token.
     pub fn revoke_token(&self, id: &str, now: i64) -> Result<bool, DbError> {
-        let connection = self.lock();
-        let changed = connection
-            .prepare_cached(
+        let changed = self.with(|c| {
+            c.execute(
                 "UPDATE enrollment_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
-            )?
-            .execute(params![now, id])?;
+                params![now, id],
+            )
+        })?;
         Ok(changed > 0)
     }
 
     /// Uses token `id` once, if `proves` accepts its stored secret hash and it is neither
-    /// expired, used up nor revoked. Checking and counting happen in one transaction, so
-    /// a token allowed N uses is never used N+1 times.
+    /// expired, used up nor revoked. Checking and counting happen in one transaction (the
+    /// row locked on PostgreSQL), so a token allowed N uses is never used N+1 times, even by
+    /// several servers at once.
     pub fn use_token(
         &self,
         id: &str,
         proves: impl FnOnce(&str) -> bool,
         now: i64,
     ) -> Result<Result<TokenRecord, TokenRefusal>, DbError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        let found = tx
-            .prepare_cached(&format!(
-                "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1"
-            ))?
-            .query_row(params![id], token_row)
-            .optional()?;
-        let Some(mut token) = found.filter(|t| proves(&t.secret_sha256)) else {
-            return Ok(Err(TokenRefusal::Unknown));
-        };
-        let refusal = if token.revoked_at.is_some() {
-            Some(TokenRefusal::Revoked)
-        } else if now >= token.expires_at {
-            Some(TokenRefusal::Expired)
-        } else if token.uses >= token.max_uses {
-            Some(TokenRefusal::UsedUp)
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            return Ok(Err(refusal));
-        }
-        tx.prepare_cached(
-            "UPDATE enrollment_tokens SET uses = uses + 1, last_used_at = $1 WHERE id = $2",
-        )?
-        .execute(params![now, id])?;
-        tx.commit()?;
-        token.uses += 1;
-        token.last_used_at = Some(now);
-        Ok(Ok(token))
+        self.transaction(|c| {
+            let lock = match c.dialect() {
+                // SQLite has one writer: the transaction is serialised already.
+                Dialect::Sqlite => "",
+                Dialect::Postgres => " FOR UPDATE",
+            };
+            let found = c
+                .query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1{lock}"),
+                    params![id],
+                )?
+                .map(|row| token_row(&row))
+                .transpose()?;
+            let Some(mut token) = found.filter(|t| proves(&t.secret_sha256)) else {
+                return Ok(Err(TokenRefusal::Unknown));
+            };
+            let refusal = if token.revoked_at.is_some() {
+                Some(TokenRefusal::Revoked)
+            } else if now >= token.expires_at {
+                Some(TokenRefusal::Expired)
+            } else if token.uses >= token.max_uses {
+                Some(TokenRefusal::UsedUp)
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                return Ok(Err(refusal));
+            }
+            c.execute(
+                "UPDATE enrollment_tokens SET uses = uses + 1, last_used_at = $1 WHERE id = $2",
+                params![now, id],
+            )?;
+            token.uses += 1;
+            token.last_used_at = Some(now);
+            Ok(Ok(token))
+        })
     }
 
     /// A named setting shared with other readers of the database (`tessera status`).
     pub fn setting(&self, name: &str) -> Result<Option<String>, DbError> {
-        let connection = self.lock();
-        Ok(connection
-            .prepare_cached("SELECT value FROM settings WHERE name = $1")?
-            .query_row(params![name], |row| row.get(0))
-            .optional()?)
+        let found = self
+            .with(|c| c.query_opt("SELECT value FROM settings WHERE name = $1", params![name]))?;
+        found.map(|row| row.text(0)).transpose()
     }
 
     /// Sets a named setting.
     pub fn set_setting(&self, name: &str, value: &str) -> Result<(), DbError> {
-        let connection = self.lock();
-        connection
-            .prepare_cached(
+        self.with(|c| {
+            c.execute(
                 "INSERT INTO settings (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = $2",
-            )?
-            .execute(params![name, value])?;
+                params![name, value],
+            )
+        })?;
         Ok(())
+    }
+
+    /// Sets a named setting only if it has none yet; returns the value it has afterwards.
+    /// Several servers racing to set it agree on the first one written.
+    pub fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, DbError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, value],
+            )?;
+            c.query_opt("SELECT value FROM settings WHERE name = $1", params![name])?
+                .map_or(Ok(value.to_owned()), |row| row.text(0))
+        })
+    }
+}
+
+impl Database {
+    /// Every shared file, by path.
+    pub fn shared_files(&self) -> Result<Vec<SharedFile>, DbError> {
+        self.all(
+            "SELECT path, content, owner_only FROM shared_files ORDER BY path",
+            &[],
+            |row| {
+                Ok(SharedFile {
+                    path: row.text(0)?,
+                    content: row.opt_bytes(1)?.unwrap_or_default(),
+                    owner_only: row.int(2)? != 0,
+                })
+            },
+        )
+    }
+
+    /// Makes the shared files exactly `files` in one transaction: writes those that
+    /// changed, removes those no longer there, and bumps `SHARED_GENERATION` if anything
+    /// changed. Returns whether anything did.
+    pub fn share_files(&self, files: &[SharedFile], now: i64) -> Result<bool, DbError> {
+        use sha2::Digest;
+        self.transaction(|c| {
+            let stored: HashMap<String, String> = c
+                .query("SELECT path, sha256 FROM shared_files", &[])?
+                .iter()
+                .map(|row| Ok((row.text(0)?, row.text(1)?)))
+                .collect::<Result<_, DbError>>()?;
+            let mut changed = false;
+            for file in files {
+                let digest = hex::encode(sha2::Sha256::digest(&file.content));
+                let digest = format!("{digest}{}", if file.owner_only { "-0600" } else { "" });
+                if stored.get(&file.path) == Some(&digest) {
+                    continue;
+                }
+                c.execute(
+                    "INSERT INTO shared_files (path, content, owner_only, sha256, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (path) DO UPDATE SET content = $2, owner_only = $3,
+                         sha256 = $4, updated_at = $5",
+                    params![
+                        &file.path,
+                        file.content.as_slice(),
+                        i64::from(file.owner_only),
+                        &digest,
+                        now
+                    ],
+                )?;
+                changed = true;
+            }
+            let wanted: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            for path in stored.keys().filter(|p| !wanted.contains(p.as_str())) {
+                c.execute("DELETE FROM shared_files WHERE path = $1", params![path])?;
+                changed = true;
+            }
+            if changed {
+                c.execute(
+                    "INSERT INTO settings (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET value = $2",
+                    params![SHARED_GENERATION, &now.to_string()],
+                )?;
+            }
+            Ok(changed)
+        })
     }
 }
 
@@ -791,29 +1043,39 @@ const DEPLOYMENT_COLUMNS: &str = "device_id, activation, package, package_id, to
 const TOKEN_COLUMNS: &str = "id, secret_sha256, note, created_at, expires_at, max_uses, uses, \
      last_used_at, revoked_at";
 
-fn token_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn token_row(row: &Row) -> Result<TokenRecord, DbError> {
     Ok(TokenRecord {
-        id: row.get(0)?,
-        secret_sha256: row.get(1)?,
-        note: row.get(2)?,
-        created_at: row.get(3)?,
-        expires_at: row.get(4)?,
-        max_uses: row.get(5)?,
-        uses: row.get(6)?,
-        last_used_at: row.get(7)?,
-        revoked_at: row.get(8)?,
+        id: row.text(0)?,
+        secret_sha256: row.text(1)?,
+        note: row.text(2)?,
+        created_at: row.int(3)?,
+        expires_at: row.int(4)?,
+        max_uses: row.int(5)?,
+        uses: row.int(6)?,
+        last_used_at: row.opt_int(7)?,
+        revoked_at: row.opt_int(8)?,
     })
 }
 
-fn migrate(connection: &mut Connection) -> Result<(), DbError> {
-    connection.execute_batch(
+/// An arbitrary number that several servers agree on: PostgreSQL migrations take this
+/// transaction-scoped advisory lock, so two servers starting at once migrate one by one.
+const MIGRATION_LOCK: i64 = 0x7465_7373_6d69_6772;
+
+fn migrate(c: &mut dyn Sql) -> Result<(), DbError> {
+    if c.dialect() == Dialect::Postgres {
+        c.query("SELECT pg_advisory_xact_lock($1)", params![MIGRATION_LOCK])?;
+        // "relation already exists, skipping" on every start is no news.
+        c.batch("SET LOCAL client_min_messages = warning")?;
+    }
+    c.batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )?;
-    let current: i64 = connection.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |row| row.get(0),
-    )?;
+    let current = c
+        .query_opt(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )?
+        .map_or(Ok(0), |row| row.int(0))?;
     let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
     if current > known {
         return Err(DbError::TooNew {
@@ -821,19 +1083,18 @@ fn migrate(connection: &mut Connection) -> Result<(), DbError> {
             known,
         });
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        let step = |source| DbError::Migrate {
+    let dialect = c.dialect();
+    for (version, step) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let failed = |source| DbError::Migrate {
             version: *version,
-            source,
+            source: Box::new(source),
         };
-        let tx = connection.transaction().map_err(step)?;
-        tx.execute_batch(sql).map_err(step)?;
-        tx.execute(
+        c.batch(step.sql(dialect)).map_err(failed)?;
+        c.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-            params![version, jiff::Timestamp::now().as_second()],
+            params![*version, jiff::Timestamp::now().as_second()],
         )
-        .map_err(step)?;
-        tx.commit().map_err(step)?;
+        .map_err(failed)?;
     }
     Ok(())
 }
@@ -845,84 +1106,368 @@ fn lines(text: String) -> Vec<String> {
         .collect()
 }
 
-fn computer_row(row: &Row<'_>) -> rusqlite::Result<Computer> {
+fn computer_row(row: &Row) -> Result<Computer, DbError> {
     Ok(Computer {
-        device_id: row.get(0)?,
-        name: row.get(1)?,
-        os_name: row.get(2)?,
-        os_version: row.get(3)?,
-        tags: lines(row.get(4)?),
-        ip_addresses: lines(row.get(5)?),
-        history: lines(row.get(6)?),
-        first_seen: row.get(7)?,
-        last_contact: row.get(8)?,
-        last_inventory: row.get(9)?,
-        address: row.get(10)?,
+        device_id: row.text(0)?,
+        name: row.text(1)?,
+        os_name: row.text(2)?,
+        os_version: row.text(3)?,
+        tags: lines(row.text(4)?),
+        ip_addresses: lines(row.text(5)?),
+        history: lines(row.text(6)?),
+        first_seen: row.int(7)?,
+        last_contact: row.int(8)?,
+        last_inventory: row.opt_int(9)?,
+        address: row.opt_text(10)?,
     })
 }
 
-fn deployment_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
+fn deployment_row(row: &Row) -> Result<Deployment, DbError> {
     Ok(Deployment {
-        device_id: row.get(0)?,
-        activation: row.get(1)?,
-        package: row.get(2)?,
-        package_id: row.get(3)?,
-        token: row.get(4)?,
-        state: State::parse(&row.get::<_, String>(5)?),
-        code: row.get(6)?,
-        changed_at: row.get(7)?,
-        notified_at: row.get(8)?,
-        output: row.get(9)?,
+        device_id: row.text(0)?,
+        activation: row.text(1)?,
+        package: row.text(2)?,
+        package_id: row.text(3)?,
+        token: row.text(4)?,
+        state: State::parse(&row.text(5)?),
+        code: row.opt_text(6)?,
+        changed_at: row.int(7)?,
+        notified_at: row.opt_int(8)?,
+        output: row.opt_text(9)?,
     })
 }
 
-fn computer(connection: &Connection, device_id: &str) -> Result<Option<Computer>, DbError> {
-    Ok(connection
-        .prepare_cached(&format!(
-            "SELECT {COMPUTER_COLUMNS} FROM computers WHERE device_id = $1"
-        ))?
-        .query_row(params![device_id], computer_row)
-        .optional()?)
+fn computer(c: &mut dyn Sql, device_id: &str) -> Result<Option<Computer>, DbError> {
+    c.query_opt(
+        &format!("SELECT {COMPUTER_COLUMNS} FROM computers WHERE device_id = $1"),
+        params![device_id],
+    )?
+    .map(|row| computer_row(&row))
+    .transpose()
 }
 
-fn deployments_of(connection: &Connection, device_id: &str) -> Result<Vec<Deployment>, DbError> {
-    let mut statement = connection.prepare_cached(&format!(
-        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE device_id = $1 ORDER BY activation"
-    ))?;
-    let found = statement
-        .query_map(params![device_id], deployment_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(found)
-}
-
-fn event(
-    connection: &Connection,
-    device_id: &str,
-    activation: &str,
-    package_id: &str,
-    state: State,
-    code: Option<&str>,
-    now: i64,
-) -> Result<(), DbError> {
-    connection
-        .prepare_cached(
-            "INSERT INTO events (device_id, activation, package_id, state, code, at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )?
-        .execute(params![
-            device_id,
-            activation,
-            package_id,
-            state.as_str(),
-            code,
-            now
-        ])?;
-    Ok(())
+fn deployments_of(c: &mut dyn Sql, device_id: &str) -> Result<Vec<Deployment>, DbError> {
+    c.query(
+        &format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE device_id = $1 ORDER BY activation"
+        ),
+        params![device_id],
+    )?
+    .iter()
+    .map(deployment_row)
+    .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Runs each test of the suite on SQLite and on PostgreSQL.
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[test]
+                fn $name() {
+                    super::$name(&super::Database::in_memory().unwrap());
+                })*
+            }
+            mod postgres {
+                $(#[test]
+                fn $name() {
+                    if let Some(db) = super::scratch_postgres() {
+                        super::$name(&db);
+                    }
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        a_deployment_goes_from_waiting_to_notified_to_the_agents_result,
+        a_result_for_an_unexpected_package_is_kept_in_the_history_only,
+        inventories_replace_the_facts_and_keep_the_raw_document,
+        a_token_is_refused_once_used_up_expired_or_revoked_and_a_wrong_secret_is_unknown,
+        events_of_one_second_keep_the_order_they_were_written_in,
+        a_contact_within_the_precision_writes_nothing_and_a_later_one_does,
+        arming_again_resets_the_state_and_a_result_reaches_every_activation_of_the_package,
+        a_setting_is_set_once_by_the_first_writer,
+        migrating_again_changes_nothing,
+        shared_files_are_replaced_as_a_whole_and_bump_the_generation_only_on_change,
+    );
+
+    /// The PostgreSQL server the tests use: `TESSERA_TEST_POSTGRES` (scripts/test.sh starts
+    /// one and sets it). Without it the PostgreSQL half of the suite is skipped, with a
+    /// message, except in CI, where it must run.
+    pub(crate) fn test_postgres_url() -> Option<String> {
+        match std::env::var("TESSERA_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("CI must run the PostgreSQL tests: run them through scripts/test.sh")
+            }
+            _ => {
+                eprintln!(
+                    "skipped: TESSERA_TEST_POSTGRES is not set (scripts/test.sh starts a \
+                     PostgreSQL server and sets it)"
+                );
+                None
+            }
+        }
+    }
+
+    /// A migrated database in a schema of its own on the test server, so tests running at
+    /// once never see each other's rows.
+    pub(crate) fn scratch_postgres() -> Option<Database> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let url = test_postgres_url()?;
+        let schema = format!(
+            "test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            jiff::Timestamp::now().as_nanosecond() % 1_000_000_000
+        );
+        let mut config: ::postgres::Config = url.parse().expect("TESSERA_TEST_POSTGRES is a URL");
+        let mut admin = config
+            .connect(::postgres::NoTls)
+            .expect("the PostgreSQL test server answers");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .unwrap();
+        config.options(&format!("-c search_path={schema}"));
+        Some(Database::postgres_with(config).unwrap())
+    }
+
+    #[test]
+    fn a_postgres_url_that_answers_nothing_fails_with_a_connect_error() {
+        // A port from the dynamic range that nothing here listens on, found by binding it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://tessera@127.0.0.1:{port}/tessera");
+        assert!(matches!(Database::postgres(&url), Err(DbError::Connect(_))));
+    }
+
+    /// A connection the server ended is not used again: the call on it fails, the next
+    /// one gets a fresh connection.
+    #[test]
+    fn a_postgres_connection_that_broke_is_replaced() {
+        let Some(db) = scratch_postgres() else {
+            return;
+        };
+        db.set_setting("kept", "yes").unwrap();
+        let killed = db.with(|c| c.query("SELECT pg_terminate_backend(pg_backend_pid())", &[]));
+        assert!(killed.is_err(), "{killed:?}");
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+        // A refused statement keeps its connection, and is only its own failure.
+        assert!(
+            db.with(|c| c.query("SELECT no_such_column FROM settings", &[]))
+                .is_err()
+        );
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+    }
+
+    /// Two servers on one PostgreSQL database using the same token at once: a token
+    /// allowed N uses is used exactly N times.
+    #[test]
+    fn two_servers_on_one_database_never_use_a_token_more_than_it_allows() {
+        let Some(first) = scratch_postgres() else {
+            return;
+        };
+        // The second server: a new pool on the same schema.
+        let Engine::Postgres(pool) = &first.engine else {
+            unreachable!()
+        };
+        let second = Database::postgres_with(pool.config().clone()).unwrap();
+        first
+            .create_token(&TokenRecord {
+                id: "shared".into(),
+                secret_sha256: "right".into(),
+                note: String::new(),
+                created_at: 0,
+                expires_at: 100,
+                max_uses: 5,
+                uses: 0,
+                last_used_at: None,
+                revoked_at: None,
+            })
+            .unwrap();
+        let accepted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for db in [&first, &second, &first, &second] {
+                let accepted = &accepted;
+                scope.spawn(move || {
+                    for _ in 0..5 {
+                        if db.use_token("shared", |h| h == "right", 1).unwrap().is_ok() {
+                            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(accepted.into_inner(), 5);
+        assert_eq!(second.tokens().unwrap()[0].uses, 5);
+    }
+
+    fn events_of_one_second_keep_the_order_they_were_written_in(db: &Database) {
+        db.contact("pc", 10).unwrap();
+        db.apply(
+            "pc",
+            &[
+                arm("b", "2", ""),
+                arm("a", "1", ""),
+                Change::Notify {
+                    activation: "b".into(),
+                },
+            ],
+            11,
+        )
+        .unwrap();
+        db.record_result("pc", "2", State::Error, Some("ERR_X"), Some("tail"), 11)
+            .unwrap();
+        let steps: Vec<_> = db
+            .events("pc")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.activation, e.state, e.output))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("b".to_owned(), State::Waiting, None),
+                ("a".to_owned(), State::Waiting, None),
+                ("b".to_owned(), State::Notified, None),
+                ("b".to_owned(), State::Error, Some("tail".to_owned())),
+            ]
+        );
+    }
+
+    fn a_contact_within_the_precision_writes_nothing_and_a_later_one_does(db: &Database) {
+        db.contact("pc", 1_000).unwrap();
+        let (again, _) = db.contact("pc", 1_000 + CONTACT_PRECISION - 1).unwrap();
+        assert_eq!(again.last_contact, 1_000);
+        let (later, _) = db.contact("pc", 1_000 + CONTACT_PRECISION).unwrap();
+        assert_eq!(
+            (later.first_seen, later.last_contact),
+            (1_000, 1_000 + CONTACT_PRECISION)
+        );
+        db.set_address("pc", Some("192.0.2.7")).unwrap();
+        db.set_notify_address("pc", Some("192.0.2.7:9999")).unwrap();
+        assert_eq!(db.address("pc").unwrap().as_deref(), Some("192.0.2.7"));
+        assert_eq!(
+            db.notify_address("pc").unwrap().as_deref(),
+            Some("192.0.2.7:9999")
+        );
+        db.set_notify_address("pc", None).unwrap();
+        assert_eq!(db.notify_address("pc").unwrap(), None);
+        assert_eq!(db.address("nobody").unwrap(), None);
+        assert_eq!(db.inventory("pc").unwrap(), None);
+        assert!(db.computer("nobody").unwrap().is_none());
+        assert_eq!(db.computers().unwrap().len(), 1);
+    }
+
+    fn arming_again_resets_the_state_and_a_result_reaches_every_activation_of_the_package(
+        db: &Database,
+    ) {
+        db.contact("pc", 1).unwrap();
+        db.apply("pc", &[arm("one", "7", ""), arm("two", "7", "")], 2)
+            .unwrap();
+        let updated = db
+            .record_result("pc", "7", State::Success, Some("SUCCESS"), None, 3)
+            .unwrap();
+        assert_eq!(updated, ["one", "two"]);
+        db.apply("pc", &[arm("one", "8", "again")], 4).unwrap();
+        let (_, rows) = db.computer("pc").unwrap().unwrap();
+        let shown: Vec<_> = rows
+            .iter()
+            .map(|d| {
+                (
+                    d.activation.as_str(),
+                    d.package_id.as_str(),
+                    d.state,
+                    d.code.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("one", "8", State::Waiting, None),
+                ("two", "7", State::Success, Some("SUCCESS")),
+            ]
+        );
+        assert_eq!(rows[0].token, "again");
+        db.apply(
+            "pc",
+            &[Change::ArmSettled {
+                activation: "two".into(),
+                package: "default/two".into(),
+                package_id: "9".into(),
+                token: String::new(),
+                code: "ALREADY".into(),
+            }],
+            5,
+        )
+        .unwrap();
+        let all = db.deployments().unwrap();
+        assert_eq!(all[1].state, State::Success);
+        assert_eq!(all[1].code.as_deref(), Some("ALREADY"));
+    }
+
+    fn a_setting_is_set_once_by_the_first_writer(db: &Database) {
+        assert_eq!(db.setting("clock").unwrap(), None);
+        assert_eq!(db.setting_or_insert("clock", "10").unwrap(), "10");
+        assert_eq!(db.setting_or_insert("clock", "20").unwrap(), "10");
+        db.set_setting("clock", "30").unwrap();
+        assert_eq!(db.setting("clock").unwrap().as_deref(), Some("30"));
+    }
+
+    fn shared_files_are_replaced_as_a_whole_and_bump_the_generation_only_on_change(db: &Database) {
+        let file = |path: &str, content: &[u8], owner_only| SharedFile {
+            path: path.into(),
+            content: content.to_vec(),
+            owner_only,
+        };
+        let first = [
+            file("pki/issuers/default/ca/ca.key", b"key\0bytes", true),
+            file("pki/issuers/default/ca/ca.crt", b"cert", false),
+        ];
+        assert!(db.share_files(&first, 10).unwrap());
+        assert_eq!(
+            db.setting(SHARED_GENERATION).unwrap().as_deref(),
+            Some("10")
+        );
+        assert!(!db.share_files(&first, 11).unwrap(), "nothing changed");
+        assert_eq!(
+            db.setting(SHARED_GENERATION).unwrap().as_deref(),
+            Some("10")
+        );
+        let mut stored = db.shared_files().unwrap();
+        stored.sort_by(|a, b| b.path.cmp(&a.path));
+        assert_eq!(stored, first);
+        // Only the mode changes: still a change.
+        let second = [file("pki/issuers/default/ca/ca.crt", b"cert", true)];
+        assert!(db.share_files(&second, 12).unwrap());
+        assert_eq!(db.shared_files().unwrap(), second);
+        assert_eq!(
+            db.setting(SHARED_GENERATION).unwrap().as_deref(),
+            Some("12")
+        );
+    }
+
+    fn migrating_again_changes_nothing(db: &Database) {
+        db.set_setting("kept", "yes").unwrap();
+        db.transaction(migrate).unwrap();
+        let versions = db
+            .all(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+                |row| row.int(0),
+            )
+            .unwrap();
+        assert_eq!(versions, (1..=7).collect::<Vec<i64>>());
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+    }
 
     fn arm(activation: &str, id: &str, token: &str) -> Change {
         Change::Arm {
@@ -933,9 +1478,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_deployment_goes_from_waiting_to_notified_to_the_agents_result() {
-        let db = Database::in_memory().unwrap();
+    fn a_deployment_goes_from_waiting_to_notified_to_the_agents_result(db: &Database) {
         let (computer, rows) = db.contact("pc-2026-01-01-00-00-00", 100).unwrap();
         assert_eq!(computer.first_seen, 100);
         assert!(rows.is_empty());
@@ -979,9 +1522,7 @@ mod tests {
         assert_eq!(events[2].code.as_deref(), Some("SUCCESS_0"));
     }
 
-    #[test]
-    fn a_result_for_an_unexpected_package_is_kept_in_the_history_only() {
-        let db = Database::in_memory().unwrap();
+    fn a_result_for_an_unexpected_package_is_kept_in_the_history_only(db: &Database) {
         db.contact("pc-2026-01-01-00-00-00", 1).unwrap();
         let updated = db
             .record_result(
@@ -998,9 +1539,7 @@ mod tests {
         assert_eq!(db.events("pc-2026-01-01-00-00-00").unwrap().len(), 1);
     }
 
-    #[test]
-    fn inventories_replace_the_facts_and_keep_the_raw_document() {
-        let db = Database::in_memory().unwrap();
+    fn inventories_replace_the_facts_and_keep_the_raw_document(db: &Database) {
         let facts = Facts {
             name: "lab-01".into(),
             os_name: "Debian GNU/Linux 12".into(),
@@ -1032,12 +1571,13 @@ mod tests {
         }
         let db = Database::open(&path).unwrap();
         assert_eq!(db.setting("staleAfter").unwrap().as_deref(), Some("60"));
-        db.lock()
-            .execute(
+        db.with(|c| {
+            c.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)",
-                [],
+                &[],
             )
-            .unwrap();
+        })
+        .unwrap();
         drop(db);
         assert!(matches!(
             Database::open(&path),
@@ -1045,9 +1585,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_token_is_refused_once_used_up_expired_or_revoked_and_a_wrong_secret_is_unknown() {
-        let db = Database::in_memory().unwrap();
+    fn a_token_is_refused_once_used_up_expired_or_revoked_and_a_wrong_secret_is_unknown(
+        db: &Database,
+    ) {
         let token = |id: &str, expires_at, max_uses| TokenRecord {
             id: id.into(),
             secret_sha256: "right".into(),
@@ -1099,15 +1639,19 @@ mod tests {
     fn every_statement_numbers_its_parameters_in_order_of_use() {
         let source = include_str!("db.rs");
         let db = Database::in_memory().unwrap();
-        let connection = db.lock();
+        let Engine::Sqlite(connection) = &db.engine else {
+            unreachable!()
+        };
+        let connection = Database::lock(connection);
         let mut checked = 0;
         for chunk in source.split('"').skip(1).step_by(2) {
             let sql = chunk.trim_start();
-            if !["SELECT", "INSERT", "UPDATE"]
+            if !["SELECT", "INSERT", "UPDATE", "DELETE"]
                 .iter()
                 .any(|k| sql.starts_with(k))
                 || !sql.contains('$')
                 || sql.contains('{')
+                || sql.contains("pg_")
             {
                 continue;
             }

@@ -69,6 +69,8 @@ impl Setup {
             runtime: None,
             gateway: None,
             secrets: None,
+            leadership: tessera::leader::Leadership::always(),
+            shared_database: false,
         })
     }
 
@@ -857,6 +859,8 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
         runtime: None,
         gateway: None,
         secrets: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     };
     let task = tokio::spawn(reconcile::run(
         snapshots,

@@ -460,6 +460,8 @@ fn reconcile_writes_certificates_to_secrets_and_reads_ca_issuers_from_them() {
         runtime: None,
         secrets: Some(secrets.clone()),
         gateway: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     });
     let root = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: root\n  namespace: fleet\nspec:\n  selfSigned: {}\n";
     let ca = "apiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: intermediate\n  namespace: fleet\n  uid: uid-intermediate\nspec:\n  issuerRef:\n    name: root\n  commonName: Intermediate\n  isCA: true\n  secretName: intermediate-tls\n";
@@ -886,6 +888,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
             admin_address: "127.0.0.1:0".parse().unwrap(),
             allow_empty: false,
             git: Default::default(),
+            database: None,
             kube: tessera::cli::KubeArgs {
                 kube: true,
                 namespace: Some("fleet".into()),

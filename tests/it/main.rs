@@ -3,6 +3,7 @@
 mod agent;
 mod certificates;
 mod chart;
+mod cluster;
 mod crash;
 mod crds;
 mod dial_out;

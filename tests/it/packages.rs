@@ -68,6 +68,8 @@ fn pass(config: &Path, state: &Path) -> Report {
         runtime: None,
         gateway: None,
         secrets: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     });
     let snapshot = DirSource::new(config, vec![]).unwrap().scan();
     reconciler
@@ -414,4 +416,55 @@ fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
     std::fs::remove_dir_all(state.path().join("packages")).unwrap();
     let again = pass(config.path(), state.path());
     assert_eq!(details(&again, "app")["packageId"], built["packageId"]);
+}
+
+/// Two servers each build from their own checkout of the configuration, made at different
+/// times: file times differ, the packages must not (same ids, same bytes in every
+/// fragment, same `info`), for tar.gz and zip alike.
+#[test]
+fn two_checkouts_with_different_file_times_build_byte_identical_packages() {
+    let checkout = || {
+        let config = tempfile::tempdir().unwrap();
+        write_payload(config.path());
+        std::fs::write(
+            config.path().join("p.yaml"),
+            package("app", "linux", CONTENT) + &package("win", "windows", CONTENT),
+        )
+        .unwrap();
+        config
+    };
+    let (first, second) = (checkout(), checkout());
+    let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for file in ["payload/install.sh", "payload/lib/data.bin"] {
+        std::fs::File::options()
+            .write(true)
+            .open(second.path().join(file))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (report_one, report_two) = (
+        pass(first.path(), one.path()),
+        pass(second.path(), two.path()),
+    );
+    for name in ["app", "win"] {
+        let built = details(&report_one, name);
+        assert_eq!(built, details(&report_two, name), "{name}");
+        let id = built["packageId"].as_str().unwrap();
+        let fragments = built["fragments"].as_u64().unwrap();
+        assert!(fragments > 1, "{name}: {fragments} fragments");
+        for n in 1..=fragments {
+            let fragment = |state: &Path| {
+                std::fs::read(state.join("download").join(id).join(format!("{id}-{n}"))).unwrap()
+            };
+            assert!(
+                fragment(one.path()) == fragment(two.path()),
+                "{name}: fragment {n} differs"
+            );
+        }
+        let info =
+            |state: &Path| std::fs::read(state.join("download").join(id).join("info")).unwrap();
+        assert_eq!(info(one.path()), info(two.path()), "{name}: info");
+    }
 }

@@ -13,6 +13,7 @@ async fn start(config: &Path, allow_empty: bool) -> Running {
         config: Some(config.to_path_buf()),
         state: None,
         git: Default::default(),
+        database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty,
         kube: Default::default(),

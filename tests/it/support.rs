@@ -223,6 +223,7 @@ pub async fn start(config: &Path) -> tessera::cli::Running {
         config: Some(config.to_path_buf()),
         state: None,
         git: Default::default(),
+        database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty: false,
         kube: Default::default(),

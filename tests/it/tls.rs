@@ -267,6 +267,8 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         runtime: None,
         gateway: None,
         secrets: None,
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
     });
     let snapshot = tessera::sources::dir::DirSource::new(config.path(), vec![])
         .unwrap()
