@@ -155,6 +155,52 @@ fn templates_render_to_a_deployment_that_runs_serve_kube() {
 }
 
 #[test]
+fn with_a_database_secret_replicas_share_postgresql_and_keep_no_volume() {
+    let mut values = default_values();
+    values["database"]["secretName"] = json!("tessera-db");
+    values["replicas"] = json!(3);
+    let rendered = objects(values);
+    assert!(
+        find(&rendered, "PersistentVolumeClaim").is_empty(),
+        "no shared volume: each replica's state directory is a cache"
+    );
+    let deployment = find(&rendered, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let database = env
+        .iter()
+        .find(|e| e["name"] == "TESSERA_DATABASE")
+        .expect("TESSERA_DATABASE");
+    assert_eq!(database["valueFrom"]["secretKeyRef"]["name"], "tessera-db");
+    assert_eq!(database["valueFrom"]["secretKeyRef"]["key"], "url");
+    let state = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "state")
+        .unwrap();
+    assert!(state.get("emptyDir").is_some(), "{state}");
+    // And the variable is the one `tessera serve --database` reads.
+    use clap::CommandFactory;
+    let cli = tessera::cli::Cli::command();
+    let serve = cli.find_subcommand("serve").unwrap();
+    assert!(serve.get_arguments().any(|a| a.get_id() == "database"
+        && a.get_env() == Some(std::ffi::OsStr::new("TESSERA_DATABASE"))));
+    // Without it: the volume, and no database variable.
+    let rendered = objects(default_values());
+    assert_eq!(find(&rendered, "PersistentVolumeClaim").len(), 1);
+    let deployment = find(&rendered, "Deployment")[0];
+    assert!(
+        !deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "TESSERA_DATABASE")
+    );
+}
+
+#[test]
 fn the_server_resources_are_valid_tessera_documents() {
     let mut values = default_values();
     values["server"]["clientAuth"] = json!("Required");
@@ -568,6 +614,7 @@ fn command(command: &str, context: &Value) -> Value {
             )
         }
         ["ne", a, b] => Value::Bool(argument(a, context) != argument(b, context)),
+        ["not", a] => Value::Bool(!truthy(&argument(a, context))),
         other => panic!("the test renderer does not know `{other:?}`"),
     }
 }
