@@ -397,6 +397,10 @@ struct PlanArgs {
     /// read: nothing is written there.
     #[arg(long, env = "TESSERA_STATE", required_unless_present = "dir")]
     state: Option<PathBuf>,
+    /// The servers' PostgreSQL database, when they use one (`tessera serve --database`):
+    /// computers are read from it, in read-only transactions.
+    #[arg(long, env = "TESSERA_DATABASE")]
+    database: Option<String>,
     /// Plan a branch of a git repository instead of a directory (fetched into a scratch
     /// directory, with the credential flags of `tessera serve --git`).
     #[arg(long)]
@@ -612,7 +616,11 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
             .map(|u| format!("left out of the comparison: {u}")),
     );
     let db_path = state.join("state.db");
-    let computers = if db_path.is_file() {
+    let computers = if let Some(url) = &args.database {
+        Database::postgres_read_only(url)
+            .and_then(|db| db.computers())
+            .context("failed to read the computers from the PostgreSQL database")?
+    } else if db_path.is_file() {
         Database::open_read_only(&db_path)
             .and_then(|db| db.computers())
             .with_context(|| format!("failed to read {}", db_path.display()))?

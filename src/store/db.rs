@@ -43,6 +43,10 @@ pub enum DbError {
     },
     #[error("the state database is at version {found}, newer than this Tessera knows ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error(
+        "the state database is at version {found}, older than this Tessera's ({known}): a read-only reader does not migrate it; start `tessera serve` of this version first"
+    )]
+    TooOld { found: i64, known: i64 },
     #[error("state database query failed")]
     Query(#[from] rusqlite::Error),
     #[error("state database query failed")]
@@ -450,6 +454,49 @@ impl Database {
     }
 
     /// Like [`Database::postgres`], with a parsed configuration.
+    /// Connects to the PostgreSQL database at `url` for reading only: every transaction is
+    /// read-only, and the schema must already be this version's (`tessera plan`).
+    pub fn postgres_read_only(url: &str) -> Result<Self, DbError> {
+        Self::postgres_read_only_with(url.parse::<postgres::Config>().map_err(DbError::Connect)?)
+    }
+
+    /// Like [`Database::postgres_read_only`], with a parsed configuration.
+    pub fn postgres_read_only_with(mut config: postgres::Config) -> Result<Self, DbError> {
+        let options = match config.get_options() {
+            Some(options) => format!("{options} -c default_transaction_read_only=on"),
+            None => "-c default_transaction_read_only=on".to_owned(),
+        };
+        config.options(&options);
+        let db = Self {
+            engine: Engine::Postgres(Box::new(Pool::new(config)?)),
+        };
+        db.transaction(|c| {
+            // A database no server has migrated has no table to ask.
+            let migrated = c
+                .query_opt(
+                    "SELECT CASE WHEN to_regclass('schema_migrations') IS NULL THEN 0 ELSE 1 END",
+                    &[],
+                )?
+                .map_or(Ok(0), |row| row.int(0))?;
+            let found = if migrated == 0 {
+                0
+            } else {
+                c.query_opt(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                    &[],
+                )?
+                .map_or(Ok(0), |row| row.int(0))?
+            };
+            let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+            match found.cmp(&known) {
+                std::cmp::Ordering::Less => Err(DbError::TooOld { found, known }),
+                std::cmp::Ordering::Greater => Err(DbError::TooNew { found, known }),
+                std::cmp::Ordering::Equal => Ok(()),
+            }
+        })?;
+        Ok(db)
+    }
+
     pub fn postgres_with(config: postgres::Config) -> Result<Self, DbError> {
         let db = Self {
             engine: Engine::Postgres(Box::new(Pool::new(config)?)),
@@ -1234,6 +1281,39 @@ pub(crate) mod tests {
             .unwrap();
         config.options(&format!("-c search_path={schema}"));
         Some(Database::postgres_with(config).unwrap())
+    }
+
+    /// `tessera plan --database`: sees the computers, writes nothing, migrates nothing.
+    #[test]
+    fn a_read_only_postgres_reader_sees_the_fleet_and_changes_nothing() {
+        let Some(url) = test_postgres_url() else {
+            return;
+        };
+        let schema = format!("test_ro_{}", std::process::id());
+        let mut config: ::postgres::Config = url.parse().unwrap();
+        let mut admin = config.connect(::postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .unwrap();
+        config.options(&format!("-c search_path={schema}"));
+        // An empty schema is not migrated by a reader.
+        assert!(matches!(
+            Database::postgres_read_only_with(config.clone()),
+            Err(DbError::TooOld { found: 0, .. })
+        ));
+        let writer = Database::postgres_with(config.clone()).unwrap();
+        writer
+            .record_inventory("pc-1", &Facts::default(), b"", 1_000)
+            .unwrap();
+        let reader = Database::postgres_read_only_with(config).unwrap();
+        assert_eq!(reader.computers().unwrap().len(), 1);
+        assert!(reader.set_setting("x", "y").is_err(), "read-only");
+        assert_eq!(writer.setting("x").unwrap(), None);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .unwrap();
     }
 
     #[test]
