@@ -272,6 +272,7 @@ impl Packages {
         details.insert("packageId".into(), json!(id));
         details.insert("size".into(), json!(manifest.size));
         details.insert("fragments".into(), json!(manifest.fragments.len()));
+        details.insert("action".into(), json!(action_summary(&spec.action)));
         if !manifest.md5.is_empty() {
             details.insert("md5".into(), json!(manifest.md5));
             details.insert("sha256".into(), json!(manifest.sha256));
@@ -636,6 +637,17 @@ fn failed(reason: &'static str, message: String) -> Outcome {
         details: Map::<String, Value>::new(),
         issuing: None,
         wake: None,
+    }
+}
+
+/// What a package does, in a few words (`launch setup.exe /S`): its status says it, so
+/// `kubectl get packages` shows it.
+pub(crate) fn action_summary(action: &crate::resources::package::PackageAction) -> String {
+    match (&action.launch, &action.execute, &action.store) {
+        (Some(launch), _, _) => format!("launch {}", launch.command),
+        (None, Some(execute), _) => format!("execute {}", execute.command),
+        (None, None, Some(store)) => format!("store {}", store.path),
+        (None, None, None) => String::new(),
     }
 }
 

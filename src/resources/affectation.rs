@@ -132,6 +132,22 @@ pub struct AffectationStatus {
     /// Computers per deployment state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<DeploymentCounts>,
+    /// A staged rollout's progress, when `rollout` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where a staged rollout stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Share of the targets offered the package now, in percent.
+    pub percent: i64,
+    /// Paused by `maxErrors`: nothing new is offered.
+    pub paused: bool,
+    /// When the next stage starts, if one is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_stage: Option<String>,
 }
 
 /// How many targets are in each deployment state.

@@ -159,6 +159,12 @@ pub struct GatewayStatus {
     /// Connections open now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_connections: Option<i64>,
+    /// Serial number of the certificate presented (hex), in tunnel, terminate and dial-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_serial: Option<String>,
+    /// Dial-out: idle connections from inside servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_out_connections: Option<i64>,
 }
 
 fn default_handshake_timeout() -> Duration {

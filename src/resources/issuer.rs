@@ -156,4 +156,13 @@ pub struct IssuerStatus {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollover_phase: Option<String>,
+    /// How many unexpired certificates of this issuer are revoked (listed in its CRL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_certificates: Option<i64>,
+    /// Number of the CRL in force (the one published, or a trust-only issuer's `crlFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_number: Option<i64>,
+    /// When that CRL must be replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_next_update: Option<Time>,
 }

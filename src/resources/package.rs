@@ -29,6 +29,7 @@ pub const MAX_PRIORITY: i64 = 10;
     doc = "A software package: content, target OS, priority and the action agents run.",
     printcolumn(name = "OS", type_ = "string", json_path = ".spec.os"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
+    printcolumn(name = "Action", type_ = "string", json_path = ".status.action"),
     printcolumn(name = "Package ID", type_ = "string", json_path = ".status.packageId"),
     printcolumn(name = "Fragments", type_ = "integer", json_path = ".status.fragments"),
     printcolumn(
@@ -184,6 +185,9 @@ pub struct PackageStatus {
     /// Number of fragments (0 for a command-only package).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fragments: Option<i64>,
+    /// What the package does on the computer, in short (`launch setup.exe /S`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 fn default_priority() -> i64 {

@@ -214,3 +214,80 @@ fn the_chart_installs_the_same_crds() {
         );
     }
 }
+
+/// Every status field reconcile reports is in its kind's CRD status schema: Kubernetes
+/// prunes unknown fields from a structural schema without a word, so a field missing there
+/// would simply never show in `kubectl get -o yaml`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_field_reconcile_reports_is_in_the_crd_schema() {
+    let dir = crate::support::quickstart_copy();
+    // A rollout too, for its status.
+    let affectations = dir.path().join("affectations.yaml");
+    let text = std::fs::read_to_string(&affectations).unwrap();
+    std::fs::write(
+        &affectations,
+        text.replacen(
+            "  redeploy: \"1\"\n",
+            "  redeploy: \"1\"\n  rollout:\n    stages:\n      - percent: 10\n        after: 1h\n      - percent: 100\n        after: 1h\n    maxErrors: 3\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let running = crate::support::start(dir.path()).await;
+    let (objects, _) = crate::support::eventually("every object reconciled", async || {
+        let (status, body) = crate::support::get(running.admin_address, "/api/v1/objects").await;
+        if status != 200 {
+            return None;
+        }
+        let report: Value = serde_json::from_str(&body).unwrap();
+        let list = report["objects"].as_array()?.clone();
+        let with_facts = |kind: &str, field: &str| {
+            list.iter()
+                .any(|o| o["kind"] == kind && !o["details"][field].is_null())
+        };
+        (with_facts("Package", "packageId")
+            && with_facts("Certificate", "renewalTime")
+            && with_facts("Issuer", "crlNumber")
+            && with_facts("Affectation", "rollout")
+            && with_facts("Server", "addresses"))
+        .then_some(list)
+    })
+    .await;
+    let schemas: std::collections::HashMap<String, Value> = crd::all()
+        .into_iter()
+        .map(|definition| {
+            let value = serde_json::to_value(&definition).unwrap();
+            let kind = value["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+            let status =
+                value["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+                    .clone();
+            (kind, status)
+        })
+        .collect();
+    let mut checked = 0;
+    for object in &objects {
+        let kind = object["kind"].as_str().unwrap();
+        let status = &schemas[kind];
+        for (field, value) in object["details"].as_object().unwrap() {
+            let schema = &status["properties"][field];
+            assert!(
+                !schema.is_null(),
+                "{kind}.status.{field} is reported but not in the CRD: Kubernetes would drop it"
+            );
+            // One level down, for objects (counts, rollout).
+            if let (Some(inner), Some(properties)) =
+                (value.as_object(), schema["properties"].as_object())
+            {
+                for key in inner.keys() {
+                    assert!(
+                        properties.contains_key(key),
+                        "{kind}.status.{field}.{key} is not in the CRD"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} fields checked");
+    running.stop().await.unwrap();
+}
