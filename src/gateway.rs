@@ -1041,12 +1041,12 @@ mod tests {
         assert!(text.contains("# TYPE tessera_gateway_active_connections gauge\n"));
     }
 
-    #[test]
-    fn a_connect_reaches_only_the_gateways_backends() {
-        let config = Config {
-            mode: Mode::Tunnel,
-            backend: "10.0.0.5:8443".into(),
-            routes: vec![("tessera.example.org".into(), "10.0.0.6:8443".into())],
+    /// A relay to `backend`, with one route from `tessera.example.org` to `routed`.
+    fn config(mode: Mode, backend: &str, routed: &str) -> Config {
+        Config {
+            mode,
+            backend: backend.into(),
+            routes: vec![("tessera.example.org".into(), routed.into())],
             handshake_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -1054,7 +1054,12 @@ mod tests {
             proxy_protocol: false,
             backend_tls: None,
             inside_names: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_connect_reaches_only_the_gateways_backends() {
+        let config = config(Mode::Tunnel, "10.0.0.5:8443", "10.0.0.6:8443");
         // A route's name at any port, in any case.
         assert_eq!(
             config.connect_target("Tessera.Example.org:443"),
@@ -1096,18 +1101,7 @@ mod tests {
 
     #[test]
     fn routes_pick_the_backend_by_name_and_fall_back_to_the_default() {
-        let config = Config {
-            mode: Mode::Passthrough,
-            backend: "inside:8443".into(),
-            routes: vec![("tessera.example.org".into(), "other:8443".into())],
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            max_connections: 1,
-            proxy_protocol: false,
-            backend_tls: None,
-            inside_names: Vec::new(),
-        };
+        let config = config(Mode::Passthrough, "inside:8443", "other:8443");
         assert_eq!(
             config.backend_for(Some("TESSERA.example.org")),
             "other:8443"

@@ -1179,6 +1179,19 @@ impl Certificates {
         self.authorities.get(key).cloned()
     }
 
+    /// The certificate chain and private key issued for `certificate` (`tls.crt`,
+    /// `tls.key`), once they are there.
+    pub(crate) fn issued(
+        &self,
+        certificate: &ObjectKey,
+        desired: &DesiredState,
+    ) -> Option<(String, String)> {
+        let dir = self.output_dir(certificate, desired);
+        let chain = std::fs::read_to_string(dir.join("tls.crt")).ok()?;
+        let key = std::fs::read_to_string(dir.join("tls.key")).ok()?;
+        Some((chain, key))
+    }
+
     /// What a listener trusting `issuers` verifies clients with: their CA certificates (both
     /// during a rollover), their CRLs, and whether every one of them has a CRL.
     pub(crate) fn trust(&self, issuers: &[ObjectKey]) -> Trust {

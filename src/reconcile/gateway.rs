@@ -104,11 +104,7 @@ impl GatewayPublisher {
             )));
         };
         let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, certificate);
-        let dir = certificates.output_dir(&certificate, desired);
-        let (Ok(chain), Ok(private)) = (
-            std::fs::read_to_string(dir.join("tls.crt")),
-            std::fs::read_to_string(dir.join("tls.key")),
-        ) else {
+        let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             return Err(Box::new(Outcome::not_ready(
                 "Pending",
                 format!("waiting for {certificate} to be issued"),
@@ -263,11 +259,7 @@ impl GatewayPublisher {
             )));
         };
         let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
-        let dir = certificates.output_dir(&certificate, desired);
-        let (Ok(chain), Ok(private)) = (
-            std::fs::read_to_string(dir.join("tls.crt")),
-            std::fs::read_to_string(dir.join("tls.key")),
-        ) else {
+        let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             return Err(Box::new(Outcome::not_ready(
                 "Pending",
                 format!("waiting for {certificate} to be issued"),

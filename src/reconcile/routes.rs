@@ -427,11 +427,7 @@ impl Publisher {
         };
         let certificate =
             ObjectKey::referenced(Kind::Certificate, &key.namespace, &dial_out.certificate_ref);
-        let dir = certificates.output_dir(&certificate, desired);
-        let (Ok(chain), Ok(private)) = (
-            std::fs::read_to_string(dir.join("tls.crt")),
-            std::fs::read_to_string(dir.join("tls.key")),
-        ) else {
+        let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             // Not issued yet: the next pass, once it is.
             return Ok(());
         };
@@ -507,12 +503,7 @@ impl Publisher {
 
         let certificate_key =
             ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
-        let dir = certificates.output_dir(&certificate_key, desired);
-        let pems = (
-            std::fs::read_to_string(dir.join("tls.crt")),
-            std::fs::read_to_string(dir.join("tls.key")),
-        );
-        let (Ok(chain), Ok(private)) = pems else {
+        let Some((chain, private)) = certificates.issued(&certificate_key, desired) else {
             runtime.certificate.send_replace(None);
             self.certificate_pem = None;
             return (

@@ -4,12 +4,10 @@
 //! carried to the server, an impostor refused on the dial-out port, and a fast failure
 //! once the inside is gone.
 
-use std::io::Write;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use crate::support::{eventually, free_port, quickstart_copy, start};
-use crate::tunnel::{Gateway, agent_id, curl_check_in, enrolled_agent, identity, ready};
+use crate::tunnel::{Gateway, agent_id, curl_check_in, enrolled_agent, identity, s_client_get};
 
 fn gateway_yaml(port: u16, dial_port: u16) -> String {
     format!(
@@ -83,23 +81,7 @@ async fn the_inside_dials_out_and_agents_reach_it_with_no_path_in() {
         gateway_yaml(port, dial_port),
     )
     .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gateway = Gateway {
-        child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["gateway", "--config"])
-            .arg(gw.path())
-            .args(["--admin-address", &admin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        admin,
-    };
-    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
-    eventually("the gateway to be Ready", async || {
-        ready(&gateway.object("Gateway", "dmz").await).then_some(())
-    })
-    .await;
+    let (gateway, _) = Gateway::start(gw.path()).await;
 
     // The server dials out: it trusts the gateway's CA, and presents inside.tessera.
     std::fs::copy(
@@ -150,27 +132,7 @@ async fn the_inside_dials_out_and_agents_reach_it_with_no_path_in() {
             String::from_utf8_lossy(&output.stderr)
         );
         // openssl s_client verifies the server's own certificate through it.
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-quiet", "-ign_eof", "-verify_return_error"])
-            .args(["-connect", &format!("127.0.0.1:{port}")])
-            .arg("-CAfile")
-            .arg(&server_ca)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(
-                format!("GET /download/{id}/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = s_client_get(port, &server_ca, None, &format!("/download/{id}/info"));
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         // A check-in from 127.0.0.3: the server learns that address from the gateway.
         let (status, body) = curl_check_in(

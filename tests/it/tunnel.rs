@@ -147,6 +147,30 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
+    /// `tessera gateway --config DIR` with its admin API on a free port, once its Gateway
+    /// `dmz` is Ready (certificates issued, trust in place); the Gateway as reported.
+    pub(crate) async fn start(dir: &Path) -> (Self, serde_json::Value) {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let gateway = Gateway {
+            child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+                .args(["gateway", "--config"])
+                .arg(dir)
+                .args(["--admin-address", &admin.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            admin,
+        };
+        crate::support::wait_for_port(admin.port(), "the gateway's admin API");
+        let (object, _) = eventually("the gateway to be Ready", async || {
+            let object = gateway.object("Gateway", "dmz").await;
+            ready(&object).then_some(object)
+        })
+        .await;
+        (gateway, object)
+    }
+
     /// The object as the gateway's admin API shows it (`null` before the first pass).
     pub(crate) async fn object(&self, kind: &str, name: &str) -> serde_json::Value {
         let (status, body) = get(self.admin, &format!("/api/v1/objects/{kind}/{name}")).await;
@@ -252,6 +276,41 @@ fn s_client_connect(port: u16, gateway_ca: &Path, certificate: (&Path, &Path)) -
     let _ = child.wait();
     drop(stdin);
     line.filter(|l| !l.is_empty()).map(|l| l.trim().to_owned())
+}
+
+/// `openssl s_client` to 127.0.0.1:`port` (trusting `ca`, presenting `certificate`), one
+/// `GET path` with `Connection: close`: everything that came back.
+pub(crate) fn s_client_get(
+    port: u16,
+    ca: &Path,
+    certificate: Option<(&Path, &Path)>,
+    path: &str,
+) -> String {
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_client", "-quiet", "-ign_eof", "-verify_return_error"])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .arg("-CAfile")
+        .arg(ca);
+    if let Some((cert, key)) = certificate {
+        command.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed by scripts/setup.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 type Inner =
@@ -360,24 +419,7 @@ async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admi
         gateway_yaml(port, &backend, "", 1),
     )
     .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gateway = Gateway {
-        child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["gateway", "--config"])
-            .arg(gw.path())
-            .args(["--admin-address", &admin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        admin,
-    };
-    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
-    let (first, _) = eventually("the tunnel to be Ready", async || {
-        let object = gateway.object("Gateway", "dmz").await;
-        ready(&object).then_some(object)
-    })
-    .await;
+    let (gateway, first) = Gateway::start(gw.path()).await;
     let first_serial = first["details"]["certificateSerial"]
         .as_str()
         .unwrap()
@@ -724,23 +766,7 @@ async fn a_terminating_gateway_passes_the_verified_identity_that_only_it_is_beli
         terminating_gateway_yaml(port, &backend),
     )
     .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gateway = Gateway {
-        child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["gateway", "--config"])
-            .arg(gw.path())
-            .args(["--admin-address", &admin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        admin,
-    };
-    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
-    eventually("the terminating gateway to be Ready", async || {
-        ready(&gateway.object("Gateway", "dmz").await).then_some(())
-    })
-    .await;
+    let (gateway, _) = Gateway::start(gw.path()).await;
     let gateway_ca = gw
         .path()
         .join(".tessera/certificates/default/gateway-tls/ca.crt");
@@ -818,31 +844,12 @@ async fn a_terminating_gateway_passes_the_verified_identity_that_only_it_is_beli
         );
         assert_eq!(status, "401");
         // openssl s_client: any request passes, here an OCS download's info file.
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-quiet", "-ign_eof", "-verify_return_error"])
-            .args(["-connect", &format!("127.0.0.1:{port}")])
-            .arg("-CAfile")
-            .arg(&gateway_ca)
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(
-                format!("GET /download/{id}/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = s_client_get(
+            port,
+            &gateway_ca,
+            Some((&cert, &key)),
+            &format!("/download/{id}/info"),
+        );
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains(&format!("ID=\"{id}\"")), "{text}");
     });
