@@ -74,14 +74,23 @@ enum Command {
 /// `tessera gateway`.
 #[derive(Debug, Args)]
 struct GatewayArgs {
-    /// A YAML file, or a directory, holding the Gateway resource.
-    #[arg(long, env = "TESSERA_CONFIG")]
-    config: PathBuf,
+    /// A YAML file, or a directory, holding the Gateway resource (and the Issuers and
+    /// Certificates it uses).
+    #[arg(
+        long,
+        env = "TESSERA_CONFIG",
+        required_unless_present = "git",
+        conflicts_with = "git"
+    )]
+    config: Option<PathBuf>,
+    /// The same from a git branch (`--state` is then required), as `tessera serve --git`.
+    #[command(flatten)]
+    git: GitArgs,
     /// Which Gateway, when there are several.
     #[arg(long)]
     name: Option<String>,
     /// Where the gateway keeps the certificates it issues and renews (default: `.tessera`
-    /// beside the configuration).
+    /// beside the configuration; required with --git).
     #[arg(long, env = "TESSERA_STATE")]
     state: Option<PathBuf>,
     /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
@@ -982,45 +991,69 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
 async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     use crate::reconcile::gateway::{GatewayRuntime, relay_config};
     use crate::resources::gateway::GatewayMode;
-    // A directory is watched like `tessera serve`'s; a single file is read once.
-    let (config_dir, source) = if args.config.is_dir() {
-        (args.config.clone(), None)
-    } else {
-        let text = std::fs::read_to_string(&args.config)
-            .with_context(|| format!("failed to read {}", args.config.display()))?;
-        let dir = args
-            .config
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let file = args
-            .config
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let snapshot = crate::resources::Snapshot {
-            revision: "file".into(),
-            files: vec![crate::resources::SourceFile { path: file, text }],
-            problems: Vec::new(),
-            root: None,
-        };
-        (dir, Some(snapshot))
-    };
-    let state_dir = args
-        .state
-        .clone()
-        .unwrap_or_else(|| config_dir.join(".tessera"));
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
-    let (dir_source, snapshot) = match source {
-        Some(snapshot) => (None, snapshot),
-        None => {
-            let source = DirSource::new(&config_dir, vec![state_dir.clone()])?;
-            let snapshot = source.scan();
-            (Some(source), snapshot)
+    // A directory is watched like `tessera serve`'s, a git branch fetched like it; a single
+    // file is read once.
+    enum Source {
+        Dir(DirSource),
+        Git(crate::sources::git::GitSource, Arc<tokio::sync::Notify>),
+        File,
+    }
+    let mut hooks = None;
+    let (config_dir, state_dir, source, snapshot) = match (&args.git.git, &args.config) {
+        (Some(_), _) => {
+            let Some(state_dir) = args.state.clone() else {
+                bail!("--state is required with --git");
+            };
+            create_state_dir(&state_dir)?;
+            let (source, wake) = git_source(&args.git, &state_dir)?;
+            let first = source.fetch_snapshot().await.with_context(|| {
+                format!(
+                    "failed to read the configuration from {}",
+                    source.display_url()
+                )
+            })?;
+            let root = first.root.clone().unwrap_or_else(|| state_dir.clone());
+            hooks = webhook(&args.git, &wake)?;
+            (root, state_dir, Source::Git(source, wake), first)
         }
+        (None, Some(config)) if config.is_dir() => {
+            let state_dir = args
+                .state
+                .clone()
+                .unwrap_or_else(|| config.join(".tessera"));
+            create_state_dir(&state_dir)?;
+            let source = DirSource::new(config, vec![state_dir.clone()])?;
+            let snapshot = source.scan();
+            (config.clone(), state_dir, Source::Dir(source), snapshot)
+        }
+        (None, Some(config)) => {
+            let text = std::fs::read_to_string(config)
+                .with_context(|| format!("failed to read {}", config.display()))?;
+            let dir = config
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            let file = config
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let snapshot = crate::resources::Snapshot {
+                revision: "file".into(),
+                files: vec![crate::resources::SourceFile { path: file, text }],
+                problems: Vec::new(),
+                root: None,
+            };
+            let state_dir = args.state.clone().unwrap_or_else(|| dir.join(".tessera"));
+            create_state_dir(&state_dir)?;
+            (dir, state_dir, Source::File, snapshot)
+        }
+        (None, None) => bail!("give --config FILE|DIR or --git URL"),
     };
+    let shown = args.config.as_ref().map_or_else(
+        || args.git.git.clone().unwrap_or_default(),
+        |c| c.display().to_string(),
+    );
     let desired = desired::evaluate(&snapshot, None, desired::Options::default());
     let gateways: Vec<_> = desired
         .entries
@@ -1036,8 +1069,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let (key, spec, problems) = match gateways.as_slice() {
         [one] => one.clone(),
         [] => bail!(
-            "{}: no valid Gateway{}{}",
-            args.config.display(),
+            "{shown}: no valid Gateway{}{}",
             args.name
                 .as_ref()
                 .map(|n| format!(" named {n}"))
@@ -1048,10 +1080,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
                 .map(|p| format!("\n  {p}"))
                 .collect::<String>()
         ),
-        _ => bail!(
-            "{}: several Gateways; choose one with --name",
-            args.config.display()
-        ),
+        _ => bail!("{shown}: several Gateways; choose one with --name"),
     };
     if let Some(problem) = problems.first() {
         bail!("{problem}");
@@ -1084,15 +1113,26 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     };
     let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
     let (report_tx, mut report_rx) = watch::channel(Report::default());
-    if let Some(source) = dir_source {
-        let token = shutdown.clone();
-        tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
-    } else {
-        // Kept open: a closed channel ends the reconcile loop.
-        tasks.spawn(async move {
-            snapshot_tx.closed().await;
-            Ok(())
-        });
+    let token = shutdown.clone();
+    match source {
+        Source::Dir(source) => {
+            tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+        }
+        Source::Git(source, wake) => {
+            tasks.spawn(async move {
+                source
+                    .run(snapshot_tx, wake, token)
+                    .await
+                    .map_err(Into::into)
+            });
+        }
+        Source::File => {
+            // Kept open: a closed channel ends the reconcile loop.
+            tasks.spawn(async move {
+                snapshot_tx.closed().await;
+                Ok(())
+            });
+        }
     }
     let reconcile_config = reconcile::Config {
         state_dir,
@@ -1140,7 +1180,10 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         )
     };
     let admin = admin::bind(args.admin_address).await?;
-    let app = admin::app(report_rx.clone()).merge(metrics);
+    let mut app = admin::app(report_rx.clone()).merge(metrics);
+    if let Some(hooks) = hooks {
+        app = app.merge(hooks);
+    }
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
 
@@ -1708,20 +1751,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             );
             let root = first.root.clone().unwrap_or_else(|| state_dir.clone());
             snapshot_tx.send_replace(first);
-            if let Some(file) = &args.git.webhook_secret_file {
-                let secret = std::fs::read(file)
-                    .with_context(|| format!("failed to read {}", file.display()))?;
-                let secret = secret.trim_ascii();
-                if secret.is_empty() {
-                    bail!(
-                        "--webhook-secret-file {}: the file is empty",
-                        file.display()
-                    );
-                }
-                hooks = Some(crate::server::webhook::app(
-                    crate::server::webhook::Hook::new(secret, wake.clone()),
-                ));
-            }
+            hooks = webhook(&args.git, &wake)?;
             let token = shutdown.clone();
             tasks.spawn(async move {
                 source
@@ -2098,6 +2128,25 @@ impl reconcile::secrets::Secrets for KubeSecrets {
         written.insert(slot, digest);
         Ok(())
     }
+}
+
+/// The push webhook of `args` (`POST /hooks/git`), when a secret file is given.
+fn webhook(args: &GitArgs, wake: &Arc<tokio::sync::Notify>) -> Result<Option<axum::Router>> {
+    let Some(file) = &args.webhook_secret_file else {
+        return Ok(None);
+    };
+    let secret =
+        std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let secret = secret.trim_ascii();
+    if secret.is_empty() {
+        bail!(
+            "--webhook-secret-file {}: the file is empty",
+            file.display()
+        );
+    }
+    Ok(Some(crate::server::webhook::app(
+        crate::server::webhook::Hook::new(secret, wake.clone()),
+    )))
 }
 
 /// The git source of `args`, and the handle a webhook wakes it with.

@@ -241,3 +241,75 @@ async fn a_trusted_relay_names_the_client_and_others_are_never_believed() {
     assert!(status.is_err(), "{status:?}");
     running.stop().await.unwrap();
 }
+
+/// A gateway configured from a git branch, like `tessera serve --git`: a push and a signed
+/// webhook change its routes without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_follows_its_git_branch() {
+    use crate::git::{SECRET, commit_and_push, git, github_signature, hook};
+    let work = tempfile::tempdir().unwrap();
+    let clone = work.path().join("clone");
+    std::fs::create_dir_all(clone.join("dmz")).unwrap();
+    let port = free_port();
+    let yaml = |routes: &str| {
+        format!(
+            "apiVersion: tessera.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: dmz\nspec:\n  listen: 127.0.0.1:{port}\n  mode: passthrough\n  backend: 127.0.0.1:1\n{routes}"
+        )
+    };
+    std::fs::write(clone.join("dmz/gateway.yaml"), yaml("")).unwrap();
+    git(work.path(), &["init", "--quiet", "--bare", "remote.git"]);
+    git(&clone, &["init", "--quiet", "--initial-branch", "main"]);
+    let first = commit_and_push(&clone, "a gateway");
+    let secret = work.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut gateway = Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(["gateway", "--git"])
+        .arg(format!(
+            "file://{}",
+            work.path().join("remote.git").display()
+        ))
+        .args(["--path", "dmz", "--interval", "1h", "--state"])
+        .arg(work.path().join("state"))
+        .arg("--webhook-secret-file")
+        .arg(&secret)
+        .args(["--admin-address", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(admin.port(), "the gateway's admin API");
+    let routes = async || {
+        let (status, body) = crate::support::get(admin, "/api/v1/objects/Gateway/dmz").await;
+        (status == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).unwrap())
+    };
+    let (object, _) = crate::support::eventually("the gateway from git", routes).await;
+    assert_eq!(object["sourceRevision"], first);
+
+    let second = {
+        std::fs::write(
+            clone.join("dmz/gateway.yaml"),
+            yaml("  routes:\n    - serverName: tessera.local\n      backend: 127.0.0.1:2\n"),
+        )
+        .unwrap();
+        commit_and_push(&clone, "a route")
+    };
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    assert_eq!(hook(admin, &[], body).await, 401, "unsigned");
+    assert_eq!(
+        hook(
+            admin,
+            &[("X-Hub-Signature-256", github_signature(body))],
+            body
+        )
+        .await,
+        202
+    );
+    crate::support::eventually("the pushed commit in effect", async || {
+        let object = routes().await?;
+        (object["sourceRevision"] == second.as_str()).then_some(())
+    })
+    .await;
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{eventually, get, get_json, quickstart_copy};
 
-const SECRET: &str = "a shared webhook secret";
+pub(crate) const SECRET: &str = "a shared webhook secret";
 
 /// Runs git in `dir` with a fixed identity and no user configuration; returns its output.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -82,7 +82,7 @@ async fn serve_git(work: &Path, state: &Path, interval: &str) -> Running {
 }
 
 /// POSTs `body` to the webhook with `headers`; returns the status code.
-async fn hook(address: SocketAddr, headers: &[(&str, String)], body: &str) -> u16 {
+pub(crate) async fn hook(address: SocketAddr, headers: &[(&str, String)], body: &str) -> u16 {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let mut request = format!(
         "POST /hooks/git HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
@@ -103,7 +103,7 @@ async fn hook(address: SocketAddr, headers: &[(&str, String)], body: &str) -> u1
         .expect("an HTTP status")
 }
 
-fn github_signature(body: &str) -> String {
+pub(crate) fn github_signature(body: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
     format!(
         "sha256={}",
