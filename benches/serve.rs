@@ -574,10 +574,11 @@ type Measured = (Load, CpuUse);
 /// Tessera's HTTPS listener reached directly, through `tessera gateway` (passthrough) and
 /// through socat (absent when socat is not installed).
 struct RelayFigures {
-    /// Per level of `FRAGMENT_LEVELS`: connections, then direct, gateway and socat.
-    fragments: Vec<(usize, Measured, Measured, Option<Measured>)>,
-    /// A new TLS connection and one `info` exchange on it: direct, gateway and socat.
-    connects: (Load, Load, Option<Load>),
+    /// Per level of `FRAGMENT_LEVELS`: connections, then direct, gateway, socat and the
+    /// gateway in tunnel mode.
+    fragments: Vec<(usize, Measured, Measured, Option<Measured>, Measured)>,
+    /// A new TLS connection and one `info` exchange on it: direct, gateway, socat, tunnel.
+    connects: (Load, Load, Option<Load>, Load),
     /// Size of the `info` body.
     info_bytes: usize,
     /// Warnings and errors the gateway logged.
@@ -593,6 +594,8 @@ async fn measure_relays(
     fragments: &[String],
 ) -> RelayFigures {
     let gateway = Relay::gateway(&setup.binary, &setup.work, setup.https);
+    let state = setup.config.join(".tessera");
+    let (tunnel, tunnel_ca) = Relay::tunnel(&setup.binary, &setup.work, setup.https, &state);
     let socat = match Relay::socat(&setup.work, setup.https) {
         Ok(socat) => Some(socat),
         Err(RelayMissing) => {
@@ -611,6 +614,33 @@ async fn measure_relays(
         .as_ref()
         .map(|s| (s, Target::new(s.address, Some(tls.clone()))));
     let host = setup.https.to_string();
+    // The tunnel relays once its certificate is issued and its trust in place.
+    let deadline = Instant::now() + RELAY_START_TIMEOUT;
+    let through_tunnel = loop {
+        if tunnel_ca.is_file() {
+            let target = Target::tunnel(
+                tunnel.address,
+                tunnel_connector(&tunnel_ca, &state, Handshake::Resumed),
+                tls.clone(),
+            );
+            let opened = Connection::open(&target).await;
+            if let Ok(mut connection) = opened
+                && connection
+                    .exchange(&get(&host, &fragments[0]), Body::Discard)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            {
+                break target;
+            }
+        }
+        assert!(
+            tunnel.process.running() && Instant::now() < deadline,
+            "the tunnel did not start relaying; {}:\n{}",
+            tunnel.log.display(),
+            tail(&tunnel.log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     same_bytes(
         &direct,
         &through_gateway,
@@ -622,6 +652,7 @@ async fn measure_relays(
     if let Some((_, target)) = &through_socat {
         same_bytes(&direct, target, "socat", &host, &fragments[0]).await;
     }
+    same_bytes(&direct, &through_tunnel, "the tunnel", &host, &fragments[0]).await;
 
     let requests: Vec<Vec<u8>> = fragments.iter().map(|f| get(&host, f)).collect();
     let mut rows = Vec::new();
@@ -633,16 +664,18 @@ async fn measure_relays(
             Some((relay, target)) => Some(measured(cpu, Some(relay), target, level).await),
             None => None,
         };
+        let tunnelled = measured(cpu, Some(&tunnel), &through_tunnel, level).await;
         eprintln!(
-            "serve bench: fragments via relays x{connections}: direct {:.0} MB/s, gateway {:.0} MB/s, socat {}",
+            "serve bench: fragments via relays x{connections}: direct {:.0} MB/s, gateway {:.0} MB/s, socat {}, tunnel {:.0} MB/s",
             ours.0.megabytes(),
             gatewayed.0.megabytes(),
             socated.as_ref().map_or("-".to_owned(), |(l, _)| format!(
                 "{:.0} MB/s",
                 l.megabytes()
-            ))
+            )),
+            tunnelled.0.megabytes(),
         );
-        rows.push((connections, ours, gatewayed, socated));
+        rows.push((connections, ours, gatewayed, socated, tunnelled));
     }
 
     let info = get(&host, &format!("/download/{package_id}/info"));
@@ -652,23 +685,33 @@ async fn measure_relays(
         Target::new(setup.https, Some(fresh.clone())),
         Target::new(gateway.address, Some(fresh.clone())),
     ];
+    targets.push(Target::tunnel(
+        tunnel.address,
+        tunnel_connector(&tunnel_ca, &state, Handshake::Full),
+        fresh.clone(),
+    ));
     if let Some((relay, _)) = &through_socat {
         targets.push(Target::new(relay.address, Some(fresh.clone())));
     }
-    let mut connects = connect_each(&targets, &info).await.into_iter();
+    let mut loads = connect_each(&targets, &info).await.into_iter();
+    let direct_connects = loads.next().expect("direct connections");
+    let gateway_connects = loads.next().expect("gateway connections");
+    let tunnel_connects = loads.next().expect("tunnel connections");
     let connects = (
-        connects.next().expect("direct connections"),
-        connects.next().expect("gateway connections"),
-        connects.next(),
+        direct_connects,
+        gateway_connects,
+        loads.next(),
+        tunnel_connects,
     );
     eprintln!(
-        "serve bench: new connection + info, median: direct {} ms, gateway {} ms, socat {}",
+        "serve bench: new connection + info, median: direct {} ms, gateway {} ms, socat {}, tunnel {} ms",
         millis(connects.0.percentile(50.0)),
         millis(connects.1.percentile(50.0)),
         connects.2.as_ref().map_or("-".to_owned(), |l| format!(
             "{} ms",
             millis(l.percentile(50.0))
-        ))
+        )),
+        millis(connects.3.percentile(50.0)),
     );
     let gateway_log = std::fs::read_to_string(&gateway.log)
         .unwrap_or_default()
@@ -686,23 +729,28 @@ async fn measure_relays(
 
 impl RelayFigures {
     fn errors(&self) -> u64 {
-        let (direct, gateway, socat) = &self.connects;
+        let (direct, gateway, socat, tunnel) = &self.connects;
         self.fragments
             .iter()
-            .map(|(_, (d, _), (g, _), s)| {
-                d.errors + g.errors + s.as_ref().map_or(0, |(s, _)| s.errors)
+            .map(|(_, (d, _), (g, _), s, (t, _))| {
+                d.errors + g.errors + s.as_ref().map_or(0, |(s, _)| s.errors) + t.errors
             })
             .sum::<u64>()
             + direct.errors
             + gateway.errors
             + socat.as_ref().map_or(0, |s| s.errors)
+            + tunnel.errors
     }
 
     /// The CPU of every measured row.
     fn cpu(&self) -> impl Iterator<Item = &CpuUse> {
-        self.fragments.iter().flat_map(|(_, (_, d), (_, g), s)| {
-            [d, g].into_iter().chain(s.as_ref().map(|(_, used)| used))
-        })
+        self.fragments
+            .iter()
+            .flat_map(|(_, (_, d), (_, g), s, (_, t))| {
+                [d, g, t]
+                    .into_iter()
+                    .chain(s.as_ref().map(|(_, used)| used))
+            })
     }
 
     fn render(&self) -> String {
@@ -716,9 +764,18 @@ impl RelayFigures {
             "CPU socat/srv/cli/oth",
             "target",
             "met",
+            "tunnel",
+            "CPU gw/srv/cli/oth",
         ]);
         let target = format!(">= {RELAY_RATIO_TARGET:.2}x socat");
-        for (connections, (direct, direct_cpu), (gateway, gateway_cpu), socat) in &self.fragments {
+        for (
+            connections,
+            (direct, direct_cpu),
+            (gateway, gateway_cpu),
+            socat,
+            (tunnel, tunnel_cpu),
+        ) in &self.fragments
+        {
             let (socat_figure, socat_cpu, check) = match socat {
                 Some((socat, used)) => {
                     // Judged at the precision shown, as for nginx.
@@ -741,9 +798,11 @@ impl RelayFigures {
                 &socat_cpu,
                 &target,
                 &check,
+                &format!("{:.0}", tunnel.megabytes()),
+                &tunnel_cpu.to_string(),
             ]);
         }
-        let (direct, gateway, socat) = &self.connects;
+        let (direct, gateway, socat, tunnel) = &self.connects;
         for (what, p) in [("median", 50.0), ("p99", 99.0)] {
             table.row([
                 &format!("New TLS conn + info: {what} ms"),
@@ -756,6 +815,8 @@ impl RelayFigures {
                     .map_or("-".to_owned(), |s| millis(s.percentile(p))),
                 "",
                 "",
+                "",
+                &millis(tunnel.percentile(p)),
                 "",
             ]);
         }
@@ -778,10 +839,11 @@ impl RelayFigures {
         .unwrap();
         writeln!(
             out,
-            "  new connections: {RELAY_CONNECTS} per target, interleaved, each a full TLS handshake (no resumption) then GET /download/<id>/info ({} bytes); median added over direct: gateway {}, socat {}\n",
+            "  new connections: {RELAY_CONNECTS} per target, interleaved, each a full TLS handshake (no resumption) then GET /download/<id>/info ({} bytes); median added over direct: gateway {}, socat {}, tunnel {} (two handshakes: the agent's certificate checked at the edge, then TLS with the server inside)\n",
             self.info_bytes,
             added(gateway),
-            socat.as_ref().map_or("-".to_owned(), added)
+            socat.as_ref().map_or("-".to_owned(), added),
+            added(tunnel)
         )
         .unwrap();
         out.push_str(&table.render());
@@ -1039,11 +1101,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 struct Target {
     address: SocketAddr,
     tls: Option<TlsConnector>,
+    /// A tunnel's outer session (the client certificate shown to the gateway), inside which
+    /// `tls` runs.
+    outer: Option<TlsConnector>,
 }
 
 impl Target {
     fn new(address: SocketAddr, tls: Option<TlsConnector>) -> Self {
-        Self { address, tls }
+        Self {
+            address,
+            tls,
+            outer: None,
+        }
+    }
+
+    /// Through a tunnel: `outer` to the gateway, `tls` with the server inside it.
+    fn tunnel(address: SocketAddr, outer: TlsConnector, tls: TlsConnector) -> Self {
+        Self {
+            address,
+            tls: Some(tls),
+            outer: Some(outer),
+        }
     }
 }
 
@@ -1076,12 +1154,14 @@ impl Connection {
     async fn open(target: &Target) -> std::io::Result<Self> {
         let tcp = TcpStream::connect(target.address).await?;
         tcp.set_nodelay(true)?;
-        let io: Box<dyn Io> = match &target.tls {
-            Some(tls) => Box::new(
-                tls.connect(ServerName::from(Ipv4Addr::LOCALHOST), tcp)
-                    .await?,
-            ),
-            None => Box::new(tcp),
+        let name = ServerName::from(Ipv4Addr::LOCALHOST);
+        let io: Box<dyn Io> = match (&target.outer, &target.tls) {
+            (Some(outer), Some(tls)) => {
+                let outer = outer.connect(name.clone(), tcp).await?;
+                Box::new(tls.connect(name, outer).await?)
+            }
+            (None, Some(tls)) => Box::new(tls.connect(name, tcp).await?),
+            (_, None) => Box::new(tcp),
         };
         Ok(Self {
             io,
@@ -1212,6 +1292,55 @@ enum Handshake {
     Resumed,
     /// Every connection pays for a full handshake, as a freshly started agent does.
     Full,
+}
+
+/// The outer session of a tunnel: trusts the gateway's CA and shows a client certificate
+/// the server's agent CA signed (as an enrolled agent's), made here from that CA's key.
+fn tunnel_connector(gateway_ca: &Path, state: &Path, handshake: Handshake) -> TlsConnector {
+    use tessera::pki::authority::{Authority, LeafRequest, generate_key};
+    let issuer = state.join("pki/issuers/default/quickstart-ca");
+    let read = |name: &str| std::fs::read_to_string(issuer.join(name)).expect("the agent CA");
+    let authority = Authority::from_pem(&read("ca.crt"), &read("ca.key"), None).expect("a CA");
+    let key = generate_key(tessera::pki::KeyType::EcdsaP256).expect("a key");
+    let issued = authority
+        .issue(
+            &LeafRequest {
+                names: tessera::pki::Names {
+                    common_name: Some("bench-agent".into()),
+                    ..Default::default()
+                },
+                usages: vec![
+                    tessera::pki::Usage::ClientAuth,
+                    tessera::pki::Usage::DigitalSignature,
+                ],
+                is_ca: false,
+                lifetime: jiff::SignedDuration::from_hours(24),
+            },
+            &key,
+            jiff::Timestamp::now(),
+        )
+        .expect("an agent certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(gateway_ca).expect("read the gateway's ca.crt") {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA");
+    }
+    let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the chain");
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .expect("the key");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, private)
+    .expect("a client identity");
+    if handshake == Handshake::Full {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    TlsConnector::from(Arc::new(config))
 }
 
 fn tls_connector(ca: &Path, handshake: Handshake) -> TlsConnector {
@@ -1734,6 +1863,43 @@ impl Relay {
                 .stderr(std::fs::File::create(&log).expect("create the gateway log")),
         );
         Self::accepting(address, log, process)
+    }
+
+    /// `tessera gateway` in tunnel mode: its own CA and certificate, and the server's agent CA
+    /// (with its CRL) as a trust-only Issuer, as a DMZ would have them. Returns the relay and
+    /// the CA file of the gateway's certificate, once issued.
+    fn tunnel(binary: &Path, work: &Path, backend: SocketAddr, state: &Path) -> (Self, PathBuf) {
+        let dir = work.join("tunnel");
+        std::fs::create_dir_all(&dir).expect("create the tunnel directory");
+        let issuer = state.join("pki/issuers/default/quickstart-ca");
+        for (from, to) in [("ca.crt", "inside-ca.crt"), ("crl.pem", "inside-crl.pem")] {
+            std::fs::copy(issuer.join(from), dir.join(to)).expect("copy the inside CA");
+        }
+        let [address, admin] = free_ports();
+        std::fs::write(
+            dir.join("gateway.yaml"),
+            format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: edge-ca\nspec:\n  selfSigned: {{}}\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: gateway-tls\nspec:\n  issuerRef:\n    name: edge-ca\n  ipAddresses: [127.0.0.1]\n  usages: [server auth, digital signature]\n---\napiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: inside\nspec:\n  ca:\n    certFile: inside-ca.crt\n    crlFile: inside-crl.pem\n---\napiVersion: tessera.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: bench\nspec:\n  listen: {address}\n  mode: tunnel\n  backend: {backend}\n  certificateRef:\n    name: gateway-tls\n  trustedClientIssuers:\n    - name: inside\n"
+            ),
+        )
+        .expect("write the tunnel's gateway.yaml");
+        let log = dir.join("gateway.log");
+        let process = Process::spawn(
+            "tessera gateway (tunnel)",
+            Command::new(binary)
+                .arg("gateway")
+                .arg("--config")
+                .arg(&dir)
+                .arg("--admin-address")
+                .arg(admin.to_string())
+                .env("TESSERA_LOG", "warn")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("create the tunnel log")),
+        );
+        let ca = dir.join(".tessera/certificates/default/gateway-tls/ca.crt");
+        (Self::accepting(address, log, process), ca)
     }
 
     /// socat forking a plain TCP relay per connection, with its default 8 KiB buffer.
