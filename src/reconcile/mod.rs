@@ -1,9 +1,8 @@
 //! The reconcile loop: level-triggered, each pass evaluates the latest snapshot into a
-//! desired state, converges what exists towards it, and publishes what it found (the admin
-//! report and the status files).
-//!
-//! Building fragments and issuing certificates come here in later parts; until then those
-//! kinds say so honestly in their `Ready` condition rather than pretending.
+//! desired state, converges what exists towards it (certificates issued and renewed,
+//! packages built), and publishes what it found: the routes the agent-facing server runs
+//! on, the relay settings of `tessera gateway`, the admin report and the status files.
+//! Only the leader (see `crate::leader`) writes what servers share; followers mirror it.
 
 pub mod certificates;
 pub mod fetch;
