@@ -73,29 +73,37 @@ enum Command {
 
 /// `tessera gateway`.
 #[derive(Debug, Args)]
-struct GatewayArgs {
+pub struct GatewayArgs {
     /// A YAML file, or a directory, holding the Gateway resource (and the Issuers and
     /// Certificates it uses).
     #[arg(
         long,
         env = "TESSERA_CONFIG",
-        required_unless_present = "git",
-        conflicts_with = "git"
+        required_unless_present_any = ["git", "kube"],
+        conflicts_with_all = ["git", "kube"]
     )]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// The same from a git branch (`--state` is then required), as `tessera serve --git`.
     #[command(flatten)]
-    git: GitArgs,
+    pub git: GitArgs,
+    /// The same from the cluster's Tessera custom resources (in-cluster configuration, or
+    /// the kubeconfig); Issuers of type `ca` may read their key pair from a Secret.
+    #[arg(long, env = "TESSERA_KUBE", conflicts_with = "git")]
+    pub kube: bool,
+    /// With --kube: the namespace to watch (default: all).
+    #[arg(long = "namespace", env = "TESSERA_NAMESPACE", requires = "kube")]
+    pub namespace: Option<String>,
     /// Which Gateway, when there are several.
     #[arg(long)]
-    name: Option<String>,
+    pub name: Option<String>,
     /// Where the gateway keeps the certificates it issues and renews (default: `.tessera`
-    /// beside the configuration; required with --git).
+    /// beside the configuration, `/var/lib/tessera-gateway` with --kube; required with
+    /// --git).
     #[arg(long, env = "TESSERA_STATE")]
-    state: Option<PathBuf>,
+    pub state: Option<PathBuf>,
     /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9091")]
-    admin_address: SocketAddr,
+    pub admin_address: SocketAddr,
 }
 
 /// `tessera agent`.
@@ -989,18 +997,82 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
 }
 
 async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
+    let client =
+        if args.kube {
+            Some(kube::Client::try_default().await.context(
+                "failed to connect to Kubernetes (in-cluster configuration or kubeconfig)",
+            )?)
+        } else {
+            None
+        };
+    start_gateway(args, client)
+        .await?
+        .until(shutdown_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long `tessera gateway --kube` waits for the first full list of the resources.
+const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts everything `tessera gateway` runs and returns once the admin API listens; with
+/// `client`, the configuration comes from the cluster (tests hand in a mock).
+pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> Result<Running> {
     use crate::reconcile::gateway::{GatewayRuntime, relay_config};
     use crate::resources::gateway::GatewayMode;
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
     // A directory is watched like `tessera serve`'s, a git branch fetched like it; a single
     // file is read once.
     enum Source {
         Dir(DirSource),
         Git(crate::sources::git::GitSource, Arc<tokio::sync::Notify>),
+        /// Already running, publishing on this channel.
+        Kube(watch::Receiver<crate::resources::Snapshot>),
         File,
     }
     let mut hooks = None;
-    let (config_dir, state_dir, source, snapshot) = match (&args.git.git, &args.config) {
-        (Some(_), _) => {
+    let mut secrets: Option<Arc<dyn reconcile::secrets::Secrets>> = None;
+    let mut kube_client = None;
+    let (config_dir, state_dir, source, snapshot) = match (&args.git.git, &args.config, client) {
+        (None, None, Some(client)) => {
+            let state_dir = args
+                .state
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/tessera-gateway"));
+            create_state_dir(&state_dir)?;
+            let (snapshot_tx, mut snapshot_rx) =
+                watch::channel(crate::resources::Snapshot::default());
+            let source =
+                crate::sources::kube::KubeSource::new(client.clone(), args.namespace.clone());
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                source.run(snapshot_tx, token).await;
+                Ok(())
+            });
+            // The Gateway is looked for in the first full list, not in an empty placeholder.
+            tokio::time::timeout(FIRST_LIST_TIMEOUT, snapshot_rx.changed())
+                .await
+                .context("no list of the Tessera resources from Kubernetes in time")?
+                .context("the Kubernetes watch stopped")?;
+            let snapshot = snapshot_rx.borrow().clone();
+            // Reads only (an Issuer's key pair from its Secret): the gateway writes none.
+            let (_, never) = watch::channel(false);
+            kube_client = Some(client.clone());
+            secrets = Some(Arc::new(KubeSecrets {
+                client,
+                runtime: tokio::runtime::Handle::current(),
+                leader: never,
+                written: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }));
+            (
+                state_dir.clone(),
+                state_dir,
+                Source::Kube(snapshot_rx),
+                snapshot,
+            )
+        }
+        (Some(_), _, _) => {
             let Some(state_dir) = args.state.clone() else {
                 bail!("--state is required with --git");
             };
@@ -1016,7 +1088,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
             hooks = webhook(&args.git, &wake)?;
             (root, state_dir, Source::Git(source, wake), first)
         }
-        (None, Some(config)) if config.is_dir() => {
+        (None, Some(config), _) if config.is_dir() => {
             let state_dir = args
                 .state
                 .clone()
@@ -1026,7 +1098,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
             let snapshot = source.scan();
             (config.clone(), state_dir, Source::Dir(source), snapshot)
         }
-        (None, Some(config)) => {
+        (None, Some(config), _) => {
             let text = std::fs::read_to_string(config)
                 .with_context(|| format!("failed to read {}", config.display()))?;
             let dir = config
@@ -1048,12 +1120,13 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
             create_state_dir(&state_dir)?;
             (dir, state_dir, Source::File, snapshot)
         }
-        (None, None) => bail!("give --config FILE|DIR or --git URL"),
+        (None, None, None) => bail!("give --config FILE|DIR, --git URL or --kube"),
     };
-    let shown = args.config.as_ref().map_or_else(
-        || args.git.git.clone().unwrap_or_default(),
-        |c| c.display().to_string(),
-    );
+    let shown = match (&args.config, &args.git.git) {
+        (Some(config), _) => config.display().to_string(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => "Kubernetes".to_owned(),
+    };
     let desired = desired::evaluate(&snapshot, None, desired::Options::default());
     let gateways: Vec<_> = desired
         .entries
@@ -1089,8 +1162,6 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("failed to listen on {}", spec.listen))?;
     let listening = listener.local_addr()?.to_string();
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
 
     let counters = Arc::new(crate::gateway::Counters::default());
     let (config_tx, config_rx) = watch::channel(Arc::new(relay_config(&spec)));
@@ -1111,29 +1182,35 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
-    let (report_tx, mut report_rx) = watch::channel(Report::default());
+    let (report_tx, report_rx) = watch::channel(Report::default());
     let token = shutdown.clone();
-    match source {
+    let snapshot_rx = match source {
+        Source::Kube(receiver) => receiver,
         Source::Dir(source) => {
+            let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
             tasks.spawn(async move { source.run(snapshot_tx, token).await.map_err(Into::into) });
+            snapshot_rx
         }
         Source::Git(source, wake) => {
+            let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
             tasks.spawn(async move {
                 source
                     .run(snapshot_tx, wake, token)
                     .await
                     .map_err(Into::into)
             });
+            snapshot_rx
         }
         Source::File => {
+            let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
             // Kept open: a closed channel ends the reconcile loop.
             tasks.spawn(async move {
                 snapshot_tx.closed().await;
                 Ok(())
             });
+            snapshot_rx
         }
-    }
+    };
     let reconcile_config = reconcile::Config {
         state_dir,
         config_dir,
@@ -1141,7 +1218,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
         clock: reconcile::Clock::system(),
         runtime: None,
-        secrets: None,
+        secrets,
         leadership: crate::leader::Leadership::always(),
         shared_database: false,
         gateway: Some(Arc::new(GatewayRuntime {
@@ -1180,6 +1257,7 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         )
     };
     let admin = admin::bind(args.admin_address).await?;
+    let admin_address = admin.local_addr()?;
     let mut app = admin::app(report_rx.clone()).merge(metrics);
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
@@ -1187,8 +1265,32 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
 
-    // Tunnel and terminate wait until their certificates and trust are in place.
-    let edge = if spec.mode != GatewayMode::Passthrough || spec.dial_out.is_some() {
+    // In Kubernetes the gateway writes its own Gateway's status (the server leaves it be).
+    if let Some(client) = kube_client {
+        let mut writer = crate::sources::kube::StatusWriter::new(client, None);
+        let mut reports = report_rx.clone();
+        let (token, own) = (shutdown.clone(), key.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    changed = reports.changed() => if changed.is_err() { return Ok(()) },
+                }
+                let report = reports.borrow().clone();
+                let statuses: Vec<_> = kube_statuses(&report)
+                    .into_iter()
+                    .filter(|s| s.key == own)
+                    .collect();
+                writer.write(&statuses).await;
+            }
+        });
+    }
+    // Relaying starts once the Gateway is Ready: tunnel, terminate and dial-out need their
+    // certificates and trust in place first; a passthrough is Ready at the first pass.
+    let (mode, backend, routes) = (spec.mode, spec.backend.clone(), spec.routes.len());
+    let relay_shutdown = shutdown.clone();
+    let mut reports = report_rx.clone();
+    tasks.spawn(async move {
         let name = key.to_string();
         let ready = |report: &Report| {
             report
@@ -1205,85 +1307,75 @@ async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         };
         let mut said = String::new();
         loop {
-            if let Some((true, _)) = ready(&report_rx.borrow_and_update()) {
+            if let Some((true, _)) = ready(&reports.borrow_and_update()) {
                 break;
             }
-            if let Some((false, message)) = ready(&report_rx.borrow())
+            if let Some((false, message)) = ready(&reports.borrow())
                 && message != said
             {
                 tracing::warn!(gateway = %name, %message, "not relaying yet");
                 said = message;
             }
             tokio::select! {
-                () = shutdown_signal() => {
-                    shutdown.cancel();
-                    while tasks.join_next().await.is_some() {}
-                    return Ok(ExitCode::SUCCESS);
-                }
-                changed = report_rx.changed() => if changed.is_err() {
-                    break;
-                },
+                () = relay_shutdown.cancelled() => return Ok(()),
+                changed = reports.changed() => if changed.is_err() { return Ok(()) },
             }
         }
-        let mut edge = (*crate::pki::tls::server_config(certificate_rx.clone(), verifier_rx)
-            .context("failed to build the TLS configuration")?)
-        .clone();
-        if spec.mode == GatewayMode::Tunnel {
-            // CONNECT is HTTP/1.1; an agent's raw inner session offers no ALPN.
-            edge.alpn_protocols = vec![b"http/1.1".to_vec()];
-        }
-        (spec.mode != GatewayMode::Passthrough).then(|| Arc::new(edge))
-    } else {
-        None
-    };
-    let pool = match inside {
-        Some((listener, pool)) => {
-            let mut tls = (*crate::pki::tls::server_config(certificate_rx, inside_verifier_rx)
-                .context("failed to build the dial-out TLS configuration")?)
+        let edge = if mode == GatewayMode::Passthrough {
+            None
+        } else {
+            let mut edge = (*crate::pki::tls::server_config(certificate_rx.clone(), verifier_rx)
+                .context("failed to build the TLS configuration")?)
             .clone();
-            tls.alpn_protocols.clear();
-            tracing::info!(listen = %listener.local_addr()?, "waiting for inside servers to dial out");
-            let token = shutdown.clone();
-            let (config, pool_task, counters) = (config_rx.clone(), pool.clone(), counters.clone());
-            tasks.spawn(async move {
-                crate::gateway::accept_inside(
+            if mode == GatewayMode::Tunnel {
+                // CONNECT is HTTP/1.1; an agent's raw inner session offers no ALPN.
+                edge.alpn_protocols = vec![b"http/1.1".to_vec()];
+            }
+            Some(Arc::new(edge))
+        };
+        let (pool, accepting) = match inside {
+            Some((listener, pool)) => {
+                let mut tls = (*crate::pki::tls::server_config(certificate_rx, inside_verifier_rx)
+                    .context("failed to build the dial-out TLS configuration")?)
+                .clone();
+                tls.alpn_protocols.clear();
+                tracing::info!(listen = %listener.local_addr()?, "waiting for inside servers to dial out");
+                let accepting = crate::gateway::accept_inside(
                     listener,
                     Arc::new(tls),
-                    config,
-                    pool_task,
-                    counters,
-                    token,
-                )
-                .await;
-                Ok(())
-            });
-            Some(pool)
+                    config_rx.clone(),
+                    pool.clone(),
+                    counters.clone(),
+                    relay_shutdown.clone(),
+                );
+                (Some(pool), Some(accepting))
+            }
+            None => (None, None),
+        };
+        tracing::info!(
+            gateway = %name,
+            listen = %listener.local_addr()?,
+            mode = ?mode,
+            %backend,
+            routes,
+            "relaying"
+        );
+        let relaying =
+            crate::gateway::run(listener, config_rx, edge, pool, counters, relay_shutdown);
+        match accepting {
+            Some(accepting) => {
+                tokio::join!(accepting, relaying);
+            }
+            None => relaying.await,
         }
-        None => None,
-    };
-    tracing::info!(
-        gateway = %key,
-        listen = %listener.local_addr()?,
-        mode = ?spec.mode,
-        backend = %spec.backend,
-        routes = spec.routes.len(),
-        "relaying"
-    );
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        crate::gateway::run(listener, config_rx, edge, pool, counters, token).await;
         Ok(())
     });
-    tokio::select! {
-        () = shutdown_signal() => {}
-        Some(Ok(Err(error))) = tasks.join_next() => {
-            shutdown.cancel();
-            return Err(error);
-        }
-    }
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    Ok(ExitCode::SUCCESS)
+    Ok(Running {
+        admin_address,
+        reports: report_rx,
+        shutdown,
+        tasks,
+    })
 }
 
 /// The computer `wanted` names, where its agent listens, and the enrollment Issuer. Blocks.
@@ -2032,7 +2124,12 @@ fn start_kube(
             }
             let report = reports.borrow().clone();
             if report.ready {
-                writer.write(&kube_statuses(&report)).await;
+                // A Gateway's status is written by the `tessera gateway` that runs it.
+                let statuses: Vec<_> = kube_statuses(&report)
+                    .into_iter()
+                    .filter(|s| s.key.kind != Kind::Gateway)
+                    .collect();
+                writer.write(&statuses).await;
             }
         }
     });

@@ -944,3 +944,88 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
     assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
     running.stop().await.unwrap();
 }
+
+/// `tessera gateway --kube`: the Gateway (and the Issuer and Certificate of a tunnel) come
+/// from the cluster's custom resources; the gateway issues its certificate and relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_kube_relays_as_its_custom_resource_says() {
+    // What it relays to: the quickstart server, on loopback.
+    let served = crate::support::quickstart_copy();
+    let running = crate::support::start(served.path()).await;
+    let (https, _) = crate::support::addresses(&running).await;
+    let id = crate::support::package_id(&running, "hello").await;
+    let server_ca = crate::support::server_ca(served.path());
+
+    let port = crate::support::free_port();
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([(
+        "gateways",
+        vec![
+            json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Gateway",
+            "metadata": meta("dmz"),
+            "spec": {"listen": format!("127.0.0.1:{port}"), "mode": "passthrough", "backend": https}}),
+        ],
+    )]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(fake_cluster(handle, objects, seen_tx));
+    let state = tempfile::tempdir().unwrap();
+    let gateway = tessera::cli::start_gateway(
+        &tessera::cli::GatewayArgs {
+            config: None,
+            git: Default::default(),
+            kube: true,
+            namespace: Some("fleet".into()),
+            name: None,
+            state: Some(state.path().to_path_buf()),
+            admin_address: "127.0.0.1:0".parse().unwrap(),
+        },
+        Some(client),
+    )
+    .await
+    .expect("the gateway starts from the cluster's resources");
+    let (object, _) = crate::support::eventually("the Gateway to be Ready", async || {
+        let (status, body) =
+            crate::support::get(gateway.admin_address, "/api/v1/objects/Gateway/dmz").await;
+        let object: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        object["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(object)
+    })
+    .await;
+    assert_eq!(object["source"]["file"], "Gateway/fleet/dmz", "{object}");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-f", "--max-time", "10", "--cacert"])
+            .arg(server_ca)
+            .arg(format!("https://127.0.0.1:{port}/download/{id}/info"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The gateway writes its own Gateway's status back, server-side.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(event) = seen.recv().await {
+            if let Seen::Status { path, body } = event
+                && path.ends_with("/gateways/dmz/status")
+                && body.to_string().contains("Relaying")
+            {
+                return body;
+            }
+        }
+        panic!("the fake cluster stopped");
+    })
+    .await
+    .expect("a status patch for Gateway/dmz");
+    assert_eq!(status["kind"], "Gateway", "{status}");
+    gateway.stop().await.unwrap();
+    running.stop().await.unwrap();
+}
