@@ -996,22 +996,7 @@ async fn load_for(
             while Instant::now() < deadline {
                 let request = &requests[next % requests.len()];
                 next += 1;
-                let sent = Instant::now();
-                match timed_exchange(&mut connection, request).await {
-                    Ok(response) if response.status == 200 => {
-                        load.latencies.push(sent.elapsed());
-                        load.requests += 1;
-                        load.bytes += response.length as u64;
-                        if response.closing {
-                            connection = reconnect(&target).await;
-                        }
-                    }
-                    Ok(_) => load.errors += 1,
-                    Err(_) => {
-                        load.errors += 1;
-                        connection = reconnect(&target).await;
-                    }
-                }
+                exchange_counted(&mut load, &mut connection, &target, request).await;
             }
             load
         });
@@ -1042,22 +1027,7 @@ async fn send_each(target: &Target, connections: usize, requests: &[Vec<u8>]) ->
                 let Some(request) = requests.get(next) else {
                     break;
                 };
-                let sent = Instant::now();
-                match timed_exchange(&mut connection, request).await {
-                    Ok(response) if response.status == 200 => {
-                        load.latencies.push(sent.elapsed());
-                        load.requests += 1;
-                        load.bytes += response.length as u64;
-                        if response.closing {
-                            connection = reconnect(&target).await;
-                        }
-                    }
-                    Ok(_) => load.errors += 1,
-                    Err(_) => {
-                        load.errors += 1;
-                        connection = reconnect(&target).await;
-                    }
-                }
+                exchange_counted(&mut load, &mut connection, &target, request).await;
             }
             load
         });
@@ -1068,6 +1038,32 @@ async fn send_each(target: &Target, connections: usize, requests: &[Vec<u8>]) ->
     }
     total.elapsed = started.elapsed();
     total
+}
+
+/// One timed exchange on `connection`, counted in `load`; the connection is opened again
+/// when the server closes it or the exchange fails.
+async fn exchange_counted(
+    load: &mut Load,
+    connection: &mut Connection,
+    target: &Target,
+    request: &[u8],
+) {
+    let sent = Instant::now();
+    match timed_exchange(connection, request).await {
+        Ok(response) if response.status == 200 => {
+            load.latencies.push(sent.elapsed());
+            load.requests += 1;
+            load.bytes += response.length as u64;
+            if response.closing {
+                *connection = reconnect(target).await;
+            }
+        }
+        Ok(_) => load.errors += 1,
+        Err(_) => {
+            load.errors += 1;
+            *connection = reconnect(target).await;
+        }
+    }
 }
 
 async fn timed_exchange(connection: &mut Connection, request: &[u8]) -> std::io::Result<Response> {
@@ -1320,10 +1316,7 @@ fn tunnel_connector(gateway_ca: &Path, state: &Path, handshake: Handshake) -> Tl
             jiff::Timestamp::now(),
         )
         .expect("an agent certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(gateway_ca).expect("read the gateway's ca.crt") {
-        roots.add(cert.expect("a PEM certificate")).expect("a CA");
-    }
+    let roots = roots_of(gateway_ca);
     let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("the chain");
@@ -1343,11 +1336,17 @@ fn tunnel_connector(gateway_ca: &Path, state: &Path, handshake: Handshake) -> Tl
     TlsConnector::from(Arc::new(config))
 }
 
-fn tls_connector(ca: &Path, handshake: Handshake) -> TlsConnector {
+/// The CA certificates in the PEM file `ca`.
+fn roots_of(ca: &Path) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("read ca.crt") {
         roots.add(cert.expect("a PEM certificate")).expect("a CA");
     }
+    roots
+}
+
+fn tls_connector(ca: &Path, handshake: Handshake) -> TlsConnector {
+    let roots = roots_of(ca);
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

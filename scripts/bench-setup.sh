@@ -21,30 +21,8 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-echo "bench-setup: installing ${missing[*]}" >&2
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "bench-setup: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
-  sudo="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-# Debian starts a service on install; exit code 101 from policy-rc.d forbids it (and the
-# package's postinst then leaves the daemon stopped). Only ours is removed afterwards.
-policy=/usr/sbin/policy-rc.d
-created_policy=""
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-  $sudo chmod 755 "$policy"
-  created_policy="yes"
-fi
-cleanup() {
-  if [ -n "$created_policy" ]; then
-    $sudo rm -f "$policy"
-  fi
-}
-trap cleanup EXIT
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+source "$(dirname "$0")/apt-install.sh"
+apt_install bench-setup "${missing[@]}"
 
 # Belt and braces: where a service manager did start nginx anyway, stop and disable it.
 if [[ " ${missing[*]} " != *" nginx "* ]]; then

@@ -21,31 +21,8 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-echo "setup: installing ${missing[*]}" >&2
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
-  sudo="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-# Debian starts a service on install (PostgreSQL's main cluster on port 5432); exit code 101
-# from policy-rc.d forbids it: the tests start their own throwaway server instead. Only a
-# policy file made here is removed afterwards.
-policy=/usr/sbin/policy-rc.d
-created_policy=""
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-  $sudo chmod 755 "$policy"
-  created_policy="yes"
-fi
-cleanup() {
-  if [ -n "$created_policy" ]; then
-    $sudo rm -f "$policy"
-  fi
-}
-trap cleanup EXIT
+source "$(dirname "$0")/apt-install.sh"
 # The agent's package asks how to report (local or http) and for a TAG. Answer "local": its
 # cfg then says local=..., which the tests override with --nolocal and --server.
-echo "ocsinventory-agent ocsinventory-agent/method select local" | $sudo debconf-set-selections
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+DEBCONF_SELECTIONS="ocsinventory-agent ocsinventory-agent/method select local" \
+  apt_install setup "${missing[@]}"

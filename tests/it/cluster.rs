@@ -261,28 +261,7 @@ fn two_servers_on_one_database_serve_agents_and_the_survivor_of_a_kill_9_reconci
     // Affectation) is the new leader's.
     let run = via(&https_b).run().unwrap();
     assert!(run.completed(), "{}", run.stderr);
-    std::fs::write(
-        config.path().join("again.yaml"),
-        "apiVersion: tessera.dev/v1alpha1
-kind: Activation
-metadata:
-  name: hello-again
-spec:
-  packageRef:
-    name: hello
----
-apiVersion: tessera.dev/v1alpha1
-kind: Affectation
-metadata:
-  name: hello-again
-spec:
-  activationRef:
-    name: hello-again
-  targets:
-    all: true
-",
-    )
-    .unwrap();
+    std::fs::write(config.path().join("again.yaml"), crate::ocs::HELLO_AGAIN).unwrap();
     until(
         "the new leader to arm the new Affectation",
         &all_logs,

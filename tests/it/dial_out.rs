@@ -6,8 +6,10 @@
 
 use std::process::{Command, Stdio};
 
-use crate::support::{eventually, free_port, quickstart_copy, start};
-use crate::tunnel::{Gateway, agent_id, curl_check_in, enrolled_agent, identity, s_client_get};
+use crate::support::{eventually, free_port};
+use crate::tunnel::{
+    Gateway, Inside, agent_id, curl_check_in, identity, s_client_get, trust_the_dmz,
+};
 
 fn gateway_yaml(port: u16, dial_port: u16) -> String {
     format!(
@@ -59,22 +61,18 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inside_dials_out_and_agents_reach_it_with_no_path_in() {
-    let dir = quickstart_copy();
-    let running = start(dir.path()).await;
-    let (https, _) = crate::support::addresses(&running).await;
-    let state = dir.path().join(".tessera");
-    let server_ca = crate::support::server_ca(dir.path());
-    let id = crate::support::package_id(&running, "hello").await;
-    let token = crate::support::token(&state, 1, 600).reveal();
-    let agent = enrolled_agent(&https, &server_ca, &token).await;
+    let Inside {
+        dir,
+        running,
+        state,
+        server_ca,
+        id,
+        agents: [agent, _],
+        gw,
+        ..
+    } = Inside::start().await;
 
     // The gateway trusts the inside's CA for inside servers named inside.tessera.
-    let gw = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        state.join("pki/issuers/default/quickstart-ca/ca.crt"),
-        gw.path().join("inside-ca.crt"),
-    )
-    .unwrap();
     let (port, dial_port) = (free_port(), free_port());
     std::fs::write(
         gw.path().join("gateway.yaml"),
@@ -84,26 +82,14 @@ async fn the_inside_dials_out_and_agents_reach_it_with_no_path_in() {
     let (gateway, _) = Gateway::start(gw.path()).await;
 
     // The server dials out: it trusts the gateway's CA, and presents inside.tessera.
-    std::fs::copy(
-        gw.path()
-            .join(".tessera/pki/issuers/default/edge-ca/ca.crt"),
-        dir.path().join("dmz-ca.crt"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("dial-out.yaml"),
-        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: dmz-ca\nspec:\n  ca:\n    certFile: dmz-ca.crt\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: inside-dialer\nspec:\n  issuerRef:\n    name: quickstart-ca\n  commonName: inside.tessera\n  usages: [client auth, digital signature]\n",
-    )
-    .unwrap();
-    let server = dir.path().join("server.yaml");
-    let text = std::fs::read_to_string(&server).unwrap();
-    std::fs::write(
-        &server,
-        format!(
-            "{text}  dialOut:\n    gateway: 127.0.0.1:{dial_port}\n    gatewayIssuerRef:\n      name: dmz-ca\n    certificateRef:\n      name: inside-dialer\n    connections: 2\n"
+    trust_the_dmz(
+        dir.path(),
+        gw.path(),
+        "---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: inside-dialer\nspec:\n  issuerRef:\n    name: quickstart-ca\n  commonName: inside.tessera\n  usages: [client auth, digital signature]\n",
+        &format!(
+            "  dialOut:\n    gateway: 127.0.0.1:{dial_port}\n    gatewayIssuerRef:\n      name: dmz-ca\n    certificateRef:\n      name: inside-dialer\n    connections: 2\n"
         ),
-    )
-    .unwrap();
+    );
     eventually(
         "two dial-out connections in the gateway's pool",
         async || {

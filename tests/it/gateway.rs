@@ -243,7 +243,7 @@ async fn a_trusted_relay_names_the_client_and_others_are_never_believed() {
 }
 
 /// A gateway configured from a git branch, like `tessera serve --git`: a push and a signed
-/// webhook change its routes without a restart.
+/// webhook change its routes without a restart (a client is then relayed to the new route).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_follows_its_git_branch() {
     use crate::git::{SECRET, commit_and_push, git, github_signature, hook};
@@ -286,10 +286,15 @@ async fn a_gateway_follows_its_git_branch() {
     let (object, _) = crate::support::eventually("the gateway from git", routes).await;
     assert_eq!(object["sourceRevision"], first);
 
+    // The pushed commit routes tessera.local to a backend of its own.
+    let routed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = {
         std::fs::write(
             clone.join("dmz/gateway.yaml"),
-            yaml("  routes:\n    - serverName: tessera.local\n      backend: 127.0.0.1:2\n"),
+            yaml(&format!(
+                "  routes:\n    - serverName: tessera.local\n      backend: {}\n",
+                routed.local_addr().unwrap()
+            )),
         )
         .unwrap();
         commit_and_push(&clone, "a route")
@@ -310,6 +315,27 @@ async fn a_gateway_follows_its_git_branch() {
         (object["sourceRevision"] == second.as_str()).then_some(())
     })
     .await;
+    // A client asking for tessera.local now reaches the new route's backend (the
+    // handshake itself goes nowhere: only where the gateway sends it matters).
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("tessera.local").unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let hello = tokio::spawn(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), routed.accept())
+        .await
+        .expect("the routed backend is given the connection")
+        .unwrap();
+    hello.abort();
     let _ = gateway.kill();
     let _ = gateway.wait();
 }

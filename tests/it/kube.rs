@@ -241,20 +241,9 @@ async fn statuses_are_applied_server_side_once_and_changes_make_events() {
     let mut writer = StatusWriter::new(client, Some("tessera-0".into()));
     let server = tokio::spawn(async move {
         let (request, send) = handle.next_request().await.unwrap();
-        assert_eq!(request.method(), http::Method::PATCH);
-        assert_eq!(
-            request.uri().path(),
-            "/apis/tessera.dev/v1alpha1/namespaces/fleet/packages/hello/status"
-        );
-        let params = query(&request);
-        assert_eq!(
-            params.get("fieldManager").map(String::as_str),
-            Some("tessera")
-        );
-        assert_eq!(params.get("force").map(String::as_str), Some("true"));
-        assert_eq!(
-            request.headers()["content-type"],
-            "application/apply-patch+yaml"
+        assert_server_side_apply(
+            &request,
+            "/apis/tessera.dev/v1alpha1/namespaces/fleet/packages/hello/status",
         );
         let body = body_json(request).await;
         assert_eq!(body["apiVersion"], "tessera.dev/v1alpha1");
@@ -321,26 +310,28 @@ fn events_name_what_changed() {
     assert_eq!(events[0].reason, "Renewed");
 }
 
+/// `request` is a server-side apply of `path` under Tessera's field manager, forced.
+fn assert_server_side_apply(request: &http::Request<kube::client::Body>, path: &str) {
+    assert_eq!(request.method(), http::Method::PATCH);
+    assert_eq!(request.uri().path(), path);
+    let params = query(request);
+    assert_eq!(
+        params.get("fieldManager").map(String::as_str),
+        Some("tessera")
+    );
+    assert_eq!(params.get("force").map(String::as_str), Some("true"));
+    assert_eq!(
+        request.headers()["content-type"],
+        "application/apply-patch+yaml"
+    );
+}
+
 #[tokio::test]
 async fn a_tls_secret_is_applied_with_its_keys_and_owner() {
     let (client, mut handle) = mock_client();
     let server = tokio::spawn(async move {
         let (request, send) = handle.next_request().await.unwrap();
-        assert_eq!(request.method(), http::Method::PATCH);
-        assert_eq!(
-            request.uri().path(),
-            "/api/v1/namespaces/fleet/secrets/web-tls"
-        );
-        let params = query(&request);
-        assert_eq!(
-            params.get("fieldManager").map(String::as_str),
-            Some("tessera")
-        );
-        assert_eq!(params.get("force").map(String::as_str), Some("true"));
-        assert_eq!(
-            request.headers()["content-type"],
-            "application/apply-patch+yaml"
-        );
+        assert_server_side_apply(&request, "/api/v1/namespaces/fleet/secrets/web-tls");
         let body = body_json(request).await;
         send.send_response(respond(StatusCode::OK, &body));
         body

@@ -38,7 +38,7 @@ spec:
 ";
 
 /// A second activation of the quickstart's `hello`, added once the agent has installed it.
-const HELLO_AGAIN: &str = "apiVersion: tessera.dev/v1alpha1
+pub(crate) const HELLO_AGAIN: &str = "apiVersion: tessera.dev/v1alpha1
 kind: Activation
 metadata:
   name: hello-again

@@ -39,6 +39,76 @@ pub(crate) async fn counting_forwarder(to: String) -> (String, Arc<AtomicUsize>)
     (address, count)
 }
 
+/// The inside, as the edge tests need it: the quickstart server (enrolling agents), two
+/// agents enrolled with it directly, a TCP forwarder in front of it that counts the
+/// connections it is given, and a gateway configuration directory holding a copy of the
+/// inside's agent CA and its CRL (`inside-ca.crt`, `inside-crl.pem`).
+pub(crate) struct Inside {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) running: tessera::cli::Running,
+    pub(crate) https: String,
+    pub(crate) state: PathBuf,
+    pub(crate) server_ca: PathBuf,
+    /// The package id of `hello`.
+    pub(crate) id: String,
+    pub(crate) agents: [tempfile::TempDir; 2],
+    /// The forwarder's address, and the connections it was given.
+    pub(crate) backend: String,
+    pub(crate) seen: Arc<AtomicUsize>,
+    pub(crate) gw: tempfile::TempDir,
+}
+
+impl Inside {
+    pub(crate) async fn start() -> Self {
+        let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+        let state = dir.path().join(".tessera");
+        let server_ca = crate::support::server_ca(dir.path());
+        let id = crate::support::package_id(&running, "hello").await;
+        let token = crate::support::token(&state, 2, 600).reveal();
+        let agents = [
+            enrolled_agent(&https, &server_ca, &token).await,
+            enrolled_agent(&https, &server_ca, &token).await,
+        ];
+        let (backend, seen) = counting_forwarder(https.clone()).await;
+        let gw = tempfile::tempdir().unwrap();
+        let issuer = state.join("pki/issuers/default/quickstart-ca");
+        std::fs::copy(issuer.join("ca.crt"), gw.path().join("inside-ca.crt")).unwrap();
+        std::fs::copy(issuer.join("crl.pem"), gw.path().join("inside-crl.pem")).unwrap();
+        Self {
+            dir,
+            running,
+            https,
+            state,
+            server_ca,
+            id,
+            agents,
+            backend,
+            seen,
+            gw,
+        }
+    }
+}
+
+/// The server learns of the DMZ: its CA as a trust-only Issuer `dmz-ca` (with `documents`
+/// beside it in `dmz.yaml`), and `server` appended to the Server's spec.
+pub(crate) fn trust_the_dmz(config: &Path, gateway: &Path, documents: &str, server: &str) {
+    std::fs::copy(
+        gateway.join(".tessera/pki/issuers/default/edge-ca/ca.crt"),
+        config.join("dmz-ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(
+        config.join("dmz.yaml"),
+        format!(
+            "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: dmz-ca\nspec:\n  ca:\n    certFile: dmz-ca.crt\n{documents}"
+        ),
+    )
+    .unwrap();
+    let path = config.join("server.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}{server}")).unwrap();
+}
+
 /// An agent enrolled directly with the server (inside, before it roams).
 pub(crate) async fn enrolled_agent(server: &str, ca: &Path, token: &str) -> tempfile::TempDir {
     let state = tempfile::tempdir().unwrap();
@@ -399,20 +469,19 @@ async fn get_on(stream: &mut Inner, path: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admitted() {
-    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
-    let state = dir.path().join(".tessera");
-    let server_ca = crate::support::server_ca(dir.path());
-    let id = crate::support::package_id(&running, "hello").await;
-    let token = crate::support::token(&state, 2, 600).reveal();
-    let roaming = enrolled_agent(&https, &server_ca, &token).await;
-    let doomed = enrolled_agent(&https, &server_ca, &token).await;
-    let (backend, inside) = counting_forwarder(https.clone()).await;
-
-    // The gateway's own configuration, with the inside's agent CA and CRL copied in.
-    let gw = tempfile::tempdir().unwrap();
+    let Inside {
+        dir,
+        running,
+        https,
+        state,
+        server_ca,
+        id,
+        agents: [roaming, doomed],
+        backend,
+        seen: inside,
+        gw,
+    } = Inside::start().await;
     let issuer = state.join("pki/issuers/default/quickstart-ca");
-    std::fs::copy(issuer.join("ca.crt"), gw.path().join("inside-ca.crt")).unwrap();
-    std::fs::copy(issuer.join("crl.pem"), gw.path().join("inside-crl.pem")).unwrap();
     let port = free_port();
     std::fs::write(
         gw.path().join("gateway.yaml"),
@@ -747,19 +816,18 @@ pub(crate) fn curl_check_in(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminating_gateway_passes_the_verified_identity_that_only_it_is_believed_about() {
-    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
-    let state = dir.path().join(".tessera");
-    let server_ca = crate::support::server_ca(dir.path());
-    let id = crate::support::package_id(&running, "hello").await;
-    let token = crate::support::token(&state, 2, 600).reveal();
-    let roaming = enrolled_agent(&https, &server_ca, &token).await;
-    let other = enrolled_agent(&https, &server_ca, &token).await;
-    let (backend, inside) = counting_forwarder(https.clone()).await;
-
-    let gw = tempfile::tempdir().unwrap();
-    let issuer = state.join("pki/issuers/default/quickstart-ca");
-    std::fs::copy(issuer.join("ca.crt"), gw.path().join("inside-ca.crt")).unwrap();
-    std::fs::copy(issuer.join("crl.pem"), gw.path().join("inside-crl.pem")).unwrap();
+    let Inside {
+        dir,
+        running,
+        https,
+        state,
+        server_ca,
+        id,
+        agents: [roaming, other],
+        backend,
+        seen: inside,
+        gw,
+    } = Inside::start().await;
     let port = free_port();
     std::fs::write(
         gw.path().join("gateway.yaml"),
@@ -773,26 +841,12 @@ async fn a_terminating_gateway_passes_the_verified_identity_that_only_it_is_beli
 
     // The server learns of the gateway: a trust-only Issuer with the DMZ's CA, and the
     // gateway's certificate name.
-    std::fs::copy(
-        gw.path()
-            .join(".tessera/pki/issuers/default/edge-ca/ca.crt"),
-        dir.path().join("dmz-ca.crt"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("dmz.yaml"),
-        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: dmz-gateways\nspec:\n  ca:\n    certFile: dmz-ca.crt\n",
-    )
-    .unwrap();
-    let server = dir.path().join("server.yaml");
-    let text = std::fs::read_to_string(&server).unwrap();
-    std::fs::write(
-        &server,
-        format!(
-            "{text}  trustedGateways:\n    - issuerRef:\n        name: dmz-gateways\n      names: [gateway.dmz]\n"
-        ),
-    )
-    .unwrap();
+    trust_the_dmz(
+        dir.path(),
+        gw.path(),
+        "",
+        "  trustedGateways:\n    - issuerRef:\n        name: dmz-ca\n      names: [gateway.dmz]\n",
+    );
 
     let (cert, key) = identity(roaming.path());
     let (other_cert, _) = identity(other.path());
