@@ -1300,18 +1300,7 @@ fn tunnel_connector(gateway_ca: &Path, state: &Path, handshake: Handshake) -> Tl
     let key = generate_key(tessera::pki::KeyType::EcdsaP256).expect("a key");
     let issued = authority
         .issue(
-            &LeafRequest {
-                names: tessera::pki::Names {
-                    common_name: Some("bench-agent".into()),
-                    ..Default::default()
-                },
-                usages: vec![
-                    tessera::pki::Usage::ClientAuth,
-                    tessera::pki::Usage::DigitalSignature,
-                ],
-                is_ca: false,
-                lifetime: jiff::SignedDuration::from_hours(24),
-            },
+            &LeafRequest::client("bench-agent", jiff::SignedDuration::from_hours(24)),
             &key,
             jiff::Timestamp::now(),
         )

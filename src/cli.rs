@@ -1073,17 +1073,8 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
             )
         }
         (Some(_), _, _) => {
-            let Some(state_dir) = args.state.clone() else {
-                bail!("--state is required with --git");
-            };
-            create_state_dir(&state_dir)?;
-            let (source, wake) = git_source(&args.git, &state_dir)?;
-            let first = source.fetch_snapshot().await.with_context(|| {
-                format!(
-                    "failed to read the configuration from {}",
-                    source.display_url()
-                )
-            })?;
+            let (state_dir, source, wake, first) =
+                first_git_snapshot(&args.git, args.state.as_ref()).await?;
             let root = first.root.clone().unwrap_or_else(|| state_dir.clone());
             hooks = webhook(&args.git, &wake)?;
             (root, state_dir, Source::Git(source, wake), first)
@@ -1820,19 +1811,8 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let mut hooks = None;
     let (state_dir, config_root, secrets, lease) = match (&args.git.git, &args.config, client) {
         (Some(_), _, _) => {
-            let Some(state_dir) = args.state.clone() else {
-                bail!("--state is required with --git");
-            };
-            create_state_dir(&state_dir)?;
-            let (source, wake) = git_source(&args.git, &state_dir)?;
-            // The first fetch comes before anything else: an empty first snapshot would
-            // read as "nothing declared" to a server restarting with packages in its store.
-            let first = source.fetch_snapshot().await.with_context(|| {
-                format!(
-                    "failed to read the configuration from {}",
-                    source.display_url()
-                )
-            })?;
+            let (state_dir, source, wake, first) =
+                first_git_snapshot(&args.git, args.state.as_ref()).await?;
             tracing::info!(
                 git = %source.display_url(),
                 branch = %args.git.branch,
@@ -2225,6 +2205,32 @@ impl reconcile::secrets::Secrets for KubeSecrets {
         written.insert(slot, digest);
         Ok(())
     }
+}
+
+/// The git source of `args` in `state` (required), and its first snapshot. The first fetch
+/// comes before anything else: an empty first snapshot would read as "nothing declared" to
+/// a server restarting with packages in its store.
+async fn first_git_snapshot(
+    args: &GitArgs,
+    state: Option<&PathBuf>,
+) -> Result<(
+    PathBuf,
+    crate::sources::git::GitSource,
+    Arc<tokio::sync::Notify>,
+    crate::resources::Snapshot,
+)> {
+    let Some(state_dir) = state.cloned() else {
+        bail!("--state is required with --git");
+    };
+    create_state_dir(&state_dir)?;
+    let (source, wake) = git_source(args, &state_dir)?;
+    let first = source.fetch_snapshot().await.with_context(|| {
+        format!(
+            "failed to read the configuration from {}",
+            source.display_url()
+        )
+    })?;
+    Ok((state_dir, source, wake, first))
 }
 
 /// The push webhook of `args` (`POST /hooks/git`), when a secret file is given.

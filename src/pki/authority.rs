@@ -36,6 +36,22 @@ pub struct LeafRequest {
     pub lifetime: jiff::SignedDuration,
 }
 
+impl LeafRequest {
+    /// A client certificate (usages `client auth`, `digital signature`) named `common_name`,
+    /// valid for `lifetime`: what an agent shows a gateway or a server.
+    pub fn client(common_name: &str, lifetime: jiff::SignedDuration) -> Self {
+        Self {
+            names: Names {
+                common_name: Some(common_name.to_owned()),
+                ..Names::default()
+            },
+            usages: vec![Usage::ClientAuth, Usage::DigitalSignature],
+            is_ca: false,
+            lifetime,
+        }
+    }
+}
+
 /// A signed certificate and what goes with it.
 #[derive(Clone, Debug)]
 pub struct Issued {
@@ -469,6 +485,32 @@ mod tests {
             jiff::SignedDuration::from_hours(hours),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_client_request_makes_a_client_certificate_only() {
+        let key = generate_key(KeyType::EcdsaP256).unwrap();
+        let issued = ca("Clients", 48)
+            .issue(
+                &LeafRequest::client("agent-7", jiff::SignedDuration::from_hours(2)),
+                &key,
+                now(),
+            )
+            .unwrap();
+        let facts = &issued.facts;
+        assert_eq!(facts.names.common_name.as_deref(), Some("agent-7"));
+        assert!(
+            facts.usages.contains(&Usage::ClientAuth),
+            "{:?}",
+            facts.usages
+        );
+        assert!(
+            !facts.usages.contains(&Usage::ServerAuth),
+            "{:?}",
+            facts.usages
+        );
+        assert!(!facts.is_ca);
+        assert_eq!(facts.not_after, now() + jiff::SignedDuration::from_hours(2));
     }
 
     /// A request for `dns`, living `hours`, with no usages.

@@ -8,29 +8,12 @@ use std::process::{Command, Stdio};
 
 use crate::support::{eventually, free_port};
 use crate::tunnel::{
-    Gateway, Inside, agent_id, curl_check_in, identity, s_client_get, trust_the_dmz,
+    Gateway, Inside, agent_id, curl_check_in, edge_pki, identity, s_client_get, trust_the_dmz,
 };
 
 fn gateway_yaml(port: u16, dial_port: u16) -> String {
     format!(
-        r#"apiVersion: tessera.dev/v1alpha1
-kind: Issuer
-metadata:
-  name: edge-ca
-spec:
-  selfSigned: {{}}
----
-apiVersion: tessera.dev/v1alpha1
-kind: Certificate
-metadata:
-  name: gateway-tls
-spec:
-  issuerRef:
-    name: edge-ca
-  ipAddresses: [127.0.0.1]
-  usages: [server auth, digital signature]
----
-apiVersion: tessera.dev/v1alpha1
+        r#"{edge}apiVersion: tessera.dev/v1alpha1
 kind: Issuer
 metadata:
   name: inside-servers
@@ -55,7 +38,8 @@ spec:
     names: [inside.tessera]
   limits:
     connectTimeout: 2s
-"#
+"#,
+        edge = edge_pki("")
     )
 }
 

@@ -140,31 +140,26 @@ fn serial_of(pem_file: &Path) -> String {
     tessera::pki::facts::read(&certs[0]).unwrap().serial
 }
 
+/// The documents of a gateway's own PKI: a self-signed CA `edge-ca`, and `gateway-tls`
+/// for 127.0.0.1 (and `dns_names`, comma-separated, when given). Ends with `---`.
+pub(crate) fn edge_pki(dns_names: &str) -> String {
+    let dns = if dns_names.is_empty() {
+        String::new()
+    } else {
+        format!("  dnsNames: [{dns_names}]\n")
+    };
+    format!(
+        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: edge-ca\nspec:\n  selfSigned: {{}}\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: gateway-tls\nspec:\n  issuerRef:\n    name: edge-ca\n{dns}  ipAddresses: [127.0.0.1]\n  usages: [server auth, digital signature]\n---\n"
+    )
+}
+
 /// The gateway's configuration: its own CA and certificate, a stranger's client
 /// certificate from that CA (not trusted for clients), and the inside's agent CA as a
 /// trust-only Issuer with its CRL.
 fn gateway_yaml(port: u16, backend: &str, extra_dns: &str, revision: u32) -> String {
     format!(
         r#"# revision {revision}
-apiVersion: tessera.dev/v1alpha1
-kind: Issuer
-metadata:
-  name: edge-ca
-spec:
-  selfSigned: {{}}
----
-apiVersion: tessera.dev/v1alpha1
-kind: Certificate
-metadata:
-  name: gateway-tls
-spec:
-  issuerRef:
-    name: edge-ca
-  dnsNames: [localhost{extra_dns}]
-  ipAddresses: [127.0.0.1]
-  usages: [server auth, digital signature]
----
-apiVersion: tessera.dev/v1alpha1
+{edge}apiVersion: tessera.dev/v1alpha1
 kind: Certificate
 metadata:
   name: stranger
@@ -200,7 +195,8 @@ spec:
     - name: inside-agents
   limits:
     handshakeTimeout: 3s
-"#
+"#,
+        edge = edge_pki(&format!("localhost{extra_dns}"))
     )
 }
 
@@ -553,18 +549,10 @@ async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admi
             tessera::pki::authority::generate_key(tessera::pki::KeyType::EcdsaP256).unwrap();
         let issued = authority
             .issue(
-                &tessera::pki::authority::LeafRequest {
-                    names: tessera::pki::Names {
-                        common_name: Some("expired".into()),
-                        ..Default::default()
-                    },
-                    usages: vec![
-                        tessera::pki::Usage::ClientAuth,
-                        tessera::pki::Usage::DigitalSignature,
-                    ],
-                    is_ca: false,
-                    lifetime: jiff::SignedDuration::from_hours(24),
-                },
+                &tessera::pki::authority::LeafRequest::client(
+                    "expired",
+                    jiff::SignedDuration::from_hours(24),
+                ),
                 &key_pair,
                 jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72),
             )
@@ -708,24 +696,7 @@ async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admi
 /// server's certificate and the agents') as a trust-only Issuer.
 fn terminating_gateway_yaml(port: u16, backend: &str) -> String {
     format!(
-        r#"apiVersion: tessera.dev/v1alpha1
-kind: Issuer
-metadata:
-  name: edge-ca
-spec:
-  selfSigned: {{}}
----
-apiVersion: tessera.dev/v1alpha1
-kind: Certificate
-metadata:
-  name: gateway-tls
-spec:
-  issuerRef:
-    name: edge-ca
-  ipAddresses: [127.0.0.1]
-  usages: [server auth, digital signature]
----
-apiVersion: tessera.dev/v1alpha1
+        r#"{edge}apiVersion: tessera.dev/v1alpha1
 kind: Certificate
 metadata:
   name: gateway-backend
@@ -760,7 +731,8 @@ spec:
     name: inside
   trustedClientIssuers:
     - name: inside
-"#
+"#,
+        edge = edge_pki("")
     )
 }
 
