@@ -98,7 +98,9 @@ impl AdvisoryLock {
     }
 
     /// Starts electing: the returned leadership changes as the lock is taken and lost,
-    /// until `shutdown`, which releases the lock.
+    /// until `shutdown`, which releases the lock. (`tessera serve` runs [`Self::run`] among
+    /// its own tasks.)
+    #[cfg(test)]
     pub fn spawn(self, shutdown: CancellationToken) -> (Leadership, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = watch::channel(false);
         let task = tokio::spawn(self.run(sender, shutdown));
