@@ -952,7 +952,9 @@ mod tests {
 
     /// `<REQUEST>` then `depth - 1` nested elements, each closed.
     fn nested(depth: usize) -> String {
-        let mut xml = String::from("<REQUEST><DEVICEID>x-2025-01-14-09-03-55</DEVICEID><QUERY>PROLOG</QUERY>");
+        let mut xml = String::from(
+            "<REQUEST><DEVICEID>x-2025-01-14-09-03-55</DEVICEID><QUERY>PROLOG</QUERY>",
+        );
         xml.push_str(&"<a>".repeat(depth - 1));
         xml.push_str(&"</a>".repeat(depth - 1));
         xml.push_str("</REQUEST>");
@@ -1005,8 +1007,14 @@ mod tests {
             parse_request(flat.as_bytes()),
             Err(CodecError::TooManyElements)
         );
-        let long_text = format!("<REQUEST>{fields}<a>{}</a></REQUEST>", "x".repeat(MAX_TEXT + 1));
-        assert_eq!(parse_request(long_text.as_bytes()), Err(CodecError::TooLong));
+        let long_text = format!(
+            "<REQUEST>{fields}<a>{}</a></REQUEST>",
+            "x".repeat(MAX_TEXT + 1)
+        );
+        assert_eq!(
+            parse_request(long_text.as_bytes()),
+            Err(CodecError::TooLong)
+        );
         let long_attribute = format!(
             "<REQUEST {fields_attr} X=\"{}\"/>",
             "x".repeat(MAX_TEXT),
@@ -1027,7 +1035,9 @@ mod tests {
     #[test]
     fn identifying_fields_out_of_bounds_are_refused_without_echoing_them() {
         let result = |device: &str, id: &str, err: &str| {
-            format!("<REQUEST DEVICEID=\"{device}\" ID=\"{id}\" ERR=\"{err}\" QUERY=\"DOWNLOAD\" />")
+            format!(
+                "<REQUEST DEVICEID=\"{device}\" ID=\"{id}\" ERR=\"{err}\" QUERY=\"DOWNLOAD\" />"
+            )
         };
         let device = "pc-2025-01-14-09-03-55";
         let long_code = "E".repeat(8 << 20);
@@ -1057,7 +1067,10 @@ mod tests {
                 CodecError::BadDeviceId,
             ),
             (
-                format!("<REQUEST DEVICEID=\"{device}\" QUERY=\"{}\" />", "Q".repeat(100)),
+                format!(
+                    "<REQUEST DEVICEID=\"{device}\" QUERY=\"{}\" />",
+                    "Q".repeat(100)
+                ),
                 CodecError::FieldTooLong("QUERY", MAX_QUERY),
             ),
         ] {
@@ -1080,14 +1093,24 @@ mod tests {
     #[test]
     fn inventory_facts_are_truncated_or_dropped_within_their_limits() {
         let tags: String = (0..MAX_TAGS + 10)
-            .map(|n| format!("<ACCOUNTINFO><KEYNAME>TAG</KEYNAME><KEYVALUE>t{n}</KEYVALUE></ACCOUNTINFO>"))
+            .map(|n| {
+                format!(
+                    "<ACCOUNTINFO><KEYNAME>TAG</KEYNAME><KEYVALUE>t{n}</KEYVALUE></ACCOUNTINFO>"
+                )
+            })
             .collect();
         let long_tag = format!(
             "<ACCOUNTINFO><KEYNAME>TAG</KEYNAME><KEYVALUE>{}</KEYVALUE></ACCOUNTINFO>",
             "t".repeat(MAX_TAG + 1)
         );
         let addresses: String = (0..MAX_IP_ADDRESSES + 10)
-            .map(|n| format!("<NETWORKS><IPADDRESS>10.0.{}.{}</IPADDRESS></NETWORKS>", n / 256, n % 256))
+            .map(|n| {
+                format!(
+                    "<NETWORKS><IPADDRESS>10.0.{}.{}</IPADDRESS></NETWORKS>",
+                    n / 256,
+                    n % 256
+                )
+            })
             .collect();
         let history: String = (0..MAX_HISTORY + 10)
             .map(|n| format!("<PACKAGE ID=\"{}\"/>", 1_000_000_000 + n))
@@ -1101,13 +1124,22 @@ mod tests {
         let inventory = parse_request(xml.as_bytes()).unwrap().inventory.unwrap();
         assert_eq!(inventory.name.unwrap().len(), MAX_FACT);
         let os = inventory.os_name.unwrap();
-        assert!(os.len() <= MAX_FACT && os.chars().all(|c| c == '\u{e9}'), "cut on a character");
+        assert!(
+            os.len() <= MAX_FACT && os.chars().all(|c| c == '\u{e9}'),
+            "cut on a character"
+        );
         assert_eq!(inventory.tags.len(), MAX_TAGS);
         assert_eq!(inventory.tags[0], "t0", "the over-long tag is dropped");
         assert_eq!(inventory.ip_addresses.len(), MAX_IP_ADDRESSES);
-        assert_eq!(inventory.ip_addresses[0], "10.0.0.0", "the over-long address is dropped");
+        assert_eq!(
+            inventory.ip_addresses[0], "10.0.0.0",
+            "the over-long address is dropped"
+        );
         assert_eq!(inventory.history.len(), MAX_HISTORY);
-        assert_eq!(inventory.history[0], "1000000000", "what is not an id is dropped");
+        assert_eq!(
+            inventory.history[0], "1000000000",
+            "what is not an id is dropped"
+        );
     }
 
     #[test]

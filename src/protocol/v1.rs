@@ -261,7 +261,10 @@ mod tests {
 
     #[test]
     fn reports_out_of_bounds_are_refused_and_output_keeps_its_tail() {
-        assert_eq!(report("1736849000", Some("ERR_BAD_DIGEST"), "").check(), Ok(()));
+        assert_eq!(
+            report("1736849000", Some("ERR_BAD_DIGEST"), "").check(),
+            Ok(())
+        );
         let long = "E".repeat(8 << 20);
         assert_eq!(
             report("1736849000", Some(&long), "").check(),
@@ -271,7 +274,10 @@ mod tests {
             report("1736849000", Some("ERR\nINFO forged"), "").check(),
             Err(ReportError::ErrorNotACode)
         );
-        assert_eq!(report("../1", None, "").check(), Err(ReportError::PackageId));
+        assert_eq!(
+            report("../1", None, "").check(),
+            Err(ReportError::PackageId)
+        );
         assert_eq!(report("", None, "").check(), Err(ReportError::PackageId));
         let output = format!("{}\u{e9}end", "x".repeat(2 * MAX_OUTPUT));
         let tail = report("1", None, &output).output_tail().to_owned();

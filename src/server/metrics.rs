@@ -334,9 +334,14 @@ mod tests {
         assert!(text.contains("code=\"ERR-BAD.X\"} 1\n"), "{text}");
         assert!(text.contains("code=\"ERRBADX\"} 1\n"), "{text}");
         assert!(text.contains("code=\"A\\\\B\\nC\"} 1\n"), "{text}");
-        assert!(text.contains(&format!("code=\"{}\"}} 1\n", "E".repeat(MAX_RESULT_CODE_LABEL))));
+        assert!(text.contains(&format!(
+            "code=\"{}\"}} 1\n",
+            "E".repeat(MAX_RESULT_CODE_LABEL)
+        )));
         assert!(text.len() < 10_000, "{}", text.len());
-        assert!(text.contains("tessera_deployment_results_unfiled_total{reason=\"not_offered\"} 1\n"));
+        assert!(
+            text.contains("tessera_deployment_results_unfiled_total{reason=\"not_offered\"} 1\n")
+        );
     }
 
     #[test]

@@ -122,7 +122,9 @@ pub async fn endpoint(
 /// Decodes and reads a request body: small ones in place (bounded and cheap), larger ones
 /// on the blocking pool.
 async fn read(body: Bytes) -> Result<(Request, Encoding, Vec<u8>), CodecError> {
-    fn parse((xml, encoding): (Vec<u8>, Encoding)) -> Result<(Request, Encoding, Vec<u8>), CodecError> {
+    fn parse(
+        (xml, encoding): (Vec<u8>, Encoding),
+    ) -> Result<(Request, Encoding, Vec<u8>), CodecError> {
         ocs::parse_request(&xml).map(|request| (request, encoding, xml))
     }
     if body.len() <= INLINE_BODY {
@@ -601,11 +603,24 @@ mod tests {
         let (status, body) = ask(&f.shared, &result_xml(DEVICE, "SUCCESS")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
-        assert_eq!((rows[0].state, rows[0].code.as_deref()), (DeploymentState::Waiting, None));
-        assert!(f.shared.db.events(DEVICE).unwrap().iter().all(|e| e.code.is_none()));
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (DeploymentState::Waiting, None)
+        );
+        assert!(
+            f.shared
+                .db
+                .events(DEVICE)
+                .unwrap()
+                .iter()
+                .all(|e| e.code.is_none())
+        );
         let metrics = f.shared.metrics.render();
         assert!(!metrics.contains("code=\"SUCCESS\""), "{metrics}");
-        assert!(metrics.contains("unfiled_total{reason=\"not_offered\"} 1\n"), "{metrics}");
+        assert!(
+            metrics.contains("unfiled_total{reason=\"not_offered\"} 1\n"),
+            "{metrics}"
+        );
         // So the real computer is still offered the package, and its result is filed.
         let (_, reply) = ask(&f.shared, &prolog_xml()).await;
         assert!(reply.contains(&format!("ID=\"{ID}\"")), "{reply}");
@@ -629,7 +644,12 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(f.shared.db.computers().unwrap().is_empty());
         assert!(f.shared.db.events(stranger).unwrap().is_empty());
-        assert!(f.shared.metrics.render().contains("unfiled_total{reason=\"unknown_device\"} 1\n"));
+        assert!(
+            f.shared
+                .metrics
+                .render()
+                .contains("unfiled_total{reason=\"unknown_device\"} 1\n")
+        );
     }
 
     #[tokio::test]
@@ -646,8 +666,17 @@ mod tests {
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         let other = "other-2026-01-01-00-00-00";
         let (status, _) = ask(&f.shared, &result_xml(other, "SUCCESS")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "its own budget; unknown, so refused");
-        assert!(f.shared.metrics.render().contains("unfiled_total{reason=\"rate_limited\"} 1\n"));
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "its own budget; unknown, so refused"
+        );
+        assert!(
+            f.shared
+                .metrics
+                .render()
+                .contains("unfiled_total{reason=\"rate_limited\"} 1\n")
+        );
     }
 
     #[test]
@@ -677,7 +706,9 @@ mod tests {
     #[tokio::test]
     async fn hostile_bodies_get_a_short_400_that_never_echoes_them() {
         let f = fixture();
-        let mut deep = String::from("<REQUEST><DEVICEID>x-2026-01-01-00-00-00</DEVICEID><QUERY>PROLOG</QUERY>");
+        let mut deep = String::from(
+            "<REQUEST><DEVICEID>x-2026-01-01-00-00-00</DEVICEID><QUERY>PROLOG</QUERY>",
+        );
         deep.push_str(&"<a>".repeat(100_000));
         deep.push_str(&"</a>".repeat(100_000));
         deep.push_str("</REQUEST>");

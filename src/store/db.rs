@@ -1676,26 +1676,39 @@ pub(crate) mod tests {
         db.apply(pc, &[arm("hello", "7", "")], 3).unwrap();
         assert_eq!(result("7", "ERR_FORGED", 4), Filed::NotOffered);
         let (_, rows) = db.computer(pc).unwrap().unwrap();
-        assert_eq!((rows[0].state, rows[0].code.as_deref()), (State::Waiting, None));
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (State::Waiting, None)
+        );
         // Offered: filed once; the same result again changes nothing.
         let notify = Change::Notify {
             activation: "hello".into(),
         };
         db.apply(pc, std::slice::from_ref(&notify), 5).unwrap();
-        assert_eq!(result("7", "ERR_EXECUTE", 6), Filed::Recorded(vec!["hello".into()]));
+        assert_eq!(
+            result("7", "ERR_EXECUTE", 6),
+            Filed::Recorded(vec!["hello".into()])
+        );
         assert_eq!(result("7", "SUCCESS", 7), Filed::Settled);
         // Armed again (a redeploy): the answer to the old offer is superseded.
         db.apply(pc, &[arm("hello", "7", "again")], 8).unwrap();
         assert_eq!(result("7", "ERR_EXECUTE", 9), Filed::Superseded);
         let (_, rows) = db.computer(pc).unwrap().unwrap();
-        assert_eq!((rows[0].state, rows[0].code.as_deref()), (State::Waiting, None));
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (State::Waiting, None)
+        );
         let codes: Vec<_> = db
             .events(pc)
             .unwrap()
             .into_iter()
             .filter_map(|e| e.code)
             .collect();
-        assert_eq!(codes, ["ERR_EXECUTE"], "only the filed result is in the history");
+        assert_eq!(
+            codes,
+            ["ERR_EXECUTE"],
+            "only the filed result is in the history"
+        );
     }
 
     fn inventories_replace_the_facts_and_keep_the_raw_document(db: &Database) {
