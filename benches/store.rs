@@ -174,7 +174,10 @@ fn check_in(db: &Database, device: &str, now: i64) {
             now,
         )
         .unwrap();
-    assert_eq!(updated.len(), 1);
+    assert_eq!(
+        updated,
+        tessera::store::db::Filed::Recorded(vec!["default/hello".into()])
+    );
 }
 
 /// A schema of its own on the server at `url`, so runs never see each other's rows.

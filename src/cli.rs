@@ -1941,6 +1941,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         activity: Arc::new(activity_tx),
         clock: Arc::new(|| jiff::Timestamp::now().as_second()),
         cache: Arc::new(agent::FragmentCache::new(agent::FRAGMENT_CACHE)),
+        results: Arc::default(),
     };
     let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
         .context("failed to build the TLS configuration")?;

@@ -179,8 +179,57 @@ pub enum ReportedState {
     Done,
 }
 
-/// Most output kept with a result.
+/// Most output kept with a result: the last 4 KiB (earlier bytes are dropped, so the end,
+/// where errors are, is what is kept).
 pub const MAX_OUTPUT: usize = 4096;
+/// Longest error code accepted in a report (refused beyond, and printable ASCII without
+/// spaces only), as for OCS result codes: the agent's codes are under 32 bytes.
+pub const MAX_ERROR_CODE: usize = 64;
+/// Longest package id accepted in a report (digits only): ids are 10 digits; 20 is the
+/// longest `u64`.
+pub const MAX_PACKAGE_ID: usize = 20;
+
+/// Why a report was refused (a 400 with the `bad_request` code). The messages never repeat
+/// the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("packageId is not a package id (1 to {MAX_PACKAGE_ID} digits)")]
+    PackageId,
+    #[error("error is longer than {MAX_ERROR_CODE} bytes")]
+    ErrorTooLong,
+    #[error("error is not a code (printable ASCII, no spaces)")]
+    ErrorNotACode,
+}
+
+impl Report {
+    /// Refuses a report whose package id or error code is out of bounds. The output is not
+    /// refused: [`Report::output_tail`] keeps its end.
+    pub fn check(&self) -> Result<(), ReportError> {
+        let id = &self.package_id;
+        if !(1..=MAX_PACKAGE_ID).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ReportError::PackageId);
+        }
+        if let Some(error) = &self.error {
+            if error.len() > MAX_ERROR_CODE {
+                return Err(ReportError::ErrorTooLong);
+            }
+            if !error.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ReportError::ErrorNotACode);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `MAX_OUTPUT` bytes of the output at most, starting on a character.
+    pub fn output_tail(&self) -> &str {
+        let output = self.output.as_str();
+        let mut cut = output.len().saturating_sub(MAX_OUTPUT);
+        while !output.is_char_boundary(cut) {
+            cut += 1;
+        }
+        &output[cut..]
+    }
+}
 
 /// The URI SAN of the certificate the server presents when it calls an agent.
 pub const SERVER_URI: &str = "urn:tessera:server";
@@ -199,6 +248,42 @@ pub fn agent_id_of(uri: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(package_id: &str, error: Option<&str>, output: &str) -> Report {
+        Report {
+            package_id: package_id.into(),
+            state: ReportedState::Done,
+            exit_code: None,
+            error: error.map(Into::into),
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn reports_out_of_bounds_are_refused_and_output_keeps_its_tail() {
+        assert_eq!(
+            report("1736849000", Some("ERR_BAD_DIGEST"), "").check(),
+            Ok(())
+        );
+        let long = "E".repeat(8 << 20);
+        assert_eq!(
+            report("1736849000", Some(&long), "").check(),
+            Err(ReportError::ErrorTooLong)
+        );
+        assert_eq!(
+            report("1736849000", Some("ERR\nINFO forged"), "").check(),
+            Err(ReportError::ErrorNotACode)
+        );
+        assert_eq!(
+            report("../1", None, "").check(),
+            Err(ReportError::PackageId)
+        );
+        assert_eq!(report("", None, "").check(), Err(ReportError::PackageId));
+        let output = format!("{}\u{e9}end", "x".repeat(2 * MAX_OUTPUT));
+        let tail = report("1", None, &output).output_tail().to_owned();
+        assert!(tail.len() <= MAX_OUTPUT && tail.ends_with("\u{e9}end"));
+        assert_eq!(report("1", None, "short").output_tail(), "short");
+    }
 
     #[test]
     fn agent_ids_round_trip_through_their_uri() {

@@ -374,6 +374,8 @@ pub struct Shared {
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Fragments kept in memory.
     pub cache: Arc<FragmentCache>,
+    /// Each computer's budget of results (OCS and native).
+    pub results: Arc<super::ocs::ResultBudget>,
 }
 
 impl Shared {

@@ -491,13 +491,20 @@ mod tests {
         }
 
         fn apply(&self, device: &str, changes: &[Change], now: i64) {
+            self.0.contact(device, now).unwrap();
             self.0.apply(device, changes, now).unwrap();
         }
 
+        /// The agent's result, which must be filed (the package was offered).
         fn report(&self, device: &str, package_id: &str, state: State, now: i64) {
-            self.0
+            let filed = self
+                .0
                 .record_result(device, package_id, state, Some("TEST"), None, now)
                 .unwrap();
+            assert!(
+                matches!(filed, crate::store::db::Filed::Recorded(_)),
+                "{filed:?}"
+            );
         }
     }
 

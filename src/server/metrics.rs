@@ -9,6 +9,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Result codes come from agents: beyond this many distinct ones, the rest count as
 /// `other`, so a misbehaving agent cannot grow the metrics without bound.
 const MAX_RESULT_CODES: usize = 64;
+/// Longest result code kept as a label (longer ones are cut): the OCS reader and the native
+/// API already refuse codes past 64 bytes; this bounds the label set's memory regardless.
+const MAX_RESULT_CODE_LABEL: usize = 64;
+
+/// Why an agent's result was not filed (see `server::ocs::result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unfiled {
+    /// The package was never offered to that computer (refused).
+    NotOffered,
+    /// No such computer (refused).
+    UnknownDevice,
+    /// Past the computer's budget of results (refused, 429).
+    RateLimited,
+    /// A native report out of bounds (refused).
+    Invalid,
+    /// Every deployment of the package had settled already (answered 200).
+    Settled,
+    /// Answers an offer armed again since (answered 200).
+    Superseded,
+}
+
+impl Unfiled {
+    /// Every reason, in the order `/metrics` lists them.
+    pub const ALL: [Unfiled; 6] = [
+        Unfiled::NotOffered,
+        Unfiled::UnknownDevice,
+        Unfiled::RateLimited,
+        Unfiled::Invalid,
+        Unfiled::Settled,
+        Unfiled::Superseded,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unfiled::NotOffered => "not_offered",
+            Unfiled::UnknownDevice => "unknown_device",
+            Unfiled::RateLimited => "rate_limited",
+            Unfiled::Invalid => "invalid",
+            Unfiled::Settled => "settled",
+            Unfiled::Superseded => "superseded",
+        }
+    }
+
+    /// Whether the agent is told no (a 4xx) rather than answered 200.
+    pub fn is_refusal(self) -> bool {
+        !matches!(self, Unfiled::Settled | Unfiled::Superseded)
+    }
+}
 
 /// OCS request kinds counted separately.
 pub const QUERIES: [&str; 6] = [
@@ -25,6 +74,7 @@ pub const QUERIES: [&str; 6] = [
 pub struct Metrics {
     requests: [AtomicU64; QUERIES.len()],
     results: Mutex<BTreeMap<String, u64>>,
+    unfiled: [AtomicU64; Unfiled::ALL.len()],
     info_served: AtomicU64,
     fragments_served: AtomicU64,
     bytes_https: AtomicU64,
@@ -54,8 +104,13 @@ impl Metrics {
         self.requests[index].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a DOWNLOAD result code.
+    /// Counts a result code filed.
     pub fn result(&self, code: &str) {
+        let mut cut = code.len().min(MAX_RESULT_CODE_LABEL);
+        while !code.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let code = &code[..cut];
         let mut results = self
             .results
             .lock()
@@ -64,6 +119,12 @@ impl Metrics {
         *results
             .entry(if known { code } else { "other" }.to_owned())
             .or_default() += 1;
+    }
+
+    /// Counts a result not filed, by reason.
+    pub fn unfiled(&self, reason: Unfiled) {
+        let index = Unfiled::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.unfiled[index].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a file served: an `info` file or a fragment, with its size.
@@ -131,13 +192,23 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            let code: String = code
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
             let _ = writeln!(
                 out,
-                "tessera_deployment_results_total{{code=\"{code}\"}} {count}"
+                "tessera_deployment_results_total{{code=\"{}\"}} {count}",
+                label_value(code)
+            );
+        }
+        header(
+            &mut out,
+            "tessera_deployment_results_unfiled_total",
+            "Results not filed, by reason (refused: not_offered, unknown_device, rate_limited, invalid; answered 200: settled, superseded).",
+        );
+        for (reason, counter) in Unfiled::ALL.iter().zip(&self.unfiled) {
+            let _ = writeln!(
+                out,
+                "tessera_deployment_results_unfiled_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(counter)
             );
         }
         let counters: [(&str, &str, String); 6] = [
@@ -210,6 +281,21 @@ impl Metrics {
     }
 }
 
+/// `value` escaped for a Prometheus label (backslash, double quote and line feed), so
+/// distinct values stay distinct series.
+fn label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
 }
@@ -231,9 +317,31 @@ mod tests {
         assert!(text.contains("tessera_ocs_requests_total{query=\"prolog\"} 2\n"));
         assert!(text.contains("tessera_ocs_requests_total{query=\"other\"} 1\n"));
         assert!(text.contains("tessera_deployment_results_total{code=\"SUCCESS_0\"} 1\n"));
-        assert!(text.contains("tessera_deployment_results_total{code=\"ERR_x\"} 1\n"));
+        assert!(text.contains("tessera_deployment_results_total{code=\"ERR_\\\"x\\\"\"} 1\n"));
         assert!(text.contains("tessera_download_bytes_total{listener=\"http\"} 4096\n"));
         assert!(text.contains("# TYPE tessera_fragments_served_total counter\n"));
+    }
+
+    #[test]
+    fn result_codes_are_escaped_never_merged_and_cut_to_a_bounded_label() {
+        let metrics = Metrics::default();
+        metrics.result("ERR-BAD.X");
+        metrics.result("ERRBADX");
+        metrics.result("A\\B\nC");
+        metrics.result(&"E".repeat(8 << 20));
+        metrics.unfiled(Unfiled::NotOffered);
+        let text = metrics.render();
+        assert!(text.contains("code=\"ERR-BAD.X\"} 1\n"), "{text}");
+        assert!(text.contains("code=\"ERRBADX\"} 1\n"), "{text}");
+        assert!(text.contains("code=\"A\\\\B\\nC\"} 1\n"), "{text}");
+        assert!(text.contains(&format!(
+            "code=\"{}\"}} 1\n",
+            "E".repeat(MAX_RESULT_CODE_LABEL)
+        )));
+        assert!(text.len() < 10_000, "{}", text.len());
+        assert!(
+            text.contains("tessera_deployment_results_unfiled_total{reason=\"not_offered\"} 1\n")
+        );
     }
 
     #[test]

@@ -1,24 +1,56 @@
 //! The OCS Inventory NG endpoint: PROLOG, INVENTORY, DOWNLOAD results and NOTIFY, read
 //! with `protocol::ocs` and answered in the encoding the agent used.
 //!
-//! Anything malformed is a 400 with a log line naming the device when it is known, never a
-//! crash. No User-Agent gate: the reference server's refusal of newer agents is a known
-//! source of outages (protocol notes 1.5).
+//! Anything malformed is a 400 with a short body that never repeats the request, and a log
+//! line naming the device when it is known, never a crash. No User-Agent gate: the
+//! reference server's refusal of newer agents is a known source of outages (protocol notes
+//! 1.5).
+//!
+//! Results are filed only where they can come from: a package offered to that computer
+//! (see `result`), within a per-computer budget ([`ResultBudget`]). The OCS protocol
+//! authenticates nothing, so a device id is all a forger needs; what it can still do is
+//! bounded to packages actually offered to that device and not yet reported.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::protocol::ocs::{self, Encoding, Pack, PrologReply, Request};
+use crate::protocol::ocs::{self, CodecError, Encoding, Pack, PrologReply, Request};
 use crate::server::agent::Shared;
 use crate::server::deployments;
-use crate::store::db::Facts;
+use crate::server::metrics::Unfiled;
+use crate::store::db::{Facts, Filed};
 
 /// An agent whose last inventory is older than this is asked for a new one, so targeting
 /// works on fresh facts (tags, OS). It is also asked after reporting results, so the
 /// packages it lists as installed are known before anything else is offered.
 pub const INVENTORY_MAX_AGE: i64 = 24 * 3600;
+
+/// Bodies up to this size are read in place on the async worker: PROLOGs and results are a
+/// few hundred bytes. Larger ones (inventories) are read on the blocking pool.
+const INLINE_BODY: usize = 4 << 10;
+/// The most an in-place read may inflate to (zlib reaches about 1000:1, so 4 KiB could
+/// become 4 MiB): past 64 KiB the read moves to the blocking pool, so no async worker
+/// spends more than a fraction of a millisecond on one request.
+const INLINE_XML: usize = 64 << 10;
+/// Longest User-Agent put in a log line.
+const MAX_LOGGED_AGENT: usize = 128;
+
+/// Results one computer may send in a burst. An OCS agent reports each package once per
+/// cycle and a native agent three times (downloading, installing, done); 30 is far above
+/// either and far below what fills a database or a log.
+pub const RESULT_BURST: f64 = 30.0;
+/// One more result allowed every 2 seconds after a burst (30 a minute).
+pub const RESULT_REFILL: Duration = Duration::from_secs(2);
+/// Computers whose budgets are tracked at once (about 3 MB at most). Past this, budgets
+/// back to full are forgotten; if all are in use, new device ids share one budget, so a
+/// flood of made-up ids neither grows memory nor resets a real computer's budget.
+pub const RESULT_BUDGETS: usize = 10_000;
 
 /// Everything that is not a download: the OCS endpoint when the path matches, else 404.
 pub async fn endpoint(
@@ -40,20 +72,21 @@ pub async fn endpoint(
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST an OCS request\n").into_response();
     }
-    let agent = headers
+    let agent: String = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
-        .to_owned();
-    let decoded = ocs::decode_body(&body).and_then(|(xml, encoding)| {
-        ocs::parse_request(&xml).map(|request| (request, encoding, xml))
-    });
-    let (request, encoding, xml) = match decoded {
+        .chars()
+        .take(MAX_LOGGED_AGENT)
+        .collect();
+    let bytes = body.len();
+    let (request, encoding, xml) = match read(body).await {
         Ok(found) => found,
         Err(error) => {
             shared.metrics.request("invalid");
             let address = client.map(|c| c.0.0.to_string()).unwrap_or_default();
-            tracing::warn!(%agent, %address, bytes = body.len(), %error, "refused an OCS request");
+            tracing::warn!(%agent, %address, bytes, %error, "refused an OCS request");
+            // The reason in words, never the request: it names a limit, not the input.
             return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
         }
     };
@@ -74,7 +107,7 @@ pub async fn endpoint(
         "NOTIFY" => Ok(StatusCode::OK.into_response()),
         other => {
             tracing::warn!(device = %request.device_id, query = other, "unknown OCS query");
-            return (StatusCode::BAD_REQUEST, format!("unknown QUERY {other}\n")).into_response();
+            return (StatusCode::BAD_REQUEST, "unknown QUERY\n").into_response();
         }
     };
     match outcome {
@@ -84,6 +117,27 @@ pub async fn endpoint(
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// Decodes and reads a request body: small ones in place (bounded and cheap), larger ones
+/// on the blocking pool.
+async fn read(body: Bytes) -> Result<(Request, Encoding, Vec<u8>), CodecError> {
+    fn parse(
+        (xml, encoding): (Vec<u8>, Encoding),
+    ) -> Result<(Request, Encoding, Vec<u8>), CodecError> {
+        ocs::parse_request(&xml).map(|request| (request, encoding, xml))
+    }
+    if body.len() <= INLINE_BODY {
+        match ocs::decode_body_within(&body, INLINE_XML) {
+            Ok(decoded) => return parse(decoded),
+            Err(CodecError::InflatesTooFar) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    tokio::task::spawn_blocking(move || ocs::decode_body(&body).and_then(parse))
+        .await
+        // The reader does not panic; if it ever did, the request is refused, not the server.
+        .unwrap_or(Err(CodecError::Undecodable))
 }
 
 fn reply(xml: &str, encoding: Encoding) -> Response {
@@ -194,6 +248,25 @@ async fn inventory(
     Ok(reply(&ocs::inventory_reply(), encoding))
 }
 
+/// A DOWNLOAD result, filed only where it can come from.
+///
+/// - A package offered to this computer (a deployment of it `notified`, `downloading` or
+///   `installing`): filed, 200. The deployment stays offered even when its Affectation is
+///   removed afterwards, so the agent's late answer is still filed: it is true.
+/// - Every deployment of the package settled already: 200, nothing changed. The agent
+///   resends a result it did not get a 200 for, so this is what ends a lost answer's
+///   resends; and a forged result cannot overwrite the real one.
+/// - Offered once but armed again since (a redeploy token, or a new package id took its
+///   place): 200, nothing stored. The offer it answers no longer stands; a 400 would make
+///   the agent resend it every cycle, for ever.
+/// - Never offered (armed and `waiting`, or no deployment at all), or an unknown device:
+///   400, nothing stored. A forged SUCCESS for a waiting target therefore leaves it
+///   waiting, so the real computer is still offered the package.
+///
+/// Each computer has a budget of results ([`ResultBudget`]): past it, 429 and nothing
+/// read from the database. Whatever is not filed is counted by reason
+/// (`tessera_deployment_results_unfiled_total`) and logged; only filed codes become
+/// `tessera_deployment_results_total` labels.
 async fn result(
     shared: &Shared,
     request: &Request,
@@ -204,7 +277,11 @@ async fn result(
         // can never be filed, so accept it rather than have it resent forever.
         return Ok(StatusCode::OK.into_response());
     };
-    shared.metrics.result(&code);
+    if !shared.results.allow(&request.device_id, Instant::now()) {
+        shared.metrics.unfiled(Unfiled::RateLimited);
+        tracing::warn!(device = %request.device_id, package = %id, "too many results from one computer");
+        return Ok((StatusCode::TOO_MANY_REQUESTS, "too many results\n").into_response());
+    }
     let success_codes = shared
         .routes
         .borrow()
@@ -216,17 +293,125 @@ async fn result(
     let device = request.device_id.clone();
     let package = id.clone();
     let result_code = code.clone();
-    let activations = shared
+    let filed = shared
         .db(move |db| db.record_result(&device, &package, state, Some(&result_code), None, now))
         .await?;
-    shared.touched();
-    if activations.is_empty() {
-        tracing::info!(device = %request.device_id, package = %id, %code, "result for a package not being deployed to this computer");
-    } else {
-        tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
+    let unfiled = match filed {
+        Filed::Recorded(_) => {
+            shared.metrics.result(&code);
+            shared.touched();
+            tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
+            return Ok(StatusCode::OK.into_response());
+        }
+        Filed::Settled => Unfiled::Settled,
+        Filed::Superseded => Unfiled::Superseded,
+        Filed::NotOffered => Unfiled::NotOffered,
+        Filed::UnknownDevice => Unfiled::UnknownDevice,
+    };
+    shared.metrics.unfiled(unfiled);
+    if unfiled.is_refusal() {
+        tracing::warn!(device = %request.device_id, package = %id, %code, reason = unfiled.as_str(), "refused a result");
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            "no such package was offered to this computer\n",
+        )
+            .into_response());
     }
+    tracing::info!(device = %request.device_id, package = %id, %code, reason = unfiled.as_str(), "result not filed");
     // 200 with an empty body, which is what both agents expect.
     Ok(StatusCode::OK.into_response())
+}
+
+/// Per-computer token buckets for results: `RESULT_BURST` at once, then one every
+/// `RESULT_REFILL`, for at most `RESULT_BUDGETS` computers (then one shared budget).
+#[derive(Debug, Default)]
+pub struct ResultBudget {
+    budgets: Mutex<Budgets>,
+}
+
+#[derive(Debug, Default)]
+struct Budgets {
+    by_device: HashMap<String, Bucket>,
+    /// The budget new devices share while every tracked one is in use.
+    overflow: Option<Bucket>,
+    /// When full budgets were last forgotten (at most once per `RESULT_REFILL`, so a full
+    /// map costs a scan rarely, not on every request).
+    pruned: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(now: Instant) -> Self {
+        Self {
+            tokens: RESULT_BURST,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let earned =
+            now.saturating_duration_since(self.at).as_secs_f64() / RESULT_REFILL.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(RESULT_BURST);
+        self.at = now;
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        let allowed = self.tokens >= 1.0;
+        if allowed {
+            self.tokens -= 1.0;
+        }
+        allowed
+    }
+}
+
+impl ResultBudget {
+    /// Whether `device` may send one more result at `now` (and, if so, counts it).
+    pub fn allow(&self, device: &str, now: Instant) -> bool {
+        let mut budgets = self
+            .budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bucket) = budgets.by_device.get_mut(device) {
+            return bucket.take(now);
+        }
+        let budgets = &mut *budgets;
+        if budgets.by_device.len() >= RESULT_BUDGETS
+            && budgets
+                .pruned
+                .is_none_or(|at| now.saturating_duration_since(at) >= RESULT_REFILL)
+        {
+            budgets.by_device.retain(|_, bucket| {
+                bucket.refill(now);
+                bucket.tokens < RESULT_BURST
+            });
+            budgets.pruned = Some(now);
+        }
+        if budgets.by_device.len() < RESULT_BUDGETS {
+            let mut bucket = Bucket::full(now);
+            let allowed = bucket.take(now);
+            budgets.by_device.insert(device.to_owned(), bucket);
+            return allowed;
+        }
+        budgets
+            .overflow
+            .get_or_insert_with(|| Bucket::full(now))
+            .take(now)
+    }
+
+    /// How many computers' budgets are tracked.
+    pub fn tracked(&self) -> usize {
+        self.budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_device
+            .len()
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +477,7 @@ mod tests {
                 activity: Arc::new(activity),
                 clock: Arc::new(|| 1_000_000),
                 cache: Arc::new(agent::FragmentCache::new(1 << 20)),
+                results: Arc::default(),
             },
             store,
         }
@@ -312,8 +498,8 @@ mod tests {
 
     async fn ask(shared: &Shared, xml: &str) -> (StatusCode, String) {
         let (status, body) = post(shared, ocs::encode_body(xml, Encoding::Zlib)).await;
-        let text = if body.is_empty() {
-            String::new()
+        let text = if body.is_empty() || status != StatusCode::OK {
+            String::from_utf8_lossy(&body).into_owned()
         } else {
             let (xml, encoding) = ocs::decode_body(&body).unwrap();
             assert_eq!(encoding, Encoding::Zlib);
@@ -403,6 +589,146 @@ mod tests {
         let (_, reply) = ask(&f.shared, &prolog_xml()).await;
         assert!(!reply.contains("TYPE=\"PACK\""), "{reply}");
         assert!(f.shared.metrics.render().contains("code=\"SUCCESS_3\"} 1"));
+    }
+
+    fn result_xml(device: &str, code: &str) -> String {
+        format!("<REQUEST DEVICEID=\"{device}\" ERR=\"{code}\" ID=\"{ID}\" QUERY=\"DOWNLOAD\" />")
+    }
+
+    #[tokio::test]
+    async fn a_forged_result_for_a_package_never_offered_is_refused_and_nothing_is_stored() {
+        let f = fixture();
+        // Targeted (waiting) but not yet offered: a SUCCESS cannot come from the computer.
+        ask(&f.shared, &inventory_xml("")).await;
+        let (status, body) = ask(&f.shared, &result_xml(DEVICE, "SUCCESS")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (DeploymentState::Waiting, None)
+        );
+        assert!(
+            f.shared
+                .db
+                .events(DEVICE)
+                .unwrap()
+                .iter()
+                .all(|e| e.code.is_none())
+        );
+        let metrics = f.shared.metrics.render();
+        assert!(!metrics.contains("code=\"SUCCESS\""), "{metrics}");
+        assert!(
+            metrics.contains("unfiled_total{reason=\"not_offered\"} 1\n"),
+            "{metrics}"
+        );
+        // So the real computer is still offered the package, and its result is filed.
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(reply.contains(&format!("ID=\"{ID}\"")), "{reply}");
+        let (status, _) = ask(&f.shared, &result_xml(DEVICE, "EXIT_CODE_1603")).await;
+        assert_eq!(status, StatusCode::OK);
+        // A forged SUCCESS afterwards is answered 200 (so a resend ends) and changes nothing.
+        let (status, _) = ask(&f.shared, &result_xml(DEVICE, "SUCCESS")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (DeploymentState::Error, Some("EXIT_CODE_1603"))
+        );
+    }
+
+    #[tokio::test]
+    async fn results_for_unknown_devices_are_never_stored() {
+        let f = fixture();
+        let stranger = "stranger-2026-01-01-00-00-00";
+        let (status, _) = ask(&f.shared, &result_xml(stranger, "SUCCESS")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(f.shared.db.computers().unwrap().is_empty());
+        assert!(f.shared.db.events(stranger).unwrap().is_empty());
+        assert!(
+            f.shared
+                .metrics
+                .render()
+                .contains("unfiled_total{reason=\"unknown_device\"} 1\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn results_past_a_computers_budget_get_429_and_other_computers_keep_theirs() {
+        let f = fixture();
+        ask(&f.shared, &inventory_xml("")).await;
+        ask(&f.shared, &prolog_xml()).await;
+        let burst = RESULT_BURST as usize;
+        for n in 0..burst {
+            let (status, _) = ask(&f.shared, &result_xml(DEVICE, "SUCCESS")).await;
+            assert_eq!(status, StatusCode::OK, "result {n}");
+        }
+        let (status, _) = ask(&f.shared, &result_xml(DEVICE, "SUCCESS")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let other = "other-2026-01-01-00-00-00";
+        let (status, _) = ask(&f.shared, &result_xml(other, "SUCCESS")).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "its own budget; unknown, so refused"
+        );
+        assert!(
+            f.shared
+                .metrics
+                .render()
+                .contains("unfiled_total{reason=\"rate_limited\"} 1\n")
+        );
+    }
+
+    #[test]
+    fn budgets_refill_with_time_and_stay_bounded_under_a_flood_of_made_up_ids() {
+        let budget = ResultBudget::default();
+        let start = Instant::now();
+        let burst = RESULT_BURST as usize;
+        assert!((0..burst).all(|_| budget.allow("pc", start)));
+        assert!(!budget.allow("pc", start));
+        assert!(budget.allow("pc", start + RESULT_REFILL));
+        assert!(!budget.allow("pc", start + RESULT_REFILL));
+        // A flood of made-up ids: the map stops growing and they share one budget, while
+        // the computer already tracked keeps its own.
+        let later = start + RESULT_REFILL * 2;
+        let allowed = (0..RESULT_BUDGETS + 1000)
+            .filter(|n| budget.allow(&format!("fake-{n}"), later))
+            .count();
+        assert_eq!(budget.tracked(), RESULT_BUDGETS);
+        assert_eq!(allowed, RESULT_BUDGETS - 1 + burst);
+        assert!(budget.allow("pc", later));
+        // Once the budgets are back to full, they are forgotten to make room.
+        let much_later = later + RESULT_REFILL * (burst as u32 + 1);
+        assert!(budget.allow("newcomer", much_later));
+        assert!(budget.tracked() < 10, "{}", budget.tracked());
+    }
+
+    #[tokio::test]
+    async fn hostile_bodies_get_a_short_400_that_never_echoes_them() {
+        let f = fixture();
+        let mut deep = String::from(
+            "<REQUEST><DEVICEID>x-2026-01-01-00-00-00</DEVICEID><QUERY>PROLOG</QUERY>",
+        );
+        deep.push_str(&"<a>".repeat(100_000));
+        deep.push_str(&"</a>".repeat(100_000));
+        deep.push_str("</REQUEST>");
+        let huge_query = format!(
+            "<REQUEST><DEVICEID>{DEVICE}</DEVICEID><QUERY>{}</QUERY></REQUEST>",
+            "Q".repeat(1 << 20)
+        );
+        let unknown_query = format!(
+            "<REQUEST><DEVICEID>{DEVICE}</DEVICEID><QUERY>{}</QUERY></REQUEST>",
+            "Q".repeat(30)
+        );
+        for xml in [deep, huge_query, unknown_query] {
+            let started = std::time::Instant::now();
+            let (status, body) = post(&f.shared, ocs::encode_body(&xml, Encoding::Zlib)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(body.len() < 100, "{}", String::from_utf8_lossy(&body));
+            assert!(!String::from_utf8_lossy(&body).contains("QQQ"));
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        assert!(f.shared.db.computers().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::server::agent::PeerAgent;
 use crate::server::deployments;
-use crate::store::db::{Facts, State as DeploymentState};
+use crate::server::metrics::Unfiled;
+use crate::store::db::{Facts, Filed, State as DeploymentState};
 
 use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
@@ -385,7 +386,11 @@ fn parse_range(value: &str, length: u64) -> Option<std::ops::Range<u64>> {
     (from <= to && from < length).then(|| from..to + 1)
 }
 
-/// `POST /v1/results`.
+/// `POST /v1/results`. The agent is who its client certificate says, so the only check
+/// left is the one OCS results get too: the package was offered to that agent (its
+/// deployment `notified`, `downloading` or `installing`); see `server::ocs::result` for
+/// settled and superseded deployments. Never offered: 404 `not_assigned`, nothing stored.
+/// Out of bounds (`v1::Report::check`): 400. Past the agent's budget of results: 429.
 pub async fn report(
     State(shared): State<Shared>,
     peer: Option<Extension<PeerAgent>>,
@@ -394,8 +399,19 @@ pub async fn report(
     let Some(agent) = identity(peer) else {
         return unauthenticated();
     };
-    if let Some(refusal) = unless_assigned(&shared, &agent, &report.package_id).await {
-        return refusal;
+    if let Err(refusal) = report.check() {
+        shared.metrics.unfiled(Unfiled::Invalid);
+        tracing::warn!(%agent, %refusal, "refused a report");
+        return problem(StatusCode::BAD_REQUEST, "bad_request", refusal.to_string());
+    }
+    if !shared.results.allow(&agent, std::time::Instant::now()) {
+        shared.metrics.unfiled(Unfiled::RateLimited);
+        tracing::warn!(%agent, package = %report.package_id, "too many results from one agent");
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_results",
+            "too many results from this agent; send it again later",
+        );
     }
     let success_codes = shared
         .routes
@@ -415,35 +431,41 @@ pub async fn report(
             (deployments::classify(&code, &success_codes), Some(code))
         }
     };
-    if let Some(code) = &code {
-        shared.metrics.result(code);
-    }
-    let mut output = report.output;
-    if output.len() > v1::MAX_OUTPUT {
-        let mut cut = output.len() - v1::MAX_OUTPUT;
-        while !output.is_char_boundary(cut) {
-            cut += 1;
-        }
-        output = output[cut..].to_owned();
-    }
+    let output = report.output_tail().to_owned();
     let now = shared.now();
     let package = report.package_id.clone();
-    let recorded = shared
+    let (device, filed_code) = (agent.clone(), code.clone());
+    let filed = shared
         .db(move |db| {
             db.record_result(
-                &agent,
+                &device,
                 &package,
                 state,
-                code.as_deref(),
+                filed_code.as_deref(),
                 (!output.is_empty()).then_some(output.as_str()),
                 now,
             )
         })
         .await;
-    if let Err(error) = recorded {
-        return internal(error);
+    let unfiled = match filed {
+        Ok(Filed::Recorded(_)) => {
+            if let Some(code) = &code {
+                shared.metrics.result(code);
+            }
+            shared.touched();
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        Ok(Filed::Settled) => Unfiled::Settled,
+        Ok(Filed::Superseded) => Unfiled::Superseded,
+        Ok(Filed::NotOffered) => Unfiled::NotOffered,
+        Ok(Filed::UnknownDevice) => Unfiled::UnknownDevice,
+        Err(error) => return internal(error),
+    };
+    shared.metrics.unfiled(unfiled);
+    if unfiled.is_refusal() {
+        tracing::warn!(%agent, package = %report.package_id, reason = unfiled.as_str(), "refused a report");
+        return not_assigned(&report.package_id);
     }
-    shared.touched();
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -339,6 +339,26 @@ pub enum Change {
     Notify { activation: String },
 }
 
+/// What became of an agent's result ([`Database::record_result`]). Only `Recorded`
+/// wrote anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filed {
+    /// Filed on these activations' deployments, each with its history event.
+    Recorded(Vec<String>),
+    /// Every deployment of the package on the computer has settled already (an agent
+    /// resending a result whose answer it missed, a package settled from the agent's
+    /// history, or a forgery): nothing changed.
+    Settled,
+    /// Offered once (a `notified` event in the history), but its deployment has since been
+    /// armed again (a redeploy token, or another package id took its place): the agent's
+    /// answer to an offer that no longer stands. Nothing changed.
+    Superseded,
+    /// Never offered to this computer: nothing changed.
+    NotOffered,
+    /// No such computer: nothing changed.
+    UnknownDevice,
+}
+
 /// A file of the leader's state directory, shared with the other servers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedFile {
@@ -845,10 +865,12 @@ impl Database {
         })
     }
 
-    /// Records the agent's result for `package_id`: every deployment of that package on
-    /// `device_id` takes `state` with `code` (and the command's `output`, native agents
-    /// only). Returns the activations updated (none when the package was not expected,
-    /// which is still recorded in the history).
+    /// Files the agent's result for `package_id` on `device_id`, only where it can come
+    /// from: the package must have been offered to that computer (a deployment of it
+    /// `notified`, `downloading` or `installing`). Then every open deployment of the package
+    /// on the computer takes `state` with `code` (and the command's `output`, native agents
+    /// only), each with its history event. Otherwise nothing at all is written, and the
+    /// outcome says why (see [`Filed`]).
     pub fn record_result(
         &self,
         device_id: &str,
@@ -857,18 +879,51 @@ impl Database {
         code: Option<&str>,
         output: Option<&str>,
         now: i64,
-    ) -> Result<Vec<String>, DbError> {
+    ) -> Result<Filed, DbError> {
         self.transaction(|c| {
+            if computer(c, device_id)?.is_none() {
+                return Ok(Filed::UnknownDevice);
+            }
+            // One offered deployment of the package is enough to file the result on every
+            // open one: a package reached through two activations is offered once.
             let activations = c
                 .query(
                     "UPDATE deployments SET state = $1, code = $2, output = $3, changed_at = $4
-                     WHERE device_id = $5 AND package_id = $6 RETURNING activation",
+                     WHERE device_id = $5 AND package_id = $6
+                         AND state IN ('waiting', 'notified', 'downloading', 'installing')
+                         AND EXISTS (SELECT 1 FROM deployments AS offered
+                             WHERE offered.device_id = $5 AND offered.package_id = $6
+                                 AND offered.state IN ('notified', 'downloading', 'installing'))
+                     RETURNING activation",
                     params![state.as_str(), code, output, now, device_id, package_id],
                 )?
                 .iter()
                 .map(|row| row.text(0))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut record = |activation: &str| {
+            if activations.is_empty() {
+                let settled = c
+                    .query(
+                        "SELECT state FROM deployments WHERE device_id = $1 AND package_id = $2",
+                        params![device_id, package_id],
+                    )?
+                    .iter()
+                    .map(|row| row.text(0).map(|s| !State::parse(&s).is_open()))
+                    .collect::<Result<Vec<bool>, _>>()?;
+                if !settled.is_empty() && settled.iter().all(|s| *s) {
+                    return Ok(Filed::Settled);
+                }
+                let offered_once = c.query_opt(
+                    "SELECT 1 FROM events WHERE device_id = $1 AND package_id = $2
+                         AND state = 'notified' LIMIT 1",
+                    params![device_id, package_id],
+                )?;
+                return Ok(if offered_once.is_some() {
+                    Filed::Superseded
+                } else {
+                    Filed::NotOffered
+                });
+            }
+            for activation in &activations {
                 c.execute(
                     "INSERT INTO events (device_id, activation, package_id, state, code, output,
                          at)
@@ -882,15 +937,9 @@ impl Database {
                         output,
                         now
                     ],
-                )
-            };
-            if activations.is_empty() {
-                record("")?;
+                )?;
             }
-            for activation in &activations {
-                record(activation)?;
-            }
-            Ok(activations)
+            Ok(Filed::Recorded(activations))
         })
     }
 
@@ -1231,7 +1280,7 @@ pub(crate) mod tests {
 
     on_both!(
         a_deployment_goes_from_waiting_to_notified_to_the_agents_result,
-        a_result_for_an_unexpected_package_is_kept_in_the_history_only,
+        a_result_is_filed_only_where_the_package_was_offered,
         inventories_replace_the_facts_and_keep_the_raw_document,
         a_token_is_refused_once_used_up_expired_or_revoked_and_a_wrong_secret_is_unknown,
         events_of_one_second_keep_the_order_they_were_written_in,
@@ -1452,10 +1501,21 @@ pub(crate) mod tests {
         db.contact("pc", 1).unwrap();
         db.apply("pc", &[arm("one", "7", ""), arm("two", "7", "")], 2)
             .unwrap();
+        // Not offered yet: a result cannot come from the computer.
+        assert_eq!(
+            db.record_result("pc", "7", State::Success, Some("SUCCESS"), None, 2)
+                .unwrap(),
+            Filed::NotOffered
+        );
+        // A package is offered once, through its first activation.
+        let notify = Change::Notify {
+            activation: "one".into(),
+        };
+        db.apply("pc", &[notify], 2).unwrap();
         let updated = db
             .record_result("pc", "7", State::Success, Some("SUCCESS"), None, 3)
             .unwrap();
-        assert_eq!(updated, ["one", "two"]);
+        assert_eq!(updated, Filed::Recorded(vec!["one".into(), "two".into()]));
         db.apply("pc", &[arm("one", "8", "again")], 4).unwrap();
         let (_, rows) = db.computer("pc").unwrap().unwrap();
         let shown: Vec<_> = rows
@@ -1588,7 +1648,7 @@ pub(crate) mod tests {
                 105,
             )
             .unwrap();
-        assert_eq!(updated, ["hello"]);
+        assert_eq!(updated, Filed::Recorded(vec!["hello".into()]));
         let events = db.events("pc-2026-01-01-00-00-00").unwrap();
         let steps: Vec<_> = events.iter().map(|e| (e.state, e.at)).collect();
         assert_eq!(
@@ -1602,21 +1662,53 @@ pub(crate) mod tests {
         assert_eq!(events[2].code.as_deref(), Some("SUCCESS_0"));
     }
 
-    fn a_result_for_an_unexpected_package_is_kept_in_the_history_only(db: &Database) {
-        db.contact("pc-2026-01-01-00-00-00", 1).unwrap();
-        let updated = db
-            .record_result(
-                "pc-2026-01-01-00-00-00",
-                "42",
-                State::Error,
-                Some("ERR_BAD_ID"),
-                None,
-                2,
-            )
-            .unwrap();
-        assert!(updated.is_empty());
-        assert!(db.deployments().unwrap().is_empty());
-        assert_eq!(db.events("pc-2026-01-01-00-00-00").unwrap().len(), 1);
+    fn a_result_is_filed_only_where_the_package_was_offered(db: &Database) {
+        let pc = "pc-2026-01-01-00-00-00";
+        let result = |package: &str, code: &str, at: i64| {
+            db.record_result(pc, package, State::Error, Some(code), None, at)
+                .unwrap()
+        };
+        // Unknown computer, unknown package, package armed but never offered: nothing.
+        assert_eq!(result("42", "ERR_BAD_ID", 1), Filed::UnknownDevice);
+        assert!(db.computers().unwrap().is_empty());
+        db.contact(pc, 1).unwrap();
+        assert_eq!(result("42", "ERR_BAD_ID", 2), Filed::NotOffered);
+        db.apply(pc, &[arm("hello", "7", "")], 3).unwrap();
+        assert_eq!(result("7", "ERR_FORGED", 4), Filed::NotOffered);
+        let (_, rows) = db.computer(pc).unwrap().unwrap();
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (State::Waiting, None)
+        );
+        // Offered: filed once; the same result again changes nothing.
+        let notify = Change::Notify {
+            activation: "hello".into(),
+        };
+        db.apply(pc, std::slice::from_ref(&notify), 5).unwrap();
+        assert_eq!(
+            result("7", "ERR_EXECUTE", 6),
+            Filed::Recorded(vec!["hello".into()])
+        );
+        assert_eq!(result("7", "SUCCESS", 7), Filed::Settled);
+        // Armed again (a redeploy): the answer to the old offer is superseded.
+        db.apply(pc, &[arm("hello", "7", "again")], 8).unwrap();
+        assert_eq!(result("7", "ERR_EXECUTE", 9), Filed::Superseded);
+        let (_, rows) = db.computer(pc).unwrap().unwrap();
+        assert_eq!(
+            (rows[0].state, rows[0].code.as_deref()),
+            (State::Waiting, None)
+        );
+        let codes: Vec<_> = db
+            .events(pc)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.code)
+            .collect();
+        assert_eq!(
+            codes,
+            ["ERR_EXECUTE"],
+            "only the filed result is in the history"
+        );
     }
 
     fn inventories_replace_the_facts_and_keep_the_raw_document(db: &Database) {

@@ -384,15 +384,29 @@ async fn a_staged_rollout_reaches_its_share_and_pauses_on_errors() {
         .iter()
         .find(|d| d.activation == "default/check-disk")
         .expect("the first stage is armed");
-    db.record_result(
+    // Offered (a result is only filed for a package offered to the computer), then failed.
+    db.apply(
         &first.device_id,
-        &first.package_id,
-        tessera::store::db::State::Error,
-        Some("ERR_EXECUTE"),
-        None,
+        &[tessera::store::db::Change::Notify {
+            activation: first.activation.clone(),
+        }],
         now,
     )
     .unwrap();
+    let filed = db
+        .record_result(
+            &first.device_id,
+            &first.package_id,
+            tessera::store::db::State::Error,
+            Some("ERR_EXECUTE"),
+            None,
+            now,
+        )
+        .unwrap();
+    assert!(
+        matches!(filed, tessera::store::db::Filed::Recorded(_)),
+        "{filed:?}"
+    );
     std::fs::write(dir.path().join("touch.yaml"), "# touched again\n").unwrap();
     let (paused, _) = eventually("the rollout paused", || async {
         let object = get_json(running.admin_address, "/api/v1/objects/Affectation/staged").await;
