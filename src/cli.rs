@@ -515,11 +515,18 @@ fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    // Every field and message escaped (nothing a client sends can forge a line), and
+    // libraries' repeated warnings throttled: see `logging`.
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .fmt_fields(crate::logging::EscapedFields)
+        .finish();
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(tracing_subscriber::layer::SubscriberExt::with(
+        subscriber,
+        crate::logging::LibraryRepeats::default(),
+    ));
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
