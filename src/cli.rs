@@ -523,10 +523,12 @@ fn init_logging(filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .fmt_fields(crate::logging::EscapedFields)
         .finish();
-    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(tracing_subscriber::layer::SubscriberExt::with(
-        subscriber,
-        crate::logging::LibraryRepeats::default(),
-    ));
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
+        tracing_subscriber::layer::SubscriberExt::with(
+            subscriber,
+            crate::logging::LibraryRepeats::default(),
+        ),
+    );
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -1948,6 +1950,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         activity: Arc::new(activity_tx),
         clock: Arc::new(|| jiff::Timestamp::now().as_second()),
         cache: Arc::new(agent::FragmentCache::new(agent::FRAGMENT_CACHE)),
+        enrollments: Default::default(),
     };
     let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
         .context("failed to build the TLS configuration")?;

@@ -151,7 +151,8 @@ impl<W: fmt::Write> fmt::Write for Escaper<W> {
 /// Control characters (C0, DEL, C1), the Unicode line and paragraph separators, and the
 /// bidirectional embeddings, overrides and isolates (which reorder what a reader sees).
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `text` escaped as log lines show it.
@@ -293,7 +294,8 @@ mod tests {
             .finish()
     }
 
-    const FORGED: &str = "x\n2026-01-01T00:00:00Z  INFO forged: deployment result\r\x1b[2J\u{9b}\u{2028}\t";
+    const FORGED: &str =
+        "x\n2026-01-01T00:00:00Z  INFO forged: deployment result\r\x1b[2J\u{9b}\u{2028}\t";
 
     #[test]
     fn values_and_messages_from_the_network_stay_on_their_line() {
@@ -311,11 +313,18 @@ mod tests {
             assert!(!line.contains('\x1b') && !line.contains('\r') && !line.contains('\t'));
             assert!(!line.contains('\u{9b}') && !line.contains('\u{2028}'));
         }
-        let escaped = r"x\n2026-01-01T00:00:00Z  INFO forged: deployment result\r\u{1b}[2J\u{9b}\u{2028}\t";
+        let escaped =
+            r"x\n2026-01-01T00:00:00Z  INFO forged: deployment result\r\u{1b}[2J\u{9b}\u{2028}\t";
         // Display, message, error and span fields; Debug values are escaped by Debug first.
-        assert!(text.contains(&format!("result of {escaped} device={escaped} ")), "{text}");
+        assert!(
+            text.contains(&format!("result of {escaped} device={escaped} ")),
+            "{text}"
+        );
         assert!(text.contains(&format!("error={escaped}")), "{text}");
-        assert!(text.contains(&format!("request{{client={escaped}}}")), "{text}");
+        assert!(
+            text.contains(&format!("request{{client={escaped}}}")),
+            "{text}"
+        );
         assert!(text.contains(r#"debug="x\n2026"#), "{text}");
     }
 
@@ -334,7 +343,10 @@ mod tests {
         tracing::subscriber::with_default(default, event);
         let strip_time = |text: String| text.split_once(' ').map(|(_, rest)| rest.to_owned());
         assert_eq!(strip_time(ours.text()), strip_time(theirs.text()));
-        assert!(ours.text().ends_with("enrolling an agent agent=\"a1\" count=3 ok=true\n"));
+        assert!(
+            ours.text()
+                .ends_with("enrolling an agent agent=\"a1\" count=3 ok=true\n")
+        );
     }
 
     #[test]
@@ -343,7 +355,10 @@ mod tests {
         tracing::subscriber::with_default(subscriber(&out, true), || {
             tracing::info!(device = %"a\x1b[31mb", "m");
         });
-        assert!(out.text().contains("\x1b[3mdevice\x1b[0m\x1b[2m=\x1b[0ma\\u{1b}[31mb"));
+        assert!(
+            out.text()
+                .contains("\x1b[3mdevice\x1b[0m\x1b[2m=\x1b[0ma\\u{1b}[31mb")
+        );
     }
 
     #[test]

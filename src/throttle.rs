@@ -73,7 +73,10 @@ impl<K: Hash + Eq> Repeats<K> {
 
     /// Whether the occurrence from `source` at `now` is written.
     pub fn check(&self, source: K, now: Instant) -> Verdict {
-        let mut sources = self.seen.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut sources = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let window = self.window;
         let fresh = Seen {
             logged_at: now,
@@ -160,7 +163,10 @@ impl RateLimit {
     pub fn take(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let key = source_of(client);
         let (burst, refill) = (self.burst, self.refill);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if !buckets.entries.contains_key(&key) && buckets.entries.len() >= self.capacity {
             // A full bucket is the same as no bucket: forget those first.
             buckets
@@ -189,7 +195,10 @@ impl RateLimit {
     pub fn give_back(&self, client: IpAddr) {
         let key = source_of(client);
         let burst = self.burst;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let bucket = match buckets.entries.get_mut(&key) {
             Some(bucket) => bucket,
             None => &mut buckets.overflow,
@@ -294,7 +303,11 @@ mod tests {
         let now = Instant::now();
         assert_eq!(limit.take("2001:db8::1".parse().unwrap(), now), Ok(()));
         assert_eq!(limit.take("2001:db8::2:3".parse().unwrap(), now), Ok(()));
-        assert!(limit.take("2001:db8::ffff:1".parse().unwrap(), now).is_err());
+        assert!(
+            limit
+                .take("2001:db8::ffff:1".parse().unwrap(), now)
+                .is_err()
+        );
         assert_eq!(limit.take("2001:db8:0:1::1".parse().unwrap(), now), Ok(()));
         assert_eq!(limit.take("192.0.2.1".parse().unwrap(), now), Ok(()));
         assert_eq!(limit.take("::ffff:192.0.2.1".parse().unwrap(), now), Ok(()));

@@ -374,6 +374,8 @@ pub struct Shared {
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Fragments kept in memory.
     pub cache: Arc<FragmentCache>,
+    /// Enrollment attempts and refusals per client address.
+    pub enrollments: Arc<super::v1::Enrollments>,
 }
 
 impl Shared {

@@ -292,6 +292,7 @@ mod tests {
                 activity: Arc::new(activity),
                 clock: Arc::new(|| 1_000_000),
                 cache: Arc::new(agent::FragmentCache::new(1 << 20)),
+                enrollments: Default::default(),
             },
             store,
         }
