@@ -104,6 +104,12 @@ pub struct GatewayArgs {
     /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9091")]
     pub admin_address: SocketAddr,
+    /// A host name the admin API also answers to (repeatable; the environment variable takes
+    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
+    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
+    /// browser by DNS rebinding.
+    #[arg(long = "admin-host", env = "TESSERA_ADMIN_HOSTS", value_delimiter = ',')]
+    pub admin_hosts: Vec<String>,
 }
 
 /// `tessera agent`.
@@ -309,6 +315,12 @@ pub struct ServeArgs {
     /// mutual TLS: it shows what is deployed where.
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
     pub admin_address: SocketAddr,
+    /// A host name the admin API also answers to (repeatable; the environment variable takes
+    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
+    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
+    /// browser by DNS rebinding.
+    #[arg(long = "admin-host", env = "TESSERA_ADMIN_HOSTS", value_delimiter = ',')]
+    pub admin_hosts: Vec<String>,
     /// Accept a configuration with no objects at all as "remove everything". Without it, an
     /// empty read (a broken mount, a bad checkout) prunes nothing.
     #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
@@ -1262,6 +1274,7 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
 
@@ -2036,6 +2049,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
 
