@@ -108,7 +108,11 @@ pub struct GatewayArgs {
     /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
     /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
     /// browser by DNS rebinding.
-    #[arg(long = "admin-host", env = "TESSERA_ADMIN_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "admin-host",
+        env = "TESSERA_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
     pub admin_hosts: Vec<String>,
 }
 
@@ -319,7 +323,11 @@ pub struct ServeArgs {
     /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
     /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
     /// browser by DNS rebinding.
-    #[arg(long = "admin-host", env = "TESSERA_ADMIN_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "admin-host",
+        env = "TESSERA_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
     pub admin_hosts: Vec<String>,
     /// Accept a configuration with no objects at all as "remove everything". Without it, an
     /// empty read (a broken mount, a bad checkout) prunes nothing.

@@ -521,12 +521,17 @@ mod tests {
     /// `GET path` with `Host: host` on the admin routes, the webhook and the check.
     async fn get_as(host: &str, uri: &str, extra: &[&str]) -> StatusCode {
         let (_tx, rx) = watch::channel(report(true));
-        let hook = crate::server::webhook::Hook::new(b"secret", Arc::new(tokio::sync::Notify::new()));
+        let hook =
+            crate::server::webhook::Hook::new(b"secret", Arc::new(tokio::sync::Notify::new()));
         let app = host_checked(
             app(rx).merge(crate::server::webhook::app(hook)),
             AdminHosts::new(extra),
         );
-        let method = if uri == crate::server::webhook::PATH { "POST" } else { "GET" };
+        let method = if uri == crate::server::webhook::PATH {
+            "POST"
+        } else {
+            "GET"
+        };
         app.oneshot(
             axum::http::Request::builder()
                 .method(method)
@@ -569,7 +574,10 @@ mod tests {
             );
         }
         let configured = ["Tessera.Internal."];
-        assert_eq!(get_as("tessera.internal:9090", OBJECTS, &configured).await, StatusCode::OK);
+        assert_eq!(
+            get_as("tessera.internal:9090", OBJECTS, &configured).await,
+            StatusCode::OK
+        );
         assert_eq!(
             get_as("evil.example", "/readyz", &configured).await,
             StatusCode::MISDIRECTED_REQUEST
@@ -583,7 +591,10 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_the_webhook_answer_under_any_name() {
-        assert_eq!(get_as("evil.example", "/healthz", &[]).await, StatusCode::OK);
+        assert_eq!(
+            get_as("evil.example", "/healthz", &[]).await,
+            StatusCode::OK
+        );
         // The hook's own answer to an unsigned call: it was reached.
         assert_eq!(
             get_as("tessera.example.com", crate::server::webhook::PATH, &[]).await,
