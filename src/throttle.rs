@@ -213,8 +213,9 @@ fn refilled(bucket: &Bucket, now: Instant, burst: f64, refill: Duration) -> f64 
     (bucket.tokens + elapsed.as_secs_f64() / refill.as_secs_f64()).min(burst)
 }
 
-/// The address a client is counted under: itself, or its /64 for IPv6.
-fn source_of(client: IpAddr) -> IpAddr {
+/// The address a client is counted under: itself, or its /64 for IPv6 (and an IPv4 address
+/// mapped into IPv6 as itself). Also a key for [`Repeats`] of one client.
+pub fn source_of(client: IpAddr) -> IpAddr {
     match client {
         IpAddr::V4(_) => client,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

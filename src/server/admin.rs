@@ -353,7 +353,7 @@ impl AdminHosts {
         Self(
             names
                 .iter()
-                .map(|name| normalized(name.as_ref()).to_owned())
+                .map(|name| normalized(name.as_ref()))
                 .filter(|name| !name.is_empty())
                 .collect(),
         )
@@ -374,7 +374,7 @@ impl AdminHosts {
         name.parse::<std::net::Ipv4Addr>().is_ok()
             || name == "localhost"
             || name.ends_with(".localhost")
-            || self.0.iter().any(|allowed| *allowed == name)
+            || self.0.contains(&name)
     }
 }
 

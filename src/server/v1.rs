@@ -20,7 +20,7 @@ use crate::pki::{Names, Usage};
 use crate::protocol::v1::{self, EnrollRequest, EnrollResponse, Problem};
 use crate::server::agent::{ClientAddress, Shared};
 use crate::store::db::TokenRefusal;
-use crate::throttle::{RateLimit, Repeats, Verdict};
+use crate::throttle::{RateLimit, Repeats, Verdict, source_of};
 
 fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (
@@ -61,7 +61,10 @@ impl Default for Enrollments {
 impl Enrollments {
     /// Whether the refusal `what` of `client` is logged now, and how many were left out.
     fn log(&self, client: IpAddr, what: &'static str) -> Option<u64> {
-        match self.refusals.check((client, what), Instant::now()) {
+        match self
+            .refusals
+            .check((source_of(client), what), Instant::now())
+        {
             Verdict::Log { suppressed } => Some(suppressed),
             Verdict::Quiet => None,
         }
@@ -95,7 +98,7 @@ pub async fn enroll(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
             format!(
-                "too many enrollment attempts from this address (at most {ENROLL_BURST} at once, then one a second): retry in {seconds} s"
+                "too many enrollment attempts from this address (at most {ENROLL_BURST} at once, then one every {ENROLL_REFILL:?}): retry in {seconds} s"
             ),
         );
         response
