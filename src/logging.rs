@@ -166,8 +166,8 @@ pub fn escaped(text: &str) -> String {
 /// call site: rustls, for one, warns once per handshake that names an IP address in SNI,
 /// which any client can repeat at will. The first is written, the rest of the window left
 /// out and counted, and the first one after the window carries the count as a last field
-/// (`suppressed=N`, written by [`EscapedFields`]). Tessera's own repeated warnings are throttled at their call sites, per
-/// client, with `throttle::Repeats`.
+/// (`suppressed=N`, written by [`EscapedFields`]). Tessera's own repeated warnings are
+/// throttled at their call sites, per client, with `throttle::Repeats`.
 pub struct LibraryRepeats {
     repeats: Repeats<String>,
     clock: Box<dyn Fn() -> Instant + Send + Sync>,

@@ -259,3 +259,39 @@ async fn the_admin_api_answers_only_under_local_names_and_configured_ones() {
     .await;
     assert_eq!(log.matches("foreign host name refused").count(), 1, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_naming_an_ip_address_in_sni_are_warned_about_once() {
+    let served = Served::start().await;
+    tokio::task::block_in_place(|| {
+        for _ in 0..5 {
+            // rustls warns for each ClientHello whose server name is an IP address.
+            let output = Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &served.https,
+                    "-servername",
+                    "10.0.0.1",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl is installed by scripts/setup.sh");
+            assert!(
+                String::from_utf8_lossy(&output.stdout).contains("BEGIN CERTIFICATE"),
+                "no handshake"
+            );
+        }
+    });
+    let (log, _) = eventually("the warning in the log", || async {
+        let log = served.log();
+        log.contains("IP address presented as hostname")
+            .then_some(log)
+    })
+    .await;
+    assert_eq!(
+        log.matches("IP address presented as hostname").count(),
+        1,
+        "{log}"
+    );
+}
