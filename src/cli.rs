@@ -104,6 +104,16 @@ pub struct GatewayArgs {
     /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9091")]
     pub admin_address: SocketAddr,
+    /// A host name the admin API also answers to (repeatable; the environment variable takes
+    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
+    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
+    /// browser by DNS rebinding.
+    #[arg(
+        long = "admin-host",
+        env = "TESSERA_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
 }
 
 /// `tessera agent`.
@@ -309,6 +319,16 @@ pub struct ServeArgs {
     /// mutual TLS: it shows what is deployed where.
     #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
     pub admin_address: SocketAddr,
+    /// A host name the admin API also answers to (repeatable; the environment variable takes
+    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
+    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
+    /// browser by DNS rebinding.
+    #[arg(
+        long = "admin-host",
+        env = "TESSERA_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
     /// Accept a configuration with no objects at all as "remove everything". Without it, an
     /// empty read (a broken mount, a bad checkout) prunes nothing.
     #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
@@ -515,11 +535,20 @@ fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    // Every field and message escaped (nothing a client sends can forge a line), and
+    // libraries' repeated warnings throttled: see `logging`.
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .fmt_fields(crate::logging::EscapedFields)
+        .finish();
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
+        tracing_subscriber::layer::SubscriberExt::with(
+            subscriber,
+            crate::logging::LibraryRepeats::default(),
+        ),
+    );
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -1253,6 +1282,7 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
 
@@ -1942,6 +1972,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         clock: Arc::new(|| jiff::Timestamp::now().as_second()),
         cache: Arc::new(agent::FragmentCache::new(agent::FRAGMENT_CACHE)),
         results: Arc::default(),
+        enrollments: Default::default(),
     };
     let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
         .context("failed to build the TLS configuration")?;
@@ -2027,6 +2058,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
     let token = shutdown.clone();
     tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
 

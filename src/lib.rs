@@ -22,6 +22,11 @@
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
 //!   safe extraction, actions); imports only `protocol` and `pki`.
 //! - `doctor`: the client side of `tessera doctor`. `cli`: commands, environment, tasks.
+//! - `throttle`: how often one source may make us log or work (repeated warnings per source,
+//!   a token bucket per client address). Like `error_chain`, a helper every module may use:
+//!   it imports nothing of the crate, so the import rules are unchanged.
+//! - `logging`: how log lines are written (every value escaped, libraries' repeated warnings
+//!   throttled); imports only `throttle`, and only `cli` uses it.
 //!
 //! `resources` and `desired` are pure (no tokio, no I/O). `server` never imports `sources`,
 //! `desired` or `reconcile`: it is handed plain values to serve.
@@ -32,6 +37,7 @@ pub mod desired;
 pub mod doctor;
 pub mod gateway;
 pub mod leader;
+pub mod logging;
 pub mod pki;
 pub mod protocol;
 pub mod reconcile;
@@ -39,6 +45,7 @@ pub mod resources;
 pub mod server;
 pub mod sources;
 pub mod store;
+pub mod throttle;
 
 /// `error` and its causes on one line, `outer: inner: innermost`, for logs and messages. A
 /// helper every module may use (it is not a module, so the import rules are unchanged).

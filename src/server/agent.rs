@@ -376,6 +376,8 @@ pub struct Shared {
     pub cache: Arc<FragmentCache>,
     /// Each computer's budget of results (OCS and native).
     pub results: Arc<super::ocs::ResultBudget>,
+    /// Enrollment attempts and refusals per client address.
+    pub enrollments: Arc<super::v1::Enrollments>,
 }
 
 impl Shared {

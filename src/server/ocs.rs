@@ -478,6 +478,7 @@ mod tests {
                 clock: Arc::new(|| 1_000_000),
                 cache: Arc::new(agent::FragmentCache::new(1 << 20)),
                 results: Arc::default(),
+                enrollments: Default::default(),
             },
             store,
         }

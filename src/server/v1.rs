@@ -2,6 +2,9 @@
 //! request in, a client certificate out. Everything else needs that certificate: the agent
 //! is who its certificate says, and sees and reports only its own deployments.
 
+use std::net::IpAddr;
+use std::time::Instant;
+
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,8 +19,9 @@ use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
 use crate::pki::{Names, Usage};
 use crate::protocol::v1::{self, EnrollRequest, EnrollResponse, Problem};
-use crate::server::agent::Shared;
+use crate::server::agent::{ClientAddress, Shared};
 use crate::store::db::TokenRefusal;
+use crate::throttle::{RateLimit, Repeats, Verdict, source_of};
 
 fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (
@@ -30,8 +34,50 @@ fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Respo
         .into_response()
 }
 
+/// Enrollment attempts a client address may make at once: more than a site enrolling a
+/// batch of machines needs, since successful attempts are given back.
+pub const ENROLL_BURST: u32 = 10;
+/// Then one more attempt per second and address: a guesser gets 86,400 a day instead of the
+/// thousands a second one connection could make (token entropy keeps guessing hopeless
+/// either way; this keeps it from costing CPU and log).
+pub const ENROLL_REFILL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What enrollment remembers per client address: its attempts (a token bucket) and when a
+/// refusal was last logged (one line per address and minute, with a count of the rest).
+#[derive(Debug)]
+pub struct Enrollments {
+    attempts: RateLimit,
+    refusals: Repeats<(IpAddr, &'static str)>,
+}
+
+impl Default for Enrollments {
+    fn default() -> Self {
+        Self {
+            attempts: RateLimit::new(ENROLL_BURST, ENROLL_REFILL, crate::throttle::MAX_SOURCES),
+            refusals: Repeats::default(),
+        }
+    }
+}
+
+impl Enrollments {
+    /// Whether the refusal `what` of `client` is logged now, and how many were left out.
+    fn log(&self, client: IpAddr, what: &'static str) -> Option<u64> {
+        match self
+            .refusals
+            .check((source_of(client), what), Instant::now())
+        {
+            Verdict::Log { suppressed } => Some(suppressed),
+            Verdict::Quiet => None,
+        }
+    }
+}
+
 /// `POST /v1/enroll`.
-pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+pub async fn enroll(
+    State(shared): State<Shared>,
+    client: Option<Extension<ClientAddress>>,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(enrollment) = shared.routes.borrow().enrollment.clone() else {
         return problem(
             StatusCode::NOT_FOUND,
@@ -39,6 +85,28 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
             "this server does not enroll agents (the Server has no spec.enrollment, or its Issuer is not ready)",
         );
     };
+    // Every listener names the client; without one, all such calls share a bucket.
+    let client = client.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ClientAddress(a))| {
+        a.ip()
+    });
+    let limits = &shared.enrollments;
+    if let Err(wait) = limits.attempts.take(client, Instant::now()) {
+        if let Some(suppressed) = limits.log(client, "over the limit") {
+            tracing::warn!(%client, suppressed, "enrollment attempts over the limit refused");
+        }
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut response = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!(
+                "too many enrollment attempts from this address (at most {ENROLL_BURST} at once, then one every {ENROLL_REFILL:?}): retry in {seconds} s"
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return response;
+    }
     let request: EnrollRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
@@ -50,7 +118,9 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
         }
     };
     let Some(token) = Token::parse(&request.token) else {
-        tracing::warn!(hostname = %request.hostname, "enrollment with a malformed token");
+        if let Some(suppressed) = limits.log(client, "malformed token") {
+            tracing::warn!(%client, hostname = %request.hostname, suppressed, "enrollment with a malformed token");
+        }
         return problem(
             StatusCode::FORBIDDEN,
             "token_unknown",
@@ -66,12 +136,16 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
     {
         Ok(used) => used,
         Err(error) => {
+            // Our fault, not the client's: the attempt does not count.
+            limits.attempts.give_back(client);
             tracing::error!(%error, "failed to check an enrollment token");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
     if let Err(refusal) = used {
-        tracing::warn!(token = %token.id, hostname = %request.hostname, %refusal, "enrollment refused");
+        if let Some(suppressed) = limits.log(client, "refused") {
+            tracing::warn!(%client, token = %token.id, hostname = %request.hostname, %refusal, suppressed, "enrollment refused");
+        }
         let code = match refusal {
             TokenRefusal::Unknown => "token_unknown",
             TokenRefusal::Expired => "token_expired",
@@ -80,6 +154,9 @@ pub async fn enroll(State(shared): State<Shared>, body: axum::body::Bytes) -> Re
         };
         return problem(StatusCode::FORBIDDEN, code, refusal.to_string());
     }
+    // A good token is no guess: a site enrolling many machines from one address is not
+    // slowed down by its own successes.
+    limits.attempts.give_back(client);
     let agent_id = hex::encode(crate::pki::random_bytes::<16>());
     tracing::info!(agent = %agent_id, token = %token.id, hostname = %request.hostname, "enrolling an agent");
     certify(&enrollment, agent_id, &request.csr, now)

@@ -7,8 +7,12 @@
 //! comparisons take constant time. A call with neither header gets 401, a wrong signature or
 //! token 403; neither fetches. The body is not otherwise read: any signed call means "look
 //! now", and fetching a branch that did not move costs one round trip.
+//!
+//! Refused calls are logged once a minute for each kind of refusal, with the count of those
+//! left out (`suppressed=N`): anyone who reaches the listener can send them by the thousand.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ring::hmac;
 use tokio::sync::Notify;
+
+use crate::throttle::{self, Repeats};
 
 /// The path of the hook.
 pub const PATH: &str = "/hooks/git";
@@ -32,6 +38,8 @@ pub struct Hook {
     /// HMAC of the secret itself, to compare GitLab's token in constant time.
     secret_tag: hmac::Tag,
     wake: Arc<Notify>,
+    /// When each kind of refusal was last logged.
+    refusals: Arc<Repeats<Verdict>>,
 }
 
 impl Hook {
@@ -43,6 +51,7 @@ impl Hook {
             key,
             secret_tag,
             wake,
+            refusals: Arc::default(),
         }
     }
 
@@ -74,7 +83,7 @@ impl Hook {
 }
 
 /// What a call's signature turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Valid,
     /// Signed, but not with our secret.
@@ -92,17 +101,29 @@ pub fn app(hook: Hook) -> Router {
 }
 
 async fn receive(State(hook): State<Hook>, headers: HeaderMap, body: Bytes) -> Response {
-    match hook.verify(&headers, &body) {
+    let verdict = hook.verify(&headers, &body);
+    let logged = match verdict {
+        Verdict::Valid => None,
+        refused => match hook.refusals.check(refused, Instant::now()) {
+            throttle::Verdict::Log { suppressed } => Some(suppressed),
+            throttle::Verdict::Quiet => None,
+        },
+    };
+    match verdict {
         Verdict::Valid => {
             hook.wake.notify_one();
             (StatusCode::ACCEPTED, "fetching\n").into_response()
         }
         Verdict::Wrong => {
-            tracing::warn!("webhook call with a wrong signature refused");
+            if let Some(suppressed) = logged {
+                tracing::warn!(suppressed, "webhook call with a wrong signature refused");
+            }
             (StatusCode::FORBIDDEN, "wrong signature\n").into_response()
         }
         Verdict::Unsigned => {
-            tracing::warn!("unsigned webhook call refused");
+            if let Some(suppressed) = logged {
+                tracing::warn!(suppressed, "unsigned webhook call refused");
+            }
             (
                 StatusCode::UNAUTHORIZED,
                 "sign the call: X-Hub-Signature-256 or X-Gitlab-Token\n",
@@ -181,5 +202,55 @@ mod tests {
     #[tokio::test]
     async fn an_unsigned_call_is_refused() {
         assert_eq!(call(None, BODY).await, (StatusCode::UNAUTHORIZED, false));
+    }
+
+    /// Log lines written while `calls` run.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_refused_calls_logs_one_line_per_kind() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let app = app(Hook::new(SECRET, Arc::new(Notify::new())));
+        for n in 0..50 {
+            let mut request = Request::post(PATH);
+            if n % 2 == 0 {
+                request = request.header("X-Hub-Signature-256", "sha256=00");
+            }
+            let response = app
+                .clone()
+                .oneshot(request.body(Body::from(BODY)).unwrap())
+                .await
+                .unwrap();
+            assert_ne!(response.status(), StatusCode::ACCEPTED);
+        }
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(
+            text.matches("wrong signature refused suppressed=0").count(),
+            1
+        );
+        assert_eq!(
+            text.matches("unsigned webhook call refused suppressed=0")
+                .count(),
+            1
+        );
     }
 }

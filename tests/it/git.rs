@@ -73,6 +73,7 @@ async fn serve_git(work: &Path, state: &Path, interval: &str) -> Running {
             ..Default::default()
         },
         admin_address: "127.0.0.1:0".parse().unwrap(),
+        admin_hosts: Vec::new(),
         allow_empty: false,
         kube: Default::default(),
         database: None,

@@ -877,6 +877,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
             config: None,
             state: Some(state.path().to_path_buf()),
             admin_address: "127.0.0.1:0".parse().unwrap(),
+            admin_hosts: Vec::new(),
             allow_empty: false,
             git: Default::default(),
             database: None,
@@ -970,6 +971,7 @@ async fn gateway_kube_relays_as_its_custom_resource_says() {
             name: None,
             state: Some(state.path().to_path_buf()),
             admin_address: "127.0.0.1:0".parse().unwrap(),
+            admin_hosts: Vec::new(),
         },
         Some(client),
     )

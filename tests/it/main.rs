@@ -13,6 +13,7 @@ mod examples;
 mod export;
 mod gateway;
 mod git;
+mod hostile_logs;
 mod hostile_ocs;
 mod kube;
 mod ocs;

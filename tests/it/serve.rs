@@ -15,6 +15,7 @@ async fn start(config: &Path, allow_empty: bool) -> Running {
         git: Default::default(),
         database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
+        admin_hosts: Vec::new(),
         allow_empty,
         kube: Default::default(),
     })

@@ -225,6 +225,7 @@ pub async fn start(config: &Path) -> tessera::cli::Running {
         git: Default::default(),
         database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
+        admin_hosts: Vec::new(),
         allow_empty: false,
         kube: Default::default(),
     })

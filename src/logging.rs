@@ -1,0 +1,411 @@
+//! How log lines are written: every field value and message escaped, so nothing a client
+//! sends can start a line of its own or steer a terminal, and libraries' repeated warnings
+//! throttled. Imports only `throttle`; `cli` installs it.
+//!
+//! Escaping is done once, in the field formatter of the subscriber, rather than at each call
+//! site: no `tracing::warn!` can forget it. A newline becomes `\n`, a carriage return `\r`, a
+//! tab `\t`, and every other control character (C0, DEL, C1, among them the ESC that starts
+//! ANSI sequences) and the Unicode line separators and bidirectional overrides become
+//! `\u{..}`. Backslashes are kept as they are: an escaped `\n` and a literal backslash-n
+//! read the same, but neither makes a new line.
+
+use std::cell::Cell;
+use std::fmt::{self, Write as _};
+use std::time::Instant;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::layer::{Context, Layer};
+
+use crate::throttle::{Repeats, Verdict};
+
+/// The field formatter that escapes every value and the message (see the module doc); the
+/// rest of the line is the default format: `message key=value key=value`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EscapedFields;
+
+impl<'writer> MakeVisitor<Writer<'writer>> for EscapedFields {
+    type Visitor = EscapedVisitor<'writer>;
+
+    fn make_visitor(&self, target: Writer<'writer>) -> Self::Visitor {
+        EscapedVisitor {
+            writer: target,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// Writes one event's or span's fields through [`Escaper`].
+#[derive(Debug)]
+pub struct EscapedVisitor<'writer> {
+    writer: Writer<'writer>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl EscapedVisitor<'_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        let name = field.name();
+        // The `log` crate's metadata, already shown as the line's target.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.result = self.write_field(name, value);
+    }
+
+    fn write_field(&mut self, name: &str, value: fmt::Arguments<'_>) -> fmt::Result {
+        if !std::mem::take(&mut self.is_empty) {
+            self.writer.write_char(' ')?;
+        }
+        if name != "message" {
+            // Field names are the program's own: written as they are, styled as the default
+            // formatter does (italic name, dimmed `=`).
+            if self.writer.has_ansi_escapes() {
+                write!(self.writer, "\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")?;
+            } else {
+                write!(self.writer, "{name}=")?;
+            }
+        }
+        write!(Escaper(&mut self.writer), "{value}")
+    }
+}
+
+impl Visit for EscapedVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.write(field, format_args!("{}", Chain(value)));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+impl VisitOutput<fmt::Result> for EscapedVisitor<'_> {
+    fn finish(mut self) -> fmt::Result {
+        // A library's warning that `LibraryRepeats` let through after leaving some out.
+        let suppressed = PENDING.take();
+        if suppressed > 0 && self.result.is_ok() {
+            let value = format_args!("{suppressed}");
+            self.result = self.write_field("suppressed", value);
+        }
+        self.result
+    }
+}
+
+impl VisitFmt for EscapedVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// An error and its causes, `outer: inner`.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// A writer that escapes what could break a line or steer a terminal (see the module doc).
+pub struct Escaper<W>(pub W);
+
+impl<W: fmt::Write> fmt::Write for Escaper<W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some(at) = rest.find(needs_escape) {
+            self.0.write_str(&rest[..at])?;
+            let Some(c) = rest[at..].chars().next() else {
+                break;
+            };
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+/// Control characters (C0, DEL, C1), the Unicode line and paragraph separators, and the
+/// bidirectional embeddings, overrides and isolates (which reorder what a reader sees).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` escaped as log lines show it.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let _ = write!(Escaper(&mut out), "{text}");
+    out
+}
+
+/// Throttles warnings and errors of libraries (events whose target is not Tessera's), per
+/// call site: rustls, for one, warns once per handshake that names an IP address in SNI,
+/// which any client can repeat at will. The first is written, the rest of the window left
+/// out and counted, and the first one after the window carries the count as a last field
+/// (`suppressed=N`, written by [`EscapedFields`]). Tessera's own repeated warnings are
+/// throttled at their call sites, per client, with `throttle::Repeats`.
+pub struct LibraryRepeats {
+    repeats: Repeats<String>,
+    clock: Box<dyn Fn() -> Instant + Send + Sync>,
+}
+
+impl Default for LibraryRepeats {
+    fn default() -> Self {
+        Self {
+            repeats: Repeats::default(),
+            clock: Box::new(Instant::now),
+        }
+    }
+}
+
+impl fmt::Debug for LibraryRepeats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LibraryRepeats")
+            .field("repeats", &self.repeats)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// How many repeats of the event being written `LibraryRepeats` left out, for
+    /// `EscapedFields` to add to its line.
+    static PENDING: Cell<u64> = const { Cell::new(0) };
+}
+
+impl<S: Subscriber> Layer<S> for LibraryRepeats {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let Some(key) = library_call_site(event) else {
+            return true;
+        };
+        match self.repeats.check(key, (self.clock)()) {
+            Verdict::Quiet => false,
+            Verdict::Log { suppressed } => {
+                PENDING.set(suppressed);
+                true
+            }
+        }
+    }
+
+    fn on_event(&self, _event: &Event<'_>, _: Context<'_, S>) {
+        // This layer is the outermost: the line is written, with its count, by now.
+        PENDING.set(0);
+    }
+}
+
+/// `target:line` of a library's warning or error, `None` for anything else.
+fn library_call_site(event: &Event<'_>) -> Option<String> {
+    let metadata = event.metadata();
+    if *metadata.level() > Level::WARN {
+        return None;
+    }
+    let (target, line) = if metadata.target() == "log" {
+        // Through the `log` crate: the real call site is in the fields.
+        let mut origin = LogOrigin::default();
+        event.record(&mut origin);
+        (origin.target?, origin.line)
+    } else {
+        (metadata.target().to_owned(), metadata.line().map(u64::from))
+    };
+    if target == "tessera" || target.starts_with("tessera::") {
+        return None;
+    }
+    Some(format!("{target}:{}", line.unwrap_or(0)))
+}
+
+/// `log.target` and `log.line` of an event that came through the `log` crate.
+#[derive(Default)]
+struct LogOrigin {
+    target: Option<String>,
+    line: Option<u64>,
+}
+
+impl Visit for LogOrigin {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "log.target" {
+            self.target = Some(value.to_owned());
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "log.line" {
+            self.line = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn subscriber(out: &Captured, ansi: bool) -> impl Subscriber + Send + Sync {
+        let out = out.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(ansi)
+            .fmt_fields(EscapedFields)
+            .finish()
+    }
+
+    const FORGED: &str =
+        "x\n2026-01-01T00:00:00Z  INFO forged: deployment result\r\x1b[2J\u{9b}\u{2028}\t";
+
+    #[test]
+    fn values_and_messages_from_the_network_stay_on_their_line() {
+        let out = Captured::default();
+        tracing::subscriber::with_default(subscriber(&out, false), || {
+            let device = FORGED.to_owned();
+            let error = std::io::Error::other(FORGED);
+            tracing::info!(%device, debug = ?device, plain = device.as_str(), %error, "result of {device}");
+            let span = tracing::info_span!("request", client = %device);
+            span.in_scope(|| tracing::warn!("inside"));
+        });
+        let text = out.text();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        for line in text.lines() {
+            assert!(!line.contains('\x1b') && !line.contains('\r') && !line.contains('\t'));
+            assert!(!line.contains('\u{9b}') && !line.contains('\u{2028}'));
+        }
+        let escaped =
+            r"x\n2026-01-01T00:00:00Z  INFO forged: deployment result\r\u{1b}[2J\u{9b}\u{2028}\t";
+        // Display, message, error and span fields; Debug values are escaped by Debug first.
+        assert!(
+            text.contains(&format!("result of {escaped} device={escaped} ")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("error={escaped}")), "{text}");
+        assert!(
+            text.contains(&format!("request{{client={escaped}}}")),
+            "{text}"
+        );
+        assert!(text.contains(r#"debug="x\n2026"#), "{text}");
+    }
+
+    #[test]
+    fn the_line_keeps_the_default_format() {
+        let (ours, theirs) = (Captured::default(), Captured::default());
+        let event = || tracing::info!(agent = "a1", count = 3, ok = true, "enrolling an agent");
+        tracing::subscriber::with_default(subscriber(&ours, false), event);
+        let default = {
+            let out = theirs.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .with_ansi(false)
+                .finish()
+        };
+        tracing::subscriber::with_default(default, event);
+        let strip_time = |text: String| text.split_once(' ').map(|(_, rest)| rest.to_owned());
+        assert_eq!(strip_time(ours.text()), strip_time(theirs.text()));
+        assert!(
+            ours.text()
+                .ends_with("enrolling an agent agent=\"a1\" count=3 ok=true\n")
+        );
+    }
+
+    #[test]
+    fn field_names_are_styled_on_a_terminal_and_values_still_escaped() {
+        let out = Captured::default();
+        tracing::subscriber::with_default(subscriber(&out, true), || {
+            tracing::info!(device = %"a\x1b[31mb", "m");
+        });
+        assert!(
+            out.text()
+                .contains("\x1b[3mdevice\x1b[0m\x1b[2m=\x1b[0ma\\u{1b}[31mb")
+        );
+    }
+
+    #[test]
+    fn escaped_leaves_ordinary_text_alone() {
+        assert_eq!(escaped("héllo wörld \\n 日本"), "héllo wörld \\n 日本");
+        assert_eq!(escaped("a\u{0}b\u{7f}c\u{202e}"), r"a\u{0}b\u{7f}c\u{202e}");
+    }
+
+    #[test]
+    fn a_library_warning_repeated_is_written_once_per_window_with_a_count() {
+        let out = Captured::default();
+        let stack = subscriber(&out, false).with(LibraryRepeats::default());
+        tracing::subscriber::with_default(stack, || {
+            for n in 0..100 {
+                tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension: ignoring IP address {n}");
+                tracing::warn!(target: "tessera::server", "our own {n}");
+            }
+        });
+        let text = out.text();
+        assert_eq!(text.matches("Illegal SNI").count(), 1, "{text}");
+        assert_eq!(text.matches("our own").count(), 100);
+        assert!(!text.contains("suppressed"));
+    }
+
+    #[test]
+    fn the_first_library_warning_after_the_window_carries_the_count() {
+        let out = Captured::default();
+        let start = Instant::now();
+        let now = Arc::new(Mutex::new(start));
+        let clock = now.clone();
+        let layer = LibraryRepeats {
+            clock: Box::new(move || *clock.lock().unwrap()),
+            ..LibraryRepeats::default()
+        };
+        let stack = subscriber(&out, false).with(layer);
+        tracing::subscriber::with_default(stack, || {
+            let warn = || tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI");
+            for _ in 0..4 {
+                warn();
+            }
+            *now.lock().unwrap() = start + crate::throttle::REPEAT_WINDOW;
+            warn();
+        });
+        let text = out.text();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].ends_with("Illegal SNI"), "{text}");
+        assert!(lines[1].ends_with("Illegal SNI suppressed=3"), "{text}");
+    }
+}
