@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so the crate links once.
 
 mod agent;
+mod cert_lifetimes;
 mod certificates;
 mod chart;
 mod cluster;
