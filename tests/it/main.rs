@@ -12,6 +12,7 @@ mod doctor;
 mod enroll;
 mod examples;
 mod export;
+mod fuzz_corpus;
 mod gateway;
 mod git;
 mod kube;
