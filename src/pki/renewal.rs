@@ -2,11 +2,31 @@
 //! (what exists, what is wanted, the issuer, now), as in cert-manager: the first that fires
 //! is the reason shown in status and logs. When none fires, the time to renew is returned so
 //! the reconcile loop can wake then.
+//!
+//! A renewal loop is impossible by construction, with two guards:
+//! - a certificate is renewed no sooner than [`MIN_INTERVAL`] after it was issued (read from
+//!   its own `notBefore`, so this holds across restarts), even when its lifetime is shorter;
+//! - whatever the reason, the same certificate is issued at most
+//!   [`MAX_ISSUANCES_PER_INTERVAL`] times in any [`MIN_INTERVAL`]: the caller passes the
+//!   times of its recent issuances and a reason beyond that budget is held
+//!   ([`Decision::Hold`]).
 
 use std::fmt;
 
 use super::facts::CertFacts;
 use super::{KeyType, Names, Usage};
+
+/// The backoff interval of issuance: 10 minutes. A certificate is kept at least this long
+/// before its renewal is due, so a renewal fires at most once per interval. Validation keeps
+/// `renewBefore` within it (`resources::certificate::MIN_KEPT`, the same value); a certificate
+/// that bypassed validation is held instead of renewed at every pass.
+pub const MIN_INTERVAL: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+
+/// Issuances of one certificate allowed within any [`MIN_INTERVAL`]: two. The second serves an
+/// operator's change right after an issuance (spec edited, certificate unrevoked, new CA);
+/// a third within the interval can only be a loop (two Certificates sharing an output
+/// directory, say), and waits.
+pub const MAX_ISSUANCES_PER_INTERVAL: usize = 2;
 
 /// What exists on disk for a certificate.
 #[derive(Clone, Debug)]
@@ -96,47 +116,95 @@ impl fmt::Display for Reason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Issue(Reason),
+    /// A reason to issue, but the certificate was issued [`MAX_ISSUANCES_PER_INTERVAL`] times
+    /// within [`MIN_INTERVAL`]: not before `until`.
+    Hold {
+        reason: Reason,
+        until: jiff::Timestamp,
+    },
     /// Keep what exists; renew at this time.
     Keep {
         renew_at: jiff::Timestamp,
     },
 }
 
-/// Decides whether to issue, given what exists, what is wanted, the issuer's CA and now.
+/// Decides whether to issue, given what exists, what is wanted, the issuer's CA, the times
+/// of this certificate's recent issuances (`recent`, any order) and now.
 pub fn decide(
     existing: &Existing,
     wanted: &Wanted,
     issuer: &CertFacts,
+    recent: &[jiff::Timestamp],
     now: jiff::Timestamp,
 ) -> Decision {
+    let reason = match reason(existing, wanted, issuer, now) {
+        Ok(reason) => reason,
+        Err(renew_at) => return Decision::Keep { renew_at },
+    };
+    match held_until(recent, now) {
+        Some(until) => Decision::Hold { reason, until },
+        None => Decision::Issue(reason),
+    }
+}
+
+/// The first check that fires, or the renewal time when none does.
+fn reason(
+    existing: &Existing,
+    wanted: &Wanted,
+    issuer: &CertFacts,
+    now: jiff::Timestamp,
+) -> Result<Reason, jiff::Timestamp> {
     let (facts, key_matches, revoked) = match existing {
-        Existing::Missing => return Decision::Issue(Reason::Missing),
-        Existing::Unreadable(why) => return Decision::Issue(Reason::Unreadable(why.clone())),
+        Existing::Missing => return Ok(Reason::Missing),
+        Existing::Unreadable(why) => return Ok(Reason::Unreadable(why.clone())),
         Existing::Present {
             facts,
             key_matches,
             revoked,
         } => (facts.as_ref(), *key_matches, *revoked),
     };
-    let checks: [&dyn Fn() -> Option<Reason>; 5] = [
+    let checks: [&dyn Fn() -> Option<Reason>; 4] = [
         &|| (!key_matches).then_some(Reason::KeyMismatch),
         &|| revoked.then_some(Reason::Revoked),
         &|| spec_changed(facts, wanted, issuer).map(Reason::SpecChanged),
         &|| (!facts.issued_by(issuer)).then_some(Reason::IssuerChanged),
-        &|| (facts.not_after <= now).then_some(Reason::Expired),
     ];
     if let Some(reason) = checks.iter().find_map(|check| check()) {
-        return Decision::Issue(reason);
+        return Ok(reason);
     }
+    // Expiry is time-based like renewal, and waits for the same minimum: a lifetime shorter
+    // than MIN_INTERVAL (which validation refuses) must not mean an issuance per pass.
     let renew_at = renewal_time(facts, wanted.renew);
-    if now >= renew_at {
-        Decision::Issue(Reason::Renewal)
+    if now < renew_at {
+        Err(renew_at)
+    } else if facts.not_after <= now {
+        Ok(Reason::Expired)
     } else {
-        Decision::Keep { renew_at }
+        Ok(Reason::Renewal)
     }
 }
 
-/// When a certificate with these facts should be renewed.
+/// When the next issuance may happen, if not now: `recent` holds the times of this
+/// certificate's recent issuances.
+pub fn held_until(recent: &[jiff::Timestamp], now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+    // Times ahead of `now` (a clock set back) count as within the interval.
+    let mut within: Vec<jiff::Timestamp> = recent
+        .iter()
+        .copied()
+        .filter(|at| now < *at + MIN_INTERVAL)
+        .collect();
+    if within.len() < MAX_ISSUANCES_PER_INTERVAL {
+        return None;
+    }
+    // Allowed again once all but MAX - 1 of them have left the interval.
+    within.sort();
+    within
+        .get(within.len() - MAX_ISSUANCES_PER_INTERVAL)
+        .map(|at| *at + MIN_INTERVAL)
+}
+
+/// When a certificate with these facts should be renewed: `renew` before its end, and never
+/// sooner than [`MIN_INTERVAL`] after it was issued.
 pub fn renewal_time(facts: &CertFacts, renew: RenewBefore) -> jiff::Timestamp {
     let lifetime = facts.lifetime();
     let before = match renew {
@@ -150,7 +218,12 @@ pub fn renewal_time(facts: &CertFacts, renew: RenewBefore) -> jiff::Timestamp {
     } else {
         before
     };
-    facts.not_after - before
+    (facts.not_after - before).max(issued_at(facts) + MIN_INTERVAL)
+}
+
+/// When a certificate was issued: its `notBefore` is backdated by `BACKDATE`.
+fn issued_at(facts: &CertFacts) -> jiff::Timestamp {
+    facts.not_before + super::authority::BACKDATE
 }
 
 /// What differs between the certificate and the spec, in words, if anything.
@@ -270,7 +343,7 @@ mod tests {
         let now = at("2026-01-01T00:00:00Z");
         let ca = ca(now);
         assert_eq!(
-            decide(&Existing::Missing, &wanted(), ca.facts(), now),
+            decide(&Existing::Missing, &wanted(), ca.facts(), &[], now),
             Decision::Issue(Reason::Missing)
         );
         assert!(matches!(
@@ -278,6 +351,7 @@ mod tests {
                 &Existing::Unreadable("bad PEM".into()),
                 &wanted(),
                 ca.facts(),
+                &[],
                 now
             ),
             Decision::Issue(Reason::Unreadable(_))
@@ -291,7 +365,7 @@ mod tests {
             revoked: true,
         };
         assert_eq!(
-            decide(&revoked, &wanted(), ca.facts(), now),
+            decide(&revoked, &wanted(), ca.facts(), &[], now),
             Decision::Issue(Reason::Revoked)
         );
         // A wrong key is found before anything else, even revoked and with the names changed.
@@ -303,7 +377,7 @@ mod tests {
             revoked: true,
         };
         assert_eq!(
-            decide(&wrong_key, &changed, ca.facts(), now),
+            decide(&wrong_key, &changed, ca.facts(), &[], now),
             Decision::Issue(Reason::KeyMismatch)
         );
     }
@@ -313,7 +387,7 @@ mod tests {
         let now = at("2026-01-01T00:00:00Z");
         let ca = ca(now);
         let existing = issue(&ca, &wanted(), now);
-        let Decision::Keep { renew_at } = decide(&existing, &wanted(), ca.facts(), now) else {
+        let Decision::Keep { renew_at } = decide(&existing, &wanted(), ca.facts(), &[], now) else {
             panic!("fresh certificate should be kept")
         };
         // Lifetime 90 days plus the 5-minute backdate; renewal at 2/3 of it.
@@ -323,17 +397,17 @@ mod tests {
             now + jiff::SignedDuration::from_hours(90 * 24) - lifetime / 3
         );
         assert_eq!(
-            decide(&existing, &wanted(), ca.facts(), renew_at),
+            decide(&existing, &wanted(), ca.facts(), &[], renew_at),
             Decision::Issue(Reason::Renewal)
         );
         let just_before = renew_at - jiff::SignedDuration::from_secs(1);
         assert!(matches!(
-            decide(&existing, &wanted(), ca.facts(), just_before),
+            decide(&existing, &wanted(), ca.facts(), &[], just_before),
             Decision::Keep { .. }
         ));
         let after_end = now + jiff::SignedDuration::from_hours(91 * 24);
         assert_eq!(
-            decide(&existing, &wanted(), ca.facts(), after_end),
+            decide(&existing, &wanted(), ca.facts(), &[], after_end),
             Decision::Issue(Reason::Expired)
         );
     }
@@ -375,32 +449,32 @@ mod tests {
         let mut names = wanted();
         names.names.ip_addresses.push("10.0.0.1".parse().unwrap());
         assert!(matches!(
-            decide(&existing, &names, ca.facts(), now),
+            decide(&existing, &names, ca.facts(), &[], now),
             Decision::Issue(Reason::SpecChanged(what)) if what.contains("ipAddresses")
         ));
         let mut usages = wanted();
         usages.usages.push(Usage::ClientAuth);
         assert!(matches!(
-            decide(&existing, &usages, ca.facts(), now),
+            decide(&existing, &usages, ca.facts(), &[], now),
             Decision::Issue(Reason::SpecChanged(_))
         ));
         let mut key = wanted();
         key.key_type = KeyType::Ed25519;
         assert!(matches!(
-            decide(&existing, &key, ca.facts(), now),
+            decide(&existing, &key, ca.facts(), &[], now),
             Decision::Issue(Reason::SpecChanged(what)) if what.contains("Ed25519")
         ));
         let mut duration = wanted();
         duration.lifetime = jiff::SignedDuration::from_hours(24);
         assert!(matches!(
-            decide(&existing, &duration, ca.facts(), now),
+            decide(&existing, &duration, ca.facts(), &[], now),
             Decision::Issue(Reason::SpecChanged(what)) if what.contains("duration")
         ));
         // The same names in another order and case are no change.
         let mut reordered = wanted();
         reordered.names.dns_names = vec!["TESSERA.local".into()];
         assert!(matches!(
-            decide(&existing, &reordered, ca.facts(), now),
+            decide(&existing, &reordered, ca.facts(), &[], now),
             Decision::Keep { .. }
         ));
     }
@@ -412,8 +486,86 @@ mod tests {
         let existing = issue(&old, &wanted(), now);
         let new = ca(now);
         assert_eq!(
-            decide(&existing, &wanted(), new.facts(), now),
+            decide(&existing, &wanted(), new.facts(), &[], now),
             Decision::Issue(Reason::IssuerChanged)
+        );
+    }
+
+    #[test]
+    fn a_one_minute_certificate_is_renewed_at_most_once_per_interval() {
+        // Validation refuses such a lifetime; the policy must not loop when handed one anyway.
+        let start = at("2026-01-01T00:00:00Z");
+        let ca = ca(start);
+        let mut short = wanted();
+        short.lifetime = jiff::SignedDuration::from_mins(1);
+        let mut existing = Existing::Missing;
+        let mut issued = Vec::new();
+        for second in 0..=600 {
+            let now = start + jiff::SignedDuration::from_secs(second);
+            if let Decision::Issue(_) = decide(&existing, &short, ca.facts(), &issued, now) {
+                existing = issue(&ca, &short, now);
+                issued.push(now);
+            }
+        }
+        // At 0 s, then not before 10 minutes later.
+        assert_eq!(
+            issued,
+            [start, start + MIN_INTERVAL],
+            "one issuance per interval"
+        );
+    }
+
+    #[test]
+    fn a_third_issuance_within_the_interval_is_held_whatever_the_reason() {
+        let now = at("2026-01-01T00:00:00Z");
+        let ca = ca(now);
+        let first = now - jiff::SignedDuration::from_mins(3);
+        let second = now - jiff::SignedDuration::from_mins(1);
+        // One recent issuance leaves room for an operator's change.
+        assert_eq!(
+            decide(&Existing::Missing, &wanted(), ca.facts(), &[second], now),
+            Decision::Issue(Reason::Missing)
+        );
+        assert_eq!(
+            decide(
+                &Existing::Missing,
+                &wanted(),
+                ca.facts(),
+                &[second, first],
+                now
+            ),
+            Decision::Hold {
+                reason: Reason::Missing,
+                until: first + MIN_INTERVAL
+            }
+        );
+        // Once the older one leaves the interval, the next may happen.
+        assert_eq!(held_until(&[first, second], first + MIN_INTERVAL), None);
+    }
+
+    #[test]
+    fn the_renewal_time_is_never_sooner_than_the_interval_after_issuance() {
+        let now = at("2026-01-01T00:00:00Z");
+        let ca = ca(now);
+        let mut short = wanted();
+        short.lifetime = jiff::SignedDuration::from_mins(2);
+        short.renew = RenewBefore::Percentage(99);
+        let Existing::Present { facts, .. } = issue(&ca, &short, now) else {
+            unreachable!()
+        };
+        assert_eq!(renewal_time(&facts, short.renew), now + MIN_INTERVAL);
+        // An expired one waits for the same time.
+        let expired = Existing::Present {
+            facts,
+            key_matches: true,
+            revoked: false,
+        };
+        let later = now + jiff::SignedDuration::from_mins(5);
+        assert_eq!(
+            decide(&expired, &short, ca.facts(), &[], later),
+            Decision::Keep {
+                renew_at: now + MIN_INTERVAL
+            }
         );
     }
 }

@@ -8,7 +8,10 @@
 //!   that trusts the old one; delete the directory to discard it).
 //! - `certificates/<namespace>/<name>/tls.crt` (leaf and intermediates), `tls.key` (0600),
 //!   `ca.crt` (the root), or the Certificate's `outputDirectory`.
-//! - `pki/certificates/<namespace>/<name>.json`: the revision, kept across restarts.
+//! - `pki/certificates/<namespace>/<name>.json`: the revision and the times of the latest
+//!   issuances, kept across restarts: `renewal::decide` holds an issuance beyond
+//!   `renewal::MAX_ISSUANCES_PER_INTERVAL` per `renewal::MIN_INTERVAL`, so no certificate is
+//!   issued in a loop, whatever the reason and across restarts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -209,8 +212,59 @@ pub struct Certificates {
     environment: Environment,
     authorities: HashMap<ObjectKey, Arc<Authority>>,
     failures: HashMap<ObjectKey, Failure>,
+    /// The latest issuances of each certificate (read from its record file the first time).
+    issuances: HashMap<ObjectKey, Record>,
     /// Kubernetes mode: CA key pairs read from, and certificates also written to, Secrets.
     secrets: Option<Arc<dyn Secrets>>,
+}
+
+/// What is kept of a certificate's issuances, in `pki/certificates/<namespace>/<name>.json`.
+#[derive(Clone, Debug, Default)]
+struct Record {
+    /// Issuances so far (1 for the first).
+    revision: i64,
+    /// The latest issuances, oldest first, at most `renewal::MAX_ISSUANCES_PER_INTERVAL`.
+    issued_at: Vec<jiff::Timestamp>,
+}
+
+impl Record {
+    /// `{"revision": 3, "issuedAt": ["2026-01-01T00:00:00Z", ...]}`; a file of older
+    /// versions holds the revision alone.
+    fn from_json(value: &Value) -> Self {
+        Self {
+            revision: value["revision"].as_i64().unwrap_or(0),
+            issued_at: value["issuedAt"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|at| at.as_str()?.parse().ok())
+                .collect(),
+        }
+    }
+
+    /// Both records in one: the higher revision, the latest issuances of either.
+    fn merge(mut self, other: &Record) -> Self {
+        self.revision = self.revision.max(other.revision);
+        self.issued_at.extend_from_slice(&other.issued_at);
+        self.trim();
+        self
+    }
+
+    /// Sorted, without duplicates, the latest `renewal::MAX_ISSUANCES_PER_INTERVAL` only.
+    fn trim(&mut self) {
+        self.issued_at.sort();
+        self.issued_at.dedup();
+        let excess = self
+            .issued_at
+            .len()
+            .saturating_sub(renewal::MAX_ISSUANCES_PER_INTERVAL);
+        self.issued_at.drain(..excess);
+    }
+
+    fn to_json(&self) -> Value {
+        let issued_at: Vec<String> = self.issued_at.iter().map(ToString::to_string).collect();
+        json!({ "revision": self.revision, "issuedAt": issued_at })
+    }
 }
 
 /// The last failed issuance of a certificate.
@@ -234,6 +288,7 @@ impl Certificates {
             environment,
             authorities: HashMap::new(),
             failures: HashMap::new(),
+            issuances: HashMap::new(),
             secrets: None,
         }
     }
@@ -264,6 +319,8 @@ impl Certificates {
         self.authorities
             .retain(|key, _| desired.entries.contains_key(key));
         self.failures
+            .retain(|key, _| desired.entries.contains_key(key));
+        self.issuances
             .retain(|key, _| desired.entries.contains_key(key));
 
         // Issuers that sign with an `isCA` Certificate need that certificate first, which needs
@@ -861,15 +918,27 @@ impl Certificates {
         let dir = self.output_dir(key, desired);
         let revoked = self.revoked_serials(&issuer_key, desired);
         let existing = existing(&dir, &revoked);
-        let revision = self.revision(key);
+        let record = self.record(key);
+        let revision = record.revision;
         if spec.revoked {
             return (
                 self.revoke(key, &issuer_key, &existing, revision, now),
                 None,
             );
         }
-        let decision = renewal::decide(&existing, &wanted, authority.facts(), now);
+        let decision = renewal::decide(
+            &existing,
+            &wanted,
+            authority.facts(),
+            &record.issued_at,
+            now,
+        );
         let reason = match decision {
+            Decision::Hold { reason, until } => {
+                tracing::warn!(certificate = %key, %reason, %until, "issuance held: issued too often");
+                let outcome = held_certificate(&existing, &reason, until, revision);
+                return (outcome, Some(until));
+            }
             Decision::Keep { renew_at } => {
                 self.failures.remove(key);
                 let Existing::Present { facts, .. } = &existing else {
@@ -909,7 +978,7 @@ impl Certificates {
             Ok(issued) => {
                 let revision = revision + 1;
                 self.failures.remove(key);
-                if let Err(error) = self.save_revision(key, revision) {
+                if let Err(error) = self.save_issuance(key, revision, now) {
                     tracing::warn!(certificate = %key, %error, "failed to record the revision");
                 }
                 tracing::info!(
@@ -1417,16 +1486,37 @@ impl Certificates {
             .join(format!("{}.json", key.name))
     }
 
-    fn revision(&self, key: &ObjectKey) -> i64 {
-        std::fs::read(self.revision_path(key))
+    /// The revision and latest issuances of a certificate: the file (another server may have
+    /// issued since, when leadership moves) merged with what this process recorded (in case
+    /// a write failed).
+    fn record(&mut self, key: &ObjectKey) -> Record {
+        let on_disk = std::fs::read(self.revision_path(key))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-            .and_then(|v| v["revision"].as_i64())
-            .unwrap_or(0)
+            .map(|value| Record::from_json(&value))
+            .unwrap_or_default();
+        let record = match self.issuances.get(key) {
+            Some(kept) => on_disk.merge(kept),
+            None => on_disk,
+        };
+        self.issuances.insert(key.clone(), record.clone());
+        record
     }
 
-    fn save_revision(&self, key: &ObjectKey, revision: i64) -> Result<(), atomic::WriteError> {
-        let body = json!({ "revision": revision }).to_string();
+    /// Records an issuance at `now`: in memory first, so a failed write cannot lift the limit
+    /// for as long as the process runs.
+    fn save_issuance(
+        &mut self,
+        key: &ObjectKey,
+        revision: i64,
+        now: jiff::Timestamp,
+    ) -> Result<(), atomic::WriteError> {
+        let mut record = self.record(key);
+        record.revision = revision;
+        record.issued_at.push(now);
+        record.trim();
+        let body = record.to_json().to_string();
+        self.issuances.insert(key.clone(), record);
         atomic::write(&self.revision_path(key), body.as_bytes(), Access::Public)
     }
 
@@ -1706,6 +1796,32 @@ fn ready_certificate(
         message,
         details,
         issuing: Some((false, "Issued", String::new())),
+        wake: None,
+    }
+}
+
+/// A certificate due for issuance, held because it was issued too often lately.
+fn held_certificate(
+    existing: &Existing,
+    reason: &renewal::Reason,
+    until: jiff::Timestamp,
+    revision: i64,
+) -> Outcome {
+    let details = match existing {
+        Existing::Present { facts, .. } => certificate_details(facts, revision),
+        _ => Map::new(),
+    };
+    let message = format!(
+        "{reason}, but it was issued {} times within {}: the next issuance waits until {until}",
+        renewal::MAX_ISSUANCES_PER_INTERVAL,
+        renewal::MIN_INTERVAL,
+    );
+    Outcome {
+        ready: false,
+        reason: "IssuanceHeld",
+        message: message.clone(),
+        details,
+        issuing: Some((true, "Held", message)),
         wake: None,
     }
 }

@@ -10,6 +10,22 @@ use super::issuer::PrivateKeySpec;
 use super::meta::{CommonStatus, LocalRef};
 use super::quantity::Duration;
 
+/// The shortest `duration` accepted: one hour, cert-manager's floor. Issued certificates are
+/// backdated by [`BACKDATE`] for clocks running behind, and renewal needs room after
+/// [`MIN_KEPT`]: a lifetime of minutes would be mostly backdate and renewal margin.
+pub const MIN_DURATION: Duration = Duration::from_hours(1);
+
+/// The shortest time a certificate is kept before its renewal is due: 10 minutes, the
+/// interval the reconciler keeps between two renewals of one certificate
+/// (`pki::renewal::MIN_INTERVAL`); a `renewBefore` or `renewBeforePercentage` asking for
+/// less would make each new certificate due at once.
+pub const MIN_KEPT: Duration = Duration::from_secs(10 * 60);
+
+/// How far back an issued certificate's `notBefore` is set: 5 minutes, for clients whose
+/// clock runs behind (`pki::authority::BACKDATE`). It counts in the lifetime that
+/// `renewBeforePercentage` is a percentage of.
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
 /// A certificate and key issued by an Issuer and renewed before it expires.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -59,14 +75,17 @@ pub struct CertificateSpec {
     /// Whether this is a CA certificate, for use by an Issuer of type `ca` (an intermediate).
     #[serde(default, rename = "isCA")]
     pub is_ca: bool,
-    /// Requested lifetime (default `2160h`, 90 days). Never longer than the issuer's CA.
+    /// Requested lifetime (default `2160h`, 90 days), at least `1h`. Never longer than the
+    /// issuer's CA. The certificate is also backdated 5 minutes, which counts in its lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Duration>,
-    /// Renew this long before expiry. Default: at 2/3 of the lifetime.
+    /// Renew this long before expiry. Default: at 2/3 of the lifetime. The renewal must come
+    /// at least 10 minutes after issuance: `renewBefore` at most `duration` minus `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before: Option<Duration>,
     /// Renew when this percentage of the lifetime remains (1 to 99); an alternative to
-    /// `renewBefore`.
+    /// `renewBefore`. The lifetime includes the 5-minute backdate, and the renewal must come
+    /// at least 10 minutes after issuance (with `duration: 1h`, at most 76).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<i64>,

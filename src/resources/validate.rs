@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use super::Resource;
 use super::activation::ActivationSpec;
 use super::affectation::AffectationSpec;
-use super::certificate::{CertificateSpec, KeystorePassword};
+use super::certificate::{BACKDATE, CertificateSpec, KeystorePassword, MIN_DURATION, MIN_KEPT};
 use super::gateway::{GatewayMode, GatewaySpec};
 use super::issuer::{IssuerSpec, KeyAlgorithm, PrivateKeySpec};
 use super::meta::Os;
@@ -537,8 +537,13 @@ fn certificate(spec: &CertificateSpec, found: &mut Found) {
     let duration = spec
         .duration
         .unwrap_or(super::quantity::Duration::from_hours(2160));
-    if duration.as_secs() < 60 {
-        found.add("spec.duration", "a certificate must live at least 1m");
+    if duration < MIN_DURATION {
+        found.add(
+            "spec.duration",
+            format!(
+                "a certificate must live at least {MIN_DURATION}, got {duration}: it is backdated {BACKDATE} and kept at least {MIN_KEPT} before renewal, so a shorter one would be renewed over and over"
+            ),
+        );
     }
     if spec.renew_before.is_some() && spec.renew_before_percentage.is_some() {
         found.add(
@@ -546,23 +551,49 @@ fn certificate(spec: &CertificateSpec, found: &mut Found) {
             "set renewBefore or renewBeforePercentage, not both",
         );
     }
+    // Only a duration that passed is worth comparing with: one problem per mistake.
+    let kept_at_most = duration.as_secs().checked_sub(MIN_KEPT.as_secs());
     if let Some(before) = spec.renew_before
-        && before >= duration
+        && duration >= MIN_DURATION
     {
-        found.add(
-            "spec.renewBefore",
-            format!(
-                "renewBefore ({before}) must be shorter than the duration ({duration}), or the certificate would be renewed forever"
-            ),
-        );
+        if before >= duration {
+            found.add(
+                "spec.renewBefore",
+                format!(
+                    "renewBefore ({before}) must be shorter than the duration ({duration}), or the certificate would be renewed forever"
+                ),
+            );
+        } else if kept_at_most.is_some_and(|most| before.as_secs() > most) {
+            let most = super::quantity::Duration::from_secs(kept_at_most.unwrap_or(0));
+            found.add(
+                "spec.renewBefore",
+                format!(
+                    "renewBefore ({before}) leaves less than {MIN_KEPT} between issuance and renewal of a {duration} certificate, so each new certificate would be due at once: use at most {most}"
+                ),
+            );
+        }
     }
-    if let Some(percent) = spec.renew_before_percentage
-        && !(1..=99).contains(&percent)
-    {
-        found.add(
-            "spec.renewBeforePercentage",
-            format!("renewBeforePercentage must be between 1 and 99, got {percent}"),
-        );
+    if let Some(percent) = spec.renew_before_percentage {
+        if !(1..=99).contains(&percent) {
+            found.add(
+                "spec.renewBeforePercentage",
+                format!("renewBeforePercentage must be between 1 and 99, got {percent}"),
+            );
+        } else if duration >= MIN_DURATION
+            && let Some(most) = kept_at_most
+        {
+            // The percentage is of the lifetime, backdate included.
+            let lifetime = duration.as_secs() + BACKDATE.as_secs();
+            let largest = most * 100 / lifetime;
+            if percent.unsigned_abs() > largest {
+                found.add(
+                    "spec.renewBeforePercentage",
+                    format!(
+                        "renewBeforePercentage {percent} of a {duration} certificate (backdated {BACKDATE}) leaves less than {MIN_KEPT} between issuance and renewal, so each new certificate would be due at once: use at most {largest}"
+                    ),
+                );
+            }
+        }
     }
     if let Some(key) = &spec.private_key {
         private_key("spec.privateKey", key, found);

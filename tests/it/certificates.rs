@@ -292,7 +292,7 @@ fn a_chain_root_intermediate_leaf_verifies() {
 fn renewal_happens_at_the_computed_time_and_never_before() {
     let setup = Setup::new(&format!(
         "{ISSUER}{}",
-        certificate("short", "  duration: 2m\n  renewBefore: 30s\n")
+        certificate("short", "  duration: 2h\n  renewBefore: 30m\n")
     ));
     let mut reconciler = setup.reconciler();
     // Certificates count whole seconds.
@@ -301,8 +301,8 @@ fn renewal_happens_at_the_computed_time_and_never_before() {
     let first = object(&report, "Certificate", "short");
     let serial = detail(first, "serialNumber");
     let renew_at = wake.expect("a renewal time");
-    // 2m lifetime from `start`, renewed 30s before the end.
-    assert_eq!(renew_at, start + jiff::SignedDuration::from_secs(90));
+    // 2h lifetime from `start`, renewed 30m before the end.
+    assert_eq!(renew_at, start + jiff::SignedDuration::from_mins(90));
 
     let (report, _) = setup.pass(
         &mut reconciler,
@@ -840,7 +840,7 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
     use tessera::reconcile::{self, Clock};
     let setup = Setup::new(&format!(
         "{ISSUER}{}",
-        certificate("web", "  duration: 1m\n  renewBefore: 20s\n")
+        certificate("web", "  duration: 1h\n  renewBefore: 20m\n")
     ));
     // Time as the paused tokio clock advances it: no real waiting.
     let base = jiff::Timestamp::from_second(now().as_second()).unwrap();
@@ -878,7 +878,7 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
     };
     let mut serials = Vec::new();
     for expected in 1..=3 {
-        let report = tokio::time::timeout(std::time::Duration::from_secs(600), async {
+        let report = tokio::time::timeout(std::time::Duration::from_secs(3600), async {
             loop {
                 reports.changed().await.unwrap();
                 let report = reports.borrow_and_update().clone();
@@ -893,11 +893,11 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
             object(&report, "Certificate", "web"),
             "serialNumber",
         ));
-        // Issued at `base`, then renewed 40 s into each one-minute life.
+        // Issued at `base`, then renewed 40 minutes into each one-hour life.
         let elapsed = start.elapsed().as_secs();
         assert_eq!(
             elapsed,
-            40 * (expected as u64 - 1),
+            40 * 60 * (expected as u64 - 1),
             "revision {expected} at {elapsed}s"
         );
     }

@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so the crate links once.
 
 mod agent;
+mod cert_lifetimes;
 mod certificates;
 mod chart;
 mod cluster;
@@ -11,6 +12,7 @@ mod doctor;
 mod enroll;
 mod examples;
 mod export;
+mod fuzz_corpus;
 mod gateway;
 mod git;
 mod hostile_logs;

@@ -255,7 +255,7 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
     let state = tempfile::tempdir().unwrap();
     std::fs::write(
         config.path().join("pki.yaml"),
-        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned: {}\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: server\nspec:\n  issuerRef:\n    name: ca\n  ipAddresses: [127.0.0.1]\n  usages: [server auth]\n  duration: 1m\n  renewBefore: 20s\n",
+        "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned: {}\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: server\nspec:\n  issuerRef:\n    name: ca\n  ipAddresses: [127.0.0.1]\n  usages: [server auth]\n  duration: 1h\n  renewBefore: 20m\n",
     )
     .unwrap();
     let mut reconciler = Reconciler::new(Config {
@@ -279,7 +279,9 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
         let key = std::fs::read_to_string(files.join("tls.key")).unwrap();
         tls::certified_key(&chain, &key).unwrap()
     };
-    let start = jiff::Timestamp::now();
+    // Issued 40 minutes ago, so the renewal time is now and both certificates are valid to
+    // the real clock the handshakes check.
+    let start = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(40);
     let renew_at = reconciler.pass(&snapshot, start).unwrap().wake.unwrap();
     let root = std::fs::read_to_string(files.join("ca.crt")).unwrap();
     let (tx, rx) = watch::channel(Some(load()));
@@ -288,7 +290,7 @@ async fn a_connection_survives_a_renewal_made_by_the_reconciler() {
     assert_eq!(round_trip(&mut open, "one").await.unwrap(), "one");
     let before = peer_serial(&open);
 
-    // The clock reaches the renewal time (one-minute certificate, renewed 20 s before its end).
+    // The clock reaches the renewal time (one-hour certificate, renewed 20 minutes before its end).
     reconciler.pass(&snapshot, renew_at).unwrap();
     tx.send_replace(Some(load()));
     assert_eq!(
