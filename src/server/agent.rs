@@ -394,7 +394,13 @@ impl Shared {
         tokio::task::spawn_blocking(move || call(&db))
             .await
             .map_err(|e| ServeError::Internal(e.to_string()))?
-            .map_err(|e| ServeError::Internal(crate::error_chain(&e)))
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    ServeError::Unavailable(crate::error_chain(&e))
+                } else {
+                    ServeError::Internal(crate::error_chain(&e))
+                }
+            })
     }
 }
 
@@ -409,6 +415,27 @@ pub enum ServeError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The state database cannot take writes (a full disk, a deleted file): answered 503
+    /// and logged by the database once per episode, not per request.
+    #[error("the state database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Agents retry a 503 after this many seconds (a freed disk is noticed at the next write).
+pub const RETRY_AFTER_SECONDS: &str = "60";
+
+impl ServeError {
+    /// 503 with `Retry-After` for an unavailable database; `None` for the other errors.
+    pub fn unavailable(&self) -> Option<Response> {
+        matches!(self, ServeError::Unavailable(_)).then(|| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+                "the state database cannot record this now; retry later\n",
+            )
+                .into_response()
+        })
+    }
 }
 
 /// The HTTPS routes: the OCS endpoint (at whatever path the routes name) and downloads.

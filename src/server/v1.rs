@@ -163,6 +163,11 @@ fn unauthenticated() -> Response {
     )
 }
 
+/// 503 when the state database cannot take writes, else 500.
+fn failed(error: crate::server::agent::ServeError) -> Response {
+    error.unavailable().unwrap_or_else(|| internal(error))
+}
+
 fn internal(error: impl std::fmt::Display) -> Response {
     tracing::error!(%error, "native API failure");
     StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -211,7 +216,7 @@ pub async fn check_in(
         .await;
     let offers = match found {
         Ok(offers) => offers,
-        Err(error) => return internal(error),
+        Err(error) => return failed(error),
     };
     shared.touched();
     let assignments = offers
@@ -258,7 +263,7 @@ async fn unless_assigned(shared: &Shared, agent: &str, package_id: &str) -> Opti
     match assigned {
         Ok(true) => None,
         Ok(false) => Some(not_assigned(package_id)),
-        Err(error) => Some(internal(error)),
+        Err(error) => Some(failed(error)),
     }
 }
 
@@ -441,7 +446,7 @@ pub async fn report(
         })
         .await;
     if let Err(error) = recorded {
-        return internal(error);
+        return failed(error);
     }
     shared.touched();
     StatusCode::NO_CONTENT.into_response()

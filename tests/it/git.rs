@@ -74,6 +74,7 @@ async fn serve_git(work: &Path, state: &Path, interval: &str) -> Running {
         },
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty: false,
+        reset_state: false,
         kube: Default::default(),
         database: None,
     })

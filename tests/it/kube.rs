@@ -878,6 +878,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
             state: Some(state.path().to_path_buf()),
             admin_address: "127.0.0.1:0".parse().unwrap(),
             allow_empty: false,
+            reset_state: false,
             git: Default::default(),
             database: None,
             kube: tessera::cli::KubeArgs {

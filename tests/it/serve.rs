@@ -16,6 +16,7 @@ async fn start(config: &Path, allow_empty: bool) -> Running {
         database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty,
+        reset_state: false,
         kube: Default::default(),
     })
     .await

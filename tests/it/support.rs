@@ -226,6 +226,7 @@ pub async fn start(config: &Path) -> tessera::cli::Running {
         database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
         allow_empty: false,
+        reset_state: false,
         kube: Default::default(),
     })
     .await
