@@ -317,6 +317,26 @@ impl Reconciler {
         } else {
             (self.certificates.follow(&desired), None)
         };
+        // After a restart, agents are served what is already built (listen addresses, the
+        // certificate, the routes of complete packages) before anything is built: a large
+        // build must not keep the listeners down.
+        if self.previous.is_none()
+            && let Some(runtime) = &self.config.runtime
+        {
+            let built = status::already_built(&self.config.state_dir, &desired);
+            tracing::info!(
+                packages = built.len(),
+                "serving what is already built while the rest is reconciled"
+            );
+            self.publisher.publish(
+                runtime,
+                &desired,
+                &built,
+                &self.certificates,
+                &leadership,
+                now,
+            );
+        }
         // Each server builds the fragments itself: archives are deterministic, so every
         // server serves the same bytes under the same package id.
         let packages = self.packages.reconcile(&desired);
