@@ -479,10 +479,7 @@ impl Reconciler {
                 type_: STATUS_WRITTEN.to_owned(),
                 status: "False".to_owned(),
                 reason: "WriteFailed".to_owned(),
-                message: format!(
-                    "{message}; retried every {}s",
-                    STATUS_RETRY.as_secs()
-                ),
+                message: format!("{message}; retried every {}s", STATUS_RETRY.as_secs()),
                 last_transition_time: since.clone(),
             });
         }
@@ -711,5 +708,51 @@ fn problem_report(problem: &Problem) -> ProblemReport {
         object: problem.object.as_ref().map(ToString::to_string),
         field: problem.field.clone(),
         message: problem.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_files_that_cannot_be_written_are_reported_and_retried_never_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the status directory goes: every status write fails.
+        std::fs::write(dir.path().join("status"), "in the way").unwrap();
+        let mut reconciler = Reconciler::new(Config {
+            state_dir: dir.path().to_path_buf(),
+            config_dir: dir.path().to_path_buf(),
+            options: desired::Options::default(),
+            environment: Environment::default(),
+            clock: Clock::default(),
+            runtime: None,
+            gateway: None,
+            secrets: None,
+            leadership: Leadership::always(),
+            shared_database: false,
+        });
+        let now = jiff::Timestamp::now();
+        let pass = reconciler.pass(&Snapshot::default(), now).unwrap();
+        let condition = pass
+            .report
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::server::admin::STATUS_WRITTEN)
+            .expect("a StatusWritten condition");
+        assert_eq!(condition.status, "False");
+        assert_eq!(condition.reason, "WriteFailed");
+        let retry = jiff::SignedDuration::try_from(STATUS_RETRY).unwrap();
+        assert!(pass.wake.is_some_and(|at| at <= now + retry));
+
+        // The next pass retries; once writes work the condition is gone.
+        std::fs::remove_file(dir.path().join("status")).unwrap();
+        let pass = reconciler.pass(&Snapshot::default(), now).unwrap();
+        assert!(
+            pass.report.conditions.is_empty(),
+            "{:?}",
+            pass.report.conditions
+        );
+        assert!(dir.path().join("status/problems.yaml").is_file());
     }
 }

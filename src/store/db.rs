@@ -137,7 +137,13 @@ pub const STATE_MARKER: &str = ".tessera-state";
 const MARKER_TEXT: &str = "A tessera serve state directory: its state database (state.db) holds computers, deployment states and enrollment tokens. Without state.db, tessera serve refuses to start here unless given --reset-state.\n";
 
 /// What, in a state directory, shows that a server ran there.
-const STATE_EVIDENCE: &[&str] = &[STATE_MARKER, "applied.json", "download", "pki", "certificates"];
+const STATE_EVIDENCE: &[&str] = &[
+    STATE_MARKER,
+    "applied.json",
+    "download",
+    "pki",
+    "certificates",
+];
 
 /// Seconds within which a second contact of a computer is not written again.
 pub const CONTACT_PRECISION: i64 = 60;
@@ -650,8 +656,7 @@ impl Database {
                 Self::open(&path).map(|db| (db, Opened::Writable))
             }
             Ok(done) => {
-                if !exists && let Err(error) = std::fs::write(dir.join(STATE_MARKER), MARKER_TEXT)
-                {
+                if !exists && let Err(error) = std::fs::write(dir.join(STATE_MARKER), MARKER_TEXT) {
                     tracing::warn!(%error, "failed to write the state directory's marker");
                 }
                 Ok(done)
@@ -912,7 +917,8 @@ impl Database {
     fn observe<T>(&self, done: &Result<T, DbError>, wrote: bool) {
         match done {
             Err(DbError::Query(error)) if disk_trouble(error) => {
-                if !self.full.swap(true, Ordering::Relaxed) {
+                let was_full = self.full.swap(true, Ordering::Relaxed);
+                if !was_full {
                     tracing::error!(
                         error = %error,
                         "the state database cannot be written (disk full?): agents get 503 where a write is needed, until space is freed"
@@ -920,7 +926,8 @@ impl Database {
                 }
             }
             Ok(_) if wrote => {
-                if self.full.swap(false, Ordering::Relaxed) {
+                let was_full = self.full.swap(false, Ordering::Relaxed);
+                if was_full {
                     tracing::info!("the state database is writable again");
                 }
             }
@@ -1573,6 +1580,119 @@ fn deployments_of(c: &mut dyn Sql, device_id: &str) -> Result<Vec<Deployment>, D
     .iter()
     .map(deployment_row)
     .collect()
+}
+
+/// The state database file's checks: at open, and while running.
+#[cfg(test)]
+mod state_file_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_database_is_not_created_over_existing_state_unless_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, opened) = Database::open_state(dir.path(), false).unwrap();
+        assert_eq!(opened, Opened::Writable);
+        db.set_setting("kept", "yes").unwrap();
+        drop(db);
+        assert!(dir.path().join(STATE_MARKER).is_file());
+        // Reopened: the same state.
+        let (db, _) = Database::open_state(dir.path(), false).unwrap();
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+        drop(db);
+
+        std::fs::remove_file(dir.path().join("state.db")).unwrap();
+        let Err(refused) = Database::open_state(dir.path(), false) else {
+            panic!("an empty database was created over existing state");
+        };
+        assert!(matches!(refused, DbError::Missing { .. }), "{refused}");
+        assert!(refused.to_string().contains("--reset-state"), "{refused}");
+        assert!(!dir.path().join("state.db").exists());
+
+        let (db, _) = Database::open_state(dir.path(), true).unwrap();
+        assert_eq!(db.setting("kept").unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_and_moved_aside_on_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let Err(refused) = Database::open_state(dir.path(), false) else {
+            panic!("a damaged database was opened");
+        };
+        let message = refused.to_string();
+        assert!(matches!(refused, DbError::Corrupt { .. }), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("--reset-state"), "{message}");
+
+        Database::open_state(dir.path(), true).unwrap();
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.db.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1);
+    }
+
+    #[test]
+    fn a_deleted_replaced_or_overwritten_file_refuses_every_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+
+        // (The first check after opening is never the cached one.)
+        let db = Database::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let refused = db.set_setting("a", "b").unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DbError::Lost {
+                    lost: Lost::Deleted,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.is_unavailable());
+        assert_eq!(db.health(), Health::Lost(Lost::Deleted));
+        drop(db);
+
+        let db = Database::open(&path).unwrap();
+        let other = dir.path().join("other.db");
+        drop(Database::open(&other).unwrap());
+        std::fs::rename(&other, &path).unwrap();
+        let refused = db.setting("a").unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DbError::Lost {
+                    lost: Lost::Replaced,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        drop(db);
+
+        std::fs::remove_file(&path).unwrap();
+        let db = Database::open(&path).unwrap();
+        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+        let refused = db.computers().unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DbError::Lost {
+                    lost: Lost::Overwritten,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use tessera::cli::{self, Running, ServeArgs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{addresses, eventually, free_port, get, get_json, package_id, quickstart_copy};
+use crate::support::{
+    addresses, eventually, free_port, get, get_json, package_id, quickstart_copy,
+};
 
 /// Status files are retried every 10 s (`reconcile::STATUS_RETRY`): recovery is awaited
 /// longer than `support::PATIENCE`.
@@ -73,7 +75,15 @@ fn fill(dir: &Path) -> PathBuf {
 async fn curl(args: Vec<String>) -> u16 {
     tokio::task::spawn_blocking(move || {
         let output = Command::new("curl")
-            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
             .args(&args)
             .output()
             .expect("curl is installed by scripts/setup.sh");
@@ -149,7 +159,9 @@ async fn a_full_state_disk_degrades_recovers_and_a_restart_while_full_still_serv
         eprintln!("skipped: mounting a tmpfs is not permitted here");
         return;
     };
-    let running = start(dir.path(), &state, false).await.expect("serve starts");
+    let running = start(dir.path(), &state, false)
+        .await
+        .expect("serve starts");
     let (https, _) = addresses(&running).await;
     let hello = package_id(&running, "hello").await;
     assert_eq!(ocs(&https, prolog("known")).await, 200);
@@ -176,12 +188,18 @@ async fn a_full_state_disk_degrades_recovers_and_a_restart_while_full_still_serv
     );
     let (status, body) = get(running.admin_address, "/readyz").await;
     assert_eq!(status, 200, "a full disk still serves: {body}");
-    assert!(body.contains("degraded") || body.contains("read-only"), "{body}");
+    assert!(
+        body.contains("degraded") || body.contains("read-only"),
+        "{body}"
+    );
 
     // Agents are still served what is built; what needs a write is refused, not a 500.
     assert_eq!(info(&https, &hello).await, 200);
     let answered = ocs(&https, prolog("new-on-a-full-disk")).await;
-    assert!(answered == 200 || answered == 503, "PROLOG answered {answered}");
+    assert!(
+        answered == 200 || answered == 503,
+        "PROLOG answered {answered}"
+    );
     assert_eq!(get(running.admin_address, "/healthz").await.0, 200);
 
     // Space comes back: the next retry writes the status files, without a restart.
@@ -229,7 +247,9 @@ async fn a_full_state_disk_degrades_recovers_and_a_restart_while_full_still_serv
 async fn a_deleted_state_database_refuses_results_and_a_restart_refuses_to_start_empty() {
     let dir = quickstart_copy();
     let state = dir.path().join("state");
-    let running = start(dir.path(), &state, false).await.expect("serve starts");
+    let running = start(dir.path(), &state, false)
+        .await
+        .expect("serve starts");
     let (https, _) = addresses(&running).await;
     let hello = package_id(&running, "hello").await;
     assert_eq!(ocs(&https, prolog("lab-01")).await, 200);
@@ -278,7 +298,9 @@ async fn a_deleted_state_database_refuses_results_and_a_restart_refuses_to_start
 async fn garbage_over_the_state_database_is_refused_while_running_and_at_start_up() {
     let dir = quickstart_copy();
     let state = dir.path().join("state");
-    let running = start(dir.path(), &state, false).await.expect("serve starts");
+    let running = start(dir.path(), &state, false)
+        .await
+        .expect("serve starts");
     let (https, _) = addresses(&running).await;
     let hello = package_id(&running, "hello").await;
     assert_eq!(ocs(&https, prolog("lab-01")).await, 200);
@@ -317,10 +339,11 @@ async fn garbage_over_the_state_database_is_refused_while_running_and_at_start_u
         .await
         .expect("serve starts with --reset-state");
     addresses(&running).await;
-    let aside = std::fs::read_dir(&state)
-        .unwrap()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("state.db.damaged-"));
+    let aside = std::fs::read_dir(&state).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("state.db.damaged-")
+    });
     assert!(aside, "the damaged database is kept aside");
     running.stop().await.expect("serve stops cleanly");
 }
@@ -370,7 +393,9 @@ async fn after_a_restart_the_listener_serves_what_is_built_before_a_long_build_f
     .unwrap();
     let https = format!("127.0.0.1:{port}");
 
-    let running = start(dir.path(), &state, false).await.expect("serve starts");
+    let running = start(dir.path(), &state, false)
+        .await
+        .expect("serve starts");
     addresses(&running).await;
     let hello = package_id(&running, "hello").await;
     running.stop().await.expect("serve stops cleanly");
@@ -388,7 +413,9 @@ async fn after_a_restart_the_listener_serves_what_is_built_before_a_long_build_f
     )
     .unwrap();
 
-    let running = start(dir.path(), &state, false).await.expect("serve restarts");
+    let running = start(dir.path(), &state, false)
+        .await
+        .expect("serve restarts");
     // Agents are answered, and built packages served, while the build waits.
     eventually("a PROLOG answered during the build", || async {
         (ocs(&https, prolog("lab-01")).await == 200).then_some(())
