@@ -421,21 +421,18 @@ pub enum ServeError {
     Unavailable(String),
 }
 
-/// Agents retry a 503 after this many seconds (a freed disk is noticed at the next write).
+/// The `Retry-After` of such a 503, in seconds: freeing a disk or restoring a database takes
+/// minutes, so sooner retries would only add load (OCS agents retry at their next PROLOG).
 pub const RETRY_AFTER_SECONDS: &str = "60";
 
-impl ServeError {
-    /// 503 with `Retry-After` for an unavailable database; `None` for the other errors.
-    pub fn unavailable(&self) -> Option<Response> {
-        matches!(self, ServeError::Unavailable(_)).then(|| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
-                "the state database cannot record this now; retry later\n",
-            )
-                .into_response()
-        })
-    }
+/// The answer when the state database cannot take writes: 503 with `Retry-After`.
+pub fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+        "the state database cannot record this now; retry later\n",
+    )
+        .into_response()
 }
 
 /// The HTTPS routes: the OCS endpoint (at whatever path the routes name) and downloads.

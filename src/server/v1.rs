@@ -165,7 +165,10 @@ fn unauthenticated() -> Response {
 
 /// 503 when the state database cannot take writes, else 500.
 fn failed(error: crate::server::agent::ServeError) -> Response {
-    error.unavailable().unwrap_or_else(|| internal(error))
+    match error {
+        crate::server::agent::ServeError::Unavailable(_) => crate::server::agent::unavailable(),
+        other => internal(other),
+    }
 }
 
 fn internal(error: impl std::fmt::Display) -> Response {
