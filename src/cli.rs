@@ -333,6 +333,11 @@ pub struct ServeArgs {
     /// empty read (a broken mount, a bad checkout) prunes nothing.
     #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
     pub allow_empty: bool,
+    /// Start with an empty state database where the state directory has state but its
+    /// database is missing (deleted) or damaged (the damaged file is moved aside).
+    /// Computers, deployment states and enrollment tokens are then lost.
+    #[arg(long, env = "TESSERA_RESET_STATE")]
+    pub reset_state: bool,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
@@ -1924,9 +1929,8 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     // the advisory lock; otherwise this process.
     let (db, leadership) = match &args.database {
         None => {
-            let db_path = state_dir.join("state.db");
-            let db = Database::open(&db_path)
-                .with_context(|| format!("failed to open {}", db_path.display()))?;
+            // A full disk opens it read-only; `open_state` says so.
+            let (db, _opened) = Database::open_state(&state_dir, args.reset_state)?;
             (db, lease.map_or_else(Leadership::always, Leadership::new))
         }
         Some(url) if lease.is_some() => {
@@ -2053,7 +2057,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             .await
             .map_err(Into::into)
     });
-    let mut app = admin::app(report_rx.clone())
+    let mut app = admin::app_with_database(report_rx.clone(), db.clone())
         .merge(admin::deployments_app(admin::Deployments { db, metrics }));
     if let Some(hooks) = hooks {
         app = app.merge(hooks);

@@ -94,14 +94,17 @@ impl std::fmt::Debug for Clock {
     }
 }
 
-/// Errors of the reconcile loop.
+/// Errors of the reconcile loop. Status files that cannot be written are not one: they are
+/// reported (condition, metric, one log line per episode) and retried.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("failed to write status files")]
-    Status(#[from] status::StatusError),
     #[error("a reconcile pass panicked: {0}")]
     Panicked(String),
 }
+
+/// While status files cannot be written, passes run at least this often to retry (a freed
+/// disk is noticed within this, without waiting for the regular requeue).
+pub const STATUS_RETRY: Duration = Duration::from_secs(10);
 
 /// How often a follower looks for what the leader shared (one read of one row).
 pub const FOLLOW_POLL: Duration = Duration::from_secs(2);
@@ -240,6 +243,8 @@ pub struct Reconciler {
     transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
     /// Whether the last pass was the leader's.
     led: bool,
+    /// While status files cannot be written: why, and since when (RFC 3339).
+    status_fault: Option<(String, String)>,
 }
 
 impl Reconciler {
@@ -265,6 +270,7 @@ impl Reconciler {
             previous: None,
             transitions: HashMap::new(),
             led: false,
+            status_fault: None,
         }
     }
 
@@ -311,6 +317,26 @@ impl Reconciler {
         } else {
             (self.certificates.follow(&desired), None)
         };
+        // After a restart, agents are served what is already built (listen addresses, the
+        // certificate, the routes of complete packages) before anything is built: a large
+        // build must not keep the listeners down.
+        if self.previous.is_none()
+            && let Some(runtime) = &self.config.runtime
+        {
+            let built = status::already_built(&self.config.state_dir, &desired);
+            tracing::info!(
+                packages = built.len(),
+                "serving what is already built while the rest is reconciled"
+            );
+            self.publisher.publish(
+                runtime,
+                &desired,
+                &built,
+                &self.certificates,
+                &leadership,
+                now,
+            );
+        }
         // Each server builds the fragments itself: archives are deterministic, so every
         // server serves the same bytes under the same package id.
         let packages = self.packages.reconcile(&desired);
@@ -349,14 +375,18 @@ impl Reconciler {
             .filter_map(|o| o.wake)
             .chain(certificates_wake)
             .min();
-        let report = self.report(&desired, &outcomes, now);
-        // Statuses are the leader's to write.
-        if leadership.is_leader() {
-            status::write(&self.config.state_dir, &report)?;
-        }
-        if !desired.held_back {
-            status::write_applied(&self.config.state_dir, &desired, &outcomes)?;
-        }
+        let mut report = self.report(&desired, &outcomes, now);
+        self.write_status(&desired, &outcomes, &report, leadership.is_leader(), now);
+        report.conditions = self.server_conditions();
+        let wake = match self.status_fault {
+            Some(_) => {
+                let retry = now
+                    .checked_add(jiff::SignedDuration::try_from(STATUS_RETRY).unwrap_or_default())
+                    .ok();
+                wake.into_iter().chain(retry).min()
+            }
+            None => wake,
+        };
 
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         let ready = report
@@ -389,6 +419,94 @@ impl Reconciler {
         }
         self.previous = Some(desired);
         Ok(Pass { report, wake })
+    }
+
+    /// Writes the status files (the leader's) and what was applied; a failure (a full disk)
+    /// is remembered, counted and logged once per episode, and the next pass retries.
+    fn write_status(
+        &mut self,
+        desired: &DesiredState,
+        outcomes: &HashMap<ObjectKey, Outcome>,
+        report: &Report,
+        leading: bool,
+        now: jiff::Timestamp,
+    ) {
+        let written = (|| {
+            // Statuses are the leader's to write.
+            if leading {
+                status::write(&self.config.state_dir, report)?;
+            }
+            if !desired.held_back {
+                status::write_applied(&self.config.state_dir, desired, outcomes)?;
+            }
+            Ok::<(), status::StatusError>(())
+        })();
+        if let Some(runtime) = &self.config.runtime {
+            runtime.metrics.status_written(written.is_ok());
+        }
+        match written {
+            Ok(()) => {
+                if self.status_fault.take().is_some() {
+                    tracing::info!("status files are written again");
+                }
+            }
+            Err(error) => {
+                let message = crate::error_chain(&error);
+                if self.status_fault.is_none() {
+                    tracing::error!(
+                        error = %message,
+                        retry = ?STATUS_RETRY,
+                        "failed to write status files; agents are still served, and every pass retries"
+                    );
+                }
+                let since = self
+                    .status_fault
+                    .take()
+                    .map_or_else(|| now.to_string(), |(_, since)| since);
+                self.status_fault = Some((message, since));
+            }
+        }
+    }
+
+    /// The server's own conditions that are not `True`: status files that cannot be
+    /// written, a state database that is full or lost.
+    fn server_conditions(&self) -> Vec<ConditionReport> {
+        use crate::server::admin::{STATE_DATABASE, STATUS_WRITTEN};
+        use crate::store::db::Health;
+        let mut found = Vec::new();
+        if let Some((message, since)) = &self.status_fault {
+            found.push(ConditionReport {
+                type_: STATUS_WRITTEN.to_owned(),
+                status: "False".to_owned(),
+                reason: "WriteFailed".to_owned(),
+                message: format!("{message}; retried every {}s", STATUS_RETRY.as_secs()),
+                last_transition_time: since.clone(),
+            });
+        }
+        let health = self.config.runtime.as_ref().map(|r| r.db.health());
+        let database = match health {
+            Some(Health::ReadOnly) => Some((
+                "DiskFull",
+                "the state database cannot be written (disk full?): what is built is served; results and inventories are refused (503) until space is freed".to_owned(),
+            )),
+            Some(Health::Lost(lost)) => Some((
+                "DatabaseLost",
+                format!(
+                    "the state database {lost} while the server ran: results are refused (503); restore it and restart the server"
+                ),
+            )),
+            Some(Health::Writable) | None => None,
+        };
+        if let Some((reason, message)) = database {
+            found.push(ConditionReport {
+                type_: STATE_DATABASE.to_owned(),
+                status: "False".to_owned(),
+                reason: reason.to_owned(),
+                message,
+                last_transition_time: String::new(),
+            });
+        }
+        found
     }
 
     fn report(
@@ -453,6 +571,7 @@ impl Reconciler {
                 .filter(|p| p.object.is_none())
                 .map(problem_report)
                 .collect(),
+            conditions: Vec::new(),
         }
     }
 }
@@ -589,5 +708,51 @@ fn problem_report(problem: &Problem) -> ProblemReport {
         object: problem.object.as_ref().map(ToString::to_string),
         field: problem.field.clone(),
         message: problem.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_files_that_cannot_be_written_are_reported_and_retried_never_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the status directory goes: every status write fails.
+        std::fs::write(dir.path().join("status"), "in the way").unwrap();
+        let mut reconciler = Reconciler::new(Config {
+            state_dir: dir.path().to_path_buf(),
+            config_dir: dir.path().to_path_buf(),
+            options: desired::Options::default(),
+            environment: Environment::default(),
+            clock: Clock::default(),
+            runtime: None,
+            gateway: None,
+            secrets: None,
+            leadership: Leadership::always(),
+            shared_database: false,
+        });
+        let now = jiff::Timestamp::now();
+        let pass = reconciler.pass(&Snapshot::default(), now).unwrap();
+        let condition = pass
+            .report
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::server::admin::STATUS_WRITTEN)
+            .expect("a StatusWritten condition");
+        assert_eq!(condition.status, "False");
+        assert_eq!(condition.reason, "WriteFailed");
+        let retry = jiff::SignedDuration::try_from(STATUS_RETRY).unwrap();
+        assert!(pass.wake.is_some_and(|at| at <= now + retry));
+
+        // The next pass retries; once writes work the condition is gone.
+        std::fs::remove_file(dir.path().join("status")).unwrap();
+        let pass = reconciler.pass(&Snapshot::default(), now).unwrap();
+        assert!(
+            pass.report.conditions.is_empty(),
+            "{:?}",
+            pass.report.conditions
+        );
+        assert!(dir.path().join("status/problems.yaml").is_file());
     }
 }

@@ -10,9 +10,10 @@ use serde_json::{Map, Value, json};
 
 use crate::desired::DesiredState;
 use crate::reconcile::certificates::Outcome;
-use crate::resources::ObjectKey;
+use crate::resources::{Kind, ObjectKey};
 use crate::server::admin::{ObjectReport, Report};
 use crate::store::atomic::{self, Access, WriteError};
+use crate::store::fragments::FragmentStore;
 
 /// Errors writing status files.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,55 @@ pub fn read_applied(state_dir: &Path) -> Result<Option<Applied>, std::io::Error>
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error),
     }
+}
+
+/// The Packages of `desired` already built under `state_dir` by an earlier run, as ready
+/// outcomes with their `packageId`: those whose spec is the one applied last and whose
+/// fragments are complete in the store. What a restarted server serves before it builds
+/// anything; content changed meanwhile is rebuilt by the pass, as when running.
+pub fn already_built(state_dir: &Path, desired: &DesiredState) -> HashMap<ObjectKey, Outcome> {
+    let Ok(Some(applied)) = read_applied(state_dir) else {
+        return HashMap::new();
+    };
+    let Ok(store) = FragmentStore::open(state_dir.join("download")) else {
+        return HashMap::new();
+    };
+    let mut built = HashMap::new();
+    for (key, resource) in desired.actionable() {
+        if key.kind != Kind::Package {
+            continue;
+        }
+        let spec = resource.spec_json();
+        let found = applied.objects.iter().find(|object| {
+            let document = &object.resource;
+            document["kind"] == "Package"
+                && document["metadata"]["name"] == key.name.as_str()
+                && document["metadata"]["namespace"]
+                    .as_str()
+                    .is_none_or(|namespace| namespace == key.namespace)
+                && document["spec"] == spec
+        });
+        let Some(id) = found.and_then(|o| o.details.get("packageId")?.as_str()) else {
+            continue;
+        };
+        if !matches!(store.manifest(id), Ok(Some(_))) {
+            continue;
+        }
+        let mut details = Map::new();
+        details.insert("packageId".into(), json!(id));
+        built.insert(
+            key.clone(),
+            Outcome {
+                ready: true,
+                reason: "Built",
+                message: format!("package {id}, built before this start"),
+                details,
+                issuing: None,
+                wake: None,
+            },
+        );
+    }
+    built
 }
 
 /// Removes status files not written in this pass, and directories left empty.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::deployments::{self, PackageLine};
 use crate::server::metrics::Metrics;
-use crate::store::db::{Computer, Database, DbError, Deployment, Event};
+use crate::store::db::{Computer, Database, DbError, Deployment, Event, Health};
 
 /// What the admin API shows: the latest reconcile's view of every object.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -35,7 +35,19 @@ pub struct Report {
     /// Problems that concern no single object (unreadable files, YAML syntax errors,
     /// unknown kinds).
     pub problems: Vec<ProblemReport>,
+    /// Conditions of the server itself, when one is not `True` (status files that cannot
+    /// be written, a state database that is full or lost): see [`STATUS_WRITTEN`] and
+    /// [`STATE_DATABASE`].
+    pub conditions: Vec<ConditionReport>,
 }
+
+/// The server's condition: the last pass wrote its status files (`False` with reason
+/// `WriteFailed` while they cannot be written; retried every pass).
+pub const STATUS_WRITTEN: &str = "StatusWritten";
+
+/// The server's condition: the state database takes writes (`False` with reason `DiskFull`
+/// or `DatabaseLost`).
+pub const STATE_DATABASE: &str = "StateDatabaseWritable";
 
 /// One object as reconciled.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -115,13 +127,33 @@ pub enum AdminError {
 
 /// The admin routes, reading the latest report from `reports`.
 pub fn app(reports: watch::Receiver<Report>) -> Router {
+    routes(reports, None)
+}
+
+/// The admin routes of a server with a state database, whose health `/readyz` also tells.
+pub fn app_with_database(reports: watch::Receiver<Report>, db: Arc<Database>) -> Router {
+    routes(reports, Some(db))
+}
+
+fn routes(reports: watch::Receiver<Report>, db: Option<Arc<Database>>) -> Router {
+    let readiness = Readiness {
+        reports: reports.clone(),
+        db,
+    };
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz).with_state(readiness))
         .route("/api/v1/objects", get(objects))
         .route("/api/v1/objects/{kind}/{name}", get(object))
         .route("/api/v1/problems", get(problems))
         .with_state(reports)
+}
+
+/// What `/readyz` reads.
+#[derive(Clone)]
+struct Readiness {
+    reports: watch::Receiver<Report>,
+    db: Option<Arc<Database>>,
 }
 
 /// What the deployment routes read.
@@ -194,7 +226,11 @@ async fn metrics(State(state): State<Deployments>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        format!(
+            "{}{}",
+            state.metrics.render(),
+            database_health(&state.db.health())
+        ),
     )
         .into_response()
 }
@@ -220,6 +256,25 @@ async fn computer(State(state): State<Deployments>, Path(id): Path<String>) -> R
     }
 }
 
+/// `tessera_state_database_health`: 1 for the state the database is in, 0 for the others.
+fn database_health(health: &Health) -> String {
+    let now = match health {
+        Health::Writable => "writable",
+        Health::ReadOnly => "read_only",
+        Health::Lost(_) => "lost",
+    };
+    let mut out = String::from(
+        "# HELP tessera_state_database_health The state database's health (1 for its current state).\n# TYPE tessera_state_database_health gauge\n",
+    );
+    for state in ["writable", "read_only", "lost"] {
+        out.push_str(&format!(
+            "tessera_state_database_health{{state=\"{state}\"}} {}\n",
+            u8::from(state == now)
+        ));
+    }
+    out
+}
+
 /// Binds `address` (port 0 picks a free one).
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, AdminError> {
     TcpListener::bind(address)
@@ -243,15 +298,47 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(reports): State<watch::Receiver<Report>>) -> Response {
-    if reports.borrow().ready {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
+/// 503 before the first reconcile and once the state database is lost (results are refused:
+/// take this server out of rotation); 200 otherwise, saying what is degraded (a full disk
+/// still serves what is built).
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let (ready, degraded) = {
+        let report = readiness.reports.borrow();
+        let degraded: Vec<String> = report
+            .conditions
+            .iter()
+            .filter(|c| c.status != "True")
+            .map(|c| format!("{}: {}", c.type_, c.message))
+            .collect();
+        (report.ready, degraded)
+    };
+    if !ready {
+        return not_ready();
+    }
+    let health = match readiness.db {
+        // A stat and a 16-byte read at most once a second: cheap enough for a worker.
+        Some(db) => db.health(),
+        None => Health::Writable,
+    };
+    match health {
+        Health::Lost(lost) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first reconcile has not finished\n",
+            format!(
+                "not ready: the state database {lost} while the server ran; results are refused; restore it and restart the server\n"
+            ),
         )
-            .into_response()
+            .into_response(),
+        Health::ReadOnly => (
+            StatusCode::OK,
+            "ready, read-only: the state database cannot be written (disk full?): what is built is served, results and inventories are refused (503) until space is freed\n".to_owned(),
+        )
+            .into_response(),
+        Health::Writable if degraded.is_empty() => (StatusCode::OK, "ready\n").into_response(),
+        Health::Writable => (
+            StatusCode::OK,
+            format!("ready, degraded: {}\n", degraded.join("; ")),
+        )
+            .into_response(),
     }
 }
 
@@ -267,6 +354,9 @@ struct ObjectFilter {
 struct ObjectList {
     revision: String,
     objects: Vec<ObjectReport>,
+    /// The server's own conditions that are not `True`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    conditions: Vec<ConditionReport>,
 }
 
 async fn objects(
@@ -292,6 +382,7 @@ async fn objects(
     Json(ObjectList {
         revision: report.revision.clone(),
         objects,
+        conditions: report.conditions.clone(),
     })
     .into_response()
 }
@@ -467,6 +558,7 @@ mod tests {
                 }],
             }],
             problems: vec![],
+            conditions: vec![],
         }
     }
 

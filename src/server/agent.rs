@@ -398,7 +398,13 @@ impl Shared {
         tokio::task::spawn_blocking(move || call(&db))
             .await
             .map_err(|e| ServeError::Internal(e.to_string()))?
-            .map_err(|e| ServeError::Internal(crate::error_chain(&e)))
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    ServeError::Unavailable(crate::error_chain(&e))
+                } else {
+                    ServeError::Internal(crate::error_chain(&e))
+                }
+            })
     }
 }
 
@@ -413,6 +419,24 @@ pub enum ServeError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The state database cannot take writes (a full disk, a deleted file): answered 503
+    /// and logged by the database once per episode, not per request.
+    #[error("the state database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The `Retry-After` of such a 503, in seconds: freeing a disk or restoring a database takes
+/// minutes, so sooner retries would only add load (OCS agents retry at their next PROLOG).
+pub const RETRY_AFTER_SECONDS: &str = "60";
+
+/// The answer when the state database cannot take writes: 503 with `Retry-After`.
+pub fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+        "the state database cannot record this now; retry later\n",
+    )
+        .into_response()
 }
 
 /// The HTTPS routes: the OCS endpoint (at whatever path the routes name) and downloads.

@@ -85,6 +85,9 @@ pub struct Metrics {
     builds: AtomicU64,
     build_millis: AtomicU64,
     build_bytes: AtomicU64,
+    status_write_failures: AtomicU64,
+    /// 1 while the last pass could not write its status files, else 0.
+    status_write_failing: AtomicU64,
 }
 
 /// Which listener served the bytes.
@@ -162,6 +165,15 @@ impl Metrics {
             Ordering::Relaxed,
         );
         self.build_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Records whether a pass wrote its status files.
+    pub fn status_written(&self, ok: bool) {
+        if !ok {
+            self.status_write_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.status_write_failing
+            .store(u64::from(!ok), Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of every counter.
@@ -247,6 +259,17 @@ impl Metrics {
             header(&mut out, name, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        header(
+            &mut out,
+            "tessera_status_write_failures_total",
+            "Reconcile passes whose status files could not be written (a full disk, say).",
+        );
+        let _ = writeln!(
+            out,
+            "tessera_status_write_failures_total {}\n# HELP tessera_status_write_failing 1 while status files cannot be written.\n# TYPE tessera_status_write_failing gauge\ntessera_status_write_failing {}",
+            load(&self.status_write_failures),
+            load(&self.status_write_failing)
+        );
         header(
             &mut out,
             "tessera_download_bytes_total",

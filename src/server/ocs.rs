@@ -112,6 +112,9 @@ pub async fn endpoint(
     };
     match outcome {
         Ok(response) => response,
+        Err(crate::server::agent::ServeError::Unavailable(_)) => {
+            crate::server::agent::unavailable()
+        }
         Err(error) => {
             tracing::error!(device = %request.device_id, query = %request.query, %error, "failed to answer an OCS request");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

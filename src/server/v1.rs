@@ -241,6 +241,14 @@ fn unauthenticated() -> Response {
     )
 }
 
+/// 503 when the state database cannot take writes, else 500.
+fn failed(error: crate::server::agent::ServeError) -> Response {
+    match error {
+        crate::server::agent::ServeError::Unavailable(_) => crate::server::agent::unavailable(),
+        other => internal(other),
+    }
+}
+
 fn internal(error: impl std::fmt::Display) -> Response {
     tracing::error!(%error, "native API failure");
     StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -289,7 +297,7 @@ pub async fn check_in(
         .await;
     let offers = match found {
         Ok(offers) => offers,
-        Err(error) => return internal(error),
+        Err(error) => return failed(error),
     };
     shared.touched();
     let assignments = offers
@@ -336,7 +344,7 @@ async fn unless_assigned(shared: &Shared, agent: &str, package_id: &str) -> Opti
     match assigned {
         Ok(true) => None,
         Ok(false) => Some(not_assigned(package_id)),
-        Err(error) => Some(internal(error)),
+        Err(error) => Some(failed(error)),
     }
 }
 
@@ -536,7 +544,7 @@ pub async fn report(
         Ok(Filed::Superseded) => Unfiled::Superseded,
         Ok(Filed::NotOffered) => Unfiled::NotOffered,
         Ok(Filed::UnknownDevice) => Unfiled::UnknownDevice,
-        Err(error) => return internal(error),
+        Err(error) => return failed(error),
     };
     shared.metrics.unfiled(unfiled);
     if unfiled.is_refusal() {

@@ -16,8 +16,10 @@
 //! (the PostgreSQL client blocks on its own runtime and must not run on an async worker).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -56,7 +58,92 @@ pub enum DbError {
         column: usize,
         expected: &'static str,
     },
+    #[error(
+        "the state database {path} is damaged ({detail}): restore it from a backup, or start with --reset-state to move it aside and begin with an empty database (computers, deployment states and enrollment tokens are then lost)"
+    )]
+    Corrupt { path: String, detail: String },
+    #[error(
+        "the state directory {dir} holds state ({evidence}) but no state database {path}: it was deleted or moved; restore it, or start with --reset-state to begin with an empty database (computers, deployment states and enrollment tokens are then lost)"
+    )]
+    Missing {
+        dir: String,
+        path: String,
+        evidence: String,
+    },
+    #[error(
+        "the state database {path} {lost} while the server ran: nothing is recorded any more; restore it and restart the server"
+    )]
+    Lost { path: String, lost: Lost },
 }
+
+impl DbError {
+    /// Whether the database cannot take writes for now (a full or failing disk, a file
+    /// deleted or replaced under the server): callers answer 503, never acknowledge.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Lost { .. } => true,
+            DbError::Query(error) => disk_trouble(error),
+            DbError::Migrate { source, .. } => source.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
+/// How the file of a running SQLite database stopped being the one opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// No file at the path any more.
+    Deleted,
+    /// Another file at the path (another device or inode).
+    Replaced,
+    /// The same file, without SQLite's header: overwritten.
+    Overwritten,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lost::Deleted => "was deleted",
+            Lost::Replaced => "was replaced by another file",
+            Lost::Overwritten => "was overwritten (no SQLite header)",
+        })
+    }
+}
+
+/// The health of the state database, as readiness and `/metrics` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Reads and writes work.
+    Writable,
+    /// Writes fail for lack of space (or a failing disk); reads still work, agents are
+    /// served what is built, and writes resume by themselves once space is freed.
+    ReadOnly,
+    /// The file is no longer the one opened: nothing is recorded until a restart.
+    Lost(Lost),
+}
+
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// The file's identity is checked at most this often: a check costs a `stat` and a 16-byte
+/// read, and a write acknowledged in the second after a deletion is the accepted window.
+const IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Written next to the database when it is first created: a state directory that has it
+/// (or other state) but no database lost its database, and is not silently started empty.
+pub const STATE_MARKER: &str = ".tessera-state";
+
+/// What the marker says to whoever finds it.
+const MARKER_TEXT: &str = "A tessera serve state directory: its state database (state.db) holds computers, deployment states and enrollment tokens. Without state.db, tessera serve refuses to start here unless given --reset-state.\n";
+
+/// What, in a state directory, shows that a server ran there.
+const STATE_EVIDENCE: &[&str] = &[
+    STATE_MARKER,
+    "applied.json",
+    "download",
+    "pki",
+    "certificates",
+];
 
 /// Seconds within which a second contact of a computer is not written again.
 pub const CONTACT_PRECISION: i64 = 60;
@@ -403,6 +490,10 @@ pub enum TokenRefusal {
 /// servers. Every query below is written once and runs on both.
 pub struct Database {
     engine: Engine,
+    /// For a SQLite file: the file opened, checked to still be it before statements run.
+    watched: Option<Watched>,
+    /// A write failed for lack of space (or a failing disk) and none has succeeded since.
+    full: AtomicBool,
 }
 
 enum Engine {
@@ -413,19 +504,254 @@ enum Engine {
     Postgres(Box<Pool>),
 }
 
-impl Database {
-    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to
-    /// date.
-    pub fn open(path: &Path) -> Result<Self, DbError> {
-        let open = |source| DbError::Open {
-            path: path.display().to_string(),
-            source,
+/// The identity of an opened SQLite file (device and inode) and the last check of it.
+struct Watched {
+    path: PathBuf,
+    identity: (u64, u64),
+    last: Mutex<Option<(Instant, Option<Lost>)>>,
+}
+
+impl Watched {
+    fn new(path: &Path) -> Option<Self> {
+        Some(Self {
+            path: path.to_path_buf(),
+            identity: identity(path).ok()?,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Whether the file at the path is still the one opened, at most once per
+    /// `IDENTITY_CHECK_INTERVAL`; logs an error when it first is not.
+    fn check(&self) -> Option<Lost> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, found)) = *last
+            && (at.elapsed() < IDENTITY_CHECK_INTERVAL || found.is_some())
+        {
+            // A lost file stays lost: the connection still points at the old one.
+            return found;
+        }
+        let found = match identity(&self.path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some(Lost::Deleted),
+            // Out of file descriptors, say: no news about the file.
+            Err(_) => None,
+            Ok(seen) if seen != self.identity => Some(Lost::Replaced),
+            Ok(_) => header_lost(&self.path),
         };
-        let connection = Connection::open(path).map_err(open)?;
+        if let Some(lost) = found {
+            tracing::error!(
+                path = %self.path.display(),
+                %lost,
+                "the state database {lost} while the server ran: results are refused (503) until it is restored and the server restarted"
+            );
+        }
+        *last = Some((Instant::now(), found));
+        found
+    }
+}
+
+/// Device and inode of `path`.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+/// `Overwritten` when the file at `path` does not start with SQLite's header.
+fn header_lost(path: &Path) -> Option<Lost> {
+    use std::io::Read;
+    let mut header = [0u8; SQLITE_HEADER.len()];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    match read {
+        Ok(()) if &header == SQLITE_HEADER => None,
+        Ok(()) => Some(Lost::Overwritten),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Some(Lost::Overwritten),
+        Err(_) => None,
+    }
+}
+
+/// Whether `error` is the disk's (full, failing, read-only), not the query's.
+fn disk_trouble(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::ReadOnly)
+    )
+}
+
+/// Whether `error` says the file is not a sound database.
+fn damaged(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// How [`Database::open_state`] opened the state database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// As usual.
+    Writable,
+    /// The disk is full: opened in exclusive locking mode, which needs no shared-memory
+    /// file; reads work and writes resume once space is freed, but other `tessera`
+    /// commands cannot read the database until the server restarts.
+    ReadOnly,
+}
+
+impl Database {
+    /// Opens the state database of the state directory `dir` for `tessera serve`, checked:
+    /// a damaged file is refused, and a missing one is created only if `dir` holds no other
+    /// state (a server ran there: its database was deleted) or `reset` says so. With
+    /// `reset`, a damaged file is moved aside first. On a full disk the database opens for
+    /// reading (see [`Opened::ReadOnly`]).
+    pub fn open_state(dir: &Path, reset: bool) -> Result<(Self, Opened), DbError> {
+        let path = dir.join("state.db");
+        let shown = || path.display().to_string();
+        let exists = path.exists();
+        if !exists {
+            let evidence: Vec<&str> = STATE_EVIDENCE
+                .iter()
+                .copied()
+                .filter(|name| dir.join(name).exists())
+                .collect();
+            if !evidence.is_empty() {
+                if !reset {
+                    return Err(DbError::Missing {
+                        dir: dir.display().to_string(),
+                        path: shown(),
+                        evidence: evidence.join(", "),
+                    });
+                }
+                tracing::warn!(
+                    path = %path.display(),
+                    evidence = %evidence.join(", "),
+                    "--reset-state: starting with an EMPTY state database over existing state; computers, deployment states and enrollment tokens start afresh"
+                );
+            }
+        }
+        let opened = match Self::open(&path) {
+            Ok(db) => Ok((db, Opened::Writable)),
+            Err(DbError::Open { source, .. } | DbError::Query(source))
+                if exists && disk_trouble(&source) =>
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %source,
+                    "the state file system is full: serving read-only (what is built is served; results, inventories and statuses are not recorded until space is freed)"
+                );
+                Self::open_exclusive(&path).map(|db| {
+                    db.full.store(true, Ordering::Relaxed);
+                    (db, Opened::ReadOnly)
+                })
+            }
+            Err(error) => Err(error),
+        };
+        match opened {
+            Err(DbError::Corrupt { .. }) if reset => {
+                let aside = dir.join(format!(
+                    "state.db.damaged-{}",
+                    jiff::Timestamp::now().as_second()
+                ));
+                tracing::warn!(
+                    path = %path.display(),
+                    aside = %aside.display(),
+                    "--reset-state: moved the damaged state database aside; starting with an EMPTY one"
+                );
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                    match std::fs::rename(&from, &to) {
+                        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(DbError::Corrupt {
+                                path: shown(),
+                                detail: format!("could not move it aside: {error}"),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Self::open(&path).map(|db| (db, Opened::Writable))
+            }
+            Ok(done) => {
+                if !exists && let Err(error) = std::fs::write(dir.join(STATE_MARKER), MARKER_TEXT) {
+                    tracing::warn!(%error, "failed to write the state directory's marker");
+                }
+                Ok(done)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path`, checks it (`PRAGMA
+    /// quick_check`) and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let connection = Connection::open(path).map_err(|source| Self::opening(path, source))?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
-            .map_err(open)?;
-        Self::sqlite(connection)
+            .map_err(|source| Self::opening(path, source))?;
+        Self::file(path, connection)
+    }
+
+    /// Opens in exclusive locking mode: WAL without the shared-memory file, which a full
+    /// disk cannot grow.
+    fn open_exclusive(path: &Path) -> Result<Self, DbError> {
+        let connection = Connection::open(path).map_err(|source| Self::opening(path, source))?;
+        connection
+            .pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(|source| Self::opening(path, source))?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|source| Self::opening(path, source))?;
+        Self::file(path, connection)
+    }
+
+    /// Checks the database file behind `connection`, sets it up and watches its identity.
+    fn file(path: &Path, connection: Connection) -> Result<Self, DbError> {
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(|source| Self::opening(path, source))?;
+        if check != "ok" {
+            return Err(DbError::Corrupt {
+                path: path.display().to_string(),
+                detail: format!("quick_check: {check}"),
+            });
+        }
+        let mut db = Self::sqlite(connection).map_err(|error| match error {
+            DbError::Query(source) if damaged(&source) => Self::opening(path, source),
+            other => other,
+        })?;
+        db.watched = Watched::new(path);
+        Ok(db)
+    }
+
+    /// The error of opening `path`: `Corrupt` when SQLite finds no sound database there.
+    fn opening(path: &Path, source: rusqlite::Error) -> DbError {
+        if damaged(&source) {
+            DbError::Corrupt {
+                path: path.display().to_string(),
+                detail: source.to_string(),
+            }
+        } else {
+            DbError::Open {
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    }
+
+    /// The health of the database: lost, full, or fine. Checks the file's identity (at most
+    /// once a second).
+    pub fn health(&self) -> Health {
+        if let Some(lost) = self.watched.as_ref().and_then(Watched::check) {
+            Health::Lost(lost)
+        } else if self.full.load(Ordering::Relaxed) {
+            Health::ReadOnly
+        } else {
+            Health::Writable
+        }
     }
 
     /// Opens an existing database at `path` for reading only: no schema change, no write,
@@ -451,9 +777,7 @@ impl Database {
                 known,
             });
         }
-        Ok(Self {
-            engine: Engine::Sqlite(Mutex::new(connection)),
-        })
+        Ok(Self::new(Engine::Sqlite(Mutex::new(connection))))
     }
 
     /// A SQLite database that lives in memory, for tests and dry runs.
@@ -487,9 +811,7 @@ impl Database {
             None => "-c default_transaction_read_only=on".to_owned(),
         };
         config.options(&options);
-        let db = Self {
-            engine: Engine::Postgres(Box::new(Pool::new(config)?)),
-        };
+        let db = Self::new(Engine::Postgres(Box::new(Pool::new(config)?)));
         db.transaction(|c| {
             // A database no server has migrated has no table to ask.
             let migrated = c
@@ -518,9 +840,7 @@ impl Database {
     }
 
     pub fn postgres_with(config: postgres::Config) -> Result<Self, DbError> {
-        let db = Self {
-            engine: Engine::Postgres(Box::new(Pool::new(config)?)),
-        };
+        let db = Self::new(Engine::Postgres(Box::new(Pool::new(config)?)));
         db.transaction(migrate)?;
         Ok(db)
     }
@@ -530,11 +850,17 @@ impl Database {
         connection.pragma_update(None, "foreign_keys", "ON")?;
         // Another process (`tessera status`) may hold a read lock for a moment.
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        let db = Self {
-            engine: Engine::Sqlite(Mutex::new(connection)),
-        };
+        let db = Self::new(Engine::Sqlite(Mutex::new(connection)));
         db.transaction(migrate)?;
         Ok(db)
+    }
+
+    fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            watched: None,
+            full: AtomicBool::new(false),
+        }
     }
 
     /// Which engine this database runs on.
@@ -556,7 +882,14 @@ impl Database {
     /// Runs `work` with a connection, each statement committed by itself.
     fn with<T>(&self, work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
         match &self.engine {
-            Engine::Sqlite(connection) => work(&mut Sqlite(&Self::lock(connection))),
+            Engine::Sqlite(connection) => {
+                self.still_opened()?;
+                let connection = Self::lock(connection);
+                let before = connection.total_changes();
+                let done = work(&mut Sqlite(&connection));
+                self.observe(&done, connection.total_changes() > before);
+                done
+            }
             Engine::Postgres(pool) => pool.take()?.plain(work),
         }
     }
@@ -568,13 +901,57 @@ impl Database {
     ) -> Result<T, DbError> {
         match &self.engine {
             Engine::Sqlite(connection) => {
+                self.still_opened()?;
                 let mut connection = Self::lock(connection);
-                let tx = connection.transaction()?;
-                let done = work(&mut Sqlite(&tx))?;
-                tx.commit()?;
-                Ok(done)
+                let before = connection.total_changes();
+                let done = (|| {
+                    let tx = connection.transaction()?;
+                    let done = work(&mut Sqlite(&tx))?;
+                    tx.commit()?;
+                    Ok(done)
+                })();
+                self.observe(&done, connection.total_changes() > before);
+                done
             }
             Engine::Postgres(pool) => pool.take()?.transaction(work),
+        }
+    }
+
+    /// Refuses every statement once the file is no longer the one opened (SQLite would go
+    /// on writing to a deleted file, or over garbage, and acknowledge it).
+    fn still_opened(&self) -> Result<(), DbError> {
+        match self.watched.as_ref() {
+            Some(watched) => match watched.check() {
+                Some(lost) => Err(DbError::Lost {
+                    path: watched.path.display().to_string(),
+                    lost,
+                }),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps `full` up to date: set by a write failing for lack of space, cleared by one
+    /// that succeeds; logged once per episode, not per attempt.
+    fn observe<T>(&self, done: &Result<T, DbError>, wrote: bool) {
+        match done {
+            Err(DbError::Query(error)) if disk_trouble(error) => {
+                let was_full = self.full.swap(true, Ordering::Relaxed);
+                if !was_full {
+                    tracing::error!(
+                        error = %error,
+                        "the state database cannot be written (disk full?): agents get 503 where a write is needed, until space is freed"
+                    );
+                }
+            }
+            Ok(_) if wrote => {
+                let was_full = self.full.swap(false, Ordering::Relaxed);
+                if was_full {
+                    tracing::info!("the state database is writable again");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1252,6 +1629,119 @@ fn deployments_of(c: &mut dyn Sql, device_id: &str) -> Result<Vec<Deployment>, D
     .iter()
     .map(deployment_row)
     .collect()
+}
+
+/// The state database file's checks: at open, and while running.
+#[cfg(test)]
+mod state_file_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_database_is_not_created_over_existing_state_unless_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, opened) = Database::open_state(dir.path(), false).unwrap();
+        assert_eq!(opened, Opened::Writable);
+        db.set_setting("kept", "yes").unwrap();
+        drop(db);
+        assert!(dir.path().join(STATE_MARKER).is_file());
+        // Reopened: the same state.
+        let (db, _) = Database::open_state(dir.path(), false).unwrap();
+        assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
+        drop(db);
+
+        std::fs::remove_file(dir.path().join("state.db")).unwrap();
+        let Err(refused) = Database::open_state(dir.path(), false) else {
+            panic!("an empty database was created over existing state");
+        };
+        assert!(matches!(refused, DbError::Missing { .. }), "{refused}");
+        assert!(refused.to_string().contains("--reset-state"), "{refused}");
+        assert!(!dir.path().join("state.db").exists());
+
+        let (db, _) = Database::open_state(dir.path(), true).unwrap();
+        assert_eq!(db.setting("kept").unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_and_moved_aside_on_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let Err(refused) = Database::open_state(dir.path(), false) else {
+            panic!("a damaged database was opened");
+        };
+        let message = refused.to_string();
+        assert!(matches!(refused, DbError::Corrupt { .. }), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("--reset-state"), "{message}");
+
+        Database::open_state(dir.path(), true).unwrap();
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.db.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1);
+    }
+
+    #[test]
+    fn a_deleted_replaced_or_overwritten_file_refuses_every_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+
+        // (The first check after opening is never the cached one.)
+        let db = Database::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let refused = db.set_setting("a", "b").unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DbError::Lost {
+                    lost: Lost::Deleted,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.is_unavailable());
+        assert_eq!(db.health(), Health::Lost(Lost::Deleted));
+        drop(db);
+
+        let db = Database::open(&path).unwrap();
+        let other = dir.path().join("other.db");
+        drop(Database::open(&other).unwrap());
+        std::fs::rename(&other, &path).unwrap();
+        let refused = db.setting("a").unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DbError::Lost {
+                    lost: Lost::Replaced,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        drop(db);
+
+        std::fs::remove_file(&path).unwrap();
+        let db = Database::open(&path).unwrap();
+        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+        let refused = db.computers().unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DbError::Lost {
+                    lost: Lost::Overwritten,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+    }
 }
 
 #[cfg(test)]

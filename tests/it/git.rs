@@ -75,6 +75,7 @@ async fn serve_git(work: &Path, state: &Path, interval: &str) -> Running {
         admin_address: "127.0.0.1:0".parse().unwrap(),
         admin_hosts: Vec::new(),
         allow_empty: false,
+        reset_state: false,
         kube: Default::default(),
         database: None,
     })

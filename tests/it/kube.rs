@@ -879,6 +879,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
             admin_address: "127.0.0.1:0".parse().unwrap(),
             admin_hosts: Vec::new(),
             allow_empty: false,
+            reset_state: false,
             git: Default::default(),
             database: None,
             kube: tessera::cli::KubeArgs {

@@ -23,6 +23,7 @@ mod ocs_agent;
 mod packages;
 mod plan;
 mod serve;
+mod state_faults;
 mod support;
 mod tls;
 mod tokens;

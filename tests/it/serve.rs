@@ -17,6 +17,7 @@ async fn start(config: &Path, allow_empty: bool) -> Running {
         admin_address: "127.0.0.1:0".parse().unwrap(),
         admin_hosts: Vec::new(),
         allow_empty,
+        reset_state: false,
         kube: Default::default(),
     })
     .await

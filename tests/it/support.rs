@@ -227,6 +227,7 @@ pub async fn start(config: &Path) -> tessera::cli::Running {
         admin_address: "127.0.0.1:0".parse().unwrap(),
         admin_hosts: Vec::new(),
         allow_empty: false,
+        reset_state: false,
         kube: Default::default(),
     })
     .await
