@@ -28,6 +28,7 @@ async fn start(config: &Path, state: &Path, reset_state: bool) -> anyhow::Result
         git: Default::default(),
         database: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
+        admin_hosts: Vec::new(),
         allow_empty: false,
         reset_state,
         kube: Default::default(),
