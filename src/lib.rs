@@ -21,12 +21,16 @@
 //! - `reconcile`: the loop; issuers and certificates; conditions and status files.
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
 //!   safe extraction, actions); imports only `protocol` and `pki`.
+//! - `budget`: the connection budget every listener works within (timeouts per phase,
+//!   connection caps, accept backoff, the open-files limit); imports nothing of the crate, so
+//!   `server` and `gateway` both use it.
 //! - `doctor`: the client side of `tessera doctor`. `cli`: commands, environment, tasks.
 //!
 //! `resources` and `desired` are pure (no tokio, no I/O). `server` never imports `sources`,
 //! `desired` or `reconcile`: it is handed plain values to serve.
 
 pub mod agent;
+pub mod budget;
 pub mod cli;
 pub mod desired;
 pub mod doctor;
