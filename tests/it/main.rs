@@ -4,6 +4,7 @@ mod agent;
 mod certificates;
 mod chart;
 mod cluster;
+mod connections;
 mod crash;
 mod crds;
 mod dial_out;
