@@ -1289,7 +1289,13 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     }
     let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
     let token = shutdown.clone();
-    tasks.spawn(async move { admin::serve(admin, app, token).await.map_err(Into::into) });
+    let budget = connection_budget()?;
+    let (admin_budget, admin_stats) = (budget.clone(), Arc::default());
+    tasks.spawn(async move {
+        admin::serve(admin, app, admin_budget, admin_stats, token)
+            .await
+            .map_err(Into::into)
+    });
 
     // In Kubernetes the gateway writes its own Gateway's status (the server leaves it be).
     if let Some(client) = kube_client {
@@ -1315,6 +1321,7 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     // certificates and trust in place first; a passthrough is Ready at the first pass.
     let (mode, backend, routes) = (spec.mode, spec.backend.clone(), spec.routes.len());
     let relay_shutdown = shutdown.clone();
+    let relay_budget = budget;
     let mut reports = report_rx.clone();
     tasks.spawn(async move {
         let name = key.to_string();
@@ -1387,7 +1394,15 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
             "relaying"
         );
         let relaying =
-            crate::gateway::run(listener, config_rx, edge, pool, counters, relay_shutdown);
+            crate::gateway::run(
+            listener,
+            config_rx,
+            edge,
+            pool,
+            counters,
+            relay_budget,
+            relay_shutdown,
+        );
         match accepting {
             Some(accepting) => {
                 tokio::join!(accepting, relaying);
@@ -1957,6 +1972,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     };
     let db = Arc::new(db);
     let metrics = Arc::new(Metrics::default());
+    let budget = connection_budget()?;
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (listen_tx, listen_rx) = watch::channel(Listen::default());
     let (certificate_tx, certificate_rx) = watch::channel(None);
@@ -1992,18 +2008,20 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let (dialed_tls, dialed_app, dialed_metrics) =
         (tls.clone(), https_app.clone(), metrics.clone());
     let dialed_token = token.clone();
+    let dialed_budget = budget.clone();
     tasks.spawn(async move {
         agent::serve_dialed(
             dialed_rx,
             dialed_tls,
             dialed_app,
             dialed_metrics,
+            dialed_budget,
             dialed_token,
         )
         .await;
         Ok(())
     });
-    let listener_metrics = metrics.clone();
+    let (listener_metrics, listener_budget) = (metrics.clone(), budget.clone());
     tasks.spawn(async move {
         agent::run(
             listen_rx,
@@ -2011,6 +2029,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             https_app,
             http_app,
             listener_metrics,
+            listener_budget,
             bound_tx,
             token,
         )
@@ -2057,6 +2076,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
             .await
             .map_err(Into::into)
     });
+    let admin_stats = metrics.connections.admin.clone();
     let mut app = admin::app_with_database(report_rx.clone(), db.clone())
         .merge(admin::deployments_app(admin::Deployments { db, metrics }));
     if let Some(hooks) = hooks {
@@ -2064,7 +2084,11 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     }
     let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
     let token = shutdown.clone();
-    tasks.spawn(async move { admin::serve(listener, app, token).await.map_err(Into::into) });
+    tasks.spawn(async move {
+        admin::serve(listener, app, budget, admin_stats, token)
+            .await
+            .map_err(Into::into)
+    });
 
     Ok(Running {
         admin_address,
@@ -2319,6 +2343,28 @@ fn git_source(
         state_dir,
     )?;
     Ok((source, Arc::new(tokio::sync::Notify::new())))
+}
+
+/// The connection budget of every listener: the open-files limit raised to the hard limit
+/// first (and logged), the caps fitted to it, then `TESSERA_CONNECTION_BUDGET` (for tests
+/// and tuning) applied.
+fn connection_budget() -> Result<Arc<crate::budget::ConnectionBudget>> {
+    use crate::budget::{BUDGET_ENV, ConnectionBudget, raise_fd_limit};
+    let mut budget = ConnectionBudget::default();
+    match raise_fd_limit() {
+        Ok(limit) => {
+            budget = budget.fit_to(limit.soft);
+            tracing::info!(before = limit.before, soft = limit.soft, hard = ?limit.hard, max_connections = budget.max_connections, "open-files limit");
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "could not raise the open-files limit")
+        }
+    }
+    if let Ok(text) = std::env::var(BUDGET_ENV) {
+        budget = budget.with_overrides(&text)?;
+        tracing::info!(?budget, "connection budget from {BUDGET_ENV}");
+    }
+    Ok(Arc::new(budget))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

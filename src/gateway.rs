@@ -120,6 +120,9 @@ pub struct Counters {
     pub bytes: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
+    /// Per-address refusals, failed accepts and terminate-mode timeouts (see
+    /// `budget::Stats`; its `active` is not used here).
+    pub connections: Arc<crate::budget::Stats>,
 }
 
 impl Counters {
@@ -143,6 +146,10 @@ impl Counters {
                 (",outcome=\"accepted\"", load(&self.accepted)),
                 (",outcome=\"relayed\"", load(&self.relayed)),
                 (",outcome=\"refused_limit\"", load(&self.refused_busy)),
+                (
+                    ",outcome=\"refused_per_address\"",
+                    load(&self.connections.refused_per_address),
+                ),
                 (",outcome=\"refused_hello\"", load(&self.refused_hello)),
                 (
                     ",outcome=\"refused_no_certificate\"",
@@ -170,6 +177,24 @@ impl Counters {
                 (",outcome=\"accepted\"", load(&self.inside_accepted)),
                 (",outcome=\"refused\"", load(&self.inside_refused)),
             ],
+        );
+        metric(
+            "tessera_gateway_timed_out_total",
+            "counter",
+            "Terminate mode: connections closed with no request in time (idle) or a request that stopped moving bytes (stalled).",
+            &[
+                (",reason=\"idle\"", load(&self.connections.closed_idle)),
+                (
+                    ",reason=\"stalled\"",
+                    load(&self.connections.closed_stalled),
+                ),
+            ],
+        );
+        metric(
+            "tessera_gateway_accept_errors_total",
+            "counter",
+            "Failed accepts (out of file descriptors and the like).",
+            &[("", load(&self.connections.accept_errors))],
         );
         metric(
             "tessera_gateway_bytes_total",
@@ -306,27 +331,26 @@ impl<'a> Reader<'a> {
 }
 
 /// Relays connections accepted on `listener` until `shutdown`, with the latest `config`
-/// (taken per connection). `edge` is the TLS configuration of a tunnel listener.
+/// (taken per connection). `edge` is the TLS configuration of a tunnel listener. `budget`
+/// gives the per-address cap and terminate mode's HTTP timeouts; the total cap and the
+/// relay's own timeouts are the Gateway's `limits`.
 pub async fn run(
     listener: TcpListener,
     config: watch::Receiver<Arc<Config>>,
     edge: Option<Arc<rustls::ServerConfig>>,
     inside: Option<Arc<InsidePool>>,
     counters: Arc<Counters>,
+    budget: Arc<crate::budget::ConnectionBudget>,
     shutdown: CancellationToken,
 ) {
     let acceptor = edge.map(tokio_rustls::TlsAcceptor::from);
+    let gate = Arc::new(crate::budget::Gate::default());
+    let throttle = crate::budget::Throttle::default();
     loop {
-        let (client, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((client, peer)) =
+            crate::budget::accept(&listener, "gateway", &counters.connections, &shutdown).await
+        else {
+            return;
         };
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let config = config.borrow().clone();
@@ -335,12 +359,31 @@ pub async fn run(
         if active >= config.max_connections as u64 {
             counters.active.fetch_sub(1, Ordering::Relaxed);
             counters.refused_busy.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, limit = config.max_connections, "connection refused: at the connection limit");
+            if let Some(held) = throttle.allow() {
+                tracing::warn!(%peer, limit = config.max_connections, refused_since_last_warning = held, "connection refused: at the connection limit");
+            }
             continue;
         }
+        let permit = match gate.admit(
+            peer.ip(),
+            usize::MAX,
+            budget.max_per_address,
+            &counters.connections,
+        ) {
+            Ok(permit) => permit,
+            Err(_) => {
+                counters.active.fetch_sub(1, Ordering::Relaxed);
+                if let Some(held) = throttle.allow() {
+                    tracing::warn!(%peer, limit = budget.max_per_address, refused_since_last_warning = held, "connection refused: this address has its share of connections");
+                }
+                continue;
+            }
+        };
+        let budget = budget.clone();
         let (counters, shutdown, acceptor) = (counters.clone(), shutdown.clone(), acceptor.clone());
         let inside = inside.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = client.set_nodelay(true);
             let relay = async {
                 match (config.mode, acceptor) {
@@ -356,7 +399,7 @@ pub async fn run(
                         .await;
                     }
                     (Mode::Terminate, Some(acceptor)) => {
-                        terminate(client, peer, &acceptor, &config, &counters).await;
+                        terminate(client, peer, &acceptor, &config, &counters, &budget).await;
                     }
                     (Mode::Tunnel | Mode::Terminate, None) => {
                         tracing::error!(%peer, "listener without TLS settings: connection closed");
@@ -585,16 +628,15 @@ pub async fn accept_inside(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed (dial-out)");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = crate::budget::accept(
+            &listener,
+            "gateway dial-out",
+            &counters.connections,
+            &shutdown,
+        )
+        .await
+        else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let (acceptor, pool, counters) = (acceptor.clone(), pool.clone(), counters.clone());
@@ -821,13 +863,14 @@ async fn terminate(
     acceptor: &tokio_rustls::TlsAcceptor,
     config: &Config,
     counters: &Counters,
+    budget: &crate::budget::ConnectionBudget,
 ) {
     use base64::Engine;
     use http_body_util::BodyExt;
     use hyper::header::HeaderValue;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::TokioExecutor;
 
     let Some(stream) = edge_handshake(client, peer, acceptor, config, counters).await else {
         return;
@@ -906,14 +949,24 @@ async fn terminate(
                 }
             }
         });
-    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    server
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.idle_timeout);
-    if let Err(error) = server.serve_connection(TokioIo::new(stream), service).await {
-        tracing::debug!(%peer, %error, "connection ended");
-    }
+    // After the edge handshake the first request comes at once; between requests the
+    // Gateway's idle timeout applies.
+    let budget = crate::budget::ConnectionBudget {
+        first_request: config.handshake_timeout,
+        keep_alive: config.idle_timeout,
+        ..budget.clone()
+    };
+    let never = CancellationToken::new();
+    let ended = crate::budget::serve(
+        stream,
+        service,
+        &budget,
+        &counters.connections,
+        &never,
+        Duration::ZERO,
+    )
+    .await;
+    tracing::debug!(%peer, ?ended, "connection ended");
 }
 
 /// The largest `CONNECT` request head accepted.
@@ -950,7 +1003,8 @@ async fn read_connect(
     }
 }
 
-/// Copies both ways until either side closes or nothing moves for `idle`; bytes copied.
+/// Copies both ways until either side closes or nothing moves either way for `idle`;
+/// bytes copied.
 async fn copy_with_idle_timeout(
     client: impl AsyncRead + AsyncWrite + Send,
     upstream: impl AsyncRead + AsyncWrite + Send,
@@ -963,11 +1017,16 @@ async fn copy_with_idle_timeout(
                       mut to: Box<dyn AsyncWrite + Send + Unpin + '_>| {
         let mut buffer = vec![0u8; 64 << 10];
         loop {
+            let seen = total.load(Ordering::Relaxed);
             match tokio::time::timeout(idle, from.read(&mut buffer)).await {
+                // Idle is both ways: a long download keeps its quiet request side open.
+                Err(_) if total.load(Ordering::Relaxed) != seen => continue,
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
                 Ok(Ok(n)) => {
-                    if to.write_all(&buffer[..n]).await.is_err() {
-                        break;
+                    // A peer that stops reading is as idle as one that stops sending.
+                    match tokio::time::timeout(idle, to.write_all(&buffer[..n])).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
                     }
                     total.fetch_add(n as u64, Ordering::Relaxed);
                 }

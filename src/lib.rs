@@ -21,6 +21,9 @@
 //! - `reconcile`: the loop; issuers and certificates; conditions and status files.
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
 //!   safe extraction, actions); imports only `protocol` and `pki`.
+//! - `budget`: the connection budget every listener works within (timeouts per phase,
+//!   connection caps, accept backoff, the open-files limit); imports nothing of the crate, so
+//!   `server` and `gateway` both use it.
 //! - `doctor`: the client side of `tessera doctor`. `cli`: commands, environment, tasks.
 //! - `throttle`: how often one source may make us log or work (repeated warnings per source,
 //!   a token bucket per client address). Like `error_chain`, a helper every module may use:
@@ -32,6 +35,7 @@
 //! `desired` or `reconcile`: it is handed plain values to serve.
 
 pub mod agent;
+pub mod budget;
 pub mod cli;
 pub mod desired;
 pub mod doctor;

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 use crate::server::deployments::{self, PackageLine};
 use crate::server::metrics::Metrics;
 use crate::store::db::{Computer, Database, DbError, Deployment, Event, Health};
@@ -121,8 +122,6 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to serve the admin API")]
-    Serve(#[source] std::io::Error),
 }
 
 /// The admin routes, reading the latest report from `reports`.
@@ -282,17 +281,49 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { address, source })
 }
 
-/// Serves `app` on `listener` until `shutdown`.
+/// Serves `app` on `listener` within `budget` (its own cap, `admin_connections`, and the
+/// same timeouts as the agent-facing listeners) until `shutdown`; counts in `stats`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    budget: Arc<ConnectionBudget>,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> Result<(), AdminError> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(AdminError::Serve)
+    let gate = Arc::new(Gate::default());
+    let throttle = Throttle::default();
+    let tracker = tokio_util::task::TaskTracker::new();
+    while let Some((stream, peer)) = budget::accept(&listener, "admin", &stats, &shutdown).await {
+        let permit = match gate.admit(
+            peer.ip(),
+            budget.admin_connections,
+            budget.max_per_address,
+            &stats,
+        ) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                drop(stream);
+                if let Some(held) = throttle.allow() {
+                    tracing::warn!(listener = "admin", %peer, reason = refusal.as_str(), limit = budget.admin_connections, refused_since_last_warning = held, "connection refused: at the connection limit");
+                }
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (budget, stats, shutdown) = (budget.clone(), stats.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            budget::serve(stream, service, &budget, &stats, &shutdown, ADMIN_DRAIN).await;
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(ADMIN_DRAIN, tracker.wait()).await;
+    Ok(())
 }
+
+/// Requests in flight at shutdown get this long to finish (a `/metrics` scrape, a status
+/// read: well under a second).
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn healthz() -> &'static str {
     "ok\n"

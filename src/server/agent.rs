@@ -3,15 +3,13 @@
 //!
 //! Reconcile hands it plain values through `watch` channels: the [`Routes`] (what to
 //! offer to whom, the pacing) and the [`Listen`] addresses; certificates reach it through
-//! the rustls configuration of `pki::tls`, so a renewal never restarts a listener. Each
-//! accepted connection gets its own task, and the TLS handshake runs there under a
-//! timeout: one stalled client never holds up the accept loop.
+//! the rustls configuration of `pki::tls`, so a renewal never restarts a listener. The
+//! listeners themselves, and the connection budget they keep, are in `server::listener`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -19,32 +17,20 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::protocol::ocs;
 use crate::server::deployments::{self, Assignment};
 use crate::server::metrics::{Listener, Metrics};
 use crate::store::db::Database;
 
-/// A client has this long to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// And this long to send a request's headers (a slowloris defence).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Open connections finish their request within this on shutdown (less than the grace
-/// period `tessera serve` gives its tasks).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::server::listener::{DRAIN_TIMEOUT, run, serve_dialed};
+
 /// Files up to this size are read whole and sent in one piece; larger ones are streamed.
-const WHOLE_FILE: u64 = 8 << 20;
+pub(crate) const WHOLE_FILE: u64 = 8 << 20;
 /// Read size when streaming a large file.
-const STREAM_CHUNK: usize = 256 << 10;
+pub(crate) const STREAM_CHUNK: usize = 256 << 10;
 
 /// What the server offers, as reconcile last computed it.
 #[derive(Clone, Debug)]
@@ -464,282 +450,6 @@ pub fn fragments_app(shared: Shared) -> Router {
     Router::new()
         .route("/download/{id}/{file}", get(download_http))
         .with_state(shared)
-}
-
-/// Keeps listeners bound to the addresses on `listen`, serving `https` with `tls` and the
-/// plain listener with `http`, until `shutdown`. Bound addresses are published on `bound`.
-pub async fn run(
-    mut listen: watch::Receiver<Listen>,
-    tls: Arc<rustls::ServerConfig>,
-    https: Router,
-    http: Router,
-    metrics: Arc<Metrics>,
-    bound: watch::Sender<Vec<SocketAddr>>,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let tracker = TaskTracker::new();
-    loop {
-        let wanted = listen.borrow_and_update().clone();
-        // One token per generation of listeners: a change of address stops the old ones.
-        let generation = shutdown.child_token();
-        let mut addresses = Vec::new();
-        if let Some(address) = wanted.https {
-            match bind(address).await {
-                Ok(listener) => {
-                    addresses.push(listener.local_addr().unwrap_or(address));
-                    tracing::info!(address = %addresses[addresses.len() - 1], "agent-facing HTTPS listening");
-                    tracker.spawn(accept_tls(
-                        listener,
-                        wanted.trusted_proxies.clone(),
-                        TlsAcceptor::from(tls.clone()),
-                        https.clone(),
-                        metrics.clone(),
-                        tracker.clone(),
-                        generation.clone(),
-                    ));
-                }
-                Err(error) => {
-                    tracing::error!(error = %crate::error_chain(&error), "HTTPS listener not started")
-                }
-            }
-        }
-        if let Some(address) = wanted.http {
-            match bind(address).await {
-                Ok(listener) => {
-                    addresses.push(listener.local_addr().unwrap_or(address));
-                    tracing::info!(address = %addresses[addresses.len() - 1], "plain-HTTP fragment listener listening");
-                    tracker.spawn(accept_plain(
-                        listener,
-                        http.clone(),
-                        tracker.clone(),
-                        generation.clone(),
-                    ));
-                }
-                Err(error) => {
-                    tracing::error!(error = %crate::error_chain(&error), "HTTP listener not started")
-                }
-            }
-        }
-        bound.send_replace(addresses);
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            changed = listen.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                if *listen.borrow() == wanted {
-                    continue;
-                }
-                generation.cancel();
-            }
-        }
-    }
-    tracker.close();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
-    Ok(())
-}
-
-async fn bind(address: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| ServeError::Bind { address, source })
-}
-
-async fn accept_tls(
-    listener: TcpListener,
-    trusted_proxies: Vec<std::net::IpAddr>,
-    acceptor: TlsAcceptor,
-    app: Router,
-    metrics: Arc<Metrics>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let Some((stream, peer)) = next_connection(&listener, &shutdown).await else {
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        let relayed = trusted_proxies.contains(&peer.ip());
-        tracker.spawn(async move {
-            let mut stream = stream;
-            let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-            // A trusted relay says first who the client is; nobody else is believed.
-            let client = if relayed {
-                let header = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    header = tokio::time::timeout_at(deadline, proxied_client(&mut stream, peer)) => header,
-                };
-                match header {
-                    Ok(Ok(client)) => client,
-                    Ok(Err(error)) => {
-                        metrics.handshake_failed(false);
-                        tracing::debug!(%peer, %error, "PROXY header refused");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.handshake_failed(true);
-                        tracing::debug!(%peer, "PROXY header timed out");
-                        return;
-                    }
-                }
-            } else {
-                peer
-            };
-            serve_tls(stream, client, deadline, acceptor, app, metrics, shutdown).await;
-        });
-    }
-}
-
-/// Connections a gateway handed over through dial-out, each with the client it carries:
-/// served like those accepted on the HTTPS listener.
-pub async fn serve_dialed<S>(
-    mut dialed: tokio::sync::mpsc::Receiver<(S, SocketAddr)>,
-    tls: Arc<rustls::ServerConfig>,
-    app: Router,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let acceptor = TlsAcceptor::from(tls);
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, client) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = dialed.recv() => match next {
-                Some(next) => next,
-                None => break,
-            },
-        };
-        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-        tracker.spawn(serve_tls(
-            stream,
-            client,
-            deadline,
-            acceptor.clone(),
-            app.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
-    tracker.close();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
-}
-
-/// The TLS handshake (by `deadline`) and the HTTP exchanges of one connection from `client`.
-async fn serve_tls<S>(
-    stream: S,
-    client: SocketAddr,
-    deadline: tokio::time::Instant,
-    acceptor: TlsAcceptor,
-    app: Router,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let handshake = tokio::select! {
-        () = shutdown.cancelled() => return,
-        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
-    };
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            metrics.handshake_failed(false);
-            tracing::debug!(%client, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            metrics.handshake_failed(true);
-            tracing::debug!(%client, "TLS handshake timed out");
-            return;
-        }
-    };
-    // Identity comes from the verified certificate, never from a request (except from a
-    // trusted gateway, see `forwarded_identity`).
-    let leaf = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|der| Arc::new(der.to_vec()));
-    let agent = leaf
-        .as_deref()
-        .and_then(|der| crate::pki::facts::read(der).ok())
-        .and_then(|facts| {
-            facts
-                .names
-                .uris
-                .iter()
-                .find_map(|uri| crate::protocol::v1::agent_id_of(uri).map(str::to_owned))
-        });
-    let app = app
-        .layer(axum::Extension(PeerAgent(agent)))
-        .layer(axum::Extension(PeerCertificate(leaf)))
-        .layer(axum::Extension(ClientAddress(client)));
-    serve_connection(stream, app, shutdown).await;
-}
-
-/// The next accepted connection, or `None` at shutdown.
-async fn next_connection(
-    listener: &TcpListener,
-    shutdown: &CancellationToken,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => return Some(accepted),
-                Err(error) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-}
-
-async fn accept_plain(
-    listener: TcpListener,
-    app: Router,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let Some((stream, _)) = next_connection(&listener, &shutdown).await else {
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        tracker.spawn(serve_connection(stream, app.clone(), shutdown.clone()));
-    }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on one connection until it closes or `shutdown`, then lets the
-/// request in flight finish.
-async fn serve_connection<S>(stream: S, app: Router, shutdown: CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = TowerToHyperService::new(app);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, connection).await;
-        }
-    }
 }
 
 async fn download_https(

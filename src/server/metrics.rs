@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::budget::Stats;
 
 /// Result codes come from agents: beyond this many distinct ones, the rest count as
 /// `other`, so a misbehaving agent cannot grow the metrics without bound.
@@ -88,6 +90,91 @@ pub struct Metrics {
     status_write_failures: AtomicU64,
     /// 1 while the last pass could not write its status files, else 0.
     status_write_failing: AtomicU64,
+    /// Open, refused and timed-out connections, per listener.
+    pub connections: Connections,
+}
+
+/// Connection counters of each listener (see `budget::Stats`).
+#[derive(Debug, Default)]
+pub struct Connections {
+    pub https: Arc<Stats>,
+    pub http: Arc<Stats>,
+    /// Agents' connections handed over by a gateway through dial-out.
+    pub dial_out: Arc<Stats>,
+    pub admin: Arc<Stats>,
+}
+
+impl Connections {
+    fn each(&self) -> [(&'static str, &Stats); 4] {
+        [
+            ("https", &self.https),
+            ("http", &self.http),
+            ("dial_out", &self.dial_out),
+            ("admin", &self.admin),
+        ]
+    }
+
+    /// The Prometheus text of the connection counters.
+    fn render(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP tessera_connections_active Connections open now, by listener.\n# TYPE tessera_connections_active gauge"
+        );
+        for (listener, stats) in self.each() {
+            let _ = writeln!(
+                out,
+                "tessera_connections_active{{listener=\"{listener}\"}} {}",
+                load(&stats.active)
+            );
+        }
+        header(
+            out,
+            "tessera_connections_refused_total",
+            "Connections refused at accept, by listener and cap (limit: the total, per_address: one client's share).",
+        );
+        for (listener, stats) in self.each() {
+            for (reason, counter) in [
+                ("limit", &stats.refused_total),
+                ("per_address", &stats.refused_per_address),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tessera_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} {}",
+                    load(counter)
+                );
+            }
+        }
+        header(
+            out,
+            "tessera_connections_timed_out_total",
+            "Connections closed by the server, by listener and phase (idle: no request in time; stalled: a request stopped moving bytes).",
+        );
+        for (listener, stats) in self.each() {
+            for (reason, counter) in [
+                ("idle", &stats.closed_idle),
+                ("stalled", &stats.closed_stalled),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tessera_connections_timed_out_total{{listener=\"{listener}\",reason=\"{reason}\"}} {}",
+                    load(counter)
+                );
+            }
+        }
+        header(
+            out,
+            "tessera_accept_errors_total",
+            "Failed accepts (out of file descriptors and the like), by listener.",
+        );
+        for (listener, stats) in self.each() {
+            let _ = writeln!(
+                out,
+                "tessera_accept_errors_total{{listener=\"{listener}\"}} {}",
+                load(&stats.accept_errors)
+            );
+        }
+    }
 }
 
 /// Which listener served the bytes.
@@ -300,6 +387,7 @@ impl Metrics {
             "tessera_tls_handshake_failures_total{{reason=\"timeout\"}} {}",
             load(&self.handshake_timeouts)
         );
+        self.connections.render(&mut out);
         out
     }
 }
@@ -365,6 +453,31 @@ mod tests {
         assert!(
             text.contains("tessera_deployment_results_unfiled_total{reason=\"not_offered\"} 1\n")
         );
+    }
+
+    #[test]
+    fn connection_counters_render_per_listener() {
+        let metrics = Metrics::default();
+        metrics.connections.https.active.store(3, Ordering::Relaxed);
+        metrics
+            .connections
+            .admin
+            .refused_per_address
+            .store(2, Ordering::Relaxed);
+        metrics
+            .connections
+            .http
+            .closed_idle
+            .store(5, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(text.contains("tessera_connections_active{listener=\"https\"} 3\n"));
+        assert!(text.contains(
+            "tessera_connections_refused_total{listener=\"admin\",reason=\"per_address\"} 2\n"
+        ));
+        assert!(text.contains(
+            "tessera_connections_timed_out_total{listener=\"http\",reason=\"idle\"} 5\n"
+        ));
+        assert!(text.contains("# TYPE tessera_connections_active gauge\n"));
     }
 
     #[test]

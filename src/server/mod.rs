@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod deployments;
 pub mod dial_out;
+pub mod listener;
 pub mod metrics;
 pub mod ocs;
 pub mod v1;

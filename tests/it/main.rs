@@ -5,6 +5,7 @@ mod cert_lifetimes;
 mod certificates;
 mod chart;
 mod cluster;
+mod connections;
 mod crash;
 mod crds;
 mod dial_out;
