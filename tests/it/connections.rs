@@ -351,8 +351,6 @@ async fn five_thousand_silent_connections_at_a_low_descriptor_limit_leave_the_se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the accept loop backs off and lives, but the status writer still exits on EMFILE \
-            (issue 13, item 3: failed status writes must be retried, not fatal)"]
 async fn when_accepts_run_out_of_descriptors_the_server_backs_off_and_lives() {
     // A cap set above the descriptor limit: accepts fail with EMFILE until the timeouts
     // free descriptors.
