@@ -363,11 +363,13 @@ async fn a_staged_rollout_reaches_its_share_and_pauses_on_errors() {
         db.record_inventory(&format!("pc-{i:03}-2026-01-01-00-00-00"), &facts, b"", now)
             .unwrap();
     }
-    // Any change makes a pass; the counts then cover the new computers.
+    // Any change makes a pass; the counts then cover the new computers. (The listeners are
+    // up before the first pass has finished, so a pass may also count part of the fleet
+    // while it is being inserted: wait for the count of the whole fleet.)
     std::fs::write(dir.path().join("touch.yaml"), "# touched\n").unwrap();
     let (staged, _) = eventually("the first stage counted", || async {
         let object = get_json(running.admin_address, "/api/v1/objects/Affectation/staged").await;
-        (object["details"]["targets"].as_i64().unwrap_or(0) > 0).then_some(object)
+        (object["details"]["targets"].as_i64().unwrap_or(0) >= 20).then_some(object)
     })
     .await;
     let targets = staged["details"]["targets"].as_i64().unwrap();
