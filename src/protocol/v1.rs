@@ -231,6 +231,10 @@ impl Report {
     }
 }
 
+/// The header a gateway in terminate mode carries the agent's verified client certificate
+/// in (base64 DER) to the server, which believes it only from gateways it lists.
+pub const FORWARDED_CERTIFICATE: &str = "x-tessera-client-certificate";
+
 /// The URI SAN of the certificate the server presents when it calls an agent.
 pub const SERVER_URI: &str = "urn:tessera:server";
 
