@@ -8,34 +8,6 @@ use tokio::net::TcpStream;
 use super::Config;
 use super::metrics::Counters;
 
-/// Why an edge handshake failed, as a metric label's counter.
-fn refusal<'a>(error: &std::io::Error, counters: &'a Counters) -> (&'a AtomicU64, &'static str) {
-    use rustls::{CertificateError, Error};
-    let tls = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<Error>());
-    match tls {
-        Some(Error::NoCertificatesPresented) => {
-            (&counters.refused_no_certificate, "no client certificate")
-        }
-        Some(Error::InvalidCertificate(CertificateError::Expired))
-        | Some(Error::InvalidCertificate(CertificateError::ExpiredContext { .. }))
-        | Some(Error::InvalidCertificate(CertificateError::NotValidYet))
-        | Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => (
-            &counters.refused_expired,
-            "client certificate outside its validity",
-        ),
-        Some(Error::InvalidCertificate(CertificateError::Revoked)) => {
-            (&counters.refused_revoked, "client certificate revoked")
-        }
-        Some(Error::InvalidCertificate(_)) => (
-            &counters.refused_untrusted,
-            "client certificate not trusted (unknown CA, bad signature or usage)",
-        ),
-        _ => (&counters.refused_handshake, "TLS handshake failed"),
-    }
-}
-
 pub(super) type EdgeStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// The edge handshake: the client's certificate is verified during it, so nothing reaches
@@ -72,4 +44,32 @@ pub(super) fn client_certificate(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
+}
+
+/// Why an edge handshake failed, as a metric label's counter.
+fn refusal<'a>(error: &std::io::Error, counters: &'a Counters) -> (&'a AtomicU64, &'static str) {
+    use rustls::{CertificateError, Error};
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>());
+    match tls {
+        Some(Error::NoCertificatesPresented) => {
+            (&counters.refused_no_certificate, "no client certificate")
+        }
+        Some(Error::InvalidCertificate(CertificateError::Expired))
+        | Some(Error::InvalidCertificate(CertificateError::ExpiredContext { .. }))
+        | Some(Error::InvalidCertificate(CertificateError::NotValidYet))
+        | Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => (
+            &counters.refused_expired,
+            "client certificate outside its validity",
+        ),
+        Some(Error::InvalidCertificate(CertificateError::Revoked)) => {
+            (&counters.refused_revoked, "client certificate revoked")
+        }
+        Some(Error::InvalidCertificate(_)) => (
+            &counters.refused_untrusted,
+            "client certificate not trusted (unknown CA, bad signature or usage)",
+        ),
+        _ => (&counters.refused_handshake, "TLS handshake failed"),
+    }
 }

@@ -22,11 +22,16 @@
 //!
 //! Reconcile publishes the [`Config`] and the edge TLS settings through `watch`, so routes,
 //! certificates and trust change without a restart.
+//!
+//! One file per part: `client_hello` (the SNI reader), `passthrough`, `edge` (the verifying
+//! handshake of tunnel and terminate), `tunnel`, `terminate`, `dial_out` (the pool of
+//! connections inside servers open) and `metrics`; this file has the shared configuration,
+//! the accept loop and the byte relay.
 
 mod client_hello;
 mod dial_out;
 mod edge;
-mod metrics;
+pub mod metrics;
 mod passthrough;
 mod terminate;
 mod tunnel;
@@ -42,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use client_hello::{Hello, HelloError, MAX_CLIENT_HELLO, server_name};
 pub use dial_out::{InsidePool, accept_inside};
-pub use metrics::{Counters, render as render_metrics};
+pub use metrics::Counters;
 use passthrough::passthrough;
 use terminate::terminate;
 use tunnel::tunnel;

@@ -740,6 +740,55 @@ mod tests {
         );
     }
 
+    /// Status, `Retry-After` and body of an error's answer.
+    async fn answer(error: ApiError) -> (u16, Option<String>, String) {
+        let response = error.into_response();
+        let status = response.status().as_u16();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn api_errors_answer_with_their_status_code_and_message() {
+        assert_eq!(
+            answer(ApiError::Unauthenticated).await,
+            (
+                401,
+                None,
+                r#"{"error":"client_certificate_required","message":"the native API needs the client certificate this agent received at enrollment"}"#.into()
+            )
+        );
+        assert_eq!(answer(ApiError::Token(TokenRefusal::Expired)).await.0, 403);
+        assert!(
+            answer(ApiError::Token(TokenRefusal::UsedUp))
+                .await
+                .2
+                .starts_with(r#"{"error":"token_used_up","message":""#)
+        );
+        assert_eq!(
+            answer(ApiError::NotAssigned("17".into())).await,
+            (
+                404,
+                None,
+                r#"{"error":"not_assigned","message":"package 17 is not being deployed to this agent"}"#.into()
+            )
+        );
+        let (status, retry, body) = answer(ApiError::TooManyAttempts { seconds: 0 }).await;
+        assert_eq!((status, retry.as_deref()), (429, Some("1")));
+        assert!(body.contains("retry in 0 s"), "{body}");
+        // The server's own failures: logged, and answered without a body.
+        let store = ApiError::Store(FragmentError::Io {
+            action: "read",
+            path: "x".into(),
+            source: std::io::Error::other("disk"),
+        });
+        assert_eq!(answer(store).await, (500, None, String::new()));
+    }
+
     #[test]
     fn ranges_resume_within_the_fragment_and_refuse_what_lies_beyond() {
         assert_eq!(parse_range("bytes=100-", 1000), Some(100..1000));
