@@ -27,7 +27,6 @@ use crate::server::metrics::Metrics;
 use crate::store::db::{Database, DbError};
 
 pub use crate::server::download::{FRAGMENT_CACHE, FragmentCache};
-pub(crate) use crate::server::download::{STREAM_CHUNK, WHOLE_FILE};
 pub use crate::server::identity::{
     ClientAddress, FORWARDED_CERTIFICATE, Forwarded, GatewayIdentities, PeerAgent, PeerCertificate,
 };

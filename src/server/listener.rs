@@ -360,7 +360,7 @@ impl Connection<'_> {
             }
         };
         // Identity comes from the verified certificate, never from a request (except from
-        // a trusted gateway, see `agent::forwarded_identity`).
+        // a trusted gateway, see `identity::forwarded_identity`).
         let leaf = stream
             .get_ref()
             .1

@@ -20,7 +20,7 @@ use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
 use crate::pki::{Names, PkiError, Usage};
 use crate::protocol::v1::{self, EnrollRequest, EnrollResponse, Problem, ReportError};
-use crate::server::agent::{ClientAddress, FragmentCache, STREAM_CHUNK, Shared, WHOLE_FILE};
+use crate::server::agent::{ClientAddress, Shared};
 use crate::store::db::TokenRefusal;
 use crate::store::fragments::FragmentError;
 use crate::throttle::{RateLimit, Repeats, Verdict, source_of};
@@ -414,7 +414,8 @@ pub async fn fragment(
         return Err(ApiError::NotAssigned(id));
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let response = fragment_range(&shared.store, &shared.cache, &id, n, range).await;
+    let response =
+        crate::server::download::fragment_range(&shared.store, &shared.cache, &id, n, range).await;
     match response.status() {
         StatusCode::NOT_FOUND => shared.metrics.not_found(),
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
@@ -430,111 +431,6 @@ pub async fn fragment(
         _ => {}
     }
     Ok(response)
-}
-
-/// Fragment `n` of package `id`, whole (200) or the one range asked (206), never copied
-/// whole per request: from the memory cache as a slice of the cached bytes; else fragments
-/// up to `WHOLE_FILE` are read once into the cache, and larger ones are streamed from the
-/// file, starting at the range.
-async fn fragment_range(
-    store: &std::path::Path,
-    cache: &FragmentCache,
-    id: &str,
-    n: u32,
-    range: Option<&str>,
-) -> Response {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let file = format!("{id}-{n}");
-    let (cached, opened, length) = match cache.get(id, &file) {
-        Some(bytes) => {
-            let length = bytes.len() as u64;
-            (Some(bytes), None, length)
-        }
-        None => {
-            let Ok(mut opened) = tokio::fs::File::open(store.join(id).join(&file)).await else {
-                return StatusCode::NOT_FOUND.into_response();
-            };
-            let Ok(length) = opened.metadata().await.map(|m| m.len()) else {
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            };
-            if length <= WHOLE_FILE {
-                let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
-                if opened.read_to_end(&mut bytes).await.is_err() || bytes.len() as u64 != length {
-                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-                }
-                let bytes = axum::body::Bytes::from(bytes);
-                cache.insert(id, &file, bytes.clone());
-                (Some(bytes), None, length)
-            } else {
-                (None, Some(opened), length)
-            }
-        }
-    };
-    let (status, slice) = match range.map(|v| parse_range(v, length)) {
-        None => (StatusCode::OK, 0..length),
-        Some(Some(range)) => (StatusCode::PARTIAL_CONTENT, range),
-        Some(None) => {
-            let mut refused = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                refused.headers_mut().insert(header::CONTENT_RANGE, value);
-            }
-            return refused;
-        }
-    };
-    let body = match (cached, opened) {
-        (Some(bytes), _) => {
-            let start = usize::try_from(slice.start).unwrap_or(0);
-            let end = usize::try_from(slice.end).unwrap_or(bytes.len());
-            axum::body::Body::from(bytes.slice(start..end))
-        }
-        (None, Some(mut opened)) => {
-            if opened
-                .seek(std::io::SeekFrom::Start(slice.start))
-                .await
-                .is_err()
-            {
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            }
-            let part = opened.take(slice.end - slice.start);
-            axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                part,
-                STREAM_CHUNK,
-            ))
-        }
-        (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(slice.end - slice.start),
-    );
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(value) =
-            HeaderValue::from_str(&format!("bytes {}-{}/{length}", slice.start, slice.end - 1))
-    {
-        headers.insert(header::CONTENT_RANGE, value);
-    }
-    response
-}
-
-/// One `bytes=from-[to]` range within `length`; `None` when it cannot be satisfied.
-fn parse_range(value: &str, length: u64) -> Option<std::ops::Range<u64>> {
-    let (from, to) = value.strip_prefix("bytes=")?.split_once('-')?;
-    if from.is_empty() {
-        // A suffix: the last `to` bytes.
-        let last: u64 = to.parse().ok()?;
-        return (last > 0 && length > 0).then(|| length.saturating_sub(last)..length);
-    }
-    let from: u64 = from.parse().ok()?;
-    let to: u64 = if to.is_empty() {
-        length.checked_sub(1)?
-    } else {
-        to.parse::<u64>().ok()?.min(length.checked_sub(1)?)
-    };
-    (from <= to && from < length).then(|| from..to + 1)
 }
 
 /// `POST /v1/results`. The agent is who its client certificate says, so the only check
@@ -621,125 +517,6 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// A fragment of `length` bytes (byte i is i mod 251) in a store under `dir`.
-    fn fragment_file(dir: &std::path::Path, length: usize) {
-        std::fs::create_dir_all(dir.join("7")).unwrap();
-        let bytes: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.join("7/7-1"), bytes).unwrap();
-    }
-
-    /// (status, Content-Range, Content-Length, body).
-    async fn get(
-        store: &std::path::Path,
-        cache: &FragmentCache,
-        range: Option<&str>,
-    ) -> (u16, String, u64, Vec<u8>) {
-        let response = fragment_range(store, cache, "7", 1, range).await;
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        };
-        let (range, length) = (
-            header(header::CONTENT_RANGE),
-            header(header::CONTENT_LENGTH).parse().unwrap_or(0),
-        );
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, range, length, body.to_vec())
-    }
-
-    fn pattern(range: std::ops::Range<usize>) -> Vec<u8> {
-        range.map(|i| (i % 251) as u8).collect()
-    }
-
-    #[tokio::test]
-    async fn a_range_of_a_cached_fragment_is_a_slice_of_the_cache_not_a_read() {
-        let dir = tempfile::tempdir().unwrap();
-        fragment_file(dir.path(), 4096);
-        let cache = FragmentCache::new(1 << 20);
-        assert_eq!(get(dir.path(), &cache, Some("bytes=0-0")).await.3, vec![0]);
-        // Gone from the disk: later ranges come from memory.
-        std::fs::remove_file(dir.path().join("7/7-1")).unwrap();
-        let (status, range, length, body) = get(dir.path(), &cache, Some("bytes=10-19")).await;
-        assert_eq!(
-            (status, range.as_str(), length),
-            (206, "bytes 10-19/4096", 10)
-        );
-        assert_eq!(body, pattern(10..20));
-        let (status, _, length, body) = get(dir.path(), &cache, None).await;
-        assert_eq!((status, length), (200, 4096));
-        assert_eq!(body, pattern(0..4096));
-    }
-
-    #[tokio::test]
-    async fn a_range_of_a_large_fragment_is_streamed_from_the_file_with_its_exact_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let size = usize::try_from(WHOLE_FILE).unwrap() * 2;
-        fragment_file(dir.path(), size);
-        let cache = FragmentCache::new(1 << 30);
-        let cases = [
-            ("bytes=0-0", 0..1),
-            ("bytes=100-199", 100..200),
-            ("bytes=-10", size - 10..size),
-            (&format!("bytes={}-", size - 3) as &str, size - 3..size),
-            ("bytes=5000000-5000099", 5_000_000..5_000_100),
-        ];
-        for (asked, expected) in cases {
-            let (status, range, length, body) = get(dir.path(), &cache, Some(asked)).await;
-            assert_eq!(status, 206, "{asked}");
-            assert_eq!(
-                range,
-                format!("bytes {}-{}/{size}", expected.start, expected.end - 1)
-            );
-            assert_eq!(length, expected.len() as u64);
-            assert_eq!(body, pattern(expected), "{asked}");
-        }
-        let (status, range, _, _) = get(dir.path(), &cache, Some(&format!("bytes={size}-"))).await;
-        assert_eq!((status, range), (416, format!("bytes */{size}")));
-        let (status, _, length, body) = get(dir.path(), &cache, None).await;
-        assert_eq!((status, length, body.len()), (200, size as u64, size));
-        // Never held in memory whole: not cached, and a small range's body is streamed.
-        assert!(cache.get("7", "7-1").is_none());
-        let response = fragment_range(dir.path(), &cache, "7", 1, Some("bytes=0-0")).await;
-        assert_eq!(
-            hyper::body::Body::size_hint(response.body()).exact(),
-            None,
-            "a streamed body, not a buffer"
-        );
-    }
-
-    #[tokio::test]
-    async fn concurrent_small_ranges_of_a_large_fragment_stay_small_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        fragment_file(dir.path(), 64 << 20);
-        let cache = FragmentCache::new(1 << 30);
-        let rss = || {
-            std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|s| {
-                    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
-                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
-                })
-                .unwrap_or(0)
-        };
-        let before = rss();
-        let responses = futures::future::join_all(
-            (0..32).map(|_| fragment_range(dir.path(), &cache, "7", 1, Some("bytes=0-0"))),
-        )
-        .await;
-        let during = rss();
-        for response in responses {
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body.as_ref(), [0u8]);
-        }
-        println!(
-            "32 concurrent `bytes=0-0` on a 64 MiB fragment: resident memory {before} KiB -> {during} KiB"
-        );
-    }
-
     /// Status, `Retry-After` and body of an error's answer.
     async fn answer(error: ApiError) -> (u16, Option<String>, String) {
         let response = error.into_response();
@@ -787,16 +564,5 @@ mod tests {
             source: std::io::Error::other("disk"),
         });
         assert_eq!(answer(store).await, (500, None, String::new()));
-    }
-
-    #[test]
-    fn ranges_resume_within_the_fragment_and_refuse_what_lies_beyond() {
-        assert_eq!(parse_range("bytes=100-", 1000), Some(100..1000));
-        assert_eq!(parse_range("bytes=0-99", 1000), Some(0..100));
-        assert_eq!(parse_range("bytes=900-5000", 1000), Some(900..1000));
-        assert_eq!(parse_range("bytes=-10", 1000), Some(990..1000));
-        assert_eq!(parse_range("bytes=1000-", 1000), None);
-        assert_eq!(parse_range("bytes=5-4", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
     }
 }
