@@ -318,13 +318,13 @@ impl Client {
         body: Option<&impl serde::Serialize>,
     ) -> Result<Option<T>, ClientError> {
         let url = format!("{}{path}", self.base);
-        let body = body
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(|source| ClientError::Json {
-                url: url.clone(),
-                source,
-            })?;
+        let body =
+            body.map(serde_json::to_vec)
+                .transpose()
+                .map_err(|source| ClientError::Json {
+                    url: url.clone(),
+                    source,
+                })?;
         let answer = self.send(method, path, body, &[]).await?;
         if !answer.status.is_success() {
             return Err(ClientError::Status {
