@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use tessera::gateway::{self, HelloError};
+use tessera::gateway::{self, Hello, HelloError};
 use tessera::protocol::ocs::{self, CodecError, Encoding};
 use tessera::protocol::proxy::{self, FIXED, Header, MAX_BLOCK};
 use tessera::resources::parse;
@@ -152,7 +152,7 @@ pub fn proxy_header(data: &[u8]) {
 /// The ClientHello reader of the gateway, which routes passthrough connections by SNI.
 pub fn client_hello(data: &[u8]) {
     let whole = gateway::server_name(data);
-    if let Ok(Some(Some(name))) = &whole {
+    if let Ok(Hello::Name(name)) = &whole {
         assert!(name.len() <= data.len(), "a name longer than the input");
         assert_eq!(name, &name.to_ascii_lowercase(), "names are lower case");
     }
@@ -176,13 +176,13 @@ pub fn client_hello(data: &[u8]) {
     for cut in cuts {
         let partial = gateway::server_name(&data[..cut]);
         assert!(
-            partial == Ok(None) || partial == whole,
+            partial == Ok(Hello::NeedMore) || partial == whole,
             "{cut} of {} bytes give {partial:?}, the whole {whole:?}",
             data.len()
         );
     }
     // Once decided, what follows the ClientHello (the rest of the session) changes nothing.
-    if whole != Ok(None) {
+    if whole != Ok(Hello::NeedMore) {
         let mut more = data.to_vec();
         more.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
         assert_eq!(

@@ -25,16 +25,33 @@ const MAX_JSON: usize = 4 << 20;
 pub enum ClientError {
     #[error("`{0}` is not an https:// URL")]
     BadUrl(String),
-    #[error("{url}: {reason}")]
-    Transport { url: String, reason: String },
+    #[error("failed to exchange with {url}")]
+    Transport {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{url}: no answer within {EXCHANGE_TIMEOUT:?}")]
+    Timeout { url: String },
     #[error("{url} answered {status}: {body}")]
     Status {
         url: String,
         status: StatusCode,
         body: String,
     },
-    #[error("{url} answered what is not the expected JSON: {reason}")]
-    Json { url: String, reason: String },
+    #[error("{url} answered what is not the expected JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The gateway this agent roams through could not be reached.
+    #[error("failed to reach the gateway {address}")]
+    Gateway {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A connection pool to one server.
@@ -100,13 +117,19 @@ impl tower::Service<Uri> for GatewayConnector {
         Box::pin(async move {
             let tcp = tokio::net::TcpStream::connect(&this.address)
                 .await
-                .map_err(|e| format!("gateway {}: {e}", this.address))?;
+                .map_err(|source| ClientError::Gateway {
+                    address: this.address.clone(),
+                    source,
+                })?;
             let _ = tcp.set_nodelay(true);
             let outer = this
                 .tls
                 .connect(this.name.clone(), tcp)
                 .await
-                .map_err(|e| format!("gateway {}: {e}", this.address))?;
+                .map_err(|source| ClientError::Gateway {
+                    address: this.address.clone(),
+                    source,
+                })?;
             Ok(GatewayStream(hyper_util::rt::TokioIo::new(outer)))
         })
     }
@@ -246,9 +269,9 @@ impl Client {
         headers: &[(&str, String)],
     ) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
-        let transport = |reason: String| ClientError::Transport {
+        let transport = |source: BoxError| ClientError::Transport {
             url: url.clone(),
-            reason,
+            source,
         };
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl(url.clone()))?;
         let mut request = Request::builder().method(method).uri(uri);
@@ -260,21 +283,21 @@ impl Client {
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(|e| transport(e.into()))?;
         let exchange = async {
             let response = match &self.http {
                 Http::Direct(client) => client.request(request).await,
                 Http::Proxied(client) => client.request(request).await,
                 Http::Gateway(client) => client.request(request).await,
             }
-            .map_err(|e| transport(crate::error_chain(&e)))?;
+            .map_err(|e| transport(e.into()))?;
             let status = response.status();
             let headers = response.headers().clone();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| transport(e.to_string()))?
+                .map_err(|e| transport(e.into()))?
                 .to_bytes();
             Ok(Answer {
                 status,
@@ -284,7 +307,7 @@ impl Client {
         };
         tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
             .await
-            .map_err(|_| transport(format!("no answer within {EXCHANGE_TIMEOUT:?}")))?
+            .map_err(|_| ClientError::Timeout { url: url.clone() })?
     }
 
     /// POSTs `body` as JSON and reads a JSON answer (2xx), or nothing for 204.
@@ -295,13 +318,13 @@ impl Client {
         body: Option<&impl serde::Serialize>,
     ) -> Result<Option<T>, ClientError> {
         let url = format!("{}{path}", self.base);
-        let body = body
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(|e| ClientError::Json {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+        let body =
+            body.map(serde_json::to_vec)
+                .transpose()
+                .map_err(|source| ClientError::Json {
+                    url: url.clone(),
+                    source,
+                })?;
         let answer = self.send(method, path, body, &[]).await?;
         if !answer.status.is_success() {
             return Err(ClientError::Status {
@@ -316,9 +339,6 @@ impl Client {
         }
         serde_json::from_slice(&answer.body)
             .map(Some)
-            .map_err(|e| ClientError::Json {
-                url,
-                reason: e.to_string(),
-            })
+            .map_err(|source| ClientError::Json { url, source })
     }
 }

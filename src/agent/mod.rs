@@ -70,7 +70,9 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("TLS: {0}")]
+    /// The agent's identity or the server's CA could not be made into TLS settings (the
+    /// cause follows in the chain, printed once).
+    #[error("failed to set up TLS")]
     Tls(#[from] crate::pki::PkiError),
     #[error("the server's answer was empty")]
     Empty,

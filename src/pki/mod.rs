@@ -5,10 +5,13 @@
 pub mod authority;
 pub mod diagnose;
 pub mod facts;
+pub mod identity;
 pub mod keystore;
 pub mod renewal;
 pub mod tls;
 pub mod token;
+
+pub use identity::AgentId;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -38,6 +41,8 @@ pub enum PkiError {
     Sign(#[source] rcgen::Error),
     #[error("the CA certificate expired at {0}: nothing it signs would be valid")]
     AuthorityExpired(jiff::Timestamp),
+    #[error("`{0}` does not name an agent (urn:tessera:agent:<hex digits>)")]
+    NotAgentId(String),
 }
 
 /// `N` bytes from the operating system's secure random source (through ring).

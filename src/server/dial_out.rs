@@ -114,7 +114,7 @@ async fn keep(
             }
             other => {
                 let reason = match other {
-                    Ok(Err(error)) => error,
+                    Ok(Err(error)) => crate::error_chain(&error),
                     _ => format!("no TLS session within {DIAL_TIMEOUT:?}"),
                 };
                 if !failing {
@@ -136,7 +136,7 @@ async fn keep(
         let header = tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(RECYCLE) => continue,
-            header = super::agent::proxied_client(&mut stream, relay) => header,
+            header = super::listener::proxied_client(&mut stream, relay) => header,
         };
         match header {
             Ok(client) => {
@@ -145,16 +145,28 @@ async fn keep(
                 }
             }
             Err(error) => {
+                let error = crate::error_chain(&error);
                 tracing::debug!(slot, %error, "the gateway closed an idle dial-out connection");
             }
         }
     }
 }
 
-async fn dial(settings: &Settings) -> Result<Dialed, String> {
+/// Why a dial-out connection to the gateway could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("failed to connect")]
+    Connect(#[source] std::io::Error),
+    #[error("`{0}` is not a server name")]
+    Name(String, #[source] rustls::pki_types::InvalidDnsNameError),
+    #[error("failed to set up TLS with the gateway")]
+    Tls(#[source] std::io::Error),
+}
+
+async fn dial(settings: &Settings) -> Result<Dialed, DialError> {
     let tcp = TcpStream::connect(&settings.gateway)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(DialError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let host = settings
         .gateway
@@ -163,9 +175,9 @@ async fn dial(settings: &Settings) -> Result<Dialed, String> {
         .trim_start_matches('[')
         .trim_end_matches(']');
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host}: {e}"))?;
+        .map_err(|e| DialError::Name(host.to_owned(), e))?;
     tokio_rustls::TlsConnector::from(settings.tls.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS with the gateway: {e}"))
+        .map_err(DialError::Tls)
 }

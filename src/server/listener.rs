@@ -20,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::budget::{self, ConnectionBudget, Gate, Refusal, Stats, Throttle};
-use crate::server::agent::{
-    ClientAddress, Listen, PeerAgent, PeerCertificate, ServeError, proxied_client,
-};
+use crate::pki::AgentId;
+use crate::server::agent::{ClientAddress, Listen, PeerAgent, PeerCertificate, ServeError};
 use crate::server::metrics::Metrics;
 
 /// Open connections finish their request within this on shutdown (less than the grace
@@ -227,6 +226,7 @@ async fn accept_tls(
                     Ok(Ok(client)) => client,
                     Ok(Err(error)) => {
                         metrics.handshake_failed(false);
+                        let error = crate::error_chain(&error);
                         tracing::debug!(%peer, %error, "PROXY header refused");
                         return;
                     }
@@ -360,28 +360,48 @@ impl Connection<'_> {
             }
         };
         // Identity comes from the verified certificate, never from a request (except from
-        // a trusted gateway, see `agent::forwarded_identity`).
+        // a trusted gateway, see `identity::forwarded_identity`).
         let leaf = stream
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|der| Arc::new(der.to_vec()));
-        let agent = leaf
+        let mut app = app;
+        if let Some(agent) = leaf
             .as_deref()
-            .and_then(|der| crate::pki::facts::read(der).ok())
-            .and_then(|facts| {
-                facts
-                    .names
-                    .uris
-                    .iter()
-                    .find_map(|uri| crate::protocol::v1::agent_id_of(uri).map(str::to_owned))
-            });
+            .and_then(|der| AgentId::from_certificate(der))
+        {
+            app = app.layer(axum::Extension(PeerAgent(agent)));
+        }
         let app = app
-            .layer(axum::Extension(PeerAgent(agent)))
             .layer(axum::Extension(PeerCertificate(leaf)))
             .layer(axum::Extension(ClientAddress(client)));
         serve_connection(stream, app, self.budget, self.stats, self.shutdown, client).await;
+    }
+}
+
+/// Reads the PROXY protocol v2 header a trusted relay sends first; the client it names.
+pub(crate) async fn proxied_client(
+    stream: &mut (impl AsyncRead + Unpin),
+    relay: SocketAddr,
+) -> Result<SocketAddr, ServeError> {
+    use crate::protocol::proxy;
+    use tokio::io::AsyncReadExt;
+    let mut fixed = [0u8; proxy::FIXED];
+    stream
+        .read_exact(&mut fixed)
+        .await
+        .map_err(ServeError::ProxyRead)?;
+    let length = proxy::block_length(&fixed).map_err(ServeError::Proxy)?;
+    let mut block = vec![0u8; length];
+    stream
+        .read_exact(&mut block)
+        .await
+        .map_err(ServeError::ProxyRead)?;
+    match proxy::decode(&fixed, &block).map_err(ServeError::Proxy)? {
+        proxy::Header::Proxied { source, .. } => Ok(source),
+        proxy::Header::Local => Ok(relay),
     }
 }
 

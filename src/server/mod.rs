@@ -6,6 +6,8 @@ pub mod admin;
 pub mod agent;
 pub mod deployments;
 pub mod dial_out;
+pub mod download;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod ocs;

@@ -116,6 +116,7 @@ pub async fn endpoint(
             crate::server::agent::unavailable()
         }
         Err(error) => {
+            let error = crate::error_chain(&error);
             tracing::error!(device = %request.device_id, query = %request.query, %error, "failed to answer an OCS request");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }

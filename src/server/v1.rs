@@ -10,28 +10,107 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::server::agent::PeerAgent;
+use crate::pki::AgentId;
+use crate::server::agent::{PeerAgent, ServeError};
 use crate::server::deployments;
 use crate::server::metrics::Unfiled;
 use crate::store::db::{Facts, Filed, State as DeploymentState};
 
 use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
-use crate::pki::{Names, Usage};
-use crate::protocol::v1::{self, EnrollRequest, EnrollResponse, Problem};
-use crate::server::agent::{ClientAddress, FragmentCache, STREAM_CHUNK, Shared, WHOLE_FILE};
+use crate::pki::{Names, PkiError, Usage};
+use crate::protocol::v1::{self, EnrollRequest, EnrollResponse, Problem, ReportError};
+use crate::server::agent::{ClientAddress, Shared};
 use crate::store::db::TokenRefusal;
+use crate::store::fragments::FragmentError;
 use crate::throttle::{RateLimit, Repeats, Verdict, source_of};
 
-fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(Problem {
-            error: error.to_owned(),
-            message: message.into(),
-        }),
-    )
-        .into_response()
+/// Why a `/v1` call is refused or failed. Refusals answer with their status and a JSON
+/// [`Problem`] whose message is this error's text; the server's own failures are logged
+/// with their causes and answered 500 without a body (503 with `Retry-After` when the state
+/// database cannot take writes).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the native API needs the client certificate this agent received at enrollment")]
+    Unauthenticated,
+    /// Enrollment is off: the message says so in the words of the call.
+    #[error("{0}")]
+    EnrollmentDisabled(&'static str),
+    #[error(
+        "too many enrollment attempts from this address (at most {ENROLL_BURST} at once, then one every {ENROLL_REFILL:?}): retry in {seconds} s"
+    )]
+    TooManyAttempts { seconds: u64 },
+    /// The body is not the request the call takes.
+    #[error("not an enrollment request: {0}")]
+    NotEnrollment(serde_json::Error),
+    #[error(transparent)]
+    Token(TokenRefusal),
+    #[error(transparent)]
+    BadCsr(PkiError),
+    #[error(transparent)]
+    BadReport(ReportError),
+    #[error("package {0} is not being deployed to this agent")]
+    NotAssigned(String),
+    #[error("too many results from this agent; send it again later")]
+    TooManyResults,
+    #[error("failed to check an enrollment token")]
+    TokenCheck(#[source] ServeError),
+    #[error("failed to read the fragment store")]
+    Store(#[source] FragmentError),
+    #[error("failed to record a native API call")]
+    Serve(#[from] ServeError),
+}
+
+impl ApiError {
+    /// The status and stable code of a refusal; `None` for the server's own failures.
+    fn refusal(&self) -> Option<(StatusCode, &'static str)> {
+        Some(match self {
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "client_certificate_required"),
+            Self::EnrollmentDisabled(_) => (StatusCode::NOT_FOUND, "enrollment_disabled"),
+            Self::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            Self::NotEnrollment(_) | Self::BadReport(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Token(refusal) => (
+                StatusCode::FORBIDDEN,
+                match refusal {
+                    TokenRefusal::Unknown => "token_unknown",
+                    TokenRefusal::Expired => "token_expired",
+                    TokenRefusal::UsedUp => "token_used_up",
+                    TokenRefusal::Revoked => "token_revoked",
+                },
+            ),
+            Self::BadCsr(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
+            Self::NotAssigned(_) => (StatusCode::NOT_FOUND, "not_assigned"),
+            Self::TooManyResults => (StatusCode::TOO_MANY_REQUESTS, "too_many_results"),
+            Self::TokenCheck(_) | Self::Store(_) | Self::Serve(_) => return None,
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Serve(ServeError::Unavailable(_)) = self {
+            return crate::server::agent::unavailable();
+        }
+        let Some((status, code)) = self.refusal() else {
+            let error = crate::error_chain(&self);
+            tracing::error!(%error, "native API failure");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let mut response = (
+            status,
+            Json(Problem {
+                error: code.to_owned(),
+                message: self.to_string(),
+            }),
+        )
+            .into_response();
+        if let Self::TooManyAttempts { seconds } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
+    }
 }
 
 /// Enrollment attempts a client address may make at once: more than a site enrolling a
@@ -77,13 +156,11 @@ pub async fn enroll(
     State(shared): State<Shared>,
     client: Option<Extension<ClientAddress>>,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some(enrollment) = shared.routes.borrow().enrollment.clone() else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "enrollment_disabled",
+        return Err(ApiError::EnrollmentDisabled(
             "this server does not enroll agents (the Server has no spec.enrollment, or its Issuer is not ready)",
-        );
+        ));
     };
     // Every listener names the client; without one, all such calls share a bucket.
     let client = client.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ClientAddress(a))| {
@@ -95,37 +172,14 @@ pub async fn enroll(
             tracing::warn!(%client, suppressed, "enrollment attempts over the limit refused");
         }
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut response = problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            format!(
-                "too many enrollment attempts from this address (at most {ENROLL_BURST} at once, then one every {ENROLL_REFILL:?}): retry in {seconds} s"
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        return response;
+        return Err(ApiError::TooManyAttempts { seconds });
     }
-    let request: EnrollRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("not an enrollment request: {error}"),
-            );
-        }
-    };
+    let request: EnrollRequest = serde_json::from_slice(&body).map_err(ApiError::NotEnrollment)?;
     let Some(token) = Token::parse(&request.token) else {
         if let Some(suppressed) = limits.log(client, "malformed token") {
             tracing::warn!(%client, hostname = %request.hostname, suppressed, "enrollment with a malformed token");
         }
-        return problem(
-            StatusCode::FORBIDDEN,
-            "token_unknown",
-            TokenRefusal::Unknown.to_string(),
-        );
+        return Err(ApiError::Token(TokenRefusal::Unknown));
     };
     let now = shared.now();
     let id = token.id.clone();
@@ -136,30 +190,24 @@ pub async fn enroll(
     {
         Ok(used) => used,
         Err(error) => {
-            // Our fault, not the client's: the attempt does not count.
+            // Our fault, not the client's: the attempt does not count (and a database that
+            // cannot take writes is a 500 here, not a 503: the token stays unused).
             limits.attempts.give_back(client);
-            tracing::error!(%error, "failed to check an enrollment token");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            return Err(ApiError::TokenCheck(error));
         }
     };
     if let Err(refusal) = used {
         if let Some(suppressed) = limits.log(client, "refused") {
             tracing::warn!(%client, token = %token.id, hostname = %request.hostname, %refusal, suppressed, "enrollment refused");
         }
-        let code = match refusal {
-            TokenRefusal::Unknown => "token_unknown",
-            TokenRefusal::Expired => "token_expired",
-            TokenRefusal::UsedUp => "token_used_up",
-            TokenRefusal::Revoked => "token_revoked",
-        };
-        return problem(StatusCode::FORBIDDEN, code, refusal.to_string());
+        return Err(ApiError::Token(refusal));
     }
     // A good token is no guess: a site enrolling many machines from one address is not
     // slowed down by its own successes.
     limits.attempts.give_back(client);
-    let agent_id = hex::encode(crate::pki::random_bytes::<16>());
-    tracing::info!(agent = %agent_id, token = %token.id, hostname = %request.hostname, "enrolling an agent");
-    certify(&enrollment, agent_id, &request.csr, now)
+    let agent = AgentId::generate();
+    tracing::info!(agent = agent.as_str(), token = %token.id, hostname = %request.hostname, "enrolling an agent");
+    certify(&enrollment, agent, &request.csr, now)
 }
 
 /// `POST /v1/renew`: a new certificate for the agent the current one names.
@@ -167,32 +215,28 @@ pub async fn renew(
     State(shared): State<Shared>,
     peer: Option<Extension<PeerAgent>>,
     Json(request): Json<v1::RenewRequest>,
-) -> Response {
-    let Some(agent) = identity(peer) else {
-        return unauthenticated();
-    };
+) -> Result<Response, ApiError> {
+    let agent = identity(peer)?;
     let Some(enrollment) = shared.routes.borrow().enrollment.clone() else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "enrollment_disabled",
+        return Err(ApiError::EnrollmentDisabled(
             "this server does not enroll agents",
-        );
+        ));
     };
-    tracing::info!(%agent, "renewing an agent's certificate");
+    tracing::info!(agent = agent.as_str(), "renewing an agent's certificate");
     certify(&enrollment, agent, &request.csr, shared.now())
 }
 
-/// Signs `csr` for `agent_id` with the enrollment Issuer.
+/// Signs `csr` for `agent` with the enrollment Issuer.
 fn certify(
     enrollment: &crate::server::agent::EnrollmentRoute,
-    agent_id: String,
+    agent: AgentId,
     csr: &str,
     now: i64,
-) -> Response {
+) -> Result<Response, ApiError> {
     let leaf = LeafRequest {
         names: Names {
-            common_name: Some(agent_id.clone()),
-            uris: vec![v1::agent_uri(&agent_id)],
+            common_name: Some(agent.as_str().to_owned()),
+            uris: vec![agent.uri()],
             ..Names::default()
         },
         // Server auth too: the agent may listen for the server's "check in now".
@@ -205,53 +249,31 @@ fn certify(
         lifetime: enrollment.lifetime,
     };
     let at = jiff::Timestamp::from_second(now).unwrap_or_else(|_| jiff::Timestamp::now());
-    let issued = match enrollment.authority.issue_for_csr(&leaf, csr, at) {
-        Ok(issued) => issued,
-        Err(error) => {
-            return problem(StatusCode::BAD_REQUEST, "bad_csr", error.to_string());
-        }
-    };
+    let issued = enrollment
+        .authority
+        .issue_for_csr(&leaf, csr, at)
+        .map_err(ApiError::BadCsr)?;
     let lifetime = issued
         .facts
         .not_after
         .duration_since(issued.facts.not_before);
     let renew_after = issued.facts.not_before + lifetime * 2 / 3;
-    tracing::info!(agent = %agent_id, not_after = %issued.facts.not_after, "issued an agent certificate");
-    Json(EnrollResponse {
-        agent_id,
+    tracing::info!(agent = agent.as_str(), not_after = %issued.facts.not_after, "issued an agent certificate");
+    Ok(Json(EnrollResponse {
+        agent_id: agent.as_str().to_owned(),
         certificate: issued.chain_pem,
         ca: enrollment.server_ca.clone(),
         not_after: issued.facts.not_after.to_string(),
         renew_after: renew_after.to_string(),
         issuer_ca: issued.root_pem,
     })
-    .into_response()
+    .into_response())
 }
 
 /// The agent of the connection, when it presented an enrolled certificate.
-fn identity(peer: Option<Extension<PeerAgent>>) -> Option<String> {
-    peer.and_then(|Extension(PeerAgent(agent))| agent)
-}
-
-fn unauthenticated() -> Response {
-    problem(
-        StatusCode::UNAUTHORIZED,
-        "client_certificate_required",
-        "the native API needs the client certificate this agent received at enrollment",
-    )
-}
-
-/// 503 when the state database cannot take writes, else 500.
-fn failed(error: crate::server::agent::ServeError) -> Response {
-    match error {
-        crate::server::agent::ServeError::Unavailable(_) => crate::server::agent::unavailable(),
-        other => internal(other),
-    }
-}
-
-fn internal(error: impl std::fmt::Display) -> Response {
-    tracing::error!(%error, "native API failure");
-    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+fn identity(peer: Option<Extension<PeerAgent>>) -> Result<AgentId, ApiError> {
+    peer.map(|Extension(PeerAgent(agent))| agent)
+        .ok_or(ApiError::Unauthenticated)
 }
 
 /// `POST /v1/checkin`: facts in (they re-target the computer at once), assignments out.
@@ -260,10 +282,8 @@ pub async fn check_in(
     peer: Option<Extension<PeerAgent>>,
     client: Option<Extension<crate::server::agent::ClientAddress>>,
     Json(check_in): Json<v1::CheckIn>,
-) -> Response {
-    let Some(agent) = identity(peer) else {
-        return unauthenticated();
-    };
+) -> Result<Response, ApiError> {
+    let agent = identity(peer)?;
     let routes = shared.routes.borrow().clone();
     let now = shared.now();
     let raw = serde_json::to_vec(&check_in).unwrap_or_default();
@@ -275,11 +295,11 @@ pub async fn check_in(
         ip_addresses: check_in.ip_addresses,
         history: check_in.installed,
     };
-    let device = agent.clone();
+    let device = agent.as_str().to_owned();
     let table = routes.clone();
     let notify_address = check_in.notify_address.clone();
     let address = client.map(|Extension(c)| c.0.ip().to_string());
-    let found = shared
+    let offers = shared
         .db(move |db| {
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
             db.set_notify_address(&device, notify_address.as_deref())?;
@@ -294,11 +314,7 @@ pub async fn check_in(
             db.apply(&device, &changes, now)?;
             Ok(offers)
         })
-        .await;
-    let offers = match found {
-        Ok(offers) => offers,
-        Err(error) => return failed(error),
-    };
+        .await?;
     shared.touched();
     let assignments = offers
         .into_iter()
@@ -312,7 +328,7 @@ pub async fn check_in(
         })
         .collect();
     let d = &routes.download;
-    Json(v1::CheckInResponse {
+    Ok(Json(v1::CheckInResponse {
         assignments,
         pacing: v1::Pacing {
             enabled: d.on,
@@ -325,13 +341,13 @@ pub async fn check_in(
         },
         check_in_seconds: u64::from(routes.prolog_frequency_hours) * 3600,
     })
-    .into_response()
+    .into_response())
 }
 
-/// The refusal to send unless `package_id` is being deployed to `agent` (so it may read
-/// it and report on it).
-async fn unless_assigned(shared: &Shared, agent: &str, package_id: &str) -> Option<Response> {
-    let device = agent.to_owned();
+/// Refused unless `package_id` is being deployed to `agent` (so it may read it and report
+/// on it).
+async fn assigned(shared: &Shared, agent: &AgentId, package_id: &str) -> Result<(), ApiError> {
+    let device = agent.as_str().to_owned();
     let wanted = package_id.to_owned();
     let assigned = shared
         .db(move |db| {
@@ -340,20 +356,12 @@ async fn unless_assigned(shared: &Shared, agent: &str, package_id: &str) -> Opti
                     .any(|d| d.package_id == wanted && d.state.is_open())
             }))
         })
-        .await;
-    match assigned {
-        Ok(true) => None,
-        Ok(false) => Some(not_assigned(package_id)),
-        Err(error) => Some(failed(error)),
+        .await?;
+    if assigned {
+        Ok(())
+    } else {
+        Err(ApiError::NotAssigned(package_id.to_owned()))
     }
-}
-
-fn not_assigned(package_id: &str) -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        "not_assigned",
-        format!("package {package_id} is not being deployed to this agent"),
-    )
 }
 
 /// `GET /v1/packages/{id}/manifest`.
@@ -361,23 +369,19 @@ pub async fn manifest(
     State(shared): State<Shared>,
     peer: Option<Extension<PeerAgent>>,
     Path(id): Path<String>,
-) -> Response {
-    let Some(agent) = identity(peer) else {
-        return unauthenticated();
-    };
-    if let Some(refusal) = unless_assigned(&shared, &agent, &id).await {
-        return refusal;
-    }
+) -> Result<Response, ApiError> {
+    let agent = identity(peer)?;
+    assigned(&shared, &agent, &id).await?;
     let Some(route) = shared.routes.borrow().packages.get(&id).cloned() else {
-        return not_assigned(&id);
+        return Err(ApiError::NotAssigned(id));
     };
-    let store = crate::store::fragments::FragmentStore::open(&shared.store);
-    let built = match store.and_then(|s| s.manifest(&id)) {
-        Ok(Some(built)) => built,
-        Ok(None) => return not_assigned(&id),
-        Err(error) => return internal(error),
+    let built = crate::store::fragments::FragmentStore::open(&shared.store)
+        .and_then(|s| s.manifest(&id))
+        .map_err(ApiError::Store)?;
+    let Some(built) = built else {
+        return Err(ApiError::NotAssigned(id));
     };
-    Json(v1::Manifest {
+    Ok(Json(v1::Manifest {
         package_id: id,
         priority: route.priority,
         action: route.action,
@@ -394,7 +398,7 @@ pub async fn manifest(
             .collect(),
         success_exit_codes: route.success_exit_codes,
     })
-    .into_response()
+    .into_response())
 }
 
 /// `GET /v1/packages/{id}/fragments/{n}`, with `Range: bytes=<from>-[<to>]` to resume.
@@ -403,18 +407,15 @@ pub async fn fragment(
     peer: Option<Extension<PeerAgent>>,
     Path((id, n)): Path<(String, u32)>,
     headers: HeaderMap,
-) -> Response {
-    let Some(agent) = identity(peer) else {
-        return unauthenticated();
-    };
-    if let Some(refusal) = unless_assigned(&shared, &agent, &id).await {
-        return refusal;
-    }
+) -> Result<Response, ApiError> {
+    let agent = identity(peer)?;
+    assigned(&shared, &agent, &id).await?;
     if !id.bytes().all(|b| b.is_ascii_digit()) {
-        return not_assigned(&id);
+        return Err(ApiError::NotAssigned(id));
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let response = fragment_range(&shared.store, &shared.cache, &id, n, range).await;
+    let response =
+        crate::server::download::fragment_range(&shared.store, &shared.cache, &id, n, range).await;
     match response.status() {
         StatusCode::NOT_FOUND => shared.metrics.not_found(),
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
@@ -429,112 +430,7 @@ pub async fn fragment(
         }
         _ => {}
     }
-    response
-}
-
-/// Fragment `n` of package `id`, whole (200) or the one range asked (206), never copied
-/// whole per request: from the memory cache as a slice of the cached bytes; else fragments
-/// up to `WHOLE_FILE` are read once into the cache, and larger ones are streamed from the
-/// file, starting at the range.
-async fn fragment_range(
-    store: &std::path::Path,
-    cache: &FragmentCache,
-    id: &str,
-    n: u32,
-    range: Option<&str>,
-) -> Response {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let file = format!("{id}-{n}");
-    let (cached, opened, length) = match cache.get(id, &file) {
-        Some(bytes) => {
-            let length = bytes.len() as u64;
-            (Some(bytes), None, length)
-        }
-        None => {
-            let Ok(mut opened) = tokio::fs::File::open(store.join(id).join(&file)).await else {
-                return StatusCode::NOT_FOUND.into_response();
-            };
-            let Ok(length) = opened.metadata().await.map(|m| m.len()) else {
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            };
-            if length <= WHOLE_FILE {
-                let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
-                if opened.read_to_end(&mut bytes).await.is_err() || bytes.len() as u64 != length {
-                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-                }
-                let bytes = axum::body::Bytes::from(bytes);
-                cache.insert(id, &file, bytes.clone());
-                (Some(bytes), None, length)
-            } else {
-                (None, Some(opened), length)
-            }
-        }
-    };
-    let (status, slice) = match range.map(|v| parse_range(v, length)) {
-        None => (StatusCode::OK, 0..length),
-        Some(Some(range)) => (StatusCode::PARTIAL_CONTENT, range),
-        Some(None) => {
-            let mut refused = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                refused.headers_mut().insert(header::CONTENT_RANGE, value);
-            }
-            return refused;
-        }
-    };
-    let body = match (cached, opened) {
-        (Some(bytes), _) => {
-            let start = usize::try_from(slice.start).unwrap_or(0);
-            let end = usize::try_from(slice.end).unwrap_or(bytes.len());
-            axum::body::Body::from(bytes.slice(start..end))
-        }
-        (None, Some(mut opened)) => {
-            if opened
-                .seek(std::io::SeekFrom::Start(slice.start))
-                .await
-                .is_err()
-            {
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            }
-            let part = opened.take(slice.end - slice.start);
-            axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                part,
-                STREAM_CHUNK,
-            ))
-        }
-        (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(slice.end - slice.start),
-    );
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(value) =
-            HeaderValue::from_str(&format!("bytes {}-{}/{length}", slice.start, slice.end - 1))
-    {
-        headers.insert(header::CONTENT_RANGE, value);
-    }
-    response
-}
-
-/// One `bytes=from-[to]` range within `length`; `None` when it cannot be satisfied.
-fn parse_range(value: &str, length: u64) -> Option<std::ops::Range<u64>> {
-    let (from, to) = value.strip_prefix("bytes=")?.split_once('-')?;
-    if from.is_empty() {
-        // A suffix: the last `to` bytes.
-        let last: u64 = to.parse().ok()?;
-        return (last > 0 && length > 0).then(|| length.saturating_sub(last)..length);
-    }
-    let from: u64 = from.parse().ok()?;
-    let to: u64 = if to.is_empty() {
-        length.checked_sub(1)?
-    } else {
-        to.parse::<u64>().ok()?.min(length.checked_sub(1)?)
-    };
-    (from <= to && from < length).then(|| from..to + 1)
+    Ok(response)
 }
 
 /// `POST /v1/results`. The agent is who its client certificate says, so the only check
@@ -546,23 +442,20 @@ pub async fn report(
     State(shared): State<Shared>,
     peer: Option<Extension<PeerAgent>>,
     Json(report): Json<v1::Report>,
-) -> Response {
-    let Some(agent) = identity(peer) else {
-        return unauthenticated();
-    };
+) -> Result<Response, ApiError> {
+    let agent = identity(peer)?;
     if let Err(refusal) = report.check() {
         shared.metrics.unfiled(Unfiled::Invalid);
-        tracing::warn!(%agent, %refusal, "refused a report");
-        return problem(StatusCode::BAD_REQUEST, "bad_request", refusal.to_string());
+        tracing::warn!(agent = agent.as_str(), %refusal, "refused a report");
+        return Err(ApiError::BadReport(refusal));
     }
-    if !shared.results.allow(&agent, std::time::Instant::now()) {
+    if !shared
+        .results
+        .allow(agent.as_str(), std::time::Instant::now())
+    {
         shared.metrics.unfiled(Unfiled::RateLimited);
-        tracing::warn!(%agent, package = %report.package_id, "too many results from one agent");
-        return problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_results",
-            "too many results from this agent; send it again later",
-        );
+        tracing::warn!(agent = agent.as_str(), package = %report.package_id, "too many results from one agent");
+        return Err(ApiError::TooManyResults);
     }
     let success_codes = shared
         .routes
@@ -585,7 +478,7 @@ pub async fn report(
     let output = report.output_tail().to_owned();
     let now = shared.now();
     let package = report.package_id.clone();
-    let (device, filed_code) = (agent.clone(), code.clone());
+    let (device, filed_code) = (agent.as_str().to_owned(), code.clone());
     let filed = shared
         .db(move |db| {
             db.record_result(
@@ -597,27 +490,26 @@ pub async fn report(
                 now,
             )
         })
-        .await;
+        .await?;
     let unfiled = match filed {
-        Ok(Filed::Recorded(_)) => {
+        Filed::Recorded(_) => {
             if let Some(code) = &code {
                 shared.metrics.result(code);
             }
             shared.touched();
-            return StatusCode::NO_CONTENT.into_response();
+            return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        Ok(Filed::Settled) => Unfiled::Settled,
-        Ok(Filed::Superseded) => Unfiled::Superseded,
-        Ok(Filed::NotOffered) => Unfiled::NotOffered,
-        Ok(Filed::UnknownDevice) => Unfiled::UnknownDevice,
-        Err(error) => return failed(error),
+        Filed::Settled => Unfiled::Settled,
+        Filed::Superseded => Unfiled::Superseded,
+        Filed::NotOffered => Unfiled::NotOffered,
+        Filed::UnknownDevice => Unfiled::UnknownDevice,
     };
     shared.metrics.unfiled(unfiled);
     if unfiled.is_refusal() {
-        tracing::warn!(%agent, package = %report.package_id, reason = unfiled.as_str(), "refused a report");
-        return not_assigned(&report.package_id);
+        tracing::warn!(agent = agent.as_str(), package = %report.package_id, reason = unfiled.as_str(), "refused a report");
+        return Err(ApiError::NotAssigned(report.package_id));
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]
@@ -625,133 +517,52 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// A fragment of `length` bytes (byte i is i mod 251) in a store under `dir`.
-    fn fragment_file(dir: &std::path::Path, length: usize) {
-        std::fs::create_dir_all(dir.join("7")).unwrap();
-        let bytes: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.join("7/7-1"), bytes).unwrap();
-    }
-
-    /// (status, Content-Range, Content-Length, body).
-    async fn get(
-        store: &std::path::Path,
-        cache: &FragmentCache,
-        range: Option<&str>,
-    ) -> (u16, String, u64, Vec<u8>) {
-        let response = fragment_range(store, cache, "7", 1, range).await;
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        };
-        let (range, length) = (
-            header(header::CONTENT_RANGE),
-            header(header::CONTENT_LENGTH).parse().unwrap_or(0),
-        );
+    /// Status, `Retry-After` and body of an error's answer.
+    async fn answer(error: ApiError) -> (u16, Option<String>, String) {
+        let response = error.into_response();
         let status = response.status().as_u16();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, range, length, body.to_vec())
-    }
-
-    fn pattern(range: std::ops::Range<usize>) -> Vec<u8> {
-        range.map(|i| (i % 251) as u8).collect()
+        (status, retry, String::from_utf8(body.to_vec()).unwrap())
     }
 
     #[tokio::test]
-    async fn a_range_of_a_cached_fragment_is_a_slice_of_the_cache_not_a_read() {
-        let dir = tempfile::tempdir().unwrap();
-        fragment_file(dir.path(), 4096);
-        let cache = FragmentCache::new(1 << 20);
-        assert_eq!(get(dir.path(), &cache, Some("bytes=0-0")).await.3, vec![0]);
-        // Gone from the disk: later ranges come from memory.
-        std::fs::remove_file(dir.path().join("7/7-1")).unwrap();
-        let (status, range, length, body) = get(dir.path(), &cache, Some("bytes=10-19")).await;
+    async fn api_errors_answer_with_their_status_code_and_message() {
         assert_eq!(
-            (status, range.as_str(), length),
-            (206, "bytes 10-19/4096", 10)
+            answer(ApiError::Unauthenticated).await,
+            (
+                401,
+                None,
+                r#"{"error":"client_certificate_required","message":"the native API needs the client certificate this agent received at enrollment"}"#.into()
+            )
         );
-        assert_eq!(body, pattern(10..20));
-        let (status, _, length, body) = get(dir.path(), &cache, None).await;
-        assert_eq!((status, length), (200, 4096));
-        assert_eq!(body, pattern(0..4096));
-    }
-
-    #[tokio::test]
-    async fn a_range_of_a_large_fragment_is_streamed_from_the_file_with_its_exact_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let size = usize::try_from(WHOLE_FILE).unwrap() * 2;
-        fragment_file(dir.path(), size);
-        let cache = FragmentCache::new(1 << 30);
-        let cases = [
-            ("bytes=0-0", 0..1),
-            ("bytes=100-199", 100..200),
-            ("bytes=-10", size - 10..size),
-            (&format!("bytes={}-", size - 3) as &str, size - 3..size),
-            ("bytes=5000000-5000099", 5_000_000..5_000_100),
-        ];
-        for (asked, expected) in cases {
-            let (status, range, length, body) = get(dir.path(), &cache, Some(asked)).await;
-            assert_eq!(status, 206, "{asked}");
-            assert_eq!(
-                range,
-                format!("bytes {}-{}/{size}", expected.start, expected.end - 1)
-            );
-            assert_eq!(length, expected.len() as u64);
-            assert_eq!(body, pattern(expected), "{asked}");
-        }
-        let (status, range, _, _) = get(dir.path(), &cache, Some(&format!("bytes={size}-"))).await;
-        assert_eq!((status, range), (416, format!("bytes */{size}")));
-        let (status, _, length, body) = get(dir.path(), &cache, None).await;
-        assert_eq!((status, length, body.len()), (200, size as u64, size));
-        // Never held in memory whole: not cached, and a small range's body is streamed.
-        assert!(cache.get("7", "7-1").is_none());
-        let response = fragment_range(dir.path(), &cache, "7", 1, Some("bytes=0-0")).await;
+        assert_eq!(answer(ApiError::Token(TokenRefusal::Expired)).await.0, 403);
+        assert!(
+            answer(ApiError::Token(TokenRefusal::UsedUp))
+                .await
+                .2
+                .starts_with(r#"{"error":"token_used_up","message":""#)
+        );
         assert_eq!(
-            hyper::body::Body::size_hint(response.body()).exact(),
-            None,
-            "a streamed body, not a buffer"
+            answer(ApiError::NotAssigned("17".into())).await,
+            (
+                404,
+                None,
+                r#"{"error":"not_assigned","message":"package 17 is not being deployed to this agent"}"#.into()
+            )
         );
-    }
-
-    #[tokio::test]
-    async fn concurrent_small_ranges_of_a_large_fragment_stay_small_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        fragment_file(dir.path(), 64 << 20);
-        let cache = FragmentCache::new(1 << 30);
-        let rss = || {
-            std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|s| {
-                    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
-                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
-                })
-                .unwrap_or(0)
-        };
-        let before = rss();
-        let responses = futures::future::join_all(
-            (0..32).map(|_| fragment_range(dir.path(), &cache, "7", 1, Some("bytes=0-0"))),
-        )
-        .await;
-        let during = rss();
-        for response in responses {
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body.as_ref(), [0u8]);
-        }
-        println!(
-            "32 concurrent `bytes=0-0` on a 64 MiB fragment: resident memory {before} KiB -> {during} KiB"
-        );
-    }
-
-    #[test]
-    fn ranges_resume_within_the_fragment_and_refuse_what_lies_beyond() {
-        assert_eq!(parse_range("bytes=100-", 1000), Some(100..1000));
-        assert_eq!(parse_range("bytes=0-99", 1000), Some(0..100));
-        assert_eq!(parse_range("bytes=900-5000", 1000), Some(900..1000));
-        assert_eq!(parse_range("bytes=-10", 1000), Some(990..1000));
-        assert_eq!(parse_range("bytes=1000-", 1000), None);
-        assert_eq!(parse_range("bytes=5-4", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
+        let (status, retry, body) = answer(ApiError::TooManyAttempts { seconds: 0 }).await;
+        assert_eq!((status, retry.as_deref()), (429, Some("1")));
+        assert!(body.contains("retry in 0 s"), "{body}");
+        // The server's own failures: logged, and answered without a body.
+        let store = ApiError::Store(FragmentError::Io {
+            action: "read",
+            path: "x".into(),
+            source: std::io::Error::other("disk"),
+        });
+        assert_eq!(answer(store).await, (500, None, String::new()));
     }
 }

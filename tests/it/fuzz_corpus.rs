@@ -65,9 +65,14 @@ fn a_fresh_rustls_client_hello_passes_the_body_and_names_its_server() {
     bodies::client_hello(&hello);
     assert_eq!(
         tessera::gateway::server_name(&hello),
-        Ok(Some(Some("agents.example.org".to_owned())))
+        Ok(tessera::gateway::Hello::Name(
+            "agents.example.org".to_owned()
+        ))
     );
     let address = rustls_client_hello("192.0.2.1");
     bodies::client_hello(&address);
-    assert_eq!(tessera::gateway::server_name(&address), Ok(Some(None)));
+    assert_eq!(
+        tessera::gateway::server_name(&address),
+        Ok(tessera::gateway::Hello::NoName)
+    );
 }

@@ -739,13 +739,10 @@ spec:
 pub(crate) fn agent_id(agent: &Path) -> String {
     let pem = std::fs::read_to_string(agent.join("identity/agent.crt")).unwrap();
     let certs = tessera::pki::facts::pem_certificates(&pem).unwrap();
-    let facts = tessera::pki::facts::read(&certs[0]).unwrap();
-    facts
-        .names
-        .uris
-        .iter()
-        .find_map(|uri| tessera::protocol::v1::agent_id_of(uri).map(str::to_owned))
+    tessera::pki::AgentId::from_certificate(&certs[0])
         .unwrap()
+        .as_str()
+        .to_owned()
 }
 
 pub(crate) fn base64_der(pem_file: &Path) -> String {
