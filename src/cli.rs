@@ -19,7 +19,7 @@ use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
 use crate::reconcile::fragments::Packages;
 use crate::resources::{Kind, ObjectKey, Resource, crd};
-use crate::server::admin::{self, Report};
+use crate::server::admin::{self, ConditionStatus, ConditionType, ObjectKind, Report};
 use crate::server::agent::{self, Listen, Routes, Shared};
 use crate::server::metrics::Metrics;
 use crate::sources::dir::DirSource;
@@ -1329,12 +1329,12 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
             report
                 .objects
                 .iter()
-                .find(|o| o.kind == "Gateway" && o.name == key.name)
+                .find(|o| o.kind == ObjectKind::Gateway && o.name == key.name)
                 .map(|o| {
                     o.conditions
                         .iter()
-                        .find(|c| c.type_ == "Ready")
-                        .map(|c| (c.status == "True", c.message.clone()))
+                        .find(|c| c.type_ == ConditionType::Ready)
+                        .map(|c| (c.status == ConditionStatus::True, c.message.clone()))
                         .unwrap_or_default()
                 })
         };
@@ -2189,15 +2189,13 @@ pub fn kube_statuses(report: &Report) -> Vec<crate::sources::kube::ObjectStatus>
     report
         .objects
         .iter()
-        .filter_map(|object| {
-            Some(crate::sources::kube::ObjectStatus {
-                key: ObjectKey::new(
-                    Kind::from_name(&object.kind)?,
-                    &object.namespace,
-                    &object.name,
-                ),
-                status: reconcile::status::subresource(object),
-            })
+        .map(|object| crate::sources::kube::ObjectStatus {
+            key: ObjectKey::new(
+                reconcile::outcome::resource_kind(object.kind),
+                &object.namespace,
+                &object.name,
+            ),
+            status: reconcile::status::subresource(object),
         })
         .collect()
 }

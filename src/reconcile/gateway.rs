@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use crate::desired::DesiredState;
 use crate::gateway::{Config, Mode};
 use crate::pki::tls::{self, ClientAuth};
-use crate::reconcile::certificates::{Certificates, Outcome, Trust};
+use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::outcome::{Outcome, Reason};
 use crate::resources::gateway::{GatewayMode, GatewaySpec};
 use crate::resources::{Kind, ObjectKey, Resource};
 
@@ -99,14 +100,14 @@ impl GatewayPublisher {
             (&spec.backend_certificate_ref, &spec.backend_issuer_ref)
         else {
             return Err(Box::new(Outcome::not_ready(
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 "terminate mode needs spec.backendCertificateRef and spec.backendIssuerRef".into(),
             )));
         };
         let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, certificate);
         let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             return Err(Box::new(Outcome::not_ready(
-                "Pending",
+                Reason::Pending,
                 format!("waiting for {certificate} to be issued"),
             )));
         };
@@ -114,7 +115,7 @@ impl GatewayPublisher {
         let cas = certificates.trust(std::slice::from_ref(&issuer)).cas;
         if cas.is_empty() {
             return Err(Box::new(Outcome::not_ready(
-                "Pending",
+                Reason::Pending,
                 format!("waiting for {issuer}'s CA certificate"),
             )));
         }
@@ -132,7 +133,7 @@ impl GatewayPublisher {
                 Ok(tls)
             }
             Err(error) => Err(Box::new(Outcome::not_ready(
-                "CertificateUnusable",
+                Reason::CertificateUnusable,
                 format!("{certificate} or {issuer}: {error}"),
             ))),
         }
@@ -189,7 +190,7 @@ impl GatewayPublisher {
                 certificates.trust(&issuers),
             ) {
                 return Outcome::not_ready(
-                    "ClientAuthUnusable",
+                    Reason::ClientAuthUnusable,
                     format!("spec.trustedClientIssuers: {message}"),
                 );
             }
@@ -202,7 +203,7 @@ impl GatewayPublisher {
                 certificates.trust(&issuers),
             ) {
                 return Outcome::not_ready(
-                    "ClientAuthUnusable",
+                    Reason::ClientAuthUnusable,
                     format!("spec.dialOut.trustedServerIssuers: {message}"),
                 );
             }
@@ -234,7 +235,7 @@ impl GatewayPublisher {
         };
         Outcome {
             ready: true,
-            reason: "Relaying",
+            reason: Reason::Relaying,
             message,
             details,
             issuing: None,
@@ -253,7 +254,7 @@ impl GatewayPublisher {
     ) -> Result<String, Box<Outcome>> {
         let Some(reference) = &spec.certificate_ref else {
             return Err(Box::new(Outcome::not_ready(
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 "spec.certificateRef: the gateway presents a certificate in this mode; name one"
                     .into(),
             )));
@@ -261,7 +262,7 @@ impl GatewayPublisher {
         let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
         let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             return Err(Box::new(Outcome::not_ready(
-                "Pending",
+                Reason::Pending,
                 format!("waiting for {certificate} to be issued"),
             )));
         };
@@ -274,7 +275,7 @@ impl GatewayPublisher {
                 }
                 Err(error) => {
                     return Err(Box::new(Outcome::not_ready(
-                        "CertificateUnusable",
+                        Reason::CertificateUnusable,
                         format!("{certificate}: {error}"),
                     )));
                 }

@@ -8,6 +8,7 @@ pub mod certificates;
 pub mod fetch;
 pub mod fragments;
 pub mod gateway;
+pub mod outcome;
 pub mod plan;
 pub mod replicate;
 pub mod routes;
@@ -24,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::desired::{self, DesiredState, Entry, Served};
 use crate::leader::Leadership;
-use crate::reconcile::certificates::{Certificates, Environment, Outcome};
+use crate::reconcile::certificates::{Certificates, Environment};
+use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
 use crate::reconcile::fragments::Packages;
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
@@ -240,7 +242,7 @@ pub struct Reconciler {
     publisher: routes::Publisher,
     gateway: gateway::GatewayPublisher,
     /// When each condition last changed status, so transition times stay put between passes.
-    transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
+    transitions: HashMap<(ObjectKey, ConditionType), (ConditionStatus, String)>,
     /// Whether the last pass was the leader's.
     led: bool,
     /// While status files cannot be written: why, and since when (RFC 3339).
@@ -395,7 +397,7 @@ impl Reconciler {
             .filter(|o| {
                 o.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .any(|c| c.type_ == ConditionType::Ready && c.status == ConditionStatus::True)
             })
             .count();
         if !changes.is_empty() || self.previous.is_none() {
@@ -476,9 +478,9 @@ impl Reconciler {
         let mut found = Vec::new();
         if let Some((message, since)) = &self.status_fault {
             found.push(ConditionReport {
-                type_: STATUS_WRITTEN.to_owned(),
-                status: "False".to_owned(),
-                reason: "WriteFailed".to_owned(),
+                type_: STATUS_WRITTEN,
+                status: ConditionStatus::False,
+                reason: Reason::WriteFailed.to_string(),
                 message: format!("{message}; retried every {}s", STATUS_RETRY.as_secs()),
                 last_transition_time: since.clone(),
             });
@@ -486,11 +488,11 @@ impl Reconciler {
         let health = self.config.runtime.as_ref().map(|r| r.db.health());
         let database = match health {
             Some(Health::ReadOnly) => Some((
-                "DiskFull",
+                Reason::DiskFull,
                 "the state database cannot be written (disk full?): what is built is served; results and inventories are refused (503) until space is freed".to_owned(),
             )),
             Some(Health::Lost(lost)) => Some((
-                "DatabaseLost",
+                Reason::DatabaseLost,
                 format!(
                     "the state database {lost} while the server ran: results are refused (503); restore it and restart the server"
                 ),
@@ -499,9 +501,9 @@ impl Reconciler {
         };
         if let Some((reason, message)) = database {
             found.push(ConditionReport {
-                type_: STATE_DATABASE.to_owned(),
-                status: "False".to_owned(),
-                reason: reason.to_owned(),
+                type_: STATE_DATABASE,
+                status: ConditionStatus::False,
+                reason: reason.to_string(),
                 message,
                 last_transition_time: String::new(),
             });
@@ -524,14 +526,14 @@ impl Reconciler {
                     let slot = self
                         .transitions
                         .entry((key.clone(), c.type_))
-                        .or_insert_with(|| (c.status.to_owned(), now.to_string()));
+                        .or_insert_with(|| (c.status, now.to_string()));
                     if slot.0 != c.status {
-                        *slot = (c.status.to_owned(), now.to_string());
+                        *slot = (c.status, now.to_string());
                     }
                     ConditionReport {
-                        type_: c.type_.to_owned(),
-                        status: c.status.to_owned(),
-                        reason: c.reason.to_owned(),
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason.to_string(),
                         message: c.message,
                         last_transition_time: slot.1.clone(),
                     }
@@ -539,7 +541,7 @@ impl Reconciler {
                 .collect();
             objects.push(ObjectReport {
                 api_version: API_VERSION.to_owned(),
-                kind: key.kind.to_string(),
+                kind: object_kind(key.kind),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 source: entry.origin.as_ref().map(|o| SourceRef {
@@ -579,9 +581,9 @@ impl Reconciler {
 /// A condition before its transition time is known.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Condition {
-    pub type_: &'static str,
-    pub status: &'static str,
-    pub reason: &'static str,
+    pub type_: ConditionType,
+    pub status: ConditionStatus,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -600,11 +602,11 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
             (None, _) => String::new(),
         }
     };
-    let (ready, reason, message): (bool, &'static str, String) = match &entry.served {
-        Served::Nothing => (false, "InvalidSpec", first(&entry.problems)),
+    let (ready, reason, message): (bool, Reason, String) = match &entry.served {
+        Served::Nothing => (false, Reason::InvalidSpec, first(&entry.problems)),
         Served::LastGood { generation, .. } => (
             false,
-            "InvalidSpec",
+            Reason::InvalidSpec,
             format!(
                 "generation {} is refused: {}; generation {generation}, the last valid version, stays in effect",
                 entry.generation,
@@ -613,32 +615,44 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
         ),
         Served::Current(_) if !entry.dependency_problems.is_empty() => (
             false,
-            "MissingDependency",
+            Reason::MissingDependency,
             first(&entry.dependency_problems),
         ),
         Served::Current(_) => match (outcome, pending_part(entry.key.kind)) {
             (Some(outcome), _) => (outcome.ready, outcome.reason, outcome.message.clone()),
-            (None, Some(elsewhere)) => (false, "RunElsewhere", elsewhere.to_owned()),
-            (None, None) => (true, "Accepted", accepted(entry.key.kind).to_owned()),
+            (None, Some(elsewhere)) => (false, Reason::RunElsewhere, elsewhere.to_owned()),
+            (None, None) => (true, Reason::Accepted, accepted(entry.key.kind).to_owned()),
         },
     };
-    // Waiting on a retry or on another object is progress, not a dead end.
-    let progressing = matches!(
-        reason,
-        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed" | "SecretWriteFailed"
-    );
+    let mut found = kstatus(ready, reason, message);
+    if let Some((issuing, reason, message)) = outcome.and_then(|o| o.issuing.clone()) {
+        found.push(Condition {
+            type_: ConditionType::Issuing,
+            status: ConditionStatus::from_bool(issuing),
+            reason,
+            message,
+        });
+    }
+    found
+}
+
+/// kstatus's three conditions from whether the object is ready, why, and the message: not
+/// ready for a progressing reason (waiting on a retry, on agents, on another object) is
+/// `Reconciling`, for any other reason `Stalled`. `Ready=True` never comes with either.
+pub fn kstatus(ready: bool, reason: Reason, message: String) -> Vec<Condition> {
+    let progressing = !ready && reason.is_progressing();
     let stalled = !ready && !progressing;
-    let mut found = vec![
+    vec![
         Condition {
-            type_: "Ready",
-            status: if ready { "True" } else { "False" },
+            type_: ConditionType::Ready,
+            status: ConditionStatus::from_bool(ready),
             reason,
             message: message.clone(),
         },
         Condition {
-            type_: "Stalled",
-            status: if stalled { "True" } else { "False" },
-            reason: if stalled { reason } else { "Accepted" },
+            type_: ConditionType::Stalled,
+            status: ConditionStatus::from_bool(stalled),
+            reason: if stalled { reason } else { Reason::Accepted },
             message: if stalled {
                 message.clone()
             } else {
@@ -646,21 +660,12 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
             },
         },
         Condition {
-            type_: "Reconciling",
-            status: if progressing { "True" } else { "False" },
-            reason: if ready { "Accepted" } else { reason },
+            type_: ConditionType::Reconciling,
+            status: ConditionStatus::from_bool(progressing),
+            reason: if ready { Reason::Accepted } else { reason },
             message: if progressing { message } else { String::new() },
         },
-    ];
-    if let Some((issuing, reason, message)) = outcome.and_then(|o| o.issuing.clone()) {
-        found.push(Condition {
-            type_: "Issuing",
-            status: if issuing { "True" } else { "False" },
-            reason,
-            message,
-        });
-    }
-    found
+    ]
 }
 
 /// The directory of the file that declares `key`, below `config_dir`: relative file names
@@ -740,7 +745,7 @@ mod tests {
             .iter()
             .find(|c| c.type_ == crate::server::admin::STATUS_WRITTEN)
             .expect("a StatusWritten condition");
-        assert_eq!(condition.status, "False");
+        assert_eq!(condition.status, ConditionStatus::False);
         assert_eq!(condition.reason, "WriteFailed");
         let retry = jiff::SignedDuration::try_from(STATUS_RETRY).unwrap();
         assert!(pass.wake.is_some_and(|at| at <= now + retry));

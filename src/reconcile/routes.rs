@@ -9,21 +9,24 @@ use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::desired::DesiredState;
 use crate::leader::Leadership;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
-use crate::reconcile::certificates::{Certificates, Outcome, Trust};
+use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 use crate::resources::{Kind, ObjectKey, Resource};
 use crate::server::agent::{
     EnrollmentRoute, Forwarded, GatewayIdentities, Listen, PackageRoute, Routes,
 };
-use crate::server::deployments::{self, Assignment, OsFamily, Selector};
+use crate::resources::affectation::{DeploymentCounts, RolloutStatus};
+use crate::resources::{ActivationStatus, AffectationStatus, ServerStatus};
+use crate::server::deployments::{self, Assignment, Counts, OsFamily, Selector};
+use crate::store::db::{Computer, Deployment, State};
 use crate::store::db::Database;
 
 /// The channels reconcile publishes on and the runtime reads, and the database both use.
@@ -144,15 +147,10 @@ impl Publisher {
         }
 
         // Built packages, by key: (id, success codes, os).
-        let built: HashMap<&ObjectKey, &str> = packages
+        let built: HashMap<&ObjectKey, String> = packages
             .iter()
             .filter(|(_, o)| o.ready)
-            .filter_map(|(k, o)| {
-                o.details
-                    .get("packageId")
-                    .and_then(Value::as_str)
-                    .map(|id| (k, id))
-            })
+            .filter_map(|(k, o)| outcome::package_id(&o.details).map(|id| (k, id)))
             .collect();
         let mut activations: HashMap<ObjectKey, ActiveActivation> = HashMap::new();
         for (key, resource) in desired.actionable() {
@@ -171,7 +169,7 @@ impl Publisher {
                 continue;
             };
             routes.packages.insert(
-                (*id).to_owned(),
+                id.clone(),
                 PackageRoute {
                     name: qualified(&package_key),
                     success_exit_codes: package.spec.success_exit_codes.clone(),
@@ -191,24 +189,20 @@ impl Publisher {
                 key.clone(),
                 (
                     qualified(&package_key),
-                    (*id).to_owned(),
+                    id.clone(),
                     package.spec.os,
                     activation.spec.info_location.as_deref().map(strip_scheme),
                     activation.spec.pack_location.as_deref().map(strip_scheme),
                 ),
             );
-            let mut details = Map::new();
-            details.insert("packageId".into(), json!(id));
+            let details = outcome::details(&ActivationStatus {
+                package_id: Some(id.clone()),
+                ..ActivationStatus::default()
+            });
             outcomes.insert(
                 key.clone(),
-                Outcome {
-                    ready: true,
-                    reason: "Active",
-                    message: format!("agents are offered package {id}"),
-                    details,
-                    issuing: None,
-                    wake: None,
-                },
+                Outcome::ready(Reason::Active, format!("agents are offered package {id}"))
+                    .with_details(details),
             );
         }
 
@@ -237,7 +231,7 @@ impl Publisher {
             ) {
                 Ok(selector) => selector,
                 Err(message) => {
-                    outcomes.insert(key.clone(), failed("InvalidSpec", message));
+                    outcomes.insert(key.clone(), failed(Reason::InvalidSpec, message));
                     continue;
                 }
             };
@@ -314,13 +308,14 @@ impl Publisher {
             .db
             .computers()
             .and_then(|computers| Ok((computers, runtime.db.deployments()?)));
-        let counts = match &counted {
-            Ok((computers, rows)) => {
-                deployments::counts(&routes.assignments, computers, rows, stale_before)
-            }
+        let (counts, codes) = match &counted {
+            Ok((computers, rows)) => (
+                deployments::counts(&routes.assignments, computers, rows, stale_before),
+                error_codes(&routes.assignments, computers, rows),
+            ),
             Err(error) => {
                 tracing::warn!(error = %crate::error_chain(error), "failed to read deployment states");
-                HashMap::new()
+                (HashMap::new(), HashMap::new())
             }
         };
         for assignment in &mut routes.assignments {
@@ -339,60 +334,28 @@ impl Publisher {
                 Some(Resource::Affectation(a)) => a.spec.rollout.clone(),
                 _ => None,
             };
-            let mut details = Map::new();
-            if let Some(rollout) = &rollout {
+            let rollout = rollout.map(|rollout| {
                 // Too many errors pause it: nothing new is offered until it is fixed (a new
                 // package version or redeploy token restarts the rollout).
                 assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
-                details.insert(
-                    "rollout".into(),
-                    json!({
-                        "percent": assignment.share,
-                        "paused": assignment.paused,
-                        "nextStage": wakes.get(&assignment.affectation).map(ToString::to_string),
-                    }),
-                );
-            }
-            details.insert("targets".into(), json!(c.targets));
-            details.insert(
-                "counts".into(),
-                json!({
-                    "waiting": c.waiting, "notified": c.notified, "stale": c.stale,
-                    "downloading": c.downloading, "installing": c.installing,
-                    "success": c.success, "error": c.error,
-                }),
-            );
-            outcomes.insert(
-                key.clone(),
-                Outcome {
-                    ready: true,
-                    reason: "Deploying",
-                    message: format!(
-                        "package {} to {} target{}: {} success, {} error, {} waiting, {} notified, {} stale",
-                        assignment.package_id,
-                        c.targets,
-                        if c.targets == 1 { "" } else { "s" },
-                        c.success,
-                        c.error,
-                        c.waiting,
-                        c.notified,
-                        c.stale
-                    ),
-                    details,
-                    issuing: None,
-                    wake: wakes.get(&assignment.affectation).copied(),
-                },
-            );
-            if assignment.paused
-                && let Some(outcome) = outcomes.get_mut(key)
-            {
-                outcome.ready = false;
-                outcome.reason = "RolloutPaused";
-                outcome.message = format!(
-                    "rollout paused at {}%: {} errors reached spec.rollout.maxErrors; {}",
-                    assignment.share, c.error, outcome.message
-                );
-            }
+                RolloutStatus {
+                    percent: i64::from(assignment.share),
+                    paused: assignment.paused,
+                    next_stage: wakes.get(&assignment.affectation).map(ToString::to_string),
+                }
+            });
+            let facts = RolloutFacts {
+                package_id: &assignment.package_id,
+                counts: c,
+                error_codes: codes
+                    .get(&assignment.affectation)
+                    .cloned()
+                    .unwrap_or_default(),
+                rollout,
+            };
+            let mut outcome = affectation_outcome(&facts);
+            outcome.wake = wakes.get(&assignment.affectation).copied();
+            outcomes.insert(key.clone(), outcome);
         }
 
         // Arm known computers for what is assigned now (new Affectations, versions, tokens,
@@ -482,7 +445,7 @@ impl Publisher {
                 trusted_proxies: Vec::new(),
             },
             (Err(message), _) | (_, Err(message)) => {
-                return (failed("InvalidSpec", message), Listen::default());
+                return (failed(Reason::InvalidSpec, message), Listen::default());
             }
         };
         let mut listen = listen;
@@ -492,7 +455,7 @@ impl Publisher {
                 Err(_) => {
                     return (
                         failed(
-                            "InvalidSpec",
+                            Reason::InvalidSpec,
                             format!("spec.trustedProxies[{i}]: {text:?} is not an IP address"),
                         ),
                         Listen::default(),
@@ -528,7 +491,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     return (
-                        failed("CertificateUnusable", format!("{certificate_key}: {error}")),
+                        failed(Reason::CertificateUnusable, format!("{certificate_key}: {error}")),
                         listen,
                     );
                 }
@@ -596,7 +559,7 @@ impl Publisher {
                     Err(error) => {
                         return (
                             failed(
-                                "ClientAuthUnusable",
+                                Reason::ClientAuthUnusable,
                                 format!(
                                     "spec.trustedGateways: agent certificates cannot be checked: {error}"
                                 ),
@@ -617,7 +580,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     return (
-                        failed("ClientAuthUnusable", format!("spec.clientAuth: {error}")),
+                        failed(Reason::ClientAuthUnusable, format!("spec.clientAuth: {error}")),
                         listen,
                     );
                 }
@@ -625,50 +588,247 @@ impl Publisher {
         }
 
         if let Err(message) = self.dial_out(runtime, desired, key, spec, certificates) {
-            return (failed("DialOutUnusable", message), listen);
+            return (failed(Reason::DialOutUnusable, message), listen);
         }
 
         let bound = runtime.bound.borrow().clone();
-        let mut details = Map::new();
-        details.insert(
-            "addresses".into(),
-            json!(bound.iter().map(ToString::to_string).collect::<Vec<_>>()),
-        );
-        if let Some(serial) = &serial {
-            details.insert("certificateSerial".into(), json!(serial));
-        }
-        let (ready, reason, message) = if bound.is_empty() {
-            (
-                false,
-                "Pending",
-                "the listeners are starting (or failed to bind: see the log)".to_owned(),
-            )
-        } else {
-            (
-                true,
-                "Serving",
-                format!(
-                    "listening on {}",
-                    bound
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        };
+        let wanted: Vec<SocketAddr> = listen.https.into_iter().chain(listen.http).collect();
+        let details = outcome::details(&ServerStatus {
+            addresses: bound.iter().map(ToString::to_string).collect(),
+            certificate_serial: serial,
+            ..ServerStatus::default()
+        });
         (
-            Outcome {
-                ready,
-                reason,
-                message,
-                details,
-                issuing: None,
-                wake: None,
-            },
+            server_outcome(listening(&wanted, &bound)).with_details(details),
             listen,
         )
     }
+}
+
+/// How the listeners stand against the addresses the spec asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listening {
+    /// Nothing is bound yet: the listeners are starting (a listener that fails every bind
+    /// also leaves this, said in the log).
+    Starting,
+    /// Every address asked for is bound.
+    Serving(Vec<SocketAddr>),
+    /// Some are bound, and these are not: their bind failed.
+    Missing {
+        bound: Vec<SocketAddr>,
+        missing: Vec<SocketAddr>,
+    },
+}
+
+/// Matches the addresses `wanted` (port 0: any port) with those `bound`, in order.
+pub fn listening(wanted: &[SocketAddr], bound: &[SocketAddr]) -> Listening {
+    if bound.is_empty() {
+        return Listening::Starting;
+    }
+    let mut left: Vec<SocketAddr> = bound.to_vec();
+    let mut missing = Vec::new();
+    for address in wanted {
+        let found = left
+            .iter()
+            .position(|b| b.ip() == address.ip() && (address.port() == 0 || b.port() == address.port()));
+        match found {
+            Some(i) => {
+                left.remove(i);
+            }
+            None => missing.push(*address),
+        }
+    }
+    if missing.is_empty() {
+        Listening::Serving(bound.to_vec())
+    } else if missing.len() == wanted.len() {
+        // None of the addresses asked for is bound: what is bound is the previous spec's,
+        // until the listeners move.
+        Listening::Starting
+    } else {
+        Listening::Missing {
+            bound: bound.to_vec(),
+            missing,
+        }
+    }
+}
+
+/// The Server's outcome once its certificate and trust are in place.
+pub fn server_outcome(listening: Listening) -> Outcome {
+    let list = |addresses: &[SocketAddr]| {
+        addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match listening {
+        Listening::Starting => Outcome::not_ready(
+            Reason::Pending,
+            "the listeners are starting (or failed to bind: see the log)".to_owned(),
+        ),
+        Listening::Serving(bound) => {
+            Outcome::ready(Reason::Serving, format!("listening on {}", list(&bound)))
+        }
+        Listening::Missing { bound, missing } => Outcome::not_ready(
+            Reason::BindFailed,
+            format!(
+                "failed to bind {} (see the log); listening on {} only",
+                list(&missing),
+                list(&bound)
+            ),
+        ),
+    }
+}
+
+/// What an Affectation's status is made from.
+#[derive(Clone, Debug, Default)]
+pub struct RolloutFacts<'a> {
+    /// The package id deployed.
+    pub package_id: &'a str,
+    /// Targets per state.
+    pub counts: Counts,
+    /// Error codes reported, most frequent first, with how many targets reported each.
+    pub error_codes: Vec<(String, i64)>,
+    /// A staged rollout's progress, when there is one.
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// How many error codes the message of a failed rollout names.
+const CODES_SHOWN: usize = 3;
+
+/// Longest error code shown in a message, in characters (agents report codes verbatim).
+const CODE_SHOWN_CHARS: usize = 64;
+
+/// The Affectation's outcome, honestly: `Deploying` (progressing) while any target is
+/// waiting, notified (even stale), downloading or installing, or a staged rollout has stages
+/// left; `Deployed` (ready) once every target settled successfully, or there is none;
+/// `DeploymentFailed` once every target settled and some failed; `RolloutPaused` when
+/// `maxErrors` stopped the rollout.
+pub fn affectation_outcome(facts: &RolloutFacts<'_>) -> Outcome {
+    let c = &facts.counts;
+    let in_flight = c.waiting + c.notified + c.stale + c.downloading + c.installing;
+    let mut counts = format!(
+        "package {} to {} target{}: {} success, {} error, {} waiting, {} notified, {} stale",
+        facts.package_id,
+        c.targets,
+        if c.targets == 1 { "" } else { "s" },
+        c.success,
+        c.error,
+        c.waiting,
+        c.notified,
+        c.stale
+    );
+    if c.downloading + c.installing > 0 {
+        counts.push_str(&format!(
+            ", {} downloading, {} installing",
+            c.downloading, c.installing
+        ));
+    }
+    if c.error > 0 && !facts.error_codes.is_empty() {
+        let shown: Vec<String> = facts
+            .error_codes
+            .iter()
+            .take(CODES_SHOWN)
+            .map(|(code, n)| {
+                let code: String = code.chars().take(CODE_SHOWN_CHARS).collect();
+                format!("{code:?} ×{n}")
+            })
+            .collect();
+        counts.push_str(&format!("; error codes: {}", shown.join(", ")));
+    }
+    let details = outcome::details(&AffectationStatus {
+        targets: Some(c.targets),
+        counts: Some(DeploymentCounts {
+            waiting: c.waiting,
+            notified: c.notified,
+            stale: c.stale,
+            downloading: c.downloading,
+            installing: c.installing,
+            success: c.success,
+            error: c.error,
+        }),
+        rollout: facts.rollout.clone(),
+        ..AffectationStatus::default()
+    });
+    let stage_left = facts
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.percent < 100 && !r.paused);
+    let outcome = match &facts.rollout {
+        Some(rollout) if rollout.paused => Outcome::not_ready(
+            Reason::RolloutPaused,
+            format!(
+                "rollout paused at {}%: {} errors reached spec.rollout.maxErrors; {counts}",
+                rollout.percent, c.error
+            ),
+        ),
+        _ if in_flight > 0 => Outcome::not_ready(
+            Reason::Deploying,
+            format!("{in_flight} of {} in flight; {counts}", c.targets),
+        ),
+        Some(rollout) if stage_left => Outcome::not_ready(
+            Reason::Deploying,
+            format!(
+                "rollout at {}%, next stage {}; {counts}",
+                rollout.percent,
+                rollout.next_stage.as_deref().unwrap_or("pending")
+            ),
+        ),
+        _ if c.error > 0 => Outcome::not_ready(
+            Reason::DeploymentFailed,
+            format!("{} of {} failed; {counts}", c.error, c.targets),
+        ),
+        _ if c.targets == 0 => Outcome::ready(
+            Reason::Deployed,
+            format!("no computer matches the targets; {counts}"),
+        ),
+        _ => Outcome::ready(Reason::Deployed, format!("all settled; {counts}")),
+    };
+    outcome.with_details(details)
+}
+
+/// Per Affectation, the error codes its targets reported for the package and token they
+/// should have now, most frequent first (then by code).
+fn error_codes(
+    assignments: &[Assignment],
+    computers: &[Computer],
+    rows: &[Deployment],
+) -> HashMap<String, Vec<(String, i64)>> {
+    let index: HashMap<(&str, &str), &Deployment> = rows
+        .iter()
+        .map(|d| ((d.device_id.as_str(), d.activation.as_str()), d))
+        .collect();
+    let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for computer in computers {
+        for wanted in deployments::wanted(assignments, computer) {
+            let Some(row) = index
+                .get(&(computer.device_id.as_str(), wanted.activation))
+                .filter(|d| d.package_id == wanted.package_id && d.token == wanted.token)
+                .filter(|d| d.state == State::Error)
+            else {
+                continue;
+            };
+            let code = row.code.clone().unwrap_or_default();
+            for assignment in assignments
+                .iter()
+                .filter(|a| a.activation == wanted.activation && a.targets(computer))
+            {
+                *found
+                    .entry(assignment.affectation.clone())
+                    .or_default()
+                    .entry(code.clone())
+                    .or_default() += 1;
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(affectation, codes)| {
+            let mut codes: Vec<(String, i64)> = codes.into_iter().collect();
+            codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            (affectation, codes)
+        })
+        .collect()
 }
 
 fn base_routes(spec: &ServerSpec) -> Routes {
@@ -743,9 +903,9 @@ fn client_auth(mode: ClientAuthMode) -> ClientAuth {
 }
 
 fn waiting(message: String) -> Outcome {
-    Outcome::not_ready("Pending", message)
+    Outcome::not_ready(Reason::Pending, message)
 }
 
-fn failed(reason: &'static str, message: String) -> Outcome {
+fn failed(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
 }
