@@ -77,7 +77,10 @@ impl Packages {
             Err(error) => {
                 for (key, resource) in desired.actionable() {
                     if matches!(resource, Resource::Package(_)) {
-                        outcomes.insert(key.clone(), failed(Reason::StoreUnavailable, error.to_string()));
+                        outcomes.insert(
+                            key.clone(),
+                            failed(Reason::StoreUnavailable, error.to_string()),
+                        );
                     }
                 }
                 return outcomes;

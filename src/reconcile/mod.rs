@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::desired::{self, DesiredState, Entry, Served};
 use crate::leader::Leadership;
 use crate::reconcile::certificates::{Certificates, Environment};
-use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
 use crate::reconcile::fragments::Packages;
+use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
 

@@ -306,8 +306,14 @@ mod tests {
             serde_json::to_value(ConditionType::StateDatabaseWritable).unwrap(),
             "StateDatabaseWritable"
         );
-        assert_eq!(serde_json::to_value(ConditionStatus::False).unwrap(), "False");
-        assert_eq!(serde_json::to_value(ObjectKind::Affectation).unwrap(), "Affectation");
+        assert_eq!(
+            serde_json::to_value(ConditionStatus::False).unwrap(),
+            "False"
+        );
+        assert_eq!(
+            serde_json::to_value(ObjectKind::Affectation).unwrap(),
+            "Affectation"
+        );
     }
 
     #[test]

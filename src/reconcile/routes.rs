@@ -17,17 +17,17 @@ use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
 use crate::reconcile::certificates::{Certificates, Trust};
 use crate::reconcile::outcome::{self, Outcome, Reason};
+use crate::resources::affectation::{DeploymentCounts, RolloutStatus};
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
+use crate::resources::{ActivationStatus, AffectationStatus, ServerStatus};
 use crate::resources::{Kind, ObjectKey, Resource};
 use crate::server::agent::{
     EnrollmentRoute, Forwarded, GatewayIdentities, Listen, PackageRoute, Routes,
 };
-use crate::resources::affectation::{DeploymentCounts, RolloutStatus};
-use crate::resources::{ActivationStatus, AffectationStatus, ServerStatus};
 use crate::server::deployments::{self, Assignment, Counts, OsFamily, Selector};
-use crate::store::db::{Computer, Deployment, State};
 use crate::store::db::Database;
+use crate::store::db::{Computer, Deployment, State};
 
 /// The channels reconcile publishes on and the runtime reads, and the database both use.
 pub struct Runtime {
@@ -491,7 +491,10 @@ impl Publisher {
                 }
                 Err(error) => {
                     return (
-                        failed(Reason::CertificateUnusable, format!("{certificate_key}: {error}")),
+                        failed(
+                            Reason::CertificateUnusable,
+                            format!("{certificate_key}: {error}"),
+                        ),
                         listen,
                     );
                 }
@@ -580,7 +583,10 @@ impl Publisher {
                 }
                 Err(error) => {
                     return (
-                        failed(Reason::ClientAuthUnusable, format!("spec.clientAuth: {error}")),
+                        failed(
+                            Reason::ClientAuthUnusable,
+                            format!("spec.clientAuth: {error}"),
+                        ),
                         listen,
                     );
                 }
@@ -628,9 +634,9 @@ pub fn listening(wanted: &[SocketAddr], bound: &[SocketAddr]) -> Listening {
     let mut left: Vec<SocketAddr> = bound.to_vec();
     let mut missing = Vec::new();
     for address in wanted {
-        let found = left
-            .iter()
-            .position(|b| b.ip() == address.ip() && (address.port() == 0 || b.port() == address.port()));
+        let found = left.iter().position(|b| {
+            b.ip() == address.ip() && (address.port() == 0 || b.port() == address.port())
+        });
         match found {
             Some(i) => {
                 left.remove(i);

@@ -183,8 +183,11 @@ pub fn already_built(state_dir: &Path, desired: &DesiredState) -> HashMap<Object
         });
         built.insert(
             key.clone(),
-            Outcome::ready(Reason::Built, format!("package {id}, built before this start"))
-                .with_details(details),
+            Outcome::ready(
+                Reason::Built,
+                format!("package {id}, built before this start"),
+            )
+            .with_details(details),
         );
     }
     built
