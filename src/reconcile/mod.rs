@@ -28,7 +28,7 @@ use crate::leader::Leadership;
 use crate::reconcile::certificates::{Certificates, Environment};
 use crate::reconcile::fragments::Packages;
 use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
-use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
+use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Resource, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
 
 /// Passes run at least this often even when nothing changed (level-triggered: anything that
@@ -371,6 +371,7 @@ impl Reconciler {
             }
         }
         outcomes.extend(packages);
+        self.expire(&desired, &mut outcomes, now);
         // The earliest thing due: a renewal, a retry, the next stage of a rollout.
         let wake = outcomes
             .values()
@@ -421,6 +422,64 @@ impl Reconciler {
         }
         self.previous = Some(desired);
         Ok(Pass { report, wake })
+    }
+
+    /// No Certificate, Issuer or Server is Ready on an expired certificate, whatever acted
+    /// on it (a follower reads what the leader shared without judging it).
+    fn expire(
+        &self,
+        desired: &DesiredState,
+        outcomes: &mut HashMap<ObjectKey, Outcome>,
+        now: jiff::Timestamp,
+    ) {
+        let end = |key: &ObjectKey, outcomes: &HashMap<ObjectKey, Outcome>| {
+            outcomes
+                .get(key)
+                .and_then(|o| outcome::not_after(&o.details))
+                .or_else(|| {
+                    let (chain, _) = self.certificates.issued(key, desired)?;
+                    let certificates = crate::pki::facts::pem_certificates(&chain).ok()?;
+                    crate::pki::facts::read(certificates.first()?)
+                        .ok()
+                        .map(|f| f.not_after)
+                })
+        };
+        let mut expired = Vec::new();
+        for (key, resource) in desired.actionable() {
+            let (certificate, what) = match resource {
+                Resource::Certificate(_) => (key.clone(), "the certificate".to_owned()),
+                Resource::Issuer(_) => {
+                    let Some(at) = outcomes
+                        .get(key)
+                        .and_then(|o| outcome::not_after(&o.details))
+                    else {
+                        continue;
+                    };
+                    expired.push((key.clone(), "the CA certificate".to_owned(), at));
+                    continue;
+                }
+                Resource::Server(server) => {
+                    let certificate = ObjectKey::referenced(
+                        Kind::Certificate,
+                        &key.namespace,
+                        &server.spec.certificate_ref,
+                    );
+                    let what = format!("the served certificate ({certificate})");
+                    (certificate, what)
+                }
+                _ => continue,
+            };
+            if outcomes.get(key).is_some_and(|o| o.ready)
+                && let Some(at) = end(&certificate, outcomes)
+            {
+                expired.push((key.clone(), what, at));
+            }
+        }
+        for (key, what, at) in expired {
+            if let Some(found) = outcomes.get_mut(&key) {
+                outcome::expire(found, &what, at, now);
+            }
+        }
     }
 
     /// Writes the status files (the leader's) and what was applied; a failure (a full disk)

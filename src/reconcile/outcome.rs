@@ -238,6 +238,26 @@ pub fn package_id(details: &Map<String, Value>) -> Option<String> {
         .package_id
 }
 
+/// An expired certificate is never Ready, whoever reports it (a follower takes the
+/// leader's files without judging them; a Server serves whatever its Certificate holds):
+/// a ready `outcome` whose certificate ended at `not_after`, at or before `now`, becomes
+/// not ready for [`Reason::Expired`]. `what` names the certificate in the message.
+pub fn expire(outcome: &mut Outcome, what: &str, not_after: jiff::Timestamp, now: jiff::Timestamp) {
+    if outcome.ready && not_after <= now {
+        outcome.ready = false;
+        outcome.reason = Reason::Expired;
+        outcome.message = format!("{what} expired at {not_after}; {}", outcome.message);
+    }
+}
+
+/// The end of validity in a Certificate's or an Issuer's status fields, if there is one.
+pub fn not_after(details: &Map<String, Value>) -> Option<jiff::Timestamp> {
+    serde_json::from_value::<crate::resources::CertificateStatus>(Value::Object(details.clone()))
+        .ok()?
+        .not_after
+        .map(|time| time.0)
+}
+
 /// The report's name for a kind (the admin API may not import `resources`).
 pub fn object_kind(kind: Kind) -> ObjectKind {
     match kind {
@@ -314,6 +334,39 @@ mod tests {
             serde_json::to_value(ObjectKind::Affectation).unwrap(),
             "Affectation"
         );
+    }
+
+    #[test]
+    fn an_expired_certificate_is_never_ready() {
+        let now: jiff::Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
+        let mut details = Map::new();
+        details.insert("notAfter".into(), "2026-05-31T00:00:00Z".into());
+        let end = not_after(&details).expect("notAfter read back");
+        let mut following = Outcome::ready(Reason::Following, "the leader issues it".into());
+        expire(&mut following, "the certificate", end, now);
+        assert!(!following.ready);
+        assert_eq!(following.reason, Reason::Expired);
+        assert!(
+            following
+                .message
+                .starts_with("the certificate expired at 2026-05-31T00:00:00Z"),
+            "{}",
+            following.message
+        );
+        // Valid a second longer: untouched.
+        let mut ready = Outcome::ready(Reason::Ready, "valid".into());
+        expire(
+            &mut ready,
+            "the certificate",
+            now + jiff::SignedDuration::from_secs(1),
+            now,
+        );
+        assert!(ready.ready);
+        assert_eq!(ready.reason, Reason::Ready);
+        // What is not ready keeps its own reason.
+        let mut failed = Outcome::not_ready(Reason::RenewalFailed, "retrying".into());
+        expire(&mut failed, "the certificate", end, now);
+        assert_eq!(failed.reason, Reason::RenewalFailed);
     }
 
     #[test]
