@@ -779,6 +779,61 @@ fn problem_report(problem: &Problem) -> ProblemReport {
 mod tests {
     use super::*;
 
+    fn statuses(conditions: &[Condition]) -> Vec<(ConditionType, ConditionStatus, Reason)> {
+        conditions
+            .iter()
+            .map(|c| (c.type_, c.status, c.reason))
+            .collect()
+    }
+
+    #[test]
+    fn kstatus_never_says_ready_with_reconciling_or_stalled() {
+        use ConditionStatus::{False, True};
+        use ConditionType::{Ready, Reconciling, Stalled};
+        for reason in outcome::Reason::ALL {
+            for ready in [true, false] {
+                let found = kstatus(ready, *reason, "m".into());
+                let status = |type_| found.iter().find(|c| c.type_ == type_).unwrap().status;
+                let trues = [Ready, Reconciling, Stalled]
+                    .into_iter()
+                    .filter(|t| status(*t) == True)
+                    .count();
+                assert_eq!(trues, 1, "exactly one holds: {reason} {ready}");
+                if !ready {
+                    assert_eq!(
+                        status(Reconciling) == True,
+                        reason.is_progressing(),
+                        "{reason}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            statuses(&kstatus(false, Reason::Deploying, "2 notified".into())),
+            [
+                (Ready, False, Reason::Deploying),
+                (Stalled, False, Reason::Accepted),
+                (Reconciling, True, Reason::Deploying),
+            ]
+        );
+        assert_eq!(
+            statuses(&kstatus(false, Reason::Expired, "expired".into())),
+            [
+                (Ready, False, Reason::Expired),
+                (Stalled, True, Reason::Expired),
+                (Reconciling, False, Reason::Expired),
+            ]
+        );
+        assert_eq!(
+            statuses(&kstatus(true, Reason::Deployed, "all settled".into())),
+            [
+                (Ready, True, Reason::Deployed),
+                (Stalled, False, Reason::Accepted),
+                (Reconciling, False, Reason::Accepted),
+            ]
+        );
+    }
+
     #[test]
     fn status_files_that_cannot_be_written_are_reported_and_retried_never_fatal() {
         let dir = tempfile::tempdir().unwrap();

@@ -915,3 +915,211 @@ fn waiting(message: String) -> Outcome {
 fn failed(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::kstatus;
+    use crate::reconcile::outcome::{ConditionStatus, ConditionType};
+
+    fn counts(waiting: i64, notified: i64, success: i64, error: i64) -> Counts {
+        Counts {
+            targets: waiting + notified + success + error,
+            waiting,
+            notified,
+            success,
+            error,
+            ..Counts::default()
+        }
+    }
+
+    fn facts(counts: Counts) -> RolloutFacts<'static> {
+        RolloutFacts {
+            package_id: "20260101000000",
+            counts,
+            error_codes: Vec::new(),
+            rollout: None,
+        }
+    }
+
+    /// (Ready, Reconciling, Stalled) as kstatus readers see them.
+    fn read(outcome: &Outcome) -> (ConditionStatus, ConditionStatus, ConditionStatus) {
+        let conditions = kstatus(outcome.ready, outcome.reason, outcome.message.clone());
+        let status = |type_| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| c.status)
+                .unwrap()
+        };
+        (
+            status(ConditionType::Ready),
+            status(ConditionType::Reconciling),
+            status(ConditionType::Stalled),
+        )
+    }
+
+    use ConditionStatus::{False, True};
+
+    #[test]
+    fn an_affectation_is_reconciling_while_any_target_is_in_flight() {
+        for c in [
+            counts(3, 0, 0, 0),
+            counts(0, 2, 1, 0),
+            counts(0, 1, 0, 2),
+            Counts {
+                targets: 2,
+                downloading: 1,
+                installing: 1,
+                ..Counts::default()
+            },
+            Counts {
+                targets: 1,
+                stale: 1,
+                ..Counts::default()
+            },
+        ] {
+            let outcome = affectation_outcome(&facts(c));
+            assert_eq!(outcome.reason, Reason::Deploying, "{c:?}");
+            assert_eq!(read(&outcome), (False, True, False), "{c:?}");
+        }
+        let outcome = affectation_outcome(&facts(counts(1, 2, 3, 0)));
+        assert!(
+            outcome.message.starts_with("3 of 6 in flight; package 20260101000000 to 6 targets: 3 success, 0 error, 1 waiting, 2 notified, 0 stale"),
+            "{}",
+            outcome.message
+        );
+    }
+
+    #[test]
+    fn an_affectation_is_ready_only_when_every_target_succeeded_or_there_is_none() {
+        let outcome = affectation_outcome(&facts(counts(0, 0, 3, 0)));
+        assert_eq!(outcome.reason, Reason::Deployed);
+        assert_eq!(read(&outcome), (True, False, False));
+        assert!(
+            outcome.message.starts_with("all settled; "),
+            "{}",
+            outcome.message
+        );
+        let none = affectation_outcome(&facts(Counts::default()));
+        assert_eq!(none.reason, Reason::Deployed);
+        assert_eq!(read(&none), (True, False, False));
+        assert!(none.message.starts_with("no computer matches the targets"));
+        assert_eq!(none.details["targets"], 0);
+        assert_eq!(none.details["counts"]["success"], 0);
+    }
+
+    #[test]
+    fn a_settled_affectation_with_failures_is_failed_with_its_most_frequent_codes() {
+        let mut f = facts(counts(0, 0, 2, 5));
+        f.error_codes = vec![
+            ("ERR_EXECUTE".into(), 3),
+            ("ERR_DOWNLOAD".into(), 1),
+            ("ERR_TIMEOUT".into(), 1),
+            ("ERR_RARE".into(), 1),
+        ];
+        let outcome = affectation_outcome(&f);
+        assert_eq!(outcome.reason, Reason::DeploymentFailed);
+        assert_eq!(read(&outcome), (False, False, True));
+        assert!(
+            outcome.message.starts_with("5 of 7 failed; "),
+            "{}",
+            outcome.message
+        );
+        assert!(
+            outcome.message.ends_with(
+                "error codes: \"ERR_EXECUTE\" ×3, \"ERR_DOWNLOAD\" ×1, \"ERR_TIMEOUT\" ×1"
+            ),
+            "{}",
+            outcome.message
+        );
+        // A code as long as an agent may send is cut in the message.
+        f.error_codes = vec![("E".repeat(10_000), 5)];
+        let outcome = affectation_outcome(&f);
+        assert!(outcome.message.len() < 300, "{}", outcome.message);
+    }
+
+    #[test]
+    fn a_staged_rollout_is_deploying_until_its_last_stage_and_paused_by_its_gate() {
+        let mut f = facts(counts(0, 0, 4, 0));
+        f.rollout = Some(RolloutStatus {
+            percent: 20,
+            paused: false,
+            next_stage: Some("2026-01-02T00:00:00Z".into()),
+        });
+        let outcome = affectation_outcome(&f);
+        assert_eq!(outcome.reason, Reason::Deploying);
+        assert_eq!(read(&outcome), (False, True, False));
+        assert!(
+            outcome
+                .message
+                .starts_with("rollout at 20%, next stage 2026-01-02T00:00:00Z; "),
+            "{}",
+            outcome.message
+        );
+        assert_eq!(outcome.details["rollout"]["percent"], 20);
+
+        let mut f = facts(counts(3, 0, 0, 1));
+        f.rollout = Some(RolloutStatus {
+            percent: 20,
+            paused: true,
+            next_stage: None,
+        });
+        let outcome = affectation_outcome(&f);
+        assert_eq!(outcome.reason, Reason::RolloutPaused);
+        assert_eq!(read(&outcome), (False, False, True));
+        assert!(
+            outcome
+                .message
+                .starts_with("rollout paused at 20%: 1 errors reached spec.rollout.maxErrors; "),
+            "{}",
+            outcome.message
+        );
+        assert_eq!(outcome.details["rollout"]["paused"], true);
+
+        // The last stage reached, all settled successfully: deployed.
+        let mut f = facts(counts(0, 0, 4, 0));
+        f.rollout = Some(RolloutStatus {
+            percent: 100,
+            paused: false,
+            next_stage: None,
+        });
+        assert_eq!(affectation_outcome(&f).reason, Reason::Deployed);
+    }
+
+    #[test]
+    fn a_server_is_ready_only_when_every_listener_asked_for_is_bound() {
+        let https: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let http: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let bound_https: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(listening(&[https, http], &[]), Listening::Starting);
+        let both = listening(&[https, http], &[bound_https, http]);
+        assert_eq!(both, Listening::Serving(vec![bound_https, http]));
+        let outcome = server_outcome(both);
+        assert_eq!(outcome.reason, Reason::Serving);
+        assert_eq!(read(&outcome), (True, False, False));
+
+        // The plain-HTTP listener failed to bind (its port was taken).
+        let partial = listening(&[https, http], &[bound_https]);
+        assert_eq!(
+            partial,
+            Listening::Missing {
+                bound: vec![bound_https],
+                missing: vec![http],
+            }
+        );
+        let outcome = server_outcome(partial);
+        assert_eq!(outcome.reason, Reason::BindFailed);
+        assert_eq!(read(&outcome), (False, False, True));
+        assert_eq!(
+            outcome.message,
+            "failed to bind 127.0.0.1:8080 (see the log); listening on 127.0.0.1:40001 only"
+        );
+
+        // Still bound to the previous spec's addresses: starting on the new ones.
+        let moved: SocketAddr = "127.0.0.1:9443".parse().unwrap();
+        assert_eq!(listening(&[moved], &[bound_https]), Listening::Starting);
+        let outcome = server_outcome(Listening::Starting);
+        assert_eq!(read(&outcome), (False, True, False));
+    }
+}
