@@ -68,6 +68,8 @@ reasons! {
     RunElsewhere => Failed,
     /// Waiting for another object (a certificate to be issued, a package to be built).
     Pending => Progressing,
+    /// Another object this one needs failed: waiting would not end by itself.
+    DependencyFailed => Failed,
     /// A follower: the leader acts on this object; waiting for what it shares, or using it.
     Following => Progressing,
     /// A file could not be written (retried at the next pass).
@@ -150,6 +152,8 @@ reasons! {
     BindFailed => Failed,
     /// The gateway relays to its backend.
     Relaying => Done,
+    /// The gateway's connections since the last pass reached no backend, none was relayed.
+    BackendUnreachable => Failed,
     /// The served certificate cannot be used.
     CertificateUnusable => Failed,
     /// Client certificates cannot be checked with the trusted issuers.

@@ -16,7 +16,7 @@ use crate::leader::Leadership;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
 use crate::reconcile::certificates::{Certificates, Trust};
-use crate::reconcile::outcome::{self, Outcome, Reason};
+use crate::reconcile::outcome::{self, Class, Outcome, Reason};
 use crate::resources::affectation::{DeploymentCounts, RolloutStatus};
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
@@ -162,10 +162,12 @@ impl Publisher {
             let package = desired.entries.get(&package_key).and_then(|e| e.resource());
             let (Some(id), Some(Resource::Package(package))) = (built.get(&package_key), package)
             else {
-                outcomes.insert(
-                    key.clone(),
-                    waiting(format!("waiting for {package_key} to be built")),
+                let outcome = dependency(
+                    packages.get(&package_key),
+                    &package_key,
+                    format!("waiting for {package_key} to be built"),
                 );
+                outcomes.insert(key.clone(), outcome);
                 continue;
             };
             routes.packages.insert(
@@ -215,10 +217,12 @@ impl Publisher {
             let activation_key =
                 ObjectKey::referenced(Kind::Activation, &key.namespace, &spec.activation_ref);
             let Some((package, id, os, info, pack)) = activations.get(&activation_key) else {
-                outcomes.insert(
-                    key.clone(),
-                    waiting(format!("waiting for {activation_key} to be active")),
+                let outcome = dependency(
+                    outcomes.get(&activation_key),
+                    &activation_key,
+                    format!("waiting for {activation_key} to be active"),
                 );
+                outcomes.insert(key.clone(), outcome);
                 continue;
             };
             let targets = &spec.targets;
@@ -908,6 +912,22 @@ fn client_auth(mode: ClientAuthMode) -> ClientAuth {
     }
 }
 
+/// The outcome of an object waiting for `needed`, whose own outcome is `found`: `Pending`
+/// while that one progresses, `DependencyFailed` (with its reason and message) once it
+/// failed, since waiting would then never end by itself.
+pub fn dependency(found: Option<&Outcome>, needed: &ObjectKey, waiting_for: String) -> Outcome {
+    match found {
+        Some(found) if !found.ready && found.reason.class() == Class::Failed => failed(
+            Reason::DependencyFailed,
+            format!(
+                "{needed} is not ready ({}): {}",
+                found.reason, found.message
+            ),
+        ),
+        _ => waiting(waiting_for),
+    }
+}
+
 fn waiting(message: String) -> Outcome {
     Outcome::not_ready(Reason::Pending, message)
 }
@@ -1085,6 +1105,32 @@ mod tests {
             next_stage: None,
         });
         assert_eq!(affectation_outcome(&f).reason, Reason::Deployed);
+    }
+
+    #[test]
+    fn waiting_for_what_failed_is_failed_not_pending() {
+        let package = ObjectKey::new(Kind::Package, "default", "hello");
+        let waiting = || "waiting for Package/hello to be built".to_owned();
+        let building = dependency(None, &package, waiting());
+        assert_eq!(building.reason, Reason::Pending);
+        assert_eq!(read(&building), (False, True, False));
+        let broken = Outcome::not_ready(Reason::BuildFailed, "setup.exe: not found".into());
+        let outcome = dependency(Some(&broken), &package, waiting());
+        assert_eq!(outcome.reason, Reason::DependencyFailed);
+        assert_eq!(read(&outcome), (False, False, True));
+        assert!(
+            outcome
+                .message
+                .ends_with("is not ready (BuildFailed): setup.exe: not found"),
+            "{}",
+            outcome.message
+        );
+        // A dependency still progressing is waited for.
+        let retrying = Outcome::not_ready(Reason::Pending, "waiting".into());
+        assert_eq!(
+            dependency(Some(&retrying), &package, waiting()).reason,
+            Reason::Pending
+        );
     }
 
     #[test]
