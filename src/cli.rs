@@ -687,9 +687,9 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
     let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
     let mut ids = std::collections::HashMap::new();
     for (key, outcome) in &outcomes {
-        match outcome.details.get("packageId").and_then(|v| v.as_str()) {
+        match reconcile::outcome::package_id(&outcome.details) {
             Some(id) if outcome.ready => {
-                ids.insert(key.clone(), id.to_owned());
+                ids.insert(key.clone(), id);
             }
             _ => problems.push(format!("{key}: not built: {}", outcome.message)),
         }
@@ -899,19 +899,15 @@ fn export(args: &ExportArgs) -> Result<ExitCode> {
         let Some(outcome) = outcomes.get(key) else {
             continue;
         };
-        let Some(id) = outcome
-            .details
-            .get("packageId")
-            .and_then(|v| v.as_str())
-            .filter(|_| outcome.ready)
+        let Some(id) = reconcile::outcome::package_id(&outcome.details).filter(|_| outcome.ready)
         else {
             writeln!(out, "{key}: not built: {}", outcome.message)?;
             failures += 1;
             continue;
         };
-        copy_package(&state_dir.join("download").join(id), &args.output, id)?;
+        copy_package(&state_dir.join("download").join(&id), &args.output, &id)?;
         writeln!(out, "{key}: {id} ({})", outcome.message)?;
-        exported.insert(id.to_owned());
+        exported.insert(id);
     }
     // Like `rsync --delete`: package directories no longer activated go away.
     if let Ok(entries) = std::fs::read_dir(&args.output) {
