@@ -8,16 +8,15 @@ use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use serde_json::{Map, json};
 use tokio::sync::watch;
 
 use crate::desired::DesiredState;
 use crate::gateway::{Config, Mode};
 use crate::pki::tls::{self, ClientAuth};
 use crate::reconcile::certificates::{Certificates, Trust};
-use crate::reconcile::outcome::{Outcome, Reason};
+use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::gateway::{GatewayMode, GatewaySpec};
-use crate::resources::{Kind, ObjectKey, Resource};
+use crate::resources::{GatewayStatus, Kind, ObjectKey, Resource};
 
 /// The channels reconcile publishes on and `tessera gateway` reads.
 pub struct GatewayRuntime {
@@ -168,20 +167,20 @@ impl GatewayPublisher {
         certificates: &Certificates,
     ) -> Outcome {
         let mut config = relay_config(spec);
-        let mut details = Map::new();
-        details.insert(
-            "activeConnections".into(),
-            json!(
+        let mut status = GatewayStatus {
+            active_connections: i64::try_from(
                 runtime
                     .counters
                     .active
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            ),
-        );
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .ok(),
+            ..GatewayStatus::default()
+        };
         if config.mode != Mode::Passthrough || spec.dial_out.is_some() {
             match self.certificate(runtime, desired, key, spec, certificates) {
                 Ok(serial) => {
-                    details.insert("certificateSerial".into(), json!(serial));
+                    status.certificate_serial = Some(serial);
                 }
                 Err(outcome) => return *outcome,
             }
@@ -211,10 +210,8 @@ impl GatewayPublisher {
                     format!("spec.dialOut.trustedServerIssuers: {message}"),
                 );
             }
-            details.insert(
-                "dialOutConnections".into(),
-                json!(runtime.inside.as_ref().map_or(0, |pool| pool.idle())),
-            );
+            status.dial_out_connections =
+                i64::try_from(runtime.inside.as_ref().map_or(0, |pool| pool.idle())).ok();
         }
         if config.mode == Mode::Terminate {
             match self.backend_tls(desired, key, spec, certificates) {
@@ -246,7 +243,7 @@ impl GatewayPublisher {
         } else {
             format!("relaying ({mode}) on {} to {backend}", runtime.listen)
         };
-        gateway_outcome(self.reachable, message, &backend).with_details(details)
+        gateway_outcome(self.reachable, message, &backend).with_details(outcome::details(&status))
     }
 
     /// Publishes the gateway's certificate when it changed; its serial.
