@@ -372,6 +372,7 @@ impl Reconciler {
         }
         outcomes.extend(packages);
         self.expire(&desired, &mut outcomes, now);
+        dependencies_failed(&desired, &mut outcomes);
         // The earliest thing due: a renewal, a retry, the next stage of a rollout.
         let wake = outcomes
             .values()
@@ -727,6 +728,49 @@ pub fn kstatus(ready: bool, reason: Reason, message: String) -> Vec<Condition> {
     ]
 }
 
+/// An object waiting for another (a Certificate for its Issuer, a Server or a Gateway for
+/// its Certificate) is `DependencyFailed` once that one failed: waiting would never end by
+/// itself, so it is not shown as progressing.
+fn dependencies_failed(desired: &DesiredState, outcomes: &mut HashMap<ObjectKey, Outcome>) {
+    let mut found = Vec::new();
+    for (key, resource) in desired.actionable() {
+        let needed = match resource {
+            Resource::Certificate(certificate) => Some(ObjectKey::referenced(
+                Kind::Issuer,
+                &key.namespace,
+                &certificate.spec.issuer_ref,
+            )),
+            Resource::Server(server) => Some(ObjectKey::referenced(
+                Kind::Certificate,
+                &key.namespace,
+                &server.spec.certificate_ref,
+            )),
+            Resource::Gateway(gateway) => gateway.spec.certificate_ref.as_ref().map(|reference| {
+                ObjectKey::referenced(Kind::Certificate, &key.namespace, reference)
+            }),
+            _ => None,
+        };
+        let Some(needed) = needed else { continue };
+        let Some(own) = outcomes.get(key) else {
+            continue;
+        };
+        if own.ready || !own.reason.is_progressing() {
+            continue;
+        }
+        let judged = routes::dependency(outcomes.get(&needed), &needed, own.message.clone());
+        if judged.reason == Reason::DependencyFailed {
+            found.push((key.clone(), judged));
+        }
+    }
+    for (key, judged) in found {
+        if let Some(own) = outcomes.get_mut(&key) {
+            own.ready = false;
+            own.reason = judged.reason;
+            own.message = judged.message;
+        }
+    }
+}
+
 /// The directory of the file that declares `key`, below `config_dir`: relative file names
 /// in a resource (content directories, CA files, password files) are resolved from it.
 fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
@@ -784,6 +828,51 @@ mod tests {
             .iter()
             .map(|c| (c.type_, c.status, c.reason))
             .collect()
+    }
+
+    #[test]
+    fn waiting_on_an_issuer_or_a_certificate_that_failed_is_not_progress() {
+        let snapshot = Snapshot {
+            revision: "r".into(),
+            files: vec![crate::resources::SourceFile {
+                path: "all.yaml".into(),
+                text: "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned: {}\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: web\nspec:\n  issuerRef:\n    name: ca\n  commonName: web\n".into(),
+            }],
+            problems: vec![],
+            root: None,
+        };
+        let desired = desired::evaluate(&snapshot, None, Default::default());
+        assert!(desired.problems.is_empty(), "{:?}", desired.problems);
+        let issuer = ObjectKey::new(Kind::Issuer, "default", "ca");
+        let web = ObjectKey::new(Kind::Certificate, "default", "web");
+        let mut outcomes = HashMap::from([
+            (
+                issuer.clone(),
+                Outcome::not_ready(Reason::Pending, "waiting".into()),
+            ),
+            (
+                web.clone(),
+                Outcome::not_ready(Reason::IssuerNotReady, "waiting for Issuer/ca".into()),
+            ),
+        ]);
+        // The issuer progresses: the certificate waits.
+        dependencies_failed(&desired, &mut outcomes);
+        assert_eq!(outcomes[&web].reason, Reason::IssuerNotReady);
+        // The issuer failed: the certificate says so, and stalls.
+        outcomes.insert(
+            issuer,
+            Outcome::not_ready(Reason::ErrorLoadingCA, "ca.key: not a key".into()),
+        );
+        dependencies_failed(&desired, &mut outcomes);
+        let found = &outcomes[&web];
+        assert_eq!(found.reason, Reason::DependencyFailed);
+        assert!(
+            found
+                .message
+                .ends_with("is not ready (ErrorLoadingCA): ca.key: not a key"),
+            "{}",
+            found.message
+        );
     }
 
     #[test]
