@@ -460,10 +460,15 @@ fn a_ca_issuer_with_a_key_that_is_not_the_certificates_is_refused() {
         ("False", "ErrorLoadingCA")
     );
     assert!(message.contains("does not belong"), "{message}");
-    let (status, reason, _) = ready(object(&report, "Certificate", "web"));
+    // Waiting on an issuer that failed would never end by itself: said, not progressing.
+    let (status, reason, message) = ready(object(&report, "Certificate", "web"));
     assert_eq!(
         (status.as_str(), reason.as_str()),
-        ("False", "IssuerNotReady")
+        ("False", "DependencyFailed")
+    );
+    assert!(
+        message.starts_with("Issuer/ca is not ready (ErrorLoadingCA): "),
+        "{message}"
     );
 }
 
