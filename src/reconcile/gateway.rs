@@ -14,6 +14,7 @@ use crate::desired::DesiredState;
 use crate::gateway::{Config, Mode};
 use crate::pki::tls::{self, ClientAuth};
 use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::health::{Backend, backend_state, gateway_outcome};
 use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::gateway::{GatewayMode, GatewaySpec};
 use crate::resources::{GatewayStatus, Kind, ObjectKey, Resource};
@@ -292,52 +293,6 @@ impl GatewayPublisher {
     }
 }
 
-/// What the relay's connections said of the backends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Backend {
-    /// No connection has needed one yet.
-    #[default]
-    Untried,
-    /// A connection was relayed to one.
-    Reachable,
-    /// Since the last pass, `failures` connections could not reach any backend, and none
-    /// was relayed.
-    Unreachable { failures: u64 },
-}
-
-/// The backends' state from the relay's counters (relayed, backend failed) at the last
-/// pass and now: a relayed connection proves one reachable; failures with none relayed say
-/// none is; no connection at all tells nothing new. The counters are the relay's totals
-/// over every route, so one dead route beside a live one is not seen here (its failures
-/// are in `/metrics`).
-pub fn backend_state(previous: Backend, before: (u64, u64), now: (u64, u64)) -> Backend {
-    let relayed = now.0.saturating_sub(before.0);
-    let failed = now.1.saturating_sub(before.1);
-    if relayed > 0 {
-        Backend::Reachable
-    } else if failed > 0 {
-        Backend::Unreachable { failures: failed }
-    } else {
-        previous
-    }
-}
-
-/// The Gateway's outcome once everything it relays with is in place: `Relaying`, unless
-/// its connections found no reachable backend (`BackendUnreachable`, until one is relayed
-/// again). `relaying` says how it relays, `to` to where.
-pub fn gateway_outcome(backend: Backend, relaying: String, to: &str) -> Outcome {
-    match backend {
-        Backend::Unreachable { failures } => Outcome::not_ready(
-            Reason::BackendUnreachable,
-            format!(
-                "{failures} connection{} could not reach {to} since the last pass, and none was relayed; {relaying}",
-                if failures == 1 { "" } else { "s" }
-            ),
-        ),
-        Backend::Untried | Backend::Reachable => Outcome::ready(Reason::Relaying, relaying),
-    }
-}
-
 fn keys(key: &ObjectKey, issuers: &[crate::resources::meta::LocalRef]) -> Vec<ObjectKey> {
     issuers
         .iter()
@@ -365,40 +320,4 @@ fn publish_trust(
     );
     *published = Some(trust);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gateway_whose_connections_reach_no_backend_is_not_ready_until_one_is_relayed() {
-        let relaying = || "relaying (passthrough) on 127.0.0.1:1 to 10.0.0.1:8443".to_owned();
-        // Nothing tried: ready (relaying starts once the Gateway is Ready).
-        let state = backend_state(Backend::Untried, (0, 0), (0, 0));
-        assert_eq!(state, Backend::Untried);
-        assert_eq!(
-            gateway_outcome(state, relaying(), "b").reason,
-            Reason::Relaying
-        );
-        // Three failures, nothing relayed: says so.
-        let state = backend_state(Backend::Untried, (0, 0), (0, 3));
-        assert_eq!(state, Backend::Unreachable { failures: 3 });
-        let outcome = gateway_outcome(state, relaying(), "10.0.0.1:8443");
-        assert!(!outcome.ready);
-        assert_eq!(outcome.reason, Reason::BackendUnreachable);
-        assert!(
-            outcome
-                .message
-                .starts_with("3 connections could not reach 10.0.0.1:8443 since the last pass"),
-            "{}",
-            outcome.message
-        );
-        // No connection since: still unreachable, as far as anyone knows.
-        assert_eq!(backend_state(state, (0, 3), (0, 3)), state);
-        // One relayed: reachable again, even with failures beside it.
-        let state = backend_state(state, (0, 3), (1, 5));
-        assert_eq!(state, Backend::Reachable);
-        assert!(gateway_outcome(state, relaying(), "b").ready);
-    }
 }

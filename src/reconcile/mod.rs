@@ -8,6 +8,7 @@ pub mod certificates;
 pub mod fetch;
 pub mod fragments;
 pub mod gateway;
+pub mod health;
 pub mod outcome;
 pub mod plan;
 pub mod replicate;
@@ -23,13 +24,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::{self, DesiredState, Entry, Served};
+use crate::desired::{self, DesiredState};
 use crate::leader::Leadership;
 use crate::reconcile::certificates::{Certificates, Environment};
 use crate::reconcile::fragments::Packages;
+use crate::reconcile::health::dependencies_failed;
 use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
+
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Resource, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
+pub use health::{Condition, conditions, kstatus};
 
 /// Passes run at least this often even when nothing changed (level-triggered: anything that
 /// drifted outside Tessera is put back).
@@ -638,139 +642,6 @@ impl Reconciler {
     }
 }
 
-/// A condition before its transition time is known.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Condition {
-    pub type_: ConditionType,
-    pub status: ConditionStatus,
-    pub reason: Reason,
-    pub message: String,
-}
-
-/// The kstatus conditions of an entry: `Ready`, `Stalled` and `Reconciling`, plus
-/// `Issuing` for Certificates. `outcome` is what reconcile found for the object, if it acted.
-pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
-    let first = |problems: &[Problem]| {
-        let more = problems.len().saturating_sub(1);
-        let text = problems.first().map(|p| match &p.field {
-            Some(field) => format!("{field}: {}", p.message),
-            None => p.message.clone(),
-        });
-        match (text, more) {
-            (Some(text), 0) => text,
-            (Some(text), more) => format!("{text} (and {more} more)"),
-            (None, _) => String::new(),
-        }
-    };
-    let (ready, reason, message): (bool, Reason, String) = match &entry.served {
-        Served::Nothing => (false, Reason::InvalidSpec, first(&entry.problems)),
-        Served::LastGood { generation, .. } => (
-            false,
-            Reason::InvalidSpec,
-            format!(
-                "generation {} is refused: {}; generation {generation}, the last valid version, stays in effect",
-                entry.generation,
-                first(&entry.problems)
-            ),
-        ),
-        Served::Current(_) if !entry.dependency_problems.is_empty() => (
-            false,
-            Reason::MissingDependency,
-            first(&entry.dependency_problems),
-        ),
-        Served::Current(_) => match (outcome, pending_part(entry.key.kind)) {
-            (Some(outcome), _) => (outcome.ready, outcome.reason, outcome.message.clone()),
-            (None, Some(elsewhere)) => (false, Reason::RunElsewhere, elsewhere.to_owned()),
-            (None, None) => (true, Reason::Accepted, accepted(entry.key.kind).to_owned()),
-        },
-    };
-    let mut found = kstatus(ready, reason, message);
-    if let Some((issuing, reason, message)) = outcome.and_then(|o| o.issuing.clone()) {
-        found.push(Condition {
-            type_: ConditionType::Issuing,
-            status: ConditionStatus::from_bool(issuing),
-            reason,
-            message,
-        });
-    }
-    found
-}
-
-/// kstatus's three conditions from whether the object is ready, why, and the message: not
-/// ready for a progressing reason (waiting on a retry, on agents, on another object) is
-/// `Reconciling`, for any other reason `Stalled`. `Ready=True` never comes with either.
-pub fn kstatus(ready: bool, reason: Reason, message: String) -> Vec<Condition> {
-    let progressing = !ready && reason.is_progressing();
-    let stalled = !ready && !progressing;
-    vec![
-        Condition {
-            type_: ConditionType::Ready,
-            status: ConditionStatus::from_bool(ready),
-            reason,
-            message: message.clone(),
-        },
-        Condition {
-            type_: ConditionType::Stalled,
-            status: ConditionStatus::from_bool(stalled),
-            reason: if stalled { reason } else { Reason::Accepted },
-            message: if stalled {
-                message.clone()
-            } else {
-                String::new()
-            },
-        },
-        Condition {
-            type_: ConditionType::Reconciling,
-            status: ConditionStatus::from_bool(progressing),
-            reason: if ready { Reason::Accepted } else { reason },
-            message: if progressing { message } else { String::new() },
-        },
-    ]
-}
-
-/// An object waiting for another (a Certificate for its Issuer, a Server or a Gateway for
-/// its Certificate) is `DependencyFailed` once that one failed: waiting would never end by
-/// itself, so it is not shown as progressing.
-fn dependencies_failed(desired: &DesiredState, outcomes: &mut HashMap<ObjectKey, Outcome>) {
-    let mut found = Vec::new();
-    for (key, resource) in desired.actionable() {
-        let needed = match resource {
-            Resource::Certificate(certificate) => Some(ObjectKey::referenced(
-                Kind::Issuer,
-                &key.namespace,
-                &certificate.spec.issuer_ref,
-            )),
-            Resource::Server(server) => Some(ObjectKey::referenced(
-                Kind::Certificate,
-                &key.namespace,
-                &server.spec.certificate_ref,
-            )),
-            Resource::Gateway(gateway) => gateway.spec.certificate_ref.as_ref().map(|reference| {
-                ObjectKey::referenced(Kind::Certificate, &key.namespace, reference)
-            }),
-            _ => None,
-        };
-        let Some(needed) = needed else { continue };
-        let Some(own) = outcomes.get(key) else {
-            continue;
-        };
-        if own.ready || !own.reason.is_progressing() {
-            continue;
-        }
-        let judged = routes::dependency(outcomes.get(&needed), &needed, own.message.clone());
-        if judged.reason == Reason::DependencyFailed {
-            found.push((key.clone(), judged));
-        }
-    }
-    for (key, judged) in found {
-        if let Some(own) = outcomes.get_mut(&key) {
-            own.ready = false;
-            own.reason = judged.reason;
-            own.message = judged.message;
-        }
-    }
-}
-
 /// The directory of the file that declares `key`, below `config_dir`: relative file names
 /// in a resource (content directories, CA files, password files) are resolved from it.
 fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
@@ -782,31 +653,6 @@ fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &Obj
             .map(std::path::Path::to_path_buf)
     })
     .unwrap_or_else(|| config_dir.to_path_buf())
-}
-
-/// Kinds this process does not act on, said plainly in their status.
-fn pending_part(kind: Kind) -> Option<&'static str> {
-    match kind {
-        Kind::Gateway => Some(
-            "run by `tessera gateway --config DIR --name NAME` (in the DMZ), not by this process",
-        ),
-        Kind::Server
-        | Kind::Issuer
-        | Kind::Certificate
-        | Kind::Package
-        | Kind::Activation
-        | Kind::Affectation => None,
-    }
-}
-
-fn accepted(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Activation => "accepted: agents are offered the package once it is built",
-        Kind::Affectation => {
-            "accepted: targets are matched against each computer's latest inventory"
-        }
-        _ => "accepted",
-    }
 }
 
 fn problem_report(problem: &Problem) -> ProblemReport {
@@ -822,106 +668,6 @@ fn problem_report(problem: &Problem) -> ProblemReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn statuses(conditions: &[Condition]) -> Vec<(ConditionType, ConditionStatus, Reason)> {
-        conditions
-            .iter()
-            .map(|c| (c.type_, c.status, c.reason))
-            .collect()
-    }
-
-    #[test]
-    fn waiting_on_an_issuer_or_a_certificate_that_failed_is_not_progress() {
-        let snapshot = Snapshot {
-            revision: "r".into(),
-            files: vec![crate::resources::SourceFile {
-                path: "all.yaml".into(),
-                text: "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned: {}\n---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: web\nspec:\n  issuerRef:\n    name: ca\n  commonName: web\n".into(),
-            }],
-            problems: vec![],
-            root: None,
-        };
-        let desired = desired::evaluate(&snapshot, None, Default::default());
-        assert!(desired.problems.is_empty(), "{:?}", desired.problems);
-        let issuer = ObjectKey::new(Kind::Issuer, "default", "ca");
-        let web = ObjectKey::new(Kind::Certificate, "default", "web");
-        let mut outcomes = HashMap::from([
-            (
-                issuer.clone(),
-                Outcome::not_ready(Reason::Pending, "waiting".into()),
-            ),
-            (
-                web.clone(),
-                Outcome::not_ready(Reason::IssuerNotReady, "waiting for Issuer/ca".into()),
-            ),
-        ]);
-        // The issuer progresses: the certificate waits.
-        dependencies_failed(&desired, &mut outcomes);
-        assert_eq!(outcomes[&web].reason, Reason::IssuerNotReady);
-        // The issuer failed: the certificate says so, and stalls.
-        outcomes.insert(
-            issuer,
-            Outcome::not_ready(Reason::ErrorLoadingCA, "ca.key: not a key".into()),
-        );
-        dependencies_failed(&desired, &mut outcomes);
-        let found = &outcomes[&web];
-        assert_eq!(found.reason, Reason::DependencyFailed);
-        assert!(
-            found
-                .message
-                .ends_with("is not ready (ErrorLoadingCA): ca.key: not a key"),
-            "{}",
-            found.message
-        );
-    }
-
-    #[test]
-    fn kstatus_never_says_ready_with_reconciling_or_stalled() {
-        use ConditionStatus::{False, True};
-        use ConditionType::{Ready, Reconciling, Stalled};
-        for reason in outcome::Reason::ALL {
-            for ready in [true, false] {
-                let found = kstatus(ready, *reason, "m".into());
-                let status = |type_| found.iter().find(|c| c.type_ == type_).unwrap().status;
-                let trues = [Ready, Reconciling, Stalled]
-                    .into_iter()
-                    .filter(|t| status(*t) == True)
-                    .count();
-                assert_eq!(trues, 1, "exactly one holds: {reason} {ready}");
-                if !ready {
-                    assert_eq!(
-                        status(Reconciling) == True,
-                        reason.is_progressing(),
-                        "{reason}"
-                    );
-                }
-            }
-        }
-        assert_eq!(
-            statuses(&kstatus(false, Reason::Deploying, "2 notified".into())),
-            [
-                (Ready, False, Reason::Deploying),
-                (Stalled, False, Reason::Accepted),
-                (Reconciling, True, Reason::Deploying),
-            ]
-        );
-        assert_eq!(
-            statuses(&kstatus(false, Reason::Expired, "expired".into())),
-            [
-                (Ready, False, Reason::Expired),
-                (Stalled, True, Reason::Expired),
-                (Reconciling, False, Reason::Expired),
-            ]
-        );
-        assert_eq!(
-            statuses(&kstatus(true, Reason::Deployed, "all settled".into())),
-            [
-                (Ready, True, Reason::Deployed),
-                (Stalled, False, Reason::Accepted),
-                (Reconciling, False, Reason::Accepted),
-            ]
-        );
-    }
 
     #[test]
     fn status_files_that_cannot_be_written_are_reported_and_retried_never_fatal() {
