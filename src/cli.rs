@@ -19,7 +19,7 @@ use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
 use crate::reconcile::fragments::Packages;
 use crate::resources::{Kind, ObjectKey, Resource, crd};
-use crate::server::admin::{self, Report};
+use crate::server::admin::{self, ConditionStatus, ConditionType, ObjectKind, Report};
 use crate::server::agent::{self, Listen, Routes, Shared};
 use crate::server::metrics::Metrics;
 use crate::sources::dir::DirSource;
@@ -687,9 +687,9 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
     let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
     let mut ids = std::collections::HashMap::new();
     for (key, outcome) in &outcomes {
-        match outcome.details.get("packageId").and_then(|v| v.as_str()) {
+        match reconcile::outcome::package_id(&outcome.details) {
             Some(id) if outcome.ready => {
-                ids.insert(key.clone(), id.to_owned());
+                ids.insert(key.clone(), id);
             }
             _ => problems.push(format!("{key}: not built: {}", outcome.message)),
         }
@@ -899,19 +899,15 @@ fn export(args: &ExportArgs) -> Result<ExitCode> {
         let Some(outcome) = outcomes.get(key) else {
             continue;
         };
-        let Some(id) = outcome
-            .details
-            .get("packageId")
-            .and_then(|v| v.as_str())
-            .filter(|_| outcome.ready)
+        let Some(id) = reconcile::outcome::package_id(&outcome.details).filter(|_| outcome.ready)
         else {
             writeln!(out, "{key}: not built: {}", outcome.message)?;
             failures += 1;
             continue;
         };
-        copy_package(&state_dir.join("download").join(id), &args.output, id)?;
+        copy_package(&state_dir.join("download").join(&id), &args.output, &id)?;
         writeln!(out, "{key}: {id} ({})", outcome.message)?;
-        exported.insert(id.to_owned());
+        exported.insert(id);
     }
     // Like `rsync --delete`: package directories no longer activated go away.
     if let Ok(entries) = std::fs::read_dir(&args.output) {
@@ -1329,12 +1325,12 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
             report
                 .objects
                 .iter()
-                .find(|o| o.kind == "Gateway" && o.name == key.name)
+                .find(|o| o.kind == ObjectKind::Gateway && o.name == key.name)
                 .map(|o| {
                     o.conditions
                         .iter()
-                        .find(|c| c.type_ == "Ready")
-                        .map(|c| (c.status == "True", c.message.clone()))
+                        .find(|c| c.type_ == ConditionType::Ready)
+                        .map(|c| (c.status == ConditionStatus::True, c.message.clone()))
                         .unwrap_or_default()
                 })
         };
@@ -2189,15 +2185,13 @@ pub fn kube_statuses(report: &Report) -> Vec<crate::sources::kube::ObjectStatus>
     report
         .objects
         .iter()
-        .filter_map(|object| {
-            Some(crate::sources::kube::ObjectStatus {
-                key: ObjectKey::new(
-                    Kind::from_name(&object.kind)?,
-                    &object.namespace,
-                    &object.name,
-                ),
-                status: reconcile::status::subresource(object),
-            })
+        .map(|object| crate::sources::kube::ObjectStatus {
+            key: ObjectKey::new(
+                reconcile::outcome::resource_kind(object.kind),
+                &object.namespace,
+                &object.name,
+            ),
+            status: reconcile::status::subresource(object),
         })
         .collect()
 }

@@ -29,6 +29,7 @@ use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec, RotationPolicy};
 use crate::resources::{Certificate, Issuer, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
+use super::outcome::{Outcome, Reason};
 use super::secrets::{SECRET_FILES, Secrets, TlsSecret};
 
 /// Default lifetime of a self-signed CA: 10 years.
@@ -116,20 +117,6 @@ struct RevokedEntry {
     certificate: String,
 }
 
-/// What a pass found for one Issuer or Certificate.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub ready: bool,
-    pub reason: &'static str,
-    pub message: String,
-    /// Status fields of the kind (notAfter, revision, ...).
-    pub details: Map<String, Value>,
-    /// cert-manager's `Issuing` condition, for Certificates: (status, reason, message).
-    pub issuing: Option<(bool, &'static str, String)>,
-    /// When the object next needs a pass (a CA rollover step), if it does.
-    pub wake: Option<jiff::Timestamp>,
-}
-
 /// The CA certificates and CRLs a listener verifies clients with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Trust {
@@ -155,20 +142,6 @@ impl Trust {
             crate::pki::tls::client_verifier(mode, &self.cas, crls)
         } else {
             crate::pki::tls::client_verifier_partial_crls(mode, &self.cas, crls)
-        }
-    }
-}
-
-impl Outcome {
-    /// An object that is not ready, for `reason`, with nothing else to tell.
-    pub fn not_ready(reason: &'static str, message: String) -> Self {
-        Self {
-            ready: false,
-            reason,
-            message,
-            details: Map::new(),
-            issuing: None,
-            wake: None,
         }
     }
 }
@@ -380,7 +353,7 @@ impl Certificates {
                         self.write_secret(secrets.as_ref(), key, certificate, desired)
                 {
                     outcome.ready = false;
-                    outcome.reason = "SecretWriteFailed";
+                    outcome.reason = Reason::SecretWriteFailed;
                     outcome.message = message;
                     due(now + SECRET_RETRY);
                 }
@@ -428,11 +401,11 @@ impl Certificates {
                             following("the leader manages this CA")
                         }
                         Some(Err(error)) => Outcome::not_ready(
-                            "Following",
+                            Reason::Following,
                             format!("the CA the leader shared cannot be used: {error}"),
                         ),
                         None => Outcome::not_ready(
-                            "Following",
+                            Reason::Following,
                             "waiting for the leader to share this CA".into(),
                         ),
                     }
@@ -440,7 +413,7 @@ impl Certificates {
                 Resource::Certificate(_) => match read_pair(&self.output_dir(key, desired)) {
                     Some(_) => following("the leader issues and renews this certificate"),
                     None => Outcome::not_ready(
-                        "Following",
+                        Reason::Following,
                         "waiting for the leader to share this certificate".into(),
                     ),
                 },
@@ -509,7 +482,7 @@ impl Certificates {
                         .is_some_and(|r| matches!(r, Resource::Certificate(c) if c.spec.is_ca));
                     if !is_ca {
                         return not_ready(
-                            "CertificateNotCA",
+                            Reason::CertificateNotCA,
                             format!("{certificate} must have isCA: true to sign for this issuer"),
                         );
                     }
@@ -521,7 +494,7 @@ impl Certificates {
                         }
                         None => {
                             return not_ready(
-                                "Pending",
+                                Reason::Pending,
                                 format!("waiting for {certificate} to be issued"),
                             );
                         }
@@ -545,7 +518,7 @@ impl Certificates {
                         secrets.read_key_pair(&key.namespace, secret)
                     } else {
                         return not_ready(
-                            "SecretsNeedKubernetes",
+                            Reason::SecretsNeedKubernetes,
                             "secretName is read in Kubernetes mode; in directory mode use certFile and keyFile".into(),
                         );
                     };
@@ -576,7 +549,7 @@ impl Certificates {
                         })
                 }
             }
-            (None, None) => return not_ready("InvalidSpec", "no issuer type".into()),
+            (None, None) => return not_ready(Reason::InvalidSpec, "no issuer type".into()),
         };
         match loaded {
             Ok(authority) => {
@@ -592,7 +565,7 @@ impl Certificates {
                 if facts.not_after <= now {
                     return Outcome {
                         ready: false,
-                        reason: "Expired",
+                        reason: Reason::Expired,
                         message: format!("the CA certificate expired at {}", facts.not_after),
                         details,
                         issuing: None,
@@ -608,7 +581,7 @@ impl Certificates {
                 };
                 Outcome {
                     ready: true,
-                    reason: "KeyPairVerified",
+                    reason: Reason::KeyPairVerified,
                     message,
                     details,
                     issuing: None,
@@ -617,7 +590,7 @@ impl Certificates {
             }
             Err(message) => {
                 self.authorities.remove(key);
-                not_ready("ErrorLoadingCA", message)
+                not_ready(Reason::ErrorLoadingCA, message)
             }
         }
     }
@@ -901,7 +874,7 @@ impl Certificates {
             if trust_only {
                 return (
                     not_ready(
-                        "IssuerCannotSign",
+                        Reason::IssuerCannotSign,
                         format!(
                             "{issuer_key} is trust-only (certFile without keyFile): it holds no key to sign with"
                         ),
@@ -910,7 +883,7 @@ impl Certificates {
                 );
             }
             return (
-                not_ready("IssuerNotReady", format!("waiting for {issuer_key}")),
+                not_ready(Reason::IssuerNotReady, format!("waiting for {issuer_key}")),
                 None,
             );
         };
@@ -1096,7 +1069,7 @@ impl Certificates {
     ) -> Outcome {
         let Existing::Present { facts, .. } = existing else {
             return not_ready(
-                "Revoked",
+                Reason::Revoked,
                 "revoked: true, and no certificate exists: nothing is issued until revoked is cleared".into(),
             );
         };
@@ -1117,7 +1090,7 @@ impl Certificates {
                 }
                 Err(error) => {
                     return not_ready(
-                        "RevocationFailed",
+                        Reason::RevocationFailed,
                         format!("failed to record the revocation: {error}"),
                     );
                 }
@@ -1125,13 +1098,13 @@ impl Certificates {
         }
         Outcome {
             ready: false,
-            reason: "Revoked",
+            reason: Reason::Revoked,
             message: format!(
                 "serial {} is revoked and listed in {issuer}'s CRL; set revoked: false to issue a new certificate",
                 facts.serial
             ),
             details: certificate_details(facts, revision),
-            issuing: Some((false, "Revoked", String::new())),
+            issuing: Some((false, Reason::Revoked, String::new())),
             wake: None,
         }
     }
@@ -1173,7 +1146,7 @@ impl Certificates {
         });
         let (pem, ca, crl) = match checked {
             Ok(checked) => checked,
-            Err(message) => return not_ready("ErrorLoadingCA", message),
+            Err(message) => return not_ready(Reason::ErrorLoadingCA, message),
         };
         let dir = self.issuer_dir(key);
         let write = |name: &str, body: &str| {
@@ -1191,7 +1164,7 @@ impl Certificates {
             },
         });
         if let Err(message) = written {
-            return not_ready("WriteFailed", message);
+            return not_ready(Reason::WriteFailed, message);
         }
         let mut details = Map::new();
         details.insert("subject".into(), json!(ca.subject));
@@ -1203,7 +1176,7 @@ impl Certificates {
             if crl.next_update <= now {
                 return Outcome {
                     ready: false,
-                    reason: "CRLExpired",
+                    reason: Reason::CRLExpired,
                     message: format!(
                         "the CRL in {} expired at {}: clients are refused until a fresh one is in place",
                         crl_file.unwrap_or_default(),
@@ -1218,7 +1191,7 @@ impl Certificates {
         if ca.not_after <= now {
             return Outcome {
                 ready: false,
-                reason: "Expired",
+                reason: Reason::Expired,
                 message: format!("the CA certificate expired at {}", ca.not_after),
                 details,
                 issuing: None,
@@ -1227,7 +1200,7 @@ impl Certificates {
         }
         Outcome {
             ready: true,
-            reason: "TrustOnly",
+            reason: Reason::TrustOnly,
             message: format!(
                 "trusted to verify certificates signed by {} (holds no key, signs nothing){}",
                 ca.subject,
@@ -1418,7 +1391,7 @@ impl Certificates {
             }
             Err(message) => {
                 outcome.ready = false;
-                outcome.reason = "KeystoreFailed";
+                outcome.reason = Reason::KeystoreFailed;
                 outcome.message = message;
             }
         }
@@ -1687,7 +1660,7 @@ fn existing(dir: &Path, revoked: &HashSet<String>) -> Existing {
 fn following(message: &str) -> Outcome {
     Outcome {
         ready: true,
-        reason: "Following",
+        reason: Reason::Following,
         message: message.into(),
         details: Map::new(),
         issuing: None,
@@ -1764,7 +1737,7 @@ fn signed(duration: std::time::Duration) -> jiff::SignedDuration {
     jiff::SignedDuration::try_from(duration).unwrap_or(jiff::SignedDuration::MAX)
 }
 
-fn not_ready(reason: &'static str, message: String) -> Outcome {
+fn not_ready(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
 }
 
@@ -1792,10 +1765,10 @@ fn ready_certificate(
     );
     Outcome {
         ready: true,
-        reason: "Ready",
+        reason: Reason::Ready,
         message,
         details,
-        issuing: Some((false, "Issued", String::new())),
+        issuing: Some((false, Reason::Issued, String::new())),
         wake: None,
     }
 }
@@ -1818,10 +1791,10 @@ fn held_certificate(
     );
     Outcome {
         ready: false,
-        reason: "IssuanceHeld",
+        reason: Reason::IssuanceHeld,
         message: message.clone(),
         details,
-        issuing: Some((true, "Held", message)),
+        issuing: Some((true, Reason::Held, message)),
         wake: None,
     }
 }
@@ -1837,13 +1810,13 @@ fn failed_certificate(existing: &Existing, failure: &Failure, revision: i64) -> 
     Outcome {
         ready: false,
         reason: if matches!(existing, Existing::Present { .. }) {
-            "RenewalFailed"
+            Reason::RenewalFailed
         } else {
-            "IssuanceFailed"
+            Reason::IssuanceFailed
         },
         message: retry.clone(),
         details,
-        issuing: Some((true, "Failed", retry)),
+        issuing: Some((true, Reason::Failed, retry)),
         wake: None,
     }
 }

@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::desired::DesiredState;
 use crate::protocol::ocs::{self, Info};
-use crate::reconcile::certificates::Outcome;
+use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::meta::Os;
-use crate::resources::{Kind, ObjectKey, Package, Resource};
+use crate::resources::{Kind, ObjectKey, Package, PackageStatus, Resource};
 use crate::store::atomic::{self, Access};
 use crate::store::fragments::{FragmentStore, Manifest};
 
@@ -78,7 +77,10 @@ impl Packages {
             Err(error) => {
                 for (key, resource) in desired.actionable() {
                     if matches!(resource, Resource::Package(_)) {
-                        outcomes.insert(key.clone(), failed("StoreUnavailable", error.to_string()));
+                        outcomes.insert(
+                            key.clone(),
+                            failed(Reason::StoreUnavailable, error.to_string()),
+                        );
                     }
                 }
                 return outcomes;
@@ -91,7 +93,7 @@ impl Packages {
             };
             let outcome = match self.package(key, package, desired, &store, &mut ids) {
                 Ok(outcome) => outcome,
-                Err(message) => failed("BuildFailed", message),
+                Err(message) => failed(Reason::BuildFailed, message),
             };
             // A build that fails (content briefly unreadable during a checkout, a full disk)
             // must not prune the version agents may be downloading: keep the last one built.
@@ -148,7 +150,7 @@ impl Packages {
             let program = launch.command.split_whitespace().next().unwrap_or_default();
             if !walk(dir)?.iter().any(|e| !e.directory && e.name == program) {
                 return Ok(failed(
-                    "InvalidContent",
+                    Reason::InvalidContent,
                     format!(
                         "spec.action.launch.command: agents run {program:?} from the package content, but {} has no such file (use execute for a command such as `sh script.sh`)",
                         dir.display()
@@ -185,7 +187,7 @@ impl Packages {
                         && !expected.eq_ignore_ascii_case(&sha)
                     {
                         return Ok(failed(
-                            "DigestMismatch",
+                            Reason::DigestMismatch,
                             format!(
                                 "the archive's SHA-256 is {sha}, but spec.content.sha256 says {expected}"
                             ),
@@ -268,18 +270,19 @@ impl Packages {
         let body = serde_json::to_vec_pretty(&built).unwrap_or_default();
         atomic::write_if_changed(&cache_path, &body, Access::Public).map_err(|e| e.to_string())?;
 
-        let mut details = Map::new();
-        details.insert("packageId".into(), json!(id));
-        details.insert("size".into(), json!(manifest.size));
-        details.insert("fragments".into(), json!(manifest.fragments.len()));
-        details.insert("action".into(), json!(action_summary(&spec.action)));
-        if !manifest.md5.is_empty() {
-            details.insert("md5".into(), json!(manifest.md5));
-            details.insert("sha256".into(), json!(manifest.sha256));
-        }
+        let digests = !manifest.md5.is_empty();
+        let details = outcome::details(&PackageStatus {
+            package_id: Some(id.clone()),
+            size: i64::try_from(manifest.size).ok(),
+            fragments: i64::try_from(manifest.fragments.len()).ok(),
+            action: Some(action_summary(&spec.action)),
+            md5: digests.then(|| manifest.md5.clone()),
+            sha256: digests.then(|| manifest.sha256.clone()),
+            ..PackageStatus::default()
+        });
         Ok(Outcome {
             ready: true,
-            reason: "Built",
+            reason: Reason::Built,
             message: format!(
                 "package {id}: {} bytes in {} fragment{}",
                 manifest.size,
@@ -629,15 +632,8 @@ fn info_file(
     .to_xml())
 }
 
-fn failed(reason: &'static str, message: String) -> Outcome {
-    Outcome {
-        ready: false,
-        reason,
-        message,
-        details: Map::<String, Value>::new(),
-        issuing: None,
-        wake: None,
-    }
+fn failed(reason: Reason, message: String) -> Outcome {
+    Outcome::not_ready(reason, message)
 }
 
 /// What a package does, in a few words (`launch setup.exe /S`): its status says it, so

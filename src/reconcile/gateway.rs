@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use serde_json::{Map, json};
 use tokio::sync::watch;
 
 use crate::desired::DesiredState;
 use crate::gateway::{Config, Mode};
 use crate::pki::tls::{self, ClientAuth};
-use crate::reconcile::certificates::{Certificates, Outcome, Trust};
+use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::health::{Backend, backend_state, gateway_outcome};
+use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::gateway::{GatewayMode, GatewaySpec};
-use crate::resources::{Kind, ObjectKey, Resource};
+use crate::resources::{GatewayStatus, Kind, ObjectKey, Resource};
 
 /// The channels reconcile publishes on and `tessera gateway` reads.
 pub struct GatewayRuntime {
@@ -47,6 +48,10 @@ type BackendInput = (String, String, Vec<String>);
 /// What a pass last published, to publish only changes.
 #[derive(Default)]
 pub struct GatewayPublisher {
+    /// The relay's (relayed, backend failed) counters at the last pass.
+    relay_counts: Option<(u64, u64)>,
+    /// What the connections since then said of the backends.
+    reachable: Backend,
     certificate_pem: Option<(String, String)>,
     trust: Option<Trust>,
     inside_trust: Option<Trust>,
@@ -99,14 +104,14 @@ impl GatewayPublisher {
             (&spec.backend_certificate_ref, &spec.backend_issuer_ref)
         else {
             return Err(Box::new(Outcome::not_ready(
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 "terminate mode needs spec.backendCertificateRef and spec.backendIssuerRef".into(),
             )));
         };
         let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, certificate);
         let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             return Err(Box::new(Outcome::not_ready(
-                "Pending",
+                Reason::Pending,
                 format!("waiting for {certificate} to be issued"),
             )));
         };
@@ -114,7 +119,7 @@ impl GatewayPublisher {
         let cas = certificates.trust(std::slice::from_ref(&issuer)).cas;
         if cas.is_empty() {
             return Err(Box::new(Outcome::not_ready(
-                "Pending",
+                Reason::Pending,
                 format!("waiting for {issuer}'s CA certificate"),
             )));
         }
@@ -132,7 +137,7 @@ impl GatewayPublisher {
                 Ok(tls)
             }
             Err(error) => Err(Box::new(Outcome::not_ready(
-                "CertificateUnusable",
+                Reason::CertificateUnusable,
                 format!("{certificate} or {issuer}: {error}"),
             ))),
         }
@@ -163,20 +168,20 @@ impl GatewayPublisher {
         certificates: &Certificates,
     ) -> Outcome {
         let mut config = relay_config(spec);
-        let mut details = Map::new();
-        details.insert(
-            "activeConnections".into(),
-            json!(
+        let mut status = GatewayStatus {
+            active_connections: i64::try_from(
                 runtime
                     .counters
                     .active
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            ),
-        );
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .ok(),
+            ..GatewayStatus::default()
+        };
         if config.mode != Mode::Passthrough || spec.dial_out.is_some() {
             match self.certificate(runtime, desired, key, spec, certificates) {
                 Ok(serial) => {
-                    details.insert("certificateSerial".into(), json!(serial));
+                    status.certificate_serial = Some(serial);
                 }
                 Err(outcome) => return *outcome,
             }
@@ -189,7 +194,7 @@ impl GatewayPublisher {
                 certificates.trust(&issuers),
             ) {
                 return Outcome::not_ready(
-                    "ClientAuthUnusable",
+                    Reason::ClientAuthUnusable,
                     format!("spec.trustedClientIssuers: {message}"),
                 );
             }
@@ -202,14 +207,12 @@ impl GatewayPublisher {
                 certificates.trust(&issuers),
             ) {
                 return Outcome::not_ready(
-                    "ClientAuthUnusable",
+                    Reason::ClientAuthUnusable,
                     format!("spec.dialOut.trustedServerIssuers: {message}"),
                 );
             }
-            details.insert(
-                "dialOutConnections".into(),
-                json!(runtime.inside.as_ref().map_or(0, |pool| pool.idle())),
-            );
+            status.dial_out_connections =
+                i64::try_from(runtime.inside.as_ref().map_or(0, |pool| pool.idle())).ok();
         }
         if config.mode == Mode::Terminate {
             match self.backend_tls(desired, key, spec, certificates) {
@@ -217,6 +220,15 @@ impl GatewayPublisher {
                 Err(outcome) => return *outcome,
             }
         }
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let counts = (
+            load(&runtime.counters.relayed),
+            load(&runtime.counters.backend_failed),
+        );
+        self.reachable = backend_state(self.reachable, self.relay_counts.unwrap_or(counts), counts);
+        self.relay_counts = Some(counts);
         let moved = spec.listen != runtime.listen;
         runtime.config.send_replace(Arc::new(config));
         let mode = format!("{:?}", spec.mode).to_lowercase();
@@ -232,14 +244,7 @@ impl GatewayPublisher {
         } else {
             format!("relaying ({mode}) on {} to {backend}", runtime.listen)
         };
-        Outcome {
-            ready: true,
-            reason: "Relaying",
-            message,
-            details,
-            issuing: None,
-            wake: None,
-        }
+        gateway_outcome(self.reachable, message, &backend).with_details(outcome::details(&status))
     }
 
     /// Publishes the gateway's certificate when it changed; its serial.
@@ -253,7 +258,7 @@ impl GatewayPublisher {
     ) -> Result<String, Box<Outcome>> {
         let Some(reference) = &spec.certificate_ref else {
             return Err(Box::new(Outcome::not_ready(
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 "spec.certificateRef: the gateway presents a certificate in this mode; name one"
                     .into(),
             )));
@@ -261,7 +266,7 @@ impl GatewayPublisher {
         let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
         let Some((chain, private)) = certificates.issued(&certificate, desired) else {
             return Err(Box::new(Outcome::not_ready(
-                "Pending",
+                Reason::Pending,
                 format!("waiting for {certificate} to be issued"),
             )));
         };
@@ -274,7 +279,7 @@ impl GatewayPublisher {
                 }
                 Err(error) => {
                     return Err(Box::new(Outcome::not_ready(
-                        "CertificateUnusable",
+                        Reason::CertificateUnusable,
                         format!("{certificate}: {error}"),
                     )));
                 }

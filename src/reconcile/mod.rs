@@ -8,6 +8,8 @@ pub mod certificates;
 pub mod fetch;
 pub mod fragments;
 pub mod gateway;
+pub mod health;
+pub mod outcome;
 pub mod plan;
 pub mod replicate;
 pub mod routes;
@@ -22,12 +24,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::{self, DesiredState, Entry, Served};
+use crate::desired::{self, DesiredState};
 use crate::leader::Leadership;
-use crate::reconcile::certificates::{Certificates, Environment, Outcome};
+use crate::reconcile::certificates::{Certificates, Environment};
 use crate::reconcile::fragments::Packages;
-use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Snapshot};
+use crate::reconcile::health::dependencies_failed;
+use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
+
+use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Resource, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
+pub use health::{Condition, conditions, kstatus};
 
 /// Passes run at least this often even when nothing changed (level-triggered: anything that
 /// drifted outside Tessera is put back).
@@ -240,7 +246,7 @@ pub struct Reconciler {
     publisher: routes::Publisher,
     gateway: gateway::GatewayPublisher,
     /// When each condition last changed status, so transition times stay put between passes.
-    transitions: HashMap<(ObjectKey, &'static str), (String, String)>,
+    transitions: HashMap<(ObjectKey, ConditionType), (ConditionStatus, String)>,
     /// Whether the last pass was the leader's.
     led: bool,
     /// While status files cannot be written: why, and since when (RFC 3339).
@@ -369,6 +375,8 @@ impl Reconciler {
             }
         }
         outcomes.extend(packages);
+        self.expire(&desired, &mut outcomes, now);
+        dependencies_failed(&desired, &mut outcomes);
         // The earliest thing due: a renewal, a retry, the next stage of a rollout.
         let wake = outcomes
             .values()
@@ -395,7 +403,7 @@ impl Reconciler {
             .filter(|o| {
                 o.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .any(|c| c.type_ == ConditionType::Ready && c.status == ConditionStatus::True)
             })
             .count();
         if !changes.is_empty() || self.previous.is_none() {
@@ -419,6 +427,64 @@ impl Reconciler {
         }
         self.previous = Some(desired);
         Ok(Pass { report, wake })
+    }
+
+    /// No Certificate, Issuer or Server is Ready on an expired certificate, whatever acted
+    /// on it (a follower reads what the leader shared without judging it).
+    fn expire(
+        &self,
+        desired: &DesiredState,
+        outcomes: &mut HashMap<ObjectKey, Outcome>,
+        now: jiff::Timestamp,
+    ) {
+        let end = |key: &ObjectKey, outcomes: &HashMap<ObjectKey, Outcome>| {
+            outcomes
+                .get(key)
+                .and_then(|o| outcome::not_after(&o.details))
+                .or_else(|| {
+                    let (chain, _) = self.certificates.issued(key, desired)?;
+                    let certificates = crate::pki::facts::pem_certificates(&chain).ok()?;
+                    crate::pki::facts::read(certificates.first()?)
+                        .ok()
+                        .map(|f| f.not_after)
+                })
+        };
+        let mut expired = Vec::new();
+        for (key, resource) in desired.actionable() {
+            let (certificate, what) = match resource {
+                Resource::Certificate(_) => (key.clone(), "the certificate".to_owned()),
+                Resource::Issuer(_) => {
+                    let Some(at) = outcomes
+                        .get(key)
+                        .and_then(|o| outcome::not_after(&o.details))
+                    else {
+                        continue;
+                    };
+                    expired.push((key.clone(), "the CA certificate".to_owned(), at));
+                    continue;
+                }
+                Resource::Server(server) => {
+                    let certificate = ObjectKey::referenced(
+                        Kind::Certificate,
+                        &key.namespace,
+                        &server.spec.certificate_ref,
+                    );
+                    let what = format!("the served certificate ({certificate})");
+                    (certificate, what)
+                }
+                _ => continue,
+            };
+            if outcomes.get(key).is_some_and(|o| o.ready)
+                && let Some(at) = end(&certificate, outcomes)
+            {
+                expired.push((key.clone(), what, at));
+            }
+        }
+        for (key, what, at) in expired {
+            if let Some(found) = outcomes.get_mut(&key) {
+                outcome::expire(found, &what, at, now);
+            }
+        }
     }
 
     /// Writes the status files (the leader's) and what was applied; a failure (a full disk)
@@ -476,9 +542,9 @@ impl Reconciler {
         let mut found = Vec::new();
         if let Some((message, since)) = &self.status_fault {
             found.push(ConditionReport {
-                type_: STATUS_WRITTEN.to_owned(),
-                status: "False".to_owned(),
-                reason: "WriteFailed".to_owned(),
+                type_: STATUS_WRITTEN,
+                status: ConditionStatus::False,
+                reason: Reason::WriteFailed.to_string(),
                 message: format!("{message}; retried every {}s", STATUS_RETRY.as_secs()),
                 last_transition_time: since.clone(),
             });
@@ -486,11 +552,11 @@ impl Reconciler {
         let health = self.config.runtime.as_ref().map(|r| r.db.health());
         let database = match health {
             Some(Health::ReadOnly) => Some((
-                "DiskFull",
+                Reason::DiskFull,
                 "the state database cannot be written (disk full?): what is built is served; results and inventories are refused (503) until space is freed".to_owned(),
             )),
             Some(Health::Lost(lost)) => Some((
-                "DatabaseLost",
+                Reason::DatabaseLost,
                 format!(
                     "the state database {lost} while the server ran: results are refused (503); restore it and restart the server"
                 ),
@@ -499,9 +565,9 @@ impl Reconciler {
         };
         if let Some((reason, message)) = database {
             found.push(ConditionReport {
-                type_: STATE_DATABASE.to_owned(),
-                status: "False".to_owned(),
-                reason: reason.to_owned(),
+                type_: STATE_DATABASE,
+                status: ConditionStatus::False,
+                reason: reason.to_string(),
                 message,
                 last_transition_time: String::new(),
             });
@@ -524,14 +590,14 @@ impl Reconciler {
                     let slot = self
                         .transitions
                         .entry((key.clone(), c.type_))
-                        .or_insert_with(|| (c.status.to_owned(), now.to_string()));
+                        .or_insert_with(|| (c.status, now.to_string()));
                     if slot.0 != c.status {
-                        *slot = (c.status.to_owned(), now.to_string());
+                        *slot = (c.status, now.to_string());
                     }
                     ConditionReport {
-                        type_: c.type_.to_owned(),
-                        status: c.status.to_owned(),
-                        reason: c.reason.to_owned(),
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason.to_string(),
                         message: c.message,
                         last_transition_time: slot.1.clone(),
                     }
@@ -539,7 +605,7 @@ impl Reconciler {
                 .collect();
             objects.push(ObjectReport {
                 api_version: API_VERSION.to_owned(),
-                kind: key.kind.to_string(),
+                kind: object_kind(key.kind),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 source: entry.origin.as_ref().map(|o| SourceRef {
@@ -576,93 +642,6 @@ impl Reconciler {
     }
 }
 
-/// A condition before its transition time is known.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Condition {
-    pub type_: &'static str,
-    pub status: &'static str,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// The kstatus conditions of an entry: `Ready`, `Stalled` and `Reconciling`, plus
-/// `Issuing` for Certificates. `outcome` is what reconcile found for the object, if it acted.
-pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
-    let first = |problems: &[Problem]| {
-        let more = problems.len().saturating_sub(1);
-        let text = problems.first().map(|p| match &p.field {
-            Some(field) => format!("{field}: {}", p.message),
-            None => p.message.clone(),
-        });
-        match (text, more) {
-            (Some(text), 0) => text,
-            (Some(text), more) => format!("{text} (and {more} more)"),
-            (None, _) => String::new(),
-        }
-    };
-    let (ready, reason, message): (bool, &'static str, String) = match &entry.served {
-        Served::Nothing => (false, "InvalidSpec", first(&entry.problems)),
-        Served::LastGood { generation, .. } => (
-            false,
-            "InvalidSpec",
-            format!(
-                "generation {} is refused: {}; generation {generation}, the last valid version, stays in effect",
-                entry.generation,
-                first(&entry.problems)
-            ),
-        ),
-        Served::Current(_) if !entry.dependency_problems.is_empty() => (
-            false,
-            "MissingDependency",
-            first(&entry.dependency_problems),
-        ),
-        Served::Current(_) => match (outcome, pending_part(entry.key.kind)) {
-            (Some(outcome), _) => (outcome.ready, outcome.reason, outcome.message.clone()),
-            (None, Some(elsewhere)) => (false, "RunElsewhere", elsewhere.to_owned()),
-            (None, None) => (true, "Accepted", accepted(entry.key.kind).to_owned()),
-        },
-    };
-    // Waiting on a retry or on another object is progress, not a dead end.
-    let progressing = matches!(
-        reason,
-        "IssuerNotReady" | "Pending" | "IssuanceFailed" | "RenewalFailed" | "SecretWriteFailed"
-    );
-    let stalled = !ready && !progressing;
-    let mut found = vec![
-        Condition {
-            type_: "Ready",
-            status: if ready { "True" } else { "False" },
-            reason,
-            message: message.clone(),
-        },
-        Condition {
-            type_: "Stalled",
-            status: if stalled { "True" } else { "False" },
-            reason: if stalled { reason } else { "Accepted" },
-            message: if stalled {
-                message.clone()
-            } else {
-                String::new()
-            },
-        },
-        Condition {
-            type_: "Reconciling",
-            status: if progressing { "True" } else { "False" },
-            reason: if ready { "Accepted" } else { reason },
-            message: if progressing { message } else { String::new() },
-        },
-    ];
-    if let Some((issuing, reason, message)) = outcome.and_then(|o| o.issuing.clone()) {
-        found.push(Condition {
-            type_: "Issuing",
-            status: if issuing { "True" } else { "False" },
-            reason,
-            message,
-        });
-    }
-    found
-}
-
 /// The directory of the file that declares `key`, below `config_dir`: relative file names
 /// in a resource (content directories, CA files, password files) are resolved from it.
 fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &ObjectKey) -> PathBuf {
@@ -674,31 +653,6 @@ fn declaring_dir(config_dir: &std::path::Path, desired: &DesiredState, key: &Obj
             .map(std::path::Path::to_path_buf)
     })
     .unwrap_or_else(|| config_dir.to_path_buf())
-}
-
-/// Kinds this process does not act on, said plainly in their status.
-fn pending_part(kind: Kind) -> Option<&'static str> {
-    match kind {
-        Kind::Gateway => Some(
-            "run by `tessera gateway --config DIR --name NAME` (in the DMZ), not by this process",
-        ),
-        Kind::Server
-        | Kind::Issuer
-        | Kind::Certificate
-        | Kind::Package
-        | Kind::Activation
-        | Kind::Affectation => None,
-    }
-}
-
-fn accepted(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Activation => "accepted: agents are offered the package once it is built",
-        Kind::Affectation => {
-            "accepted: targets are matched against each computer's latest inventory"
-        }
-        _ => "accepted",
-    }
 }
 
 fn problem_report(problem: &Problem) -> ProblemReport {
@@ -740,7 +694,7 @@ mod tests {
             .iter()
             .find(|c| c.type_ == crate::server::admin::STATUS_WRITTEN)
             .expect("a StatusWritten condition");
-        assert_eq!(condition.status, "False");
+        assert_eq!(condition.status, ConditionStatus::False);
         assert_eq!(condition.reason, "WriteFailed");
         let retry = jiff::SignedDuration::try_from(STATUS_RETRY).unwrap();
         assert!(pass.wake.is_some_and(|at| at <= now + retry));

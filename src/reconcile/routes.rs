@@ -9,22 +9,28 @@ use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::desired::DesiredState;
 use crate::leader::Leadership;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
-use crate::reconcile::certificates::{Certificates, Outcome, Trust};
+use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::health::{
+    RolloutFacts, affectation_outcome, dependency, listening, server_outcome,
+};
+use crate::reconcile::outcome::{self, Outcome, Reason};
+use crate::resources::affectation::RolloutStatus;
 use crate::resources::meta::Os;
 use crate::resources::server::{ClientAuthMode, ServerSpec};
+use crate::resources::{ActivationStatus, ServerStatus};
 use crate::resources::{Kind, ObjectKey, Resource};
 use crate::server::agent::{
     EnrollmentRoute, Forwarded, GatewayIdentities, Listen, PackageRoute, Routes,
 };
 use crate::server::deployments::{self, Assignment, OsFamily, Selector};
 use crate::store::db::Database;
+use crate::store::db::{Computer, Deployment, State};
 
 /// The channels reconcile publishes on and the runtime reads, and the database both use.
 pub struct Runtime {
@@ -144,15 +150,10 @@ impl Publisher {
         }
 
         // Built packages, by key: (id, success codes, os).
-        let built: HashMap<&ObjectKey, &str> = packages
+        let built: HashMap<&ObjectKey, String> = packages
             .iter()
             .filter(|(_, o)| o.ready)
-            .filter_map(|(k, o)| {
-                o.details
-                    .get("packageId")
-                    .and_then(Value::as_str)
-                    .map(|id| (k, id))
-            })
+            .filter_map(|(k, o)| outcome::package_id(&o.details).map(|id| (k, id)))
             .collect();
         let mut activations: HashMap<ObjectKey, ActiveActivation> = HashMap::new();
         for (key, resource) in desired.actionable() {
@@ -164,14 +165,16 @@ impl Publisher {
             let package = desired.entries.get(&package_key).and_then(|e| e.resource());
             let (Some(id), Some(Resource::Package(package))) = (built.get(&package_key), package)
             else {
-                outcomes.insert(
-                    key.clone(),
-                    waiting(format!("waiting for {package_key} to be built")),
+                let outcome = dependency(
+                    packages.get(&package_key),
+                    &package_key,
+                    format!("waiting for {package_key} to be built"),
                 );
+                outcomes.insert(key.clone(), outcome);
                 continue;
             };
             routes.packages.insert(
-                (*id).to_owned(),
+                id.clone(),
                 PackageRoute {
                     name: qualified(&package_key),
                     success_exit_codes: package.spec.success_exit_codes.clone(),
@@ -191,24 +194,20 @@ impl Publisher {
                 key.clone(),
                 (
                     qualified(&package_key),
-                    (*id).to_owned(),
+                    id.clone(),
                     package.spec.os,
                     activation.spec.info_location.as_deref().map(strip_scheme),
                     activation.spec.pack_location.as_deref().map(strip_scheme),
                 ),
             );
-            let mut details = Map::new();
-            details.insert("packageId".into(), json!(id));
+            let details = outcome::details(&ActivationStatus {
+                package_id: Some(id.clone()),
+                ..ActivationStatus::default()
+            });
             outcomes.insert(
                 key.clone(),
-                Outcome {
-                    ready: true,
-                    reason: "Active",
-                    message: format!("agents are offered package {id}"),
-                    details,
-                    issuing: None,
-                    wake: None,
-                },
+                Outcome::ready(Reason::Active, format!("agents are offered package {id}"))
+                    .with_details(details),
             );
         }
 
@@ -221,10 +220,12 @@ impl Publisher {
             let activation_key =
                 ObjectKey::referenced(Kind::Activation, &key.namespace, &spec.activation_ref);
             let Some((package, id, os, info, pack)) = activations.get(&activation_key) else {
-                outcomes.insert(
-                    key.clone(),
-                    waiting(format!("waiting for {activation_key} to be active")),
+                let outcome = dependency(
+                    outcomes.get(&activation_key),
+                    &activation_key,
+                    format!("waiting for {activation_key} to be active"),
                 );
+                outcomes.insert(key.clone(), outcome);
                 continue;
             };
             let targets = &spec.targets;
@@ -237,7 +238,7 @@ impl Publisher {
             ) {
                 Ok(selector) => selector,
                 Err(message) => {
-                    outcomes.insert(key.clone(), failed("InvalidSpec", message));
+                    outcomes.insert(key.clone(), failed(Reason::InvalidSpec, message));
                     continue;
                 }
             };
@@ -314,13 +315,14 @@ impl Publisher {
             .db
             .computers()
             .and_then(|computers| Ok((computers, runtime.db.deployments()?)));
-        let counts = match &counted {
-            Ok((computers, rows)) => {
-                deployments::counts(&routes.assignments, computers, rows, stale_before)
-            }
+        let (counts, codes) = match &counted {
+            Ok((computers, rows)) => (
+                deployments::counts(&routes.assignments, computers, rows, stale_before),
+                error_codes(&routes.assignments, computers, rows),
+            ),
             Err(error) => {
                 tracing::warn!(error = %crate::error_chain(error), "failed to read deployment states");
-                HashMap::new()
+                (HashMap::new(), HashMap::new())
             }
         };
         for assignment in &mut routes.assignments {
@@ -339,60 +341,28 @@ impl Publisher {
                 Some(Resource::Affectation(a)) => a.spec.rollout.clone(),
                 _ => None,
             };
-            let mut details = Map::new();
-            if let Some(rollout) = &rollout {
+            let rollout = rollout.map(|rollout| {
                 // Too many errors pause it: nothing new is offered until it is fixed (a new
                 // package version or redeploy token restarts the rollout).
                 assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
-                details.insert(
-                    "rollout".into(),
-                    json!({
-                        "percent": assignment.share,
-                        "paused": assignment.paused,
-                        "nextStage": wakes.get(&assignment.affectation).map(ToString::to_string),
-                    }),
-                );
-            }
-            details.insert("targets".into(), json!(c.targets));
-            details.insert(
-                "counts".into(),
-                json!({
-                    "waiting": c.waiting, "notified": c.notified, "stale": c.stale,
-                    "downloading": c.downloading, "installing": c.installing,
-                    "success": c.success, "error": c.error,
-                }),
-            );
-            outcomes.insert(
-                key.clone(),
-                Outcome {
-                    ready: true,
-                    reason: "Deploying",
-                    message: format!(
-                        "package {} to {} target{}: {} success, {} error, {} waiting, {} notified, {} stale",
-                        assignment.package_id,
-                        c.targets,
-                        if c.targets == 1 { "" } else { "s" },
-                        c.success,
-                        c.error,
-                        c.waiting,
-                        c.notified,
-                        c.stale
-                    ),
-                    details,
-                    issuing: None,
-                    wake: wakes.get(&assignment.affectation).copied(),
-                },
-            );
-            if assignment.paused
-                && let Some(outcome) = outcomes.get_mut(key)
-            {
-                outcome.ready = false;
-                outcome.reason = "RolloutPaused";
-                outcome.message = format!(
-                    "rollout paused at {}%: {} errors reached spec.rollout.maxErrors; {}",
-                    assignment.share, c.error, outcome.message
-                );
-            }
+                RolloutStatus {
+                    percent: i64::from(assignment.share),
+                    paused: assignment.paused,
+                    next_stage: wakes.get(&assignment.affectation).map(ToString::to_string),
+                }
+            });
+            let facts = RolloutFacts {
+                package_id: &assignment.package_id,
+                counts: c,
+                error_codes: codes
+                    .get(&assignment.affectation)
+                    .cloned()
+                    .unwrap_or_default(),
+                rollout,
+            };
+            let mut outcome = affectation_outcome(&facts);
+            outcome.wake = wakes.get(&assignment.affectation).copied();
+            outcomes.insert(key.clone(), outcome);
         }
 
         // Arm known computers for what is assigned now (new Affectations, versions, tokens,
@@ -482,7 +452,7 @@ impl Publisher {
                 trusted_proxies: Vec::new(),
             },
             (Err(message), _) | (_, Err(message)) => {
-                return (failed("InvalidSpec", message), Listen::default());
+                return (failed(Reason::InvalidSpec, message), Listen::default());
             }
         };
         let mut listen = listen;
@@ -492,7 +462,7 @@ impl Publisher {
                 Err(_) => {
                     return (
                         failed(
-                            "InvalidSpec",
+                            Reason::InvalidSpec,
                             format!("spec.trustedProxies[{i}]: {text:?} is not an IP address"),
                         ),
                         Listen::default(),
@@ -528,7 +498,10 @@ impl Publisher {
                 }
                 Err(error) => {
                     return (
-                        failed("CertificateUnusable", format!("{certificate_key}: {error}")),
+                        failed(
+                            Reason::CertificateUnusable,
+                            format!("{certificate_key}: {error}"),
+                        ),
                         listen,
                     );
                 }
@@ -596,7 +569,7 @@ impl Publisher {
                     Err(error) => {
                         return (
                             failed(
-                                "ClientAuthUnusable",
+                                Reason::ClientAuthUnusable,
                                 format!(
                                     "spec.trustedGateways: agent certificates cannot be checked: {error}"
                                 ),
@@ -617,7 +590,10 @@ impl Publisher {
                 }
                 Err(error) => {
                     return (
-                        failed("ClientAuthUnusable", format!("spec.clientAuth: {error}")),
+                        failed(
+                            Reason::ClientAuthUnusable,
+                            format!("spec.clientAuth: {error}"),
+                        ),
                         listen,
                     );
                 }
@@ -625,50 +601,65 @@ impl Publisher {
         }
 
         if let Err(message) = self.dial_out(runtime, desired, key, spec, certificates) {
-            return (failed("DialOutUnusable", message), listen);
+            return (failed(Reason::DialOutUnusable, message), listen);
         }
 
         let bound = runtime.bound.borrow().clone();
-        let mut details = Map::new();
-        details.insert(
-            "addresses".into(),
-            json!(bound.iter().map(ToString::to_string).collect::<Vec<_>>()),
-        );
-        if let Some(serial) = &serial {
-            details.insert("certificateSerial".into(), json!(serial));
-        }
-        let (ready, reason, message) = if bound.is_empty() {
-            (
-                false,
-                "Pending",
-                "the listeners are starting (or failed to bind: see the log)".to_owned(),
-            )
-        } else {
-            (
-                true,
-                "Serving",
-                format!(
-                    "listening on {}",
-                    bound
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        };
+        let wanted: Vec<SocketAddr> = listen.https.into_iter().chain(listen.http).collect();
+        let details = outcome::details(&ServerStatus {
+            addresses: bound.iter().map(ToString::to_string).collect(),
+            certificate_serial: serial,
+            ..ServerStatus::default()
+        });
         (
-            Outcome {
-                ready,
-                reason,
-                message,
-                details,
-                issuing: None,
-                wake: None,
-            },
+            server_outcome(listening(&wanted, &bound)).with_details(details),
             listen,
         )
     }
+}
+
+/// Per Affectation, the error codes its targets reported for the package and token they
+/// should have now, most frequent first (then by code).
+fn error_codes(
+    assignments: &[Assignment],
+    computers: &[Computer],
+    rows: &[Deployment],
+) -> HashMap<String, Vec<(String, i64)>> {
+    let index: HashMap<(&str, &str), &Deployment> = rows
+        .iter()
+        .map(|d| ((d.device_id.as_str(), d.activation.as_str()), d))
+        .collect();
+    let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for computer in computers {
+        for wanted in deployments::wanted(assignments, computer) {
+            let Some(row) = index
+                .get(&(computer.device_id.as_str(), wanted.activation))
+                .filter(|d| d.package_id == wanted.package_id && d.token == wanted.token)
+                .filter(|d| d.state == State::Error)
+            else {
+                continue;
+            };
+            let code = row.code.clone().unwrap_or_default();
+            for assignment in assignments
+                .iter()
+                .filter(|a| a.activation == wanted.activation && a.targets(computer))
+            {
+                *found
+                    .entry(assignment.affectation.clone())
+                    .or_default()
+                    .entry(code.clone())
+                    .or_default() += 1;
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(affectation, codes)| {
+            let mut codes: Vec<(String, i64)> = codes.into_iter().collect();
+            codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            (affectation, codes)
+        })
+        .collect()
 }
 
 fn base_routes(spec: &ServerSpec) -> Routes {
@@ -743,9 +734,9 @@ fn client_auth(mode: ClientAuthMode) -> ClientAuth {
 }
 
 fn waiting(message: String) -> Outcome {
-    Outcome::not_ready("Pending", message)
+    Outcome::not_ready(Reason::Pending, message)
 }
 
-fn failed(reason: &'static str, message: String) -> Outcome {
+fn failed(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
 }

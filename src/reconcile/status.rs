@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 use crate::desired::DesiredState;
-use crate::reconcile::certificates::Outcome;
-use crate::resources::{Kind, ObjectKey};
+use crate::reconcile::outcome::{self, Outcome, Reason};
+use crate::resources::{Kind, ObjectKey, PackageStatus};
 use crate::server::admin::{ObjectReport, Report};
 use crate::store::atomic::{self, Access, WriteError};
 use crate::store::fragments::FragmentStore;
@@ -31,7 +31,7 @@ pub fn write(state_dir: &Path, report: &Report) -> Result<(), StatusError> {
     for object in &report.objects {
         let path = root
             .join(&object.namespace)
-            .join(object.kind.to_ascii_lowercase())
+            .join(object.kind.as_str().to_ascii_lowercase())
             .join(format!("{}.yaml", object.name));
         let mut status = object.details.clone();
         status.insert(
@@ -171,24 +171,23 @@ pub fn already_built(state_dir: &Path, desired: &DesiredState) -> HashMap<Object
                     .is_none_or(|namespace| namespace == key.namespace)
                 && document["spec"] == spec
         });
-        let Some(id) = found.and_then(|o| o.details.get("packageId")?.as_str()) else {
+        let Some(id) = found.and_then(|o| outcome::package_id(&o.details)) else {
             continue;
         };
-        if !matches!(store.manifest(id), Ok(Some(_))) {
+        if !matches!(store.manifest(&id), Ok(Some(_))) {
             continue;
         }
-        let mut details = Map::new();
-        details.insert("packageId".into(), json!(id));
+        let details = outcome::details(&PackageStatus {
+            package_id: Some(id.to_owned()),
+            ..PackageStatus::default()
+        });
         built.insert(
             key.clone(),
-            Outcome {
-                ready: true,
-                reason: "Built",
-                message: format!("package {id}, built before this start"),
-                details,
-                issuing: None,
-                wake: None,
-            },
+            Outcome::ready(
+                Reason::Built,
+                format!("package {id}, built before this start"),
+            )
+            .with_details(details),
         );
     }
     built

@@ -108,6 +108,15 @@ pub struct LocalRef {
     pub name: String,
 }
 
+/// The kstatus condition a status is `Ready` by, as written in `status.conditions[].type`
+/// (for readers of the status as JSON; reconcile writes it from a typed condition, and a
+/// test there checks the two agree).
+pub const CONDITION_READY: &str = "Ready";
+/// The kstatus condition saying nothing changes until someone acts.
+pub const CONDITION_STALLED: &str = "Stalled";
+/// A condition's `status` when it holds.
+pub const CONDITION_TRUE: &str = "True";
+
 /// The status fields every kind has.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -44,18 +44,114 @@ pub struct Report {
 
 /// The server's condition: the last pass wrote its status files (`False` with reason
 /// `WriteFailed` while they cannot be written; retried every pass).
-pub const STATUS_WRITTEN: &str = "StatusWritten";
+pub const STATUS_WRITTEN: ConditionType = ConditionType::StatusWritten;
 
 /// The server's condition: the state database takes writes (`False` with reason `DiskFull`
 /// or `DatabaseLost`).
-pub const STATE_DATABASE: &str = "StateDatabaseWritable";
+pub const STATE_DATABASE: ConditionType = ConditionType::StateDatabaseWritable;
+
+/// The kind of an object in the report, written as the resource kind is. Defined here
+/// because the server imports nothing of `resources`; reconcile maps one onto the other
+/// with exhaustive matches (`reconcile::outcome::object_kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum ObjectKind {
+    Server,
+    Issuer,
+    Certificate,
+    Package,
+    Activation,
+    Affectation,
+    Gateway,
+}
+
+impl ObjectKind {
+    /// The kind as written (`Certificate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "Server",
+            Self::Issuer => "Issuer",
+            Self::Certificate => "Certificate",
+            Self::Package => "Package",
+            Self::Activation => "Activation",
+            Self::Affectation => "Affectation",
+            Self::Gateway => "Gateway",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The type of a condition: kstatus's three, cert-manager's `Issuing`, and the server's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum ConditionType {
+    /// The desired state is achieved.
+    Ready,
+    /// Work is in flight; the object will change by itself.
+    Reconciling,
+    /// Nothing changes until someone acts.
+    Stalled,
+    /// A Certificate: an issuance is due (cert-manager's condition).
+    Issuing,
+    /// The server: the last pass wrote its status files.
+    StatusWritten,
+    /// The server: the state database takes writes.
+    StateDatabaseWritable,
+}
+
+impl ConditionType {
+    /// The type as written (`Ready`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Reconciling => "Reconciling",
+            Self::Stalled => "Stalled",
+            Self::Issuing => "Issuing",
+            Self::StatusWritten => "StatusWritten",
+            Self::StateDatabaseWritable => "StateDatabaseWritable",
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// `True` or `False`.
+    pub fn from_bool(value: bool) -> Self {
+        if value { Self::True } else { Self::False }
+    }
+
+    /// The status as written (`True`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
 
 /// One object as reconciled.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReport {
     pub api_version: String,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub namespace: String,
     pub name: String,
     /// Where the latest version was read.
@@ -90,9 +186,8 @@ pub struct SourceRef {
 #[serde(rename_all = "camelCase")]
 pub struct ConditionReport {
     #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
+    pub type_: ConditionType,
+    pub status: ConditionStatus,
     pub reason: String,
     pub message: String,
     /// RFC 3339; changes only when `status` does.
@@ -338,7 +433,7 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
         let degraded: Vec<String> = report
             .conditions
             .iter()
-            .filter(|c| c.status != "True")
+            .filter(|c| c.status != ConditionStatus::True)
             .map(|c| format!("{}: {}", c.type_, c.message))
             .collect();
         (report.ready, degraded)
@@ -405,7 +500,7 @@ async fn objects(
             filter
                 .kind
                 .as_ref()
-                .is_none_or(|k| o.kind.eq_ignore_ascii_case(k))
+                .is_none_or(|k| o.kind.as_str().eq_ignore_ascii_case(k))
         })
         .filter(|o| filter.namespace.as_ref().is_none_or(|n| &o.namespace == n))
         .cloned()
@@ -435,7 +530,7 @@ async fn object(
     match report
         .objects
         .iter()
-        .find(|o| o.kind.eq_ignore_ascii_case(&kind) && o.name == name)
+        .find(|o| o.kind.as_str().eq_ignore_ascii_case(&kind) && o.name == name)
     {
         Some(found) => Json(found.clone()).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no {kind}/{name}\n")).into_response(),
@@ -571,7 +666,7 @@ mod tests {
             ready,
             objects: vec![ObjectReport {
                 api_version: "tessera.dev/v1alpha1".into(),
-                kind: "Package".into(),
+                kind: ObjectKind::Package,
                 namespace: "default".into(),
                 name: "hello".into(),
                 source: None,

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::resources::meta::{CONDITION_READY, CONDITION_STALLED, CONDITION_TRUE};
 use crate::resources::{
     API_VERSION, Activation, Affectation, Certificate, Gateway, Issuer, Kind, ObjectKey, Package,
     Server, Snapshot, SourceFile,
@@ -399,12 +400,13 @@ pub fn events(
     let mut found = Vec::new();
     let field =
         |status: Option<&Map<String, Value>>, name: &str| status.and_then(|s| s.get(name)).cloned();
-    let ready_after = condition(after, "Ready");
-    let ready_before = before.and_then(|b| condition(b, "Ready"));
+    let ready_after = condition(after, CONDITION_READY);
+    let ready_before = before.and_then(|b| condition(b, CONDITION_READY));
     if let Some((status, reason, message)) = &ready_after
         && ready_before.as_ref().map(|(s, r, _)| (s, r)) != Some((status, reason))
     {
-        let stalled = condition(after, "Stalled").is_some_and(|(s, _, _)| s == "True");
+        let stalled =
+            condition(after, CONDITION_STALLED).is_some_and(|(s, _, _)| s == CONDITION_TRUE);
         found.push(KubeEvent {
             type_: if stalled {
                 EventType::Warning

@@ -93,7 +93,7 @@ fn object<'a>(report: &'a Report, kind: &str, name: &str) -> &'a ObjectReport {
     report
         .objects
         .iter()
-        .find(|o| o.kind == kind && o.name == name)
+        .find(|o| o.kind.as_str() == kind && o.name == name)
         .unwrap_or_else(|| panic!("{kind}/{name} not in the report"))
 }
 
@@ -101,9 +101,13 @@ fn ready(object: &ObjectReport) -> (String, String, String) {
     let c = object
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == tessera::server::admin::ConditionType::Ready)
         .unwrap();
-    (c.status.clone(), c.reason.clone(), c.message.clone())
+    (
+        c.status.as_str().to_owned(),
+        c.reason.clone(),
+        c.message.clone(),
+    )
 }
 
 fn detail(object: &ObjectReport, field: &str) -> Value {
@@ -389,9 +393,12 @@ fn a_failed_issuance_backs_off_and_a_spec_change_retries_at_once() {
     let issuing = web
         .conditions
         .iter()
-        .find(|c| c.type_ == "Issuing")
+        .find(|c| c.type_ == tessera::server::admin::ConditionType::Issuing)
         .unwrap();
-    assert_eq!(issuing.status, "True");
+    assert_eq!(
+        issuing.status,
+        tessera::server::admin::ConditionStatus::True
+    );
 
     // Before the retry time nothing is tried; at it, the second failure doubles the wait.
     let (report, _) = setup.pass(&mut reconciler, t + jiff::SignedDuration::from_secs(30));
@@ -453,10 +460,15 @@ fn a_ca_issuer_with_a_key_that_is_not_the_certificates_is_refused() {
         ("False", "ErrorLoadingCA")
     );
     assert!(message.contains("does not belong"), "{message}");
-    let (status, reason, _) = ready(object(&report, "Certificate", "web"));
+    // Waiting on an issuer that failed would never end by itself: said, not progressing.
+    let (status, reason, message) = ready(object(&report, "Certificate", "web"));
     assert_eq!(
         (status.as_str(), reason.as_str()),
-        ("False", "IssuerNotReady")
+        ("False", "DependencyFailed")
+    );
+    assert!(
+        message.starts_with("Issuer/ca is not ready (ErrorLoadingCA): "),
+        "{message}"
     );
 }
 
@@ -873,7 +885,7 @@ async fn the_reconcile_loop_renews_on_its_own_when_the_time_comes() {
         report
             .objects
             .iter()
-            .find(|o| o.kind == "Certificate")
+            .find(|o| o.kind == tessera::server::admin::ObjectKind::Certificate)
             .and_then(|o| o.details.get("revision").and_then(Value::as_i64))
     };
     let mut serials = Vec::new();

@@ -19,7 +19,7 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(5);
 
 /// One OCS request over a fresh TLS connection: the status and the body (inflated when
 /// the server answered in zlib), and how long it took.
-async fn post(https: SocketAddr, ca: &Path, body: &[u8]) -> (u16, Vec<u8>, Duration) {
+pub(crate) async fn post(https: SocketAddr, ca: &Path, body: &[u8]) -> (u16, Vec<u8>, Duration) {
     let started = Instant::now();
     let tls =
         tessera::pki::tls::client_config(&std::fs::read_to_string(ca).unwrap(), None).unwrap();
@@ -78,11 +78,11 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn zlib(xml: &str) -> Vec<u8> {
+pub(crate) fn zlib(xml: &str) -> Vec<u8> {
     ocs::encode_body(xml, Encoding::Zlib)
 }
 
-fn prolog(device: &str) -> Vec<u8> {
+pub(crate) fn prolog(device: &str) -> Vec<u8> {
     zlib(&format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><REQUEST><DEVICEID>{device}</DEVICEID><QUERY>PROLOG</QUERY></REQUEST>"
     ))
@@ -95,7 +95,7 @@ fn inventory(device: &str) -> Vec<u8> {
     ))
 }
 
-fn result(device: &str, id: &str, code: &str) -> Vec<u8> {
+pub(crate) fn result(device: &str, id: &str, code: &str) -> Vec<u8> {
     zlib(&format!(
         "<REQUEST DEVICEID=\"{device}\" ERR=\"{code}\" ID=\"{id}\" QUERY=\"DOWNLOAD\" />"
     ))

@@ -168,9 +168,18 @@ async fn watched_objects_feed_a_snapshot_and_a_malformed_one_is_stalled_alone() 
     let problem = broken.problems.first().expect("a problem");
     assert_eq!(problem.file.as_deref(), Some("Package/fleet/broken"));
     let conditions = tessera::reconcile::conditions(broken, None);
-    let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
-    assert_eq!(stalled.status, "True");
-    assert_eq!(stalled.reason, "InvalidSpec");
+    let stalled = conditions
+        .iter()
+        .find(|c| c.type_ == tessera::server::admin::ConditionType::Stalled)
+        .unwrap();
+    assert_eq!(
+        stalled.status,
+        tessera::server::admin::ConditionStatus::True
+    );
+    assert_eq!(
+        stalled.reason,
+        tessera::reconcile::outcome::Reason::InvalidSpec
+    );
 
     shutdown.cancel();
     running.await.unwrap();
@@ -478,8 +487,8 @@ fn reconcile_writes_certificates_to_secrets_and_reads_ca_issuers_from_them() {
             .unwrap()
             .conditions
             .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| (c.status.clone(), c.message.clone()))
+            .find(|c| c.type_ == tessera::server::admin::ConditionType::Ready)
+            .map(|c| (c.status.as_str().to_owned(), c.message.clone()))
             .unwrap()
     };
     assert_eq!(ready("from-secret").0, "True", "{:?}", ready("from-secret"));

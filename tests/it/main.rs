@@ -23,6 +23,7 @@ mod ocs;
 mod ocs_agent;
 mod packages;
 mod plan;
+mod rollout_health;
 mod serve;
 mod state_faults;
 mod support;

@@ -83,12 +83,12 @@ fn ready_of(report: &Report, name: &str) -> tessera::server::admin::ConditionRep
     let object = report
         .objects
         .iter()
-        .find(|o| o.kind == "Package" && o.name == name)
+        .find(|o| o.kind == tessera::server::admin::ObjectKind::Package && o.name == name)
         .expect("package listed");
     object
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == tessera::server::admin::ConditionType::Ready)
         .cloned()
         .expect("a Ready condition")
 }
@@ -97,14 +97,18 @@ fn details(report: &Report, name: &str) -> serde_json::Map<String, Value> {
     let object = report
         .objects
         .iter()
-        .find(|o| o.kind == "Package" && o.name == name)
+        .find(|o| o.kind == tessera::server::admin::ObjectKind::Package && o.name == name)
         .expect("package listed");
     let ready = object
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == tessera::server::admin::ConditionType::Ready)
         .unwrap();
-    assert_eq!(ready.status, "True", "{ready:?}");
+    assert_eq!(
+        ready.status,
+        tessera::server::admin::ConditionStatus::True,
+        "{ready:?}"
+    );
     object.details.clone()
 }
 
@@ -398,7 +402,11 @@ fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
     write(&"0".repeat(64));
     let state = tempfile::tempdir().unwrap();
     let ready = ready_of(&pass(config.path(), state.path()), "app");
-    assert_eq!(ready.status, "False", "{ready:?}");
+    assert_eq!(
+        ready.status,
+        tessera::server::admin::ConditionStatus::False,
+        "{ready:?}"
+    );
     assert!(
         ready.message.contains(&sha) && ready.message.contains("spec.content.sha256"),
         "the message gives the real digest: {ready:?}"
@@ -406,7 +414,10 @@ fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
 
     write(&sha);
     let report = pass(config.path(), state.path());
-    assert_eq!(ready_of(&report, "app").status, "True");
+    assert_eq!(
+        ready_of(&report, "app").status,
+        tessera::server::admin::ConditionStatus::True
+    );
     let built = details(&report, "app");
     assert_eq!(built["sha256"], sha.as_str());
     assert_eq!(built["size"], archive.len());
