@@ -2113,7 +2113,7 @@ fn start_kube(
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<Result<()>>,
 ) -> (Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>) {
-    use crate::sources::{kube as kube_source, lease};
+    use crate::sources::kube::{self as kube_source, lease};
 
     let identity = args
         .pod_name

@@ -556,7 +556,7 @@ mod lease {
     //! Leader election: the Lease calls, against the mocked API server.
 
     use super::*;
-    use tessera::sources::lease::{LeaseLock, run};
+    use tessera::sources::kube::lease::{LeaseLock, run};
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/tessera/leases/tessera";
 

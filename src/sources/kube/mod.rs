@@ -11,6 +11,8 @@
 //! Watch errors (the API server restarting, an expired resource version, RBAC being fixed)
 //! are retried with kube-runtime's default backoff and logged; they are never fatal.
 
+pub mod lease;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
