@@ -10,15 +10,8 @@ use crate::support::{eventually, get, get_json, quickstart_copy};
 
 async fn start(config: &Path, allow_empty: bool) -> Running {
     cli::start(ServeArgs {
-        config: Some(config.to_path_buf()),
-        state: None,
-        git: Default::default(),
-        database: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        admin_hosts: Vec::new(),
         allow_empty,
-        reset_state: false,
-        kube: Default::default(),
+        ..ServeArgs::for_config(config)
     })
     .await
     .expect("serve starts")

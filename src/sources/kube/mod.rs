@@ -12,6 +12,8 @@
 //! are retried with kube-runtime's default backoff and logged; they are never fatal.
 
 pub mod lease;
+pub mod secrets;
+pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
