@@ -1,9 +1,12 @@
 //! The `tessera` command line: the only place that reads the environment, installs the
 //! crypto provider and spawns tasks.
 //!
-//! One file per command. The long-running ones read top-down: a configuration from the
-//! arguments, then the running thing built from it (`serve::start`, `gateway::start_gateway`,
-//! both a `running::Running`).
+//! One file per command, each holding its arguments and how it runs. The long-running ones
+//! (`serve`, `gateway`) start in named steps that read top-down (source, state database and
+//! leadership, listeners, reconcile, admin API) and hand back a `running::Running`. What is
+//! not command-line code lives elsewhere: rendering in the modules it renders
+//! (`reconcile::plan::write_plan`, `server::admin::write_deployment_table`), the cluster's
+//! Secrets and status writing in `sources::kube`.
 
 mod agent;
 mod crds;
