@@ -449,6 +449,19 @@ pub fn write_plan(
     for note in heading.notes {
         writeln!(out, "note: {note}")?;
     }
+    write_changes(out, plan)?;
+    write_deployments(out, plan)?;
+    if !heading.problems.is_empty() {
+        writeln!(out, "\nproblems:")?;
+        for problem in heading.problems {
+            writeln!(out, "  {problem}")?;
+        }
+    }
+    write_summary(out, plan)
+}
+
+/// The objects, packages and certificates that change.
+fn write_changes(out: &mut impl std::io::Write, plan: &Plan) -> std::io::Result<()> {
     if !plan.objects.is_empty() {
         writeln!(out, "\nobjects:")?;
         for o in &plan.objects {
@@ -490,6 +503,11 @@ pub fn write_plan(
             writeln!(out, "  {sign} {}: {verb} ({})", c.certificate, c.reason)?;
         }
     }
+    Ok(())
+}
+
+/// Per activation, the computers that would receive or lose its package.
+fn write_deployments(out: &mut impl std::io::Write, plan: &Plan) -> std::io::Result<()> {
     if !plan.deployments.is_empty() {
         writeln!(out, "\ncomputers ({} known):", plan.computers)?;
         for d in &plan.deployments {
@@ -518,12 +536,11 @@ pub fn write_plan(
             }
         }
     }
-    if !heading.problems.is_empty() {
-        writeln!(out, "\nproblems:")?;
-        for problem in heading.problems {
-            writeln!(out, "  {problem}")?;
-        }
-    }
+    Ok(())
+}
+
+/// The one-line summary: changes or no changes, and the counts.
+fn write_summary(out: &mut impl std::io::Write, plan: &Plan) -> std::io::Result<()> {
     let receive: usize = plan.deployments.iter().map(|d| d.receive.count).sum();
     let lose: usize = plan.deployments.iter().map(|d| d.lose.count).sum();
     let count = |action: PackageAction| plan.packages.iter().filter(|p| p.action == action).count();
