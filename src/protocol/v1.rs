@@ -238,13 +238,6 @@ pub const FORWARDED_CERTIFICATE: &str = "x-tessera-client-certificate";
 /// The URI SAN of the certificate the server presents when it calls an agent.
 pub const SERVER_URI: &str = "urn:tessera:server";
 
-/// The URI SAN that names agent `id` in its certificate. `pki::AgentId` owns this form
-/// (`AgentId::uri`, and parsing it back); this copy stays only until `cli` uses `AgentId`,
-/// then goes.
-pub fn agent_uri(id: &str) -> String {
-    format!("urn:tessera:agent:{id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,10 +3,8 @@
 //!
 //! - `dir`: a directory of YAML files.
 //! - `kube`: the Tessera custom resources of a cluster, and the way back (statuses, Events,
-//!   Secrets).
-//! - `lease`: leader election on a Lease, for `serve --kube` with several replicas.
+//!   Secrets), with leader election on a Lease for `serve --kube` with several replicas.
 
 pub mod dir;
 pub mod git;
 pub mod kube;
-pub mod lease;

@@ -22,7 +22,7 @@ fn client_certificate(
             &tessera::pki::authority::LeafRequest {
                 names: tessera::pki::Names {
                     common_name: Some("agent".into()),
-                    uris: vec![tessera::protocol::v1::agent_uri("0123")],
+                    uris: vec![tessera::pki::AgentId::new("0123").unwrap().uri()],
                     ..Default::default()
                 },
                 usages: vec![tessera::pki::Usage::ClientAuth],

@@ -62,8 +62,6 @@ async fn serve_git(work: &Path, state: &Path, interval: &str) -> Running {
     let secret = work.join("webhook-secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     cli::start(ServeArgs {
-        config: None,
-        state: Some(state.to_path_buf()),
         git: GitArgs {
             git: Some(format!("file://{}", work.join("remote.git").display())),
             branch: "main".into(),
@@ -72,12 +70,7 @@ async fn serve_git(work: &Path, state: &Path, interval: &str) -> Running {
             webhook_secret_file: Some(secret),
             ..Default::default()
         },
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        admin_hosts: Vec::new(),
-        allow_empty: false,
-        reset_state: false,
-        kube: Default::default(),
-        database: None,
+        ..ServeArgs::for_state(state.to_path_buf())
     })
     .await
     .expect("serve --git starts")

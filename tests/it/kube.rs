@@ -565,7 +565,7 @@ mod lease {
     //! Leader election: the Lease calls, against the mocked API server.
 
     use super::*;
-    use tessera::sources::lease::{LeaseLock, run};
+    use tessera::sources::kube::lease::{LeaseLock, run};
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/tessera/leases/tessera";
 
@@ -883,14 +883,6 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
     let state = tempfile::tempdir().unwrap();
     let running = tessera::cli::start_with(
         tessera::cli::ServeArgs {
-            config: None,
-            state: Some(state.path().to_path_buf()),
-            admin_address: "127.0.0.1:0".parse().unwrap(),
-            admin_hosts: Vec::new(),
-            allow_empty: false,
-            reset_state: false,
-            git: Default::default(),
-            database: None,
             kube: tessera::cli::KubeArgs {
                 kube: true,
                 namespace: Some("fleet".into()),
@@ -898,6 +890,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
                 lease_namespace: Some("fleet".into()),
                 pod_name: Some("tessera-0".into()),
             },
+            ..tessera::cli::ServeArgs::for_state(state.path().to_path_buf())
         },
         Some(client),
     )

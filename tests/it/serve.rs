@@ -10,15 +10,8 @@ use crate::support::{eventually, get, get_json, quickstart_copy};
 
 async fn start(config: &Path, allow_empty: bool) -> Running {
     cli::start(ServeArgs {
-        config: Some(config.to_path_buf()),
-        state: None,
-        git: Default::default(),
-        database: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        admin_hosts: Vec::new(),
         allow_empty,
-        reset_state: false,
-        kube: Default::default(),
+        ..ServeArgs::for_config(config)
     })
     .await
     .expect("serve starts")
@@ -291,4 +284,56 @@ fn the_readme_quickstart_command_serves_the_admin_api_to_curl() {
         logs.contains("reconciled"),
         "one log line per reconcile:\n{logs}"
     );
+}
+
+/// `tessera serve --config` says once what it serves (the line was logged twice).
+#[test]
+fn the_serving_line_is_logged_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    /// Kills the server even when the test panics.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let config = quickstart_copy();
+    let mut child = Killed(
+        Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["serve", "--config"])
+            .arg(config.path())
+            .args(["--admin-address", "127.0.0.1:0", "--log", "info"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tessera serve starts"),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Both lines, when there were two, came before the first pass.
+    let mut serving = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(crate::support::PATIENCE * 3)
+            .expect("a first reconcile pass is logged");
+        if line.contains(": serving config=") {
+            serving.push(line);
+        } else if line.contains(": reconciled ") {
+            break;
+        }
+    }
+    assert_eq!(serving.len(), 1, "{serving:#?}");
+    drop(child);
 }

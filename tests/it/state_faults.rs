@@ -23,15 +23,9 @@ const RECOVERY: Duration = Duration::from_secs(40);
 
 async fn start(config: &Path, state: &Path, reset_state: bool) -> anyhow::Result<Running> {
     cli::start(ServeArgs {
-        config: Some(config.to_path_buf()),
         state: Some(state.to_path_buf()),
-        git: Default::default(),
-        database: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        admin_hosts: Vec::new(),
-        allow_empty: false,
         reset_state,
-        kube: Default::default(),
+        ..ServeArgs::for_config(config)
     })
     .await
 }

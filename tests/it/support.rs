@@ -219,19 +219,9 @@ pub async fn connect_proxy() -> (
 
 /// `tessera serve` in-process on `config`, its admin API on a free loopback port.
 pub async fn start(config: &Path) -> tessera::cli::Running {
-    tessera::cli::start(tessera::cli::ServeArgs {
-        config: Some(config.to_path_buf()),
-        state: None,
-        git: Default::default(),
-        database: None,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        admin_hosts: Vec::new(),
-        allow_empty: false,
-        reset_state: false,
-        kube: Default::default(),
-    })
-    .await
-    .expect("serve starts")
+    tessera::cli::start(tessera::cli::ServeArgs::for_config(config))
+        .await
+        .expect("serve starts")
 }
 
 /// The Server's bound addresses once it is ready: (HTTPS, plain HTTP).

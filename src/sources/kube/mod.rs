@@ -11,6 +11,10 @@
 //! Watch errors (the API server restarting, an expired resource version, RBAC being fixed)
 //! are retried with kube-runtime's default backoff and logged; they are never fatal.
 
+pub mod lease;
+pub mod secrets;
+pub mod status;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

@@ -1,0 +1,163 @@
+//! `--kube`: the cluster's Tessera custom resources as the configuration, leader election
+//! on a Lease, and the glue between reconcile and the cluster (statuses and Secrets), which
+//! live in `sources::kube`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::sync::watch;
+
+use super::running::Tasks;
+use crate::reconcile;
+use crate::resources::{Kind, ObjectKey};
+use crate::server::admin::Report;
+use crate::sources::kube::secrets::KubeSecrets;
+use crate::sources::kube::status::write_statuses;
+use crate::sources::kube::{self as kube_source, ObjectStatus, Owner, StatusWriter, lease};
+
+/// `tessera serve --kube`: the custom resources of a cluster instead of a directory.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeArgs {
+    /// Watch the Tessera custom resources (in-cluster configuration, or the kubeconfig)
+    /// instead of a directory; statuses, Events and Secrets are written back.
+    #[arg(long, env = "TESSERA_KUBE")]
+    pub kube: bool,
+    /// The namespace to watch. Default: every namespace.
+    #[arg(long, env = "TESSERA_NAMESPACE", requires = "kube")]
+    pub namespace: Option<String>,
+    /// The Lease that elects the replica writing statuses and Secrets.
+    #[arg(long, env = "TESSERA_LEASE", default_value = "tessera")]
+    pub lease: String,
+    /// Namespace of the Lease (the chart passes the pod's). Default: `--namespace`, else
+    /// `default`.
+    #[arg(long, env = "TESSERA_POD_NAMESPACE", requires = "kube")]
+    pub lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events (the chart passes the pod's).
+    /// Default: the host name.
+    #[arg(long, env = "TESSERA_POD_NAME", requires = "kube")]
+    pub pod_name: Option<String>,
+}
+
+/// A client from the in-cluster configuration or the kubeconfig.
+pub(super) async fn connect() -> Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("failed to connect to Kubernetes (in-cluster configuration or kubeconfig)")
+}
+
+/// Starts what `--kube` adds: the watch of the custom resources, leader election, and the
+/// status writer (only while leading). Returns the Secrets reconcile reads and writes, and
+/// whether this replica leads.
+pub(super) fn start_kube(
+    args: &KubeArgs,
+    client: kube::Client,
+    snapshots: watch::Sender<crate::resources::Snapshot>,
+    reports: watch::Receiver<Report>,
+    tasks: &mut Tasks,
+) -> (Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>) {
+    let identity = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("tessera-{}", std::process::id()));
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| crate::resources::DEFAULT_NAMESPACE.to_owned());
+    let lease_name = if args.lease.is_empty() {
+        "tessera"
+    } else {
+        &args.lease
+    };
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let source = kube_source::KubeSource::new(client.clone(), args.namespace.clone())
+        .resync_on(leader_rx.clone());
+    tasks.spawn(|token| async move {
+        source.run(snapshots, token).await;
+        Ok(())
+    });
+    let lock = lease::LeaseLock::new(client.clone(), &lease_namespace, lease_name, &identity);
+    tasks.spawn(|token| async move {
+        lease::run(lock, leader_tx, token).await;
+        Ok(())
+    });
+
+    let writer = StatusWriter::new(client.clone(), Some(identity));
+    let leader = leader_rx.clone();
+    tasks.spawn(|token| async move {
+        // A Gateway's status is written by the `tessera gateway` that runs it.
+        let statuses = |report: &Report| {
+            report.ready.then(|| {
+                kube_statuses(report)
+                    .into_iter()
+                    .filter(|s| s.key.kind != Kind::Gateway)
+                    .collect()
+            })
+        };
+        write_statuses(writer, reports, Some(leader), statuses, token).await;
+        Ok(())
+    });
+
+    let secrets = Arc::new(KubeSecrets::new(client, leader_rx.clone()));
+    (secrets, leader_rx)
+}
+
+/// Writes the status of the Gateway `own` from each report (`tessera gateway --kube`: the
+/// gateway alone writes its Gateway's status; it leads no election).
+pub(super) fn write_gateway_status(
+    client: kube::Client,
+    own: ObjectKey,
+    reports: watch::Receiver<Report>,
+    tasks: &mut Tasks,
+) {
+    let writer = StatusWriter::new(client, None);
+    tasks.spawn(|token| async move {
+        let statuses = |report: &Report| {
+            Some(
+                kube_statuses(report)
+                    .into_iter()
+                    .filter(|s| s.key == own)
+                    .collect(),
+            )
+        };
+        write_statuses(writer, reports, None, statuses, token).await;
+        Ok(())
+    });
+}
+
+/// The status subresource of every object of a report.
+fn kube_statuses(report: &Report) -> Vec<ObjectStatus> {
+    report
+        .objects
+        .iter()
+        .map(|object| ObjectStatus {
+            key: ObjectKey::new(
+                reconcile::outcome::resource_kind(object.kind),
+                &object.namespace,
+                &object.name,
+            ),
+            status: reconcile::status::subresource(object),
+        })
+        .collect()
+}
+
+/// Reconcile's view of Secrets in `--kube` mode. Reads always; writes only while this
+/// replica leads, and only what changed since it last wrote.
+impl reconcile::secrets::Secrets for KubeSecrets {
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), String> {
+        self.read_key_pair_blocking(namespace, name)
+            .map_err(|e| crate::error_chain(&e))
+    }
+
+    fn write(&self, secret: &reconcile::secrets::TlsSecret) -> Result<(), String> {
+        let owner = Owner {
+            kind: Kind::Certificate,
+            name: secret.owner.clone(),
+            uid: secret.owner_uid.clone(),
+        };
+        self.write_blocking(&secret.namespace, &secret.name, &owner, &secret.data)
+            .map_err(|e| crate::error_chain(&e))
+    }
+}

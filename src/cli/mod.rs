@@ -1,0 +1,148 @@
+//! The `tessera` command line: the only place that reads the environment, installs the
+//! crypto provider and spawns tasks.
+//!
+//! One file per command, each holding its arguments and how it runs. The long-running ones
+//! (`serve`, `gateway`) start in named steps that read top-down (source, state database and
+//! leadership, listeners, reconcile, admin API) and hand back a `running::Running`. What is
+//! not command-line code lives elsewhere: rendering in the modules it renders
+//! (`reconcile::plan::write_plan`, `server::admin::write_deployment_table`), the cluster's
+//! Secrets and status writing in `sources::kube`.
+
+mod agent;
+mod crds;
+mod doctor;
+mod export;
+mod gateway;
+mod git;
+mod kube;
+mod notify;
+mod plan;
+mod running;
+mod serve;
+mod state;
+mod status;
+mod token;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use agent::agent_main;
+pub use gateway::{GatewayArgs, start_gateway};
+pub use git::GitArgs;
+pub use kube::KubeArgs;
+pub use running::Running;
+pub use serve::{ServeArgs, start, start_with};
+pub use validate::evaluate_dir;
+
+use agent::AgentArgs;
+use crds::CrdsArgs;
+use doctor::DoctorArgs;
+use export::ExportArgs;
+use notify::NotifyArgs;
+use plan::PlanArgs;
+use running::runtime;
+use status::StatusArgs;
+use token::TokenCommand;
+use validate::ValidateArgs;
+
+/// Declarative, GitOps-driven software deployment for endpoint fleets.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "TESSERA_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a configuration directory or a git branch: watch it, reconcile it, and run the
+    /// agent-facing server and the admin API.
+    Serve(ServeArgs),
+    /// Parse and validate a configuration directory; print every problem and exit 1 if any.
+    Validate(ValidateArgs),
+    /// What serving a configuration directory would change, compared with what a server last
+    /// applied: packages built, certificates issued or renewed, computers that would receive
+    /// or lose a package. Exit code 0: no change; 2: changes; 1: an error or problems.
+    Plan(PlanArgs),
+    /// Print the CustomResourceDefinitions of every kind as YAML.
+    Crds(CrdsArgs),
+    /// Connect to a TLS server, show the chain it offers, and explain what is wrong.
+    Doctor(DoctorArgs),
+    /// Build the activated packages and write the `download/` tree (info files and
+    /// fragments) into a directory, for a static web server or a site mirror.
+    Export(ExportArgs),
+    /// Deployment states: packages × states, or one computer's deployments and history.
+    Status(StatusArgs),
+    /// Enrollment tokens for Tessera's own agents: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Tessera's own agent: enroll, check in, download, verify, install, report.
+    Agent(AgentArgs),
+    /// Ask a computer's agent to check in now (over mutual TLS, to the agent's listener).
+    Notify(NotifyArgs),
+    /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
+    /// certificates it presents issued and renewed from the same configuration.
+    Gateway(GatewayArgs),
+}
+
+/// How a command prints what it found.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Human,
+    Json,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for every rustls user in the process (see README, dependencies).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Validate(args) => validate::run(&args),
+        Command::Plan(args) => plan::run(&args),
+        Command::Crds(args) => crds::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Export(args) => export::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Token(command) => token::run(command),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::agent(args))),
+        Command::Notify(args) => notify::run(&args),
+        Command::Gateway(args) => gateway::run(&args),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Every field and message escaped (nothing a client sends can forge a line), and
+    // libraries' repeated warnings throttled: see `logging`.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .fmt_fields(crate::logging::EscapedFields)
+        .finish();
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
+        tracing_subscriber::layer::SubscriberExt::with(
+            subscriber,
+            crate::logging::LibraryRepeats::default(),
+        ),
+    );
+}
+
+/// "s" after a count other than one.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

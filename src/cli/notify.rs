@@ -1,0 +1,130 @@
+//! `tessera notify`: ask a computer's agent to check in now, over mutual TLS to the agent's
+//! listener, as the server would.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::running::runtime;
+use super::state::StateArgs;
+
+/// `tessera notify`.
+#[derive(Debug, Args)]
+pub(super) struct NotifyArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// The computer (device id or name) whose agent should check in now.
+    computer: String,
+}
+
+/// Finds the computer's agent and calls it.
+pub(super) fn run(args: &NotifyArgs) -> Result<ExitCode> {
+    runtime()?.block_on(notify(args))
+}
+
+/// The computer `wanted` names, where its agent listens, and the enrollment Issuer. Blocks.
+fn notify_target(
+    state: &StateArgs,
+    wanted: &str,
+) -> Result<(crate::store::db::Computer, String, String)> {
+    let db = state.open()?;
+    let computer = match db.find_computers(wanted)?.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("no computer with device id or name {wanted:?}"),
+        many => bail!(
+            "{} computers are named {:?}: give a device id ({})",
+            many.len(),
+            wanted,
+            many.iter()
+                .map(|c| c.device_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let Some(address) = db.notify_address(&computer.device_id)? else {
+        bail!(
+            "the agent of {} does not listen for calls (start it with --listen)",
+            computer.device_id
+        );
+    };
+    // A short-lived certificate from the enrollment Issuer names this caller as the server.
+    let Some(issuer) = db.setting("enrollmentIssuer")? else {
+        bail!("the Server enrolls no agents (no spec.enrollment)");
+    };
+    Ok((computer, address, issuer))
+}
+
+async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (state, wanted) = (args.state.clone(), args.computer.clone());
+    let (computer, address, issuer) =
+        tokio::task::spawn_blocking(move || notify_target(&state, &wanted))
+            .await
+            .context("the database lookup panicked")??;
+    let state = args
+        .state
+        .state
+        .clone()
+        .unwrap_or_else(|| args.state.config.join(".tessera"));
+    let dir = state.join("pki/issuers").join(&issuer);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("failed to read {}", dir.join(name).display()))
+    };
+    let (ca, key) = (read("ca.crt")?, read("ca.key")?);
+    let authority = crate::pki::authority::Authority::from_pem(&ca, &key, None)?;
+    let caller_key = crate::pki::authority::generate_key(crate::pki::KeyType::EcdsaP256)?;
+    let issued = authority.issue(
+        &crate::pki::authority::LeafRequest {
+            names: crate::pki::Names {
+                common_name: Some("tessera server".into()),
+                uris: vec![crate::protocol::v1::SERVER_URI.into()],
+                ..Default::default()
+            },
+            usages: vec![
+                crate::pki::Usage::ClientAuth,
+                crate::pki::Usage::DigitalSignature,
+            ],
+            is_ca: false,
+            lifetime: jiff::SignedDuration::from_mins(10),
+        },
+        &caller_key,
+        jiff::Timestamp::now(),
+    )?;
+    let tls = crate::pki::tls::agent_call_config(
+        authority.root_pem(),
+        (&issued.chain_pem, &caller_key.serialize_pem()),
+        crate::pki::AgentId::new(&computer.device_id)
+            .with_context(|| format!("{} is not a Tessera agent", computer.device_id))?
+            .uri(),
+    )?;
+    let call = async {
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .with_context(|| format!("failed to connect to {address}"))?;
+        let name = rustls::pki_types::ServerName::try_from("agent.tessera.invalid")?;
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await
+            .with_context(|| format!("the agent at {address} was not who it should be"))?;
+        stream
+            .write_all(b"POST /v1/notify HTTP/1.1\r\nhost: agent\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .context("the agent did not answer within 15 s")??;
+    if !answer.starts_with("HTTP/1.1 202") {
+        bail!(
+            "the agent at {address} refused: {}",
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    println!("{} ({address}) will check in now", computer.device_id);
+    Ok(ExitCode::SUCCESS)
+}

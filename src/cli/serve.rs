@@ -1,0 +1,441 @@
+//! `tessera serve`: a configuration (directory, git branch or the cluster's custom
+//! resources) watched and reconciled, the agent-facing server, and the admin API.
+//!
+//! `start_with` reads as the order things come up in: the admin listener is bound first (so
+//! its address can be logged), then the source publishes its first snapshot, the state
+//! database is opened and leadership decided, the agent-facing listeners start, then
+//! reconcile, and last the admin API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio::sync::watch;
+
+use super::git::{GitArgs, first_git_snapshot, webhook};
+use super::kube::{KubeArgs, connect, start_kube};
+use super::running::{
+    Running, Tasks, connection_budget, create_state_dir, runtime, shutdown_signal,
+};
+use crate::budget::ConnectionBudget;
+use crate::desired;
+use crate::leader::{AdvisoryLock, Leadership};
+use crate::reconcile;
+use crate::resources::Snapshot;
+use crate::server::admin::{self, Report};
+use crate::server::agent::{self, Listen, Routes, Shared};
+use crate::server::metrics::Metrics;
+use crate::sources::dir::DirSource;
+use crate::store::db::Database;
+
+/// `tessera serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The configuration directory to serve (directory mode).
+    #[arg(
+        long,
+        env = "TESSERA_CONFIG",
+        required_unless_present_any = ["kube", "git"],
+        conflicts_with_all = ["kube", "git"]
+    )]
+    pub config: Option<PathBuf>,
+    /// State directory (database, fragments, certificates, status files).
+    /// Default: `<config>/.tessera`, or `/var/lib/tessera` with `--kube`; required with
+    /// `--git`.
+    #[arg(long, env = "TESSERA_STATE")]
+    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub git: GitArgs,
+    /// Keep computers, inventories and deployment states in this PostgreSQL database
+    /// (`postgres://user@host:port/name`, no TLS: a trusted network) instead of SQLite in
+    /// the state directory. Several servers on one database serve agents together; one of
+    /// them (an advisory lock decides) reconciles, and the others follow it. Each keeps its
+    /// own state directory.
+    #[arg(long, env = "TESSERA_DATABASE")]
+    pub database: Option<String>,
+    /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
+    /// mutual TLS: it shows what is deployed where.
+    #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
+    pub admin_address: SocketAddr,
+    /// A host name the admin API also answers to (repeatable; the environment variable takes
+    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
+    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
+    /// browser by DNS rebinding.
+    #[arg(
+        long = "admin-host",
+        env = "TESSERA_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
+    /// Accept a configuration with no objects at all as "remove everything". Without it, an
+    /// empty read (a broken mount, a bad checkout) prunes nothing.
+    #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+    /// Start with an empty state database where the state directory has state but its
+    /// database is missing (deleted) or damaged (the damaged file is moved aside).
+    /// Computers, deployment states and enrollment tokens are then lost.
+    #[arg(long, env = "TESSERA_RESET_STATE")]
+    pub reset_state: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+impl ServeArgs {
+    /// `tessera serve --config DIR` with every other flag at its default, except the admin
+    /// API, on a free loopback port: what tests start. Change a field with
+    /// `ServeArgs { allow_empty: true, ..ServeArgs::for_config(dir) }`.
+    pub fn for_config(config: impl Into<PathBuf>) -> Self {
+        Self {
+            config: Some(config.into()),
+            ..Self::for_state(None)
+        }
+    }
+
+    /// Like `for_config`, with no configuration yet and the state directory `state`: set
+    /// `git` or `kube` to say where the configuration comes from.
+    pub fn for_state(state: impl Into<Option<PathBuf>>) -> Self {
+        Self {
+            config: None,
+            state: state.into(),
+            git: GitArgs::default(),
+            database: None,
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_hosts: Vec::new(),
+            allow_empty: false,
+            reset_state: false,
+            kube: KubeArgs::default(),
+        }
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub(super) fn run(args: ServeArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async { start(args).await?.until(shutdown_signal()).await })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts everything `tessera serve` runs and returns once the admin API listens.
+pub async fn start(args: ServeArgs) -> Result<Running> {
+    let client = if args.kube.kube {
+        Some(connect().await?)
+    } else {
+        None
+    };
+    start_with(args, client).await
+}
+
+/// `start`, with the Kubernetes client to use in `--kube` mode (tests hand in a mock).
+pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result<Running> {
+    let mut tasks = Tasks::default();
+    let (report_tx, report_rx) = watch::channel(Report::default());
+    let admin = admin::bind(args.admin_address).await?;
+    let admin_address = admin.local_addr()?;
+    let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
+    let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
+    let metrics = Arc::new(Metrics::default());
+    let budget = connection_budget()?;
+    let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
+    let (app, stats) = admin_app(&args, &report_rx, db, metrics, source.hooks.clone());
+    start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
+    tasks.spawn(|token| async move {
+        admin::serve(admin, app, budget, stats, token)
+            .await
+            .map_err(Into::into)
+    });
+    Ok(tasks.running(admin_address, report_rx))
+}
+
+/// Where the configuration comes from, once its first snapshot is published.
+struct Source {
+    /// Database, fragments, certificates and status files.
+    state_dir: PathBuf,
+    /// Where relative file names of the configuration (package content) resolve.
+    config_root: PathBuf,
+    snapshots: watch::Receiver<Snapshot>,
+    /// The git push webhook, for the admin API.
+    hooks: Option<axum::Router>,
+    /// In Kubernetes mode: the Secrets reconcile reads and writes, and the Lease.
+    kube: Option<(Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>)>,
+}
+
+/// Starts the source the arguments name and logs, once, what is served.
+async fn start_source(
+    args: &ServeArgs,
+    client: Option<kube::Client>,
+    admin_address: SocketAddr,
+    reports: &watch::Receiver<Report>,
+    tasks: &mut Tasks,
+) -> Result<Source> {
+    let (snapshot_tx, snapshots) = watch::channel(Snapshot::default());
+    let admin = format!("http://{admin_address}");
+    match (&args.git.git, &args.config, client) {
+        (Some(_), _, _) => {
+            let (state_dir, source, wake, first) =
+                first_git_snapshot(&args.git, args.state.as_ref()).await?;
+            tracing::info!(
+                git = %source.display_url(),
+                branch = %args.git.branch,
+                commit = %first.revision,
+                state = %state_dir.display(),
+                %admin,
+                "serving"
+            );
+            let config_root = first.root.clone().unwrap_or_else(|| state_dir.clone());
+            snapshot_tx.send_replace(first);
+            let hooks = webhook(&args.git, &wake)?;
+            tasks.spawn(|token| async move {
+                source
+                    .run(snapshot_tx, wake, token)
+                    .await
+                    .map_err(Into::into)
+            });
+            Ok(Source {
+                state_dir,
+                config_root,
+                snapshots,
+                hooks,
+                kube: None,
+            })
+        }
+        (None, Some(config), _) => {
+            if !config.is_dir() {
+                bail!("--config {}: not a directory", config.display());
+            }
+            let state_dir = args
+                .state
+                .clone()
+                .unwrap_or_else(|| config.join(".tessera"));
+            create_state_dir(&state_dir)?;
+            let source = DirSource::new(config, vec![state_dir.clone()])?;
+            snapshot_tx.send_replace(source.scan());
+            tracing::info!(
+                config = %source.root().display(),
+                state = %state_dir.display(),
+                %admin,
+                "serving"
+            );
+            let config_root = source.root().to_path_buf();
+            tasks.spawn(
+                |token| async move { source.run(snapshot_tx, token).await.map_err(Into::into) },
+            );
+            Ok(Source {
+                state_dir,
+                config_root,
+                snapshots,
+                hooks: None,
+                kube: None,
+            })
+        }
+        (None, None, Some(client)) => {
+            let state_dir = args
+                .state
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/tessera"));
+            create_state_dir(&state_dir)?;
+            tracing::info!(
+                namespace = args.kube.namespace.as_deref().unwrap_or("(all)"),
+                state = %state_dir.display(),
+                %admin,
+                "serving from Kubernetes"
+            );
+            let kube = start_kube(&args.kube, client, snapshot_tx, reports.clone(), tasks);
+            // Relative file names (package content directories) resolve below the state
+            // directory: in Kubernetes there is no configuration directory.
+            Ok(Source {
+                config_root: state_dir.clone(),
+                state_dir,
+                snapshots,
+                hooks: None,
+                kube: Some(kube),
+            })
+        }
+        (None, None, None) => bail!("give --config DIR, --git URL or --kube"),
+    }
+}
+
+/// Opens the state database and decides who reconciles: in Kubernetes the holder of the
+/// Lease; on PostgreSQL the holder of the advisory lock; otherwise this process.
+async fn open_state(
+    args: &ServeArgs,
+    source: &Source,
+    tasks: &mut Tasks,
+) -> Result<(Arc<Database>, Leadership)> {
+    let lease = source.kube.as_ref().map(|(_, lease)| lease.clone());
+    let (db, leadership) = match &args.database {
+        None => {
+            // A full disk opens it read-only; `open_state` says so.
+            let (db, _opened) = Database::open_state(&source.state_dir, args.reset_state)?;
+            (db, lease.map_or_else(Leadership::always, Leadership::new))
+        }
+        Some(url) if lease.is_some() => {
+            let db = open_postgres(url).await?;
+            (db, lease.map_or_else(Leadership::always, Leadership::new))
+        }
+        Some(url) => {
+            let db = open_postgres(url).await?;
+            let election = AdvisoryLock::new(url)?;
+            let (sender, receiver) = watch::channel(false);
+            tasks.spawn(|token| async move {
+                election.run(sender, token).await;
+                Ok(())
+            });
+            (db, Leadership::new(receiver))
+        }
+    };
+    Ok((Arc::new(db), leadership))
+}
+
+/// Connects to PostgreSQL (blocking, so on a blocking thread).
+async fn open_postgres(url: &str) -> Result<Database> {
+    let opened = url.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || Database::postgres(&opened))
+            .await
+            .context("opening the database panicked")??,
+    )
+}
+
+/// Starts the agent-facing server: its listeners (as the Server resource will say, through
+/// `Listen`), dial-out connections to gateways, and the channels reconcile publishes on.
+fn start_agent_server(
+    source: &Source,
+    db: &Arc<Database>,
+    metrics: &Arc<Metrics>,
+    budget: &Arc<ConnectionBudget>,
+    tasks: &mut Tasks,
+) -> Result<reconcile::routes::Runtime> {
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
+    let (listen_tx, listen_rx) = watch::channel(Listen::default());
+    let (certificate_tx, certificate_rx) = watch::channel(None);
+    let (verifier_tx, verifier_rx) = watch::channel(
+        crate::pki::tls::client_verifier(crate::pki::tls::ClientAuth::None, &[], vec![])
+            .context("failed to build the default client verifier")?,
+    );
+    let (bound_tx, bound_rx) = watch::channel(Vec::new());
+    let (activity_tx, activity_rx) = watch::channel(0u64);
+    let (dial_out_tx, dial_out_rx) = watch::channel(None);
+    let shared = Shared {
+        routes: routes_rx,
+        db: db.clone(),
+        store: source.state_dir.join("download"),
+        metrics: metrics.clone(),
+        activity: Arc::new(activity_tx),
+        clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+        cache: Arc::new(agent::FragmentCache::new(agent::FRAGMENT_CACHE)),
+        results: Arc::default(),
+        enrollments: Default::default(),
+    };
+    let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
+        .context("failed to build the TLS configuration")?;
+    let (https_app, http_app) = (agent::app(shared.clone()), agent::fragments_app(shared));
+    // Dial-out: connections the server keeps open to a gateway, served like accepted ones.
+    let (dialed_tx, dialed_rx) = tokio::sync::mpsc::channel(64);
+    tasks.spawn(|token| async move {
+        crate::server::dial_out::run(dial_out_rx, dialed_tx, token).await;
+        Ok(())
+    });
+    let (dialed_tls, dialed_app) = (tls.clone(), https_app.clone());
+    let (dialed_metrics, dialed_budget) = (metrics.clone(), budget.clone());
+    tasks.spawn(|token| async move {
+        agent::serve_dialed(
+            dialed_rx,
+            dialed_tls,
+            dialed_app,
+            dialed_metrics,
+            dialed_budget,
+            token,
+        )
+        .await;
+        Ok(())
+    });
+    let (listener_metrics, listener_budget) = (metrics.clone(), budget.clone());
+    tasks.spawn(|token| async move {
+        agent::run(
+            listen_rx,
+            tls,
+            https_app,
+            http_app,
+            listener_metrics,
+            listener_budget,
+            bound_tx,
+            token,
+        )
+        .await
+        .map_err(Into::into)
+    });
+    Ok(reconcile::routes::Runtime {
+        db: db.clone(),
+        routes: routes_tx,
+        listen: listen_tx,
+        certificate: certificate_tx,
+        verifier: verifier_tx,
+        bound: bound_rx,
+        activity: activity_rx,
+        metrics: metrics.clone(),
+        dial_out: dial_out_tx,
+    })
+}
+
+/// Starts the reconcile loop on the source's snapshots.
+fn start_reconcile(
+    args: &ServeArgs,
+    source: Source,
+    leadership: Leadership,
+    runtime: reconcile::routes::Runtime,
+    reports: watch::Sender<Report>,
+    tasks: &mut Tasks,
+) {
+    let kube_mode = source.kube.is_some();
+    let config = reconcile::Config {
+        state_dir: source.state_dir,
+        config_dir: source.config_root,
+        options: desired::Options {
+            allow_empty: args.allow_empty,
+        },
+        environment: reconcile::certificates::Environment::new(|name| std::env::var(name).ok()),
+        clock: reconcile::Clock::system(),
+        leadership,
+        shared_database: args.database.is_some(),
+        runtime: Some(Arc::new(runtime)),
+        gateway: None,
+        secrets: source.kube.map(|(secrets, _)| secrets),
+    };
+    let mut snapshots = source.snapshots;
+    tasks.spawn(|token| async move {
+        // Kubernetes mode: no pass before every kind was listed once, or the empty
+        // placeholder would look like a configuration emptied on purpose.
+        if kube_mode {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+        reconcile::run(snapshots, reports, config, token)
+            .await
+            .map_err(Into::into)
+    });
+}
+
+/// The admin API (objects, deployments, metrics, and the git webhook if any), answering
+/// only to the host names it knows; and the connection statistics of its listener.
+fn admin_app(
+    args: &ServeArgs,
+    reports: &watch::Receiver<Report>,
+    db: Arc<Database>,
+    metrics: Arc<Metrics>,
+    hooks: Option<axum::Router>,
+) -> (axum::Router, Arc<crate::budget::Stats>) {
+    let stats = metrics.connections.admin.clone();
+    let mut app = admin::app_with_database(reports.clone(), db.clone())
+        .merge(admin::deployments_app(admin::Deployments { db, metrics }));
+    if let Some(hooks) = hooks {
+        app = app.merge(hooks);
+    }
+    (
+        admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts)),
+        stats,
+    )
+}

@@ -1,0 +1,135 @@
+//! `tessera token`: enrollment tokens for Tessera's own agents (create, list, revoke).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+
+use super::state::StateArgs;
+use super::{OutputFormat, plural};
+
+/// `tessera token`.
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Make a token; it is printed once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        state: StateArgs,
+        /// How long it can be used.
+        #[arg(long, default_value = "1h")]
+        ttl: crate::resources::quantity::Duration,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        /// What it is for (shown in `tessera token list`).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List tokens with their uses, last use, expiry and revocation (never the secrets).
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+        output: OutputFormat,
+    },
+    /// Revoke a token by its id: agents can no longer enroll with it.
+    Revoke {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The token's id (the 12 hex digits after `tsr_`).
+        id: String,
+    },
+}
+
+/// Runs one token command.
+pub(super) fn run(command: TokenCommand) -> Result<ExitCode> {
+    let now = jiff::Timestamp::now().as_second();
+    let mut out = std::io::stdout().lock();
+    match command {
+        TokenCommand::Create {
+            state,
+            ttl,
+            uses,
+            note,
+        } => {
+            if uses < 1 {
+                bail!("--uses must be at least 1");
+            }
+            let db = state.open()?;
+            let token = crate::pki::token::Token::generate();
+            let ttl = i64::try_from(ttl.as_std().as_secs()).unwrap_or(i64::MAX);
+            db.create_token(&crate::store::db::TokenRecord {
+                id: token.id.clone(),
+                secret_sha256: token.secret_sha256(),
+                note,
+                created_at: now,
+                expires_at: now.saturating_add(ttl),
+                max_uses: uses,
+                uses: 0,
+                last_used_at: None,
+                revoked_at: None,
+            })?;
+            writeln!(out, "{}", token.reveal())?;
+            eprintln!(
+                "token {} allows {uses} enrollment{} until {}; it is shown only now",
+                token.id,
+                plural(usize::try_from(uses).unwrap_or(2)),
+                jiff::Timestamp::from_second(now.saturating_add(ttl))
+                    .map_or_else(|_| "forever".to_owned(), |t| t.to_string())
+            );
+        }
+        TokenCommand::List { state, output } => {
+            let tokens = state.open()?.tokens()?;
+            match output {
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&tokens)?)?,
+                OutputFormat::Human => {
+                    let when = |t: Option<i64>| {
+                        t.and_then(|t| jiff::Timestamp::from_second(t).ok())
+                            .map_or_else(|| "-".to_owned(), |t| t.to_string())
+                    };
+                    writeln!(
+                        out,
+                        "{:12}  {:7}  {:20}  {:20}  {:9}  NOTE",
+                        "ID", "USES", "EXPIRES", "LAST USED", "STATE"
+                    )?;
+                    for t in &tokens {
+                        let state = if t.revoked_at.is_some() {
+                            "revoked"
+                        } else if now >= t.expires_at {
+                            "expired"
+                        } else if t.uses >= t.max_uses {
+                            "used up"
+                        } else {
+                            "usable"
+                        };
+                        writeln!(
+                            out,
+                            "{:12}  {:7}  {:20}  {:20}  {:9}  {}",
+                            t.id,
+                            format!("{}/{}", t.uses, t.max_uses),
+                            when(Some(t.expires_at)),
+                            when(t.last_used_at),
+                            state,
+                            t.note
+                        )?;
+                    }
+                }
+            }
+        }
+        TokenCommand::Revoke { state, id } => {
+            // The id, also when given the whole token.
+            let id = id
+                .trim_start_matches("tsr_")
+                .split('_')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !state.open()?.revoke_token(&id, now)? {
+                bail!("no enrollment token {id}");
+            }
+            writeln!(out, "token {id} revoked")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
