@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::cli::{AgentArgs, agent};
 use crate::desired::{self, DesiredState};
 use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
@@ -114,50 +115,6 @@ pub struct GatewayArgs {
         value_delimiter = ','
     )]
     pub admin_hosts: Vec<String>,
-}
-
-/// `tessera agent`.
-#[derive(Debug, Args)]
-struct AgentArgs {
-    /// The server, `https://host:port`.
-    #[arg(long, env = "TESSERA_SERVER")]
-    server: String,
-    /// Where the agent keeps its identity, downloads and results.
-    #[arg(long, env = "TESSERA_AGENT_STATE")]
-    state: PathBuf,
-    /// The CA certificate to trust for the server at enrollment (`ca.crt` of the server's
-    /// Certificate); afterwards the agent keeps the one the server gave it.
-    #[arg(long, env = "TESSERA_CA")]
-    ca: Option<PathBuf>,
-    /// An enrollment token (`tessera token create`), needed once.
-    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A tag to report (may be repeated), matched by Affectations' `targets.tags`.
-    #[arg(long)]
-    tag: Vec<String>,
-    /// One pass, then exit (for cron, tests and first runs).
-    #[arg(long)]
-    once: bool,
-    /// An HTTP proxy to reach the server through (CONNECT; TLS stays end to end),
-    /// `http://[user:password@]host:port`.
-    #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
-    proxy: Option<String>,
-    /// A Tessera gateway in tunnel mode to reach the server through, `host:port`: the agent
-    /// shows its certificate to the gateway, and its TLS session with the server runs inside.
-    #[arg(long, env = "TESSERA_GATEWAY", conflicts_with = "proxy")]
-    gateway: Option<String>,
-    /// The CA that issued the gateway's certificate (default: the server's CA).
-    #[arg(long, env = "TESSERA_GATEWAY_CA", requires = "gateway")]
-    gateway_ca: Option<PathBuf>,
-    /// Time between passes when running as a service (default: an hour).
-    #[arg(long)]
-    interval: Option<crate::resources::quantity::Duration>,
-    /// Listen here for the server's "check in now" (`tessera notify`), with mutual TLS.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// The address the server should call (default: the --listen address).
-    #[arg(long, requires = "listen")]
-    notify_address: Option<String>,
 }
 
 /// `tessera notify`.
@@ -484,36 +441,12 @@ enum OutputFormat {
     Json,
 }
 
-/// `tessera-agent`: the agent alone, for endpoints (it links no Kubernetes code).
-#[derive(Debug, Parser)]
-#[command(name = "tessera-agent", version, about = "Tessera's agent", long_about = None)]
-struct AgentCli {
-    #[command(flatten)]
-    args: AgentArgs,
-    /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
-    #[arg(long, env = "TESSERA_LOG", default_value = "info")]
-    log: String,
-}
-
-/// The `tessera-agent` binary's command line.
-pub fn agent_main() -> ExitCode {
-    let cli = AgentCli::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(&cli.log);
-    runtime()
-        .and_then(|rt| rt.block_on(agent(cli.args)))
-        .unwrap_or_else(|error| {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        })
-}
-
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process (see README, dependencies).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(&cli.log);
+    crate::logging::init(&cli.log);
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Crds(args) => crds(&args).map(|()| ExitCode::SUCCESS),
@@ -534,26 +467,6 @@ pub fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::FAILURE
     })
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Every field and message escaped (nothing a client sends can forge a line), and
-    // libraries' repeated warnings throttled: see `logging`.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .fmt_fields(crate::logging::EscapedFields)
-        .finish();
-    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
-        tracing_subscriber::layer::SubscriberExt::with(
-            subscriber,
-            crate::logging::LibraryRepeats::default(),
-        ),
-    );
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -966,68 +879,6 @@ fn copy_package(stored: &Path, output: &Path, id: &str) -> Result<()> {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-async fn agent(args: AgentArgs) -> Result<ExitCode> {
-    let config = crate::agent::Config {
-        server: args.server.trim_end_matches('/').to_owned(),
-        state_dir: args.state,
-        ca: args.ca,
-        token: args.token,
-        tags: args.tag,
-        proxy: args.proxy,
-        gateway: args.gateway.map(|address| (address, args.gateway_ca)),
-        notify_address: args
-            .notify_address
-            .clone()
-            .or_else(|| args.listen.map(|a| a.to_string())),
-        clock: jiff::Timestamp::now,
-    };
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let shutdown = CancellationToken::new();
-    let mut listening = false;
-    loop {
-        match crate::agent::run_once(&config).await {
-            Ok(pass) => {
-                for (id, code) in &pass.finished {
-                    tracing::info!(package = %id, %code, "installed");
-                }
-                if args.once {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                // Listening needs the identity the first pass made.
-                if let (Some(address), false) = (args.listen, listening) {
-                    let listener = tokio::net::TcpListener::bind(address)
-                        .await
-                        .with_context(|| format!("failed to listen on {address}"))?;
-                    let (config, wake, token) = (config.clone(), wake.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        if let Err(error) =
-                            crate::agent::listen(&config, listener, wake, token).await
-                        {
-                            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "the notify listener stopped");
-                        }
-                    });
-                    listening = true;
-                }
-            }
-            Err(error) if args.once => return Err(error.into()),
-            Err(error) => {
-                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "pass failed; retrying later")
-            }
-        }
-        let wait = args
-            .interval
-            .map_or(Duration::from_secs(3600), |d| d.as_std());
-        tokio::select! {
-            () = shutdown_signal() => {
-                shutdown.cancel();
-                return Ok(ExitCode::SUCCESS);
-            }
-            () = tokio::time::sleep(wait) => {}
-            () = wake.notified() => {}
-        }
-    }
 }
 
 async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {

@@ -12,6 +12,7 @@
 //! results/<id>.json                                          results not yet acknowledged
 //! ```
 
+pub mod cli;
 pub mod client;
 pub mod extract;
 pub mod schedule;

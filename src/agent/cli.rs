@@ -1,0 +1,175 @@
+//! The agent's command line: `tessera-agent` (this module's `main`) and `tessera agent` (the
+//! same `AgentArgs` and `agent`, called from `cli`). The crate's only command-line code that
+//! builds without the `server` feature, so it imports only `agent`, `logging` and
+//! `resources::quantity`; like `cli`, it may read the environment and spawn tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser};
+use tokio_util::sync::CancellationToken;
+
+/// `tessera agent`.
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// The server, `https://host:port`.
+    #[arg(long, env = "TESSERA_SERVER")]
+    server: String,
+    /// Where the agent keeps its identity, downloads and results.
+    #[arg(long, env = "TESSERA_AGENT_STATE")]
+    state: PathBuf,
+    /// The CA certificate to trust for the server at enrollment (`ca.crt` of the server's
+    /// Certificate); afterwards the agent keeps the one the server gave it.
+    #[arg(long, env = "TESSERA_CA")]
+    ca: Option<PathBuf>,
+    /// An enrollment token (`tessera token create`), needed once.
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A tag to report (may be repeated), matched by Affectations' `targets.tags`.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// One pass, then exit (for cron, tests and first runs).
+    #[arg(long)]
+    once: bool,
+    /// An HTTP proxy to reach the server through (CONNECT; TLS stays end to end),
+    /// `http://[user:password@]host:port`.
+    #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
+    /// A Tessera gateway in tunnel mode to reach the server through, `host:port`: the agent
+    /// shows its certificate to the gateway, and its TLS session with the server runs inside.
+    #[arg(long, env = "TESSERA_GATEWAY", conflicts_with = "proxy")]
+    gateway: Option<String>,
+    /// The CA that issued the gateway's certificate (default: the server's CA).
+    #[arg(long, env = "TESSERA_GATEWAY_CA", requires = "gateway")]
+    gateway_ca: Option<PathBuf>,
+    /// Time between passes when running as a service (default: an hour).
+    #[arg(long)]
+    interval: Option<crate::resources::quantity::Duration>,
+    /// Listen here for the server's "check in now" (`tessera notify`), with mutual TLS.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The address the server should call (default: the --listen address).
+    #[arg(long, requires = "listen")]
+    notify_address: Option<String>,
+}
+
+/// `tessera-agent`: the agent alone, for endpoints (it links no Kubernetes code).
+#[derive(Debug, Parser)]
+#[command(name = "tessera-agent", version, about = "Tessera's agent", long_about = None)]
+struct AgentCli {
+    #[command(flatten)]
+    args: AgentArgs,
+    /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
+    #[arg(long, env = "TESSERA_LOG", default_value = "info")]
+    log: String,
+}
+
+/// The `tessera-agent` binary's command line.
+pub fn main() -> ExitCode {
+    let cli = AgentCli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::logging::init(&cli.log);
+    runtime()
+        .and_then(|rt| rt.block_on(agent(cli.args)))
+        .unwrap_or_else(|error| {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        })
+}
+
+/// `tessera agent` and `tessera-agent`: a pass now, then one per interval (or when the
+/// server calls), until a shutdown signal; with `--once`, one pass.
+pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    let config = crate::agent::Config {
+        server: args.server.trim_end_matches('/').to_owned(),
+        state_dir: args.state,
+        ca: args.ca,
+        token: args.token,
+        tags: args.tag,
+        proxy: args.proxy,
+        gateway: args.gateway.map(|address| (address, args.gateway_ca)),
+        notify_address: args
+            .notify_address
+            .clone()
+            .or_else(|| args.listen.map(|a| a.to_string())),
+        clock: jiff::Timestamp::now,
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let shutdown = CancellationToken::new();
+    let mut listening = false;
+    loop {
+        match crate::agent::run_once(&config).await {
+            Ok(pass) => {
+                for (id, code) in &pass.finished {
+                    tracing::info!(package = %id, %code, "installed");
+                }
+                if args.once {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // Listening needs the identity the first pass made.
+                if let (Some(address), false) = (args.listen, listening) {
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("failed to listen on {address}"))?;
+                    let (config, wake, token) = (config.clone(), wake.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) =
+                            crate::agent::listen(&config, listener, wake, token).await
+                        {
+                            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "the notify listener stopped");
+                        }
+                    });
+                    listening = true;
+                }
+            }
+            Err(error) if args.once => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "pass failed; retrying later")
+            }
+        }
+        let wait = args
+            .interval
+            .map_or(Duration::from_secs(3600), |d| d.as_std());
+        tokio::select! {
+            () = shutdown_signal() => {
+                shutdown.cancel();
+                return Ok(ExitCode::SUCCESS);
+            }
+            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+/// Ctrl-C, or SIGTERM on Unix (a service manager stopping the agent).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
