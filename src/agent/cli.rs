@@ -57,7 +57,8 @@ pub(crate) struct AgentArgs {
     notify_address: Option<String>,
 }
 
-/// `tessera-agent`: the agent alone, for endpoints (it links no Kubernetes code).
+/// `tessera-agent`: the agent alone, for endpoints (built with `--no-default-features`, it
+/// links none of the server's code).
 #[derive(Debug, Parser)]
 #[command(name = "tessera-agent", version, about = "Tessera's agent", long_about = None)]
 struct AgentCli {
