@@ -5,6 +5,8 @@
 pub mod authority;
 pub mod diagnose;
 pub mod facts;
+// PKCS#12 and JKS outputs of Certificates: the server's, not the agent's (p12-keystore).
+#[cfg(feature = "server")]
 pub mod keystore;
 pub mod renewal;
 pub mod tls;
