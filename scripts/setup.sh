@@ -3,8 +3,16 @@
 # tar, md5sum, Python's zipfile, Java's keytool, the OCS Inventory NG Unix agent, git for
 # `tessera serve --git` and its local bare repositories) that tests drive against the
 # server, and the PostgreSQL server that scripts/postgres.sh starts for the state-store
-# tests. Idempotent; quick when everything is there.
+# tests. And cargo-deny, which .ci/run checks the dependency tree with (deny.toml).
+# Idempotent; quick when everything is there.
 set -euo pipefail
+
+# From crates.io, with its own lock file, once per machine (it lands in ~/.cargo/bin): 206 s
+# of CPU, measured 8 min 16 s on a 2-core machine busy with other builds (about half that idle).
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (cargo install cargo-deny --locked)" >&2
+  cargo install cargo-deny --locked
+fi
 
 # The agent's deployment module disables itself (one log line) without Perl's LWP https
 # support, which Debian only recommends; --no-install-recommends would leave it out.

@@ -34,20 +34,39 @@
 //! `resources` and `desired` are pure (no tokio, no I/O). `server` never imports `sources`,
 //! `desired` or `reconcile`: it is handed plain values to serve.
 
+// Without the `server` feature (default on) the crate is the agent alone: `agent` and what it
+// imports (`protocol`, `pki`, `logging`, `throttle`, the durations of `resources::quantity`),
+// so `tessera-agent` built with `--no-default-features` links no Kubernetes code at all.
 pub mod agent;
+#[cfg(feature = "server")]
 pub mod budget;
+#[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod desired;
+#[cfg(feature = "server")]
 pub mod doctor;
+#[cfg(feature = "server")]
 pub mod gateway;
+#[cfg(feature = "server")]
 pub mod leader;
 pub mod logging;
 pub mod pki;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod reconcile;
+#[cfg(feature = "server")]
 pub mod resources;
+/// The agent's command line reads durations (`--interval 90m`) like the resources do.
+#[cfg(not(feature = "server"))]
+pub mod resources {
+    pub mod quantity;
+}
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod sources;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod throttle;
 

@@ -1,6 +1,6 @@
 //! How log lines are written: every field value and message escaped, so nothing a client
 //! sends can start a line of its own or steer a terminal, and libraries' repeated warnings
-//! throttled. Imports only `throttle`; `cli` installs it.
+//! throttled. Imports only `throttle`; `cli` and `agent::cli` install it (`init`).
 //!
 //! Escaping is done once, in the field formatter of the subscriber, rather than at each call
 //! site: no `tracing::warn!` can forget it. A newline becomes `\n`, a carriage return `\r`, a
@@ -160,6 +160,24 @@ pub fn escaped(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let _ = write!(Escaper(&mut out), "{text}");
     out
+}
+
+/// Installs the process's subscriber: `RUST_LOG` if set, else `filter` (else `info`), to
+/// standard error, with every field escaped and libraries' repeats throttled. Both binaries
+/// call it once at start-up.
+pub fn init(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .fmt_fields(EscapedFields)
+        .finish();
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
+        tracing_subscriber::layer::SubscriberExt::with(subscriber, LibraryRepeats::default()),
+    );
 }
 
 /// Throttles warnings and errors of libraries (events whose target is not Tessera's), per

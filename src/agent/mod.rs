@@ -1,7 +1,9 @@
 //! Tessera's own agent: enrolls with a token (its key never leaves the machine), checks in
 //! over mutual TLS, downloads on the OCS schedule with every fragment verified and resumed
 //! from the last byte kept, unpacks safely, runs the action, and keeps each result on disk
-//! until the server has it. Imports only `protocol` and `pki`.
+//! until the server has it. Imports only `protocol` and `pki`; its command line (`cli`) also
+//! `logging` and the durations of `resources::quantity`, all of which build without the
+//! `server` feature.
 //!
 //! State directory:
 //!
@@ -12,6 +14,7 @@
 //! results/<id>.json                                          results not yet acknowledged
 //! ```
 
+pub mod cli;
 pub mod client;
 pub mod extract;
 pub mod schedule;

@@ -1,5 +1,6 @@
-//! `tessera-agent`: Tessera's agent as its own small binary for endpoints.
+//! `tessera-agent`: Tessera's agent as its own small binary for endpoints. Built with
+//! `--no-default-features` it links none of the server's code (no Kubernetes, no database).
 
 fn main() -> std::process::ExitCode {
-    tessera::cli::agent_main()
+    tessera::agent::cli::main()
 }

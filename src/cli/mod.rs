@@ -8,7 +8,6 @@
 //! (`reconcile::plan::write_plan`, `server::admin::write_deployment_table`), the cluster's
 //! Secrets and status writing in `sources::kube`.
 
-mod agent;
 mod crds;
 mod doctor;
 mod export;
@@ -28,7 +27,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use agent::agent_main;
 pub use gateway::{GatewayArgs, start_gateway};
 pub use git::GitArgs;
 pub use kube::KubeArgs;
@@ -36,7 +34,7 @@ pub use running::Running;
 pub use serve::{ServeArgs, start, start_with};
 pub use validate::evaluate_dir;
 
-use agent::AgentArgs;
+use crate::agent::cli::{AgentArgs, agent};
 use crds::CrdsArgs;
 use doctor::DoctorArgs;
 use export::ExportArgs;
@@ -102,7 +100,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process (see README, dependencies).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(&cli.log);
+    crate::logging::init(&cli.log);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Validate(args) => validate::run(&args),
@@ -112,7 +110,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Token(command) => token::run(command),
-        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::agent(args))),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent(args))),
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
     };
@@ -120,26 +118,6 @@ pub fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::FAILURE
     })
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Every field and message escaped (nothing a client sends can forge a line), and
-    // libraries' repeated warnings throttled: see `logging`.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .fmt_fields(crate::logging::EscapedFields)
-        .finish();
-    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
-        tracing_subscriber::layer::SubscriberExt::with(
-            subscriber,
-            crate::logging::LibraryRepeats::default(),
-        ),
-    );
 }
 
 /// "s" after a count other than one.

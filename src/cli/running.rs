@@ -90,13 +90,8 @@ impl Tasks {
     }
 }
 
-/// A multi-threaded tokio runtime for a command.
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")
-}
+/// The runtime and the shutdown signal are the agent's too (the agent builds without `cli`).
+pub(super) use crate::agent::cli::{runtime, shutdown_signal};
 
 /// Creates the state directory (and its parents).
 pub(super) fn create_state_dir(state_dir: &Path) -> Result<()> {
@@ -124,26 +119,4 @@ pub(super) fn connection_budget() -> Result<Arc<crate::budget::ConnectionBudget>
         tracing::info!(?budget, "connection budget from {BUDGET_ENV}");
     }
     Ok(Arc::new(budget))
-}
-
-/// Ctrl-C or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }

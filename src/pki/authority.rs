@@ -368,7 +368,7 @@ fn generate_rsa(bits: u32) -> Result<KeyPair, PkiError> {
     if !matches!(bits, 2048 | 3072 | 4096) {
         return Err(PkiError::KeyTypeUnavailable(key_type));
     }
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits as usize)
+    let private = rsa::PrivateKey::new(&mut getrandom::SysRng, bits as usize)
         .map_err(|e| PkiError::Key(format!("failed to generate an RSA key: {e}")))?;
     let der = private
         .to_pkcs8_der()
@@ -400,7 +400,7 @@ pub fn key_type_of(key: &KeyPair) -> Option<KeyType> {
     } else if algorithm == &rcgen::PKCS_RSA_SHA256 {
         use rsa::pkcs8::DecodePrivateKey;
         use rsa::traits::PublicKeyParts;
-        let private = rsa::RsaPrivateKey::from_pkcs8_der(key.serialized_der()).ok()?;
+        let private = rsa::PrivateKey::from_pkcs8_der(key.serialized_der()).ok()?;
         Some(KeyType::Rsa(u32::try_from(private.size() * 8).ok()?))
     } else {
         None

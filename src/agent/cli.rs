@@ -1,4 +1,7 @@
-//! `tessera agent` and the `tessera-agent` binary: Tessera's own agent on an endpoint.
+//! The agent's command line: `tessera-agent` (this module's `main`) and `tessera agent` (the
+//! same `AgentArgs` and `agent`, called from `cli`). The crate's only command-line code that
+//! builds without the `server` feature, so it imports only `agent`, `logging` and
+//! `resources::quantity`; like `cli`, it may read the environment and spawn tasks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +13,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser};
 use tokio_util::sync::CancellationToken;
 
-use super::init_logging;
-use super::running::{runtime, shutdown_signal};
-
 /// `tessera agent`.
 #[derive(Debug, Args)]
-pub(super) struct AgentArgs {
+pub(crate) struct AgentArgs {
     /// The server, `https://host:port`.
     #[arg(long, env = "TESSERA_SERVER")]
     server: String,
@@ -57,7 +57,8 @@ pub(super) struct AgentArgs {
     notify_address: Option<String>,
 }
 
-/// `tessera-agent`: the agent alone, for endpoints (it links no Kubernetes code).
+/// `tessera-agent`: the agent alone, for endpoints (built with `--no-default-features`, it
+/// links none of the server's code).
 #[derive(Debug, Parser)]
 #[command(name = "tessera-agent", version, about = "Tessera's agent", long_about = None)]
 struct AgentCli {
@@ -69,10 +70,10 @@ struct AgentCli {
 }
 
 /// The `tessera-agent` binary's command line.
-pub fn agent_main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = AgentCli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(&cli.log);
+    crate::logging::init(&cli.log);
     runtime()
         .and_then(|rt| rt.block_on(agent(cli.args)))
         .unwrap_or_else(|error| {
@@ -81,7 +82,9 @@ pub fn agent_main() -> ExitCode {
         })
 }
 
-pub(super) async fn agent(args: AgentArgs) -> Result<ExitCode> {
+/// `tessera agent` and `tessera-agent`: a pass now, then one per interval (or when the
+/// server calls), until a shutdown signal; with `--once`, one pass.
+pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
     let config = crate::agent::Config {
         server: args.server.trim_end_matches('/').to_owned(),
         state_dir: args.state,
@@ -140,5 +143,35 @@ pub(super) async fn agent(args: AgentArgs) -> Result<ExitCode> {
             () = tokio::time::sleep(wait) => {}
             () = wake.notified() => {}
         }
+    }
+}
+
+/// The multi-threaded runtime every long-running command uses.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+/// Ctrl-C, or SIGTERM on Unix (a service manager stopping the agent).
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
     }
 }
