@@ -2299,7 +2299,7 @@ pub(crate) mod tests {
     /// every statement uses its parameters first in order. Checks every statement here.
     #[test]
     fn every_statement_numbers_its_parameters_in_order_of_use() {
-        let source = include_str!("db.rs");
+        let source = include_str!("mod.rs");
         let db = Database::in_memory().unwrap();
         let Engine::Sqlite(connection) = &db.engine else {
             unreachable!()
