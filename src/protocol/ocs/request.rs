@@ -1,183 +1,9 @@
-//! The OCS Inventory NG wire format (see `reference/ocs-protocol.md`): bodies (zlib, gzip
-//! or plain), requests read leniently (each field an attribute or a child element of
-//! `REQUEST`, in any order, as XML::Simple made agents write them), replies in exactly the
-//! shape the strict Windows agent reads, and the package `info` file.
+//! The request reader: fields as attributes or child elements of `REQUEST` in any order,
+//! the inventory facts Tessera keeps, and the limits that bound what a request may hold.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
+use quick_xml::events::{BytesStart, Event};
 
-use quick_xml::events::Event;
-
-/// Largest compressed body accepted: a large inventory is a few hundred KB.
-pub const MAX_BODY: usize = 8 << 20;
-/// Largest body after inflating: stops a small zlib bomb from taking the server's memory.
-pub const MAX_INFLATED: usize = 32 << 20;
-
-/// Why a request was refused (each is a 400 for the agent, with a log line). No message
-/// carries anything of the request itself: the answer and the log never echo input.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CodecError {
-    #[error("the body is {0} bytes, more than the {MAX_BODY} accepted")]
-    TooLarge(usize),
-    #[error("the body inflates to more than {MAX_INFLATED} bytes")]
-    InflatesTooFar,
-    #[error("the body is neither zlib, gzip nor XML")]
-    Undecodable,
-    #[error("malformed XML at byte {position}")]
-    Xml { position: u64 },
-    #[error("the request nests elements deeper than {MAX_DEPTH} levels")]
-    TooDeep,
-    #[error("the request has more than {MAX_ELEMENTS} elements")]
-    TooManyElements,
-    #[error("the request has a text, CDATA or tag longer than {MAX_TEXT} bytes")]
-    TooLong,
-    #[error("the request ends inside an element")]
-    Unclosed,
-    #[error("the root element is not REQUEST")]
-    NotARequest,
-    #[error("the request has no {0}")]
-    Missing(&'static str),
-    #[error("{0} is longer than {1} bytes")]
-    FieldTooLong(&'static str, usize),
-    #[error("{0} is not {1}")]
-    BadField(&'static str, &'static str),
-    #[error("DEVICEID is not an OCS device id (name-YYYY-MM-DD-HH-MM-SS)")]
-    BadDeviceId,
-}
-
-/// How a body was encoded; replies use the same.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    Zlib,
-    Gzip,
-    Plain,
-}
-
-/// The XML of a request body, and how it was encoded: zlib first (what agents send), then
-/// gzip, then plain XML.
-pub fn decode_body(body: &[u8]) -> Result<(Vec<u8>, Encoding), CodecError> {
-    decode_body_within(body, MAX_INFLATED)
-}
-
-/// [`decode_body`] with a lower bound on the inflated size (at most `MAX_INFLATED`), for
-/// callers that decode small bodies in place and hand larger ones to a thread that may
-/// take longer.
-pub fn decode_body_within(
-    body: &[u8],
-    max_inflated: usize,
-) -> Result<(Vec<u8>, Encoding), CodecError> {
-    let max_inflated = max_inflated.min(MAX_INFLATED);
-    if body.len() > MAX_BODY {
-        return Err(CodecError::TooLarge(body.len()));
-    }
-    let inflate = |reader: &mut dyn Read| -> Result<Option<Vec<u8>>, CodecError> {
-        let mut out = Vec::new();
-        match reader.take(max_inflated as u64 + 1).read_to_end(&mut out) {
-            Ok(_) if out.len() > max_inflated => Err(CodecError::InflatesTooFar),
-            Ok(_) if !out.is_empty() => Ok(Some(out)),
-            _ => Ok(None),
-        }
-    };
-    if let Some(xml) = zlib_inflate(body, max_inflated)? {
-        return Ok((xml, Encoding::Zlib));
-    }
-    if let Some(xml) = inflate(&mut flate2::read::GzDecoder::new(body))? {
-        return Ok((xml, Encoding::Gzip));
-    }
-    let start = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(body.len());
-    if body[start..].starts_with(b"<") {
-        return Ok((body.to_vec(), Encoding::Plain));
-    }
-    Err(CodecError::Undecodable)
-}
-
-/// `xml` encoded as `encoding`.
-pub fn encode_body(xml: &str, encoding: Encoding) -> Vec<u8> {
-    // Writing into a Vec cannot fail.
-    match encoding {
-        Encoding::Zlib => zlib_deflate(xml.as_bytes()),
-        Encoding::Gzip => {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            let _ = encoder.write_all(xml.as_bytes());
-            encoder.finish().unwrap_or_default()
-        }
-        Encoding::Plain => xml.as_bytes().to_vec(),
-    }
-}
-
-// A zlib stream's state is hundreds of kilobytes to allocate and clear: far more than a
-// PROLOG's bytes take to compress. Each thread keeps one of each and resets it.
-thread_local! {
-    static DEFLATE: std::cell::RefCell<flate2::Compress> =
-        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), true));
-    static INFLATE: std::cell::RefCell<flate2::Decompress> =
-        std::cell::RefCell::new(flate2::Decompress::new(true));
-}
-
-/// `data` as a zlib stream (RFC 1950), as OCS agents expect replies.
-fn zlib_deflate(data: &[u8]) -> Vec<u8> {
-    DEFLATE.with(|cell| {
-        let mut deflate = cell.borrow_mut();
-        deflate.reset();
-        let mut out = Vec::with_capacity(data.len() / 2 + 64);
-        loop {
-            let consumed = usize::try_from(deflate.total_in()).unwrap_or(data.len());
-            let status = deflate.compress_vec(
-                &data[consumed.min(data.len())..],
-                &mut out,
-                flate2::FlushCompress::Finish,
-            );
-            match status {
-                Ok(flate2::Status::StreamEnd) | Err(_) => return out,
-                Ok(_) => out.reserve(out.capacity().max(64)),
-            }
-        }
-    })
-}
-
-/// The content of a zlib stream; `None` when `body` is not one.
-fn zlib_inflate(body: &[u8], max_inflated: usize) -> Result<Option<Vec<u8>>, CodecError> {
-    INFLATE.with(|cell| {
-        let mut inflate = cell.borrow_mut();
-        inflate.reset(true);
-        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_inflated) + 64);
-        loop {
-            if out.len() == out.capacity() {
-                out.reserve(out.capacity().max(64));
-            }
-            let consumed = usize::try_from(inflate.total_in()).unwrap_or(body.len());
-            let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
-            let status = inflate.decompress_vec(
-                &body[consumed.min(body.len())..],
-                &mut out,
-                // Not `Finish`: with it the decompressor takes `out` as the whole output and
-                // cannot continue into a grown buffer.
-                flate2::FlushDecompress::None,
-            );
-            if out.len() > max_inflated {
-                return Err(CodecError::InflatesTooFar);
-            }
-            match status {
-                Ok(flate2::Status::StreamEnd) if !out.is_empty() => return Ok(Some(out)),
-                Ok(flate2::Status::StreamEnd) | Err(_) => return Ok(None),
-                // Neither input taken nor output given with room to spare: the input
-                // ended before the stream did.
-                Ok(_)
-                    if inflate.total_in() == in_before
-                        && inflate.total_out() == out_before
-                        && out.len() < out.capacity() =>
-                {
-                    return Ok(None);
-                }
-                Ok(_) => {}
-            }
-        }
-    })
-}
+use super::CodecError;
 
 // Limits on what a request may hold. A request that breaks a structural limit (depth,
 // element count, text length, unclosed elements) or a field that identifies something
@@ -272,44 +98,7 @@ pub fn parse_request(xml: &[u8]) -> Result<Request, CodecError> {
         })?;
         match event {
             Event::Start(ref element) | Event::Empty(ref element) => {
-                if element.len() > MAX_TEXT {
-                    return Err(CodecError::TooLong);
-                }
-                reading.elements += 1;
-                if reading.elements > MAX_ELEMENTS {
-                    return Err(CodecError::TooManyElements);
-                }
-                if reading.path.len() >= MAX_DEPTH {
-                    return Err(CodecError::TooDeep);
-                }
-                let name = element.local_name();
-                let name = name.as_ref();
-                let node = match reading.path.last() {
-                    None if name.eq_ignore_ascii_case("REQUEST") => Node::Request,
-                    None => return Err(CodecError::NotARequest),
-                    Some(parent) => parent.child(name),
-                };
-                reading.path.push(node);
-                reading.value.clear();
-                if matches!(node, Node::Request | Node::Package) {
-                    for attribute in element.attributes().flatten() {
-                        let key = attribute.key.local_name();
-                        let value = || {
-                            attribute
-                                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                .map(|v| v.into_owned())
-                                .unwrap_or_default()
-                        };
-                        match (node, Field::named(key.as_ref())) {
-                            (Node::Request, Some(field)) => reading.set(field, value()),
-                            (Node::Package, Some(Field::Id)) => reading.history(value()),
-                            _ => {}
-                        }
-                    }
-                }
-                if node == Node::Content {
-                    reading.is_inventory = true;
-                }
+                reading.open(element)?;
                 if matches!(event, Event::Empty(_)) {
                     reading.finish();
                 }
@@ -330,19 +119,7 @@ pub fn parse_request(xml: &[u8]) -> Result<Request, CodecError> {
                     reading.value.push_str(&data.into_inner());
                 }
             }
-            Event::GeneralRef(reference) if reading.keeps_text() => {
-                match reference.resolve_char_ref() {
-                    Ok(Some(c)) => reading.value.push(c),
-                    _ => reading.value.push_str(match &*reference {
-                        "amp" => "&",
-                        "lt" => "<",
-                        "gt" => ">",
-                        "quot" => "\"",
-                        "apos" => "'",
-                        _ => "",
-                    }),
-                }
-            }
+            Event::GeneralRef(reference) if reading.keeps_text() => reading.reference(&reference),
             Event::End(_) => reading.finish(),
             Event::Eof => break,
             _ => {}
@@ -518,6 +295,66 @@ struct Reading {
 }
 
 impl Reading {
+    /// Opens the element `element` starts, within the structural limits; reads the fields
+    /// `REQUEST` and `PACKAGE` carry as attributes.
+    fn open(&mut self, element: &BytesStart<'_>) -> Result<(), CodecError> {
+        if element.len() > MAX_TEXT {
+            return Err(CodecError::TooLong);
+        }
+        self.elements += 1;
+        if self.elements > MAX_ELEMENTS {
+            return Err(CodecError::TooManyElements);
+        }
+        if self.path.len() >= MAX_DEPTH {
+            return Err(CodecError::TooDeep);
+        }
+        let name = element.local_name();
+        let name = name.as_ref();
+        let node = match self.path.last() {
+            None if name.eq_ignore_ascii_case("REQUEST") => Node::Request,
+            None => return Err(CodecError::NotARequest),
+            Some(parent) => parent.child(name),
+        };
+        self.path.push(node);
+        self.value.clear();
+        if matches!(node, Node::Request | Node::Package) {
+            for attribute in element.attributes().flatten() {
+                let key = attribute.key.local_name();
+                let value = || {
+                    attribute
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map(|v| v.into_owned())
+                        .unwrap_or_default()
+                };
+                match (node, Field::named(key.as_ref())) {
+                    (Node::Request, Some(field)) => self.set(field, value()),
+                    (Node::Package, Some(Field::Id)) => self.history(value()),
+                    _ => {}
+                }
+            }
+        }
+        if node == Node::Content {
+            self.is_inventory = true;
+        }
+        Ok(())
+    }
+
+    /// Appends the character an entity or character reference stands for (unknown
+    /// entities stand for nothing).
+    fn reference(&mut self, reference: &quick_xml::events::BytesRef<'_>) {
+        match reference.resolve_char_ref() {
+            Ok(Some(c)) => self.value.push(c),
+            _ => self.value.push_str(match &**reference {
+                "amp" => "&",
+                "lt" => "<",
+                "gt" => ">",
+                "quot" => "\"",
+                "apos" => "'",
+                _ => "",
+            }),
+        }
+    }
+
     fn keeps_text(&self) -> bool {
         self.path.last().is_some_and(|node| node.keeps_text())
     }
@@ -620,259 +457,10 @@ pub fn is_device_id(id: &str) -> bool {
             .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The answer to a PROLOG.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrologReply {
-    /// `SEND` (send an inventory now) or `STOP`.
-    pub send_inventory: bool,
-    /// Hours between contacts.
-    pub prolog_freq: u32,
-    pub download: DownloadConf,
-    /// Packages to offer.
-    pub packs: Vec<Pack>,
-}
-
-/// The DOWNLOAD CONF parameters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DownloadConf {
-    pub on: bool,
-    /// Seconds.
-    pub frag_latency: u64,
-    pub cycle_latency: u64,
-    pub period_latency: u64,
-    pub period_length: u64,
-    /// Days.
-    pub timeout: u64,
-    /// Minutes.
-    pub execution_timeout: u64,
-}
-
-impl Default for DownloadConf {
-    /// The OCS console's defaults: on, 10 s after each fragment, 60 s after each cycle,
-    /// 1 s after each period of 10 cycles, 30 days, 120 minutes.
-    fn default() -> Self {
-        Self {
-            on: true,
-            frag_latency: 10,
-            cycle_latency: 60,
-            period_latency: 1,
-            period_length: 10,
-            timeout: 30,
-            execution_timeout: 120,
-        }
-    }
-}
-
-/// A package offered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pack {
-    pub id: String,
-    /// `host[:port]/path`, no scheme.
-    pub info_loc: String,
-    pub pack_loc: String,
-    /// Install even if in the agent's history.
-    pub force: bool,
-}
-
-impl PrologReply {
-    /// The reply XML: CONF first, then one PACK per package (also with STOP).
-    pub fn to_xml(&self) -> String {
-        let conf = &self.download;
-        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<REPLY>");
-        let _ = write!(
-            out,
-            "<RESPONSE>{}</RESPONSE><PROLOG_FREQ>{}</PROLOG_FREQ><INVENTORY_ON_STARTUP>0</INVENTORY_ON_STARTUP>",
-            if self.send_inventory { "SEND" } else { "STOP" },
-            self.prolog_freq
-        );
-        let _ = write!(
-            out,
-            "<OPTION><NAME>DOWNLOAD</NAME><PARAM TYPE=\"CONF\" ON=\"{}\" FRAG_LATENCY=\"{}\" CYCLE_LATENCY=\"{}\" PERIOD_LATENCY=\"{}\" PERIOD_LENGTH=\"{}\" TIMEOUT=\"{}\" EXECUTION_TIMEOUT=\"{}\" />",
-            u8::from(conf.on),
-            conf.frag_latency,
-            conf.cycle_latency,
-            conf.period_latency,
-            conf.period_length,
-            conf.timeout,
-            conf.execution_timeout
-        );
-        for pack in &self.packs {
-            let _ = write!(
-                out,
-                "<PARAM TYPE=\"PACK\" ID=\"{}\" INFO_LOC=\"{}\" PACK_LOC=\"{}\" CERT_PATH=\"INSTALL_PATH\" CERT_FILE=\"INSTALL_PATH/cacert.pem\" SCHEDULE=\"\" POSTCMD=\"\" FORCE=\"{}\" />",
-                escape(&pack.id),
-                escape(&pack.info_loc),
-                escape(&pack.pack_loc),
-                u8::from(pack.force)
-            );
-        }
-        out.push_str("</OPTION></REPLY>\n");
-        out
-    }
-}
-
-/// The reply to an INVENTORY: never empty (the Unix agent exits on an empty one).
-pub fn inventory_reply() -> String {
-    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<REPLY><RESPONSE>NO_ACCOUNT_UPDATE</RESPONSE></REPLY>\n".to_owned()
-}
-
-/// What an agent does with a package (the `ACT` attribute).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// `LAUNCH`: run `NAME`, a command line whose first word is a file of the archive.
-    Launch { name: String },
-    /// `EXECUTE`: run `COMMAND` in the unpacked directory.
-    Execute { command: String },
-    /// `STORE`: unpack into `PATH`.
-    Store { path: String },
-}
-
-/// Where fragments are fetched (`PROTO`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    Http,
-    Https,
-}
-
-/// The `info` file of a package.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Info {
-    /// All digits.
-    pub id: String,
-    pub priority: u8,
-    pub action: Action,
-    /// Lowercase hex MD5 of the whole archive; empty with no fragments.
-    pub digest: String,
-    pub proto: Proto,
-    pub fragments: usize,
-    /// Windows pre-install dialog.
-    pub notify: Option<Notify>,
-    /// Windows post-install dialog text.
-    pub done_action: Option<String>,
-}
-
-/// A pre-install dialog.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notify {
-    pub text: String,
-    /// Seconds; None waits for the user.
-    pub countdown: Option<u64>,
-    pub can_abort: bool,
-    pub can_delay: bool,
-}
-
-impl Info {
-    /// The `info` file: one empty `DOWNLOAD` element, attributes in the order the OCS
-    /// console writes them, values XML-escaped.
-    pub fn to_xml(&self) -> String {
-        let (act, key, value) = match &self.action {
-            Action::Launch { name } => ("LAUNCH", "NAME", name),
-            Action::Execute { command } => ("EXECUTE", "COMMAND", command),
-            Action::Store { path } => ("STORE", "PATH", path),
-        };
-        let flag = |b: bool| if b { "1" } else { "0" };
-        let notify = self.notify.as_ref();
-        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DOWNLOAD");
-        let mut attribute = |name: &str, value: &str| {
-            let _ = write!(out, " {name}=\"{}\"", escape(value));
-        };
-        attribute("ID", &self.id);
-        attribute("PRI", &self.priority.to_string());
-        attribute("ACT", act);
-        attribute("DIGEST", &self.digest);
-        attribute(
-            "PROTO",
-            match self.proto {
-                Proto::Http => "HTTP",
-                Proto::Https => "HTTPS",
-            },
-        );
-        attribute("FRAGS", &self.fragments.to_string());
-        attribute("DIGEST_ALGO", "MD5");
-        attribute("DIGEST_ENCODE", "Hexa");
-        attribute(key, value);
-        attribute("NOTIFY_USER", flag(notify.is_some()));
-        attribute("NOTIFY_TEXT", notify.map_or("", |n| n.text.as_str()));
-        attribute(
-            "NOTIFY_COUNTDOWN",
-            &notify
-                .and_then(|n| n.countdown)
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-        );
-        attribute(
-            "NOTIFY_CAN_ABORT",
-            flag(notify.is_some_and(|n| n.can_abort)),
-        );
-        attribute(
-            "NOTIFY_CAN_DELAY",
-            flag(notify.is_some_and(|n| n.can_delay)),
-        );
-        attribute("NEED_DONE_ACTION", flag(self.done_action.is_some()));
-        attribute(
-            "NEED_DONE_ACTION_TEXT",
-            self.done_action.as_deref().unwrap_or(""),
-        );
-        attribute("GARDEFOU", "rien");
-        out.push_str(" />\n");
-        out
-    }
-}
-
-/// Escapes text for an XML attribute value.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' => out.push_str("&#9;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const UNIX_PROLOG: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<REQUEST>\n  <DEVICEID>build-07-2025-01-14-09-03-55</DEVICEID>\n  <QUERY>PROLOG</QUERY>\n</REQUEST>\n";
-
-    #[test]
-    fn bodies_decode_from_zlib_gzip_or_plain_and_replies_match() {
-        for encoding in [Encoding::Zlib, Encoding::Gzip, Encoding::Plain] {
-            let body = encode_body(UNIX_PROLOG, encoding);
-            let (xml, found) = decode_body(&body).unwrap();
-            assert_eq!(found, encoding);
-            assert_eq!(xml, UNIX_PROLOG.as_bytes());
-        }
-        assert_eq!(
-            &encode_body("x", Encoding::Zlib)[..2],
-            &[0x78, 0x9c],
-            "zlib header as agents expect"
-        );
-        assert_eq!(
-            decode_body(b"\x00\x01garbage"),
-            Err(CodecError::Undecodable)
-        );
-    }
-
-    #[test]
-    fn a_zlib_bomb_and_an_oversized_body_are_refused() {
-        let bomb = encode_body(&"A".repeat(MAX_INFLATED + 10), Encoding::Zlib);
-        assert!(bomb.len() < 100_000, "small on the wire: {}", bomb.len());
-        assert_eq!(decode_body(&bomb), Err(CodecError::InflatesTooFar));
-        assert_eq!(
-            decode_body(&vec![b'<'; MAX_BODY + 1]),
-            Err(CodecError::TooLarge(MAX_BODY + 1))
-        );
-    }
+    use crate::protocol::ocs::{Encoding, UNIX_PROLOG, decode_body, encode_body};
 
     #[test]
     fn requests_read_fields_from_children_or_attributes_in_any_order() {
@@ -1140,86 +728,5 @@ mod tests {
             inventory.history[0], "1000000000",
             "what is not an id is dropped"
         );
-    }
-
-    #[test]
-    fn the_prolog_reply_puts_conf_first_and_offers_packages_also_with_stop() {
-        let reply = PrologReply {
-            send_inventory: false,
-            prolog_freq: 12,
-            download: DownloadConf::default(),
-            packs: vec![Pack {
-                id: "1736849000".into(),
-                info_loc: "ocs.example.lan:8443/download".into(),
-                pack_loc: "mirror.lan/download".into(),
-                force: false,
-            }],
-        };
-        let xml = reply.to_xml();
-        assert!(
-            xml.contains("<RESPONSE>STOP</RESPONSE><PROLOG_FREQ>12</PROLOG_FREQ>"),
-            "{xml}"
-        );
-        let conf = xml.find("TYPE=\"CONF\"").unwrap();
-        let pack = xml.find("TYPE=\"PACK\"").unwrap();
-        assert!(conf < pack, "CONF first");
-        assert!(xml.contains("ON=\"1\" FRAG_LATENCY=\"10\" CYCLE_LATENCY=\"60\" PERIOD_LATENCY=\"1\" PERIOD_LENGTH=\"10\" TIMEOUT=\"30\" EXECUTION_TIMEOUT=\"120\""), "{xml}");
-        assert!(xml.contains("ID=\"1736849000\" INFO_LOC=\"ocs.example.lan:8443/download\" PACK_LOC=\"mirror.lan/download\""), "{xml}");
-        assert!(inventory_reply().contains("<RESPONSE>NO_ACCOUNT_UPDATE</RESPONSE>"));
-    }
-
-    #[test]
-    fn the_info_file_has_the_consoles_attributes_in_order_and_escapes_values() {
-        let info = Info {
-            id: "1736849000".into(),
-            priority: 5,
-            action: Action::Execute {
-                command: "sh install.sh --name \"a&b\" <x>".into(),
-            },
-            digest: "3f2a5d0c7b1e9a4486c2d0e1f5a7b9c3".into(),
-            proto: Proto::Https,
-            fragments: 3,
-            notify: None,
-            done_action: None,
-        };
-        assert_eq!(
-            info.to_xml(),
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DOWNLOAD ID=\"1736849000\" PRI=\"5\" ACT=\"EXECUTE\" DIGEST=\"3f2a5d0c7b1e9a4486c2d0e1f5a7b9c3\" PROTO=\"HTTPS\" FRAGS=\"3\" DIGEST_ALGO=\"MD5\" DIGEST_ENCODE=\"Hexa\" COMMAND=\"sh install.sh --name &quot;a&amp;b&quot; &lt;x&gt;\" NOTIFY_USER=\"0\" NOTIFY_TEXT=\"\" NOTIFY_COUNTDOWN=\"\" NOTIFY_CAN_ABORT=\"0\" NOTIFY_CAN_DELAY=\"0\" NEED_DONE_ACTION=\"0\" NEED_DONE_ACTION_TEXT=\"\" GARDEFOU=\"rien\" />\n"
-        );
-    }
-
-    #[test]
-    fn dialogs_and_store_paths_are_written() {
-        let info = Info {
-            id: "1".into(),
-            priority: 0,
-            action: Action::Store {
-                path: "INSTALL_PATH/x".into(),
-            },
-            digest: String::new(),
-            proto: Proto::Http,
-            fragments: 0,
-            notify: Some(Notify {
-                text: "Installing".into(),
-                countdown: Some(300),
-                can_abort: true,
-                can_delay: false,
-            }),
-            done_action: Some("Done".into()),
-        };
-        let xml = info.to_xml();
-        for part in [
-            "ACT=\"STORE\"",
-            "PATH=\"INSTALL_PATH/x\"",
-            "PROTO=\"HTTP\"",
-            "FRAGS=\"0\"",
-            "NOTIFY_USER=\"1\"",
-            "NOTIFY_COUNTDOWN=\"300\"",
-            "NOTIFY_CAN_ABORT=\"1\"",
-            "NEED_DONE_ACTION=\"1\"",
-            "NEED_DONE_ACTION_TEXT=\"Done\"",
-        ] {
-            assert!(xml.contains(part), "{part} in {xml}");
-        }
     }
 }

@@ -1,0 +1,181 @@
+//! Request and reply bodies: zlib (what agents send and expect back), gzip or plain XML,
+//! within size limits that stop a zlib bomb.
+
+use std::io::{Read, Write};
+
+use super::CodecError;
+
+/// Largest compressed body accepted: a large inventory is a few hundred KB.
+pub const MAX_BODY: usize = 8 << 20;
+/// Largest body after inflating: stops a small zlib bomb from taking the server's memory.
+pub const MAX_INFLATED: usize = 32 << 20;
+
+/// How a body was encoded; replies use the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Zlib,
+    Gzip,
+    Plain,
+}
+
+/// The XML of a request body, and how it was encoded: zlib first (what agents send), then
+/// gzip, then plain XML.
+pub fn decode_body(body: &[u8]) -> Result<(Vec<u8>, Encoding), CodecError> {
+    decode_body_within(body, MAX_INFLATED)
+}
+
+/// [`decode_body`] with a lower bound on the inflated size (at most `MAX_INFLATED`), for
+/// callers that decode small bodies in place and hand larger ones to a thread that may
+/// take longer.
+pub fn decode_body_within(
+    body: &[u8],
+    max_inflated: usize,
+) -> Result<(Vec<u8>, Encoding), CodecError> {
+    let max_inflated = max_inflated.min(MAX_INFLATED);
+    if body.len() > MAX_BODY {
+        return Err(CodecError::TooLarge(body.len()));
+    }
+    let inflate = |reader: &mut dyn Read| -> Result<Option<Vec<u8>>, CodecError> {
+        let mut out = Vec::new();
+        match reader.take(max_inflated as u64 + 1).read_to_end(&mut out) {
+            Ok(_) if out.len() > max_inflated => Err(CodecError::InflatesTooFar),
+            Ok(_) if !out.is_empty() => Ok(Some(out)),
+            _ => Ok(None),
+        }
+    };
+    if let Some(xml) = zlib_inflate(body, max_inflated)? {
+        return Ok((xml, Encoding::Zlib));
+    }
+    if let Some(xml) = inflate(&mut flate2::read::GzDecoder::new(body))? {
+        return Ok((xml, Encoding::Gzip));
+    }
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    if body[start..].starts_with(b"<") {
+        return Ok((body.to_vec(), Encoding::Plain));
+    }
+    Err(CodecError::Undecodable)
+}
+
+/// `xml` encoded as `encoding`.
+pub fn encode_body(xml: &str, encoding: Encoding) -> Vec<u8> {
+    // Writing into a Vec cannot fail.
+    match encoding {
+        Encoding::Zlib => zlib_deflate(xml.as_bytes()),
+        Encoding::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let _ = encoder.write_all(xml.as_bytes());
+            encoder.finish().unwrap_or_default()
+        }
+        Encoding::Plain => xml.as_bytes().to_vec(),
+    }
+}
+
+// A zlib stream's state is hundreds of kilobytes to allocate and clear: far more than a
+// PROLOG's bytes take to compress. Each thread keeps one of each and resets it.
+thread_local! {
+    static DEFLATE: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), true));
+    static INFLATE: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(true));
+}
+
+/// `data` as a zlib stream (RFC 1950), as OCS agents expect replies.
+fn zlib_deflate(data: &[u8]) -> Vec<u8> {
+    DEFLATE.with(|cell| {
+        let mut deflate = cell.borrow_mut();
+        deflate.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        loop {
+            let consumed = usize::try_from(deflate.total_in()).unwrap_or(data.len());
+            let status = deflate.compress_vec(
+                &data[consumed.min(data.len())..],
+                &mut out,
+                flate2::FlushCompress::Finish,
+            );
+            match status {
+                Ok(flate2::Status::StreamEnd) | Err(_) => return out,
+                Ok(_) => out.reserve(out.capacity().max(64)),
+            }
+        }
+    })
+}
+
+/// The content of a zlib stream; `None` when `body` is not one.
+fn zlib_inflate(body: &[u8], max_inflated: usize) -> Result<Option<Vec<u8>>, CodecError> {
+    INFLATE.with(|cell| {
+        let mut inflate = cell.borrow_mut();
+        inflate.reset(true);
+        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_inflated) + 64);
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity().max(64));
+            }
+            let consumed = usize::try_from(inflate.total_in()).unwrap_or(body.len());
+            let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+            let status = inflate.decompress_vec(
+                &body[consumed.min(body.len())..],
+                &mut out,
+                // Not `Finish`: with it the decompressor takes `out` as the whole output and
+                // cannot continue into a grown buffer.
+                flate2::FlushDecompress::None,
+            );
+            if out.len() > max_inflated {
+                return Err(CodecError::InflatesTooFar);
+            }
+            match status {
+                Ok(flate2::Status::StreamEnd) if !out.is_empty() => return Ok(Some(out)),
+                Ok(flate2::Status::StreamEnd) | Err(_) => return Ok(None),
+                // Neither input taken nor output given with room to spare: the input
+                // ended before the stream did.
+                Ok(_)
+                    if inflate.total_in() == in_before
+                        && inflate.total_out() == out_before
+                        && out.len() < out.capacity() =>
+                {
+                    return Ok(None);
+                }
+                Ok(_) => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ocs::UNIX_PROLOG;
+
+    #[test]
+    fn bodies_decode_from_zlib_gzip_or_plain_and_replies_match() {
+        for encoding in [Encoding::Zlib, Encoding::Gzip, Encoding::Plain] {
+            let body = encode_body(UNIX_PROLOG, encoding);
+            let (xml, found) = decode_body(&body).unwrap();
+            assert_eq!(found, encoding);
+            assert_eq!(xml, UNIX_PROLOG.as_bytes());
+        }
+        assert_eq!(
+            &encode_body("x", Encoding::Zlib)[..2],
+            &[0x78, 0x9c],
+            "zlib header as agents expect"
+        );
+        assert_eq!(
+            decode_body(b"\x00\x01garbage"),
+            Err(CodecError::Undecodable)
+        );
+    }
+
+    #[test]
+    fn a_zlib_bomb_and_an_oversized_body_are_refused() {
+        let bomb = encode_body(&"A".repeat(MAX_INFLATED + 10), Encoding::Zlib);
+        assert!(bomb.len() < 100_000, "small on the wire: {}", bomb.len());
+        assert_eq!(decode_body(&bomb), Err(CodecError::InflatesTooFar));
+        assert_eq!(
+            decode_body(&vec![b'<'; MAX_BODY + 1]),
+            Err(CodecError::TooLarge(MAX_BODY + 1))
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! Computers: contacts, inventories (their facts and the raw document) and the addresses
+//! an agent is reached at.
+
+use crate::store::sql::{Row, Sql, params};
+
+use super::deployments::deployments_of;
+use super::{Database, DbError, Deployment};
+
+/// Seconds within which a second contact of a computer is not written again.
+pub const CONTACT_PRECISION: i64 = 60;
+
+/// A computer as its agent last described it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Computer {
+    pub device_id: String,
+    /// HARDWARE/NAME of the inventory; empty before the first one.
+    pub name: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub tags: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    /// Package ids the agent reports as installed.
+    pub history: Vec<String>,
+    pub first_seen: i64,
+    pub last_contact: i64,
+    /// When the last inventory arrived; `None` before the first.
+    pub last_inventory: Option<i64>,
+    /// The address it last sent an inventory from (the client a trusted gateway named).
+    pub address: Option<String>,
+}
+
+/// The facts an inventory brings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub name: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub tags: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    pub history: Vec<String>,
+}
+
+impl Database {
+    /// Records a contact from `device_id` at `now` and returns the computer (as it was
+    /// before this contact's inventory, if any) with its deployments. The last contact is
+    /// kept to `CONTACT_PRECISION`: a reconnect storm costs reads, not writes.
+    pub fn contact(
+        &self,
+        device_id: &str,
+        now: i64,
+    ) -> Result<(Computer, Vec<Deployment>), DbError> {
+        let known = self.with(|c| {
+            let Some(known) = computer(c, device_id)? else {
+                return Ok(None);
+            };
+            if !(0..CONTACT_PRECISION).contains(&(now - known.last_contact)) {
+                return Ok(None);
+            }
+            Ok(Some((known, deployments_of(c, device_id)?)))
+        })?;
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        self.transaction(|c| {
+            c.execute(
+                "INSERT INTO computers (device_id, first_seen, last_contact) VALUES ($1, $2, $2)
+                 ON CONFLICT (device_id) DO UPDATE SET last_contact = $2",
+                params![device_id, now],
+            )?;
+            let computer = computer(c, device_id)?.unwrap_or_default();
+            Ok((computer, deployments_of(c, device_id)?))
+        })
+    }
+
+    /// Stores an inventory: its facts, and the raw document (already compressed).
+    pub fn record_inventory(
+        &self,
+        device_id: &str,
+        facts: &Facts,
+        raw: &[u8],
+        now: i64,
+    ) -> Result<Computer, DbError> {
+        let (tags, ip_addresses, history) = (
+            facts.tags.join("\n"),
+            facts.ip_addresses.join("\n"),
+            facts.history.join("\n"),
+        );
+        self.transaction(|c| {
+            c.execute(
+                "INSERT INTO computers (device_id, name, os_name, os_version, tags, ip_addresses,
+                     history, first_seen, last_contact, last_inventory, inventory)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9)
+                 ON CONFLICT (device_id) DO UPDATE SET name = $2, os_name = $3, os_version = $4,
+                     tags = $5, ip_addresses = $6, history = $7, last_contact = $8,
+                     last_inventory = $8, inventory = $9",
+                params![
+                    device_id,
+                    &facts.name,
+                    &facts.os_name,
+                    &facts.os_version,
+                    &tags,
+                    &ip_addresses,
+                    &history,
+                    now,
+                    raw,
+                ],
+            )?;
+            Ok(computer(c, device_id)?.unwrap_or_default())
+        })
+    }
+
+    /// Records where the agent of `device_id` listens for "check in now" (`None`: nowhere).
+    pub fn set_notify_address(
+        &self,
+        device_id: &str,
+        address: Option<&str>,
+    ) -> Result<(), DbError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE computers SET notify_address = $1 WHERE device_id = $2",
+                params![address, device_id],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Records the address `device_id` last connected from (behind a trusted gateway: the
+    /// one the gateway named).
+    pub fn set_address(&self, device_id: &str, address: Option<&str>) -> Result<(), DbError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE computers SET address = $1 WHERE device_id = $2",
+                params![address, device_id],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The address `device_id` last connected from, if known.
+    pub fn address(&self, device_id: &str) -> Result<Option<String>, DbError> {
+        let found = self.with(|c| {
+            c.query_opt(
+                "SELECT address FROM computers WHERE device_id = $1",
+                params![device_id],
+            )
+        })?;
+        Ok(found.map(|row| row.opt_text(0)).transpose()?.flatten())
+    }
+
+    /// Where the agent of `device_id` listens, if it said.
+    pub fn notify_address(&self, device_id: &str) -> Result<Option<String>, DbError> {
+        let found = self.with(|c| {
+            c.query_opt(
+                "SELECT notify_address FROM computers WHERE device_id = $1",
+                params![device_id],
+            )
+        })?;
+        Ok(found.map(|row| row.opt_text(0)).transpose()?.flatten())
+    }
+
+    /// The raw inventory last stored for `device_id` (compressed as it was given).
+    pub fn inventory(&self, device_id: &str) -> Result<Option<Vec<u8>>, DbError> {
+        let found = self.with(|c| {
+            c.query_opt(
+                "SELECT inventory FROM computers WHERE device_id = $1",
+                params![device_id],
+            )
+        })?;
+        Ok(found.map(|row| row.opt_bytes(0)).transpose()?.flatten())
+    }
+
+    /// One computer and its deployments.
+    pub fn computer(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<(Computer, Vec<Deployment>)>, DbError> {
+        self.with(|c| {
+            let Some(found) = computer(c, device_id)? else {
+                return Ok(None);
+            };
+            Ok(Some((found, deployments_of(c, device_id)?)))
+        })
+    }
+
+    /// Computers whose device id or name is `wanted` (names are not unique).
+    pub fn find_computers(&self, wanted: &str) -> Result<Vec<Computer>, DbError> {
+        self.all(
+            &format!(
+                "SELECT {COMPUTER_COLUMNS} FROM computers
+                 WHERE device_id = $1 OR lower(name) = lower($1) ORDER BY device_id"
+            ),
+            params![wanted],
+            computer_row,
+        )
+    }
+
+    /// Every computer, by device id.
+    pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
+        self.all(
+            &format!("SELECT {COMPUTER_COLUMNS} FROM computers ORDER BY device_id"),
+            &[],
+            computer_row,
+        )
+    }
+}
+
+const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
+     first_seen, last_contact, last_inventory, address";
+
+fn lines(text: String) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn computer_row(row: &Row) -> Result<Computer, DbError> {
+    Ok(Computer {
+        device_id: row.text(0)?,
+        name: row.text(1)?,
+        os_name: row.text(2)?,
+        os_version: row.text(3)?,
+        tags: lines(row.text(4)?),
+        ip_addresses: lines(row.text(5)?),
+        history: lines(row.text(6)?),
+        first_seen: row.int(7)?,
+        last_contact: row.int(8)?,
+        last_inventory: row.opt_int(9)?,
+        address: row.opt_text(10)?,
+    })
+}
+
+pub(super) fn computer(c: &mut dyn Sql, device_id: &str) -> Result<Option<Computer>, DbError> {
+    c.query_opt(
+        &format!("SELECT {COMPUTER_COLUMNS} FROM computers WHERE device_id = $1"),
+        params![device_id],
+    )?
+    .map(|row| computer_row(&row))
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    on_both!(
+        a_contact_within_the_precision_writes_nothing_and_a_later_one_does,
+        inventories_replace_the_facts_and_keep_the_raw_document,
+    );
+
+    fn a_contact_within_the_precision_writes_nothing_and_a_later_one_does(db: &Database) {
+        db.contact("pc", 1_000).unwrap();
+        let (again, _) = db.contact("pc", 1_000 + CONTACT_PRECISION - 1).unwrap();
+        assert_eq!(again.last_contact, 1_000);
+        let (later, _) = db.contact("pc", 1_000 + CONTACT_PRECISION).unwrap();
+        assert_eq!(
+            (later.first_seen, later.last_contact),
+            (1_000, 1_000 + CONTACT_PRECISION)
+        );
+        db.set_address("pc", Some("192.0.2.7")).unwrap();
+        db.set_notify_address("pc", Some("192.0.2.7:9999")).unwrap();
+        assert_eq!(db.address("pc").unwrap().as_deref(), Some("192.0.2.7"));
+        assert_eq!(
+            db.notify_address("pc").unwrap().as_deref(),
+            Some("192.0.2.7:9999")
+        );
+        db.set_notify_address("pc", None).unwrap();
+        assert_eq!(db.notify_address("pc").unwrap(), None);
+        assert_eq!(db.address("nobody").unwrap(), None);
+        assert_eq!(db.inventory("pc").unwrap(), None);
+        assert!(db.computer("nobody").unwrap().is_none());
+        assert_eq!(db.computers().unwrap().len(), 1);
+    }
+
+    fn inventories_replace_the_facts_and_keep_the_raw_document(db: &Database) {
+        let facts = Facts {
+            name: "lab-01".into(),
+            os_name: "Debian GNU/Linux 12".into(),
+            os_version: "12".into(),
+            tags: vec!["lab".into()],
+            ip_addresses: vec!["10.0.0.5".into()],
+            history: vec!["1111111111".into()],
+        };
+        let computer = db
+            .record_inventory("lab-01-2026-01-01-00-00-00", &facts, b"raw", 7)
+            .unwrap();
+        assert_eq!(computer.tags, ["lab"]);
+        assert_eq!(computer.history, ["1111111111"]);
+        assert_eq!(computer.last_inventory, Some(7));
+        assert_eq!(
+            db.inventory("lab-01-2026-01-01-00-00-00").unwrap().unwrap(),
+            b"raw"
+        );
+        assert_eq!(db.find_computers("LAB-01").unwrap().len(), 1);
+    }
+}
