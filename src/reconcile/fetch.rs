@@ -300,4 +300,20 @@ mod tests {
             "http://mirror/x"
         );
     }
+
+    #[test]
+    fn a_bad_redirect_names_the_url_and_the_location_and_gives_its_cause_once() {
+        let base: Uri = "https://example.org/a/file.tgz".parse().unwrap();
+        let error = resolve(&base, "http://bad host/x").unwrap_err();
+        assert!(matches!(error, FetchError::Redirect { .. }), "{error:?}");
+        let chain = crate::error_chain(&error);
+        assert!(
+            chain.starts_with(
+                "failed to follow the redirect from https://example.org/a/file.tgz to `http://bad host/x`: "
+            ),
+            "{chain}"
+        );
+        let cause = std::error::Error::source(&error).unwrap().to_string();
+        assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+    }
 }

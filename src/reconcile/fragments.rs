@@ -775,4 +775,37 @@ mod tests {
         assert_ne!(package_id("a", "b", 0), package_id("a", "b", 1));
         assert_ne!(package_id("a", "b", 0), package_id("a", "c", 0));
     }
+
+    #[test]
+    fn a_missing_content_directory_is_named_with_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("payload");
+        let error = walk(&missing).err().unwrap();
+        let chain = crate::error_chain(&error);
+        assert!(
+            chain.starts_with(&format!(
+                "failed to read content directory {}: ",
+                missing.display()
+            )),
+            "{chain}"
+        );
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert_eq!(chain.matches(&source).count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn a_symbolic_link_in_the_content_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real"), b"x").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+            let error = walk(dir.path()).err().unwrap();
+            assert!(matches!(error, BuildError::Symlink { .. }), "{error:?}");
+            assert!(
+                crate::error_chain(&error).contains("link is a symbolic link"),
+                "{error}"
+            );
+        }
+    }
 }

@@ -69,3 +69,21 @@ pub const SECRET_FILES: [&str; 6] = [
     "keystore.jks",
     "truststore.jks",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_read_names_the_secret_then_gives_the_cause_once() {
+        let error = SecretsError::Read {
+            namespace: "fleet".into(),
+            name: "root".into(),
+            source: Box::new(std::io::Error::other("connection refused")),
+        };
+        assert_eq!(
+            crate::error_chain(&error),
+            "failed to read Secret fleet/root: connection refused"
+        );
+    }
+}

@@ -695,4 +695,17 @@ mod tests {
             (3, 1, 1, 1)
         );
     }
+
+    #[test]
+    fn a_bad_name_glob_is_named_and_its_cause_given_once() {
+        let error = Selector::new(false, &[], &["lab-[".into()], &[], vec![]).unwrap_err();
+        assert!(matches!(error, SelectorError::Glob { .. }), "{error:?}");
+        let chain = crate::error_chain(&error);
+        assert!(
+            chain.starts_with("failed to compile name glob \"lab-[\": "),
+            "{chain}"
+        );
+        let cause = std::error::Error::source(&error).unwrap().to_string();
+        assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+    }
 }
