@@ -59,18 +59,18 @@ pub enum FetchError {
         source: InvalidUri,
     },
     #[error("failed to download {uri}: no answer within {READ_TIMEOUT:?}")]
-    NoAnswer { uri: Uri },
+    NoAnswer { uri: String },
     #[error("failed to download {uri}")]
     Request {
-        uri: Uri,
+        uri: String,
         #[source]
         source: hyper_util::client::legacy::Error,
     },
     #[error("failed to download {uri}: it redirects ({status}) without a Location")]
-    NoLocation { uri: Uri, status: StatusCode },
+    NoLocation { uri: String, status: StatusCode },
     #[error("failed to follow the redirect from {uri} to `{location}`")]
     Redirect {
-        uri: Uri,
+        uri: String,
         location: String,
         #[source]
         source: InvalidUri,
@@ -78,20 +78,20 @@ pub enum FetchError {
     #[error("failed to download {url}: more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects { url: String },
     #[error("failed to download {uri}: the server answered {status}")]
-    Status { uri: Uri, status: StatusCode },
+    Status { uri: String, status: StatusCode },
     #[error("failed to download {uri}: it is larger than {MAX_SIZE} bytes")]
-    TooLarge { uri: Uri },
+    TooLarge { uri: String },
     #[error("failed to download {uri}: it stalled for {READ_TIMEOUT:?}")]
-    Stalled { uri: Uri },
+    Stalled { uri: String },
     #[error("failed to download {uri}")]
     Body {
-        uri: Uri,
+        uri: String,
         #[source]
         source: hyper::Error,
     },
     #[error("failed to download {uri}: it ended after {received} of {expected} bytes")]
     Truncated {
-        uri: Uri,
+        uri: String,
         received: u64,
         expected: u64,
     },
@@ -190,9 +190,11 @@ async fn download(
     for _ in 0..=MAX_REDIRECTS {
         let response = tokio::time::timeout(READ_TIMEOUT, client.get(uri.clone()))
             .await
-            .map_err(|_| FetchError::NoAnswer { uri: uri.clone() })?
+            .map_err(|_| FetchError::NoAnswer {
+                uri: uri.to_string(),
+            })?
             .map_err(|source| FetchError::Request {
-                uri: uri.clone(),
+                uri: uri.to_string(),
                 source,
             })?;
         let status = response.status();
@@ -202,14 +204,17 @@ async fn download(
                 .get(hyper::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .ok_or_else(|| FetchError::NoLocation {
-                    uri: uri.clone(),
+                    uri: uri.to_string(),
                     status,
                 })?;
             uri = resolve(&uri, location)?;
             continue;
         }
         if status != StatusCode::OK {
-            return Err(FetchError::Status { uri, status });
+            return Err(FetchError::Status {
+                uri: uri.to_string(),
+                status,
+            });
         }
         let expected = response
             .headers()
@@ -217,7 +222,9 @@ async fn download(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if expected.is_some_and(|n| n > MAX_SIZE) {
-            return Err(FetchError::TooLarge { uri });
+            return Err(FetchError::TooLarge {
+                uri: uri.to_string(),
+            });
         }
         let mut body = response.into_body();
         let mut digest = Sha256::new();
@@ -225,10 +232,12 @@ async fn download(
         loop {
             let frame = tokio::time::timeout(READ_TIMEOUT, body.frame())
                 .await
-                .map_err(|_| FetchError::Stalled { uri: uri.clone() })?;
+                .map_err(|_| FetchError::Stalled {
+                    uri: uri.to_string(),
+                })?;
             let Some(frame) = frame else { break };
             let frame = frame.map_err(|source| FetchError::Body {
-                uri: uri.clone(),
+                uri: uri.to_string(),
                 source,
             })?;
             let Ok(data) = frame.into_data() else {
@@ -236,7 +245,9 @@ async fn download(
             };
             received += data.len() as u64;
             if received > MAX_SIZE {
-                return Err(FetchError::TooLarge { uri });
+                return Err(FetchError::TooLarge {
+                    uri: uri.to_string(),
+                });
             }
             digest.update(&data);
             out.write_all(&data).map_err(|source| FetchError::Write {
@@ -247,7 +258,7 @@ async fn download(
         }
         if let Some(expected) = expected.filter(|n| *n != received) {
             return Err(FetchError::Truncated {
-                uri,
+                uri: uri.to_string(),
                 received,
                 expected,
             });
@@ -262,7 +273,7 @@ async fn download(
 /// `location` (absolute, or relative to `base`) as a URI.
 fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
     let bad = |source| FetchError::Redirect {
-        uri: base.clone(),
+        uri: base.to_string(),
         location: location.to_owned(),
         source,
     };

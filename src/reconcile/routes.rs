@@ -71,8 +71,10 @@ pub enum RoutesError {
     DialOut {
         certificate: ObjectKey,
         issuer: ObjectKey,
+        // Boxed: two keys and the error inline would make every `Result` of this module
+        // carry 152 bytes.
         #[source]
-        source: PkiError,
+        source: Box<PkiError>,
     },
     #[error("spec.targets: failed to select computers")]
     Targets {
@@ -466,7 +468,7 @@ impl Publisher {
             |source| RoutesError::DialOut {
                 certificate,
                 issuer,
-                source,
+                source: Box::new(source),
             },
         )?;
         runtime
