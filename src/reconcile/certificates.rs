@@ -515,7 +515,9 @@ impl Certificates {
                         };
                         read(cert_file).and_then(|chain| read(key_file).map(|k| (chain, k)))
                     } else if let (Some(secret), Some(secrets)) = (&ca.secret_name, &self.secrets) {
-                        secrets.read_key_pair(&key.namespace, secret)
+                        secrets
+                            .read_key_pair(&key.namespace, secret)
+                            .map_err(|e| crate::error_chain(&e))
                     } else {
                         return not_ready(
                             Reason::SecretsNeedKubernetes,
@@ -1429,7 +1431,7 @@ impl Certificates {
             owner_uid: certificate.metadata.uid.clone(),
             data,
         };
-        secrets.write(&secret)
+        secrets.write(&secret).map_err(|e| crate::error_chain(&e))
     }
 
     /// Where a certificate's files go.

@@ -15,16 +15,80 @@ use sha2::{Digest, Sha256};
 
 use crate::desired::DesiredState;
 use crate::protocol::ocs::{self, Info};
+use crate::reconcile::fetch::FetchError;
 use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::meta::Os;
 use crate::resources::{Kind, ObjectKey, Package, PackageStatus, Resource};
 use crate::store::atomic::{self, Access};
-use crate::store::fragments::{FragmentStore, Manifest};
+use crate::store::fragments::{FragmentError, FragmentStore, Manifest};
 
 /// The range of package ids: ten digits, and within a signed 32-bit integer, which is what
 /// the OCS agents' history and the reference server's tables hold.
 const ID_FLOOR: u64 = 1_000_000_000;
 const ID_SPAN: u64 = 1_147_483_647;
+
+/// Why a package could not be built. Each message names the file, directory or package
+/// id; the I/O, archive or store error underneath is the source, so a status message
+/// ([`crate::error_chain`]) shows every cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("failed to read content directory {path}")]
+    ContentDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("content directory {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} is a symbolic link: package content must be plain files")]
+    Symlink { path: PathBuf },
+    #[error("failed to read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to copy {from} to {to}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write the archive {path}")]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write the archive {path}")]
+    Zip {
+        path: PathBuf,
+        #[source]
+        source: zip::result::ZipError,
+    },
+    #[error("failed to store package {id}")]
+    Store {
+        id: String,
+        #[source]
+        source: FragmentError,
+    },
+    #[error("failed to record what was built")]
+    Record {
+        #[source]
+        source: atomic::WriteError,
+    },
+    #[error("failed to write the info file of package {id}: the Package has no action")]
+    NoAction { id: String },
+}
 
 /// Packages between passes.
 pub struct Packages {
@@ -79,7 +143,7 @@ impl Packages {
                     if matches!(resource, Resource::Package(_)) {
                         outcomes.insert(
                             key.clone(),
-                            failed(Reason::StoreUnavailable, error.to_string()),
+                            failed(Reason::StoreUnavailable, crate::error_chain(&error)),
                         );
                     }
                 }
@@ -93,7 +157,7 @@ impl Packages {
             };
             let outcome = match self.package(key, package, desired, &store, &mut ids) {
                 Ok(outcome) => outcome,
-                Err(message) => failed(Reason::BuildFailed, message),
+                Err(error) => failed(Reason::BuildFailed, crate::error_chain(&error)),
             };
             // A build that fails (content briefly unreadable during a checkout, a full disk)
             // must not prune the version agents may be downloading: keep the last one built.
@@ -111,9 +175,11 @@ impl Packages {
                         Ok(()) => {
                             tracing::info!(package = %id, "removed a package no longer declared")
                         }
-                        Err(error) => {
-                            tracing::warn!(package = %id, %error, "failed to remove a package")
-                        }
+                        Err(error) => tracing::warn!(
+                            package = %id,
+                            error = %crate::error_chain(&error),
+                            "failed to remove a package"
+                        ),
                     }
                 }
             }
@@ -128,7 +194,7 @@ impl Packages {
         desired: &DesiredState,
         store: &FragmentStore,
         ids: &mut BTreeMap<String, ObjectKey>,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, BuildError> {
         let spec = &package.spec;
         let base = super::declaring_dir(&self.config_dir, desired, key);
         let content = spec.content.as_ref();
@@ -180,9 +246,11 @@ impl Packages {
             _ => match &source {
                 Some(source) => {
                     let path = self.build_archive(key, source, spec.os)?;
-                    let sha = hex::encode(Sha256::digest(
-                        std::fs::read(&path).map_err(|e| e.to_string())?,
-                    ));
+                    let bytes = std::fs::read(&path).map_err(|source| BuildError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let sha = hex::encode(Sha256::digest(bytes));
                     if let Some(expected) = content.and_then(|c| c.sha256.as_ref())
                         && !expected.eq_ignore_ascii_case(&sha)
                     {
@@ -214,12 +282,14 @@ impl Packages {
         };
         ids.insert(id.clone(), key.clone());
 
-        let manifest = match store.manifest(&id).map_err(|e| e.to_string())? {
+        let stored = |source| BuildError::Store {
+            id: id.clone(),
+            source,
+        };
+        let manifest = match store.manifest(&id).map_err(stored)? {
             Some(manifest) => {
                 let info = info_file(&id, package, proto(desired, key), Some(&manifest))?;
-                store
-                    .rewrite_info(&id, info.as_bytes())
-                    .map_err(|e| e.to_string())?;
+                store.rewrite_info(&id, info.as_bytes()).map_err(stored)?;
                 manifest
             }
             None => {
@@ -240,11 +310,9 @@ impl Packages {
                         draft.as_bytes(),
                         &mut terminal_progress(&format!("building {key}")),
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(stored)?;
                 let info = info_file(&id, package, proto(desired, key), Some(&manifest))?;
-                store
-                    .rewrite_info(&id, info.as_bytes())
-                    .map_err(|e| e.to_string())?;
+                store.rewrite_info(&id, info.as_bytes()).map_err(stored)?;
                 if let Some(metrics) = &self.metrics {
                     metrics.built(started.elapsed(), manifest.size);
                 }
@@ -268,7 +336,8 @@ impl Packages {
             archive_sha256: manifest.sha256.clone(),
         };
         let body = serde_json::to_vec_pretty(&built).unwrap_or_default();
-        atomic::write_if_changed(&cache_path, &body, Access::Public).map_err(|e| e.to_string())?;
+        atomic::write_if_changed(&cache_path, &body, Access::Public)
+            .map_err(|source| BuildError::Record { source })?;
 
         let digests = !manifest.md5.is_empty();
         let details = outcome::details(&PackageStatus {
@@ -300,10 +369,17 @@ impl Packages {
     }
 
     /// Writes the package's archive to a temporary file under the state directory.
-    fn build_archive(&self, key: &ObjectKey, source: &Source, os: Os) -> Result<PathBuf, String> {
+    fn build_archive(
+        &self,
+        key: &ObjectKey,
+        source: &Source,
+        os: Os,
+    ) -> Result<PathBuf, BuildError> {
         let dir = self.state_dir.join("build");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| BuildError::Create {
+            path: dir.clone(),
+            source,
+        })?;
         let target = dir.join(format!(
             "{}-{}.{}",
             key.namespace,
@@ -312,8 +388,11 @@ impl Packages {
         ));
         match source {
             Source::Archive(path) => {
-                std::fs::copy(path, &target)
-                    .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+                std::fs::copy(path, &target).map_err(|source| BuildError::Copy {
+                    from: path.clone(),
+                    to: target.clone(),
+                    source,
+                })?;
             }
             Source::Url { url, sha256 } => {
                 let cached = super::fetch::fetch(
@@ -324,18 +403,23 @@ impl Packages {
                 )?;
                 let _ = std::fs::remove_file(&target);
                 if std::fs::hard_link(&cached, &target).is_err() {
-                    std::fs::copy(&cached, &target)
-                        .map_err(|e| format!("failed to copy {}: {e}", cached.display()))?;
+                    std::fs::copy(&cached, &target).map_err(|source| BuildError::Copy {
+                        from: cached.clone(),
+                        to: target.clone(),
+                        source,
+                    })?;
                 }
             }
             Source::Directory(path) => {
                 let entries = walk(path)?;
-                let file = std::fs::File::create(&target)
-                    .map_err(|e| format!("failed to create {}: {e}", target.display()))?;
+                let file = std::fs::File::create(&target).map_err(|source| BuildError::Create {
+                    path: target.clone(),
+                    source,
+                })?;
                 if os == Os::Windows {
-                    write_zip(file, &entries)?;
+                    write_zip(file, &entries, &target)?;
                 } else {
-                    write_tar_gz(file, &entries)?;
+                    write_tar_gz(file, &entries, &target)?;
                 }
             }
         }
@@ -394,7 +478,7 @@ pub fn terminal_progress(what: &str) -> impl FnMut(u64, Option<u64>) + use<> {
 impl Source {
     /// A digest of what the content is made of, cheap to compute: paths, sizes, times and
     /// modes of every file (an archive: its own).
-    fn fingerprint(&self) -> Result<String, String> {
+    fn fingerprint(&self) -> Result<String, BuildError> {
         let mut digest = Sha256::new();
         match self {
             Source::Url { url, sha256 } => {
@@ -402,8 +486,10 @@ impl Source {
                 digest.update(format!("{url}\n{}", sha256.to_ascii_lowercase()));
             }
             Source::Archive(path) => {
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+                let meta = std::fs::metadata(path).map_err(|source| BuildError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 digest.update(format!(
                     "{}:{}:{:?}",
                     path.display(),
@@ -413,7 +499,11 @@ impl Source {
             }
             Source::Directory(path) => {
                 for entry in walk(path)? {
-                    let meta = std::fs::metadata(&entry.path).map_err(|e| e.to_string())?;
+                    let meta =
+                        std::fs::metadata(&entry.path).map_err(|source| BuildError::Read {
+                            path: entry.path.clone(),
+                            source,
+                        })?;
                     digest.update(format!(
                         "{}:{}:{:?}:{}\n",
                         entry.name,
@@ -440,24 +530,27 @@ struct Entry {
 
 /// Every entry below `root`, sorted by name; symlinks are refused (they could point
 /// anywhere on the build machine).
-fn walk(root: &Path) -> Result<Vec<Entry>, String> {
+fn walk(root: &Path) -> Result<Vec<Entry>, BuildError> {
     let mut out = Vec::new();
-    let meta = std::fs::metadata(root)
-        .map_err(|e| format!("content directory {}: {e}", root.display()))?;
+    let meta = std::fs::metadata(root).map_err(|source| BuildError::ContentDirectory {
+        path: root.to_owned(),
+        source,
+    })?;
     if !meta.is_dir() {
-        return Err(format!(
-            "content directory {} is not a directory",
-            root.display()
-        ));
+        return Err(BuildError::NotADirectory {
+            path: root.to_owned(),
+        });
     }
     walk_into(root, "", &mut out)?;
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
-fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("failed to read {}: {e}", dir.display()))?;
+fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), BuildError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| BuildError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -466,12 +559,12 @@ fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), Strin
         } else {
             format!("{prefix}/{name}")
         };
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| BuildError::Read {
+            path: path.clone(),
+            source,
+        })?;
         if meta.file_type().is_symlink() {
-            return Err(format!(
-                "{} is a symbolic link: package content must be plain files",
-                path.display()
-            ));
+            return Err(BuildError::Symlink { path });
         }
         let executable = {
             #[cfg(unix)]
@@ -504,7 +597,12 @@ fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), Strin
     Ok(())
 }
 
-fn write_tar_gz(file: std::fs::File, entries: &[Entry]) -> Result<(), String> {
+/// Writes `entries` as a deterministic tar.gz into `file`, the archive at `target`.
+fn write_tar_gz(file: std::fs::File, entries: &[Entry], target: &Path) -> Result<(), BuildError> {
+    let failed = |source| BuildError::Archive {
+        path: target.to_owned(),
+        source,
+    };
     // No name and time zero in the gzip header, so the bytes depend on content alone.
     let gzip = flate2::GzBuilder::new()
         .mtime(0)
@@ -521,22 +619,26 @@ fn write_tar_gz(file: std::fs::File, entries: &[Entry]) -> Result<(), String> {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
             tar.append_data(&mut header, format!("{}/", entry.name), std::io::empty())
-                .map_err(|e| e.to_string())?;
+                .map_err(failed)?;
         } else {
-            let data = std::fs::read(&entry.path)
-                .map_err(|e| format!("failed to read {}: {e}", entry.path.display()))?;
+            let data = read_entry(entry)?;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(data.len() as u64);
             tar.append_data(&mut header, &entry.name, data.as_slice())
-                .map_err(|e| e.to_string())?;
+                .map_err(failed)?;
         }
     }
-    let gzip = tar.into_inner().map_err(|e| e.to_string())?;
-    let mut file = gzip.finish().map_err(|e| e.to_string())?;
-    file.flush().map_err(|e| e.to_string())
+    let gzip = tar.into_inner().map_err(failed)?;
+    let mut file = gzip.finish().map_err(failed)?;
+    file.flush().map_err(failed)
 }
 
-fn write_zip(file: std::fs::File, entries: &[Entry]) -> Result<(), String> {
+/// Writes `entries` as a deterministic zip into `file`, the archive at `target`.
+fn write_zip(file: std::fs::File, entries: &[Entry], target: &Path) -> Result<(), BuildError> {
+    let failed = |source| BuildError::Zip {
+        path: target.to_owned(),
+        source,
+    };
     let mut zip = zip::ZipWriter::new(file);
     for entry in entries {
         // The zip epoch (1980-01-01), the same for every entry.
@@ -546,17 +648,27 @@ fn write_zip(file: std::fs::File, entries: &[Entry]) -> Result<(), String> {
             .unix_permissions(entry.mode);
         if entry.directory {
             zip.add_directory(format!("{}/", entry.name), options)
-                .map_err(|e| e.to_string())?;
+                .map_err(failed)?;
         } else {
-            let data = std::fs::read(&entry.path)
-                .map_err(|e| format!("failed to read {}: {e}", entry.path.display()))?;
+            let data = read_entry(entry)?;
             zip.start_file(entry.name.clone(), options)
-                .map_err(|e| e.to_string())?;
-            zip.write_all(&data).map_err(|e| e.to_string())?;
+                .map_err(failed)?;
+            zip.write_all(&data).map_err(|source| BuildError::Archive {
+                path: target.to_owned(),
+                source,
+            })?;
         }
     }
-    zip.finish().map_err(|e| e.to_string())?;
+    zip.finish().map_err(failed)?;
     Ok(())
+}
+
+/// The bytes of a content file.
+fn read_entry(entry: &Entry) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(&entry.path).map_err(|source| BuildError::Read {
+        path: entry.path.clone(),
+        source,
+    })
 }
 
 /// A ten-digit id from the spec and the archive digest; `attempt` moves off a collision.
@@ -596,7 +708,7 @@ fn info_file(
     package: &Package,
     proto: ocs::Proto,
     manifest: Option<&Manifest>,
-) -> Result<String, String> {
+) -> Result<String, BuildError> {
     let spec = &package.spec;
     let action = &spec.action;
     let action = if let Some(launch) = &action.launch {
@@ -612,7 +724,7 @@ fn info_file(
             path: store.path.clone(),
         }
     } else {
-        return Err("no action".into());
+        return Err(BuildError::NoAction { id: id.to_owned() });
     };
     Ok(Info {
         id: id.to_owned(),
@@ -662,5 +774,38 @@ mod tests {
         assert_eq!(package_id("a", "b", 0), package_id("a", "b", 0));
         assert_ne!(package_id("a", "b", 0), package_id("a", "b", 1));
         assert_ne!(package_id("a", "b", 0), package_id("a", "c", 0));
+    }
+
+    #[test]
+    fn a_missing_content_directory_is_named_with_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("payload");
+        let error = walk(&missing).err().unwrap();
+        let chain = crate::error_chain(&error);
+        assert!(
+            chain.starts_with(&format!(
+                "failed to read content directory {}: ",
+                missing.display()
+            )),
+            "{chain}"
+        );
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert_eq!(chain.matches(&source).count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn a_symbolic_link_in_the_content_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real"), b"x").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+            let error = walk(dir.path()).err().unwrap();
+            assert!(matches!(error, BuildError::Symlink { .. }), "{error:?}");
+            assert!(
+                crate::error_chain(&error).contains("link is a symbolic link"),
+                "{error}"
+            );
+        }
     }
 }

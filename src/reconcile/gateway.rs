@@ -12,12 +12,43 @@ use tokio::sync::watch;
 
 use crate::desired::DesiredState;
 use crate::gateway::{Config, Mode};
+use crate::pki::PkiError;
 use crate::pki::tls::{self, ClientAuth};
 use crate::reconcile::certificates::{Certificates, Trust};
 use crate::reconcile::health::{Backend, backend_state, gateway_outcome};
 use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::gateway::{GatewayMode, GatewaySpec};
 use crate::resources::{GatewayStatus, Kind, ObjectKey, Resource};
+
+/// Why a Gateway's TLS settings cannot be built from its certificates and issuers. The PKI
+/// error is the source; the status message is the whole chain ([`crate::error_chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("failed to load {certificate} as the edge certificate")]
+    Certificate {
+        certificate: ObjectKey,
+        #[source]
+        source: PkiError,
+    },
+    #[error("failed to set up TLS to the backend with {certificate} and {issuer}")]
+    BackendTls {
+        certificate: ObjectKey,
+        issuer: ObjectKey,
+        #[source]
+        source: PkiError,
+    },
+    #[error("{field}: failed to build a certificate verifier from the issuers")]
+    Verifier {
+        field: &'static str,
+        #[source]
+        source: PkiError,
+    },
+}
+
+/// A Gateway not ready because of `error`, its message the whole chain of causes.
+fn unusable(reason: Reason, error: &GatewayError) -> Outcome {
+    Outcome::not_ready(reason, crate::error_chain(error))
+}
 
 /// The channels reconcile publishes on and `tessera gateway` reads.
 pub struct GatewayRuntime {
@@ -136,9 +167,13 @@ impl GatewayPublisher {
                 self.backend = Some((input.clone(), tls.clone()));
                 Ok(tls)
             }
-            Err(error) => Err(Box::new(Outcome::not_ready(
+            Err(source) => Err(Box::new(unusable(
                 Reason::CertificateUnusable,
-                format!("{certificate} or {issuer}: {error}"),
+                &GatewayError::BackendTls {
+                    certificate,
+                    issuer,
+                    source,
+                },
             ))),
         }
     }
@@ -188,27 +223,33 @@ impl GatewayPublisher {
         }
         if config.mode != Mode::Passthrough {
             let issuers = keys(key, &spec.trusted_client_issuers);
-            if let Err(message) = publish_trust(
+            if let Err(source) = publish_trust(
                 &mut self.trust,
                 &runtime.verifier,
                 certificates.trust(&issuers),
             ) {
-                return Outcome::not_ready(
+                return unusable(
                     Reason::ClientAuthUnusable,
-                    format!("spec.trustedClientIssuers: {message}"),
+                    &GatewayError::Verifier {
+                        field: "spec.trustedClientIssuers",
+                        source,
+                    },
                 );
             }
         }
         if let Some(dial_out) = &spec.dial_out {
             let issuers = keys(key, &dial_out.trusted_server_issuers);
-            if let Err(message) = publish_trust(
+            if let Err(source) = publish_trust(
                 &mut self.inside_trust,
                 &runtime.inside_verifier,
                 certificates.trust(&issuers),
             ) {
-                return Outcome::not_ready(
+                return unusable(
                     Reason::ClientAuthUnusable,
-                    format!("spec.dialOut.trustedServerIssuers: {message}"),
+                    &GatewayError::Verifier {
+                        field: "spec.dialOut.trustedServerIssuers",
+                        source,
+                    },
                 );
             }
             status.dial_out_connections =
@@ -277,10 +318,13 @@ impl GatewayPublisher {
                     tracing::info!(certificate = %certificate, "presenting certificate");
                     self.certificate_pem = Some((chain.clone(), private));
                 }
-                Err(error) => {
-                    return Err(Box::new(Outcome::not_ready(
+                Err(source) => {
+                    return Err(Box::new(unusable(
                         Reason::CertificateUnusable,
-                        format!("{certificate}: {error}"),
+                        &GatewayError::Certificate {
+                            certificate,
+                            source,
+                        },
                     )));
                 }
             }
@@ -305,13 +349,11 @@ fn publish_trust(
     published: &mut Option<Trust>,
     channel: &watch::Sender<Arc<dyn ClientCertVerifier>>,
     trust: Trust,
-) -> Result<(), String> {
+) -> Result<(), PkiError> {
     if published.as_ref() == Some(&trust) {
         return Ok(());
     }
-    let verifier = trust
-        .verifier(ClientAuth::Required)
-        .map_err(|e| e.to_string())?;
+    let verifier = trust.verifier(ClientAuth::Required)?;
     channel.send_replace(verifier);
     tracing::info!(
         cas = trust.cas.len(),

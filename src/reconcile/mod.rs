@@ -104,8 +104,8 @@ impl std::fmt::Debug for Clock {
 /// reported (condition, metric, one log line per episode) and retried.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("a reconcile pass panicked: {0}")]
-    Panicked(String),
+    #[error("failed to finish a reconcile pass")]
+    Panicked(#[source] tokio::task::JoinError),
 }
 
 /// While status files cannot be written, passes run at least this often to retry (a freed
@@ -150,7 +150,7 @@ pub async fn run(
             (reconciler, pass)
         })
         .await
-        .map_err(|e| ReconcileError::Panicked(e.to_string()))?;
+        .map_err(ReconcileError::Panicked)?;
         reconciler = returned;
         let pass = pass?;
         reports.send_replace(pass.report);

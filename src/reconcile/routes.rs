@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::desired::DesiredState;
 use crate::leader::Leadership;
+use crate::pki::PkiError;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
 use crate::reconcile::certificates::{Certificates, Trust};
@@ -31,6 +32,56 @@ use crate::server::agent::{
 use crate::server::deployments::{self, Assignment, OsFamily, Selector};
 use crate::store::db::Database;
 use crate::store::db::{Computer, Deployment, State};
+
+/// Why a Server's or an Affectation's spec cannot be turned into routes and listeners. The
+/// cause is the source; the status message is the whole chain ([`crate::error_chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error("spec.listen.{field}: failed to parse {text:?} as an address:port")]
+    Listen {
+        field: &'static str,
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("spec.trustedProxies[{index}]: failed to parse {text:?} as an IP address")]
+    TrustedProxy {
+        index: usize,
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("failed to load {certificate} as the serving certificate")]
+    Certificate {
+        certificate: ObjectKey,
+        #[source]
+        source: PkiError,
+    },
+    #[error("spec.trustedGateways: failed to build the verifier of forwarded agent certificates")]
+    ForwardedVerifier {
+        #[source]
+        source: PkiError,
+    },
+    #[error("spec.clientAuth: failed to build the client certificate verifier")]
+    ClientVerifier {
+        #[source]
+        source: PkiError,
+    },
+    #[error("spec.dialOut: failed to set up TLS to the gateway with {certificate} and {issuer}")]
+    DialOut {
+        certificate: ObjectKey,
+        issuer: ObjectKey,
+        // Boxed: two keys and the error inline would make every `Result` of this module
+        // carry 152 bytes.
+        #[source]
+        source: Box<PkiError>,
+    },
+    #[error("spec.targets: failed to select computers")]
+    Targets {
+        #[source]
+        source: deployments::SelectorError,
+    },
+}
 
 /// The channels reconcile publishes on and the runtime reads, and the database both use.
 pub struct Runtime {
@@ -237,8 +288,9 @@ impl Publisher {
                 targets.os.iter().map(|os| family(*os)).collect(),
             ) {
                 Ok(selector) => selector,
-                Err(message) => {
-                    outcomes.insert(key.clone(), failed(Reason::InvalidSpec, message));
+                Err(source) => {
+                    let error = RoutesError::Targets { source };
+                    outcomes.insert(key.clone(), invalid(Reason::InvalidSpec, &error));
                     continue;
                 }
             };
@@ -388,7 +440,7 @@ impl Publisher {
         key: &ObjectKey,
         spec: &ServerSpec,
         certificates: &Certificates,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoutesError> {
         let Some(dial_out) = &spec.dial_out else {
             if self.dial_out_input.take().is_some() {
                 runtime.dial_out.send_replace(None);
@@ -412,8 +464,13 @@ impl Publisher {
         if self.dial_out_input.as_ref() == Some(&input) {
             return Ok(());
         }
-        let tls = tls::client_config(&input.4.join("\n"), Some((&input.2, &input.3)))
-            .map_err(|e| format!("spec.dialOut: {certificate} or {issuer}: {e}"))?;
+        let tls = tls::client_config(&input.4.join("\n"), Some((&input.2, &input.3))).map_err(
+            |source| RoutesError::DialOut {
+                certificate,
+                issuer,
+                source: Box::new(source),
+            },
+        )?;
         runtime
             .dial_out
             .send_replace(Some(Arc::new(crate::server::dial_out::Settings {
@@ -434,9 +491,13 @@ impl Publisher {
         spec: &ServerSpec,
         certificates: &Certificates,
     ) -> (Outcome, Listen) {
-        let parse = |field: &str, text: &str| {
+        let parse = |field: &'static str, text: &str| {
             text.parse::<SocketAddr>()
-                .map_err(|e| format!("spec.listen.{field}: {text:?} is not an address:port ({e})"))
+                .map_err(|source| RoutesError::Listen {
+                    field,
+                    text: text.to_owned(),
+                    source,
+                })
         };
         let listen = match (
             parse("https", &spec.listen.https),
@@ -451,22 +512,21 @@ impl Publisher {
                 http,
                 trusted_proxies: Vec::new(),
             },
-            (Err(message), _) | (_, Err(message)) => {
-                return (failed(Reason::InvalidSpec, message), Listen::default());
+            (Err(error), _) | (_, Err(error)) => {
+                return (invalid(Reason::InvalidSpec, &error), Listen::default());
             }
         };
         let mut listen = listen;
         for (i, text) in spec.trusted_proxies.iter().enumerate() {
             match text.parse::<std::net::IpAddr>() {
                 Ok(ip) => listen.trusted_proxies.push(ip),
-                Err(_) => {
-                    return (
-                        failed(
-                            Reason::InvalidSpec,
-                            format!("spec.trustedProxies[{i}]: {text:?} is not an IP address"),
-                        ),
-                        Listen::default(),
-                    );
+                Err(source) => {
+                    let error = RoutesError::TrustedProxy {
+                        index: i,
+                        text: text.clone(),
+                        source,
+                    };
+                    return (invalid(Reason::InvalidSpec, &error), Listen::default());
                 }
             }
         }
@@ -496,14 +556,12 @@ impl Publisher {
                     self.certificate_pem = Some((chain, private));
                     tracing::info!(certificate = %certificate_key, serial = serial.as_deref().unwrap_or("?"), "serving certificate");
                 }
-                Err(error) => {
-                    return (
-                        failed(
-                            Reason::CertificateUnusable,
-                            format!("{certificate_key}: {error}"),
-                        ),
-                        listen,
-                    );
+                Err(source) => {
+                    let error = RoutesError::Certificate {
+                        certificate: certificate_key,
+                        source,
+                    };
+                    return (invalid(Reason::CertificateUnusable, &error), listen);
                 }
             }
         }
@@ -566,16 +624,9 @@ impl Publisher {
                             verifier,
                         }));
                     }
-                    Err(error) => {
-                        return (
-                            failed(
-                                Reason::ClientAuthUnusable,
-                                format!(
-                                    "spec.trustedGateways: agent certificates cannot be checked: {error}"
-                                ),
-                            ),
-                            listen,
-                        );
+                    Err(source) => {
+                        let error = RoutesError::ForwardedVerifier { source };
+                        return (invalid(Reason::ClientAuthUnusable, &error), listen);
                     }
                 }
             }
@@ -588,20 +639,15 @@ impl Publisher {
                     runtime.verifier.send_replace(verifier);
                     self.verifier_input = Some(input);
                 }
-                Err(error) => {
-                    return (
-                        failed(
-                            Reason::ClientAuthUnusable,
-                            format!("spec.clientAuth: {error}"),
-                        ),
-                        listen,
-                    );
+                Err(source) => {
+                    let error = RoutesError::ClientVerifier { source };
+                    return (invalid(Reason::ClientAuthUnusable, &error), listen);
                 }
             }
         }
 
-        if let Err(message) = self.dial_out(runtime, desired, key, spec, certificates) {
-            return (failed(Reason::DialOutUnusable, message), listen);
+        if let Err(error) = self.dial_out(runtime, desired, key, spec, certificates) {
+            return (invalid(Reason::DialOutUnusable, &error), listen);
         }
 
         let bound = runtime.bound.borrow().clone();
@@ -739,4 +785,9 @@ fn waiting(message: String) -> Outcome {
 
 fn failed(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
+}
+
+/// Not ready because of `error`, its message the whole chain of causes.
+fn invalid(reason: Reason, error: &RoutesError) -> Outcome {
+    failed(reason, crate::error_chain(error))
 }

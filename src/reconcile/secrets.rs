@@ -10,10 +10,40 @@ use std::fmt;
 /// Reads CA key pairs from Secrets and writes Certificates into them.
 pub trait Secrets: Send + Sync + fmt::Debug {
     /// The (`tls.crt`, `tls.key`) PEM of a `kubernetes.io/tls` Secret, or why not.
-    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), String>;
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), SecretsError>;
 
     /// Writes `secret`; a no-op when the same content was already written.
-    fn write(&self, secret: &TlsSecret) -> Result<(), String>;
+    fn write(&self, secret: &TlsSecret) -> Result<(), SecretsError>;
+}
+
+/// What an implementation of [`Secrets`] reports. The cause (a Kubernetes API error, an
+/// I/O error) is chained as the source, so it is printed once, after the Secret's name.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("failed to read Secret {namespace}/{name}")]
+    Read {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("Secret {namespace}/{name} does not exist")]
+    NotFound { namespace: String, name: String },
+    #[error(
+        "Secret {namespace}/{name} has no {key} (a kubernetes.io/tls Secret has tls.crt and tls.key)"
+    )]
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("failed to write Secret {namespace}/{name}")]
+    Write {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A `kubernetes.io/tls` Secret holding a Certificate's material.
@@ -39,3 +69,21 @@ pub const SECRET_FILES: [&str; 6] = [
     "keystore.jks",
     "truststore.jks",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_read_names_the_secret_then_gives_the_cause_once() {
+        let error = SecretsError::Read {
+            namespace: "fleet".into(),
+            name: "root".into(),
+            source: Box::new(std::io::Error::other("connection refused")),
+        };
+        assert_eq!(
+            crate::error_chain(&error),
+            "failed to read Secret fleet/root: connection refused"
+        );
+    }
+}

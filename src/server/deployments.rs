@@ -52,6 +52,22 @@ impl OsFamily {
     }
 }
 
+/// Why an Affectation's targets do not make a [`Selector`].
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error("failed to compile name glob {pattern:?}")]
+    Glob {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("failed to compile the name globs")]
+    GlobSet {
+        #[source]
+        source: globset::Error,
+    },
+}
+
 /// Which computers an Affectation selects.
 #[derive(Clone, Debug, Default)]
 pub struct Selector {
@@ -77,7 +93,7 @@ impl Selector {
         name_globs: &[String],
         tags: &[String],
         os: Vec<OsFamily>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SelectorError> {
         let globs = if name_globs.is_empty() {
             None
         } else {
@@ -87,10 +103,17 @@ impl Selector {
                     .case_insensitive(true)
                     .literal_separator(false)
                     .build()
-                    .map_err(|e| format!("name glob {pattern:?}: {e}"))?;
+                    .map_err(|source| SelectorError::Glob {
+                        pattern: pattern.clone(),
+                        source,
+                    })?;
                 builder.add(glob);
             }
-            Some(builder.build().map_err(|e| e.to_string())?)
+            Some(
+                builder
+                    .build()
+                    .map_err(|source| SelectorError::GlobSet { source })?,
+            )
         };
         Ok(Self {
             all,
@@ -671,5 +694,18 @@ mod tests {
             (lab.targets, lab.waiting, lab.notified, lab.stale),
             (3, 1, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_bad_name_glob_is_named_and_its_cause_given_once() {
+        let error = Selector::new(false, &[], &["lab-[".into()], &[], vec![]).unwrap_err();
+        assert!(matches!(error, SelectorError::Glob { .. }), "{error:?}");
+        let chain = crate::error_chain(&error);
+        assert!(
+            chain.starts_with("failed to compile name glob \"lab-[\": "),
+            "{chain}"
+        );
+        let cause = std::error::Error::source(&error).unwrap().to_string();
+        assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
     }
 }

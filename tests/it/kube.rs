@@ -14,7 +14,7 @@ use kube::client::Body;
 use serde_json::{Map, Value, json};
 use tessera::desired::{self, Served};
 use tessera::reconcile::certificates::Environment;
-use tessera::reconcile::secrets::{Secrets, TlsSecret};
+use tessera::reconcile::secrets::{Secrets, SecretsError, TlsSecret};
 use tessera::reconcile::{Config, Reconciler};
 use tessera::resources::{Kind, ObjectKey, Snapshot};
 use tessera::sources::kube::{self as source, KubeSource, ObjectStatus, Owner, StatusWriter};
@@ -414,16 +414,19 @@ struct MemorySecrets {
 }
 
 impl Secrets for MemorySecrets {
-    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), String> {
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), SecretsError> {
         let stored = self.stored.lock().unwrap();
         let secret = stored
             .get(&(namespace.to_owned(), name.to_owned()))
-            .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
+            .ok_or_else(|| SecretsError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
         let text = |key: &str| String::from_utf8(secret.data[key].clone()).unwrap();
         Ok((text("tls.crt"), text("tls.key")))
     }
 
-    fn write(&self, secret: &TlsSecret) -> Result<(), String> {
+    fn write(&self, secret: &TlsSecret) -> Result<(), SecretsError> {
         self.stored.lock().unwrap().insert(
             (secret.namespace.clone(), secret.name.clone()),
             secret.clone(),
