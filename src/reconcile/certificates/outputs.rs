@@ -1,0 +1,211 @@
+//! Outputs beside the PEM files: PKCS#12 and JKS keystores with their passwords, the
+//! Kubernetes Secret of a ready Certificate, and pruning the files of removed Certificates.
+
+use super::*;
+
+impl Certificates {
+    /// Writes the keystores a Certificate asks for when they are missing, do not open with
+    /// the current password, or do not hold the current certificate. A failure makes the
+    /// Certificate not Ready: its PEM files are there, but not everything it asks for.
+    pub(super) fn with_keystores(
+        &self,
+        mut outcome: Outcome,
+        key: &ObjectKey,
+        certificate: &Certificate,
+        desired: &DesiredState,
+        dir: &Path,
+        now: jiff::Timestamp,
+    ) -> Outcome {
+        let Some(keystores) = &certificate.spec.keystores else {
+            return outcome;
+        };
+        let base = crate::reconcile::declaring_dir(&self.config_dir, desired, key);
+        match write_keystores(keystores, dir, &base, &self.environment, now) {
+            Ok(written) => {
+                if !written.is_empty() {
+                    tracing::info!(certificate = %key, keystores = %written.join(", "), "wrote keystores");
+                }
+            }
+            Err(message) => {
+                outcome.ready = false;
+                outcome.reason = Reason::KeystoreFailed;
+                outcome.message = message;
+            }
+        }
+        outcome
+    }
+
+    /// Copies a ready certificate's files into its Secret (`secretName`, default the
+    /// certificate's name).
+    pub(super) fn write_secret(
+        &self,
+        secrets: &dyn Secrets,
+        key: &ObjectKey,
+        certificate: &Certificate,
+        desired: &DesiredState,
+    ) -> Result<(), String> {
+        let dir = self.output_dir(key, desired);
+        let mut data = BTreeMap::new();
+        for name in SECRET_FILES {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => {
+                    data.insert(name.to_owned(), bytes);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("failed to read {}: {e}", dir.join(name).display())),
+            }
+        }
+        let secret = TlsSecret {
+            namespace: key.namespace.clone(),
+            name: certificate
+                .spec
+                .secret_name
+                .clone()
+                .unwrap_or_else(|| key.name.clone()),
+            owner: key.name.clone(),
+            owner_uid: certificate.metadata.uid.clone(),
+            data,
+        };
+        secrets.write(&secret)
+    }
+
+    /// Removes the files of Certificates no longer declared (they can be issued again);
+    /// CA keys of removed Issuers are kept on purpose (see the module notes).
+    pub(super) fn prune(&self, desired: &DesiredState) {
+        const FILES: [&str; 6] = [
+            "tls.crt",
+            "tls.key",
+            "ca.crt",
+            "keystore.p12",
+            "keystore.jks",
+            "truststore.jks",
+        ];
+        let root = self.state_dir.join("certificates");
+        let Ok(namespaces) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for namespace in namespaces.flatten() {
+            let Ok(names) = std::fs::read_dir(namespace.path()) else {
+                continue;
+            };
+            for name in names.flatten() {
+                let key = ObjectKey::new(
+                    Kind::Certificate,
+                    &namespace.file_name().to_string_lossy(),
+                    &name.file_name().to_string_lossy(),
+                );
+                if !desired.entries.contains_key(&key) {
+                    for file in FILES {
+                        let _ = std::fs::remove_file(name.path().join(file));
+                    }
+                    let _ = std::fs::remove_dir(name.path());
+                    let _ = std::fs::remove_file(self.revision_path(&key));
+                    tracing::info!(certificate = %key, "removed the files of a certificate no longer declared");
+                }
+            }
+        }
+    }
+}
+
+/// Brings the keystores in `dir` up to date; returns the files written.
+pub(super) fn write_keystores(
+    keystores: &Keystores,
+    dir: &Path,
+    base: &Path,
+    environment: &Environment,
+    now: jiff::Timestamp,
+) -> Result<Vec<&'static str>, String> {
+    let chain_pem = std::fs::read_to_string(dir.join("tls.crt"))
+        .map_err(|e| format!("failed to read tls.crt: {e}"))?;
+    let key_pem = std::fs::read_to_string(dir.join("tls.key"))
+        .map_err(|e| format!("failed to read tls.key: {e}"))?;
+    let root_pem = std::fs::read_to_string(dir.join("ca.crt"))
+        .map_err(|e| format!("failed to read ca.crt: {e}"))?;
+    let mut chain: Vec<Vec<u8>> = facts::pem_certificates(&chain_pem)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let root = facts::pem_certificates(&root_pem).map_err(|e| e.to_string())?[0].to_vec();
+    if !chain.contains(&root) {
+        chain.push(root.clone());
+    }
+    let key = authority::load_key(&key_pem)
+        .map_err(|e| e.to_string())?
+        .serialize_der();
+    let leaf = chain[0].clone();
+    let created = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    let mut written = Vec::new();
+    let write = |name: &str, bytes: &[u8], access| {
+        atomic::write(&dir.join(name), bytes, access).map_err(|e| e.to_string())
+    };
+
+    if let Some(source) = &keystores.pkcs12 {
+        let password = password(source, "spec.keystores.pkcs12", base, environment)?;
+        let current = std::fs::read(dir.join("keystore.p12")).unwrap_or_default();
+        if !keystore::pkcs12_holds(&current, &password, &leaf) {
+            let bytes = keystore::pkcs12(&key, &chain, &password).map_err(|e| e.to_string())?;
+            write("keystore.p12", &bytes, Access::OwnerOnly)?;
+            written.push("keystore.p12");
+        }
+    }
+    if let Some(jks) = &keystores.jks {
+        let password_ks = password(
+            &jks.keystore,
+            "spec.keystores.jks.keystore",
+            base,
+            environment,
+        )?;
+        let password_ts = match &jks.truststore {
+            Some(source) => password(source, "spec.keystores.jks.truststore", base, environment)?,
+            None => password_ks.clone(),
+        };
+        let current = std::fs::read(dir.join("keystore.jks")).unwrap_or_default();
+        if !keystore::jks_holds(&current, &password_ks, &leaf) {
+            let bytes = keystore::jks_keystore(
+                &key,
+                &chain,
+                &password_ks,
+                created,
+                crate::pki::random_bytes(),
+            );
+            write("keystore.jks", &bytes, Access::OwnerOnly)?;
+            written.push("keystore.jks");
+        }
+        let current = std::fs::read(dir.join("truststore.jks")).unwrap_or_default();
+        if !keystore::jks_holds(&current, &password_ts, &root) {
+            write(
+                "truststore.jks",
+                &keystore::jks_truststore(&root, &password_ts, created),
+                Access::Public,
+            )?;
+            written.push("truststore.jks");
+        }
+    }
+    Ok(written)
+}
+
+/// A keystore password from its file or environment variable, never from the YAML.
+pub(super) fn password(
+    source: &KeystorePassword,
+    field: &str,
+    base: &Path,
+    environment: &Environment,
+) -> Result<String, String> {
+    match (&source.password_file, &source.password_env) {
+        (Some(file), _) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "{field}.passwordFile: failed to read {}: {e}",
+                    path.display()
+                )
+            })?;
+            Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (None, Some(name)) => environment.get(name).ok_or_else(|| {
+            format!("{field}.passwordEnv: the environment variable {name} is not set")
+        }),
+        (None, None) => Err(format!("{field}: no password source")),
+    }
+}
