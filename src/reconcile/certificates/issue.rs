@@ -1,7 +1,23 @@
 //! Issuance: what a Certificate's spec asks for, the renewal decision, issuing and writing
 //! the PEM files, the revision record with its issuance cap, and backoff after failures.
 
-use super::*;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use crate::desired::DesiredState;
+use crate::pki::authority::{self, Authority, LeafRequest};
+use crate::pki::facts;
+use crate::pki::renewal::{self, Decision, Existing, RenewBefore, Wanted};
+use crate::pki::{Names, PkiError, Usage};
+use crate::reconcile::outcome::{Outcome, Reason};
+use crate::resources::certificate::KeyUsage;
+use crate::resources::issuer::{PrivateKeySpec, RotationPolicy};
+use crate::resources::{Certificate, Kind, ObjectKey, Resource};
+use crate::store::atomic::{self, Access};
+
+use super::{Certificates, key_type, not_ready, signed};
 
 /// Default lifetime of a certificate: 90 days, as cert-manager.
 pub(super) const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(2_160);

@@ -1,7 +1,19 @@
 //! Issuers: loading or making each Issuer's CA, trust-only issuers, and walking a CA
 //! rollover (overlap, re-issuing, complete) when [`crate::pki::rollover`] says one is due.
 
-use super::*;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Map, json};
+
+use crate::desired::DesiredState;
+use crate::pki::authority::Authority;
+use crate::pki::{KeyType, facts};
+use crate::reconcile::outcome::{Outcome, Reason};
+use crate::resources::{Issuer, Kind, ObjectKey, Resource};
+use crate::store::atomic::{self, Access};
+
+use super::{Certificates, key_type, not_ready, read_pair, signed};
 
 /// Default lifetime of a self-signed CA: 10 years.
 pub(super) const DEFAULT_CA_LIFETIME: jiff::SignedDuration =

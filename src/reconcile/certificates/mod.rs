@@ -13,24 +13,20 @@
 //!   `renewal::MAX_ISSUANCES_PER_INTERVAL` per `renewal::MIN_INTERVAL`, so no certificate is
 //!   issued in a loop, whatever the reason and across restarts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 use crate::desired::DesiredState;
-use crate::pki::authority::{self, Authority, LeafRequest};
-use crate::pki::renewal::{self, Decision, Existing, RenewBefore, Wanted};
-use crate::pki::{KeyType, Names, PkiError, Usage};
-use crate::pki::{facts, keystore};
-use crate::resources::certificate::{KeyUsage, KeystorePassword, Keystores};
-use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec, RotationPolicy};
-use crate::resources::{Certificate, Issuer, Kind, ObjectKey, Resource};
-use crate::store::atomic::{self, Access};
+use crate::pki::authority::Authority;
+use crate::pki::{KeyType, PkiError};
+use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec};
+use crate::resources::{Kind, ObjectKey, Resource};
 
 use super::outcome::{Outcome, Reason};
-use super::secrets::{SECRET_FILES, Secrets, TlsSecret};
+use super::secrets::Secrets;
 
 mod issue;
 mod issuers;

@@ -1,7 +1,18 @@
 //! Outputs beside the PEM files: PKCS#12 and JKS keystores with their passwords, the
 //! Kubernetes Secret of a ready Certificate, and pruning the files of removed Certificates.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::desired::DesiredState;
+use crate::pki::{authority, facts, keystore};
+use crate::reconcile::outcome::{Outcome, Reason};
+use crate::reconcile::secrets::{SECRET_FILES, Secrets, TlsSecret};
+use crate::resources::certificate::{KeystorePassword, Keystores};
+use crate::resources::{Certificate, Kind, ObjectKey};
+use crate::store::atomic::{self, Access};
+
+use super::{Certificates, Environment};
 
 impl Certificates {
     /// Writes the keystores a Certificate asks for when they are missing, do not open with

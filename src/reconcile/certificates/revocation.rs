@@ -1,8 +1,20 @@
 //! Revocation: `revoked: true` Certificates and `revokedSerials`, kept in `revoked.json`,
 //! and each issuer's CRL (`crl.pem`), refreshed after 2/3 of its validity.
 
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use crate::desired::DesiredState;
+use crate::pki::renewal::Existing;
+use crate::pki::{authority, facts};
+use crate::reconcile::outcome::{Outcome, Reason};
+use crate::resources::{ObjectKey, Resource};
+use crate::store::atomic::{self, Access};
+
+use super::{Certificates, not_ready, signed};
+
 use super::issue::{FIRST_BACKOFF, certificate_details};
-use super::*;
 
 /// Default validity of a CRL: a week, refreshed after 2/3 of it.
 pub(super) const DEFAULT_CRL_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_hours(168);
