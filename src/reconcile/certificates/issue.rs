@@ -10,14 +10,14 @@ use crate::desired::DesiredState;
 use crate::pki::authority::{self, Authority, LeafRequest};
 use crate::pki::facts;
 use crate::pki::renewal::{self, Decision, Existing, RenewBefore, Wanted};
-use crate::pki::{Names, PkiError, Usage};
+use crate::pki::{Names, Usage};
 use crate::reconcile::outcome::{Outcome, Reason};
 use crate::resources::certificate::KeyUsage;
 use crate::resources::issuer::{PrivateKeySpec, RotationPolicy};
 use crate::resources::{Certificate, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
-use super::{Certificates, key_type, not_ready, signed};
+use super::{Certificates, Error, key_type, not_ready, signed};
 
 /// Default lifetime of a certificate: 90 days, as cert-manager.
 pub(super) const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(2_160);
@@ -209,7 +209,7 @@ impl Certificates {
                     count,
                     at: now,
                     retry_at: now + backoff,
-                    message: format!("{reason}: {error}"),
+                    message: format!("{reason}: {}", crate::error_chain(&error)),
                     spec: spec_json,
                 };
                 tracing::warn!(certificate = %key, error = %failure.message, retry_in = ?backoff, "failed to issue a certificate");
@@ -230,7 +230,7 @@ impl Certificates {
         authority: &Authority,
         existing: &Existing,
         now: jiff::Timestamp,
-    ) -> Result<facts::CertFacts, PkiError> {
+    ) -> Result<facts::CertFacts, Error> {
         // rotationPolicy Never keeps a key that still matches the key settings.
         let keep_key = private_key.is_some_and(|k| k.rotation_policy == RotationPolicy::Never)
             && matches!(
@@ -255,8 +255,7 @@ impl Certificates {
         };
         let issued = authority.issue(&request, &key, now)?;
         let write = |name: &str, text: &str, access| {
-            atomic::write(&dir.join(name), text.as_bytes(), access)
-                .map_err(|e| PkiError::Certificate(e.to_string()))
+            atomic::write(&dir.join(name), text.as_bytes(), access).map_err(Error::from)
         };
         // The key first: a reader that sees the new certificate always finds its key.
         write("tls.key", &key.serialize_pem(), Access::OwnerOnly)?;

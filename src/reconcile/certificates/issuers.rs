@@ -13,7 +13,10 @@ use crate::reconcile::outcome::{Outcome, Reason};
 use crate::resources::{Issuer, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
-use super::{Certificates, key_type, not_ready, read_pair, signed};
+use crate::pki::rollover::{self, Decision, Offered};
+
+use super::outputs::read_ca_secret;
+use super::{Certificates, Error, key_type, not_ready, read_pair, read_text, signed};
 
 /// Default lifetime of a self-signed CA: 10 years.
 pub(super) const DEFAULT_CA_LIFETIME: jiff::SignedDuration =
@@ -67,15 +70,6 @@ pub(super) struct Rollover {
     next: Option<jiff::Timestamp>,
 }
 
-/// When a CA should start rolling over: when a third of its life remains, or twice the
-/// overlap if that is longer, so the overlap ends well before the old CA does.
-pub(super) fn rollover_start(
-    ca: &facts::CertFacts,
-    overlap: jiff::SignedDuration,
-) -> jiff::Timestamp {
-    ca.not_after - (ca.lifetime() / 3).max(overlap * 2)
-}
-
 impl Certificates {
     pub(super) fn issuer(
         &mut self,
@@ -126,7 +120,7 @@ impl Certificates {
                     match read_pair(&dir) {
                         Some((chain, key_pem, root)) => {
                             Authority::from_pem(&chain, &key_pem, root.as_deref())
-                                .map_err(|e| e.to_string())
+                                .map_err(Error::from)
                         }
                         None => {
                             return not_ready(
@@ -144,14 +138,10 @@ impl Certificates {
                         (&ca.cert_file, &ca.key_file)
                     {
                         let base = crate::reconcile::declaring_dir(&self.config_dir, desired, key);
-                        let read = |name: &str| {
-                            let path = base.join(name);
-                            std::fs::read_to_string(&path)
-                                .map_err(|e| format!("failed to read {}: {e}", path.display()))
-                        };
+                        let read = |name: &str| read_text(&base.join(name));
                         read(cert_file).and_then(|chain| read(key_file).map(|k| (chain, k)))
                     } else if let (Some(secret), Some(secrets)) = (&ca.secret_name, &self.secrets) {
-                        secrets.read_key_pair(&key.namespace, secret)
+                        read_ca_secret(secrets.as_ref(), &key.namespace, secret)
                     } else {
                         return not_ready(
                             Reason::SecretsNeedKubernetes,
@@ -174,8 +164,7 @@ impl Certificates {
                                 key: key_pem,
                             } = &source
                             {
-                                Authority::from_pem(chain, key_pem, None)
-                                    .map_err(|e| e.to_string())?;
+                                Authority::from_pem(chain, key_pem, None)?;
                             }
                             self.managed_ca(key, source, overlap, now)
                         })
@@ -224,9 +213,9 @@ impl Certificates {
                     wake: rollover.next,
                 }
             }
-            Err(message) => {
+            Err(error) => {
                 self.authorities.remove(key);
-                not_ready(Reason::ErrorLoadingCA, message)
+                not_ready(Reason::ErrorLoadingCA, crate::error_chain(&error))
             }
         }
     }
@@ -250,45 +239,41 @@ impl Certificates {
         source: CaSource,
         overlap: jiff::SignedDuration,
         now: jiff::Timestamp,
-    ) -> Result<(Authority, Rollover), String> {
+    ) -> Result<(Authority, Rollover), Error> {
         let dir = self.issuer_dir(key);
-        let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("failed to read {}: {e}", path.display()))
-        };
-        let load = |sub: &Path| -> Result<Authority, String> {
+        let read = |path: &Path| read_text(path);
+        let load = |sub: &Path| -> Result<Authority, Error> {
             let chain = read(&sub.join("ca.crt"))?;
             let key_pem = read(&sub.join("ca.key"))?;
-            Authority::from_pem(&chain, &key_pem, None)
-                .map_err(|e| format!("{} cannot be used, and is not replaced: {e}", sub.display()))
+            Authority::from_pem(&chain, &key_pem, None).map_err(|source| Error::UnusableCa {
+                dir: sub.to_path_buf(),
+                source,
+            })
         };
-        let keep = |sub: &Path, authority: &Authority, chain: &str| -> Result<(), String> {
+        let keep = |sub: &Path, authority: &Authority, chain: &str| -> Result<(), Error> {
             atomic::write(
                 &sub.join("ca.key"),
                 authority.key_pem().as_bytes(),
                 Access::OwnerOnly,
-            )
-            .map_err(|e| e.to_string())?;
-            atomic::write(&sub.join("ca.crt"), chain.as_bytes(), Access::Public)
-                .map_err(|e| e.to_string())
+            )?;
+            atomic::write(&sub.join("ca.crt"), chain.as_bytes(), Access::Public)?;
+            Ok(())
         };
         // The CA the source offers now: made fresh, or the operator's files.
-        let offered = |sub: &Path| -> Result<Authority, String> {
+        let offered = |sub: &Path| -> Result<Authority, Error> {
             let (authority, chain) = match &source {
                 CaSource::Generated {
                     common_name,
                     key_type,
                     lifetime,
                 } => {
-                    let authority = Authority::generate(common_name, *key_type, now, *lifetime)
-                        .map_err(|e| e.to_string())?;
+                    let authority = Authority::generate(common_name, *key_type, now, *lifetime)?;
                     let pem = authority.certificate_pem().to_owned();
                     (authority, pem)
                 }
-                CaSource::Supplied { chain, key } => (
-                    Authority::from_pem(chain, key, None).map_err(|e| e.to_string())?,
-                    chain.clone(),
-                ),
+                CaSource::Supplied { chain, key } => {
+                    (Authority::from_pem(chain, key, None)?, chain.clone())
+                }
             };
             keep(sub, &authority, &chain)?;
             Ok(authority)
@@ -303,41 +288,45 @@ impl Certificates {
         let mut state = self.rollover_state(key);
 
         if state.is_none() {
-            let facts = active.facts().clone();
-            let why = match &source {
-                CaSource::Generated {
-                    common_name,
-                    key_type,
-                    ..
-                } => {
-                    if facts.names.common_name.as_deref() != Some(common_name.as_str())
-                        || facts.key_type != Some(*key_type)
-                    {
-                        Some("its spec changed")
-                    } else if now >= rollover_start(&facts, overlap) {
-                        Some("it nears its end")
-                    } else {
-                        None
-                    }
-                }
+            // The operator's files, checked before the decision reads them.
+            let supplied = match &source {
+                CaSource::Generated { .. } => None,
                 CaSource::Supplied {
                     chain,
                     key: key_pem,
-                } => {
-                    let supplied =
-                        Authority::from_pem(chain, key_pem, None).map_err(|e| e.to_string())?;
-                    if supplied.facts().public_key == facts.public_key {
-                        None
-                    } else if supplied.root_pem() == active.root_pem() {
-                        // Same trust anchor (another intermediate of the same root): clients
-                        // already trust it, so it takes over at once.
-                        keep(&dir, &supplied, chain)?;
-                        tracing::info!(issuer = %key, subject = %supplied.facts().subject, "new CA files under the same root: in use at once");
-                        active = supplied;
-                        None
-                    } else {
-                        Some("its files now hold another CA")
-                    }
+                } => Some((Authority::from_pem(chain, key_pem, None)?, chain)),
+            };
+            let offer = match (&source, &supplied) {
+                (
+                    CaSource::Generated {
+                        common_name,
+                        key_type,
+                        ..
+                    },
+                    _,
+                ) => Offered::Generated {
+                    common_name,
+                    key_type: *key_type,
+                },
+                (CaSource::Supplied { .. }, Some((supplied, _))) => Offered::Supplied {
+                    facts: supplied.facts(),
+                    same_root: supplied.root_pem() == active.root_pem(),
+                },
+                (CaSource::Supplied { .. }, None) => unreachable!("supplied CAs are loaded above"),
+            };
+            let why = match rollover::decide(active.facts(), &offer, overlap, now) {
+                Decision::Keep => None,
+                Decision::Start(why) => Some(why),
+                Decision::TakeOver => {
+                    let Some((supplied, chain)) = supplied else {
+                        unreachable!("only supplied CAs are taken over")
+                    };
+                    // Same trust anchor (another intermediate of the same root): clients
+                    // already trust it, so it takes over at once.
+                    keep(&dir, &supplied, chain)?;
+                    tracing::info!(issuer = %key, subject = %supplied.facts().subject, "new CA files under the same root: in use at once");
+                    active = supplied;
+                    None
                 }
             };
             if let Some(why) = why {
@@ -348,7 +337,7 @@ impl Certificates {
                     reissue_at: (now + overlap).to_string(),
                 };
                 self.save_rollover(key, &started)?;
-                tracing::info!(issuer = %key, new = %next.facts().serial, reason = why, reissue_at = %started.reissue_at, "CA rollover: overlap begins");
+                tracing::info!(issuer = %key, new = %next.facts().serial, reason = %why, reissue_at = %started.reissue_at, "CA rollover: overlap begins");
                 state = Some(started);
             }
         }
@@ -357,7 +346,7 @@ impl Certificates {
             && now >= current.reissue_at()
         {
             let next = load(&dir.join("next"))?;
-            let cross = active.cross_sign(&next, now).map_err(|e| e.to_string())?;
+            let cross = active.cross_sign(&next, now)?;
             // Clients that know only the old root verify the new CA through the cross-certificate,
             // then through the old CA's own intermediates, if it had any.
             let old_chain = read(&dir.join("ca.crt"))?;
@@ -374,14 +363,12 @@ impl Certificates {
                 &dir.join("previous.crt"),
                 active.root_pem().as_bytes(),
                 Access::Public,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             atomic::write(
                 &dir.join("cross.crt"),
                 format!("{cross}{old_intermediates}").as_bytes(),
                 Access::Public,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             let next_chain = read(&dir.join("next/ca.crt"))?;
             keep(&dir, &next, &next_chain)?;
             let _ = std::fs::remove_dir_all(dir.join("next"));
@@ -430,7 +417,7 @@ impl Certificates {
                 )
             }
             None => {
-                let next = rollover_start(active.facts(), overlap);
+                let next = rollover::start(active.facts(), overlap);
                 (
                     cross.unwrap_or_default(),
                     own,
@@ -487,14 +474,17 @@ impl Certificates {
         &self,
         issuer: &ObjectKey,
         state: &RolloverState,
-    ) -> Result<(), String> {
-        let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    ) -> Result<(), Error> {
+        let body = serde_json::to_vec_pretty(state).map_err(|source| Error::Encode {
+            what: "rollover.json",
+            source,
+        })?;
         atomic::write(
             &self.issuer_dir(issuer).join("rollover.json"),
             &body,
             Access::Public,
-        )
-        .map_err(|e| e.to_string())
+        )?;
+        Ok(())
     }
 
     /// A trust-only issuer: copies its CA certificate (and CRL) where listeners read trust
@@ -507,25 +497,26 @@ impl Certificates {
         crl_file: Option<&str>,
         now: jiff::Timestamp,
     ) -> Outcome {
-        let read = |name: &str| {
-            let path = base.join(name);
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("failed to read {}: {e}", path.display()))
-        };
+        let read = |name: &str| read_text(&base.join(name));
         let checked = read(cert_file).and_then(|pem| {
             let first = facts::pem_certificates(&pem)
                 .and_then(|certs| facts::read(&certs[0]))
-                .map_err(|e| format!("{cert_file}: {e}"))?;
+                .map_err(|source| Error::BadFile {
+                    file: cert_file.to_owned(),
+                    source,
+                })?;
             let crl = match crl_file {
                 None => None,
                 Some(name) => {
                     let text = read(name)?;
-                    let crl = facts::read_crl(&text)
-                        .ok_or_else(|| format!("{name}: not a PEM certificate revocation list"))?;
+                    let crl = facts::read_crl(&text).ok_or_else(|| Error::NotCrl {
+                        file: name.to_owned(),
+                    })?;
                     if crl.issuer != first.subject_der {
-                        return Err(format!(
-                            "{name}: the CRL was not issued by {cert_file}'s CA"
-                        ));
+                        return Err(Error::CrlOfAnotherCa {
+                            crl: name.to_owned(),
+                            ca: cert_file.to_owned(),
+                        });
                     }
                     Some((text, crl))
                 }
@@ -534,7 +525,7 @@ impl Certificates {
         });
         let (pem, ca, crl) = match checked {
             Ok(checked) => checked,
-            Err(message) => return not_ready(Reason::ErrorLoadingCA, message),
+            Err(error) => return not_ready(Reason::ErrorLoadingCA, crate::error_chain(&error)),
         };
         let dir = self.issuer_dir(key);
         let write = |name: &str, body: &str| {
@@ -542,17 +533,22 @@ impl Certificates {
             if std::fs::read_to_string(&path).ok().as_deref() == Some(body) {
                 return Ok(());
             }
-            atomic::write(&path, body.as_bytes(), Access::Public).map_err(|e| e.to_string())
+            atomic::write(&path, body.as_bytes(), Access::Public).map_err(Error::from)
         };
         let written = write("ca.crt", &pem).and_then(|()| match &crl {
             Some((text, _)) => write("crl.pem", text),
             None => match std::fs::remove_file(dir.join("crl.pem")) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::Remove {
+                        path: dir.join("crl.pem"),
+                        source,
+                    })
+                }
                 _ => Ok(()),
             },
         });
-        if let Err(message) = written {
-            return not_ready(Reason::WriteFailed, message);
+        if let Err(error) = written {
+            return not_ready(Reason::WriteFailed, crate::error_chain(&error));
         }
         let mut details = Map::new();
         details.insert("subject".into(), json!(ca.subject));

@@ -24,6 +24,7 @@ use crate::pki::authority::Authority;
 use crate::pki::{KeyType, PkiError};
 use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec};
 use crate::resources::{Kind, ObjectKey, Resource};
+use crate::store::atomic;
 
 use super::outcome::{Outcome, Reason};
 use super::secrets::Secrets;
@@ -34,6 +35,92 @@ mod outputs;
 mod revocation;
 
 use issue::{Failure, Record};
+
+/// What goes wrong looking after Issuers and Certificates. Each variant names what failed
+/// and chains its cause; statuses show the whole chain (`crate::error_chain`), each cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("failed to read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could not be written (the message names it).
+    #[error(transparent)]
+    Write(#[from] atomic::WriteError),
+    /// A file could not be removed.
+    #[error("failed to remove {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PKI refused: a key, a certificate, a signature.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A CA kept in the state directory that no longer loads: it is never replaced, since
+    /// agents trust it.
+    #[error("{} cannot be used, and is not replaced", dir.display())]
+    UnusableCa {
+        dir: PathBuf,
+        #[source]
+        source: PkiError,
+    },
+    /// A file named in a spec does not hold a usable certificate.
+    #[error("{file}")]
+    BadFile {
+        file: String,
+        #[source]
+        source: PkiError,
+    },
+    /// A `crlFile` that holds no CRL.
+    #[error("{file}: not a PEM certificate revocation list")]
+    NotCrl { file: String },
+    /// A `crlFile` signed by another CA than `certFile`'s.
+    #[error("{crl}: the CRL was not issued by {ca}'s CA")]
+    CrlOfAnotherCa { crl: String, ca: String },
+    /// A state file could not be encoded.
+    #[error("failed to encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A keystore password file could not be read.
+    #[error("{field}.passwordFile: failed to read {}", path.display())]
+    PasswordFile {
+        field: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A keystore password variable that is not set.
+    #[error("{field}.passwordEnv: the environment variable {name} is not set")]
+    PasswordEnv { field: &'static str, name: String },
+    /// A keystore with neither `passwordFile` nor `passwordEnv`.
+    #[error("{field}: no password source")]
+    NoPasswordSource { field: &'static str },
+    /// The Kubernetes Secrets adapter refused (its message says why).
+    #[error("{0}")]
+    Secrets(String),
+}
+
+impl Error {
+    /// Reading `path` failed with `source`.
+    fn read(path: &Path, source: std::io::Error) -> Self {
+        Self::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A file's text, or which file could not be read and why.
+fn read_text(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::read(path, source))
+}
 
 /// A Secret that could not be written is tried again this soon (the API server may be
 /// restarting, or RBAC being fixed).
@@ -211,12 +298,12 @@ impl Certificates {
                     && outcome.ready
                     && let Some(Resource::Certificate(certificate)) =
                         desired.entries.get(key).and_then(|e| e.resource())
-                    && let Err(message) =
+                    && let Err(error) =
                         self.write_secret(secrets.as_ref(), key, certificate, desired)
                 {
                     outcome.ready = false;
                     outcome.reason = Reason::SecretWriteFailed;
-                    outcome.message = message;
+                    outcome.message = crate::error_chain(&error);
                     due(now + SECRET_RETRY);
                 }
             }

@@ -12,7 +12,7 @@ use crate::resources::certificate::{KeystorePassword, Keystores};
 use crate::resources::{Certificate, Kind, ObjectKey};
 use crate::store::atomic::{self, Access};
 
-use super::{Certificates, Environment};
+use super::{Certificates, Environment, Error, read_text};
 
 impl Certificates {
     /// Writes the keystores a Certificate asks for when they are missing, do not open with
@@ -37,10 +37,10 @@ impl Certificates {
                     tracing::info!(certificate = %key, keystores = %written.join(", "), "wrote keystores");
                 }
             }
-            Err(message) => {
+            Err(error) => {
                 outcome.ready = false;
                 outcome.reason = Reason::KeystoreFailed;
-                outcome.message = message;
+                outcome.message = crate::error_chain(&error);
             }
         }
         outcome
@@ -54,7 +54,7 @@ impl Certificates {
         key: &ObjectKey,
         certificate: &Certificate,
         desired: &DesiredState,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let dir = self.output_dir(key, desired);
         let mut data = BTreeMap::new();
         for name in SECRET_FILES {
@@ -63,7 +63,7 @@ impl Certificates {
                     data.insert(name.to_owned(), bytes);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("failed to read {}: {e}", dir.join(name).display())),
+                Err(source) => return Err(Error::read(&dir.join(name), source)),
             }
         }
         let secret = TlsSecret {
@@ -77,7 +77,7 @@ impl Certificates {
             owner_uid: certificate.metadata.uid.clone(),
             data,
         };
-        secrets.write(&secret)
+        secrets.write(&secret).map_err(Error::Secrets)
     }
 
     /// Removes the files of Certificates no longer declared (they can be issued again);
@@ -125,37 +125,31 @@ pub(super) fn write_keystores(
     base: &Path,
     environment: &Environment,
     now: jiff::Timestamp,
-) -> Result<Vec<&'static str>, String> {
-    let chain_pem = std::fs::read_to_string(dir.join("tls.crt"))
-        .map_err(|e| format!("failed to read tls.crt: {e}"))?;
-    let key_pem = std::fs::read_to_string(dir.join("tls.key"))
-        .map_err(|e| format!("failed to read tls.key: {e}"))?;
-    let root_pem = std::fs::read_to_string(dir.join("ca.crt"))
-        .map_err(|e| format!("failed to read ca.crt: {e}"))?;
-    let mut chain: Vec<Vec<u8>> = facts::pem_certificates(&chain_pem)
-        .map_err(|e| e.to_string())?
+) -> Result<Vec<&'static str>, Error> {
+    let chain_pem = read_text(&dir.join("tls.crt"))?;
+    let key_pem = read_text(&dir.join("tls.key"))?;
+    let root_pem = read_text(&dir.join("ca.crt"))?;
+    let mut chain: Vec<Vec<u8>> = facts::pem_certificates(&chain_pem)?
         .into_iter()
         .map(|c| c.to_vec())
         .collect();
-    let root = facts::pem_certificates(&root_pem).map_err(|e| e.to_string())?[0].to_vec();
+    let root = facts::pem_certificates(&root_pem)?[0].to_vec();
     if !chain.contains(&root) {
         chain.push(root.clone());
     }
-    let key = authority::load_key(&key_pem)
-        .map_err(|e| e.to_string())?
-        .serialize_der();
+    let key = authority::load_key(&key_pem)?.serialize_der();
     let leaf = chain[0].clone();
     let created = u64::try_from(now.as_millisecond()).unwrap_or(0);
     let mut written = Vec::new();
     let write = |name: &str, bytes: &[u8], access| {
-        atomic::write(&dir.join(name), bytes, access).map_err(|e| e.to_string())
+        atomic::write(&dir.join(name), bytes, access).map_err(Error::from)
     };
 
     if let Some(source) = &keystores.pkcs12 {
         let password = password(source, "spec.keystores.pkcs12", base, environment)?;
         let current = std::fs::read(dir.join("keystore.p12")).unwrap_or_default();
         if !keystore::pkcs12_holds(&current, &password, &leaf) {
-            let bytes = keystore::pkcs12(&key, &chain, &password).map_err(|e| e.to_string())?;
+            let bytes = keystore::pkcs12(&key, &chain, &password)?;
             write("keystore.p12", &bytes, Access::OwnerOnly)?;
             written.push("keystore.p12");
         }
@@ -199,24 +193,36 @@ pub(super) fn write_keystores(
 /// A keystore password from its file or environment variable, never from the YAML.
 pub(super) fn password(
     source: &KeystorePassword,
-    field: &str,
+    field: &'static str,
     base: &Path,
     environment: &Environment,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     match (&source.password_file, &source.password_env) {
         (Some(file), _) => {
             let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                format!(
-                    "{field}.passwordFile: failed to read {}: {e}",
-                    path.display()
-                )
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::PasswordFile {
+                field,
+                path,
+                source,
             })?;
             Ok(text.trim_end_matches(['\n', '\r']).to_owned())
         }
-        (None, Some(name)) => environment.get(name).ok_or_else(|| {
-            format!("{field}.passwordEnv: the environment variable {name} is not set")
+        (None, Some(name)) => environment.get(name).ok_or_else(|| Error::PasswordEnv {
+            field,
+            name: name.clone(),
         }),
-        (None, None) => Err(format!("{field}: no password source")),
+        (None, None) => Err(Error::NoPasswordSource { field }),
     }
+}
+
+/// The CA key pair of an Issuer's `secretName`, through the Kubernetes Secrets adapter
+/// (every call to it is in this file).
+pub(super) fn read_ca_secret(
+    secrets: &dyn Secrets,
+    namespace: &str,
+    name: &str,
+) -> Result<(String, String), Error> {
+    secrets
+        .read_key_pair(namespace, name)
+        .map_err(Error::Secrets)
 }

@@ -12,7 +12,7 @@ use crate::reconcile::outcome::{Outcome, Reason};
 use crate::resources::{ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
-use super::{Certificates, not_ready, signed};
+use super::{Certificates, Error, not_ready, signed};
 
 use super::issue::{FIRST_BACKOFF, certificate_details};
 
@@ -98,7 +98,10 @@ impl Certificates {
                 Err(error) => {
                     return not_ready(
                         Reason::RevocationFailed,
-                        format!("failed to record the revocation: {error}"),
+                        format!(
+                            "failed to record the revocation: {}",
+                            crate::error_chain(&error)
+                        ),
                     );
                 }
             }
@@ -127,14 +130,17 @@ impl Certificates {
         &self,
         issuer: &ObjectKey,
         revocations: &Revocations,
-    ) -> Result<(), String> {
-        let body = serde_json::to_vec_pretty(revocations).map_err(|e| e.to_string())?;
+    ) -> Result<(), Error> {
+        let body = serde_json::to_vec_pretty(revocations).map_err(|source| Error::Encode {
+            what: "revoked.json",
+            source,
+        })?;
         atomic::write(
             &self.issuer_dir(issuer).join("revoked.json"),
             &body,
             Access::Public,
-        )
-        .map_err(|e| e.to_string())
+        )?;
+        Ok(())
     }
 
     /// Writes the issuer's CRL (`crl.pem` beside its CA files) when it is missing, lists other
@@ -189,16 +195,16 @@ impl Certificates {
                 entries.sort_by(|a, b| a.serial.cmp(&b.serial));
                 let written = authority
                     .crl(&entries, revocations.crl_number, now, validity)
-                    .map_err(|e| e.to_string())
+                    .map_err(Error::from)
                     .and_then(|pem| {
-                        atomic::write(&path, pem.as_bytes(), Access::Public)
-                            .map_err(|e| e.to_string())
+                        atomic::write(&path, pem.as_bytes(), Access::Public).map_err(Error::from)
                     })
                     .and_then(|()| self.save_revocations(key, &revocations));
                 if let Err(error) = written {
-                    outcome
-                        .message
-                        .push_str(&format!("; no CRL could be published: {error}"));
+                    outcome.message.push_str(&format!(
+                        "; no CRL could be published: {}",
+                        crate::error_chain(&error)
+                    ));
                     return Some(now + FIRST_BACKOFF);
                 }
                 tracing::info!(issuer = %key, number = revocations.crl_number, revoked = entries.len(), "published a CRL");
