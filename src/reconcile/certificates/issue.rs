@@ -451,3 +451,88 @@ pub(super) fn failed_certificate(existing: &Existing, failure: &Failure, revisio
         wake: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::fixture::{ISSUER, Setup, at, certificate, key, now};
+    use super::*;
+
+    #[test]
+    fn issuance_writes_the_files_and_records_the_revision_and_issued_at() {
+        let mut setup = Setup::new();
+        let desired = setup.desired(&format!("{ISSUER}{}", certificate("web", "")));
+        let (outcomes, _) = setup.certificates.reconcile(&desired, now());
+        assert!(outcomes[&key(Kind::Certificate, "web")].ready);
+
+        let dir = setup.state("certificates/default/web");
+        for file in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(dir.join(file).exists(), "{file}");
+        }
+        let mode = std::fs::metadata(dir.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is the owner's only");
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(setup.state("pki/certificates/default/web.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record["revision"], 1, "{record}");
+        assert_eq!(record["issuedAt"], json!([now().to_string()]), "{record}");
+    }
+
+    #[test]
+    fn a_failed_issuance_backs_off_doubling_and_a_spec_change_retries_at_once() {
+        let mut setup = Setup::new();
+        std::fs::write(setup.state("blocked"), "not a directory").unwrap();
+        let blocked = "  outputDirectory: blocked/web\n";
+        let desired = setup.desired(&format!("{ISSUER}{}", certificate("web", blocked)));
+        let web = key(Kind::Certificate, "web");
+
+        let (outcomes, _) = setup.certificates.reconcile(&desired, now());
+        let failed = &outcomes[&web];
+        assert_eq!(failed.reason, Reason::IssuanceFailed);
+        assert!(failed.message.contains("blocked"), "{}", failed.message);
+        let first = setup.certificates.failures[&web].retry_at;
+        assert_eq!(first, now() + FIRST_BACKOFF);
+
+        // Before the retry nothing is tried; at it, the next failure waits twice as long.
+        setup
+            .certificates
+            .reconcile(&desired, first - jiff::SignedDuration::from_secs(1));
+        assert_eq!(setup.certificates.failures[&web].count, 1);
+        setup.certificates.reconcile(&desired, first);
+        let failure = &setup.certificates.failures[&web];
+        assert_eq!(failure.count, 2);
+        assert_eq!(failure.retry_at, first + FIRST_BACKOFF * 2);
+
+        // A changed spec is tried at once: the count starts again.
+        let moved = "  outputDirectory: blocked/web\n  duration: 720h\n";
+        let changed = setup.desired(&format!("{ISSUER}{}", certificate("web", moved)));
+        setup.certificates.reconcile(&changed, first);
+        assert_eq!(setup.certificates.failures[&web].count, 1);
+    }
+
+    #[test]
+    fn the_record_keeps_the_latest_issuances_and_the_highest_revision() {
+        let times = [
+            "2026-01-01T00:00:00Z",
+            "2026-01-02T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+        ];
+        let on_disk =
+            Record::from_json(&json!({ "revision": 3, "issuedAt": [times[0], times[2]] }));
+        let kept = Record {
+            revision: 2,
+            issued_at: vec![at(times[1]), at(times[2])],
+        };
+        let merged = on_disk.merge(&kept);
+        assert_eq!(merged.revision, 3);
+        assert_eq!(merged.issued_at, vec![at(times[1]), at(times[2])]);
+        // A file of older versions holds the revision alone.
+        let old = Record::from_json(&json!({ "revision": 7 }));
+        assert_eq!((old.revision, old.issued_at.len()), (7, 0));
+    }
+}

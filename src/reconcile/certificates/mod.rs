@@ -1,6 +1,14 @@
 //! Issuers and Certificates: each pass makes sure every Issuer has its CA and every
 //! Certificate a valid certificate matching its spec, issuing where the renewal chain says
-//! so, and says when the next renewal is due.
+//! so, and says when the next renewal is due. Split along cert-manager's seams:
+//! - this file: the pass over Issuers and Certificates (leader and follower), the shared
+//!   types ([`Certificates`], [`Trust`], [`Environment`], [`Error`]) and where files live;
+//! - `issuers`: each Issuer's CA, trust-only issuers, and CA rollover (the decision to start
+//!   one is the pure chain in `pki::rollover`);
+//! - `issue`: issuance, the revision record, the issuance cap and backoff after failures (the
+//!   decision to issue is the pure chain in `pki::renewal`);
+//! - `revocation`: `revoked: true`, `revokedSerials` and each issuer's CRL;
+//! - `outputs`: keystores, Kubernetes Secrets (every call to `Secrets` is there), pruning.
 //!
 //! Layout under the state directory:
 //! - `pki/issuers/<namespace>/<name>/ca.crt`, `ca.key` (0600): a `selfSigned` issuer's CA,
@@ -498,4 +506,157 @@ fn signed(duration: std::time::Duration) -> jiff::SignedDuration {
 
 fn not_ready(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
+}
+
+/// Fixtures for the tests of every part: a configuration directory, a state directory, and
+/// a fixed clock.
+#[cfg(test)]
+mod fixture {
+    use crate::desired::{self, DesiredState};
+    use crate::resources::{Kind, ObjectKey};
+    use crate::sources::dir::DirSource;
+
+    use super::{Certificates, Environment};
+
+    /// A self-signed Issuer `ca`.
+    pub(super) const ISSUER: &str = "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned:\n    commonName: Test Root CA\n";
+
+    /// A Certificate `name` of Issuer `ca`, with `extra` lines of spec.
+    pub(super) fn certificate(name: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: {name}\nspec:\n  issuerRef:\n    name: ca\n  dnsNames: [{name}.example.com]\n{extra}"
+        )
+    }
+
+    /// The fixed clock of the tests.
+    pub(super) fn at(text: &str) -> jiff::Timestamp {
+        text.parse().unwrap()
+    }
+
+    /// Now, for the tests: a fixed instant.
+    pub(super) fn now() -> jiff::Timestamp {
+        at("2026-03-01T12:00:00Z")
+    }
+
+    /// The key of a `kind` named `name` in the default namespace.
+    pub(super) fn key(kind: Kind, name: &str) -> ObjectKey {
+        ObjectKey::new(kind, "default", name)
+    }
+
+    /// A configuration directory, a state directory, and `Certificates` over them.
+    pub(super) struct Setup {
+        pub(super) config: tempfile::TempDir,
+        pub(super) state: tempfile::TempDir,
+        pub(super) certificates: Certificates,
+    }
+
+    impl Setup {
+        pub(super) fn new() -> Self {
+            let config = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let certificates = Certificates::new(
+                state.path().to_path_buf(),
+                config.path().to_path_buf(),
+                Environment::default(),
+            );
+            Self {
+                config,
+                state,
+                certificates,
+            }
+        }
+
+        /// The desired state of `yaml`, written as the only configuration file.
+        pub(super) fn desired(&self, yaml: &str) -> DesiredState {
+            std::fs::write(self.config.path().join("pki.yaml"), yaml).unwrap();
+            let snapshot = DirSource::new(self.config.path(), vec![]).unwrap().scan();
+            let desired = desired::evaluate(&snapshot, None, desired::Options::default());
+            for entry in desired.entries.values() {
+                assert!(entry.problems.is_empty(), "{:?}", entry.problems);
+            }
+            desired
+        }
+
+        /// A path below the state directory.
+        pub(super) fn state(&self, relative: &str) -> std::path::PathBuf {
+            self.state.path().join(relative)
+        }
+
+        /// A file below the configuration directory.
+        pub(super) fn write_config(&self, name: &str, text: &str) {
+            std::fs::write(self.config.path().join(name), text).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{ISSUER, Setup, certificate, key, now};
+    use super::*;
+
+    #[test]
+    fn a_pass_takes_a_ca_into_use_issues_its_certificate_and_wakes_at_the_renewal() {
+        let mut setup = Setup::new();
+        let desired = setup.desired(&format!("{ISSUER}{}", certificate("web", "")));
+        let (outcomes, wake) = setup.certificates.reconcile(&desired, now());
+        let issuer = &outcomes[&key(Kind::Issuer, "ca")];
+        assert!(issuer.ready, "{issuer:?}");
+        assert_eq!(issuer.reason, Reason::KeyPairVerified);
+        let web = &outcomes[&key(Kind::Certificate, "web")];
+        assert!(web.ready, "{web:?}");
+        assert_eq!(web.reason, Reason::Ready);
+        assert_eq!(web.details["revision"], 1);
+        // 90 days by default, renewed when a third remains: 60 days after issuance.
+        let renewal: jiff::Timestamp = web.details["renewalTime"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The earliest due is the issuer's CRL refresh (2/3 of a week), before the renewal.
+        let wake = wake.expect("something is due");
+        assert!(now() < wake && wake < renewal, "{wake}");
+        let days = renewal.duration_since(now()).as_hours() / 24;
+        assert!((59..=60).contains(&days), "{days} days to the renewal");
+
+        // The next pass keeps what exists.
+        let (again, _) = setup.certificates.reconcile(&desired, now());
+        let web_again = &again[&key(Kind::Certificate, "web")];
+        assert_eq!(
+            web_again.details["serialNumber"],
+            web.details["serialNumber"]
+        );
+        assert_eq!(web_again.details["revision"], 1);
+    }
+
+    #[test]
+    fn a_follower_reports_what_the_leader_shared_and_issues_nothing() {
+        let mut setup = Setup::new();
+        let desired = setup.desired(&format!("{ISSUER}{}", certificate("web", "")));
+        let outcomes = setup.certificates.follow(&desired);
+        let web = &outcomes[&key(Kind::Certificate, "web")];
+        assert!(!web.ready);
+        assert_eq!(web.reason, Reason::Following);
+        assert!(!setup.state("certificates/default/web/tls.crt").exists());
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let missing = Path::new("/nonexistent/ca.crt");
+        let io = std::fs::read(missing).unwrap_err();
+        let cause = io.to_string();
+        let text = crate::error_chain(&Error::read(missing, io));
+        assert_eq!(text, format!("failed to read /nonexistent/ca.crt: {cause}"));
+
+        let io = std::fs::read(missing).unwrap_err();
+        let write = atomic::WriteError {
+            path: missing.to_path_buf(),
+            source: io,
+        };
+        let text = crate::error_chain(&Error::from(write));
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        assert!(
+            text.starts_with("failed to write /nonexistent/ca.crt: "),
+            "{text}"
+        );
+    }
 }

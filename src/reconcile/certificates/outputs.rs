@@ -226,3 +226,64 @@ pub(super) fn read_ca_secret(
         .read_key_pair(namespace, name)
         .map_err(Error::Secrets)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{ISSUER, Setup, certificate, key, now};
+    use super::*;
+
+    #[test]
+    fn the_files_of_a_certificate_no_longer_declared_are_pruned_and_the_ca_is_kept() {
+        let mut setup = Setup::new();
+        let both = setup.desired(&format!(
+            "{ISSUER}{}{}",
+            certificate("web", ""),
+            certificate("api", "")
+        ));
+        let (outcomes, _) = setup.certificates.reconcile(&both, now());
+        assert!(outcomes[&key(Kind::Certificate, "api")].ready);
+        assert!(setup.state("certificates/default/api/tls.key").exists());
+
+        let web_only = setup.desired(&format!("{ISSUER}{}", certificate("web", "")));
+        setup.certificates.reconcile(&web_only, now());
+        assert!(!setup.state("certificates/default/api").exists());
+        assert!(!setup.state("pki/certificates/default/api.json").exists());
+        assert!(setup.state("certificates/default/web/tls.crt").exists());
+
+        // A removed Issuer keeps its CA: agents may still trust it.
+        let nothing = setup.desired(&certificate("web", ""));
+        setup.certificates.reconcile(&nothing, now());
+        assert!(setup.state("pki/issuers/default/ca/ca.key").exists());
+    }
+
+    #[test]
+    fn keystores_are_written_once_and_a_missing_password_names_its_field() {
+        let mut setup = Setup::new();
+        setup.write_config("p12.txt", "secret\n");
+        let keystores = "  keystores:\n    pkcs12:\n      passwordFile: p12.txt\n";
+        let desired = setup.desired(&format!("{ISSUER}{}", certificate("web", keystores)));
+        let (outcomes, _) = setup.certificates.reconcile(&desired, now());
+        assert!(outcomes[&key(Kind::Certificate, "web")].ready);
+        let dir = setup.state("certificates/default/web");
+        let p12 = std::fs::read(dir.join("keystore.p12")).unwrap();
+        let environment = Environment::default();
+        let base = setup.config.path();
+        // Up to date: nothing is written again.
+        let parsed: Keystores =
+            serde_json::from_value(serde_json::json!({ "pkcs12": { "passwordFile": "p12.txt" } }))
+                .unwrap();
+        let written = write_keystores(&parsed, &dir, base, &environment, now()).unwrap();
+        assert!(written.is_empty(), "{written:?}");
+        assert_eq!(std::fs::read(dir.join("keystore.p12")).unwrap(), p12);
+
+        let unset: Keystores = serde_json::from_value(
+            serde_json::json!({ "pkcs12": { "passwordEnv": "NOT_SET_ANYWHERE" } }),
+        )
+        .unwrap();
+        let error = write_keystores(&unset, &dir, base, &environment, now()).unwrap_err();
+        assert_eq!(
+            crate::error_chain(&error),
+            "spec.keystores.pkcs12.passwordEnv: the environment variable NOT_SET_ANYWHERE is not set"
+        );
+    }
+}

@@ -225,3 +225,47 @@ impl Certificates {
         Some(this_update + next_update.duration_since(this_update) * 2 / 3)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{ISSUER, Setup, certificate, key, now};
+    use super::*;
+    use crate::resources::Kind;
+
+    #[test]
+    fn a_revoked_certificate_is_listed_in_its_issuers_crl_and_not_renewed() {
+        let mut setup = Setup::new();
+        let desired = setup.desired(&format!("{ISSUER}{}", certificate("web", "")));
+        let (outcomes, _) = setup.certificates.reconcile(&desired, now());
+        let serial = outcomes[&key(Kind::Certificate, "web")].details["serialNumber"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let crl_path = setup.state("pki/issuers/default/ca/crl.pem");
+        let empty = facts::read_crl(&std::fs::read_to_string(&crl_path).unwrap()).unwrap();
+        assert!(empty.serials.is_empty(), "{:?}", empty.serials);
+
+        let later = now() + jiff::SignedDuration::from_hours(1);
+        let revoked = setup.desired(&format!(
+            "{ISSUER}{}",
+            certificate("web", "  revoked: true\n")
+        ));
+        let (outcomes, _) = setup.certificates.reconcile(&revoked, later);
+        let web = &outcomes[&key(Kind::Certificate, "web")];
+        assert_eq!(web.reason, Reason::Revoked, "{web:?}");
+        assert_eq!(web.details["serialNumber"], serial.as_str(), "not renewed");
+        let issuer = &outcomes[&key(Kind::Issuer, "ca")];
+        assert_eq!(issuer.details["revokedCertificates"], 1);
+        assert_eq!(issuer.details["crlNumber"], 2, "a new CRL was published");
+
+        let crl = facts::read_crl(&std::fs::read_to_string(&crl_path).unwrap()).unwrap();
+        assert!(
+            crl.serials.contains(&serial),
+            "{:?} lacks {serial}",
+            crl.serials
+        );
+        let kept = setup.certificates.revocations(&key(Kind::Issuer, "ca"));
+        assert_eq!(kept.certificates.len(), 1);
+        assert_eq!(kept.certificates[0].at, later.to_string());
+    }
+}
