@@ -148,7 +148,8 @@ mod tests {
             key_type: KeyType::EcdsaP256,
         };
         let begins = start(active.facts(), MONTH);
-        assert_eq!(begins, active.facts().not_after - TEN_YEARS / 3);
+        let life = active.facts().lifetime();
+        assert_eq!(begins, active.facts().not_after - life / 3);
         assert_eq!(decide(active.facts(), &offered, MONTH, now), Decision::Keep);
         assert_eq!(
             decide(

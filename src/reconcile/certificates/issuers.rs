@@ -600,3 +600,96 @@ impl Certificates {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{Setup, certificate, key, now};
+    use super::*;
+
+    fn issuer(common_name: &str) -> String {
+        format!(
+            "apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: ca\nspec:\n  selfSigned:\n    commonName: {common_name}\n    duration: 3h\n  rolloverOverlap: 30m\n"
+        )
+    }
+
+    #[test]
+    fn a_changed_common_name_walks_the_rollover_through_overlap_and_reissuing_to_complete() {
+        let mut setup = Setup::new();
+        let web = certificate("web", "  duration: 1h\n");
+        let (ca, leaf) = (key(Kind::Issuer, "ca"), key(Kind::Certificate, "web"));
+        let first = setup.desired(&format!("{}{web}", issuer("Old CA")));
+        let (outcomes, _) = setup.certificates.reconcile(&first, now());
+        assert_eq!(outcomes[&ca].details.get("rolloverPhase"), None);
+        let old_serial = outcomes[&leaf].details["serialNumber"].clone();
+
+        // The spec changes: a new CA is made and clients get both, while the old one signs.
+        let renamed = setup.desired(&format!("{}{web}", issuer("New CA")));
+        let t1 = now() + jiff::SignedDuration::from_mins(1);
+        let (outcomes, _) = setup.certificates.reconcile(&renamed, t1);
+        assert_eq!(outcomes[&ca].details["rolloverPhase"], "Overlap");
+        assert_eq!(
+            outcomes[&ca].wake,
+            Some(t1 + jiff::SignedDuration::from_mins(30))
+        );
+        let bundle =
+            std::fs::read_to_string(setup.state("certificates/default/web/ca.crt")).unwrap();
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "both CAs");
+        assert_eq!(
+            outcomes[&leaf].details["serialNumber"], old_serial,
+            "still the old CA's"
+        );
+        assert!(setup.state("pki/issuers/default/ca/next/ca.crt").exists());
+
+        // After the overlap the new CA signs, every leaf is re-issued and the rollover ends.
+        let t2 = t1 + jiff::SignedDuration::from_mins(30);
+        let (outcomes, _) = setup.certificates.reconcile(&renamed, t2);
+        assert_eq!(outcomes[&ca].details["rolloverPhase"], "Complete");
+        assert_ne!(
+            outcomes[&leaf].details["serialNumber"], old_serial,
+            "re-issued"
+        );
+        assert!(
+            outcomes[&ca].message.contains("New CA"),
+            "{}",
+            outcomes[&ca].message
+        );
+        let (outcomes, _) = setup.certificates.reconcile(&renamed, t2);
+        assert_eq!(outcomes[&ca].details.get("rolloverPhase"), None);
+        assert!(!setup.state("pki/issuers/default/ca/previous.crt").exists());
+        let bundle =
+            std::fs::read_to_string(setup.state("certificates/default/web/ca.crt")).unwrap();
+        assert_eq!(
+            bundle.matches("BEGIN CERTIFICATE").count(),
+            1,
+            "the old CA left"
+        );
+    }
+
+    #[test]
+    fn a_ca_that_no_longer_loads_is_reported_and_never_replaced() {
+        let mut setup = Setup::new();
+        let desired = setup.desired(&issuer("Kept CA"));
+        setup.certificates.reconcile(&desired, now());
+        let key_file = setup.state("pki/issuers/default/ca/ca.key");
+        std::fs::write(&key_file, "not a key").unwrap();
+
+        let (outcomes, _) = setup.certificates.reconcile(&desired, now());
+        let outcome = &outcomes[&key(Kind::Issuer, "ca")];
+        assert!(!outcome.ready);
+        assert_eq!(outcome.reason, Reason::ErrorLoadingCA);
+        assert!(
+            outcome
+                .message
+                .contains("cannot be used, and is not replaced: "),
+            "{}",
+            outcome.message
+        );
+        assert_eq!(std::fs::read_to_string(&key_file).unwrap(), "not a key");
+        assert!(
+            setup
+                .certificates
+                .authority(&key(Kind::Issuer, "ca"))
+                .is_none()
+        );
+    }
+}
