@@ -96,25 +96,7 @@ impl Certificates {
         let spec = &certificate.spec;
         let issuer_key = ObjectKey::referenced(Kind::Issuer, &key.namespace, &spec.issuer_ref);
         let Some(authority) = self.authorities.get(&issuer_key).cloned() else {
-            let trust_only = matches!(
-                desired.entries.get(&issuer_key).and_then(|e| e.resource()),
-                Some(Resource::Issuer(issuer)) if issuer.spec.ca.as_ref().is_some_and(|ca| ca.cert_file.is_some() && ca.key_file.is_none())
-            );
-            if trust_only {
-                return (
-                    not_ready(
-                        Reason::IssuerCannotSign,
-                        format!(
-                            "{issuer_key} is trust-only (certFile without keyFile): it holds no key to sign with"
-                        ),
-                    ),
-                    None,
-                );
-            }
-            return (
-                not_ready(Reason::IssuerNotReady, format!("waiting for {issuer_key}")),
-                None,
-            );
+            return (waiting_for_issuer(&issuer_key, desired), None);
         };
         let wanted = wanted(certificate);
         let dir = self.output_dir(key, desired);
@@ -196,29 +178,42 @@ impl Certificates {
                 let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 (outcome, Some(renew_at))
             }
-            Err(error) => {
-                let count = self
-                    .failures
-                    .get(key)
-                    .filter(|f| f.spec == spec_json)
-                    .map_or(1, |f| f.count + 1);
-                let backoff = (FIRST_BACKOFF
-                    * 2i32.saturating_pow(count.saturating_sub(1).min(16)))
-                .min(MAX_BACKOFF);
-                let failure = Failure {
-                    count,
-                    at: now,
-                    retry_at: now + backoff,
-                    message: format!("{reason}: {}", crate::error_chain(&error)),
-                    spec: spec_json,
-                };
-                tracing::warn!(certificate = %key, error = %failure.message, retry_in = ?backoff, "failed to issue a certificate");
-                let outcome = failed_certificate(&existing, &failure, revision);
-                let retry = failure.retry_at;
-                self.failures.insert(key.clone(), failure);
-                (outcome, Some(retry))
-            }
+            Err(error) => self.failed(key, &existing, &reason, &error, spec_json, revision, now),
         }
+    }
+
+    /// Records a failed issuance and its backoff: a minute, doubling with each failure of the
+    /// same spec, up to `MAX_BACKOFF`.
+    #[allow(clippy::too_many_arguments)] // the facts of one failure, all needed in its record
+    fn failed(
+        &mut self,
+        key: &ObjectKey,
+        existing: &Existing,
+        reason: &renewal::Reason,
+        error: &Error,
+        spec_json: Value,
+        revision: i64,
+        now: jiff::Timestamp,
+    ) -> (Outcome, Option<jiff::Timestamp>) {
+        let count = self
+            .failures
+            .get(key)
+            .filter(|f| f.spec == spec_json)
+            .map_or(1, |f| f.count + 1);
+        let backoff =
+            (FIRST_BACKOFF * 2i32.saturating_pow(count.saturating_sub(1).min(16))).min(MAX_BACKOFF);
+        let failure = Failure {
+            count,
+            at: now,
+            retry_at: now + backoff,
+            message: format!("{reason}: {}", crate::error_chain(error)),
+            spec: spec_json,
+        };
+        tracing::warn!(certificate = %key, error = %failure.message, retry_in = ?backoff, "failed to issue a certificate");
+        let outcome = failed_certificate(existing, &failure, revision);
+        let retry = failure.retry_at;
+        self.failures.insert(key.clone(), failure);
+        (outcome, Some(retry))
     }
 
     /// Issues and writes the files; returns the new certificate's facts.
@@ -304,6 +299,23 @@ impl Certificates {
         self.issuances.insert(key.clone(), record);
         atomic::write(&self.revision_path(key), body.as_bytes(), Access::Public)
     }
+}
+
+/// A Certificate whose issuer cannot sign: not ready yet, or trust-only (no key at all).
+fn waiting_for_issuer(issuer_key: &ObjectKey, desired: &DesiredState) -> Outcome {
+    let trust_only = matches!(
+        desired.entries.get(issuer_key).and_then(|e| e.resource()),
+        Some(Resource::Issuer(issuer)) if issuer.spec.ca.as_ref().is_some_and(|ca| ca.cert_file.is_some() && ca.key_file.is_none())
+    );
+    if trust_only {
+        return not_ready(
+            Reason::IssuerCannotSign,
+            format!(
+                "{issuer_key} is trust-only (certFile without keyFile): it holds no key to sign with"
+            ),
+        );
+    }
+    not_ready(Reason::IssuerNotReady, format!("waiting for {issuer_key}"))
 }
 
 /// What exists in `dir`; `revoked` holds the serials the issuer has revoked.

@@ -81,10 +81,6 @@ impl Certificates {
         let mut rollover = Rollover::default();
         let loaded = match (&issuer.spec.self_signed, &issuer.spec.ca) {
             (Some(self_signed), _) => {
-                let overlap = issuer
-                    .spec
-                    .rollover_overlap
-                    .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()));
                 let source = CaSource::Generated {
                     common_name: self_signed
                         .common_name
@@ -95,7 +91,7 @@ impl Certificates {
                         .duration
                         .map_or(DEFAULT_CA_LIFETIME, |d| signed(d.as_std())),
                 };
-                self.managed_ca(key, source, overlap, now)
+                self.managed_ca(key, source, rollover_overlap(issuer), now)
                     .map(|(authority, state)| {
                         rollover = state;
                         authority
@@ -148,10 +144,6 @@ impl Certificates {
                             "secretName is read in Kubernetes mode; in directory mode use certFile and keyFile".into(),
                         );
                     };
-                    let overlap = issuer
-                        .spec
-                        .rollover_overlap
-                        .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()));
                     supplied
                         .map(|(chain, key_pem)| CaSource::Supplied {
                             chain,
@@ -166,7 +158,7 @@ impl Certificates {
                             {
                                 Authority::from_pem(chain, key_pem, None)?;
                             }
-                            self.managed_ca(key, source, overlap, now)
+                            self.managed_ca(key, source, rollover_overlap(issuer), now)
                         })
                         .map(|(authority, state)| {
                             rollover = state;
@@ -178,40 +170,9 @@ impl Certificates {
         };
         match loaded {
             Ok(authority) => {
-                let facts = authority.facts().clone();
+                let outcome = signing(authority.facts(), &rollover, now);
                 self.authorities.insert(key.clone(), Arc::new(authority));
-                let mut details = Map::new();
-                details.insert("subject".into(), json!(facts.subject));
-                details.insert("serialNumber".into(), json!(facts.serial));
-                details.insert("notAfter".into(), json!(facts.not_after.to_string()));
-                if let Some(phase) = rollover.phase {
-                    details.insert("rolloverPhase".into(), json!(phase));
-                }
-                if facts.not_after <= now {
-                    return Outcome {
-                        ready: false,
-                        reason: Reason::Expired,
-                        message: format!("the CA certificate expired at {}", facts.not_after),
-                        details,
-                        issuing: None,
-                        wake: None,
-                    };
-                }
-                let message = match rollover.phase {
-                    Some(phase) => format!(
-                        "signing as {} until {}; CA rollover: {phase}",
-                        facts.subject, facts.not_after
-                    ),
-                    None => format!("signing as {} until {}", facts.subject, facts.not_after),
-                };
-                Outcome {
-                    ready: true,
-                    reason: Reason::KeyPairVerified,
-                    message,
-                    details,
-                    issuing: None,
-                    wake: rollover.next,
-                }
+                outcome
             }
             Err(error) => {
                 self.authorities.remove(key);
@@ -241,24 +202,6 @@ impl Certificates {
         now: jiff::Timestamp,
     ) -> Result<(Authority, Rollover), Error> {
         let dir = self.issuer_dir(key);
-        let read = |path: &Path| read_text(path);
-        let load = |sub: &Path| -> Result<Authority, Error> {
-            let chain = read(&sub.join("ca.crt"))?;
-            let key_pem = read(&sub.join("ca.key"))?;
-            Authority::from_pem(&chain, &key_pem, None).map_err(|source| Error::UnusableCa {
-                dir: sub.to_path_buf(),
-                source,
-            })
-        };
-        let keep = |sub: &Path, authority: &Authority, chain: &str| -> Result<(), Error> {
-            atomic::write(
-                &sub.join("ca.key"),
-                authority.key_pem().as_bytes(),
-                Access::OwnerOnly,
-            )?;
-            atomic::write(&sub.join("ca.crt"), chain.as_bytes(), Access::Public)?;
-            Ok(())
-        };
         // The CA the source offers now: made fresh, or the operator's files.
         let offered = |sub: &Path| -> Result<Authority, Error> {
             let (authority, chain) = match &source {
@@ -275,7 +218,7 @@ impl Certificates {
                     (Authority::from_pem(chain, key, None)?, chain.clone())
                 }
             };
-            keep(sub, &authority, &chain)?;
+            keep_ca(sub, &authority, &chain)?;
             Ok(authority)
         };
 
@@ -284,7 +227,7 @@ impl Certificates {
             tracing::info!(issuer = %key, subject = %authority.facts().subject, "took a CA into use");
         }
         // Never overwrite a CA that cannot be read: agents trust it.
-        let mut active = load(&dir)?;
+        let mut active = load_ca(&dir)?;
         let mut state = self.rollover_state(key);
 
         if state.is_none() {
@@ -323,7 +266,7 @@ impl Certificates {
                     };
                     // Same trust anchor (another intermediate of the same root): clients
                     // already trust it, so it takes over at once.
-                    keep(&dir, &supplied, chain)?;
+                    keep_ca(&dir, &supplied, chain)?;
                     tracing::info!(issuer = %key, subject = %supplied.facts().subject, "new CA files under the same root: in use at once");
                     active = supplied;
                     None
@@ -345,90 +288,58 @@ impl Certificates {
             && current.phase == RolloverPhase::Overlap
             && now >= current.reissue_at()
         {
-            let next = load(&dir.join("next"))?;
-            let cross = active.cross_sign(&next, now)?;
-            // Clients that know only the old root verify the new CA through the cross-certificate,
-            // then through the old CA's own intermediates, if it had any.
-            let old_chain = read(&dir.join("ca.crt"))?;
-            let old_is_root = active.facts().issuer_der == active.facts().subject_der;
-            let old_intermediates = if old_is_root {
-                String::new()
-            } else {
-                old_chain
-                    .strip_suffix(active.root_pem())
-                    .unwrap_or(&old_chain)
-                    .to_owned()
-            };
-            atomic::write(
-                &dir.join("previous.crt"),
-                active.root_pem().as_bytes(),
-                Access::Public,
-            )?;
-            atomic::write(
-                &dir.join("cross.crt"),
-                format!("{cross}{old_intermediates}").as_bytes(),
-                Access::Public,
-            )?;
-            let next_chain = read(&dir.join("next/ca.crt"))?;
-            keep(&dir, &next, &next_chain)?;
-            let _ = std::fs::remove_dir_all(dir.join("next"));
-            let reissuing = RolloverState {
-                phase: RolloverPhase::Reissuing,
-                ..current.clone()
-            };
-            self.save_rollover(key, &reissuing)?;
-            tracing::info!(issuer = %key, serial = %next.facts().serial, "CA rollover: the new CA signs; re-issuing every certificate");
+            let (next, reissuing) = self.start_reissuing(key, &active, current, now)?;
             state = Some(reissuing);
             active = next;
         }
 
-        // The cross-certificate, while it is for this CA and still valid.
-        let cross = std::fs::read_to_string(dir.join("cross.crt"))
-            .ok()
-            .filter(|pem| {
-                facts::pem_certificates(pem)
-                    .ok()
-                    .and_then(|c| facts::read(&c[0]).ok())
-                    .is_some_and(|f| f.public_key == active.facts().public_key && f.not_after > now)
-            });
-        let own = active.root_pem().to_owned();
-        let (intermediates, bundle, rollover) = match state.as_ref().map(|s| s.phase) {
-            Some(RolloverPhase::Overlap) => {
-                let next = load(&dir.join("next"))?.root_pem().to_owned();
-                let at = state.as_ref().map(RolloverState::reissue_at);
-                (
-                    cross.unwrap_or_default(),
-                    format!("{own}{next}"),
-                    Rollover {
-                        phase: Some("Overlap"),
-                        next: at,
-                    },
-                )
-            }
-            Some(RolloverPhase::Reissuing) => {
-                let previous = read(&dir.join("previous.crt"))?;
-                (
-                    cross.unwrap_or_default(),
-                    format!("{previous}{own}"),
-                    Rollover {
-                        phase: Some("Reissuing"),
-                        next: None,
-                    },
-                )
-            }
-            None => {
-                let next = rollover::start(active.facts(), overlap);
-                (
-                    cross.unwrap_or_default(),
-                    own,
-                    Rollover {
-                        phase: None,
-                        next: Some(next),
-                    },
-                )
-            }
+        in_use(&dir, active, state.as_ref(), overlap, now)
+    }
+
+    /// The end of the overlap: the new CA signs, with a cross-certificate from the old one,
+    /// and the old root is kept as `previous.crt` for the bundle. Returns the new CA.
+    fn start_reissuing(
+        &self,
+        key: &ObjectKey,
+        active: &Authority,
+        current: &RolloverState,
+        now: jiff::Timestamp,
+    ) -> Result<(Authority, RolloverState), Error> {
+        let dir = self.issuer_dir(key);
+        let next = load_ca(&dir.join("next"))?;
+        let cross = active.cross_sign(&next, now)?;
+        // Clients that know only the old root verify the new CA through the cross-certificate,
+        // then through the old CA's own intermediates, if it had any.
+        let old_chain = read_text(&dir.join("ca.crt"))?;
+        let old_is_root = active.facts().issuer_der == active.facts().subject_der;
+        let old_intermediates = if old_is_root {
+            String::new()
+        } else {
+            old_chain
+                .strip_suffix(active.root_pem())
+                .unwrap_or(&old_chain)
+                .to_owned()
         };
-        Ok((active.with_chain(intermediates, bundle), rollover))
+        atomic::write(
+            &dir.join("previous.crt"),
+            active.root_pem().as_bytes(),
+            Access::Public,
+        )?;
+        atomic::write(
+            &dir.join("cross.crt"),
+            format!("{cross}{old_intermediates}").as_bytes(),
+            Access::Public,
+        )?;
+        let next_chain = read_text(&dir.join("next/ca.crt"))?;
+        keep_ca(&dir, &next, &next_chain)?;
+        let _ = std::fs::remove_dir_all(dir.join("next"));
+        let reissuing = RolloverState {
+            phase: RolloverPhase::Reissuing,
+            ..current.clone()
+        };
+        self.save_rollover(key, &reissuing)?;
+        tracing::info!(issuer = %key, serial = %next.facts().serial, "CA rollover: the new CA signs; re-issuing every certificate");
+        Ok((next, reissuing))
     }
 
     /// Ends a rollover in `Reissuing` once every Certificate of `issuer` is signed by the new
@@ -497,32 +408,7 @@ impl Certificates {
         crl_file: Option<&str>,
         now: jiff::Timestamp,
     ) -> Outcome {
-        let read = |name: &str| read_text(&base.join(name));
-        let checked = read(cert_file).and_then(|pem| {
-            let first = facts::pem_certificates(&pem)
-                .and_then(|certs| facts::read(&certs[0]))
-                .map_err(|source| Error::BadFile {
-                    file: cert_file.to_owned(),
-                    source,
-                })?;
-            let crl = match crl_file {
-                None => None,
-                Some(name) => {
-                    let text = read(name)?;
-                    let crl = facts::read_crl(&text).ok_or_else(|| Error::NotCrl {
-                        file: name.to_owned(),
-                    })?;
-                    if crl.issuer != first.subject_der {
-                        return Err(Error::CrlOfAnotherCa {
-                            crl: name.to_owned(),
-                            ca: cert_file.to_owned(),
-                        });
-                    }
-                    Some((text, crl))
-                }
-            };
-            Ok((pem, first, crl))
-        });
+        let checked = read_trust(base, cert_file, crl_file);
         let (pem, ca, crl) = match checked {
             Ok(checked) => checked,
             Err(error) => return not_ready(Reason::ErrorLoadingCA, crate::error_chain(&error)),
@@ -599,6 +485,164 @@ impl Certificates {
             wake: crl.map(|(_, crl)| crl.next_update),
         }
     }
+}
+
+/// The outcome of an issuer whose CA loaded: signing, unless it expired.
+fn signing(facts: &facts::CertFacts, rollover: &Rollover, now: jiff::Timestamp) -> Outcome {
+    let mut details = Map::new();
+    details.insert("subject".into(), json!(facts.subject));
+    details.insert("serialNumber".into(), json!(facts.serial));
+    details.insert("notAfter".into(), json!(facts.not_after.to_string()));
+    if let Some(phase) = rollover.phase {
+        details.insert("rolloverPhase".into(), json!(phase));
+    }
+    if facts.not_after <= now {
+        return Outcome {
+            ready: false,
+            reason: Reason::Expired,
+            message: format!("the CA certificate expired at {}", facts.not_after),
+            details,
+            issuing: None,
+            wake: None,
+        };
+    }
+    let message = match rollover.phase {
+        Some(phase) => format!(
+            "signing as {} until {}; CA rollover: {phase}",
+            facts.subject, facts.not_after
+        ),
+        None => format!("signing as {} until {}", facts.subject, facts.not_after),
+    };
+    Outcome {
+        ready: true,
+        reason: Reason::KeyPairVerified,
+        message,
+        details,
+        issuing: None,
+        wake: rollover.next,
+    }
+}
+
+/// The CA in use, with what clients are given beside it: the cross-certificate after each
+/// leaf, and a bundle of both CAs during a rollover.
+fn in_use(
+    dir: &Path,
+    active: Authority,
+    state: Option<&RolloverState>,
+    overlap: jiff::SignedDuration,
+    now: jiff::Timestamp,
+) -> Result<(Authority, Rollover), Error> {
+    // The cross-certificate, while it is for this CA and still valid.
+    let cross = std::fs::read_to_string(dir.join("cross.crt"))
+        .ok()
+        .filter(|pem| {
+            facts::pem_certificates(pem)
+                .ok()
+                .and_then(|c| facts::read(&c[0]).ok())
+                .is_some_and(|f| f.public_key == active.facts().public_key && f.not_after > now)
+        });
+    let own = active.root_pem().to_owned();
+    let (intermediates, bundle, rollover) = match state.map(|s| s.phase) {
+        Some(RolloverPhase::Overlap) => {
+            let next = load_ca(&dir.join("next"))?.root_pem().to_owned();
+            let at = state.map(RolloverState::reissue_at);
+            (
+                cross.unwrap_or_default(),
+                format!("{own}{next}"),
+                Rollover {
+                    phase: Some("Overlap"),
+                    next: at,
+                },
+            )
+        }
+        Some(RolloverPhase::Reissuing) => {
+            let previous = read_text(&dir.join("previous.crt"))?;
+            (
+                cross.unwrap_or_default(),
+                format!("{previous}{own}"),
+                Rollover {
+                    phase: Some("Reissuing"),
+                    next: None,
+                },
+            )
+        }
+        None => {
+            let next = rollover::start(active.facts(), overlap);
+            (
+                cross.unwrap_or_default(),
+                own,
+                Rollover {
+                    phase: None,
+                    next: Some(next),
+                },
+            )
+        }
+    };
+    Ok((active.with_chain(intermediates, bundle), rollover))
+}
+
+/// How long clients are given both CAs in a rollover.
+fn rollover_overlap(issuer: &Issuer) -> jiff::SignedDuration {
+    issuer
+        .spec
+        .rollover_overlap
+        .map_or(DEFAULT_ROLLOVER_OVERLAP, |d| signed(d.as_std()))
+}
+
+/// The CA kept in `sub` (`ca.crt`, `ca.key`). One that does not load is never replaced:
+/// agents trust it.
+fn load_ca(sub: &Path) -> Result<Authority, Error> {
+    let chain = read_text(&sub.join("ca.crt"))?;
+    let key_pem = read_text(&sub.join("ca.key"))?;
+    Authority::from_pem(&chain, &key_pem, None).map_err(|source| Error::UnusableCa {
+        dir: sub.to_path_buf(),
+        source,
+    })
+}
+
+/// Keeps `authority` in `sub`: its key (0600) and `chain`.
+fn keep_ca(sub: &Path, authority: &Authority, chain: &str) -> Result<(), Error> {
+    atomic::write(
+        &sub.join("ca.key"),
+        authority.key_pem().as_bytes(),
+        Access::OwnerOnly,
+    )?;
+    atomic::write(&sub.join("ca.crt"), chain.as_bytes(), Access::Public)?;
+    Ok(())
+}
+
+/// A trust-only issuer's files: its CA certificate (PEM and facts) and its CRL (PEM and facts).
+type TrustFiles = (String, facts::CertFacts, Option<(String, facts::CrlFacts)>);
+
+/// A trust-only issuer's CA certificate (PEM and facts) and CRL, checked: the CRL must be
+/// one, and be the CA's.
+fn read_trust(base: &Path, cert_file: &str, crl_file: Option<&str>) -> Result<TrustFiles, Error> {
+    let read = |name: &str| read_text(&base.join(name));
+    read(cert_file).and_then(|pem| {
+        let first = facts::pem_certificates(&pem)
+            .and_then(|certs| facts::read(&certs[0]))
+            .map_err(|source| Error::BadFile {
+                file: cert_file.to_owned(),
+                source,
+            })?;
+        let crl = match crl_file {
+            None => None,
+            Some(name) => {
+                let text = read(name)?;
+                let crl = facts::read_crl(&text).ok_or_else(|| Error::NotCrl {
+                    file: name.to_owned(),
+                })?;
+                if crl.issuer != first.subject_der {
+                    return Err(Error::CrlOfAnotherCa {
+                        crl: name.to_owned(),
+                        ca: cert_file.to_owned(),
+                    });
+                }
+                Some((text, crl))
+            }
+        };
+        Ok((pem, first, crl))
+    })
 }
 
 #[cfg(test)]
