@@ -20,10 +20,10 @@ use crate::store::atomic::{self, Access};
 use super::{Certificates, Error, key_type, not_ready, signed};
 
 /// Default lifetime of a certificate: 90 days, as cert-manager.
-pub(super) const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(2_160);
+const DEFAULT_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(2_160);
 /// First retry after a failed issuance; doubles on each failure up to `MAX_BACKOFF`.
 pub(super) const FIRST_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
-pub(super) const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+const MAX_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// What is kept of a certificate's issuances, in `pki/certificates/<namespace>/<name>.json`.
 #[derive(Clone, Debug, Default)]
@@ -37,7 +37,7 @@ pub(super) struct Record {
 impl Record {
     /// `{"revision": 3, "issuedAt": ["2026-01-01T00:00:00Z", ...]}`; a file of older
     /// versions holds the revision alone.
-    pub(super) fn from_json(value: &Value) -> Self {
+    fn from_json(value: &Value) -> Self {
         Self {
             revision: value["revision"].as_i64().unwrap_or(0),
             issued_at: value["issuedAt"]
@@ -50,7 +50,7 @@ impl Record {
     }
 
     /// Both records in one: the higher revision, the latest issuances of either.
-    pub(super) fn merge(mut self, other: &Record) -> Self {
+    fn merge(mut self, other: &Record) -> Self {
         self.revision = self.revision.max(other.revision);
         self.issued_at.extend_from_slice(&other.issued_at);
         self.trim();
@@ -58,7 +58,7 @@ impl Record {
     }
 
     /// Sorted, without duplicates, the latest `renewal::MAX_ISSUANCES_PER_INTERVAL` only.
-    pub(super) fn trim(&mut self) {
+    fn trim(&mut self) {
         self.issued_at.sort();
         self.issued_at.dedup();
         let excess = self
@@ -68,7 +68,7 @@ impl Record {
         self.issued_at.drain(..excess);
     }
 
-    pub(super) fn to_json(&self) -> Value {
+    fn to_json(&self) -> Value {
         let issued_at: Vec<String> = self.issued_at.iter().map(ToString::to_string).collect();
         json!({ "revision": self.revision, "issuedAt": issued_at })
     }
@@ -269,7 +269,7 @@ impl Certificates {
     /// The revision and latest issuances of a certificate: the file (another server may have
     /// issued since, when leadership moves) merged with what this process recorded (in case
     /// a write failed).
-    pub(super) fn record(&mut self, key: &ObjectKey) -> Record {
+    fn record(&mut self, key: &ObjectKey) -> Record {
         let on_disk = std::fs::read(self.revision_path(key))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
@@ -285,7 +285,7 @@ impl Certificates {
 
     /// Records an issuance at `now`: in memory first, so a failed write cannot lift the limit
     /// for as long as the process runs.
-    pub(super) fn save_issuance(
+    fn save_issuance(
         &mut self,
         key: &ObjectKey,
         revision: i64,
@@ -319,7 +319,7 @@ fn waiting_for_issuer(issuer_key: &ObjectKey, desired: &DesiredState) -> Outcome
 }
 
 /// What exists in `dir`; `revoked` holds the serials the issuer has revoked.
-pub(super) fn existing(dir: &Path, revoked: &HashSet<String>) -> Existing {
+fn existing(dir: &Path, revoked: &HashSet<String>) -> Existing {
     let (Ok(chain), Ok(key_pem)) = (
         std::fs::read_to_string(dir.join("tls.crt")),
         std::fs::read_to_string(dir.join("tls.key")),
@@ -341,7 +341,7 @@ pub(super) fn existing(dir: &Path, revoked: &HashSet<String>) -> Existing {
 }
 
 /// The spec in PKI terms.
-pub(super) fn wanted(certificate: &Certificate) -> Wanted {
+fn wanted(certificate: &Certificate) -> Wanted {
     let spec = &certificate.spec;
     let usages = if spec.usages.is_empty() {
         vec![Usage::DigitalSignature, Usage::KeyEncipherment]
@@ -393,7 +393,7 @@ pub(super) fn certificate_details(facts: &facts::CertFacts, revision: i64) -> Ma
     details
 }
 
-pub(super) fn ready_certificate(
+fn ready_certificate(
     facts: &facts::CertFacts,
     renew_at: jiff::Timestamp,
     revision: i64,
@@ -417,7 +417,7 @@ pub(super) fn ready_certificate(
 }
 
 /// A certificate due for issuance, held because it was issued too often lately.
-pub(super) fn held_certificate(
+fn held_certificate(
     existing: &Existing,
     reason: &renewal::Reason,
     until: jiff::Timestamp,
@@ -442,7 +442,7 @@ pub(super) fn held_certificate(
     }
 }
 
-pub(super) fn failed_certificate(existing: &Existing, failure: &Failure, revision: i64) -> Outcome {
+fn failed_certificate(existing: &Existing, failure: &Failure, revision: i64) -> Outcome {
     let mut details = match existing {
         Existing::Present { facts, .. } => certificate_details(facts, revision),
         _ => Map::new(),

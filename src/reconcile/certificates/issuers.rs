@@ -19,15 +19,13 @@ use super::outputs::read_ca_secret;
 use super::{Certificates, Error, key_type, not_ready, read_pair, read_text, signed};
 
 /// Default lifetime of a self-signed CA: 10 years.
-pub(super) const DEFAULT_CA_LIFETIME: jiff::SignedDuration =
-    jiff::SignedDuration::from_hours(87_600);
+const DEFAULT_CA_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(87_600);
 
 /// Default overlap of a CA rollover: a month for clients to learn the new CA.
-pub(super) const DEFAULT_ROLLOVER_OVERLAP: jiff::SignedDuration =
-    jiff::SignedDuration::from_hours(720);
+const DEFAULT_ROLLOVER_OVERLAP: jiff::SignedDuration = jiff::SignedDuration::from_hours(720);
 
 /// Where an issuer's CA comes from.
-pub(super) enum CaSource {
+enum CaSource {
     /// Made by Tessera (`selfSigned`).
     Generated {
         common_name: String,
@@ -41,7 +39,7 @@ pub(super) enum CaSource {
 /// A CA rollover in progress, in `pki/issuers/<namespace>/<name>/rollover.json`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct RolloverState {
+struct RolloverState {
     phase: RolloverPhase,
     /// RFC 3339.
     started: String,
@@ -50,7 +48,7 @@ pub(super) struct RolloverState {
 }
 
 impl RolloverState {
-    pub(super) fn reissue_at(&self) -> jiff::Timestamp {
+    fn reissue_at(&self) -> jiff::Timestamp {
         self.reissue_at
             .parse()
             .unwrap_or_else(|_| jiff::Timestamp::now())
@@ -58,14 +56,14 @@ impl RolloverState {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(super) enum RolloverPhase {
+enum RolloverPhase {
     Overlap,
     Reissuing,
 }
 
 /// What an issuer's pass says of rollover: its phase, and when the next step is due.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Rollover {
+struct Rollover {
     phase: Option<&'static str>,
     next: Option<jiff::Timestamp>,
 }
@@ -194,7 +192,7 @@ impl Certificates {
     ///    every leaf is re-issued (its issuer changed).
     /// 3. Once every leaf comes from the new CA, the old CA leaves the bundle. Leaves keep the
     ///    cross-certificate until it expires with the old CA.
-    pub(super) fn managed_ca(
+    fn managed_ca(
         &self,
         key: &ObjectKey,
         source: CaSource,
@@ -376,16 +374,12 @@ impl Certificates {
         all_reissued
     }
 
-    pub(super) fn rollover_state(&self, issuer: &ObjectKey) -> Option<RolloverState> {
+    fn rollover_state(&self, issuer: &ObjectKey) -> Option<RolloverState> {
         let bytes = std::fs::read(self.issuer_dir(issuer).join("rollover.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub(super) fn save_rollover(
-        &self,
-        issuer: &ObjectKey,
-        state: &RolloverState,
-    ) -> Result<(), Error> {
+    fn save_rollover(&self, issuer: &ObjectKey, state: &RolloverState) -> Result<(), Error> {
         let body = serde_json::to_vec_pretty(state).map_err(|source| Error::Encode {
             what: "rollover.json",
             source,
@@ -400,7 +394,7 @@ impl Certificates {
 
     /// A trust-only issuer: copies its CA certificate (and CRL) where listeners read trust
     /// from, so they verify with it; it signs nothing.
-    pub(super) fn trust_only(
+    fn trust_only(
         &self,
         key: &ObjectKey,
         base: &Path,

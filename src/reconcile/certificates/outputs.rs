@@ -119,7 +119,7 @@ impl Certificates {
 }
 
 /// Brings the keystores in `dir` up to date; returns the files written.
-pub(super) fn write_keystores(
+fn write_keystores(
     keystores: &Keystores,
     dir: &Path,
     base: &Path,
@@ -191,7 +191,7 @@ pub(super) fn write_keystores(
 }
 
 /// A keystore password from its file or environment variable, never from the YAML.
-pub(super) fn password(
+fn password(
     source: &KeystorePassword,
     field: &'static str,
     base: &Path,

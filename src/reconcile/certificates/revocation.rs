@@ -17,12 +17,12 @@ use super::{Certificates, Error, not_ready, signed};
 use super::issue::{FIRST_BACKOFF, certificate_details};
 
 /// Default validity of a CRL: a week, refreshed after 2/3 of it.
-pub(super) const DEFAULT_CRL_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_hours(168);
+const DEFAULT_CRL_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_hours(168);
 
 /// An issuer's revocations, in `pki/issuers/<namespace>/<name>/revoked.json`.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct Revocations {
+struct Revocations {
     /// Number of the last CRL published.
     crl_number: u64,
     /// Certificates revoked through `revoked: true`.
@@ -30,7 +30,7 @@ pub(super) struct Revocations {
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(super) struct RevokedEntry {
+struct RevokedEntry {
     serial: String,
     /// RFC 3339.
     at: String,
@@ -119,18 +119,14 @@ impl Certificates {
         }
     }
 
-    pub(super) fn revocations(&self, issuer: &ObjectKey) -> Revocations {
+    fn revocations(&self, issuer: &ObjectKey) -> Revocations {
         std::fs::read(self.issuer_dir(issuer).join("revoked.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
-    pub(super) fn save_revocations(
-        &self,
-        issuer: &ObjectKey,
-        revocations: &Revocations,
-    ) -> Result<(), Error> {
+    fn save_revocations(&self, issuer: &ObjectKey, revocations: &Revocations) -> Result<(), Error> {
         let body = serde_json::to_vec_pretty(revocations).map_err(|source| Error::Encode {
             what: "revoked.json",
             source,
