@@ -10,6 +10,7 @@ pub mod identity;
 #[cfg(feature = "server")]
 pub mod keystore;
 pub mod renewal;
+pub mod rollover;
 pub mod tls;
 pub mod token;
 
