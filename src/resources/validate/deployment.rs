@@ -6,7 +6,9 @@ use super::{Found, is_dns_name};
 use crate::resources::activation::ActivationSpec;
 use crate::resources::affectation::AffectationSpec;
 use crate::resources::meta::Os;
-use crate::resources::package::{MAX_FRAGMENT_SIZE, MAX_PRIORITY, MIN_FRAGMENT_SIZE, PackageSpec};
+use crate::resources::package::{
+    MAX_FRAGMENT_SIZE, MAX_PRIORITY, MIN_FRAGMENT_SIZE, PackageContent, PackageSpec,
+};
 
 pub(super) fn package(spec: &PackageSpec, found: &mut Found) {
     if !(0..=MAX_PRIORITY).contains(&spec.priority) {
@@ -28,6 +30,28 @@ pub(super) fn package(spec: &PackageSpec, found: &mut Found) {
         );
     }
 
+    package_action(spec, found);
+    if let Some(content) = &spec.content {
+        package_content(spec, content, found);
+    }
+    if spec.success_exit_codes.is_empty() {
+        found.add(
+            "spec.successExitCodes",
+            "at least one exit code must count as success",
+        );
+    }
+    if let Some(notification) = &spec.notification
+        && notification.text.trim().is_empty()
+    {
+        found.add(
+            "spec.notification.text",
+            "the notification text cannot be empty",
+        );
+    }
+}
+
+/// The action: exactly one of launch, execute or store, each with what it needs.
+fn package_action(spec: &PackageSpec, found: &mut Found) {
     let action = &spec.action;
     let chosen: Vec<&str> = [
         ("launch", action.launch.is_some()),
@@ -82,81 +106,69 @@ pub(super) fn package(spec: &PackageSpec, found: &mut Found) {
             );
         }
     }
+}
 
-    if let Some(content) = &spec.content {
-        let sources: Vec<&str> = [
-            ("directory", content.directory.is_some()),
-            ("archive", content.archive.is_some()),
-            ("url", content.url.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
-        if sources.len() != 1 {
+/// Where the content comes from: exactly one source, a url with its digest, an archive
+/// format the target OS can unpack.
+fn package_content(spec: &PackageSpec, content: &PackageContent, found: &mut Found) {
+    let sources: Vec<&str> = [
+        ("directory", content.directory.is_some()),
+        ("archive", content.archive.is_some()),
+        ("url", content.url.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if sources.len() != 1 {
+        found.add(
+            "spec.content",
+            format!(
+                "content must name exactly one of directory, archive or url (found {})",
+                if sources.is_empty() {
+                    "none".to_owned()
+                } else {
+                    sources.join(", ")
+                }
+            ),
+        );
+    }
+    if let Some(url) = &content.url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
             found.add(
-                "spec.content",
-                format!(
-                    "content must name exactly one of directory, archive or url (found {})",
-                    if sources.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        sources.join(", ")
-                    }
-                ),
+                "spec.content.url",
+                format!("`{url}` is not an http:// or https:// address"),
             );
         }
-        if let Some(url) = &content.url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                found.add(
-                    "spec.content.url",
-                    format!("`{url}` is not an http:// or https:// address"),
-                );
-            }
-            if content.sha256.is_none() {
-                found.add(
-                    "spec.content.sha256",
-                    "a package downloaded from a url needs its sha256, so a changed or tampered file is refused",
-                );
-            }
-        }
-        if let Some(digest) = &content.sha256
-            && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        if content.sha256.is_none() {
             found.add(
                 "spec.content.sha256",
-                "sha256 must be 64 hexadecimal digits",
+                "a package downloaded from a url needs its sha256, so a changed or tampered file is refused",
             );
         }
-        if let Some(archive) = &content.archive {
-            let lower = archive.to_ascii_lowercase();
-            let zip = lower.ends_with(".zip");
-            let targz = lower.ends_with(".tar.gz") || lower.ends_with(".tgz");
-            if spec.os == Os::Windows && !zip {
-                found.add(
-                    "spec.content.archive",
-                    "Windows agents only unpack zip archives: use a .zip file",
-                );
-            } else if spec.os != Os::Windows && !(zip || targz) {
-                found.add(
-                    "spec.content.archive",
-                    "Linux and macOS agents unpack .tar.gz (or .zip where unzip is installed)",
-                );
-            }
-        }
     }
-    if spec.success_exit_codes.is_empty() {
-        found.add(
-            "spec.successExitCodes",
-            "at least one exit code must count as success",
-        );
-    }
-    if let Some(notification) = &spec.notification
-        && notification.text.trim().is_empty()
+    if let Some(digest) = &content.sha256
+        && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         found.add(
-            "spec.notification.text",
-            "the notification text cannot be empty",
+            "spec.content.sha256",
+            "sha256 must be 64 hexadecimal digits",
         );
+    }
+    if let Some(archive) = &content.archive {
+        let lower = archive.to_ascii_lowercase();
+        let zip = lower.ends_with(".zip");
+        let targz = lower.ends_with(".tar.gz") || lower.ends_with(".tgz");
+        if spec.os == Os::Windows && !zip {
+            found.add(
+                "spec.content.archive",
+                "Windows agents only unpack zip archives: use a .zip file",
+            );
+        } else if spec.os != Os::Windows && !(zip || targz) {
+            found.add(
+                "spec.content.archive",
+                "Linux and macOS agents unpack .tar.gz (or .zip where unzip is installed)",
+            );
+        }
     }
 }
 
