@@ -1,7 +1,7 @@
 //! Checks of the network kinds on their own: Server and Gateway (addresses, routes, modes).
 
 use super::{Found, is_dns_name};
-use crate::resources::gateway::{GatewayMode, GatewaySpec};
+use crate::resources::gateway::{GatewayDialOut, GatewayMode, GatewaySpec};
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 
 pub(super) fn server(spec: &ServerSpec, found: &mut Found) {
@@ -155,39 +155,7 @@ pub(super) fn gateway(spec: &GatewaySpec, found: &mut Found) {
         );
     }
     if let Some(dial_out) = &spec.dial_out {
-        if let Some(reason) = socket_address_problem(&dial_out.listen) {
-            found.add("spec.dialOut.listen", reason);
-        }
-        if dial_out.listen == spec.listen {
-            found.add(
-                "spec.dialOut.listen",
-                "inside servers connect to an address of their own, not the agents' listen",
-            );
-        }
-        if spec.certificate_ref.is_none() {
-            found.add(
-                "spec.certificateRef",
-                "dial-out: the gateway presents this certificate to inside servers; set it",
-            );
-        }
-        if dial_out.trusted_server_issuers.is_empty() {
-            found.add(
-                "spec.dialOut.trustedServerIssuers",
-                "name the Issuers of the inside servers' certificates",
-            );
-        }
-        if dial_out.names.iter().all(|n| n.trim().is_empty()) {
-            found.add(
-                "spec.dialOut.names",
-                "name the inside servers' certificates: without a name any certificate of those issuers (an agent's) would be taken for a server",
-            );
-        }
-        if spec.mode == GatewayMode::Terminate {
-            found.add(
-                "spec.dialOut",
-                "dial-out carries passthrough and tunnel connections; terminate mode connects to the backend itself",
-            );
-        }
+        gateway_dial_out(spec, dial_out, found);
     }
     let limits = &spec.limits;
     for (field, value) in [
@@ -203,6 +171,44 @@ pub(super) fn gateway(spec: &GatewaySpec, found: &mut Found) {
         found.add(
             "spec.limits.maxConnections",
             "maxConnections must be at least 1",
+        );
+    }
+}
+
+/// Dial-out: its own listen address, the gateway's certificate, and the inside servers'
+/// issuers and names; not with terminate mode.
+fn gateway_dial_out(spec: &GatewaySpec, dial_out: &GatewayDialOut, found: &mut Found) {
+    if let Some(reason) = socket_address_problem(&dial_out.listen) {
+        found.add("spec.dialOut.listen", reason);
+    }
+    if dial_out.listen == spec.listen {
+        found.add(
+            "spec.dialOut.listen",
+            "inside servers connect to an address of their own, not the agents' listen",
+        );
+    }
+    if spec.certificate_ref.is_none() {
+        found.add(
+            "spec.certificateRef",
+            "dial-out: the gateway presents this certificate to inside servers; set it",
+        );
+    }
+    if dial_out.trusted_server_issuers.is_empty() {
+        found.add(
+            "spec.dialOut.trustedServerIssuers",
+            "name the Issuers of the inside servers' certificates",
+        );
+    }
+    if dial_out.names.iter().all(|n| n.trim().is_empty()) {
+        found.add(
+            "spec.dialOut.names",
+            "name the inside servers' certificates: without a name any certificate of those issuers (an agent's) would be taken for a server",
+        );
+    }
+    if spec.mode == GatewayMode::Terminate {
+        found.add(
+            "spec.dialOut",
+            "dial-out carries passthrough and tunnel connections; terminate mode connects to the backend itself",
         );
     }
 }

@@ -118,6 +118,50 @@ fn private_key(field: &str, key: &PrivateKeySpec, found: &mut Found) {
 }
 
 pub(super) fn certificate(spec: &CertificateSpec, found: &mut Found) {
+    subject_names(spec, found);
+    lifetime(spec, found);
+    if let Some(key) = &spec.private_key {
+        private_key("spec.privateKey", key, found);
+    }
+    if let Some(dir) = &spec.output_directory {
+        let path = std::path::Path::new(dir);
+        let escapes = path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        let first = path
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        if dir.trim().is_empty() || escapes {
+            found.add(
+                "spec.outputDirectory",
+                format!("`{dir}` must be a relative path inside the state directory, without `..`"),
+            );
+        } else if matches!(first.as_deref(), Some("pki" | "status")) {
+            found.add(
+                "spec.outputDirectory",
+                format!(
+                    "`{dir}` is inside Tessera's own `pki/` or `status/` directory: choose another"
+                ),
+            );
+        }
+    }
+    if let Some(keystores) = &spec.keystores {
+        if let Some(pkcs12) = &keystores.pkcs12 {
+            password("spec.keystores.pkcs12", pkcs12, found);
+        }
+        if let Some(jks) = &keystores.jks {
+            password("spec.keystores.jks.keystore", &jks.keystore, found);
+            if let Some(truststore) = &jks.truststore {
+                password("spec.keystores.jks.truststore", truststore, found);
+            }
+        }
+    }
+}
+
+/// Names the certificate is for: at least one, each well formed.
+fn subject_names(spec: &CertificateSpec, found: &mut Found) {
     if spec.common_name.is_none()
         && spec.dns_names.is_empty()
         && spec.ip_addresses.is_empty()
@@ -165,6 +209,11 @@ pub(super) fn certificate(spec: &CertificateSpec, found: &mut Found) {
             found.add(format!("spec.usages[{i}]"), "this usage is listed twice");
         }
     }
+}
+
+/// Duration and renewal: long enough, and renewed late enough that a new certificate is
+/// not due at once.
+fn lifetime(spec: &CertificateSpec, found: &mut Found) {
     let duration = spec
         .duration
         .unwrap_or(crate::resources::quantity::Duration::from_hours(2160));
@@ -223,44 +272,6 @@ pub(super) fn certificate(spec: &CertificateSpec, found: &mut Found) {
                         "renewBeforePercentage {percent} of a {duration} certificate (backdated {BACKDATE}) leaves less than {MIN_KEPT} between issuance and renewal, so each new certificate would be due at once: use at most {largest}"
                     ),
                 );
-            }
-        }
-    }
-    if let Some(key) = &spec.private_key {
-        private_key("spec.privateKey", key, found);
-    }
-    if let Some(dir) = &spec.output_directory {
-        let path = std::path::Path::new(dir);
-        let escapes = path.is_absolute()
-            || path
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)));
-        let first = path
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned());
-        if dir.trim().is_empty() || escapes {
-            found.add(
-                "spec.outputDirectory",
-                format!("`{dir}` must be a relative path inside the state directory, without `..`"),
-            );
-        } else if matches!(first.as_deref(), Some("pki" | "status")) {
-            found.add(
-                "spec.outputDirectory",
-                format!(
-                    "`{dir}` is inside Tessera's own `pki/` or `status/` directory: choose another"
-                ),
-            );
-        }
-    }
-    if let Some(keystores) = &spec.keystores {
-        if let Some(pkcs12) = &keystores.pkcs12 {
-            password("spec.keystores.pkcs12", pkcs12, found);
-        }
-        if let Some(jks) = &keystores.jks {
-            password("spec.keystores.jks.keystore", &jks.keystore, found);
-            if let Some(truststore) = &jks.truststore {
-                password("spec.keystores.jks.truststore", truststore, found);
             }
         }
     }
