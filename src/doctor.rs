@@ -191,7 +191,7 @@ fn verdict(
         .build()?;
         let verdict = match chain.split_first() {
             Some((leaf, intermediates)) => verifier
-                .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
+                .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
                 .map(|_| ()),
             None => Err(rustls::Error::NoCertificatesPresented),
         };
