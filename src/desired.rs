@@ -112,52 +112,7 @@ pub fn evaluate(
     options: Options,
 ) -> DesiredState {
     let mut problems: Vec<Problem> = snapshot.problems.clone();
-    let mut valid: BTreeMap<ObjectKey, SourcedObject> = BTreeMap::new();
-    let mut broken: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
-    let mut incomplete_files: BTreeSet<&str> = BTreeSet::new();
-
-    for file in &snapshot.files {
-        let parsed = parse_file(&file.path, &file.text);
-        if !parsed.complete {
-            incomplete_files.insert(&file.path);
-        }
-        for object in parsed.objects {
-            let key = object.resource.key();
-            if let Some(first) = valid.get(&key) {
-                problems.push(Problem {
-                    file: Some(object.origin.file.clone()),
-                    line: object
-                        .lines
-                        .line("metadata.name")
-                        .or(Some(object.origin.line)),
-                    object: Some(key.clone()),
-                    field: Some("metadata.name".into()),
-                    message: format!(
-                        "{key} is declared twice: the first declaration, at {}:{}, is used",
-                        first.origin.file, first.origin.line
-                    ),
-                });
-                continue;
-            }
-            valid.insert(key, object);
-        }
-        for problem in parsed.problems {
-            match &problem.object {
-                Some(key) => broken.entry(key.clone()).or_default().push(problem),
-                None => problems.push(problem),
-            }
-        }
-    }
-    // A key both valid and broken was declared twice, once badly: the valid one is served and
-    // the broken one is reported as a plain problem.
-    broken.retain(|key, found| {
-        if valid.contains_key(key) {
-            problems.append(found);
-            false
-        } else {
-            true
-        }
-    });
+    let (valid, broken, incomplete_files) = read_files(snapshot, &mut problems);
 
     let seen_anything = !valid.is_empty() || !broken.is_empty() || !incomplete_files.is_empty();
     if let Some(previous) = previous
@@ -215,28 +170,8 @@ pub fn evaluate(
         entries.insert(key.clone(), refused(key, found, prior));
     }
 
-    // Objects last read from a file that now stops at a syntax error: the rest of that file
-    // is unknown, so they are kept as they were rather than taken as deleted.
     if let Some(previous) = previous {
-        for (key, prior) in &previous.entries {
-            let from_incomplete = prior
-                .origin
-                .as_ref()
-                .is_some_and(|origin| incomplete_files.contains(origin.file.as_str()));
-            if from_incomplete && !entries.contains_key(key) {
-                let problem = Problem {
-                    file: prior.origin.as_ref().map(|o| o.file.clone()),
-                    line: None,
-                    object: Some(key.clone()),
-                    field: None,
-                    message: "its file has a YAML syntax error before this object; the last valid version is kept".into(),
-                };
-                entries.insert(
-                    key.clone(),
-                    refused(key.clone(), vec![problem], Some(prior)),
-                );
-            }
-        }
+        keep_from_incomplete_files(previous, &incomplete_files, &mut entries);
     }
 
     check_dependencies(&mut entries);
@@ -250,6 +185,94 @@ pub fn evaluate(
         entries,
         problems: sorted(problems),
         held_back: false,
+    }
+}
+
+/// What [`read_files`] found: valid objects, refused ones, and files cut short.
+type FilesRead<'a> = (
+    BTreeMap<ObjectKey, SourcedObject>,
+    BTreeMap<ObjectKey, Vec<Problem>>,
+    BTreeSet<&'a str>,
+);
+
+/// Parses every file of `snapshot`: the valid objects (the first of a name declared twice),
+/// the refused ones with their problems, and the files that stop at a syntax error. Problems
+/// of no single object go to `problems`.
+fn read_files<'a>(snapshot: &'a Snapshot, problems: &mut Vec<Problem>) -> FilesRead<'a> {
+    let mut valid: BTreeMap<ObjectKey, SourcedObject> = BTreeMap::new();
+    let mut broken: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
+    let mut incomplete_files: BTreeSet<&str> = BTreeSet::new();
+
+    for file in &snapshot.files {
+        let parsed = parse_file(&file.path, &file.text);
+        if !parsed.complete {
+            incomplete_files.insert(&file.path);
+        }
+        for object in parsed.objects {
+            let key = object.resource.key();
+            if let Some(first) = valid.get(&key) {
+                problems.push(Problem {
+                    file: Some(object.origin.file.clone()),
+                    line: object
+                        .lines
+                        .line("metadata.name")
+                        .or(Some(object.origin.line)),
+                    object: Some(key.clone()),
+                    field: Some("metadata.name".into()),
+                    message: format!(
+                        "{key} is declared twice: the first declaration, at {}:{}, is used",
+                        first.origin.file, first.origin.line
+                    ),
+                });
+                continue;
+            }
+            valid.insert(key, object);
+        }
+        for problem in parsed.problems {
+            match &problem.object {
+                Some(key) => broken.entry(key.clone()).or_default().push(problem),
+                None => problems.push(problem),
+            }
+        }
+    }
+    // A key both valid and broken was declared twice, once badly: the valid one is served and
+    // the broken one is reported as a plain problem.
+    broken.retain(|key, found| {
+        if valid.contains_key(key) {
+            problems.append(found);
+            false
+        } else {
+            true
+        }
+    });
+    (valid, broken, incomplete_files)
+}
+
+/// Objects last read from a file that now stops at a syntax error: the rest of that file
+/// is unknown, so they are kept as they were rather than taken as deleted.
+fn keep_from_incomplete_files(
+    previous: &DesiredState,
+    incomplete_files: &BTreeSet<&str>,
+    entries: &mut BTreeMap<ObjectKey, Entry>,
+) {
+    for (key, prior) in &previous.entries {
+        let from_incomplete = prior
+            .origin
+            .as_ref()
+            .is_some_and(|origin| incomplete_files.contains(origin.file.as_str()));
+        if from_incomplete && !entries.contains_key(key) {
+            let problem = Problem {
+                file: prior.origin.as_ref().map(|o| o.file.clone()),
+                line: None,
+                object: Some(key.clone()),
+                field: None,
+                message: "its file has a YAML syntax error before this object; the last valid version is kept".into(),
+            };
+            entries.insert(
+                key.clone(),
+                refused(key.clone(), vec![problem], Some(prior)),
+            );
+        }
     }
 }
 

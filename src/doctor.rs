@@ -13,7 +13,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 
-use crate::pki::diagnose::{self, Observed};
+use crate::pki::diagnose::{self, Finding, Observed};
+use crate::pki::facts::CertFacts;
 use crate::pki::{facts, tls};
 
 /// What to check.
@@ -52,18 +53,7 @@ pub async fn run(options: Options) -> Result<ExitCode> {
         seen: seen.clone(),
         provider: tls::provider(),
     });
-    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder);
-    let config = match &options.identity {
-        Some((chain, key)) => builder.with_client_auth_cert(
-            facts::pem_certificates(chain)?,
-            PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .context("failed to read the client key")?,
-        )?,
-        None => builder.with_no_client_auth(),
-    };
+    let config = client_config(options.identity.as_ref(), recorder)?;
 
     writeln!(out, "connecting to {} as `{name}`", options.address)?;
     let connect = async {
@@ -102,6 +92,45 @@ pub async fn run(options: Options) -> Result<ExitCode> {
     )?;
 
     let chain: Vec<CertificateDer<'static>> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let chain_facts = write_chain(&mut out, &chain)?;
+
+    let trusted = match &options.trusted {
+        Some(pem) => facts::pem_certificates(pem)?
+            .iter()
+            .map(|der| facts::read(der))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let crls = options
+        .crls
+        .iter()
+        .map(|pem| facts::read_crl(pem).context("a --crl file is not a PEM CRL with a next update"))
+        .collect::<Result<Vec<_>>>()?;
+    let findings = diagnose::diagnose(&Observed {
+        chain: chain_facts,
+        name: name.clone(),
+        trusted,
+        crls,
+        now: jiff::Timestamp::now(),
+    });
+    for finding in &findings {
+        writeln!(out, "PROBLEM ({}): {}", finding.code, finding.problem)?;
+        writeln!(out, "  fix: {}", finding.fix)?;
+    }
+
+    verdict(
+        &mut out,
+        options.trusted.as_deref(),
+        &chain,
+        &server_name,
+        &name,
+        &findings,
+    )
+}
+
+/// Prints the chain the server offered, one certificate at a time, and returns what each
+/// one says.
+fn write_chain(out: &mut impl Write, chain: &[CertificateDer<'static>]) -> Result<Vec<CertFacts>> {
     let mut chain_facts = Vec::new();
     writeln!(
         out,
@@ -135,34 +164,22 @@ pub async fn run(options: Options) -> Result<ExitCode> {
         }
         chain_facts.push(f);
     }
+    Ok(chain_facts)
+}
 
-    let trusted = match &options.trusted {
-        Some(pem) => facts::pem_certificates(pem)?
-            .iter()
-            .map(|der| facts::read(der))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
-    let crls = options
-        .crls
-        .iter()
-        .map(|pem| facts::read_crl(pem).context("a --crl file is not a PEM CRL with a next update"))
-        .collect::<Result<Vec<_>>>()?;
-    let findings = diagnose::diagnose(&Observed {
-        chain: chain_facts,
-        name: name.clone(),
-        trusted,
-        crls,
-        now: jiff::Timestamp::now(),
-    });
-    for finding in &findings {
-        writeln!(out, "PROBLEM ({}): {}", finding.code, finding.problem)?;
-        writeln!(out, "  fix: {}", finding.fix)?;
-    }
-
+/// The exit code: 1 when the diagnosis found problems or, with `trusted` CAs, when the
+/// real verifier refuses the chain; 0 otherwise.
+fn verdict(
+    out: &mut impl Write,
+    trusted: Option<&str>,
+    chain: &[CertificateDer<'static>],
+    server_name: &ServerName<'static>,
+    name: &str,
+    findings: &[Finding],
+) -> Result<ExitCode> {
     // The real verifier has the last word, in case something is wrong that the diagnosis
     // does not name.
-    if let Some(pem) = &options.trusted {
+    if let Some(pem) = trusted {
         let mut roots = rustls::RootCertStore::empty();
         for certificate in facts::pem_certificates(pem)? {
             let _ = roots.add(certificate);
@@ -174,7 +191,7 @@ pub async fn run(options: Options) -> Result<ExitCode> {
         .build()?;
         let verdict = match chain.split_first() {
             Some((leaf, intermediates)) => verifier
-                .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
+                .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
                 .map(|_| ()),
             None => Err(rustls::Error::NoCertificatesPresented),
         };
@@ -202,6 +219,26 @@ pub async fn run(options: Options) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// A client that records the chain offered instead of judging it, with the client
+/// certificate if one is given.
+fn client_config(
+    identity: Option<&(String, String)>,
+    recorder: Arc<Recorder>,
+) -> Result<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder);
+    Ok(match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(
+            facts::pem_certificates(chain)?,
+            PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .context("failed to read the client key")?,
+        )?,
+        None => builder.with_no_client_auth(),
     })
 }
 

@@ -158,26 +158,7 @@ pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
         return Ok(pass);
     }
     let pacing = &answer.pacing;
-    let mut jobs: Vec<(String, u8)> = Vec::new();
-    let mut manifests = std::collections::HashMap::new();
-    for assignment in &answer.assignments {
-        if installed.contains(&assignment.package_id) && !assignment.force {
-            continue;
-        }
-        let path = format!("/v1/packages/{}/manifest", assignment.package_id);
-        let manifest: v1::Manifest = match client.json(Method::GET, &path, None::<&()>).await {
-            Ok(Some(manifest)) => manifest,
-            Ok(None) | Err(_) => continue,
-        };
-        let dir = package_dir(&config.state_dir, &manifest.package_id);
-        write_file(
-            &dir.join("manifest.json"),
-            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
-            false,
-        )?;
-        jobs.push((manifest.package_id.clone(), manifest.priority));
-        manifests.insert(manifest.package_id.clone(), manifest);
-    }
+    let (mut jobs, manifests) = manifests(&client, config, &answer, &installed).await?;
     let sleep = |seconds: u64| tokio::time::sleep(Duration::from_secs(seconds));
     // Periods of cycles until every package is done (each step makes progress or fails
     // the package, so this ends).
@@ -224,6 +205,41 @@ pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
     }
     Ok(pass)
 }
+
+/// The manifests of the packages to run this pass (assigned, and not installed unless
+/// forced), each kept on disk, and the jobs to schedule with their priority. A manifest
+/// that cannot be read is skipped: it is asked again next pass.
+async fn manifests(
+    client: &Client,
+    config: &Config,
+    answer: &v1::CheckInResponse,
+    installed: &BTreeSet<String>,
+) -> Result<(Jobs, std::collections::HashMap<String, v1::Manifest>), AgentError> {
+    let mut jobs: Vec<(String, u8)> = Vec::new();
+    let mut manifests = std::collections::HashMap::new();
+    for assignment in &answer.assignments {
+        if installed.contains(&assignment.package_id) && !assignment.force {
+            continue;
+        }
+        let path = format!("/v1/packages/{}/manifest", assignment.package_id);
+        let manifest: v1::Manifest = match client.json(Method::GET, &path, None::<&()>).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) | Err(_) => continue,
+        };
+        let dir = package_dir(&config.state_dir, &manifest.package_id);
+        write_file(
+            &dir.join("manifest.json"),
+            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+            false,
+        )?;
+        jobs.push((manifest.package_id.clone(), manifest.priority));
+        manifests.insert(manifest.package_id.clone(), manifest);
+    }
+    Ok((jobs, manifests))
+}
+
+/// Packages to run with their priority, as `schedule::cycle` takes them.
+type Jobs = Vec<(String, u8)>;
 
 fn progress(id: &str, state: v1::ReportedState) -> v1::Report {
     v1::Report {

@@ -54,9 +54,6 @@ pub(super) async fn terminate(
     use base64::Engine;
     use http_body_util::BodyExt;
     use hyper::header::HeaderValue;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
 
     let Some(stream) = edge::handshake(client, peer, acceptor, config, counters).await else {
         return;
@@ -75,18 +72,7 @@ pub(super) async fn terminate(
         .unwrap_or(HeaderValue::from_static("unknown"));
     // One backend pool per client connection: what the client keeps alive, the gateway
     // keeps alive to the backend.
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*backend_tls).clone())
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    let backend_client: Client<_, hyper::body::Incoming> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.idle_timeout)
-        .build(connector);
+    let backend_client = backend_pool(config, &backend_tls);
     let backend = config.backend.clone();
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -153,4 +139,26 @@ pub(super) async fn terminate(
     )
     .await;
     tracing::debug!(%peer, ?ended, "connection ended");
+}
+
+/// A client to the backend over the gateway's own mutual-TLS identity, HTTP/1.1 only.
+fn backend_pool(
+    config: &Config,
+    backend_tls: &rustls::ClientConfig,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper::body::Incoming,
+> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(backend_tls.clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(config.idle_timeout)
+        .build(connector)
 }

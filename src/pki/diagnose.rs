@@ -66,26 +66,7 @@ pub fn diagnose(observed: &Observed) -> Vec<Finding> {
         });
     }
 
-    for (position, certificate) in observed.chain.iter().enumerate() {
-        let which = if position == 0 {
-            "the server certificate".to_owned()
-        } else {
-            format!("the chain certificate `{}`", certificate.subject)
-        };
-        if certificate.not_after <= observed.now {
-            found.push(Finding {
-                code: "expired",
-                problem: format!("{which} expired at {}", certificate.not_after),
-                fix: "renew it: Tessera renews on its own before expiry; check the Certificate's status for `lastFailureReason` and the clock of both machines".into(),
-            });
-        } else if certificate.not_before > observed.now {
-            found.push(Finding {
-                code: "not-yet-valid",
-                problem: format!("{which} is not valid before {}", certificate.not_before),
-                fix: "one of the clocks is wrong: check time synchronisation (NTP) on the client and the server".into(),
-            });
-        }
-    }
+    validity(observed, &mut found);
 
     if !leaf.usages.is_empty()
         && leaf
@@ -123,6 +104,36 @@ pub fn diagnose(observed: &Observed) -> Vec<Finding> {
         }
     }
 
+    revocation(observed, &mut found);
+    found
+}
+
+/// Each certificate of the chain is within its validity period.
+fn validity(observed: &Observed, found: &mut Vec<Finding>) {
+    for (position, certificate) in observed.chain.iter().enumerate() {
+        let which = if position == 0 {
+            "the server certificate".to_owned()
+        } else {
+            format!("the chain certificate `{}`", certificate.subject)
+        };
+        if certificate.not_after <= observed.now {
+            found.push(Finding {
+                code: "expired",
+                problem: format!("{which} expired at {}", certificate.not_after),
+                fix: "renew it: Tessera renews on its own before expiry; check the Certificate's status for `lastFailureReason` and the clock of both machines".into(),
+            });
+        } else if certificate.not_before > observed.now {
+            found.push(Finding {
+                code: "not-yet-valid",
+                problem: format!("{which} is not valid before {}", certificate.not_before),
+                fix: "one of the clocks is wrong: check time synchronisation (NTP) on the client and the server".into(),
+            });
+        }
+    }
+}
+
+/// The CRLs given are current and revoke no certificate of the chain.
+fn revocation(observed: &Observed, found: &mut Vec<Finding>) {
     for crl in &observed.crls {
         let issued_by_crl_issuer = observed.chain.iter().any(|c| c.issuer_der == crl.issuer);
         if !issued_by_crl_issuer {
@@ -148,7 +159,6 @@ pub fn diagnose(observed: &Observed) -> Vec<Finding> {
             }
         }
     }
-    found
 }
 
 /// Whether `name` is one of the certificate's names (one leading `*.` label matches one label).

@@ -309,13 +309,7 @@ impl Reconciler {
         if (!leading || !self.led)
             && let Some((db, dirs)) = &shared
         {
-            match replicate::mirror(db, &self.config.state_dir, dirs) {
-                Ok(0) => {}
-                Ok(files) => tracing::info!(files, "took the files the leader shared"),
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "failed to take the files the leader shared")
-                }
-            }
+            take_shared_files(db, &self.config.state_dir, dirs);
         }
         self.led = leading;
         let (mut outcomes, certificates_wake) = if leading {
@@ -323,25 +317,8 @@ impl Reconciler {
         } else {
             (self.certificates.follow(&desired), None)
         };
-        // After a restart, agents are served what is already built (listen addresses, the
-        // certificate, the routes of complete packages) before anything is built: a large
-        // build must not keep the listeners down.
-        if self.previous.is_none()
-            && let Some(runtime) = &self.config.runtime
-        {
-            let built = status::already_built(&self.config.state_dir, &desired);
-            tracing::info!(
-                packages = built.len(),
-                "serving what is already built while the rest is reconciled"
-            );
-            self.publisher.publish(
-                runtime,
-                &desired,
-                &built,
-                &self.certificates,
-                &leadership,
-                now,
-            );
+        if self.previous.is_none() {
+            self.serve_already_built(&desired, &leadership, now);
         }
         // Each server builds the fragments itself: archives are deterministic, so every
         // server serves the same bytes under the same package id.
@@ -364,15 +341,7 @@ impl Reconciler {
         if let Some((db, dirs)) = &shared
             && leadership.is_leader()
         {
-            match replicate::share(db, &self.config.state_dir, dirs, now.as_second()) {
-                Ok(false) => {}
-                Ok(true) => {
-                    tracing::info!("shared new CA or certificate files with the other servers")
-                }
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "failed to share CA and certificate files")
-                }
-            }
+            share_files(db, &self.config.state_dir, dirs, now);
         }
         outcomes.extend(packages);
         self.expire(&desired, &mut outcomes, now);
@@ -396,6 +365,41 @@ impl Reconciler {
             None => wake,
         };
 
+        self.log_pass(&desired, &changes, &report);
+        self.previous = Some(desired);
+        Ok(Pass { report, wake })
+    }
+
+    /// On the first pass, publishes what is already built before building anything.
+    fn serve_already_built(
+        &mut self,
+        desired: &DesiredState,
+        leadership: &Leadership,
+        now: jiff::Timestamp,
+    ) {
+        // After a restart, agents are served what is already built (listen addresses, the
+        // certificate, the routes of complete packages) before anything is built: a large
+        // build must not keep the listeners down.
+        if let Some(runtime) = &self.config.runtime {
+            let built = status::already_built(&self.config.state_dir, desired);
+            tracing::info!(
+                packages = built.len(),
+                "serving what is already built while the rest is reconciled"
+            );
+            self.publisher.publish(
+                runtime,
+                desired,
+                &built,
+                &self.certificates,
+                leadership,
+                now,
+            );
+        }
+    }
+
+    /// Logs a pass that changed something (and the first one), and each problem not seen
+    /// in the pass before.
+    fn log_pass(&self, desired: &DesiredState, changes: &[desired::Change], report: &Report) {
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         let ready = report
             .objects
@@ -425,8 +429,6 @@ impl Reconciler {
                 tracing::warn!(%problem, "configuration problem");
             }
         }
-        self.previous = Some(desired);
-        Ok(Pass { report, wake })
     }
 
     /// No Certificate, Issuer or Server is Ready on an expired certificate, whatever acted
@@ -638,6 +640,41 @@ impl Reconciler {
                 .map(problem_report)
                 .collect(),
             conditions: Vec::new(),
+        }
+    }
+}
+
+/// A follower (or a server that has just become the leader) takes the CAs and certificates
+/// the leader shared; a failure is logged and retried next pass.
+fn take_shared_files(
+    db: &crate::store::db::Database,
+    state_dir: &std::path::Path,
+    dirs: &[PathBuf],
+) {
+    match replicate::mirror(db, state_dir, dirs) {
+        Ok(0) => {}
+        Ok(files) => tracing::info!(files, "took the files the leader shared"),
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "failed to take the files the leader shared")
+        }
+    }
+}
+
+/// The leader shares new CA and certificate files with the other servers; a failure is
+/// logged and retried next pass.
+fn share_files(
+    db: &crate::store::db::Database,
+    state_dir: &std::path::Path,
+    dirs: &[PathBuf],
+    now: jiff::Timestamp,
+) {
+    match replicate::share(db, state_dir, dirs, now.as_second()) {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!("shared new CA or certificate files with the other servers")
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "failed to share CA and certificate files")
         }
     }
 }

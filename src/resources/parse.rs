@@ -414,22 +414,7 @@ fn split_documents(text: &str) -> (Vec<RawDocument<'_>>, Option<(u32, String)>) 
                     // The document's root node: the document's text starts at its line.
                     let byte = span.start.byte_offset().unwrap_or(0);
                     let line_start = text[..byte].rfind('\n').map_or(0, |i| i + 1);
-                    let root = match &event {
-                        Event::MappingStart(..) => RootKind::Mapping,
-                        Event::Scalar(value, style, ..)
-                            if value.is_empty()
-                                && matches!(
-                                    style,
-                                    serde_saphyr::granit_parser::ScalarStyle::Plain
-                                ) =>
-                        {
-                            RootKind::Null
-                        }
-                        Event::Scalar(value, ..) if value == "~" || value == "null" => {
-                            RootKind::Null
-                        }
-                        _ => RootKind::Other,
-                    };
+                    let root = root_kind(&event);
                     current = Some((line_start, line, root, HashMap::new()));
                     Some(String::new())
                 }
@@ -487,6 +472,21 @@ fn split_documents(text: &str) -> (Vec<RawDocument<'_>>, Option<(u32, String)>) 
         }
     }
     (documents, None)
+}
+
+/// What a document's root node is, from its first event.
+fn root_kind(event: &Event<'_>) -> RootKind {
+    match event {
+        Event::MappingStart(..) => RootKind::Mapping,
+        Event::Scalar(value, style, ..)
+            if value.is_empty()
+                && matches!(style, serde_saphyr::granit_parser::ScalarStyle::Plain) =>
+        {
+            RootKind::Null
+        }
+        Event::Scalar(value, ..) if value == "~" || value == "null" => RootKind::Null,
+        _ => RootKind::Other,
+    }
 }
 
 fn join(path: &str, key: &str) -> String {

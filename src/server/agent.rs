@@ -143,7 +143,7 @@ pub struct Shared {
     /// Fragments kept in memory.
     pub cache: Arc<FragmentCache>,
     /// Each computer's budget of results (OCS and native).
-    pub results: Arc<super::ocs::ResultBudget>,
+    pub results: Arc<super::results::ResultBudget>,
     /// Enrollment attempts and refusals per client address.
     pub enrollments: Arc<super::v1::Enrollments>,
 }

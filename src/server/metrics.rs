@@ -266,12 +266,17 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_by_label(&mut out);
+        self.render_totals(&mut out);
+        self.connections.render(&mut out);
+        out
+    }
+
+    /// The counters with a label: OCS requests by query, results by code, unfiled
+    /// results by reason.
+    fn render_by_label(&self, out: &mut String) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        header(
-            &mut out,
-            "tessera_ocs_requests_total",
-            "OCS requests by query.",
-        );
+        header(out, "tessera_ocs_requests_total", "OCS requests by query.");
         for (query, counter) in QUERIES.iter().zip(&self.requests) {
             let _ = writeln!(
                 out,
@@ -281,7 +286,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "tessera_deployment_results_total",
             "Results reported by agents, by code.",
         );
@@ -298,7 +303,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "tessera_deployment_results_unfiled_total",
             "Results not filed, by reason (refused: not_offered, unknown_device, rate_limited, invalid; answered 200: settled, superseded).",
         );
@@ -310,6 +315,11 @@ impl Metrics {
                 load(counter)
             );
         }
+    }
+
+    /// The plain counters: downloads, builds, status writes, bytes and TLS handshakes.
+    fn render_totals(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counters: [(&str, &str, String); 6] = [
             (
                 "tessera_info_files_served_total",
@@ -343,11 +353,11 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            header(&mut out, name, help);
+            header(out, name, help);
             let _ = writeln!(out, "{name} {value}");
         }
         header(
-            &mut out,
+            out,
             "tessera_status_write_failures_total",
             "Reconcile passes whose status files could not be written (a full disk, say).",
         );
@@ -358,7 +368,7 @@ impl Metrics {
             load(&self.status_write_failing)
         );
         header(
-            &mut out,
+            out,
             "tessera_download_bytes_total",
             "Bytes of info files and fragments sent, by listener.",
         );
@@ -373,7 +383,7 @@ impl Metrics {
             load(&self.bytes_http)
         );
         header(
-            &mut out,
+            out,
             "tessera_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out.",
         );
@@ -387,8 +397,6 @@ impl Metrics {
             "tessera_tls_handshake_failures_total{{reason=\"timeout\"}} {}",
             load(&self.handshake_timeouts)
         );
-        self.connections.render(&mut out);
-        out
     }
 }
 

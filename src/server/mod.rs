@@ -11,5 +11,6 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod ocs;
+pub mod results;
 pub mod v1;
 pub mod webhook;

@@ -6,14 +6,10 @@
 //! reference server's refusal of newer agents is a known source of outages (protocol notes
 //! 1.5).
 //!
-//! Results are filed only where they can come from: a package offered to that computer
-//! (see `result`), within a per-computer budget ([`ResultBudget`]). The OCS protocol
+//! Results are filed only where they can come from: a package offered to that computer,
+//! within a per-computer budget (both in [`results`]). The OCS protocol
 //! authenticates nothing, so a device id is all a forger needs; what it can still do is
 //! bounded to packages actually offered to that device and not yet reported.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -23,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use crate::protocol::ocs::{self, CodecError, Encoding, Pack, PrologReply, Request};
 use crate::server::agent::Shared;
 use crate::server::deployments;
-use crate::server::metrics::Unfiled;
-use crate::store::db::{Facts, Filed};
+use crate::server::results;
+use crate::store::db::Facts;
 
 /// An agent whose last inventory is older than this is asked for a new one, so targeting
 /// works on fresh facts (tags, OS). It is also asked after reporting results, so the
@@ -40,17 +36,6 @@ const INLINE_BODY: usize = 4 << 10;
 const INLINE_XML: usize = 64 << 10;
 /// Longest User-Agent put in a log line.
 const MAX_LOGGED_AGENT: usize = 128;
-
-/// Results one computer may send in a burst. An OCS agent reports each package once per
-/// cycle and a native agent three times (downloading, installing, done); 30 is far above
-/// either and far below what fills a database or a log.
-pub const RESULT_BURST: f64 = 30.0;
-/// One more result allowed every 2 seconds after a burst (30 a minute).
-pub const RESULT_REFILL: Duration = Duration::from_secs(2);
-/// Computers whose budgets are tracked at once (about 3 MB at most). Past this, budgets
-/// back to full are forgotten; if all are in use, new device ids share one budget, so a
-/// flood of made-up ids neither grows memory nor resets a real computer's budget.
-pub const RESULT_BUDGETS: usize = 10_000;
 
 /// Everything that is not a download: the OCS endpoint when the path matches, else 404.
 pub async fn endpoint(
@@ -102,7 +87,7 @@ pub async fn endpoint(
             let address = client.map(|c| c.0.0.ip().to_string());
             inventory(&shared, request.clone(), xml, encoding, address).await
         }
-        "DOWNLOAD" => result(&shared, &request).await,
+        "DOWNLOAD" => results::file(&shared, &request).await,
         // The Windows agent's IP change notice: nothing to keep yet.
         "NOTIFY" => Ok(StatusCode::OK.into_response()),
         other => {
@@ -252,172 +237,6 @@ async fn inventory(
     Ok(reply(&ocs::inventory_reply(), encoding))
 }
 
-/// A DOWNLOAD result, filed only where it can come from.
-///
-/// - A package offered to this computer (a deployment of it `notified`, `downloading` or
-///   `installing`): filed, 200. The deployment stays offered even when its Affectation is
-///   removed afterwards, so the agent's late answer is still filed: it is true.
-/// - Every deployment of the package settled already: 200, nothing changed. The agent
-///   resends a result it did not get a 200 for, so this is what ends a lost answer's
-///   resends; and a forged result cannot overwrite the real one.
-/// - Offered once but armed again since (a redeploy token, or a new package id took its
-///   place): 200, nothing stored. The offer it answers no longer stands; a 400 would make
-///   the agent resend it every cycle, for ever.
-/// - Never offered (armed and `waiting`, or no deployment at all), or an unknown device:
-///   400, nothing stored. A forged SUCCESS for a waiting target therefore leaves it
-///   waiting, so the real computer is still offered the package.
-///
-/// Each computer has a budget of results ([`ResultBudget`]): past it, 429 and nothing
-/// read from the database. Whatever is not filed is counted by reason
-/// (`tessera_deployment_results_unfiled_total`) and logged; only filed codes become
-/// `tessera_deployment_results_total` labels.
-async fn result(
-    shared: &Shared,
-    request: &Request,
-) -> Result<Response, crate::server::agent::ServeError> {
-    let (Some(id), Some(code)) = (request.id.clone(), request.err.clone()) else {
-        tracing::warn!(device = %request.device_id, "a DOWNLOAD result without ID or ERR");
-        // Both agents keep resending a result that is not answered 200; one without an id
-        // can never be filed, so accept it rather than have it resent forever.
-        return Ok(StatusCode::OK.into_response());
-    };
-    if !shared.results.allow(&request.device_id, Instant::now()) {
-        shared.metrics.unfiled(Unfiled::RateLimited);
-        tracing::warn!(device = %request.device_id, package = %id, "too many results from one computer");
-        return Ok((StatusCode::TOO_MANY_REQUESTS, "too many results\n").into_response());
-    }
-    let success_codes = shared
-        .routes
-        .borrow()
-        .packages
-        .get(&id)
-        .map_or_else(|| vec![0], |p| p.success_exit_codes.clone());
-    let state = deployments::classify(&code, &success_codes);
-    let now = shared.now();
-    let device = request.device_id.clone();
-    let package = id.clone();
-    let result_code = code.clone();
-    let filed = shared
-        .db(move |db| db.record_result(&device, &package, state, Some(&result_code), None, now))
-        .await?;
-    let unfiled = match filed {
-        Filed::Recorded(_) => {
-            shared.metrics.result(&code);
-            shared.touched();
-            tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
-            return Ok(StatusCode::OK.into_response());
-        }
-        Filed::Settled => Unfiled::Settled,
-        Filed::Superseded => Unfiled::Superseded,
-        Filed::NotOffered => Unfiled::NotOffered,
-        Filed::UnknownDevice => Unfiled::UnknownDevice,
-    };
-    shared.metrics.unfiled(unfiled);
-    if unfiled.is_refusal() {
-        tracing::warn!(device = %request.device_id, package = %id, %code, reason = unfiled.as_str(), "refused a result");
-        return Ok((
-            StatusCode::BAD_REQUEST,
-            "no such package was offered to this computer\n",
-        )
-            .into_response());
-    }
-    tracing::info!(device = %request.device_id, package = %id, %code, reason = unfiled.as_str(), "result not filed");
-    // 200 with an empty body, which is what both agents expect.
-    Ok(StatusCode::OK.into_response())
-}
-
-/// Per-computer token buckets for results: `RESULT_BURST` at once, then one every
-/// `RESULT_REFILL`, for at most `RESULT_BUDGETS` computers (then one shared budget).
-#[derive(Debug, Default)]
-pub struct ResultBudget {
-    budgets: Mutex<Budgets>,
-}
-
-#[derive(Debug, Default)]
-struct Budgets {
-    by_device: HashMap<String, Bucket>,
-    /// The budget new devices share while every tracked one is in use.
-    overflow: Option<Bucket>,
-    /// When full budgets were last forgotten (at most once per `RESULT_REFILL`, so a full
-    /// map costs a scan rarely, not on every request).
-    pruned: Option<Instant>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(now: Instant) -> Self {
-        Self {
-            tokens: RESULT_BURST,
-            at: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let earned =
-            now.saturating_duration_since(self.at).as_secs_f64() / RESULT_REFILL.as_secs_f64();
-        self.tokens = (self.tokens + earned).min(RESULT_BURST);
-        self.at = now;
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        let allowed = self.tokens >= 1.0;
-        if allowed {
-            self.tokens -= 1.0;
-        }
-        allowed
-    }
-}
-
-impl ResultBudget {
-    /// Whether `device` may send one more result at `now` (and, if so, counts it).
-    pub fn allow(&self, device: &str, now: Instant) -> bool {
-        let mut budgets = self
-            .budgets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(bucket) = budgets.by_device.get_mut(device) {
-            return bucket.take(now);
-        }
-        let budgets = &mut *budgets;
-        if budgets.by_device.len() >= RESULT_BUDGETS
-            && budgets
-                .pruned
-                .is_none_or(|at| now.saturating_duration_since(at) >= RESULT_REFILL)
-        {
-            budgets.by_device.retain(|_, bucket| {
-                bucket.refill(now);
-                bucket.tokens < RESULT_BURST
-            });
-            budgets.pruned = Some(now);
-        }
-        if budgets.by_device.len() < RESULT_BUDGETS {
-            let mut bucket = Bucket::full(now);
-            let allowed = bucket.take(now);
-            budgets.by_device.insert(device.to_owned(), bucket);
-            return allowed;
-        }
-        budgets
-            .overflow
-            .get_or_insert_with(|| Bucket::full(now))
-            .take(now)
-    }
-
-    /// How many computers' budgets are tracked.
-    pub fn tracked(&self) -> usize {
-        self.budgets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .by_device
-            .len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -432,6 +251,7 @@ mod tests {
     use crate::server::agent::{self, PackageRoute, Routes};
     use crate::server::deployments::{Assignment, OsFamily, Selector};
     use crate::server::metrics::Metrics;
+    use crate::server::results::RESULT_BURST;
     use crate::store::db::{Database, State as DeploymentState};
 
     const DEVICE: &str = "lab-01-2026-01-01-00-00-00";
@@ -682,30 +502,6 @@ mod tests {
                 .render()
                 .contains("unfiled_total{reason=\"rate_limited\"} 1\n")
         );
-    }
-
-    #[test]
-    fn budgets_refill_with_time_and_stay_bounded_under_a_flood_of_made_up_ids() {
-        let budget = ResultBudget::default();
-        let start = Instant::now();
-        let burst = RESULT_BURST as usize;
-        assert!((0..burst).all(|_| budget.allow("pc", start)));
-        assert!(!budget.allow("pc", start));
-        assert!(budget.allow("pc", start + RESULT_REFILL));
-        assert!(!budget.allow("pc", start + RESULT_REFILL));
-        // A flood of made-up ids: the map stops growing and they share one budget, while
-        // the computer already tracked keeps its own.
-        let later = start + RESULT_REFILL * 2;
-        let allowed = (0..RESULT_BUDGETS + 1000)
-            .filter(|n| budget.allow(&format!("fake-{n}"), later))
-            .count();
-        assert_eq!(budget.tracked(), RESULT_BUDGETS);
-        assert_eq!(allowed, RESULT_BUDGETS - 1 + burst);
-        assert!(budget.allow("pc", later));
-        // Once the budgets are back to full, they are forgotten to make room.
-        let much_later = later + RESULT_REFILL * (burst as u32 + 1);
-        assert!(budget.allow("newcomer", much_later));
-        assert!(budget.tracked() < 10, "{}", budget.tracked());
     }
 
     #[tokio::test]

@@ -1,0 +1,245 @@
+//! Checks of the network kinds on their own: Server and Gateway (addresses, routes, modes).
+
+use super::{Found, is_dns_name};
+use crate::resources::gateway::{GatewayDialOut, GatewayMode, GatewaySpec};
+use crate::resources::server::{ClientAuthMode, ServerSpec};
+
+pub(super) fn server(spec: &ServerSpec, found: &mut Found) {
+    if let Some(reason) = socket_address_problem(&spec.listen.https) {
+        found.add("spec.listen.https", reason);
+    }
+    if let Some(http) = &spec.listen.http
+        && let Some(reason) = socket_address_problem(http)
+    {
+        found.add("spec.listen.http", reason);
+    }
+    if spec.client_auth.mode != ClientAuthMode::None && spec.client_auth.trusted_issuers.is_empty()
+    {
+        found.add(
+            "spec.clientAuth.trustedIssuers",
+            format!(
+                "client auth {:?} needs at least one trusted issuer to check certificates against",
+                spec.client_auth.mode
+            ),
+        );
+    }
+    let hours = spec.prolog_frequency.as_secs();
+    if hours < 3600 || !hours.is_multiple_of(3600) {
+        found.add(
+            "spec.prologFrequency",
+            format!(
+                "OCS agents count the contact interval in whole hours: use 1h or more in whole hours (got {})",
+                spec.prolog_frequency
+            ),
+        );
+    }
+    let download = &spec.download;
+    if download.period_length < 1 {
+        found.add(
+            "spec.download.periodLength",
+            "a period needs at least one cycle",
+        );
+    }
+    let timeout = download.timeout.as_secs();
+    if timeout < 86_400 || !timeout.is_multiple_of(86_400) {
+        found.add(
+            "spec.download.timeout",
+            format!(
+                "agents count the download timeout in whole days: use 1d or more (got {})",
+                download.timeout
+            ),
+        );
+    }
+    if download.execution_timeout.as_secs() < 60 {
+        found.add(
+            "spec.download.executionTimeout",
+            "agents count the execution timeout in whole minutes: use 1m or more",
+        );
+    }
+    if let Some(dial_out) = &spec.dial_out
+        && let Some(reason) = host_port_problem(&dial_out.gateway)
+    {
+        found.add("spec.dialOut.gateway", reason);
+    }
+    for (i, gateway) in spec.trusted_gateways.iter().enumerate() {
+        if gateway.names.iter().all(|n| n.trim().is_empty()) {
+            found.add(
+                format!("spec.trustedGateways[{i}].names"),
+                "name the gateway's certificate (its common name or a DNS name): without a name any certificate of that issuer would be believed",
+            );
+        }
+    }
+    let path = &spec.ocs.path;
+    if !path.starts_with('/')
+        || path.len() < 2
+        || path.contains(char::is_whitespace)
+        || path.starts_with("/v1")
+        || path.starts_with("/download")
+    {
+        found.add(
+            "spec.ocs.path",
+            format!(
+                "`{path}` must be an absolute path such as /ocsinventory, outside /v1 and /download"
+            ),
+        );
+    }
+}
+
+pub(super) fn gateway(spec: &GatewaySpec, found: &mut Found) {
+    if let Some(reason) = socket_address_problem(&spec.listen) {
+        found.add("spec.listen", reason);
+    }
+    if let Some(reason) = host_port_problem(&spec.backend) {
+        found.add("spec.backend", reason);
+    }
+    for (i, route) in spec.routes.iter().enumerate() {
+        if !is_dns_name(&route.server_name) {
+            found.add(
+                format!("spec.routes[{i}].serverName"),
+                format!("`{}` is not a valid DNS name", route.server_name),
+            );
+        }
+        if let Some(reason) = host_port_problem(&route.backend) {
+            found.add(format!("spec.routes[{i}].backend"), reason);
+        }
+    }
+    match spec.mode {
+        GatewayMode::Passthrough => {
+            if (spec.certificate_ref.is_some() && spec.dial_out.is_none())
+                || !spec.trusted_client_issuers.is_empty()
+            {
+                found.add(
+                    "spec.mode",
+                    "passthrough forwards TLS untouched: certificateRef and trustedClientIssuers are not used (choose tunnel or terminate to verify clients at the edge)",
+                );
+            }
+        }
+        GatewayMode::Tunnel | GatewayMode::Terminate => {
+            if spec.certificate_ref.is_none() {
+                found.add(
+                    "spec.certificateRef",
+                    "tunnel and terminate modes present a certificate to agents: set certificateRef",
+                );
+            }
+            if spec.trusted_client_issuers.is_empty() {
+                found.add(
+                    "spec.trustedClientIssuers",
+                    "tunnel and terminate modes verify client certificates: name at least one issuer",
+                );
+            }
+            if spec.mode == GatewayMode::Terminate && !spec.routes.is_empty() {
+                found.add(
+                    "spec.routes",
+                    "routes by server name apply to passthrough and tunnel modes",
+                );
+            }
+        }
+    }
+    if spec.mode == GatewayMode::Terminate {
+        if spec.backend_certificate_ref.is_none() {
+            found.add(
+                "spec.backendCertificateRef",
+                "terminate mode connects to the backend with its own client certificate: set backendCertificateRef",
+            );
+        }
+        if spec.backend_issuer_ref.is_none() {
+            found.add(
+                "spec.backendIssuerRef",
+                "terminate mode verifies the backend's certificate: name the Issuer of its CA",
+            );
+        }
+    } else if spec.backend_certificate_ref.is_some() || spec.backend_issuer_ref.is_some() {
+        found.add(
+            "spec.mode",
+            "backendCertificateRef and backendIssuerRef are used in terminate mode only (passthrough and tunnel keep the agent's TLS session end to end)",
+        );
+    }
+    if let Some(dial_out) = &spec.dial_out {
+        gateway_dial_out(spec, dial_out, found);
+    }
+    let limits = &spec.limits;
+    for (field, value) in [
+        ("handshakeTimeout", limits.handshake_timeout),
+        ("idleTimeout", limits.idle_timeout),
+        ("connectTimeout", limits.connect_timeout),
+    ] {
+        if value.is_zero() {
+            found.add(format!("spec.limits.{field}"), "a timeout cannot be zero");
+        }
+    }
+    if limits.max_connections < 1 {
+        found.add(
+            "spec.limits.maxConnections",
+            "maxConnections must be at least 1",
+        );
+    }
+}
+
+/// Dial-out: its own listen address, the gateway's certificate, and the inside servers'
+/// issuers and names; not with terminate mode.
+fn gateway_dial_out(spec: &GatewaySpec, dial_out: &GatewayDialOut, found: &mut Found) {
+    if let Some(reason) = socket_address_problem(&dial_out.listen) {
+        found.add("spec.dialOut.listen", reason);
+    }
+    if dial_out.listen == spec.listen {
+        found.add(
+            "spec.dialOut.listen",
+            "inside servers connect to an address of their own, not the agents' listen",
+        );
+    }
+    if spec.certificate_ref.is_none() {
+        found.add(
+            "spec.certificateRef",
+            "dial-out: the gateway presents this certificate to inside servers; set it",
+        );
+    }
+    if dial_out.trusted_server_issuers.is_empty() {
+        found.add(
+            "spec.dialOut.trustedServerIssuers",
+            "name the Issuers of the inside servers' certificates",
+        );
+    }
+    if dial_out.names.iter().all(|n| n.trim().is_empty()) {
+        found.add(
+            "spec.dialOut.names",
+            "name the inside servers' certificates: without a name any certificate of those issuers (an agent's) would be taken for a server",
+        );
+    }
+    if spec.mode == GatewayMode::Terminate {
+        found.add(
+            "spec.dialOut",
+            "dial-out carries passthrough and tunnel connections; terminate mode connects to the backend itself",
+        );
+    }
+}
+
+/// Why `address` is not a listening address `ip:port`.
+fn socket_address_problem(address: &str) -> Option<String> {
+    address.parse::<std::net::SocketAddr>().err().map(|_| {
+        format!("`{address}` is not a listening address such as 0.0.0.0:8443 or [::]:8443")
+    })
+}
+
+/// Why `address` is not `host:port` (a name or an IP).
+fn host_port_problem(address: &str) -> Option<String> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return None;
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if is_dns_name(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => None,
+        _ => Some(format!("`{address}` is not host:port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_may_be_names_or_addresses() {
+        assert!(host_port_problem("tessera.internal:8443").is_none());
+        assert!(host_port_problem("127.0.0.1:8443").is_none());
+        assert!(host_port_problem("tessera.internal").is_some());
+        assert!(host_port_problem("bad_host:1").is_some());
+    }
+}
