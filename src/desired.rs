@@ -419,10 +419,10 @@ pub enum Change {
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Change::Added(key) => write!(f, "+{key}"),
-            Change::Updated(key) => write!(f, "~{key}"),
-            Change::Removed(key) => write!(f, "-{key}"),
-            Change::Refused(key) => write!(f, "!{key}"),
+            Self::Added(key) => write!(f, "+{key}"),
+            Self::Updated(key) => write!(f, "~{key}"),
+            Self::Removed(key) => write!(f, "-{key}"),
+            Self::Refused(key) => write!(f, "!{key}"),
         }
     }
 }

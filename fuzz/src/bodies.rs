@@ -93,16 +93,13 @@ pub fn proxy_header(data: &[u8]) {
     let Some((fixed, rest)) = data.split_first_chunk::<FIXED>() else {
         return;
     };
-    let length = match proxy::block_length(fixed) {
-        Ok(length) => length,
-        Err(_) => {
-            // The listener stops here; decode must refuse the same header.
-            assert!(
-                proxy::decode(fixed, rest).is_err(),
-                "decode accepts what block_length refuses"
-            );
-            return;
-        }
+    let Ok(length) = proxy::block_length(fixed) else {
+        // The listener stops here; decode must refuse the same header.
+        assert!(
+            proxy::decode(fixed, rest).is_err(),
+            "decode accepts what block_length refuses"
+        );
+        return;
     };
     assert!(length <= MAX_BLOCK, "block of {length} bytes accepted");
     // The listener reads exactly `length` bytes; a shorter block is a truncated header.

@@ -53,10 +53,10 @@ pub enum Format {
 
 impl Format {
     /// The format a manifest names: `tar.gz` or `zip`.
-    pub fn from_name(name: &str) -> Option<Format> {
+    pub fn from_name(name: &str) -> Option<Self> {
         match name {
-            "tar.gz" => Some(Format::TarGz),
-            "zip" => Some(Format::Zip),
+            "tar.gz" => Some(Self::TarGz),
+            "zip" => Some(Self::Zip),
             _ => None,
         }
     }
@@ -75,7 +75,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
+        Self {
             // Large applications (an IDE, an SDK) hold tens of thousands of files; ten
             // times more is an inode-exhaustion attack, not a package.
             max_entries: 100_000,
@@ -149,15 +149,15 @@ impl ExtractError {
     /// exists).
     pub fn code(&self) -> &'static str {
         match self {
-            ExtractError::UnsafePath { .. } => "ERR_UNSAFE_PATH",
-            ExtractError::UnsafeLink { .. } => "ERR_UNSAFE_LINK",
-            ExtractError::UnsafeEntry { .. } => "ERR_UNSAFE_ENTRY",
-            ExtractError::TooManyEntries { .. } => "ERR_TOO_MANY_ENTRIES",
-            ExtractError::TooLarge { .. } => "ERR_TOO_LARGE",
-            ExtractError::CompressionRatio { .. } => "ERR_COMPRESSION_RATIO",
-            ExtractError::CorruptTarGz { .. } => "ERR_BUILD",
-            ExtractError::CorruptZip { .. } => "ERR_UNZIP",
-            ExtractError::Io { .. } => "ERR_EXTRACT_IO",
+            Self::UnsafePath { .. } => "ERR_UNSAFE_PATH",
+            Self::UnsafeLink { .. } => "ERR_UNSAFE_LINK",
+            Self::UnsafeEntry { .. } => "ERR_UNSAFE_ENTRY",
+            Self::TooManyEntries { .. } => "ERR_TOO_MANY_ENTRIES",
+            Self::TooLarge { .. } => "ERR_TOO_LARGE",
+            Self::CompressionRatio { .. } => "ERR_COMPRESSION_RATIO",
+            Self::CorruptTarGz { .. } => "ERR_BUILD",
+            Self::CorruptZip { .. } => "ERR_UNZIP",
+            Self::Io { .. } => "ERR_EXTRACT_IO",
         }
     }
 }
@@ -418,8 +418,8 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(limits: Limits, archive_bytes: u64) -> Budget {
-        Budget {
+    fn new(limits: Limits, archive_bytes: u64) -> Self {
+        Self {
             limits,
             archive_bytes,
             ratio_allowance: archive_bytes
@@ -652,7 +652,7 @@ struct EntryPath {
 impl EntryPath {
     /// Parses an archive entry name (`/`-separated); `windows` adds the checks for names
     /// Windows would read differently.
-    fn parse(name: &str, windows: bool) -> Result<EntryPath, &'static str> {
+    fn parse(name: &str, windows: bool) -> Result<Self, &'static str> {
         check_name(name)?;
         let mut components = Vec::new();
         for part in name.split('/') {
@@ -665,7 +665,7 @@ impl EntryPath {
                 }
             }
         }
-        Ok(EntryPath { components })
+        Ok(Self { components })
     }
 }
 
@@ -847,11 +847,11 @@ mod tests {
     }
 
     impl Scratch {
-        fn new() -> Result<Scratch, Box<dyn Error>> {
+        fn new() -> Result<Self, Box<dyn Error>> {
             let dir = tempfile::tempdir()?;
             fs::create_dir_all(dir.path().join("outside"))?;
             let into = dir.path().join("box").join("work");
-            Ok(Scratch { dir, into })
+            Ok(Self { dir, into })
         }
 
         fn outside(&self) -> PathBuf {

@@ -172,20 +172,17 @@ pub async fn run(
             }
             continue;
         }
-        let permit = match gate.admit(
+        let Ok(permit) = gate.admit(
             peer.ip(),
             usize::MAX,
             budget.max_per_address,
             &counters.connections,
-        ) {
-            Ok(permit) => permit,
-            Err(_) => {
-                counters.active.fetch_sub(1, Ordering::Relaxed);
-                if let Some(held) = throttle.allow() {
-                    tracing::warn!(%peer, limit = budget.max_per_address, refused_since_last_warning = held, "connection refused: this address has its share of connections");
-                }
-                continue;
+        ) else {
+            counters.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(held) = throttle.allow() {
+                tracing::warn!(%peer, limit = budget.max_per_address, refused_since_last_warning = held, "connection refused: this address has its share of connections");
             }
+            continue;
         };
         let budget = budget.clone();
         let (counters, shutdown, acceptor) = (counters.clone(), shutdown.clone(), acceptor.clone());

@@ -147,7 +147,7 @@ impl Authority {
     /// Certifies `other`'s CA key and subject with this CA's key: a cross-certificate, so that
     /// chains through `other` also verify for clients that trust only this CA. It ends no
     /// later than either CA.
-    pub fn cross_sign(&self, other: &Authority, now: jiff::Timestamp) -> Result<String, PkiError> {
+    pub fn cross_sign(&self, other: &Self, now: jiff::Timestamp) -> Result<String, PkiError> {
         let der = facts::pem_certificates(&other.certificate_pem)?.remove(0);
         let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref())
             .map_err(|e| PkiError::Certificate(e.to_string()))?;

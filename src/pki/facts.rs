@@ -36,7 +36,7 @@ pub struct CertFacts {
 
 impl CertFacts {
     /// Whether `self` names `issuer` as its issuer (by name and key identifier).
-    pub fn issued_by(&self, issuer: &CertFacts) -> bool {
+    pub fn issued_by(&self, issuer: &Self) -> bool {
         let key_ids_agree = match (&self.authority_key_id, &issuer.subject_key_id) {
             (Some(aki), Some(ski)) => aki == ski,
             _ => true,

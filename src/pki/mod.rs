@@ -75,10 +75,10 @@ pub enum KeyType {
 impl fmt::Display for KeyType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KeyType::EcdsaP256 => f.write_str("ECDSA P-256"),
-            KeyType::EcdsaP384 => f.write_str("ECDSA P-384"),
-            KeyType::Ed25519 => f.write_str("Ed25519"),
-            KeyType::Rsa(bits) => write!(f, "RSA {bits}"),
+            Self::EcdsaP256 => f.write_str("ECDSA P-256"),
+            Self::EcdsaP384 => f.write_str("ECDSA P-384"),
+            Self::Ed25519 => f.write_str("Ed25519"),
+            Self::Rsa(bits) => write!(f, "RSA {bits}"),
         }
     }
 }
@@ -95,10 +95,10 @@ pub enum Usage {
 impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Usage::ServerAuth => "server auth",
-            Usage::ClientAuth => "client auth",
-            Usage::DigitalSignature => "digital signature",
-            Usage::KeyEncipherment => "key encipherment",
+            Self::ServerAuth => "server auth",
+            Self::ClientAuth => "client auth",
+            Self::DigitalSignature => "digital signature",
+            Self::KeyEncipherment => "key encipherment",
         })
     }
 }
@@ -114,7 +114,7 @@ pub struct Names {
 
 impl Names {
     /// The same names in a canonical order, for comparison.
-    pub fn canonical(&self) -> Names {
+    pub fn canonical(&self) -> Self {
         let mut names = self.clone();
         for dns in &mut names.dns_names {
             dns.make_ascii_lowercase();

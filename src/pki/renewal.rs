@@ -83,14 +83,14 @@ impl Reason {
     /// A CamelCase word for conditions and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            Reason::Missing => "DoesNotExist",
-            Reason::Unreadable(_) => "Unreadable",
-            Reason::KeyMismatch => "KeyMismatch",
-            Reason::Revoked => "Revoked",
-            Reason::SpecChanged(_) => "SpecChanged",
-            Reason::IssuerChanged => "IssuerChanged",
-            Reason::Expired => "Expired",
-            Reason::Renewal => "Renewing",
+            Self::Missing => "DoesNotExist",
+            Self::Unreadable(_) => "Unreadable",
+            Self::KeyMismatch => "KeyMismatch",
+            Self::Revoked => "Revoked",
+            Self::SpecChanged(_) => "SpecChanged",
+            Self::IssuerChanged => "IssuerChanged",
+            Self::Expired => "Expired",
+            Self::Renewal => "Renewing",
         }
     }
 }
@@ -98,16 +98,16 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Missing => f.write_str("no certificate has been issued yet"),
-            Reason::Unreadable(why) => write!(f, "the existing certificate cannot be used: {why}"),
-            Reason::KeyMismatch => f.write_str("the private key does not match the certificate"),
-            Reason::Revoked => f.write_str("the certificate was revoked"),
-            Reason::SpecChanged(what) => write!(f, "the spec changed: {what}"),
-            Reason::IssuerChanged => {
+            Self::Missing => f.write_str("no certificate has been issued yet"),
+            Self::Unreadable(why) => write!(f, "the existing certificate cannot be used: {why}"),
+            Self::KeyMismatch => f.write_str("the private key does not match the certificate"),
+            Self::Revoked => f.write_str("the certificate was revoked"),
+            Self::SpecChanged(what) => write!(f, "the spec changed: {what}"),
+            Self::IssuerChanged => {
                 f.write_str("the certificate was not signed by the current issuer")
             }
-            Reason::Expired => f.write_str("the certificate has expired"),
-            Reason::Renewal => f.write_str("the certificate is due for renewal"),
+            Self::Expired => f.write_str("the certificate has expired"),
+            Self::Renewal => f.write_str("the certificate is due for renewal"),
         }
     }
 }

@@ -41,9 +41,9 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Reason::SpecChanged => "its spec changed",
-            Reason::NearsEnd => "it nears its end",
-            Reason::OtherCa => "its files now hold another CA",
+            Self::SpecChanged => "its spec changed",
+            Self::NearsEnd => "it nears its end",
+            Self::OtherCa => "its files now hold another CA",
         })
     }
 }

@@ -30,32 +30,32 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
-        Kind::Issuer,
-        Kind::Certificate,
-        Kind::Server,
-        Kind::Gateway,
-        Kind::Package,
-        Kind::Activation,
-        Kind::Affectation,
+    pub const ALL: [Self; 7] = [
+        Self::Issuer,
+        Self::Certificate,
+        Self::Server,
+        Self::Gateway,
+        Self::Package,
+        Self::Activation,
+        Self::Affectation,
     ];
 
     /// The name as written in `kind:`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Kind::Issuer => "Issuer",
-            Kind::Certificate => "Certificate",
-            Kind::Server => "Server",
-            Kind::Gateway => "Gateway",
-            Kind::Package => "Package",
-            Kind::Activation => "Activation",
-            Kind::Affectation => "Affectation",
+            Self::Issuer => "Issuer",
+            Self::Certificate => "Certificate",
+            Self::Server => "Server",
+            Self::Gateway => "Gateway",
+            Self::Package => "Package",
+            Self::Activation => "Activation",
+            Self::Affectation => "Affectation",
         }
     }
 
     /// The kind named by `kind:`, exactly as Kubernetes matches it (case-sensitive).
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 }
 
@@ -150,9 +150,9 @@ pub enum Os {
 impl fmt::Display for Os {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Os::Windows => "windows",
-            Os::Linux => "linux",
-            Os::Macos => "macos",
+            Self::Windows => "windows",
+            Self::Linux => "linux",
+            Self::Macos => "macos",
         })
     }
 }

@@ -88,13 +88,13 @@ impl Resource {
     /// The object's kind.
     pub fn kind(&self) -> Kind {
         match self {
-            Resource::Issuer(_) => Kind::Issuer,
-            Resource::Certificate(_) => Kind::Certificate,
-            Resource::Server(_) => Kind::Server,
-            Resource::Gateway(_) => Kind::Gateway,
-            Resource::Package(_) => Kind::Package,
-            Resource::Activation(_) => Kind::Activation,
-            Resource::Affectation(_) => Kind::Affectation,
+            Self::Issuer(_) => Kind::Issuer,
+            Self::Certificate(_) => Kind::Certificate,
+            Self::Server(_) => Kind::Server,
+            Self::Gateway(_) => Kind::Gateway,
+            Self::Package(_) => Kind::Package,
+            Self::Activation(_) => Kind::Activation,
+            Self::Affectation(_) => Kind::Affectation,
         }
     }
 
@@ -120,24 +120,20 @@ impl Resource {
 
     /// The object a document (apiVersion, kind, metadata, spec) describes, as
     /// [`Resource::to_document`] wrote it.
-    pub fn from_document(document: serde_json::Value) -> Result<Resource, serde_json::Error> {
+    pub fn from_document(document: serde_json::Value) -> Result<Self, serde_json::Error> {
         use serde::de::Error;
         let kind = document
             .get("kind")
             .and_then(|k| k.as_str())
             .map(Kind::from_name);
         Ok(match kind {
-            Some(Some(Kind::Issuer)) => Resource::Issuer(serde_json::from_value(document)?),
-            Some(Some(Kind::Certificate)) => {
-                Resource::Certificate(serde_json::from_value(document)?)
-            }
-            Some(Some(Kind::Server)) => Resource::Server(serde_json::from_value(document)?),
-            Some(Some(Kind::Gateway)) => Resource::Gateway(serde_json::from_value(document)?),
-            Some(Some(Kind::Package)) => Resource::Package(serde_json::from_value(document)?),
-            Some(Some(Kind::Activation)) => Resource::Activation(serde_json::from_value(document)?),
-            Some(Some(Kind::Affectation)) => {
-                Resource::Affectation(serde_json::from_value(document)?)
-            }
+            Some(Some(Kind::Issuer)) => Self::Issuer(serde_json::from_value(document)?),
+            Some(Some(Kind::Certificate)) => Self::Certificate(serde_json::from_value(document)?),
+            Some(Some(Kind::Server)) => Self::Server(serde_json::from_value(document)?),
+            Some(Some(Kind::Gateway)) => Self::Gateway(serde_json::from_value(document)?),
+            Some(Some(Kind::Package)) => Self::Package(serde_json::from_value(document)?),
+            Some(Some(Kind::Activation)) => Self::Activation(serde_json::from_value(document)?),
+            Some(Some(Kind::Affectation)) => Self::Affectation(serde_json::from_value(document)?),
             _ => return Err(serde_json::Error::custom("not a Tessera kind")),
         })
     }
@@ -153,6 +149,7 @@ impl Resource {
     }
 
     /// The objects this one refers to, each with the field that names it.
+    #[allow(clippy::too_many_lines)]
     pub fn references(&self) -> Vec<(String, ObjectKey)> {
         // Long (about 110 lines) on purpose: one flat arm per kind lists every reference field
         // in one place, so a field left out (a reference never checked) shows in review.
@@ -165,7 +162,7 @@ impl Resource {
             |kind: Kind, reference: &LocalRef| ObjectKey::referenced(kind, &namespace, reference);
         let mut found = Vec::new();
         match self {
-            Resource::Issuer(issuer) => {
+            Self::Issuer(issuer) => {
                 if let Some(certificate) = issuer
                     .spec
                     .ca
@@ -178,13 +175,13 @@ impl Resource {
                     ));
                 }
             }
-            Resource::Certificate(certificate) => {
+            Self::Certificate(certificate) => {
                 found.push((
                     "spec.issuerRef".into(),
                     to(Kind::Issuer, &certificate.spec.issuer_ref),
                 ));
             }
-            Resource::Server(server) => {
+            Self::Server(server) => {
                 found.push((
                     "spec.certificateRef".into(),
                     to(Kind::Certificate, &server.spec.certificate_ref),
@@ -218,7 +215,7 @@ impl Resource {
                     ));
                 }
             }
-            Resource::Gateway(gateway) => {
+            Self::Gateway(gateway) => {
                 if let Some(certificate) = &gateway.spec.certificate_ref {
                     found.push((
                         "spec.certificateRef".into(),
@@ -249,14 +246,14 @@ impl Resource {
                     ));
                 }
             }
-            Resource::Package(_) => {}
-            Resource::Activation(activation) => {
+            Self::Package(_) => {}
+            Self::Activation(activation) => {
                 found.push((
                     "spec.packageRef".into(),
                     to(Kind::Package, &activation.spec.package_ref),
                 ));
             }
-            Resource::Affectation(affectation) => {
+            Self::Affectation(affectation) => {
                 found.push((
                     "spec.activationRef".into(),
                     to(Kind::Activation, &affectation.spec.activation_ref),

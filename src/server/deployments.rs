@@ -35,9 +35,9 @@ impl OsFamily {
     pub fn of(os_name: &str) -> Option<Self> {
         let name = os_name.to_ascii_lowercase();
         if name.contains("windows") {
-            Some(OsFamily::Windows)
+            Some(Self::Windows)
         } else if ["mac", "darwin", "os x"].iter().any(|m| name.contains(m)) {
-            Some(OsFamily::Macos)
+            Some(Self::Macos)
         } else if [
             "linux", "debian", "ubuntu", "red hat", "rhel", "centos", "fedora", "suse", "alpine",
             "rocky", "alma",
@@ -45,7 +45,7 @@ impl OsFamily {
         .iter()
         .any(|m| name.contains(m))
         {
-            Some(OsFamily::Linux)
+            Some(Self::Linux)
         } else {
             None
         }

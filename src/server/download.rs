@@ -69,12 +69,9 @@ async fn download(shared: &Shared, id: &str, file: &str, listener: Listener) -> 
         }
         None => {
             let path = shared.store.join(id).join(file);
-            let opened = match tokio::fs::File::open(&path).await {
-                Ok(file) => file,
-                Err(_) => {
-                    shared.metrics.not_found();
-                    return StatusCode::NOT_FOUND.into_response();
-                }
+            let Ok(opened) = tokio::fs::File::open(&path).await else {
+                shared.metrics.not_found();
+                return StatusCode::NOT_FOUND.into_response();
             };
             let length = match opened.metadata().await {
                 Ok(meta) => meta.len(),

@@ -34,30 +34,30 @@ pub enum Unfiled {
 
 impl Unfiled {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [Unfiled; 6] = [
-        Unfiled::NotOffered,
-        Unfiled::UnknownDevice,
-        Unfiled::RateLimited,
-        Unfiled::Invalid,
-        Unfiled::Settled,
-        Unfiled::Superseded,
+    pub const ALL: [Self; 6] = [
+        Self::NotOffered,
+        Self::UnknownDevice,
+        Self::RateLimited,
+        Self::Invalid,
+        Self::Settled,
+        Self::Superseded,
     ];
 
     /// The `reason` label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Unfiled::NotOffered => "not_offered",
-            Unfiled::UnknownDevice => "unknown_device",
-            Unfiled::RateLimited => "rate_limited",
-            Unfiled::Invalid => "invalid",
-            Unfiled::Settled => "settled",
-            Unfiled::Superseded => "superseded",
+            Self::NotOffered => "not_offered",
+            Self::UnknownDevice => "unknown_device",
+            Self::RateLimited => "rate_limited",
+            Self::Invalid => "invalid",
+            Self::Settled => "settled",
+            Self::Superseded => "superseded",
         }
     }
 
     /// Whether the agent is told no (a 4xx) rather than answered 200.
     pub fn is_refusal(self) -> bool {
-        !matches!(self, Unfiled::Settled | Unfiled::Superseded)
+        !matches!(self, Self::Settled | Self::Superseded)
     }
 }
 

@@ -473,7 +473,7 @@ fn the_renderer_handles_what_the_chart_uses() {
 enum Node {
     Text(String),
     Action(String),
-    If(String, Vec<Node>, Vec<Node>),
+    If(String, Vec<Self>, Vec<Self>),
 }
 
 /// Renders `template` with `context` (`.Values`, `.Release`, `.Chart`).

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+// Public for the fuzz crate, whose targets call them; unreachable from this test crate.
+#[allow(unreachable_pub)]
 #[path = "../../fuzz/src/bodies.rs"]
 mod bodies;
 

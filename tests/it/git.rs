@@ -16,7 +16,7 @@ use crate::support::{eventually, get, get_json, quickstart_copy};
 pub(crate) const SECRET: &str = "a shared webhook secret";
 
 /// Runs git in `dir` with a fixed identity and no user configuration; returns its output.
-pub fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let output = std::process::Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -38,7 +38,7 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// The quickstart as a working copy in `clone/` (its configuration below `fleet/`), pushed
 /// to the bare repository `remote.git`: returns the directory holding both.
-pub fn quickstart_repository() -> tempfile::TempDir {
+pub(crate) fn quickstart_repository() -> tempfile::TempDir {
     let config = quickstart_copy();
     let work = tempfile::tempdir().unwrap();
     let clone = work.path().join("clone");
@@ -51,7 +51,7 @@ pub fn quickstart_repository() -> tempfile::TempDir {
 }
 
 /// Commits everything in `clone` and pushes it; returns the commit.
-pub fn commit_and_push(clone: &Path, message: &str) -> String {
+pub(crate) fn commit_and_push(clone: &Path, message: &str) -> String {
     git(clone, &["add", "--all"]);
     git(clone, &["commit", "--quiet", "-m", message]);
     git(clone, &["push", "--quiet", "../remote.git", "main"]);

@@ -24,13 +24,13 @@ use tokio_util::sync::CancellationToken;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// A client whose every request comes out of the returned handle.
-pub fn mock_client() -> (Client, Handle) {
+pub(crate) fn mock_client() -> (Client, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     (Client::new(service, "default"), handle)
 }
 
 /// A JSON response.
-pub fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+pub(crate) fn respond(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -39,13 +39,13 @@ pub fn respond(status: StatusCode, body: &Value) -> Response<Body> {
 }
 
 /// The request's body as JSON.
-pub async fn body_json(request: Request<Body>) -> Value {
+pub(crate) async fn body_json(request: Request<Body>) -> Value {
     let bytes = request.into_body().collect_bytes().await.unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
 /// The query parameters of a request.
-pub fn query(request: &Request<Body>) -> BTreeMap<String, String> {
+pub(crate) fn query(request: &Request<Body>) -> BTreeMap<String, String> {
     request
         .uri()
         .query()
@@ -60,7 +60,7 @@ pub fn query(request: &Request<Body>) -> BTreeMap<String, String> {
 }
 
 /// A Kubernetes `Status` error body.
-pub fn api_error(code: u16, reason: &str) -> Value {
+pub(crate) fn api_error(code: u16, reason: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Status", "status": "Failure",
         "message": reason, "reason": reason, "code": code,

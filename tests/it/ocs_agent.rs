@@ -31,20 +31,20 @@ use tempfile::TempDir;
 
 /// How long the agent itself may take (PROLOG, inventory, replies); an inventory with
 /// `--nosoftware` takes a few seconds.
-pub const AGENT_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const AGENT_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long the forked download worker may take after the agent exited. A fragment it
 /// cannot fetch makes it retry forever, so the wait must be bounded.
-pub const WORKER_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const WORKER_LIMIT: Duration = Duration::from_secs(60);
 
 /// The TAG every agent reports (`--tag`), which the quickstart's Affectations select.
-pub const DEFAULT_TAG: &str = "lab";
+pub(crate) const DEFAULT_TAG: &str = "lab";
 
 /// How often the harness looks whether the agent or its worker is still there.
 const POLL: Duration = Duration::from_millis(20);
 
 /// One agent installation: a DEVICEID, a server URL, and a state directory of its own.
-pub struct OcsAgent {
+pub(crate) struct OcsAgent {
     base: TempDir,
     server_url: String,
     ca: PathBuf,
@@ -54,7 +54,7 @@ pub struct OcsAgent {
 
 /// What one [`OcsAgent::run`] did.
 #[derive(Debug)]
-pub struct AgentRun {
+pub(crate) struct AgentRun {
     /// How the agent process ended.
     pub agent: AgentEnd,
     /// How its forked download worker (and the commands that worker ran) ended.
@@ -70,7 +70,7 @@ pub struct AgentRun {
 
 impl AgentRun {
     /// Whether the agent exited with 0 and its worker finished within [`WORKER_LIMIT`].
-    pub fn completed(&self) -> bool {
+    pub(crate) fn completed(&self) -> bool {
         matches!(&self.agent, AgentEnd::Exited(status) if status.success())
             && self.worker == WorkerEnd::Finished
     }
@@ -78,7 +78,7 @@ impl AgentRun {
 
 /// How the agent process ended.
 #[derive(Debug)]
-pub enum AgentEnd {
+pub(crate) enum AgentEnd {
     /// It exited by itself (0 after a completed contact, 1 when the server failed it).
     Exited(ExitStatus),
     /// It was still running after [`AGENT_LIMIT`] and was killed with its process group.
@@ -87,7 +87,7 @@ pub enum AgentEnd {
 
 /// How the forked download worker ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum WorkerEnd {
+pub(crate) enum WorkerEnd {
     /// Nothing was left in the agent's process group: the worker had nothing to do, or
     /// finished every package.
     Finished,
@@ -104,7 +104,7 @@ impl OcsAgent {
     /// followed by a date (`<host>-YYYY-MM-DD-hh-mm-ss`); otherwise it makes a new one from
     /// the clock, so two agents started in the same second would collide. [`device_id`]
     /// builds valid ones; anything else is refused here.
-    pub fn new(server_url: &str, ca_file: &Path, device_id: &str) -> io::Result<Self> {
+    pub(crate) fn new(server_url: &str, ca_file: &Path, device_id: &str) -> io::Result<Self> {
         let host = short_hostname()?;
         if !is_kept_device_id(device_id, &host) {
             return Err(io::Error::new(
@@ -138,13 +138,13 @@ impl OcsAgent {
 
     /// Runs the agent once, as a cron job would: PROLOG, an inventory if the server answers
     /// SEND, then the deployment of the packages offered, waited for.
-    pub fn run(&self) -> io::Result<AgentRun> {
+    pub(crate) fn run(&self) -> io::Result<AgentRun> {
         self.run_with(&[])
     }
 
     /// Like [`OcsAgent::run`] with extra flags, e.g. `--force` (no PROLOG: the inventory is
     /// sent at once, and nothing is deployed because no package list was received).
-    pub fn run_with(&self, extra_args: &[&str]) -> io::Result<AgentRun> {
+    pub(crate) fn run_with(&self, extra_args: &[&str]) -> io::Result<AgentRun> {
         // Files rather than pipes: the worker inherits both and would hold a pipe open.
         let mut stdout = tempfile::tempfile()?;
         let mut stderr = tempfile::tempfile()?;
@@ -194,20 +194,20 @@ impl OcsAgent {
     }
 
     /// The DEVICEID this agent reports.
-    pub fn device_id(&self) -> &str {
+    pub(crate) fn device_id(&self) -> &str {
         &self.device_id
     }
 
     /// The per-server state directory (`<basevardir>/<server URL with '/' as '_'>`), also the
     /// agent's `INSTALL_PATH` for STORE packages.
-    pub fn vardir(&self) -> PathBuf {
+    pub(crate) fn vardir(&self) -> PathBuf {
         self.base.path().join(self.server_url.replace('/', "_"))
     }
 
     /// The package ids in the agent's local history (`download/history`), in the order they
     /// were installed; the agent reports them in its inventory and answers
     /// SUCCESS_ALREADY_SETUP when offered one again.
-    pub fn history(&self) -> Vec<String> {
+    pub(crate) fn history(&self) -> Vec<String> {
         fs::read_to_string(self.vardir().join("download/history"))
             .unwrap_or_default()
             .lines()
@@ -220,7 +220,7 @@ impl OcsAgent {
 
 /// A DEVICEID the agent keeps: this machine's short host name and a date made from
 /// `serial` (seconds after 2000-01-01 00:00:00), so agents in one test get distinct ids.
-pub fn device_id(serial: u32) -> io::Result<String> {
+pub(crate) fn device_id(serial: u32) -> io::Result<String> {
     let host = short_hostname()?;
     let (days, rest) = (serial / 86_400, serial % 86_400);
     let (hours, minutes, seconds) = (rest / 3600, rest / 60 % 60, rest % 60);

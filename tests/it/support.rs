@@ -9,10 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a test waits for something that should happen within about a second.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A minimal HTTP/1.1 GET, enough for the admin API: (status, body).
-pub async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -39,7 +39,7 @@ pub async fn get(address: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// GET returning JSON.
-pub async fn get_json(address: SocketAddr, path: &str) -> serde_json::Value {
+pub(crate) async fn get_json(address: SocketAddr, path: &str) -> serde_json::Value {
     let (status, body) = get(address, path).await;
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).expect("JSON body")
@@ -63,7 +63,7 @@ fn dechunk(body: &str) -> String {
 
 /// Polls `check` until it returns Some, or panics after `PATIENCE` with `what`.
 /// Returns the value and how long it took.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> (T, Duration)
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> (T, Duration)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -79,7 +79,7 @@ where
 }
 
 /// Copies a directory tree.
-pub fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         let target = to.join(entry.file_name());
@@ -92,7 +92,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The quickstart example, copied into a fresh temporary directory.
-pub fn quickstart_copy() -> tempfile::TempDir {
+pub(crate) fn quickstart_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart"),
@@ -116,7 +116,7 @@ pub fn quickstart_copy() -> tempfile::TempDir {
 
 /// Waits until something accepts connections on `port` of 127.0.0.1 (a server a test
 /// started as a separate process), or panics after `PATIENCE` naming `what`.
-pub fn wait_for_port(port: u16, what: &str) {
+pub(crate) fn wait_for_port(port: u16, what: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(start.elapsed() < PATIENCE, "{what} did not start");
@@ -126,7 +126,7 @@ pub fn wait_for_port(port: u16, what: &str) {
 
 /// A port of 127.0.0.1 that was free a moment ago (for servers started as processes, which
 /// must be told their port).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -136,14 +136,14 @@ pub fn free_port() -> u16 {
 
 /// A static web server (`python3 -m http.server`) on loopback serving `dir`, killed when
 /// dropped.
-pub struct StaticServer {
+pub(crate) struct StaticServer {
     pub port: u16,
     child: std::process::Child,
 }
 
 impl StaticServer {
     /// Starts it and waits until it accepts connections.
-    pub fn start(dir: &Path) -> Self {
+    pub(crate) fn start(dir: &Path) -> Self {
         let port = free_port();
         let child = std::process::Command::new("python3")
             .args([
@@ -173,7 +173,7 @@ impl Drop for StaticServer {
 
 /// A minimal HTTP CONNECT proxy on loopback, as a corporate proxy looks to an agent.
 /// Returns its address and the number of tunnels it has opened so far.
-pub async fn connect_proxy() -> (
+pub(crate) async fn connect_proxy() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
@@ -218,14 +218,14 @@ pub async fn connect_proxy() -> (
 }
 
 /// `tessera serve` in-process on `config`, its admin API on a free loopback port.
-pub async fn start(config: &Path) -> tessera::cli::Running {
+pub(crate) async fn start(config: &Path) -> tessera::cli::Running {
     tessera::cli::start(tessera::cli::ServeArgs::for_config(config))
         .await
         .expect("serve starts")
 }
 
 /// The Server's bound addresses once it is ready: (HTTPS, plain HTTP).
-pub async fn addresses(running: &tessera::cli::Running) -> (String, String) {
+pub(crate) async fn addresses(running: &tessera::cli::Running) -> (String, String) {
     eventually("the Server serving", || async {
         let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
         let server: serde_json::Value =
@@ -245,7 +245,7 @@ pub async fn addresses(running: &tessera::cli::Running) -> (String, String) {
 /// The quickstart (whose Server enrolls agents with its CA), served, with its Server's
 /// `certificateDuration` for agents replaced when `duration` is given: the directory, the
 /// running server and its HTTPS address.
-pub async fn quickstart_enrolling(
+pub(crate) async fn quickstart_enrolling(
     duration: Option<&str>,
 ) -> (tempfile::TempDir, tessera::cli::Running, String) {
     let dir = quickstart_copy();
@@ -269,7 +269,7 @@ pub async fn quickstart_enrolling(
 
 /// Stores an enrollment token in the state database under `state`, as
 /// `tessera token create` does, usable `max_uses` times for `expires_in` seconds.
-pub fn token(state: &Path, max_uses: i64, expires_in: i64) -> tessera::pki::token::Token {
+pub(crate) fn token(state: &Path, max_uses: i64, expires_in: i64) -> tessera::pki::token::Token {
     let token = tessera::pki::token::Token::generate();
     let now = jiff::Timestamp::now().as_second();
     tessera::store::db::Database::open(&state.join("state.db"))
@@ -290,12 +290,12 @@ pub fn token(state: &Path, max_uses: i64, expires_in: i64) -> tessera::pki::toke
 }
 
 /// The CA certificate agents trust for the quickstart's server, once issued.
-pub fn server_ca(config: &Path) -> std::path::PathBuf {
+pub(crate) fn server_ca(config: &Path) -> std::path::PathBuf {
     config.join(".tessera/certificates/default/tessera-server/ca.crt")
 }
 
 /// The package id of Package/`name`, as the admin API shows it.
-pub async fn package_id(running: &tessera::cli::Running, name: &str) -> String {
+pub(crate) async fn package_id(running: &tessera::cli::Running, name: &str) -> String {
     let package = get_json(
         running.admin_address,
         &format!("/api/v1/objects/Package/{name}"),

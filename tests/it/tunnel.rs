@@ -217,7 +217,7 @@ impl Gateway {
     /// `dmz` is Ready (certificates issued, trust in place); the Gateway as reported.
     pub(crate) async fn start(dir: &Path) -> (Self, serde_json::Value) {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gateway = Gateway {
+        let gateway = Self {
             child: Command::new(assert_cmd::cargo::cargo_bin("tessera"))
                 .args(["gateway", "--config"])
                 .arg(dir)

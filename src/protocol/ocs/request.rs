@@ -219,10 +219,10 @@ enum Field {
 impl Field {
     fn named(name: &str) -> Option<Self> {
         [
-            ("QUERY", Field::Query),
-            ("DEVICEID", Field::DeviceId),
-            ("ID", Field::Id),
-            ("ERR", Field::Err),
+            ("QUERY", Self::Query),
+            ("DEVICEID", Self::DeviceId),
+            ("ID", Self::Id),
+            ("ERR", Self::Err),
         ]
         .into_iter()
         .find(|(known, _)| name.eq_ignore_ascii_case(known))
@@ -240,26 +240,26 @@ enum Fact {
 
 impl Node {
     /// The node of a child element `name` (any case).
-    fn child(self, name: &str) -> Node {
+    fn child(self, name: &str) -> Self {
         let is = |known: &str| name.eq_ignore_ascii_case(known);
         match self {
-            Node::Request if is("CONTENT") => Node::Content,
-            Node::Request => Field::named(name).map_or(Node::Other, Node::Field),
-            Node::Content if is("HARDWARE") => Node::Hardware,
-            Node::Content if is("NETWORKS") => Node::Networks,
-            Node::Content if is("ACCOUNTINFO") => Node::AccountInfo,
-            Node::Content if is("DOWNLOAD") => Node::Download,
-            Node::Hardware if is("NAME") => Node::Fact(Fact::Name),
-            Node::Hardware if is("OSNAME") => Node::Fact(Fact::OsName),
-            Node::Hardware if is("OSVERSION") => Node::Fact(Fact::OsVersion),
-            Node::Hardware if is("IPADDR") => Node::Addresses,
-            Node::Networks if is("IPADDRESS") => Node::Addresses,
-            Node::AccountInfo if is("KEYNAME") => Node::KeyName,
-            Node::AccountInfo if is("KEYVALUE") => Node::KeyValue,
-            Node::Download if is("HISTORY") => Node::History,
-            Node::History if is("PACKAGE") => Node::Package,
-            Node::Package if is("ID") => Node::PackageId,
-            _ => Node::Other,
+            Self::Request if is("CONTENT") => Self::Content,
+            Self::Request => Field::named(name).map_or(Self::Other, Node::Field),
+            Self::Content if is("HARDWARE") => Self::Hardware,
+            Self::Content if is("NETWORKS") => Self::Networks,
+            Self::Content if is("ACCOUNTINFO") => Self::AccountInfo,
+            Self::Content if is("DOWNLOAD") => Self::Download,
+            Self::Hardware if is("NAME") => Self::Fact(Fact::Name),
+            Self::Hardware if is("OSNAME") => Self::Fact(Fact::OsName),
+            Self::Hardware if is("OSVERSION") => Self::Fact(Fact::OsVersion),
+            Self::Hardware if is("IPADDR") => Self::Addresses,
+            Self::Networks if is("IPADDRESS") => Self::Addresses,
+            Self::AccountInfo if is("KEYNAME") => Self::KeyName,
+            Self::AccountInfo if is("KEYVALUE") => Self::KeyValue,
+            Self::Download if is("HISTORY") => Self::History,
+            Self::History if is("PACKAGE") => Self::Package,
+            Self::Package if is("ID") => Self::PackageId,
+            _ => Self::Other,
         }
     }
 
@@ -267,12 +267,12 @@ impl Node {
     fn keeps_text(self) -> bool {
         matches!(
             self,
-            Node::Field(_)
-                | Node::Fact(_)
-                | Node::Addresses
-                | Node::KeyName
-                | Node::KeyValue
-                | Node::PackageId
+            Self::Field(_)
+                | Self::Fact(_)
+                | Self::Addresses
+                | Self::KeyName
+                | Self::KeyValue
+                | Self::PackageId
         )
     }
 }

@@ -50,7 +50,7 @@ impl Record {
     }
 
     /// Both records in one: the higher revision, the latest issuances of either.
-    fn merge(mut self, other: &Record) -> Self {
+    fn merge(mut self, other: &Self) -> Self {
         self.revision = self.revision.max(other.revision);
         self.issued_at.extend_from_slice(&other.issued_at);
         self.trim();

@@ -40,9 +40,9 @@ impl Side {
     /// What a server last applied. Documents that no longer read (written by another
     /// version) are left out and named in the returned list.
     pub fn applied(applied: &Applied) -> (Self, Vec<String>) {
-        let mut side = Side {
+        let mut side = Self {
             revision: Some(applied.revision.clone()),
-            ..Side::default()
+            ..Self::default()
         };
         let mut unreadable = Vec::new();
         for object in &applied.objects {
@@ -69,7 +69,7 @@ impl Side {
 
     /// A configuration's desired state, with the ids its packages build to.
     pub fn desired(desired: &DesiredState, package_ids: HashMap<ObjectKey, String>) -> Self {
-        Side {
+        Self {
             revision: Some(desired.revision.clone()),
             resources: desired
                 .actionable()

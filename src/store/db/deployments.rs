@@ -26,39 +26,39 @@ pub enum State {
 
 impl State {
     /// Every state, in the order tables show them.
-    pub const ALL: [State; 6] = [
-        State::Waiting,
-        State::Notified,
-        State::Downloading,
-        State::Installing,
-        State::Success,
-        State::Error,
+    pub const ALL: [Self; 6] = [
+        Self::Waiting,
+        Self::Notified,
+        Self::Downloading,
+        Self::Installing,
+        Self::Success,
+        Self::Error,
     ];
 
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Waiting => "waiting",
-            State::Notified => "notified",
-            State::Downloading => "downloading",
-            State::Installing => "installing",
-            State::Success => "success",
-            State::Error => "error",
+            Self::Waiting => "waiting",
+            Self::Notified => "notified",
+            Self::Downloading => "downloading",
+            Self::Installing => "installing",
+            Self::Success => "success",
+            Self::Error => "error",
         }
     }
 
     fn parse(text: &str) -> Self {
-        State::ALL
+        Self::ALL
             .into_iter()
             .find(|s| s.as_str() == text)
-            .unwrap_or(State::Error)
+            .unwrap_or(Self::Error)
     }
 
     /// Whether the agent has yet to report on it.
     pub fn is_open(self) -> bool {
         matches!(
             self,
-            State::Waiting | State::Notified | State::Downloading | State::Installing
+            Self::Waiting | Self::Notified | Self::Downloading | Self::Installing
         )
     }
 }

@@ -26,9 +26,9 @@ pub enum Lost {
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Lost::Deleted => "was deleted",
-            Lost::Replaced => "was replaced by another file",
-            Lost::Overwritten => "was overwritten (no SQLite header)",
+            Self::Deleted => "was deleted",
+            Self::Replaced => "was replaced by another file",
+            Self::Overwritten => "was overwritten (no SQLite header)",
         })
     }
 }

@@ -79,7 +79,7 @@ pub enum DbError {
     Migrate {
         version: i64,
         #[source]
-        source: Box<DbError>,
+        source: Box<Self>,
     },
     #[error("the state database is at version {found}, newer than this Tessera knows ({known})")]
     TooNew { found: i64, known: i64 },
@@ -119,9 +119,9 @@ impl DbError {
     /// deleted or replaced under the server): callers answer 503, never acknowledge.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            DbError::Lost { .. } => true,
-            DbError::Query(error) => disk_trouble(error),
-            DbError::Migrate { source, .. } => source.is_unavailable(),
+            Self::Lost { .. } => true,
+            Self::Query(error) => disk_trouble(error),
+            Self::Migrate { source, .. } => source.is_unavailable(),
             _ => false,
         }
     }

@@ -19,9 +19,9 @@ enum Step {
 impl Step {
     fn sql(&self, dialect: Dialect) -> &'static str {
         match (self, dialect) {
-            (Step::Both(sql), _) => sql,
-            (Step::Each { sqlite, .. }, Dialect::Sqlite) => sqlite,
-            (Step::Each { postgres, .. }, Dialect::Postgres) => postgres,
+            (Self::Both(sql), _) => sql,
+            (Self::Each { sqlite, .. }, Dialect::Sqlite) => sqlite,
+            (Self::Each { postgres, .. }, Dialect::Postgres) => postgres,
         }
     }
 }
