@@ -9,27 +9,42 @@
 //!                                                              routes)         store) ──status──▶ sources
 //! ```
 //!
+//! Sources:
 //! - `resources`: the kinds, YAML reading, per-object checks (pure).
-//! - `pki`: CA, issuance, renewal policy (pure), keystores, CRLs, rustls configs that follow
-//!   renewals, and the diagnosis behind `tessera doctor`; imports nothing of the crate.
+//! - `sources`: where snapshots come from (`dir`, `git`, `kube/`), and in Kubernetes the way
+//!   back (statuses, Events, Secrets) and leader election on a Lease (`kube::lease`).
+//!
+//! Desired state:
 //! - `desired`: snapshot → desired state, references, last valid version, pruning guard (pure).
-//! - `sources`: where snapshots come from (`dir`, `kube`), and in Kubernetes the way back
-//!   (statuses, Events, Secrets) and leader election (`lease`).
-//! - `store`: state on disk. `server`: the admin API (later the agent-facing server).
+//!
+//! Reconcile:
+//! - `reconcile`: the loop; `outcome` (typed reasons and outcomes) and `health` (pure
+//!   kstatus per kind); fragments, certificates, routes, the gateway's configuration, plan,
+//!   status files.
 //! - `leader`: which of several servers reconciles (always this one on SQLite; a PostgreSQL
 //!   advisory lock; a Kubernetes Lease), as a `watch` channel of `bool`.
-//! - `reconcile`: the loop; issuers and certificates; conditions and status files.
+//!
+//! Runtime (handed plain values, never resources):
+//! - `server`: the agent-facing server (OCS endpoint, downloads, native API), the deployment
+//!   state machine, metrics and the admin API.
+//! - `gateway`: the DMZ relay.
+//! - `store`: the state database and the fragment store.
 //! - `agent`: Tessera's own agent (enrollment, check-in, verified and resumable downloads,
 //!   safe extraction, actions); imports only `protocol` and `pki`.
+//!
+//! Shared by all of them, importing nothing of the crate:
+//! - `pki`: CA, issuance, renewal and rollover policy (pure check chains), keystores, CRLs,
+//!   rustls configs that follow renewals, `AgentId`, the diagnosis behind `tessera doctor`.
+//! - `protocol`: the wire types (OCS codec, native API, PROXY protocol).
 //! - `budget`: the connection budget every listener works within (timeouts per phase,
-//!   connection caps, accept backoff, the open-files limit); imports nothing of the crate, so
-//!   `server` and `gateway` both use it.
-//! - `doctor`: the client side of `tessera doctor`. `cli`: commands, environment, tasks.
+//!   connection caps, accept backoff, the open-files limit).
 //! - `throttle`: how often one source may make us log or work (repeated warnings per source,
-//!   a token bucket per client address). Like `error_chain`, a helper every module may use:
-//!   it imports nothing of the crate, so the import rules are unchanged.
+//!   a token bucket per client address).
 //! - `logging`: how log lines are written (every value escaped, libraries' repeated warnings
-//!   throttled); imports only `throttle`, and only `cli` uses it.
+//!   throttled); imports only `throttle`; both binaries install it.
+//!
+//! At the edge: `doctor` (the client side of `tessera doctor`) and `cli` (commands, the
+//! environment, tasks: the only place that spawns long-lived tasks).
 //!
 //! `resources` and `desired` are pure (no tokio, no I/O). `server` never imports `sources`,
 //! `desired` or `reconcile`: it is handed plain values to serve.
