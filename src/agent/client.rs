@@ -192,7 +192,7 @@ impl Client {
     /// (`http://[user:password@]host:port`) when given.
     pub fn new(
         base: &str,
-        tls: Arc<rustls::ClientConfig>,
+        tls: &rustls::ClientConfig,
         proxy: Option<&str>,
     ) -> Result<Self, ClientError> {
         if !base.starts_with("https://") {
@@ -200,7 +200,7 @@ impl Client {
         }
         let builder = || {
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config((*tls).clone())
+                .with_tls_config(tls.clone())
                 .https_only()
                 .enable_http1()
         };
@@ -243,14 +243,14 @@ impl Client {
     /// A client of `base` with `tls`, through a gateway in tunnel mode.
     pub fn through_gateway(
         base: &str,
-        tls: Arc<rustls::ClientConfig>,
+        tls: &rustls::ClientConfig,
         gateway: GatewayConnector,
     ) -> Result<Self, ClientError> {
         if !base.starts_with("https://") {
             return Err(ClientError::BadUrl(base.to_owned()));
         }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(tls.clone())
             .https_only()
             .enable_http1()
             .wrap_connector(gateway);

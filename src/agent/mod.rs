@@ -550,7 +550,7 @@ async fn enroll(config: &Config) -> Result<(), AgentError> {
     let csr = certificate_request(&key)?;
     let client = Client::new(
         &config.server,
-        crate::pki::tls::client_config(&ca, None)?,
+        &*crate::pki::tls::client_config(&ca, None)?,
         config.proxy.as_deref(),
     )?;
     let request = v1::EnrollRequest {
@@ -639,9 +639,9 @@ fn mutual_client(config: &Config) -> Result<Client, AgentError> {
         };
         let outer = crate::pki::tls::client_config(&gateway_ca, Some((&chain, &key)))?;
         let connector = crate::agent::client::GatewayConnector::new(address, outer)?;
-        return Ok(Client::through_gateway(&config.server, tls, connector)?);
+        return Ok(Client::through_gateway(&config.server, &tls, connector)?);
     }
-    Ok(Client::new(&config.server, tls, config.proxy.as_deref())?)
+    Ok(Client::new(&config.server, &tls, config.proxy.as_deref())?)
 }
 
 /// Listens on `listener` for the server's "check in now" and wakes `wake` for each valid

@@ -207,7 +207,7 @@ pub async fn enroll(
     limits.attempts.give_back(client);
     let agent = AgentId::generate();
     tracing::info!(agent = agent.as_str(), token = %token.id, hostname = %request.hostname, "enrolling an agent");
-    certify(&enrollment, agent, &request.csr, now)
+    certify(&enrollment, &agent, &request.csr, now)
 }
 
 /// `POST /v1/renew`: a new certificate for the agent the current one names.
@@ -223,13 +223,13 @@ pub async fn renew(
         ));
     };
     tracing::info!(agent = agent.as_str(), "renewing an agent's certificate");
-    certify(&enrollment, agent, &request.csr, shared.now())
+    certify(&enrollment, &agent, &request.csr, shared.now())
 }
 
 /// Signs `csr` for `agent` with the enrollment Issuer.
 fn certify(
     enrollment: &crate::server::agent::EnrollmentRoute,
-    agent: AgentId,
+    agent: &AgentId,
     csr: &str,
     now: i64,
 ) -> Result<Response, ApiError> {

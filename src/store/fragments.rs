@@ -351,6 +351,9 @@ struct Open {
 
 /// The writer stage: the whole-archive SHA-256, and the fragments with their own SHA-256,
 /// each handed to the syncer when complete. Returns the size, the SHA-256 and the fragments.
+// The senders are taken by value on purpose: they drop when the writer returns, which is
+// what ends the syncer's loop and the reader's.
+#[allow(clippy::needless_pass_by_value)]
 fn write_fragments(
     chunks: Receiver<Chunk>,
     to_done: SyncSender<Chunk>,

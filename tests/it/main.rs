@@ -3,6 +3,8 @@
 // A scenario test reads top to bottom as the story it checks (start, act, look, act again);
 // the 100-line limit of `src/` would cut it into pieces read out of order.
 #![allow(clippy::too_many_lines)]
+// Test builders take their `json!` literals by value, as they are written at the call.
+#![allow(clippy::needless_pass_by_value)]
 
 mod agent;
 mod cert_lifetimes;

@@ -89,7 +89,7 @@ impl Certificates {
                         .duration
                         .map_or(DEFAULT_CA_LIFETIME, |d| signed(d.as_std())),
                 };
-                self.managed_ca(key, source, rollover_overlap(issuer), now)
+                self.managed_ca(key, &source, rollover_overlap(issuer), now)
                     .map(|(authority, state)| {
                         rollover = state;
                         authority
@@ -156,7 +156,7 @@ impl Certificates {
                             {
                                 Authority::from_pem(chain, key_pem, None)?;
                             }
-                            self.managed_ca(key, source, rollover_overlap(issuer), now)
+                            self.managed_ca(key, &source, rollover_overlap(issuer), now)
                         })
                         .map(|(authority, state)| {
                             rollover = state;
@@ -195,7 +195,7 @@ impl Certificates {
     fn managed_ca(
         &self,
         key: &ObjectKey,
-        source: CaSource,
+        source: &CaSource,
         overlap: jiff::SignedDuration,
         now: jiff::Timestamp,
     ) -> Result<(Authority, Rollover), Error> {

@@ -575,6 +575,7 @@ pub async fn read_tls_secret(
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value)] // called with `json!` literals
     fn object(name: &str, spec: Value) -> DynamicObject {
         serde_json::from_value(json!({
             "apiVersion": "tessera.dev/v1alpha1",

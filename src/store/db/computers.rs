@@ -208,7 +208,7 @@ impl Database {
 const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
      first_seen, last_contact, last_inventory, address";
 
-fn lines(text: String) -> Vec<String> {
+fn lines(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
@@ -221,9 +221,9 @@ fn computer_row(row: &Row) -> Result<Computer, DbError> {
         name: row.text(1)?,
         os_name: row.text(2)?,
         os_version: row.text(3)?,
-        tags: lines(row.text(4)?),
-        ip_addresses: lines(row.text(5)?),
-        history: lines(row.text(6)?),
+        tags: lines(&row.text(4)?),
+        ip_addresses: lines(&row.text(5)?),
+        history: lines(&row.text(6)?),
         first_seen: row.int(7)?,
         last_contact: row.int(8)?,
         last_inventory: row.opt_int(9)?,
