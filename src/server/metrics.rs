@@ -33,6 +33,18 @@ pub enum Unfiled {
 }
 
 impl Unfiled {
+    /// Why the store did not file a result, or `None` when it did.
+    pub fn of(filed: &crate::store::db::Filed) -> Option<Self> {
+        use crate::store::db::Filed;
+        match filed {
+            Filed::Recorded(_) => None,
+            Filed::Settled => Some(Self::Settled),
+            Filed::Superseded => Some(Self::Superseded),
+            Filed::NotOffered => Some(Self::NotOffered),
+            Filed::UnknownDevice => Some(Self::UnknownDevice),
+        }
+    }
+
     /// Every reason, in the order `/metrics` lists them.
     pub const ALL: [Self; 6] = [
         Self::NotOffered,

@@ -14,7 +14,6 @@ use crate::protocol::ocs::Request;
 use crate::server::agent::Shared;
 use crate::server::deployments;
 use crate::server::metrics::Unfiled;
-use crate::store::db::Filed;
 
 /// Results one computer may send in a burst. An OCS agent reports each package once per
 /// cycle and a native agent three times (downloading, installing, done); 30 is far above
@@ -74,17 +73,11 @@ pub(crate) async fn file(
     let filed = shared
         .db(move |db| db.record_result(&device, &package, state, Some(&result_code), None, now))
         .await?;
-    let unfiled = match filed {
-        Filed::Recorded(_) => {
-            shared.metrics.result(&code);
-            shared.touched();
-            tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
-            return Ok(StatusCode::OK.into_response());
-        }
-        Filed::Settled => Unfiled::Settled,
-        Filed::Superseded => Unfiled::Superseded,
-        Filed::NotOffered => Unfiled::NotOffered,
-        Filed::UnknownDevice => Unfiled::UnknownDevice,
+    let Some(unfiled) = Unfiled::of(&filed) else {
+        shared.metrics.result(&code);
+        shared.touched();
+        tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
+        return Ok(StatusCode::OK.into_response());
     };
     shared.metrics.unfiled(unfiled);
     if unfiled.is_refusal() {

@@ -14,7 +14,7 @@ use crate::pki::AgentId;
 use crate::server::agent::{PeerAgent, ServeError};
 use crate::server::deployments;
 use crate::server::metrics::Unfiled;
-use crate::store::db::{Facts, Filed, State as DeploymentState};
+use crate::store::db::{Facts, State as DeploymentState};
 
 use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
@@ -491,18 +491,12 @@ pub async fn report(
             )
         })
         .await?;
-    let unfiled = match filed {
-        Filed::Recorded(_) => {
-            if let Some(code) = &code {
-                shared.metrics.result(code);
-            }
-            shared.touched();
-            return Ok(StatusCode::NO_CONTENT.into_response());
+    let Some(unfiled) = Unfiled::of(&filed) else {
+        if let Some(code) = &code {
+            shared.metrics.result(code);
         }
-        Filed::Settled => Unfiled::Settled,
-        Filed::Superseded => Unfiled::Superseded,
-        Filed::NotOffered => Unfiled::NotOffered,
-        Filed::UnknownDevice => Unfiled::UnknownDevice,
+        shared.touched();
+        return Ok(StatusCode::NO_CONTENT.into_response());
     };
     shared.metrics.unfiled(unfiled);
     if unfiled.is_refusal() {
