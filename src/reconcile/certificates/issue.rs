@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Map, Value, json};
 
 use crate::desired::DesiredState;
@@ -11,10 +12,10 @@ use crate::pki::authority::{self, Authority, LeafRequest};
 use crate::pki::facts;
 use crate::pki::renewal::{self, Decision, Existing, RenewBefore, Wanted};
 use crate::pki::{Names, Usage};
-use crate::reconcile::outcome::{Outcome, Reason};
+use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::certificate::KeyUsage;
 use crate::resources::issuer::{PrivateKeySpec, RotationPolicy};
-use crate::resources::{Certificate, Kind, ObjectKey, Resource};
+use crate::resources::{Certificate, CertificateStatus, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
 use super::{Certificates, Error, key_type, not_ready, signed};
@@ -384,13 +385,15 @@ fn wanted(certificate: &Certificate) -> Wanted {
     }
 }
 
-pub(super) fn certificate_details(facts: &facts::CertFacts, revision: i64) -> Map<String, Value> {
-    let mut details = Map::new();
-    details.insert("notBefore".into(), json!(facts.not_before.to_string()));
-    details.insert("notAfter".into(), json!(facts.not_after.to_string()));
-    details.insert("serialNumber".into(), json!(facts.serial));
-    details.insert("revision".into(), json!(revision));
-    details
+/// The status fields of a Certificate whose certificate is `facts`, issued `revision` times.
+pub(super) fn certificate_status(facts: &facts::CertFacts, revision: i64) -> CertificateStatus {
+    CertificateStatus {
+        not_before: Some(Time(facts.not_before)),
+        not_after: Some(Time(facts.not_after)),
+        serial_number: Some(facts.serial.clone()),
+        revision: Some(revision),
+        ..CertificateStatus::default()
+    }
 }
 
 fn ready_certificate(
@@ -399,8 +402,10 @@ fn ready_certificate(
     revision: i64,
     dir: &Path,
 ) -> Outcome {
-    let mut details = certificate_details(facts, revision);
-    details.insert("renewalTime".into(), json!(renew_at.to_string()));
+    let details = outcome::details(&CertificateStatus {
+        renewal_time: Some(Time(renew_at)),
+        ..certificate_status(facts, revision)
+    });
     let message = format!(
         "valid until {}, renewed at {renew_at}; files in {}",
         facts.not_after,
@@ -424,7 +429,7 @@ fn held_certificate(
     revision: i64,
 ) -> Outcome {
     let details = match existing {
-        Existing::Present { facts, .. } => certificate_details(facts, revision),
+        Existing::Present { facts, .. } => outcome::details(&certificate_status(facts, revision)),
         _ => Map::new(),
     };
     let message = format!(
@@ -443,12 +448,15 @@ fn held_certificate(
 }
 
 fn failed_certificate(existing: &Existing, failure: &Failure, revision: i64) -> Outcome {
-    let mut details = match existing {
-        Existing::Present { facts, .. } => certificate_details(facts, revision),
-        _ => Map::new(),
+    let status = match existing {
+        Existing::Present { facts, .. } => certificate_status(facts, revision),
+        _ => CertificateStatus::default(),
     };
-    details.insert("lastFailureTime".into(), json!(failure.at.to_string()));
-    details.insert("lastFailureReason".into(), json!(failure.message));
+    let details = outcome::details(&CertificateStatus {
+        last_failure_time: Some(Time(failure.at)),
+        last_failure_reason: Some(failure.message.clone()),
+        ..status
+    });
     let retry = format!("{}; retrying at {}", failure.message, failure.retry_at);
     Outcome {
         ready: false,

@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::{Map, json};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::desired::DesiredState;
 use crate::pki::authority::Authority;
 use crate::pki::{KeyType, facts};
-use crate::reconcile::outcome::{Outcome, Reason};
-use crate::resources::{Issuer, Kind, ObjectKey, Resource};
+use crate::reconcile::outcome::{self, Outcome, Reason};
+use crate::resources::{Issuer, IssuerStatus, Kind, ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
 use crate::pki::rollover::{self, Decision, Offered};
@@ -430,27 +430,31 @@ impl Certificates {
         if let Err(error) = written {
             return not_ready(Reason::WriteFailed, crate::error_chain(&error));
         }
-        let mut details = Map::new();
-        details.insert("subject".into(), json!(ca.subject));
-        details.insert("serialNumber".into(), json!(ca.serial));
-        details.insert("notAfter".into(), json!(ca.not_after.to_string()));
-        if let Some((_, crl)) = &crl {
-            details.insert("crlNumber".into(), json!(crl.number));
-            details.insert("crlNextUpdate".into(), json!(crl.next_update.to_string()));
-            if crl.next_update <= now {
-                return Outcome {
-                    ready: false,
-                    reason: Reason::CRLExpired,
-                    message: format!(
-                        "the CRL in {} expired at {}: clients are refused until a fresh one is in place",
-                        crl_file.unwrap_or_default(),
-                        crl.next_update
-                    ),
-                    details,
-                    issuing: None,
-                    wake: None,
-                };
-            }
+        let details = outcome::details(&IssuerStatus {
+            subject: Some(ca.subject.clone()),
+            serial_number: Some(ca.serial.clone()),
+            not_after: Some(Time(ca.not_after)),
+            crl_number: crl
+                .as_ref()
+                .and_then(|(_, crl)| i64::try_from(crl.number).ok()),
+            crl_next_update: crl.as_ref().map(|(_, crl)| Time(crl.next_update)),
+            ..IssuerStatus::default()
+        });
+        if let Some((_, crl)) = &crl
+            && crl.next_update <= now
+        {
+            return Outcome {
+                ready: false,
+                reason: Reason::CRLExpired,
+                message: format!(
+                    "the CRL in {} expired at {}: clients are refused until a fresh one is in place",
+                    crl_file.unwrap_or_default(),
+                    crl.next_update
+                ),
+                details,
+                issuing: None,
+                wake: None,
+            };
         }
         if ca.not_after <= now {
             return Outcome {
@@ -483,13 +487,13 @@ impl Certificates {
 
 /// The outcome of an issuer whose CA loaded: signing, unless it expired.
 fn signing(facts: &facts::CertFacts, rollover: &Rollover, now: jiff::Timestamp) -> Outcome {
-    let mut details = Map::new();
-    details.insert("subject".into(), json!(facts.subject));
-    details.insert("serialNumber".into(), json!(facts.serial));
-    details.insert("notAfter".into(), json!(facts.not_after.to_string()));
-    if let Some(phase) = rollover.phase {
-        details.insert("rolloverPhase".into(), json!(phase));
-    }
+    let details = outcome::details(&IssuerStatus {
+        subject: Some(facts.subject.clone()),
+        serial_number: Some(facts.serial.clone()),
+        not_after: Some(Time(facts.not_after)),
+        rollover_phase: rollover.phase.map(str::to_owned),
+        ..IssuerStatus::default()
+    });
     if facts.not_after <= now {
         return Outcome {
             ready: false,

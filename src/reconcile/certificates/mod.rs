@@ -25,13 +25,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::{Map, json};
+use serde_json::{Map, Value};
 
 use crate::desired::DesiredState;
 use crate::pki::authority::Authority;
 use crate::pki::{KeyType, PkiError};
 use crate::resources::issuer::{KeyAlgorithm, PrivateKeySpec};
-use crate::resources::{Kind, ObjectKey, Resource};
+use crate::resources::{IssuerStatus, Kind, ObjectKey, Resource};
 use crate::store::atomic;
 
 use super::outcome::{Outcome, Reason};
@@ -289,9 +289,9 @@ impl Certificates {
         for (key, outcome) in outcomes.iter_mut() {
             if key.kind == Kind::Issuer && outcome.ready && self.complete_rollover(key, desired) {
                 // The bundle shrinks on the next pass, right away.
-                outcome
-                    .details
-                    .insert("rolloverPhase".into(), json!("Complete"));
+                update_issuer_status(outcome, |status| {
+                    status.rollover_phase = Some("Complete".into());
+                });
                 due(now);
             }
             if key.kind == Kind::Issuer
@@ -505,6 +505,17 @@ fn signed(duration: std::time::Duration) -> jiff::SignedDuration {
     jiff::SignedDuration::try_from(duration).unwrap_or(jiff::SignedDuration::MAX)
 }
 
+/// Changes the status fields of an Issuer's `outcome` through its typed status, for what a
+/// later step of the pass learns (the rollover completed, the CRL published).
+fn update_issuer_status(outcome: &mut Outcome, change: impl FnOnce(&mut IssuerStatus)) {
+    let mut status: IssuerStatus =
+        serde_json::from_value(Value::Object(std::mem::take(&mut outcome.details)))
+            // The fields were written from an IssuerStatus, so they read back as one.
+            .unwrap_or_default();
+    change(&mut status);
+    outcome.details = super::outcome::details(&status);
+}
+
 fn not_ready(reason: Reason, message: String) -> Outcome {
     Outcome::not_ready(reason, message)
 }
@@ -607,6 +618,29 @@ mod tests {
         assert!(web.ready, "{web:?}");
         assert_eq!(web.reason, Reason::Ready);
         assert_eq!(web.details["revision"], 1);
+        // The typed statuses write the keys the string maps wrote.
+        let keys = |details: &Map<String, Value>| details.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            keys(&web.details),
+            [
+                "notAfter",
+                "notBefore",
+                "renewalTime",
+                "revision",
+                "serialNumber"
+            ]
+        );
+        assert_eq!(
+            keys(&issuer.details),
+            [
+                "crlNextUpdate",
+                "crlNumber",
+                "notAfter",
+                "revokedCertificates",
+                "serialNumber",
+                "subject"
+            ]
+        );
         // 90 days by default, renewed when a third remains: 60 days after issuance.
         let renewal: jiff::Timestamp = web.details["renewalTime"]
             .as_str()

@@ -3,18 +3,18 @@
 
 use std::collections::HashSet;
 
-use serde_json::json;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::desired::DesiredState;
 use crate::pki::renewal::Existing;
 use crate::pki::{authority, facts};
-use crate::reconcile::outcome::{Outcome, Reason};
+use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::{ObjectKey, Resource};
 use crate::store::atomic::{self, Access};
 
 use super::{Certificates, Error, not_ready, signed};
 
-use super::issue::{FIRST_BACKOFF, certificate_details};
+use super::issue::{FIRST_BACKOFF, certificate_status};
 
 /// Default validity of a CRL: a week, refreshed after 2/3 of it.
 const DEFAULT_CRL_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_hours(168);
@@ -113,7 +113,7 @@ impl Certificates {
                 "serial {} is revoked and listed in {issuer}'s CRL; set revoked: false to issue a new certificate",
                 facts.serial
             ),
-            details: certificate_details(facts, revision),
+            details: outcome::details(&certificate_status(facts, revision)),
             issuing: Some((false, Reason::Revoked, String::new())),
             wake: None,
         }
@@ -211,13 +211,11 @@ impl Certificates {
                 )
             }
         };
-        outcome.details.insert("crlNumber".into(), json!(number));
-        outcome
-            .details
-            .insert("crlNextUpdate".into(), json!(next_update.to_string()));
-        outcome
-            .details
-            .insert("revokedCertificates".into(), json!(revoked.len()));
+        super::update_issuer_status(outcome, |status| {
+            status.crl_number = i64::try_from(number).ok();
+            status.crl_next_update = Some(Time(next_update));
+            status.revoked_certificates = i64::try_from(revoked.len()).ok();
+        });
         Some(this_update + next_update.duration_since(this_update) * 2 / 3)
     }
 }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::desired::DesiredState;
 use crate::reconcile::routes::{family, qualified};
 use crate::reconcile::status::Applied;
-use crate::resources::{Kind, ObjectKey, Resource};
+use crate::resources::{CertificateStatus, Kind, ObjectKey, Resource};
 use crate::server::deployments::{self, Assignment, Selector};
 use crate::store::db::Computer;
 
@@ -263,12 +263,14 @@ fn certificates(before: &Side, after: &Side, now: jiff::Timestamp) -> Vec<Certif
         };
         let issuer =
             ObjectKey::referenced(Kind::Issuer, &key.namespace, &certificate.spec.issuer_ref);
-        let details = before.details.get(key);
-        let renewal = details
-            .and_then(|d| d.get("renewalTime"))
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let issued = details.is_some_and(|d| d.contains_key("notAfter"));
+        let status = before.details.get(key).and_then(|d| {
+            serde_json::from_value::<CertificateStatus>(Value::Object(d.clone())).ok()
+        });
+        let renewal = status
+            .as_ref()
+            .and_then(|s| s.renewal_time.as_ref())
+            .map(|t| t.0);
+        let issued = status.is_some_and(|s| s.not_after.is_some());
         let (action, reason) = if !before.resources.contains_key(key) {
             (CertificateAction::Issue, "a new Certificate".to_owned())
         } else if spec(before, key) != spec(after, key) {
