@@ -50,52 +50,34 @@ pub async fn run(
         // One token per generation of listeners: a change of address stops the old ones.
         let generation = shutdown.child_token();
         let mut addresses = Vec::new();
-        if let Some(address) = wanted.https {
-            match bind(address).await {
-                Ok(listener) => {
-                    addresses.push(listener.local_addr().unwrap_or(address));
-                    tracing::info!(address = %addresses[addresses.len() - 1], "agent-facing HTTPS listening");
-                    let accepting = Accepting {
-                        name: "https",
-                        budget: budget.clone(),
-                        gate: gate.clone(),
-                        stats: metrics.connections.https.clone(),
-                        tracker: tracker.clone(),
-                        shutdown: generation.clone(),
-                    };
-                    tracker.spawn(accept_tls(
-                        listener,
-                        wanted.trusted_proxies.clone(),
-                        TlsAcceptor::from(tls.clone()),
-                        https.clone(),
-                        metrics.clone(),
-                        accepting,
-                    ));
-                }
-                Err(error) => {
-                    tracing::error!(error = %crate::error_chain(&error), "HTTPS listener not started")
-                }
-            }
+        let accepting = |name, stats: &Arc<crate::budget::Stats>| Accepting {
+            name,
+            budget: budget.clone(),
+            gate: gate.clone(),
+            stats: stats.clone(),
+            tracker: tracker.clone(),
+            shutdown: generation.clone(),
+        };
+        if let Some(listener) =
+            bind_logged(wanted.https, "agent-facing HTTPS", &mut addresses).await
+        {
+            tracker.spawn(accept_tls(
+                listener,
+                wanted.trusted_proxies.clone(),
+                TlsAcceptor::from(tls.clone()),
+                https.clone(),
+                metrics.clone(),
+                accepting("https", &metrics.connections.https),
+            ));
         }
-        if let Some(address) = wanted.http {
-            match bind(address).await {
-                Ok(listener) => {
-                    addresses.push(listener.local_addr().unwrap_or(address));
-                    tracing::info!(address = %addresses[addresses.len() - 1], "plain-HTTP fragment listener listening");
-                    let accepting = Accepting {
-                        name: "http",
-                        budget: budget.clone(),
-                        gate: gate.clone(),
-                        stats: metrics.connections.http.clone(),
-                        tracker: tracker.clone(),
-                        shutdown: generation.clone(),
-                    };
-                    tracker.spawn(accept_plain(listener, http.clone(), accepting));
-                }
-                Err(error) => {
-                    tracing::error!(error = %crate::error_chain(&error), "HTTP listener not started")
-                }
-            }
+        if let Some(listener) =
+            bind_logged(wanted.http, "plain-HTTP fragment", &mut addresses).await
+        {
+            tracker.spawn(accept_plain(
+                listener,
+                http.clone(),
+                accepting("http", &metrics.connections.http),
+            ));
         }
         bound.send_replace(addresses);
         tokio::select! {
@@ -114,6 +96,27 @@ pub async fn run(
     tracker.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
     Ok(())
+}
+
+/// Binds `address` if one is wanted, logs the outcome as the `what` listener, and records
+/// the bound address. A failed bind is logged, and the other listeners start anyway.
+async fn bind_logged(
+    address: Option<SocketAddr>,
+    what: &str,
+    addresses: &mut Vec<SocketAddr>,
+) -> Option<TcpListener> {
+    match bind(address?).await {
+        Ok(listener) => {
+            let bound = listener.local_addr().unwrap_or(address?);
+            addresses.push(bound);
+            tracing::info!(address = %bound, "{what} listener listening");
+            Some(listener)
+        }
+        Err(error) => {
+            tracing::error!(error = %crate::error_chain(&error), "{what} listener not started");
+            None
+        }
+    }
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, ServeError> {

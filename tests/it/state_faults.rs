@@ -30,6 +30,16 @@ async fn start(config: &Path, state: &Path, reset_state: bool) -> anyhow::Result
     .await
 }
 
+/// `tessera serve` started on `config` and `state`, serving: its HTTPS address, the
+/// quickstart's `hello` package id, and computer `device` already known by a PROLOG.
+async fn serving(config: &Path, state: &Path, device: &str) -> (Running, String, String) {
+    let running = start(config, state, false).await.expect("serve starts");
+    let (https, _) = addresses(&running).await;
+    let hello = package_id(&running, "hello").await;
+    assert_eq!(ocs(&https, prolog(device)).await, 200);
+    (running, https, hello)
+}
+
 /// A tmpfs mounted at a directory, unmounted when dropped (even when a test panics).
 struct Tmpfs(PathBuf);
 
@@ -154,12 +164,7 @@ async fn a_full_state_disk_degrades_recovers_and_a_restart_while_full_still_serv
         eprintln!("skipped: mounting a tmpfs is not permitted here");
         return;
     };
-    let running = start(dir.path(), &state, false)
-        .await
-        .expect("serve starts");
-    let (https, _) = addresses(&running).await;
-    let hello = package_id(&running, "hello").await;
-    assert_eq!(ocs(&https, prolog("known")).await, 200);
+    let (running, https, hello) = serving(dir.path(), &state, "known").await;
 
     // The disk fills up, then the configuration changes: status files cannot be written.
     let filler = fill(&state);
@@ -242,12 +247,7 @@ async fn a_full_state_disk_degrades_recovers_and_a_restart_while_full_still_serv
 async fn a_deleted_state_database_refuses_results_and_a_restart_refuses_to_start_empty() {
     let dir = quickstart_copy();
     let state = dir.path().join("state");
-    let running = start(dir.path(), &state, false)
-        .await
-        .expect("serve starts");
-    let (https, _) = addresses(&running).await;
-    let hello = package_id(&running, "hello").await;
-    assert_eq!(ocs(&https, prolog("lab-01")).await, 200);
+    let (running, https, hello) = serving(dir.path(), &state, "lab-01").await;
 
     std::fs::remove_file(state.join("state.db")).unwrap();
     let body = eventually("/readyz not ready", || async {
@@ -293,12 +293,7 @@ async fn a_deleted_state_database_refuses_results_and_a_restart_refuses_to_start
 async fn garbage_over_the_state_database_is_refused_while_running_and_at_start_up() {
     let dir = quickstart_copy();
     let state = dir.path().join("state");
-    let running = start(dir.path(), &state, false)
-        .await
-        .expect("serve starts");
-    let (https, _) = addresses(&running).await;
-    let hello = package_id(&running, "hello").await;
-    assert_eq!(ocs(&https, prolog("lab-01")).await, 200);
+    let (running, https, hello) = serving(dir.path(), &state, "lab-01").await;
 
     // Garbage over the database and its WAL, in place (same files).
     let garbage = vec![0x5au8; 64 << 10];
