@@ -145,52 +145,15 @@ impl OcsAgent {
     /// Like [`OcsAgent::run`] with extra flags, e.g. `--force` (no PROLOG: the inventory is
     /// sent at once, and nothing is deployed because no package list was received).
     pub(crate) fn run_with(&self, extra_args: &[&str]) -> io::Result<AgentRun> {
-        // Files rather than pipes: the worker inherits both and would hold a pipe open.
-        let mut stdout = tempfile::tempfile()?;
-        let mut stderr = tempfile::tempfile()?;
-        let mut command = Command::new("ocsinventory-agent");
-        command
-            .arg(format!("--server={}", self.server_url))
-            .arg(format!("--basevardir={}", self.base.path().display()))
-            .arg(format!("--ca={}", self.ca.display()))
-            .args(["--nolocal", "--debug", "--nosoftware"]);
-        if let Some(tag) = &self.tag {
-            command.arg(format!("--tag={tag}"));
-        }
-        command
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(stdout.try_clone()?)
-            .stderr(stderr.try_clone()?)
-            .process_group(0);
-
-        let start = Instant::now();
-        let mut child = command.spawn()?;
-        // The group id is the agent's PID; the group outlives the agent while its worker runs.
-        let group = child.id();
-        let agent = loop {
-            if let Some(status) = child.try_wait()? {
-                break AgentEnd::Exited(status);
-            }
-            if start.elapsed() > AGENT_LIMIT {
-                kill_group(group)?;
-                child.wait()?;
-                break AgentEnd::KilledAfterTimeout;
-            }
-            thread::sleep(POLL);
-        };
-        let worker = wait_for_group(group, WORKER_LIMIT)?;
-        let elapsed = start.elapsed();
-
-        let stdout = read_all(&mut stdout)?;
-        let stderr = read_all(&mut stderr)?;
-        Ok(AgentRun {
-            agent,
-            worker,
-            stdout,
-            stderr,
-            elapsed,
-        })
+        let mut args = vec![
+            format!("--server={}", self.server_url),
+            format!("--basevardir={}", self.base.path().display()),
+            format!("--ca={}", self.ca.display()),
+        ];
+        args.extend(["--nolocal", "--debug", "--nosoftware"].map(str::to_owned));
+        args.extend(self.tag.iter().map(|tag| format!("--tag={tag}")));
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        run_args(&args)
     }
 
     /// The DEVICEID this agent reports.
@@ -251,6 +214,49 @@ fn is_kept_device_id(id: &str, host: &str) -> bool {
     };
     id.match_indices(&format!("{host}-"))
         .any(|(at, found)| matches_shape(&id.as_bytes()[at + found.len()..]))
+}
+
+/// Runs `ocsinventory-agent` with exactly `args` (as a person would type them) in a process
+/// group of its own, kills it after [`AGENT_LIMIT`], and waits for its download worker.
+pub(crate) fn run_args(args: &[String]) -> io::Result<AgentRun> {
+    // Files rather than pipes: the worker inherits both and would hold a pipe open.
+    let mut stdout = tempfile::tempfile()?;
+    let mut stderr = tempfile::tempfile()?;
+    let mut command = Command::new("ocsinventory-agent");
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone()?)
+        .stderr(stderr.try_clone()?)
+        .process_group(0);
+
+    let start = Instant::now();
+    let mut child = command.spawn()?;
+    // The group id is the agent's PID; the group outlives the agent while its worker runs.
+    let group = child.id();
+    let agent = loop {
+        if let Some(status) = child.try_wait()? {
+            break AgentEnd::Exited(status);
+        }
+        if start.elapsed() > AGENT_LIMIT {
+            kill_group(group)?;
+            child.wait()?;
+            break AgentEnd::KilledAfterTimeout;
+        }
+        thread::sleep(POLL);
+    };
+    let worker = wait_for_group(group, WORKER_LIMIT)?;
+    let elapsed = start.elapsed();
+
+    let stdout = read_all(&mut stdout)?;
+    let stderr = read_all(&mut stderr)?;
+    Ok(AgentRun {
+        agent,
+        worker,
+        stdout,
+        stderr,
+        elapsed,
+    })
 }
 
 /// Waits until no live process is left in process group `group`; kills the group after `limit`.
