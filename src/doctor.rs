@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -15,7 +14,34 @@ use tokio::net::TcpStream;
 
 use crate::pki::diagnose::{self, Finding, Observed};
 use crate::pki::facts::CertFacts;
-use crate::pki::{facts, tls};
+use crate::pki::{PkiError, facts, tls};
+
+/// Why `tessera doctor` could not run its check (a failed handshake is a finding, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    #[error("ADDRESS must be host:port, got `{0}`")]
+    Address(String),
+    #[error("`{name}` is not a host name or address")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("a --crl file is not a PEM CRL with a next update")]
+    Crl,
+    #[error("failed to read the client key")]
+    ClientKey(#[source] rustls::pki_types::pem::Error),
+    #[error(transparent)]
+    Certificate(#[from] PkiError),
+    #[error("failed to set up the TLS client")]
+    Tls(#[from] rustls::Error),
+    #[error("failed to set up the verifier for --ca")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error("failed to write the report")]
+    Write(#[from] std::io::Error),
+}
+
+type Result<T, E = DoctorError> = std::result::Result<T, E>;
 
 /// What to check.
 #[derive(Debug)]
@@ -43,10 +69,13 @@ pub async fn run(options: Options) -> Result<ExitCode> {
                 .trim_end_matches(']')
                 .to_owned()
         })
-        .context("ADDRESS must be host:port")?;
+        .ok_or_else(|| DoctorError::Address(options.address.clone()))?;
     let name = options.server_name.clone().unwrap_or(host);
-    let server_name = ServerName::try_from(name.clone())
-        .with_context(|| format!("`{name}` is not a host name or address"))?;
+    let server_name =
+        ServerName::try_from(name.clone()).map_err(|source| DoctorError::ServerName {
+            name: name.clone(),
+            source,
+        })?;
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let recorder = Arc::new(Recorder {
@@ -104,7 +133,7 @@ pub async fn run(options: Options) -> Result<ExitCode> {
     let crls = options
         .crls
         .iter()
-        .map(|pem| facts::read_crl(pem).context("a --crl file is not a PEM CRL with a next update"))
+        .map(|pem| facts::read_crl(pem).ok_or(DoctorError::Crl))
         .collect::<Result<Vec<_>>>()?;
     let findings = diagnose::diagnose(&Observed {
         chain: chain_facts,
@@ -235,8 +264,7 @@ fn client_config(
     Ok(match identity {
         Some((chain, key)) => builder.with_client_auth_cert(
             facts::pem_certificates(chain)?,
-            PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .context("failed to read the client key")?,
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(DoctorError::ClientKey)?,
         )?,
         None => builder.with_no_client_auth(),
     })
@@ -350,5 +378,38 @@ impl ServerCertVerifier for Recorder {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(address: &str, server_name: Option<&str>) -> Options {
+        Options {
+            address: address.to_owned(),
+            server_name: server_name.map(str::to_owned),
+            trusted: None,
+            identity: None,
+            crls: Vec::new(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_named_before_any_connection() {
+        let error = run(options("tessera.example", None)).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "ADDRESS must be host:port, got `tessera.example`"
+        );
+        let error = run(options("127.0.0.1:1", Some("not a name")))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DoctorError::ServerName { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "`not a name` is not a host name or address"
+        );
     }
 }

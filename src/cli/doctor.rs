@@ -36,7 +36,7 @@ pub(super) struct DoctorArgs {
 /// Reads the files the arguments name, then runs the checks.
 pub(super) fn run(args: &DoctorArgs) -> Result<ExitCode> {
     let options = options(args)?;
-    runtime()?.block_on(crate::doctor::run(options))
+    Ok(runtime()?.block_on(crate::doctor::run(options))?)
 }
 
 fn options(args: &DoctorArgs) -> Result<crate::doctor::Options> {
