@@ -406,11 +406,13 @@ fn start_reconcile(
     let mut snapshots = source.snapshots;
     tasks.spawn(|token| async move {
         // Kubernetes mode: no pass before every kind was listed once, or the empty
-        // placeholder would look like a configuration emptied on purpose.
+        // placeholder would look like a configuration emptied on purpose. A snapshot read
+        // from the API server always has a revision (a digest, even of nothing); the
+        // placeholder has none, whatever wakes this wait.
         if kube_mode {
             tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
+                read = snapshots.wait_for(|s| !s.revision.is_empty()) => if read.is_err() { return Ok(()) },
             }
         }
         reconcile::run(snapshots, reports, config, token)

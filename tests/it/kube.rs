@@ -185,6 +185,61 @@ async fn watched_objects_feed_a_snapshot_and_a_malformed_one_is_stalled_alone() 
     running.await.unwrap();
 }
 
+/// Issue 16's restart race: a replica that becomes leader after every kind is listed but
+/// before the debounced first snapshot is published must not hand reconcile the empty
+/// placeholder (a pass on it prunes every package and certificate).
+#[tokio::test(start_paused = true)]
+async fn leadership_before_the_first_snapshot_never_publishes_the_placeholder() {
+    let (client, mut handle) = mock_client();
+    let good = package("hello", serde_json::from_str(PACKAGE_SPEC).unwrap(), 1);
+    let (lists_tx, mut lists_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut open_watches = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            if query(&request).get("watch").map(String::as_str) == Some("true") {
+                open_watches.push(send);
+                continue;
+            }
+            let plural = request.uri().path().rsplit('/').next().unwrap().to_owned();
+            let items = if plural == "packages" {
+                vec![good.clone()]
+            } else {
+                Vec::new()
+            };
+            send.send_response(respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "List",
+                        "metadata": {"resourceVersion": "10"}, "items": items}),
+            ));
+            let _ = lists_tx.send(());
+        }
+    });
+
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let (publish, mut snapshots) = watch::channel(Snapshot::default());
+    let shutdown = CancellationToken::new();
+    let source = KubeSource::new(client, Some("fleet".into())).resync_on(leader_rx);
+    let running = tokio::spawn(source.run(publish, shutdown.clone()));
+    for _ in Kind::ALL {
+        lists_rx.recv().await.unwrap();
+    }
+    // Time stands still while this task is runnable: the source takes in every list (and
+    // starts its debounce) before the replica becomes leader.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    leader_tx.send_replace(true);
+
+    snapshots.changed().await.unwrap();
+    let first = snapshots.borrow_and_update().clone();
+    assert!(
+        !first.revision.is_empty() && first.files.len() == 1,
+        "the first snapshot published is the one read, not the placeholder: {first:?}"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn watch_errors_are_retried_not_fatal() {
     let (client, mut handle) = mock_client();

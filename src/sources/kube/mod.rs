@@ -132,6 +132,8 @@ impl KubeSource {
         }
         let mut events = futures::stream::select_all(streams);
         let mut listed: HashMap<Kind, bool> = HashMap::new();
+        // Whether a snapshot read from the API server has been published yet.
+        let mut published = false;
         let mut due: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
         let mut resync = self.resync;
         loop {
@@ -139,7 +141,11 @@ impl KubeSource {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(now_true) = turned(&mut resync) => {
-                    if now_true && listed.len() == Kind::ALL.len() {
+                    // Only a snapshot already read is published again. Before the first one
+                    // the channel holds the empty placeholder: a pass on it would read as
+                    // "everything deleted" and prune every package and certificate. The
+                    // first snapshot, when it comes, makes the pass the new leader needs.
+                    if now_true && published {
                         publish.send_modify(|_| {});
                     }
                 }
@@ -168,8 +174,9 @@ impl KubeSource {
                         .iter()
                         .flat_map(|(kind, store)| store.state().into_iter().map(|o| (*kind, o)));
                     let snapshot = snapshot(objects.map(|(kind, object)| (kind, (*object).clone())));
+                    let first = !std::mem::replace(&mut published, true);
                     publish.send_if_modified(|current| {
-                        let changed = current.revision != snapshot.revision;
+                        let changed = first || current.revision != snapshot.revision;
                         if changed {
                             *current = snapshot;
                         }
