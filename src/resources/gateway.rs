@@ -16,7 +16,7 @@ use super::quantity::Duration;
     namespaced,
     derive = "PartialEq",
     status = "GatewayStatus",
-    shortname = "gw",
+    shortname = "tgw",
     category = "tessera",
     doc = "A relay in the DMZ between roaming agents and the server.",
     printcolumn(name = "Listen", type_ = "string", json_path = ".spec.listen"),

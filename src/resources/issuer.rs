@@ -21,7 +21,7 @@ use super::quantity::Duration;
     category = "tessera",
     doc = "A certificate authority that signs Certificates: selfSigned or ca.",
     printcolumn(name = "Subject", type_ = "string", json_path = ".status.subject"),
-    printcolumn(name = "Not After", type_ = "date", json_path = ".status.notAfter"),
+    printcolumn(name = "Not After", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(
         name = "Ready",
         type_ = "string",

@@ -63,7 +63,8 @@ pub struct PackageSpec {
     /// What the agent does with the package: exactly one of `launch`, `execute` or `store`.
     pub action: PackageAction,
     /// Size of each download fragment, from 4Ki to 64Mi (default 1Mi). Smaller fragments
-    /// resume sooner after a cut on a poor link; larger ones make fewer requests.
+    /// resume sooner after a cut on a poor link; larger ones make fewer requests. A number
+    /// of bytes or a quantity such as `512Ki` (`kubectl explain` shows it as an object).
     #[serde(default = "default_fragment_size")]
     pub fragment_size: ByteSize,
     /// A dialog shown to the logged-in user before installing (Windows agents).
