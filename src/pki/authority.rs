@@ -380,7 +380,8 @@ fn generate_rsa(bits: u32) -> Result<KeyPair, PkiError> {
 
 /// A private key from PEM (PKCS#8, or SEC1 / PKCS#1 as OpenSSL writes them).
 pub fn load_key(pem: &str) -> Result<KeyPair, PkiError> {
-    KeyPair::from_pem(pem).map_err(|e| PkiError::Key(e.to_string()))
+    let der = super::key_pem::pkcs8_der(pem)?;
+    KeyPair::try_from(der.as_slice()).map_err(|e| PkiError::Key(e.to_string()))
 }
 
 /// Whether `key` is the private key of a certificate with these facts.

@@ -6,6 +6,7 @@ pub mod authority;
 pub mod diagnose;
 pub mod facts;
 pub mod identity;
+pub mod key_pem;
 // PKCS#12 and JKS outputs of Certificates: the server's, not the agent's (p12-keystore).
 #[cfg(feature = "server")]
 pub mod keystore;

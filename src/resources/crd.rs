@@ -56,9 +56,7 @@ fn unwrap(text: &str) -> String {
         let line = line.trim_end();
         let list_item = line.starts_with("- ") || line.starts_with("* ");
         if i > 0 {
-            if line.is_empty() || out.ends_with('\n') {
-                out.push('\n');
-            } else if list_item {
+            if line.is_empty() || out.ends_with('\n') || list_item {
                 out.push('\n');
             } else {
                 out.push(' ');
