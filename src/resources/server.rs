@@ -144,7 +144,8 @@ pub struct Listen {
     #[serde(default = "default_https_address")]
     pub https: String,
     /// Optional plain-HTTP address serving fragments only (their digest is checked by the
-    /// agent), e.g. `0.0.0.0:8080`. Default: none.
+    /// agent), e.g. `0.0.0.0:8080`, and the OCS endpoint when `spec.ocs.plainHttp` is true.
+    /// Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
 }
