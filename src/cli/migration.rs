@@ -115,13 +115,12 @@ impl MigrationPackage {
     /// Writes the files into `out`, refusing to replace any unless `force`; the paths written.
     pub(super) fn write(&self, out: &Path, force: bool) -> Result<Vec<PathBuf>> {
         let files = self.files();
-        if !force {
-            if let Some((path, ..)) = files.iter().find(|(path, ..)| out.join(path).exists()) {
-                bail!(
-                    "{} exists: give --force to replace it",
-                    out.join(path).display()
-                );
-            }
+        let existing = files.iter().find(|(path, ..)| out.join(path).exists());
+        if let Some((path, ..)) = existing.filter(|_| !force) {
+            bail!(
+                "{} exists: give --force to replace it",
+                out.join(path).display()
+            );
         }
         let mut written = Vec::new();
         for (path, text, executable) in files {
@@ -412,7 +411,7 @@ mod tests {
         let ca = dir.path().join("tessera-ca.pem");
         assert_eq!(read(ca.clone()), CA);
         assert_eq!(
-            read(cfg.clone()),
+            read(cfg),
             format!(
                 "# comment\ntag=lab\nserver={URL}\nca={}\nssl=1\n",
                 ca.display()

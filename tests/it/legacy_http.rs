@@ -228,7 +228,7 @@ impl CfgAgent {
             .filter_map(|line| line.split_once('='))
             .filter(|(k, _)| k.trim().eq_ignore_ascii_case(key))
             .map(|(_, v)| v.trim().to_owned())
-            .last()
+            .next_back()
     }
 
     /// Runs the agent once with its configuration (and `extra` flags), waits for its
