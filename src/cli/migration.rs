@@ -233,7 +233,7 @@ const HEADER: &str = r#"# Written by `tessera migration-package`. It moves OCS I
 # (os: linux). The equivalent, to ship as an os: windows package of its own:
 #   - copy the CA to the agent's data folder, %ProgramData%\OCS Inventory NG\Agent\, as
 #     cacert.pem;
-#   - in ocsinventory.ini there, section [OCS Inventory Agent], set
+#   - in ocsinventory.ini there, section [HTTP], set
 #       Server=@HTTPS_URL@
 #       SSL=1
 #       CaBundle=cacert.pem
