@@ -14,6 +14,7 @@ mod export;
 mod gateway;
 mod git;
 mod kube;
+mod migration;
 mod notify;
 mod plan;
 mod running;
@@ -38,6 +39,7 @@ use crate::agent::cli::{AgentArgs, agent};
 use crds::CrdsArgs;
 use doctor::DoctorArgs;
 use export::ExportArgs;
+use migration::MigrationArgs;
 use notify::NotifyArgs;
 use plan::PlanArgs;
 use running::runtime;
@@ -81,6 +83,10 @@ enum Command {
     Token(TokenCommand),
     /// Tessera's own agent: enroll, check in, download, verify, install, report.
     Agent(AgentArgs),
+    /// Write the Package that moves OCS Unix agents still on plain HTTP to verified HTTPS
+    /// (new URL and CA in their configuration, same DEVICEID), for the configuration
+    /// repository.
+    MigrationPackage(MigrationArgs),
     /// Ask a computer's agent to check in now (over mutual TLS, to the agent's listener).
     Notify(NotifyArgs),
     /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
@@ -111,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Token(command) => token::run(command),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent(args))),
+        Command::MigrationPackage(args) => migration::run(&args),
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
     };

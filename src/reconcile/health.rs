@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use crate::desired::{DesiredState, Entry, Served};
 use crate::reconcile::outcome::{self, Class, ConditionStatus, ConditionType, Outcome, Reason};
 use crate::resources::affectation::{DeploymentCounts, RolloutStatus};
+use crate::resources::server::ServerSpec;
 use crate::resources::{AffectationStatus, Kind, ObjectKey, Problem, Resource};
 use crate::server::deployments::Counts;
 
@@ -22,7 +23,7 @@ pub struct Condition {
 }
 
 /// The kstatus conditions of an entry: `Ready`, `Stalled` and `Reconciling`, plus
-/// `Issuing` for Certificates. `outcome` is what reconcile found for the object, if it acted.
+/// `Issuing` for Certificates and the warning `PlainHttp` for a Server. `outcome` is what reconcile found for the object, if it acted.
 pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
     let first = |problems: &[Problem]| {
         let more = problems.len().saturating_sub(1);
@@ -67,7 +68,30 @@ pub fn conditions(entry: &Entry, outcome: Option<&Outcome>) -> Vec<Condition> {
             message,
         });
     }
+    if let Some(Resource::Server(server)) = entry.resource() {
+        found.extend(plain_http(&server.spec));
+    }
     found
+}
+
+/// The warning `PlainHttp` of a Server that serves OCS agents over plain HTTP
+/// (`spec.ocs.plainHttp`); it leaves `Ready` as it is.
+pub fn plain_http(spec: &ServerSpec) -> Option<Condition> {
+    if !(spec.ocs.enabled && spec.ocs.plain_http) {
+        return None;
+    }
+    let message = match &spec.listen.http {
+        Some(http) => format!(
+            "OCS agents are served over plain HTTP on {http}, unencrypted and unauthenticated; tessera_ocs_plain_http_computers counts the computers still calling that way, and `tessera migration-package` makes the Package that moves them to HTTPS"
+        ),
+        None => "spec.ocs.plainHttp has no effect without spec.listen.http".to_owned(),
+    };
+    Some(Condition {
+        type_: ConditionType::PlainHttp,
+        status: ConditionStatus::True,
+        reason: Reason::PlainHttpEnabled,
+        message,
+    })
 }
 
 /// kstatus's three conditions from whether the object is ready, why, and the message: not

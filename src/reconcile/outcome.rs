@@ -160,6 +160,9 @@ reasons! {
     ClientAuthUnusable => Failed,
     /// The dial-out settings cannot be used.
     DialOutUnusable => Failed,
+    /// `PlainHttp` condition: OCS agents are served over plain HTTP (`spec.ocs.plainHttp`),
+    /// a warning that leaves the Server Ready.
+    PlainHttpEnabled => Done,
 
     // The server's own conditions.
     /// The state database cannot be written (disk full?).

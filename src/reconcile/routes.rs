@@ -721,6 +721,11 @@ fn base_routes(spec: &ServerSpec) -> Routes {
     Routes {
         ocs_enabled: spec.ocs.enabled,
         ocs_path: spec.ocs.path.clone(),
+        ocs_plain_http: spec.ocs.enabled && spec.ocs.plain_http,
+        inventory: spec
+            .inventory_frequency
+            .map(crate::server::ocs::InventoryPolicy::from_days)
+            .unwrap_or_default(),
         prolog_frequency_hours: u32::try_from((seconds(spec.prolog_frequency) / 3600).max(1))
             .unwrap_or(u32::MAX),
         download: DownloadConf {

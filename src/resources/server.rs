@@ -58,6 +58,15 @@ pub struct ServerSpec {
     /// (default `168h`). Windows agents never report a failed `info` download.
     #[serde(default = "default_stale_after")]
     pub stale_after: Duration,
+    /// When agents are asked for an inventory, as the OCS server's `FREQUENCY` option, in
+    /// days: `0` at every contact, `N` once the last inventory is `N` days old, `-1` never
+    /// (except at the first contact, when nothing is known of the computer, as the OCS
+    /// server does). Except with `-1`, an agent that reported results is also asked, so the
+    /// packages it lists as installed are known before anything else is offered. Default
+    /// `1` (a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub inventory_frequency: Option<i64>,
     /// The OCS Inventory NG compatible endpoint for unmodified OCS agents.
     #[serde(default)]
     pub ocs: OcsCompatibility,
@@ -135,7 +144,8 @@ pub struct Listen {
     #[serde(default = "default_https_address")]
     pub https: String,
     /// Optional plain-HTTP address serving fragments only (their digest is checked by the
-    /// agent), e.g. `0.0.0.0:8080`. Default: none.
+    /// agent), e.g. `0.0.0.0:8080`, and the OCS endpoint when `spec.ocs.plainHttp` is true.
+    /// Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
 }
@@ -227,6 +237,15 @@ pub struct OcsCompatibility {
     /// Path of the endpoint (default `/ocsinventory`).
     #[serde(default = "default_ocs_path")]
     pub path: String,
+    /// Whether `spec.listen.http` also serves the endpoint, for agents still configured
+    /// with an `http://` URL (default false: they are answered 403 with the HTTPS address,
+    /// and logged once per computer). Requests and replies then cross the network in
+    /// clear text and unauthenticated: meant for the first days of a move from an OCS
+    /// server, with the Server showing a `PlainHttp` condition and
+    /// `tessera_ocs_plain_http_computers` counting the computers still on HTTP until
+    /// `tessera migration-package` has moved them to HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
 }
 
 impl Default for OcsCompatibility {
@@ -234,6 +253,7 @@ impl Default for OcsCompatibility {
         Self {
             enabled: true,
             path: default_ocs_path(),
+            plain_http: false,
         }
     }
 }

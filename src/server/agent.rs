@@ -1,5 +1,6 @@
 //! The agent-facing server: the OCS endpoint and `/download/<id>/` over HTTPS, fragments
-//! only over the optional plain-HTTP listener.
+//! over the optional plain-HTTP listener (and the OCS endpoint there too when the Server
+//! allows it, for agents still configured with an `http://` URL).
 //!
 //! Reconcile hands it plain values through `watch` channels: the [`Routes`] (what to
 //! offer to whom, the pacing) and the [`Listen`] addresses; certificates reach it through
@@ -39,6 +40,11 @@ pub struct Routes {
     pub ocs_enabled: bool,
     /// Its path, e.g. `/ocsinventory`.
     pub ocs_path: String,
+    /// Whether the plain-HTTP listener serves it too (`spec.ocs.plainHttp`); if not, it
+    /// answers there with a 403 naming the HTTPS address.
+    pub ocs_plain_http: bool,
+    /// When agents are asked for an inventory (`spec.inventoryFrequency`).
+    pub inventory: crate::server::ocs::InventoryPolicy,
     /// Hours between agent contacts (`PROLOG_FREQ`).
     pub prolog_frequency_hours: u32,
     /// Pacing sent with every PROLOG reply.
@@ -79,6 +85,8 @@ impl Default for Routes {
         Self {
             ocs_enabled: true,
             ocs_path: "/ocsinventory".into(),
+            ocs_plain_http: false,
+            inventory: crate::server::ocs::InventoryPolicy::default(),
             prolog_frequency_hours: 12,
             download: ocs::DownloadConf::default(),
             stale_after: 7 * 24 * 3600,
@@ -127,6 +135,11 @@ pub struct Listen {
     /// Relays whose PROXY protocol v2 header names the real client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
+
+/// The HTTPS listener's bound address, as the plain-HTTP listener hands it to its
+/// handlers (agents that call over plain HTTP are sent there); `None` when it is not bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpsAddress(pub Option<SocketAddr>);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -234,11 +247,14 @@ pub fn app(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// The plain-HTTP routes: fragments only (agents check the whole archive's digest, and the
-/// `info` file that carries it always comes over HTTPS).
+/// The plain-HTTP routes: fragments (agents check the whole archive's digest, and the
+/// `info` file that carries it always comes over HTTPS), and the OCS endpoint, which
+/// answers there only when the routes allow it (else a 403 naming the HTTPS address).
 pub fn fragments_app(shared: Shared) -> Router {
     Router::new()
         .route("/download/{id}/{file}", get(download_http))
+        .fallback(super::ocs::plain_endpoint)
+        .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
         .with_state(shared)
 }
 

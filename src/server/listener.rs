@@ -1,4 +1,4 @@
-//! The agent-facing listeners: HTTPS, the optional plain-HTTP fragment listener, and the
+//! The agent-facing listeners: HTTPS, the optional plain-HTTP listener, and the
 //! connections a gateway hands over through dial-out, each served within the
 //! [`ConnectionBudget`](crate::budget::ConnectionBudget).
 //!
@@ -21,7 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget::{self, ConnectionBudget, Gate, Refusal, Stats, Throttle};
 use crate::pki::AgentId;
-use crate::server::agent::{ClientAddress, Listen, PeerAgent, PeerCertificate, ServeError};
+use crate::server::agent::{
+    ClientAddress, HttpsAddress, Listen, PeerAgent, PeerCertificate, ServeError,
+};
 use crate::server::metrics::Metrics;
 
 /// Open connections finish their request within this on shutdown (less than the grace
@@ -58,9 +60,11 @@ pub async fn run(
             tracker: tracker.clone(),
             shutdown: generation.clone(),
         };
+        let mut https_bound = None;
         if let Some(listener) =
             bind_logged(wanted.https, "agent-facing HTTPS", &mut addresses).await
         {
+            https_bound = listener.local_addr().ok();
             tracker.spawn(accept_tls(
                 listener,
                 wanted.trusted_proxies.clone(),
@@ -70,12 +74,14 @@ pub async fn run(
                 accepting("https", &metrics.connections.https),
             ));
         }
-        if let Some(listener) =
-            bind_logged(wanted.http, "plain-HTTP fragment", &mut addresses).await
-        {
+        if let Some(listener) = bind_logged(wanted.http, "plain-HTTP", &mut addresses).await {
+            // Agents calling the OCS endpoint over plain HTTP are sent to the HTTPS one.
+            let app = http
+                .clone()
+                .layer(axum::Extension(HttpsAddress(https_bound)));
             tracker.spawn(accept_plain(
                 listener,
-                http.clone(),
+                app,
                 accepting("http", &metrics.connections.http),
             ));
         }
@@ -262,6 +268,7 @@ async fn accept_plain(listener: TcpListener, app: Router, accepting: Accepting) 
         let shutdown = accepting.shutdown.clone();
         accepting.tracker.spawn(async move {
             let _permit = permit;
+            let app = app.layer(axum::Extension(ClientAddress(peer)));
             serve_connection(stream, app, &budget, &stats, &shutdown, peer).await;
         });
     }

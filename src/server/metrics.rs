@@ -1,7 +1,7 @@
 //! Counters for `/metrics`, in the Prometheus text format. Plain atomics: the agent-facing
 //! handlers bump them on every request, so they must cost nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,95 @@ const MAX_RESULT_CODES: usize = 64;
 /// Longest result code kept as a label (longer ones are cut): the OCS reader and the native
 /// API already refuse codes past 64 bytes; this bounds the label set's memory regardless.
 const MAX_RESULT_CODE_LABEL: usize = 64;
+
+/// Most computers tracked as last seen over plain HTTP. Device ids come unauthenticated
+/// over plain HTTP, so anyone can make them up: the set stays bounded (at about 100 bytes
+/// an entry, some 6 MiB), and a fleet larger than this still on HTTP reads as this many.
+const MAX_PLAIN_HTTP_COMPUTERS: usize = 65_536;
+/// Most computers remembered as already logged for a refused plain-HTTP call; past it the
+/// memory starts afresh, so a computer is logged again at most once per this many others.
+const MAX_PLAIN_HTTP_LOGGED: usize = 65_536;
+
+/// What the server keeps about OCS agents calling over plain HTTP: which computers' last
+/// contact came that way (while `spec.ocs.plainHttp` allows it), and which were already
+/// logged for a refused call (while it does not). Both since the process started.
+#[derive(Debug, Default)]
+pub struct PlainHttp {
+    /// Device ids whose last OCS contact came over plain HTTP.
+    on_http: Mutex<HashSet<String>>,
+    /// Their number, read without the lock.
+    computers: AtomicU64,
+    /// Computers (device ids, else addresses) already logged for a refused call.
+    logged: Mutex<HashSet<String>>,
+    served: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl PlainHttp {
+    /// Records an OCS contact of `device`, over plain HTTP or not.
+    pub fn contact(&self, device: &str, plain: bool) {
+        if plain {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        } else if self.computers.load(Ordering::Relaxed) == 0 {
+            // HTTPS with nobody on HTTP: the usual case costs no lock.
+            return;
+        }
+        let mut on_http = self
+            .on_http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !plain {
+            on_http.remove(device);
+        } else if on_http.len() < MAX_PLAIN_HTTP_COMPUTERS && !on_http.contains(device) {
+            on_http.insert(device.to_owned());
+        }
+        self.computers
+            .store(on_http.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a refused plain-HTTP call from `computer`; true the first time it is seen,
+    /// when the call is worth a log line.
+    pub fn refused(&self, computer: &str) -> bool {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self
+            .logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logged.contains(computer) {
+            return false;
+        }
+        if logged.len() >= MAX_PLAIN_HTTP_LOGGED {
+            logged.clear();
+        }
+        logged.insert(computer.to_owned());
+        true
+    }
+
+    /// Distinct computers whose last OCS contact came over plain HTTP.
+    pub fn computers(&self) -> u64 {
+        self.computers.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP tessera_ocs_plain_http_computers Computers whose last OCS contact came over plain HTTP (spec.ocs.plainHttp), since the server started.\n# TYPE tessera_ocs_plain_http_computers gauge\ntessera_ocs_plain_http_computers {}",
+            self.computers()
+        );
+        header(
+            out,
+            "tessera_ocs_plain_http_requests_total",
+            "OCS requests over plain HTTP, by outcome (served: spec.ocs.plainHttp allows it; refused: answered 403 with the HTTPS address).",
+        );
+        for (outcome, counter) in [("served", &self.served), ("refused", &self.refused)] {
+            let _ = writeln!(
+                out,
+                "tessera_ocs_plain_http_requests_total{{outcome=\"{outcome}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
 
 /// Why an agent's result was not filed (see `server::ocs::result`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +193,8 @@ pub struct Metrics {
     status_write_failing: AtomicU64,
     /// Open, refused and timed-out connections, per listener.
     pub connections: Connections,
+    /// OCS agents calling over plain HTTP.
+    pub plain_http: PlainHttp,
 }
 
 /// Connection counters of each listener (see `budget::Stats`).
@@ -280,6 +371,7 @@ impl Metrics {
         let mut out = String::new();
         self.render_by_label(&mut out);
         self.render_totals(&mut out);
+        self.plain_http.render(&mut out);
         self.connections.render(&mut out);
         out
     }
@@ -498,6 +590,42 @@ mod tests {
             "tessera_connections_timed_out_total{listener=\"http\",reason=\"idle\"} 5\n"
         ));
         assert!(text.contains("# TYPE tessera_connections_active gauge\n"));
+    }
+
+    #[test]
+    fn computers_on_plain_http_are_counted_until_they_call_over_https() {
+        let metrics = Metrics::default();
+        let plain = &metrics.plain_http;
+        plain.contact("a-2026-01-01-00-00-00", true);
+        plain.contact("a-2026-01-01-00-00-00", true);
+        plain.contact("b-2026-01-01-00-00-00", true);
+        plain.contact("c-2026-01-01-00-00-00", false);
+        assert_eq!(plain.computers(), 2);
+        plain.contact("a-2026-01-01-00-00-00", false);
+        assert_eq!(plain.computers(), 1);
+        let text = metrics.render();
+        assert!(
+            text.contains("tessera_ocs_plain_http_computers 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tessera_ocs_plain_http_computers gauge\n"));
+        assert!(text.contains("tessera_ocs_plain_http_requests_total{outcome=\"served\"} 3\n"));
+    }
+
+    #[test]
+    fn plain_http_memory_stays_bounded_under_made_up_device_ids() {
+        let plain = PlainHttp::default();
+        for n in 0..MAX_PLAIN_HTTP_COMPUTERS + 10 {
+            plain.contact(&format!("forged-{n}"), true);
+        }
+        assert_eq!(plain.computers(), MAX_PLAIN_HTTP_COMPUTERS as u64);
+        assert!(plain.refused("x"), "logged the first time");
+        assert!(!plain.refused("x"), "not the second");
+        for n in 0..MAX_PLAIN_HTTP_LOGGED + 10 {
+            plain.refused(&format!("forged-{n}"));
+        }
+        let logged = plain.logged.lock().unwrap().len();
+        assert!(logged <= MAX_PLAIN_HTTP_LOGGED, "{logged}");
     }
 
     #[test]

@@ -10,22 +10,78 @@
 //! within a per-computer budget (both in [`results`]). The OCS protocol
 //! authenticates nothing, so a device id is all a forger needs; what it can still do is
 //! bounded to packages actually offered to that device and not yet reported.
+//!
+//! Over the plain-HTTP listener the endpoint answers only when the Server allows it
+//! (`spec.ocs.plainHttp`, for a fleet moving from an OCS server); otherwise an agent still
+//! configured with an `http://` URL is told, in the status line its log shows and in the
+//! body, to use HTTPS and where, and is logged once.
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::protocol::ocs::{self, CodecError, Encoding, Pack, PrologReply, Request};
-use crate::server::agent::Shared;
+use crate::server::agent::{ClientAddress, HttpsAddress, Shared};
 use crate::server::deployments;
 use crate::server::results;
 use crate::store::db::Facts;
 
 /// An agent whose last inventory is older than this is asked for a new one, so targeting
-/// works on fresh facts (tags, OS). It is also asked after reporting results, so the
-/// packages it lists as installed are known before anything else is offered.
+/// works on fresh facts (tags, OS): the default of [`InventoryPolicy`], a day, which is
+/// also the OCS server's default `FREQUENCY`.
 pub const INVENTORY_MAX_AGE: i64 = 24 * 3600;
+
+/// Seconds in a day, for `spec.inventoryFrequency` (days, as the OCS `FREQUENCY`).
+const DAY: i64 = 24 * 3600;
+
+/// When an agent is asked for an inventory (`spec.inventoryFrequency`, the OCS server's
+/// `FREQUENCY`). A computer never inventoried is always asked: nothing can be offered to
+/// it before its facts are known, and the OCS server does the same even with `-1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InventoryPolicy {
+    /// At every contact (`0`).
+    EveryContact,
+    /// Once the last inventory is this many seconds old (`N` days), and after the agent
+    /// reported results, so the packages it lists as installed are known before anything
+    /// else is offered.
+    MaxAge(i64),
+    /// Never again after the first (`-1`, or any negative number).
+    FirstOnly,
+}
+
+impl Default for InventoryPolicy {
+    fn default() -> Self {
+        Self::MaxAge(INVENTORY_MAX_AGE)
+    }
+}
+
+impl InventoryPolicy {
+    /// The policy of an OCS `FREQUENCY` in days.
+    pub fn from_days(days: i64) -> Self {
+        match days {
+            0 => Self::EveryContact,
+            days if days < 0 => Self::FirstOnly,
+            days => Self::MaxAge(days.saturating_mul(DAY)),
+        }
+    }
+
+    /// Whether a computer last inventoried at `last_inventory` (Unix seconds), which has
+    /// `reported` results since, is asked for an inventory at `now`.
+    pub fn wants(self, last_inventory: Option<i64>, reported: bool, now: i64) -> bool {
+        let Some(at) = last_inventory else {
+            return true;
+        };
+        match self {
+            Self::EveryContact => true,
+            Self::MaxAge(age) => reported || now.saturating_sub(at) >= age,
+            Self::FirstOnly => false,
+        }
+    }
+}
 
 /// Bodies up to this size are read in place on the async worker: PROLOGs and results are a
 /// few hundred bytes. Larger ones (inventories) are read on the blocking pool.
@@ -37,23 +93,111 @@ const INLINE_XML: usize = 64 << 10;
 /// Longest User-Agent put in a log line.
 const MAX_LOGGED_AGENT: usize = 128;
 
-/// Everything that is not a download: the OCS endpoint when the path matches, else 404.
+/// Everything that is not a download on the HTTPS listener: the OCS endpoint when the path
+/// matches, else 404.
 pub async fn endpoint(
     State(shared): State<Shared>,
-    client: Option<axum::extract::Extension<crate::server::agent::ClientAddress>>,
+    client: Option<Extension<ClientAddress>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (enabled, path) = {
+    let client = client.map(|Extension(ClientAddress(address))| address);
+    let request = HttpRequest {
+        over: Over::Https,
+        client,
+        method,
+        uri,
+        headers,
+        body,
+    };
+    answer(&shared, request).await
+}
+
+/// Everything that is not a fragment on the plain-HTTP listener: the OCS endpoint if the
+/// Server allows it there, else a 403 telling the agent to use HTTPS; 404 off its path.
+pub async fn plain_endpoint(
+    State(shared): State<Shared>,
+    client: Option<Extension<ClientAddress>>,
+    https: Option<Extension<HttpsAddress>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let client = client.map(|Extension(ClientAddress(address))| address);
+    let https = https.and_then(|Extension(HttpsAddress(address))| address);
+    let request = HttpRequest {
+        over: Over::PlainHttp { https },
+        client,
+        method,
+        uri,
+        headers,
+        body,
+    };
+    answer(&shared, request).await
+}
+
+/// Which listener a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Over {
+    Https,
+    /// The plain-HTTP listener, with the HTTPS listener's address when one is bound.
+    PlainHttp {
+        https: Option<SocketAddr>,
+    },
+}
+
+/// A request to the agent-facing server, as the handlers received it.
+struct HttpRequest {
+    over: Over,
+    client: Option<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn answer(shared: &Shared, http: HttpRequest) -> Response {
+    let HttpRequest {
+        over,
+        client,
+        method,
+        uri,
+        headers,
+        body,
+    } = http;
+    let (enabled, path, plain_http) = {
         let routes = shared.routes.borrow();
-        (routes.ocs_enabled, routes.ocs_path.clone())
+        (
+            routes.ocs_enabled,
+            routes.ocs_path.clone(),
+            routes.ocs_plain_http,
+        )
     };
     if !enabled || uri.path().trim_end_matches('/') != path.trim_end_matches('/') {
         // The Windows agent asks `<path>/deploy/label` on first run; a 404 is harmless.
         return StatusCode::NOT_FOUND.into_response();
     }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(ToString::to_string));
+    // Where agents are sent for `info` files and fragments: the address they used, or the
+    // HTTPS listener at the same host when they came over plain HTTP (`info` is always
+    // fetched over HTTPS).
+    let here = match over {
+        Over::Https => host.clone(),
+        Over::PlainHttp { https } => {
+            let https = https_authority(host.as_deref(), https);
+            if !plain_http {
+                return refuse_plain(shared, https.as_deref(), &path, client, body).await;
+            }
+            https.or_else(|| host.clone())
+        }
+    };
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST an OCS request\n").into_response();
     }
@@ -69,25 +213,24 @@ pub async fn endpoint(
         Ok(found) => found,
         Err(error) => {
             shared.metrics.request("invalid");
-            let address = client.map(|c| c.0.0.to_string()).unwrap_or_default();
+            let address = client.map(|c| c.to_string()).unwrap_or_default();
             tracing::warn!(%agent, %address, bytes, %error, "refused an OCS request");
             // The reason in words, never the request: it names a limit, not the input.
             return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
         }
     };
     shared.metrics.request(&request.query);
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| uri.authority().map(ToString::to_string));
+    shared
+        .metrics
+        .plain_http
+        .contact(&request.device_id, matches!(over, Over::PlainHttp { .. }));
     let outcome = match request.query.as_str() {
-        "PROLOG" => prolog(&shared, &request, host.as_deref(), encoding).await,
+        "PROLOG" => prolog(shared, &request, here.as_deref(), encoding).await,
         "INVENTORY" => {
-            let address = client.map(|c| c.0.0.ip().to_string());
-            inventory(&shared, request.clone(), xml, encoding, address).await
+            let address = client.map(|c| c.ip().to_string());
+            inventory(shared, request.clone(), xml, encoding, address).await
         }
-        "DOWNLOAD" => results::file(&shared, &request).await,
+        "DOWNLOAD" => results::file(shared, &request).await,
         // The Windows agent's IP change notice: nothing to keep yet.
         "NOTIFY" => Ok(StatusCode::OK.into_response()),
         other => {
@@ -105,6 +248,72 @@ pub async fn endpoint(
             tracing::error!(device = %request.device_id, query = %request.query, %error, "failed to answer an OCS request");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
+    }
+}
+
+/// The answer to an OCS request over plain HTTP when the Server does not allow it: a 403
+/// whose status line (all the Unix agent logs of a failure) and body say to use HTTPS, and
+/// where. Logged once per computer: its device id when the body can be read, else its
+/// address.
+async fn refuse_plain(
+    shared: &Shared,
+    https: Option<&str>,
+    path: &str,
+    client: Option<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let url = https.map(|authority| format!("https://{authority}{path}"));
+    let device = read(body).await.ok().map(|(request, ..)| request.device_id);
+    let address = client.map(|c| c.ip().to_string());
+    let computer = device
+        .clone()
+        .or_else(|| address.clone())
+        .unwrap_or_default();
+    if shared.metrics.plain_http.refused(&computer) {
+        tracing::warn!(
+            device = device.as_deref().unwrap_or("-"),
+            address = address.as_deref().unwrap_or("-"),
+            https = url.as_deref().unwrap_or("-"),
+            "an OCS agent called over plain HTTP and was told to use HTTPS (spec.ocs.plainHttp is off); logged once per computer"
+        );
+    }
+    let phrase = match &url {
+        Some(url) => format!("Use HTTPS {url}"),
+        None => "Use HTTPS".to_owned(),
+    };
+    let body = format!(
+        "This server answers OCS agents over HTTPS only: set the agent's server to {}, with the server's CA certificate (see `tessera migration-package`).\n",
+        url.as_deref().unwrap_or("its https:// address")
+    );
+    let mut response = (StatusCode::FORBIDDEN, body).into_response();
+    // Checked: a Host header is visible ASCII, but nothing unchecked reaches a status line.
+    if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase.into_bytes()) {
+        response.extensions_mut().insert(phrase);
+    }
+    response
+}
+
+/// `host:port` of the HTTPS listener as an agent that reached `host` (a Host header)
+/// would name it: that host with the HTTPS port, or the listener's own address when it is
+/// a specific one and no host is known.
+fn https_authority(host: Option<&str>, https: Option<SocketAddr>) -> Option<String> {
+    let https = https?;
+    let name = host.map(without_port).filter(|name| !name.is_empty());
+    match name {
+        Some(name) => Some(format!("{name}:{}", https.port())),
+        None if !https.ip().is_unspecified() => Some(https.to_string()),
+        None => None,
+    }
+}
+
+/// A Host header without its port (`[::1]:8080` is `[::1]`).
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
     }
 }
 
@@ -185,10 +394,9 @@ async fn prolog(
             force: offer.force,
         })
         .collect();
-    let send_inventory = reported
-        || computer
-            .last_inventory
-            .is_none_or(|at| now - at >= INVENTORY_MAX_AGE);
+    let send_inventory = routes
+        .inventory
+        .wants(computer.last_inventory, reported, now);
     if !packs.is_empty() {
         tracing::info!(device = %request.device_id, packages = %packs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(","), "offered packages");
     }
@@ -249,6 +457,7 @@ mod tests {
 
     use super::*;
     use crate::server::agent::{self, PackageRoute, Routes};
+    use crate::server::agent::{ClientAddress, HttpsAddress};
     use crate::server::deployments::{Assignment, OsFamily, Selector};
     use crate::server::metrics::Metrics;
     use crate::server::results::RESULT_BURST;
@@ -346,6 +555,173 @@ mod tests {
              <DOWNLOAD><HISTORY>{history}</HISTORY></DOWNLOAD></CONTENT>\
              <DEVICEID>{DEVICE}</DEVICEID><QUERY>INVENTORY</QUERY></REQUEST>"
         )
+    }
+
+    /// The fixture's shared state with `routes` changed by `change`.
+    fn with_routes(shared: &Shared, change: impl FnOnce(&mut Routes)) -> Shared {
+        let mut routes = (**shared.routes.borrow()).clone();
+        change(&mut routes);
+        let (_, receiver) = watch::channel(Arc::new(routes));
+        Shared {
+            routes: receiver,
+            ..shared.clone()
+        }
+    }
+
+    /// A POST to the plain-HTTP listener's routes, which know the HTTPS listener at
+    /// port 8443: (status, reason phrase, body).
+    async fn post_plain(shared: &Shared, body: Vec<u8>) -> (StatusCode, Option<String>, Vec<u8>) {
+        let request = HttpRequest::post("/ocsinventory")
+            .header("host", "tessera.lab:8080")
+            .body(Body::from(body))
+            .unwrap();
+        let https: std::net::SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let peer: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let app = agent::fragments_app(shared.clone())
+            .layer(axum::Extension(HttpsAddress(Some(https))))
+            .layer(axum::Extension(ClientAddress(peer)));
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let phrase = response
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, phrase, bytes.to_vec())
+    }
+
+    #[test]
+    fn the_inventory_policy_follows_the_ocs_frequency() {
+        let now = 100 * DAY;
+        let policy = InventoryPolicy::from_days;
+        assert_eq!(
+            policy(1),
+            InventoryPolicy::default(),
+            "the default is a day"
+        );
+        // Never inventoried: asked in every mode, as the OCS server does.
+        for days in [-1, 0, 1, 7] {
+            assert!(policy(days).wants(None, false, now), "{days}");
+        }
+        // 0: at every contact.
+        assert!(policy(0).wants(Some(now), false, now));
+        // N days: once the last is N days old, or after results.
+        assert!(!policy(7).wants(Some(now - 6 * DAY), false, now));
+        assert!(policy(7).wants(Some(now - 7 * DAY), false, now));
+        assert!(policy(7).wants(Some(now - 60), true, now));
+        // -1: never again, not even after results.
+        assert!(!policy(-1).wants(Some(now - 365 * DAY), true, now));
+        assert_eq!(policy(-5), InventoryPolicy::FirstOnly);
+    }
+
+    #[tokio::test]
+    async fn prolog_asks_for_inventories_as_the_inventory_frequency_says() {
+        let f = fixture();
+        let send = |reply: &str| reply.contains("<RESPONSE>SEND</RESPONSE>");
+        // Default: a fresh inventory is enough.
+        ask(&f.shared, &inventory_xml("")).await;
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(!send(&reply), "{reply}");
+        // 0: at every contact.
+        let every = with_routes(&f.shared, |r| r.inventory = InventoryPolicy::from_days(0));
+        let (_, reply) = ask(&every, &prolog_xml()).await;
+        assert!(send(&reply), "{reply}");
+        // -1: not even after results.
+        ask(&f.shared, &result_xml(DEVICE, "SUCCESS")).await;
+        let never = with_routes(&f.shared, |r| r.inventory = InventoryPolicy::from_days(-1));
+        let (_, reply) = ask(&never, &prolog_xml()).await;
+        assert!(!send(&reply), "{reply}");
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(send(&reply), "by default, results ask for one: {reply}");
+    }
+
+    #[tokio::test]
+    async fn an_ocs_call_over_plain_http_is_told_to_use_https_and_logged_once() {
+        let f = fixture();
+        let (status, phrase, body) =
+            post_plain(&f.shared, ocs::encode_body(&prolog_xml(), Encoding::Zlib)).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(
+            body.contains("https://tessera.lab:8443/ocsinventory"),
+            "{body}"
+        );
+        assert_eq!(
+            phrase.as_deref(),
+            Some("Use HTTPS https://tessera.lab:8443/ocsinventory"),
+            "the status line is all the Unix agent logs"
+        );
+        assert!(
+            f.shared.db.computers().unwrap().is_empty(),
+            "nothing served"
+        );
+        // Logged the first time only, for the device; an unreadable body counts by address.
+        assert!(!f.shared.metrics.plain_http.refused(DEVICE));
+        post_plain(&f.shared, b"garbage".to_vec()).await;
+        assert!(!f.shared.metrics.plain_http.refused("192.0.2.7"));
+        let text = f.shared.metrics.render();
+        assert!(
+            text.contains("tessera_ocs_plain_http_requests_total{outcome=\"refused\"} 4\n"),
+            "{text}"
+        );
+        // Fragments are still served there, and other paths are still 404.
+        let request = HttpRequest::get("/elsewhere").body(Body::empty()).unwrap();
+        let response = agent::fragments_app(f.shared.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn with_plain_http_allowed_agents_are_served_there_and_sent_to_https_for_info() {
+        let f = fixture();
+        let shared = with_routes(&f.shared, |r| r.ocs_plain_http = true);
+        let (status, _, _) = post_plain(
+            &shared,
+            ocs::encode_body(&inventory_xml(""), Encoding::Zlib),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) =
+            post_plain(&shared, ocs::encode_body(&prolog_xml(), Encoding::Zlib)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (xml, _) = ocs::decode_body(&body).unwrap();
+        let reply = String::from_utf8(xml).unwrap();
+        assert!(
+            reply.contains("INFO_LOC=\"tessera.lab:8443/download\""),
+            "info files come over HTTPS, from the same host: {reply}"
+        );
+        assert_eq!(shared.metrics.plain_http.computers(), 1);
+        // Its next contact over HTTPS: no longer counted.
+        ask(&shared, &prolog_xml()).await;
+        assert_eq!(shared.metrics.plain_http.computers(), 0);
+    }
+
+    #[test]
+    fn the_https_address_is_named_as_the_agent_named_the_host() {
+        let any: std::net::SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let one: std::net::SocketAddr = "10.0.0.5:8443".parse().unwrap();
+        assert_eq!(
+            https_authority(Some("srv:8080"), Some(any)).as_deref(),
+            Some("srv:8443")
+        );
+        assert_eq!(
+            https_authority(Some("[::1]:8080"), Some(any)).as_deref(),
+            Some("[::1]:8443")
+        );
+        assert_eq!(
+            https_authority(Some("srv"), Some(any)).as_deref(),
+            Some("srv:8443")
+        );
+        assert_eq!(
+            https_authority(None, Some(one)).as_deref(),
+            Some("10.0.0.5:8443")
+        );
+        assert_eq!(https_authority(None, Some(any)), None);
+        assert_eq!(https_authority(Some("srv:8080"), None), None);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ mod git;
 mod hostile_logs;
 mod hostile_ocs;
 mod kube;
+mod legacy_http;
 mod ocs;
 mod ocs_agent;
 mod packages;

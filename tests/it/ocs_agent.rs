@@ -260,7 +260,7 @@ pub(crate) fn run_args(args: &[String]) -> io::Result<AgentRun> {
 }
 
 /// Waits until no live process is left in process group `group`; kills the group after `limit`.
-fn wait_for_group(group: u32, limit: Duration) -> io::Result<WorkerEnd> {
+pub(crate) fn wait_for_group(group: u32, limit: Duration) -> io::Result<WorkerEnd> {
     let start = Instant::now();
     while group_is_alive(group) {
         if start.elapsed() > limit {
@@ -304,7 +304,7 @@ fn live_member_of(stat: &str) -> Option<u32> {
 }
 
 /// Sends SIGKILL to every process in `group` (std can only kill the direct child).
-fn kill_group(group: u32) -> io::Result<()> {
+pub(crate) fn kill_group(group: u32) -> io::Result<()> {
     Command::new("kill")
         .args(["-KILL", "--", &format!("-{group}")])
         .stderr(Stdio::null())

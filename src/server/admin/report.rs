@@ -81,6 +81,8 @@ pub enum ConditionType {
     StatusWritten,
     /// The server: the state database takes writes.
     StateDatabaseWritable,
+    /// A Server: OCS agents are served over plain HTTP (a warning; Ready is unaffected).
+    PlainHttp,
 }
 
 impl ConditionType {
@@ -93,6 +95,7 @@ impl ConditionType {
             Self::Issuing => "Issuing",
             Self::StatusWritten => "StatusWritten",
             Self::StateDatabaseWritable => "StateDatabaseWritable",
+            Self::PlainHttp => "PlainHttp",
         }
     }
 }
