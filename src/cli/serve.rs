@@ -314,7 +314,7 @@ fn start_agent_server(
         crate::pki::tls::client_verifier(crate::pki::tls::ClientAuth::None, &[], vec![])
             .context("failed to build the default client verifier")?,
     );
-    let (bound_tx, bound_rx) = watch::channel(Vec::new());
+    let (bound_tx, bound_rx) = watch::channel(crate::server::listener::Bound::default());
     let (activity_tx, activity_rx) = watch::channel(0u64);
     let (dial_out_tx, dial_out_rx) = watch::channel(None);
     let shared = Shared {

@@ -197,47 +197,48 @@ fn accepted(kind: Kind) -> &'static str {
 /// How the listeners stand against the addresses the spec asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Listening {
-    /// Nothing is bound yet: the listeners are starting (a listener that fails every bind
-    /// also leaves this, said in the log).
+    /// Nothing asked for has been bound or has failed yet: the listeners are starting.
     Starting,
     /// Every address asked for is bound.
     Serving(Vec<SocketAddr>),
-    /// Some are bound, and these are not: their bind failed.
-    Missing {
+    /// These binds failed (and are being retried); `bound` are listening.
+    Failed {
         bound: Vec<SocketAddr>,
-        missing: Vec<SocketAddr>,
+        failed: Vec<(SocketAddr, String)>,
     },
 }
 
-/// Matches the addresses `wanted` (port 0: any port) with those `bound`, in order.
-pub fn listening(wanted: &[SocketAddr], bound: &[SocketAddr]) -> Listening {
-    if bound.is_empty() {
-        return Listening::Starting;
+/// Matches the addresses `wanted` (port 0: any port) with those `bound`, in order, and
+/// the binds that `failed` (with their error) of those wanted.
+pub fn listening(
+    wanted: &[SocketAddr],
+    bound: &[SocketAddr],
+    failed: &[(SocketAddr, String)],
+) -> Listening {
+    let failed: Vec<(SocketAddr, String)> = failed
+        .iter()
+        .filter(|(address, _)| wanted.contains(address))
+        .cloned()
+        .collect();
+    if !failed.is_empty() {
+        return Listening::Failed {
+            bound: bound.to_vec(),
+            failed,
+        };
     }
     let mut left: Vec<SocketAddr> = bound.to_vec();
-    let mut missing = Vec::new();
-    for address in wanted {
+    let all_found = wanted.iter().all(|address| {
         let found = left.iter().position(|b| {
             b.ip() == address.ip() && (address.port() == 0 || b.port() == address.port())
         });
-        match found {
-            Some(i) => {
-                left.remove(i);
-            }
-            None => missing.push(*address),
-        }
-    }
-    if missing.is_empty() {
+        found.map(|i| left.remove(i)).is_some()
+    });
+    // Otherwise some are still binding, or what is bound is the previous spec's until the
+    // listeners move.
+    if all_found && !bound.is_empty() {
         Listening::Serving(bound.to_vec())
-    } else if missing.len() == wanted.len() {
-        // None of the addresses asked for is bound: what is bound is the previous spec's,
-        // until the listeners move.
-        Listening::Starting
     } else {
-        Listening::Missing {
-            bound: bound.to_vec(),
-            missing,
-        }
+        Listening::Starting
     }
 }
 
@@ -251,21 +252,28 @@ pub fn server_outcome(listening: Listening) -> Outcome {
             .join(", ")
     };
     match listening {
-        Listening::Starting => Outcome::not_ready(
-            Reason::Pending,
-            "the listeners are starting (or failed to bind: see the log)".to_owned(),
-        ),
+        Listening::Starting => {
+            Outcome::not_ready(Reason::Pending, "the listeners are starting".to_owned())
+        }
         Listening::Serving(bound) => {
             Outcome::ready(Reason::Serving, format!("listening on {}", list(&bound)))
         }
-        Listening::Missing { bound, missing } => Outcome::not_ready(
-            Reason::BindFailed,
-            format!(
-                "failed to bind {} (see the log); listening on {} only",
-                list(&missing),
-                list(&bound)
-            ),
-        ),
+        Listening::Failed { bound, failed } => {
+            let failures = failed
+                .iter()
+                .map(|(address, error)| format!("{address} ({error})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let serving = if bound.is_empty() {
+                "nothing is listening".to_owned()
+            } else {
+                format!("listening on {} only", list(&bound))
+            };
+            Outcome::not_ready(
+                Reason::BindFailed,
+                format!("failed to bind {failures}, trying again; {serving}"),
+            )
+        }
     }
 }
 
@@ -739,20 +747,26 @@ mod tests {
         let https: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let http: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let bound_https: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(listening(&[https, http], &[]), Listening::Starting);
-        let both = listening(&[https, http], &[bound_https, http]);
+        assert_eq!(listening(&[https, http], &[], &[]), Listening::Starting);
+        // The plain-HTTP listener is still binding.
+        assert_eq!(
+            listening(&[https, http], &[bound_https], &[]),
+            Listening::Starting
+        );
+        let both = listening(&[https, http], &[bound_https, http], &[]);
         assert_eq!(both, Listening::Serving(vec![bound_https, http]));
         let outcome = server_outcome(both);
         assert_eq!(outcome.reason, Reason::Serving);
         assert_eq!(read(&outcome), (True, False, False));
 
         // The plain-HTTP listener failed to bind (its port was taken).
-        let partial = listening(&[https, http], &[bound_https]);
+        let taken = vec![(http, "Address already in use (os error 98)".to_owned())];
+        let partial = listening(&[https, http], &[bound_https], &taken);
         assert_eq!(
             partial,
-            Listening::Missing {
+            Listening::Failed {
                 bound: vec![bound_https],
-                missing: vec![http],
+                failed: taken.clone(),
             }
         );
         let outcome = server_outcome(partial);
@@ -760,12 +774,24 @@ mod tests {
         assert_eq!(read(&outcome), (False, False, True));
         assert_eq!(
             outcome.message,
-            "failed to bind 127.0.0.1:8080 (see the log); listening on 127.0.0.1:40001 only"
+            "failed to bind 127.0.0.1:8080 (Address already in use (os error 98)), trying again; listening on 127.0.0.1:40001 only"
+        );
+
+        // Every bind failed: not Pending, but BindFailed, with the cause.
+        let outcome = server_outcome(listening(&[http], &[], &taken));
+        assert_eq!(outcome.reason, Reason::BindFailed);
+        assert!(
+            outcome.message.ends_with("nothing is listening"),
+            "{}",
+            outcome.message
         );
 
         // Still bound to the previous spec's addresses: starting on the new ones.
         let moved: SocketAddr = "127.0.0.1:9443".parse().unwrap();
-        assert_eq!(listening(&[moved], &[bound_https]), Listening::Starting);
+        assert_eq!(
+            listening(&[moved], &[bound_https], &[]),
+            Listening::Starting
+        );
         let outcome = server_outcome(Listening::Starting);
         assert_eq!(read(&outcome), (False, True, False));
     }

@@ -91,7 +91,7 @@ pub struct Runtime {
     pub certificate: watch::Sender<Option<Arc<CertifiedKey>>>,
     pub verifier: watch::Sender<Arc<dyn ClientCertVerifier>>,
     /// What the listeners are bound to, as the runtime reports it.
-    pub bound: watch::Receiver<Vec<SocketAddr>>,
+    pub bound: watch::Receiver<crate::server::listener::Bound>,
     /// Bumped by the runtime when deployment states change.
     pub activity: watch::Receiver<u64>,
     /// Where package build times are counted.
@@ -657,7 +657,15 @@ impl Publisher {
             return (invalid(Reason::DialOutUnusable, &error), listen);
         }
 
-        let bound = runtime.bound.borrow().clone();
+        let (bound, failed) = {
+            let state = runtime.bound.borrow();
+            let failed: Vec<(SocketAddr, String)> = state
+                .failures()
+                .into_iter()
+                .map(|(address, error)| (address, error.to_owned()))
+                .collect();
+            (state.addresses(), failed)
+        };
         let wanted: Vec<SocketAddr> = listen.https.into_iter().chain(listen.http).collect();
         let details = outcome::details(&ServerStatus {
             addresses: bound.iter().map(ToString::to_string).collect(),
@@ -665,7 +673,7 @@ impl Publisher {
             ..ServerStatus::default()
         });
         (
-            server_outcome(listening(&wanted, &bound)).with_details(details),
+            server_outcome(listening(&wanted, &bound, &failed)).with_details(details),
             listen,
         )
     }

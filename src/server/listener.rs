@@ -30,9 +30,76 @@ use crate::server::metrics::Metrics;
 /// period `tessera serve` gives its tasks).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A failed bind is tried again after this, doubling up to [`BIND_RETRY_MAX`]: the port may
+/// be held by a process that is going away, or an address not yet configured on the host.
+pub const BIND_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two attempts to bind a listener.
+pub const BIND_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How the agent-facing listeners stand: what `run` publishes, and what the Server's status
+/// says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// Counts the listener generations (one per change of address), so that a listener of
+    /// a generation already stopped never writes here.
+    generation: u64,
+    /// The HTTPS listener, then the plain-HTTP one.
+    slots: [Slot; 2],
+}
+
+/// One listener's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Slot {
+    /// Not asked for.
+    #[default]
+    Off,
+    /// Asked for; its first bind has not returned yet.
+    Binding,
+    /// Listening here.
+    Bound(SocketAddr),
+    /// Its last bind failed with `error` and is being tried again.
+    Failed { address: SocketAddr, error: String },
+}
+
+impl Bound {
+    /// The addresses listened on, HTTPS first.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Bound(address) => Some(*address),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The addresses whose bind failed, with the error, HTTPS first.
+    pub fn failures(&self) -> Vec<(SocketAddr, &str)> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Failed { address, error } => Some((*address, error.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sets a listener's state if its generation is the current one: (current, changed).
+    fn set(&mut self, generation: u64, index: usize, slot: Slot) -> (bool, bool) {
+        if self.generation != generation {
+            return (false, false);
+        }
+        let changed = self.slots[index] != slot;
+        self.slots[index] = slot;
+        (true, changed)
+    }
+}
+
 /// Keeps listeners bound to the addresses on `listen`, serving `https` with `tls` and the
-/// plain listener with `http` within `budget`, until `shutdown`. Bound addresses are
-/// published on `bound`.
+/// plain listener with `http` within `budget`, until `shutdown`. How they stand is
+/// published on `bound`; a failed bind is retried with backoff until it succeeds or the
+/// address changes.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut listen: watch::Receiver<Listen>,
@@ -41,17 +108,23 @@ pub async fn run(
     http: Router,
     metrics: Arc<Metrics>,
     budget: Arc<ConnectionBudget>,
-    bound: watch::Sender<Vec<SocketAddr>>,
+    bound: watch::Sender<Bound>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let tracker = TaskTracker::new();
     // Both listeners count against one cap: they share the process's descriptors.
     let gate = Arc::new(Gate::default());
+    let mut generation_id = 0;
     loop {
         let wanted = listen.borrow_and_update().clone();
         // One token per generation of listeners: a change of address stops the old ones.
         let generation = shutdown.child_token();
-        let mut addresses = Vec::new();
+        generation_id += 1;
+        let asked = |address: Option<SocketAddr>| address.map_or(Slot::Off, |_| Slot::Binding);
+        bound.send_replace(Bound {
+            generation: generation_id,
+            slots: [asked(wanted.https), asked(wanted.http)],
+        });
         let accepting = |name, stats: &Arc<crate::budget::Stats>| Accepting {
             name,
             budget: budget.clone(),
@@ -60,32 +133,50 @@ pub async fn run(
             tracker: tracker.clone(),
             shutdown: generation.clone(),
         };
+        let keeping = |index, what, address| Keeping {
+            what,
+            address,
+            index,
+            generation: generation_id,
+            bound: bound.clone(),
+            stop: generation.clone(),
+        };
+        // The HTTPS listener's first bind comes first: the plain-HTTP one names its address
+        // to agents that call over plain HTTP.
         let mut https_bound = None;
-        if let Some(listener) =
-            bind_logged(wanted.https, "agent-facing HTTPS", &mut addresses).await
-        {
-            https_bound = listener.local_addr().ok();
-            tracker.spawn(accept_tls(
-                listener,
-                wanted.trusted_proxies.clone(),
+        if let Some(address) = wanted.https {
+            let first = bind(address).await;
+            https_bound = first.as_ref().ok().and_then(|l| l.local_addr().ok());
+            let (acceptor, app, metrics) = (
                 TlsAcceptor::from(tls.clone()),
                 https.clone(),
                 metrics.clone(),
+            );
+            let (proxies, accepting) = (
+                wanted.trusted_proxies.clone(),
                 accepting("https", &metrics.connections.https),
-            ));
+            );
+            tracker.spawn(
+                keeping(0, "agent-facing HTTPS", address).serve(first, move |listener| {
+                    accept_tls(listener, proxies, acceptor, app, metrics, accepting)
+                }),
+            );
         }
-        if let Some(listener) = bind_logged(wanted.http, "plain-HTTP", &mut addresses).await {
-            // Agents calling the OCS endpoint over plain HTTP are sent to the HTTPS one.
+        if let Some(address) = wanted.http {
+            // Agents calling the OCS endpoint over plain HTTP are sent to the HTTPS one (its
+            // asked-for port while its bind is being retried).
+            let https_address = https_bound.or(wanted.https.filter(|a| a.port() != 0));
             let app = http
                 .clone()
-                .layer(axum::Extension(HttpsAddress(https_bound)));
-            tracker.spawn(accept_plain(
-                listener,
-                app,
-                accepting("http", &metrics.connections.http),
-            ));
+                .layer(axum::Extension(HttpsAddress(https_address)));
+            let accepting = accepting("http", &metrics.connections.http);
+            let first = bind(address).await;
+            tracker.spawn(
+                keeping(1, "plain-HTTP", address).serve(first, move |listener| {
+                    accept_plain(listener, app, accepting)
+                }),
+            );
         }
-        bound.send_replace(addresses);
         tokio::select! {
             () = shutdown.cancelled() => break,
             changed = listen.changed() => {
@@ -104,24 +195,74 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds `address` if one is wanted, logs the outcome as the `what` listener, and records
-/// the bound address. A failed bind is logged, and the other listeners start anyway.
-async fn bind_logged(
-    address: Option<SocketAddr>,
-    what: &str,
-    addresses: &mut Vec<SocketAddr>,
-) -> Option<TcpListener> {
-    match bind(address?).await {
-        Ok(listener) => {
-            let bound = listener.local_addr().unwrap_or(address?);
-            addresses.push(bound);
-            tracing::info!(address = %bound, "{what} listener listening");
-            Some(listener)
+/// One listener of one generation, kept bound.
+struct Keeping {
+    /// The listener's name in logs.
+    what: &'static str,
+    address: SocketAddr,
+    /// Its slot in [`Bound`].
+    index: usize,
+    generation: u64,
+    bound: watch::Sender<Bound>,
+    stop: CancellationToken,
+}
+
+impl Keeping {
+    /// Binds (`first` is the outcome of the first attempt), retrying with backoff while it
+    /// fails, then runs `serve` on the listener. Each outcome is logged and published.
+    async fn serve<F, Fut>(self, first: Result<TcpListener, ServeError>, serve: F)
+    where
+        F: FnOnce(TcpListener) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut attempt = first;
+        let mut delay = BIND_RETRY_FIRST;
+        let listener = loop {
+            match attempt {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    let error = crate::error_chain(&error);
+                    let failed = Slot::Failed {
+                        address: self.address,
+                        error: error.clone(),
+                    };
+                    if !self.publish(failed) {
+                        return;
+                    }
+                    tracing::error!(
+                        what = self.what,
+                        %error,
+                        retry_in = ?delay,
+                        "{} listener not started; trying again",
+                        self.what
+                    );
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(BIND_RETRY_MAX);
+                    attempt = bind(self.address).await;
+                }
+            }
+        };
+        let local = listener.local_addr().unwrap_or(self.address);
+        if !self.publish(Slot::Bound(local)) {
+            return;
         }
-        Err(error) => {
-            tracing::error!(error = %crate::error_chain(&error), "{what} listener not started");
-            None
-        }
+        tracing::info!(address = %local, "{} listener listening", self.what);
+        serve(listener).await;
+    }
+
+    /// Publishes this listener's state; false once its generation is over.
+    fn publish(&self, slot: Slot) -> bool {
+        let mut current = true;
+        // Only a change wakes reconcile: a retry failing the same way again is no news.
+        self.bound.send_if_modified(|bound| {
+            let changed;
+            (current, changed) = bound.set(self.generation, self.index, slot);
+            changed
+        });
+        current && !self.stop.is_cancelled()
     }
 }
 

@@ -337,3 +337,60 @@ fn the_serving_line_is_logged_once() {
     assert_eq!(serving.len(), 1, "{serving:#?}");
     drop(child);
 }
+
+/// A listener whose port is taken makes the Server BindFailed with the cause (not
+/// Pending), and is bound by itself once the port is free: no edit, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_port_is_taken_is_bind_failed_and_bound_once_it_is_free() {
+    let dir = quickstart_copy();
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocker.local_addr().unwrap().port();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        text.replace("https: 127.0.0.1:0", &format!("https: 127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let running = crate::support::start(dir.path()).await;
+
+    let condition = |object: &Value| {
+        let ready = object["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        Some((
+            ready["status"].as_str()?.to_owned(),
+            ready["reason"].as_str()?.to_owned(),
+            ready["message"].as_str()?.to_owned(),
+        ))
+    };
+    let (failed, _) = eventually("the Server BindFailed", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        condition(&server).filter(|(_, reason, _)| reason == "BindFailed")
+    })
+    .await;
+    assert_eq!(failed.0, "False");
+    assert!(
+        failed.2.contains(&format!("127.0.0.1:{port}")) && failed.2.contains("in use"),
+        "the message names the address and the cause: {}",
+        failed.2
+    );
+
+    drop(blocker);
+    let (serving, _) = eventually("the Server bound once the port is free", || async {
+        let (status, body) = get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let server: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        condition(&server).filter(|(status, _, _)| status == "True")
+    })
+    .await;
+    assert_eq!(serving.1, "Serving");
+    assert!(
+        serving.2.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        serving.2
+    );
+    running.stop().await.unwrap();
+}
