@@ -5,6 +5,7 @@
 //! Only the leader (see `crate::leader`) writes what servers share; followers mirror it.
 
 pub mod certificates;
+pub mod drain;
 pub mod fetch;
 pub mod fragments;
 pub mod gateway;
@@ -243,6 +244,8 @@ pub struct Reconciler {
     previous: Option<DesiredState>,
     certificates: Certificates,
     packages: Packages,
+    /// Superseded package versions still served to the agents notified of them.
+    drains: drain::Drains,
     publisher: routes::Publisher,
     gateway: gateway::GatewayPublisher,
     /// When each condition last changed status, so transition times stay put between passes.
@@ -270,6 +273,7 @@ impl Reconciler {
                 config.environment.clone(),
             )
             .with_secrets(config.secrets.clone()),
+            drains: drain::Drains::new(&config.state_dir),
             config,
             publisher: routes::Publisher::default(),
             gateway: gateway::GatewayPublisher::default(),
@@ -322,7 +326,7 @@ impl Reconciler {
         }
         // Each server builds the fragments itself: archives are deterministic, so every
         // server serves the same bytes under the same package id.
-        let packages = self.packages.reconcile(&desired);
+        let mut packages = self.packages.build(&desired);
         if let Some(runtime) = &self.config.runtime {
             let published = self.publisher.publish(
                 runtime,
@@ -330,10 +334,15 @@ impl Reconciler {
                 &packages,
                 &self.certificates,
                 &leadership,
+                &mut self.drains,
                 now,
             );
             outcomes.extend(published);
+            self.drains.annotate(&mut packages);
         }
+        // After the routes: a version whose drain ended this pass is no longer served when
+        // its files go; one still draining is kept.
+        self.packages.prune(&self.drains.keep());
         if let Some(runtime) = &self.config.gateway {
             let published = self.gateway.publish(runtime, &desired, &self.certificates);
             outcomes.extend(published);
@@ -351,6 +360,7 @@ impl Reconciler {
             .values()
             .filter_map(|o| o.wake)
             .chain(certificates_wake)
+            .chain(self.drains.wake())
             .min();
         let mut report = self.report(&desired, &outcomes, now);
         self.write_status(&desired, &outcomes, &report, leadership.is_leader(), now);
@@ -392,6 +402,7 @@ impl Reconciler {
                 &built,
                 &self.certificates,
                 leadership,
+                &mut self.drains,
                 now,
             );
         }

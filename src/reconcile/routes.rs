@@ -17,6 +17,7 @@ use crate::pki::PkiError;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
 use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::drain::Drains;
 use crate::reconcile::health::{
     RolloutFacts, affectation_outcome, dependency, listening, server_outcome,
 };
@@ -161,6 +162,7 @@ impl Publisher {
         packages: &HashMap<ObjectKey, Outcome>,
         certificates: &Certificates,
         leadership: &Leadership,
+        drains: &mut Drains,
         now: jiff::Timestamp,
     ) -> HashMap<ObjectKey, Outcome> {
         let mut outcomes = HashMap::new();
@@ -265,6 +267,23 @@ impl Publisher {
                     .with_details(details),
             );
         }
+
+        // Superseded versions still served to the agents notified of them; never offered.
+        let grace = server
+            .as_ref()
+            .map_or_else(
+                || crate::resources::server::DownloadPacing::default().drain_grace,
+                |(_, spec)| spec.download.drain_grace,
+            )
+            .as_std()
+            .as_secs();
+        drains.step(
+            &runtime.db,
+            &mut routes,
+            i64::try_from(grace).unwrap_or(i64::MAX),
+            leadership.is_leader(),
+            now.as_second(),
+        );
 
         let mut wakes: HashMap<String, jiff::Timestamp> = HashMap::new();
         for (key, resource) in desired.actionable() {

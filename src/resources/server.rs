@@ -201,6 +201,13 @@ pub struct DownloadPacing {
     /// How long a command may run before it is stopped (default `120m`).
     #[serde(default = "default_execution_timeout")]
     pub execution_timeout: Duration,
+    /// How long a superseded package version (its Package edited, or its Package or
+    /// Activation removed) stays served to the agents already notified of it (default
+    /// `72h`). It is pruned as soon as every such agent has reported on it or is stale
+    /// (`staleAfter`), and at the latest when this ends; new offers always name the current
+    /// version.
+    #[serde(default = "default_drain_grace")]
+    pub drain_grace: Duration,
 }
 
 impl Default for DownloadPacing {
@@ -213,6 +220,7 @@ impl Default for DownloadPacing {
             period_length: default_period_length(),
             timeout: default_timeout(),
             execution_timeout: default_execution_timeout(),
+            drain_grace: default_drain_grace(),
         }
     }
 }
@@ -262,6 +270,10 @@ fn default_https_address() -> String {
 
 fn default_prolog_frequency() -> Duration {
     Duration::from_hours(12)
+}
+
+fn default_drain_grace() -> Duration {
+    Duration::from_hours(72)
 }
 
 fn default_stale_after() -> Duration {

@@ -18,6 +18,10 @@ use super::atomic::{self, Access};
 
 /// Prefix of a package being built.
 const BUILDING: &str = ".building-";
+/// Beside a package's files: what agents are told about it (see `FragmentStore::record_route`).
+const ROUTE: &str = "route.json";
+/// Beside a package's files: since when it is superseded (see `FragmentStore::retire`).
+const RETIRED: &str = "retired";
 /// Bytes read from the archive at a time: few system calls and channel messages, yet small
 /// enough that every stage of the pipeline is busy after the first few megabytes.
 const CHUNK: usize = 4 << 20;
@@ -195,6 +199,59 @@ impl FragmentStore {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Records what agents are to be told about package `id` beside it (`route.json`,
+    /// whatever the caller makes of it), so a version whose Package is gone can still be
+    /// served as it was. Returns whether it changed.
+    pub fn record_route(&self, id: &str, route: &[u8]) -> Result<bool, FragmentError> {
+        Ok(atomic::write_if_changed(
+            &self.dir(id).join(ROUTE),
+            route,
+            Access::Public,
+        )?)
+    }
+
+    /// What [`Self::record_route`] recorded for package `id`, if anything.
+    pub fn route(&self, id: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir(id).join(ROUTE)).ok()
+    }
+
+    /// Marks package `id` as superseded since `at` (Unix seconds), unless it already is;
+    /// returns the time it has been since. A package with no directory is not marked.
+    pub fn retire(&self, id: &str, at: i64) -> Result<i64, FragmentError> {
+        if let Some(since) = self.retired(id) {
+            return Ok(since);
+        }
+        atomic::write(
+            &self.dir(id).join(RETIRED),
+            at.to_string().as_bytes(),
+            Access::Public,
+        )?;
+        Ok(at)
+    }
+
+    /// Since when package `id` is superseded (Unix seconds), if it is.
+    pub fn retired(&self, id: &str) -> Option<i64> {
+        std::fs::read_to_string(self.dir(id).join(RETIRED))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Package `id` is current again (an edit undone): no longer superseded.
+    pub fn reinstate(&self, id: &str) -> Result<(), FragmentError> {
+        let path = self.dir(id).join(RETIRED);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(FragmentError::Io {
+                action: "remove",
+                path,
+                source,
+            }),
+        }
     }
 
     /// Removes package `id`.
