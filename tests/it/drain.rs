@@ -1,0 +1,259 @@
+//! Versions drain, they are not yanked: a Package edited while an agent downloads it keeps
+//! its old version served (`info` and the remaining fragments) to that agent until it
+//! reports, or until the Server's `download.drainGrace` ends; new offers name the new
+//! version; both results are recorded; then the old version is pruned.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tessera::cli::Running;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::hostile_ocs::{post, prolog, result, zlib};
+use crate::support::{addresses, eventually, get_json, package_id, quickstart_copy, start};
+
+/// A GET over a fresh TLS connection: (status, body).
+async fn fetch(https: SocketAddr, ca: &Path, path: &str) -> (u16, Vec<u8>) {
+    let tls =
+        tessera::pki::tls::client_config(&std::fs::read_to_string(ca).unwrap(), None).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let head = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let status = String::from_utf8_lossy(&answer[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, answer[split + 4..].to_vec())
+}
+
+/// An inventory that makes `device` a target of the quickstart's lab packages.
+fn inventory(device: &str) -> Vec<u8> {
+    zlib(&format!(
+        "<REQUEST><CONTENT><ACCOUNTINFO><KEYNAME>TAG</KEYNAME><KEYVALUE>lab</KEYVALUE></ACCOUNTINFO><HARDWARE><NAME>drain-pc</NAME><OSNAME>Debian GNU/Linux 12</OSNAME></HARDWARE></CONTENT><DEVICEID>{device}</DEVICEID><QUERY>INVENTORY</QUERY></REQUEST>"
+    ))
+}
+
+/// The quickstart served with `drainGrace` set: the directory, the server, its HTTPS
+/// address, the CA its clients trust, and Package/hello's id.
+async fn served(grace: &str) -> (tempfile::TempDir, Running, SocketAddr, PathBuf, String) {
+    let dir = quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    assert!(text.contains("    executionTimeout: 30m\n"));
+    std::fs::write(
+        &server,
+        text.replace(
+            "    executionTimeout: 30m\n",
+            &format!("    executionTimeout: 30m\n    drainGrace: {grace}\n"),
+        ),
+    )
+    .unwrap();
+    let running = start(dir.path()).await;
+    let (https, _) = addresses(&running).await;
+    let ca = crate::support::server_ca(dir.path());
+    let (hello, _) = eventually("Package/hello built", || async {
+        let object = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+        object["details"]["packageId"].as_str().map(str::to_owned)
+    })
+    .await;
+    (dir, running, https.parse().unwrap(), ca, hello)
+}
+
+/// Sends `device`'s inventory, then a PROLOG: the ids offered.
+async fn prolog_offers(https: SocketAddr, ca: &Path, device: &str) -> String {
+    let (status, body, _) = post(https, ca, &prolog(device)).await;
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
+}
+
+/// Edits Package/hello's spec (a new priority gives it a new id) and waits for the new id.
+async fn edit_hello(dir: &Path, running: &Running, old: &str) -> String {
+    let file = dir.join("packages/hello.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("  priority: 5\n"));
+    std::fs::write(&file, text.replace("  priority: 5\n", "  priority: 6\n")).unwrap();
+    eventually("Package/hello rebuilt under a new id", || async {
+        let object = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+        object["details"]["packageId"]
+            .as_str()
+            .filter(|id| *id != old)
+            .map(str::to_owned)
+    })
+    .await
+    .0
+}
+
+/// The history of `device`: (package id, state, code) of every result.
+async fn results(running: &Running, device: &str) -> Vec<(String, String, String)> {
+    let found = get_json(
+        running.admin_address,
+        &format!("/api/v1/computers/{device}"),
+    )
+    .await;
+    found[0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["code"].is_string())
+        .map(|e| {
+            (
+                e["packageId"].as_str().unwrap().to_owned(),
+                e["state"].as_str().unwrap().to_owned(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The draining versions on Package/hello's status.
+async fn draining(running: &Running) -> Vec<Value> {
+    let object = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+    object["details"]["draining"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edited_package_stays_served_to_the_agent_downloading_it_until_it_reports() {
+    let (dir, running, https, ca, old) = served("72h").await;
+    let device = "drain-pc-2026-01-01-00-00-00";
+    let (status, _, _) = post(https, &ca, &inventory(device)).await;
+    assert_eq!(status, 200);
+    let offered = prolog_offers(https, &ca, device).await;
+    assert!(offered.contains(&format!("ID=\"{old}\"")), "{offered}");
+    // The agent fetches the info file and its first fragment...
+    let (status, info) = fetch(https, &ca, &format!("/download/{old}/info")).await;
+    assert_eq!(status, 200);
+    let fragments: usize = String::from_utf8_lossy(&info)
+        .split("FRAGS=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("FRAGS in the info file");
+    assert!(fragments >= 2, "{}", String::from_utf8_lossy(&info));
+    let fragment = |n: usize| format!("/download/{old}/{old}-{n}");
+    assert_eq!(fetch(https, &ca, &fragment(1)).await.0, 200);
+
+    // ... and the Package is edited under it.
+    let new = edit_hello(dir.path(), &running, &old).await;
+
+    // The old version is still served to it, whole: info and every remaining fragment.
+    assert_eq!(
+        fetch(https, &ca, &format!("/download/{old}/info")).await.0,
+        200
+    );
+    for n in 2..=fragments {
+        assert_eq!(fetch(https, &ca, &fragment(n)).await.0, 200, "{old}-{n}");
+    }
+    // The status says so: the new version is Ready, the old one drains for one computer.
+    let hello = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+    let ready = hello["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{hello}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("draining package {old}")),
+        "{ready}"
+    );
+    let shown = draining(&running).await;
+    assert_eq!(shown.len(), 1, "{hello}");
+    assert_eq!(shown[0]["packageId"], old.as_str());
+    assert_eq!(shown[0]["downloading"], 1);
+    assert!(shown[0]["until"].is_string(), "{shown:?}");
+    let table = get_json(running.admin_address, "/api/v1/deployments").await;
+    assert_eq!(table["draining"][0]["packageId"], old.as_str(), "{table}");
+
+    // The next PROLOG offers the new version only.
+    let offered = prolog_offers(https, &ca, device).await;
+    assert!(offered.contains(&format!("ID=\"{new}\"")), "{offered}");
+    assert!(!offered.contains(&format!("ID=\"{old}\"")), "{offered}");
+
+    // The agent reports on the version it started: recorded against it, and the old
+    // version is pruned at once (nobody else was notified of it).
+    let (status, _, _) = post(https, &ca, &result(device, &old, "SUCCESS_0")).await;
+    assert_eq!(status, 200);
+    eventually("the old version pruned", || async {
+        let gone = fetch(https, &ca, &format!("/download/{old}/info")).await.0 == 404
+            && !dir.path().join(".tessera/download").join(&old).exists();
+        gone.then_some(())
+    })
+    .await;
+    eventually("the drain gone from the status", || async {
+        draining(&running).await.is_empty().then_some(())
+    })
+    .await;
+
+    // Then the new version, downloaded and reported.
+    assert_eq!(
+        fetch(https, &ca, &format!("/download/{new}/info")).await.0,
+        200
+    );
+    let (status, _, _) = post(https, &ca, &result(device, &new, "SUCCESS_0")).await;
+    assert_eq!(status, 200);
+    let recorded = results(&running, device).await;
+    assert_eq!(
+        recorded,
+        [
+            (old.clone(), "success".to_owned(), "SUCCESS_0".to_owned()),
+            (new.clone(), "success".to_owned(), "SUCCESS_0".to_owned()),
+        ]
+    );
+    assert_eq!(package_id(&running, "hello").await, new);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_ends_with_its_grace_period_though_the_agent_never_reports() {
+    let (dir, running, https, ca, old) = served("4s").await;
+    let device = "silent-pc-2026-01-01-00-00-00";
+    let (status, _, _) = post(https, &ca, &inventory(device)).await;
+    assert_eq!(status, 200);
+    let offered = prolog_offers(https, &ca, device).await;
+    assert!(offered.contains(&format!("ID=\"{old}\"")), "{offered}");
+    let new = edit_hello(dir.path(), &running, &old).await;
+    assert_ne!(new, old);
+    // Served right after the edit (the grace has just begun)...
+    assert_eq!(
+        fetch(https, &ca, &format!("/download/{old}/info")).await.0,
+        200
+    );
+    // ... and pruned when the grace ends, without a report: a pass is due then.
+    eventually("the old version pruned after its grace", || async {
+        let gone = fetch(https, &ca, &format!("/download/{old}/info")).await.0 == 404
+            && !dir.path().join(".tessera/download").join(&old).exists();
+        gone.then_some(())
+    })
+    .await;
+    eventually("the drain gone from the status", || async {
+        draining(&running).await.is_empty().then_some(())
+    })
+    .await;
+    // A late answer on it is still true, and recorded against it.
+    let (status, _, _) = post(https, &ca, &result(device, &old, "ERR_TIMEOUT")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        results(&running, device).await,
+        [(old.clone(), "error".to_owned(), "ERR_TIMEOUT".to_owned())]
+    );
+    running.stop().await.unwrap();
+}
