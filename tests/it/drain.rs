@@ -11,6 +11,7 @@ use tessera::cli::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::hostile_ocs::{post, prolog, result, zlib};
+use crate::ocs_agent::{self, AgentRun, OcsAgent};
 use crate::support::{addresses, eventually, get_json, package_id, quickstart_copy, start};
 
 /// A GET over a fresh TLS connection: (status, body).
@@ -49,16 +50,25 @@ fn inventory(device: &str) -> Vec<u8> {
 /// The quickstart served with `drainGrace` set: the directory, the server, its HTTPS
 /// address, the CA its clients trust, and Package/hello's id.
 async fn served(grace: &str) -> (tempfile::TempDir, Running, SocketAddr, PathBuf, String) {
+    served_with(grace, "0s").await
+}
+
+/// [`served`] with agents pausing `frag_latency` after each fragment.
+async fn served_with(
+    grace: &str,
+    frag_latency: &str,
+) -> (tempfile::TempDir, Running, SocketAddr, PathBuf, String) {
     let dir = quickstart_copy();
     let server = dir.path().join("server.yaml");
     let text = std::fs::read_to_string(&server).unwrap();
-    assert!(text.contains("    executionTimeout: 30m\n"));
+    assert!(text.contains("    executionTimeout: 30m\n") && text.contains("fragLatency: 0s"));
     std::fs::write(
         &server,
         text.replace(
             "    executionTimeout: 30m\n",
             &format!("    executionTimeout: 30m\n    drainGrace: {grace}\n"),
-        ),
+        )
+        .replace("fragLatency: 0s", &format!("fragLatency: {frag_latency}")),
     )
     .unwrap();
     let running = start(dir.path()).await;
@@ -254,6 +264,113 @@ async fn a_drain_ends_with_its_grace_period_though_the_agent_never_reports() {
     assert_eq!(
         results(&running, device).await,
         [(old.clone(), "error".to_owned(), "ERR_TIMEOUT".to_owned())]
+    );
+    running.stop().await.unwrap();
+}
+
+/// The one Affectation the real-agent test keeps: only `hello` goes to the agent, so its
+/// download worker has one package to pace.
+const HELLO_ONLY: &str = "apiVersion: tessera.dev/v1alpha1
+kind: Affectation
+metadata:
+  name: lab-hello
+spec:
+  activationRef:
+    name: hello
+  targets:
+    tags: [lab]
+    os: [linux]
+";
+
+/// Runs the agent once on the blocking pool, waiting for its download worker.
+async fn agent_run(agent: &std::sync::Arc<OcsAgent>) -> AgentRun {
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || agent.run())
+        .await
+        .unwrap()
+        .expect("the agent runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_real_agent_finishes_the_version_it_started_when_the_package_is_edited_under_it() {
+    if std::process::Command::new("ocsinventory-agent")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: ocsinventory-agent is not installed");
+        return;
+    }
+    // 4 s after each fragment: the edit below lands between the agent's first fragment and
+    // its next ones (hello has several fragments of 4 KiB).
+    let (dir, running, https, ca, old) = served_with("72h", "4s").await;
+    std::fs::write(dir.path().join("affectations.yaml"), HELLO_ONLY).unwrap();
+    eventually("only lab-hello declared", || async {
+        let (status, _) = crate::support::get(
+            running.admin_address,
+            "/api/v1/objects/Affectation/lab-tools",
+        )
+        .await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let agent = std::sync::Arc::new(
+        OcsAgent::new(
+            &format!("https://{https}/ocsinventory"),
+            &ca,
+            &ocs_agent::device_id(15).unwrap(),
+        )
+        .unwrap(),
+    );
+    let device = agent.device_id().to_owned();
+
+    // First contact: an inventory makes it a target.
+    let first = agent_run(&agent).await;
+    assert!(first.completed(), "{first:?}");
+
+    // Second contact: offered the current version; edited once its first fragment is in.
+    let second = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent_run(&agent).await }
+    });
+    let first_fragment = agent.vardir().join(format!("download/{old}/{old}-1"));
+    let (_, took) = eventually("the agent's first fragment of the old version", || async {
+        first_fragment.is_file().then_some(())
+    })
+    .await;
+    println!("the agent had its first fragment {took:?} into the run");
+    let new = edit_hello(dir.path(), &running, &old).await;
+    let shown = draining(&running).await;
+    assert!(
+        shown.iter().any(|d| d["packageId"] == old.as_str()),
+        "edited while the agent downloads the old version: {shown:?}"
+    );
+    let second = second.await.unwrap();
+    assert!(
+        second.completed(),
+        "the agent finishes the version it started: {second:?}"
+    );
+    assert!(
+        !second.stderr.contains("404"),
+        "no fragment of the old version was refused:\n{}",
+        second.stderr
+    );
+    assert_eq!(agent.history(), [old.clone()]);
+    eventually("the old version pruned once its only agent reported", || async {
+        (!dir.path().join(".tessera/download").join(&old).exists()).then_some(())
+    })
+    .await;
+
+    // Third contact: the new version, offered, installed and reported.
+    let third = agent_run(&agent).await;
+    assert!(third.completed(), "{third:?}");
+    assert_eq!(agent.history(), [old.clone(), new.clone()]);
+    assert_eq!(
+        results(&running, &device).await,
+        [
+            (old.clone(), "success".to_owned(), "SUCCESS_0".to_owned()),
+            (new.clone(), "success".to_owned(), "SUCCESS_0".to_owned()),
+        ]
     );
     running.stop().await.unwrap();
 }
