@@ -160,11 +160,7 @@ impl Drains {
                 tracing::warn!(package = %id, error = %crate::error_chain(&error), "failed to record a package's route");
             }
         }
-        let before: BTreeSet<String> = self
-            .draining
-            .iter()
-            .map(|d| d.package_id.clone())
-            .collect();
+        let before: BTreeSet<String> = self.draining.iter().map(|d| d.package_id.clone()).collect();
         let mut draining = Vec::new();
         let mut wake: Option<i64> = None;
         for id in store.ids().unwrap_or_default() {
@@ -237,10 +233,7 @@ impl Drains {
 
     /// The ids the fragment store must keep though no Package builds them now.
     pub fn keep(&self) -> BTreeSet<String> {
-        self.draining
-            .iter()
-            .map(|d| d.package_id.clone())
-            .collect()
+        self.draining.iter().map(|d| d.package_id.clone()).collect()
     }
 
     /// When a drain next needs a pass (its grace's end, a computer going stale).

@@ -244,8 +244,6 @@ pub struct Reconciler {
     previous: Option<DesiredState>,
     certificates: Certificates,
     packages: Packages,
-    /// Superseded package versions still served to the agents notified of them.
-    drains: drain::Drains,
     publisher: routes::Publisher,
     gateway: gateway::GatewayPublisher,
     /// When each condition last changed status, so transition times stay put between passes.
@@ -273,9 +271,8 @@ impl Reconciler {
                 config.environment.clone(),
             )
             .with_secrets(config.secrets.clone()),
-            drains: drain::Drains::new(&config.state_dir),
+            publisher: routes::Publisher::new(&config.state_dir),
             config,
-            publisher: routes::Publisher::default(),
             gateway: gateway::GatewayPublisher::default(),
             previous: None,
             transitions: HashMap::new(),
@@ -334,15 +331,14 @@ impl Reconciler {
                 &packages,
                 &self.certificates,
                 &leadership,
-                &mut self.drains,
                 now,
             );
             outcomes.extend(published);
-            self.drains.annotate(&mut packages);
+            self.publisher.drains().annotate(&mut packages);
         }
         // After the routes: a version whose drain ended this pass is no longer served when
         // its files go; one still draining is kept.
-        self.packages.prune(&self.drains.keep());
+        self.packages.prune(&self.publisher.drains().keep());
         if let Some(runtime) = &self.config.gateway {
             let published = self.gateway.publish(runtime, &desired, &self.certificates);
             outcomes.extend(published);
@@ -360,7 +356,7 @@ impl Reconciler {
             .values()
             .filter_map(|o| o.wake)
             .chain(certificates_wake)
-            .chain(self.drains.wake())
+            .chain(self.publisher.drains().wake())
             .min();
         let mut report = self.report(&desired, &outcomes, now);
         self.write_status(&desired, &outcomes, &report, leadership.is_leader(), now);
@@ -402,7 +398,6 @@ impl Reconciler {
                 &built,
                 &self.certificates,
                 leadership,
-                &mut self.drains,
                 now,
             );
         }

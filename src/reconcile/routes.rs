@@ -108,8 +108,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// What a pass last published, to publish only changes.
-#[derive(Default)]
 pub struct Publisher {
+    /// Superseded package versions still served to the agents notified of them.
+    drains: Drains,
     certificate_pem: Option<(String, String)>,
     verifier_input: Option<(ClientAuthMode, Trust)>,
     /// Gateways in terminate mode, as last published.
@@ -131,6 +132,23 @@ pub fn qualified(key: &ObjectKey) -> String {
 }
 
 impl Publisher {
+    /// A publisher that has published nothing yet, for the fragment store below `state_dir`.
+    pub fn new(state_dir: &std::path::Path) -> Self {
+        Self {
+            drains: Drains::new(state_dir),
+            certificate_pem: None,
+            verifier_input: None,
+            forwarded: None,
+            forwarded_input: None,
+            dial_out_input: None,
+        }
+    }
+
+    /// The versions draining as of the last publish.
+    pub fn drains(&self) -> &Drains {
+        &self.drains
+    }
+
     /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
     /// computer armed for what `routes` assign.
     fn arm(&self, runtime: &Runtime, routes: &Routes, now: jiff::Timestamp) {
@@ -162,7 +180,6 @@ impl Publisher {
         packages: &HashMap<ObjectKey, Outcome>,
         certificates: &Certificates,
         leadership: &Leadership,
-        drains: &mut Drains,
         now: jiff::Timestamp,
     ) -> HashMap<ObjectKey, Outcome> {
         let mut outcomes = HashMap::new();
@@ -277,7 +294,7 @@ impl Publisher {
             )
             .as_std()
             .as_secs();
-        drains.step(
+        self.drains.step(
             &runtime.db,
             &mut routes,
             i64::try_from(grace).unwrap_or(i64::MAX),

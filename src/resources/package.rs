@@ -1,7 +1,7 @@
 //! `Package`: what to deploy (content, target OS, priority, action), the OCS "build".
 
-use kube::CustomResource;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -350,9 +350,7 @@ async fn assigned(shared: &Shared, agent: &AgentId, package_id: &str) -> Result<
     let device = agent.as_str().to_owned();
     let wanted = package_id.to_owned();
     // An open deployment of it, or an open offer of a version since superseded (draining).
-    let assigned = shared
-        .db(move |db| db.offered(&device, &wanted))
-        .await?;
+    let assigned = shared.db(move |db| db.offered(&device, &wanted)).await?;
     if assigned {
         Ok(())
     } else {

@@ -358,10 +358,11 @@ async fn the_real_agent_finishes_the_version_it_started_when_the_package_is_edit
             .any(|d| d["packageId"] == old.as_str() && d["downloading"] == 1),
         "edited while the agent downloads the old version: {shown:?}"
     );
-    assert_eq!(agent.history(), [old.clone()]);
-    eventually("the old version pruned once its only agent reported", || async {
-        (!dir.path().join(".tessera/download").join(&old).exists()).then_some(())
-    })
+    assert_eq!(agent.history(), std::slice::from_ref(&old));
+    eventually(
+        "the old version pruned once its only agent reported",
+        || async { (!dir.path().join(".tessera/download").join(&old).exists()).then_some(()) },
+    )
     .await;
 
     // Third contact: the new version, offered, installed and reported.
@@ -375,5 +376,54 @@ async fn the_real_agent_finishes_the_version_it_started_when_the_package_is_edit
             (new.clone(), "success".to_owned(), "SUCCESS_0".to_owned()),
         ]
     );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_activation_keeps_its_version_served_to_the_agent_downloading_it() {
+    let (dir, running, https, ca, id) = served("72h").await;
+    let device = "removed-pc-2026-01-01-00-00-00";
+    let (status, _, _) = post(https, &ca, &inventory(device)).await;
+    assert_eq!(status, 200);
+    let offered = prolog_offers(https, &ca, device).await;
+    assert!(offered.contains(&format!("ID=\"{id}\"")), "{offered}");
+    // The Activation (and the Affectation through it) removed: nothing offers it any more.
+    let file = dir.path().join("packages/hello.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (package, _) = text
+        .split_once("\n---\n")
+        .expect("Package, then Activation");
+    std::fs::write(&file, package).unwrap();
+    eventually("Activation/hello removed", || async {
+        let (status, _) =
+            crate::support::get(running.admin_address, "/api/v1/objects/Activation/hello").await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let offered = prolog_offers(https, &ca, device).await;
+    assert!(!offered.contains(&format!("ID=\"{id}\"")), "{offered}");
+    // Still served to the computer that was notified of it, and shown as draining.
+    assert_eq!(
+        fetch(https, &ca, &format!("/download/{id}/info")).await.0,
+        200
+    );
+    assert_eq!(
+        fetch(https, &ca, &format!("/download/{id}/{id}-1")).await.0,
+        200
+    );
+    let shown = draining(&running).await;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0]["packageId"], id.as_str());
+    // Its result is recorded; then it is no longer served (the Package keeps its files).
+    let (status, _, _) = post(https, &ca, &result(device, &id, "SUCCESS_0")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        results(&running, device).await,
+        [(id.clone(), "success".to_owned(), "SUCCESS_0".to_owned())]
+    );
+    eventually("no longer served once its computer reported", || async {
+        (fetch(https, &ca, &format!("/download/{id}/info")).await.0 == 404).then_some(())
+    })
+    .await;
     running.stop().await.unwrap();
 }

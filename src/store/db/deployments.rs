@@ -459,9 +459,7 @@ fn open_offer_of(
 /// still open at the end, and through which activation since when. A result closes it; a
 /// new arm through the offer's activation (a redeploy token re-arming the same id) replaces
 /// it with an offer not yet made; an arm through another activation leaves it open.
-fn open_offer<'a>(
-    steps: impl Iterator<Item = &'a (String, State, i64)>,
-) -> Option<(String, i64)> {
+fn open_offer<'a>(steps: impl Iterator<Item = &'a (String, State, i64)>) -> Option<(String, i64)> {
     let mut open: Option<(String, i64)> = None;
     for (activation, state, at) in steps {
         match state {
@@ -539,7 +537,7 @@ mod tests {
             package_id: "7".into(),
             since: 2,
         };
-        assert_eq!(db.open_offers("7").unwrap(), [open.clone()]);
+        assert_eq!(db.open_offers("7").unwrap(), std::slice::from_ref(&open));
         // The Package is edited: its new version is armed over the offer of the old one.
         db.apply(pc, &[arm("hello", "8", "")], 3).unwrap();
         assert_eq!(db.open_offers("7").unwrap(), [open]);
@@ -552,7 +550,10 @@ mod tests {
             Filed::Recorded(vec!["hello".into()])
         );
         let (_, rows) = db.computer(pc).unwrap().unwrap();
-        assert_eq!((rows[0].package_id.as_str(), rows[0].state), ("8", State::Waiting));
+        assert_eq!(
+            (rows[0].package_id.as_str(), rows[0].state),
+            ("8", State::Waiting)
+        );
         let last = db.events(pc).unwrap().pop().unwrap();
         assert_eq!(
             (last.package_id.as_str(), last.state, last.code.as_deref()),
