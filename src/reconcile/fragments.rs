@@ -1,5 +1,6 @@
 //! Packages: each pass makes sure every Package is built into the fragment store, under a
-//! package id derived from its spec and content, and removes packages no longer declared.
+//! package id derived from its spec and content, and removes packages no longer declared
+//! once nobody may still need them (see `reconcile::drain`).
 //!
 //! A content directory is archived deterministically (entries sorted, times fixed, modes
 //! normalised to 0644/0755, owners zero), tar.gz for Linux and macOS, zip for Windows, so the

@@ -2,6 +2,9 @@
 //! fragments `<id>-1` .. `<id>-N`, and `manifest.json` (sizes and SHA-256 per fragment, for
 //! Tessera's own agent).
 //!
+//! Beside them, a package that agents were sent to keeps `route.json` (what they were told
+//! about it) and, once superseded, `retired` (since when): neither is ever served.
+//!
 //! A package is written into a temporary directory and renamed into place when complete, so
 //! a half-built package is never served, even after a crash: every fragment is synced to disk
 //! before the rename, and leftovers of an interrupted build are removed when the store opens.
@@ -217,8 +220,8 @@ impl FragmentStore {
         std::fs::read(self.dir(id).join(ROUTE)).ok()
     }
 
-    /// Marks package `id` as superseded since `at` (Unix seconds), unless it already is;
-    /// returns the time it has been since. A package with no directory is not marked.
+    /// Marks package `id` (one of [`Self::ids`]) as superseded since `at` (Unix seconds),
+    /// unless it already is; returns the time it has been since.
     pub fn retire(&self, id: &str, at: i64) -> Result<i64, FragmentError> {
         if let Some(since) = self.retired(id) {
             return Ok(since);
@@ -570,6 +573,30 @@ mod tests {
         assert_eq!(joined, bytes, "the fragments concatenate to the archive");
         assert_eq!(store.manifest("1234567890").unwrap(), Some(manifest));
         assert_eq!(store.ids().unwrap(), vec!["1234567890"]);
+    }
+
+    #[test]
+    fn a_superseded_package_keeps_its_route_and_first_retirement_time_until_reinstated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FragmentStore::open(dir.path().join("download")).unwrap();
+        store
+            .build("7", None, 4096, b"<DOWNLOAD/>", &mut |_, _| {})
+            .unwrap();
+        assert!(store.route("7").is_none());
+        assert!(store.record_route("7", b"{}").unwrap());
+        assert!(!store.record_route("7", b"{}").unwrap(), "unchanged");
+        assert_eq!(store.route("7").as_deref(), Some(&b"{}"[..]));
+        assert_eq!(store.retired("7"), None);
+        assert_eq!(store.retire("7", 100).unwrap(), 100);
+        // Retired once: later passes keep the first time, so the grace is not extended.
+        assert_eq!(store.retire("7", 200).unwrap(), 100);
+        store.reinstate("7").unwrap();
+        assert_eq!(store.retired("7"), None);
+        store.reinstate("7").unwrap();
+        // Neither file makes an id of its own, and removing the package removes them.
+        assert_eq!(store.ids().unwrap(), ["7"]);
+        store.remove("7").unwrap();
+        assert!(store.route("7").is_none() && store.ids().unwrap().is_empty());
     }
 
     #[test]
