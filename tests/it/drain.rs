@@ -427,3 +427,100 @@ async fn a_removed_activation_keeps_its_version_served_to_the_agent_downloading_
     .await;
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_api_keeps_serving_the_version_an_agent_started_after_an_edit() {
+    use crate::enroll::{curl, enrolled};
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    let state = dir.path().join(".tessera");
+    let ca = crate::support::server_ca(dir.path());
+    let (old, _) = eventually("Package/hello built", || async {
+        let object = get_json(running.admin_address, "/api/v1/objects/Package/hello").await;
+        object["details"]["packageId"].as_str().map(str::to_owned)
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let check_in =
+        r#"{"hostname": "lab-01", "osName": "Debian GNU/Linux 12", "tags": ["lab"]}"#.to_owned();
+    let (cert, key, agent) =
+        tokio::task::block_in_place(|| enrolled(&https, &ca, &state, work.path(), "lab-01"));
+    let client = Some((cert.as_path(), key.as_path()));
+    let call = |path: &str, body: Option<&str>| {
+        tokio::task::block_in_place(|| curl(&https, &ca, path, body, client))
+    };
+    // Fragments are binary: only their status is read.
+    let fragment = |id: &str, n: usize| -> u16 {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("https://{https}/v1/packages/{id}/fragments/{n}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let assigned = |body: &str| -> Vec<String> {
+        let answer: Value = serde_json::from_str(body).unwrap();
+        answer["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["packageId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, body) = call("/v1/checkin", Some(&check_in));
+    assert_eq!(status, 200, "{body}");
+    assert!(assigned(&body).contains(&old), "{body}");
+    let (status, body) = call(&format!("/v1/packages/{old}/manifest"), None);
+    assert_eq!(status, 200, "{body}");
+    let fragments = serde_json::from_str::<Value>(&body).unwrap()["fragments"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(fragments >= 2, "{body}");
+    assert_eq!(fragment(&old, 1), 200);
+    let downloading = format!(r#"{{"packageId": "{old}", "state": "downloading"}}"#);
+    assert_eq!(call("/v1/results", Some(&downloading)).0, 204);
+
+    let new = edit_hello(dir.path(), &running, &old).await;
+
+    // The manifest and every remaining fragment of the version it started.
+    let (status, body) = call(&format!("/v1/packages/{old}/manifest"), None);
+    assert_eq!(status, 200, "{body}");
+    for n in 2..=fragments {
+        assert_eq!(fragment(&old, n), 200, "fragment {n}");
+    }
+    // New check-ins name the new version only.
+    let (status, body) = call("/v1/checkin", Some(&check_in));
+    assert_eq!(status, 200, "{body}");
+    let now = assigned(&body);
+    assert!(now.contains(&new) && !now.contains(&old), "{body}");
+    // Its report on the old version is filed under it; then the old version goes.
+    let done = |id: &str| format!(r#"{{"packageId": "{id}", "state": "done", "exitCode": 0}}"#);
+    assert_eq!(call("/v1/results", Some(&done(&old))).0, 204);
+    eventually("the old version pruned", || async {
+        (!state.join("download").join(&old).exists()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        call(&format!("/v1/packages/{old}/manifest"), None).0,
+        404,
+        "no longer offered nor draining"
+    );
+    assert_eq!(call(&format!("/v1/packages/{new}/manifest"), None).0, 200);
+    assert_eq!(call("/v1/results", Some(&done(&new))).0, 204);
+    assert_eq!(
+        results(&running, &agent).await,
+        [
+            (old.clone(), "success".to_owned(), "EXIT_CODE_0".to_owned()),
+            (new.clone(), "success".to_owned(), "EXIT_CODE_0".to_owned()),
+        ]
+    );
+    running.stop().await.unwrap();
+}

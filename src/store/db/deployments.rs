@@ -139,9 +139,10 @@ pub enum Filed {
     /// resending a result whose answer it missed, a package settled from the agent's
     /// history, or a forgery): nothing changed.
     Settled,
-    /// Offered once (a `notified` event in the history), but its deployment has since been
-    /// armed again (a redeploy token, or another package id took its place): the agent's
-    /// answer to an offer that no longer stands. Nothing changed.
+    /// Offered once (a `notified` event in the history), but that offer no longer stands:
+    /// its deployment was armed again for the same id (a redeploy token), or the agent has
+    /// answered it already after another package id took its place. Nothing changed. (An
+    /// offer still open when a new version took its place is answered: `Recorded`.)
     Superseded,
     /// Never offered to this computer: nothing changed.
     NotOffered,
