@@ -77,7 +77,7 @@ pub fn decide(retired: i64, grace: i64, stale_after: i64, offers: &[i64], now: i
 /// A served version's route as recorded beside its files.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Recorded {
+struct RecordedRoute {
     name: String,
     success_exit_codes: Vec<i32>,
     priority: u8,
@@ -85,7 +85,7 @@ struct Recorded {
     format: Option<String>,
 }
 
-impl From<&PackageRoute> for Recorded {
+impl From<&PackageRoute> for RecordedRoute {
     fn from(route: &PackageRoute) -> Self {
         Self {
             name: route.name.clone(),
@@ -97,8 +97,8 @@ impl From<&PackageRoute> for Recorded {
     }
 }
 
-impl From<Recorded> for PackageRoute {
-    fn from(recorded: Recorded) -> Self {
+impl From<RecordedRoute> for PackageRoute {
+    fn from(recorded: RecordedRoute) -> Self {
         Self {
             name: recorded.name,
             success_exit_codes: recorded.success_exit_codes,
@@ -152,7 +152,8 @@ impl Drains {
             }
         };
         for (id, route) in &routes.packages {
-            let recorded = serde_json::to_vec_pretty(&Recorded::from(route)).unwrap_or_default();
+            let recorded =
+                serde_json::to_vec_pretty(&RecordedRoute::from(route)).unwrap_or_default();
             if let Err(error) = store
                 .record_route(id, &recorded)
                 .and_then(|_| store.reinstate(id))
@@ -170,7 +171,7 @@ impl Drains {
             // Never served: nothing to drain (a Package built but never activated).
             let Some(recorded) = store
                 .route(&id)
-                .and_then(|bytes| serde_json::from_slice::<Recorded>(&bytes).ok())
+                .and_then(|bytes| serde_json::from_slice::<RecordedRoute>(&bytes).ok())
             else {
                 continue;
             };
@@ -357,8 +358,10 @@ mod tests {
         let mut route = PackageRoute::new("default/hello", vec![0, 3010]);
         route.priority = 3;
         route.format = Some("tar.gz".into());
-        let bytes = serde_json::to_vec(&Recorded::from(&route)).unwrap();
-        let back: PackageRoute = serde_json::from_slice::<Recorded>(&bytes).unwrap().into();
+        let bytes = serde_json::to_vec(&RecordedRoute::from(&route)).unwrap();
+        let back: PackageRoute = serde_json::from_slice::<RecordedRoute>(&bytes)
+            .unwrap()
+            .into();
         assert_eq!(back, route);
     }
 }

@@ -272,6 +272,8 @@ fn default_prolog_frequency() -> Duration {
     Duration::from_hours(12)
 }
 
+/// Three days: an agent notified on a Friday evening that stays off over a weekend still
+/// finds the version it started on Monday; longer only keeps disk for agents that are gone.
 fn default_drain_grace() -> Duration {
     Duration::from_hours(72)
 }
