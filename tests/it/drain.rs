@@ -234,7 +234,7 @@ async fn an_edited_package_stays_served_to_the_agent_downloading_it_until_it_rep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drain_ends_with_its_grace_period_though_the_agent_never_reports() {
-    let (dir, running, https, ca, old) = served("4s").await;
+    let (dir, running, https, ca, old) = served("6s").await;
     let device = "silent-pc-2026-01-01-00-00-00";
     let (status, _, _) = post(https, &ca, &inventory(device)).await;
     assert_eq!(status, 200);
