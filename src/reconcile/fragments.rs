@@ -1,5 +1,6 @@
 //! Packages: each pass makes sure every Package is built into the fragment store, under a
-//! package id derived from its spec and content, and removes packages no longer declared.
+//! package id derived from its spec and content, and removes packages no longer declared
+//! once nobody may still need them (see `reconcile::drain`).
 //!
 //! A content directory is archived deterministically (entries sorted, times fixed, modes
 //! normalised to 0644/0755, owners zero), tar.gz for Linux and macOS, zip for Windows, so the
@@ -11,7 +12,7 @@
 //! fragments, `info`) and its error enum belong together; the archive writers are the next
 //! seam to split out (`fragments/archive.rs`) when this file grows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -99,6 +100,9 @@ pub struct Packages {
     state_dir: PathBuf,
     config_dir: PathBuf,
     metrics: Option<std::sync::Arc<crate::server::metrics::Metrics>>,
+    /// The package ids the last build found current; `None`: prune nothing (the store
+    /// could not be opened, or the source is held back).
+    current: Option<BTreeSet<String>>,
 }
 
 /// What was built for one package, kept in `packages/<namespace>/<name>.json` so a restart
@@ -119,6 +123,7 @@ impl Packages {
             state_dir,
             config_dir,
             metrics: None,
+            current: None,
         }
     }
 
@@ -139,7 +144,16 @@ impl Packages {
 
     /// Builds what is missing and prunes what is gone. One outcome per Package.
     pub fn reconcile(&mut self, desired: &DesiredState) -> HashMap<ObjectKey, Outcome> {
+        let outcomes = self.build(desired);
+        self.prune(&BTreeSet::new());
+        outcomes
+    }
+
+    /// Builds what is missing, and remembers which package ids are current for
+    /// [`Self::prune`]. One outcome per Package.
+    pub fn build(&mut self, desired: &DesiredState) -> HashMap<ObjectKey, Outcome> {
         let mut outcomes = HashMap::new();
+        self.current = None;
         let store = match FragmentStore::open(self.state_dir.join("download")) {
             Ok(store) => store,
             Err(error) => {
@@ -172,23 +186,35 @@ impl Packages {
             }
             outcomes.insert(key.clone(), outcome);
         }
-        if !desired.held_back {
-            for id in store.ids().unwrap_or_default() {
-                if !ids.contains_key(&id) {
-                    match store.remove(&id) {
-                        Ok(()) => {
-                            tracing::info!(package = %id, "removed a package no longer declared")
-                        }
-                        Err(error) => tracing::warn!(
-                            package = %id,
-                            error = %crate::error_chain(&error),
-                            "failed to remove a package"
-                        ),
-                    }
+        // Held back (a source that suddenly turned empty): nothing is pruned.
+        self.current = (!desired.held_back).then(|| ids.into_keys().collect());
+        outcomes
+    }
+
+    /// Removes the stored packages that the last [`Self::build`] did not find current,
+    /// except those in `keep` (versions still draining, see `reconcile::drain`).
+    pub fn prune(&self, keep: &BTreeSet<String>) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let Ok(store) = FragmentStore::open(self.state_dir.join("download")) else {
+            return;
+        };
+        for id in store.ids().unwrap_or_default() {
+            if current.contains(&id) || keep.contains(&id) {
+                continue;
+            }
+            match store.remove(&id) {
+                Ok(()) => {
+                    tracing::info!(package = %id, "removed a package no longer declared")
                 }
+                Err(error) => tracing::warn!(
+                    package = %id,
+                    error = %crate::error_chain(&error),
+                    "failed to remove a package"
+                ),
             }
         }
-        outcomes
     }
 
     // Long: one package's build from spec to store (content, archive, fragments, manifest,

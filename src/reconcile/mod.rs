@@ -5,6 +5,7 @@
 //! Only the leader (see `crate::leader`) writes what servers share; followers mirror it.
 
 pub mod certificates;
+pub mod drain;
 pub mod fetch;
 pub mod fragments;
 pub mod gateway;
@@ -270,8 +271,8 @@ impl Reconciler {
                 config.environment.clone(),
             )
             .with_secrets(config.secrets.clone()),
+            publisher: routes::Publisher::new(&config.state_dir),
             config,
-            publisher: routes::Publisher::default(),
             gateway: gateway::GatewayPublisher::default(),
             previous: None,
             transitions: HashMap::new(),
@@ -322,7 +323,7 @@ impl Reconciler {
         }
         // Each server builds the fragments itself: archives are deterministic, so every
         // server serves the same bytes under the same package id.
-        let packages = self.packages.reconcile(&desired);
+        let mut packages = self.packages.build(&desired);
         if let Some(runtime) = &self.config.runtime {
             let published = self.publisher.publish(
                 runtime,
@@ -333,7 +334,11 @@ impl Reconciler {
                 now,
             );
             outcomes.extend(published);
+            self.publisher.drains().annotate(&mut packages);
         }
+        // After the routes: a version whose drain ended this pass is no longer served when
+        // its files go; one still draining is kept.
+        self.packages.prune(&self.publisher.drains().keep());
         if let Some(runtime) = &self.config.gateway {
             let published = self.gateway.publish(runtime, &desired, &self.certificates);
             outcomes.extend(published);
@@ -351,6 +356,7 @@ impl Reconciler {
             .values()
             .filter_map(|o| o.wake)
             .chain(certificates_wake)
+            .chain(self.publisher.drains().wake())
             .min();
         let mut report = self.report(&desired, &outcomes, now);
         self.write_status(&desired, &outcomes, &report, leadership.is_leader(), now);

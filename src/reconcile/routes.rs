@@ -17,6 +17,7 @@ use crate::pki::PkiError;
 use crate::pki::tls::{self, ClientAuth};
 use crate::protocol::ocs::DownloadConf;
 use crate::reconcile::certificates::{Certificates, Trust};
+use crate::reconcile::drain::Drains;
 use crate::reconcile::health::{
     RolloutFacts, affectation_outcome, dependency, listening, server_outcome,
 };
@@ -107,8 +108,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// What a pass last published, to publish only changes.
-#[derive(Default)]
 pub struct Publisher {
+    /// Superseded package versions still served to the agents notified of them.
+    drains: Drains,
     certificate_pem: Option<(String, String)>,
     verifier_input: Option<(ClientAuthMode, Trust)>,
     /// Gateways in terminate mode, as last published.
@@ -130,6 +132,23 @@ pub fn qualified(key: &ObjectKey) -> String {
 }
 
 impl Publisher {
+    /// A publisher that has published nothing yet, for the fragment store below `state_dir`.
+    pub fn new(state_dir: &std::path::Path) -> Self {
+        Self {
+            drains: Drains::new(state_dir),
+            certificate_pem: None,
+            verifier_input: None,
+            forwarded: None,
+            forwarded_input: None,
+            dial_out_input: None,
+        }
+    }
+
+    /// The versions draining as of the last publish.
+    pub fn drains(&self) -> &Drains {
+        &self.drains
+    }
+
     /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
     /// computer armed for what `routes` assign.
     fn arm(&self, runtime: &Runtime, routes: &Routes, now: jiff::Timestamp) {
@@ -265,6 +284,23 @@ impl Publisher {
                     .with_details(details),
             );
         }
+
+        // Superseded versions still served to the agents notified of them; never offered.
+        let grace = server
+            .as_ref()
+            .map_or_else(
+                || crate::resources::server::DownloadPacing::default().drain_grace,
+                |(_, spec)| spec.download.drain_grace,
+            )
+            .as_std()
+            .as_secs();
+        self.drains.step(
+            &runtime.db,
+            &mut routes,
+            i64::try_from(grace).unwrap_or(i64::MAX),
+            leadership.is_leader(),
+            now.as_second(),
+        );
 
         let mut wakes: HashMap<String, jiff::Timestamp> = HashMap::new();
         for (key, resource) in desired.actionable() {

@@ -27,7 +27,7 @@ pub use certificate::{Certificate, CertificateSpec, CertificateStatus};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
 pub use issuer::{Issuer, IssuerSpec, IssuerStatus};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, Kind, LocalRef, ObjectKey};
-pub use package::{Package, PackageSpec, PackageStatus};
+pub use package::{DrainingVersion, Package, PackageSpec, PackageStatus};
 pub use parse::{FieldLines, FileParse, Origin, SourcedObject, parse_file};
 pub use problem::Problem;
 pub use server::{Server, ServerSpec, ServerStatus};

@@ -1,5 +1,6 @@
 //! `Package`: what to deploy (content, target OS, priority, action), the OCS "build".
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -189,6 +190,24 @@ pub struct PackageStatus {
     /// What the package does on the computer, in short (`launch setup.exe /S`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// Earlier versions of this package still served to the computers that were notified
+    /// of them and have not reported yet (see the Server's `download.drainGrace`); each is
+    /// pruned once they have, or when its drain ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainingVersion>,
+}
+
+/// A superseded package version still served while agents finish it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingVersion {
+    /// The superseded package id.
+    pub package_id: String,
+    /// Computers notified of it that have not reported on it and are not stale.
+    pub downloading: i64,
+    /// When it stops being served at the latest (the grace period's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
 }
 
 fn default_priority() -> i64 {

@@ -211,6 +211,13 @@ pub struct DownloadPacing {
     /// How long a command may run before it is stopped (default `120m`).
     #[serde(default = "default_execution_timeout")]
     pub execution_timeout: Duration,
+    /// How long a superseded package version (its Package edited, or its Package or
+    /// Activation removed) stays served to the agents already notified of it (default
+    /// `72h`). It is pruned as soon as every such agent has reported on it or is stale
+    /// (`staleAfter`), and at the latest when this ends; new offers always name the current
+    /// version.
+    #[serde(default = "default_drain_grace")]
+    pub drain_grace: Duration,
 }
 
 impl Default for DownloadPacing {
@@ -223,6 +230,7 @@ impl Default for DownloadPacing {
             period_length: default_period_length(),
             timeout: default_timeout(),
             execution_timeout: default_execution_timeout(),
+            drain_grace: default_drain_grace(),
         }
     }
 }
@@ -282,6 +290,12 @@ fn default_https_address() -> String {
 
 fn default_prolog_frequency() -> Duration {
     Duration::from_hours(12)
+}
+
+/// Three days: an agent notified on a Friday evening that stays off over a weekend still
+/// finds the version it started on Monday; longer only keeps disk for agents that are gone.
+fn default_drain_grace() -> Duration {
+    Duration::from_hours(72)
 }
 
 fn default_stale_after() -> Duration {

@@ -458,6 +458,24 @@ pub fn table(deployments: &[Deployment], stale_before: i64) -> Vec<PackageLine> 
     lines.into_values().collect()
 }
 
+/// The setting (see `Database::set_setting`) where the leader keeps the versions now
+/// draining, for `tessera status` and the admin API: a JSON list of [`Draining`].
+pub const DRAINING_SETTING: &str = "draining";
+
+/// A superseded package version still served to the computers notified of it, until they
+/// have all reported (or are stale), or its grace period ends.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Draining {
+    /// `namespace/name` of the Package it was built from.
+    pub package: String,
+    pub package_id: String,
+    /// Computers notified of it that have not reported on it and are not stale.
+    pub downloading: i64,
+    /// When it stops being served at the latest (Unix seconds).
+    pub until: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,11 @@ pub const RESULT_BUDGETS: usize = 10_000;
 /// - Every deployment of the package settled already: 200, nothing changed. The agent
 ///   resends a result it did not get a 200 for, so this is what ends a lost answer's
 ///   resends; and a forged result cannot overwrite the real one.
-/// - Offered once but armed again since (a redeploy token, or a new package id took its
-///   place): 200, nothing stored. The offer it answers no longer stands; a 400 would make
-///   the agent resend it every cycle, for ever.
+/// - Offered, then a new package id took its place (the Package edited, a version
+///   draining): filed under its own id in the history, 200.
+/// - Offered once but that offer no longer stands (armed again by a redeploy token, or
+///   answered already): 200, nothing stored; a 400 would make the agent resend it every
+///   cycle, for ever.
 /// - Never offered (armed and `waiting`, or no deployment at all), or an unknown device:
 ///   400, nothing stored. A forged SUCCESS for a waiting target therefore leaves it
 ///   waiting, so the real computer is still offered the package.

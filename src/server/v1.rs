@@ -344,19 +344,13 @@ pub async fn check_in(
     .into_response())
 }
 
-/// Refused unless `package_id` is being deployed to `agent` (so it may read it and report
-/// on it).
+/// Refused unless `package_id` is being deployed to `agent`, or was offered to it before a
+/// newer version superseded it (so it may read it and report on it).
 async fn assigned(shared: &Shared, agent: &AgentId, package_id: &str) -> Result<(), ApiError> {
     let device = agent.as_str().to_owned();
     let wanted = package_id.to_owned();
-    let assigned = shared
-        .db(move |db| {
-            Ok(db.computer(&device)?.is_some_and(|(_, rows)| {
-                rows.iter()
-                    .any(|d| d.package_id == wanted && d.state.is_open())
-            }))
-        })
-        .await?;
+    // An open deployment of it, or an open offer of a version since superseded (draining).
+    let assigned = shared.db(move |db| db.offered(&device, &wanted)).await?;
     if assigned {
         Ok(())
     } else {

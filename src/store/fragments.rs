@@ -2,6 +2,9 @@
 //! fragments `<id>-1` .. `<id>-N`, and `manifest.json` (sizes and SHA-256 per fragment, for
 //! Tessera's own agent).
 //!
+//! Beside them, a package that agents were sent to keeps `route.json` (what they were told
+//! about it) and, once superseded, `retired` (since when): neither is ever served.
+//!
 //! A package is written into a temporary directory and renamed into place when complete, so
 //! a half-built package is never served, even after a crash: every fragment is synced to disk
 //! before the rename, and leftovers of an interrupted build are removed when the store opens.
@@ -18,6 +21,10 @@ use super::atomic::{self, Access};
 
 /// Prefix of a package being built.
 const BUILDING: &str = ".building-";
+/// Beside a package's files: what agents are told about it (see `FragmentStore::record_route`).
+const ROUTE: &str = "route.json";
+/// Beside a package's files: since when it is superseded (see `FragmentStore::retire`).
+const RETIRED: &str = "retired";
 /// Bytes read from the archive at a time: few system calls and channel messages, yet small
 /// enough that every stage of the pipeline is busy after the first few megabytes.
 const CHUNK: usize = 4 << 20;
@@ -195,6 +202,59 @@ impl FragmentStore {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Records what agents are to be told about package `id` beside it (`route.json`,
+    /// whatever the caller makes of it), so a version whose Package is gone can still be
+    /// served as it was. Returns whether it changed.
+    pub fn record_route(&self, id: &str, route: &[u8]) -> Result<bool, FragmentError> {
+        Ok(atomic::write_if_changed(
+            &self.dir(id).join(ROUTE),
+            route,
+            Access::Public,
+        )?)
+    }
+
+    /// What [`Self::record_route`] recorded for package `id`, if anything.
+    pub fn route(&self, id: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir(id).join(ROUTE)).ok()
+    }
+
+    /// Marks package `id` (one of [`Self::ids`]) as superseded since `at` (Unix seconds),
+    /// unless it already is; returns the time it has been since.
+    pub fn retire(&self, id: &str, at: i64) -> Result<i64, FragmentError> {
+        if let Some(since) = self.retired(id) {
+            return Ok(since);
+        }
+        atomic::write(
+            &self.dir(id).join(RETIRED),
+            at.to_string().as_bytes(),
+            Access::Public,
+        )?;
+        Ok(at)
+    }
+
+    /// Since when package `id` is superseded (Unix seconds), if it is.
+    pub fn retired(&self, id: &str) -> Option<i64> {
+        std::fs::read_to_string(self.dir(id).join(RETIRED))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Package `id` is current again (an edit undone): no longer superseded.
+    pub fn reinstate(&self, id: &str) -> Result<(), FragmentError> {
+        let path = self.dir(id).join(RETIRED);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(FragmentError::Io {
+                action: "remove",
+                path,
+                source,
+            }),
+        }
     }
 
     /// Removes package `id`.
@@ -513,6 +573,30 @@ mod tests {
         assert_eq!(joined, bytes, "the fragments concatenate to the archive");
         assert_eq!(store.manifest("1234567890").unwrap(), Some(manifest));
         assert_eq!(store.ids().unwrap(), vec!["1234567890"]);
+    }
+
+    #[test]
+    fn a_superseded_package_keeps_its_route_and_first_retirement_time_until_reinstated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FragmentStore::open(dir.path().join("download")).unwrap();
+        store
+            .build("7", None, 4096, b"<DOWNLOAD/>", &mut |_, _| {})
+            .unwrap();
+        assert!(store.route("7").is_none());
+        assert!(store.record_route("7", b"{}").unwrap());
+        assert!(!store.record_route("7", b"{}").unwrap(), "unchanged");
+        assert_eq!(store.route("7").as_deref(), Some(&b"{}"[..]));
+        assert_eq!(store.retired("7"), None);
+        assert_eq!(store.retire("7", 100).unwrap(), 100);
+        // Retired once: later passes keep the first time, so the grace is not extended.
+        assert_eq!(store.retire("7", 200).unwrap(), 100);
+        store.reinstate("7").unwrap();
+        assert_eq!(store.retired("7"), None);
+        store.reinstate("7").unwrap();
+        // Neither file makes an id of its own, and removing the package removes them.
+        assert_eq!(store.ids().unwrap(), ["7"]);
+        store.remove("7").unwrap();
+        assert!(store.route("7").is_none() && store.ids().unwrap().is_empty());
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn key_and_csr() -> (String, String) {
 }
 
 /// `curl` to the agent-facing server: (HTTP status, body); status 0 when TLS failed.
-fn curl(
+pub(crate) fn curl(
     https: &str,
     ca: &Path,
     path: &str,
@@ -260,7 +260,7 @@ async fn an_agent_enrolls_with_a_token_and_its_certificate_opens_mutual_tls() {
 }
 
 /// Enrolls a new agent and returns its certificate and key files.
-fn enrolled(
+pub(crate) fn enrolled(
     https: &str,
     server_ca: &Path,
     state: &Path,

@@ -16,6 +16,7 @@ mod crash;
 mod crds;
 mod dial_out;
 mod doctor;
+mod drain;
 mod enroll;
 mod examples;
 mod export;

@@ -53,6 +53,18 @@ pub fn write_deployment_table(
         "stale: notified more than {:#} ago without a result",
         jiff::SignedDuration::from_secs(table.stale_after)
     )?;
+    for d in &table.draining {
+        writeln!(
+            out,
+            "draining: {} package {} is no longer offered; still served to {} computer{} downloading it, until {}",
+            d.package,
+            d.package_id,
+            d.downloading,
+            if d.downloading == 1 { "" } else { "s" },
+            jiff::Timestamp::from_second(d.until)
+                .map_or_else(|_| d.until.to_string(), |t| t.to_string())
+        )?;
+    }
     Ok(())
 }
 
@@ -151,6 +163,7 @@ mod render_tests {
         let table = DeploymentTable {
             stale_after: 3600,
             packages: Vec::new(),
+            draining: Vec::new(),
         };
         let text = rendered(|out| write_deployment_table(out, &table));
         assert_eq!(text, "no deployments yet\n");
@@ -175,6 +188,12 @@ mod render_tests {
                     error: 1,
                 },
             }],
+            draining: vec![crate::server::deployments::Draining {
+                package: "default/hello".into(),
+                package_id: "1600000001".into(),
+                downloading: 2,
+                until: 1_800_000_000,
+            }],
         };
         let text = rendered(|out| write_deployment_table(out, &table));
         // NOTIFIED sums notified, downloading and installing; stale is its own column.
@@ -184,6 +203,7 @@ mod render_tests {
                 "ACTIVATION                PACKAGE                   ID          TARGETS  WAITING  NOTIFIED  STALE  SUCCESS  ERROR\n",
                 "default/hello-everywhere  default/hello             1700000001        9        1         4      1        2      1\n",
                 "stale: notified more than 168h ago without a result\n",
+                "draining: default/hello package 1600000001 is no longer offered; still served to 2 computers downloading it, until 2027-01-15T08:00:00Z\n",
             )
         );
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::report::{ConditionReport, ConditionStatus, ObjectReport, ProblemReport, Report};
-use crate::server::deployments::{self, PackageLine};
+use crate::server::deployments::{self, Draining, PackageLine};
 use crate::server::metrics::Metrics;
 use crate::store::db::{Computer, Database, DbError, Deployment, Event, Health};
 
@@ -71,6 +71,8 @@ pub struct DeploymentTable {
     /// Notified longer than this many seconds ago without a result counts as stale.
     pub stale_after: i64,
     pub packages: Vec<PackageLine>,
+    /// Superseded package versions still served to the computers notified of them.
+    pub draining: Vec<Draining>,
 }
 
 /// One computer's facts, deployments and history.
@@ -88,9 +90,15 @@ pub fn deployment_table_of(db: &Database, now: i64) -> Result<DeploymentTable, D
         .setting("staleAfter")?
         .and_then(|v| v.parse().ok())
         .unwrap_or(7 * 24 * 3600);
+    // Written by the leader's reconcile pass; unreadable or absent: nothing drains.
+    let draining = db
+        .setting(deployments::DRAINING_SETTING)?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
     Ok(DeploymentTable {
         stale_after,
         packages: deployments::table(&db.deployments()?, now - stale_after),
+        draining,
     })
 }
 

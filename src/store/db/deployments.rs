@@ -130,15 +130,19 @@ pub enum Change {
 /// wrote anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Filed {
-    /// Filed on these activations' deployments, each with its history event.
+    /// Filed on these activations' deployments, each with its history event; or, for a
+    /// version that is no longer its deployment's (a Package edited, or its Activation
+    /// removed, while the agent was downloading: a draining version), in the history of
+    /// the activation it was offered through, under its own package id.
     Recorded(Vec<String>),
     /// Every deployment of the package on the computer has settled already (an agent
     /// resending a result whose answer it missed, a package settled from the agent's
     /// history, or a forgery): nothing changed.
     Settled,
-    /// Offered once (a `notified` event in the history), but its deployment has since been
-    /// armed again (a redeploy token, or another package id took its place): the agent's
-    /// answer to an offer that no longer stands. Nothing changed.
+    /// Offered once (a `notified` event in the history), but that offer no longer stands:
+    /// its deployment was armed again for the same id (a redeploy token), or the agent has
+    /// answered it already after another package id took its place. Nothing changed. (An
+    /// offer still open when a new version took its place is answered: `Recorded`.)
     Superseded,
     /// Never offered to this computer: nothing changed.
     NotOffered,
@@ -146,7 +150,82 @@ pub enum Filed {
     UnknownDevice,
 }
 
+/// An offer a computer has not answered, as its history tells: it was notified of the
+/// package (or reported downloading or installing it), and since then it has reported no
+/// result on it, nor been armed again for it through the same activation. This is what a
+/// superseded version is still served for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenOffer {
+    pub device_id: String,
+    /// `namespace/name` of the Activation it was offered through.
+    pub activation: String,
+    pub package_id: String,
+    /// The computer's last word on it (notified, downloading, installing), Unix seconds: it
+    /// is stale `staleAfter` later.
+    pub since: i64,
+}
+
 impl Database {
+    /// Every open offer of `package_id` ([`OpenOffer`]), by device id.
+    pub fn open_offers(&self, package_id: &str) -> Result<Vec<OpenOffer>, DbError> {
+        let order = self.event_order();
+        let steps = self.with(|c| {
+            c.query(
+                &format!(
+                    "SELECT device_id, activation, state, at FROM events WHERE package_id = $1
+                     ORDER BY device_id, at, {order}"
+                ),
+                params![package_id],
+            )?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.text(0)?,
+                    (row.text(1)?, State::parse(&row.text(2)?), row.int(3)?),
+                ))
+            })
+            .collect::<Result<Vec<_>, DbError>>()
+        })?;
+        let mut offers = Vec::new();
+        for device in steps.chunk_by(|a, b| a.0 == b.0) {
+            if let Some((activation, since)) = open_offer(device.iter().map(|(_, step)| step)) {
+                offers.push(OpenOffer {
+                    device_id: device[0].0.clone(),
+                    activation,
+                    package_id: package_id.to_owned(),
+                    since,
+                });
+            }
+        }
+        Ok(offers)
+    }
+
+    /// Whether `package_id` may be read and reported on by `device_id`: a deployment of it
+    /// is open, or the computer has an open offer of it from a version since superseded.
+    pub fn offered(&self, device_id: &str, package_id: &str) -> Result<bool, DbError> {
+        let order = self.event_order();
+        self.with(|c| {
+            let open = c
+                .query(
+                    "SELECT state FROM deployments WHERE device_id = $1 AND package_id = $2",
+                    params![device_id, package_id],
+                )?
+                .iter()
+                .map(|row| row.text(0).map(|s| State::parse(&s).is_open()))
+                .collect::<Result<Vec<bool>, _>>()?;
+            Ok(open.contains(&true) || open_offer_of(c, order, device_id, package_id)?.is_some())
+        })
+    }
+
+    fn event_order(&self) -> &'static str {
+        // Events of one second keep the order they were written in: SQLite's rowid grows,
+        // and PostgreSQL has a sequence for it (migration 6).
+        match self.dialect() {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "seq",
+        }
+    }
+
     /// Every deployment state.
     pub fn deployments(&self) -> Result<Vec<Deployment>, DbError> {
         self.all(
@@ -158,12 +237,7 @@ impl Database {
 
     /// The history of one computer, oldest first.
     pub fn events(&self, device_id: &str) -> Result<Vec<Event>, DbError> {
-        // Events of one second keep the order they were written in: SQLite's rowid grows,
-        // and PostgreSQL has a sequence for it (migration 6).
-        let order = match self.dialect() {
-            Dialect::Sqlite => "rowid",
-            Dialect::Postgres => "seq",
-        };
+        let order = self.event_order();
         self.all(
             &format!(
                 "SELECT device_id, activation, package_id, state, code, at, output FROM events
@@ -277,6 +351,7 @@ impl Database {
         output: Option<&str>,
         now: i64,
     ) -> Result<Filed, DbError> {
+        let order = self.event_order();
         self.transaction(|c| {
             if computer(c, device_id)?.is_none() {
                 return Ok(Filed::UnknownDevice);
@@ -309,6 +384,25 @@ impl Database {
                 if !settled.is_empty() && settled.iter().all(|s| *s) {
                     return Ok(Filed::Settled);
                 }
+                // A version superseded while the agent had it (its Package edited): the
+                // agent's answer to an offer that still stands, filed under its own id.
+                if let Some((activation, _)) = open_offer_of(c, order, device_id, package_id)? {
+                    c.execute(
+                        "INSERT INTO events (device_id, activation, package_id, state, code,
+                             output, at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        params![
+                            device_id,
+                            &activation,
+                            package_id,
+                            state.as_str(),
+                            code,
+                            output,
+                            now
+                        ],
+                    )?;
+                    return Ok(Filed::Recorded(vec![activation]));
+                }
                 let offered_once = c.query_opt(
                     "SELECT 1 FROM events WHERE device_id = $1 AND package_id = $2
                          AND state = 'notified' LIMIT 1",
@@ -339,6 +433,49 @@ impl Database {
             Ok(Filed::Recorded(activations))
         })
     }
+}
+
+/// The open offer of `package_id` to `device_id` in its history, if any: (activation, since).
+fn open_offer_of(
+    c: &mut dyn Sql,
+    order: &str,
+    device_id: &str,
+    package_id: &str,
+) -> Result<Option<(String, i64)>, DbError> {
+    let steps = c
+        .query(
+            &format!(
+                "SELECT activation, state, at FROM events WHERE device_id = $1 AND package_id = $2
+                 ORDER BY at, {order}"
+            ),
+            params![device_id, package_id],
+        )?
+        .iter()
+        .map(|row| Ok((row.text(0)?, State::parse(&row.text(1)?), row.int(2)?)))
+        .collect::<Result<Vec<_>, DbError>>()?;
+    Ok(open_offer(steps.iter()))
+}
+
+/// Reads one computer's history of one package id, oldest first: whether an offer is
+/// still open at the end, and through which activation since when. A result closes it; a
+/// new arm through the offer's activation (a redeploy token re-arming the same id) replaces
+/// it with an offer not yet made; an arm through another activation leaves it open.
+fn open_offer<'a>(steps: impl Iterator<Item = &'a (String, State, i64)>) -> Option<(String, i64)> {
+    let mut open: Option<(String, i64)> = None;
+    for (activation, state, at) in steps {
+        match state {
+            State::Notified | State::Downloading | State::Installing => {
+                open = Some((activation.clone(), *at));
+            }
+            State::Success | State::Error => open = None,
+            State::Waiting => {
+                if open.as_ref().is_some_and(|(a, _)| a == activation) {
+                    open = None;
+                }
+            }
+        }
+    }
+    open
 }
 
 const DEPLOYMENT_COLUMNS: &str = "device_id, activation, package, package_id, token, state, code, \
@@ -380,7 +517,65 @@ mod tests {
         a_result_is_filed_only_where_the_package_was_offered,
         events_of_one_second_keep_the_order_they_were_written_in,
         arming_again_resets_the_state_and_a_result_reaches_every_activation_of_the_package,
+        a_result_on_a_superseded_version_is_filed_under_its_own_id_while_its_offer_stands,
     );
+
+    fn a_result_on_a_superseded_version_is_filed_under_its_own_id_while_its_offer_stands(
+        db: &Database,
+    ) {
+        let pc = "pc-2026-01-01-00-00-00";
+        let notify = || Change::Notify {
+            activation: "hello".into(),
+        };
+        db.contact(pc, 1).unwrap();
+        db.contact("other", 1).unwrap();
+        db.apply(pc, &[arm("hello", "7", ""), notify()], 2).unwrap();
+        // Armed but never notified: holds nothing.
+        db.apply("other", &[arm("hello", "7", "")], 2).unwrap();
+        let open = OpenOffer {
+            device_id: pc.into(),
+            activation: "hello".into(),
+            package_id: "7".into(),
+            since: 2,
+        };
+        assert_eq!(db.open_offers("7").unwrap(), std::slice::from_ref(&open));
+        // The Package is edited: its new version is armed over the offer of the old one.
+        db.apply(pc, &[arm("hello", "8", "")], 3).unwrap();
+        assert_eq!(db.open_offers("7").unwrap(), [open]);
+        assert!(db.open_offers("8").unwrap().is_empty(), "not offered yet");
+        assert!(db.offered(pc, "7").unwrap());
+        // The agent finishes the old version: filed under its id, the new one untouched.
+        assert_eq!(
+            db.record_result(pc, "7", State::Success, Some("SUCCESS"), None, 4)
+                .unwrap(),
+            Filed::Recorded(vec!["hello".into()])
+        );
+        let (_, rows) = db.computer(pc).unwrap().unwrap();
+        assert_eq!(
+            (rows[0].package_id.as_str(), rows[0].state),
+            ("8", State::Waiting)
+        );
+        let last = db.events(pc).unwrap().pop().unwrap();
+        assert_eq!(
+            (last.package_id.as_str(), last.state, last.code.as_deref()),
+            ("7", State::Success, Some("SUCCESS"))
+        );
+        // Answered: it holds nothing any more, and the same result again is not filed twice.
+        assert!(db.open_offers("7").unwrap().is_empty());
+        assert!(!db.offered(pc, "7").unwrap());
+        assert_eq!(
+            db.record_result(pc, "7", State::Success, Some("SUCCESS"), None, 5)
+                .unwrap(),
+            Filed::Superseded
+        );
+        // The new version goes its own way.
+        db.apply(pc, &[notify()], 6).unwrap();
+        assert_eq!(
+            db.record_result(pc, "8", State::Error, Some("ERR_X"), None, 7)
+                .unwrap(),
+            Filed::Recorded(vec!["hello".into()])
+        );
+    }
 
     fn arm(activation: &str, id: &str, token: &str) -> Change {
         Change::Arm {

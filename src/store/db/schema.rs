@@ -126,6 +126,12 @@ const MIGRATIONS: &[(i64, Step)] = &[
     );",
         ),
     ),
+    // Who still needs a superseded package version is read from the history by package id
+    // (`Database::open_offers`), on every pass while a version drains.
+    (
+        8,
+        Step::Both("CREATE INDEX events_by_package ON events (package_id, device_id);"),
+    ),
 ];
 
 /// The version the last migration brings the schema to.
@@ -192,7 +198,7 @@ mod tests {
                 |row| row.int(0),
             )
             .unwrap();
-        assert_eq!(versions, (1..=7).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
         assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
     }
 
