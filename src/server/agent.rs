@@ -194,9 +194,7 @@ pub enum ServeError {
     /// and logged by the database once per episode, not per request.
     #[error("the state database is unavailable")]
     Unavailable(#[source] DbError),
-    /// A trusted relay's PROXY protocol header could not be read.
-    #[error("failed to read the PROXY protocol header")]
-    ProxyRead(#[source] std::io::Error),
+    /// A trusted relay's PROXY protocol header could not be read, or was refused.
     #[error("the PROXY protocol header is refused")]
     Proxy(#[source] crate::protocol::proxy::ProxyError),
 }
