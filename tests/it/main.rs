@@ -29,6 +29,7 @@ mod ocs;
 mod ocs_agent;
 mod packages;
 mod plan;
+mod proxy_protocol;
 mod rollout_health;
 mod serve;
 mod state_faults;
