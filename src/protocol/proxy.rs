@@ -100,7 +100,9 @@ pub fn decode_v1(line: &[u8]) -> Result<Header, ProxyError> {
     if line.len() > V1_MAX {
         return Err(ProxyError::V1TooLong);
     }
-    let rest = line.strip_prefix(V1_PREFIX).ok_or(ProxyError::NoSignature)?;
+    let rest = line
+        .strip_prefix(V1_PREFIX)
+        .ok_or(ProxyError::NoSignature)?;
     let rest = rest
         .strip_suffix(b"\r\n")
         .ok_or_else(|| malformed("it does not end with CRLF"))?;
@@ -111,7 +113,9 @@ pub fn decode_v1(line: &[u8]) -> Result<Header, ProxyError> {
     let text = std::str::from_utf8(rest).map_err(|_| malformed("it is not ASCII"))?;
     let fields: Vec<&str> = text.split(' ').collect();
     let [family, source, destination, source_port, destination_port] = fields[..] else {
-        return Err(malformed("it does not have five single-space-separated fields"));
+        return Err(malformed(
+            "it does not have five single-space-separated fields",
+        ));
     };
     let ip = |text: &str| -> Result<IpAddr, ProxyError> {
         match family {
@@ -264,10 +268,16 @@ mod tests {
         assert!(matches!(block_length(&fixed), Err(ProxyError::NoSignature)));
         fixed[..12].copy_from_slice(&SIGNATURE);
         fixed[12] = 0x11;
-        assert!(matches!(block_length(&fixed), Err(ProxyError::Version(0x11))));
+        assert!(matches!(
+            block_length(&fixed),
+            Err(ProxyError::Version(0x11))
+        ));
         fixed[12] = 0x21;
         fixed[14..16].copy_from_slice(&4000u16.to_be_bytes());
-        assert!(matches!(block_length(&fixed), Err(ProxyError::TooLong(4000))));
+        assert!(matches!(
+            block_length(&fixed),
+            Err(ProxyError::TooLong(4000))
+        ));
     }
 
     fn v1(line: &str) -> Result<Header, ProxyError> {
@@ -373,7 +383,11 @@ mod tests {
             read_header(&mut stream).await,
             Err(ProxyError::V1TooLong)
         ));
-        assert_eq!(stream.len(), endless.len() - V1_MAX, "no byte read past the limit");
+        assert_eq!(
+            stream.len(),
+            endless.len() - V1_MAX,
+            "no byte read past the limit"
+        );
         let mut stream = &b"\x16\x03\x01\x02\x00\x01\x01"[..];
         assert!(matches!(
             read_header(&mut stream).await,

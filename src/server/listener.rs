@@ -391,7 +391,10 @@ pub(crate) async fn proxied_client(
     relay: SocketAddr,
 ) -> Result<SocketAddr, ServeError> {
     use crate::protocol::proxy;
-    match proxy::read_header(stream).await.map_err(ServeError::Proxy)? {
+    match proxy::read_header(stream)
+        .await
+        .map_err(ServeError::Proxy)?
+    {
         proxy::Header::Proxied { source, .. } => Ok(source),
         proxy::Header::Local => Ok(relay),
     }

@@ -19,6 +19,7 @@ mod doctor;
 mod enroll;
 mod examples;
 mod export;
+mod fetch;
 mod fuzz_corpus;
 mod gateway;
 mod git;
