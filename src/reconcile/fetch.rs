@@ -255,26 +255,7 @@ async fn download(
         source,
     })?;
     for _ in 0..=MAX_REDIRECTS {
-        let mut request = Request::new(Empty::new());
-        *request.uri_mut() = uri.clone();
-        match proxies.intercept(&uri) {
-            Some(proxy) if proxy.uri().scheme_str() != Some("http") => {
-                return Err(FetchError::ProxyScheme {
-                    uri: uri.to_string(),
-                    proxy: proxy.uri().to_string(),
-                });
-            }
-            // A forward proxy reads its credentials from each request (a tunnel's go in
-            // the CONNECT, see `ProxyConnector`).
-            Some(proxy) if uri.scheme_str() == Some("http") => {
-                if let Some(auth) = proxy.basic_auth() {
-                    request
-                        .headers_mut()
-                        .insert(hyper::header::PROXY_AUTHORIZATION, auth.clone());
-                }
-            }
-            _ => {}
-        }
+        let request = request(&uri, proxies)?;
         let response = tokio::time::timeout(READ_TIMEOUT, client.request(request))
             .await
             .map_err(|_| FetchError::NoAnswer {
@@ -355,6 +336,29 @@ async fn download(
     Err(FetchError::TooManyRedirects {
         url: url.to_owned(),
     })
+}
+
+/// A GET of `uri`; through a forward proxy (`http://` URLs), with the proxy's credentials.
+fn request(uri: &Uri, proxies: &Proxies) -> Result<Request<Empty<Bytes>>, FetchError> {
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = uri.clone();
+    match proxies.intercept(uri) {
+        Some(proxy) if proxy.uri().scheme_str() != Some("http") => Err(FetchError::ProxyScheme {
+            uri: uri.to_string(),
+            proxy: proxy.uri().to_string(),
+        }),
+        // A forward proxy reads its credentials from each request (a tunnel's go in the
+        // CONNECT, see `ProxyConnector`).
+        Some(proxy) if uri.scheme_str() == Some("http") => {
+            if let Some(auth) = proxy.basic_auth() {
+                request
+                    .headers_mut()
+                    .insert(hyper::header::PROXY_AUTHORIZATION, auth.clone());
+            }
+            Ok(request)
+        }
+        _ => Ok(request),
+    }
 }
 
 /// `location` resolved against `base` as RFC 3986 section 5 says: an absolute URL as it

@@ -141,10 +141,7 @@ async fn download(url: String, proxies: Proxies) -> Result<std::path::PathBuf, F
             &proxies,
             &mut |_, _| {},
         );
-        kept.map(|path| {
-            assert_eq!(std::fs::read(&path).unwrap(), CONTENT);
-            path
-        })
+        kept.inspect(|path| assert_eq!(std::fs::read(path).unwrap(), CONTENT))
     })
     .await
     .unwrap()
