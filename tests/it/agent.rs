@@ -295,6 +295,23 @@ impl AgentProcess {
         Self { child, lines }
     }
 
+    /// Waits up to `timeout` for a `--once` run to end; whether it ended successfully, and
+    /// what it wrote.
+    fn finish(&mut self, timeout: std::time::Duration) -> (bool, String) {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        };
+        let lines: Vec<String> = self.lines.try_iter().collect();
+        (status.is_some_and(|s| s.success()), lines.join("\n"))
+    }
+
     /// The lines up to and including the first one containing `what`, or a panic naming it
     /// (and what came) after `timeout`.
     fn until(&self, what: &str, timeout: std::time::Duration) -> Vec<String> {
@@ -390,14 +407,15 @@ async fn the_agent_binary_honours_no_proxy_and_decodes_proxy_credentials() {
 
     // NO_PROXY names the server: enrollment and the whole pass go straight to it.
     let token = crate::support::token(&state, 1, 600);
-    let agent = AgentProcess::start(
+    let mut agent = AgentProcess::start(
         &args(&token.reveal()),
         &[
             ("HTTPS_PROXY", proxy_url.clone()),
             ("NO_PROXY", "localhost,127.0.0.1".to_owned()),
         ],
     );
-    agent.until("pass done", crate::support::PATIENCE * 6);
+    let (succeeded, log) = agent.finish(crate::support::PATIENCE * 6);
+    assert!(succeeded, "{log}");
     assert!(
         heads.lock().unwrap().is_empty(),
         "NO_PROXY=127.0.0.1, yet the agent tunnelled through the proxy: {:?}",
@@ -406,8 +424,9 @@ async fn the_agent_binary_honours_no_proxy_and_decodes_proxy_credentials() {
     drop(agent);
 
     // Without it, the same agent goes through the proxy, the password decoded (`p@ss:w%rd`).
-    let agent = AgentProcess::start(&args(""), &[("https_proxy", proxy_url)]);
-    agent.until("pass done", crate::support::PATIENCE * 6);
+    let mut agent = AgentProcess::start(&args(""), &[("https_proxy", proxy_url)]);
+    let (succeeded, log) = agent.finish(crate::support::PATIENCE * 6);
+    assert!(succeeded, "{log}");
     use base64::Engine;
     let credentials = base64::engine::general_purpose::STANDARD.encode("roaming:p@ss:w%rd");
     let seen = heads.lock().unwrap().clone();
