@@ -124,7 +124,7 @@ impl PackageRoute {
 pub struct Listen {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
-    /// Relays whose PROXY protocol v2 header names the real client.
+    /// Relays whose PROXY protocol header (v1 or v2) names the real client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 

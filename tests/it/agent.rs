@@ -298,6 +298,11 @@ impl AgentProcess {
     /// Waits up to `timeout` for a `--once` run to end; whether it ended successfully, and
     /// what it wrote.
     fn finish(&mut self, timeout: std::time::Duration) -> (bool, String) {
+        // Blocking: the runtime moves its other tasks (the server's) off this thread.
+        tokio::task::block_in_place(|| self.finish_blocking(timeout))
+    }
+
+    fn finish_blocking(&mut self, timeout: std::time::Duration) -> (bool, String) {
         let deadline = std::time::Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -315,6 +320,10 @@ impl AgentProcess {
     /// The lines up to and including the first one containing `what`, or a panic naming it
     /// (and what came) after `timeout`.
     fn until(&self, what: &str, timeout: std::time::Duration) -> Vec<String> {
+        tokio::task::block_in_place(|| self.until_blocking(what, timeout))
+    }
+
+    fn until_blocking(&self, what: &str, timeout: std::time::Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
