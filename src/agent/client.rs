@@ -82,6 +82,11 @@ impl Proxy {
         if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
             return Err(ClientError::BadProxy(shown));
         }
+        // curl's `*` means every host; hyper-util's matcher applies it to names only, and
+        // would still proxy a server named by its IP address.
+        if no_proxy.split(',').any(|entry| entry.trim() == "*") {
+            return Ok(Self(Arc::new(Matcher::builder().build())));
+        }
         // The server is always https://, so only the https rule is set.
         Ok(Self(Arc::new(
             Matcher::builder().https(url).no(no_proxy).build(),
@@ -392,6 +397,9 @@ mod tests {
         assert!(direct("https://127.0.0.1:8443"));
         assert!(direct("https://localhost:8443"));
         assert!(!direct("https://tessera.example.org:8443"));
+        let nowhere = Proxy::new("http://127.0.0.1:3128", "example.org, *").unwrap();
+        let client = Client::new("https://127.0.0.1:8443", &tls(), Some(&nowhere)).unwrap();
+        assert!(matches!(client.http, Http::Direct(_)), "`*` is every host");
         let everywhere = Proxy::new("http://127.0.0.1:3128", "").unwrap();
         let client = Client::new("https://127.0.0.1:8443", &tls(), Some(&everywhere)).unwrap();
         assert!(matches!(client.http, Http::Proxied(_)));

@@ -139,7 +139,7 @@ pub enum FetchError {
 }
 
 /// Which proxy a download goes through: curl's rules and variables (`HTTPS_PROXY`,
-/// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, upper or lower case), read by hyper-util's
+/// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, upper or lower case), matched by hyper-util's
 /// matcher; credentials in a proxy URL are percent-decoded and sent as
 /// `Proxy-Authorization: Basic`.
 #[derive(Clone, Debug)]
@@ -148,12 +148,30 @@ pub struct Proxies(Arc<Matcher>);
 impl Proxies {
     /// The proxies the process environment names (none when it names none).
     pub fn from_env() -> Self {
-        Self(Arc::new(Matcher::from_env()))
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The proxies `lookup` names, as curl reads its variables: the upper-case name first,
+    /// and `ALL_PROXY` for a scheme without its own.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let first = |names: [&str; 2]| names.into_iter().find_map(&lookup).unwrap_or_default();
+        let all = first(["ALL_PROXY", "all_proxy"]);
+        let or_all = |value: String| if value.is_empty() { all.clone() } else { value };
+        Self::new(
+            &or_all(first(["HTTPS_PROXY", "https_proxy"])),
+            &or_all(first(["HTTP_PROXY", "http_proxy"])),
+            &first(["NO_PROXY", "no_proxy"]),
+        )
     }
 
     /// `https` for `https://` URLs, `http` for `http://` ones (empty: none), and `no`, a
-    /// `NO_PROXY` list of hosts, domains and networks reached directly.
+    /// `NO_PROXY` list of hosts, domains and networks reached directly (`*`: all).
     pub fn new(https: &str, http: &str, no: &str) -> Self {
+        // curl's `*` means every host; hyper-util's matcher applies it to names only, and
+        // would still proxy a URL with an IP address.
+        if no.split(',').any(|entry| entry.trim() == "*") {
+            return Self(Arc::new(Matcher::builder().build()));
+        }
         Self(Arc::new(
             Matcher::builder().https(https).http(http).no(no).build(),
         ))
@@ -578,6 +596,56 @@ mod tests {
                 .intercept(&"https://example.org/x".parse().unwrap())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn proxies_are_read_from_the_variables_as_curl_reads_them() {
+        let from = |variables: &[(&str, &str)]| {
+            let variables: Vec<(String, String)> = variables
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Proxies::from_lookup(move |name| {
+                variables
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let target = |proxies: &Proxies, uri: &str| {
+            proxies
+                .intercept(&uri.parse().unwrap())
+                .map(|i| i.uri().to_string())
+        };
+        let proxies = from(&[
+            ("https_proxy", "http://127.0.0.1:1"),
+            ("ALL_PROXY", "http://127.0.0.1:2"),
+            ("no_proxy", "mirror.example"),
+        ]);
+        assert_eq!(
+            target(&proxies, "https://example.org/x").as_deref(),
+            Some("http://127.0.0.1:1/")
+        );
+        assert_eq!(
+            target(&proxies, "http://example.org/x").as_deref(),
+            Some("http://127.0.0.1:2/"),
+            "ALL_PROXY for a scheme without its own"
+        );
+        assert_eq!(target(&proxies, "http://files.mirror.example/x"), None);
+        // The upper-case name wins, as in curl.
+        let proxies = from(&[
+            ("HTTPS_PROXY", "http://127.0.0.1:3"),
+            ("https_proxy", "http://127.0.0.1:1"),
+        ]);
+        assert_eq!(
+            target(&proxies, "https://example.org/x").as_deref(),
+            Some("http://127.0.0.1:3/")
+        );
+        // `*` is every host, IP addresses too.
+        let proxies = from(&[("HTTP_PROXY", "http://127.0.0.1:1"), ("NO_PROXY", "*")]);
+        assert_eq!(target(&proxies, "http://127.0.0.1:8080/x"), None);
+        assert_eq!(target(&proxies, "http://example.org/x"), None);
+        assert_eq!(target(&from(&[]), "http://example.org/x"), None);
     }
 
     #[test]
