@@ -16,7 +16,10 @@ fi
 
 # The agent's deployment module disables itself (one log line) without Perl's LWP https
 # support, which Debian only recommends; --no-install-recommends would leave it out.
-packages=(curl openssl ca-certificates tar coreutils python3 binutils git liblwp-protocol-https-perl postgresql)
+# nginx and its stream module: the relay sending PROXY protocol v1 in tests/it/proxy_protocol.rs
+# (apt-install.sh keeps its service stopped).
+packages=(curl openssl ca-certificates tar coreutils python3 binutils git liblwp-protocol-https-perl postgresql
+  nginx libnginx-mod-stream)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -88,8 +88,10 @@ pub fn ocs_request(data: &[u8]) {
 }
 
 /// A PROXY protocol v2 header as the agent listener reads it: the fixed part, then the
-/// address block of the length it gives.
+/// address block of the length it gives (and the same bytes as a v1 line).
 pub fn proxy_header(data: &[u8]) {
+    // The same bytes as a version 1 line: refused or read, never a panic.
+    let _ = proxy::decode_v1(data);
     let Some((fixed, rest)) = data.split_first_chunk::<FIXED>() else {
         return;
     };
@@ -116,8 +118,8 @@ pub fn proxy_header(data: &[u8]) {
                 .split_first_chunk::<FIXED>()
                 .expect("an encoded header has its fixed part");
             assert_eq!(
-                proxy::decode(again_fixed, again_block),
-                Ok(Header::Proxied {
+                proxy::decode(again_fixed, again_block).ok(),
+                Some(Header::Proxied {
                     source,
                     destination
                 }),

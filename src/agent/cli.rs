@@ -36,9 +36,14 @@ pub(crate) struct AgentArgs {
     #[arg(long)]
     once: bool,
     /// An HTTP proxy to reach the server through (CONNECT; TLS stays end to end),
-    /// `http://[user:password@]host:port`.
+    /// `http://[user:password@]host:port`, with `@`, `:` and `%` in the credentials
+    /// percent-encoded as in any URL (`https_proxy` too).
     #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
     proxy: Option<String>,
+    /// Servers reached without the proxy, as curl reads it: comma-separated host names (and
+    /// their subdomains), IP addresses, networks (`10.0.0.0/8`), or `*` (`no_proxy` too).
+    #[arg(long, env = "NO_PROXY")]
+    no_proxy: Option<String>,
     /// A Tessera gateway in tunnel mode to reach the server through, `host:port`: the agent
     /// shows its certificate to the gateway, and its TLS session with the server runs inside.
     #[arg(long, env = "TESSERA_GATEWAY", conflicts_with = "proxy")]
@@ -83,15 +88,30 @@ pub fn main() -> ExitCode {
 }
 
 /// `tessera agent` and `tessera-agent`: a pass now, then one per interval (or when the
-/// server calls), until a shutdown signal; with `--once`, one pass.
+/// server calls), until a shutdown signal; with `--once`, one pass. With `--listen`, the
+/// listener is open (and its address logged) before the first pass.
 pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    // Like curl: the upper-case variable (through clap), else the lower-case one; empty is
+    // unset.
+    let variable = |name: &str| std::env::var(name).ok();
+    let proxy = args
+        .proxy
+        .or_else(|| variable("https_proxy"))
+        .filter(|p| !p.is_empty());
+    let no_proxy = args
+        .no_proxy
+        .or_else(|| variable("no_proxy"))
+        .unwrap_or_default();
+    let proxy = proxy
+        .map(|url| crate::agent::Proxy::new(&url, &no_proxy))
+        .transpose()?;
     let config = crate::agent::Config {
         server: args.server.trim_end_matches('/').to_owned(),
         state_dir: args.state,
         ca: args.ca,
         token: args.token,
         tags: args.tag,
-        proxy: args.proxy,
+        proxy,
         gateway: args.gateway.map(|address| (address, args.gateway_ca)),
         notify_address: args
             .notify_address
@@ -101,32 +121,34 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
     };
     let wake = Arc::new(tokio::sync::Notify::new());
     let shutdown = CancellationToken::new();
-    let mut listening = false;
+    // Bound before the first pass, so the address is known (and taken) from the start.
+    let mut listener = match args.listen {
+        Some(address) if !args.once => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("failed to listen on {address}"))?;
+            let address = listener.local_addr().unwrap_or(address);
+            tracing::info!(%address, "listening for the server's check-in calls");
+            Some(listener)
+        }
+        _ => None,
+    };
     loop {
+        // Answering needs an identity: enrolled first (a failure is the pass's to report).
+        if listener.is_some()
+            && crate::agent::enroll_if_needed(&config).await.is_ok()
+            && let Some(listener) = listener.take()
+        {
+            let (config, wake, token) = (config.clone(), wake.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(error) = crate::agent::listen(&config, listener, wake, token).await {
+                    tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "the notify listener stopped");
+                }
+            });
+        }
         match crate::agent::run_once(&config).await {
-            Ok(pass) => {
-                for (id, code) in &pass.finished {
-                    tracing::info!(package = %id, %code, "installed");
-                }
-                if args.once {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                // Listening needs the identity the first pass made.
-                if let (Some(address), false) = (args.listen, listening) {
-                    let listener = tokio::net::TcpListener::bind(address)
-                        .await
-                        .with_context(|| format!("failed to listen on {address}"))?;
-                    let (config, wake, token) = (config.clone(), wake.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        if let Err(error) =
-                            crate::agent::listen(&config, listener, wake, token).await
-                        {
-                            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "the notify listener stopped");
-                        }
-                    });
-                    listening = true;
-                }
-            }
+            Ok(_) if args.once => return Ok(ExitCode::SUCCESS),
+            Ok(_) => {}
             Err(error) if args.once => return Err(error.into()),
             Err(error) => {
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::from(error)), "pass failed; retrying later")

@@ -1,8 +1,9 @@
 //! The agent's HTTPS client: the server's CA only (never the system's roots), the agent's
 //! own certificate once enrolled, a timeout on every exchange, and, when configured, an
-//! HTTP proxy reached with CONNECT (TLS stays end to end: the proxy sees only bytes), or a
-//! Tessera gateway in tunnel mode: an outer TLS session where the agent presents its
-//! certificate to the gateway, and inside it the agent's own TLS session with the server.
+//! HTTP proxy reached with CONNECT (TLS stays end to end: the proxy sees only bytes) unless
+//! `NO_PROXY` names the server ([`Proxy`]), or a Tessera gateway in tunnel mode: an outer
+//! TLS session where the agent presents its certificate to the gateway, and inside it the
+//! agent's own TLS session with the server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioExecutor;
 
 /// Each exchange (headers and body) must end within this.
@@ -25,6 +27,9 @@ const MAX_JSON: usize = 4 << 20;
 pub enum ClientError {
     #[error("`{0}` is not an https:// URL")]
     BadUrl(String),
+    /// The proxy is not `http://host[:port]`; shown without its credentials.
+    #[error("the proxy `{0}` is not an http://[user:password@]host:port URL")]
+    BadProxy(String),
     #[error("failed to exchange with {url}")]
     Transport {
         url: String,
@@ -52,6 +57,41 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An HTTP proxy to reach the server through, and the hosts reached without it, matched as
+/// curl does (hyper-util's matcher): `no_proxy` lists host names (each also covering its
+/// subdomains, with or without a leading dot), IP addresses, networks (`10.0.0.0/8`) or `*`.
+/// Credentials in the proxy URL are percent-decoded (`user:p%40ss@` is the password
+/// `p@ss`) and sent as `Proxy-Authorization: Basic` in the CONNECT request.
+#[derive(Clone, Debug)]
+pub struct Proxy(Arc<Matcher>);
+
+impl Proxy {
+    /// The proxy `url` (`http://[user:password@]host:port`) except for the hosts of
+    /// `no_proxy` (`NO_PROXY` syntax; empty for none).
+    pub fn new(url: &str, no_proxy: &str) -> Result<Self, ClientError> {
+        // Shown in errors and logs without the credentials.
+        let shown = url
+            .rsplit_once('@')
+            .map_or(url, |(_, host)| host)
+            .to_owned();
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| ClientError::BadProxy(shown.clone()))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+            return Err(ClientError::BadProxy(shown));
+        }
+        // curl's `*` means every host; hyper-util's matcher applies it to names only, and
+        // would still proxy a server named by its IP address.
+        if no_proxy.split(',').any(|entry| entry.trim() == "*") {
+            return Ok(Self(Arc::new(Matcher::builder().build())));
+        }
+        // The server is always https://, so only the https rule is set.
+        Ok(Self(Arc::new(
+            Matcher::builder().https(url).no(no_proxy).build(),
+        )))
+    }
 }
 
 /// A connection pool to one server.
@@ -188,14 +228,17 @@ pub struct Answer {
 }
 
 impl Client {
-    /// A client of `base` (`https://host:port`) with `tls`, through `proxy`
-    /// (`http://[user:password@]host:port`) when given.
+    /// A client of `base` (`https://host:port`) with `tls`, through `proxy` when given and
+    /// its `NO_PROXY` list does not name the server.
     pub fn new(
         base: &str,
         tls: &rustls::ClientConfig,
-        proxy: Option<&str>,
+        proxy: Option<&Proxy>,
     ) -> Result<Self, ClientError> {
-        if !base.starts_with("https://") {
+        let uri: Uri = base
+            .parse()
+            .map_err(|_| ClientError::BadUrl(base.to_owned()))?;
+        if uri.scheme_str() != Some("https") {
             return Err(ClientError::BadUrl(base.to_owned()));
         }
         let builder = || {
@@ -204,29 +247,16 @@ impl Client {
                 .https_only()
                 .enable_http1()
         };
-        let http = match proxy {
+        let http = match proxy.and_then(|proxy| proxy.0.intercept(&uri)) {
             None => {
                 Http::Direct(HyperClient::builder(TokioExecutor::new()).build(builder().build()))
             }
-            Some(proxy) => {
-                let uri: Uri = proxy
-                    .parse()
-                    .map_err(|_| ClientError::BadUrl(proxy.to_owned()))?;
-                if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                    return Err(ClientError::BadUrl(proxy.to_owned()));
-                }
+            Some(intercept) => {
                 let mut plain = HttpConnector::new();
                 plain.enforce_http(false);
-                let mut tunnel = Tunnel::new(uri.clone(), plain);
-                // Credentials in the proxy URL become Proxy-Authorization: Basic.
-                if let Some((user, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
-                    use base64::Engine;
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(user);
-                    if let Ok(value) =
-                        hyper::header::HeaderValue::from_str(&format!("Basic {encoded}"))
-                    {
-                        tunnel = tunnel.with_auth(value);
-                    }
+                let mut tunnel = Tunnel::new(intercept.uri().clone(), plain);
+                if let Some(auth) = intercept.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
                 }
                 Http::Proxied(
                     HyperClient::builder(TokioExecutor::new())
@@ -340,5 +370,72 @@ impl Client {
         serde_json::from_slice(&answer.body)
             .map(Some)
             .map_err(|source| ClientError::Json { url, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls() -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+    }
+
+    #[test]
+    fn no_proxy_naming_the_server_means_a_direct_connection() {
+        let proxy = Proxy::new("http://127.0.0.1:3128", "localhost, 127.0.0.1").unwrap();
+        let direct = |server: &str| {
+            let client = Client::new(server, &tls(), Some(&proxy)).unwrap();
+            matches!(client.http, Http::Direct(_))
+        };
+        assert!(direct("https://127.0.0.1:8443"));
+        assert!(direct("https://localhost:8443"));
+        assert!(!direct("https://tessera.example.org:8443"));
+        let nowhere = Proxy::new("http://127.0.0.1:3128", "example.org, *").unwrap();
+        let client = Client::new("https://127.0.0.1:8443", &tls(), Some(&nowhere)).unwrap();
+        assert!(matches!(client.http, Http::Direct(_)), "`*` is every host");
+        let everywhere = Proxy::new("http://127.0.0.1:3128", "").unwrap();
+        let client = Client::new("https://127.0.0.1:8443", &tls(), Some(&everywhere)).unwrap();
+        assert!(matches!(client.http, Http::Proxied(_)));
+    }
+
+    #[test]
+    fn proxy_credentials_are_percent_decoded() {
+        let proxy = Proxy::new("http://agent:p%40ss%3Aword@127.0.0.1:3128", "").unwrap();
+        let intercept = proxy
+            .0
+            .intercept(&"https://tessera.example.org".parse().unwrap())
+            .unwrap();
+        use base64::Engine;
+        assert_eq!(
+            intercept.basic_auth().unwrap().to_str().unwrap(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("agent:p@ss:word")
+            )
+        );
+        assert_eq!(intercept.uri().to_string(), "http://127.0.0.1:3128/");
+    }
+
+    #[test]
+    fn a_bad_proxy_is_refused_without_showing_its_credentials() {
+        for url in [
+            "socks5://agent:secret@127.0.0.1:1080",
+            "https://agent:secret@127.0.0.1:3128",
+            "agent:secret@127.0.0.1 3128",
+        ] {
+            let error = Proxy::new(url, "").unwrap_err();
+            assert!(
+                matches!(error, ClientError::BadProxy(_)),
+                "{url}: {error:?}"
+            );
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
     }
 }

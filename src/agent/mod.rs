@@ -27,6 +27,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
+pub use crate::agent::client::Proxy;
 use crate::agent::client::{Client, ClientError};
 use crate::protocol::v1;
 
@@ -42,8 +43,9 @@ pub struct Config {
     pub token: Option<String>,
     /// Tags reported with every check-in.
     pub tags: Vec<String>,
-    /// An HTTP proxy to reach the server through (CONNECT), `http://[user:pass@]host:port`.
-    pub proxy: Option<String>,
+    /// An HTTP proxy to reach the server through (CONNECT), unless its `NO_PROXY` list
+    /// names the server.
+    pub proxy: Option<Proxy>,
     /// A gateway in tunnel mode to reach the server through, `host:port`, and the CA that
     /// issued its certificate (default: the server's CA). Enrolled agents only: the gateway
     /// admits no one without a certificate.
@@ -118,13 +120,21 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), AgentError
     std::fs::rename(&temporary, path).map_err(io("write", path))
 }
 
-/// One pass: enroll if needed, send kept results, check in, download and install what is
-/// assigned (sleeping the server's latencies), report.
-pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
-    let identity = config.state_dir.join("identity");
-    if !identity.join("agent.crt").is_file() {
-        enroll(config).await?;
+/// Enrolls this agent unless it has an identity already.
+pub async fn enroll_if_needed(config: &Config) -> Result<(), AgentError> {
+    if config.state_dir.join("identity/agent.crt").is_file() {
+        return Ok(());
     }
+    enroll(config).await
+}
+
+/// One pass: enroll if needed, send kept results, check in, download and install what is
+/// assigned (sleeping the server's latencies), report. Progress is logged as it goes: the
+/// check-in, each package started, each fragment kept, each package's result, and a summary
+/// line at the end.
+pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
+    let started = std::time::Instant::now();
+    enroll_if_needed(config).await?;
     let client = mutual_client(config)?;
     let client = match renew_if_due(config, &client).await? {
         true => mutual_client(config)?,
@@ -155,10 +165,21 @@ pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
         ..Pass::default()
     };
     if !answer.pacing.enabled {
+        tracing::info!(
+            assigned = pass.assigned.len(),
+            "checked in; downloads are paused by the server"
+        );
+        summary(&pass, 0, started);
         return Ok(pass);
     }
     let pacing = &answer.pacing;
     let (mut jobs, manifests) = manifests(&client, config, &answer, &installed).await?;
+    tracing::info!(
+        assigned = pass.assigned.len(),
+        to_install = jobs.len(),
+        "checked in"
+    );
+    let mut failed = 0;
     let sleep = |seconds: u64| tokio::time::sleep(Duration::from_secs(seconds));
     // Periods of cycles until every package is done (each step makes progress or fails
     // the package, so this ends).
@@ -175,21 +196,13 @@ pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
                     continue;
                 };
                 if reported_downloading.insert(id.clone()) {
-                    let _ = report(
-                        &client,
-                        &config.state_dir,
-                        progress(&id, v1::ReportedState::Downloading),
-                    )
-                    .await;
+                    start(&client, &config.state_dir, manifest).await;
                 }
                 if let Some(result) = step(&client, config, manifest, pacing).await? {
-                    let code = result_code(&result);
+                    let (code, success) =
+                        finish(&client, &config.state_dir, manifest, result).await?;
+                    failed += usize::from(!success);
                     pass.finished.push((id.clone(), code));
-                    if succeeded(&result, manifest) {
-                        mark_installed(&config.state_dir, &id)?;
-                    }
-                    let _ = std::fs::remove_dir_all(package_dir(&config.state_dir, &id));
-                    report(&client, &config.state_dir, result).await?;
                     jobs.retain(|(job, _)| *job != id);
                 }
                 sleep(pacing.frag_latency).await;
@@ -203,7 +216,53 @@ pub async fn run_once(config: &Config) -> Result<Pass, AgentError> {
         }
         sleep(pacing.period_latency).await;
     }
+    summary(&pass, failed, started);
     Ok(pass)
+}
+
+/// A package's first step in a pass: logged, and reported as downloading.
+async fn start(client: &Client, state: &Path, manifest: &v1::Manifest) {
+    tracing::info!(
+        package = %manifest.package_id,
+        fragments = manifest.fragments.len(),
+        bytes = manifest.fragments.iter().map(|f| f.size).sum::<u64>(),
+        "downloading"
+    );
+    let progress = progress(&manifest.package_id, v1::ReportedState::Downloading);
+    let _ = report(client, state, progress).await;
+}
+
+/// A package's result: logged, kept as installed when it succeeded, its download removed,
+/// and reported. Its result code, and whether it succeeded.
+async fn finish(
+    client: &Client,
+    state: &Path,
+    manifest: &v1::Manifest,
+    result: v1::Report,
+) -> Result<(String, bool), AgentError> {
+    let id = &manifest.package_id;
+    let code = result_code(&result);
+    let success = succeeded(&result, manifest);
+    if success {
+        tracing::info!(package = %id, %code, "installed");
+        mark_installed(state, id)?;
+    } else {
+        tracing::warn!(package = %id, %code, "failed");
+    }
+    let _ = std::fs::remove_dir_all(package_dir(state, id));
+    report(client, state, result).await?;
+    Ok((code, success))
+}
+
+/// The line that ends a pass: what was assigned, installed and failed, and how long it took.
+fn summary(pass: &Pass, failed: usize, started: std::time::Instant) {
+    tracing::info!(
+        assigned = pass.assigned.len(),
+        installed = pass.finished.len() - failed,
+        failed,
+        seconds = started.elapsed().as_secs(),
+        "pass done"
+    );
 }
 
 /// The manifests of the packages to run this pass (assigned, and not installed unless
@@ -288,6 +347,7 @@ async fn step(
         fetch_fragment(client, manifest, n, fragment, &dir).await?;
         return Ok(None);
     }
+    tracing::info!(package = %manifest.package_id, "installing");
     Ok(Some(install(config, manifest, pacing).await))
 }
 
@@ -315,7 +375,11 @@ async fn fetch_fragment(
     match answer.status {
         StatusCode::PARTIAL_CONTENT => {}
         StatusCode::OK => file.set_len(0).map_err(io("write", &partial))?,
-        _ => return Ok(()), // retried at the next step
+        status => {
+            // Retried at the next step.
+            tracing::warn!(package = %manifest.package_id, fragment = n, %status, "fragment not served; retrying");
+            return Ok(());
+        }
     }
     file.write_all(&answer.body)
         .map_err(io("write", &partial))?;
@@ -324,6 +388,12 @@ async fn fetch_fragment(
     if bytes.len() as u64 >= fragment.size {
         if hex::encode(Sha256::digest(&bytes)) == fragment.sha256 {
             std::fs::rename(&partial, dir.join(n.to_string())).map_err(io("write", &partial))?;
+            tracing::info!(
+                package = %manifest.package_id,
+                fragment = %format_args!("{n}/{}", manifest.fragments.len()),
+                bytes = bytes.len(),
+                "fragment verified"
+            );
         } else {
             // Corrupt (a proxy, a disk): fetched again from the start.
             tracing::warn!(package = %manifest.package_id, fragment = n, "fragment digest mismatch; fetching it again");
@@ -551,7 +621,7 @@ async fn enroll(config: &Config) -> Result<(), AgentError> {
     let client = Client::new(
         &config.server,
         &*crate::pki::tls::client_config(&ca, None)?,
-        config.proxy.as_deref(),
+        config.proxy.as_ref(),
     )?;
     let request = v1::EnrollRequest {
         token: token.clone(),
@@ -641,7 +711,7 @@ fn mutual_client(config: &Config) -> Result<Client, AgentError> {
         let connector = crate::agent::client::GatewayConnector::new(address, outer)?;
         return Ok(Client::through_gateway(&config.server, &tls, connector)?);
     }
-    Ok(Client::new(&config.server, &tls, config.proxy.as_deref())?)
+    Ok(Client::new(&config.server, &tls, config.proxy.as_ref())?)
 }
 
 /// Listens on `listener` for the server's "check in now" and wakes `wake` for each valid

@@ -4,18 +4,29 @@
 //! The digest makes the cache safe: a file is only ever kept under the digest it really
 //! has, and a package built from it names that digest, so the same URL content gives the
 //! same package id on every replica.
+//!
+//! Redirects are resolved as RFC 3986 says (the `url` crate), and downloads go through the
+//! proxy the standard variables name, as curl reads them ([`Proxies`]): an `https://` URL
+//! through a CONNECT tunnel (TLS stays end to end), an `http://` one as a forward-proxy
+//! request, a host of `NO_PROXY` directly.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::http::uri::InvalidUri;
-use hyper::{StatusCode, Uri};
+use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
+use tower::ServiceExt;
 
 /// A server has this long to answer each request (headers), and to send each piece of
 /// the body.
@@ -73,8 +84,17 @@ pub enum FetchError {
         uri: String,
         location: String,
         #[source]
-        source: InvalidUri,
+        source: url::ParseError,
     },
+    /// A redirect to what is not `http://` or `https://` (`file:`, `ftp:`, `data:`).
+    #[error(
+        "failed to follow the redirect from {uri} to `{target}`: only http and https are followed"
+    )]
+    RedirectScheme { uri: String, target: String },
+    /// The proxy named for a URL is not an `http://` proxy (SOCKS and TLS to the proxy are
+    /// not spoken); the proxy's address, without credentials.
+    #[error("failed to download {uri}: the proxy {proxy} is not an http:// proxy")]
+    ProxyScheme { uri: String, proxy: String },
     #[error("failed to download {url}: more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects { url: String },
     #[error("failed to download {uri}: the server answered {status}")]
@@ -118,12 +138,73 @@ pub enum FetchError {
     },
 }
 
+/// Which proxy a download goes through: curl's rules and variables (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, upper or lower case), matched by hyper-util's
+/// matcher; credentials in a proxy URL are percent-decoded and sent as
+/// `Proxy-Authorization: Basic`.
+#[derive(Clone, Debug)]
+pub struct Proxies(Arc<Matcher>);
+
+impl Proxies {
+    /// The proxies the process environment names (none when it names none).
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The proxies `lookup` names, as curl reads its variables: the upper-case name first,
+    /// and `ALL_PROXY` for a scheme without its own.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let first = |names: [&str; 2]| names.into_iter().find_map(&lookup).unwrap_or_default();
+        let all = first(["ALL_PROXY", "all_proxy"]);
+        let or_all = |value: String| if value.is_empty() { all.clone() } else { value };
+        Self::new(
+            &or_all(first(["HTTPS_PROXY", "https_proxy"])),
+            &or_all(first(["HTTP_PROXY", "http_proxy"])),
+            &first(["NO_PROXY", "no_proxy"]),
+        )
+    }
+
+    /// `https` for `https://` URLs, `http` for `http://` ones (empty: none), and `no`, a
+    /// `NO_PROXY` list of hosts, domains and networks reached directly (`*`: all).
+    pub fn new(https: &str, http: &str, no: &str) -> Self {
+        // curl's `*` means every host; hyper-util's matcher applies it to names only, and
+        // would still proxy a URL with an IP address.
+        if no.split(',').any(|entry| entry.trim() == "*") {
+            return Self(Arc::new(Matcher::builder().build()));
+        }
+        Self(Arc::new(
+            Matcher::builder().https(https).http(http).no(no).build(),
+        ))
+    }
+
+    /// Direct connections only.
+    pub fn none() -> Self {
+        Self::new("", "", "")
+    }
+
+    fn intercept(&self, uri: &Uri) -> Option<Intercept> {
+        self.0.intercept(uri)
+    }
+}
+
 /// The path of the content at `url` whose SHA-256 is `sha256`, downloading it into `cache`
-/// when it is not there yet. `progress` is told the bytes received so far.
+/// when it is not there yet, through the proxies of the environment (as curl and git
+/// would). `progress` is told the bytes received so far.
 pub fn fetch(
     url: &str,
     sha256: &str,
     cache: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<PathBuf, FetchError> {
+    fetch_through(url, sha256, cache, &Proxies::from_env(), progress)
+}
+
+/// [`fetch`] through `proxies`.
+pub fn fetch_through(
+    url: &str,
+    sha256: &str,
+    cache: &Path,
+    proxies: &Proxies,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<PathBuf, FetchError> {
     let sha256 = sha256.to_ascii_lowercase();
@@ -144,7 +225,7 @@ pub fn fetch(
             path: cache.to_owned(),
             source,
         })?;
-    let found = runtime.block_on(download(url, partial.as_file_mut(), progress))?;
+    let found = runtime.block_on(download(url, partial.as_file_mut(), proxies, progress))?;
     if found != sha256 {
         return Err(FetchError::DigestMismatch {
             url: url.to_owned(),
@@ -169,10 +250,12 @@ pub fn fetch(
     Ok(target)
 }
 
-/// Streams `url` into `out`, following redirects; returns the SHA-256 of what came.
+/// Streams `url` into `out` through `proxies`, following redirects; returns the SHA-256 of
+/// what came.
 async fn download(
     url: &str,
     out: &mut std::fs::File,
+    proxies: &Proxies,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<String, FetchError> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -181,14 +264,17 @@ async fn download(
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(ProxyConnector {
+            proxies: proxies.clone(),
+        });
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let mut uri: Uri = url.parse().map_err(|source| FetchError::Url {
         url: url.to_owned(),
         source,
     })?;
     for _ in 0..=MAX_REDIRECTS {
-        let response = tokio::time::timeout(READ_TIMEOUT, client.get(uri.clone()))
+        let request = request(&uri, proxies)?;
+        let response = tokio::time::timeout(READ_TIMEOUT, client.request(request))
             .await
             .map_err(|_| FetchError::NoAnswer {
                 uri: uri.to_string(),
@@ -270,30 +356,297 @@ async fn download(
     })
 }
 
-/// `location` (absolute, or relative to `base`) as a URI.
+/// A GET of `uri`; through a forward proxy (`http://` URLs), with the proxy's credentials.
+fn request(uri: &Uri, proxies: &Proxies) -> Result<Request<Empty<Bytes>>, FetchError> {
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = uri.clone();
+    match proxies.intercept(uri) {
+        Some(proxy) if proxy.uri().scheme_str() != Some("http") => Err(FetchError::ProxyScheme {
+            uri: uri.to_string(),
+            proxy: proxy.uri().to_string(),
+        }),
+        // A forward proxy reads its credentials from each request (a tunnel's go in the
+        // CONNECT, see `ProxyConnector`).
+        Some(proxy) if uri.scheme_str() == Some("http") => {
+            if let Some(auth) = proxy.basic_auth() {
+                request
+                    .headers_mut()
+                    .insert(hyper::header::PROXY_AUTHORIZATION, auth.clone());
+            }
+            Ok(request)
+        }
+        _ => Ok(request),
+    }
+}
+
+/// `location` resolved against `base` as RFC 3986 section 5 says: an absolute URL as it
+/// is, `//host/path` on the base's scheme, `/path` on its host, and a relative path merged
+/// with the base's directory and its `.` and `..` segments removed. Only http and https
+/// targets are followed.
 fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
     let bad = |source| FetchError::Redirect {
         uri: base.to_string(),
         location: location.to_owned(),
         source,
     };
-    if location.contains("://") {
-        return location.parse().map_err(bad);
-    }
-    let scheme = base.scheme_str().unwrap_or("https");
-    let authority = base.authority().map_or("", |a| a.as_str());
-    let path = if location.starts_with('/') {
-        location.to_owned()
-    } else {
-        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
-        format!("{dir}/{location}")
+    let mut target = url::Url::parse(&base.to_string())
+        .and_then(|base| base.join(location))
+        .map_err(bad)?;
+    // The fragment is the client's own; it is never sent.
+    target.set_fragment(None);
+    let refused = || FetchError::RedirectScheme {
+        uri: base.to_string(),
+        target: target.to_string(),
     };
-    format!("{scheme}://{authority}{path}").parse().map_err(bad)
+    if !matches!(target.scheme(), "http" | "https") {
+        return Err(refused());
+    }
+    target.as_str().parse().map_err(|_| refused())
+}
+
+/// Connects directly, or to the proxy `Proxies` names for the destination: a CONNECT
+/// tunnel for `https://` (with the proxy's credentials), a plain connection marked as
+/// proxied for `http://` (the client then sends absolute-form requests).
+#[derive(Clone)]
+struct ProxyConnector {
+    proxies: Proxies,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for ProxyConnector {
+    type Response = ProxyStream;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProxyStream, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        let intercept = self.proxies.intercept(&destination);
+        Box::pin(async move {
+            let mut tcp = HttpConnector::new();
+            // The HTTPS connector around this one does TLS; this one only opens TCP.
+            tcp.enforce_http(false);
+            let Some(proxy) = intercept else {
+                let stream = tcp.oneshot(destination).await?;
+                return Ok(ProxyStream {
+                    stream,
+                    forward: false,
+                });
+            };
+            if destination.scheme_str() == Some("https") {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                let stream = tunnel.oneshot(destination).await?;
+                return Ok(ProxyStream {
+                    stream,
+                    forward: false,
+                });
+            }
+            let stream = tcp.oneshot(proxy.uri().clone()).await?;
+            Ok(ProxyStream {
+                stream,
+                forward: true,
+            })
+        })
+    }
+}
+
+/// A connection to a server, or to the proxy that forwards requests to it (`forward`).
+struct ProxyStream {
+    stream: TokioIo<tokio::net::TcpStream>,
+    forward: bool,
+}
+
+impl hyper_util::client::legacy::connect::Connection for ProxyStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.stream.connected().proxy(self.forward)
+    }
+}
+
+impl hyper::rt::Read for ProxyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ProxyStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_resolve_as_rfc_3986_says() {
+        let base: Uri = "http://127.0.0.1:8080/rel/a/file.tgz?x=1".parse().unwrap();
+        let resolved = |location: &str| resolve(&base, location).unwrap().to_string();
+        // A network-path reference keeps the scheme only.
+        assert_eq!(resolved("//127.0.0.1:9090/b"), "http://127.0.0.1:9090/b");
+        assert_eq!(
+            resolved("//mirror.example/b?y"),
+            "http://mirror.example/b?y"
+        );
+        // Dot segments are removed, never sent.
+        assert_eq!(resolved("../b"), "http://127.0.0.1:8080/rel/b");
+        assert_eq!(resolved("../../../b"), "http://127.0.0.1:8080/b");
+        assert_eq!(resolved("./c/./d/../e"), "http://127.0.0.1:8080/rel/a/c/e");
+        assert_eq!(resolved("/x/../y"), "http://127.0.0.1:8080/y");
+        // A query alone keeps the path; a fragment is not sent.
+        assert_eq!(resolved("?z=2"), "http://127.0.0.1:8080/rel/a/file.tgz?z=2");
+        assert_eq!(resolved("b#part"), "http://127.0.0.1:8080/rel/a/b");
+        // RFC 3986's own examples (section 5.4), from its base.
+        let base: Uri = "http://a/b/c/d;p?q".parse().unwrap();
+        for (location, expected) in [
+            ("g", "http://a/b/c/g"),
+            ("./g", "http://a/b/c/g"),
+            ("g/", "http://a/b/c/g/"),
+            ("/g", "http://a/g"),
+            ("//g", "http://g/"),
+            ("?y", "http://a/b/c/d;p?y"),
+            ("g?y", "http://a/b/c/g?y"),
+            (";x", "http://a/b/c/;x"),
+            ("", "http://a/b/c/d;p?q"),
+            (".", "http://a/b/c/"),
+            ("..", "http://a/b/"),
+            ("../g", "http://a/b/g"),
+            ("../..", "http://a/"),
+            ("../../g", "http://a/g"),
+            ("../../../g", "http://a/g"),
+            ("/./g", "http://a/g"),
+            ("g/../h", "http://a/b/c/h"),
+        ] {
+            assert_eq!(
+                resolve(&base, location).unwrap().to_string(),
+                expected,
+                "{location:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redirect_to_another_scheme_is_refused() {
+        let base: Uri = "https://example.org/a/file.tgz".parse().unwrap();
+        for location in ["file:///etc/passwd", "ftp://example.org/x", "data:,x"] {
+            let error = resolve(&base, location).unwrap_err();
+            assert!(
+                matches!(error, FetchError::RedirectScheme { .. }),
+                "{location}: {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxies_follow_no_proxy_and_decode_credentials() {
+        let proxies = Proxies::new(
+            "http://user:p%40ss@127.0.0.1:3128",
+            "http://127.0.0.1:3129",
+            "127.0.0.1,.internal.example",
+        );
+        let target = |uri: &str| proxies.intercept(&uri.parse().unwrap());
+        assert!(target("https://127.0.0.1:8443/x").is_none());
+        assert!(target("http://mirror.internal.example/x").is_none());
+        let secure = target("https://example.org/x").unwrap();
+        assert_eq!(secure.uri().to_string(), "http://127.0.0.1:3128/");
+        use base64::Engine;
+        assert_eq!(
+            secure.basic_auth().unwrap().to_str().unwrap(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("user:p@ss")
+            )
+        );
+        let plain = target("http://example.org/x").unwrap();
+        assert_eq!(plain.uri().to_string(), "http://127.0.0.1:3129/");
+        assert!(
+            Proxies::none()
+                .intercept(&"https://example.org/x".parse().unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn proxies_are_read_from_the_variables_as_curl_reads_them() {
+        let from = |variables: &[(&str, &str)]| {
+            let variables: Vec<(String, String)> = variables
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Proxies::from_lookup(move |name| {
+                variables
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let target = |proxies: &Proxies, uri: &str| {
+            proxies
+                .intercept(&uri.parse().unwrap())
+                .map(|i| i.uri().to_string())
+        };
+        let proxies = from(&[
+            ("https_proxy", "http://127.0.0.1:1"),
+            ("ALL_PROXY", "http://127.0.0.1:2"),
+            ("no_proxy", "mirror.example"),
+        ]);
+        assert_eq!(
+            target(&proxies, "https://example.org/x").as_deref(),
+            Some("http://127.0.0.1:1/")
+        );
+        assert_eq!(
+            target(&proxies, "http://example.org/x").as_deref(),
+            Some("http://127.0.0.1:2/"),
+            "ALL_PROXY for a scheme without its own"
+        );
+        assert_eq!(target(&proxies, "http://files.mirror.example/x"), None);
+        // The upper-case name wins, as in curl.
+        let proxies = from(&[
+            ("HTTPS_PROXY", "http://127.0.0.1:3"),
+            ("https_proxy", "http://127.0.0.1:1"),
+        ]);
+        assert_eq!(
+            target(&proxies, "https://example.org/x").as_deref(),
+            Some("http://127.0.0.1:3/")
+        );
+        // `*` is every host, IP addresses too.
+        let proxies = from(&[("HTTP_PROXY", "http://127.0.0.1:1"), ("NO_PROXY", "*")]);
+        assert_eq!(target(&proxies, "http://127.0.0.1:8080/x"), None);
+        assert_eq!(target(&proxies, "http://example.org/x"), None);
+        assert_eq!(target(&from(&[]), "http://example.org/x"), None);
+    }
 
     #[test]
     fn redirects_resolve_against_the_url_they_came_from() {

@@ -132,7 +132,7 @@ impl PackageRoute {
 pub struct Listen {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
-    /// Relays whose PROXY protocol v2 header names the real client.
+    /// Relays whose PROXY protocol header (v1 or v2) names the real client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -207,9 +207,7 @@ pub enum ServeError {
     /// and logged by the database once per episode, not per request.
     #[error("the state database is unavailable")]
     Unavailable(#[source] DbError),
-    /// A trusted relay's PROXY protocol header could not be read.
-    #[error("failed to read the PROXY protocol header")]
-    ProxyRead(#[source] std::io::Error),
+    /// A trusted relay's PROXY protocol header could not be read, or was refused.
     #[error("the PROXY protocol header is refused")]
     Proxy(#[source] crate::protocol::proxy::ProxyError),
 }

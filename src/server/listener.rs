@@ -532,25 +532,17 @@ impl Connection<'_> {
     }
 }
 
-/// Reads the PROXY protocol v2 header a trusted relay sends first; the client it names.
+/// Reads the PROXY protocol header (v1 or v2) a trusted relay sends first; the client it
+/// names.
 pub(crate) async fn proxied_client(
     stream: &mut (impl AsyncRead + Unpin),
     relay: SocketAddr,
 ) -> Result<SocketAddr, ServeError> {
     use crate::protocol::proxy;
-    use tokio::io::AsyncReadExt;
-    let mut fixed = [0u8; proxy::FIXED];
-    stream
-        .read_exact(&mut fixed)
+    match proxy::read_header(stream)
         .await
-        .map_err(ServeError::ProxyRead)?;
-    let length = proxy::block_length(&fixed).map_err(ServeError::Proxy)?;
-    let mut block = vec![0u8; length];
-    stream
-        .read_exact(&mut block)
-        .await
-        .map_err(ServeError::ProxyRead)?;
-    match proxy::decode(&fixed, &block).map_err(ServeError::Proxy)? {
+        .map_err(ServeError::Proxy)?
+    {
         proxy::Header::Proxied { source, .. } => Ok(source),
         proxy::Header::Local => Ok(relay),
     }

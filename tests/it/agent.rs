@@ -1,6 +1,8 @@
 //! Tessera's own agent against `tessera serve` on the quickstart, through an HTTP proxy:
 //! enrollment, every action kind, a resumed fragment and a corrupted one, the result in
-//! the server's state, and the renewal of its certificate.
+//! the server's state, and the renewal of its certificate. And the `tessera-agent` binary
+//! as an endpoint runs it: `HTTPS_PROXY` with percent-encoded credentials and `NO_PROXY`,
+//! progress logged as it goes, and `--listen` open before the first pass.
 
 use serde_json::Value;
 use tessera::agent::{self, Config};
@@ -33,7 +35,7 @@ async fn the_agent_enrolls_installs_every_kind_resumes_and_refetches_a_bad_fragm
         ca: Some(crate::support::server_ca(dir.path())),
         token: Some(token.reveal()),
         tags: vec!["lab".into()],
-        proxy: Some(format!("http://{proxy}")),
+        proxy: Some(agent::Proxy::new(&format!("http://{proxy}"), "").unwrap()),
         gateway: None,
         notify_address: None,
         clock: jiff::Timestamp::now,
@@ -246,5 +248,296 @@ async fn tessera_notify_asks_a_listening_agent_to_check_in_over_mutual_tls() {
     assert!(!output.status.success());
     shutdown.cancel();
     listening.await.unwrap().unwrap();
+    running.stop().await.unwrap();
+}
+
+/// A `tessera-agent` process, killed when dropped (even when a test panics), its log lines
+/// (stderr) arriving on a channel as they are written.
+struct AgentProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl AgentProcess {
+    /// `tessera-agent ARGS` with only the proxy variables of `env` (the test's own
+    /// environment may have some), logging at `info`.
+    fn start(args: &[String], env: &[(&str, String)]) -> Self {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera-agent"));
+        command.args(args);
+        for name in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "NO_PROXY",
+            "no_proxy",
+            "RUST_LOG",
+            "TESSERA_LOG",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits up to `timeout` for a `--once` run to end; whether it ended successfully, and
+    /// what it wrote.
+    fn finish(&mut self, timeout: std::time::Duration) -> (bool, String) {
+        // Blocking: the runtime moves its other tasks (the server's) off this thread.
+        tokio::task::block_in_place(|| self.finish_blocking(timeout))
+    }
+
+    fn finish_blocking(&mut self, timeout: std::time::Duration) -> (bool, String) {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        };
+        let lines: Vec<String> = self.lines.try_iter().collect();
+        (status.is_some_and(|s| s.success()), lines.join("\n"))
+    }
+
+    /// The lines up to and including the first one containing `what`, or a panic naming it
+    /// (and what came) after `timeout`.
+    fn until(&self, what: &str, timeout: std::time::Duration) -> Vec<String> {
+        tokio::task::block_in_place(|| self.until_blocking(what, timeout))
+    }
+
+    fn until_blocking(&self, what: &str, timeout: std::time::Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(what);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no `{what}` from the agent; it wrote:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CONNECT proxy on loopback that records every request head it is sent.
+async fn recording_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(head.clone());
+                let target = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or_default();
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (address, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_honours_no_proxy_and_decodes_proxy_credentials() {
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    let state = dir.path().join(".tessera");
+    let (proxy, heads) = recording_proxy().await;
+    let agent_state = tempfile::tempdir().unwrap();
+    let args = |token: &str| {
+        let mut args = vec![
+            "--server".to_owned(),
+            format!("https://{https}"),
+            "--state".to_owned(),
+            agent_state.path().display().to_string(),
+            "--ca".to_owned(),
+            crate::support::server_ca(dir.path()).display().to_string(),
+            "--once".to_owned(),
+        ];
+        if !token.is_empty() {
+            args.extend(["--token".to_owned(), token.to_owned()]);
+        }
+        args
+    };
+    let proxy_url = format!("http://roaming:p%40ss%3Aw%25rd@{proxy}");
+
+    // NO_PROXY names the server: enrollment and the whole pass go straight to it.
+    let token = crate::support::token(&state, 1, 600);
+    let mut agent = AgentProcess::start(
+        &args(&token.reveal()),
+        &[
+            ("HTTPS_PROXY", proxy_url.clone()),
+            ("NO_PROXY", "localhost,127.0.0.1".to_owned()),
+        ],
+    );
+    let (succeeded, log) = agent.finish(crate::support::PATIENCE * 6);
+    assert!(succeeded, "{log}");
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "NO_PROXY=127.0.0.1, yet the agent tunnelled through the proxy: {:?}",
+        heads.lock().unwrap()
+    );
+    drop(agent);
+
+    // Without it, the same agent goes through the proxy, the password decoded (`p@ss:w%rd`).
+    let mut agent = AgentProcess::start(&args(""), &[("https_proxy", proxy_url)]);
+    let (succeeded, log) = agent.finish(crate::support::PATIENCE * 6);
+    assert!(succeeded, "{log}");
+    use base64::Engine;
+    let credentials = base64::engine::general_purpose::STANDARD.encode("roaming:p@ss:w%rd");
+    let seen = heads.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the agent did not use the proxy");
+    for head in &seen {
+        assert!(head.starts_with(&format!("CONNECT {https} ")), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains(&format!(
+                "proxy-authorization: basic {}",
+                credentials.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_logs_progress_as_it_goes_and_listens_before_its_first_pass() {
+    // A second between fragments, as in the quickstart: a pass lasts several seconds.
+    let dir = crate::support::quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(&server, text.replace("fragLatency: 0s", "fragLatency: 1s")).unwrap();
+    let running = crate::support::start(dir.path()).await;
+    let (https, _) = crate::support::addresses(&running).await;
+    let token = crate::support::token(&dir.path().join(".tessera"), 1, 600);
+    let agent_state = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", crate::support::free_port());
+    let agent = AgentProcess::start(
+        &[
+            "--server".to_owned(),
+            format!("https://{https}"),
+            "--state".to_owned(),
+            agent_state.path().display().to_string(),
+            "--ca".to_owned(),
+            crate::support::server_ca(dir.path()).display().to_string(),
+            "--token".to_owned(),
+            token.reveal(),
+            "--listen".to_owned(),
+            listen.clone(),
+            "--tag".to_owned(),
+            "lab".to_owned(),
+        ],
+        &[],
+    );
+    let patience = crate::support::PATIENCE * 6;
+    // The listener's address comes first, before the pass checks in.
+    let before = agent.until("listening for the server's check-in calls", patience);
+    assert!(before.last().unwrap().contains(&listen), "{before:?}");
+    // The first fragment is logged while the pass goes on: the listener answers already.
+    let mut lines = agent.until("fragment verified", patience);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("checked in") && l.contains("to_install=4")),
+        "{lines:?}"
+    );
+    assert!(
+        std::net::TcpStream::connect(&listen).is_ok(),
+        "--listen is open during the first pass"
+    );
+    lines.extend(agent.until("pass done", patience));
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("assigned=4") && last.contains("installed=4") && last.contains("failed=0"),
+        "{last}"
+    );
+    // Each package: started, each of its fragments kept, then its result; nothing saved for
+    // the end.
+    let position = |what: &dyn Fn(&str) -> bool| lines.iter().position(|l| what(l));
+    for id in lines
+        .iter()
+        .filter(|l| l.contains("downloading"))
+        .filter_map(|l| l.split("package=").nth(1)?.split_whitespace().next())
+    {
+        let of = |event: &str, line: &str| {
+            line.contains(event) && line.contains(&format!("package={id} "))
+        };
+        let started = position(&|l| of("downloading", l)).unwrap();
+        let fragments: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| of("fragment verified", l))
+            .map(|(i, _)| i)
+            .collect();
+        let installed =
+            position(&|l| of("installed", l) || l.contains(&format!("package={id} code=")))
+                .unwrap();
+        assert!(
+            fragments.iter().all(|&f| started < f && f < installed),
+            "{id}: {lines:#?}"
+        );
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("installed") && l.contains("code="))
+            .count(),
+        4,
+        "{lines:#?}"
+    );
+    drop(agent);
     running.stop().await.unwrap();
 }
