@@ -70,7 +70,7 @@ pub struct ServerSpec {
     /// The OCS Inventory NG compatible endpoint for unmodified OCS agents.
     #[serde(default)]
     pub ocs: OcsCompatibility,
-    /// Addresses of gateways allowed to tell, with a PROXY protocol v2 header, which client
+    /// Addresses of gateways allowed to tell, with a PROXY protocol (v1 or v2) header, which client
     /// they relay (`spec.proxyProtocol` of a Gateway). Connections from these addresses
     /// must start with one; from anywhere else a header is never believed. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
