@@ -256,7 +256,7 @@ fn parse_header(
     let resource = match read_resource(kind, meta.clone(), document) {
         Ok(resource) => resource,
         Err(first) => {
-            let mut problems = further_problems(kind, meta, document, &first, &origin);
+            let mut problems = further_problems(kind, &meta, document, &first, &origin);
             problems.insert(0, *first.into_problem(&origin, Some(key.clone())));
             for problem in &mut problems {
                 problem.object = Some(key.clone());
@@ -281,7 +281,7 @@ const MAX_FURTHER_PROBLEMS: usize = 32;
 /// ends the search (leaving it out would only move the problem).
 fn further_problems(
     kind: Kind,
-    metadata: ObjectMeta,
+    metadata: &ObjectMeta,
     document: &RawDocument<'_>,
     first: &ParseError,
     origin: &Origin,

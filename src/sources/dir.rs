@@ -177,7 +177,7 @@ impl DirSource {
         let mut outside = Watched::default();
         let source = self.clone();
         if let Ok((_, found)) = tokio::task::spawn_blocking(move || source.read()).await {
-            outside.update(&mut watcher, found);
+            outside.update(&mut watcher, &found);
         }
 
         loop {
@@ -200,7 +200,7 @@ impl DirSource {
             else {
                 continue;
             };
-            outside.update(&mut watcher, found);
+            outside.update(&mut watcher, &found);
             publish.send_if_modified(|current| {
                 // The revision holds the fingerprints of package content: a content-only
                 // edit changes it and nothing else.
@@ -330,7 +330,7 @@ impl Watched {
     /// Watches what `inputs` name and stops watching what they no longer do: a content
     /// directory recursively, an archive through its folder (editors replace files by
     /// renaming, which a watch on the file itself would lose).
-    fn update(&mut self, watcher: &mut impl Watcher, inputs: Vec<Input>) {
+    fn update(&mut self, watcher: &mut impl Watcher, inputs: &[Input]) {
         let wanted: HashSet<(PathBuf, bool)> = inputs
             .iter()
             .filter_map(|input| match input {
