@@ -423,6 +423,40 @@ mod tests {
         assert_ne!(first.revision, second.revision);
     }
 
+    #[tokio::test]
+    async fn content_outside_the_directory_is_watched() {
+        // Well under the resync: only a watch on the content explains a publish.
+        const BOUND: Duration = Duration::from_secs(10);
+        let config = tempfile::tempdir().unwrap();
+        let content = tempfile::tempdir().unwrap();
+        write(content.path(), "run.sh", "0\n");
+        write(
+            config.path(),
+            "p.yaml",
+            &format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: p\nspec:\n  os: linux\n  content:\n    directory: {}\n  action:\n    execute:\n      command: sh run.sh\n",
+                content.path().display()
+            ),
+        );
+        let source = DirSource::new(config.path(), vec![]).unwrap();
+        let (publish, mut published) = watch::channel(source.scan());
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        tokio::spawn(source.run(publish, shutdown));
+        let started = tokio::time::Instant::now();
+        // Edited until noticed: the watches are set up once `run` has read.
+        for round in 1.. {
+            write(content.path(), "run.sh", &format!("{round}\n"));
+            if tokio::time::timeout(Duration::from_millis(200), published.changed())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(started.elapsed() < BOUND, "no snapshot after {BOUND:?}");
+        }
+    }
+
     /// What git leaves untracked and not ignored, with `patterns` as `.gitignore`: the
     /// reference `.tesseraignore` must agree with.
     fn git_reads(root: &Path, patterns: &str) -> Vec<String> {

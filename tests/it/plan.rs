@@ -211,6 +211,13 @@ async fn a_content_only_edit_is_served_at_once_and_plan_agrees() {
     };
     let admin = running.admin_address;
     let (first, _) = eventually("hello built", || hello(admin)).await;
+    // The version of the configuration served: a content edit is a new one.
+    let revision = || async {
+        crate::support::get_json(admin, "/api/v1/objects").await["revision"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let before = revision().await.expect("a revision");
 
     let script = served.path().join("packages/hello/hello.sh");
     let mut text = std::fs::read_to_string(&script).unwrap();
@@ -218,12 +225,17 @@ async fn a_content_only_edit_is_served_at_once_and_plan_agrees() {
     std::fs::write(&script, text).unwrap();
     let started = std::time::Instant::now();
     let second = loop {
-        if let Some(id) = hello(admin).await.filter(|id| *id != first) {
+        // Passes of the start-up (certificates issued, listeners bound) also rebuild what
+        // changed: the revision tells that the edit itself was noticed.
+        let now = revision().await;
+        if let Some(id) = hello(admin).await.filter(|id| *id != first)
+            && now.as_ref().is_some_and(|now| *now != before)
+        {
             break id;
         }
         assert!(
             started.elapsed() < BOUND,
-            "Package/hello still {first} {BOUND:?} after its script changed"
+            "Package/hello still {first}, or revision still {before}, {BOUND:?} after its script changed"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
@@ -240,4 +252,5 @@ async fn a_content_only_edit_is_served_at_once_and_plan_agrees() {
     assert_eq!(code, 0, "plan sees what serve built: {text}");
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["packages"], serde_json::json!([]), "{text}");
+    assert_eq!(body["revision"], body["appliedRevision"], "{text}");
 }
