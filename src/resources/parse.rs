@@ -225,23 +225,26 @@ fn parse_header(
         )
     })?;
     let key = ObjectKey::new(kind, &namespace, &name);
+    // Problems of the header refuse the object, but its spec is still read and checked, so
+    // they do not hide its other mistakes.
+    let mut refused = Vec::new();
     if api_version != API_VERSION {
         let hint = if api_version.starts_with(&format!("{GROUP}/")) {
             format!("this version of Tessera reads {API_VERSION}")
         } else {
             format!("Tessera's kinds are {API_VERSION}")
         };
-        return Err(problem(
-            Some(key),
+        refused.push(*problem(
+            Some(key.clone()),
             "apiVersion",
             format!("unknown apiVersion `{api_version}` for kind {kind_name}: {hint}"),
         ));
     }
     if let Some(reason) = validate::object_name(&name) {
-        return Err(problem(Some(key), "metadata.name", reason));
+        refused.push(*problem(Some(key.clone()), "metadata.name", reason));
     }
     if let Some(reason) = validate::object_name(&namespace) {
-        return Err(problem(Some(key), "metadata.namespace", reason));
+        refused.push(*problem(Some(key.clone()), "metadata.namespace", reason));
     }
 
     let meta = ObjectMeta {
@@ -256,19 +259,25 @@ fn parse_header(
     let resource = match read_resource(kind, meta.clone(), document) {
         Ok(resource) => resource,
         Err(first) => {
-            let mut problems = further_problems(kind, &meta, document, &first, &origin);
-            problems.insert(0, *first.into_problem(&origin, Some(key.clone())));
-            for problem in &mut problems {
+            refused.push(*first.clone().into_problem(&origin, Some(key.clone())));
+            refused.extend(further_problems(kind, &meta, document, &first, &origin));
+            for problem in &mut refused {
                 problem.object = Some(key.clone());
             }
-            return Ok(Err(problems));
+            return Ok(Err(refused));
         }
     };
-    Ok(Ok(SourcedObject {
+    let object = SourcedObject {
         resource,
         origin,
         lines: document.lines.clone(),
-    }))
+    };
+    if refused.is_empty() {
+        Ok(Ok(object))
+    } else {
+        refused.extend(validate::object(&object));
+        Ok(Err(refused))
+    }
 }
 
 /// How many more problems of one spec are looked for after the first: enough for any

@@ -347,14 +347,14 @@ fn validate_finds_what_building_would_refuse_without_building() {
     );
 }
 
-/// One mistake does not hide the next ones of the same object: an unknown field, a value
-/// of the wrong type, and the checks of what is left are all reported.
+/// One mistake does not hide the next ones of the same object: unknown fields, a wrong
+/// apiVersion, and the checks of what is left are all reported.
 #[test]
 fn validate_reports_every_problem_of_an_object() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("p.yaml"),
-        "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: p\nspec:\n  os: linux\n  prority: 3\n  fragmentSize: 1Ki\n  priority: 11\n  action:\n    lauch:\n      command: setup.sh\n",
+        "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: p\nspec:\n  os: linux\n  prority: 3\n  fragmentSize: 1Ki\n  priority: 11\n  action:\n    lauch:\n      command: setup.sh\n---\napiVersion: tessera.dev/v1\nkind: Package\nmetadata:\n  name: q\nspec:\n  os: linux\n  priority: 11\n  action:\n    execute:\n      command: 'true'\n",
     )
     .unwrap();
     let output = Command::cargo_bin("tessera")
@@ -381,6 +381,11 @@ fn validate_reports_every_problem_of_an_object() {
         (
             "p.yaml:11: Package/p: spec.action.lauch:",
             "unknown field `lauch`",
+        ),
+        ("p.yaml:14: Package/q: apiVersion:", "unknown apiVersion"),
+        (
+            "p.yaml:20: Package/q: spec.priority:",
+            "between 0 and 10, got 11",
         ),
     ] {
         assert!(
