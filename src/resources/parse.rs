@@ -227,25 +227,25 @@ fn parse_header(
     let key = ObjectKey::new(kind, &namespace, &name);
     // Problems of the header refuse the object, but its spec is still read and checked, so
     // they do not hide its other mistakes.
-    let mut refused = Vec::new();
-    if api_version != API_VERSION {
-        let hint = if api_version.starts_with(&format!("{GROUP}/")) {
-            format!("this version of Tessera reads {API_VERSION}")
-        } else {
-            format!("Tessera's kinds are {API_VERSION}")
-        };
-        refused.push(*problem(
-            Some(key.clone()),
-            "apiVersion",
-            format!("unknown apiVersion `{api_version}` for kind {kind_name}: {hint}"),
-        ));
-    }
-    if let Some(reason) = validate::object_name(&name) {
-        refused.push(*problem(Some(key.clone()), "metadata.name", reason));
-    }
-    if let Some(reason) = validate::object_name(&namespace) {
-        refused.push(*problem(Some(key.clone()), "metadata.namespace", reason));
-    }
+    let refused: Vec<Problem> = [
+        (api_version != API_VERSION).then(|| {
+            let hint = if api_version.starts_with(&format!("{GROUP}/")) {
+                format!("this version of Tessera reads {API_VERSION}")
+            } else {
+                format!("Tessera's kinds are {API_VERSION}")
+            };
+            (
+                "apiVersion",
+                format!("unknown apiVersion `{api_version}` for kind {kind_name}: {hint}"),
+            )
+        }),
+        validate::object_name(&name).map(|reason| ("metadata.name", reason)),
+        validate::object_name(&namespace).map(|reason| ("metadata.namespace", reason)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(field, reason)| *problem(Some(key.clone()), field, reason))
+    .collect();
 
     let meta = ObjectMeta {
         name: Some(name),
@@ -256,15 +256,28 @@ fn parse_header(
         uid: metadata.uid,
         ..ObjectMeta::default()
     };
+    Ok(read_object(kind, &meta, document, origin, &key, refused))
+}
+
+/// The object of `document` once its header is read, or every problem of it: those of the
+/// header (`refused`), then those of its spec.
+fn read_object(
+    kind: Kind,
+    meta: &ObjectMeta,
+    document: &RawDocument<'_>,
+    origin: Origin,
+    key: &ObjectKey,
+    mut refused: Vec<Problem>,
+) -> Result<SourcedObject, Vec<Problem>> {
     let resource = match read_resource(kind, meta.clone(), document) {
         Ok(resource) => resource,
         Err(first) => {
             refused.push(*first.clone().into_problem(&origin, Some(key.clone())));
-            refused.extend(further_problems(kind, &meta, document, &first, &origin));
+            refused.extend(further_problems(kind, meta, document, &first, &origin));
             for problem in &mut refused {
                 problem.object = Some(key.clone());
             }
-            return Ok(Err(refused));
+            return Err(refused);
         }
     };
     let object = SourcedObject {
@@ -273,10 +286,10 @@ fn parse_header(
         lines: document.lines.clone(),
     };
     if refused.is_empty() {
-        Ok(Ok(object))
+        Ok(object)
     } else {
         refused.extend(validate::object(&object));
-        Ok(Err(refused))
+        Err(refused)
     }
 }
 
