@@ -29,7 +29,8 @@ pub(super) struct ExportArgs {
     state: Option<PathBuf>,
 }
 
-/// Builds and copies every activated package; exit 1 when one could not be built.
+/// Builds every activated package and copies them all; when one could not be built,
+/// nothing is written and the exit is 1.
 pub(super) fn run(args: &ExportArgs) -> Result<ExitCode> {
     let state = evaluate_dir(&args.config)?;
     let mut out = std::io::stdout().lock();
@@ -71,20 +72,35 @@ pub(super) fn run(args: &ExportArgs) -> Result<ExitCode> {
             _ => None,
         })
         .collect();
-    let mut exported = std::collections::BTreeSet::new();
-    let mut failures = 0;
+    // All or nothing: every package is built before anything is written, so one that
+    // fails leaves the output as it was (a mirror half-updated would serve some packages of
+    // the new configuration and some of the old).
+    let mut built = Vec::new();
+    let mut failures = Vec::new();
     for key in &activated {
         let Some(outcome) = outcomes.get(key) else {
             continue;
         };
-        let Some(id) = reconcile::outcome::package_id(&outcome.details).filter(|_| outcome.ready)
-        else {
-            writeln!(out, "{key}: not built: {}", outcome.message)?;
-            failures += 1;
-            continue;
-        };
-        copy_package(&state_dir.join("download").join(&id), &args.output, &id)?;
-        writeln!(out, "{key}: {id} ({})", outcome.message)?;
+        match reconcile::outcome::package_id(&outcome.details).filter(|_| outcome.ready) {
+            Some(id) => built.push((key, id, outcome.message.clone())),
+            None => failures.push(format!("{key}: not built: {}", outcome.message)),
+        }
+    }
+    if !failures.is_empty() {
+        for failure in &failures {
+            writeln!(out, "{failure}")?;
+        }
+        bail!(
+            "{} package{} could not be built: nothing was exported",
+            failures.len(),
+            plural(failures.len())
+        );
+    }
+    let ids: Vec<String> = built.iter().map(|(_, id, _)| id.clone()).collect();
+    publish(&state_dir.join("download"), &args.output, &ids)?;
+    let mut exported = std::collections::BTreeSet::new();
+    for (key, id, message) in built {
+        writeln!(out, "{key}: {id} ({message})")?;
         exported.insert(id);
     }
     // Like `rsync --delete`: package directories no longer activated go away.
@@ -108,32 +124,49 @@ pub(super) fn run(args: &ExportArgs) -> Result<ExitCode> {
         plural(exported.len()),
         args.output.display()
     )?;
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Copies a stored package into `output/<id>`, whole or not at all.
-fn copy_package(stored: &Path, output: &Path, id: &str) -> Result<()> {
-    let target = output.join(id);
+/// Copies the stored packages `ids` into `output`: first all of them into a staging
+/// directory beside their place (a copy that fails leaves `output` untouched), then each
+/// renamed into place.
+fn publish(store: &Path, output: &Path, ids: &[String]) -> Result<()> {
     std::fs::create_dir_all(output)
         .with_context(|| format!("failed to create {}", output.display()))?;
-    let staging = output.join(format!(".export-{id}"));
+    let staging = output.join(".export-staging");
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
+    let staged = ids
+        .iter()
+        .try_for_each(|id| copy_package(&store.join(id), &staging, id));
+    if let Err(error) = staged {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error.context("nothing was exported"));
+    }
+    for id in ids {
+        let target = output.join(id);
+        if target.exists() {
+            std::fs::remove_dir_all(&target)
+                .with_context(|| format!("failed to replace {}", target.display()))?;
+        }
+        std::fs::rename(staging.join(id), &target)
+            .with_context(|| format!("failed to write {}", target.display()))?;
+    }
+    std::fs::remove_dir(&staging)
+        .with_context(|| format!("failed to remove {}", staging.display()))?;
+    Ok(())
+}
+
+/// Copies a stored package into `staging/<id>`.
+fn copy_package(stored: &Path, staging: &Path, id: &str) -> Result<()> {
+    let target = staging.join(id);
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("failed to create {}", target.display()))?;
     for entry in std::fs::read_dir(stored)
         .with_context(|| format!("failed to read {}", stored.display()))?
         .flatten()
     {
-        std::fs::copy(entry.path(), staging.join(entry.file_name()))
+        std::fs::copy(entry.path(), target.join(entry.file_name()))
             .with_context(|| format!("failed to copy {}", entry.path().display()))?;
     }
-    if target.exists() {
-        std::fs::remove_dir_all(&target)?;
-    }
-    std::fs::rename(&staging, &target)
-        .with_context(|| format!("failed to write {}", target.display()))?;
     Ok(())
 }

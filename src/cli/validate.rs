@@ -1,4 +1,7 @@
-//! `tessera validate`: every problem of a configuration directory, for pre-commit and CI.
+//! `tessera validate`: every problem of a configuration directory, for pre-commit and CI:
+//! what parsing and checking the documents finds, and what building the packages would
+//! find on disk (content present, a launched file present, an archive's digest, a download
+//! address that can be fetched), without building or downloading anything.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,8 +11,10 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::{OutputFormat, plural};
-use crate::desired::{self, DesiredState};
+use crate::desired::{self, DesiredState, Served};
+use crate::resources::{Problem, Resource};
 use crate::sources::dir::DirSource;
+use crate::sources::inputs;
 
 /// `tessera validate`.
 #[derive(Debug, Args)]
@@ -23,8 +28,13 @@ pub(super) struct ValidateArgs {
 
 /// Prints every problem; exit 1 when there is any.
 pub(super) fn run(args: &ValidateArgs) -> Result<ExitCode> {
-    let state = evaluate_dir(&args.dir)?;
-    let valid = state.entries.values().filter(|e| e.is_actionable()).count();
+    let mut state = evaluate_dir(&args.dir)?;
+    check_on_disk(&args.dir.canonicalize()?, &mut state);
+    let valid = state
+        .entries
+        .values()
+        .filter(|e| e.is_actionable() && e.problems.is_empty())
+        .count();
     let files: std::collections::BTreeSet<_> = state
         .problems
         .iter()
@@ -78,4 +88,43 @@ pub fn evaluate_dir(dir: &Path) -> Result<DesiredState> {
         None,
         desired::Options::default(),
     ))
+}
+
+/// Adds what building each package would find on disk to `state`'s problems (and to its
+/// entry's, so it no longer counts as valid), in file order.
+fn check_on_disk(root: &Path, state: &mut DesiredState) {
+    let mut found = Vec::new();
+    for (key, entry) in &mut state.entries {
+        let Served::Current(resource) = &entry.served else {
+            continue; // Its own problems are reported already.
+        };
+        let Resource::Package(package) = resource.as_ref() else {
+            continue;
+        };
+        let file = entry.origin.as_ref().map(|o| o.file.clone());
+        for (field, message) in inputs::check(&package.spec, root, file.as_deref()) {
+            let problem = Problem {
+                line: entry
+                    .lines
+                    .line(&field)
+                    .or(entry.origin.as_ref().map(|o| o.line)),
+                file: file.clone(),
+                object: Some(key.clone()),
+                field: Some(field),
+                message,
+            };
+            entry.problems.push(problem.clone());
+            found.push(problem);
+        }
+    }
+    state.problems.extend(found);
+    state.problems.sort_by(|a, b| {
+        (a.file.as_deref(), a.line, &a.object, &a.field, &a.message).cmp(&(
+            b.file.as_deref(),
+            b.line,
+            &b.object,
+            &b.field,
+            &b.message,
+        ))
+    });
 }

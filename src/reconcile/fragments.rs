@@ -6,7 +6,8 @@
 //! normalised to 0644/0755, owners zero), tar.gz for Linux and macOS, zip for Windows, so the
 //! same input always gives the same bytes, the same digests and the same id, on every
 //! replica and after every restart. The content is fingerprinted (paths, sizes, times,
-//! modes) to skip rebuilding what did not change.
+//! modes; [`crate::sources::inputs`], which the sources use too) to skip rebuilding what
+//! did not change.
 //!
 //! About 800 lines: the build of one package (content, archive writers for both formats,
 //! fragments, `info`) and its error enum belong together; the archive writers are the next
@@ -24,6 +25,7 @@ use crate::reconcile::fetch::FetchError;
 use crate::reconcile::outcome::{self, Outcome, Reason};
 use crate::resources::meta::Os;
 use crate::resources::{Kind, ObjectKey, Package, PackageStatus, Resource};
+use crate::sources::inputs::{self, Entry, Input as Source, InputError, walk};
 use crate::store::atomic::{self, Access};
 use crate::store::fragments::{FragmentError, FragmentStore, Manifest};
 
@@ -39,16 +41,8 @@ const ID_SPAN: u64 = 1_147_483_647;
 pub enum BuildError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("failed to read content directory {path}")]
-    ContentDirectory {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("content directory {path} is not a directory")]
-    NotADirectory { path: PathBuf },
-    #[error("{path} is a symbolic link: package content must be plain files")]
-    Symlink { path: PathBuf },
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error("failed to read {path}")]
     Read {
         path: PathBuf,
@@ -229,33 +223,18 @@ impl Packages {
         ids: &mut BTreeMap<String, ObjectKey>,
     ) -> Result<Outcome, BuildError> {
         let spec = &package.spec;
-        let base = super::declaring_dir(&self.config_dir, desired, key);
         let content = spec.content.as_ref();
-        let source = content.and_then(|c| {
-            c.directory
-                .as_ref()
-                .map(|d| Source::Directory(base.join(d)))
-                .or_else(|| c.archive.as_ref().map(|a| Source::Archive(base.join(a))))
-                .or_else(|| {
-                    c.url.as_ref().map(|u| Source::Url {
-                        url: u.clone(),
-                        sha256: c.sha256.clone().unwrap_or_default(),
-                    })
-                })
-        });
+        let file = desired.entries.get(key).and_then(|e| e.origin.as_ref());
+        let source = inputs::of(spec, &self.config_dir, file.map(|o| o.file.as_str()));
         // Agents run a launched command as `./<first word>`: it must be a file of the
         // content, or every agent reports ERR_EXECUTE.
-        if let (Some(launch), Some(Source::Directory(dir))) = (&spec.action.launch, &source) {
-            let program = launch.command.split_whitespace().next().unwrap_or_default();
-            if !walk(dir)?.iter().any(|e| !e.directory && e.name == program) {
-                return Ok(failed(
-                    Reason::InvalidContent,
-                    format!(
-                        "spec.action.launch.command: agents run {program:?} from the package content, but {} has no such file (use execute for a command such as `sh script.sh`)",
-                        dir.display()
-                    ),
-                ));
-            }
+        if let (Some(launch), Some(source)) = (&spec.action.launch, &source)
+            && let Some(reason) = inputs::launch_problem(&launch.command, source)?
+        {
+            return Ok(failed(
+                Reason::InvalidContent,
+                format!("spec.action.launch.command: {reason}"),
+            ));
         }
         let fingerprint = match &source {
             Some(source) => source.fingerprint()?,
@@ -474,17 +453,6 @@ impl Packages {
     }
 }
 
-/// Where a package's files come from.
-enum Source {
-    Directory(PathBuf),
-    Archive(PathBuf),
-    /// Downloaded once, kept by its digest.
-    Url {
-        url: String,
-        sha256: String,
-    },
-}
-
 /// A progress line on standard error when it is a terminal (nothing in logs or under a
 /// service manager), updated at most four times a second.
 pub fn terminal_progress(what: &str) -> impl FnMut(u64, Option<u64>) + use<> {
@@ -506,128 +474,6 @@ pub fn terminal_progress(what: &str) -> impl FnMut(u64, Option<u64>) + use<> {
             eprintln!();
         }
     }
-}
-
-impl Source {
-    /// A digest of what the content is made of, cheap to compute: paths, sizes, times and
-    /// modes of every file (an archive: its own).
-    fn fingerprint(&self) -> Result<String, BuildError> {
-        let mut digest = Sha256::new();
-        match self {
-            Self::Url { url, sha256 } => {
-                // The digest names the content: nothing else to look at.
-                digest.update(format!("{url}\n{}", sha256.to_ascii_lowercase()));
-            }
-            Self::Archive(path) => {
-                let meta = std::fs::metadata(path).map_err(|source| BuildError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                digest.update(format!(
-                    "{}:{}:{:?}",
-                    path.display(),
-                    meta.len(),
-                    meta.modified().ok()
-                ));
-            }
-            Self::Directory(path) => {
-                for entry in walk(path)? {
-                    let meta =
-                        std::fs::metadata(&entry.path).map_err(|source| BuildError::Read {
-                            path: entry.path.clone(),
-                            source,
-                        })?;
-                    digest.update(format!(
-                        "{}:{}:{:?}:{}\n",
-                        entry.name,
-                        meta.len(),
-                        meta.modified().ok(),
-                        entry.mode
-                    ));
-                }
-            }
-        }
-        Ok(hex::encode(digest.finalize()))
-    }
-}
-
-/// One entry of a content directory, in archive order.
-struct Entry {
-    /// Path inside the archive, `/`-separated.
-    name: String,
-    path: PathBuf,
-    directory: bool,
-    /// 0o755 or 0o644.
-    mode: u32,
-}
-
-/// Every entry below `root`, sorted by name; symlinks are refused (they could point
-/// anywhere on the build machine).
-fn walk(root: &Path) -> Result<Vec<Entry>, BuildError> {
-    let mut out = Vec::new();
-    let meta = std::fs::metadata(root).map_err(|source| BuildError::ContentDirectory {
-        path: root.to_owned(),
-        source,
-    })?;
-    if !meta.is_dir() {
-        return Err(BuildError::NotADirectory {
-            path: root.to_owned(),
-        });
-    }
-    walk_into(root, "", &mut out)?;
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), BuildError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| BuildError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let relative = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| BuildError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        if meta.file_type().is_symlink() {
-            return Err(BuildError::Symlink { path });
-        }
-        let executable = {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                meta.permissions().mode() & 0o111 != 0
-            }
-            #[cfg(not(unix))]
-            {
-                false
-            }
-        };
-        if meta.is_dir() {
-            out.push(Entry {
-                name: relative.clone(),
-                path: path.clone(),
-                directory: true,
-                mode: 0o755,
-            });
-            walk_into(&path, &relative, out)?;
-        } else if meta.is_file() {
-            out.push(Entry {
-                name: relative,
-                path,
-                directory: false,
-                mode: if executable { 0o755 } else { 0o644 },
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Writes `entries` as a deterministic tar.gz into `file`, the archive at `target`.
@@ -807,38 +653,5 @@ mod tests {
         assert_eq!(package_id("a", "b", 0), package_id("a", "b", 0));
         assert_ne!(package_id("a", "b", 0), package_id("a", "b", 1));
         assert_ne!(package_id("a", "b", 0), package_id("a", "c", 0));
-    }
-
-    #[test]
-    fn a_missing_content_directory_is_named_with_its_cause_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("payload");
-        let error = walk(&missing).err().unwrap();
-        let chain = crate::error_chain(&error);
-        assert!(
-            chain.starts_with(&format!(
-                "failed to read content directory {}: ",
-                missing.display()
-            )),
-            "{chain}"
-        );
-        let source = std::error::Error::source(&error).unwrap().to_string();
-        assert_eq!(chain.matches(&source).count(), 1, "{chain}");
-    }
-
-    #[test]
-    fn a_symbolic_link_in_the_content_is_refused_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("real"), b"x").unwrap();
-        #[cfg(unix)]
-        {
-            std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
-            let error = walk(dir.path()).err().unwrap();
-            assert!(matches!(error, BuildError::Symlink { .. }), "{error:?}");
-            assert!(
-                crate::error_chain(&error).contains("link is a symbolic link"),
-                "{error}"
-            );
-        }
     }
 }

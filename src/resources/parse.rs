@@ -98,7 +98,7 @@ pub fn parse_file(file: &str, text: &str) -> FileParse {
                         result.problems.extend(problems);
                     }
                 }
-                Err(problem) => result.problems.push(*problem),
+                Err(problems) => result.problems.extend(problems),
             },
         }
     }
@@ -161,7 +161,17 @@ struct SpecOnly<S> {
     spec: Option<S>,
 }
 
-fn parse_document(file: &str, document: &RawDocument<'_>) -> Result<SourcedObject, Box<Problem>> {
+/// The object of one document, or every problem found in it.
+fn parse_document(file: &str, document: &RawDocument<'_>) -> Result<SourcedObject, Vec<Problem>> {
+    parse_header(file, document).map_err(|problem| vec![*problem])?
+}
+
+/// The object of one document; `Err` for a header that cannot be read (nothing further can
+/// be said then), `Ok(Err)` with every problem of a spec that does not read.
+fn parse_header(
+    file: &str,
+    document: &RawDocument<'_>,
+) -> Result<Result<SourcedObject, Vec<Problem>>, Box<Problem>> {
     let origin = Origin {
         file: file.to_owned(),
         line: document.first_line,
@@ -215,24 +225,27 @@ fn parse_document(file: &str, document: &RawDocument<'_>) -> Result<SourcedObjec
         )
     })?;
     let key = ObjectKey::new(kind, &namespace, &name);
-    if api_version != API_VERSION {
-        let hint = if api_version.starts_with(&format!("{GROUP}/")) {
-            format!("this version of Tessera reads {API_VERSION}")
-        } else {
-            format!("Tessera's kinds are {API_VERSION}")
-        };
-        return Err(problem(
-            Some(key),
-            "apiVersion",
-            format!("unknown apiVersion `{api_version}` for kind {kind_name}: {hint}"),
-        ));
-    }
-    if let Some(reason) = validate::object_name(&name) {
-        return Err(problem(Some(key), "metadata.name", reason));
-    }
-    if let Some(reason) = validate::object_name(&namespace) {
-        return Err(problem(Some(key), "metadata.namespace", reason));
-    }
+    // Problems of the header refuse the object, but its spec is still read and checked, so
+    // they do not hide its other mistakes.
+    let refused: Vec<Problem> = [
+        (api_version != API_VERSION).then(|| {
+            let hint = if api_version.starts_with(&format!("{GROUP}/")) {
+                format!("this version of Tessera reads {API_VERSION}")
+            } else {
+                format!("Tessera's kinds are {API_VERSION}")
+            };
+            (
+                "apiVersion",
+                format!("unknown apiVersion `{api_version}` for kind {kind_name}: {hint}"),
+            )
+        }),
+        validate::object_name(&name).map(|reason| ("metadata.name", reason)),
+        validate::object_name(&namespace).map(|reason| ("metadata.namespace", reason)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(field, reason)| *problem(Some(key.clone()), field, reason))
+    .collect();
 
     let meta = ObjectMeta {
         name: Some(name),
@@ -243,72 +256,209 @@ fn parse_document(file: &str, document: &RawDocument<'_>) -> Result<SourcedObjec
         uid: metadata.uid,
         ..ObjectMeta::default()
     };
-    let resource = read_resource(kind, meta, document)
-        .map_err(|e| e.into_problem(&origin, Some(key.clone())))?;
-    Ok(SourcedObject {
+    Ok(read_object(kind, &meta, document, origin, &key, refused))
+}
+
+/// The object of `document` once its header is read, or every problem of it: those of the
+/// header (`refused`), then those of its spec.
+fn read_object(
+    kind: Kind,
+    meta: &ObjectMeta,
+    document: &RawDocument<'_>,
+    origin: Origin,
+    key: &ObjectKey,
+    mut refused: Vec<Problem>,
+) -> Result<SourcedObject, Vec<Problem>> {
+    let resource = match read_resource(kind, meta.clone(), document) {
+        Ok(resource) => resource,
+        Err(first) => {
+            refused.push(*first.clone().into_problem(&origin, Some(key.clone())));
+            refused.extend(further_problems(kind, meta, document, &first, &origin));
+            for problem in &mut refused {
+                problem.object = Some(key.clone());
+            }
+            return Err(refused);
+        }
+    };
+    let object = SourcedObject {
         resource,
         origin,
         lines: document.lines.clone(),
-    })
+    };
+    if refused.is_empty() {
+        Ok(object)
+    } else {
+        refused.extend(validate::object(&object));
+        Err(refused)
+    }
+}
+
+/// How many more problems of one spec are looked for after the first: enough for any
+/// real document, and a bound on re-reading a hostile one.
+const MAX_FURTHER_PROBLEMS: usize = 32;
+
+/// The problems of a spec after its `first`: the field at fault is left out and the spec
+/// read again, until it reads; then the object's own checks run on what is left. So one
+/// typo does not hide the object's other mistakes. A missing field, or one inside a list,
+/// ends the search (leaving it out would only move the problem).
+fn further_problems(
+    kind: Kind,
+    metadata: &ObjectMeta,
+    document: &RawDocument<'_>,
+    first: &ParseError,
+    origin: &Origin,
+) -> Vec<Problem> {
+    let mut found = Vec::new();
+    let Ok(mut value) = serde_saphyr::from_str::<serde_json::Value>(document.text) else {
+        return found;
+    };
+    let mut error = first.clone();
+    for _ in 0..MAX_FURTHER_PROBLEMS {
+        if error.message.starts_with("missing field") || !remove_field(&mut value, &error.path) {
+            break;
+        }
+        let read = ValueDocument {
+            value: &value,
+            lines: &document.lines,
+            first_line: document.first_line,
+        };
+        match read_resource(kind, metadata.clone(), &read) {
+            Ok(resource) => {
+                let object = SourcedObject {
+                    resource,
+                    origin: origin.clone(),
+                    lines: document.lines.clone(),
+                };
+                found.extend(validate::object(&object));
+                break;
+            }
+            Err(next) => {
+                found.push(*next.clone().into_problem(origin, None));
+                error = next;
+            }
+        }
+    }
+    found
+}
+
+/// Removes the field at `path` (`spec.action.lauch`) from `value`; false when there is no
+/// such field, or the path ends inside a list.
+fn remove_field(value: &mut serde_json::Value, path: &str) -> bool {
+    let Some((parents, last)) = path.rsplit_once('.') else {
+        return false;
+    };
+    if last.contains('[') || last.is_empty() {
+        return false;
+    }
+    let mut at = value;
+    for segment in parents.split('.') {
+        let (name, indexes) = match segment.find('[') {
+            Some(cut) => (&segment[..cut], &segment[cut..]),
+            None => (segment, ""),
+        };
+        let Some(next) = at.get_mut(name) else {
+            return false;
+        };
+        at = next;
+        for index in indexes.split(['[', ']']).filter(|i| !i.is_empty()) {
+            let Some(next) = index.parse::<usize>().ok().and_then(|i| at.get_mut(i)) else {
+                return false;
+            };
+            at = next;
+        }
+    }
+    at.as_object_mut().and_then(|o| o.remove(last)).is_some()
 }
 
 /// The document's spec as `kind`'s type, with the metadata already read.
 fn read_resource(
     kind: Kind,
     metadata: ObjectMeta,
-    document: &RawDocument<'_>,
+    document: &impl ReadSpec,
 ) -> Result<Resource, ParseError> {
     Ok(match kind {
         Kind::Issuer => Resource::Issuer(Issuer {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
         Kind::Certificate => Resource::Certificate(Certificate {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
         Kind::Server => Resource::Server(Server {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
         Kind::Gateway => Resource::Gateway(Gateway {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
         Kind::Package => Resource::Package(Package {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
         Kind::Activation => Resource::Activation(Activation {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
         Kind::Affectation => Resource::Affectation(Affectation {
             metadata,
-            spec: read_spec(document)?,
+            spec: document.spec()?,
             status: None,
         }),
     })
 }
 
-/// The spec of `document` as `S`; a document with no spec is refused.
-fn read_spec<S: DeserializeOwned>(document: &RawDocument<'_>) -> Result<S, ParseError> {
-    let only: SpecOnly<S> = deserialize(document)?;
-    only.spec.ok_or(ParseError {
-        path: "spec".into(),
-        line: document.lines.line("spec").unwrap_or(document.first_line),
-        message: "spec is required".into(),
-    })
+/// A document whose spec can be read as a kind's type.
+trait ReadSpec {
+    /// The spec as `S`; a document with no spec is refused.
+    fn spec<S: DeserializeOwned>(&self) -> Result<S, ParseError>;
+}
+
+impl ReadSpec for RawDocument<'_> {
+    fn spec<S: DeserializeOwned>(&self) -> Result<S, ParseError> {
+        let only: SpecOnly<S> = deserialize(self)?;
+        only.spec.ok_or(ParseError {
+            path: "spec".into(),
+            line: self.lines.line("spec").unwrap_or(self.first_line),
+            message: "spec is required".into(),
+        })
+    }
+}
+
+/// A document already read as a value, with fields left out ([`further_problems`]).
+struct ValueDocument<'a> {
+    value: &'a serde_json::Value,
+    lines: &'a FieldLines,
+    first_line: u32,
+}
+
+impl ReadSpec for ValueDocument<'_> {
+    fn spec<S: DeserializeOwned>(&self) -> Result<S, ParseError> {
+        let spec = self.value.get("spec").ok_or(ParseError {
+            path: "spec".into(),
+            line: self.lines.line("spec").unwrap_or(self.first_line),
+            message: "spec is required".into(),
+        })?;
+        serde_path_to_error::deserialize(spec).map_err(|error| {
+            let path = format!("spec.{}", error.path());
+            ParseError {
+                line: self.lines.line(&path).unwrap_or(self.first_line),
+                message: same_words(&plain_message(&error.into_inner().to_string())),
+                path,
+            }
+        })
+    }
 }
 
 /// A serde error with its place in the file.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ParseError {
     path: String,
     line: u32,
@@ -362,6 +512,15 @@ fn plain_message(message: &str) -> String {
         .replace("expected one of ", "expected one of: ")
         .replace("invalid i64", "expected a whole number")
         .replace("invalid u32", "expected a whole number")
+}
+
+/// A message of serde's own words (`expected one of: \`a\`, \`b\``) as serde-saphyr words
+/// it (`expected one of: a, b`), so a document's problems read alike whichever found them.
+fn same_words(message: &str) -> String {
+    match message.split_once("expected one of: ") {
+        Some((head, list)) => format!("{head}expected one of: {}", list.replace('`', "")),
+        None => message.to_owned(),
+    }
 }
 
 /// One document of a file: its text (whole lines), where it starts and what its root is.

@@ -6,18 +6,25 @@
 //! Hidden files and directories (`.git`, `..data`, the `.tessera` state directory) are not
 //! read as configuration, but symlinks are followed, so a ConfigMap mount reads as the files
 //! it shows. A `.tesseraignore` file at the root lists patterns of paths to leave out, like
-//! Flux's `.sourceignore`.
+//! Flux's `.sourceignore`, with git's rules (`!` re-includes, a leading `/` anchors, a
+//! trailing `/` means a directory, `**` spans directories).
+//!
+//! The inputs of every Package (its content directory or archive, or its download address,
+//! as [`super::inputs`] decides) are part of what is read: their fingerprints go into the
+//! revision, so a content-only edit publishes a new snapshot as quickly as a YAML edit, and
+//! content outside the directory is watched too.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::inputs::{self, Input};
 use crate::resources::{Problem, Snapshot, SourceFile};
 
 /// Quiet time after the last event before reading: long enough to cover an editor's
@@ -81,8 +88,14 @@ impl DirSource {
         &self.root
     }
 
-    /// Reads every configuration file now.
+    /// Reads every configuration file, and fingerprints the inputs of its packages, now.
     pub fn scan(&self) -> Snapshot {
+        self.read().0
+    }
+
+    /// Reads everything now: the snapshot, and the package inputs outside the directory,
+    /// which need watches of their own.
+    fn read(&self) -> (Snapshot, Vec<Input>) {
         let mut files = Vec::new();
         let mut problems = Vec::new();
         let ignore = self.ignore_patterns(&mut problems);
@@ -103,13 +116,22 @@ impl DirSource {
             digest.update(file.text.as_bytes());
             digest.update([0]);
         }
+        let mut outside = Vec::new();
+        for (input, fingerprint) in inputs::of_files(&self.root, &files) {
+            digest.update(format!("{input:?}\0{fingerprint}\0").as_bytes());
+            let real = input.path().and_then(|p| p.canonicalize().ok());
+            if real.is_some_and(|p| !p.starts_with(&self.root)) {
+                outside.push(input);
+            }
+        }
         let revision = hex::encode(&digest.finalize()[..8]);
-        Snapshot {
+        let snapshot = Snapshot {
             revision,
             files,
             problems,
             root: None,
-        }
+        };
+        (snapshot, outside)
     }
 
     /// Watches the directory until `shutdown`, publishing a snapshot on `publish` whenever the
@@ -150,6 +172,13 @@ impl DirSource {
                 path: self.root.clone(),
                 source,
             })?;
+        // Package content outside the directory: watched as well, and kept in step with
+        // what the configuration names after each read.
+        let mut outside = Watched::default();
+        let source = self.clone();
+        if let Ok((_, found)) = tokio::task::spawn_blocking(move || source.read()).await {
+            outside.update(&mut watcher, &found);
+        }
 
         loop {
             tokio::select! {
@@ -167,11 +196,17 @@ impl DirSource {
                 }
             }
             let source = self.clone();
-            let Ok(snapshot) = tokio::task::spawn_blocking(move || source.scan()).await else {
+            let Ok((snapshot, found)) = tokio::task::spawn_blocking(move || source.read()).await
+            else {
                 continue;
             };
+            outside.update(&mut watcher, &found);
             publish.send_if_modified(|current| {
-                let changed = current.files != snapshot.files || current.problems != snapshot.problems;
+                // The revision holds the fingerprints of package content: a content-only
+                // edit changes it and nothing else.
+                let changed = current.revision != snapshot.revision
+                    || current.files != snapshot.files
+                    || current.problems != snapshot.problems;
                 if changed {
                     tracing::debug!(revision = %snapshot.revision, files = snapshot.files.len(), "configuration changed");
                     *current = snapshot;
@@ -185,7 +220,7 @@ impl DirSource {
         &self,
         dir: &Path,
         depth: usize,
-        ignore: &GlobSet,
+        ignore: &Gitignore,
         visited: &mut HashSet<PathBuf>,
         files: &mut Vec<SourceFile>,
         problems: &mut Vec<Problem>,
@@ -212,13 +247,15 @@ impl DirSource {
                 continue;
             }
             let relative = self.relative(&path);
-            if ignore.is_match(&relative) {
-                continue;
-            }
             // Follows symlinks: a ConfigMap mount shows its files as links into `..data`.
             let Ok(metadata) = std::fs::metadata(&path) else {
                 continue; // A dangling link, or a file removed while reading.
             };
+            // Checked level by level, as git does: a directory left out is not entered, so
+            // nothing below it can be re-included.
+            if ignore.matched(&path, metadata.is_dir()).is_ignore() {
+                continue;
+            }
             if metadata.is_dir() {
                 self.walk(&path, depth + 1, ignore, visited, files, problems);
             } else if metadata.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
@@ -266,39 +303,66 @@ impl DirSource {
             .join("/")
     }
 
-    /// Patterns from `.tesseraignore`: one per line, `#` comments; a pattern without `/`
-    /// matches a name at any depth, a trailing `/` means "this directory".
-    fn ignore_patterns(&self, problems: &mut Vec<Problem>) -> GlobSet {
-        let mut builder = GlobSetBuilder::new();
+    /// Patterns from `.tesseraignore`, with gitignore's rules; a line that is not a valid
+    /// pattern is reported and left out.
+    fn ignore_patterns(&self, problems: &mut Vec<Problem>) -> Gitignore {
         let path = self.root.join(IGNORE_FILE);
+        let mut builder = GitignoreBuilder::new(&self.root);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         for (number, line) in text.lines().enumerate() {
-            let pattern = line.trim();
-            if pattern.is_empty() || pattern.starts_with('#') {
-                continue;
-            }
-            let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
-            let mut add = |p: String| match Glob::new(&p) {
-                Ok(glob) => {
-                    builder.add(glob);
-                }
-                Err(error) => problems.push(Problem::at(
+            if let Err(error) = builder.add_line(Some(path.clone()), line) {
+                problems.push(Problem::at(
                     IGNORE_FILE,
                     u32::try_from(number + 1).unwrap_or(u32::MAX),
-                    format!("`{pattern}` is not a valid pattern: {}", error.kind()),
-                )),
-            };
-            if pattern.contains('/') {
-                add(pattern.to_owned());
-                add(format!("{pattern}/**"));
-            } else {
-                add(format!("**/{pattern}"));
-                add(format!("**/{pattern}/**"));
-                add(pattern.to_owned());
-                add(format!("{pattern}/**"));
+                    format!("`{}` is not a valid pattern: {error}", line.trim()),
+                ));
             }
         }
-        builder.build().unwrap_or_else(|_| GlobSet::empty())
+        builder.build().unwrap_or_else(|_| Gitignore::empty())
+    }
+}
+
+/// Paths watched besides the directory itself.
+#[derive(Default)]
+struct Watched(HashSet<(PathBuf, bool)>);
+
+impl Watched {
+    /// Watches what `inputs` name and stops watching what they no longer do: a content
+    /// directory recursively, an archive through its folder (editors replace files by
+    /// renaming, which a watch on the file itself would lose).
+    fn update(&mut self, watcher: &mut impl Watcher, inputs: &[Input]) {
+        let wanted: HashSet<(PathBuf, bool)> = inputs
+            .iter()
+            .filter_map(|input| match input {
+                Input::Directory(path) => Some((path.clone(), true)),
+                Input::Archive(path) => path.parent().map(|p| (p.to_path_buf(), false)),
+                Input::Url { .. } => None,
+            })
+            .collect();
+        for (path, recursive) in self.0.difference(&wanted) {
+            let _ = watcher.unwatch(path);
+            tracing::debug!(path = %path.display(), recursive, "no longer watching package content");
+        }
+        self.0.retain(|w| wanted.contains(w));
+        for (path, recursive) in wanted {
+            if self.0.contains(&(path.clone(), recursive)) {
+                continue;
+            }
+            let mode = if recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            match watcher.watch(&path, mode) {
+                Ok(()) => {
+                    self.0.insert((path, recursive));
+                }
+                // Read again at the next event or resync, and watched then.
+                Err(error) => {
+                    tracing::debug!(path = %path.display(), %error, "failed to watch package content")
+                }
+            }
+        }
     }
 }
 
@@ -339,6 +403,117 @@ mod tests {
         assert_eq!(first, source.scan().revision);
         write(dir.path(), "a.yaml", "a: 2\n");
         assert_ne!(first, source.scan().revision);
+    }
+
+    #[test]
+    fn a_content_only_edit_changes_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "packages/hello.yaml",
+            "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: hello\nspec:\n  os: linux\n  content:\n    directory: hello\n  action:\n    launch:\n      command: hello.sh\n",
+        );
+        write(root, "packages/hello/hello.sh", "echo one\n");
+        let source = DirSource::new(root, vec![]).unwrap();
+        let first = source.scan();
+        write(root, "packages/hello/hello.sh", "echo two, longer\n");
+        let second = source.scan();
+        assert_eq!(first.files, second.files, "no YAML changed");
+        assert_ne!(first.revision, second.revision);
+    }
+
+    #[tokio::test]
+    async fn content_outside_the_directory_is_watched() {
+        // Well under the resync: only a watch on the content explains a publish.
+        const BOUND: Duration = Duration::from_secs(10);
+        let config = tempfile::tempdir().unwrap();
+        let content = tempfile::tempdir().unwrap();
+        write(content.path(), "run.sh", "0\n");
+        write(
+            config.path(),
+            "p.yaml",
+            &format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: p\nspec:\n  os: linux\n  content:\n    directory: {}\n  action:\n    execute:\n      command: sh run.sh\n",
+                content.path().display()
+            ),
+        );
+        let source = DirSource::new(config.path(), vec![]).unwrap();
+        let (publish, mut published) = watch::channel(source.scan());
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        tokio::spawn(source.run(publish, shutdown));
+        let started = tokio::time::Instant::now();
+        // Edited until noticed: the watches are set up once `run` has read.
+        for round in 1.. {
+            write(content.path(), "run.sh", &format!("{round}\n"));
+            if tokio::time::timeout(Duration::from_millis(200), published.changed())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(started.elapsed() < BOUND, "no snapshot after {BOUND:?}");
+        }
+    }
+
+    /// What git leaves untracked and not ignored, with `patterns` as `.gitignore`: the
+    /// reference `.tesseraignore` must agree with.
+    fn git_reads(root: &Path, patterns: &str) -> Vec<String> {
+        let git = |args: &[&str]| {
+            let output = std::process::Command::new("git")
+                .args(args)
+                .current_dir(root)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .output()
+                .expect("git runs");
+            assert!(output.status.success(), "git {args:?}: {output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        };
+        git(&["init", "--quiet"]);
+        std::fs::write(root.join(".gitignore"), patterns).unwrap();
+        let listed = git(&["ls-files", "--others", "--exclude-standard"]);
+        std::fs::remove_file(root.join(".gitignore")).unwrap();
+        let mut found: Vec<String> = listed
+            .lines()
+            .filter(|l| l.ends_with(".yaml"))
+            .map(str::to_owned)
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn tesseraignore_reads_what_git_reads_with_the_same_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for path in [
+            "top.yaml",
+            "sub/top.yaml",
+            "content/keep.yaml",
+            "content/drop.yaml",
+            "build/x.yaml",
+            "sub/build/y.yaml",
+            "deep/a/b/scratch.yaml",
+            "scratch.yaml",
+            "docs/guide.yaml",
+            "docs/keep/also.yaml",
+            "notes.tmp.yaml",
+        ] {
+            write(root, path, "a: 1\n");
+        }
+        let patterns = "# comment\n/top.yaml\ncontent/*\n!content/keep.yaml\nbuild/\n**/a/**/scratch.yaml\ndocs/**\n!docs/keep/\n*.tmp.yaml\n";
+        let expected = git_reads(root, patterns);
+        assert!(
+            expected.contains(&"content/keep.yaml".to_owned()),
+            "{expected:?}"
+        );
+        write(root, IGNORE_FILE, patterns);
+        let snapshot = DirSource::new(root, vec![]).unwrap().scan();
+        let read: Vec<String> = snapshot.files.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(read, expected);
+        assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
     }
 
     #[cfg(unix)]

@@ -108,3 +108,33 @@ fn a_configuration_with_package_problems_exports_nothing() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("nothing was exported"));
     assert_eq!(std::fs::read_dir(mirror.path()).unwrap().count(), 0);
 }
+
+/// A package that passes validation but fails to build (its launched script is gone) makes
+/// the whole export fail: the mirror keeps what it had, not some packages of each version.
+#[test]
+fn a_package_that_fails_to_build_exports_nothing_and_leaves_the_mirror_as_it_was() {
+    let config = quickstart_copy();
+    let mirror = tempfile::tempdir().unwrap();
+    let (code, out) = export(config.path(), mirror.path());
+    assert_eq!(code, 0, "{out}");
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(mirror.path());
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    // A change to another package (a new id to export), and hello's script removed.
+    let tools = config.path().join("packages/tools/motd-lab.txt");
+    std::fs::write(&tools, "a new message of the day\n").unwrap();
+    std::fs::remove_file(config.path().join("packages/hello/hello.sh")).unwrap();
+    let (code, out) = export(config.path(), mirror.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Package/hello: not built"), "{out}");
+    assert_eq!(listing(mirror.path()), before, "nothing written or removed");
+}

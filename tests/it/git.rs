@@ -327,3 +327,43 @@ async fn a_commit_with_a_broken_document_keeps_the_last_good_objects() {
     );
     running.stop().await.unwrap();
 }
+
+/// A commit that changes only a package's content (its script, not its YAML) is rebuilt
+/// like any other commit, as soon as the webhook calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_only_commit_is_rebuilt_once_the_webhook_calls() {
+    let work = quickstart_repository();
+    let clone = work.path().join("clone");
+    let state = tempfile::tempdir().unwrap();
+    // An hour between fetches: only the webhook can explain a fetch.
+    let running = serve_git(work.path(), state.path(), "1h").await;
+    let hello = || async {
+        let (status, text) = get(running.admin_address, "/api/v1/objects/Package/hello").await;
+        let hello: Value = (status == 200).then(|| serde_json::from_str(&text).unwrap())?;
+        hello["details"]["packageId"].as_str().map(str::to_owned)
+    };
+    let (first, _) = eventually("hello built", hello).await;
+
+    let script = clone.join("fleet/packages/hello/hello.sh");
+    let mut text = std::fs::read_to_string(&script).unwrap();
+    text.push_str("\n# edited, and nothing else\n");
+    std::fs::write(&script, text).unwrap();
+    let commit = commit_and_push(&clone, "hello's script only");
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let signature = github_signature(body);
+    assert_eq!(
+        hook(
+            running.admin_address,
+            &[("X-Hub-Signature-256", signature)],
+            body
+        )
+        .await,
+        202
+    );
+    eventually("hello rebuilt from the new commit", || async {
+        let id = hello().await?;
+        (id != first && revision(&running).await == commit).then_some(())
+    })
+    .await;
+    running.stop().await.unwrap();
+}

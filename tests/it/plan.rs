@@ -194,3 +194,63 @@ async fn plan_lists_the_computers_a_change_would_reach_and_writes_nothing() {
         "plan wrote nothing to the state directory"
     );
 }
+
+/// A content-only edit (a package's script, not its YAML) is rebuilt by a running server
+/// within the latency of a YAML edit, and `plan` on the same directory then agrees with
+/// what it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_only_edit_is_served_at_once_and_plan_agrees() {
+    // Well under the 5-minute periodic pass: only a file event can meet it.
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+    let served = quickstart_copy();
+    let running = crate::support::start(served.path()).await;
+    let hello = |running: std::net::SocketAddr| async move {
+        let (status, body) = get(running, "/api/v1/objects/Package/hello").await;
+        let package: Value = (status == 200).then(|| serde_json::from_str(&body).ok())??;
+        package["details"]["packageId"].as_str().map(str::to_owned)
+    };
+    let admin = running.admin_address;
+    let (first, _) = eventually("hello built", || hello(admin)).await;
+    // The version of the configuration served: a content edit is a new one.
+    let revision = || async {
+        crate::support::get_json(admin, "/api/v1/objects").await["revision"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let before = revision().await.expect("a revision");
+
+    let script = served.path().join("packages/hello/hello.sh");
+    let mut text = std::fs::read_to_string(&script).unwrap();
+    text.push_str("\n# edited, and nothing else\n");
+    std::fs::write(&script, text).unwrap();
+    let started = std::time::Instant::now();
+    let second = loop {
+        // Passes of the start-up (certificates issued, listeners bound) also rebuild what
+        // changed: the revision tells that the edit itself was noticed.
+        let now = revision().await;
+        if let Some(id) = hello(admin).await.filter(|id| *id != first)
+            && now.as_ref().is_some_and(|now| *now != before)
+        {
+            break id;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "Package/hello still {first}, or revision still {before}, {BOUND:?} after its script changed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // What plan compares with: the configuration the server applied, with the new id.
+    eventually("the applied configuration recorded", || async {
+        let state = served.path().join(".tessera");
+        let applied = std::fs::read_to_string(state.join("applied.json")).ok()?;
+        applied.contains(&second).then_some(())
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    let (code, text) = plan(served.path(), &served.path().join(".tessera"), true);
+    assert_eq!(code, 0, "plan sees what serve built: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["packages"], serde_json::json!([]), "{text}");
+    assert_eq!(body["revision"], body["appliedRevision"], "{text}");
+}

@@ -258,3 +258,141 @@ spec:
         );
     }
 }
+
+/// What only building would find: a launched file missing from the content, an archive
+/// that does not match its digest, a content directory that is not there, a download
+/// address with no host. Each named with file, line, object and field, all of them.
+#[test]
+fn validate_finds_what_building_would_refuse_without_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("packages/hello")).unwrap();
+    std::fs::write(root.join("packages/hello/install.sh"), "true\n").unwrap();
+    std::fs::write(
+        root.join("packages/bundle.tar.gz"),
+        b"not the archive named",
+    )
+    .unwrap();
+    let package = |name: &str, content: &str, action: &str| {
+        format!(
+            "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: {name}\nspec:\n  os: linux\n  content:\n{content}  action:\n{action}---\n"
+        )
+    };
+    let text = [
+        package(
+            "launch-missing",
+            "    directory: hello\n",
+            "    launch:\n      command: hello.sh --quiet\n",
+        ),
+        package(
+            "wrong-digest",
+            &format!(
+                "    archive: bundle.tar.gz\n    sha256: {}\n",
+                "ab".repeat(32)
+            ),
+            "    store:\n      path: /opt/x\n",
+        ),
+        package(
+            "no-directory",
+            "    directory: gone\n",
+            "    execute:\n      command: ./install.sh\n",
+        ),
+        package(
+            "no-host",
+            &format!(
+                "    url: https:///x.tar.gz\n    sha256: {}\n",
+                "ab".repeat(32)
+            ),
+            "    store:\n      path: /opt/x\n",
+        ),
+    ]
+    .concat();
+    std::fs::write(root.join("packages/all.yaml"), &text).unwrap();
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .arg("validate")
+        .arg(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for (place, words) in [
+        (
+            "packages/all.yaml:11: Package/launch-missing: spec.action.launch.command:",
+            "\"hello.sh\"",
+        ),
+        (
+            "packages/all.yaml:21: Package/wrong-digest: spec.content.sha256:",
+            "the archive's SHA-256 is",
+        ),
+        (
+            "packages/all.yaml:33: Package/no-directory: spec.content.directory:",
+            "failed to read content directory",
+        ),
+        (
+            "packages/all.yaml:45: Package/no-host: spec.content.url:",
+            "names no host",
+        ),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(place) && l.contains(words)),
+            "expected {place:?} with {words:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.ends_with("4 problems in 1 file; 0 of 4 objects valid\n"),
+        "{stdout}"
+    );
+}
+
+/// One mistake does not hide the next ones of the same object: unknown fields, a wrong
+/// apiVersion, and the checks of what is left are all reported.
+#[test]
+fn validate_reports_every_problem_of_an_object() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "apiVersion: tessera.dev/v1alpha1\nkind: Package\nmetadata:\n  name: p\nspec:\n  os: linux\n  prority: 3\n  fragmentSize: 1Ki\n  priority: 11\n  action:\n    lauch:\n      command: setup.sh\n---\napiVersion: tessera.dev/v1\nkind: Package\nmetadata:\n  name: q\nspec:\n  os: linux\n  priority: 11\n  action:\n    execute:\n      command: 'true'\n",
+    )
+    .unwrap();
+    let output = Command::cargo_bin("tessera")
+        .unwrap()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for (place, words) in [
+        (
+            "p.yaml:7: Package/p: spec.prority:",
+            "unknown field `prority`",
+        ),
+        (
+            "p.yaml:8: Package/p: spec.fragmentSize:",
+            "between 4Ki and 64Mi",
+        ),
+        (
+            "p.yaml:9: Package/p: spec.priority:",
+            "between 0 and 10, got 11",
+        ),
+        (
+            "p.yaml:11: Package/p: spec.action.lauch:",
+            "unknown field `lauch`",
+        ),
+        ("p.yaml:14: Package/q: apiVersion:", "unknown apiVersion"),
+        (
+            "p.yaml:20: Package/q: spec.priority:",
+            "between 0 and 10, got 11",
+        ),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(place) && l.contains(words)),
+            "expected {place:?} with {words:?} in:\n{stdout}"
+        );
+    }
+}
