@@ -13,8 +13,9 @@
 //! between readings is a fifth of it when that is under 50,000), `TESSERA_BENCH_CONNECTIONS`
 //! the connections, `TESSERA_BENCH_BINARY` another `tessera` to measure (an older build, to
 //! compare). The server inherits the environment, so `TESSERA_BLOCKING_THREADS` or
-//! `MALLOC_ARENA_MAX` set for the bench apply to it. Client and server share the machine's cores: the rate depends on
-//! what else runs; memory does much less. It prints figures; it asserts nothing.
+//! `MALLOC_ARENA_MAX` set for the bench apply to it. Client and server share the machine's
+//! cores: the rate depends on what else runs; memory much less. It prints figures; it
+//! asserts nothing.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
