@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::git::{GitArgs, first_git_snapshot, webhook};
 use super::kube::{KubeArgs, connect, start_kube};
 use super::running::{
-    Running, Tasks, connection_budget, create_state_dir, runtime, shutdown_signal,
+    Running, Tasks, connection_budget, create_state_dir, server_runtime, shutdown_signal,
 };
 use crate::budget::ConnectionBudget;
 use crate::desired;
@@ -113,7 +113,7 @@ impl ServeArgs {
 
 /// Serves until Ctrl-C or SIGTERM.
 pub(super) fn run(args: ServeArgs) -> Result<ExitCode> {
-    runtime()?.block_on(async { start(args).await?.until(shutdown_signal()).await })?;
+    server_runtime()?.block_on(async { start(args).await?.until(shutdown_signal()).await })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -403,18 +403,24 @@ impl Publisher {
 
         // Counts per Affectation, from the database.
         let stale_before = now.as_second() - routes.stale_after;
-        let counted = runtime
-            .db
-            .computers()
-            .and_then(|computers| Ok((computers, runtime.db.deployments()?)));
-        let (counts, codes) = match &counted {
-            Ok((computers, rows)) => (
-                deployments::counts(&routes.assignments, computers, rows, stale_before),
-                error_codes(&routes.assignments, computers, rows),
-            ),
+        // A page of the fleet at a time: this runs every second while agents report, and
+        // the whole fleet read at once made memory grow with the fleet and stay.
+        let mut counts: HashMap<String, deployments::Counts> = HashMap::new();
+        let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let counted = runtime.db.fleet_pages(|computers, rows| {
+            let page = deployments::counts(&routes.assignments, computers, rows, stale_before);
+            for (affectation, page) in page {
+                *counts.entry(affectation).or_default() += page;
+            }
+            error_codes(&mut found, &routes.assignments, computers, rows);
+            Ok(())
+        });
+        let codes = match counted {
+            Ok(()) => by_frequency(found),
             Err(error) => {
-                tracing::warn!(error = %crate::error_chain(error), "failed to read deployment states");
-                (HashMap::new(), HashMap::new())
+                tracing::warn!(error = %crate::error_chain(&error), "failed to read deployment states");
+                counts.clear();
+                HashMap::new()
             }
         };
         for assignment in &mut routes.assignments {
@@ -715,18 +721,18 @@ impl Publisher {
     }
 }
 
-/// Per Affectation, the error codes its targets reported for the package and token they
-/// should have now, most frequent first (then by code).
+/// Adds to `found`, per Affectation, the error codes that these targets reported for the
+/// package and token they should have now ([`by_frequency`] orders them).
 fn error_codes(
+    found: &mut HashMap<String, HashMap<String, i64>>,
     assignments: &[Assignment],
     computers: &[Computer],
     rows: &[Deployment],
-) -> HashMap<String, Vec<(String, i64)>> {
+) {
     let index: HashMap<(&str, &str), &Deployment> = rows
         .iter()
         .map(|d| ((d.device_id.as_str(), d.activation.as_str()), d))
         .collect();
-    let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
     for computer in computers {
         for wanted in deployments::wanted(assignments, computer) {
             let Some(row) = index
@@ -749,6 +755,12 @@ fn error_codes(
             }
         }
     }
+}
+
+/// Each Affectation's error codes, the most frequent first (then by code).
+fn by_frequency(
+    found: HashMap<String, HashMap<String, i64>>,
+) -> HashMap<String, Vec<(String, i64)>> {
     found
         .into_iter()
         .map(|(affectation, codes)| {

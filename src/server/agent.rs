@@ -257,21 +257,27 @@ pub fn fragments_app(shared: Shared) -> Router {
 }
 
 /// Arms every known computer for `routes` (a new Affectation, a new package version, a new
-/// redeploy token), so counts show targets as waiting before their agents call.
+/// redeploy token), so counts show targets as waiting before their agents call. Runs every
+/// reconcile pass: the fleet is read a page at a time, so memory does not grow with it.
 pub fn arm_all(db: &Database, assignments: &[Assignment], now: i64) -> Result<usize, DbError> {
     let mut armed = 0;
-    let mut by_device: HashMap<String, Vec<crate::store::db::Deployment>> = HashMap::new();
-    for deployment in db.deployments()? {
-        by_device
-            .entry(deployment.device_id.clone())
-            .or_default()
-            .push(deployment);
-    }
-    for computer in db.computers()? {
-        let mine = by_device.remove(&computer.device_id).unwrap_or_default();
-        let changes = deployments::arm(assignments, &computer, &mine);
-        armed += changes.len();
-        db.apply(&computer.device_id, &changes, now)?;
-    }
+    db.fleet_pages(|computers, rows| {
+        let mut by_device: HashMap<&str, Vec<crate::store::db::Deployment>> = HashMap::new();
+        for deployment in rows {
+            by_device
+                .entry(deployment.device_id.as_str())
+                .or_default()
+                .push(deployment.clone());
+        }
+        for computer in computers {
+            let mine = by_device
+                .remove(computer.device_id.as_str())
+                .unwrap_or_default();
+            let changes = deployments::arm(assignments, computer, &mine);
+            armed += changes.len();
+            db.apply(&computer.device_id, &changes, now)?;
+        }
+        Ok(())
+    })?;
     Ok(armed)
 }

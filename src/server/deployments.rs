@@ -373,6 +373,20 @@ pub struct Counts {
     pub error: i64,
 }
 
+/// Counts of two parts of the fleet added up (the fleet is counted a page at a time).
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.targets += other.targets;
+        self.waiting += other.waiting;
+        self.notified += other.notified;
+        self.stale += other.stale;
+        self.downloading += other.downloading;
+        self.installing += other.installing;
+        self.success += other.success;
+        self.error += other.error;
+    }
+}
+
 impl Counts {
     fn add(&mut self, state: State, stale: bool) {
         match state {

@@ -119,7 +119,7 @@ fn templates_render_to_a_deployment_that_runs_serve_kube() {
         env["TESSERA_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
     );
-    assert_eq!(container["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(container["resources"]["limits"]["memory"], "768Mi");
 
     // Names line up: service account, volume claim, service target ports.
     let account = find(&objects, "ServiceAccount")[0];

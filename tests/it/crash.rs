@@ -1,15 +1,26 @@
 //! `kill -9` of `tessera serve` in the middle of a package build, after a real agent's
 //! deployment: on restart nothing recorded is lost and no half-built package is served.
+//!
+//! Two 48 MiB builds of a debug binary take from seconds to minutes with the machine's load,
+//! so every wait is for a condition, checked while the server runs (it fails at once when
+//! the server has exited), never against a clock budget; `LAST_RESORT` only ends a wait
+//! that would otherwise hang. The server is killed when the test ends, even by a panic,
+//! before its temporary directory is removed.
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::ocs_agent::{self, OcsAgent};
-use crate::support::{PATIENCE, free_port, quickstart_copy};
+use crate::support::{Reaped, free_port, quickstart_copy};
+
+/// A wait that lasts this long is a hung server, not a slow one: far above the 17 to 28 s
+/// the whole test takes on an idle machine, and the 30 s of the budget that once failed it
+/// under load.
+const LAST_RESORT: Duration = Duration::from_secs(600);
 
 const BIG: &str = "apiVersion: tessera.dev/v1alpha1
 kind: Package
@@ -32,15 +43,17 @@ spec:
     name: big
 ";
 
-fn serve(config: &Path, admin: u16) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--admin-address", &format!("127.0.0.1:{admin}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tessera serve starts")
+fn serve(config: &Path, admin: u16) -> Reaped {
+    Reaped(
+        Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tessera serve starts"),
+    )
 }
 
 /// GET on the admin API with curl (the server runs as another process).
@@ -56,22 +69,24 @@ fn admin(port: u16, path: &str) -> Option<Value> {
         .flatten()
 }
 
-fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// Polls `check` while `server` runs, until it gives something.
+fn until<T>(what: &str, server: &mut Reaped, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(found) = check() {
             return found;
         }
+        server.assert_running(what);
         assert!(
-            start.elapsed() < PATIENCE * 3,
-            "timed out waiting for {what}"
+            start.elapsed() < LAST_RESORT,
+            "still waiting for {what} after {LAST_RESORT:?}: the server hangs"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn https_address(port: u16) -> String {
-    until("the Server serving", || {
+fn https_address(port: u16, server: &mut Reaped) -> String {
+    until("the Server serving", server, || {
         let server = admin(port, "/api/v1/objects/Server/tessera")?;
         let list = server["details"]["addresses"].as_array()?.clone();
         (list.len() == 2).then(|| list[0].as_str().unwrap().to_owned())
@@ -135,7 +150,7 @@ fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
     let dir = quickstart_copy();
     let port = free_port();
     let mut server = serve(dir.path(), port);
-    let https = https_address(port);
+    let https = https_address(port, &mut server);
 
     // A real deployment first: its results must survive the crash.
     let ca = crate::support::server_ca(dir.path());
@@ -162,9 +177,28 @@ fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
         .read_exact(&mut noise)
         .unwrap();
     std::fs::write(content.join("data.bin"), &noise).unwrap();
-    std::fs::write(dir.path().join("big.yaml"), BIG).unwrap();
     let state = dir.path().join(".tessera");
-    until("the build to start", || {
+    let built = || {
+        std::fs::read_dir(state.join("download"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .count()
+    };
+    let built_before = built();
+    std::fs::write(dir.path().join("big.yaml"), BIG).unwrap();
+    until("the build to start", &mut server, || {
+        // Seen only once finished, it could not be interrupted: say so rather than wait.
+        assert_eq!(
+            built(),
+            built_before,
+            "the big package was built before the test saw its build"
+        );
         let in_build = std::fs::read_dir(state.join("build"))
             .map(|d| d.count() > 0)
             .unwrap_or(false);
@@ -179,15 +213,15 @@ fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
             });
         (in_build || in_store).then_some(())
     });
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    server.0.kill().unwrap(); // SIGKILL
+    server.0.wait().unwrap();
     assert_store_complete(&state.join("download"));
 
     // Restart: the recorded results are all there, and the big package is built whole.
     let mut server = serve(dir.path(), port);
-    https_address(port);
+    https_address(port, &mut server);
     assert_eq!(states(port, &device), before);
-    let id = until("the big package rebuilt", || {
+    let id = until("the big package rebuilt", &mut server, || {
         let package = admin(port, "/api/v1/objects/Package/big")?;
         package["details"]["packageId"].as_str().map(str::to_owned)
     });
@@ -203,6 +237,7 @@ fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
     );
     assert_store_complete(&state.join("download"));
     assert!(state.join("download").join(&id).join("info").is_file());
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
+    // Removed here, so a failure to remove it (a process still writing) is seen.
+    dir.close().expect("the temporary directory is removed");
 }

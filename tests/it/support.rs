@@ -134,6 +134,28 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A child process a test started (a `tessera serve`), killed and reaped when dropped: a
+/// test that panics leaves no process behind, and none still writing into its temporary
+/// directory while that is being removed. Declare it after the directory it writes into, so
+/// it is dropped first.
+pub(crate) struct Reaped(pub(crate) std::process::Child);
+
+impl Reaped {
+    /// Panics, naming `what` it was waiting for, when the process has exited.
+    pub(crate) fn assert_running(&mut self, what: &str) {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            panic!("the child process exited ({status}) while waiting for {what}");
+        }
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A static web server (`python3 -m http.server`) on loopback serving `dir`, killed when
 /// dropped.
 pub(crate) struct StaticServer {

@@ -3,11 +3,19 @@
 
 use crate::store::sql::{Row, Sql, params};
 
-use super::deployments::deployments_of;
+use super::deployments::{deployments_between, deployments_of};
 use super::{Database, DbError, Deployment};
 
 /// Seconds within which a second contact of a computer is not written again.
 pub const CONTACT_PRECISION: i64 = 60;
+
+/// Computers per page of [`Database::fleet_pages`]. A page, with its deployments, is a few
+/// hundred kilobytes whatever the fleet's size. The whole fleet read at once, twice a
+/// reconcile pass (counts, arming) and a pass a second while agents report, made resident
+/// memory grow with the fleet and stay (the allocator kept the peaks): 1.5 GiB after 50,000
+/// computers registered, 56 MiB paged (`cargo bench --bench ingest`). Paging costs one more
+/// query per 500 computers.
+pub const FLEET_PAGE: i64 = 500;
 
 /// A computer as its agent last described it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -195,6 +203,56 @@ impl Database {
         )
     }
 
+    /// Every computer with its deployments, handed to `visit` a page of [`FLEET_PAGE`]
+    /// computers at a time, in device id order: memory stays one page whatever the fleet,
+    /// and agents' writes go ahead between pages. Each page is read in one transaction, so
+    /// a computer and its deployments agree; pages are apart in time, as counts may be.
+    /// `visit` runs outside the transaction (it may write), and its error ends the reading.
+    pub fn fleet_pages(
+        &self,
+        mut visit: impl FnMut(&[Computer], &[Deployment]) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        let mut after: Option<String> = None;
+        loop {
+            let (computers, deployments) = self.transaction(|c| {
+                let rows = match &after {
+                    None => c.query(
+                        &format!(
+                            "SELECT {COMPUTER_COLUMNS} FROM computers ORDER BY device_id LIMIT $1"
+                        ),
+                        params![FLEET_PAGE],
+                    )?,
+                    Some(after) => c.query(
+                        &format!(
+                            "SELECT {COMPUTER_COLUMNS} FROM computers WHERE device_id > $1
+                             ORDER BY device_id LIMIT $2"
+                        ),
+                        params![after.as_str(), FLEET_PAGE],
+                    )?,
+                };
+                let computers = rows
+                    .iter()
+                    .map(computer_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let deployments = match (computers.first(), computers.last()) {
+                    (Some(first), Some(last)) => {
+                        deployments_between(c, &first.device_id, &last.device_id)?
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((computers, deployments))
+            })?;
+            if computers.is_empty() {
+                return Ok(());
+            }
+            visit(&computers, &deployments)?;
+            if computers.len() < FLEET_PAGE as usize {
+                return Ok(());
+            }
+            after = computers.last().map(|c| c.device_id.clone());
+        }
+    }
+
     /// Every computer, by device id.
     pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
         self.all(
@@ -247,6 +305,7 @@ mod tests {
     on_both!(
         a_contact_within_the_precision_writes_nothing_and_a_later_one_does,
         inventories_replace_the_facts_and_keep_the_raw_document,
+        the_fleet_is_read_in_pages_each_with_its_own_deployments,
     );
 
     fn a_contact_within_the_precision_writes_nothing_and_a_later_one_does(db: &Database) {
@@ -293,5 +352,52 @@ mod tests {
             b"raw"
         );
         assert_eq!(db.find_computers("LAB-01").unwrap().len(), 1);
+    }
+
+    fn the_fleet_is_read_in_pages_each_with_its_own_deployments(db: &Database) {
+        use crate::store::db::Change;
+        // Two full pages and a part: ids of different lengths, so text order is not
+        // insertion order.
+        let total = 2 * FLEET_PAGE as usize + 7;
+        for n in 0..total {
+            let device = format!("pc-{n}");
+            db.contact(&device, 1_000).unwrap();
+            let arm = |activation: &str| Change::Arm {
+                activation: activation.into(),
+                package: "default/hello".into(),
+                package_id: "1".into(),
+                token: String::new(),
+            };
+            // Every third computer has no deployment, the others one or two.
+            let changes = match n % 3 {
+                0 => vec![],
+                1 => vec![arm("default/hello")],
+                _ => vec![arm("default/hello"), arm("default/tools")],
+            };
+            db.apply(&device, &changes, 1_000).unwrap();
+        }
+        let mut pages = Vec::new();
+        let mut seen = Vec::new();
+        let mut deployments = 0;
+        db.fleet_pages(|computers, rows| {
+            pages.push(computers.len());
+            assert!(
+                rows.iter()
+                    .all(|d| computers.iter().any(|c| c.device_id == d.device_id))
+            );
+            deployments += rows.len();
+            seen.extend(computers.iter().map(|c| c.device_id.clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pages, [FLEET_PAGE as usize, FLEET_PAGE as usize, 7]);
+        let all: Vec<String> = db
+            .computers()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.device_id)
+            .collect();
+        assert_eq!(seen, all, "each computer once, in device id order");
+        assert_eq!(deployments, db.deployments().unwrap().len());
     }
 }

@@ -496,6 +496,24 @@ fn deployment_row(row: &Row) -> Result<Deployment, DbError> {
     })
 }
 
+/// The deployments of the computers whose device ids run from `first` to `last`, both
+/// included (a page of [`Database::fleet_pages`]).
+pub(super) fn deployments_between(
+    c: &mut dyn Sql,
+    first: &str,
+    last: &str,
+) -> Result<Vec<Deployment>, DbError> {
+    c.query(
+        &format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE device_id >= $1 AND device_id <= $2"
+        ),
+        params![first, last],
+    )?
+    .iter()
+    .map(deployment_row)
+    .collect()
+}
+
 pub(super) fn deployments_of(c: &mut dyn Sql, device_id: &str) -> Result<Vec<Deployment>, DbError> {
     c.query(
         &format!(
