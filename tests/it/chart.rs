@@ -1,10 +1,14 @@
-//! The Helm chart, without helm (not installed here): its templates rendered by a tiny
-//! renderer of the Go-template constructs the chart uses (it panics on any other, so a new
-//! construct cannot slip by unrendered), parsed as YAML and inspected; its values checked
-//! against `values.schema.json` by a small validator of the keywords the schema uses.
+//! The Helm chart, without helm (not installed here): its templates rendered by a small
+//! renderer of the Go-template constructs the chart uses (`define`/`include`/`template`,
+//! `if`/`else if`/`else`, pipelines with parentheses and the sprig functions listed in
+//! [`call`]; it panics on any other, so a new construct cannot slip by unrendered), parsed as
+//! YAML and inspected with the rules `helm lint` and the API server would apply that can be
+//! checked offline (labels, names, selectors, security contexts, Chart.yaml); its values
+//! checked against `values.schema.json` by a small validator of the keywords the schema uses.
 //!
 //! Not checked here: helm's own rendering and `helm lint`, the API server's validation of
-//! the objects, and the image (docker cannot pull here).
+//! the objects, and the image (building it needs network to docker.io and crates.io); the
+//! Dockerfile is only read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -830,7 +834,7 @@ fn every_object_has_the_standard_labels_and_names_follow_the_overrides() {
                 "{at}: invalid name ({} chars)",
                 name.len()
             );
-            assert!(valid_dns_name(&fullname, 63), "{at}");
+            assert!(valid_dns_name(fullname, 63), "{at}");
         }
         // References between objects follow the names.
         let deployment = find(&objects, "Deployment")[0];
@@ -839,7 +843,7 @@ fn every_object_has_the_standard_labels_and_names_follow_the_overrides() {
         let env = pod["containers"][0]["env"].as_array().unwrap();
         let lease = env.iter().find(|e| e["name"] == "TESSERA_LEASE").unwrap();
         assert_eq!(lease["value"], json!(fullname), "{what}");
-        let service = named(&objects, "Service", &fullname);
+        let service = named(&objects, "Service", fullname);
         assert!(selects(
             &service["spec"]["selector"],
             &deployment["spec"]["template"]["metadata"]["labels"]
@@ -972,6 +976,49 @@ fn helm_test_asks_healthz_through_the_metrics_service() {
     )
     .unwrap();
     assert!(host_check.contains("path == \"/healthz\""));
+}
+
+/// The test pod's script, run by bash here against a real admin API on loopback in place
+/// of the metrics Service: it passes on /healthz, and fails on a status other than 200.
+#[tokio::test]
+async fn the_helm_test_script_passes_against_the_admin_api() {
+    let Some(bash) = ["/bin/bash", "/usr/bin/bash"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipped: no bash here");
+        return;
+    };
+    let dir = crate::support::quickstart_copy();
+    let running = crate::support::start(dir.path()).await;
+    let objects = objects(default_values());
+    let script = find(&objects, "Pod")[0]["spec"]["containers"][0]["command"][2]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let port = running.admin_address.port();
+    let local = script.replace(
+        "/dev/tcp/tessera-metrics/9090",
+        &format!("/dev/tcp/127.0.0.1/{port}"),
+    );
+    assert_ne!(local, script);
+    let run = |script: String| {
+        let bash = bash.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bash)
+                .args(["-c", &script])
+                .output()
+                .unwrap()
+        })
+    };
+    let passed = run(local.clone()).await.unwrap();
+    assert!(passed.status.success(), "{passed:?}");
+    assert!(String::from_utf8_lossy(&passed.stdout).starts_with("HTTP/1.1 200"));
+    let failed = run(local.replace("GET /healthz", "GET /no-such-page"))
+        .await
+        .unwrap();
+    assert!(!failed.status.success(), "{failed:?}");
 }
 
 #[test]
