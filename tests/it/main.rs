@@ -41,4 +41,5 @@ mod support;
 mod tls;
 mod tokens;
 mod tunnel;
+mod url_content;
 mod validate;
