@@ -310,10 +310,9 @@ impl Packages {
                     // archived: the format agents of its OS unpack, the launched file.
                     let checked = match source {
                         Source::Url { url, .. } => Some(("spec.content.url", url.clone())),
-                        Source::Archive(archive) => Some((
-                            "spec.content.archive",
-                            archive.display().to_string(),
-                        )),
+                        Source::Archive(archive) => {
+                            Some(("spec.content.archive", archive.display().to_string()))
+                        }
                         Source::Directory(_) => None,
                     };
                     if let Some((field, what)) = checked {

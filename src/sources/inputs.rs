@@ -442,7 +442,11 @@ fn url_problem(url: &str) -> Option<String> {
 /// ends with (`.tar.gz`, `.tgz`, `.zip`), when it has one: the archive itself is checked
 /// once downloaded.
 fn url_format_problem(url: &str, os: Os) -> Option<String> {
-    let path = url.split(['?', '#']).next().unwrap_or_default().to_ascii_lowercase();
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let named = if path.ends_with(".tar.gz") || path.ends_with(".tgz") {
         ArchiveFormat::TarGz
     } else if path.ends_with(".zip") {

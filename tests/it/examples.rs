@@ -75,7 +75,10 @@ fn manifests(dir: &Path) -> Vec<(PathBuf, Vec<Value>)> {
                 }
                 continue;
             }
-            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            let extension = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or_default();
             if !["yaml", "yml", "json"].contains(&extension) {
                 continue;
             }
@@ -283,13 +286,19 @@ fn the_kubernetes_example_is_the_quickstart_with_url_content_it_serves() {
         );
         let path = scratch.path().join(name);
         std::fs::write(&path, &archive).unwrap();
-        let problems = inputs::archive_problems(&package.spec, &path, "spec.content.url", url)
-            .unwrap();
+        let problems =
+            inputs::archive_problems(&package.spec, &path, "spec.content.url", url).unwrap();
         assert!(problems.is_empty(), "{key}: {problems:?}");
         // The quickstart's content directory, file for file.
-        let directory = quickstart
-            .join("packages")
-            .join(same.spec.content.as_ref().unwrap().directory.as_ref().unwrap());
+        let directory = quickstart.join("packages").join(
+            same.spec
+                .content
+                .as_ref()
+                .unwrap()
+                .directory
+                .as_ref()
+                .unwrap(),
+        );
         let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(archive.as_slice()));
         let mut held = BTreeMap::new();
         for entry in unpacked.entries().unwrap() {
@@ -306,11 +315,135 @@ fn the_kubernetes_example_is_the_quickstart_with_url_content_it_serves() {
             .map(|e| (e.name, std::fs::read(&e.path).unwrap()))
             .collect();
         assert_eq!(
-            held, expected,
+            held,
+            expected,
             "{key}: {name} is not {} (run examples/kubernetes/content.py)",
             directory.display()
         );
         archives += 1;
     }
     assert_eq!(archives, 3);
+}
+
+/// What `kubectl kustomize` (the first half of `kubectl apply -k`, run without a cluster)
+/// makes of examples/kubernetes: every object of its files, once.
+#[test]
+fn kustomize_builds_the_kubernetes_example() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes");
+    let Ok(output) = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+    else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    let mut built: Vec<(String, String, String)> = documents
+        .iter()
+        .filter(|d| !d.is_null())
+        .map(|d| {
+            let text = |field: &str| d.pointer(field).and_then(Value::as_str).unwrap().to_owned();
+            (
+                text("/kind"),
+                d.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                text("/metadata/name"),
+            )
+        })
+        .collect();
+    built.sort();
+    let declared: Vec<(String, String, String)> = kubernetes_example(&dir).into_keys().collect();
+    assert_eq!(built, declared);
+}
+
+/// The Tessera objects of examples/kubernetes as `serve --kube` reconciles them (Kubernetes
+/// mode: no files beside the objects), their content downloaded from the archives of the
+/// ConfigMap served on loopback: every object is Ready but the Server, which has no
+/// listeners to run here.
+#[test]
+fn the_kubernetes_example_builds_in_kubernetes_mode_from_its_content() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes");
+    let objects = kubernetes_example(&dir);
+    let (_, configmap) = objects
+        .iter()
+        .find(|((kind, _, _), _)| kind == "ConfigMap")
+        .unwrap();
+    let site = tempfile::tempdir().unwrap();
+    for (name, encoded) in configmap["binaryData"].as_object().unwrap() {
+        use base64::Engine;
+        let encoded: String = encoded.as_str().unwrap().split_whitespace().collect();
+        let archive = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        std::fs::write(site.path().join(name), archive).unwrap();
+    }
+    let server = crate::support::StaticServer::start(site.path());
+    let files = [
+        "pki.yaml",
+        "server.yaml",
+        "packages.yaml",
+        "affectations.yaml",
+    ]
+    .iter()
+    .map(|name| tessera::resources::SourceFile {
+        path: format!("tessera/{name}"),
+        text: std::fs::read_to_string(dir.join("tessera").join(name))
+            .unwrap()
+            .replace(
+                "http://quickstart-content.tessera-quickstart.svc.cluster.local/",
+                &format!("http://127.0.0.1:{}/", server.port),
+            ),
+    })
+    .collect();
+    let snapshot = tessera::resources::Snapshot {
+        revision: "1".into(),
+        files,
+        problems: Vec::new(),
+        root: None,
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut reconciler = tessera::reconcile::Reconciler::new(tessera::reconcile::Config {
+        state_dir: state.path().to_path_buf(),
+        config_dir: state.path().to_path_buf(),
+        options: tessera::desired::Options::default(),
+        environment: Default::default(),
+        clock: Default::default(),
+        runtime: None,
+        gateway: None,
+        secrets: Some(std::sync::Arc::new(crate::url_content::NoSecrets)),
+        leadership: tessera::leader::Leadership::always(),
+        shared_database: false,
+    });
+    let now = jiff::Timestamp::now();
+    // The Certificate follows its Issuer's first pass.
+    reconciler.pass(&snapshot, now).unwrap();
+    let report = reconciler.pass(&snapshot, now).unwrap().report;
+    use tessera::server::admin::{ConditionStatus, ConditionType, ObjectKind};
+    assert_eq!(report.objects.len(), 15);
+    for object in &report.objects {
+        if object.kind == ObjectKind::Server {
+            continue;
+        }
+        let ready = object
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Ready)
+            .unwrap();
+        assert_eq!(
+            ready.status,
+            ConditionStatus::True,
+            "{:?}/{}: {ready:?}",
+            object.kind,
+            object.name
+        );
+    }
 }

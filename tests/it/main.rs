@@ -27,6 +27,7 @@ mod git;
 mod hostile_logs;
 mod hostile_ocs;
 mod kube;
+mod kube_cluster;
 mod legacy_http;
 mod ocs;
 mod ocs_agent;

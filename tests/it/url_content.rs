@@ -132,7 +132,12 @@ fn a_url_archive_without_the_launched_file_is_refused_by_name() {
     let state = tempfile::tempdir().unwrap();
 
     let content = url(&server, "app.tar.gz", &archive);
-    declare(config.path(), "linux", &content, &launch("setup.sh --quiet"));
+    declare(
+        config.path(),
+        "linux",
+        &content,
+        &launch("setup.sh --quiet"),
+    );
     assert_refused(
         &ready(config.path(), state.path()),
         "InvalidContent",
@@ -223,12 +228,7 @@ fn archive_content_gets_the_same_checks_when_built_and_validated() {
     // Named for Windows (its name is checked with the spec), a tar.gz inside.
     std::fs::write(config.path().join("app.zip"), &archive).unwrap();
     std::fs::write(config.path().join("app.tar.gz"), &archive).unwrap();
-    let content = |name: &str| {
-        format!(
-            "    archive: {name}\n    sha256: {}\n",
-            sha256(&archive)
-        )
-    };
+    let content = |name: &str| format!("    archive: {name}\n    sha256: {}\n", sha256(&archive));
     declare(
         config.path(),
         "windows",
@@ -274,8 +274,14 @@ fn archive_content_gets_the_same_checks_when_built_and_validated() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     for (place, words) in [
-        ("Package/local: spec.content.archive:", "is a tar.gz archive"),
-        ("Package/remote: spec.content.url:", "names a tar.gz archive"),
+        (
+            "Package/local: spec.content.archive:",
+            "is a tar.gz archive",
+        ),
+        (
+            "Package/remote: spec.content.url:",
+            "names a tar.gz archive",
+        ),
     ] {
         assert!(
             stdout
@@ -288,7 +294,7 @@ fn archive_content_gets_the_same_checks_when_built_and_validated() {
 
 /// Secrets nobody reads here: Kubernetes mode without an API server.
 #[derive(Debug)]
-struct NoSecrets;
+pub(crate) struct NoSecrets;
 
 impl Secrets for NoSecrets {
     fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), SecretsError> {
@@ -312,12 +318,18 @@ fn in_kubernetes_directory_and_archive_content_is_refused_for_url() {
         )
     };
     let documents = [
-        ("Package/lab/hello", package("hello", "    directory: hello\n")),
+        (
+            "Package/lab/hello",
+            package("hello", "    directory: hello\n"),
+        ),
         (
             "Package/lab/bundle",
             package(
                 "bundle",
-                &format!("    archive: bundle.tar.gz\n    sha256: {}\n", "ab".repeat(32)),
+                &format!(
+                    "    archive: bundle.tar.gz\n    sha256: {}\n",
+                    "ab".repeat(32)
+                ),
             ),
         ),
     ];
