@@ -639,6 +639,87 @@ mod tests {
     }
 
     #[test]
+    fn the_launched_program_is_the_first_word_or_the_quoted_start() {
+        assert_eq!(program("setup.sh --quiet"), "setup.sh");
+        assert_eq!(program("./bin/run"), "bin/run");
+        assert_eq!(program("\"my setup.exe\" /S"), "my setup.exe");
+        assert_eq!(program("  hello.sh"), "hello.sh");
+    }
+
+    #[test]
+    fn archives_are_known_by_their_magic_number_not_their_name() {
+        assert_eq!(
+            ArchiveFormat::sniff(&[0x1f, 0x8b, 8, 0]),
+            Some(ArchiveFormat::TarGz)
+        );
+        assert_eq!(
+            ArchiveFormat::sniff(b"PK\x03\x04"),
+            Some(ArchiveFormat::Zip)
+        );
+        assert_eq!(
+            ArchiveFormat::sniff(b"PK\x05\x06"),
+            Some(ArchiveFormat::Zip)
+        );
+        assert_eq!(ArchiveFormat::sniff(b"<htm"), None);
+        assert_eq!(ArchiveFormat::sniff(b""), None);
+        assert_eq!(ArchiveFormat::for_os(Os::Windows), ArchiveFormat::Zip);
+        assert_eq!(ArchiveFormat::for_os(Os::Macos), ArchiveFormat::TarGz);
+    }
+
+    #[test]
+    fn tar_members_lose_their_dot_slash_and_directories_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tar.gz");
+        let gzip = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut tar = tar::Builder::new(gzip);
+        // Names as GNU tar writes them for `tar -C dir -c .`, set byte by byte (the tar
+        // crate would drop the `./` itself).
+        for (name, kind) in [
+            ("./", tar::EntryType::Directory),
+            ("./bin/", tar::EntryType::Directory),
+            ("./bin/run", tar::EntryType::Regular),
+        ] {
+            let mut header = tar::Header::new_old();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(kind);
+            header.set_size(0);
+            header.set_cksum();
+            tar.append(&header, std::io::empty()).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+        let found = members(&path, ArchiveFormat::TarGz).unwrap();
+        let names: Vec<(&str, bool)> = found
+            .iter()
+            .map(|m| (m.name.as_str(), m.directory))
+            .collect();
+        assert_eq!(names, [("", true), ("bin", true), ("bin/run", false)]);
+    }
+
+    #[test]
+    fn a_url_named_for_the_wrong_format_is_found_without_downloading() {
+        let windows = url_format_problem("https://x.example/app-1.2.tar.gz?token=1", Os::Windows);
+        assert!(windows.unwrap().contains("names a tar.gz archive"));
+        assert!(url_format_problem("https://x.example/a.TGZ", Os::Windows).is_some());
+        assert!(url_format_problem("https://x.example/a.zip", Os::Linux).is_some());
+        assert_eq!(
+            url_format_problem("https://x.example/a.zip", Os::Windows),
+            None
+        );
+        assert_eq!(
+            url_format_problem("https://x.example/a.tgz", Os::Macos),
+            None
+        );
+        // No name to go by: the download itself is checked.
+        assert_eq!(
+            url_format_problem("https://x.example/download?id=7", Os::Windows),
+            None
+        );
+    }
+
+    #[test]
     fn url_shapes_that_cannot_be_fetched_are_named() {
         assert_eq!(url_problem("https://example.com/a.tar.gz"), None);
         assert_eq!(url_problem("http://[::1]:8080/a"), None);
