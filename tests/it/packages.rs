@@ -381,7 +381,8 @@ fn a_failed_rebuild_keeps_the_last_version_in_the_store() {
 #[test]
 fn content_from_a_url_is_downloaded_once_checked_and_used_as_is() {
     let site = tempfile::tempdir().unwrap();
-    let archive: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let data: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let archive = crate::url_content::tar_gz(&[("data.bin", &data, false)]);
     std::fs::write(site.path().join("app.tar.gz"), &archive).unwrap();
     use sha2::Digest;
     let sha = hex::encode(sha2::Sha256::digest(&archive));
