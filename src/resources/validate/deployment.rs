@@ -163,10 +163,12 @@ fn package_content(spec: &PackageSpec, content: &PackageContent, found: &mut Fou
                 "spec.content.archive",
                 "Windows agents only unpack zip archives: use a .zip file",
             );
-        } else if spec.os != Os::Windows && !(zip || targz) {
+        } else if spec.os != Os::Windows && !targz {
+            // The info file tells Tessera's own agent `tar.gz` for Linux and macOS, and the
+            // build checks the archive's first bytes the same way.
             found.add(
                 "spec.content.archive",
-                "Linux and macOS agents unpack .tar.gz (or .zip where unzip is installed)",
+                "Linux and macOS agents unpack tar.gz archives: use a .tar.gz or .tgz file",
             );
         }
     }
