@@ -287,7 +287,7 @@ fn rbac_grants_only_what_tessera_uses() {
     );
     expected.insert(
         ("".into(), "secrets".into()),
-        verbs(&["create", "get", "patch", "update"]),
+        verbs(&["create", "get", "list", "patch", "update", "watch"]),
     );
 
     let cluster = objects(default_values());
