@@ -1322,3 +1322,111 @@ async fn an_issuer_becomes_ready_when_its_secret_appears_later() {
     assert_eq!(ready["status"]["subject"], "CN=Fleet CA", "{ready}");
     running.stop().await.unwrap();
 }
+
+/// A leaf for 127.0.0.1 signed by `ca`: (chain PEM, key PEM, serial).
+fn serving_leaf(ca: &tessera::pki::authority::Authority) -> (String, String, String) {
+    use tessera::pki::authority::{LeafRequest, generate_key};
+    use tessera::pki::{KeyType, Names, Usage};
+    let key = generate_key(KeyType::EcdsaP256).unwrap();
+    let request = LeafRequest {
+        names: Names {
+            common_name: Some("tessera.fleet".into()),
+            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+            ..Names::default()
+        },
+        usages: vec![Usage::ServerAuth, Usage::DigitalSignature],
+        is_ca: false,
+        lifetime: jiff::SignedDuration::from_hours(1),
+    };
+    let issued = ca.issue(&request, &key, jiff::Timestamp::now()).unwrap();
+    let der = tessera::pki::facts::pem_certificates(&issued.chain_pem).unwrap();
+    let serial = tessera::pki::facts::read(&der[0]).unwrap().serial;
+    (issued.chain_pem, key.serialize_pem(), serial)
+}
+
+/// The serial of the certificate a TLS server at `address` presents, verified against
+/// `root_pem`; `None` while it does not answer or presents none.
+async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().unwrap().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .ok()?;
+    let peer = tls.get_ref().1.peer_certificates()?;
+    Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
+}
+
+/// Issue 16, living beside cert-manager: a Server presents the key pair of an existing
+/// `kubernetes.io/tls` Secret (`certificateSecretRef`) and, when the Secret is renewed,
+/// the new certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_serves_a_tls_secret_and_follows_its_renewal() {
+    let ca = tessera::pki::authority::Authority::generate(
+        "Cluster CA",
+        tessera::pki::KeyType::EcdsaP256,
+        jiff::Timestamp::now(),
+        jiff::SignedDuration::from_hours(24),
+    )
+    .unwrap();
+    let (chain, key, first) = serving_leaf(&ca);
+    let secrets = FakeSecrets::default();
+    secrets.put(FakeSecrets::tls("agents-tls", &chain, &key));
+
+    let address = format!("127.0.0.1:{}", crate::support::free_port());
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([(
+        "servers",
+        vec![json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Server",
+            "metadata": meta("tessera"),
+            "spec": {"listen": {"https": address}, "certificateSecretRef": {"name": "agents-tls"}}})],
+    )]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
+    // Nothing unexpected asked of the cluster, and no Secret written (the Secret is not
+    // Tessera's).
+    let watchdog = tokio::spawn(async move {
+        while let Some(event) = seen.recv().await {
+            match event {
+                Seen::Secret { path, .. } => panic!("wrote a Secret it does not own: {path}"),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                _ => {}
+            }
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let running = serve_kube(client, state.path()).await;
+    let root = ca.certificate_pem().to_owned();
+
+    let (served, _) = crate::support::eventually("the Secret's certificate served", async || {
+        served_serial(&address, &root).await
+    })
+    .await;
+    assert_eq!(served, first);
+
+    // cert-manager renews: the Secret gets a new key pair.
+    let (chain, key, second) = serving_leaf(&ca);
+    assert_ne!(first, second);
+    secrets.put(FakeSecrets::tls("agents-tls", &chain, &key));
+    crate::support::eventually("the renewed certificate served", async || {
+        served_serial(&address, &root)
+            .await
+            .filter(|serial| *serial == second)
+    })
+    .await;
+    assert!(!watchdog.is_finished(), "the fake cluster saw a request it should not have");
+    running.stop().await.unwrap();
+    watchdog.abort();
+}

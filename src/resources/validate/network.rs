@@ -5,6 +5,17 @@ use crate::resources::gateway::{GatewayDialOut, GatewayMode, GatewaySpec};
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 
 pub(super) fn server(spec: &ServerSpec, found: &mut Found) {
+    match (&spec.certificate_ref, &spec.certificate_secret_ref) {
+        (Some(_), Some(_)) => found.add(
+            "spec.certificateSecretRef",
+            "set certificateRef (a Tessera Certificate) or certificateSecretRef (an existing kubernetes.io/tls Secret), not both",
+        ),
+        (None, None) => found.add(
+            "spec.certificateRef",
+            "the server presents a certificate to agents: set certificateRef (a Tessera Certificate) or, in Kubernetes, certificateSecretRef (an existing kubernetes.io/tls Secret)",
+        ),
+        _ => {}
+    }
     if let Some(reason) = socket_address_problem(&spec.listen.https) {
         found.add("spec.listen.https", reason);
     }
@@ -234,6 +245,29 @@ fn host_port_problem(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_problems(certificates: &str) -> Vec<(String, String)> {
+        let yaml = format!("listen:\n  https: 0.0.0.0:8443\n{certificates}");
+        let spec: ServerSpec = serde_saphyr::from_str(&yaml).unwrap();
+        let mut found = Found::default();
+        server(&spec, &mut found);
+        found.0
+    }
+
+    #[test]
+    fn a_server_names_its_certificate_or_its_secret_not_both() {
+        assert!(server_problems("certificateRef: {name: web}\n").is_empty());
+        assert!(server_problems("certificateSecretRef: {name: web-tls}\n").is_empty());
+        let both = server_problems(
+            "certificateRef: {name: web}\ncertificateSecretRef: {name: web-tls}\n",
+        );
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert_eq!(both[0].0, "spec.certificateSecretRef");
+        assert!(both[0].1.contains("not both"), "{both:?}");
+        let neither = server_problems("");
+        assert_eq!(neither.len(), 1, "{neither:?}");
+        assert_eq!(neither[0].0, "spec.certificateRef");
+    }
 
     #[test]
     fn backends_may_be_names_or_addresses() {
