@@ -95,7 +95,7 @@ pub(super) fn start_kube(
         Ok(())
     });
 
-    let writer = StatusWriter::new(client.clone(), Some(identity));
+    let writer = StatusWriter::new(client, Some(identity));
     let leader = leader_rx.clone();
     tasks.spawn(|token| async move {
         // A Gateway's status is written by the `tessera gateway` that runs it.
@@ -145,12 +145,24 @@ fn resync_trigger(
             }
         }
     });
+    watch_secrets(client, namespace, secrets, resync_tx, tasks);
+    resync_rx
+}
+
+/// Starts the watch of the Secrets that passes read through `secrets`: `true` is sent on
+/// `resync` when one of them appears, changes or goes away.
+pub(super) fn watch_secrets(
+    client: kube::Client,
+    namespace: Option<String>,
+    secrets: &KubeSecrets,
+    resync: watch::Sender<bool>,
+    tasks: &mut Tasks,
+) {
     let read = secrets.read_secrets();
     tasks.spawn(|token| async move {
-        secrets::watch_read_secrets(client, namespace, read, resync_tx, token).await;
+        secrets::watch_read_secrets(client, namespace, read, resync, token).await;
         Ok(())
     });
-    resync_rx
 }
 
 /// Writes the status of the Gateway `own` from each report (`tessera gateway --kube`: the

@@ -1388,9 +1388,11 @@ async fn a_server_serves_a_tls_secret_and_follows_its_renewal() {
     let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
     let objects = BTreeMap::from([(
         "servers",
-        vec![json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Server",
+        vec![
+            json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Server",
             "metadata": meta("tessera"),
-            "spec": {"listen": {"https": address}, "certificateSecretRef": {"name": "agents-tls"}}})],
+            "spec": {"listen": {"https": address}, "certificateSecretRef": {"name": "agents-tls"}}}),
+        ],
     )]);
     let (client, handle) = mock_client();
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
@@ -1426,7 +1428,44 @@ async fn a_server_serves_a_tls_secret_and_follows_its_renewal() {
             .filter(|serial| *serial == second)
     })
     .await;
-    assert!(!watchdog.is_finished(), "the fake cluster saw a request it should not have");
+    assert!(
+        !watchdog.is_finished(),
+        "the fake cluster saw a request it should not have"
+    );
     running.stop().await.unwrap();
     watchdog.abort();
+}
+
+/// `certificateSecretRef` outside Kubernetes: the Server says plainly that the field is for
+/// Kubernetes and what to use instead, and serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_certificate_in_directory_mode_is_refused_with_a_reason() {
+    let dir = crate::support::quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    let changed = text.replace(
+        "certificateRef:\n    name: tessera-server",
+        "certificateSecretRef:\n    name: tessera-server-tls",
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&server, changed).unwrap();
+    let running = crate::support::start(dir.path()).await;
+    let (ready, _) = crate::support::eventually("the Server refused", async || {
+        let (status, body) =
+            crate::support::get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let object: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        object["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["reason"] == "SecretsNeedKubernetes")
+            .cloned()
+    })
+    .await;
+    assert_eq!(ready["status"], "False", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("Kubernetes mode only") && message.contains("certificateRef"),
+        "{message}"
+    );
+    running.stop().await.unwrap();
 }

@@ -23,7 +23,10 @@ use super::{KubeError, Owner, apply_tls_secret, read_tls_secret};
 /// Tessera's own writes of Certificates' Secrets (which no pass reads back as changed)
 /// never make passes without end.
 #[derive(Clone, Debug, Default)]
-pub struct ReadSecrets(Arc<Mutex<HashMap<(String, String), Option<Vec<u8>>>>>);
+pub struct ReadSecrets(Arc<Mutex<HashMap<SecretName, Option<Vec<u8>>>>>);
+
+/// (namespace, name) of a Secret.
+type SecretName = (String, String);
 
 impl ReadSecrets {
     /// Records what a pass read of `namespace/name`.
