@@ -861,6 +861,8 @@ pub(crate) struct FakeSecrets(Arc<Mutex<FakeSecretsInner>>);
 #[derive(Default)]
 struct FakeSecretsInner {
     stored: BTreeMap<String, Value>,
+    /// How many times each Secret was read by name (each read is one reconcile pass's).
+    reads: BTreeMap<String, usize>,
     version: u64,
     watches: Vec<(String, tower_test::mock::SendResponse<Response<Body>>)>,
 }
@@ -894,6 +896,11 @@ impl FakeSecrets {
                     .unwrap(),
             );
         }
+    }
+
+    /// How many times the Secret `name` was read by name so far.
+    pub(crate) fn reads(&self, name: &str) -> usize {
+        self.0.lock().unwrap().reads.get(name).copied().unwrap_or(0)
     }
 
     /// A `kubernetes.io/tls` Secret of a key pair, in the API's shape.
@@ -943,6 +950,7 @@ impl FakeSecrets {
             ));
         } else {
             let name = path.rsplit('/').next().unwrap();
+            *inner.reads.entry(name.to_owned()).or_default() += 1;
             match inner.stored.get(name) {
                 Some(secret) => send.send_response(respond(StatusCode::OK, secret)),
                 None => {
@@ -1466,6 +1474,109 @@ async fn a_secret_certificate_in_directory_mode_is_refused_with_a_reason() {
     assert!(
         message.contains("Kubernetes mode only") && message.contains("certificateRef"),
         "{message}"
+    );
+    running.stop().await.unwrap();
+}
+
+/// Waits for `count` writes of the Lease (it is renewed every 4 s), failing on anything
+/// unexpected; returns the Secrets written meanwhile.
+async fn lease_writes(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    count: usize,
+) -> Vec<String> {
+    let mut written = Vec::new();
+    let mut writes = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while writes < count {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Lease => writes += 1,
+                Seen::Secret { path, .. } => written.push(path),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                Seen::Status { .. } => {}
+            }
+        }
+    })
+    .await
+    .expect("the Lease is renewed");
+    written
+}
+
+/// Tessera's own Secret writes come back through its watch of Secrets, and one of them is
+/// read by an Issuer (`ca.secretName` of an `isCA` Certificate's Secret): that makes one
+/// more pass, which writes nothing, and then no pass at all until something changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_own_secret_writes_never_make_passes_without_end() {
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([
+        (
+            "issuers",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+                    "metadata": meta("root"), "spec": {"selfSigned": {"commonName": "Root"}}}),
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+                    "metadata": meta("from-secret"), "spec": {"ca": {"secretName": "intermediate-tls"}}}),
+            ],
+        ),
+        (
+            "certificates",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Certificate",
+                    "metadata": meta("intermediate"),
+                    "spec": {"issuerRef": {"name": "root"}, "commonName": "Intermediate", "isCA": true, "secretName": "intermediate-tls"}}),
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Certificate",
+                    "metadata": meta("web"),
+                    "spec": {"issuerRef": {"name": "from-secret"}, "dnsNames": ["web.example.com"], "secretName": "web-tls"}}),
+            ],
+        ),
+    ]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let secrets = FakeSecrets::default();
+    tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
+    let state = tempfile::tempdir().unwrap();
+    let running = serve_kube(client, state.path()).await;
+
+    let mut written = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Status { path, body }
+                    if path.ends_with("/certificates/web/status")
+                        && ready_of(&body).is_some_and(|(s, _)| s == "True") =>
+                {
+                    return;
+                }
+                Seen::Secret { path, .. } => written.push(path),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the Certificate signed by the Secret's CA is Ready");
+    // Settled once the Lease is renewed twice (the passes of the start are over).
+    written.extend(lease_writes(&mut seen, 2).await);
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "/api/v1/namespaces/fleet/secrets/intermediate-tls",
+            "/api/v1/namespaces/fleet/secrets/web-tls"
+        ],
+        "each Secret written once"
+    );
+    let reads = secrets.reads("intermediate-tls");
+    assert!(
+        reads >= 2,
+        "read missing, then read again once written: {reads}"
+    );
+    // Two more renewals (8 s): no pass reads the Secret again, none writes.
+    let later = lease_writes(&mut seen, 2).await;
+    assert!(later.is_empty(), "{later:?}");
+    assert_eq!(
+        secrets.reads("intermediate-tls"),
+        reads,
+        "no pass without a change"
     );
     running.stop().await.unwrap();
 }
