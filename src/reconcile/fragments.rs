@@ -97,18 +97,6 @@ pub struct Packages {
     /// The package ids the last build found current; `None`: prune nothing (the store
     /// could not be opened, or the source is held back).
     current: Option<BTreeSet<String>>,
-    /// Whether content may come from files next to the declarations.
-    files: ContentFiles,
-}
-
-/// Whether `directory` and `archive` content can be read: they name files relative to the
-/// declaring file, and in Kubernetes there is none (only `url` content can be built).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContentFiles {
-    /// A directory or git source: paths resolve below the configuration.
-    Readable,
-    /// Kubernetes: objects come from the API server, with no files beside them.
-    Absent,
 }
 
 /// What was built for one package, kept in `packages/<namespace>/<name>.json` so a restart
@@ -130,14 +118,7 @@ impl Packages {
             config_dir,
             metrics: None,
             current: None,
-            files: ContentFiles::Readable,
         }
-    }
-
-    /// Whether content files can be read (not in Kubernetes).
-    pub fn with_content_files(mut self, files: ContentFiles) -> Self {
-        self.files = files;
-        self
     }
 
     /// Resolves content directories below `config_dir` from now on (a git source checks
@@ -245,20 +226,6 @@ impl Packages {
         let content = spec.content.as_ref();
         let file = desired.entries.get(key).and_then(|e| e.origin.as_ref());
         let source = inputs::of(spec, &self.config_dir, file.map(|o| o.file.as_str()));
-        if self.files == ContentFiles::Absent
-            && let Some(field) = match &source {
-                Some(Source::Directory(_)) => Some("directory"),
-                Some(Source::Archive(_)) => Some("archive"),
-                _ => None,
-            }
-        {
-            return Ok(failed(
-                Reason::ContentNeedsURL,
-                format!(
-                    "spec.content.{field}: in Kubernetes a Package's content is a `url` with its `sha256` (an archive any HTTP(S) server serves); the server has no files to read a {field} from"
-                ),
-            ));
-        }
         // Agents run a launched command as `./<first word>`: it must be a file of the
         // content, or every agent reports ERR_EXECUTE.
         if let (Some(launch), Some(source)) = (&spec.action.launch, &source)
@@ -305,29 +272,6 @@ impl Packages {
                                 "the archive's SHA-256 is {sha}, but spec.content.sha256 says {expected}"
                             ),
                         ));
-                    }
-                    // A ready-made archive gets the checks a directory gets before it is
-                    // archived: the format agents of its OS unpack, the launched file.
-                    let checked = match source {
-                        Source::Url { url, .. } => Some(("spec.content.url", url.clone())),
-                        Source::Archive(archive) => {
-                            Some(("spec.content.archive", archive.display().to_string()))
-                        }
-                        Source::Directory(_) => None,
-                    };
-                    if let Some((field, what)) = checked {
-                        let problems = inputs::archive_problems(spec, &path, field, &what)?;
-                        if !problems.is_empty() {
-                            let _ = std::fs::remove_file(&path);
-                            return Ok(failed(
-                                Reason::InvalidContent,
-                                problems
-                                    .iter()
-                                    .map(|(field, reason)| format!("{field}: {reason}"))
-                                    .collect::<Vec<_>>()
-                                    .join("; "),
-                            ));
-                        }
                     }
                     (Some(path), sha)
                 }

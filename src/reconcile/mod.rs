@@ -259,13 +259,7 @@ impl Reconciler {
     pub fn new(config: Config) -> Self {
         Self {
             packages: {
-                // Kubernetes mode (Secrets are its API) has no files beside the objects.
-                let files = match config.secrets {
-                    Some(_) => fragments::ContentFiles::Absent,
-                    None => fragments::ContentFiles::Readable,
-                };
-                let packages = Packages::new(config.state_dir.clone(), config.config_dir.clone())
-                    .with_content_files(files);
+                let packages = Packages::new(config.state_dir.clone(), config.config_dir.clone());
                 match &config.runtime {
                     Some(runtime) => packages.with_metrics(runtime.metrics.clone()),
                     None => packages,

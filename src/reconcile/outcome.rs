@@ -130,8 +130,6 @@ reasons! {
     InvalidContent => Failed,
     /// Downloaded content does not match its declared digest.
     DigestMismatch => Failed,
-    /// In Kubernetes, content is a `url`: there are no files for `directory` or `archive`.
-    ContentNeedsURL => Failed,
 
     // Activation.
     /// Agents are offered the package.

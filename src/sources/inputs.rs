@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::resources::meta::Os;
 use crate::resources::package::PackageSpec;
 use crate::resources::parse::parse_file;
 use crate::resources::{Resource, SourceFile};
@@ -34,18 +33,6 @@ pub enum InputError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-    #[error("failed to list the members of the tar.gz archive {path}")]
-    ListTarGz {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("failed to list the members of the zip archive {path}")]
-    ListZip {
-        path: PathBuf,
-        #[source]
-        source: zip::result::ZipError,
     },
 }
 
@@ -165,7 +152,7 @@ pub fn launch_problem(command: &str, input: &Input) -> Result<Option<String>, In
     let Input::Directory(dir) = input else {
         return Ok(None);
     };
-    let program = program(command);
+    let program = command.split_whitespace().next().unwrap_or_default();
     if walk(dir)?.iter().any(|e| !e.directory && e.name == program) {
         return Ok(None);
     }
@@ -173,180 +160,6 @@ pub fn launch_problem(command: &str, input: &Input) -> Result<Option<String>, In
         "agents run {program:?} from the package content, but {} has no such file (use execute for a command such as `sh script.sh`)",
         dir.display()
     )))
-}
-
-/// The archive formats agents unpack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArchiveFormat {
-    /// gzip-compressed tar: Linux and macOS agents.
-    TarGz,
-    /// zip: Windows agents.
-    Zip,
-}
-
-impl ArchiveFormat {
-    /// What agents on `os` unpack: the OCS Windows agent only zip; Tessera's agent is told
-    /// `tar.gz` for Linux and macOS (and a directory is archived the same way).
-    pub fn for_os(os: Os) -> Self {
-        if os == Os::Windows {
-            Self::Zip
-        } else {
-            Self::TarGz
-        }
-    }
-
-    /// The format the file that begins with `head` is in, by its magic number (gzip: RFC
-    /// 1952's `1f 8b`; zip: a local file header, or the end record of an empty archive).
-    pub fn sniff(head: &[u8]) -> Option<Self> {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Some(Self::TarGz)
-        } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-            Some(Self::Zip)
-        } else {
-            None
-        }
-    }
-
-    /// As written in file names and manifests.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TarGz => "tar.gz",
-            Self::Zip => "zip",
-        }
-    }
-}
-
-/// One member of an archive: its path with `./` and a trailing `/` removed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub directory: bool,
-}
-
-/// The members of the `format` archive at `path`, read without extracting anything (a
-/// tar.gz is decompressed as a stream, a zip's central directory is read).
-pub fn members(path: &Path, format: ArchiveFormat) -> Result<Vec<Member>, InputError> {
-    let file = std::fs::File::open(path).map_err(|source| InputError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let member = |name: &str, directory: bool| Member {
-        name: name
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_owned(),
-        directory,
-    };
-    match format {
-        ArchiveFormat::TarGz => {
-            let failed = |source| InputError::ListTarGz {
-                path: path.to_owned(),
-                source,
-            };
-            let gzip = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
-            let mut archive = tar::Archive::new(gzip);
-            let mut found = Vec::new();
-            for entry in archive.entries().map_err(failed)? {
-                let entry = entry.map_err(failed)?;
-                let name = entry.path().map_err(failed)?.to_string_lossy().into_owned();
-                found.push(member(&name, entry.header().entry_type().is_dir()));
-            }
-            Ok(found)
-        }
-        ArchiveFormat::Zip => {
-            let failed = |source| InputError::ListZip {
-                path: path.to_owned(),
-                source,
-            };
-            let archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(failed)?;
-            archive
-                .file_names()
-                .map(|name| name.map(|name| member(&name, name.ends_with('/'))))
-                .collect::<Result<_, _>>()
-                .map_err(failed)
-        }
-    }
-}
-
-/// Why the ready-made archive at `path` (downloaded from, or named by, `field` of `spec`,
-/// shown as `what`) would fail on every agent: a format agents on `spec.os` do not unpack,
-/// or a `launch` command whose file it does not hold. As (field path, reason), every one.
-/// `Err` only when the file cannot be opened.
-pub fn archive_problems(
-    spec: &PackageSpec,
-    path: &Path,
-    field: &str,
-    what: &str,
-) -> Result<Vec<(String, String)>, InputError> {
-    let mut head = [0u8; 4];
-    let read = std::fs::File::open(path)
-        .and_then(|mut file| std::io::Read::read(&mut file, &mut head))
-        .map_err(|source| InputError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    let expected = ArchiveFormat::for_os(spec.os);
-    let os = spec.os;
-    let format = match ArchiveFormat::sniff(&head[..read]) {
-        Some(format) if format == expected => format,
-        Some(format) => {
-            return Ok(vec![(
-                field.to_owned(),
-                format!(
-                    "{what} is a {} archive, but spec.os is {os} and its agents unpack {} only",
-                    format.as_str(),
-                    expected.as_str()
-                ),
-            )]);
-        }
-        None => {
-            return Ok(vec![(
-                field.to_owned(),
-                format!(
-                    "{what} is not an archive: agents for spec.os {os} unpack {} only",
-                    expected.as_str()
-                ),
-            )]);
-        }
-    };
-    let members = match members(path, format) {
-        Ok(members) => members,
-        Err(error) => return Ok(vec![(field.to_owned(), chain(&error))]),
-    };
-    let mut found = Vec::new();
-    if let Some(launch) = &spec.action.launch {
-        let program = program(&launch.command);
-        // Windows finds `Setup.EXE` for `setup.exe`, and reads `\` as `/`.
-        let windows = spec.os == Os::Windows;
-        let same = |name: &str| {
-            if windows {
-                name.replace('\\', "/")
-                    .eq_ignore_ascii_case(&program.replace('\\', "/"))
-            } else {
-                name == program
-            }
-        };
-        if !members.iter().any(|m| !m.directory && same(&m.name)) {
-            found.push((
-                "spec.action.launch.command".to_owned(),
-                format!(
-                    "agents run {program:?} from the package content, but {what} has no such file (use execute for a command such as `sh script.sh`)"
-                ),
-            ));
-        }
-    }
-    Ok(found)
-}
-
-/// The file a launch command runs: its first word, or its quoted start (`"my setup.exe"
-/// /S`), without a leading `./`.
-fn program(command: &str) -> String {
-    let command = command.trim_start();
-    let first = match command.strip_prefix('"') {
-        Some(quoted) => quoted.split('"').next().unwrap_or_default(),
-        None => command.split_whitespace().next().unwrap_or_default(),
-    };
-    first.trim_start_matches("./").to_owned()
 }
 
 /// Every problem the build of `spec` would meet on disk, without building or downloading:
@@ -388,20 +201,11 @@ pub fn check(spec: &PackageSpec, root: &Path, file: Option<&str>) -> Vec<(String
                             "the archive's SHA-256 is {sha}, but spec.content.sha256 says {expected}"
                         ),
                     ));
-                } else {
-                    // Not the archive meant: what it holds says nothing then.
-                    let what = path.display().to_string();
-                    match archive_problems(spec, path, "spec.content.archive", &what) {
-                        Ok(problems) => found.extend(problems),
-                        Err(error) => found.push(("spec.content.archive".into(), chain(&error))),
-                    }
                 }
             }
         },
         Input::Url { url, .. } => {
             if let Some(reason) = url_problem(url) {
-                found.push(("spec.content.url".into(), reason));
-            } else if let Some(reason) = url_format_problem(url, spec.os) {
                 found.push(("spec.content.url".into(), reason));
             }
         }
@@ -436,32 +240,6 @@ fn url_problem(url: &str) -> Option<String> {
         ));
     }
     None
-}
-
-/// Why the download at `url` cannot suit agents of `os`, judged by the file name its path
-/// ends with (`.tar.gz`, `.tgz`, `.zip`), when it has one: the archive itself is checked
-/// once downloaded.
-fn url_format_problem(url: &str, os: Os) -> Option<String> {
-    let path = url
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let named = if path.ends_with(".tar.gz") || path.ends_with(".tgz") {
-        ArchiveFormat::TarGz
-    } else if path.ends_with(".zip") {
-        ArchiveFormat::Zip
-    } else {
-        return None;
-    };
-    let expected = ArchiveFormat::for_os(os);
-    (named != expected).then(|| {
-        format!(
-            "`{url}` names a {} archive, but spec.os is {os} and its agents unpack {} only",
-            named.as_str(),
-            expected.as_str()
-        )
-    })
 }
 
 /// The message of `error` with every cause, once each.
