@@ -1502,8 +1502,10 @@ async fn lease_writes(
 }
 
 /// Tessera's own Secret writes come back through its watch of Secrets, and one of them is
-/// read by an Issuer (`ca.secretName` of an `isCA` Certificate's Secret): that makes one
-/// more pass, which writes nothing, and then no pass at all until something changes.
+/// read by an Issuer (`ca.secretName` of an `isCA` Certificate's Secret, read back within
+/// the pass that wrote it): each Secret is written once, and once settled no pass reads
+/// or writes a Secret again until something changes. A guard against a watch that feeds
+/// on Tessera's own writes (it holds without the watch too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn its_own_secret_writes_never_make_passes_without_end() {
     let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
