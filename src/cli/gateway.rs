@@ -196,11 +196,21 @@ async fn read_configuration(
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("/var/lib/tessera-gateway"));
             create_state_dir(&state_dir)?;
-            let (snapshots, snapshot) = watch_cluster(args, client.clone(), tasks).await?;
-            // Reads only (an Issuer's key pair from its Secret): the gateway writes none.
+            // Reads only (an Issuer's key pair, the Gateway's certificateSecretRef): the
+            // gateway writes none. A change to a Secret read makes a pass.
             let (_, never) = watch::channel(false);
-            kube_client = Some(client.clone());
-            secrets = Some(Arc::new(KubeSecrets::new(client, never)));
+            let read = Arc::new(KubeSecrets::new(client.clone(), never));
+            let (resync_tx, resync) = watch::channel(false);
+            super::kube::watch_secrets(
+                client.clone(),
+                args.namespace.clone(),
+                &read,
+                resync_tx,
+                tasks,
+            );
+            let (snapshots, snapshot) = watch_cluster(args, client.clone(), resync, tasks).await?;
+            kube_client = Some(client);
+            secrets = Some(read);
             (
                 state_dir.clone(),
                 state_dir,
@@ -250,10 +260,11 @@ async fn read_configuration(
 async fn watch_cluster(
     args: &GatewayArgs,
     client: kube::Client,
+    resync: watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(watch::Receiver<Snapshot>, Snapshot)> {
     let (snapshot_tx, mut snapshot_rx) = watch::channel(Snapshot::default());
-    let source = KubeSource::new(client, args.namespace.clone());
+    let source = KubeSource::new(client, args.namespace.clone()).resync_on(resync);
     tasks.spawn(|token| async move {
         source.run(snapshot_tx, token).await;
         Ok(())

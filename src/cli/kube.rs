@@ -13,7 +13,7 @@ use crate::reconcile;
 use crate::reconcile::secrets::SecretsError;
 use crate::resources::{Kind, ObjectKey};
 use crate::server::admin::Report;
-use crate::sources::kube::secrets::KubeSecrets;
+use crate::sources::kube::secrets::{self, KubeSecrets};
 use crate::sources::kube::status::write_statuses;
 use crate::sources::kube::{
     self as kube_source, KubeError, ObjectStatus, Owner, StatusWriter, lease,
@@ -75,8 +75,16 @@ pub(super) fn start_kube(
         &args.lease
     };
     let (leader_tx, leader_rx) = watch::channel(false);
-    let source = kube_source::KubeSource::new(client.clone(), args.namespace.clone())
-        .resync_on(leader_rx.clone());
+    let secrets = Arc::new(KubeSecrets::new(client.clone(), leader_rx.clone()));
+    let resync = resync_trigger(
+        client.clone(),
+        args.namespace.clone(),
+        &secrets,
+        leader_rx.clone(),
+        tasks,
+    );
+    let source =
+        kube_source::KubeSource::new(client.clone(), args.namespace.clone()).resync_on(resync);
     tasks.spawn(|token| async move {
         source.run(snapshots, token).await;
         Ok(())
@@ -87,7 +95,7 @@ pub(super) fn start_kube(
         Ok(())
     });
 
-    let writer = StatusWriter::new(client.clone(), Some(identity));
+    let writer = StatusWriter::new(client, Some(identity));
     let leader = leader_rx.clone();
     tasks.spawn(|token| async move {
         // A Gateway's status is written by the `tessera gateway` that runs it.
@@ -103,8 +111,58 @@ pub(super) fn start_kube(
         Ok(())
     });
 
-    let secrets = Arc::new(KubeSecrets::new(client, leader_rx.clone()));
     (secrets, leader_rx)
+}
+
+/// What makes the source publish its snapshot again (so reconcile makes a pass): this
+/// replica becoming leader (it writes its Secrets at once), and a Secret that a pass read
+/// appearing, changing or going away (an Issuer's `ca.secretName` created after the
+/// Issuer, a Server's `certificateSecretRef` renewed by cert-manager). Returns the trigger
+/// the source follows; the watch of Secrets runs as its own task.
+fn resync_trigger(
+    client: kube::Client,
+    namespace: Option<String>,
+    secrets: &KubeSecrets,
+    mut leader: watch::Receiver<bool>,
+    tasks: &mut Tasks,
+) -> watch::Receiver<bool> {
+    let (resync_tx, resync_rx) = watch::channel(false);
+    let on_leader = resync_tx.clone();
+    tasks.spawn(|token| async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        // The election ended (shutting down): nothing more to forward.
+                        token.cancelled().await;
+                        return Ok(());
+                    }
+                    if *leader.borrow_and_update() {
+                        on_leader.send_replace(true);
+                    }
+                }
+            }
+        }
+    });
+    watch_secrets(client, namespace, secrets, resync_tx, tasks);
+    resync_rx
+}
+
+/// Starts the watch of the Secrets that passes read through `secrets`: `true` is sent on
+/// `resync` when one of them appears, changes or goes away.
+pub(super) fn watch_secrets(
+    client: kube::Client,
+    namespace: Option<String>,
+    secrets: &KubeSecrets,
+    resync: watch::Sender<bool>,
+    tasks: &mut Tasks,
+) {
+    let read = secrets.read_secrets();
+    tasks.spawn(|token| async move {
+        secrets::watch_read_secrets(client, namespace, read, resync, token).await;
+        Ok(())
+    });
 }
 
 /// Writes the status of the Gateway `own` from each report (`tessera gateway --kube`: the

@@ -24,9 +24,10 @@ use crate::resources::{GatewayStatus, Kind, ObjectKey, Resource};
 /// error is the source; the status message is the whole chain ([`crate::error_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// `certificate` names where the key pair came from: a Certificate or a Secret.
     #[error("failed to load {certificate} as the edge certificate")]
     Certificate {
-        certificate: ObjectKey,
+        certificate: String,
         #[source]
         source: PkiError,
     },
@@ -297,19 +298,32 @@ impl GatewayPublisher {
         spec: &GatewaySpec,
         certificates: &Certificates,
     ) -> Result<String, Box<Outcome>> {
-        let Some(reference) = &spec.certificate_ref else {
-            return Err(Box::new(Outcome::not_ready(
-                Reason::InvalidSpec,
-                "spec.certificateRef: the gateway presents a certificate in this mode; name one"
-                    .into(),
-            )));
-        };
-        let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
-        let Some((chain, private)) = certificates.issued(&certificate, desired) else {
-            return Err(Box::new(Outcome::not_ready(
-                Reason::Pending,
-                format!("waiting for {certificate} to be issued"),
-            )));
+        let (certificate, (chain, private)) = match (
+            &spec.certificate_secret_ref,
+            &spec.certificate_ref,
+        ) {
+            (Some(secret), _) => (
+                format!("Secret {}/{}", key.namespace, secret.name),
+                secret_pair(key, &secret.name, certificates)?,
+            ),
+            (None, Some(reference)) => {
+                let certificate =
+                    ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+                let Some(pair) = certificates.issued(&certificate, desired) else {
+                    return Err(Box::new(Outcome::not_ready(
+                        Reason::Pending,
+                        format!("waiting for {certificate} to be issued"),
+                    )));
+                };
+                (certificate.to_string(), pair)
+            }
+            (None, None) => {
+                return Err(Box::new(Outcome::not_ready(
+                        Reason::InvalidSpec,
+                        "spec.certificateRef: the gateway presents a certificate in this mode; name one (or certificateSecretRef)"
+                            .into(),
+                    )));
+            }
         };
         if self.certificate_pem.as_ref() != Some(&(chain.clone(), private.clone())) {
             match tls::certified_key(&chain, &private) {
@@ -334,6 +348,32 @@ impl GatewayPublisher {
             .and_then(|certs| crate::pki::facts::read(&certs[0]).ok())
             .map(|facts| facts.serial)
             .unwrap_or_default())
+    }
+}
+
+/// The key pair of the Secret a Gateway presents (`tessera gateway --kube`), or why not.
+fn secret_pair(
+    key: &ObjectKey,
+    name: &str,
+    certificates: &Certificates,
+) -> Result<(String, String), Box<Outcome>> {
+    use crate::reconcile::secrets::SecretsError;
+    match certificates.secret_key_pair(&key.namespace, name) {
+        Some(Ok(pair)) => Ok(pair),
+        None => Err(Box::new(Outcome::not_ready(
+            Reason::SecretsNeedKubernetes,
+            "spec.certificateSecretRef names a Kubernetes Secret, read by `tessera gateway --kube` only; otherwise use certificateRef".into(),
+        ))),
+        Some(Err(error @ (SecretsError::NotFound { .. } | SecretsError::KeyMissing { .. }))) => {
+            Err(Box::new(Outcome::not_ready(
+                Reason::Pending,
+                format!("spec.certificateSecretRef: {}", crate::error_chain(&error)),
+            )))
+        }
+        Some(Err(error)) => Err(Box::new(Outcome::not_ready(
+            Reason::CertificateUnusable,
+            format!("spec.certificateSecretRef: {}", crate::error_chain(&error)),
+        ))),
     }
 }
 

@@ -138,11 +138,9 @@ pub fn dependencies_failed(desired: &DesiredState, outcomes: &mut HashMap<Object
                 &key.namespace,
                 &certificate.spec.issuer_ref,
             )),
-            Resource::Server(server) => Some(ObjectKey::referenced(
-                Kind::Certificate,
-                &key.namespace,
-                &server.spec.certificate_ref,
-            )),
+            Resource::Server(server) => server.spec.certificate_ref.as_ref().map(|reference| {
+                ObjectKey::referenced(Kind::Certificate, &key.namespace, reference)
+            }),
             Resource::Gateway(gateway) => gateway.spec.certificate_ref.as_ref().map(|reference| {
                 ObjectKey::referenced(Kind::Certificate, &key.namespace, reference)
             }),

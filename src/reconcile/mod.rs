@@ -477,12 +477,13 @@ impl Reconciler {
                     expired.push((key.clone(), "the CA certificate".to_owned(), at));
                     continue;
                 }
+                // A certificate from a Secret is someone else's to renew.
                 Resource::Server(server) => {
-                    let certificate = ObjectKey::referenced(
-                        Kind::Certificate,
-                        &key.namespace,
-                        &server.spec.certificate_ref,
-                    );
+                    let Some(reference) = &server.spec.certificate_ref else {
+                        continue;
+                    };
+                    let certificate =
+                        ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
                     let what = format!("the served certificate ({certificate})");
                     (certificate, what)
                 }

@@ -52,11 +52,17 @@ pub enum RoutesError {
         #[source]
         source: std::net::AddrParseError,
     },
+    /// `certificate` names where the key pair came from: a Certificate or a Secret.
     #[error("failed to load {certificate} as the serving certificate")]
     Certificate {
-        certificate: ObjectKey,
+        certificate: String,
         #[source]
         source: PkiError,
+    },
+    #[error("spec.certificateSecretRef")]
+    ReadSecret {
+        #[source]
+        source: crate::reconcile::secrets::SecretsError,
     },
     #[error("spec.trustedGateways: failed to build the verifier of forwarded agent certificates")]
     ForwardedVerifier {
@@ -202,14 +208,24 @@ impl Publisher {
                         .db
                         .set_setting("enrollmentIssuer", &qualified(&issuer));
                 }
-                let server_certificate =
-                    ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
-                let server_ca = std::fs::read_to_string(
-                    certificates
-                        .output_dir(&server_certificate, desired)
-                        .join("ca.crt"),
-                )
-                .ok()?;
+                let server_ca = match &spec.certificate_ref {
+                    Some(reference) => {
+                        let server_certificate =
+                            ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+                        std::fs::read_to_string(
+                            certificates
+                                .output_dir(&server_certificate, desired)
+                                .join("ca.crt"),
+                        )
+                        .ok()?
+                    }
+                    // A Secret's `tls.crt` ends with the highest certificate it carries (an
+                    // issuer's when the chain has one): agents are told to trust that.
+                    None => self
+                        .certificate_pem
+                        .as_ref()
+                        .and_then(|(chain, _)| last_certificate(chain))?,
+                };
                 Some(EnrollmentRoute {
                     server_ca,
                     authority: certificates.authority(&issuer)?,
@@ -528,6 +544,54 @@ impl Publisher {
         Ok(())
     }
 
+    /// The key pair the Server presents: its Certificate's as issued, or the Secret's it
+    /// names (Kubernetes mode). When there is none (yet), what is served is withdrawn and the
+    /// outcome says why; when the API server could not be asked, what is served stays.
+    fn served_pair(
+        &mut self,
+        runtime: &Runtime,
+        key: &ObjectKey,
+        spec: &ServerSpec,
+        desired: &DesiredState,
+        certificates: &Certificates,
+    ) -> Result<(String, String), Outcome> {
+        use crate::reconcile::secrets::SecretsError;
+        let mut withdraw = |outcome: Outcome| {
+            runtime.certificate.send_replace(None);
+            self.certificate_pem = None;
+            outcome
+        };
+        match (&spec.certificate_secret_ref, &spec.certificate_ref) {
+            (Some(secret), _) => match certificates.secret_key_pair(&key.namespace, &secret.name)
+            {
+                Some(Ok(pair)) => Ok(pair),
+                None => Err(withdraw(failed(
+                    Reason::SecretsNeedKubernetes,
+                    "spec.certificateSecretRef names a Kubernetes Secret, read in Kubernetes mode only; in directory and git mode use certificateRef".into(),
+                ))),
+                Some(Err(
+                    source @ (SecretsError::NotFound { .. } | SecretsError::KeyMissing { .. }),
+                )) => Err(withdraw(waiting(crate::error_chain(
+                    &RoutesError::ReadSecret { source },
+                )))),
+                Some(Err(source)) => Err(invalid(
+                    Reason::CertificateUnusable,
+                    &RoutesError::ReadSecret { source },
+                )),
+            },
+            (None, Some(reference)) => {
+                let certificate = ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+                certificates
+                    .issued(&certificate, desired)
+                    .ok_or_else(|| withdraw(waiting(format!("waiting for {certificate} to be issued"))))
+            }
+            (None, None) => Err(withdraw(failed(
+                Reason::InvalidSpec,
+                "set certificateRef or certificateSecretRef".into(),
+            ))),
+        }
+    }
+
     /// The Server: its listen addresses, its certificate and its client verifier.
     // Long: each of the three is checked and published with its own failure outcome, in
     // order, and the early returns read best in one place.
@@ -580,15 +644,16 @@ impl Publisher {
             }
         }
 
-        let certificate_key =
-            ObjectKey::referenced(Kind::Certificate, &key.namespace, &spec.certificate_ref);
-        let Some((chain, private)) = certificates.issued(&certificate_key, desired) else {
-            runtime.certificate.send_replace(None);
-            self.certificate_pem = None;
-            return (
-                waiting(format!("waiting for {certificate_key} to be issued")),
-                listen,
-            );
+        let (chain, private) = match self.served_pair(runtime, key, spec, desired, certificates) {
+            Ok(pair) => pair,
+            Err(outcome) => return (outcome, listen),
+        };
+        let source = match (&spec.certificate_secret_ref, &spec.certificate_ref) {
+            (Some(secret), _) => format!("Secret {}/{}", key.namespace, secret.name),
+            (None, Some(reference)) => {
+                ObjectKey::referenced(Kind::Certificate, &key.namespace, reference).to_string()
+            }
+            (None, None) => String::new(),
         };
         let serial = crate::pki::facts::pem_certificates(&chain)
             .ok()
@@ -603,12 +668,12 @@ impl Publisher {
                 Ok(certified) => {
                     runtime.certificate.send_replace(Some(certified));
                     self.certificate_pem = Some((chain, private));
-                    tracing::info!(certificate = %certificate_key, serial = serial.as_deref().unwrap_or("?"), "serving certificate");
+                    tracing::info!(certificate = %source, serial = serial.as_deref().unwrap_or("?"), "serving certificate");
                 }
-                Err(source) => {
+                Err(error) => {
                     let error = RoutesError::Certificate {
-                        certificate: certificate_key,
-                        source,
+                        certificate: source,
+                        source: error,
                     };
                     return (invalid(Reason::CertificateUnusable, &error), listen);
                 }
@@ -845,6 +910,13 @@ fn client_auth(mode: ClientAuthMode) -> ClientAuth {
         ClientAuthMode::Optional => ClientAuth::Optional,
         ClientAuthMode::Required => ClientAuth::Required,
     }
+}
+
+/// The last certificate of a PEM chain, as PEM.
+fn last_certificate(chain: &str) -> Option<String> {
+    let certificates = crate::pki::facts::pem_certificates(chain).ok()?;
+    let last = certificates.last()?;
+    Some(crate::pki::authority::pem("CERTIFICATE", last))
 }
 
 fn waiting(message: String) -> Outcome {

@@ -49,9 +49,16 @@ pub struct GatewaySpec {
     pub routes: Vec<SniRoute>,
     /// Certificate the gateway presents to agents (tunnel and terminate) and to inside
     /// servers (dial-out), issued and renewed by `tessera gateway` from an Issuer in the
-    /// gateway's own configuration.
+    /// gateway's own configuration. Set this or `certificateSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_ref: Option<LocalRef>,
+    /// A `kubernetes.io/tls` Secret in the same namespace presented instead of a Tessera
+    /// Certificate, for example one that cert-manager keeps: its `tls.crt` (the leaf, then
+    /// intermediates) and `tls.key`. `tessera gateway --kube` only. The Secret is watched:
+    /// when it is renewed, the new certificate is presented without restarting the
+    /// listener. Set this or `certificateRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_secret_ref: Option<LocalRef>,
     /// Client certificate the gateway presents to the backend (terminate); the server lists
     /// the gateway in `spec.trustedGateways`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

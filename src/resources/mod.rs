@@ -182,10 +182,12 @@ impl Resource {
                 ));
             }
             Self::Server(server) => {
-                found.push((
-                    "spec.certificateRef".into(),
-                    to(Kind::Certificate, &server.spec.certificate_ref),
-                ));
+                if let Some(certificate) = &server.spec.certificate_ref {
+                    found.push((
+                        "spec.certificateRef".into(),
+                        to(Kind::Certificate, certificate),
+                    ));
+                }
                 for (i, issuer) in server.spec.client_auth.trusted_issuers.iter().enumerate() {
                     found.push((
                         format!("spec.clientAuth.trustedIssuers[{i}]"),

@@ -43,8 +43,16 @@ pub struct ServerSpec {
     #[serde(default)]
     pub listen: Listen,
     /// The Certificate presented to agents (needs usage `server auth` and the names agents
-    /// use in its `dnsNames` or `ipAddresses`).
-    pub certificate_ref: LocalRef,
+    /// use in its `dnsNames` or `ipAddresses`). Set this or `certificateSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_ref: Option<LocalRef>,
+    /// A `kubernetes.io/tls` Secret in the same namespace presented to agents instead of a
+    /// Tessera Certificate, for example one that cert-manager keeps: its `tls.crt` (the leaf,
+    /// then intermediates) and `tls.key`. Kubernetes mode only. The Secret is watched: when
+    /// it is renewed, the new certificate is served without restarting the listeners. Set
+    /// this or `certificateRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_secret_ref: Option<LocalRef>,
     /// Whether agents must present a client certificate.
     #[serde(default)]
     pub client_auth: ClientAuth,

@@ -302,7 +302,7 @@ fn rbac_grants_only_what_tessera_uses() {
     );
     expected.insert(
         ("".into(), "secrets".into()),
-        verbs(&["create", "get", "patch", "update"]),
+        verbs(&["create", "get", "list", "patch", "update", "watch"]),
     );
 
     let cluster = objects(default_values());

@@ -838,16 +838,145 @@ mod lease {
 /// What the end-to-end mock saw: status patches, Secrets written, anything unexpected.
 #[derive(Debug)]
 enum Seen {
-    Status { path: String, body: Value },
-    Secret { path: String, body: Value },
+    Status {
+        path: String,
+        body: Value,
+    },
+    Secret {
+        path: String,
+        body: Value,
+    },
+    /// The Lease written (taken or renewed).
+    Lease,
     Unexpected(String),
 }
 
+/// The Secrets of the fake cluster: stored by name (namespace `fleet`), with the watches of
+/// Secrets waiting for the next change. A watch is answered with one event and ends; the
+/// client then watches again from that event's resource version, as it does when a real
+/// API server closes a watch.
+#[derive(Clone, Default)]
+pub(crate) struct FakeSecrets(Arc<Mutex<FakeSecretsInner>>);
+
+#[derive(Default)]
+struct FakeSecretsInner {
+    stored: BTreeMap<String, Value>,
+    /// How many times each Secret was read by name (each read is one reconcile pass's).
+    reads: BTreeMap<String, usize>,
+    version: u64,
+    watches: Vec<(String, tower_test::mock::SendResponse<Response<Body>>)>,
+}
+
+impl FakeSecrets {
+    /// Stores (creates or replaces) a Secret and tells every watch of it.
+    pub(crate) fn put(&self, mut secret: Value) {
+        let mut inner = self.0.lock().unwrap();
+        inner.version += 1;
+        secret["metadata"]["resourceVersion"] = json!(inner.version.to_string());
+        secret["metadata"]["namespace"] = json!("fleet");
+        let name = secret["metadata"]["name"].as_str().unwrap().to_owned();
+        let type_ = if inner.stored.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        inner.stored.insert(name, secret.clone());
+        for (selector, send) in std::mem::take(&mut inner.watches) {
+            if !selector.is_empty() && !selector.contains(secret["type"].as_str().unwrap_or("")) {
+                inner.watches.push((selector, send));
+                continue;
+            }
+            let mut line = serde_json::to_vec(&json!({"type": type_, "object": secret})).unwrap();
+            line.push(b'\n');
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(line))
+                    .unwrap(),
+            );
+        }
+    }
+
+    /// How many times the Secret `name` was read by name so far.
+    pub(crate) fn reads(&self, name: &str) -> usize {
+        self.0.lock().unwrap().reads.get(name).copied().unwrap_or(0)
+    }
+
+    /// A `kubernetes.io/tls` Secret of a key pair, in the API's shape.
+    pub(crate) fn tls(name: &str, chain: &str, key: &str) -> Value {
+        let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": "fleet"},
+            "data": {"tls.crt": encode(chain), "tls.key": encode(key)},
+        })
+    }
+
+    /// Answers a request for Secrets: a get, a list, a watch, or a server-side apply (which
+    /// stores the Secret, so Tessera's own writes come back through its watch).
+    async fn answer(
+        &self,
+        request: Request<Body>,
+        send: tower_test::mock::SendResponse<Response<Body>>,
+    ) -> Option<Value> {
+        let path = request.uri().path().to_owned();
+        let params = query(&request);
+        let selector = params
+            .get("fieldSelector")
+            .map(|s| s.replace("%3D", "=").replace("%2F", "/"))
+            .unwrap_or_default();
+        if request.method() == http::Method::PATCH {
+            let body = body_json(request).await;
+            send.send_response(respond(StatusCode::OK, &body));
+            self.put(body.clone());
+            return Some(body);
+        }
+        let mut inner = self.0.lock().unwrap();
+        if params.get("watch").map(String::as_str) == Some("true") {
+            inner.watches.push((selector, send));
+        } else if path.ends_with("/secrets") {
+            let items: Vec<&Value> = inner
+                .stored
+                .values()
+                .filter(|s| {
+                    selector.is_empty() || selector.contains(s["type"].as_str().unwrap_or(""))
+                })
+                .collect();
+            send.send_response(respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "SecretList",
+                        "metadata": {"resourceVersion": inner.version.to_string()}, "items": items}),
+            ));
+        } else {
+            let name = path.rsplit('/').next().unwrap();
+            *inner.reads.entry(name.to_owned()).or_default() += 1;
+            match inner.stored.get(name) {
+                Some(secret) => send.send_response(respond(StatusCode::OK, secret)),
+                None => {
+                    send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound")))
+                }
+            }
+        }
+        None
+    }
+}
+
 /// A small API server: lists `objects` (plural → items) in namespace `fleet`, keeps watches
-/// open, keeps one Lease, and records status patches and Secrets on `seen`.
+/// open, keeps one Lease, serves the Secrets of `secrets`, and records status patches and
+/// Secrets written on `seen`.
 async fn fake_cluster(
+    handle: Handle,
+    objects: BTreeMap<&'static str, Vec<Value>>,
+    seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+) {
+    fake_cluster_with(handle, objects, FakeSecrets::default(), seen).await;
+}
+
+async fn fake_cluster_with(
     mut handle: Handle,
     objects: BTreeMap<&'static str, Vec<Value>>,
+    secrets: FakeSecrets,
     seen: tokio::sync::mpsc::UnboundedSender<Seen>,
 ) {
     let mut open_watches = Vec::new();
@@ -882,6 +1011,7 @@ async fn fake_cluster(
                     body["metadata"]["resourceVersion"] = json!(version.to_string());
                     lease = Some(body.clone());
                     send.send_response(respond(StatusCode::OK, &body));
+                    let _ = seen.send(Seen::Lease);
                 }
             }
         } else if path.ends_with("/status") && method == http::Method::PATCH {
@@ -895,12 +1025,10 @@ async fn fake_cluster(
         } else if path.starts_with("/apis/events.k8s.io/") {
             let body = body_json(request).await;
             send.send_response(respond(StatusCode::CREATED, &body));
-        } else if path.starts_with("/api/v1/namespaces/fleet/secrets/")
-            && method == http::Method::PATCH
-        {
-            let body = body_json(request).await;
-            send.send_response(respond(StatusCode::OK, &body));
-            let _ = seen.send(Seen::Secret { path, body });
+        } else if path.starts_with("/api/v1/namespaces/fleet/secrets") {
+            if let Some(body) = secrets.answer(request, send).await {
+                let _ = seen.send(Seen::Secret { path, body });
+            }
         } else {
             send.send_response(respond(StatusCode::NOT_FOUND, &api_error(404, "NotFound")));
             let _ = seen.send(Seen::Unexpected(format!("{method} {path}")));
@@ -983,6 +1111,7 @@ async fn serve_kube_reconciles_watched_objects_and_writes_back() {
                     assert_eq!(path, "/api/v1/namespaces/fleet/secrets/web-tls");
                     secret = Some(body);
                 }
+                Seen::Lease => {}
                 Seen::Unexpected(request) => panic!("unexpected request {request}"),
             }
         }
@@ -1081,5 +1210,375 @@ async fn gateway_kube_relays_as_its_custom_resource_says() {
     .expect("a status patch for Gateway/dmz");
     assert_eq!(status["kind"], "Gateway", "{status}");
     gateway.stop().await.unwrap();
+    running.stop().await.unwrap();
+}
+
+/// Starts `serve --kube` on namespace `fleet` of a fake cluster.
+async fn serve_kube(client: Client, state: &std::path::Path) -> tessera::cli::Running {
+    tessera::cli::start_with(
+        tessera::cli::ServeArgs {
+            kube: tessera::cli::KubeArgs {
+                kube: true,
+                namespace: Some("fleet".into()),
+                lease: "tessera".into(),
+                lease_namespace: Some("fleet".into()),
+                pod_name: Some("tessera-0".into()),
+            },
+            ..tessera::cli::ServeArgs::for_state(state.to_path_buf())
+        },
+        Some(client),
+    )
+    .await
+    .expect("serve --kube starts")
+}
+
+/// The `Ready` condition of a status patch: (status, reason).
+fn ready_of(body: &Value) -> Option<(String, String)> {
+    let ready = body["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        ready["status"].as_str()?.to_owned(),
+        ready["reason"].as_str()?.to_owned(),
+    ))
+}
+
+/// Waits for a status patch of `path` whose `Ready` condition is `status`; returns it.
+async fn status_patch(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    path: &str,
+    status: &str,
+) -> Value {
+    loop {
+        match seen.recv().await.expect("the fake cluster runs") {
+            Seen::Status {
+                path: patched,
+                body,
+            } if patched.ends_with(path) && ready_of(&body).is_some_and(|(s, _)| s == status) => {
+                return body;
+            }
+            Seen::Unexpected(request) => panic!("unexpected request {request}"),
+            _ => {}
+        }
+    }
+}
+
+/// Issue 16: an Issuer whose `ca.secretName` Secret is created after it becomes Ready
+/// without being edited: the Secret it read as missing is watched, and its arrival makes
+/// a pass (the periodic requeue is five minutes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_becomes_ready_when_its_secret_appears_later() {
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([(
+        "issuers",
+        vec![
+            json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+            "metadata": meta("fleet-ca"), "spec": {"ca": {"secretName": "fleet-ca-key"}}}),
+        ],
+    )]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let secrets = FakeSecrets::default();
+    tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
+    let state = tempfile::tempdir().unwrap();
+    let running = serve_kube(client, state.path()).await;
+
+    let missing = tokio::time::timeout(
+        Duration::from_secs(60),
+        status_patch(&mut seen, "/issuers/fleet-ca/status", "False"),
+    )
+    .await
+    .expect("the Issuer is reported");
+    let (_, reason) = ready_of(&missing).unwrap();
+    assert_eq!(reason, "ErrorLoadingCA", "{missing}");
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+    // The passes of the start (first snapshot, leadership) are over once the Lease is
+    // renewed (every 4 s): from then on only a change makes a pass before the requeue.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut writes = 0;
+        while writes < 2 {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Lease => writes += 1,
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the Lease is renewed");
+
+    let ca = tessera::pki::authority::Authority::generate(
+        "Fleet CA",
+        tessera::pki::KeyType::EcdsaP256,
+        jiff::Timestamp::now(),
+        jiff::SignedDuration::from_hours(24),
+    )
+    .unwrap();
+    secrets.put(FakeSecrets::tls(
+        "fleet-ca-key",
+        ca.certificate_pem(),
+        &ca.key_pem(),
+    ));
+    // The issue's bound: Ready within seconds, with no edit (a guard, not a measure).
+    let ready = tokio::time::timeout(
+        Duration::from_secs(30),
+        status_patch(&mut seen, "/issuers/fleet-ca/status", "True"),
+    )
+    .await
+    .expect("the Issuer becomes Ready once its Secret exists");
+    assert_eq!(ready["status"]["subject"], "CN=Fleet CA", "{ready}");
+    running.stop().await.unwrap();
+}
+
+/// A leaf for 127.0.0.1 signed by `ca`: (chain PEM, key PEM, serial).
+fn serving_leaf(ca: &tessera::pki::authority::Authority) -> (String, String, String) {
+    use tessera::pki::authority::{LeafRequest, generate_key};
+    use tessera::pki::{KeyType, Names, Usage};
+    let key = generate_key(KeyType::EcdsaP256).unwrap();
+    let request = LeafRequest {
+        names: Names {
+            common_name: Some("tessera.fleet".into()),
+            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+            ..Names::default()
+        },
+        usages: vec![Usage::ServerAuth, Usage::DigitalSignature],
+        is_ca: false,
+        lifetime: jiff::SignedDuration::from_hours(1),
+    };
+    let issued = ca.issue(&request, &key, jiff::Timestamp::now()).unwrap();
+    let der = tessera::pki::facts::pem_certificates(&issued.chain_pem).unwrap();
+    let serial = tessera::pki::facts::read(&der[0]).unwrap().serial;
+    (issued.chain_pem, key.serialize_pem(), serial)
+}
+
+/// The serial of the certificate a TLS server at `address` presents, verified against
+/// `root_pem`; `None` while it does not answer or presents none.
+async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().unwrap().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .ok()?;
+    let peer = tls.get_ref().1.peer_certificates()?;
+    Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
+}
+
+/// Issue 16, living beside cert-manager: a Server presents the key pair of an existing
+/// `kubernetes.io/tls` Secret (`certificateSecretRef`) and, when the Secret is renewed,
+/// the new certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_serves_a_tls_secret_and_follows_its_renewal() {
+    let ca = tessera::pki::authority::Authority::generate(
+        "Cluster CA",
+        tessera::pki::KeyType::EcdsaP256,
+        jiff::Timestamp::now(),
+        jiff::SignedDuration::from_hours(24),
+    )
+    .unwrap();
+    let (chain, key, first) = serving_leaf(&ca);
+    let secrets = FakeSecrets::default();
+    secrets.put(FakeSecrets::tls("agents-tls", &chain, &key));
+
+    let address = format!("127.0.0.1:{}", crate::support::free_port());
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([(
+        "servers",
+        vec![
+            json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Server",
+            "metadata": meta("tessera"),
+            "spec": {"listen": {"https": address}, "certificateSecretRef": {"name": "agents-tls"}}}),
+        ],
+    )]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
+    // Nothing unexpected asked of the cluster, and no Secret written (the Secret is not
+    // Tessera's).
+    let watchdog = tokio::spawn(async move {
+        while let Some(event) = seen.recv().await {
+            match event {
+                Seen::Secret { path, .. } => panic!("wrote a Secret it does not own: {path}"),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                _ => {}
+            }
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let running = serve_kube(client, state.path()).await;
+    let root = ca.certificate_pem().to_owned();
+
+    let (served, _) = crate::support::eventually("the Secret's certificate served", async || {
+        served_serial(&address, &root).await
+    })
+    .await;
+    assert_eq!(served, first);
+
+    // cert-manager renews: the Secret gets a new key pair.
+    let (chain, key, second) = serving_leaf(&ca);
+    assert_ne!(first, second);
+    secrets.put(FakeSecrets::tls("agents-tls", &chain, &key));
+    crate::support::eventually("the renewed certificate served", async || {
+        served_serial(&address, &root)
+            .await
+            .filter(|serial| *serial == second)
+    })
+    .await;
+    assert!(
+        !watchdog.is_finished(),
+        "the fake cluster saw a request it should not have"
+    );
+    running.stop().await.unwrap();
+    watchdog.abort();
+}
+
+/// `certificateSecretRef` outside Kubernetes: the Server says plainly that the field is for
+/// Kubernetes and what to use instead, and serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_certificate_in_directory_mode_is_refused_with_a_reason() {
+    let dir = crate::support::quickstart_copy();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    let changed = text.replace(
+        "certificateRef:\n    name: tessera-server",
+        "certificateSecretRef:\n    name: tessera-server-tls",
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&server, changed).unwrap();
+    let running = crate::support::start(dir.path()).await;
+    let (ready, _) = crate::support::eventually("the Server refused", async || {
+        let (status, body) =
+            crate::support::get(running.admin_address, "/api/v1/objects/Server/tessera").await;
+        let object: Value = (status == 200).then(|| serde_json::from_str(&body).unwrap())?;
+        object["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["reason"] == "SecretsNeedKubernetes")
+            .cloned()
+    })
+    .await;
+    assert_eq!(ready["status"], "False", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("Kubernetes mode only") && message.contains("certificateRef"),
+        "{message}"
+    );
+    running.stop().await.unwrap();
+}
+
+/// Waits for `count` writes of the Lease (it is renewed every 4 s), failing on anything
+/// unexpected; returns the Secrets written meanwhile.
+async fn lease_writes(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    count: usize,
+) -> Vec<String> {
+    let mut written = Vec::new();
+    let mut writes = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while writes < count {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Lease => writes += 1,
+                Seen::Secret { path, .. } => written.push(path),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                Seen::Status { .. } => {}
+            }
+        }
+    })
+    .await
+    .expect("the Lease is renewed");
+    written
+}
+
+/// Tessera's own Secret writes come back through its watch of Secrets, and one of them is
+/// read by an Issuer (`ca.secretName` of an `isCA` Certificate's Secret, read back within
+/// the pass that wrote it): each Secret is written once, and once settled no pass reads
+/// or writes a Secret again until something changes. A guard against a watch that feeds
+/// on Tessera's own writes (it holds without the watch too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_own_secret_writes_never_make_passes_without_end() {
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([
+        (
+            "issuers",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+                    "metadata": meta("root"), "spec": {"selfSigned": {"commonName": "Root"}}}),
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+                    "metadata": meta("from-secret"), "spec": {"ca": {"secretName": "intermediate-tls"}}}),
+            ],
+        ),
+        (
+            "certificates",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Certificate",
+                    "metadata": meta("intermediate"),
+                    "spec": {"issuerRef": {"name": "root"}, "commonName": "Intermediate", "isCA": true, "secretName": "intermediate-tls"}}),
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Certificate",
+                    "metadata": meta("web"),
+                    "spec": {"issuerRef": {"name": "from-secret"}, "dnsNames": ["web.example.com"], "secretName": "web-tls"}}),
+            ],
+        ),
+    ]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let secrets = FakeSecrets::default();
+    tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
+    let state = tempfile::tempdir().unwrap();
+    let running = serve_kube(client, state.path()).await;
+
+    let mut written = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match seen.recv().await.expect("the fake cluster runs") {
+                Seen::Status { path, body }
+                    if path.ends_with("/certificates/web/status")
+                        && ready_of(&body).is_some_and(|(s, _)| s == "True") =>
+                {
+                    return;
+                }
+                Seen::Secret { path, .. } => written.push(path),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the Certificate signed by the Secret's CA is Ready");
+    // Settled once the Lease is renewed twice (the passes of the start are over).
+    written.extend(lease_writes(&mut seen, 2).await);
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "/api/v1/namespaces/fleet/secrets/intermediate-tls",
+            "/api/v1/namespaces/fleet/secrets/web-tls"
+        ],
+        "each Secret written once"
+    );
+    let reads = secrets.reads("intermediate-tls");
+    assert!(
+        reads >= 2,
+        "read missing, then read again once written: {reads}"
+    );
+    // Two more renewals (8 s): no pass reads the Secret again, none writes.
+    let later = lease_writes(&mut seen, 2).await;
+    assert!(later.is_empty(), "{later:?}");
+    assert_eq!(
+        secrets.reads("intermediate-tls"),
+        reads,
+        "no pass without a change"
+    );
     running.stop().await.unwrap();
 }

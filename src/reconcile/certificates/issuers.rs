@@ -69,6 +69,19 @@ struct Rollover {
 }
 
 impl Certificates {
+    /// The key pair (`tls.crt`, `tls.key`) of a `kubernetes.io/tls` Secret that a Server
+    /// presents instead of a Certificate, through the Kubernetes Secrets adapter (which
+    /// remembers the read, so a change to the Secret makes a pass); `None` outside
+    /// Kubernetes mode.
+    pub fn secret_key_pair(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Result<(String, String), crate::reconcile::secrets::SecretsError>> {
+        let secrets = self.secrets.as_ref()?;
+        Some(secrets.read_key_pair(namespace, name))
+    }
+
     pub(super) fn issuer(
         &mut self,
         key: &ObjectKey,

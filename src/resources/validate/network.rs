@@ -5,6 +5,17 @@ use crate::resources::gateway::{GatewayDialOut, GatewayMode, GatewaySpec};
 use crate::resources::server::{ClientAuthMode, ServerSpec};
 
 pub(super) fn server(spec: &ServerSpec, found: &mut Found) {
+    match (&spec.certificate_ref, &spec.certificate_secret_ref) {
+        (Some(_), Some(_)) => found.add(
+            "spec.certificateSecretRef",
+            "set certificateRef (a Tessera Certificate) or certificateSecretRef (an existing kubernetes.io/tls Secret), not both",
+        ),
+        (None, None) => found.add(
+            "spec.certificateRef",
+            "the server presents a certificate to agents: set certificateRef (a Tessera Certificate) or, in Kubernetes, certificateSecretRef (an existing kubernetes.io/tls Secret)",
+        ),
+        _ => {}
+    }
     if let Some(reason) = socket_address_problem(&spec.listen.https) {
         found.add("spec.listen.https", reason);
     }
@@ -86,6 +97,13 @@ pub(super) fn server(spec: &ServerSpec, found: &mut Found) {
 }
 
 pub(super) fn gateway(spec: &GatewaySpec, found: &mut Found) {
+    let presents = spec.certificate_ref.is_some() || spec.certificate_secret_ref.is_some();
+    if spec.certificate_ref.is_some() && spec.certificate_secret_ref.is_some() {
+        found.add(
+            "spec.certificateSecretRef",
+            "set certificateRef (a Tessera Certificate) or certificateSecretRef (an existing kubernetes.io/tls Secret), not both",
+        );
+    }
     if let Some(reason) = socket_address_problem(&spec.listen) {
         found.add("spec.listen", reason);
     }
@@ -105,20 +123,18 @@ pub(super) fn gateway(spec: &GatewaySpec, found: &mut Found) {
     }
     match spec.mode {
         GatewayMode::Passthrough => {
-            if (spec.certificate_ref.is_some() && spec.dial_out.is_none())
-                || !spec.trusted_client_issuers.is_empty()
-            {
+            if (presents && spec.dial_out.is_none()) || !spec.trusted_client_issuers.is_empty() {
                 found.add(
                     "spec.mode",
-                    "passthrough forwards TLS untouched: certificateRef and trustedClientIssuers are not used (choose tunnel or terminate to verify clients at the edge)",
+                    "passthrough forwards TLS untouched: certificateRef, certificateSecretRef and trustedClientIssuers are not used (choose tunnel or terminate to verify clients at the edge)",
                 );
             }
         }
         GatewayMode::Tunnel | GatewayMode::Terminate => {
-            if spec.certificate_ref.is_none() {
+            if !presents {
                 found.add(
                     "spec.certificateRef",
-                    "tunnel and terminate modes present a certificate to agents: set certificateRef",
+                    "tunnel and terminate modes present a certificate to agents: set certificateRef (or, in Kubernetes, certificateSecretRef)",
                 );
             }
             if spec.trusted_client_issuers.is_empty() {
@@ -187,10 +203,10 @@ fn gateway_dial_out(spec: &GatewaySpec, dial_out: &GatewayDialOut, found: &mut F
             "inside servers connect to an address of their own, not the agents' listen",
         );
     }
-    if spec.certificate_ref.is_none() {
+    if spec.certificate_ref.is_none() && spec.certificate_secret_ref.is_none() {
         found.add(
             "spec.certificateRef",
-            "dial-out: the gateway presents this certificate to inside servers; set it",
+            "dial-out: the gateway presents this certificate to inside servers; set certificateRef (or, in Kubernetes, certificateSecretRef)",
         );
     }
     if dial_out.trusted_server_issuers.is_empty() {
@@ -234,6 +250,52 @@ fn host_port_problem(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_problems(certificates: &str) -> Vec<(String, String)> {
+        let yaml = format!("listen:\n  https: 0.0.0.0:8443\n{certificates}");
+        let spec: ServerSpec = serde_saphyr::from_str(&yaml).unwrap();
+        let mut found = Found::default();
+        server(&spec, &mut found);
+        found.0
+    }
+
+    #[test]
+    fn a_server_names_its_certificate_or_its_secret_not_both() {
+        assert!(server_problems("certificateRef: {name: web}\n").is_empty());
+        assert!(server_problems("certificateSecretRef: {name: web-tls}\n").is_empty());
+        let both =
+            server_problems("certificateRef: {name: web}\ncertificateSecretRef: {name: web-tls}\n");
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert_eq!(both[0].0, "spec.certificateSecretRef");
+        assert!(both[0].1.contains("not both"), "{both:?}");
+        let neither = server_problems("");
+        assert_eq!(neither.len(), 1, "{neither:?}");
+        assert_eq!(neither[0].0, "spec.certificateRef");
+    }
+
+    fn gateway_problems(certificates: &str) -> Vec<(String, String)> {
+        let yaml = format!(
+            "listen: 0.0.0.0:443\nmode: tunnel\nbackend: tessera.internal:8443\ntrustedClientIssuers: [{{name: agents}}]\n{certificates}"
+        );
+        let spec: GatewaySpec = serde_saphyr::from_str(&yaml).unwrap();
+        let mut found = Found::default();
+        gateway(&spec, &mut found);
+        found.0
+    }
+
+    #[test]
+    fn a_gateway_names_its_certificate_or_its_secret_not_both() {
+        assert!(gateway_problems("certificateRef: {name: edge}\n").is_empty());
+        assert!(gateway_problems("certificateSecretRef: {name: edge-tls}\n").is_empty());
+        let both = gateway_problems(
+            "certificateRef: {name: edge}\ncertificateSecretRef: {name: edge-tls}\n",
+        );
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert_eq!(both[0].0, "spec.certificateSecretRef");
+        let neither = gateway_problems("");
+        assert_eq!(neither.len(), 1, "{neither:?}");
+        assert!(neither[0].1.contains("certificateSecretRef"), "{neither:?}");
+    }
 
     #[test]
     fn backends_may_be_names_or_addresses() {
