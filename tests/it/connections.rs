@@ -383,6 +383,7 @@ async fn flood(budget: &str, emfile: bool) {
         server.log()
     );
     let started = Instant::now();
+    let dropped_before = listen_drops();
     let mut streams = Vec::with_capacity(FLOOD);
     for chunk in 0..FLOOD / 500 {
         let targets = [&server.https, &server.http];
@@ -429,7 +430,16 @@ async fn flood(budget: &str, emfile: bool) {
         // believing in a connection the server never saw: nothing the server can close.
         println!("{still_open} never accepted (backlog overflow while out of descriptors)");
     } else {
-        assert_eq!(still_open, 0, "connections the server never closed");
+        // On a loaded machine the accept queue can fill while the connections are opened:
+        // the kernel then completes the client's handshake (a SYN cookie) and drops it on
+        // its side, a connection the server never saw. Those are counted machine-wide in
+        // ListenDrops; every connection the server was handed must be closed.
+        let dropped = listen_drops().saturating_sub(dropped_before);
+        println!("{dropped} dropped by the kernel from a full accept queue (machine-wide)");
+        assert!(
+            still_open as u64 <= dropped,
+            "{still_open} connections the server never closed ({dropped} dropped by the kernel)"
+        );
     }
     let accept_errors = server
         .metric("tessera_accept_errors_total{listener=\"https\"}")
@@ -450,4 +460,20 @@ async fn flood(budget: &str, emfile: bool) {
     }
     assert!(opened >= FLOOD * 9 / 10, "only {opened} connections opened");
     assert!(server.alive(), "the server exited: {}", server.log());
+}
+
+/// The kernel's count of connections dropped from a listener's full accept queue
+/// (`TcpExt: ListenDrops` in /proc/net/netstat, machine-wide); 0 where it cannot be read.
+fn listen_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
