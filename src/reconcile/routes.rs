@@ -174,11 +174,9 @@ impl Publisher {
     }
 
     /// Computes the routes from `desired` and the package `outcomes`, publishes them, and
-    /// returns the outcomes of the Server, Activations and Affectations.
-    // Long: the steps of building the routing table (assignments, packages, enrollment,
-    // gateways) share the maps they fill; the next step of the house issue makes them a
-    // list of steps over one struct, as `Reconciler::pass` is.
-    #[allow(clippy::too_many_lines)]
+    /// returns the outcomes of the Server, Activations and Affectations: the Server first
+    /// (its listeners, certificate and enrollment), then the Activations of built packages,
+    /// the draining versions, the Affectations' assignments, and their counts.
     pub fn publish(
         &mut self,
         runtime: &Runtime,
@@ -188,121 +186,28 @@ impl Publisher {
         leadership: &Leadership,
         now: jiff::Timestamp,
     ) -> HashMap<ObjectKey, Outcome> {
-        let mut outcomes = HashMap::new();
-        let server = desired.actionable().find_map(|(key, r)| match r {
-            Resource::Server(server) => Some((key.clone(), server.spec.clone())),
-            _ => None,
-        });
-        let mut routes = Routes::default();
-        let mut listen = Listen::default();
-        if let Some((key, spec)) = &server {
-            routes = base_routes(spec);
-            let (outcome, wanted) = self.server(runtime, desired, key, spec, certificates);
-            routes.forwarded = self.forwarded.clone();
-            routes.enrollment = spec.enrollment.as_ref().and_then(|enrollment| {
-                let issuer =
-                    ObjectKey::referenced(Kind::Issuer, &key.namespace, &enrollment.issuer_ref);
-                // `tessera notify` signs its calls with this Issuer.
-                if leadership.is_leader() {
-                    let _ = runtime
-                        .db
-                        .set_setting("enrollmentIssuer", &qualified(&issuer));
-                }
-                let server_ca = match &spec.certificate_ref {
-                    Some(reference) => {
-                        let server_certificate =
-                            ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
-                        std::fs::read_to_string(
-                            certificates
-                                .output_dir(&server_certificate, desired)
-                                .join("ca.crt"),
-                        )
-                        .ok()?
-                    }
-                    // A Secret's `tls.crt` ends with the highest certificate it carries (an
-                    // issuer's when the chain has one): agents are told to trust that.
-                    None => self
-                        .certificate_pem
-                        .as_ref()
-                        .and_then(|(chain, _)| last_certificate(chain))?,
-                };
-                Some(EnrollmentRoute {
-                    server_ca,
-                    authority: certificates.authority(&issuer)?,
-                    lifetime: jiff::SignedDuration::try_from(
-                        enrollment.certificate_duration.as_std(),
-                    )
-                    .unwrap_or(jiff::SignedDuration::from_hours(720)),
-                })
-            });
-            listen = wanted;
-            outcomes.insert(key.clone(), outcome);
+        let mut p = Publishing {
+            runtime,
+            desired,
+            leadership,
+            now,
+            server: desired.actionable().find_map(|(key, r)| match r {
+                Resource::Server(server) => Some((key.clone(), server.spec.clone())),
+                _ => None,
+            }),
+            routes: Routes::default(),
+            listen: Listen::default(),
+            outcomes: HashMap::new(),
+            activations: HashMap::new(),
+            wakes: HashMap::new(),
+        };
+        if let Some((key, spec)) = p.server.clone() {
+            self.publish_server(&mut p, &key, &spec, certificates);
         }
-
-        // Built packages, by key: (id, success codes, os).
-        let built: HashMap<&ObjectKey, String> = packages
-            .iter()
-            .filter(|(_, o)| o.ready)
-            .filter_map(|(k, o)| outcome::package_id(&o.details).map(|id| (k, id)))
-            .collect();
-        let mut activations: HashMap<ObjectKey, ActiveActivation> = HashMap::new();
-        for (key, resource) in desired.actionable() {
-            let Resource::Activation(activation) = resource else {
-                continue;
-            };
-            let package_key =
-                ObjectKey::referenced(Kind::Package, &key.namespace, &activation.spec.package_ref);
-            let package = desired.entries.get(&package_key).and_then(|e| e.resource());
-            let (Some(id), Some(Resource::Package(package))) = (built.get(&package_key), package)
-            else {
-                let outcome = dependency(
-                    packages.get(&package_key),
-                    &package_key,
-                    format!("waiting for {package_key} to be built"),
-                );
-                outcomes.insert(key.clone(), outcome);
-                continue;
-            };
-            routes.packages.insert(
-                id.clone(),
-                PackageRoute {
-                    name: qualified(&package_key),
-                    success_exit_codes: package.spec.success_exit_codes.clone(),
-                    priority: u8::try_from(package.spec.priority).unwrap_or(5),
-                    action: native_action(&package.spec.action),
-                    format: package.spec.content.as_ref().map(|_| {
-                        if package.spec.os == Os::Windows {
-                            "zip"
-                        } else {
-                            "tar.gz"
-                        }
-                        .to_owned()
-                    }),
-                },
-            );
-            activations.insert(
-                key.clone(),
-                (
-                    qualified(&package_key),
-                    id.clone(),
-                    package.spec.os,
-                    activation.spec.info_location.as_deref().map(strip_scheme),
-                    activation.spec.pack_location.as_deref().map(strip_scheme),
-                ),
-            );
-            let details = outcome::details(&ActivationStatus {
-                package_id: Some(id.clone()),
-                ..ActivationStatus::default()
-            });
-            outcomes.insert(
-                key.clone(),
-                Outcome::ready(Reason::Active, format!("agents are offered package {id}"))
-                    .with_details(details),
-            );
-        }
-
+        p.activations(packages);
         // Superseded versions still served to the agents notified of them; never offered.
-        let grace = server
+        let grace = p
+            .server
             .as_ref()
             .map_or_else(
                 || crate::resources::server::DownloadPacing::default().drain_grace,
@@ -311,187 +216,81 @@ impl Publisher {
             .as_std()
             .as_secs();
         self.drains.step(
-            &runtime.db,
-            &mut routes,
+            &p.runtime.db,
+            &mut p.routes,
             i64::try_from(grace).unwrap_or(i64::MAX),
-            leadership.is_leader(),
-            now.as_second(),
+            p.leadership.is_leader(),
+            p.now.as_second(),
         );
 
-        let mut wakes: HashMap<String, jiff::Timestamp> = HashMap::new();
-        for (key, resource) in desired.actionable() {
-            let Resource::Affectation(affectation) = resource else {
-                continue;
-            };
-            let spec = &affectation.spec;
-            let activation_key =
-                ObjectKey::referenced(Kind::Activation, &key.namespace, &spec.activation_ref);
-            let Some((package, id, os, info, pack)) = activations.get(&activation_key) else {
-                let outcome = dependency(
-                    outcomes.get(&activation_key),
-                    &activation_key,
-                    format!("waiting for {activation_key} to be active"),
-                );
-                outcomes.insert(key.clone(), outcome);
-                continue;
-            };
-            let targets = &spec.targets;
-            let selector = match Selector::new(
-                targets.all,
-                &targets.names,
-                &targets.name_globs,
-                &targets.tags,
-                targets.os.iter().map(|os| family(*os)).collect(),
-            ) {
-                Ok(selector) => selector,
-                Err(source) => {
-                    let error = RoutesError::Targets { source };
-                    outcomes.insert(key.clone(), invalid(Reason::InvalidSpec, &error));
-                    continue;
-                }
-            };
-            let instant = |text: &Option<String>| {
-                text.as_deref()
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .map(|t| t.as_second())
-            };
-            // A staged rollout: its clock starts when this package version (and redeploy
-            // token) is first assigned, and is kept in the database across restarts.
-            let (share, next_stage) = match &spec.rollout {
-                None => (100, None),
-                Some(rollout) => {
-                    let clock = format!(
-                        "rollout/{}/{}/{}",
-                        qualified(key),
-                        id,
-                        spec.redeploy.as_deref().unwrap_or("")
-                    );
-                    // The leader starts the clock; a follower reads it (and, before the leader
-                    // has, offers the first stage only).
-                    let now_text = now.as_second().to_string();
-                    let started = if leadership.is_leader() {
-                        runtime.db.setting_or_insert(&clock, &now_text)
-                    } else {
-                        runtime
-                            .db
-                            .setting(&clock)
-                            .map(|at| at.unwrap_or_else(|| now_text.clone()))
-                    }
-                    .ok()
-                    .and_then(|at| at.parse().ok())
-                    .unwrap_or(now.as_second());
-                    let mut begins = started;
-                    let mut share = 0u8;
-                    let mut next = None;
-                    for stage in &rollout.stages {
-                        begins = begins.saturating_add(
-                            i64::try_from(stage.after.as_std().as_secs()).unwrap_or(i64::MAX),
-                        );
-                        if now.as_second() >= begins {
-                            share = u8::try_from(stage.percent.clamp(0, 100)).unwrap_or(100);
-                        } else {
-                            next = jiff::Timestamp::from_second(begins).ok();
-                            break;
-                        }
-                    }
-                    (share, next)
-                }
-            };
-            routes.assignments.push(Assignment {
-                share,
-                paused: false,
-                affectation: qualified(key),
-                activation: qualified(&activation_key),
-                package: package.clone(),
-                package_id: id.clone(),
-                package_os: family(*os),
-                selector,
-                redeploy: spec.redeploy.clone(),
-                not_before: spec.schedule.as_ref().and_then(|s| instant(&s.not_before)),
-                not_after: spec.schedule.as_ref().and_then(|s| instant(&s.not_after)),
-                info_location: info.clone(),
-                pack_location: pack.clone(),
-            });
-            if let Some(at) = next_stage {
-                wakes.insert(qualified(key), at);
-            }
-        }
-
-        // Counts per Affectation, from the database.
-        let stale_before = now.as_second() - routes.stale_after;
-        // A page of the fleet at a time: this runs every second while agents report, and
-        // the whole fleet read at once made memory grow with the fleet and stay.
-        let mut counts: HashMap<String, deployments::Counts> = HashMap::new();
-        let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
-        let counted = runtime.db.fleet_pages(|computers, rows| {
-            let page = deployments::counts(&routes.assignments, computers, rows, stale_before);
-            for (affectation, page) in page {
-                *counts.entry(affectation).or_default() += page;
-            }
-            error_codes(&mut found, &routes.assignments, computers, rows);
-            Ok(())
-        });
-        let codes = match counted {
-            Ok(()) => by_frequency(found),
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "failed to read deployment states");
-                counts.clear();
-                HashMap::new()
-            }
-        };
-        for assignment in &mut routes.assignments {
-            let Some(key) = desired
-                .entries
-                .keys()
-                .find(|k| k.kind == Kind::Affectation && qualified(k) == assignment.affectation)
-            else {
-                continue;
-            };
-            let c = counts
-                .get(&assignment.affectation)
-                .copied()
-                .unwrap_or_default();
-            let rollout = match desired.entries.get(key).and_then(|e| e.resource()) {
-                Some(Resource::Affectation(a)) => a.spec.rollout.clone(),
-                _ => None,
-            };
-            let rollout = rollout.map(|rollout| {
-                // Too many errors pause it: nothing new is offered until it is fixed (a new
-                // package version or redeploy token restarts the rollout).
-                assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
-                RolloutStatus {
-                    percent: i64::from(assignment.share),
-                    paused: assignment.paused,
-                    next_stage: wakes.get(&assignment.affectation).map(ToString::to_string),
-                }
-            });
-            let facts = RolloutFacts {
-                package_id: &assignment.package_id,
-                counts: c,
-                error_codes: codes
-                    .get(&assignment.affectation)
-                    .cloned()
-                    .unwrap_or_default(),
-                rollout,
-            };
-            let mut outcome = affectation_outcome(&facts);
-            outcome.wake = wakes.get(&assignment.affectation).copied();
-            outcomes.insert(key.clone(), outcome);
-        }
+        p.assignments();
+        p.affectation_outcomes();
 
         // Arm known computers for what is assigned now (new Affectations, versions, tokens,
         // rollout stages); computers already armed cost a read. The leader's job: followers
         // serve the routes, and arm only the agents that check in with them.
         if leadership.is_leader() {
-            self.arm(runtime, &routes, now);
+            self.arm(runtime, &p.routes, now);
         }
-        runtime.routes.send_replace(Arc::new(routes));
+        runtime.routes.send_replace(Arc::new(p.routes));
+        let listen = p.listen;
         runtime.listen.send_if_modified(|current| {
             let changed = *current != listen;
             *current = listen;
             changed
         });
-        outcomes
+        p.outcomes
+    }
+
+    /// The Server's part of the routes: its outcome, pacing, listeners, gateways in
+    /// terminate mode and enrollment.
+    fn publish_server(
+        &mut self,
+        p: &mut Publishing<'_>,
+        key: &ObjectKey,
+        spec: &ServerSpec,
+        certificates: &Certificates,
+    ) {
+        p.routes = base_routes(spec);
+        let (outcome, wanted) = self.server(p.runtime, p.desired, key, spec, certificates);
+        p.routes.forwarded = self.forwarded.clone();
+        p.routes.enrollment = spec.enrollment.as_ref().and_then(|enrollment| {
+            let issuer =
+                ObjectKey::referenced(Kind::Issuer, &key.namespace, &enrollment.issuer_ref);
+            // `tessera notify` signs its calls with this Issuer.
+            if p.leadership.is_leader() {
+                let _ = p
+                    .runtime
+                    .db
+                    .set_setting("enrollmentIssuer", &qualified(&issuer));
+            }
+            let server_ca = match &spec.certificate_ref {
+                Some(reference) => {
+                    let server_certificate =
+                        ObjectKey::referenced(Kind::Certificate, &key.namespace, reference);
+                    std::fs::read_to_string(
+                        certificates
+                            .output_dir(&server_certificate, p.desired)
+                            .join("ca.crt"),
+                    )
+                    .ok()?
+                }
+                // A Secret's `tls.crt` ends with the highest certificate it carries (an
+                // issuer's when the chain has one): agents are told to trust that.
+                None => self
+                    .certificate_pem
+                    .as_ref()
+                    .and_then(|(chain, _)| last_certificate(chain))?,
+            };
+            Some(EnrollmentRoute {
+                server_ca,
+                authority: certificates.authority(&issuer)?,
+                lifetime: jiff::SignedDuration::try_from(enrollment.certificate_duration.as_std())
+                    .unwrap_or(jiff::SignedDuration::from_hours(720)),
+            })
+        });
+        p.listen = wanted;
+        p.outcomes.insert(key.clone(), outcome);
     }
 
     /// Publishes the dial-out settings (or their absence) when they change.
@@ -788,6 +587,276 @@ impl Publisher {
 
 /// Adds to `found`, per Affectation, the error codes that these targets reported for the
 /// package and token they should have now ([`by_frequency`] orders them).
+/// What one publication builds, step by step (see [`Publisher::publish`]).
+struct Publishing<'a> {
+    runtime: &'a Runtime,
+    desired: &'a DesiredState,
+    leadership: &'a Leadership,
+    now: jiff::Timestamp,
+    /// The Server, if one is declared and actionable.
+    server: Option<(ObjectKey, ServerSpec)>,
+    routes: Routes,
+    listen: Listen,
+    outcomes: HashMap<ObjectKey, Outcome>,
+    /// Activations whose package is built, by key.
+    activations: HashMap<ObjectKey, ActiveActivation>,
+    /// When each staged rollout's next stage begins, by Affectation.
+    wakes: HashMap<String, jiff::Timestamp>,
+}
+
+impl Publishing<'_> {
+    /// The Activations whose package is built: their package routes and outcomes.
+    fn activations(&mut self, packages: &HashMap<ObjectKey, Outcome>) {
+        // Built packages, by key: (id, success codes, os).
+        let built: HashMap<&ObjectKey, String> = packages
+            .iter()
+            .filter(|(_, o)| o.ready)
+            .filter_map(|(k, o)| outcome::package_id(&o.details).map(|id| (k, id)))
+            .collect();
+        for (key, resource) in self.desired.actionable() {
+            let Resource::Activation(activation) = resource else {
+                continue;
+            };
+            let package_key =
+                ObjectKey::referenced(Kind::Package, &key.namespace, &activation.spec.package_ref);
+            let package = self
+                .desired
+                .entries
+                .get(&package_key)
+                .and_then(|e| e.resource());
+            let (Some(id), Some(Resource::Package(package))) = (built.get(&package_key), package)
+            else {
+                let outcome = dependency(
+                    packages.get(&package_key),
+                    &package_key,
+                    format!("waiting for {package_key} to be built"),
+                );
+                self.outcomes.insert(key.clone(), outcome);
+                continue;
+            };
+            self.routes.packages.insert(
+                id.clone(),
+                PackageRoute {
+                    name: qualified(&package_key),
+                    success_exit_codes: package.spec.success_exit_codes.clone(),
+                    priority: u8::try_from(package.spec.priority).unwrap_or(5),
+                    action: native_action(&package.spec.action),
+                    format: package.spec.content.as_ref().map(|_| {
+                        if package.spec.os == Os::Windows {
+                            "zip"
+                        } else {
+                            "tar.gz"
+                        }
+                        .to_owned()
+                    }),
+                },
+            );
+            self.activations.insert(
+                key.clone(),
+                (
+                    qualified(&package_key),
+                    id.clone(),
+                    package.spec.os,
+                    activation.spec.info_location.as_deref().map(strip_scheme),
+                    activation.spec.pack_location.as_deref().map(strip_scheme),
+                ),
+            );
+            let details = outcome::details(&ActivationStatus {
+                package_id: Some(id.clone()),
+                ..ActivationStatus::default()
+            });
+            self.outcomes.insert(
+                key.clone(),
+                Outcome::ready(Reason::Active, format!("agents are offered package {id}"))
+                    .with_details(details),
+            );
+        }
+    }
+
+    /// Each Affectation's assignment: its targets, schedule and rollout share.
+    fn assignments(&mut self) {
+        for (key, resource) in self.desired.actionable() {
+            let Resource::Affectation(affectation) = resource else {
+                continue;
+            };
+            let spec = &affectation.spec;
+            let activation_key =
+                ObjectKey::referenced(Kind::Activation, &key.namespace, &spec.activation_ref);
+            let Some((package, id, os, info, pack)) = self.activations.get(&activation_key) else {
+                let outcome = dependency(
+                    self.outcomes.get(&activation_key),
+                    &activation_key,
+                    format!("waiting for {activation_key} to be active"),
+                );
+                self.outcomes.insert(key.clone(), outcome);
+                continue;
+            };
+            let targets = &spec.targets;
+            let selector = match Selector::new(
+                targets.all,
+                &targets.names,
+                &targets.name_globs,
+                &targets.tags,
+                targets.os.iter().map(|os| family(*os)).collect(),
+            ) {
+                Ok(selector) => selector,
+                Err(source) => {
+                    let error = RoutesError::Targets { source };
+                    self.outcomes
+                        .insert(key.clone(), invalid(Reason::InvalidSpec, &error));
+                    continue;
+                }
+            };
+            let instant = |text: &Option<String>| {
+                text.as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|t| t.as_second())
+            };
+            // A staged rollout: its clock starts when this package version (and redeploy
+            // token) is first assigned, and is kept in the database across restarts.
+            let (share, next_stage) = self.rollout_share(key, id, spec);
+            self.routes.assignments.push(Assignment {
+                share,
+                paused: false,
+                affectation: qualified(key),
+                activation: qualified(&activation_key),
+                package: package.clone(),
+                package_id: id.clone(),
+                package_os: family(*os),
+                selector,
+                redeploy: spec.redeploy.clone(),
+                not_before: spec.schedule.as_ref().and_then(|s| instant(&s.not_before)),
+                not_after: spec.schedule.as_ref().and_then(|s| instant(&s.not_after)),
+                info_location: info.clone(),
+                pack_location: pack.clone(),
+            });
+            if let Some(at) = next_stage {
+                self.wakes.insert(qualified(key), at);
+            }
+        }
+    }
+
+    /// A staged rollout's share now and when its next stage begins: its clock starts when
+    /// this package version (and redeploy token) is first assigned, and is kept in the
+    /// database across restarts. Without a rollout, everyone at once.
+    fn rollout_share(
+        &self,
+        key: &ObjectKey,
+        id: &str,
+        spec: &crate::resources::affectation::AffectationSpec,
+    ) -> (u8, Option<jiff::Timestamp>) {
+        match &spec.rollout {
+            None => (100, None),
+            Some(rollout) => {
+                let clock = format!(
+                    "rollout/{}/{}/{}",
+                    qualified(key),
+                    id,
+                    spec.redeploy.as_deref().unwrap_or("")
+                );
+                // The leader starts the clock; a follower reads it (and, before the leader
+                // has, offers the first stage only).
+                let now_text = self.now.as_second().to_string();
+                let started = if self.leadership.is_leader() {
+                    self.runtime.db.setting_or_insert(&clock, &now_text)
+                } else {
+                    self.runtime
+                        .db
+                        .setting(&clock)
+                        .map(|at| at.unwrap_or_else(|| now_text.clone()))
+                }
+                .ok()
+                .and_then(|at| at.parse().ok())
+                .unwrap_or(self.now.as_second());
+                let mut begins = started;
+                let mut share = 0u8;
+                let mut next = None;
+                for stage in &rollout.stages {
+                    begins = begins.saturating_add(
+                        i64::try_from(stage.after.as_std().as_secs()).unwrap_or(i64::MAX),
+                    );
+                    if self.now.as_second() >= begins {
+                        share = u8::try_from(stage.percent.clamp(0, 100)).unwrap_or(100);
+                    } else {
+                        next = jiff::Timestamp::from_second(begins).ok();
+                        break;
+                    }
+                }
+                (share, next)
+            }
+        }
+    }
+
+    /// Counts per Affectation, from the database, and the Affectations' outcomes.
+    fn affectation_outcomes(&mut self) {
+        // Counts per Affectation, from the database.
+        let stale_before = self.now.as_second() - self.routes.stale_after;
+        // A page of the fleet at a time: this runs every second while agents report, and
+        // the whole fleet read at once made memory grow with the fleet and stay.
+        let mut counts: HashMap<String, deployments::Counts> = HashMap::new();
+        let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let assignments = &self.routes.assignments;
+        let counted = self.runtime.db.fleet_pages(|computers, rows| {
+            let page = deployments::counts(assignments, computers, rows, stale_before);
+            for (affectation, page) in page {
+                *counts.entry(affectation).or_default() += page;
+            }
+            error_codes(&mut found, assignments, computers, rows);
+            Ok(())
+        });
+        let codes = match counted {
+            Ok(()) => by_frequency(found),
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "failed to read deployment states");
+                counts.clear();
+                HashMap::new()
+            }
+        };
+        for assignment in &mut self.routes.assignments {
+            let Some(key) =
+                self.desired.entries.keys().find(|k| {
+                    k.kind == Kind::Affectation && qualified(k) == assignment.affectation
+                })
+            else {
+                continue;
+            };
+            let c = counts
+                .get(&assignment.affectation)
+                .copied()
+                .unwrap_or_default();
+            let rollout = match self.desired.entries.get(key).and_then(|e| e.resource()) {
+                Some(Resource::Affectation(a)) => a.spec.rollout.clone(),
+                _ => None,
+            };
+            let rollout = rollout.map(|rollout| {
+                // Too many errors pause it: nothing new is offered until it is fixed (a new
+                // package version or redeploy token restarts the rollout).
+                assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
+                RolloutStatus {
+                    percent: i64::from(assignment.share),
+                    paused: assignment.paused,
+                    next_stage: self
+                        .wakes
+                        .get(&assignment.affectation)
+                        .map(ToString::to_string),
+                }
+            });
+            let facts = RolloutFacts {
+                package_id: &assignment.package_id,
+                counts: c,
+                error_codes: codes
+                    .get(&assignment.affectation)
+                    .cloned()
+                    .unwrap_or_default(),
+                rollout,
+            };
+            let mut outcome = affectation_outcome(&facts);
+            outcome.wake = self.wakes.get(&assignment.affectation).copied();
+            self.outcomes.insert(key.clone(), outcome);
+        }
+    }
+}
+
 fn error_codes(
     found: &mut HashMap<String, HashMap<String, i64>>,
     assignments: &[Assignment],
