@@ -230,9 +230,107 @@ impl Packages {
         }
     }
 
-    // Long: one package's build from spec to store (content, archive, fragments, manifest,
-    // `info`), each failure with its own status; a list of steps is the next refactor.
-    #[allow(clippy::too_many_lines)]
+    /// Why `spec` cannot be built from `source` whatever its bytes are, if it cannot: content
+    /// this mode has no files for, or a launched command naming no file of the content
+    /// (agents run it as `./<first word>`, or every one reports ERR_EXECUTE).
+    fn refusal(
+        &self,
+        spec: &crate::resources::PackageSpec,
+        source: Option<&Source>,
+    ) -> Result<Option<Outcome>, BuildError> {
+        if self.files == ContentFiles::Absent
+            && let Some(field) = match source {
+                Some(Source::Directory(_)) => Some("directory"),
+                Some(Source::Archive(_)) => Some("archive"),
+                _ => None,
+            }
+        {
+            return Ok(Some(failed(
+                Reason::ContentNeedsURL,
+                format!(
+                    "spec.content.{field}: in Kubernetes a Package's content is a `url` with its `sha256` (an archive any HTTP(S) server serves); the server has no files to read a {field} from"
+                ),
+            )));
+        }
+        // Agents run a launched command as `./<first word>`: it must be a file of the
+        // content, or every agent reports ERR_EXECUTE.
+        if let (Some(launch), Some(source)) = (&spec.action.launch, source)
+            && let Some(reason) = inputs::launch_problem(&launch.command, source)?
+        {
+            return Ok(Some(failed(
+                Reason::InvalidContent,
+                format!("spec.action.launch.command: {reason}"),
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The archive to store and its SHA-256: none to build when the cached build with these
+    /// inputs is still in the store; else built (or downloaded) and checked against the
+    /// spec's digest, the format its OS unpacks and the launched file. `Err`: refused.
+    fn archive(
+        &self,
+        key: &ObjectKey,
+        spec: &crate::resources::PackageSpec,
+        source: Option<&Source>,
+        cached: Option<Built>,
+        store: &FragmentStore,
+    ) -> Result<Result<(Option<PathBuf>, String), Outcome>, BuildError> {
+        let content = spec.content.as_ref();
+        Ok(match cached {
+            Some(built) if store.manifest(&built.id).ok().flatten().is_some() => {
+                Ok((None, built.archive_sha256))
+            }
+            _ => match source {
+                Some(source) => {
+                    let path = self.build_archive(key, source, spec.os)?;
+                    let bytes = std::fs::read(&path).map_err(|source| BuildError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let sha = hex::encode(Sha256::digest(bytes));
+                    if let Some(expected) = content.and_then(|c| c.sha256.as_ref())
+                        && !expected.eq_ignore_ascii_case(&sha)
+                    {
+                        return Ok(Err(failed(
+                            Reason::DigestMismatch,
+                            format!(
+                                "the archive's SHA-256 is {sha}, but spec.content.sha256 says {expected}"
+                            ),
+                        )));
+                    }
+                    // A ready-made archive gets the checks a directory gets before it is
+                    // archived: the format agents of its OS unpack, the launched file.
+                    let checked = match source {
+                        Source::Url { url, .. } => Some(("spec.content.url", url.clone())),
+                        Source::Archive(archive) => {
+                            Some(("spec.content.archive", archive.display().to_string()))
+                        }
+                        Source::Directory(_) => None,
+                    };
+                    if let Some((field, what)) = checked {
+                        let problems = inputs::archive_problems(spec, &path, field, &what)?;
+                        if !problems.is_empty() {
+                            let _ = std::fs::remove_file(&path);
+                            return Ok(Err(failed(
+                                Reason::InvalidContent,
+                                problems
+                                    .iter()
+                                    .map(|(field, reason)| format!("{field}: {reason}"))
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                            )));
+                        }
+                    }
+                    Ok((Some(path), sha))
+                }
+                None => Ok((None, String::new())),
+            },
+        })
+    }
+
+    /// One package's build from spec to store: refused early, or its archive (built or
+    /// cached), its id, then fragments, manifest and `info` in the store.
     fn package(
         &self,
         key: &ObjectKey,
@@ -242,32 +340,10 @@ impl Packages {
         ids: &mut BTreeMap<String, ObjectKey>,
     ) -> Result<Outcome, BuildError> {
         let spec = &package.spec;
-        let content = spec.content.as_ref();
         let file = desired.entries.get(key).and_then(|e| e.origin.as_ref());
         let source = inputs::of(spec, &self.config_dir, file.map(|o| o.file.as_str()));
-        if self.files == ContentFiles::Absent
-            && let Some(field) = match &source {
-                Some(Source::Directory(_)) => Some("directory"),
-                Some(Source::Archive(_)) => Some("archive"),
-                _ => None,
-            }
-        {
-            return Ok(failed(
-                Reason::ContentNeedsURL,
-                format!(
-                    "spec.content.{field}: in Kubernetes a Package's content is a `url` with its `sha256` (an archive any HTTP(S) server serves); the server has no files to read a {field} from"
-                ),
-            ));
-        }
-        // Agents run a launched command as `./<first word>`: it must be a file of the
-        // content, or every agent reports ERR_EXECUTE.
-        if let (Some(launch), Some(source)) = (&spec.action.launch, &source)
-            && let Some(reason) = inputs::launch_problem(&launch.command, source)?
-        {
-            return Ok(failed(
-                Reason::InvalidContent,
-                format!("spec.action.launch.command: {reason}"),
-            ));
+        if let Some(refused) = self.refusal(spec, source.as_ref())? {
+            return Ok(refused);
         }
         let fingerprint = match &source {
             Some(source) => source.fingerprint()?,
@@ -284,71 +360,18 @@ impl Packages {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
 
-        let (archive, archive_sha256) = match cached.filter(|c| c.input == input) {
-            Some(built) if store.manifest(&built.id).ok().flatten().is_some() => {
-                (None, built.archive_sha256)
-            }
-            _ => match &source {
-                Some(source) => {
-                    let path = self.build_archive(key, source, spec.os)?;
-                    let bytes = std::fs::read(&path).map_err(|source| BuildError::Read {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    let sha = hex::encode(Sha256::digest(bytes));
-                    if let Some(expected) = content.and_then(|c| c.sha256.as_ref())
-                        && !expected.eq_ignore_ascii_case(&sha)
-                    {
-                        return Ok(failed(
-                            Reason::DigestMismatch,
-                            format!(
-                                "the archive's SHA-256 is {sha}, but spec.content.sha256 says {expected}"
-                            ),
-                        ));
-                    }
-                    // A ready-made archive gets the checks a directory gets before it is
-                    // archived: the format agents of its OS unpack, the launched file.
-                    let checked = match source {
-                        Source::Url { url, .. } => Some(("spec.content.url", url.clone())),
-                        Source::Archive(archive) => {
-                            Some(("spec.content.archive", archive.display().to_string()))
-                        }
-                        Source::Directory(_) => None,
-                    };
-                    if let Some((field, what)) = checked {
-                        let problems = inputs::archive_problems(spec, &path, field, &what)?;
-                        if !problems.is_empty() {
-                            let _ = std::fs::remove_file(&path);
-                            return Ok(failed(
-                                Reason::InvalidContent,
-                                problems
-                                    .iter()
-                                    .map(|(field, reason)| format!("{field}: {reason}"))
-                                    .collect::<Vec<_>>()
-                                    .join("; "),
-                            ));
-                        }
-                    }
-                    (Some(path), sha)
-                }
-                None => (None, String::new()),
-            },
+        let (archive, archive_sha256) = match self.archive(
+            key,
+            spec,
+            source.as_ref(),
+            cached.filter(|c| c.input == input),
+            store,
+        )? {
+            Ok(archive) => archive,
+            Err(refused) => return Ok(refused),
         };
 
-        // The id: from the spec and the archive, all digits, the same everywhere. Two
-        // packages landing on one id is reported, and the later one (in key order) moves on.
-        let mut attempt = 0u32;
-        let id = loop {
-            let id = package_id(&spec_json, &archive_sha256, attempt);
-            match ids.get(&id) {
-                Some(other) if other != key => {
-                    tracing::warn!(package = %key, other = %other, %id, "package id collision; deriving another");
-                    attempt += 1;
-                }
-                _ => break id,
-            }
-        };
-        ids.insert(id.clone(), key.clone());
+        let id = claim_id(key, &spec_json, &archive_sha256, ids);
 
         let stored = |source| BuildError::Store {
             id: id.clone(),
@@ -407,33 +430,7 @@ impl Packages {
         atomic::write_if_changed(&cache_path, &body, Access::Public)
             .map_err(|source| BuildError::Record { source })?;
 
-        let digests = !manifest.md5.is_empty();
-        let details = outcome::details(&PackageStatus {
-            package_id: Some(id.clone()),
-            size: i64::try_from(manifest.size).ok(),
-            fragments: i64::try_from(manifest.fragments.len()).ok(),
-            action: Some(action_summary(&spec.action)),
-            md5: digests.then(|| manifest.md5.clone()),
-            sha256: digests.then(|| manifest.sha256.clone()),
-            ..PackageStatus::default()
-        });
-        Ok(Outcome {
-            ready: true,
-            reason: Reason::Built,
-            message: format!(
-                "package {id}: {} bytes in {} fragment{}",
-                manifest.size,
-                manifest.fragments.len(),
-                if manifest.fragments.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                }
-            ),
-            details,
-            issuing: None,
-            wake: None,
-        })
+        Ok(built_outcome(&id, &manifest, &spec.action))
     }
 
     /// Writes the package's archive to a temporary file under the state directory.
@@ -604,6 +601,64 @@ fn read_entry(entry: &Entry) -> Result<Vec<u8>, BuildError> {
         path: entry.path.clone(),
         source,
     })
+}
+
+/// A built package's outcome: its id, size, fragments and digests in the status.
+fn built_outcome(
+    id: &str,
+    manifest: &crate::store::fragments::Manifest,
+    action: &crate::resources::package::PackageAction,
+) -> Outcome {
+    let digests = !manifest.md5.is_empty();
+    let details = outcome::details(&PackageStatus {
+        package_id: Some(id.to_owned()),
+        size: i64::try_from(manifest.size).ok(),
+        fragments: i64::try_from(manifest.fragments.len()).ok(),
+        action: Some(action_summary(action)),
+        md5: digests.then(|| manifest.md5.clone()),
+        sha256: digests.then(|| manifest.sha256.clone()),
+        ..PackageStatus::default()
+    });
+    Outcome {
+        ready: true,
+        reason: Reason::Built,
+        message: format!(
+            "package {id}: {} bytes in {} fragment{}",
+            manifest.size,
+            manifest.fragments.len(),
+            if manifest.fragments.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ),
+        details,
+        issuing: None,
+        wake: None,
+    }
+}
+
+/// The id of `key`'s build: from the spec and the archive, all digits, the same everywhere.
+/// Two packages landing on one id is reported, and the later one (in key order) moves on.
+fn claim_id(
+    key: &ObjectKey,
+    spec_json: &str,
+    archive_sha256: &str,
+    ids: &mut BTreeMap<String, ObjectKey>,
+) -> String {
+    let mut attempt = 0u32;
+    let id = loop {
+        let id = package_id(spec_json, archive_sha256, attempt);
+        match ids.get(&id) {
+            Some(other) if other != key => {
+                tracing::warn!(package = %key, other = %other, %id, "package id collision; deriving another");
+                attempt += 1;
+            }
+            _ => break id,
+        }
+    };
+    ids.insert(id.clone(), key.clone());
+    id
 }
 
 /// A ten-digit id from the spec and the archive digest; `attempt` moves off a collision.
