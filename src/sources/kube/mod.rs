@@ -839,4 +839,72 @@ mod tests {
         let changed = snapshot([a, (Kind::Package, object("b", json!({"os": "macos"})))]);
         assert_ne!(one.revision, changed.revision);
     }
+
+    #[test]
+    fn a_listing_needs_every_kind_listed() {
+        let objects = || vec![(Kind::Package, vec![object("a", json!({"os": "linux"}))])];
+        let mut listed: HashSet<Kind> = Kind::ALL.iter().copied().collect();
+        listed.remove(&Kind::Affectation);
+        assert_eq!(Listing::of(&listed, objects()), None, "one kind not listed yet");
+        listed.insert(Kind::Affectation);
+        let listing = Listing::of(&listed, objects()).expect("every kind listed");
+        assert_eq!(listing.snapshot().files.len(), 1);
+        let key = ObjectKey::new(Kind::Package, "fleet", "a");
+        assert_eq!(listing.status(&key).unwrap()["observedGeneration"], 1);
+        let nothing = Listing::of(&listed, Vec::new()).expect("an empty cluster is a listing");
+        assert!(!nothing.snapshot().revision.is_empty());
+    }
+
+    #[test]
+    fn the_watch_backoff_is_short_and_starts_over_after_a_success() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = WatchBackoff::default();
+        let waits: Vec<Duration> = backoff.by_ref().take(8).collect();
+        for (wait, full) in waits.iter().zip([0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]) {
+            let full = Duration::from_secs_f64(full);
+            assert!(*wait <= full && *wait >= full.mul_f64(0.75), "{waits:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next().unwrap() <= WatchBackoff::FIRST);
+    }
+
+    #[test]
+    fn transition_times_are_kept_while_a_condition_holds() {
+        let status = |ready: &str, time: &str| {
+            json!({"conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": time},
+                {"type": "Stalled", "status": "False", "lastTransitionTime": time},
+            ]})
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        let before = status("True", "2026-01-01T00:00:00Z");
+        let mut same = status("True", "2026-12-07T00:00:00Z");
+        keep_transition_times(Some(&before), &mut same);
+        assert_eq!(same, before, "a restart changes no transition time");
+        let mut changed = status("False", "2026-12-07T00:00:00Z");
+        keep_transition_times(Some(&before), &mut changed);
+        assert_eq!(changed["conditions"][0]["lastTransitionTime"], "2026-12-07T00:00:00Z");
+        assert_eq!(changed["conditions"][1]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_build_is_one_built_event() {
+        let after = json!({
+            "packageId": "17", "fragments": 2,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Built", "message": "m"}],
+        });
+        let found = events(Kind::Package, None, after.as_object().unwrap());
+        let reasons: Vec<&str> = found.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Built"]);
+        assert_eq!(found[0].action, "Build", "the one that names the package id");
+        let issued = json!({
+            "revision": 1, "notAfter": "2027-01-01T00:00:00Z",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Issued", "message": ""}],
+        });
+        let found = events(Kind::Certificate, None, issued.as_object().unwrap());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].reason, "Issued");
+    }
 }
