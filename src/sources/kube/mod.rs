@@ -845,7 +845,11 @@ mod tests {
         let objects = || vec![(Kind::Package, vec![object("a", json!({"os": "linux"}))])];
         let mut listed: HashSet<Kind> = Kind::ALL.iter().copied().collect();
         listed.remove(&Kind::Affectation);
-        assert_eq!(Listing::of(&listed, objects()), None, "one kind not listed yet");
+        assert_eq!(
+            Listing::of(&listed, objects()),
+            None,
+            "one kind not listed yet"
+        );
         listed.insert(Kind::Affectation);
         let listing = Listing::of(&listed, objects()).expect("every kind listed");
         assert_eq!(listing.snapshot().files.len(), 1);
@@ -885,8 +889,14 @@ mod tests {
         assert_eq!(same, before, "a restart changes no transition time");
         let mut changed = status("False", "2026-12-07T00:00:00Z");
         keep_transition_times(Some(&before), &mut changed);
-        assert_eq!(changed["conditions"][0]["lastTransitionTime"], "2026-12-07T00:00:00Z");
-        assert_eq!(changed["conditions"][1]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            changed["conditions"][0]["lastTransitionTime"],
+            "2026-12-07T00:00:00Z"
+        );
+        assert_eq!(
+            changed["conditions"][1]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
     }
 
     #[test]
@@ -898,7 +908,10 @@ mod tests {
         let found = events(Kind::Package, None, after.as_object().unwrap());
         let reasons: Vec<&str> = found.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["Built"]);
-        assert_eq!(found[0].action, "Build", "the one that names the package id");
+        assert_eq!(
+            found[0].action, "Build",
+            "the one that names the package id"
+        );
         let issued = json!({
             "revision": 1, "notAfter": "2027-01-01T00:00:00Z",
             "conditions": [{"type": "Ready", "status": "True", "reason": "Issued", "message": ""}],
