@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::git::{GitArgs, first_git_snapshot, webhook};
-use super::kube::{connect, write_gateway_status};
+use super::kube::{Snapshots, connect, write_gateway_status};
 use super::running::{
     Running, Tasks, connection_budget, create_state_dir, runtime, shutdown_signal,
 };
@@ -36,8 +36,8 @@ use crate::resources::{Kind, ObjectKey, Resource, Snapshot};
 use crate::server::admin::{self, ConditionStatus, ConditionType, ObjectKind, Report};
 use crate::sources::dir::DirSource;
 use crate::sources::git::GitSource;
-use crate::sources::kube::KubeSource;
 use crate::sources::kube::secrets::KubeSecrets;
+use crate::sources::kube::{KubeSource, Listing};
 
 /// How long `tessera gateway --kube` waits for the first full list of the resources.
 const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -159,7 +159,7 @@ enum Source {
     Dir(DirSource),
     Git(GitSource, Arc<tokio::sync::Notify>),
     /// Already running, publishing on this channel.
-    Kube(watch::Receiver<Snapshot>),
+    Kube(watch::Receiver<Option<Listing>>),
     File,
 }
 
@@ -175,7 +175,7 @@ struct Configuration {
 struct ReconcileInputs {
     config_dir: PathBuf,
     state_dir: PathBuf,
-    snapshots: watch::Receiver<Snapshot>,
+    snapshots: Snapshots,
     secrets: Option<Arc<dyn reconcile::secrets::Secrets>>,
 }
 
@@ -262,19 +262,24 @@ async fn watch_cluster(
     client: kube::Client,
     resync: watch::Receiver<bool>,
     tasks: &mut Tasks,
-) -> Result<(watch::Receiver<Snapshot>, Snapshot)> {
-    let (snapshot_tx, mut snapshot_rx) = watch::channel(Snapshot::default());
+) -> Result<(watch::Receiver<Option<Listing>>, Snapshot)> {
+    let (listing_tx, mut listing_rx) = watch::channel(None);
     let source = KubeSource::new(client, args.namespace.clone()).resync_on(resync);
     tasks.spawn(|token| async move {
-        source.run(snapshot_tx, token).await;
+        source.run(listing_tx, token).await;
         Ok(())
     });
-    tokio::time::timeout(FIRST_LIST_TIMEOUT, snapshot_rx.changed())
-        .await
-        .context("no list of the Tessera resources from Kubernetes in time")?
-        .context("the Kubernetes watch stopped")?;
-    let snapshot = snapshot_rx.borrow().clone();
-    Ok((snapshot_rx, snapshot))
+    let snapshot = tokio::time::timeout(
+        FIRST_LIST_TIMEOUT,
+        listing_rx.wait_for(|listing: &Option<Listing>| listing.is_some()),
+    )
+    .await
+    .context("no list of the Tessera resources from Kubernetes in time")?
+    .context("the Kubernetes watch stopped")?
+    .as_ref()
+    .map(|listing| listing.snapshot().clone())
+    .unwrap_or_default();
+    Ok((listing_rx, snapshot))
 }
 
 /// A single file: its directory (where relative names resolve), the state directory, and
@@ -303,9 +308,9 @@ fn read_file(args: &GatewayArgs, config: &Path) -> Result<(PathBuf, PathBuf, Sna
 }
 
 /// Publishes `snapshot`, then what `source` reads next.
-fn follow(source: Source, snapshot: Snapshot, tasks: &mut Tasks) -> watch::Receiver<Snapshot> {
-    match source {
-        Source::Kube(receiver) => receiver,
+fn follow(source: Source, snapshot: Snapshot, tasks: &mut Tasks) -> Snapshots {
+    let snapshots = match source {
+        Source::Kube(receiver) => return Snapshots::Listed(receiver),
         Source::Dir(source) => {
             let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
             tasks.spawn(
@@ -332,7 +337,8 @@ fn follow(source: Source, snapshot: Snapshot, tasks: &mut Tasks) -> watch::Recei
             });
             snapshot_rx
         }
-    }
+    };
+    Snapshots::Read(snapshots)
 }
 
 /// The one valid Gateway of the configuration (the one `--name` names, if given).
@@ -436,7 +442,8 @@ fn start_reconcile(
     };
     let snapshots = inputs.snapshots;
     tasks.spawn(|token| async move {
-        reconcile::run(snapshots, reports, config, token)
+        snapshots
+            .reconcile(reports, config, token)
             .await
             .map_err(Into::into)
     });

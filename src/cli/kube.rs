@@ -16,7 +16,7 @@ use crate::server::admin::Report;
 use crate::sources::kube::secrets::{self, KubeSecrets};
 use crate::sources::kube::status::write_statuses;
 use crate::sources::kube::{
-    self as kube_source, KubeError, ObjectStatus, Owner, StatusWriter, lease,
+    self as kube_source, KubeError, Listing, ObjectStatus, Owner, StatusWriter, lease,
 };
 
 /// `tessera serve --kube`: the custom resources of a cluster instead of a directory.
@@ -55,7 +55,7 @@ pub(super) async fn connect() -> Result<kube::Client> {
 pub(super) fn start_kube(
     args: &KubeArgs,
     client: kube::Client,
-    snapshots: watch::Sender<crate::resources::Snapshot>,
+    listings: watch::Sender<Option<Listing>>,
     reports: watch::Receiver<Report>,
     tasks: &mut Tasks,
 ) -> (Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>) {
@@ -85,8 +85,9 @@ pub(super) fn start_kube(
     );
     let source =
         kube_source::KubeSource::new(client.clone(), args.namespace.clone()).resync_on(resync);
+    let observed = listings.subscribe();
     tasks.spawn(|token| async move {
-        source.run(snapshots, token).await;
+        source.run(listings, token).await;
         Ok(())
     });
     let lock = lease::LeaseLock::new(client.clone(), &lease_namespace, lease_name, &identity);
@@ -95,7 +96,7 @@ pub(super) fn start_kube(
         Ok(())
     });
 
-    let writer = StatusWriter::new(client, Some(identity));
+    let writer = StatusWriter::new(client, Some(identity)).observing(observed);
     let leader = leader_rx.clone();
     tasks.spawn(|token| async move {
         // A Gateway's status is written by the `tessera gateway` that runs it.
@@ -188,20 +189,53 @@ pub(super) fn write_gateway_status(
     });
 }
 
-/// The status subresource of every object of a report.
+/// The status subresource of every object of a report, with `sourceRevision`: the revision
+/// of the listing it was reconciled from (a digest of every object's spec, the same
+/// `tessera get` and the admin API show), as status files have it in the other modes.
 fn kube_statuses(report: &Report) -> Vec<ObjectStatus> {
     report
         .objects
         .iter()
-        .map(|object| ObjectStatus {
-            key: ObjectKey::new(
-                reconcile::outcome::resource_kind(object.kind),
-                &object.namespace,
-                &object.name,
-            ),
-            status: reconcile::status::subresource(object),
+        .map(|object| {
+            let mut status = reconcile::status::subresource(object);
+            if !object.source_revision.is_empty() {
+                status.insert(
+                    "sourceRevision".into(),
+                    serde_json::json!(object.source_revision),
+                );
+            }
+            ObjectStatus {
+                key: ObjectKey::new(
+                    reconcile::outcome::resource_kind(object.kind),
+                    &object.namespace,
+                    &object.name,
+                ),
+                status,
+            }
         })
         .collect()
+}
+
+/// What reconcile reads: a directory or git source's snapshots, or the Kubernetes source's
+/// listings (`None` until every kind has been listed whole; see `sources::kube::Listing`).
+pub(super) enum Snapshots {
+    Read(watch::Receiver<crate::resources::Snapshot>),
+    Listed(watch::Receiver<Option<Listing>>),
+}
+
+impl Snapshots {
+    /// Runs the reconcile loop on these snapshots until `shutdown`.
+    pub(super) async fn reconcile(
+        self,
+        reports: watch::Sender<Report>,
+        config: reconcile::Config,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), reconcile::ReconcileError> {
+        match self {
+            Self::Read(snapshots) => reconcile::run(snapshots, reports, config, shutdown).await,
+            Self::Listed(listings) => reconcile::run(listings, reports, config, shutdown).await,
+        }
+    }
 }
 
 /// Reconcile's view of Secrets in `--kube` mode. Reads always; writes only while this

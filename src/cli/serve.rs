@@ -16,7 +16,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::git::{GitArgs, first_git_snapshot, webhook};
-use super::kube::{KubeArgs, connect, start_kube};
+use super::kube::{KubeArgs, Snapshots, connect, start_kube};
 use super::running::{
     Running, Tasks, connection_budget, create_state_dir, server_runtime, shutdown_signal,
 };
@@ -24,7 +24,6 @@ use crate::budget::ConnectionBudget;
 use crate::desired;
 use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
-use crate::resources::Snapshot;
 use crate::server::admin::{self, Report};
 use crate::server::agent::{self, Listen, Routes, Shared};
 use crate::server::metrics::Metrics;
@@ -154,7 +153,7 @@ struct Source {
     state_dir: PathBuf,
     /// Where relative file names of the configuration (package content) resolve.
     config_root: PathBuf,
-    snapshots: watch::Receiver<Snapshot>,
+    snapshots: Snapshots,
     /// The git push webhook, for the admin API.
     hooks: Option<axum::Router>,
     /// In Kubernetes mode: the Secrets reconcile reads and writes, and the Lease.
@@ -169,7 +168,6 @@ async fn start_source(
     reports: &watch::Receiver<Report>,
     tasks: &mut Tasks,
 ) -> Result<Source> {
-    let (snapshot_tx, snapshots) = watch::channel(Snapshot::default());
     let admin = format!("http://{admin_address}");
     match (&args.git.git, &args.config, client) {
         (Some(_), _, _) => {
@@ -184,7 +182,7 @@ async fn start_source(
                 "serving"
             );
             let config_root = first.root.clone().unwrap_or_else(|| state_dir.clone());
-            snapshot_tx.send_replace(first);
+            let (snapshot_tx, snapshots) = watch::channel(first);
             let hooks = webhook(&args.git, &wake)?;
             tasks.spawn(|token| async move {
                 source
@@ -195,7 +193,7 @@ async fn start_source(
             Ok(Source {
                 state_dir,
                 config_root,
-                snapshots,
+                snapshots: Snapshots::Read(snapshots),
                 hooks,
                 kube: None,
             })
@@ -210,7 +208,7 @@ async fn start_source(
                 .unwrap_or_else(|| config.join(".tessera"));
             create_state_dir(&state_dir)?;
             let source = DirSource::new(config, vec![state_dir.clone()])?;
-            snapshot_tx.send_replace(source.scan());
+            let (snapshot_tx, snapshots) = watch::channel(source.scan());
             tracing::info!(
                 config = %source.root().display(),
                 state = %state_dir.display(),
@@ -224,7 +222,7 @@ async fn start_source(
             Ok(Source {
                 state_dir,
                 config_root,
-                snapshots,
+                snapshots: Snapshots::Read(snapshots),
                 hooks: None,
                 kube: None,
             })
@@ -241,13 +239,15 @@ async fn start_source(
                 %admin,
                 "serving from Kubernetes"
             );
-            let kube = start_kube(&args.kube, client, snapshot_tx, reports.clone(), tasks);
+            // `None` until every kind has been listed: reconcile makes no pass before.
+            let (listing_tx, listings) = watch::channel(None);
+            let kube = start_kube(&args.kube, client, listing_tx, reports.clone(), tasks);
             // Relative file names (package content directories) resolve below the state
             // directory: in Kubernetes there is no configuration directory.
             Ok(Source {
                 config_root: state_dir.clone(),
                 state_dir,
-                snapshots,
+                snapshots: Snapshots::Listed(listings),
                 hooks: None,
                 kube: Some(kube),
             })
@@ -388,7 +388,6 @@ fn start_reconcile(
     reports: watch::Sender<Report>,
     tasks: &mut Tasks,
 ) {
-    let kube_mode = source.kube.is_some();
     let config = reconcile::Config {
         state_dir: source.state_dir,
         config_dir: source.config_root,
@@ -403,19 +402,12 @@ fn start_reconcile(
         gateway: None,
         secrets: source.kube.map(|(secrets, _)| secrets),
     };
-    let mut snapshots = source.snapshots;
+    let snapshots = source.snapshots;
     tasks.spawn(|token| async move {
-        // Kubernetes mode: no pass before every kind was listed once, or the empty
-        // placeholder would look like a configuration emptied on purpose. A snapshot read
-        // from the API server always has a revision (a digest, even of nothing); the
-        // placeholder has none, whatever wakes this wait.
-        if kube_mode {
-            tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                read = snapshots.wait_for(|s| !s.revision.is_empty()) => if read.is_err() { return Ok(()) },
-            }
-        }
-        reconcile::run(snapshots, reports, config, token)
+        // In Kubernetes mode, no pass runs before every kind has been listed whole: the
+        // channel holds no snapshot until then (see `reconcile::Input`).
+        snapshots
+            .reconcile(reports, config, token)
             .await
             .map_err(Into::into)
     });

@@ -116,11 +116,34 @@ pub const STATUS_RETRY: Duration = Duration::from_secs(10);
 /// How often a follower looks for what the leader shared (one read of one row).
 pub const FOLLOW_POLL: Duration = Duration::from_secs(2);
 
-/// Runs passes on every new snapshot (and every `REQUEUE`) until `shutdown`. A follower
-/// also runs one as soon as the leader shares something new, and one at once when its
-/// leadership changes.
-pub async fn run(
-    mut snapshots: watch::Receiver<Snapshot>,
+/// What a source's channel holds, as reconcile reads it: the snapshot to act on, or none yet.
+///
+/// A directory or git source sends its first whole read before reconcile starts, so its
+/// channel always holds a `Snapshot` to act on. The Kubernetes source's holds
+/// `Option<sources::kube::Listing>`: `None` until every kind has been listed whole, and a
+/// `Listing` cannot be made otherwise. No pass runs, so nothing is pruned, without one.
+pub trait Input: Send + Sync + 'static {
+    /// The snapshot to act on, if there is one yet.
+    fn snapshot(&self) -> Option<&Snapshot>;
+}
+
+impl Input for Snapshot {
+    fn snapshot(&self) -> Option<&Snapshot> {
+        Some(self)
+    }
+}
+
+impl<T: AsRef<Snapshot> + Send + Sync + 'static> Input for Option<T> {
+    fn snapshot(&self) -> Option<&Snapshot> {
+        self.as_ref().map(AsRef::as_ref)
+    }
+}
+
+/// Runs passes on every new snapshot (and every `REQUEUE`) until `shutdown`; none before
+/// there is a snapshot to act on (see [`Input`]). A follower also runs one as soon as the
+/// leader shares something new, and one at once when its leadership changes.
+pub async fn run<S: Input>(
+    mut snapshots: watch::Receiver<S>,
     reports: watch::Sender<Report>,
     config: Config,
     shutdown: CancellationToken,
@@ -137,12 +160,19 @@ pub async fn run(
         .map(|r| r.db.clone());
     let mut reconciler = Reconciler::new(config);
     loop {
+        let snapshot = snapshots.borrow_and_update().snapshot().cloned();
+        let Some(snapshot) = snapshot else {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
+            }
+            continue;
+        };
         // What the leader had shared before this pass, for a follower to notice news.
         let generation = match &shared_db {
             Some(db) => shared_generation(db.clone()).await,
             None => None,
         };
-        let snapshot = snapshots.borrow_and_update().clone();
         let now = clock.now();
         // A pass archives packages and makes keys: blocking work, kept off the async workers
         // so the admin API stays responsive during a large build.

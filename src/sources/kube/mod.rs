@@ -8,14 +8,15 @@
 //! watch reads objects untyped (`DynamicObject`), so an object whose spec does not parse never
 //! breaks the stream: it becomes a problem of that object, shown as `Stalled` in its status.
 //!
-//! Watch errors (the API server restarting, an expired resource version, RBAC being fixed)
-//! are retried with kube-runtime's default backoff and logged; they are never fatal.
+//! Watch errors (the API server restarting, RBAC being fixed) are retried with a short
+//! backoff ([`WatchBackoff`]) and logged; they are never fatal. An expired resource version
+//! (`410 Gone`) is relisted at once.
 
 pub mod lease;
 pub mod secrets;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -107,11 +108,11 @@ impl KubeSource {
         self
     }
 
-    /// Watches every kind until `shutdown`, publishing a snapshot on `publish` whenever what
-    /// the watches hold changes. Nothing is published until every kind has been listed once,
-    /// so a partial first read never looks like deleted objects.
-    pub async fn run(self, publish: watch::Sender<Snapshot>, shutdown: CancellationToken) {
-        let mut stores: Vec<(Kind, Store<DynamicObject>)> = Vec::new();
+    /// Watches every kind until `shutdown`, publishing a [`Listing`] on `publish` whenever
+    /// what the watches hold changes. The channel holds `None` until every kind has been
+    /// listed once, so a partial first read never looks like deleted objects.
+    pub async fn run(self, publish: watch::Sender<Option<Listing>>, shutdown: CancellationToken) {
+        let mut lists = Lists::default();
         let mut streams = Vec::new();
         for kind in Kind::ALL {
             let resource = api_resource(kind);
@@ -122,18 +123,12 @@ impl KubeSource {
                 None => Api::<DynamicObject>::all_with(self.client.clone(), &resource),
             };
             let writer = reflector::store::Writer::new(resource);
-            stores.push((kind, writer.as_reader()));
-            let stream = reflector::reflector(
-                writer,
-                watcher::watcher(api, watcher::Config::default()).default_backoff(),
-            )
-            .map(move |event| (kind, event));
+            lists.stores.push((kind, writer.as_reader()));
+            let stream = reflector::reflector(writer, watch_with_backoff(api))
+                .map(move |event| (kind, event));
             streams.push(stream.boxed());
         }
         let mut events = futures::stream::select_all(streams);
-        let mut listed: HashMap<Kind, bool> = HashMap::new();
-        // Whether a snapshot read from the API server has been published yet.
-        let mut published = false;
         let mut due: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
         let mut resync = self.resync;
         loop {
@@ -141,18 +136,17 @@ impl KubeSource {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(now_true) = turned(&mut resync) => {
-                    // Only a snapshot already read is published again. Before the first one
-                    // the channel holds the empty placeholder: a pass on it would read as
-                    // "everything deleted" and prune every package and certificate. The
-                    // first snapshot, when it comes, makes the pass the new leader needs.
-                    if now_true && published {
-                        publish.send_modify(|_| {});
+                    // Only a listing already read is published again: before the first one
+                    // there is nothing to act on, and the first, when it comes, makes the
+                    // pass the new leader needs.
+                    if now_true {
+                        publish.send_if_modified(|current| current.is_some());
                     }
                 }
                 event = events.next() => match event {
                     Some((kind, Ok(event))) => {
                         if matches!(event, watcher::Event::InitDone) {
-                            listed.insert(kind, true);
+                            lists.listed.insert(kind);
                         }
                         let now = tokio::time::Instant::now();
                         let latest = due.map_or(now + MAX_DELAY, |(_, latest)| latest);
@@ -167,24 +161,179 @@ impl KubeSource {
                 },
                 () = sleep_until(deadline) => {
                     due = None;
-                    if listed.len() < Kind::ALL.len() {
+                    let Some(listing) = lists.listing() else {
                         continue;
-                    }
-                    let objects = stores
-                        .iter()
-                        .flat_map(|(kind, store)| store.state().into_iter().map(|o| (*kind, o)));
-                    let snapshot = snapshot(objects.map(|(kind, object)| (kind, (*object).clone())));
-                    let first = !std::mem::replace(&mut published, true);
+                    };
+                    // The statuses seen are always kept (the status writer compares with
+                    // them), but only a new revision (a changed spec, an object added or
+                    // removed) wakes reconcile: a status written is not a change to act on.
                     publish.send_if_modified(|current| {
-                        let changed = first || current.revision != snapshot.revision;
-                        if changed {
-                            *current = snapshot;
-                        }
+                        let changed = current
+                            .as_ref()
+                            .is_none_or(|c| c.snapshot.revision != listing.snapshot.revision);
+                        *current = Some(listing);
                         changed
                     });
                 }
             }
         }
+    }
+}
+
+/// The watch of one kind: kube-runtime's watcher, with a `410 Gone` relisted at once and
+/// other errors retried with [`WatchBackoff`].
+fn watch_with_backoff(
+    api: Api<DynamicObject>,
+) -> impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send {
+    watcher::watcher(api, watcher::Config::default())
+        .filter(|event| {
+            // `410 Gone` (the resource version is too old, typically after an API server
+            // outage) is no failure: the watcher has already dropped its resource version
+            // and lists again on its next poll. Backing off here is what delayed an edit by
+            // 48.6 s on a real cluster, the outage's backoff added to the relist's.
+            let gone =
+                matches!(event, Err(watcher::Error::WatchError(status)) if status.code == 410);
+            if gone {
+                tracing::info!("watch expired (410 Gone); listing again");
+            }
+            std::future::ready(!gone)
+        })
+        .backoff(WatchBackoff::default())
+}
+
+/// The wait before retrying a failed watch: doubling from [`WatchBackoff::FIRST`] up to
+/// [`WatchBackoff::MAX`], each wait shortened by up to a quarter at random so replicas do
+/// not retry in step; back to the first after any success.
+///
+/// kube-runtime's default (0.8 s doubling to 30 s, with up to as much again of jitter, reset
+/// only after two quiet minutes) is kind to a struggling API server but leaves edits unseen
+/// for up to a minute after it recovers. Seven watches retrying every few seconds are a
+/// negligible load; an edit unseen for a minute is what users notice.
+#[derive(Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+    /// Source of the jitter (a fresh `RandomState` per wait: no random-number dependency).
+    jitter: std::collections::hash_map::RandomState,
+}
+
+impl WatchBackoff {
+    /// The first wait: a blip (a watch closed by a restarting API server) is retried at once.
+    pub const FIRST: Duration = Duration::from_millis(500);
+    /// The longest wait: an edit made while the API server was down is seen at most this
+    /// long after it is back.
+    pub const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: Self::FIRST,
+            jitter: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        use std::hash::BuildHasher as _;
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // A fraction in [0, 1/4) of the wait, taken off it.
+        let fraction = (self.jitter.hash_one(wait) % 1024) as f64 / 4096.0;
+        Some(wait.mul_f64(1.0 - fraction))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// What every kind's watch holds, and which kinds have been listed whole.
+#[derive(Default)]
+struct Lists {
+    stores: Vec<(Kind, Store<DynamicObject>)>,
+    /// Kinds whose first list completed (`InitDone`). From then on their store always holds
+    /// a whole list: a relist (after `410 Gone`) is buffered by the reflector and swapped in
+    /// at its own `InitDone`, never applied piecemeal.
+    listed: HashSet<Kind>,
+}
+
+impl Lists {
+    /// The listing of every kind, or `None` while a kind has not been listed yet.
+    fn listing(&self) -> Option<Listing> {
+        let objects = self.stores.iter().map(|(kind, store)| {
+            let objects = store.state().into_iter().map(|o| (*o).clone()).collect();
+            (*kind, objects)
+        });
+        Listing::of(&self.listed, objects)
+    }
+}
+
+/// A complete listing of every Tessera kind, as the API server returned it: the snapshot
+/// reconcile acts on, and the statuses the objects carried (what the status writer compares
+/// with, so a restart re-reports nothing).
+///
+/// It can only be made by [`Listing::of`], which refuses to make one unless every kind's
+/// list has completed: in Kubernetes mode, nothing reconcile prunes (certificates,
+/// packages) can follow from a read that was not complete. The placeholder before the first
+/// listing is `None`, not an empty snapshot. A new type here rather than a marker on
+/// `resources::Snapshot`, because only this source can read partially: a directory scan or
+/// a git commit is whole by construction, and their snapshots stay as they are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listing {
+    snapshot: Snapshot,
+    statuses: std::sync::Arc<HashMap<ObjectKey, Map<String, Value>>>,
+}
+
+impl Listing {
+    /// The listing of `objects` (each kind with what its store holds), if every kind is in
+    /// `listed`; `None` otherwise.
+    pub fn of(
+        listed: &HashSet<Kind>,
+        objects: impl IntoIterator<Item = (Kind, Vec<DynamicObject>)>,
+    ) -> Option<Self> {
+        if !Kind::ALL.iter().all(|kind| listed.contains(kind)) {
+            return None;
+        }
+        let mut statuses = HashMap::new();
+        let mut all = Vec::new();
+        for (kind, objects) in objects {
+            for object in objects {
+                if let Some(Value::Object(status)) = object.data.get("status") {
+                    let key = ObjectKey::new(
+                        kind,
+                        object.metadata.namespace.as_deref().unwrap_or_default(),
+                        object.metadata.name.as_deref().unwrap_or_default(),
+                    );
+                    statuses.insert(key, status.clone());
+                }
+                all.push((kind, object));
+            }
+        }
+        Some(Self {
+            snapshot: snapshot(all),
+            statuses: std::sync::Arc::new(statuses),
+        })
+    }
+
+    /// The snapshot of every object.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The status `key` carried when listed (or last watched).
+    pub fn status(&self, key: &ObjectKey) -> Option<&Map<String, Value>> {
+        self.statuses.get(key)
+    }
+}
+
+impl AsRef<Snapshot> for Listing {
+    fn as_ref(&self) -> &Snapshot {
+        &self.snapshot
     }
 }
 
@@ -299,11 +448,14 @@ pub struct ObjectStatus {
 
 /// Writes statuses with server-side apply (field manager `tessera`, forced: Tessera owns
 /// status) and records an Event for what changed. It remembers what it wrote, so an
-/// unchanged status is never patched again (no write storms at every pass).
+/// unchanged status is never patched again (no write storms at every pass); with
+/// [`StatusWriter::observing`], what it has not written itself is compared with the status
+/// the object carries, so a restart or a new leader re-reports nothing that did not change.
 pub struct StatusWriter {
     client: Client,
     recorder: Recorder,
     written: HashMap<ObjectKey, Map<String, Value>>,
+    observed: Option<watch::Receiver<Option<Listing>>>,
 }
 
 impl StatusWriter {
@@ -317,7 +469,15 @@ impl StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             written: HashMap::new(),
+            observed: None,
         }
+    }
+
+    /// The same, taking the statuses the objects carry in `listings` as what was written
+    /// for any object it has no memory of (after a start, or a change of leader).
+    pub fn observing(mut self, listings: watch::Receiver<Option<Listing>>) -> Self {
+        self.observed = Some(listings);
+        self
     }
 
     /// Forgets what was written, so the next `write` patches every status again (after
@@ -331,13 +491,30 @@ impl StatusWriter {
     pub async fn write(&mut self, statuses: &[ObjectStatus]) -> usize {
         self.written
             .retain(|key, _| statuses.iter().any(|s| &s.key == key));
+        if let Some(observed) = &self.observed
+            && let Some(listing) = &*observed.borrow()
+        {
+            for object in statuses {
+                if !self.written.contains_key(&object.key)
+                    && let Some(status) = listing.status(&object.key)
+                {
+                    self.written.insert(object.key.clone(), status.clone());
+                }
+            }
+        }
         let mut patched = 0;
         for object in statuses {
             let before = self.written.get(&object.key);
-            if before == Some(&object.status) {
+            let mut status = object.status.clone();
+            keep_transition_times(before, &mut status);
+            if before == Some(&status) {
                 continue;
             }
-            let events = events(object.key.kind, before, &object.status);
+            let events = events(object.key.kind, before, &status);
+            let object = &ObjectStatus {
+                key: object.key.clone(),
+                status,
+            };
             match self.patch(object).await {
                 Ok(uid) => {
                     patched += 1;
@@ -400,9 +577,33 @@ impl StatusWriter {
     }
 }
 
+/// Keeps, in `after`, the `lastTransitionTime` of each condition whose status is the same
+/// in `before`: a condition's transition time is when its status last changed, which a
+/// restarted reconciler (it remembers transitions in memory only) cannot know, but the
+/// object's status does.
+pub fn keep_transition_times(before: Option<&Map<String, Value>>, after: &mut Map<String, Value>) {
+    let Some(Value::Array(earlier)) = before.and_then(|b| b.get("conditions")) else {
+        return;
+    };
+    let Some(Value::Array(conditions)) = after.get_mut("conditions") else {
+        return;
+    };
+    for condition in conditions {
+        let same = earlier
+            .iter()
+            .find(|e| e["type"] == condition["type"] && e["status"] == condition["status"]);
+        if let (Some(same), Some(fields)) = (same, condition.as_object_mut())
+            && let Some(time) = same.get("lastTransitionTime")
+        {
+            fields.insert("lastTransitionTime".into(), time.clone());
+        }
+    }
+}
+
 /// The Events a status change deserves: the `Ready` condition changing (its reason is the
 /// Event's reason, a Warning when the object is stalled), a Certificate issued or renewed,
-/// a Package built.
+/// a Package built. One Event per reason: a Package becoming Ready as `Built` is the same
+/// news as its new package id, told once (with the id).
 pub fn events(
     kind: Kind,
     before: Option<&Map<String, Value>>,
@@ -461,7 +662,15 @@ pub fn events(
             secondary: None,
         });
     }
-    found
+    // The Ready event comes first; a later one with the same reason says more.
+    let mut seen = HashSet::new();
+    let mut kept: Vec<KubeEvent> = found
+        .into_iter()
+        .rev()
+        .filter(|event| seen.insert(event.reason.clone()))
+        .collect();
+    kept.reverse();
+    kept
 }
 
 /// The (status, reason, message) of condition `type_` in a status.
@@ -629,5 +838,86 @@ mod tests {
         assert_eq!(one, two);
         let changed = snapshot([a, (Kind::Package, object("b", json!({"os": "macos"})))]);
         assert_ne!(one.revision, changed.revision);
+    }
+
+    #[test]
+    fn a_listing_needs_every_kind_listed() {
+        let objects = || vec![(Kind::Package, vec![object("a", json!({"os": "linux"}))])];
+        let mut listed: HashSet<Kind> = Kind::ALL.iter().copied().collect();
+        listed.remove(&Kind::Affectation);
+        assert_eq!(
+            Listing::of(&listed, objects()),
+            None,
+            "one kind not listed yet"
+        );
+        listed.insert(Kind::Affectation);
+        let listing = Listing::of(&listed, objects()).expect("every kind listed");
+        assert_eq!(listing.snapshot().files.len(), 1);
+        let key = ObjectKey::new(Kind::Package, "fleet", "a");
+        assert_eq!(listing.status(&key).unwrap()["observedGeneration"], 1);
+        let nothing = Listing::of(&listed, Vec::new()).expect("an empty cluster is a listing");
+        assert!(!nothing.snapshot().revision.is_empty());
+    }
+
+    #[test]
+    fn the_watch_backoff_is_short_and_starts_over_after_a_success() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = WatchBackoff::default();
+        let waits: Vec<Duration> = backoff.by_ref().take(8).collect();
+        for (wait, full) in waits.iter().zip([0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]) {
+            let full = Duration::from_secs_f64(full);
+            assert!(*wait <= full && *wait >= full.mul_f64(0.75), "{waits:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next().unwrap() <= WatchBackoff::FIRST);
+    }
+
+    #[test]
+    fn transition_times_are_kept_while_a_condition_holds() {
+        let status = |ready: &str, time: &str| {
+            json!({"conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": time},
+                {"type": "Stalled", "status": "False", "lastTransitionTime": time},
+            ]})
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        let before = status("True", "2026-01-01T00:00:00Z");
+        let mut same = status("True", "2026-12-07T00:00:00Z");
+        keep_transition_times(Some(&before), &mut same);
+        assert_eq!(same, before, "a restart changes no transition time");
+        let mut changed = status("False", "2026-12-07T00:00:00Z");
+        keep_transition_times(Some(&before), &mut changed);
+        assert_eq!(
+            changed["conditions"][0]["lastTransitionTime"],
+            "2026-12-07T00:00:00Z"
+        );
+        assert_eq!(
+            changed["conditions"][1]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_build_is_one_built_event() {
+        let after = json!({
+            "packageId": "17", "fragments": 2,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Built", "message": "m"}],
+        });
+        let found = events(Kind::Package, None, after.as_object().unwrap());
+        let reasons: Vec<&str> = found.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Built"]);
+        assert_eq!(
+            found[0].action, "Build",
+            "the one that names the package id"
+        );
+        let issued = json!({
+            "revision": 1, "notAfter": "2027-01-01T00:00:00Z",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Issued", "message": ""}],
+        });
+        let found = events(Kind::Certificate, None, issued.as_object().unwrap());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].reason, "Issued");
     }
 }
