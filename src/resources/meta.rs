@@ -126,7 +126,8 @@ pub struct CommonStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The revision of the configuration this status was reconciled from: the commit of a
-    /// git source, a content digest of a directory, the resource version in Kubernetes.
+    /// git source, a content digest of a directory, a digest of every watched object's spec
+    /// in Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_revision: Option<String>,
     /// kstatus conditions: `Ready`, `Reconciling` and `Stalled`, each with a reason and a

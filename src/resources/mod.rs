@@ -36,7 +36,7 @@ pub use server::{Server, ServerSpec, ServerStatus};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// What version of the configuration this is: a content digest for a directory, a commit
-    /// for git, a resource version for Kubernetes.
+    /// for git, a digest of every watched object's spec for Kubernetes.
     pub revision: String,
     /// The YAML files, sorted by path.
     pub files: Vec<SourceFile>,
