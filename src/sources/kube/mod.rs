@@ -36,6 +36,7 @@ use crate::resources::{
     API_VERSION, Activation, Affectation, Certificate, Gateway, Issuer, Kind, ObjectKey, Package,
     Server, Snapshot, SourceFile,
 };
+use crate::resources::{CertificateStatus, PackageStatus};
 
 /// The field manager of every server-side apply Tessera makes (statuses and Secrets): one
 /// name, so `kubectl get --show-managed-fields` says who owns what.
@@ -610,8 +611,6 @@ pub fn events(
     after: &Map<String, Value>,
 ) -> Vec<KubeEvent> {
     let mut found = Vec::new();
-    let field =
-        |status: Option<&Map<String, Value>>, name: &str| status.and_then(|s| s.get(name)).cloned();
     let ready_after = condition(after, CONDITION_READY);
     let ready_before = before.and_then(|b| condition(b, CONDITION_READY));
     if let Some((status, reason, message)) = &ready_after
@@ -631,32 +630,37 @@ pub fn events(
             secondary: None,
         });
     }
-    let revision = field(Some(after), "revision");
-    if kind == Kind::Certificate && revision.is_some() && revision != field(before, "revision") {
-        let first = revision.as_ref().and_then(Value::as_i64) == Some(1);
+    // The kinds' own facts, read through their typed statuses.
+    if kind == Kind::Certificate
+        && let Some(after) = typed::<CertificateStatus>(Some(after))
+        && let Some(revision) = after.revision
+        && typed::<CertificateStatus>(before).and_then(|b| b.revision) != Some(revision)
+    {
         found.push(KubeEvent {
             type_: EventType::Normal,
-            reason: if first { "Issued" } else { "Renewed" }.into(),
+            reason: if revision == 1 { "Issued" } else { "Renewed" }.into(),
             note: Some(format!(
-                "revision {}, valid until {}",
-                revision.unwrap_or_default(),
-                field(Some(after), "notAfter")
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                "revision {revision}, valid until {}",
+                after.not_after.map(|t| t.0.to_string()).unwrap_or_default()
             )),
             action: "Issue".into(),
             secondary: None,
         });
     }
-    let id = field(Some(after), "packageId");
-    if kind == Kind::Package && id.is_some() && id != field(before, "packageId") {
+    if kind == Kind::Package
+        && let Some(after) = typed::<PackageStatus>(Some(after))
+        && let Some(id) = after.package_id
+        && typed::<PackageStatus>(before)
+            .and_then(|b| b.package_id)
+            .as_ref()
+            != Some(&id)
+    {
         found.push(KubeEvent {
             type_: EventType::Normal,
             reason: "Built".into(),
             note: Some(format!(
-                "package id {}, {} fragments",
-                id.unwrap_or_default(),
-                field(Some(after), "fragments").unwrap_or_default()
+                "package id {id}, {} fragments",
+                after.fragments.unwrap_or_default()
             )),
             action: "Build".into(),
             secondary: None,
@@ -671,6 +675,15 @@ pub fn events(
         .collect();
     kept.reverse();
     kept
+}
+
+/// A kind's facts read from its status JSON, as the typed struct `resources` defines. The
+/// conditions are left out: they are read on their own, and one written by hand (without
+/// `lastTransitionTime`) must not hide the facts.
+fn typed<T: serde::de::DeserializeOwned>(status: Option<&Map<String, Value>>) -> Option<T> {
+    let mut facts = status?.clone();
+    facts.remove("conditions");
+    serde_json::from_value(Value::Object(facts)).ok()
 }
 
 /// The (status, reason, message) of condition `type_` in a status.
