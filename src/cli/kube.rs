@@ -10,14 +10,11 @@ use tokio::sync::watch;
 
 use super::running::Tasks;
 use crate::reconcile;
-use crate::reconcile::secrets::SecretsError;
 use crate::resources::{Kind, ObjectKey};
 use crate::server::admin::Report;
 use crate::sources::kube::secrets::{self, KubeSecrets};
 use crate::sources::kube::status::write_statuses;
-use crate::sources::kube::{
-    self as kube_source, KubeError, Listing, ObjectStatus, Owner, StatusWriter, lease,
-};
+use crate::sources::kube::{self as kube_source, Listing, ObjectStatus, StatusWriter, lease};
 
 /// `tessera serve --kube`: the custom resources of a cluster instead of a directory.
 #[derive(Debug, Clone, Default, Args)]
@@ -235,76 +232,5 @@ impl Snapshots {
             Self::Read(snapshots) => reconcile::run(snapshots, reports, config, shutdown).await,
             Self::Listed(listings) => reconcile::run(listings, reports, config, shutdown).await,
         }
-    }
-}
-
-/// Reconcile's view of Secrets in `--kube` mode. Reads always; writes only while this
-/// replica leads, and only what changed since it last wrote.
-impl reconcile::secrets::Secrets for KubeSecrets {
-    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), SecretsError> {
-        self.read_key_pair_blocking(namespace, name)
-            .map_err(|error| {
-                secrets_error(error, |source| SecretsError::Read {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    source,
-                })
-            })
-    }
-
-    fn write(&self, secret: &reconcile::secrets::TlsSecret) -> Result<(), SecretsError> {
-        let owner = Owner {
-            kind: Kind::Certificate,
-            name: secret.owner.clone(),
-            uid: secret.owner_uid.clone(),
-        };
-        self.write_blocking(&secret.namespace, &secret.name, &owner, &secret.data)
-            .map_err(|error| {
-                secrets_error(error, |source| SecretsError::Write {
-                    namespace: secret.namespace.clone(),
-                    name: secret.name.clone(),
-                    source,
-                })
-            })
-    }
-}
-
-/// A Kubernetes error about a Secret in reconcile's terms: the Secret named once, the API
-/// error as the source. `other` wraps an error that names no Secret.
-fn secrets_error(
-    error: KubeError,
-    other: impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> SecretsError,
-) -> SecretsError {
-    match error {
-        KubeError::ReadSecret {
-            namespace,
-            name,
-            source,
-        } => SecretsError::Read {
-            namespace,
-            name,
-            source: Box::new(source),
-        },
-        KubeError::SecretNotFound { namespace, name } => SecretsError::NotFound { namespace, name },
-        KubeError::SecretKeyMissing {
-            namespace,
-            name,
-            key,
-        } => SecretsError::KeyMissing {
-            namespace,
-            name,
-            key: key.to_owned(),
-        },
-        KubeError::WriteSecret {
-            namespace,
-            name,
-            source,
-        } => SecretsError::Write {
-            namespace,
-            name,
-            source: Box::new(source),
-        },
-        // Not an error the Secret calls return today; kept whole should one appear.
-        error @ KubeError::Status { .. } => other(Box::new(error)),
     }
 }

@@ -12,3 +12,4 @@ pub mod dir;
 pub mod git;
 pub mod inputs;
 pub mod kube;
+pub mod secrets;

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{KubeError, Owner, apply_tls_secret, read_tls_secret};
+use crate::resources::Kind;
+use crate::sources::secrets::SecretsError;
 
 /// The Secrets a reconcile pass read, by (namespace, name), with a digest of the key pair it
 /// saw (`None`: the Secret did not exist or had no key pair). The watch compares each
@@ -205,6 +207,77 @@ impl KubeSecrets {
         tracing::info!(secret = %format!("{namespace}/{name}"), certificate = %owner.name, "wrote Secret");
         written.insert(slot, digest);
         Ok(())
+    }
+}
+
+/// Reconcile's view of Secrets in `--kube` mode. Reads always; writes only while this
+/// replica leads, and only what changed since it last wrote.
+impl crate::sources::secrets::Secrets for KubeSecrets {
+    fn read_key_pair(&self, namespace: &str, name: &str) -> Result<(String, String), SecretsError> {
+        self.read_key_pair_blocking(namespace, name)
+            .map_err(|error| {
+                secrets_error(error, |source| SecretsError::Read {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    source,
+                })
+            })
+    }
+
+    fn write(&self, secret: &crate::sources::secrets::TlsSecret) -> Result<(), SecretsError> {
+        let owner = Owner {
+            kind: Kind::Certificate,
+            name: secret.owner.clone(),
+            uid: secret.owner_uid.clone(),
+        };
+        self.write_blocking(&secret.namespace, &secret.name, &owner, &secret.data)
+            .map_err(|error| {
+                secrets_error(error, |source| SecretsError::Write {
+                    namespace: secret.namespace.clone(),
+                    name: secret.name.clone(),
+                    source,
+                })
+            })
+    }
+}
+
+/// A Kubernetes error about a Secret in reconcile's terms: the Secret named once, the API
+/// error as the source. `other` wraps an error that names no Secret.
+fn secrets_error(
+    error: KubeError,
+    other: impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> SecretsError,
+) -> SecretsError {
+    match error {
+        KubeError::ReadSecret {
+            namespace,
+            name,
+            source,
+        } => SecretsError::Read {
+            namespace,
+            name,
+            source: Box::new(source),
+        },
+        KubeError::SecretNotFound { namespace, name } => SecretsError::NotFound { namespace, name },
+        KubeError::SecretKeyMissing {
+            namespace,
+            name,
+            key,
+        } => SecretsError::KeyMissing {
+            namespace,
+            name,
+            key: key.to_owned(),
+        },
+        KubeError::WriteSecret {
+            namespace,
+            name,
+            source,
+        } => SecretsError::Write {
+            namespace,
+            name,
+            source: Box::new(source),
+        },
+        // Not an error the Secret calls return today; kept whole should one appear.
+        error @ KubeError::Status { .. } => other(Box::new(error)),
     }
 }
 
