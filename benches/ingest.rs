@@ -17,11 +17,13 @@
 //! cores: the rate depends on what else runs; memory much less. It prints figures; it
 //! asserts nothing.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -62,20 +64,7 @@ fn main() {
     let [https, http, admin] = free_ports();
     write_config(&config, https, http);
     let log = work.path().join("tessera.log");
-    let mut command = Command::new(&binary);
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--admin-address")
-        .arg(admin.to_string())
-        .env("TESSERA_LOG", "warn")
-        .env("RUST_LOG", "warn")
-        .env_remove("TESSERA_STATE")
-        .env_remove("TESSERA_ALLOW_EMPTY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("create the server log"));
+    let mut command = common::serve_command(&binary, &config, admin, &log);
     let server = Server(command.spawn().expect("start tessera serve"));
     let pid = server.0.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -24,6 +24,8 @@
 // A benchmark reads top to bottom as the run it measures; the 100-line limit is for `src/`.
 #![allow(clippy::too_many_lines)]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -112,20 +114,7 @@ fn main() {
     );
 
     let log = work.path().join("tessera.log");
-    let mut command = Command::new(&binary);
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--admin-address")
-        .arg(admin.to_string())
-        .env("TESSERA_LOG", "warn")
-        .env("RUST_LOG", "warn")
-        .env_remove("TESSERA_STATE")
-        .env_remove("TESSERA_ALLOW_EMPTY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("create the server log"));
+    let mut command = common::serve_command(&binary, &config, admin, &log);
     let server = Process::spawn("tessera serve", &mut command);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
