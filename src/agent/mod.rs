@@ -13,6 +13,12 @@
 //! packages/<id>/manifest.json, <n> (verified), <n>.part       downloads in progress
 //! results/<id>.json                                          results not yet acknowledged
 //! ```
+//!
+//! About 850 lines, 800 of them code: one pass (check in, download, verify, install,
+//! report) reads top to bottom here, with enrollment and the notify listener beside it.
+//! The client (`client.rs`), archive extraction (`extract.rs`), the schedule and the CLI
+//! are already their own files; the next seam is enrollment and certificate renewal
+//! (`enroll.rs`).
 
 pub mod cli;
 pub mod client;

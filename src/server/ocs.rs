@@ -15,6 +15,11 @@
 //! (`spec.ocs.plainHttp`, for a fleet moving from an OCS server); otherwise an agent still
 //! configured with an `http://` URL is told, in the status line its log shows and in the
 //! body, to use HTTPS and where, and is logged once.
+//!
+//! About 1,000 lines, under half of them code: the rest are the tests of the OCS exchange
+//! (PROLOG, inventory, results, the inventory frequency, plain HTTP), which read best next
+//! to the handlers they drive. The code's next seam is the plain-HTTP refusal and its
+//! once-per-computer log, which would move to `ocs/plain_http.rs` if it grows.
 
 use std::net::SocketAddr;
 

@@ -11,6 +11,11 @@
 //! Watch errors (the API server restarting, RBAC being fixed) are retried with a short
 //! backoff ([`WatchBackoff`]) and logged; they are never fatal. An expired resource version
 //! (`410 Gone`) is relisted at once.
+//!
+//! About 940 lines, 800 of them code: the watch and its complete listings, the status
+//! writer and Events share the object documents and the field manager, so they stay
+//! together; the loop (`status.rs`), Secrets (`secrets.rs`) and the Lease (`lease.rs`) are
+//! already split off. The next seam is Events (`events.rs`).
 
 pub mod lease;
 pub mod secrets;

@@ -1,0 +1,276 @@
+//! One publication of the routes, step by step: the Activations of built packages, the
+//! Affectations' assignments (with their staged rollouts), and the counts read back for
+//! their statuses. [`super::Publisher::publish`] runs the steps in order; the Server's part
+//! and the drains stay with the `Publisher`, which keeps state between passes.
+
+use super::*;
+
+/// What one publication builds, step by step (see [`Publisher::publish`]).
+pub(super) struct Publishing<'a> {
+    pub(super) runtime: &'a Runtime,
+    pub(super) desired: &'a DesiredState,
+    pub(super) leadership: &'a Leadership,
+    pub(super) now: jiff::Timestamp,
+    /// The Server, if one is declared and actionable.
+    pub(super) server: Option<(ObjectKey, ServerSpec)>,
+    pub(super) routes: Routes,
+    pub(super) listen: Listen,
+    pub(super) outcomes: HashMap<ObjectKey, Outcome>,
+    /// Activations whose package is built, by key.
+    pub(super) activations: HashMap<ObjectKey, ActiveActivation>,
+    /// When each staged rollout's next stage begins, by Affectation.
+    pub(super) wakes: HashMap<String, jiff::Timestamp>,
+}
+
+impl Publishing<'_> {
+    /// The Activations whose package is built: their package routes and outcomes.
+    pub(super) fn activations(&mut self, packages: &HashMap<ObjectKey, Outcome>) {
+        // Built packages, by key: (id, success codes, os).
+        let built: HashMap<&ObjectKey, String> = packages
+            .iter()
+            .filter(|(_, o)| o.ready)
+            .filter_map(|(k, o)| outcome::package_id(&o.details).map(|id| (k, id)))
+            .collect();
+        for (key, resource) in self.desired.actionable() {
+            let Resource::Activation(activation) = resource else {
+                continue;
+            };
+            let package_key =
+                ObjectKey::referenced(Kind::Package, &key.namespace, &activation.spec.package_ref);
+            let package = self
+                .desired
+                .entries
+                .get(&package_key)
+                .and_then(|e| e.resource());
+            let (Some(id), Some(Resource::Package(package))) = (built.get(&package_key), package)
+            else {
+                let outcome = dependency(
+                    packages.get(&package_key),
+                    &package_key,
+                    format!("waiting for {package_key} to be built"),
+                );
+                self.outcomes.insert(key.clone(), outcome);
+                continue;
+            };
+            self.routes.packages.insert(
+                id.clone(),
+                PackageRoute {
+                    name: qualified(&package_key),
+                    success_exit_codes: package.spec.success_exit_codes.clone(),
+                    priority: u8::try_from(package.spec.priority).unwrap_or(5),
+                    action: native_action(&package.spec.action),
+                    format: package.spec.content.as_ref().map(|_| {
+                        if package.spec.os == Os::Windows {
+                            "zip"
+                        } else {
+                            "tar.gz"
+                        }
+                        .to_owned()
+                    }),
+                },
+            );
+            self.activations.insert(
+                key.clone(),
+                (
+                    qualified(&package_key),
+                    id.clone(),
+                    package.spec.os,
+                    activation.spec.info_location.as_deref().map(strip_scheme),
+                    activation.spec.pack_location.as_deref().map(strip_scheme),
+                ),
+            );
+            let details = outcome::details(&ActivationStatus {
+                package_id: Some(id.clone()),
+                ..ActivationStatus::default()
+            });
+            self.outcomes.insert(
+                key.clone(),
+                Outcome::ready(Reason::Active, format!("agents are offered package {id}"))
+                    .with_details(details),
+            );
+        }
+    }
+
+    /// Each Affectation's assignment: its targets, schedule and rollout share.
+    pub(super) fn assignments(&mut self) {
+        for (key, resource) in self.desired.actionable() {
+            let Resource::Affectation(affectation) = resource else {
+                continue;
+            };
+            let spec = &affectation.spec;
+            let activation_key =
+                ObjectKey::referenced(Kind::Activation, &key.namespace, &spec.activation_ref);
+            let Some((package, id, os, info, pack)) = self.activations.get(&activation_key) else {
+                let outcome = dependency(
+                    self.outcomes.get(&activation_key),
+                    &activation_key,
+                    format!("waiting for {activation_key} to be active"),
+                );
+                self.outcomes.insert(key.clone(), outcome);
+                continue;
+            };
+            let targets = &spec.targets;
+            let selector = match Selector::new(
+                targets.all,
+                &targets.names,
+                &targets.name_globs,
+                &targets.tags,
+                targets.os.iter().map(|os| family(*os)).collect(),
+            ) {
+                Ok(selector) => selector,
+                Err(source) => {
+                    let error = RoutesError::Targets { source };
+                    self.outcomes
+                        .insert(key.clone(), invalid(Reason::InvalidSpec, &error));
+                    continue;
+                }
+            };
+            let instant = |text: &Option<String>| {
+                text.as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|t| t.as_second())
+            };
+            // A staged rollout: its clock starts when this package version (and redeploy
+            // token) is first assigned, and is kept in the database across restarts.
+            let (share, next_stage) = self.rollout_share(key, id, spec);
+            self.routes.assignments.push(Assignment {
+                share,
+                paused: false,
+                affectation: qualified(key),
+                activation: qualified(&activation_key),
+                package: package.clone(),
+                package_id: id.clone(),
+                package_os: family(*os),
+                selector,
+                redeploy: spec.redeploy.clone(),
+                not_before: spec.schedule.as_ref().and_then(|s| instant(&s.not_before)),
+                not_after: spec.schedule.as_ref().and_then(|s| instant(&s.not_after)),
+                info_location: info.clone(),
+                pack_location: pack.clone(),
+            });
+            if let Some(at) = next_stage {
+                self.wakes.insert(qualified(key), at);
+            }
+        }
+    }
+
+    /// A staged rollout's share now and when its next stage begins: its clock starts when
+    /// this package version (and redeploy token) is first assigned, and is kept in the
+    /// database across restarts. Without a rollout, everyone at once.
+    pub(super) fn rollout_share(
+        &self,
+        key: &ObjectKey,
+        id: &str,
+        spec: &crate::resources::affectation::AffectationSpec,
+    ) -> (u8, Option<jiff::Timestamp>) {
+        match &spec.rollout {
+            None => (100, None),
+            Some(rollout) => {
+                let clock = format!(
+                    "rollout/{}/{}/{}",
+                    qualified(key),
+                    id,
+                    spec.redeploy.as_deref().unwrap_or("")
+                );
+                // The leader starts the clock; a follower reads it (and, before the leader
+                // has, offers the first stage only).
+                let now_text = self.now.as_second().to_string();
+                let started = if self.leadership.is_leader() {
+                    self.runtime.db.setting_or_insert(&clock, &now_text)
+                } else {
+                    self.runtime
+                        .db
+                        .setting(&clock)
+                        .map(|at| at.unwrap_or_else(|| now_text.clone()))
+                }
+                .ok()
+                .and_then(|at| at.parse().ok())
+                .unwrap_or(self.now.as_second());
+                let mut begins = started;
+                let mut share = 0u8;
+                let mut next = None;
+                for stage in &rollout.stages {
+                    begins = begins.saturating_add(
+                        i64::try_from(stage.after.as_std().as_secs()).unwrap_or(i64::MAX),
+                    );
+                    if self.now.as_second() >= begins {
+                        share = u8::try_from(stage.percent.clamp(0, 100)).unwrap_or(100);
+                    } else {
+                        next = jiff::Timestamp::from_second(begins).ok();
+                        break;
+                    }
+                }
+                (share, next)
+            }
+        }
+    }
+
+    /// Counts per Affectation, from the database, and the Affectations' outcomes.
+    pub(super) fn affectation_outcomes(&mut self) {
+        // Counts per Affectation, from the database.
+        let stale_before = self.now.as_second() - self.routes.stale_after;
+        // A page of the fleet at a time: this runs every second while agents report, and
+        // the whole fleet read at once made memory grow with the fleet and stay.
+        let mut counts: HashMap<String, deployments::Counts> = HashMap::new();
+        let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let assignments = &self.routes.assignments;
+        let counted = self.runtime.db.fleet_pages(|computers, rows| {
+            let page = deployments::counts(assignments, computers, rows, stale_before);
+            for (affectation, page) in page {
+                *counts.entry(affectation).or_default() += page;
+            }
+            error_codes(&mut found, assignments, computers, rows);
+            Ok(())
+        });
+        let codes = match counted {
+            Ok(()) => by_frequency(found),
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "failed to read deployment states");
+                counts.clear();
+                HashMap::new()
+            }
+        };
+        for assignment in &mut self.routes.assignments {
+            let Some(key) =
+                self.desired.entries.keys().find(|k| {
+                    k.kind == Kind::Affectation && qualified(k) == assignment.affectation
+                })
+            else {
+                continue;
+            };
+            let c = counts
+                .get(&assignment.affectation)
+                .copied()
+                .unwrap_or_default();
+            let rollout = match self.desired.entries.get(key).and_then(|e| e.resource()) {
+                Some(Resource::Affectation(a)) => a.spec.rollout.clone(),
+                _ => None,
+            };
+            let rollout = rollout.map(|rollout| {
+                // Too many errors pause it: nothing new is offered until it is fixed (a new
+                // package version or redeploy token restarts the rollout).
+                assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
+                RolloutStatus {
+                    percent: i64::from(assignment.share),
+                    paused: assignment.paused,
+                    next_stage: self
+                        .wakes
+                        .get(&assignment.affectation)
+                        .map(ToString::to_string),
+                }
+            });
+            let facts = RolloutFacts {
+                package_id: &assignment.package_id,
+                counts: c,
+                error_codes: codes
+                    .get(&assignment.affectation)
+                    .cloned()
+                    .unwrap_or_default(),
+                rollout,
+            };
+            let mut outcome = affectation_outcome(&facts);
+            outcome.wake = self.wakes.get(&assignment.affectation).copied();
+            self.outcomes.insert(key.clone(), outcome);
+        }
+    }
+}
