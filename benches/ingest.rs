@@ -21,7 +21,7 @@ mod common;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -61,7 +61,7 @@ fn main() {
     );
     let work = tempfile::tempdir().expect("temporary directory");
     let config = work.path().join("config");
-    let [https, http, admin] = free_ports();
+    let [https, http, admin] = common::free_ports();
     write_config(&config, https, http);
     let log = work.path().join("tessera.log");
     let mut command = common::serve_command(&binary, &config, admin, &log);
@@ -430,18 +430,10 @@ impl Drop for Server {
     }
 }
 
-/// `N` distinct free loopback ports, found by binding port 0 and letting go.
-fn free_ports<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local address"))
-}
-
 /// The quickstart, listening on `https` and `http`.
 fn write_config(config: &Path, https: SocketAddr, http: SocketAddr) {
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
-    copy_tree(&quickstart, config);
+    common::copy_tree(&quickstart, config);
     let server = config.join("server.yaml");
     let text = std::fs::read_to_string(&server).expect("read server.yaml");
     let rewritten: Vec<String> = text
@@ -459,22 +451,6 @@ fn write_config(config: &Path, https: SocketAddr, http: SocketAddr) {
         })
         .collect();
     std::fs::write(&server, rewritten.join("\n") + "\n").expect("write server.yaml");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create a directory");
-    for entry in std::fs::read_dir(from).expect("read the quickstart") {
-        let entry = entry.expect("a directory entry");
-        if entry.file_name() == ".tessera" {
-            continue;
-        }
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy a quickstart file");
-        }
-    }
 }
 
 fn status_field(status: &str, name: &str) -> Option<u64> {

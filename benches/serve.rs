@@ -28,7 +28,7 @@ mod common;
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -99,7 +99,7 @@ fn main() {
     // nginx workers drop to `nobody` when started as root: let them walk to the store.
     set_mode(work.path(), 0o755);
     let config = work.path().join("config");
-    let [https, http, admin] = free_ports();
+    let [https, http, admin] = common::free_ports();
     write_config(&config, https, http);
     let validate = Command::new(&binary)
         .arg("validate")
@@ -1551,19 +1551,11 @@ fn inventory_xml(computer: usize, bytes: usize) -> String {
 
 // --- the Tessera configuration --------------------------------------------------------
 
-/// `N` distinct free loopback ports, found by binding port 0 and letting go.
-fn free_ports<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local address"))
-}
-
 /// The quickstart, listening on `https` and `http`, plus a package of incompressible
 /// content affected to every `lab` computer.
 fn write_config(config: &Path, https: SocketAddr, http: SocketAddr) {
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
-    copy_tree(&quickstart, config);
+    common::copy_tree(&quickstart, config);
     let server = config.join("server.yaml");
     let text = std::fs::read_to_string(&server).expect("read server.yaml");
     let mut replaced = 0;
@@ -1611,22 +1603,6 @@ fn write_config(config: &Path, https: SocketAddr, http: SocketAddr) {
     let mut rules = std::fs::read_to_string(&ignore).unwrap_or_default();
     rules.push_str("packages/bench/\n");
     std::fs::write(&ignore, rules).expect("write .tesseraignore");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create a directory");
-    for entry in std::fs::read_dir(from).expect("read the quickstart") {
-        let entry = entry.expect("a directory entry");
-        if entry.file_name() == ".tessera" {
-            continue;
-        }
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy a quickstart file");
-        }
-    }
 }
 
 /// The fragment files of the package that are exactly `FRAGMENT_BYTES` long, as URL paths.
@@ -1729,7 +1705,7 @@ impl Nginx {
         let binary = nginx_binary().ok_or(NginxMissing)?;
         let dir = work.join("nginx");
         std::fs::create_dir_all(&dir).expect("create the nginx directory");
-        let [http, https] = free_ports();
+        let [http, https] = common::free_ports();
         let root = state.display();
         let d = dir.display();
         let cert = tls.join("tls.crt");
@@ -1820,7 +1796,7 @@ impl Relay {
     fn gateway(binary: &Path, work: &Path, backend: SocketAddr) -> Self {
         let dir = work.join("gateway");
         std::fs::create_dir_all(&dir).expect("create the gateway directory");
-        let [address] = free_ports();
+        let [address] = common::free_ports();
         let config = dir.join("gateway.yaml");
         std::fs::write(
             &config,
@@ -1855,7 +1831,7 @@ impl Relay {
         for (from, to) in [("ca.crt", "inside-ca.crt"), ("crl.pem", "inside-crl.pem")] {
             std::fs::copy(issuer.join(from), dir.join(to)).expect("copy the inside CA");
         }
-        let [address, admin] = free_ports();
+        let [address, admin] = common::free_ports();
         std::fs::write(
             dir.join("gateway.yaml"),
             format!(
@@ -1888,7 +1864,7 @@ impl Relay {
     /// option, not the relay.
     fn socat(work: &Path, backend: SocketAddr) -> Result<Self, RelayMissing> {
         let binary = installed("socat").ok_or(RelayMissing)?;
-        let [address] = free_ports();
+        let [address] = common::free_ports();
         let log = work.join("socat.log");
         let process = Process::spawn(
             "socat",

@@ -1,6 +1,6 @@
 //! What more than one benchmark does the same way.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -27,4 +27,30 @@ pub(crate) fn serve_command(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("create the server log"));
     command
+}
+
+/// `N` distinct free loopback ports, found by binding port 0 and letting go.
+pub(crate) fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local address"))
+}
+
+/// Copies the quickstart (or any tree) from `from` to `to`, leaving out a state directory
+/// (`.tessera`) a manual run may have left there.
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a directory");
+    for entry in std::fs::read_dir(from).expect("read the quickstart") {
+        let entry = entry.expect("a directory entry");
+        if entry.file_name() == ".tessera" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a quickstart file");
+        }
+    }
 }

@@ -349,53 +349,11 @@ impl Drop for AgentProcess {
     }
 }
 
-/// A CONNECT proxy on loopback that records every request head it is sent.
-async fn recording_proxy() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-                    if client.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                seen.lock().unwrap().push(head.clone());
-                let target = head
-                    .strip_prefix("CONNECT ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .unwrap_or_default();
-                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                    return;
-                };
-                let _ = client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
-        }
-    });
-    (address, heads)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_honours_no_proxy_and_decodes_proxy_credentials() {
     let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
     let state = dir.path().join(".tessera");
-    let (proxy, heads) = recording_proxy().await;
+    let (proxy, _, heads) = crate::support::recording_connect_proxy().await;
     let agent_state = tempfile::tempdir().unwrap();
     let args = |token: &str| {
         let mut args = vec![

@@ -199,14 +199,29 @@ pub(crate) async fn connect_proxy() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let (address, tunnels, _) = recording_connect_proxy().await;
+    (address, tunnels)
+}
+
+/// Request heads a proxy was sent, in order.
+pub(crate) type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`connect_proxy`], also recording every request head it is sent (credentials included).
+pub(crate) async fn recording_connect_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    Heads,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let tunnels = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = tunnels.clone();
+    let heads = Heads::default();
+    let seen = heads.clone();
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let (counted, seen) = (counted.clone(), seen.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
@@ -217,6 +232,7 @@ pub(crate) async fn connect_proxy() -> (
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(head.clone());
                 let Some(target) = head
                     .strip_prefix("CONNECT ")
                     .and_then(|rest| rest.split_whitespace().next())
@@ -236,7 +252,7 @@ pub(crate) async fn connect_proxy() -> (
             });
         }
     });
-    (address, tunnels)
+    (address, tunnels, heads)
 }
 
 /// `tessera serve` in-process on `config`, its admin API on a free loopback port.
