@@ -19,7 +19,7 @@ pub(super) struct StateArgs {
     pub(super) config: PathBuf,
     /// The PostgreSQL database of the servers, if they use one (`postgres://...`).
     #[arg(long, env = "TESSERA_DATABASE")]
-    database: Option<String>,
+    pub(super) database: Option<String>,
 }
 
 impl StateArgs {

@@ -1,0 +1,245 @@
+//! Where the commands that read or steer a server (`get`, `describe`, `events`, `computers`,
+//! `suspend`, `resume`, `reconcile`, `renew`) find it: the admin API of a running server,
+//! else its state directory when none runs.
+//!
+//! The admin API is asked first, so the CLI shows exactly what the server serves and the
+//! console reads (nothing is computed twice). `--admin` given explicitly means that server
+//! and nothing else; with the default address, a refused connection falls back to the state
+//! directory, and when neither is there the error names both.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::state::StateArgs;
+use crate::store::db::Database;
+
+/// The admin address `tessera serve` listens on by default.
+pub(super) const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
+
+/// How long one call may take: the admin API answers from memory or one query, so a server
+/// that takes longer is stuck, and the operator is better told so than left waiting.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to reach a server: `--admin`, else `--state`/`--config` when no server runs.
+#[derive(Debug, Clone, Args)]
+pub(super) struct ServerArgs {
+    /// The admin API of a running `tessera serve` [default: http://127.0.0.1:9090; when
+    /// nothing listens there, the state directory is read instead].
+    #[arg(long, env = "TESSERA_ADMIN", value_name = "URL")]
+    pub(super) admin: Option<String>,
+    #[command(flatten)]
+    pub(super) state: StateArgs,
+}
+
+/// A running server's admin API, or a state directory read directly.
+pub(super) enum Target {
+    Api(Api),
+    State(Database),
+}
+
+impl ServerArgs {
+    /// The running server, or the state database when none answers at the default address.
+    pub(super) async fn target(&self) -> Result<Target> {
+        let api = Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+        match api.get_raw("/healthz").await {
+            Ok(_) => return Ok(Target::Api(api)),
+            Err(error) if self.admin.is_some() => return Err(error),
+            Err(_) => {}
+        }
+        let state = self.state.clone();
+        let db = tokio::task::spawn_blocking(move || state.open())
+            .await
+            .context("reading the state directory stopped")?;
+        db.map(Target::State).with_context(|| {
+            format!(
+                "no server answers at {} (pass --admin URL), and no state directory to read instead",
+                api.base
+            )
+        })
+    }
+
+    /// The running server's admin API: for the commands that steer, which a state directory
+    /// cannot do.
+    pub(super) async fn api(&self) -> Result<Api> {
+        let api = Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+        api.get_raw("/healthz").await?;
+        Ok(api)
+    }
+}
+
+/// A client of one server's admin API (plain HTTP: it listens on loopback or behind the
+/// cluster's network).
+pub(super) struct Api {
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    /// A client of the admin API at `base` (`http://host:port`; `host:port` is read as HTTP).
+    pub(super) fn new(base: &str) -> Result<Self> {
+        let base = base.trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
+        if !base.starts_with("http://") {
+            bail!("--admin {base}: the admin API is plain HTTP; write it as http://HOST:PORT");
+        }
+        base.parse::<hyper::Uri>()
+            .with_context(|| format!("--admin {base}: not a URL"))?;
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Self { base, client })
+    }
+
+    /// The address asked, for messages.
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET path`, decoded from JSON.
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let body = self.get_raw(path).await?;
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "{}{path} answered with JSON this version cannot read",
+                self.base
+            )
+        })
+    }
+
+    /// `GET path`, or `None` when the server answers 404 (no such object).
+    pub(super) async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.call(Method::GET, path, None).await? {
+            (StatusCode::NOT_FOUND, _) => Ok(None),
+            (status, body) if status.is_success() => {
+                serde_json::from_slice(&body).map(Some).with_context(|| {
+                    format!(
+                        "{}{path} answered with JSON this version cannot read",
+                        self.base
+                    )
+                })
+            }
+            (status, body) => Err(refusal(&self.base, path, status, &body)),
+        }
+    }
+
+    /// `POST path` with a JSON body, the answer decoded from JSON.
+    pub(super) async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let body = serde_json::to_vec(body).context("failed to encode the request")?;
+        match self.call(Method::POST, path, Some(body)).await? {
+            (status, body) if status.is_success() => {
+                serde_json::from_slice(&body).with_context(|| {
+                    format!(
+                        "{}{path} answered with JSON this version cannot read",
+                        self.base
+                    )
+                })
+            }
+            (status, body) => Err(refusal(&self.base, path, status, &body)),
+        }
+    }
+
+    /// `GET path`: the body of a successful answer.
+    async fn get_raw(&self, path: &str) -> Result<Bytes> {
+        match self.call(Method::GET, path, None).await? {
+            (status, body) if status.is_success() => Ok(body),
+            (status, body) => Err(refusal(&self.base, path, status, &body)),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder().method(method).uri(&url);
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .with_context(|| format!("{url}: not a valid request"))?;
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>((status, body))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("{url}: no answer within {} s", CALL_TIMEOUT.as_secs()))?
+            .with_context(|| format!("no server answers at {}", self.base))
+    }
+}
+
+/// The error for a non-success answer: the server's own message when it sent one.
+fn refusal(base: &str, path: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
+    let text = String::from_utf8_lossy(body);
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| text.trim().to_owned());
+    if message.is_empty() {
+        anyhow::anyhow!("{base}{path}: {status}")
+    } else {
+        anyhow::anyhow!("{base}{path}: {status}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_scheme_is_read_as_http_and_https_is_refused() {
+        assert_eq!(
+            Api::new("127.0.0.1:9090/").unwrap().base(),
+            "http://127.0.0.1:9090"
+        );
+        let error = Api::new("https://127.0.0.1:9090").err().unwrap();
+        assert!(error.to_string().contains("plain HTTP"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_explicit_address_that_does_not_answer_is_named() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = free.local_addr().unwrap();
+        drop(free);
+        let args = ServerArgs {
+            admin: Some(format!("http://{address}")),
+            state: StateArgs {
+                state: None,
+                config: std::path::PathBuf::from("/nonexistent"),
+                database: None,
+            },
+        };
+        let error = args.target().await.err().unwrap();
+        assert!(
+            format!("{error:#}").contains(&address.to_string()),
+            "{error:#}"
+        );
+    }
+}
