@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -39,6 +39,39 @@ pub(super) struct ServerArgs {
     pub(super) admin: Option<String>,
     #[command(flatten)]
     pub(super) state: StateArgs,
+}
+
+/// How a command that prints data prints it: a table for people, JSON or YAML for tools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(super) enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// `-o table|json|yaml`.
+#[derive(Debug, Clone, Copy, Args)]
+pub(super) struct FormatArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub(super) output: Format,
+}
+
+/// Writes `value` as JSON or YAML (the table format is each command's own).
+pub(super) fn write_data<T: Serialize>(
+    out: &mut impl std::io::Write,
+    format: Format,
+    value: &T,
+) -> Result<()> {
+    match format {
+        Format::Json | Format::Table => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+        Format::Yaml => {
+            let text = serde_saphyr::to_string(value).context("failed to write YAML")?;
+            write!(out, "{text}")?;
+        }
+    }
+    Ok(())
 }
 
 /// A running server's admin API, or a state directory read directly.
@@ -221,6 +254,24 @@ mod tests {
         );
         let error = Api::new("https://127.0.0.1:9090").err().unwrap();
         assert!(error.to_string().contains("plain HTTP"), "{error}");
+    }
+
+    #[test]
+    fn data_is_written_as_json_or_yaml() {
+        let value = serde_json::json!({"name": "hello", "ready": true});
+        let mut json = Vec::new();
+        write_data(&mut json, Format::Json, &value).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&json).unwrap(),
+            value
+        );
+        let mut yaml = Vec::new();
+        write_data(&mut yaml, Format::Yaml, &value).unwrap();
+        let yaml = String::from_utf8(yaml).unwrap();
+        assert!(
+            yaml.contains("name: hello") && yaml.contains("ready: true"),
+            "{yaml}"
+        );
     }
 
     #[tokio::test]
