@@ -1384,6 +1384,94 @@ async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
     Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
 }
 
+/// Issue 16, living beside cert-manager, for the DMZ: `tessera gateway --kube` presents the
+/// key pair of a `kubernetes.io/tls` Secret named by the Gateway's `certificateSecretRef` at
+/// its edge (tunnel mode), and the renewed one once the Secret is replaced, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
+    let ca = tessera::pki::authority::Authority::generate(
+        "Cluster CA",
+        tessera::pki::KeyType::EcdsaP256,
+        jiff::Timestamp::now(),
+        jiff::SignedDuration::from_hours(24),
+    )
+    .unwrap();
+    let (chain, key, first) = serving_leaf(&ca);
+    let secrets = FakeSecrets::default();
+    secrets.put(FakeSecrets::tls("edge-tls", &chain, &key));
+
+    let address = format!("127.0.0.1:{}", crate::support::free_port());
+    let backend = format!("127.0.0.1:{}", crate::support::free_port());
+    let meta = |name: &str| json!({"name": name, "namespace": "fleet", "generation": 1, "uid": format!("uid-{name}")});
+    let objects = BTreeMap::from([
+        (
+            "issuers",
+            vec![json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+            "metadata": meta("agents-ca"), "spec": {"selfSigned": {"commonName": "Agents CA"}}})],
+        ),
+        (
+            "gateways",
+            vec![json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Gateway",
+            "metadata": meta("dmz"),
+            "spec": {"listen": address, "mode": "tunnel", "backend": backend,
+                     "certificateSecretRef": {"name": "edge-tls"},
+                     "trustedClientIssuers": [{"name": "agents-ca"}]}})],
+        ),
+    ]);
+    let (client, handle) = mock_client();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
+    // The Secret is cert-manager's: the gateway reads it and never writes one.
+    let watchdog = tokio::spawn(async move {
+        while let Some(event) = seen.recv().await {
+            match event {
+                Seen::Secret { path, .. } => panic!("wrote a Secret it does not own: {path}"),
+                Seen::Unexpected(request) => panic!("unexpected request {request}"),
+                _ => {}
+            }
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let gateway = tessera::cli::start_gateway(
+        &tessera::cli::GatewayArgs {
+            config: None,
+            git: Default::default(),
+            kube: true,
+            namespace: Some("fleet".into()),
+            name: None,
+            state: Some(state.path().to_path_buf()),
+            admin_address: "127.0.0.1:0".parse().unwrap(),
+            admin_hosts: Vec::new(),
+        },
+        Some(client),
+    )
+    .await
+    .expect("the gateway starts from the cluster's resources");
+    let root = ca.certificate_pem().to_owned();
+
+    let (presented, _) = crate::support::eventually("the Secret's certificate presented", async || {
+        served_serial(&address, &root).await
+    })
+    .await;
+    assert_eq!(presented, first);
+
+    // cert-manager renews: the Secret gets a new key pair.
+    let (chain, key, second) = serving_leaf(&ca);
+    assert_ne!(first, second);
+    secrets.put(FakeSecrets::tls("edge-tls", &chain, &key));
+    crate::support::eventually("the renewed certificate presented", async || {
+        served_serial(&address, &root)
+            .await
+            .filter(|serial| *serial == second)
+    })
+    .await;
+    assert!(
+        !watchdog.is_finished(),
+        "the fake cluster saw a request it should not have"
+    );
+    gateway.stop().await.unwrap();
+}
+
 /// Issue 16, living beside cert-manager: a Server presents the key pair of an existing
 /// `kubernetes.io/tls` Secret (`certificateSecretRef`) and, when the Secret is renewed,
 /// the new certificate without a restart.
