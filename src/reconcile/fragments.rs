@@ -122,6 +122,20 @@ struct Built {
     archive_sha256: String,
 }
 
+/// The checks a ready-made archive (`archive` or `url` content) passes before it is built:
+/// raised whenever they change, so a build recorded by an older version, which may have
+/// skipped a check, is checked again once. Its fragments are not rebuilt unless the id
+/// changes: only the archive is read again (from the download cache for `url` content).
+const ARCHIVE_CHECKS: u32 = 1;
+
+/// What a recorded build was made from: the spec, the content's fingerprint, and the version
+/// of the archive checks it passed.
+fn build_input(spec_json: &str, fingerprint: &str) -> String {
+    hex::encode(Sha256::digest(format!(
+        "{spec_json}\n{fingerprint}\nchecks {ARCHIVE_CHECKS}"
+    )))
+}
+
 impl Packages {
     /// Packages built from content below `config_dir`, stored under `state_dir`.
     pub fn new(state_dir: PathBuf, config_dir: PathBuf) -> Self {
@@ -350,7 +364,7 @@ impl Packages {
             None => String::new(),
         };
         let spec_json = serde_json::to_string(spec).unwrap_or_default();
-        let input = hex::encode(Sha256::digest(format!("{spec_json}\n{fingerprint}")));
+        let input = build_input(&spec_json, &fingerprint);
         let cache_path = self
             .state_dir
             .join("packages")
@@ -752,6 +766,16 @@ pub(crate) fn action_summary(action: &crate::resources::package::PackageAction) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16: a build recorded before the archive checks existed (its input was the spec
+    /// and fingerprint alone) is not taken as checked.
+    #[test]
+    fn a_build_recorded_before_the_archive_checks_is_checked_again() {
+        let spec = "{\"os\":\"linux\"}";
+        let before = hex::encode(Sha256::digest(format!("{spec}\nabc")));
+        assert_ne!(build_input(spec, "abc"), before);
+        assert_eq!(build_input(spec, "abc"), build_input(spec, "abc"));
+    }
 
     #[test]
     fn ids_are_ten_digits_within_a_signed_32_bit_integer_and_stable() {
