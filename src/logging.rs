@@ -186,13 +186,16 @@ pub enum LogFormat {
 /// the state or a git checkout renames does.
 const QUIET_LIBRARIES: &[(&str, &str)] = &[("notify::inotify", "notify::inotify=error")];
 
-/// Installs the process's subscriber: `RUST_LOG` if set, else `filter` (else `info`), to
+/// Installs the process's subscriber: `RUST_LOG` if set (not empty, and valid), else
+/// `filter` (else `info`), to
 /// standard error in `format`, with libraries' repeats throttled (and, as text, every field
 /// escaped). Both binaries call it once at start-up.
 pub fn init(filter: &str, format: LogFormat) {
     let requested = std::env::var("RUST_LOG")
         .ok()
-        .filter(|text| tracing_subscriber::EnvFilter::try_new(text).is_ok())
+        .filter(|text| {
+            !text.trim().is_empty() && tracing_subscriber::EnvFilter::try_new(text).is_ok()
+        })
         .unwrap_or_else(|| filter.to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(directives(&requested))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives("info")));
@@ -215,11 +218,27 @@ pub fn init(filter: &str, format: LogFormat) {
     };
 }
 
-/// The filter `requested`, with the quiet libraries' directives it does not override.
+/// The filter `requested`, with the quiet libraries' directives for the targets it names no
+/// directive for (`notify=debug` names `notify::inotify`, as EnvFilter matches by prefix).
 fn directives(requested: &str) -> String {
+    // A bare level (`debug`) names no target.
+    let named = |quiet: &str| {
+        requested.split(',').any(|directive| {
+            let target = directive
+                .split(['=', '['])
+                .next()
+                .unwrap_or_default()
+                .trim();
+            !target.is_empty()
+                && target
+                    .parse::<tracing::level_filters::LevelFilter>()
+                    .is_err()
+                && quiet.starts_with(target)
+        })
+    };
     let mut directives = requested.trim().trim_end_matches(',').to_owned();
     for (target, directive) in QUIET_LIBRARIES {
-        if !requested.contains(target) {
+        if !named(target) {
             if !directives.is_empty() {
                 directives.push(',');
             }
@@ -589,6 +608,12 @@ mod tests {
         assert_eq!(
             directives("info,notify::inotify=debug"),
             "info,notify::inotify=debug"
+        );
+        assert_eq!(directives("warn,notify=trace"), "warn,notify=trace");
+        assert_eq!(directives("trace"), "trace,notify::inotify=error");
+        assert_eq!(
+            directives("tessera=debug"),
+            "tessera=debug,notify::inotify=error"
         );
         let filter = tracing_subscriber::EnvFilter::new(directives("info"));
         let out = Captured::default();

@@ -65,7 +65,13 @@ pub fn new_computer(protocol: Protocol, computer: &Computer) {
 }
 
 /// A package offered to a computer: INFO the first time, DEBUG when repeated.
-pub fn offer(protocol: Protocol, computer: &Computer, device_id: &str, offer: &Offer, how: Offered) {
+pub fn offer(
+    protocol: Protocol,
+    computer: &Computer,
+    device_id: &str,
+    offer: &Offer,
+    how: Offered,
+) {
     macro_rules! line {
         ($level:expr) => {
             tracing::event!(

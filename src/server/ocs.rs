@@ -452,7 +452,10 @@ async fn inventory(
             db.set_address(&device, address.as_deref())?;
             let changes = deployments::arm(&routes.assignments, &computer, &current);
             db.apply(&device, &changes, now)?;
-            Ok((changes.len(), before.last_inventory.is_none().then_some(computer)))
+            Ok((
+                changes.len(),
+                before.last_inventory.is_none().then_some(computer),
+            ))
         })
         .await?;
     shared.touched();

@@ -76,7 +76,8 @@ pub(crate) async fn file(
     let result_code = code.clone();
     let (filed, name) = shared
         .db(move |db| {
-            let filed = db.record_result(&device, &package, state, Some(&result_code), None, now)?;
+            let filed =
+                db.record_result(&device, &package, state, Some(&result_code), None, now)?;
             let name = match filed {
                 Filed::Recorded(_) => db.computer(&device)?.map(|(c, _)| c.name),
                 _ => None,
