@@ -126,3 +126,43 @@ pub fn result(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(activation: &str) -> Offer {
+        Offer {
+            activation: activation.into(),
+            package_id: "1234567890".into(),
+            info_location: None,
+            pack_location: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn an_offer_is_first_when_its_prolog_notifies_its_deployment() {
+        let changes = [
+            Change::Arm {
+                activation: "default/tools".into(),
+                package: "default/tools".into(),
+                package_id: "1".into(),
+                token: String::new(),
+            },
+            Change::Notify {
+                activation: "default/hello".into(),
+            },
+        ];
+        assert_eq!(
+            Offered::of(&offer("default/hello"), &changes),
+            Offered::First
+        );
+        // Armed in the same PROLOG but not yet notified, or notified before: a repeat.
+        assert_eq!(
+            Offered::of(&offer("default/tools"), &changes),
+            Offered::Again
+        );
+        assert_eq!(Offered::of(&offer("default/other"), &[]), Offered::Again);
+    }
+}
