@@ -3,7 +3,8 @@
 //! OCS agent is sent the same package at every PROLOG until it answers) and a native
 //! agent's progress reports at DEBUG, so a fleet polling with nothing new writes nothing.
 //!
-//! Every line names its computer with the same fields: `computer` (the name its inventory
+//! String fields are recorded as strings: quoted in the text format, plain in JSON. Every
+//! line names its computer with the same fields: `computer` (the name its inventory
 //! gives, empty before the first), `device_id` (the OCS DEVICEID, or the native agent's id),
 //! and `protocol` (`ocs` or `native`); a deployment's lines add `activation`, `package_id`
 //! and, for results, `code` and `state`. Log pipelines (`--log-format json`) can join on
@@ -56,10 +57,10 @@ impl Offered {
 pub fn new_computer(protocol: Protocol, computer: &Computer) {
     tracing::info!(
         protocol = protocol.as_str(),
-        computer = %computer.name,
-        device_id = %computer.device_id,
-        os = %computer.os_name,
-        tags = %computer.tags.join(","),
+        computer = computer.name.as_str(),
+        device_id = computer.device_id.as_str(),
+        os = computer.os_name.as_str(),
+        tags = computer.tags.join(",").as_str(),
         "new computer"
     );
 }
@@ -77,10 +78,10 @@ pub fn offer(
             tracing::event!(
                 $level,
                 protocol = protocol.as_str(),
-                computer = %computer.name,
+                computer = computer.name.as_str(),
                 device_id,
-                activation = %offer.activation,
-                package_id = %offer.package_id,
+                activation = offer.activation.as_str(),
+                package_id = offer.package_id.as_str(),
                 force = offer.force,
                 "offered a package"
             )
@@ -109,7 +110,7 @@ pub fn result(
             protocol = protocol.as_str(),
             computer,
             device_id,
-            activation = %activation,
+            activation = activation.as_str(),
             package_id,
             code,
             state = %state,
@@ -119,7 +120,7 @@ pub fn result(
             protocol = protocol.as_str(),
             computer,
             device_id,
-            activation = %activation,
+            activation = activation.as_str(),
             package_id,
             state = %state,
             "deployment progress"
