@@ -8,6 +8,10 @@
 //! ANSI sequences) and the Unicode line separators and bidirectional overrides become
 //! `\u{..}`. Backslashes are kept as they are: an escaped `\n` and a literal backslash-n
 //! read the same, but neither makes a new line.
+//!
+//! `--log-format json` writes one JSON object a line instead (`timestamp`, `level`,
+//! `fields`, `target`, and the spans), for log pipelines: serde escapes the values there,
+//! and the same throttle of libraries' repeats applies, its count in `fields.suppressed`.
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
@@ -16,8 +20,11 @@ use std::time::Instant;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::throttle::{Repeats, Verdict};
 
@@ -162,22 +169,126 @@ pub fn escaped(text: &str) -> String {
     out
 }
 
-/// Installs the process's subscriber: `RUST_LOG` if set, else `filter` (else `info`), to
-/// standard error, with every field escaped and libraries' repeats throttled. Both binaries
-/// call it once at start-up.
-pub fn init(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt()
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `time LEVEL target: message key=value`, escaped (see the module doc), for people.
+    #[default]
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `fields`, `target`, spans), for log
+    /// pipelines.
+    Json,
+}
+
+/// Directives added to every filter that names none of these targets: libraries' lines that
+/// say nothing to an operator. notify's inotify backend logs at INFO and WARN when a watched
+/// directory goes away before its watch is removed, which is what every temporary directory
+/// the state or a git checkout renames does.
+const QUIET_LIBRARIES: &[(&str, &str)] = &[("notify::inotify", "notify::inotify=error")];
+
+/// Installs the process's subscriber: `RUST_LOG` if set (not empty, and valid), else
+/// `filter` (else `info`), to
+/// standard error in `format`, with libraries' repeats throttled (and, as text, every field
+/// escaped). Both binaries call it once at start-up.
+pub fn init(filter: &str, format: LogFormat) {
+    let requested = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|text| {
+            !text.trim().is_empty() && tracing_subscriber::EnvFilter::try_new(text).is_ok()
+        })
+        .unwrap_or_else(|| filter.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(directives(&requested))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives("info")));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .fmt_fields(EscapedFields)
-        .finish();
-    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
-        tracing_subscriber::layer::SubscriberExt::with(subscriber, LibraryRepeats::default()),
-    );
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .fmt_fields(EscapedFields)
+            .finish()
+            .with(LibraryRepeats::default())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(CountedJson::default())
+            .finish()
+            .with(LibraryRepeats::default())
+            .try_init(),
+    };
+}
+
+/// The filter `requested`, with the quiet libraries' directives for the targets it names no
+/// directive for (`notify=debug` names `notify::inotify`, as EnvFilter matches by prefix).
+fn directives(requested: &str) -> String {
+    // A bare level (`debug`) names no target.
+    let named = |quiet: &str| {
+        requested.split(',').any(|directive| {
+            let target = directive
+                .split(['=', '['])
+                .next()
+                .unwrap_or_default()
+                .trim();
+            !target.is_empty()
+                && target
+                    .parse::<tracing::level_filters::LevelFilter>()
+                    .is_err()
+                && quiet.starts_with(target)
+        })
+    };
+    let mut directives = requested.trim().trim_end_matches(',').to_owned();
+    for (target, directive) in QUIET_LIBRARIES {
+        if !named(target) {
+            if !directives.is_empty() {
+                directives.push(',');
+            }
+            directives.push_str(directive);
+        }
+    }
+    directives
+}
+
+/// tracing-subscriber's JSON lines, with the count of a library's repeats that
+/// [`LibraryRepeats`] left out as the first of `fields` (`"suppressed":N`), as the text
+/// format ends its line with `suppressed=N`.
+#[derive(Debug)]
+pub struct CountedJson(Format<Json>);
+
+impl Default for CountedJson {
+    fn default() -> Self {
+        Self(tracing_subscriber::fmt::format().json())
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for CountedJson
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+    N: for<'writer> FormatFields<'writer> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let suppressed = PENDING.take();
+        if suppressed == 0 {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // `timestamp` and `level` come first and cannot hold this text: the first match
+        // opens the event's own fields.
+        const FIELDS: &str = "\"fields\":{";
+        match line.find(FIELDS) {
+            Some(at) => {
+                let (head, tail) = line.split_at(at + FIELDS.len());
+                let comma = if tail.starts_with('}') { "" } else { "," };
+                write!(writer, "{head}\"suppressed\":{suppressed}{comma}{tail}")
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Throttles warnings and errors of libraries (events whose target is not Tessera's), per
@@ -281,7 +392,6 @@ impl Visit for LogOrigin {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use tracing_subscriber::layer::SubscriberExt;
 
     /// A writer into a shared buffer.
     #[derive(Clone, Default)]
@@ -425,5 +535,96 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].ends_with("Illegal SNI"), "{text}");
         assert!(lines[1].ends_with("Illegal SNI suppressed=3"), "{text}");
+    }
+
+    fn json_subscriber(out: &Captured) -> impl Subscriber + Send + Sync {
+        let out = out.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .json()
+            .event_format(CountedJson::default())
+            .finish()
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each_with_level_fields_and_target() {
+        let out = Captured::default();
+        tracing::subscriber::with_default(json_subscriber(&out), || {
+            tracing::info!(device_id = %FORGED, code = "SUCCESS", "deployment result");
+            let span = tracing::info_span!("request", client = %FORGED);
+            span.in_scope(|| tracing::warn!("inside"));
+        });
+        let text = out.text();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["target"], "tessera::logging::tests");
+        assert_eq!(lines[0]["fields"]["message"], "deployment result");
+        assert_eq!(lines[0]["fields"]["device_id"], FORGED);
+        assert_eq!(lines[1]["span"]["client"], FORGED);
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text}");
+    }
+
+    #[test]
+    fn a_library_warning_repeated_in_json_carries_its_count_in_the_fields() {
+        let out = Captured::default();
+        let start = Instant::now();
+        let now = Arc::new(Mutex::new(start));
+        let clock = now.clone();
+        let layer = LibraryRepeats {
+            clock: Box::new(move || *clock.lock().unwrap()),
+            ..LibraryRepeats::default()
+        };
+        let stack = json_subscriber(&out).with(layer);
+        tracing::subscriber::with_default(stack, || {
+            let warn = || tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI");
+            for _ in 0..4 {
+                warn();
+            }
+            *now.lock().unwrap() = start + crate::throttle::REPEAT_WINDOW;
+            warn();
+            tracing::warn!(target: "tessera::server", "ours");
+        });
+        let text = out.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0]["fields"].get("suppressed"), None, "{text}");
+        assert_eq!(lines[1]["fields"]["suppressed"], 3, "{text}");
+        assert_eq!(lines[1]["fields"]["message"], "Illegal SNI", "{text}");
+        assert_eq!(lines[2]["fields"].get("suppressed"), None, "{text}");
+    }
+
+    #[test]
+    fn inotify_noise_is_filtered_unless_the_filter_names_it() {
+        assert_eq!(directives("info"), "info,notify::inotify=error");
+        assert_eq!(directives(""), "notify::inotify=error");
+        assert_eq!(directives("debug,"), "debug,notify::inotify=error");
+        assert_eq!(
+            directives("info,notify::inotify=debug"),
+            "info,notify::inotify=debug"
+        );
+        assert_eq!(directives("warn,notify=trace"), "warn,notify=trace");
+        assert_eq!(directives("trace"), "trace,notify::inotify=error");
+        assert_eq!(
+            directives("tessera=debug"),
+            "tessera=debug,notify::inotify=error"
+        );
+        let filter = tracing_subscriber::EnvFilter::new(directives("info"));
+        let out = Captured::default();
+        let stack = subscriber(&out, false).with(filter);
+        tracing::subscriber::with_default(stack, || {
+            tracing::warn!(target: "notify::inotify", "Unable to remove the path from the watches");
+            tracing::info!(target: "notify::inotify", "unable to remove watch descriptor");
+            tracing::info!(target: "tessera::sources::dir", "kept");
+        });
+        let text = out.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("kept"), "{text}");
     }
 }

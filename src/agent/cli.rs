@@ -72,13 +72,16 @@ struct AgentCli {
     /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
     #[arg(long, env = "TESSERA_LOG", default_value = "info")]
     log: String,
+    /// Log lines as `text` (for people) or `json` (one object a line, for log pipelines).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    log_format: crate::logging::LogFormat,
 }
 
 /// The `tessera-agent` binary's command line.
 pub fn main() -> ExitCode {
     let cli = AgentCli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    crate::logging::init(&cli.log);
+    crate::logging::init(&cli.log, cli.log_format);
     runtime()
         .and_then(|rt| rt.block_on(agent(cli.args)))
         .unwrap_or_else(|error| {

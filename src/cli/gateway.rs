@@ -126,6 +126,13 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     let counters = Arc::new(Counters::default());
     let (report_tx, report_rx) = watch::channel(Report::default());
     let (runtime, relay) = relay_channels(&key, &spec, listener, inside, &counters)?;
+    // The client, and the listings whose statuses a restarted gateway compares with.
+    let kube = match &configuration.reconcile.snapshots {
+        Snapshots::Listed(listings) => configuration
+            .kube_client
+            .map(|client| (client, listings.clone())),
+        Snapshots::Read(_) => None,
+    };
     start_reconcile(configuration.reconcile, runtime, report_tx, &mut tasks);
 
     let budget = connection_budget()?;
@@ -145,8 +152,8 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     });
 
     // In Kubernetes the gateway writes its own Gateway's status (the server leaves it be).
-    if let Some(client) = configuration.kube_client {
-        write_gateway_status(client, key.clone(), report_rx.clone(), &mut tasks);
+    if let Some((client, listings)) = kube {
+        write_gateway_status(client, key.clone(), listings, report_rx.clone(), &mut tasks);
     }
     let reports = report_rx.clone();
     tasks.spawn(|token| relay.run(key, spec, reports, counters, budget, token));

@@ -164,14 +164,17 @@ pub(super) fn watch_secrets(
 }
 
 /// Writes the status of the Gateway `own` from each report (`tessera gateway --kube`: the
-/// gateway alone writes its Gateway's status; it leads no election).
+/// gateway alone writes its Gateway's status; it leads no election). Like `serve --kube`'s
+/// writer, it takes the status the object carries in `listings` as already written, so a
+/// restarted gateway whose status has not changed writes nothing.
 pub(super) fn write_gateway_status(
     client: kube::Client,
     own: ObjectKey,
+    listings: watch::Receiver<Option<Listing>>,
     reports: watch::Receiver<Report>,
     tasks: &mut Tasks,
 ) {
-    let writer = StatusWriter::new(client, None);
+    let writer = StatusWriter::new(client, None).observing(listings);
     tasks.spawn(|token| async move {
         let statuses = |report: &Report| {
             Some(

@@ -7,6 +7,7 @@
 //! by this command. What the script does and why is in [`HEADER`] and [`SCRIPT`], which
 //! are what the user reads too.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -41,13 +42,15 @@ pub(super) fn run(args: &MigrationArgs) -> Result<ExitCode> {
         .with_context(|| format!("failed to read the CA certificate {}", args.ca.display()))?;
     let package = MigrationPackage::new(&args.name, &args.https_url, &ca)?;
     let written = package.write(&args.out, args.force)?;
+    let mut out = std::io::stdout().lock();
     for path in &written {
-        println!("wrote {}", path.display());
+        writeln!(out, "wrote {}", path.display())?;
     }
-    println!(
+    writeln!(
+        out,
         "Next: commit these files, then target the computers to move with an Affectation:\n\n{}",
         package.affectation_example()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -39,6 +39,7 @@ pub use serve::{ServeArgs, start, start_with};
 pub use validate::evaluate_dir;
 
 use crate::agent::cli::{AgentArgs, agent};
+use crate::logging::LogFormat;
 use crds::CrdsArgs;
 use doctor::DoctorArgs;
 use export::ExportArgs;
@@ -59,6 +60,15 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `tessera=debug` (RUST_LOG syntax).
     #[arg(long, global = true, env = "TESSERA_LOG", default_value = "info")]
     log: String,
+    /// Log lines as `text` (for people) or `json` (one object a line, for log pipelines).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +119,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process (see README, dependencies).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    crate::logging::init(&cli.log);
+    crate::logging::init(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Validate(args) => validate::run(&args),
@@ -125,8 +135,23 @@ pub fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&args),
     };
     result.unwrap_or_else(|error| {
+        if closed_pipe(&error) {
+            // The reader went away (`tessera status | head -1`): it has what it wanted.
+            return ExitCode::SUCCESS;
+        }
         eprintln!("error: {error:#}");
         ExitCode::FAILURE
+    })
+}
+
+/// Whether `error` comes from writing to a pipe whose reader has gone. Commands write their
+/// output with `write!` to a locked standard output (never `println!`, which panics on a
+/// closed pipe) and return the error with `?`; here it ends the command quietly.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 

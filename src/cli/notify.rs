@@ -125,6 +125,11 @@ async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
             answer.lines().next().unwrap_or("")
         );
     }
-    println!("{} ({address}) will check in now", computer.device_id);
+    use std::io::Write as _;
+    writeln!(
+        std::io::stdout().lock(),
+        "{} ({address}) will check in now",
+        computer.device_id
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ use clap::Args;
 
 use super::{OutputFormat, plural};
 use crate::desired::{self, DesiredState, Served};
+use crate::reconcile::outcome::Reason;
 use crate::resources::{Problem, Resource};
 use crate::sources::dir::DirSource;
 use crate::sources::inputs;
@@ -30,6 +31,7 @@ pub(super) struct ValidateArgs {
 pub(super) fn run(args: &ValidateArgs) -> Result<ExitCode> {
     let mut state = evaluate_dir(&args.dir)?;
     check_on_disk(&args.dir.canonicalize()?, &mut state);
+    check_kubernetes_only(&mut state);
     let valid = state
         .entries
         .values()
@@ -118,7 +120,51 @@ fn check_on_disk(root: &Path, state: &mut DesiredState) {
         }
     }
     state.problems.extend(found);
-    state.problems.sort_by(|a, b| {
+    sort_problems(&mut state.problems);
+}
+
+/// Adds a problem for each field that only Kubernetes mode reads (`tessera serve` in
+/// directory or git mode refuses it with reason `SecretsNeedKubernetes`): a Server's or a
+/// Gateway's `certificateSecretRef`, which names a Kubernetes Secret.
+fn check_kubernetes_only(state: &mut DesiredState) {
+    const FIELD: &str = "spec.certificateSecretRef";
+    let mut found = Vec::new();
+    for (key, entry) in &mut state.entries {
+        let Served::Current(resource) = &entry.served else {
+            continue; // Its own problems are reported already.
+        };
+        let secret = match resource.as_ref() {
+            Resource::Server(server) => server.spec.certificate_secret_ref.as_ref(),
+            Resource::Gateway(gateway) => gateway.spec.certificate_secret_ref.as_ref(),
+            _ => None,
+        };
+        let Some(secret) = secret else {
+            continue;
+        };
+        let problem = Problem {
+            line: entry
+                .lines
+                .line(FIELD)
+                .or(entry.origin.as_ref().map(|o| o.line)),
+            file: entry.origin.as_ref().map(|o| o.file.clone()),
+            object: Some(key.clone()),
+            field: Some(FIELD.to_owned()),
+            message: format!(
+                "{}: names the Kubernetes Secret {:?}, which only Kubernetes mode (`--kube`) reads; in directory and git mode use certificateRef",
+                Reason::SecretsNeedKubernetes.as_str(),
+                secret.name
+            ),
+        };
+        entry.problems.push(problem.clone());
+        found.push(problem);
+    }
+    state.problems.extend(found);
+    sort_problems(&mut state.problems);
+}
+
+/// Problems in file order.
+fn sort_problems(problems: &mut [Problem]) {
+    problems.sort_by(|a, b| {
         (a.file.as_deref(), a.line, &a.object, &a.field, &a.message).cmp(&(
             b.file.as_deref(),
             b.line,

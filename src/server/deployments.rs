@@ -273,6 +273,8 @@ pub fn arm(assignments: &[Assignment], computer: &Computer, current: &[Deploymen
 /// A package to offer in a PROLOG reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {
+    /// The activation it is offered through (the first, when several reach the package).
+    pub activation: String,
     pub package_id: String,
     pub info_location: Option<String>,
     pub pack_location: Option<String>,
@@ -322,6 +324,7 @@ pub fn prolog(
             continue;
         }
         offers.push(Offer {
+            activation: wanted.activation.to_owned(),
             package_id: wanted.package_id.to_owned(),
             info_location: wanted.assignment.info_location.clone(),
             pack_location: wanted.assignment.pack_location.clone(),

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod deployments;
 pub mod dial_out;
 pub mod download;
+pub mod fleet_log;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

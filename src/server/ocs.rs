@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use crate::protocol::ocs::{self, CodecError, Encoding, Pack, PrologReply, Request};
 use crate::server::agent::{ClientAddress, HttpsAddress, Shared};
 use crate::server::deployments;
+use crate::server::fleet_log::{self, Offered, Protocol};
 use crate::server::results;
 use crate::store::db::Facts;
 
@@ -375,6 +376,13 @@ async fn prolog(
                 offers.clear();
                 changes.retain(|c| !matches!(c, crate::store::db::Change::Notify { .. }));
             }
+            let offers: Vec<_> = offers
+                .into_iter()
+                .map(|offer| {
+                    let how = Offered::of(&offer, &changes);
+                    (offer, how)
+                })
+                .collect();
             db.apply(&device, &changes, now)?;
             // Results since the last inventory: the agent's history has changed.
             let reported = current.iter().any(|d| {
@@ -390,9 +398,12 @@ async fn prolog(
     }
     // Locations default to the address the agent used to reach this server.
     let here = format!("{}/download", host.unwrap_or("localhost"));
+    for (offer, how) in &offers {
+        fleet_log::offer(Protocol::Ocs, &computer, &request.device_id, offer, *how);
+    }
     let packs: Vec<Pack> = offers
         .into_iter()
-        .map(|offer| Pack {
+        .map(|(offer, _)| Pack {
             info_loc: offer.info_location.unwrap_or_else(|| here.clone()),
             pack_loc: offer.pack_location.unwrap_or_else(|| here.clone()),
             id: offer.package_id,
@@ -402,9 +413,6 @@ async fn prolog(
     let send_inventory = routes
         .inventory
         .wants(computer.last_inventory, reported, now);
-    if !packs.is_empty() {
-        tracing::info!(device = %request.device_id, packages = %packs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(","), "offered packages");
-    }
     let answer = PrologReply {
         send_inventory,
         prolog_freq: routes.prolog_frequency_hours,
@@ -433,19 +441,27 @@ async fn inventory(
     let routes = shared.routes.borrow().clone();
     let now = shared.now();
     let device = request.device_id.clone();
-    let armed = shared
+    let (armed, computer) = shared
         .db(move |db| {
+            // The contact first: the computer as it was before this inventory (a PROLOG has
+            // just recorded the contact, so this only reads).
+            let (before, current) = db.contact(&device, now)?;
             // Kept compressed: inventories are kept for reference, rarely read.
             let raw = ocs::encode_body(&String::from_utf8_lossy(&xml), Encoding::Zlib);
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
             db.set_address(&device, address.as_deref())?;
-            let (_, current) = db.contact(&device, now)?;
             let changes = deployments::arm(&routes.assignments, &computer, &current);
             db.apply(&device, &changes, now)?;
-            Ok(changes.len())
+            Ok((
+                changes.len(),
+                before.last_inventory.is_none().then_some(computer),
+            ))
         })
         .await?;
     shared.touched();
+    if let Some(computer) = computer {
+        fleet_log::new_computer(Protocol::Ocs, &computer);
+    }
     tracing::debug!(device = %request.device_id, armed, "stored an inventory");
     Ok(reply(&ocs::inventory_reply(), encoding))
 }

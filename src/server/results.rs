@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use crate::protocol::ocs::Request;
 use crate::server::agent::Shared;
 use crate::server::deployments;
+use crate::server::fleet_log::{self, Protocol};
 use crate::server::metrics::Unfiled;
+use crate::store::db::Filed;
 
 /// Results one computer may send in a burst. An OCS agent reports each package once per
 /// cycle and a native agent three times (downloading, installing, done); 30 is far above
@@ -72,25 +74,43 @@ pub(crate) async fn file(
     let device = request.device_id.clone();
     let package = id.clone();
     let result_code = code.clone();
-    let filed = shared
-        .db(move |db| db.record_result(&device, &package, state, Some(&result_code), None, now))
+    let (filed, name) = shared
+        .db(move |db| {
+            let filed =
+                db.record_result(&device, &package, state, Some(&result_code), None, now)?;
+            let name = match filed {
+                Filed::Recorded(_) => db.computer(&device)?.map(|(c, _)| c.name),
+                _ => None,
+            };
+            Ok((filed, name.unwrap_or_default()))
+        })
         .await?;
     let Some(unfiled) = Unfiled::of(&filed) else {
         shared.metrics.result(&code);
         shared.touched();
-        tracing::info!(device = %request.device_id, package = %id, %code, %state, "deployment result");
+        if let Filed::Recorded(activations) = &filed {
+            fleet_log::result(
+                Protocol::Ocs,
+                &name,
+                &request.device_id,
+                activations,
+                &id,
+                Some(&code),
+                state,
+            );
+        }
         return Ok(StatusCode::OK.into_response());
     };
     shared.metrics.unfiled(unfiled);
     if unfiled.is_refusal() {
-        tracing::warn!(device = %request.device_id, package = %id, %code, reason = unfiled.as_str(), "refused a result");
+        tracing::warn!(device_id = %request.device_id, package_id = %id, %code, reason = unfiled.as_str(), "refused a result");
         return Ok((
             StatusCode::BAD_REQUEST,
             "no such package was offered to this computer\n",
         )
             .into_response());
     }
-    tracing::info!(device = %request.device_id, package = %id, %code, reason = unfiled.as_str(), "result not filed");
+    tracing::info!(device_id = %request.device_id, package_id = %id, %code, reason = unfiled.as_str(), "result not filed");
     // 200 with an empty body, which is what both agents expect.
     Ok(StatusCode::OK.into_response())
 }

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use crate::pki::AgentId;
 use crate::server::agent::{PeerAgent, ServeError};
 use crate::server::deployments;
+use crate::server::fleet_log::{self, Offered, Protocol};
 use crate::server::metrics::Unfiled;
-use crate::store::db::{Facts, State as DeploymentState};
+use crate::store::db::{Facts, Filed, State as DeploymentState};
 
 use crate::pki::authority::LeafRequest;
 use crate::pki::token::Token;
@@ -299,26 +300,40 @@ pub async fn check_in(
     let table = routes.clone();
     let notify_address = check_in.notify_address.clone();
     let address = client.map(|Extension(c)| c.0.ip().to_string());
-    let offers = shared
+    let (computer, new, offers) = shared
         .db(move |db| {
+            // The contact first: the computer as it was before this check-in's facts.
+            let (before, current) = db.contact(&device, now)?;
             let computer = db.record_inventory(&device, &facts, &raw, now)?;
             db.set_notify_address(&device, notify_address.as_deref())?;
             db.set_address(&device, address.as_deref())?;
-            let (_, current) = db.contact(&device, now)?;
             let (mut offers, mut changes) =
                 deployments::prolog(&table.assignments, &computer, &current, now);
             if !table.download.on {
                 offers.clear();
                 changes.retain(|c| !matches!(c, crate::store::db::Change::Notify { .. }));
             }
+            let offers: Vec<_> = offers
+                .into_iter()
+                .map(|offer| {
+                    let how = Offered::of(&offer, &changes);
+                    (offer, how)
+                })
+                .collect();
             db.apply(&device, &changes, now)?;
-            Ok(offers)
+            Ok((computer, before.last_inventory.is_none(), offers))
         })
         .await?;
     shared.touched();
+    if new {
+        fleet_log::new_computer(Protocol::Native, &computer);
+    }
+    for (offer, how) in &offers {
+        fleet_log::offer(Protocol::Native, &computer, agent.as_str(), offer, *how);
+    }
     let assignments = offers
         .into_iter()
-        .map(|offer| v1::Assignment {
+        .map(|(offer, _)| v1::Assignment {
             priority: routes
                 .packages
                 .get(&offer.package_id)
@@ -473,16 +488,21 @@ pub async fn report(
     let now = shared.now();
     let package = report.package_id.clone();
     let (device, filed_code) = (agent.as_str().to_owned(), code.clone());
-    let filed = shared
+    let (filed, name) = shared
         .db(move |db| {
-            db.record_result(
+            let filed = db.record_result(
                 &device,
                 &package,
                 state,
                 filed_code.as_deref(),
                 (!output.is_empty()).then_some(output.as_str()),
                 now,
-            )
+            )?;
+            let name = match filed {
+                Filed::Recorded(_) => db.computer(&device)?.map(|(c, _)| c.name),
+                _ => None,
+            };
+            Ok((filed, name.unwrap_or_default()))
         })
         .await?;
     let Some(unfiled) = Unfiled::of(&filed) else {
@@ -490,6 +510,17 @@ pub async fn report(
             shared.metrics.result(code);
         }
         shared.touched();
+        if let Filed::Recorded(activations) = &filed {
+            fleet_log::result(
+                Protocol::Native,
+                &name,
+                agent.as_str(),
+                activations,
+                &report.package_id,
+                code.as_deref(),
+                state,
+            );
+        }
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     shared.metrics.unfiled(unfiled);

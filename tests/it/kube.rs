@@ -2167,3 +2167,85 @@ async fn a_fresh_status_writer_reports_only_what_changed_on_the_object() {
     assert!(seen[0].0.ends_with("/packages/hello/status"), "{seen:?}");
     assert_eq!(seen[1].1["reason"], "BuildFailed", "{seen:?}");
 }
+
+/// Issue 16: `tessera gateway --kube`, restarted with nothing changed, writes no status and
+/// emits no Event: like `serve --kube`, it takes the status its Gateway carries as what it
+/// wrote before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_with_an_unchanged_status_writes_nothing() {
+    let port = crate::support::free_port();
+    let cluster = Arc::new(Mutex::new(ClusterState::default()));
+    cluster.lock().unwrap().objects.insert(
+        "gateways".into(),
+        vec![
+            json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "dmz", "namespace": "fleet", "generation": 1, "uid": "uid-dmz",
+                         "resourceVersion": "1"},
+            "spec": {"listen": format!("127.0.0.1:{port}"), "mode": "passthrough",
+                     "backend": "127.0.0.1:9"}}),
+        ],
+    );
+    let state = tempfile::tempdir().unwrap();
+    let args = tessera::cli::GatewayArgs {
+        config: None,
+        git: Default::default(),
+        kube: true,
+        namespace: Some("fleet".into()),
+        name: None,
+        state: Some(state.path().to_path_buf()),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        admin_hosts: Vec::new(),
+    };
+    let written = || {
+        let cluster = cluster.lock().unwrap();
+        let gateway = &cluster.objects["gateways"][0];
+        ready_of(gateway).map(|ready| (ready, gateway["metadata"]["resourceVersion"].clone()))
+    };
+    let mut first = None;
+    for start in 0..2 {
+        cluster.lock().unwrap().start = start;
+        let (client, handle) = mock_client();
+        tokio::spawn(restarting_cluster(
+            handle,
+            cluster.clone(),
+            Duration::from_millis(10),
+        ));
+        let gateway = tessera::cli::start_gateway(&args, Some(client))
+            .await
+            .expect("the gateway starts from the cluster's resources");
+        if start == 0 {
+            let (found, _) =
+                crate::support::eventually("the Gateway's status written", async || {
+                    written().filter(|((status, _), _)| status == "True")
+                })
+                .await;
+            first = Some(found);
+        } else {
+            crate::support::eventually("the restarted Gateway Ready", async || {
+                let (status, body) =
+                    crate::support::get(gateway.admin_address, "/api/v1/objects/Gateway/dmz").await;
+                let object: Value = (status == 200).then(|| serde_json::from_str(&body).ok())??;
+                object["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    .then_some(())
+            })
+            .await;
+            // The writer writes within SETTLE_MAX of a report; three times that is ample.
+            tokio::time::sleep(3 * tessera::sources::kube::status::SETTLE_MAX).await;
+            assert_eq!(
+                written(),
+                first,
+                "the restarted gateway wrote its status again"
+            );
+        }
+        gateway.stop().await.unwrap();
+    }
+    let cluster = cluster.lock().unwrap();
+    let later: Vec<_> = cluster.events.iter().filter(|(s, _, _)| *s > 0).collect();
+    assert!(
+        later.is_empty(),
+        "a restart with nothing changed emits no Event: {later:?}"
+    );
+}

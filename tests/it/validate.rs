@@ -396,3 +396,52 @@ fn validate_reports_every_problem_of_an_object() {
         );
     }
 }
+
+/// A Server's or a Gateway's `certificateSecretRef` names a Kubernetes Secret, which only
+/// Kubernetes mode reads (`serve` refuses it elsewhere with `SecretsNeedKubernetes`):
+/// `validate` of a directory says so, with file, line, field and reason.
+#[test]
+fn a_certificate_secret_ref_is_a_problem_in_a_directory() {
+    let edit = |from: &str, file: &str, reference: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        crate::support::copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(from),
+            dir.path(),
+        );
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let old = format!("  certificateRef:\n    name: {reference}\n");
+        assert!(text.contains(&old), "{text}");
+        let new = text.replace(
+            &old,
+            "  certificateSecretRef:\n    name: from-cert-manager\n",
+        );
+        std::fs::write(&path, new).unwrap();
+        dir
+    };
+    for (dir, place) in [
+        (
+            edit("examples/quickstart", "server.yaml", "tessera-server"),
+            "server.yaml:10: Server/tessera: spec.certificateSecretRef:",
+        ),
+        (
+            edit("examples/gateway", "gateway.yaml", "gateway-tls"),
+            "gateway.yaml:50: Gateway/dmz: spec.certificateSecretRef:",
+        ),
+    ] {
+        let output = Command::cargo_bin("tessera")
+            .unwrap()
+            .arg("validate")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with(place)
+                && l.contains("SecretsNeedKubernetes")
+                && l.contains("from-cert-manager")),
+            "expected {place:?} in:\n{stdout}"
+        );
+    }
+}
