@@ -7,7 +7,6 @@
 //! (it issues the certificates and publishes the relay's configuration), then the admin
 //! API, and the relay itself, which waits until its Gateway is Ready.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::admin::AdminArgs;
 use super::git::{GitArgs, first_git_snapshot, webhook};
 use super::kube::{Snapshots, connect, write_gateway_status};
 use super::running::{
@@ -41,6 +41,10 @@ use crate::sources::kube::{KubeSource, Listing};
 
 /// How long `tessera gateway --kube` waits for the first full list of the resources.
 const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The admin API's port on loopback unless `--admin-address` says otherwise: one above
+/// `serve`'s, so a gateway and a server fit on one machine.
+const ADMIN_PORT: u16 = 9091;
 
 /// `tessera gateway`.
 #[derive(Debug, Args)]
@@ -72,19 +76,8 @@ pub struct GatewayArgs {
     /// --git).
     #[arg(long, env = "TESSERA_STATE")]
     pub state: Option<PathBuf>,
-    /// Address of `/metrics` and `/healthz` (keep it off the internet-facing side).
-    #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9091")]
-    pub admin_address: SocketAddr,
-    /// A host name the admin API also answers to (repeatable; the environment variable takes
-    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
-    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
-    /// browser by DNS rebinding.
-    #[arg(
-        long = "admin-host",
-        env = "TESSERA_ADMIN_HOSTS",
-        value_delimiter = ','
-    )]
-    pub admin_hosts: Vec<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Relays until Ctrl-C or SIGTERM.
@@ -136,14 +129,14 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     start_reconcile(configuration.reconcile, runtime, report_tx, &mut tasks);
 
     let budget = connection_budget()?;
-    let admin = admin::bind(args.admin_address).await?;
+    let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
     let pool = relay.inside.as_ref().map(|(_, pool)| pool.clone());
     let mut app = admin::app(report_rx.clone()).merge(metrics(counters.clone(), pool, listening));
     if let Some(hooks) = configuration.hooks {
         app = app.merge(hooks);
     }
-    let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts));
+    let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts));
     let admin_budget = budget.clone();
     tasks.spawn(|token| async move {
         admin::serve(admin, app, admin_budget, Arc::default(), token)

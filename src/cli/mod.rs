@@ -9,6 +9,7 @@
 //! Secrets and status writing in `sources::kube`.
 
 // Until every command that reads a server through it has landed (issue 17).
+mod admin;
 #[allow(dead_code)]
 mod api;
 mod crds;
@@ -31,6 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use admin::AdminArgs;
 pub use gateway::{GatewayArgs, start_gateway};
 pub use git::GitArgs;
 pub use kube::KubeArgs;

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::sync::watch;
 
+use super::admin::AdminArgs;
 use super::git::{GitArgs, first_git_snapshot, webhook};
 use super::kube::{KubeArgs, Snapshots, connect, start_kube};
 use super::running::{
@@ -29,6 +30,10 @@ use crate::server::agent::{self, Listen, Routes, Shared};
 use crate::server::metrics::Metrics;
 use crate::sources::dir::DirSource;
 use crate::store::db::Database;
+
+/// The admin API's port on loopback unless `--admin-address` says otherwise (Prometheus's
+/// neighbourhood, and what the chart's probes and the CLI expect).
+const ADMIN_PORT: u16 = 9090;
 
 /// `tessera serve`.
 #[derive(Debug, Clone, Args)]
@@ -55,20 +60,8 @@ pub struct ServeArgs {
     /// own state directory.
     #[arg(long, env = "TESSERA_DATABASE")]
     pub database: Option<String>,
-    /// Address of the admin API (health, readiness, objects). Keep it on loopback or behind
-    /// mutual TLS: it shows what is deployed where.
-    #[arg(long, env = "TESSERA_ADMIN_ADDRESS", default_value = "127.0.0.1:9090")]
-    pub admin_address: SocketAddr,
-    /// A host name the admin API also answers to (repeatable; the environment variable takes
-    /// a comma-separated list). It always answers to `localhost`, `*.localhost` and IP
-    /// addresses; any other `Host` gets 421, so that a web page cannot reach it through a
-    /// browser by DNS rebinding.
-    #[arg(
-        long = "admin-host",
-        env = "TESSERA_ADMIN_HOSTS",
-        value_delimiter = ','
-    )]
-    pub admin_hosts: Vec<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Accept a configuration with no objects at all as "remove everything". Without it, an
     /// empty read (a broken mount, a bad checkout) prunes nothing.
     #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
@@ -101,8 +94,7 @@ impl ServeArgs {
             state: state.into(),
             git: GitArgs::default(),
             database: None,
-            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_hosts: Vec::new(),
+            admin: AdminArgs::on(SocketAddr::from(([127, 0, 0, 1], 0))),
             allow_empty: false,
             reset_state: false,
             kube: KubeArgs::default(),
@@ -130,7 +122,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
 pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result<Running> {
     let mut tasks = Tasks::default();
     let (report_tx, report_rx) = watch::channel(Report::default());
-    let admin = admin::bind(args.admin_address).await?;
+    let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
     let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
@@ -429,7 +421,7 @@ fn admin_app(
         app = app.merge(hooks);
     }
     (
-        admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts)),
+        admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts)),
         stats,
     )
 }

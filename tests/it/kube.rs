@@ -1168,8 +1168,7 @@ async fn gateway_kube_relays_as_its_custom_resource_says() {
             namespace: Some("fleet".into()),
             name: None,
             state: Some(state.path().to_path_buf()),
-            admin_address: "127.0.0.1:0".parse().unwrap(),
-            admin_hosts: Vec::new(),
+            admin: tessera::cli::AdminArgs::on("127.0.0.1:0".parse().unwrap()),
         },
         Some(client),
     )
@@ -1406,16 +1405,20 @@ async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
     let objects = BTreeMap::from([
         (
             "issuers",
-            vec![json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
-            "metadata": meta("agents-ca"), "spec": {"selfSigned": {"commonName": "Agents CA"}}})],
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Issuer",
+            "metadata": meta("agents-ca"), "spec": {"selfSigned": {"commonName": "Agents CA"}}}),
+            ],
         ),
         (
             "gateways",
-            vec![json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Gateway",
+            vec![
+                json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "Gateway",
             "metadata": meta("dmz"),
             "spec": {"listen": address, "mode": "tunnel", "backend": backend,
                      "certificateSecretRef": {"name": "edge-tls"},
-                     "trustedClientIssuers": [{"name": "agents-ca"}]}})],
+                     "trustedClientIssuers": [{"name": "agents-ca"}]}}),
+            ],
         ),
     ]);
     let (client, handle) = mock_client();
@@ -1440,8 +1443,7 @@ async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
             namespace: Some("fleet".into()),
             name: None,
             state: Some(state.path().to_path_buf()),
-            admin_address: "127.0.0.1:0".parse().unwrap(),
-            admin_hosts: Vec::new(),
+            admin: tessera::cli::AdminArgs::on("127.0.0.1:0".parse().unwrap()),
         },
         Some(client),
     )
@@ -1449,10 +1451,11 @@ async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
     .expect("the gateway starts from the cluster's resources");
     let root = ca.certificate_pem().to_owned();
 
-    let (presented, _) = crate::support::eventually("the Secret's certificate presented", async || {
-        served_serial(&address, &root).await
-    })
-    .await;
+    let (presented, _) =
+        crate::support::eventually("the Secret's certificate presented", async || {
+            served_serial(&address, &root).await
+        })
+        .await;
     assert_eq!(presented, first);
 
     // cert-manager renews: the Secret gets a new key pair.
@@ -2193,8 +2196,7 @@ async fn a_restarted_gateway_with_an_unchanged_status_writes_nothing() {
         namespace: Some("fleet".into()),
         name: None,
         state: Some(state.path().to_path_buf()),
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        admin_hosts: Vec::new(),
+        admin: tessera::cli::AdminArgs::on("127.0.0.1:0".parse().unwrap()),
     };
     let written = || {
         let cluster = cluster.lock().unwrap();
