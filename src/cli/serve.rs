@@ -26,7 +26,7 @@ use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
 use crate::server::admin::{self, Report};
 use crate::server::agent::{self, Listen, Routes, Shared};
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{Metrics, Timed};
 use crate::sources::dir::DirSource;
 use crate::store::db::Database;
 
@@ -423,11 +423,17 @@ fn admin_app(
     hooks: Option<axum::Router>,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
-    let mut app = admin::app_with_database(reports.clone(), db.clone())
-        .merge(admin::deployments_app(admin::Deployments { db, metrics }));
+    let mut app = admin::app_with_database(reports.clone(), db.clone()).merge(
+        admin::deployments_app(admin::Deployments {
+            db,
+            metrics: metrics.clone(),
+            reports: reports.clone(),
+        }),
+    );
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = crate::server::metrics::requests::layer(app, &metrics, Timed::Admin);
     (
         admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts)),
         stats,
