@@ -29,6 +29,7 @@ mod hostile_ocs;
 mod kube;
 mod kube_cluster;
 mod legacy_http;
+mod metrics;
 mod ocs;
 mod ocs_agent;
 mod packages;

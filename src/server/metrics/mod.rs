@@ -172,6 +172,58 @@ pub const QUERIES: [&str; 6] = [
     "invalid",
 ];
 
+/// Every metric family `/metrics` can show, as its `# TYPE` line names it: what the chart's
+/// alerting rules and dashboard may use (tests/it/chart.rs checks them against it; a test
+/// below checks it against a rendered page).
+pub const EXPORTED: &[&str] = &[
+    "tessera_ocs_requests_total",
+    "tessera_deployment_results_total",
+    "tessera_deployment_results_folded_total",
+    "tessera_deployment_results_unfiled_total",
+    "tessera_info_files_served_total",
+    "tessera_fragments_served_total",
+    "tessera_download_not_found_total",
+    "tessera_package_builds_total",
+    "tessera_package_build_seconds_total",
+    "tessera_package_build_bytes_total",
+    "tessera_package_build_duration_seconds",
+    "tessera_package_build_size_bytes",
+    "tessera_status_write_failures_total",
+    "tessera_status_write_failing",
+    "tessera_reconcile_duration_seconds",
+    "tessera_reconcile_errors_total",
+    "tessera_leader",
+    "tessera_download_bytes_total",
+    "tessera_tls_handshake_failures_total",
+    "tessera_http_request_duration_seconds",
+    "tessera_build_info",
+    "tessera_connections_active",
+    "tessera_connections_refused_total",
+    "tessera_connections_timed_out_total",
+    "tessera_accept_errors_total",
+    "tessera_ocs_plain_http_computers",
+    "tessera_ocs_plain_http_requests_total",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "tessera_fleet_computers",
+    "tessera_fleet_result_codes",
+    "tessera_fleet_result_codes_folded",
+    "tessera_object_ready_status",
+    "tessera_objects",
+    "tessera_objects_suspended",
+    "tessera_certificate_expiration_timestamp_seconds",
+    "tessera_certificate_renewal_timestamp_seconds",
+    "tessera_certificate_ready_status",
+    "tessera_issuer_expiration_timestamp_seconds",
+    "tessera_issuer_ready_status",
+    "tessera_issuer_crl_next_update_timestamp_seconds",
+    "tessera_state_database_health",
+];
+
 /// Why a TLS handshake (or the PROXY header before it) failed: the `reason` label of
 /// `tessera_tls_handshake_failures_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -808,6 +860,69 @@ mod tests {
         assert!(text.contains("tessera_package_build_duration_seconds_count 1\n"));
         assert!(text.contains("tessera_leader 1\n"));
         assert!(text.contains("tessera_build_info{version=\""));
+    }
+
+    #[test]
+    fn the_exported_list_is_what_a_full_page_shows() {
+        use crate::server::admin::{
+            ConditionReport, ConditionStatus, ConditionType, ObjectKind, ObjectReport, Report,
+        };
+        let metrics = Metrics::default();
+        metrics.result("SUCCESS");
+        metrics
+            .request_durations
+            .observe(Timed::Https, requests::Endpoint::Ocs, 0.01);
+        let certificate = |kind| ObjectReport {
+            api_version: "tessera.dev/v1alpha1".to_owned(),
+            kind,
+            namespace: "default".to_owned(),
+            name: "x".to_owned(),
+            source: None,
+            generation: 1,
+            observed_generation: Some(1),
+            source_revision: String::new(),
+            details: serde_json::json!({
+                "notAfter": "2027-01-01T00:00:00Z",
+                "renewalTime": "2026-09-01T00:00:00Z",
+                "crlNextUpdate": "2026-12-08T00:00:00Z",
+            })
+            .as_object()
+            .cloned()
+            .unwrap(),
+            conditions: vec![ConditionReport {
+                type_: ConditionType::Ready,
+                status: ConditionStatus::True,
+                reason: "Ready".to_owned(),
+                message: String::new(),
+                last_transition_time: String::new(),
+            }],
+            problems: Vec::new(),
+        };
+        let report = Report {
+            ready: true,
+            objects: vec![
+                certificate(ObjectKind::Certificate),
+                certificate(ObjectKind::Issuer),
+            ],
+            ..Report::default()
+        };
+        let fleet = [crate::store::db::FleetCount {
+            activation: "default/app".to_owned(),
+            state: crate::store::db::State::Error,
+            code: Some("ERR_X".to_owned()),
+            computers: 1,
+        }];
+        let text = metrics.render_with(&Scrape {
+            report: &report,
+            fleet: Some(&fleet),
+            health: &crate::store::db::Health::Writable,
+        });
+        let shown: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let listed: std::collections::BTreeSet<&str> = EXPORTED.iter().copied().collect();
+        assert_eq!(shown, listed, "{text}");
     }
 
     #[test]
