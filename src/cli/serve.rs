@@ -137,7 +137,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
     let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
-    let (app, stats) = admin_app(&args, &report_rx, db, metrics, source.hooks.clone());
+    let (app, stats) = admin_app(&args, &report_rx, db, &metrics, source.hooks.clone());
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
         admin::serve(admin, app, budget, stats, token)
@@ -419,7 +419,7 @@ fn admin_app(
     args: &ServeArgs,
     reports: &watch::Receiver<Report>,
     db: Arc<Database>,
-    metrics: Arc<Metrics>,
+    metrics: &Arc<Metrics>,
     hooks: Option<axum::Router>,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
@@ -433,7 +433,7 @@ fn admin_app(
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
-    let app = crate::server::metrics::requests::layer(app, &metrics, Timed::Admin);
+    let app = crate::server::metrics::requests::layer(app, metrics, Timed::Admin);
     (
         admin::host_checked(app, admin::AdminHosts::new(&args.admin_hosts)),
         stats,

@@ -25,6 +25,10 @@ pub const SUSPENDED: &str = "Suspended";
 
 type Labels = Vec<(&'static str, String)>;
 type Gauges = Family<Labels, Gauge>;
+/// Computers per deployment state.
+type PerState = BTreeMap<State, i64>;
+/// Computers per result code.
+type PerCode<'a> = BTreeMap<&'a str, i64>;
 
 /// What a scrape reads besides the counters.
 pub struct Scrape<'a> {
@@ -67,6 +71,8 @@ fn gauges() -> Gauges {
     Family::default()
 }
 
+// Callers build each label set for this one call; taking it whole reads simplest.
+#[allow(clippy::needless_pass_by_value)]
 fn set(family: &Gauges, labels: Labels, value: i64) {
     family.get_or_create(&labels).set(value);
 }
@@ -77,8 +83,7 @@ fn fleet_gauges(registry: &mut Registry, fleet: &[FleetCount]) {
     let computers = gauges();
     let codes = gauges();
     let folded = gauges();
-    let mut by_activation: BTreeMap<&str, (BTreeMap<State, i64>, BTreeMap<&str, i64>)> =
-        BTreeMap::new();
+    let mut by_activation: BTreeMap<&str, (PerState, PerCode<'_>)> = BTreeMap::new();
     for line in fleet {
         let (states, codes) = by_activation.entry(&line.activation).or_default();
         *states.entry(line.state).or_default() += line.computers;
@@ -318,7 +323,7 @@ mod tests {
         kind: ObjectKind,
         name: &str,
         reason: &str,
-        details: serde_json::Value,
+        details: &serde_json::Value,
     ) -> ObjectReport {
         ObjectReport {
             api_version: "tessera.dev/v1alpha1".to_owned(),
@@ -397,7 +402,7 @@ mod tests {
                     ObjectKind::Certificate,
                     "agents",
                     "Ready",
-                    serde_json::json!({
+                    &serde_json::json!({
                         "notAfter": "2027-01-01T00:00:00Z",
                         "renewalTime": "2026-09-01T00:00:00Z",
                     }),
@@ -406,7 +411,7 @@ mod tests {
                     ObjectKind::Issuer,
                     "ca",
                     "Ready",
-                    serde_json::json!({
+                    &serde_json::json!({
                         "notAfter": "2036-01-01T00:00:00Z",
                         "crlNextUpdate": "2026-12-08T00:00:00Z",
                     }),
@@ -415,7 +420,7 @@ mod tests {
                     ObjectKind::Activation,
                     "app",
                     "Suspended",
-                    serde_json::json!({}),
+                    &serde_json::json!({}),
                 ),
             ],
             ..Report::default()
