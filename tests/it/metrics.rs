@@ -127,6 +127,24 @@ async fn metrics_after_a_deployment_keep_two_close_codes_apart_and_show_the_serv
         "{text}"
     );
 
+    // This server alone leads; its passes, builds and process are measured.
+    assert_eq!(value(&text, "tessera_leader"), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "tessera_object_ready_status{kind=\"Package\",namespace=\"default\",name=\"hello\",condition=\"True\"}"
+        ),
+        Some(1.0)
+    );
+    for counted in [
+        "tessera_reconcile_duration_seconds_count",
+        "tessera_package_build_duration_seconds_count",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(value(&text, counted) > Some(0.0), "{counted}: {text}");
+    }
+    assert!(text.contains("tessera_build_info{version=\""), "{text}");
+
     promtool_accepts(&text);
     running.stop().await.unwrap();
 }
