@@ -27,7 +27,7 @@ use crate::leader::{AdvisoryLock, Leadership};
 use crate::reconcile;
 use crate::server::admin::{self, Report};
 use crate::server::agent::{self, Listen, Routes, Shared};
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{Metrics, Timed};
 use crate::sources::dir::DirSource;
 use crate::store::db::Database;
 
@@ -129,7 +129,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
     let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
-    let (app, stats) = admin_app(&args, &report_rx, db, metrics, source.hooks.clone());
+    let (app, stats) = admin_app(&args, &report_rx, db, &metrics, source.hooks.clone());
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
         admin::serve(admin, app, budget, stats, token)
@@ -411,15 +411,21 @@ fn admin_app(
     args: &ServeArgs,
     reports: &watch::Receiver<Report>,
     db: Arc<Database>,
-    metrics: Arc<Metrics>,
+    metrics: &Arc<Metrics>,
     hooks: Option<axum::Router>,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
-    let mut app = admin::app_with_database(reports.clone(), db.clone())
-        .merge(admin::deployments_app(admin::Deployments { db, metrics }));
+    let mut app = admin::app_with_database(reports.clone(), db.clone()).merge(
+        admin::deployments_app(admin::Deployments {
+            db,
+            metrics: metrics.clone(),
+            reports: reports.clone(),
+        }),
+    );
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = crate::server::metrics::requests::layer(app, metrics, Timed::Admin);
     (
         admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts)),
         stats,

@@ -158,6 +158,7 @@ pub async fn run<S: Input>(
         .as_ref()
         .filter(|_| config.shared_database)
         .map(|r| r.db.clone());
+    let metrics = config.runtime.as_ref().map(|r| r.metrics.clone());
     let mut reconciler = Reconciler::new(config);
     loop {
         let snapshot = snapshots.borrow_and_update().snapshot().cloned();
@@ -174,6 +175,7 @@ pub async fn run<S: Input>(
             None => None,
         };
         let now = clock.now();
+        let started = std::time::Instant::now();
         // A pass archives packages and makes keys: blocking work, kept off the async workers
         // so the admin API stays responsive during a large build.
         let (returned, pass) = tokio::task::spawn_blocking(move || {
@@ -183,6 +185,10 @@ pub async fn run<S: Input>(
         .await
         .map_err(ReconcileError::Panicked)?;
         reconciler = returned;
+        if let Some(metrics) = &metrics {
+            metrics.reconciled(started.elapsed(), pass.is_ok());
+            metrics.leading(reconciler.config.leadership.is_leader());
+        }
         let pass = pass?;
         reports.send_replace(pass.report);
         // Wake for the next renewal or retry if it comes before the regular requeue.

@@ -25,6 +25,7 @@ use crate::server::deployments::{self, Assignment};
 use crate::server::download::{download_http, download_https};
 use crate::server::identity::forwarded_identity;
 use crate::server::metrics::Metrics;
+use crate::server::metrics::requests::{Timed, layer as timed};
 use crate::store::db::{Database, DbError};
 
 pub use crate::server::download::{FRAGMENT_CACHE, FragmentCache};
@@ -228,7 +229,7 @@ pub fn unavailable() -> Response {
 
 /// The HTTPS routes: the OCS endpoint (at whatever path the routes name) and downloads.
 pub fn app(shared: Shared) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/download/{id}/{file}", get(download_https))
         .route("/v1/enroll", axum::routing::post(super::v1::enroll))
         .route("/v1/checkin", axum::routing::post(super::v1::check_in))
@@ -241,19 +242,22 @@ pub fn app(shared: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             forwarded_identity,
-        ))
-        .with_state(shared)
+        ));
+    let metrics = shared.metrics.clone();
+    timed(router.with_state(shared), &metrics, Timed::Https)
 }
 
 /// The plain-HTTP routes: fragments (agents check the whole archive's digest, and the
 /// `info` file that carries it always comes over HTTPS), and the OCS endpoint, which
 /// answers there only when the routes allow it (else a 403 naming the HTTPS address).
 pub fn fragments_app(shared: Shared) -> Router {
-    Router::new()
+    let metrics = shared.metrics.clone();
+    let router = Router::new()
         .route("/download/{id}/{file}", get(download_http))
         .fallback(super::ocs::plain_endpoint)
         .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
-        .with_state(shared)
+        .with_state(shared);
+    timed(router, &metrics, Timed::Http)
 }
 
 /// Arms every known computer for `routes` (a new Affectation, a new package version, a new

@@ -24,7 +24,7 @@ use crate::pki::AgentId;
 use crate::server::agent::{
     ClientAddress, HttpsAddress, Listen, PeerAgent, PeerCertificate, ServeError,
 };
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{HandshakeFailure, Metrics};
 
 /// Open connections finish their request within this on shutdown (less than the grace
 /// period `tessera serve` gives its tasks).
@@ -375,13 +375,13 @@ async fn accept_tls(
                 match header {
                     Ok(Ok(client)) => client,
                     Ok(Err(error)) => {
-                        metrics.handshake_failed(false);
+                        metrics.handshake_failed(HandshakeFailure::ProxyHeader);
                         let error = crate::error_chain(&error);
                         tracing::debug!(%peer, %error, "PROXY header refused");
                         return;
                     }
                     Err(_) => {
-                        metrics.handshake_failed(true);
+                        metrics.handshake_failed(HandshakeFailure::Timeout);
                         tracing::debug!(%peer, "PROXY header timed out");
                         return;
                     }
@@ -500,12 +500,12 @@ impl Connection<'_> {
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
-                self.metrics.handshake_failed(false);
+                self.metrics.handshake_failed(HandshakeFailure::of(&error));
                 tracing::debug!(%client, %error, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                self.metrics.handshake_failed(true);
+                self.metrics.handshake_failed(HandshakeFailure::Timeout);
                 tracing::debug!(%client, "TLS handshake timed out");
                 return;
             }

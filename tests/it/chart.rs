@@ -1555,6 +1555,15 @@ fn command(
         }
         _ => None,
     };
+    // helm's `.Files.Get "path"`: the text of a file of the chart.
+    if function.is_none() && lexemes.get(*position) == Some(&Lexeme::Path(".Files.Get".into())) {
+        let Some(Lexeme::String(path)) = lexemes.get(*position + 1) else {
+            panic!(".Files.Get takes a path");
+        };
+        *position += 2;
+        assert!(piped.is_none(), "nothing is piped into .Files.Get");
+        return Value::String(read(path));
+    }
     let mut arguments = Vec::new();
     while let Some(lexeme) = lexemes.get(*position) {
         *position += 1;
@@ -1699,5 +1708,134 @@ fn text(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         other => panic!("cannot print {other} in a template"),
+    }
+}
+
+/// The metric names in a PromQL expression (`tessera_*` and `process_*`), each as its
+/// family is exported: a histogram's `_bucket`, `_sum` and `_count` series name the family.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !(word.starts_with("tessera_") || word.starts_with("process_")) {
+            continue;
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let stem = word.strip_suffix(suffix)?;
+                tessera::server::metrics::EXPORTED
+                    .contains(&stem)
+                    .then_some(stem)
+            })
+            .unwrap_or(word);
+        names.insert(family.to_owned());
+    }
+    names
+}
+
+/// Names that `/metrics` does not export (tessera::server::metrics::EXPORTED, which a unit
+/// test holds to a rendered page).
+fn unexported(names: &BTreeSet<String>) -> Vec<&String> {
+    names
+        .iter()
+        .filter(|n| !tessera::server::metrics::EXPORTED.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn alerting_rules_and_the_dashboard_render_only_when_enabled_on_exported_metrics() {
+    let defaults = objects(default_values());
+    assert!(find(&defaults, "PrometheusRule").is_empty());
+    assert!(find(&defaults, "ConfigMap").is_empty());
+
+    let mut values = default_values();
+    values["metrics"]["prometheusRule"]["enabled"] = json!(true);
+    values["metrics"]["prometheusRule"]["labels"] = json!({"release": "prometheus"});
+    values["metrics"]["prometheusRule"]["rolloutErrorRatio"] = json!(0.25);
+    values["metrics"]["dashboard"]["enabled"] = json!(true);
+    values["metrics"]["dashboard"]["namespace"] = json!("monitoring");
+    assert_eq!(schema_problems(&values), Vec::<String>::new());
+    // The dashboard's legends hold Grafana's own `{{label}}`, which helm passes through
+    // from `.Files.Get` untouched but render_all's check for unrendered actions would
+    // flag: it is rendered alone below, and compared with the file byte for byte.
+    let dashboard_text = render(&read("templates/dashboard.yaml"), &context(values.clone()));
+    values["metrics"]["dashboard"]["enabled"] = json!(false);
+    let objects = objects(values.clone());
+
+    let rule = named(&objects, "PrometheusRule", "tessera");
+    assert_eq!(rule["metadata"]["namespace"], "tessera-system");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    assert_eq!(
+        alerts,
+        BTreeSet::from([
+            "TesseraCertificateExpiringNotRenewing",
+            "TesseraLeaderMissing",
+            "TesseraRolloutFailing"
+        ])
+    );
+    for rule in rules {
+        let expr = rule["expr"].as_str().unwrap();
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{expr}");
+        assert_eq!(unexported(&names), Vec::<&String>::new(), "{expr}");
+        assert!(expr.contains("namespace=\"tessera-system\""), "{expr}");
+    }
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["expr"].as_str().unwrap().contains("> 0.25")),
+        "the ratio reaches the rule"
+    );
+    promtool_checks_rules(&rule["spec"]);
+
+    let dashboards: Vec<Value> = serde_saphyr::from_multiple(&dashboard_text).unwrap();
+    let dashboards: Vec<Value> = dashboards.into_iter().filter(|d| !d.is_null()).collect();
+    let dashboard = named(&dashboards, "ConfigMap", "tessera-dashboard");
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let embedded: Value =
+        serde_json::from_str(dashboard["data"]["tessera.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(&read("dashboards/tessera.json")).unwrap();
+    assert_eq!(embedded, file, "the ConfigMap carries the file as it is");
+    assert_eq!(
+        dashboard["data"]["tessera.json"].as_str().unwrap(),
+        read("dashboards/tessera.json").trim_end()
+    );
+    let panels = file["panels"].as_array().unwrap();
+    let mut used = BTreeSet::new();
+    for target in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+    {
+        used.extend(metric_names(target["expr"].as_str().unwrap()));
+    }
+    assert!(used.len() > 15, "{used:?}");
+    assert_eq!(unexported(&used), Vec::<&String>::new());
+    // Usable outside the chart: the data source is a variable, not a fixed uid.
+    assert_eq!(file["templating"]["list"][0]["type"], "datasource");
+}
+
+/// `promtool check rules` accepts the groups (a PrometheusRule's spec is a rules file);
+/// skipped, saying so, without promtool.
+fn promtool_checks_rules(spec: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, serde_json::to_string(spec).unwrap()).unwrap();
+    match std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+    {
+        Ok(output) => assert!(
+            output.status.success(),
+            "promtool check rules:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(error) => {
+            println!("SKIPPED promtool check rules: promtool not runnable ({error})");
+        }
     }
 }

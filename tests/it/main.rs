@@ -30,6 +30,7 @@ mod kube;
 mod kube_cluster;
 mod legacy_http;
 mod logs;
+mod metrics;
 mod ocs;
 mod ocs_agent;
 mod packages;

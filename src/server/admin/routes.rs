@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::report::{ConditionReport, ConditionStatus, ObjectReport, ProblemReport, Report};
 use crate::server::deployments::{self, Draining, PackageLine};
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{Metrics, Scrape};
 use crate::store::db::{Computer, Database, DbError, Deployment, Event, Health};
 
 /// The admin routes, reading the latest report from `reports`.
@@ -52,6 +52,8 @@ struct Readiness {
 pub struct Deployments {
     pub db: Arc<Database>,
     pub metrics: Arc<Metrics>,
+    /// The latest report, which `/metrics` reads the objects' gauges from.
+    pub reports: watch::Receiver<Report>,
 }
 
 /// `/metrics` (Prometheus), `/api/v1/deployments` (the `tessera status` table) and
@@ -119,17 +121,29 @@ pub fn computer_reports(db: &Database, wanted: &str) -> Result<Vec<ComputerRepor
     Ok(out)
 }
 
+/// The counters, and the gauges of this scrape: the fleet (one query, on the blocking
+/// pool), the objects of the latest report, the database's health.
 async fn metrics(State(state): State<Deployments>) -> Response {
+    let db = state.db.clone();
+    let fleet = tokio::task::spawn_blocking(move || db.fleet_counts())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let health = state.db.health();
+    let text = {
+        let report = state.reports.borrow();
+        state.metrics.render_with(&Scrape {
+            report: &report,
+            fleet: fleet.as_deref(),
+            health: &health,
+        })
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         )],
-        format!(
-            "{}{}",
-            state.metrics.render(),
-            database_health(&state.db.health())
-        ),
+        text,
     )
         .into_response()
 }
@@ -155,24 +169,6 @@ async fn computer(State(state): State<Deployments>, Path(id): Path<String>) -> R
     }
 }
 
-/// `tessera_state_database_health`: 1 for the state the database is in, 0 for the others.
-fn database_health(health: &Health) -> String {
-    let now = match health {
-        Health::Writable => "writable",
-        Health::ReadOnly => "read_only",
-        Health::Lost(_) => "lost",
-    };
-    let mut out = String::from(
-        "# HELP tessera_state_database_health The state database's health (1 for its current state).\n# TYPE tessera_state_database_health gauge\n",
-    );
-    for state in ["writable", "read_only", "lost"] {
-        out.push_str(&format!(
-            "tessera_state_database_health{{state=\"{state}\"}} {}\n",
-            u8::from(state == now)
-        ));
-    }
-    out
-}
 async fn healthz() -> &'static str {
     "ok\n"
 }

@@ -165,6 +165,16 @@ pub struct OpenOffer {
     pub since: i64,
 }
 
+/// One line of [`Database::fleet_counts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetCount {
+    pub activation: String,
+    pub state: State,
+    /// The agent's result code, verbatim (none before a result).
+    pub code: Option<String>,
+    pub computers: i64,
+}
+
 impl Database {
     /// Every open offer of `package_id` ([`OpenOffer`]), by device id.
     pub fn open_offers(&self, package_id: &str) -> Result<Vec<OpenOffer>, DbError> {
@@ -232,6 +242,24 @@ impl Database {
             &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY activation, device_id"),
             &[],
             deployment_row,
+        )
+    }
+
+    /// How many computers stand in each state with each result code, per activation: one
+    /// `GROUP BY` over the deployments (`/metrics` reads it on every scrape).
+    pub fn fleet_counts(&self) -> Result<Vec<FleetCount>, DbError> {
+        self.all(
+            "SELECT activation, state, code, COUNT(*) FROM deployments
+             GROUP BY activation, state, code ORDER BY activation, state, code",
+            &[],
+            |row| {
+                Ok(FleetCount {
+                    activation: row.text(0)?,
+                    state: State::parse(&row.text(1)?),
+                    code: row.opt_text(2)?,
+                    computers: row.int(3)?,
+                })
+            },
         )
     }
 

@@ -56,7 +56,7 @@ mod settings;
 mod tokens;
 
 pub use computers::{CONTACT_PRECISION, Computer, FLEET_PAGE, Facts};
-pub use deployments::{Change, Deployment, Event, Filed, OpenOffer, State};
+pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State};
 pub use file::{Health, Lost, Opened, STATE_MARKER};
 pub use settings::{SHARED_GENERATION, SharedFile};
 pub use tokens::{TokenRecord, TokenRefusal};
