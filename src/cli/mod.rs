@@ -13,9 +13,11 @@
 mod api;
 mod crds;
 mod doctor;
+mod events;
 mod export;
 mod gateway;
 mod git;
+mod journal;
 mod kube;
 mod migration;
 mod notify;
@@ -41,6 +43,7 @@ pub use validate::evaluate_dir;
 use crate::agent::cli::{AgentArgs, agent};
 use crds::CrdsArgs;
 use doctor::DoctorArgs;
+use events::EventsArgs;
 use export::ExportArgs;
 use migration::MigrationArgs;
 use notify::NotifyArgs;
@@ -95,6 +98,9 @@ enum Command {
     /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
     /// certificates it presents issued and renewed from the same configuration.
     Gateway(GatewayArgs),
+    /// What happened, newest last: builds, issuance and renewals, offers, results,
+    /// refusals, leadership changes (from a running server, else its state directory).
+    Events(EventsArgs),
 }
 
 /// How a command prints what it found.
@@ -123,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::MigrationPackage(args) => migration::run(&args),
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Events(args) => events::run(&args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

@@ -35,6 +35,13 @@ const QUEUE: usize = 1024;
 /// made through an Activation.
 const HISTORY_KIND: &str = "Activation";
 
+/// The reasons of the deployment history's offers and results in the merged view (each a
+/// `reconcile::outcome::Reason`, which this module may not import; a test there checks).
+pub const HISTORY_REASONS: [&str; 3] = ["Offered", "Succeeded", "Failed"];
+
+/// The reason of a refused request (`Reason::Refused`).
+pub const REFUSED: &str = "Refused";
+
 /// Whether an event is news or trouble (Kubernetes Events' two types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
@@ -409,12 +416,12 @@ fn history_event(row: &Row) -> Result<LoggedEvent, DbError> {
     let (type_, reason, message) = match row.text(4)?.as_str() {
         "notified" => (
             EventType::Normal,
-            "Offered",
+            HISTORY_REASONS[0],
             format!("package {package_id} offered to {computer}"),
         ),
         "success" => (
             EventType::Normal,
-            "Succeeded",
+            HISTORY_REASONS[1],
             format!(
                 "{computer} installed package {package_id}: {}",
                 code.as_deref().unwrap_or("SUCCESS")
@@ -422,7 +429,7 @@ fn history_event(row: &Row) -> Result<LoggedEvent, DbError> {
         ),
         _ => (
             EventType::Warning,
-            "Failed",
+            HISTORY_REASONS[2],
             format!(
                 "{computer} failed package {package_id}: {}",
                 code.as_deref().unwrap_or("error")
