@@ -22,7 +22,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// `tessera events`.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tessera events\n  tessera events --for Package/hello -o json\n  tessera events -w --admin http://127.0.0.1:9090")]
+#[command(
+    after_help = "Examples:\n  tessera events\n  tessera events --for Package/hello -o json\n  tessera events -w --admin http://127.0.0.1:9090"
+)]
 pub(super) struct EventsArgs {
     /// Only events of this object: `Kind/NAME` (`Package/hello`), or a whole kind.
     #[arg(long = "for", value_name = "KIND/NAME")]
@@ -73,7 +75,13 @@ async fn print_events(args: &EventsArgs, out: &mut impl Write) -> Result<()> {
             }
         }
         // Followed, JSON and YAML print one document per batch, as `kubectl get -w` does.
-        format => write_data(out, format, &EventList { events: first.clone() })?,
+        format => write_data(
+            out,
+            format,
+            &EventList {
+                events: first.clone(),
+            },
+        )?,
     }
     out.flush()?;
     if !args.watch {
@@ -102,7 +110,9 @@ async fn print_events(args: &EventsArgs, out: &mut impl Write) -> Result<()> {
 async fn read(target: &Target, filter: &EventFilter) -> Result<Vec<LoggedEvent>> {
     match target {
         Target::Api(api) => {
-            let list: EventList = api.get(&format!("/api/v1/events{}", query_string(filter))).await?;
+            let list: EventList = api
+                .get(&format!("/api/v1/events{}", query_string(filter)))
+                .await?;
             Ok(list.events)
         }
         Target::State(db) => {
@@ -125,7 +135,8 @@ fn query_string(filter: &EventFilter) -> String {
     let encoded: Vec<String> = pairs
         .iter()
         .filter_map(|(name, value)| {
-            let value: String = url::form_urlencoded::byte_serialize(value.as_ref()?.as_bytes()).collect();
+            let value: String =
+                url::form_urlencoded::byte_serialize(value.as_ref()?.as_bytes()).collect();
             Some(format!("{name}={value}"))
         })
         .collect();
@@ -265,7 +276,12 @@ mod tests {
     fn the_table_lines_up_newest_last() {
         let events = [
             event("2026-01-01T00:00:00Z", "Built", "Package", "hello"),
-            event("2026-01-01T00:59:30Z", "Renewed", "Certificate", "server-tls"),
+            event(
+                "2026-01-01T00:59:30Z",
+                "Renewed",
+                "Certificate",
+                "server-tls",
+            ),
         ];
         let mut table = Table::default();
         table.fit(&events);

@@ -21,6 +21,7 @@ use crate::reconcile::outcome::{Reason, resource_kind};
 use crate::resources::Kind;
 use crate::resources::events::{EventType, status_events};
 use crate::server::admin::Report;
+use crate::sources::kube::status::{SETTLE, SETTLE_MAX};
 use crate::store::db::Database;
 use crate::store::db::journal::{self, Record};
 
@@ -74,7 +75,10 @@ async fn record_leadership(
         let (reason, message) = match changed {
             // Nothing can change it any more (a server alone): nothing to tell.
             None => return shutdown.cancelled().await,
-            Some(true) => (Reason::BecameLeader, "this server leads: it reconciles and writes statuses"),
+            Some(true) => (
+                Reason::BecameLeader,
+                "this server leads: it reconciles and writes statuses",
+            ),
             Some(false) => (Reason::LostLeadership, "this server follows: another leads"),
         };
         journal::record(
@@ -105,6 +109,19 @@ async fn follow(
             seen = None;
             continue;
         }
+        // As the Kubernetes status writer does: a Server `Pending` for the moment its
+        // listeners take to bind is no news worth telling at every start.
+        let latest = tokio::time::Instant::now() + SETTLE_MAX;
+        loop {
+            let quiet = (tokio::time::Instant::now() + SETTLE).min(latest);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(quiet) => break,
+                changed = reports.changed() => if changed.is_err() {
+                    return shutdown.cancelled().await;
+                },
+            }
+        }
         let current = {
             let report = reports.borrow_and_update();
             if !report.ready {
@@ -126,7 +143,13 @@ async fn follow(
                 };
                 journal::record(
                     &db,
-                    record(kind.as_str(), namespace, name, &event.reason, &event.message),
+                    record(
+                        kind.as_str(),
+                        namespace,
+                        name,
+                        &event.reason,
+                        &event.message,
+                    ),
                 );
             }
         }
@@ -142,7 +165,9 @@ async fn follow(
 }
 
 /// Each object of `report` with the part of its status events are derived from.
-fn watched_statuses(report: &Report) -> BTreeMap<String, (Kind, String, String, Map<String, Value>)> {
+fn watched_statuses(
+    report: &Report,
+) -> BTreeMap<String, (Kind, String, String, Map<String, Value>)> {
     report
         .objects
         .iter()

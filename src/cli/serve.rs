@@ -134,7 +134,12 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let admin_address = admin.local_addr()?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
     let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
-    super::journal::record_reports(report_rx.clone(), leadership.clone(), db.clone(), &mut tasks);
+    super::journal::record_reports(
+        report_rx.clone(),
+        leadership.clone(),
+        db.clone(),
+        &mut tasks,
+    );
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
     let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;

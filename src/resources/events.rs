@@ -158,7 +158,10 @@ mod tests {
     use serde_json::json;
 
     fn map(value: Value) -> Map<String, Value> {
-        value.as_object().unwrap().clone()
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]
@@ -192,12 +195,20 @@ mod tests {
 
     #[test]
     fn a_renewal_and_a_rollover_step_are_told() {
-        let issued = map(json!({"revision": 1, "serialNumber": "0a", "notAfter": "2027-01-01T00:00:00Z"}));
-        let renewed = map(json!({"revision": 2, "serialNumber": "0b", "notAfter": "2027-06-01T00:00:00Z"}));
+        let issued =
+            map(json!({"revision": 1, "serialNumber": "0a", "notAfter": "2027-01-01T00:00:00Z"}));
+        let renewed =
+            map(json!({"revision": 2, "serialNumber": "0b", "notAfter": "2027-06-01T00:00:00Z"}));
         let found = status_events(Kind::Certificate, Some(&issued), &renewed);
         assert_eq!(found[0].reason, "Renewed");
-        assert!(found[0].message.starts_with("revision 2, serial 0b"), "{found:?}");
-        assert_eq!(status_events(Kind::Certificate, None, &issued)[0].reason, "Issued");
+        assert!(
+            found[0].message.starts_with("revision 2, serial 0b"),
+            "{found:?}"
+        );
+        assert_eq!(
+            status_events(Kind::Certificate, None, &issued)[0].reason,
+            "Issued"
+        );
 
         let plain = map(json!({"serialNumber": "01"}));
         let overlap = map(json!({"serialNumber": "01", "rolloverPhase": "Overlap"}));

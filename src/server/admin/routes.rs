@@ -350,10 +350,9 @@ impl EventFilter {
             name: name.filter(|n| !n.is_empty()),
             namespace: self.namespace.clone().filter(|n| !n.is_empty()),
             after: self.after.as_deref().map(str::parse).transpose()?,
-            limit: self
-                .limit
-                .unwrap_or(EVENTS_LIMIT)
-                .min(usize::try_from(crate::store::db::journal::JOURNAL_KEEP).unwrap_or(usize::MAX)),
+            limit: self.limit.unwrap_or(EVENTS_LIMIT).min(
+                usize::try_from(crate::store::db::journal::JOURNAL_KEEP).unwrap_or(usize::MAX),
+            ),
         })
     }
 }

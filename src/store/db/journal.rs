@@ -503,7 +503,13 @@ mod tests {
     );
 
     fn built(name: &str) -> Record {
-        Record::normal("Package", "default", name, "Built", "package id 1, 1 fragments")
+        Record::normal(
+            "Package",
+            "default",
+            name,
+            "Built",
+            "package id 1, 1 fragments",
+        )
     }
 
     fn all(db: &Database) -> Vec<LoggedEvent> {
@@ -534,12 +540,21 @@ mod tests {
     fn events_come_oldest_first_and_filter_by_object(db: &Database) {
         db.record_event(&built("hello"), 10).unwrap();
         db.record_event(
-            &Record::warning("Package", "default", "broken", "BuildFailed", "no such file"),
+            &Record::warning(
+                "Package",
+                "default",
+                "broken",
+                "BuildFailed",
+                "no such file",
+            ),
             11,
         )
         .unwrap();
-        db.record_event(&Record::normal("Server", "", "tessera", "BecameLeader", "x"), 12)
-            .unwrap();
+        db.record_event(
+            &Record::normal("Server", "", "tessera", "BecameLeader", "x"),
+            12,
+        )
+        .unwrap();
         db.record_event(&built("hello"), 13).unwrap();
         let found = all(db);
         let reasons: Vec<&str> = found.iter().map(|e| e.reason.as_str()).collect();
@@ -563,7 +578,10 @@ mod tests {
                 ..EventQuery::default()
             })
             .unwrap();
-        assert_eq!((newest.len(), newest[0].at.as_str()), (1, "1970-01-01T00:00:13Z"));
+        assert_eq!(
+            (newest.len(), newest[0].at.as_str()),
+            (1, "1970-01-01T00:00:13Z")
+        );
     }
 
     fn offers_and_results_are_merged_in_by_time(db: &Database) {
@@ -599,8 +617,15 @@ mod tests {
         )
         .unwrap();
         db.record_event(&built("other"), 8).unwrap();
-        db.record_result(device, "42", State::Error, Some("ERR_DOWNLOAD_INFO"), None, 9)
-            .unwrap();
+        db.record_result(
+            device,
+            "42",
+            State::Error,
+            Some("ERR_DOWNLOAD_INFO"),
+            None,
+            9,
+        )
+        .unwrap();
         let found = all(db);
         let seen: Vec<(&str, &str)> = found
             .iter()
