@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Reaped, eventually, free_port, quickstart_copy, wait_for_port};
 
@@ -229,4 +229,74 @@ async fn events_tell_builds_through_the_api_and_the_state_directory_and_follow_e
     std::io::Read::read_to_string(&mut head.0.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// Refusals are events of the computer refused: an enrollment with a token the server does
+/// not know, and an OCS agent calling over plain HTTP where the Server wants HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_agents_are_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    let (_, http) = crate::support::addresses(&running).await;
+    let server_ca = crate::support::server_ca(dir.path());
+    eventually("the server's CA certificate written", || async {
+        server_ca.exists().then_some(())
+    })
+    .await;
+    let body = serde_json::json!({
+        "token": tessera::pki::token::Token::generate().reveal(),
+        "csr": "unused",
+        "hostname": "lab-07",
+    })
+    .to_string();
+    let (status, answer) = tokio::task::block_in_place(|| {
+        crate::enroll::curl(&https, &server_ca, "/v1/enroll", Some(&body), None)
+    });
+    assert_eq!(status, 403, "{answer}");
+
+    let mut stream = tokio::net::TcpStream::connect(&http).await.unwrap();
+    let request = format!(
+        "POST /ocsinventory HTTP/1.1\r\nHost: {http}\r\nContent-Length: 7\r\nConnection: close\r\n\r\nnot OCS"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
+    let refusals = |name: &'static str| {
+        let admin = running.admin_address;
+        move || async move {
+            let list =
+                crate::support::get_json(admin, &format!("/api/v1/events?for=Computer/{name}"))
+                    .await;
+            let found = list["events"].as_array()?.first()?.clone();
+            Some(found)
+        }
+    };
+    let enrollment = eventually("the refused enrollment recorded", refusals("lab-07"))
+        .await
+        .0;
+    assert_eq!(
+        (
+            &enrollment["type"],
+            &enrollment["reason"],
+            &enrollment["computer"]
+        ),
+        (&json!("Warning"), &json!("Refused"), &json!("lab-07"))
+    );
+    assert!(
+        enrollment["message"].as_str().unwrap().contains("unknown"),
+        "{enrollment}"
+    );
+    let plain = eventually("the plain-HTTP refusal recorded", refusals("127.0.0.1"))
+        .await
+        .0;
+    assert_eq!(plain["reason"], "Refused");
+    assert!(
+        plain["message"].as_str().unwrap().contains("plain HTTP"),
+        "{plain}"
+    );
+    assert!(plain.get("namespace").is_none(), "{plain}");
+    running.stop().await.unwrap();
 }

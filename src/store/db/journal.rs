@@ -502,6 +502,28 @@ mod tests {
         after_a_cursor_comes_only_what_is_new,
     );
 
+    /// `record` queues; the writer thread writes, or counts what it could not write.
+    #[test]
+    fn recording_is_queued_and_what_cannot_be_written_is_counted() {
+        let db = Arc::new(Database::in_memory().unwrap());
+        record(&db, built("queued"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while all(&db).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(all(&db)[0].name, "queued");
+        assert_eq!(db.dropped_events(), 0);
+        // A journal that refuses writes (as a full disk would).
+        db.with(|c| c.batch("DROP TABLE journal")).unwrap();
+        record(&db, built("lost"));
+        while db.dropped_events() == 0 {
+            assert!(std::time::Instant::now() < deadline, "never counted");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(db.dropped_events(), 1);
+    }
+
     fn built(name: &str) -> Record {
         Record::normal(
             "Package",
