@@ -545,12 +545,19 @@ mod tests {
     fn the_journal_keeps_the_newest_rows(db: &Database) {
         let first = db.record_event(&built("a"), 1).unwrap();
         // Jump the ids as years of events would, without writing them all.
+        let jumped = first + JOURNAL_KEEP - 1;
         db.with(|c| {
             c.execute(
                 "INSERT INTO journal (id, at, kind, namespace, name, type, reason, message)
                  VALUES ($1, 2, 'Package', 'default', 'b', 'Normal', 'Built', '')",
-                params![first + JOURNAL_KEEP - 1],
-            )
+                params![jumped],
+            )?;
+            // SQLite's AUTOINCREMENT follows an id written; a PostgreSQL sequence must be told.
+            if c.dialect() == crate::store::sql::Dialect::Postgres {
+                let sequence = "journal_id_seq";
+                c.query(&format!("SELECT setval('{sequence}', $1)"), params![jumped])?;
+            }
+            Ok(())
         })
         .unwrap();
         assert_eq!(all(db).len(), 2, "nothing trimmed yet");
