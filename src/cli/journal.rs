@@ -183,7 +183,7 @@ fn watched_statuses(
 }
 
 /// The facts of `status` that events are derived from: [`WATCHED_FIELDS`] and the
-/// `Ready` and `Stalled` conditions.
+/// `Ready`, `Stalled` and `Issuing` conditions.
 fn watched(status: &Map<String, Value>) -> Map<String, Value> {
     let mut kept: Map<String, Value> = WATCHED_FIELDS
         .iter()
@@ -192,7 +192,11 @@ fn watched(status: &Map<String, Value>) -> Map<String, Value> {
     if let Some(Value::Array(conditions)) = status.get("conditions") {
         let conditions: Vec<Value> = conditions
             .iter()
-            .filter(|c| c["type"] == "Ready" || c["type"] == "Stalled")
+            .filter(|c| {
+                ["Ready", "Stalled", "Issuing"]
+                    .iter()
+                    .any(|t| c["type"] == *t)
+            })
             .map(|c| {
                 serde_json::json!({
                     "type": c["type"], "status": c["status"],

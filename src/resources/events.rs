@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 use super::meta::{CONDITION_READY, CONDITION_STALLED, CONDITION_TRUE};
 use super::{CertificateStatus, IssuerStatus, Kind, PackageStatus};
 
+/// cert-manager's condition on Certificates: whether an issuance is due, and once done,
+/// why the last one was made.
+pub const CONDITION_ISSUING: &str = "Issuing";
+
 /// Whether an event is news or trouble, as Kubernetes Events type them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventType {
@@ -48,6 +52,7 @@ pub fn status_events(
     before: Option<&Map<String, Value>>,
     after: &Map<String, Value>,
 ) -> Vec<StatusEvent> {
+    let status = after;
     let mut found = Vec::new();
     let ready_after = condition(after, CONDITION_READY);
     let ready_before = before.and_then(|b| condition(b, CONDITION_READY));
@@ -77,11 +82,17 @@ pub fn status_events(
             .serial_number
             .map(|s| format!(", serial {s}"))
             .unwrap_or_default();
+        // Why it was issued, as the `Issuing` condition says once it is done.
+        let why = condition(status, CONDITION_ISSUING)
+            .map(|(_, _, message)| message)
+            .filter(|message| !message.is_empty())
+            .map(|message| format!(" ({message})"))
+            .unwrap_or_default();
         found.push(StatusEvent {
             type_: EventType::Normal,
             reason: if revision == 1 { "Issued" } else { "Renewed" }.into(),
             message: format!(
-                "revision {revision}{serial}, valid until {}",
+                "revision {revision}{serial}, valid until {}{why}",
                 after.not_after.map(|t| t.0.to_string()).unwrap_or_default()
             ),
             action: "Issue",
@@ -197,13 +208,17 @@ mod tests {
     fn a_renewal_and_a_rollover_step_are_told() {
         let issued =
             map(json!({"revision": 1, "serialNumber": "0a", "notAfter": "2027-01-01T00:00:00Z"}));
-        let renewed =
-            map(json!({"revision": 2, "serialNumber": "0b", "notAfter": "2027-06-01T00:00:00Z"}));
+        let renewed = map(json!({
+            "revision": 2, "serialNumber": "0b", "notAfter": "2027-06-01T00:00:00Z",
+            "conditions": [{"type": "Issuing", "status": "False", "reason": "Issued",
+                "message": "issued because the certificate is due for renewal"}],
+        }));
         let found = status_events(Kind::Certificate, Some(&issued), &renewed);
         assert_eq!(found[0].reason, "Renewed");
-        assert!(
-            found[0].message.starts_with("revision 2, serial 0b"),
-            "{found:?}"
+        assert_eq!(
+            found[0].message,
+            "revision 2, serial 0b, valid until 2027-06-01T00:00:00Z (issued because the \
+             certificate is due for renewal)"
         );
         assert_eq!(
             status_events(Kind::Certificate, None, &issued)[0].reason,

@@ -300,3 +300,54 @@ async fn refused_agents_are_events() {
     assert!(plain.get("namespace").is_none(), "{plain}");
     running.stop().await.unwrap();
 }
+
+/// A certificate issued again is a `Renewed` event naming its revision and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissued_certificate_is_renewed_with_its_revision_and_reason() {
+    let dir = quickstart_copy();
+    let running = crate::support::start(dir.path()).await;
+    let certificate = |reason: &'static str| {
+        let admin = running.admin_address;
+        move || async move {
+            let list =
+                crate::support::get_json(admin, "/api/v1/events?for=Certificate/tessera-server")
+                    .await;
+            list["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["reason"] == reason)
+                .cloned()
+        }
+    };
+    let issued = eventually("the server's certificate issued", certificate("Issued"))
+        .await
+        .0;
+    assert!(
+        issued["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("revision 1, serial "),
+        "{issued}"
+    );
+    let pki = dir.path().join("pki.yaml");
+    let text = std::fs::read_to_string(&pki).unwrap();
+    assert!(text.contains("    - tessera.local\n"));
+    std::fs::write(
+        &pki,
+        text.replace(
+            "    - tessera.local\n",
+            "    - tessera.local\n    - tessera.example\n",
+        ),
+    )
+    .unwrap();
+    let renewed = eventually("the certificate issued again", certificate("Renewed"))
+        .await
+        .0;
+    let message = renewed["message"].as_str().unwrap();
+    assert!(message.starts_with("revision 2, serial "), "{message}");
+    assert!(
+        message.contains("(issued because the spec changed"),
+        "{message}"
+    );
+    running.stop().await.unwrap();
+}
