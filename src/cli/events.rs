@@ -67,7 +67,8 @@ async fn print_events(args: &EventsArgs, out: &mut impl Write) -> Result<()> {
     match args.format.output {
         Format::Table => {
             if first.is_empty() && !args.watch {
-                writeln!(out, "No events found.")?;
+                // As `kubectl`: the news on stderr, so a pipe reads no table that is not one.
+                eprintln!("No events found.");
             } else {
                 table.fit(&first);
                 table.header(out)?;
