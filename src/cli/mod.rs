@@ -14,9 +14,11 @@ mod admin;
 mod api;
 mod crds;
 mod doctor;
+mod events;
 mod export;
 mod gateway;
 mod git;
+mod journal;
 mod kube;
 mod migration;
 mod notify;
@@ -44,6 +46,7 @@ use crate::agent::cli::{AgentArgs, agent};
 use crate::logging::LogFormat;
 use crds::CrdsArgs;
 use doctor::DoctorArgs;
+use events::EventsArgs;
 use export::ExportArgs;
 use migration::MigrationArgs;
 use notify::NotifyArgs;
@@ -107,6 +110,9 @@ enum Command {
     /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
     /// certificates it presents issued and renewed from the same configuration.
     Gateway(GatewayArgs),
+    /// What happened, newest last: builds, issuance and renewals, offers, results,
+    /// refusals, leadership changes (from a running server, else its state directory).
+    Events(EventsArgs),
 }
 
 /// How a command prints what it found.
@@ -135,6 +141,7 @@ pub fn main() -> ExitCode {
         Command::MigrationPackage(args) => migration::run(&args),
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Events(args) => events::run(&args),
     };
     result.unwrap_or_else(|error| {
         if closed_pipe(&error) {

@@ -126,6 +126,12 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let admin_address = admin.local_addr()?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
     let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
+    super::journal::record_reports(
+        report_rx.clone(),
+        leadership.clone(),
+        db.clone(),
+        &mut tasks,
+    );
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
     let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
@@ -415,13 +421,13 @@ fn admin_app(
     hooks: Option<axum::Router>,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
-    let mut app = admin::app_with_database(reports.clone(), db.clone()).merge(
-        admin::deployments_app(admin::Deployments {
+    let mut app = admin::app_with_database(reports.clone(), db.clone())
+        .merge(admin::events_app(db.clone()))
+        .merge(admin::deployments_app(admin::Deployments {
             db,
             metrics: metrics.clone(),
             reports: reports.clone(),
-        }),
-    );
+        }));
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }

@@ -171,6 +171,23 @@ reasons! {
     DiskFull => Failed,
     /// The state database was lost while the server ran.
     DatabaseLost => Failed,
+
+    // Events only (the journal and Kubernetes Events), never a condition's reason.
+    /// A Certificate was issued again: its revision grew past 1.
+    Renewed => Done,
+    /// An Issuer's CA rollover moved to its next phase, or completed.
+    Rollover => Progressing,
+    /// This server became the leader: it reconciles and writes statuses.
+    BecameLeader => Done,
+    /// This server stopped leading: another reconciles.
+    LostLeadership => Done,
+    /// A computer's request was refused (a bad enrollment token, plain HTTP where the
+    /// Server wants HTTPS).
+    Refused => Failed,
+    /// A package was offered to a computer (read from the deployment history).
+    Offered => Progressing,
+    /// A computer reported success (read from the deployment history).
+    Succeeded => Done,
 }
 
 impl std::fmt::Display for Reason {

@@ -9,6 +9,7 @@ pub mod activation;
 pub mod affectation;
 pub mod certificate;
 pub mod crd;
+pub mod events;
 pub mod gateway;
 pub mod issuer;
 pub mod meta;

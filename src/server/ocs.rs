@@ -34,7 +34,7 @@ use crate::server::agent::{ClientAddress, HttpsAddress, Shared};
 use crate::server::deployments;
 use crate::server::fleet_log::{self, Offered, Protocol};
 use crate::server::results;
-use crate::store::db::Facts;
+use crate::store::db::{Facts, journal};
 
 /// An agent whose last inventory is older than this is asked for a new one, so targeting
 /// works on fresh facts (tags, OS): the default of [`InventoryPolicy`], a day, which is
@@ -281,6 +281,20 @@ async fn refuse_plain(
             address = address.as_deref().unwrap_or("-"),
             https = url.as_deref().unwrap_or("-"),
             "an OCS agent called over plain HTTP and was told to use HTTPS (spec.ocs.plainHttp is off); logged once per computer"
+        );
+        journal::record(
+            &shared.db,
+            journal::Record::warning(
+                "Computer",
+                "",
+                &computer,
+                journal::REFUSED,
+                &format!(
+                    "an OCS agent called over plain HTTP from {} and was told to use HTTPS (spec.ocs.plainHttp is off)",
+                    address.as_deref().unwrap_or("an unknown address")
+                ),
+            )
+            .on_computer(&computer),
         );
     }
     let phrase = match &url {

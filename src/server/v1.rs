@@ -22,7 +22,7 @@ use crate::pki::token::Token;
 use crate::pki::{Names, PkiError, Usage};
 use crate::protocol::v1::{self, EnrollRequest, EnrollResponse, Problem, ReportError};
 use crate::server::agent::{ClientAddress, Shared};
-use crate::store::db::TokenRefusal;
+use crate::store::db::{TokenRefusal, journal};
 use crate::store::fragments::FragmentError;
 use crate::throttle::{RateLimit, Repeats, Verdict, source_of};
 
@@ -179,6 +179,7 @@ pub async fn enroll(
     let Some(token) = Token::parse(&request.token) else {
         if let Some(suppressed) = limits.log(client, "malformed token") {
             tracing::warn!(%client, hostname = %request.hostname, suppressed, "enrollment with a malformed token");
+            record_refused_enrollment(&shared, client, &request.hostname, "a malformed token");
         }
         return Err(ApiError::Token(TokenRefusal::Unknown));
     };
@@ -200,6 +201,8 @@ pub async fn enroll(
     if let Err(refusal) = used {
         if let Some(suppressed) = limits.log(client, "refused") {
             tracing::warn!(%client, token = %token.id, hostname = %request.hostname, %refusal, suppressed, "enrollment refused");
+            let why = format!("{refusal} (token {})", token.id);
+            record_refused_enrollment(&shared, client, &request.hostname, &why);
         }
         return Err(ApiError::Token(refusal));
     }
@@ -209,6 +212,27 @@ pub async fn enroll(
     let agent = AgentId::generate();
     tracing::info!(agent = agent.as_str(), token = %token.id, hostname = %request.hostname, "enrolling an agent");
     certify(&enrollment, &agent, &request.csr, now)
+}
+
+/// Records a refused enrollment in the journal (as often as it is logged), under the host
+/// name the agent gave, else its address.
+fn record_refused_enrollment(shared: &Shared, client: IpAddr, hostname: &str, why: &str) {
+    let computer = if hostname.is_empty() {
+        client.to_string()
+    } else {
+        hostname.to_owned()
+    };
+    journal::record(
+        &shared.db,
+        journal::Record::warning(
+            "Computer",
+            "",
+            &computer,
+            journal::REFUSED,
+            &format!("enrollment from {client} refused: {why}"),
+        )
+        .on_computer(&computer),
+    );
 }
 
 /// `POST /v1/renew`: a new certificate for the agent the current one names.

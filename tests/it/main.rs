@@ -18,6 +18,7 @@ mod dial_out;
 mod doctor;
 mod drain;
 mod enroll;
+mod events;
 mod examples;
 mod export;
 mod fetch;

@@ -33,14 +33,19 @@ pub(super) struct Record {
     revision: i64,
     /// The latest issuances, oldest first, at most `renewal::MAX_ISSUANCES_PER_INTERVAL`.
     issued_at: Vec<jiff::Timestamp>,
+    /// Why the latest issuance was made (`renewal::Reason` in words), shown as the `Issuing`
+    /// condition's message, and so in the `Issued`/`Renewed` event; empty in files of older
+    /// versions.
+    reason: String,
 }
 
 impl Record {
-    /// `{"revision": 3, "issuedAt": ["2026-01-01T00:00:00Z", ...]}`; a file of older
-    /// versions holds the revision alone.
+    /// `{"revision": 3, "issuedAt": ["2026-01-01T00:00:00Z", ...], "reason": "..."}`; a
+    /// file of older versions holds the revision alone.
     fn from_json(value: &Value) -> Self {
         Self {
             revision: value["revision"].as_i64().unwrap_or(0),
+            reason: value["reason"].as_str().unwrap_or_default().to_owned(),
             issued_at: value["issuedAt"]
                 .as_array()
                 .into_iter()
@@ -52,6 +57,9 @@ impl Record {
 
     /// Both records in one: the higher revision, the latest issuances of either.
     fn merge(mut self, other: &Self) -> Self {
+        if other.revision > self.revision {
+            self.reason.clone_from(&other.reason);
+        }
         self.revision = self.revision.max(other.revision);
         self.issued_at.extend_from_slice(&other.issued_at);
         self.trim();
@@ -71,7 +79,7 @@ impl Record {
 
     fn to_json(&self) -> Value {
         let issued_at: Vec<String> = self.issued_at.iter().map(ToString::to_string).collect();
-        json!({ "revision": self.revision, "issuedAt": issued_at })
+        json!({ "revision": self.revision, "issuedAt": issued_at, "reason": self.reason })
     }
 }
 
@@ -137,7 +145,7 @@ impl Certificates {
                 ) {
                     tracing::warn!(certificate = %key, %error, "failed to update ca.crt");
                 }
-                let outcome = ready_certificate(facts, renew_at, revision, &dir);
+                let outcome = ready_certificate(facts, renew_at, revision, &record.reason, &dir);
                 let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 return (outcome, Some(renew_at));
             }
@@ -163,7 +171,8 @@ impl Certificates {
             Ok(issued) => {
                 let revision = revision + 1;
                 self.failures.remove(key);
-                if let Err(error) = self.save_issuance(key, revision, now) {
+                let why = reason.to_string();
+                if let Err(error) = self.save_issuance(key, revision, &why, now) {
                     tracing::warn!(certificate = %key, %error, "failed to record the revision");
                 }
                 tracing::info!(
@@ -175,7 +184,7 @@ impl Certificates {
                     "issued a certificate"
                 );
                 let renew_at = renewal::renewal_time(&issued, wanted.renew);
-                let outcome = ready_certificate(&issued, renew_at, revision, &dir);
+                let outcome = ready_certificate(&issued, renew_at, revision, &why, &dir);
                 let outcome = self.with_keystores(outcome, key, certificate, desired, &dir, now);
                 (outcome, Some(renew_at))
             }
@@ -290,10 +299,12 @@ impl Certificates {
         &mut self,
         key: &ObjectKey,
         revision: i64,
+        reason: &str,
         now: jiff::Timestamp,
     ) -> Result<(), atomic::WriteError> {
         let mut record = self.record(key);
         record.revision = revision;
+        reason.clone_into(&mut record.reason);
         record.issued_at.push(now);
         record.trim();
         let body = record.to_json().to_string();
@@ -400,6 +411,7 @@ fn ready_certificate(
     facts: &facts::CertFacts,
     renew_at: jiff::Timestamp,
     revision: i64,
+    reason: &str,
     dir: &Path,
 ) -> Outcome {
     let details = outcome::details(&CertificateStatus {
@@ -416,8 +428,17 @@ fn ready_certificate(
         reason: Reason::Ready,
         message,
         details,
-        issuing: Some((false, Reason::Issued, String::new())),
+        issuing: Some((false, Reason::Issued, issued_because(reason))),
         wake: None,
+    }
+}
+
+/// The `Issuing` condition's message once issued: why the current revision was issued.
+fn issued_because(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!("issued because {reason}")
     }
 }
 
@@ -547,6 +568,7 @@ mod tests {
         let kept = Record {
             revision: 2,
             issued_at: vec![at(times[1]), at(times[2])],
+            reason: "the certificate is due for renewal".into(),
         };
         let merged = on_disk.merge(&kept);
         assert_eq!(merged.revision, 3);

@@ -1,6 +1,6 @@
 //! The admin API: `/healthz`, `/readyz`, and the objects with their conditions and problems
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
-//! `/api/v1/computers/{id}`) and `/metrics`.
+//! `/api/v1/computers/{id}`), events (`/api/v1/events`) and `/metrics`.
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -29,6 +29,7 @@ pub use routes::{
     ComputerReport, DeploymentTable, Deployments, app, app_with_database, computer_reports,
     deployment_table_of, deployments_app,
 };
+pub use routes::{EVENTS_LIMIT, EventFilter, EventList, events_app};
 
 /// Errors of the admin listener.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::report::{ConditionReport, ConditionStatus, ObjectReport, ProblemReport, Report};
 use crate::server::deployments::{self, Draining, PackageLine};
 use crate::server::metrics::{Metrics, Scrape};
+use crate::store::db::journal::{EventQuery, LoggedEvent};
 use crate::store::db::{Computer, Database, DbError, Deployment, Event, Health};
 
 /// The admin routes, reading the latest report from `reports`.
@@ -298,4 +299,67 @@ async fn problems(State(reports): State<watch::Receiver<Report>>) -> Response {
         .cloned()
         .collect();
     Json(all).into_response()
+}
+
+/// The events `/api/v1/events` answers when no `limit` is given: a screenful or two of
+/// recent history, what `kubectl events` shows.
+pub const EVENTS_LIMIT: usize = 500;
+
+/// `/api/v1/events?for=Kind/name&namespace=NS&after=ID&limit=N`: what happened, newest
+/// last (the journal merged with the deployment history's offers and results), for
+/// `tessera events` and `tessera describe`.
+pub fn events_app(db: Arc<Database>) -> Router {
+    Router::new()
+        .route("/api/v1/events", get(events))
+        .with_state(db)
+}
+
+/// The body of `/api/v1/events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EventList {
+    /// Oldest first.
+    pub events: Vec<LoggedEvent>,
+}
+
+/// The query of `/api/v1/events`.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventFilter {
+    /// `Kind/name`, or `Kind`.
+    #[serde(rename = "for")]
+    pub object: Option<String>,
+    pub namespace: Option<String>,
+    /// An event's `id`: only what came after it.
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl EventFilter {
+    /// The database query this filter asks for; an `after` that is no event id is refused.
+    pub fn query(&self) -> Result<EventQuery, DbError> {
+        let (kind, name) = match self.object.as_deref().map(|o| o.split_once('/')) {
+            Some(Some((kind, name))) => (Some(kind.to_owned()), Some(name.to_owned())),
+            Some(None) => (self.object.clone(), None),
+            None => (None, None),
+        };
+        Ok(EventQuery {
+            kind: kind.filter(|k| !k.is_empty()),
+            name: name.filter(|n| !n.is_empty()),
+            namespace: self.namespace.clone().filter(|n| !n.is_empty()),
+            after: self.after.as_deref().map(str::parse).transpose()?,
+            limit: self.limit.unwrap_or(EVENTS_LIMIT).min(
+                usize::try_from(crate::store::db::journal::JOURNAL_KEEP).unwrap_or(usize::MAX),
+            ),
+        })
+    }
+}
+
+async fn events(State(db): State<Arc<Database>>, Query(filter): Query<EventFilter>) -> Response {
+    let query = match filter.query() {
+        Ok(query) => query,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    };
+    match tokio::task::spawn_blocking(move || db.event_log(&query)).await {
+        Ok(Ok(events)) => Json(EventList { events }).into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

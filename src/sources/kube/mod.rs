@@ -12,10 +12,10 @@
 //! backoff ([`WatchBackoff`]) and logged; they are never fatal. An expired resource version
 //! (`410 Gone`) is relisted at once.
 //!
-//! About 940 lines, 800 of them code: the watch and its complete listings, the status
+//! About 870 lines, 740 of them code: the watch and its complete listings, the status
 //! writer and Events share the object documents and the field manager, so they stay
 //! together; the loop (`status.rs`), Secrets (`secrets.rs`) and the Lease (`lease.rs`) are
-//! already split off. The next seam is Events (`events.rs`).
+//! already split off; what an Event says is derived in `resources::events`.
 
 pub mod lease;
 pub mod secrets;
@@ -36,12 +36,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::resources::meta::{CONDITION_READY, CONDITION_STALLED, CONDITION_TRUE};
+use crate::resources::events::status_events;
 use crate::resources::{
     API_VERSION, Activation, Affectation, Certificate, Gateway, Issuer, Kind, ObjectKey, Package,
     Server, Snapshot, SourceFile,
 };
-use crate::resources::{CertificateStatus, PackageStatus};
 
 /// The field manager of every server-side apply Tessera makes (statuses and Secrets): one
 /// name, so `kubectl get --show-managed-fields` says who owns what.
@@ -606,97 +605,26 @@ pub fn keep_transition_times(before: Option<&Map<String, Value>>, after: &mut Ma
     }
 }
 
-/// The Events a status change deserves: the `Ready` condition changing (its reason is the
-/// Event's reason, a Warning when the object is stalled), a Certificate issued or renewed,
-/// a Package built. One Event per reason: a Package becoming Ready as `Built` is the same
-/// news as its new package id, told once (with the id).
+/// The Events a status change deserves, as `resources::events` derives them for the
+/// journal too (one derivation, so `tessera events` and `kubectl events` agree).
 pub fn events(
     kind: Kind,
     before: Option<&Map<String, Value>>,
     after: &Map<String, Value>,
 ) -> Vec<KubeEvent> {
-    let mut found = Vec::new();
-    let ready_after = condition(after, CONDITION_READY);
-    let ready_before = before.and_then(|b| condition(b, CONDITION_READY));
-    if let Some((status, reason, message)) = &ready_after
-        && ready_before.as_ref().map(|(s, r, _)| (s, r)) != Some((status, reason))
-    {
-        let stalled =
-            condition(after, CONDITION_STALLED).is_some_and(|(s, _, _)| s == CONDITION_TRUE);
-        found.push(KubeEvent {
-            type_: if stalled {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.clone(),
-            note: (!message.is_empty()).then(|| truncate(message, 1024)),
-            action: "Reconcile".into(),
-            secondary: None,
-        });
-    }
-    // The kinds' own facts, read through their typed statuses.
-    if kind == Kind::Certificate
-        && let Some(after) = typed::<CertificateStatus>(Some(after))
-        && let Some(revision) = after.revision
-        && typed::<CertificateStatus>(before).and_then(|b| b.revision) != Some(revision)
-    {
-        found.push(KubeEvent {
-            type_: EventType::Normal,
-            reason: if revision == 1 { "Issued" } else { "Renewed" }.into(),
-            note: Some(format!(
-                "revision {revision}, valid until {}",
-                after.not_after.map(|t| t.0.to_string()).unwrap_or_default()
-            )),
-            action: "Issue".into(),
-            secondary: None,
-        });
-    }
-    if kind == Kind::Package
-        && let Some(after) = typed::<PackageStatus>(Some(after))
-        && let Some(id) = after.package_id
-        && typed::<PackageStatus>(before)
-            .and_then(|b| b.package_id)
-            .as_ref()
-            != Some(&id)
-    {
-        found.push(KubeEvent {
-            type_: EventType::Normal,
-            reason: "Built".into(),
-            note: Some(format!(
-                "package id {id}, {} fragments",
-                after.fragments.unwrap_or_default()
-            )),
-            action: "Build".into(),
-            secondary: None,
-        });
-    }
-    // The Ready event comes first; a later one with the same reason says more.
-    let mut seen = HashSet::new();
-    let mut kept: Vec<KubeEvent> = found
+    status_events(kind, before, after)
         .into_iter()
-        .rev()
-        .filter(|event| seen.insert(event.reason.clone()))
-        .collect();
-    kept.reverse();
-    kept
-}
-
-/// A kind's facts read from its status JSON, as the typed struct `resources` defines. The
-/// conditions are left out: they are read on their own, and one written by hand (without
-/// `lastTransitionTime`) must not hide the facts.
-fn typed<T: serde::de::DeserializeOwned>(status: Option<&Map<String, Value>>) -> Option<T> {
-    let mut facts = status?.clone();
-    facts.remove("conditions");
-    serde_json::from_value(Value::Object(facts)).ok()
-}
-
-/// The (status, reason, message) of condition `type_` in a status.
-fn condition(status: &Map<String, Value>, type_: &str) -> Option<(String, String, String)> {
-    let conditions = status.get("conditions")?.as_array()?;
-    let found = conditions.iter().find(|c| c["type"] == type_)?;
-    let text = |name: &str| found[name].as_str().unwrap_or_default().to_owned();
-    Some((text("status"), text("reason"), text("message")))
+        .map(|event| KubeEvent {
+            type_: match event.type_ {
+                crate::resources::events::EventType::Normal => EventType::Normal,
+                crate::resources::events::EventType::Warning => EventType::Warning,
+            },
+            reason: event.reason,
+            note: (!event.message.is_empty()).then(|| truncate(&event.message, 1024)),
+            action: event.action.into(),
+            secondary: None,
+        })
+        .collect()
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary (Event notes are limited

@@ -227,7 +227,7 @@ impl Database {
         })
     }
 
-    fn event_order(&self) -> &'static str {
+    pub(super) fn event_order(&self) -> &'static str {
         // Events of one second keep the order they were written in: SQLite's rowid grows,
         // and PostgreSQL has a sequence for it (migration 6).
         match self.dialect() {

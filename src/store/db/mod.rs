@@ -16,7 +16,8 @@
 //! (the PostgreSQL client blocks on its own runtime and must not run on an async worker).
 //!
 //! One file per part: `file` (the SQLite file's checks), `schema` (migrations),
-//! `computers`, `deployments`, `tokens` and `settings` (with the shared files).
+//! `computers`, `deployments`, `tokens`, `settings` (with the shared files) and `journal`
+//! (what happened, for `tessera events`).
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -51,6 +52,7 @@ macro_rules! on_both {
 mod computers;
 mod deployments;
 mod file;
+pub mod journal;
 mod schema;
 mod settings;
 mod tokens;
@@ -91,6 +93,8 @@ pub enum DbError {
     Query(#[from] rusqlite::Error),
     #[error("state database query failed")]
     Postgres(#[from] postgres::Error),
+    #[error("{0:?} is not an event cursor (JOURNAL-HISTORY, as an event's id)")]
+    Cursor(String),
     #[error("column {column} of a state database row is not {expected}")]
     Decode {
         column: usize,
@@ -135,6 +139,8 @@ pub struct Database {
     watched: Option<Watched>,
     /// A write failed for lack of space (or a failing disk) and none has succeeded since.
     full: AtomicBool,
+    /// The journal's writer queue (`journal::record`).
+    journal: journal::Queue,
 }
 
 enum Engine {
@@ -226,6 +232,7 @@ impl Database {
             engine,
             watched: None,
             full: AtomicBool::new(false),
+            journal: journal::Queue::default(),
         }
     }
 
@@ -412,6 +419,7 @@ pub(crate) mod tests {
             include_str!("computers.rs"),
             include_str!("deployments.rs"),
             include_str!("file.rs"),
+            include_str!("journal.rs"),
             include_str!("schema.rs"),
             include_str!("settings.rs"),
             include_str!("tokens.rs"),

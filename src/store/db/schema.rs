@@ -132,6 +132,36 @@ const MIGRATIONS: &[(i64, Step)] = &[
         8,
         Step::Both("CREATE INDEX events_by_package ON events (package_id, device_id);"),
     ),
+    // The journal of what happened (`store::db::journal`): builds, issuance, refusals,
+    // leadership, operator actions. Bounded to a few thousand rows, so it needs no index
+    // beyond its key: filters scan it in a millisecond, and every index would cost writes.
+    (
+        9,
+        Step::Each {
+            sqlite: "CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        computer TEXT
+    );",
+            postgres: "CREATE TABLE journal (
+        id BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        computer TEXT
+    );",
+        },
+    ),
 ];
 
 /// The version the last migration brings the schema to.
@@ -198,7 +228,7 @@ mod tests {
                 |row| row.int(0),
             )
             .unwrap();
-        assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=latest()).collect::<Vec<i64>>());
         assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
     }
 
