@@ -11,10 +11,14 @@
 // Until every command that reads a server through it has landed (issue 17).
 #[allow(dead_code)]
 mod api;
+mod completion;
+mod computers;
 mod crds;
+mod describe;
 mod doctor;
 mod export;
 mod gateway;
+mod get;
 mod git;
 mod kube;
 mod migration;
@@ -39,9 +43,13 @@ pub use serve::{ServeArgs, start, start_with};
 pub use validate::evaluate_dir;
 
 use crate::agent::cli::{AgentArgs, agent};
+use completion::{CompletionArgs, ManArgs};
+use computers::ComputersArgs;
 use crds::CrdsArgs;
+use describe::DescribeArgs;
 use doctor::DoctorArgs;
 use export::ExportArgs;
+use get::GetArgs;
 use migration::MigrationArgs;
 use notify::NotifyArgs;
 use plan::PlanArgs;
@@ -95,6 +103,19 @@ enum Command {
     /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
     /// certificates it presents issued and renewed from the same configuration.
     Gateway(GatewayArgs),
+    /// Objects with their readiness, reason and message, one table per kind (like `kubectl
+    /// get`, `flux get`), from a running server or its state directory.
+    Get(GetArgs),
+    /// One object in full: spec, conditions, problems with file and line, related objects,
+    /// recent events.
+    Describe(DescribeArgs),
+    /// The fleet: each computer's OS, tags, last contact and deployments, with the result
+    /// codes per activation; or one computer in full.
+    Computers(ComputersArgs),
+    /// A shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    Completion(CompletionArgs),
+    /// Man pages for tessera and each of its commands, written into a directory.
+    Man(ManArgs),
 }
 
 /// How a command prints what it found.
@@ -123,6 +144,11 @@ pub fn main() -> ExitCode {
         Command::MigrationPackage(args) => migration::run(&args),
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Get(args) => get::run(&args),
+        Command::Describe(args) => describe::run(&args),
+        Command::Computers(args) => computers::run(&args),
+        Command::Completion(args) => completion::completion(&args),
+        Command::Man(args) => completion::man(&args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

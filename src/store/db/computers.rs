@@ -1,9 +1,9 @@
 //! Computers: contacts, inventories (their facts and the raw document) and the addresses
 //! an agent is reached at.
 
-use crate::store::sql::{Row, Sql, params};
+use crate::store::sql::{Row, Sql, Value, params};
 
-use super::deployments::{deployments_between, deployments_of};
+use super::deployments::{State, deployments_between, deployments_in, deployments_of};
 use super::{Database, DbError, Deployment};
 
 /// Seconds within which a second contact of a computer is not written again.
@@ -18,7 +18,7 @@ pub const CONTACT_PRECISION: i64 = 60;
 pub const FLEET_PAGE: i64 = 500;
 
 /// A computer as its agent last described it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Computer {
     pub device_id: String,
@@ -36,6 +36,33 @@ pub struct Computer {
     pub last_inventory: Option<i64>,
     /// The address it last sent an inventory from (the client a trusted gateway named).
     pub address: Option<String>,
+}
+
+/// Which computers `tessera computers` and `GET /api/v1/computers` list. Every filter given
+/// must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetFilter {
+    /// A name glob (`*`, `?`), compared without case.
+    pub name: Option<String>,
+    /// A tag the computer has, exactly.
+    pub tag: Option<String>,
+    /// Part of the OS name, compared without case.
+    pub os: Option<String>,
+    /// `namespace/name` of an Activation: only the computers it targets.
+    pub activation: Option<String>,
+    /// Only the computers with a deployment in this state (of `activation`, when given).
+    pub state: Option<State>,
+}
+
+/// How many computers gave one result code for one activation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeCount {
+    /// `namespace/name` of the Activation.
+    pub activation: String,
+    /// The agent's code, verbatim (`SUCCESS`, `ERR_DOWNLOAD_INFO`, `EXIT_CODE_1`).
+    pub code: String,
+    pub computers: i64,
 }
 
 /// The facts an inventory brings.
@@ -253,6 +280,105 @@ impl Database {
         }
     }
 
+    /// Up to `limit` computers matching `filter` after the device id `after`, in device id
+    /// order, each with its deployments: one page of the fleet for the admin API, whose
+    /// next page starts after the last device id of this one. Reads the computers' primary
+    /// key in order and each one's deployments by theirs, so a page costs the same at any
+    /// depth of a fleet of any size.
+    pub fn fleet_page(
+        &self,
+        filter: &FleetFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Computer, Vec<Deployment>)>, DbError> {
+        let mut texts = Vec::new();
+        let mut clauses = Vec::new();
+        if let Some(after) = after {
+            let p = placeholder(&mut texts, after.to_owned());
+            clauses.push(format!("device_id > {p}"));
+        }
+        if let Some(name) = &filter.name {
+            let p = placeholder(&mut texts, glob_to_like(&name.to_lowercase()));
+            clauses.push(format!("lower(name) LIKE {p} ESCAPE '\\'"));
+        }
+        if let Some(tag) = &filter.tag {
+            // Tags are stored one a line: the tag must be a whole line.
+            let newline = placeholder(&mut texts, "\n".to_owned());
+            let p = placeholder(&mut texts, format!("%\n{}\n%", escape_like(tag)));
+            clauses.push(format!(
+                "(CAST({newline} AS TEXT) || tags || CAST({newline} AS TEXT)) LIKE {p} ESCAPE '\\'"
+            ));
+        }
+        if let Some(os) = &filter.os {
+            let p = placeholder(&mut texts, format!("%{}%", escape_like(&os.to_lowercase())));
+            clauses.push(format!("lower(os_name) LIKE {p} ESCAPE '\\'"));
+        }
+        if filter.activation.is_some() || filter.state.is_some() {
+            let mut inner = String::from(
+                "EXISTS (SELECT 1 FROM deployments d WHERE d.device_id = computers.device_id",
+            );
+            if let Some(activation) = &filter.activation {
+                let p = placeholder(&mut texts, activation.clone());
+                inner.push_str(&format!(" AND d.activation = {p}"));
+            }
+            if let Some(state) = filter.state {
+                let p = placeholder(&mut texts, state.as_str().to_owned());
+                inner.push_str(&format!(" AND d.state = {p}"));
+            }
+            inner.push(')');
+            clauses.push(inner);
+        }
+        let filter_sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {COMPUTER_COLUMNS} FROM computers {filter_sql} ORDER BY device_id LIMIT ${}",
+            texts.len() + 1
+        );
+        let mut values: Vec<Value<'_>> = texts.iter().map(|t| Value::from(t.as_str())).collect();
+        values.push(Value::Int(limit.clamp(1, FLEET_PAGE)));
+        self.transaction(|c| {
+            let computers = c
+                .query(&sql, &values)?
+                .iter()
+                .map(computer_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut deployments = deployments_of_all(c, &computers)?;
+            Ok(computers
+                .into_iter()
+                .map(|computer| {
+                    let mine = deployments.remove(&computer.device_id).unwrap_or_default();
+                    (computer, mine)
+                })
+                .collect())
+        })
+    }
+
+    /// How many computers gave each result code, per activation (of `activation` only,
+    /// when given): the OCS console's statistics. Most frequent first within an activation.
+    pub fn result_codes(&self, activation: Option<&str>) -> Result<Vec<CodeCount>, DbError> {
+        let row = |row: &Row| {
+            Ok(CodeCount {
+                activation: row.text(0)?,
+                code: row.text(1)?,
+                computers: row.int(2)?,
+            })
+        };
+        const SELECT: &str =
+            "SELECT activation, code, COUNT(*) FROM deployments WHERE code IS NOT NULL";
+        const GROUP: &str = "GROUP BY activation, code ORDER BY activation, COUNT(*) DESC, code";
+        match activation {
+            Some(activation) => self.all(
+                &format!("{SELECT} AND activation = $1 {GROUP}"),
+                params![activation],
+                row,
+            ),
+            None => self.all(&format!("{SELECT} {GROUP}"), &[], row),
+        }
+    }
+
     /// Every computer, by device id.
     pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
         self.all(
@@ -265,6 +391,57 @@ impl Database {
 
 const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
      first_seen, last_contact, last_inventory, address";
+
+/// Adds `text` to the parameters of a statement and returns its placeholder (`$3`).
+fn placeholder(texts: &mut Vec<String>, text: String) -> String {
+    texts.push(text);
+    format!("${}", texts.len())
+}
+
+/// `text` with LIKE's wildcards and its escape character escaped (by `\\`).
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A name glob (`*` any run, `?` one character) as a LIKE pattern escaped by `\\`.
+fn glob_to_like(glob: &str) -> String {
+    escape_like(glob).replace('*', "%").replace('?', "_")
+}
+
+/// The deployments of `computers`, by device id, in one query (a page is at most
+/// [`FLEET_PAGE`] computers, as many parameters).
+fn deployments_of_all(
+    c: &mut dyn Sql,
+    computers: &[Computer],
+) -> Result<std::collections::HashMap<String, Vec<Deployment>>, DbError> {
+    let mut found: std::collections::HashMap<String, Vec<Deployment>> =
+        std::collections::HashMap::new();
+    if computers.is_empty() {
+        return Ok(found);
+    }
+    let list = (1..=computers.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values: Vec<Value<'_>> = computers
+        .iter()
+        .map(|c| Value::from(c.device_id.as_str()))
+        .collect();
+    for deployment in deployments_in(c, &list, &values)? {
+        found
+            .entry(deployment.device_id.clone())
+            .or_default()
+            .push(deployment);
+    }
+    Ok(found)
+}
 
 fn lines(text: &str) -> Vec<String> {
     text.lines()
