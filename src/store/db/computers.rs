@@ -483,6 +483,8 @@ mod tests {
         a_contact_within_the_precision_writes_nothing_and_a_later_one_does,
         inventories_replace_the_facts_and_keep_the_raw_document,
         the_fleet_is_read_in_pages_each_with_its_own_deployments,
+        a_fleet_page_holds_only_the_computers_every_filter_selects,
+        result_codes_are_counted_per_activation_most_frequent_first,
     );
 
     fn a_contact_within_the_precision_writes_nothing_and_a_later_one_does(db: &Database) {
@@ -576,5 +578,120 @@ mod tests {
             .collect();
         assert_eq!(seen, all, "each computer once, in device id order");
         assert_eq!(deployments, db.deployments().unwrap().len());
+    }
+
+    /// Three lab computers (one `a_b%` that LIKE's wildcards must not match by accident)
+    /// and a laptop; hello failed on two, with two codes.
+    fn small_fleet(db: &Database) {
+        use crate::store::db::Change;
+        for (device, name, os, tags) in [
+            ("lab-01-x", "lab-01", "Debian GNU/Linux", "lab"),
+            ("lab-02-x", "LAB-02", "Debian GNU/Linux", "lab\nparis"),
+            ("odd-x", "a_b%", "Windows", "laboratory"),
+            ("laptop-x", "laptop", "Windows", "roaming"),
+        ] {
+            let facts = Facts {
+                name: name.into(),
+                os_name: os.into(),
+                tags: lines(tags),
+                ..Facts::default()
+            };
+            db.record_inventory(device, &facts, b"", 1_000).unwrap();
+            let arm = Change::Arm {
+                activation: "default/hello".into(),
+                package: "default/hello".into(),
+                package_id: "1".into(),
+                token: String::new(),
+            };
+            let notify = Change::Notify {
+                activation: "default/hello".into(),
+            };
+            db.apply(device, &[arm, notify], 1_000).unwrap();
+        }
+        for (device, code) in [("lab-01-x", "EXIT_CODE_1"), ("lab-02-x", "ERR_DOWNLOAD_INFO")] {
+            db.record_result(device, "1", State::Error, Some(code), None, 1_001)
+                .unwrap();
+        }
+        db.record_result("laptop-x", "1", State::Success, Some("SUCCESS"), None, 1_001)
+            .unwrap();
+    }
+
+    fn a_fleet_page_holds_only_the_computers_every_filter_selects(db: &Database) {
+        small_fleet(db);
+        let names = |filter: FleetFilter| -> Vec<String> {
+            db.fleet_page(&filter, None, FLEET_PAGE)
+                .unwrap()
+                .into_iter()
+                .map(|(c, _)| c.name)
+                .collect()
+        };
+        assert_eq!(names(FleetFilter::default()).len(), 4);
+        let glob = |g: &str| FleetFilter {
+            name: Some(g.into()),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(glob("lab-*")), ["lab-01", "LAB-02"]);
+        assert_eq!(names(glob("a_b%")), ["a_b%"]);
+        assert_eq!(names(glob("a?b*")), ["a_b%"]);
+        assert!(names(glob("a_b")).is_empty());
+        let tag = FleetFilter {
+            tag: Some("lab".into()),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(tag), ["lab-01", "LAB-02"], "a whole tag, not a prefix");
+        let os = FleetFilter {
+            os: Some("debian".into()),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(os).len(), 2);
+        let failed = FleetFilter {
+            activation: Some("default/hello".into()),
+            state: Some(State::Error),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(failed.clone()), ["lab-01", "LAB-02"]);
+        let page = db.fleet_page(&failed, Some("lab-01-x"), 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].0.device_id, "lab-02-x");
+        assert_eq!(page[0].1[0].code.as_deref(), Some("ERR_DOWNLOAD_INFO"));
+        let waiting = FleetFilter {
+            state: Some(State::Notified),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(waiting), ["a_b%"]);
+    }
+
+    fn result_codes_are_counted_per_activation_most_frequent_first(db: &Database) {
+        small_fleet(db);
+        db.record_inventory("lab-03-x", &Facts::default(), b"", 1_000)
+            .unwrap();
+        let arm = crate::store::db::Change::Arm {
+            activation: "default/hello".into(),
+            package: "default/hello".into(),
+            package_id: "1".into(),
+            token: String::new(),
+        };
+        let notify = crate::store::db::Change::Notify {
+            activation: "default/hello".into(),
+        };
+        db.apply("lab-03-x", &[arm, notify], 1_000).unwrap();
+        db.record_result("lab-03-x", "1", State::Error, Some("EXIT_CODE_1"), None, 1_002)
+            .unwrap();
+        let codes: Vec<(String, i64)> = db
+            .result_codes(Some("default/hello"))
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.code, c.computers))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("EXIT_CODE_1".to_owned(), 2),
+                ("ERR_DOWNLOAD_INFO".to_owned(), 1),
+                ("SUCCESS".to_owned(), 1)
+            ]
+        );
+        assert!(db.result_codes(Some("default/other")).unwrap().is_empty());
+        assert_eq!(db.result_codes(None).unwrap().len(), 3);
     }
 }
