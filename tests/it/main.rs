@@ -44,3 +44,4 @@ mod tokens;
 mod tunnel;
 mod url_content;
 mod validate;
+mod views;

@@ -608,12 +608,22 @@ mod tests {
             };
             db.apply(device, &[arm, notify], 1_000).unwrap();
         }
-        for (device, code) in [("lab-01-x", "EXIT_CODE_1"), ("lab-02-x", "ERR_DOWNLOAD_INFO")] {
+        for (device, code) in [
+            ("lab-01-x", "EXIT_CODE_1"),
+            ("lab-02-x", "ERR_DOWNLOAD_INFO"),
+        ] {
             db.record_result(device, "1", State::Error, Some(code), None, 1_001)
                 .unwrap();
         }
-        db.record_result("laptop-x", "1", State::Success, Some("SUCCESS"), None, 1_001)
-            .unwrap();
+        db.record_result(
+            "laptop-x",
+            "1",
+            State::Success,
+            Some("SUCCESS"),
+            None,
+            1_001,
+        )
+        .unwrap();
     }
 
     fn a_fleet_page_holds_only_the_computers_every_filter_selects(db: &Database) {
@@ -638,7 +648,11 @@ mod tests {
             tag: Some("lab".into()),
             ..FleetFilter::default()
         };
-        assert_eq!(names(tag), ["lab-01", "LAB-02"], "a whole tag, not a prefix");
+        assert_eq!(
+            names(tag),
+            ["lab-01", "LAB-02"],
+            "a whole tag, not a prefix"
+        );
         let os = FleetFilter {
             os: Some("debian".into()),
             ..FleetFilter::default()
@@ -675,8 +689,15 @@ mod tests {
             activation: "default/hello".into(),
         };
         db.apply("lab-03-x", &[arm, notify], 1_000).unwrap();
-        db.record_result("lab-03-x", "1", State::Error, Some("EXIT_CODE_1"), None, 1_002)
-            .unwrap();
+        db.record_result(
+            "lab-03-x",
+            "1",
+            State::Error,
+            Some("EXIT_CODE_1"),
+            None,
+            1_002,
+        )
+        .unwrap();
         let codes: Vec<(String, i64)> = db
             .result_codes(Some("default/hello"))
             .unwrap()
