@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::api::{Format, FormatArgs, ServerArgs, Target, write_data};
-use super::get::{encode, span, write_table};
+use super::get::{encode, quiet_on_closed_pipe, span, write_table};
 use super::running::runtime;
 use crate::server::admin::{
     self, ComputerReport, FleetComputer, FleetPage, FleetQuery, fleet_page_of, qualified,
@@ -53,7 +53,7 @@ pub(super) struct ComputersArgs {
 
 /// Prints the fleet, or one computer.
 pub(super) fn run(args: &ComputersArgs) -> Result<ExitCode> {
-    runtime()?.block_on(computers(args))
+    quiet_on_closed_pipe(runtime()?.block_on(computers(args)))
 }
 
 async fn computers(args: &ComputersArgs) -> Result<ExitCode> {
@@ -196,7 +196,12 @@ fn row(c: &FleetComputer, show_id: bool, activation: Option<&str>, now: i64) -> 
     if show_id {
         cells.push(computer.device_id.clone());
     }
-    let os = format!("{} {}", computer.os_name, computer.os_version);
+    // OCS agents often repeat the version in the name (`Debian GNU/Linux 12`, `12`).
+    let os = if computer.os_name.contains(&computer.os_version) {
+        computer.os_name.clone()
+    } else {
+        format!("{} {}", computer.os_name, computer.os_version)
+    };
     cells.push(if os.trim().is_empty() {
         "-".to_owned()
     } else {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::api::{Format, FormatArgs, ServerArgs, Target, write_data};
-use super::get::{Wanted, encode, list, span, write_table};
+use super::get::{Wanted, encode, fetch, quiet_on_closed_pipe, select, span, write_table};
 use super::running::runtime;
 use crate::server::admin::{ObjectReport, Relation};
 
@@ -72,7 +72,7 @@ struct Described<'a> {
 
 /// Prints one object.
 pub(super) fn run(args: &DescribeArgs) -> Result<ExitCode> {
-    runtime()?.block_on(describe(args))
+    quiet_on_closed_pipe(runtime()?.block_on(describe(args)))
 }
 
 async fn describe(args: &DescribeArgs) -> Result<ExitCode> {
@@ -85,13 +85,8 @@ async fn describe(args: &DescribeArgs) -> Result<ExitCode> {
         );
     };
     let target = args.server.target().await?;
-    let found = list(
-        &target,
-        &args.server,
-        Some(&wanted),
-        args.namespace.as_deref(),
-    )
-    .await?;
+    let all = fetch(&target, &args.server, args.namespace.as_deref()).await?;
+    let found = select(&all, Some(&wanted));
     let object = match found.as_slice() {
         [] => bail!("no {}/{name}", wanted.kind),
         [one] => one,

@@ -42,19 +42,33 @@ pub(super) struct GetArgs {
 
 /// Prints the objects asked for.
 pub(super) fn run(args: &GetArgs) -> Result<ExitCode> {
-    runtime()?.block_on(get(args))
+    quiet_on_closed_pipe(runtime()?.block_on(get(args)))
+}
+
+/// A reader that stopped reading (`tessera get | head`) ends the command quietly and
+/// successfully, as `ls | head` does.
+pub(super) fn quiet_on_closed_pipe(result: Result<ExitCode>) -> Result<ExitCode> {
+    match result {
+        Err(error)
+            if error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        other => other,
+    }
 }
 
 async fn get(args: &GetArgs) -> Result<ExitCode> {
     let wanted = args.what.as_deref().map(Wanted::parse).transpose()?;
     let target = args.server.target().await?;
-    let objects = list(
-        &target,
-        &args.server,
-        wanted.as_ref(),
-        args.namespace.as_deref(),
-    )
-    .await?;
+    // Every object of the namespace, for what a row adds up from others (an Activation's
+    // counts are its Affectations'); the report is small, one per object.
+    let all = fetch(&target, &args.server, args.namespace.as_deref()).await?;
+    let objects = select(&all, wanted.as_ref());
     let mut out = std::io::stdout().lock();
     if let Some(Wanted {
         kind,
@@ -71,7 +85,7 @@ async fn get(args: &GetArgs) -> Result<ExitCode> {
     let now = jiff::Timestamp::now();
     match args.format.output {
         Format::Table if objects.is_empty() => writeln!(out, "No objects found.")?,
-        Format::Table => write_tables(&mut out, &objects, wanted.is_none(), width, now)?,
+        Format::Table => write_tables(&mut out, &objects, &all, wanted.is_none(), width, now)?,
         format => match &wanted {
             Some(Wanted { name: Some(_), .. }) => write_data(&mut out, format, &objects[0])?,
             _ => write_data(&mut out, format, &objects)?,
@@ -82,7 +96,7 @@ async fn get(args: &GetArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     drop(out);
-    watch(args, &target, wanted.as_ref(), objects, width).await
+    watch(args, &target, wanted.as_ref(), &all, width).await
 }
 
 /// The admin API has no stream of changes (its report is replaced whole after each pass),
@@ -90,38 +104,60 @@ async fn get(args: &GetArgs) -> Result<ExitCode> {
 /// within a second, for one in-memory read of the server per second.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// Prints, without a header, each row that changes (its age aside) and each object gone.
 async fn watch(
     args: &GetArgs,
     target: &Target,
     wanted: Option<&Wanted>,
-    first: Vec<ObjectReport>,
+    first: &[ObjectReport],
     width: usize,
 ) -> Result<ExitCode> {
     let key = |o: &ObjectReport| (o.kind, o.namespace.clone(), o.name.clone());
-    let mut shown: HashMap<_, ObjectReport> = first.into_iter().map(|o| (key(&o), o)).collect();
+    // A row without its SINCE cell, which changes by itself as time passes.
+    let cells = |o: &ObjectReport, all: &[ObjectReport], now| {
+        let mut cells = row(o, all, width, now, true);
+        cells.remove(cells.len() - 2);
+        cells
+    };
+    let now = jiff::Timestamp::now();
+    let mut shown: HashMap<_, Vec<String>> = select(first, wanted)
+        .iter()
+        .map(|o| (key(o), cells(o, first, now)))
+        .collect();
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let now = jiff::Timestamp::now();
-        let objects = match list(target, &args.server, wanted, args.namespace.as_deref()).await {
-            Ok(objects) => objects,
-            // A server restarting: the next poll tells.
-            Err(_) => continue,
+        let Ok(all) = fetch(target, &args.server, args.namespace.as_deref()).await else {
+            continue; // A server restarting: the next poll tells.
         };
         let mut out = std::io::stdout().lock();
         let mut seen = std::collections::HashSet::new();
-        for object in objects {
+        for object in select(&all, wanted) {
             let k = key(&object);
             seen.insert(k.clone());
-            let changed = shown.get(&k).is_none_or(|before| before != &object);
-            if changed {
-                match args.format.output {
-                    Format::Table => {
-                        write_tables(&mut out, std::slice::from_ref(&object), true, width, now)?
-                    }
-                    _ => writeln!(out, "{}", serde_json::to_string(&object)?)?,
-                }
-                shown.insert(k, object);
+            let now_cells = cells(&object, &all, now);
+            if shown.get(&k) == Some(&now_cells) {
+                continue;
             }
+            match args.format.output {
+                Format::Table => {
+                    let mut table = Vec::new();
+                    write_tables(
+                        &mut table,
+                        std::slice::from_ref(&object),
+                        &all,
+                        true,
+                        width,
+                        now,
+                    )?;
+                    let table = String::from_utf8_lossy(&table);
+                    for line in table.lines().skip(1) {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                _ => writeln!(out, "{}", serde_json::to_string(&object)?)?,
+            }
+            shown.insert(k, now_cells);
         }
         let gone: Vec<_> = shown
             .keys()
@@ -204,24 +240,19 @@ struct ObjectList {
     objects: Vec<ObjectReport>,
 }
 
-/// The objects of `wanted` (every kind when `None`) in `namespace` (every one when `None`),
-/// from the server or, when none runs, the status files of its state directory.
-pub(super) async fn list(
+/// Every object of `namespace` (of every one when `None`), from the server or, when none
+/// runs, the status files of its state directory.
+pub(super) async fn fetch(
     target: &Target,
     server: &ServerArgs,
-    wanted: Option<&Wanted>,
     namespace: Option<&str>,
 ) -> Result<Vec<ObjectReport>> {
-    let mut objects = match target {
+    Ok(match target {
         Target::Api(api) => {
-            let mut query = Vec::new();
-            if let Some(wanted) = wanted {
-                query.push(format!("kind={}", wanted.kind));
-            }
-            if let Some(namespace) = namespace {
-                query.push(format!("namespace={}", encode(namespace)));
-            }
-            let path = format!("/api/v1/objects?{}", query.join("&"));
+            let path = match namespace {
+                Some(namespace) => format!("/api/v1/objects?namespace={}", encode(namespace)),
+                None => "/api/v1/objects".to_owned(),
+            };
             api.get::<ObjectList>(&path).await?.objects
         }
         Target::State(_) => {
@@ -231,15 +262,22 @@ pub(super) async fn list(
                 .clone()
                 .unwrap_or_else(|| server.state.config.join(".tessera"));
             let mut objects = crate::reconcile::status::read(&dir)?;
-            objects.retain(|o| wanted.is_none_or(|w| w.kind == o.kind));
             objects.retain(|o| namespace.is_none_or(|n| n == o.namespace));
             objects
         }
-    };
-    if let Some(name) = wanted.and_then(|w| w.name.as_deref()) {
-        objects.retain(|o| o.name == name);
-    }
-    Ok(objects)
+    })
+}
+
+/// The objects of `all` that `wanted` names (all of them when `None`).
+pub(super) fn select(all: &[ObjectReport], wanted: Option<&Wanted>) -> Vec<ObjectReport> {
+    all.iter()
+        .filter(|o| {
+            wanted.is_none_or(|w| {
+                w.kind == o.kind && w.name.as_deref().is_none_or(|name| name == o.name)
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// `text` percent-encoded for a query string (names are DNS labels; this is for the rest).
@@ -278,10 +316,12 @@ fn message_width() -> usize {
 }
 
 /// Writes one table per kind in `objects` (in the order they come, which is the report's:
-/// kind, then name); names are written `kind/name` when `all_kinds` is asked for.
+/// kind, then name), with what rows add up from the others in `context`; names are written
+/// `kind/name` when `all_kinds` is asked for.
 pub(super) fn write_tables(
     out: &mut impl Write,
     objects: &[ObjectReport],
+    context: &[ObjectReport],
     all_kinds: bool,
     width: usize,
     now: jiff::Timestamp,
@@ -315,7 +355,7 @@ pub(super) fn write_tables(
         let rows: Vec<Vec<String>> = group
             .iter()
             .map(|o| {
-                let mut cells = row(o, objects, width, now, all_kinds);
+                let mut cells = row(o, context, width, now, all_kinds);
                 if !namespaced {
                     cells.remove(0);
                 }
@@ -580,7 +620,7 @@ mod tests {
     fn rendered(objects: &[ObjectReport], all_kinds: bool) -> String {
         let mut out = Vec::new();
         let now = "2026-01-01T00:05:00Z".parse().unwrap();
-        write_tables(&mut out, objects, all_kinds, 40, now).unwrap();
+        write_tables(&mut out, objects, objects, all_kinds, 40, now).unwrap();
         String::from_utf8(out).unwrap()
     }
 

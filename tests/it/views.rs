@@ -2,11 +2,15 @@
 //! the quickstart served, with the real OCS agent's computer and one whose deployment
 //! failed, through the admin API and then, the server stopped, from its state directory.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use crate::ocs_agent::{self, OcsAgent};
-use crate::support::{addresses, eventually, package_id, quickstart_copy, server_ca, start};
+use crate::support::{
+    Reaped, addresses, eventually, package_id, quickstart_copy, server_ca, start,
+};
 use tessera::store::db::{Change, Database, Facts, State};
 
 /// Runs `tessera ARGS` and returns its standard output; panics, with its error output, when
@@ -110,12 +114,7 @@ async fn get_describe_and_computers_read_the_server_then_its_state_directory() {
     };
 
     // Every kind, one table each.
-    let all = eventually("every object ready", || async {
-        let all = tessera(&with(&["get"]));
-        (!all.contains("False") && all.contains("package/hello")).then_some(all)
-    })
-    .await
-    .0;
+    let all = tessera(&with(&["get"]));
     for expected in [
         "certificate/tessera-server",
         "issuer/quickstart-ca",
@@ -135,6 +134,57 @@ async fn get_describe_and_computers_read_the_server_then_its_state_directory() {
     let certificate: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(certificate["kind"], "Certificate");
     assert!(certificate["details"]["notAfter"].is_string(), "{json}");
+
+    // An Activation adds up the counts of its Affectations.
+    let activations = tessera(&with(&["get", "activations"]));
+    let line = activations
+        .lines()
+        .find(|l| l.starts_with("hello "))
+        .unwrap();
+    let targets = line.split_whitespace().nth(4).unwrap();
+    assert!(targets.parse::<u32>().is_ok(), "{activations}");
+
+    // Watching: an edit's row is printed again, without a header.
+    let mut watcher = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(with(&["get", "aff", "-w"]))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = Arc::new(Mutex::new(String::new()));
+    let stdout = watcher.0.stdout.take().unwrap();
+    let sink = printed.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    eventually("the first table", || async {
+        printed.lock().unwrap().contains("lab-tools").then_some(())
+    })
+    .await;
+    let affectations = dir.path().join("affectations.yaml");
+    let text = std::fs::read_to_string(&affectations).unwrap();
+    std::fs::write(
+        &affectations,
+        text.replace("redeploy: \"1\"", "redeploy: \"2\""),
+    )
+    .unwrap();
+    let watched = eventually("the edited Affectation printed again", || async {
+        let text = printed.lock().unwrap().clone();
+        text.lines()
+            .any(|l| l.starts_with("affectation/lab-tools ") && l.contains(" 2/2 "))
+            .then_some(text)
+    })
+    .await
+    .0;
+    assert_eq!(
+        watched.matches("NAME ").count(),
+        1,
+        "one header:\n{watched}"
+    );
+    drop(watcher);
 
     // An Activation described: its spec, conditions, the Package it names and the
     // Affectation that names it.
