@@ -214,6 +214,13 @@ fn write_description(
             writeln!(out, "  {place}{field}{}", p.message)?;
         }
     }
+    write_related(out, object, from_server)?;
+    write_events(out, events, from_server, now)?;
+    Ok(())
+}
+
+/// The objects `object` names and those naming it.
+fn write_related(out: &mut impl Write, object: &ObjectReport, from_server: bool) -> Result<()> {
     if object.related.is_empty() {
         let none = if from_server {
             "<none>"
@@ -238,6 +245,16 @@ fn write_description(
         write_table(&mut table, &["OBJECT", "NAMESPACE", "RELATION"], &rows)?;
         write_indented(out, &String::from_utf8_lossy(&table))?;
     }
+    Ok(())
+}
+
+/// The recent events (`None`: not known).
+fn write_events(
+    out: &mut impl Write,
+    events: Option<&[EventLine]>,
+    from_server: bool,
+    now: jiff::Timestamp,
+) -> Result<()> {
     match events {
         None if !from_server => writeln!(out, "Events:      <needs a running server>")?,
         None => writeln!(out, "Events:      <none>")?,

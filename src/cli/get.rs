@@ -593,7 +593,7 @@ mod tests {
     use super::*;
     use crate::server::admin::{ConditionStatus, RelatedReport};
 
-    fn object(kind: ObjectKind, name: &str, details: Value) -> ObjectReport {
+    fn object(kind: ObjectKind, name: &str, details: &Value) -> ObjectReport {
         ObjectReport {
             api_version: "tessera.dev/v1alpha1".into(),
             kind,
@@ -658,7 +658,7 @@ mod tests {
             &[object(
                 ObjectKind::Package,
                 "hello",
-                serde_json::json!({"packageId": "1700000001", "fragments": 2}),
+                &serde_json::json!({"packageId": "1700000001", "fragments": 2}),
             )],
             false,
         );
@@ -676,7 +676,7 @@ mod tests {
         let mut activation = object(
             ObjectKind::Activation,
             "hello",
-            serde_json::json!({"packageId": "1700000001"}),
+            &serde_json::json!({"packageId": "1700000001"}),
         );
         activation.related = vec![RelatedReport {
             relation: Relation::ReferredBy,
@@ -688,7 +688,7 @@ mod tests {
         let mut affectation = object(
             ObjectKind::Affectation,
             "lab",
-            serde_json::json!({"targets": 4, "counts": {"waiting": 1, "notified": 1, "stale": 0,
+            &serde_json::json!({"targets": 4, "counts": {"waiting": 1, "notified": 1, "stale": 0,
                 "downloading": 0, "installing": 0, "success": 1, "error": 1},
                 "suspended": "operator"}),
         );
@@ -697,7 +697,7 @@ mod tests {
         let mut certificate = object(
             ObjectKind::Certificate,
             "server-tls",
-            serde_json::json!({"notAfter": "2026-01-31T00:00:00Z", "renewalTime": "2026-01-21T00:00:00Z"}),
+            &serde_json::json!({"notAfter": "2026-01-31T00:00:00Z", "renewalTime": "2026-01-21T00:00:00Z"}),
         );
         certificate.conditions[0].reason = "Issued".into();
         certificate.conditions[0].message = "serial 01".into();

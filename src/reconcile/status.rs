@@ -99,7 +99,7 @@ pub fn read(state_dir: &Path) -> Result<Vec<ObjectReport>, StatusError> {
             path: path.clone(),
             source,
         })?;
-        let object = parse_status_file(&text).ok_or_else(|| StatusError::Parse { path })?;
+        let object = parse_status_file(&text).ok_or(StatusError::Parse { path })?;
         objects.push(object);
     }
     objects.sort_by(|a, b| {
