@@ -137,8 +137,8 @@ async fn describe(args: &DescribeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `object` for people; `from_server` says whether the spec, related objects and
-/// events could be known (the status files have none of them).
+/// Writes `object` for people; `from_server` says whether events could be known (the state
+/// directory alone has none).
 fn write_description(
     out: &mut impl Write,
     object: &ObjectReport,
@@ -170,11 +170,7 @@ fn write_description(
             writeln!(out, "Spec:")?;
             write_indented(out, &serde_saphyr::to_string(spec)?)?;
         }
-        None if from_server => writeln!(out, "Spec:        <no valid version>")?,
-        None => writeln!(
-            out,
-            "Spec:        <not in the status files: the configuration has it>"
-        )?,
+        None => writeln!(out, "Spec:        <no valid version applied>")?,
     }
     writeln!(out, "Conditions:")?;
     let rows: Vec<Vec<String>> = object
@@ -214,20 +210,15 @@ fn write_description(
             writeln!(out, "  {place}{field}{}", p.message)?;
         }
     }
-    write_related(out, object, from_server)?;
+    write_related(out, object)?;
     write_events(out, events, from_server, now)?;
     Ok(())
 }
 
 /// The objects `object` names and those naming it.
-fn write_related(out: &mut impl Write, object: &ObjectReport, from_server: bool) -> Result<()> {
+fn write_related(out: &mut impl Write, object: &ObjectReport) -> Result<()> {
     if object.related.is_empty() {
-        let none = if from_server {
-            "<none>"
-        } else {
-            "<needs a running server>"
-        };
-        writeln!(out, "Related:     {none}")?;
+        writeln!(out, "Related:     <none>")?;
     } else {
         writeln!(out, "Related:")?;
         let rows: Vec<Vec<String>> = object
@@ -421,7 +412,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Spec:        <not in the status files"),
+            text.contains("Spec:        <no valid version applied>"),
             "{text}"
         );
         assert!(

@@ -629,7 +629,12 @@ impl Reconciler {
         now: jiff::Timestamp,
     ) -> Report {
         let mut objects = Vec::with_capacity(desired.entries.len());
-        let mut related = related_objects(desired);
+        let mut related = related_objects(
+            desired
+                .entries
+                .iter()
+                .filter_map(|(key, entry)| entry.resource().map(|r| (key, r))),
+        );
         for (key, entry) in &desired.entries {
             let outcome = outcomes.get(key);
             let conditions = conditions(entry, outcome)
@@ -694,12 +699,11 @@ impl Reconciler {
 
 /// For each object, those its served version names and those whose served versions name it
 /// (`tessera describe` shows them), in the order of the fields that name them.
-fn related_objects(desired: &DesiredState) -> HashMap<ObjectKey, Vec<RelatedReport>> {
+pub(crate) fn related_objects<'a>(
+    resources: impl IntoIterator<Item = (&'a ObjectKey, &'a Resource)>,
+) -> HashMap<ObjectKey, Vec<RelatedReport>> {
     let mut related: HashMap<ObjectKey, Vec<RelatedReport>> = HashMap::new();
-    for (key, entry) in &desired.entries {
-        let Some(resource) = entry.resource() else {
-            continue;
-        };
+    for (key, resource) in resources {
         for (field, target) in resource.references() {
             let report = |relation, other: &ObjectKey| RelatedReport {
                 relation,

@@ -81,8 +81,9 @@ pub fn write(state_dir: &Path, report: &Report) -> Result<(), StatusError> {
 }
 
 /// Reads back the objects whose status files [`write`] left under `state_dir`, in kind then
-/// namespace then name order: what `tessera get` shows when no server runs. Their spec and
-/// related objects are not in the files (the configuration has the spec).
+/// namespace then name order: what `tessera get` shows when no server runs. The spec of the
+/// version applied and the related objects come from [`APPLIED_FILE`], as the server's
+/// report has them (none for an object that no pass acted on).
 pub fn read(state_dir: &Path) -> Result<Vec<ObjectReport>, StatusError> {
     let root = state_dir.join("status");
     let mut files = Vec::new();
@@ -101,6 +102,27 @@ pub fn read(state_dir: &Path) -> Result<Vec<ObjectReport>, StatusError> {
         })?;
         let object = parse_status_file(&text).ok_or(StatusError::Parse { path })?;
         objects.push(object);
+    }
+    let applied: Vec<(ObjectKey, crate::resources::Resource)> = read_applied(state_dir)
+        .ok()
+        .flatten()
+        .map(|applied| applied.objects)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|o| crate::resources::Resource::from_document(o.resource).ok())
+        .map(|resource| (resource.key(), resource))
+        .collect();
+    let mut related = crate::reconcile::related_objects(applied.iter().map(|(k, r)| (k, r)));
+    for object in &mut objects {
+        let Some((key, resource)) = applied.iter().find(|(key, _)| {
+            outcome::object_kind(key.kind) == object.kind
+                && key.namespace == object.namespace
+                && key.name == object.name
+        }) else {
+            continue;
+        };
+        object.spec = Some(resource.spec_json());
+        object.related = related.remove(key).unwrap_or_default();
     }
     objects.sort_by(|a, b| {
         (kind_rank(a.kind), &a.namespace, &a.name).cmp(&(kind_rank(b.kind), &b.namespace, &b.name))

@@ -257,12 +257,23 @@ async fn get_describe_and_computers_read_the_server_then_its_state_directory() {
         offline_certificate["details"]["notAfter"],
         certificate["details"]["notAfter"]
     );
-    let described = run(local(&["describe", "package/hello"]));
-    assert!(described.contains("Ready"), "{described}");
-    assert!(
-        described.contains("<needs a running server>"),
-        "{described}"
-    );
+    // The spec and related objects from what the last pass applied; no events.
+    let described = run(local(&["describe", "activation/hello"]));
+    for expected in [
+        "Ready",
+        "packageRef:",
+        "Affectation/lab-hello",
+        "Events:      <needs a running server>",
+    ] {
+        assert!(described.contains(expected), "{expected}:\n{described}");
+    }
+    let activations = run(local(&["get", "act"]));
+    let line = activations
+        .lines()
+        .find(|l| l.starts_with("hello "))
+        .unwrap();
+    let targets = line.split_whitespace().nth(4).unwrap();
+    assert!(targets.parse::<u32>().is_ok(), "{activations}");
     let failed = run(local(&[
         "computers",
         "--activation",
