@@ -235,4 +235,35 @@ mod tests {
         }
         assert_eq!(seen, 5);
     }
+
+    #[tokio::test]
+    async fn the_route_answers_a_page_and_refuses_an_unknown_state_with_the_reason() {
+        use tower::ServiceExt;
+        let db = std::sync::Arc::new(Database::in_memory().unwrap());
+        db.contact("pc-1", 1_000).unwrap();
+        let app = super::super::deployments_app(Deployments {
+            db,
+            metrics: std::sync::Arc::default(),
+        });
+        let get = |uri: &str| {
+            let request = axum::http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(request)
+        };
+        let response = get("/api/v1/computers?limit=10").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let page: FleetPage = serde_json::from_slice(&body).unwrap();
+        assert_eq!(page.computers[0].computer.device_id, "pc-1");
+        assert_eq!(page.next, None);
+        let response = get("/api/v1/computers?state=broken").await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("unknown state"));
+    }
 }
