@@ -8,15 +8,19 @@
 //! (`reconcile::plan::write_plan`, `server::admin::write_deployment_table`), the cluster's
 //! Secrets and status writing in `sources::kube`.
 
-// Until every command that reads a server through it has landed (issue 17).
 mod admin;
+// Until every command that reads a server through it has landed (issue 17).
 #[allow(dead_code)]
 mod api;
+mod completion;
+mod computers;
 mod crds;
+mod describe;
 mod doctor;
 mod events;
 mod export;
 mod gateway;
+mod get;
 mod git;
 mod journal;
 mod kube;
@@ -44,10 +48,14 @@ pub use validate::evaluate_dir;
 
 use crate::agent::cli::{AgentArgs, agent};
 use crate::logging::LogFormat;
+use completion::{CompletionArgs, ManArgs};
+use computers::ComputersArgs;
 use crds::CrdsArgs;
+use describe::DescribeArgs;
 use doctor::DoctorArgs;
 use events::EventsArgs;
 use export::ExportArgs;
+use get::GetArgs;
 use migration::MigrationArgs;
 use notify::NotifyArgs;
 use plan::PlanArgs;
@@ -113,6 +121,19 @@ enum Command {
     /// What happened, newest last: builds, issuance and renewals, offers, results,
     /// refusals, leadership changes (from a running server, else its state directory).
     Events(EventsArgs),
+    /// Objects with their readiness, reason and message, one table per kind (like `kubectl
+    /// get`, `flux get`), from a running server or its state directory.
+    Get(GetArgs),
+    /// One object in full: spec, conditions, problems with file and line, related objects,
+    /// recent events.
+    Describe(DescribeArgs),
+    /// The fleet: each computer's OS, tags, last contact and deployments, with the result
+    /// codes per activation; or one computer in full.
+    Computers(ComputersArgs),
+    /// A shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    Completion(CompletionArgs),
+    /// Man pages for tessera and each of its commands, written into a directory.
+    Man(ManArgs),
 }
 
 /// How a command prints what it found.
@@ -142,6 +163,11 @@ pub fn main() -> ExitCode {
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
         Command::Events(args) => events::run(&args),
+        Command::Get(args) => get::run(&args),
+        Command::Describe(args) => describe::run(&args),
+        Command::Computers(args) => computers::run(&args),
+        Command::Completion(args) => completion::completion(&args),
+        Command::Man(args) => completion::man(&args),
     };
     result.unwrap_or_else(|error| {
         if closed_pipe(&error) {

@@ -33,7 +33,9 @@ use crate::reconcile::health::dependencies_failed;
 use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason, object_kind};
 
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Resource, Snapshot};
-use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
+use crate::server::admin::{
+    ConditionReport, ObjectReport, ProblemReport, RelatedReport, Relation, Report, SourceRef,
+};
 pub use health::{Condition, conditions, kstatus};
 
 /// Passes run at least this often even when nothing changed (level-triggered: anything that
@@ -633,6 +635,12 @@ impl Reconciler {
         now: jiff::Timestamp,
     ) -> Report {
         let mut objects = Vec::with_capacity(desired.entries.len());
+        let mut related = related_objects(
+            desired
+                .entries
+                .iter()
+                .filter_map(|(key, entry)| entry.resource().map(|r| (key, r))),
+        );
         for (key, entry) in &desired.entries {
             let outcome = outcomes.get(key);
             let conditions = conditions(entry, outcome)
@@ -674,6 +682,8 @@ impl Reconciler {
                     .chain(&entry.dependency_problems)
                     .map(problem_report)
                     .collect(),
+                spec: entry.resource().map(Resource::spec_json),
+                related: related.remove(key).unwrap_or_default(),
             });
         }
         self.transitions
@@ -691,6 +701,34 @@ impl Reconciler {
             conditions: Vec::new(),
         }
     }
+}
+
+/// For each object, those its served version names and those whose served versions name it
+/// (`tessera describe` shows them), in the order of the fields that name them.
+pub(crate) fn related_objects<'a>(
+    resources: impl IntoIterator<Item = (&'a ObjectKey, &'a Resource)>,
+) -> HashMap<ObjectKey, Vec<RelatedReport>> {
+    let mut related: HashMap<ObjectKey, Vec<RelatedReport>> = HashMap::new();
+    for (key, resource) in resources {
+        for (field, target) in resource.references() {
+            let report = |relation, other: &ObjectKey| RelatedReport {
+                relation,
+                kind: object_kind(other.kind),
+                namespace: other.namespace.clone(),
+                name: other.name.clone(),
+                field: field.clone(),
+            };
+            related
+                .entry(key.clone())
+                .or_default()
+                .push(report(Relation::RefersTo, &target));
+            related
+                .entry(target.clone())
+                .or_default()
+                .push(report(Relation::ReferredBy, key));
+        }
+    }
+    related
 }
 
 /// A follower (or a server that has just become the leader) takes the CAs and certificates

@@ -47,3 +47,4 @@ mod tokens;
 mod tunnel;
 mod url_content;
 mod validate;
+mod views;

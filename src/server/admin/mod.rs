@@ -1,6 +1,7 @@
 //! The admin API: `/healthz`, `/readyz`, and the objects with their conditions and problems
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
-//! `/api/v1/computers/{id}`), events (`/api/v1/events`) and `/metrics`.
+//! `/api/v1/computers/{id}`), the fleet a page at a time (`/api/v1/computers`), events
+//! (`/api/v1/events`) and `/metrics`.
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -14,16 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
+mod fleet;
 mod host;
 mod render;
 mod report;
 mod routes;
 
+pub use fleet::{
+    FleetComputer, FleetDeployment, FleetPage, FleetQuery, FleetQueryError, fleet_page_of,
+    qualified,
+};
 pub use host::{AdminHosts, host_checked};
 pub use render::{write_computer_report, write_deployment_table};
 pub use report::{
     ConditionReport, ConditionStatus, ConditionType, ObjectKind, ObjectReport, ProblemReport,
-    Report, STATE_DATABASE, STATUS_WRITTEN, SourceRef,
+    RelatedReport, Relation, Report, STATE_DATABASE, STATUS_WRITTEN, SourceRef,
 };
 pub use routes::{
     ComputerReport, DeploymentTable, Deployments, app, app_with_database, computer_reports,
@@ -123,6 +129,8 @@ mod tests {
                     field: Some("spec.priority".into()),
                     message: "priority must be between 0 and 10, got 300".into(),
                 }],
+                spec: None,
+                related: vec![],
             }],
             problems: vec![],
             conditions: vec![],

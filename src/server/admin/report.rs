@@ -2,10 +2,10 @@
 //! (`ObjectKind`, `ConditionType`, `ConditionStatus`) so a wrong kind or condition is a
 //! compile error; serialized as the admin API, the status files and the CRD statuses show it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the admin API shows: the latest reconcile's view of every object.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Revision of the configuration reconciled.
@@ -34,7 +34,7 @@ pub const STATE_DATABASE: ConditionType = ConditionType::StateDatabaseWritable;
 /// The kind of an object in the report, written as the resource kind is. Defined here
 /// because the server imports nothing of `resources`; reconcile maps one onto the other
 /// with exhaustive matches (`reconcile::outcome::object_kind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ObjectKind {
     Server,
     Issuer,
@@ -67,7 +67,7 @@ impl std::fmt::Display for ObjectKind {
 }
 
 /// The type of a condition: kstatus's three, cert-manager's `Issuing`, and the server's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConditionType {
     /// The desired state is achieved.
     Ready,
@@ -107,7 +107,7 @@ impl std::fmt::Display for ConditionType {
 }
 
 /// The status of a condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConditionStatus {
     True,
     False,
@@ -131,7 +131,7 @@ impl ConditionStatus {
 }
 
 /// One object as reconciled.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReport {
     pub api_version: String,
@@ -139,34 +139,62 @@ pub struct ObjectReport {
     pub namespace: String,
     pub name: String,
     /// Where the latest version was read.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRef>,
     /// Generation of the latest version read.
     pub generation: i64,
     /// Generation of the version in effect, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The revision of the configuration this status was reconciled from: the commit for a
     /// git source, a content digest for a directory.
     pub source_revision: String,
     /// The kind's own status fields (a Certificate's `notAfter`, `renewalTime`, `revision`...).
-    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,
     /// kstatus conditions.
     pub conditions: Vec<ConditionReport>,
     /// What is wrong with this object, if anything.
     pub problems: Vec<ProblemReport>,
+    /// The spec of the version in effect (absent while none is), for `tessera describe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    /// The objects this one refers to and those that refer to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<RelatedReport>,
+}
+
+/// An object related to another: one it names in its spec, or one that names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelatedReport {
+    pub relation: Relation,
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+    /// The field that names the other object (on whichever side names it).
+    pub field: String,
+}
+
+/// Which side of a reference an object is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Relation {
+    /// This object names the other in its spec (an Activation its Package).
+    RefersTo,
+    /// The other object names this one (a Package's Activations).
+    ReferredBy,
 }
 
 /// A file and line.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceRef {
     pub file: String,
     pub line: u32,
 }
 
 /// A kstatus condition.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConditionReport {
     #[serde(rename = "type")]
@@ -179,7 +207,7 @@ pub struct ConditionReport {
 }
 
 /// A problem in plain words, with where it is.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProblemReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,

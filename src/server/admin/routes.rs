@@ -64,6 +64,7 @@ pub fn deployments_app(state: Deployments) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/deployments", get(deployment_table))
         .route("/api/v1/computers/{id}", get(computer))
+        .route("/api/v1/computers", get(super::fleet::computers))
         .with_state(state)
 }
 
@@ -79,7 +80,7 @@ pub struct DeploymentTable {
 }
 
 /// One computer's facts, deployments and history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputerReport {
     pub computer: Computer,

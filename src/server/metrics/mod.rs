@@ -668,6 +668,8 @@ mod tests {
                 last_transition_time: String::new(),
             }],
             problems: Vec::new(),
+            spec: None,
+            related: Vec::new(),
         };
         let report = Report {
             ready: true,

@@ -343,6 +343,8 @@ mod tests {
                 last_transition_time: String::new(),
             }],
             problems: Vec::new(),
+            spec: None,
+            related: Vec::new(),
         }
     }
 

@@ -1,9 +1,9 @@
 //! Computers: contacts, inventories (their facts and the raw document) and the addresses
 //! an agent is reached at.
 
-use crate::store::sql::{Row, Sql, params};
+use crate::store::sql::{Row, Sql, Value, params};
 
-use super::deployments::{deployments_between, deployments_of};
+use super::deployments::{State, deployments_between, deployments_in, deployments_of};
 use super::{Database, DbError, Deployment};
 
 /// Seconds within which a second contact of a computer is not written again.
@@ -18,7 +18,7 @@ pub const CONTACT_PRECISION: i64 = 60;
 pub const FLEET_PAGE: i64 = 500;
 
 /// A computer as its agent last described it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Computer {
     pub device_id: String,
@@ -36,6 +36,33 @@ pub struct Computer {
     pub last_inventory: Option<i64>,
     /// The address it last sent an inventory from (the client a trusted gateway named).
     pub address: Option<String>,
+}
+
+/// Which computers `tessera computers` and `GET /api/v1/computers` list. Every filter given
+/// must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetFilter {
+    /// A name glob (`*`, `?`), compared without case.
+    pub name: Option<String>,
+    /// A tag the computer has, exactly.
+    pub tag: Option<String>,
+    /// Part of the OS name, compared without case.
+    pub os: Option<String>,
+    /// `namespace/name` of an Activation: only the computers it targets.
+    pub activation: Option<String>,
+    /// Only the computers with a deployment in this state (of `activation`, when given).
+    pub state: Option<State>,
+}
+
+/// How many computers gave one result code for one activation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeCount {
+    /// `namespace/name` of the Activation.
+    pub activation: String,
+    /// The agent's code, verbatim (`SUCCESS`, `ERR_DOWNLOAD_INFO`, `EXIT_CODE_1`).
+    pub code: String,
+    pub computers: i64,
 }
 
 /// The facts an inventory brings.
@@ -253,6 +280,105 @@ impl Database {
         }
     }
 
+    /// Up to `limit` computers matching `filter` after the device id `after`, in device id
+    /// order, each with its deployments: one page of the fleet for the admin API, whose
+    /// next page starts after the last device id of this one. Reads the computers' primary
+    /// key in order and each one's deployments by theirs, so a page costs the same at any
+    /// depth of a fleet of any size.
+    pub fn fleet_page(
+        &self,
+        filter: &FleetFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Computer, Vec<Deployment>)>, DbError> {
+        let mut texts = Vec::new();
+        let mut clauses = Vec::new();
+        if let Some(after) = after {
+            let p = placeholder(&mut texts, after.to_owned());
+            clauses.push(format!("device_id > {p}"));
+        }
+        if let Some(name) = &filter.name {
+            let p = placeholder(&mut texts, glob_to_like(&name.to_lowercase()));
+            clauses.push(format!("lower(name) LIKE {p} ESCAPE '\\'"));
+        }
+        if let Some(tag) = &filter.tag {
+            // Tags are stored one a line: the tag must be a whole line.
+            let newline = placeholder(&mut texts, "\n".to_owned());
+            let p = placeholder(&mut texts, format!("%\n{}\n%", escape_like(tag)));
+            clauses.push(format!(
+                "(CAST({newline} AS TEXT) || tags || CAST({newline} AS TEXT)) LIKE {p} ESCAPE '\\'"
+            ));
+        }
+        if let Some(os) = &filter.os {
+            let p = placeholder(&mut texts, format!("%{}%", escape_like(&os.to_lowercase())));
+            clauses.push(format!("lower(os_name) LIKE {p} ESCAPE '\\'"));
+        }
+        if filter.activation.is_some() || filter.state.is_some() {
+            let mut inner = String::from(
+                "EXISTS (SELECT 1 FROM deployments d WHERE d.device_id = computers.device_id",
+            );
+            if let Some(activation) = &filter.activation {
+                let p = placeholder(&mut texts, activation.clone());
+                inner.push_str(&format!(" AND d.activation = {p}"));
+            }
+            if let Some(state) = filter.state {
+                let p = placeholder(&mut texts, state.as_str().to_owned());
+                inner.push_str(&format!(" AND d.state = {p}"));
+            }
+            inner.push(')');
+            clauses.push(inner);
+        }
+        let filter_sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {COMPUTER_COLUMNS} FROM computers {filter_sql} ORDER BY device_id LIMIT ${}",
+            texts.len() + 1
+        );
+        let mut values: Vec<Value<'_>> = texts.iter().map(|t| Value::from(t.as_str())).collect();
+        values.push(Value::Int(limit.clamp(1, FLEET_PAGE)));
+        self.transaction(|c| {
+            let computers = c
+                .query(&sql, &values)?
+                .iter()
+                .map(computer_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut deployments = deployments_of_all(c, &computers)?;
+            Ok(computers
+                .into_iter()
+                .map(|computer| {
+                    let mine = deployments.remove(&computer.device_id).unwrap_or_default();
+                    (computer, mine)
+                })
+                .collect())
+        })
+    }
+
+    /// How many computers gave each result code, per activation (of `activation` only,
+    /// when given): the OCS console's statistics. Most frequent first within an activation.
+    pub fn result_codes(&self, activation: Option<&str>) -> Result<Vec<CodeCount>, DbError> {
+        let row = |row: &Row| {
+            Ok(CodeCount {
+                activation: row.text(0)?,
+                code: row.text(1)?,
+                computers: row.int(2)?,
+            })
+        };
+        const SELECT: &str =
+            "SELECT activation, code, COUNT(*) FROM deployments WHERE code IS NOT NULL";
+        const GROUP: &str = "GROUP BY activation, code ORDER BY activation, COUNT(*) DESC, code";
+        match activation {
+            Some(activation) => self.all(
+                &format!("{SELECT} AND activation = $1 {GROUP}"),
+                params![activation],
+                row,
+            ),
+            None => self.all(&format!("{SELECT} {GROUP}"), &[], row),
+        }
+    }
+
     /// Every computer, by device id.
     pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
         self.all(
@@ -265,6 +391,57 @@ impl Database {
 
 const COMPUTER_COLUMNS: &str = "device_id, name, os_name, os_version, tags, ip_addresses, history, \
      first_seen, last_contact, last_inventory, address";
+
+/// Adds `text` to the parameters of a statement and returns its placeholder (`$3`).
+fn placeholder(texts: &mut Vec<String>, text: String) -> String {
+    texts.push(text);
+    format!("${}", texts.len())
+}
+
+/// `text` with LIKE's wildcards and its escape character escaped (by `\\`).
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A name glob (`*` any run, `?` one character) as a LIKE pattern escaped by `\\`.
+fn glob_to_like(glob: &str) -> String {
+    escape_like(glob).replace('*', "%").replace('?', "_")
+}
+
+/// The deployments of `computers`, by device id, in one query (a page is at most
+/// [`FLEET_PAGE`] computers, as many parameters).
+fn deployments_of_all(
+    c: &mut dyn Sql,
+    computers: &[Computer],
+) -> Result<std::collections::HashMap<String, Vec<Deployment>>, DbError> {
+    let mut found: std::collections::HashMap<String, Vec<Deployment>> =
+        std::collections::HashMap::new();
+    if computers.is_empty() {
+        return Ok(found);
+    }
+    let list = (1..=computers.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values: Vec<Value<'_>> = computers
+        .iter()
+        .map(|c| Value::from(c.device_id.as_str()))
+        .collect();
+    for deployment in deployments_in(c, &list, &values)? {
+        found
+            .entry(deployment.device_id.clone())
+            .or_default()
+            .push(deployment);
+    }
+    Ok(found)
+}
 
 fn lines(text: &str) -> Vec<String> {
     text.lines()
@@ -306,6 +483,8 @@ mod tests {
         a_contact_within_the_precision_writes_nothing_and_a_later_one_does,
         inventories_replace_the_facts_and_keep_the_raw_document,
         the_fleet_is_read_in_pages_each_with_its_own_deployments,
+        a_fleet_page_holds_only_the_computers_every_filter_selects,
+        result_codes_are_counted_per_activation_most_frequent_first,
     );
 
     fn a_contact_within_the_precision_writes_nothing_and_a_later_one_does(db: &Database) {
@@ -399,5 +578,141 @@ mod tests {
             .collect();
         assert_eq!(seen, all, "each computer once, in device id order");
         assert_eq!(deployments, db.deployments().unwrap().len());
+    }
+
+    /// Three lab computers (one `a_b%` that LIKE's wildcards must not match by accident)
+    /// and a laptop; hello failed on two, with two codes.
+    fn small_fleet(db: &Database) {
+        use crate::store::db::Change;
+        for (device, name, os, tags) in [
+            ("lab-01-x", "lab-01", "Debian GNU/Linux", "lab"),
+            ("lab-02-x", "LAB-02", "Debian GNU/Linux", "lab\nparis"),
+            ("odd-x", "a_b%", "Windows", "laboratory"),
+            ("laptop-x", "laptop", "Windows", "roaming"),
+        ] {
+            let facts = Facts {
+                name: name.into(),
+                os_name: os.into(),
+                tags: lines(tags),
+                ..Facts::default()
+            };
+            db.record_inventory(device, &facts, b"", 1_000).unwrap();
+            let arm = Change::Arm {
+                activation: "default/hello".into(),
+                package: "default/hello".into(),
+                package_id: "1".into(),
+                token: String::new(),
+            };
+            let notify = Change::Notify {
+                activation: "default/hello".into(),
+            };
+            db.apply(device, &[arm, notify], 1_000).unwrap();
+        }
+        for (device, code) in [
+            ("lab-01-x", "EXIT_CODE_1"),
+            ("lab-02-x", "ERR_DOWNLOAD_INFO"),
+        ] {
+            db.record_result(device, "1", State::Error, Some(code), None, 1_001)
+                .unwrap();
+        }
+        db.record_result(
+            "laptop-x",
+            "1",
+            State::Success,
+            Some("SUCCESS"),
+            None,
+            1_001,
+        )
+        .unwrap();
+    }
+
+    fn a_fleet_page_holds_only_the_computers_every_filter_selects(db: &Database) {
+        small_fleet(db);
+        let names = |filter: FleetFilter| -> Vec<String> {
+            db.fleet_page(&filter, None, FLEET_PAGE)
+                .unwrap()
+                .into_iter()
+                .map(|(c, _)| c.name)
+                .collect()
+        };
+        assert_eq!(names(FleetFilter::default()).len(), 4);
+        let glob = |g: &str| FleetFilter {
+            name: Some(g.into()),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(glob("lab-*")), ["lab-01", "LAB-02"]);
+        assert_eq!(names(glob("a_b%")), ["a_b%"]);
+        assert_eq!(names(glob("a?b*")), ["a_b%"]);
+        assert!(names(glob("a_b")).is_empty());
+        let tag = FleetFilter {
+            tag: Some("lab".into()),
+            ..FleetFilter::default()
+        };
+        assert_eq!(
+            names(tag),
+            ["lab-01", "LAB-02"],
+            "a whole tag, not a prefix"
+        );
+        let os = FleetFilter {
+            os: Some("debian".into()),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(os).len(), 2);
+        let failed = FleetFilter {
+            activation: Some("default/hello".into()),
+            state: Some(State::Error),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(failed.clone()), ["lab-01", "LAB-02"]);
+        let page = db.fleet_page(&failed, Some("lab-01-x"), 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].0.device_id, "lab-02-x");
+        assert_eq!(page[0].1[0].code.as_deref(), Some("ERR_DOWNLOAD_INFO"));
+        let waiting = FleetFilter {
+            state: Some(State::Notified),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(waiting), ["a_b%"]);
+    }
+
+    fn result_codes_are_counted_per_activation_most_frequent_first(db: &Database) {
+        small_fleet(db);
+        db.record_inventory("lab-03-x", &Facts::default(), b"", 1_000)
+            .unwrap();
+        let arm = crate::store::db::Change::Arm {
+            activation: "default/hello".into(),
+            package: "default/hello".into(),
+            package_id: "1".into(),
+            token: String::new(),
+        };
+        let notify = crate::store::db::Change::Notify {
+            activation: "default/hello".into(),
+        };
+        db.apply("lab-03-x", &[arm, notify], 1_000).unwrap();
+        db.record_result(
+            "lab-03-x",
+            "1",
+            State::Error,
+            Some("EXIT_CODE_1"),
+            None,
+            1_002,
+        )
+        .unwrap();
+        let codes: Vec<(String, i64)> = db
+            .result_codes(Some("default/hello"))
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.code, c.computers))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("EXIT_CODE_1".to_owned(), 2),
+                ("ERR_DOWNLOAD_INFO".to_owned(), 1),
+                ("SUCCESS".to_owned(), 1)
+            ]
+        );
+        assert!(db.result_codes(Some("default/other")).unwrap().is_empty());
+        assert_eq!(db.result_codes(None).unwrap().len(), 3);
     }
 }

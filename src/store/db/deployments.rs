@@ -7,7 +7,9 @@ use super::computers::computer;
 use super::{Database, DbError};
 
 /// Where a computer stands with one activation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Targeted, not yet told.
@@ -48,10 +50,12 @@ impl State {
     }
 
     fn parse(text: &str) -> Self {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .unwrap_or(Self::Error)
+        Self::named(text).unwrap_or(Self::Error)
+    }
+
+    /// The state named `text` (`error`), if any.
+    pub fn named(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Whether the agent has yet to report on it.
@@ -70,7 +74,7 @@ impl std::fmt::Display for State {
 }
 
 /// One computer's state with one activation.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub device_id: String,
@@ -91,7 +95,7 @@ pub struct Deployment {
 }
 
 /// A step in a deployment's history.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub device_id: String,
@@ -536,6 +540,25 @@ pub(super) fn deployments_between(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE device_id >= $1 AND device_id <= $2"
         ),
         params![first, last],
+    )?
+    .iter()
+    .map(deployment_row)
+    .collect()
+}
+
+/// The deployments of the device ids bound to the placeholders `list` (`$1, $2`), ordered
+/// by device id and activation.
+pub(super) fn deployments_in(
+    c: &mut dyn Sql,
+    list: &str,
+    values: &[crate::store::sql::Value<'_>],
+) -> Result<Vec<Deployment>, DbError> {
+    c.query(
+        &format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE device_id IN ({list})
+             ORDER BY device_id, activation"
+        ),
+        values,
     )?
     .iter()
     .map(deployment_row)

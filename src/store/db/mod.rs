@@ -57,7 +57,7 @@ mod schema;
 mod settings;
 mod tokens;
 
-pub use computers::{CONTACT_PRECISION, Computer, FLEET_PAGE, Facts};
+pub use computers::{CONTACT_PRECISION, CodeCount, Computer, FLEET_PAGE, Facts, FleetFilter};
 pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State};
 pub use file::{Health, Lost, Opened, STATE_MARKER};
 pub use settings::{SHARED_GENERATION, SharedFile};
