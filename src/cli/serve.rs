@@ -136,8 +136,23 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
-    let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
+    let (passes, queue) = admin::pass_channel();
+    let mut runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
+    runtime.passes = Some(queue);
+    runtime.identity = identity(&args, admin_address);
+    let steering = admin::Steering {
+        db: db.clone(),
+        reports: report_rx.clone(),
+        leader: leader_view(&leadership, &db, &runtime.identity),
+        passes,
+        fetch: source.fetch.clone(),
+        wait: admin::PASS_WAIT,
+    };
     let (app, stats) = admin_app(&args, &report_rx, db, metrics, source.hooks.clone());
+    let app = app.merge(admin::host_checked(
+        admin::actions_app(steering),
+        admin::AdminHosts::new(&args.admin_hosts),
+    ));
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
         admin::serve(admin, app, budget, stats, token)
@@ -156,6 +171,8 @@ struct Source {
     snapshots: Snapshots,
     /// The git push webhook, for the admin API.
     hooks: Option<axum::Router>,
+    /// Wakes the git source to fetch now (the webhook's, and `tessera reconcile --source`).
+    fetch: Option<Arc<tokio::sync::Notify>>,
     /// In Kubernetes mode: the Secrets reconcile reads and writes, and the Lease.
     kube: Option<(Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>)>,
 }
@@ -184,6 +201,7 @@ async fn start_source(
             let config_root = first.root.clone().unwrap_or_else(|| state_dir.clone());
             let (snapshot_tx, snapshots) = watch::channel(first);
             let hooks = webhook(&args.git, &wake)?;
+            let fetch = Some(wake.clone());
             tasks.spawn(|token| async move {
                 source
                     .run(snapshot_tx, wake, token)
@@ -195,6 +213,7 @@ async fn start_source(
                 config_root,
                 snapshots: Snapshots::Read(snapshots),
                 hooks,
+                fetch,
                 kube: None,
             })
         }
@@ -224,6 +243,7 @@ async fn start_source(
                 config_root,
                 snapshots: Snapshots::Read(snapshots),
                 hooks: None,
+                fetch: None,
                 kube: None,
             })
         }
@@ -249,6 +269,7 @@ async fn start_source(
                 state_dir,
                 snapshots: Snapshots::Listed(listings),
                 hooks: None,
+                fetch: None,
                 kube: Some(kube),
             })
         }
@@ -376,6 +397,40 @@ fn start_agent_server(
         activity: activity_rx,
         metrics: metrics.clone(),
         dial_out: dial_out_tx,
+        passes: None,
+        identity: String::new(),
+    })
+}
+
+/// This server's name among replicas: the pod (or host) name and its admin address.
+fn identity(args: &ServeArgs, admin_address: SocketAddr) -> String {
+    let host = args
+        .kube
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("tessera-{}", std::process::id()));
+    format!("{host} (admin {admin_address})")
+}
+
+/// Who leads, for the admin API's actions: this server while `leadership` says so, else
+/// the identity the leader last recorded in the (shared) state database, unless that is
+/// this server's own from when it led (a database of its own, in Kubernetes on SQLite).
+fn leader_view(leadership: &Leadership, db: &Arc<Database>, me: &str) -> admin::LeaderView {
+    let (leadership, db, me) = (leadership.clone(), db.clone(), me.to_owned());
+    admin::LeaderView::new(move || {
+        if leadership.is_leader() {
+            admin::Leader::This
+        } else {
+            let recorded = db.setting(reconcile::LEADER_SETTING).ok().flatten();
+            admin::Leader::Other(recorded.filter(|name| *name != me))
+        }
     })
 }
 

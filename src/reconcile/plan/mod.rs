@@ -350,7 +350,9 @@ fn assignments(side: &Side) -> Vec<Assignment> {
             info_location: None,
             pack_location: None,
             share: 100,
-            paused: false,
+            // Suspended by spec: nothing new would be offered (an operator's override is
+            // the server's, not the configuration's).
+            paused: spec.suspend || activation.spec.suspend,
         });
     }
     found
@@ -383,7 +385,7 @@ fn deployment_changes(
             });
             // Serve settles an installed package without offering it, unless re-armed.
             let installed = computer.history.iter().any(|id| id == wanted.package_id);
-            if unchanged || (installed && !wanted.forced()) {
+            if unchanged || (installed && !wanted.forced()) || wanted.assignment.paused {
                 continue;
             }
             let slot = (

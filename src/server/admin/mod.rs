@@ -1,6 +1,7 @@
 //! The admin API: `/healthz`, `/readyz`, and the objects with their conditions and problems
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
-//! `/api/v1/computers/{id}`) and `/metrics`.
+//! `/api/v1/computers/{id}`) and `/metrics`; and the leader's steering actions (`actions`:
+//! suspend, resume, reconcile, renew).
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -14,11 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
+mod actions;
 mod host;
 mod render;
 mod report;
 mod routes;
 
+pub use actions::{
+    ActionReport, Leader, LeaderView, PASS_WAIT, PassDone, PassQueue, PassTrigger,
+    SUSPENDED_DETAIL, Steering, actions_app, pass_channel,
+};
 pub use host::{AdminHosts, host_checked};
 pub use render::{write_computer_report, write_deployment_table};
 pub use report::{

@@ -16,7 +16,8 @@
 //! (the PostgreSQL client blocks on its own runtime and must not run on an async worker).
 //!
 //! One file per part: `file` (the SQLite file's checks), `schema` (migrations),
-//! `computers`, `deployments`, `tokens` and `settings` (with the shared files).
+//! `computers`, `deployments`, `tokens`, `settings` (with the shared files) and `steering`
+//! (operators' suspensions and renewal requests).
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -53,12 +54,14 @@ mod deployments;
 mod file;
 mod schema;
 mod settings;
+mod steering;
 mod tokens;
 
 pub use computers::{CONTACT_PRECISION, Computer, FLEET_PAGE, Facts};
 pub use deployments::{Change, Deployment, Event, Filed, OpenOffer, State};
 pub use file::{Health, Lost, Opened, STATE_MARKER};
 pub use settings::{SHARED_GENERATION, SharedFile};
+pub use steering::{OperatorAction, OperatorRequest};
 pub use tokens::{TokenRecord, TokenRefusal};
 
 use file::{Watched, disk_trouble};

@@ -132,6 +132,21 @@ const MIGRATIONS: &[(i64, Step)] = &[
         8,
         Step::Both("CREATE INDEX events_by_package ON events (package_id, device_id);"),
     ),
+    // What operators asked for that outlives a request: suspensions (`tessera suspend`)
+    // and renewal requests (`tessera renew`) (see `steering`).
+    (
+        9,
+        Step::Both(
+            "CREATE TABLE operator_requests (
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        requested_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, namespace, name, action)
+    );",
+        ),
+    ),
 ];
 
 /// The version the last migration brings the schema to.
@@ -198,7 +213,7 @@ mod tests {
                 |row| row.int(0),
             )
             .unwrap();
-        assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=latest()).collect::<Vec<i64>>());
         assert_eq!(db.setting("kept").unwrap().as_deref(), Some("yes"));
     }
 
