@@ -24,6 +24,7 @@ mod running;
 mod serve;
 mod state;
 mod status;
+mod steer;
 mod token;
 mod validate;
 
@@ -95,6 +96,15 @@ enum Command {
     /// The DMZ relay, configured by a Gateway resource (passthrough or tunnel), with the
     /// certificates it presents issued and renewed from the same configuration.
     Gateway(GatewayArgs),
+    /// Stop offering an Activation's or an Affectation's package (computers already
+    /// notified may finish), without a commit; kept across restarts until `resume`.
+    Suspend(steer::SuspendArgs),
+    /// Lift `tessera suspend` (a `spec.suspend: true` in the configuration still holds).
+    Resume(steer::SuspendArgs),
+    /// Run a reconcile pass now (`--source`: fetch the git branch first), and say what it did.
+    Reconcile(steer::ReconcileArgs),
+    /// Issue a new certificate now, whatever its renewal time (cmctl renew).
+    Renew(steer::RenewArgs),
 }
 
 /// How a command prints what it found.
@@ -123,6 +133,10 @@ pub fn main() -> ExitCode {
         Command::MigrationPackage(args) => migration::run(&args),
         Command::Notify(args) => notify::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Suspend(args) => steer::suspend(&args, true),
+        Command::Resume(args) => steer::suspend(&args, false),
+        Command::Reconcile(args) => steer::reconcile(&args),
+        Command::Renew(args) => steer::renew(&args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

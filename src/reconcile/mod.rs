@@ -197,10 +197,9 @@ pub async fn run<S: Input>(
         reconciler = returned;
         let pass = pass?;
         reports.send_replace(pass.report);
-        if let (Some(queue), Some(request)) = (
-            passes.as_ref().and_then(|r| r.passes.as_ref()),
-            serving,
-        ) {
+        if let (Some(queue), Some(request)) =
+            (passes.as_ref().and_then(|r| r.passes.as_ref()), serving)
+        {
             queue.finished(request, &reports.borrow());
         }
         // Wake for the next renewal or retry if it comes before the regular requeue.

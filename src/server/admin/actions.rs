@@ -131,7 +131,11 @@ impl PassQueue {
             objects: report.objects.len(),
             ready: report.objects.iter().filter(|o| is_ready(o)).count(),
             problems: report.problems.len()
-                + report.objects.iter().map(|o| o.problems.len()).sum::<usize>(),
+                + report
+                    .objects
+                    .iter()
+                    .map(|o| o.problems.len())
+                    .sum::<usize>(),
         };
         self.done.send_replace(summary.clone());
         summary
@@ -139,9 +143,10 @@ impl PassQueue {
 }
 
 fn is_ready(object: &ObjectReport) -> bool {
-    object.conditions.iter().any(|c| {
-        c.type_ == super::ConditionType::Ready && c.status == super::ConditionStatus::True
-    })
+    object
+        .conditions
+        .iter()
+        .any(|c| c.type_ == super::ConditionType::Ready && c.status == super::ConditionStatus::True)
 }
 
 /// What the action endpoints need.
@@ -279,7 +284,9 @@ async fn suspension(
     };
     let (pass, after) = pass_and_object(&steering, kind, &namespace, &name).await;
     let message = match (suspend, changed) {
-        (true, true) => format!("{qualified} suspended: nothing new is offered until it is resumed"),
+        (true, true) => {
+            format!("{qualified} suspended: nothing new is offered until it is resumed")
+        }
         (true, false) => format!("{qualified} was already suspended by an operator"),
         (false, _) if spec_holds(&after) => format!(
             "{qualified}: spec.suspend is true in the configuration; it stays suspended until that changes"
@@ -310,10 +317,16 @@ async fn reconcile(State(steering): State<Steering>, body: axum::body::Bytes) ->
             fetch.notify_one();
             "a git fetch was started (a new commit starts a pass of its own); "
         }
-        (None, true) => "this source has nothing to fetch (a directory is watched, the cluster's objects too); ",
+        (None, true) => {
+            "this source has nothing to fetch (a directory is watched, the cluster's objects too); "
+        }
         (_, false) => "",
     };
-    tracing::info!(action = "reconcile", source = request.source, "operator action");
+    tracing::info!(
+        action = "reconcile",
+        source = request.source,
+        "operator action"
+    );
     let pass = steering.passes.pass(steering.wait).await;
     let message = match &pass {
         Some(done) => format!(
@@ -587,8 +600,7 @@ mod tests {
             let (status, body) = post(app.clone(), uri, "{}").await;
             assert_eq!(status, StatusCode::CONFLICT, "{uri}");
             assert_eq!(
-                body["error"],
-                "this replica is not the leader; the leader is tessera-0",
+                body["error"], "this replica is not the leader; the leader is tessera-0",
                 "{uri}"
             );
         }
@@ -620,7 +632,10 @@ mod tests {
         );
         let (status, body) = post(app.clone(), "/api/v1/objects/Activation/hello/resume", "").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body["message"].as_str().unwrap().contains("resumed"), "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("resumed"),
+            "{body}"
+        );
         assert!(db.requests(OperatorAction::Suspend).unwrap().is_empty());
         // Only Activations and Affectations; unknown objects are named.
         let (status, _) = post(app.clone(), "/api/v1/objects/Package/hello/suspend", "").await;

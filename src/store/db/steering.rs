@@ -115,26 +115,43 @@ mod tests {
 
     fn a_suspension_is_kept_until_withdrawn(db: &Database) {
         let suspend = OperatorAction::Suspend;
-        assert!(db.request(suspend, "Activation", "default", "hello", 10).unwrap());
         assert!(
-            !db.request(suspend, "Activation", "default", "hello", 20).unwrap(),
+            db.request(suspend, "Activation", "default", "hello", 10)
+                .unwrap()
+        );
+        assert!(
+            !db.request(suspend, "Activation", "default", "hello", 20)
+                .unwrap(),
             "already suspended"
         );
         let found = db.requests(suspend).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].requested_at, 10, "the first time is kept");
         assert!(db.requests(OperatorAction::Renew).unwrap().is_empty());
-        assert!(db.withdraw(suspend, "Activation", "default", "hello", i64::MAX).unwrap());
-        assert!(!db.withdraw(suspend, "Activation", "default", "hello", i64::MAX).unwrap());
+        assert!(
+            db.withdraw(suspend, "Activation", "default", "hello", i64::MAX)
+                .unwrap()
+        );
+        assert!(
+            !db.withdraw(suspend, "Activation", "default", "hello", i64::MAX)
+                .unwrap()
+        );
         assert!(db.requests(suspend).unwrap().is_empty());
     }
 
     fn a_renewal_requested_during_a_pass_stays_standing(db: &Database) {
         let renew = OperatorAction::Renew;
-        db.request(renew, "Certificate", "default", "server", 50).unwrap();
+        db.request(renew, "Certificate", "default", "server", 50)
+            .unwrap();
         // The pass honoured a request made at 40 or before: not this one.
-        assert!(!db.withdraw(renew, "Certificate", "default", "server", 40).unwrap());
+        assert!(
+            !db.withdraw(renew, "Certificate", "default", "server", 40)
+                .unwrap()
+        );
         assert_eq!(db.requests(renew).unwrap().len(), 1);
-        assert!(db.withdraw(renew, "Certificate", "default", "server", 50).unwrap());
+        assert!(
+            db.withdraw(renew, "Certificate", "default", "server", 50)
+                .unwrap()
+        );
     }
 }
