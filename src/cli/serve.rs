@@ -143,7 +143,12 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let steering = admin::Steering {
         db: db.clone(),
         reports: report_rx.clone(),
-        leader: leader_view(&leadership, &db, &runtime.identity),
+        leader: leader_view(
+            &leadership,
+            &db,
+            &runtime.identity,
+            source.lease_holder.clone(),
+        ),
         passes,
         fetch: source.fetch.clone(),
         wait: admin::PASS_WAIT,
@@ -173,6 +178,8 @@ struct Source {
     hooks: Option<axum::Router>,
     /// Wakes the git source to fetch now (the webhook's, and `tessera reconcile --source`).
     fetch: Option<Arc<tokio::sync::Notify>>,
+    /// In Kubernetes mode: who holds the Lease (the leader's pod name).
+    lease_holder: Option<watch::Receiver<Option<String>>>,
     /// In Kubernetes mode: the Secrets reconcile reads and writes, and the Lease.
     kube: Option<(Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>)>,
 }
@@ -215,6 +222,7 @@ async fn start_source(
                 hooks,
                 fetch,
                 kube: None,
+                lease_holder: None,
             })
         }
         (None, Some(config), _) => {
@@ -245,6 +253,7 @@ async fn start_source(
                 hooks: None,
                 fetch: None,
                 kube: None,
+                lease_holder: None,
             })
         }
         (None, None, Some(client)) => {
@@ -261,7 +270,8 @@ async fn start_source(
             );
             // `None` until every kind has been listed: reconcile makes no pass before.
             let (listing_tx, listings) = watch::channel(None);
-            let kube = start_kube(&args.kube, client, listing_tx, reports.clone(), tasks);
+            let (secrets, leader, holder) =
+                start_kube(&args.kube, client, listing_tx, reports.clone(), tasks);
             // Relative file names (package content directories) resolve below the state
             // directory: in Kubernetes there is no configuration directory.
             Ok(Source {
@@ -270,7 +280,8 @@ async fn start_source(
                 snapshots: Snapshots::Listed(listings),
                 hooks: None,
                 fetch: None,
-                kube: Some(kube),
+                kube: Some((secrets, leader)),
+                lease_holder: Some(holder),
             })
         }
         (None, None, None) => bail!("give --config DIR, --git URL or --kube"),
@@ -420,17 +431,29 @@ fn identity(args: &ServeArgs, admin_address: SocketAddr) -> String {
 }
 
 /// Who leads, for the admin API's actions: this server while `leadership` says so, else
-/// the identity the leader last recorded in the (shared) state database, unless that is
-/// this server's own from when it led (a database of its own, in Kubernetes on SQLite).
-fn leader_view(leadership: &Leadership, db: &Arc<Database>, me: &str) -> admin::LeaderView {
+/// the Lease's holder in Kubernetes, else the identity the leader last recorded in the
+/// (shared) state database, unless that is this server's own from when it led.
+fn leader_view(
+    leadership: &Leadership,
+    db: &Arc<Database>,
+    me: &str,
+    lease_holder: Option<watch::Receiver<Option<String>>>,
+) -> admin::LeaderView {
     let (leadership, db, me) = (leadership.clone(), db.clone(), me.to_owned());
     admin::LeaderView::new(move || {
         if leadership.is_leader() {
-            admin::Leader::This
-        } else {
-            let recorded = db.setting(reconcile::LEADER_SETTING).ok().flatten();
-            admin::Leader::Other(recorded.filter(|name| *name != me))
+            return admin::Leader::This;
         }
+        let holder = lease_holder
+            .as_ref()
+            .and_then(|holder| holder.borrow().clone());
+        let recorded = || {
+            db.setting(reconcile::LEADER_SETTING)
+                .ok()
+                .flatten()
+                .filter(|name| *name != me)
+        };
+        admin::Leader::Other(holder.or_else(recorded))
     })
 }
 
