@@ -153,11 +153,14 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         fetch: source.fetch.clone(),
         wait: admin::PASS_WAIT,
     };
-    let (app, stats) = admin_app(&args, &report_rx, db, metrics, source.hooks.clone());
-    let app = app.merge(admin::host_checked(
-        admin::actions_app(steering),
-        admin::AdminHosts::new(&args.admin_hosts),
-    ));
+    let (app, stats) = admin_app(
+        &args,
+        &report_rx,
+        db,
+        metrics,
+        source.hooks.clone(),
+        steering,
+    );
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
         admin::serve(admin, app, budget, stats, token)
@@ -491,18 +494,21 @@ fn start_reconcile(
     });
 }
 
-/// The admin API (objects, deployments, metrics, and the git webhook if any), answering
-/// only to the host names it knows; and the connection statistics of its listener.
+/// The admin API (objects, deployments, metrics, the steering actions, and the git webhook
+/// if any), answering only to the host names it knows; and the connection statistics of
+/// its listener.
 fn admin_app(
     args: &ServeArgs,
     reports: &watch::Receiver<Report>,
     db: Arc<Database>,
     metrics: Arc<Metrics>,
     hooks: Option<axum::Router>,
+    steering: admin::Steering,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
     let mut app = admin::app_with_database(reports.clone(), db.clone())
-        .merge(admin::deployments_app(admin::Deployments { db, metrics }));
+        .merge(admin::deployments_app(admin::Deployments { db, metrics }))
+        .merge(admin::actions_app(steering));
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
