@@ -54,7 +54,8 @@ pub struct Wanted {
     pub lifetime: jiff::SignedDuration,
     pub renew: RenewBefore,
     /// When an operator asked for a new certificate (`tessera renew`), if one did: a
-    /// certificate issued before then is renewed, one issued since has answered it.
+    /// certificate issued before then (or in that second) is renewed, one issued later
+    /// has answered it.
     pub requested: Option<jiff::Timestamp>,
 }
 
@@ -175,10 +176,13 @@ fn reason(
         &|| spec_changed(facts, wanted, issuer).map(Reason::SpecChanged),
         &|| (!facts.issued_by(issuer)).then_some(Reason::IssuerChanged),
         // Not held back by MIN_INTERVAL (an operator asked now), but by the issuance cap.
+        // A request of the very second the certificate was issued counts (certificate
+        // times have whole seconds): the pass that answers a request withdraws it, so it
+        // fires once.
         &|| {
             wanted
                 .requested
-                .is_some_and(|at| at > issued_at(facts))
+                .is_some_and(|at| at >= issued_at(facts))
                 .then_some(Reason::Requested)
         },
     ];
@@ -345,10 +349,20 @@ mod tests {
             Reason::Requested.to_string(),
             "renewal requested by an operator"
         );
-        // The certificate issued for it answers it.
-        let renewed = issue(&ca, &requested, later);
+        // Asked in the very second of the issuance: still a request.
+        let same_second = Wanted {
+            requested: Some(now),
+            ..wanted()
+        };
+        assert_eq!(
+            decide(&existing, &same_second, ca.facts(), &[now], later),
+            Decision::Issue(Reason::Requested)
+        );
+        // A certificate issued after it answers it.
+        let after = later + jiff::SignedDuration::from_secs(1);
+        let renewed = issue(&ca, &requested, after);
         assert!(matches!(
-            decide(&renewed, &requested, ca.facts(), &[now, later], later),
+            decide(&renewed, &requested, ca.facts(), &[now, after], after),
             Decision::Keep { .. }
         ));
         // A request made before the certificate was issued is no reason.
