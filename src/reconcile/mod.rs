@@ -16,6 +16,7 @@ pub mod replicate;
 pub mod routes;
 pub mod secrets;
 pub mod status;
+mod steer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,10 +36,7 @@ use crate::reconcile::outcome::{ConditionStatus, ConditionType, Outcome, Reason,
 use crate::resources::{API_VERSION, Kind, ObjectKey, Problem, Resource, Snapshot};
 use crate::server::admin::{ConditionReport, ObjectReport, ProblemReport, Report, SourceRef};
 pub use health::{Condition, conditions, kstatus};
-
-/// The setting naming the server that leads (its identity), written by the leader each
-/// pass it leads; followers name it when they refuse an operator's action.
-pub const LEADER_SETTING: &str = "leaderIdentity";
+pub use steer::LEADER_SETTING;
 
 /// Passes run at least this often even when nothing changed (level-triggered: anything that
 /// drifted outside Tessera is put back).
@@ -162,16 +160,10 @@ pub async fn run<S: Input>(
         .as_ref()
         .filter(|_| config.shared_database)
         .map(|r| r.db.clone());
-    // Operators' requests for a pass (`tessera reconcile`, and after suspend, resume, renew).
-    let passes = config.runtime.clone().filter(|r| r.passes.is_some());
-    let mut requested = passes
-        .as_ref()
-        .and_then(|r| r.passes.as_ref())
-        .map(|p| p.requested.clone());
+    let mut requests = steer::Requests::new(&config);
     let mut reconciler = Reconciler::new(config);
     loop {
-        // The requests this pass answers: every one made before it starts.
-        let serving = requested.as_mut().map(|r| *r.borrow_and_update());
+        let serving = requests.serving();
         let snapshot = snapshots.borrow_and_update().snapshot().cloned();
         let Some(snapshot) = snapshot else {
             tokio::select! {
@@ -197,11 +189,7 @@ pub async fn run<S: Input>(
         reconciler = returned;
         let pass = pass?;
         reports.send_replace(pass.report);
-        if let (Some(queue), Some(request)) =
-            (passes.as_ref().and_then(|r| r.passes.as_ref()), serving)
-        {
-            queue.finished(request, &reports.borrow());
-        }
+        requests.answer(serving, &reports.borrow());
         // Wake for the next renewal or retry if it comes before the regular requeue.
         let sleep = pass
             .wake
@@ -213,7 +201,7 @@ pub async fn run<S: Input>(
             changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
             () = tokio::time::sleep(sleep) => {}
             Some(()) = changed(&mut bound) => {}
-            Some(()) = changed(&mut requested) => {}
+            Some(()) = requests.asked() => {}
             () = leadership_changed(&mut leadership) => {}
             () = news(shared_db.as_ref(), &reconciler, generation) => {}
             Some(()) = changed(&mut activity) => {
@@ -367,9 +355,7 @@ impl Reconciler {
             take_shared_files(db, &self.config.state_dir, dirs);
         }
         self.led = leading;
-        if leading {
-            self.steer_before(&desired);
-        }
+        self.steer_before(&desired, leading);
         let (mut outcomes, certificates_wake) = if leading {
             self.certificates.reconcile(&desired, now)
         } else {
@@ -432,59 +418,6 @@ impl Reconciler {
         self.log_pass(&desired, &changes, &report);
         self.previous = Some(desired);
         Ok(Pass { report, wake })
-    }
-
-    /// What operators asked for that this pass acts on, read from the state database: the
-    /// renewals requested (`tessera renew`); and this server recorded as the leader, so
-    /// followers can name it when they refuse to steer.
-    fn steer_before(&mut self, desired: &DesiredState) {
-        let Some(runtime) = self.config.runtime.clone() else {
-            return;
-        };
-        let db = &runtime.db;
-        if db.setting(LEADER_SETTING).ok().flatten().as_deref() != Some(&runtime.identity)
-            && let Err(error) = db.set_setting(LEADER_SETTING, &runtime.identity)
-        {
-            tracing::warn!(error = %crate::error_chain(&error), "failed to record this server as the leader");
-        }
-        match db.requests(crate::store::db::OperatorAction::Renew) {
-            Ok(requests) => {
-                let requests = requests
-                    .into_iter()
-                    .filter(|r| r.kind == Kind::Certificate.as_str())
-                    .map(|r| {
-                        let key = ObjectKey::new(Kind::Certificate, &r.namespace, &r.name);
-                        (key, r.requested_at)
-                    })
-                    .filter(|(key, _)| desired.entries.contains_key(key))
-                    .collect();
-                self.certificates.set_renewal_requests(requests);
-            }
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "failed to read the renewals operators requested");
-            }
-        }
-    }
-
-    /// Withdraws the renewal requests this pass answered (a request made since stays).
-    fn steer_after(&mut self) {
-        let honoured = self.certificates.take_renewals_honoured();
-        self.certificates.set_renewal_requests(HashMap::new());
-        let Some(runtime) = &self.config.runtime else {
-            return;
-        };
-        for (key, at) in honoured {
-            let done = runtime.db.withdraw(
-                crate::store::db::OperatorAction::Renew,
-                key.kind.as_str(),
-                &key.namespace,
-                &key.name,
-                at,
-            );
-            if let Err(error) = done {
-                tracing::warn!(certificate = %key, error = %crate::error_chain(&error), "failed to withdraw an answered renewal request");
-            }
-        }
     }
 
     /// On the first pass, publishes what is already built before building anything.
