@@ -137,7 +137,8 @@ impl Api {
     }
 
     /// The address asked, for messages.
-    pub(super) fn base(&self) -> &str {
+    #[cfg(test)]
+    fn base(&self) -> &str {
         &self.base
     }
 

@@ -247,10 +247,11 @@ mod tests {
     /// import `Reason`.
     #[test]
     fn every_reason_the_journal_writes_is_a_typed_reason() {
-        use crate::store::db::journal::{HISTORY_REASONS, REFUSED};
+        use crate::store::db::journal::{HISTORY_REASONS, OPERATOR_REASONS, REFUSED};
         let typed = |text: &str| Reason::ALL.iter().any(|r| r.as_str() == text);
         let derived = ["Issued", "Renewed", "Built", "Rollover"];
-        for reason in derived.iter().chain(&HISTORY_REASONS).chain(&[REFUSED]) {
+        let written = HISTORY_REASONS.iter().chain(&OPERATOR_REASONS);
+        for reason in derived.iter().chain(written).chain(&[REFUSED]) {
             assert!(typed(reason), "{reason}");
         }
         let statuses = [

@@ -47,15 +47,19 @@ pub(super) async fn connect() -> Result<kube::Client> {
 }
 
 /// Starts what `--kube` adds: the watch of the custom resources, leader election, and the
-/// status writer (only while leading). Returns the Secrets reconcile reads and writes, and
-/// whether this replica leads.
+/// status writer (only while leading). Returns the Secrets reconcile reads and writes,
+/// whether this replica leads, and who holds the Lease.
 pub(super) fn start_kube(
     args: &KubeArgs,
     client: kube::Client,
     listings: watch::Sender<Option<Listing>>,
     reports: watch::Receiver<Report>,
     tasks: &mut Tasks,
-) -> (Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>) {
+) -> (
+    Arc<dyn reconcile::secrets::Secrets>,
+    watch::Receiver<bool>,
+    watch::Receiver<Option<String>>,
+) {
     let identity = args
         .pod_name
         .clone()
@@ -87,7 +91,9 @@ pub(super) fn start_kube(
         source.run(listings, token).await;
         Ok(())
     });
-    let lock = lease::LeaseLock::new(client.clone(), &lease_namespace, lease_name, &identity);
+    let (holder_tx, holder) = watch::channel(None);
+    let lock = lease::LeaseLock::new(client.clone(), &lease_namespace, lease_name, &identity)
+        .reporting_holder(holder_tx);
     tasks.spawn(|token| async move {
         lease::run(lock, leader_tx, token).await;
         Ok(())
@@ -109,7 +115,7 @@ pub(super) fn start_kube(
         Ok(())
     });
 
-    (secrets, leader_rx)
+    (secrets, leader_rx, holder)
 }
 
 /// What makes the source publish its snapshot again (so reconcile makes a pass): this

@@ -9,8 +9,6 @@
 //! Secrets and status writing in `sources::kube`.
 
 mod admin;
-// Until every command that reads a server through it has landed (issue 17).
-#[allow(dead_code)]
 mod api;
 mod completion;
 mod computers;
@@ -31,6 +29,7 @@ mod running;
 mod serve;
 mod state;
 mod status;
+mod steer;
 mod token;
 mod validate;
 
@@ -134,6 +133,15 @@ enum Command {
     Completion(CompletionArgs),
     /// Man pages for tessera and each of its commands, written into a directory.
     Man(ManArgs),
+    /// Stop offering an Activation's or an Affectation's package (computers already
+    /// notified may finish), without a commit; kept across restarts until `resume`.
+    Suspend(steer::SuspendArgs),
+    /// Lift `tessera suspend` (a `spec.suspend: true` in the configuration still holds).
+    Resume(steer::SuspendArgs),
+    /// Run a reconcile pass now (`--source`: fetch the git branch first), and say what it did.
+    Reconcile(steer::ReconcileArgs),
+    /// Issue a new certificate now, whatever its renewal time (cmctl renew).
+    Renew(steer::RenewArgs),
 }
 
 /// How a command prints what it found.
@@ -168,6 +176,10 @@ pub fn main() -> ExitCode {
         Command::Computers(args) => computers::run(&args),
         Command::Completion(args) => completion::completion(&args),
         Command::Man(args) => completion::man(&args),
+        Command::Suspend(args) => steer::suspend(&args, true),
+        Command::Resume(args) => steer::suspend(&args, false),
+        Command::Reconcile(args) => steer::reconcile(&args),
+        Command::Renew(args) => steer::renew(&args),
     };
     result.unwrap_or_else(|error| {
         if closed_pipe(&error) {

@@ -134,8 +134,32 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     );
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
-    let runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
-    let (app, stats) = admin_app(&args, &report_rx, db, &metrics, source.hooks.clone());
+    let (passes, queue) = admin::pass_channel();
+    let mut runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
+    runtime.passes = Some(queue);
+    runtime.identity = identity(&args, admin_address);
+    let steering = admin::Steering {
+        db: db.clone(),
+        reports: report_rx.clone(),
+        leader: leader_view(
+            &leadership,
+            &db,
+            &runtime.identity,
+            source.lease_holder.clone(),
+        ),
+        passes,
+        fetch: source.fetch.clone(),
+        wait: admin::PASS_WAIT,
+        replica: runtime.identity.clone(),
+    };
+    let (app, stats) = admin_app(
+        &args,
+        &report_rx,
+        db,
+        &metrics,
+        source.hooks.clone(),
+        steering,
+    );
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
         admin::serve(admin, app, budget, stats, token)
@@ -154,6 +178,10 @@ struct Source {
     snapshots: Snapshots,
     /// The git push webhook, for the admin API.
     hooks: Option<axum::Router>,
+    /// Wakes the git source to fetch now (the webhook's, and `tessera reconcile --source`).
+    fetch: Option<Arc<tokio::sync::Notify>>,
+    /// In Kubernetes mode: who holds the Lease (the leader's pod name).
+    lease_holder: Option<watch::Receiver<Option<String>>>,
     /// In Kubernetes mode: the Secrets reconcile reads and writes, and the Lease.
     kube: Option<(Arc<dyn reconcile::secrets::Secrets>, watch::Receiver<bool>)>,
 }
@@ -182,6 +210,7 @@ async fn start_source(
             let config_root = first.root.clone().unwrap_or_else(|| state_dir.clone());
             let (snapshot_tx, snapshots) = watch::channel(first);
             let hooks = webhook(&args.git, &wake)?;
+            let fetch = Some(wake.clone());
             tasks.spawn(|token| async move {
                 source
                     .run(snapshot_tx, wake, token)
@@ -193,7 +222,9 @@ async fn start_source(
                 config_root,
                 snapshots: Snapshots::Read(snapshots),
                 hooks,
+                fetch,
                 kube: None,
+                lease_holder: None,
             })
         }
         (None, Some(config), _) => {
@@ -222,7 +253,9 @@ async fn start_source(
                 config_root,
                 snapshots: Snapshots::Read(snapshots),
                 hooks: None,
+                fetch: None,
                 kube: None,
+                lease_holder: None,
             })
         }
         (None, None, Some(client)) => {
@@ -239,7 +272,8 @@ async fn start_source(
             );
             // `None` until every kind has been listed: reconcile makes no pass before.
             let (listing_tx, listings) = watch::channel(None);
-            let kube = start_kube(&args.kube, client, listing_tx, reports.clone(), tasks);
+            let (secrets, leader, holder) =
+                start_kube(&args.kube, client, listing_tx, reports.clone(), tasks);
             // Relative file names (package content directories) resolve below the state
             // directory: in Kubernetes there is no configuration directory.
             Ok(Source {
@@ -247,7 +281,9 @@ async fn start_source(
                 state_dir,
                 snapshots: Snapshots::Listed(listings),
                 hooks: None,
-                kube: Some(kube),
+                fetch: None,
+                kube: Some((secrets, leader)),
+                lease_holder: Some(holder),
             })
         }
         (None, None, None) => bail!("give --config DIR, --git URL or --kube"),
@@ -374,6 +410,52 @@ fn start_agent_server(
         activity: activity_rx,
         metrics: metrics.clone(),
         dial_out: dial_out_tx,
+        passes: None,
+        identity: String::new(),
+    })
+}
+
+/// This server's name among replicas: the pod (or host) name and its admin address.
+fn identity(args: &ServeArgs, admin_address: SocketAddr) -> String {
+    let host = args
+        .kube
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("tessera-{}", std::process::id()));
+    format!("{host} (admin {admin_address})")
+}
+
+/// Who leads, for the admin API's actions: this server while `leadership` says so, else
+/// the Lease's holder in Kubernetes, else the identity the leader last recorded in the
+/// (shared) state database, unless that is this server's own from when it led.
+fn leader_view(
+    leadership: &Leadership,
+    db: &Arc<Database>,
+    me: &str,
+    lease_holder: Option<watch::Receiver<Option<String>>>,
+) -> admin::LeaderView {
+    let (leadership, db, me) = (leadership.clone(), db.clone(), me.to_owned());
+    admin::LeaderView::new(move || {
+        if leadership.is_leader() {
+            return admin::Leader::This;
+        }
+        let holder = lease_holder
+            .as_ref()
+            .and_then(|holder| holder.borrow().clone());
+        let recorded = || {
+            db.setting(reconcile::LEADER_SETTING)
+                .ok()
+                .flatten()
+                .filter(|name| *name != me)
+        };
+        admin::Leader::Other(holder.or_else(recorded))
     })
 }
 
@@ -411,14 +493,16 @@ fn start_reconcile(
     });
 }
 
-/// The admin API (objects, deployments, metrics, and the git webhook if any), answering
-/// only to the host names it knows; and the connection statistics of its listener.
+/// The admin API (objects, deployments, metrics, the steering actions, and the git webhook
+/// if any), answering only to the host names it knows; and the connection statistics of
+/// its listener.
 fn admin_app(
     args: &ServeArgs,
     reports: &watch::Receiver<Report>,
     db: Arc<Database>,
     metrics: &Arc<Metrics>,
     hooks: Option<axum::Router>,
+    steering: admin::Steering,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
     let mut app = admin::app_with_database(reports.clone(), db.clone())
@@ -427,7 +511,8 @@ fn admin_app(
             db,
             metrics: metrics.clone(),
             reports: reports.clone(),
-        }));
+        }))
+        .merge(admin::actions_app(steering));
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }

@@ -53,6 +53,10 @@ pub struct Wanted {
     pub key_type: KeyType,
     pub lifetime: jiff::SignedDuration,
     pub renew: RenewBefore,
+    /// When an operator asked for a new certificate (`tessera renew`), if one did: a
+    /// certificate issued before then (or in that second) is renewed, one issued later
+    /// has answered it.
+    pub requested: Option<jiff::Timestamp>,
 }
 
 /// When to renew, before the end of the validity.
@@ -77,6 +81,7 @@ pub enum Reason {
     IssuerChanged,
     Expired,
     Renewal,
+    Requested,
 }
 
 impl Reason {
@@ -91,6 +96,7 @@ impl Reason {
             Self::IssuerChanged => "IssuerChanged",
             Self::Expired => "Expired",
             Self::Renewal => "Renewing",
+            Self::Requested => "ManuallyTriggered",
         }
     }
 }
@@ -108,6 +114,7 @@ impl fmt::Display for Reason {
             }
             Self::Expired => f.write_str("the certificate has expired"),
             Self::Renewal => f.write_str("the certificate is due for renewal"),
+            Self::Requested => f.write_str("renewal requested by an operator"),
         }
     }
 }
@@ -163,11 +170,21 @@ fn reason(
             revoked,
         } => (facts.as_ref(), *key_matches, *revoked),
     };
-    let checks: [&dyn Fn() -> Option<Reason>; 4] = [
+    let checks: [&dyn Fn() -> Option<Reason>; 5] = [
         &|| (!key_matches).then_some(Reason::KeyMismatch),
         &|| revoked.then_some(Reason::Revoked),
         &|| spec_changed(facts, wanted, issuer).map(Reason::SpecChanged),
         &|| (!facts.issued_by(issuer)).then_some(Reason::IssuerChanged),
+        // Not held back by MIN_INTERVAL (an operator asked now), but by the issuance cap.
+        // A request of the very second the certificate was issued counts (certificate
+        // times have whole seconds): the pass that answers a request withdraws it, so it
+        // fires once.
+        &|| {
+            wanted
+                .requested
+                .is_some_and(|at| at >= issued_at(facts))
+                .then_some(Reason::Requested)
+        },
     ];
     if let Some(reason) = checks.iter().find_map(|check| check()) {
         return Ok(reason);
@@ -309,7 +326,62 @@ mod tests {
             key_type: KeyType::EcdsaP256,
             lifetime: jiff::SignedDuration::from_hours(90 * 24),
             renew: RenewBefore::Default,
+            requested: None,
         }
+    }
+
+    #[test]
+    fn a_renewal_requested_after_issuance_fires_once_and_within_the_cap() {
+        let now = at("2026-01-01T00:00:00Z");
+        let ca = ca(now);
+        let existing = issue(&ca, &wanted(), now);
+        let later = now + jiff::SignedDuration::from_mins(1);
+        let requested = Wanted {
+            requested: Some(later),
+            ..wanted()
+        };
+        // Within MIN_INTERVAL of the issuance: an operator's request still fires.
+        assert_eq!(
+            decide(&existing, &requested, ca.facts(), &[now], later),
+            Decision::Issue(Reason::Requested)
+        );
+        assert_eq!(
+            Reason::Requested.to_string(),
+            "renewal requested by an operator"
+        );
+        // Asked in the very second of the issuance: still a request.
+        let same_second = Wanted {
+            requested: Some(now),
+            ..wanted()
+        };
+        assert_eq!(
+            decide(&existing, &same_second, ca.facts(), &[now], later),
+            Decision::Issue(Reason::Requested)
+        );
+        // A certificate issued after it answers it.
+        let after = later + jiff::SignedDuration::from_secs(1);
+        let renewed = issue(&ca, &requested, after);
+        assert!(matches!(
+            decide(&renewed, &requested, ca.facts(), &[now, after], after),
+            Decision::Keep { .. }
+        ));
+        // A request made before the certificate was issued is no reason.
+        let before = Wanted {
+            requested: Some(now - jiff::SignedDuration::from_mins(1)),
+            ..wanted()
+        };
+        assert!(matches!(
+            decide(&existing, &before, ca.facts(), &[now], later),
+            Decision::Keep { .. }
+        ));
+        // The issuance cap holds requests too: no loop by asking.
+        assert!(matches!(
+            decide(&existing, &requested, ca.facts(), &[now, now], later),
+            Decision::Hold {
+                reason: Reason::Requested,
+                ..
+            }
+        ));
     }
 
     fn issue(ca: &Authority, wanted: &Wanted, now: jiff::Timestamp) -> Existing {

@@ -14,7 +14,7 @@ use crate::desired::{DesiredState, Entry, Served};
 use crate::reconcile::outcome::{self, Class, ConditionStatus, ConditionType, Outcome, Reason};
 use crate::resources::affectation::{DeploymentCounts, RolloutStatus};
 use crate::resources::server::ServerSpec;
-use crate::resources::{AffectationStatus, Kind, ObjectKey, Problem, Resource};
+use crate::resources::{AffectationStatus, Kind, ObjectKey, Problem, Resource, SuspendedBy};
 use crate::server::deployments::Counts;
 
 /// A condition before its transition time is known.
@@ -290,6 +290,8 @@ pub struct RolloutFacts<'a> {
     pub error_codes: Vec<(String, i64)>,
     /// A staged rollout's progress, when there is one.
     pub rollout: Option<RolloutStatus>,
+    /// What suspends it (or its Activation), if anything.
+    pub suspended: Option<SuspendedBy>,
 }
 
 /// How many error codes the message of a failed rollout names.
@@ -347,6 +349,7 @@ pub fn affectation_outcome(facts: &RolloutFacts<'_>) -> Outcome {
             error: c.error,
         }),
         rollout: facts.rollout.clone(),
+        suspended: facts.suspended,
         ..AffectationStatus::default()
     });
     let stage_left = facts
@@ -354,6 +357,14 @@ pub fn affectation_outcome(facts: &RolloutFacts<'_>) -> Outcome {
         .as_ref()
         .is_some_and(|r| r.percent < 100 && !r.paused);
     let outcome = match &facts.rollout {
+        // Before anything else: whatever the counts, nothing new is offered.
+        _ if facts.suspended.is_some() => Outcome::not_ready(
+            Reason::Suspended,
+            format!(
+                "{}; nothing new is offered, results are still recorded; {counts}",
+                suspended_message(facts.suspended)
+            ),
+        ),
         Some(rollout) if rollout.paused => Outcome::not_ready(
             Reason::RolloutPaused,
             format!(
@@ -384,6 +395,15 @@ pub fn affectation_outcome(facts: &RolloutFacts<'_>) -> Outcome {
         _ => Outcome::ready(Reason::Deployed, format!("all settled; {counts}")),
     };
     outcome.with_details(details)
+}
+
+/// What holds an object suspended, in words (`None`: nothing).
+pub fn suspended_message(by: Option<SuspendedBy>) -> &'static str {
+    match by {
+        Some(SuspendedBy::Spec) => "suspended by spec.suspend (a commit lifts it)",
+        Some(SuspendedBy::Operator) => "suspended by an operator (`tessera resume` lifts it)",
+        None => "not suspended",
+    }
 }
 
 /// The outcome of an object waiting for `needed`, whose own outcome is `found`: `Pending`
@@ -570,6 +590,7 @@ mod tests {
             counts,
             error_codes: Vec::new(),
             rollout: None,
+            suspended: None,
         }
     }
 
@@ -591,6 +612,29 @@ mod tests {
     }
 
     use ConditionStatus::{False, True};
+
+    #[test]
+    fn a_suspended_affectation_is_never_ready_nor_reconciling_and_says_who_holds_it() {
+        // Settled or in flight alike: a held rollout is not a finished one.
+        for c in [counts(0, 0, 3, 0), counts(2, 1, 0, 0)] {
+            for by in [SuspendedBy::Spec, SuspendedBy::Operator] {
+                let outcome = affectation_outcome(&RolloutFacts {
+                    suspended: Some(by),
+                    ..facts(c)
+                });
+                assert_eq!(outcome.reason, Reason::Suspended, "{c:?}");
+                assert_eq!(read(&outcome), (False, False, True), "{c:?} {by:?}");
+                assert_eq!(outcome.details["suspended"], by.as_str());
+                assert!(
+                    outcome.message.starts_with(suspended_message(Some(by))),
+                    "{}",
+                    outcome.message
+                );
+            }
+        }
+        let outcome = affectation_outcome(&facts(counts(0, 0, 3, 0)));
+        assert!(!outcome.details.contains_key("suspended"));
+    }
 
     #[test]
     fn an_affectation_is_reconciling_while_any_target_is_in_flight() {

@@ -16,6 +16,7 @@ pub mod replicate;
 pub mod routes;
 pub mod secrets;
 pub mod status;
+mod steer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use crate::server::admin::{
     ConditionReport, ObjectReport, ProblemReport, RelatedReport, Relation, Report, SourceRef,
 };
 pub use health::{Condition, conditions, kstatus};
+pub use steer::LEADER_SETTING;
 
 /// Passes run at least this often even when nothing changed (level-triggered: anything that
 /// drifted outside Tessera is put back).
@@ -161,8 +163,10 @@ pub async fn run<S: Input>(
         .filter(|_| config.shared_database)
         .map(|r| r.db.clone());
     let metrics = config.runtime.as_ref().map(|r| r.metrics.clone());
+    let mut requests = steer::Requests::new(&config);
     let mut reconciler = Reconciler::new(config);
     loop {
+        let serving = requests.serving();
         let snapshot = snapshots.borrow_and_update().snapshot().cloned();
         let Some(snapshot) = snapshot else {
             tokio::select! {
@@ -193,6 +197,7 @@ pub async fn run<S: Input>(
         }
         let pass = pass?;
         reports.send_replace(pass.report);
+        requests.answer(serving, &reports.borrow());
         // Wake for the next renewal or retry if it comes before the regular requeue.
         let sleep = pass
             .wake
@@ -204,6 +209,7 @@ pub async fn run<S: Input>(
             changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
             () = tokio::time::sleep(sleep) => {}
             Some(()) = changed(&mut bound) => {}
+            Some(()) = requests.asked() => {}
             () = leadership_changed(&mut leadership) => {}
             () = news(shared_db.as_ref(), &reconciler, generation) => {}
             Some(()) = changed(&mut activity) => {
@@ -357,11 +363,13 @@ impl Reconciler {
             take_shared_files(db, &self.config.state_dir, dirs);
         }
         self.led = leading;
+        self.steer_before(&desired, leading);
         let (mut outcomes, certificates_wake) = if leading {
             self.certificates.reconcile(&desired, now)
         } else {
             (self.certificates.follow(&desired), None)
         };
+        self.steer_after();
         if self.previous.is_none() {
             self.serve_already_built(&desired, &leadership, now);
         }

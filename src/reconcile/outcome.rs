@@ -147,6 +147,12 @@ reasons! {
     /// A staged rollout stopped offering the package: `maxErrors` was reached.
     RolloutPaused => Failed,
 
+    // Activation and Affectation.
+    /// Suspended (`spec.suspend`, or `tessera suspend`): nothing new is offered until it
+    /// is resumed; computers already notified may finish. Not Ready, and Stalled, so that
+    /// nothing reading kstatus takes a held rollout for a finished one.
+    Suspended => Failed,
+
     // Server and Gateway.
     /// The listeners are bound and serve.
     Serving => Done,
@@ -188,6 +194,12 @@ reasons! {
     Offered => Progressing,
     /// A computer reported success (read from the deployment history).
     Succeeded => Done,
+    /// An operator lifted `tessera suspend` (`tessera resume`).
+    Resumed => Done,
+    /// An operator asked for a pass now (`tessera reconcile`).
+    ReconcileRequested => Progressing,
+    /// An operator asked for a new certificate now (`tessera renew`).
+    RenewalRequested => Progressing,
 }
 
 impl std::fmt::Display for Reason {

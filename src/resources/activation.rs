@@ -48,6 +48,11 @@ pub struct ActivationSpec {
     /// server's `/download`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pack_location: Option<String>,
+    /// Stop offering the package: computers not yet notified get nothing new until it is
+    /// false again; those already notified may finish, and results are still recorded.
+    /// `tessera suspend` does the same without a commit. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
 }
 
 /// The package this activation serves.
@@ -59,4 +64,29 @@ pub struct ActivationStatus {
     /// The package id agents are offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_id: Option<String>,
+    /// What suspends it, while it is suspended: `spec` (`spec.suspend`) or `operator`
+    /// (`tessera suspend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<SuspendedBy>,
+}
+
+/// What holds an Activation or an Affectation suspended. `spec` wins when both do: only a
+/// commit lifts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspendedBy {
+    /// `spec.suspend: true`.
+    Spec,
+    /// `tessera suspend`, an override kept in the state database until `tessera resume`.
+    Operator,
+}
+
+impl SuspendedBy {
+    /// As written in statuses (`spec`, `operator`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spec => "spec",
+            Self::Operator => "operator",
+        }
+    }
 }

@@ -59,6 +59,11 @@ pub struct AffectationSpec {
     /// Default: every target at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// Stop offering the package to these targets: computers not yet notified get nothing
+    /// new until it is false again; those already notified may finish, and results are
+    /// still recorded. `tessera suspend` does the same without a commit. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
 }
 
 /// Computer selection. A computer is a target when `all` is true or it matches any of
@@ -135,6 +140,9 @@ pub struct AffectationStatus {
     /// A staged rollout's progress, when `rollout` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// What suspends it (or its Activation), while suspended: `spec` or `operator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<super::activation::SuspendedBy>,
 }
 
 /// Where a staged rollout stands.

@@ -22,7 +22,7 @@ pub mod validate;
 
 use kube::api::ObjectMeta;
 
-pub use activation::{Activation, ActivationSpec, ActivationStatus};
+pub use activation::{Activation, ActivationSpec, ActivationStatus, SuspendedBy};
 pub use affectation::{Affectation, AffectationSpec, AffectationStatus};
 pub use certificate::{Certificate, CertificateSpec, CertificateStatus};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};

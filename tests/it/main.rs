@@ -41,6 +41,7 @@ mod quickstart;
 mod rollout_health;
 mod serve;
 mod state_faults;
+mod steer;
 mod support;
 mod tls;
 mod tokens;

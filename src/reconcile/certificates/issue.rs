@@ -107,7 +107,9 @@ impl Certificates {
         let Some(authority) = self.authorities.get(&issuer_key).cloned() else {
             return (waiting_for_issuer(&issuer_key, desired), None);
         };
-        let wanted = wanted(certificate);
+        let mut wanted = wanted(certificate);
+        let requested = self.renewal_requests.get(key).copied();
+        wanted.requested = requested.and_then(|at| jiff::Timestamp::from_second(at).ok());
         let dir = self.output_dir(key, desired);
         let revoked = self.revoked_serials(&issuer_key, desired);
         let existing = existing(&dir, &revoked);
@@ -134,6 +136,10 @@ impl Certificates {
             }
             Decision::Keep { renew_at } => {
                 self.failures.remove(key);
+                // A request the current certificate already answers.
+                if let Some(at) = requested {
+                    self.renewals_honoured.push((key.clone(), at));
+                }
                 let Existing::Present { facts, .. } = &existing else {
                     unreachable!("kept certificates exist")
                 };
@@ -171,6 +177,9 @@ impl Certificates {
             Ok(issued) => {
                 let revision = revision + 1;
                 self.failures.remove(key);
+                if let Some(at) = requested {
+                    self.renewals_honoured.push((key.clone(), at));
+                }
                 let why = reason.to_string();
                 if let Err(error) = self.save_issuance(key, revision, &why, now) {
                     tracing::warn!(certificate = %key, %error, "failed to record the revision");
@@ -393,6 +402,7 @@ fn wanted(certificate: &Certificate) -> Wanted {
             .duration
             .map_or(DEFAULT_LIFETIME, |d| signed(d.as_std())),
         renew,
+        requested: None,
     }
 }
 

@@ -207,6 +207,10 @@ pub struct Certificates {
     issuances: HashMap<ObjectKey, Record>,
     /// Kubernetes mode: CA key pairs read from, and certificates also written to, Secrets.
     secrets: Option<Arc<dyn Secrets>>,
+    /// Renewals operators requested (`tessera renew`), by certificate: when (Unix seconds).
+    renewal_requests: HashMap<ObjectKey, i64>,
+    /// Requests the last pass answered (issued, or found already answered).
+    renewals_honoured: Vec<(ObjectKey, i64)>,
 }
 
 impl Certificates {
@@ -221,7 +225,20 @@ impl Certificates {
             failures: HashMap::new(),
             issuances: HashMap::new(),
             secrets: None,
+            renewal_requests: HashMap::new(),
+            renewals_honoured: Vec::new(),
         }
+    }
+
+    /// The renewals operators requested, for the next pass: (certificate, when in Unix
+    /// seconds). An input of the renewal decision like the others (see `pki::renewal`).
+    pub fn set_renewal_requests(&mut self, requests: HashMap<ObjectKey, i64>) {
+        self.renewal_requests = requests;
+    }
+
+    /// The requests the last pass answered, to withdraw: (certificate, when requested).
+    pub fn take_renewals_honoured(&mut self) -> Vec<(ObjectKey, i64)> {
+        std::mem::take(&mut self.renewals_honoured)
     }
 
     /// The same, reading and writing Secrets through `secrets` (Kubernetes mode).

@@ -350,7 +350,9 @@ fn assignments(side: &Side) -> Vec<Assignment> {
             info_location: None,
             pack_location: None,
             share: 100,
-            paused: false,
+            // Suspended by spec: nothing new would be offered (an operator's override is
+            // the server's, not the configuration's).
+            paused: spec.suspend || activation.spec.suspend,
         });
     }
     found
@@ -376,14 +378,16 @@ fn deployment_changes(
         let had = deployments::wanted(&old, computer);
         let has = deployments::wanted(&new, computer);
         for wanted in &has {
+            // A suspended assignment offered nothing: lifting it reaches its targets.
             let unchanged = had.iter().any(|h| {
-                h.activation == wanted.activation
+                !h.assignment.paused
+                    && h.activation == wanted.activation
                     && h.package_id == wanted.package_id
                     && h.token == wanted.token
             });
             // Serve settles an installed package without offering it, unless re-armed.
             let installed = computer.history.iter().any(|id| id == wanted.package_id);
-            if unchanged || (installed && !wanted.forced()) {
+            if unchanged || (installed && !wanted.forced()) || wanted.assignment.paused {
                 continue;
             }
             let slot = (
@@ -542,6 +546,31 @@ mod tests {
             object: "Affectation/a".into(),
             change: Change::Change
         }));
+    }
+
+    #[test]
+    fn a_suspended_affectation_would_reach_no_one_until_its_suspension_is_lifted() {
+        let ids = [("a", "1000000001")];
+        let plain = side(&deploy("a", "    tags: [lab]"), &ids);
+        let suspended = side(&deploy("a", "    tags: [lab]\n  suspend: true"), &ids);
+        let computers = [computer("pc1", &["lab"], &[])];
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let empty = Side::default();
+        let held = plan(&empty, &suspended, &computers, now);
+        assert!(
+            held.deployments.iter().all(|d| d.receive.count == 0),
+            "{held:?}"
+        );
+        let lifted = plan(&suspended, &plain, &computers, now);
+        let a = lifted
+            .deployments
+            .iter()
+            .find(|d| d.activation == "default/a")
+            .expect("pc1 would receive it");
+        assert_eq!(
+            (a.receive.names.as_slice(), a.lose.count),
+            (&["pc1".to_owned()][..], 0)
+        );
     }
 
     #[test]

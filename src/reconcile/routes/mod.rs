@@ -3,7 +3,7 @@
 //! through `watch` channels (the routing table, the listen addresses, the certificate and
 //! the client verifier). Also reads the deployment counts back for Affectation statuses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ use crate::server::agent::{
 };
 use crate::server::deployments::{self, Assignment, OsFamily, Selector};
 use crate::store::db::Database;
-use crate::store::db::{Computer, Deployment, State};
+use crate::store::db::{Computer, Deployment, OperatorAction, State};
 
 mod publishing;
 use publishing::Publishing;
@@ -108,6 +108,10 @@ pub struct Runtime {
     pub metrics: Arc<crate::server::metrics::Metrics>,
     /// Dial-out to a gateway, when the Server asks for it.
     pub dial_out: watch::Sender<Option<Arc<crate::server::dial_out::Settings>>>,
+    /// Operators' requests for a pass, and where its summary goes (`tessera reconcile`).
+    pub passes: Option<crate::server::admin::PassQueue>,
+    /// This server's name, recorded while it leads so followers can name the leader.
+    pub identity: String,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -127,6 +131,9 @@ pub struct Publisher {
     forwarded_input: Option<(GatewayIdentities, Trust)>,
     /// Dial-out: (gateway, connections, certificate chain, key, gateway CAs) as published.
     dial_out_input: Option<DialOutInput>,
+    /// Activations and Affectations an operator suspended, as last read from the database
+    /// (kept when a read fails: a suspension must not lift because a read did).
+    suspended: HashSet<ObjectKey>,
 }
 
 type DialOutInput = (String, usize, String, String, Vec<String>);
@@ -150,12 +157,36 @@ impl Publisher {
             forwarded: None,
             forwarded_input: None,
             dial_out_input: None,
+            suspended: HashSet::new(),
         }
     }
 
     /// The versions draining as of the last publish.
     pub fn drains(&self) -> &Drains {
         &self.drains
+    }
+
+    /// Reads which Activations and Affectations of `desired` an operator suspended.
+    fn read_suspensions(&mut self, runtime: &Runtime, desired: &DesiredState) {
+        match runtime.db.requests(OperatorAction::Suspend) {
+            Ok(requests) => {
+                self.suspended = requests
+                    .iter()
+                    .filter_map(|r| {
+                        desired.entries.keys().find(|k| {
+                            matches!(k.kind, Kind::Activation | Kind::Affectation)
+                                && k.kind.as_str() == r.kind
+                                && k.namespace == r.namespace
+                                && k.name == r.name
+                        })
+                    })
+                    .cloned()
+                    .collect();
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "failed to read operators' suspensions; keeping the last read");
+            }
+        }
     }
 
     /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
@@ -189,11 +220,14 @@ impl Publisher {
         leadership: &Leadership,
         now: jiff::Timestamp,
     ) -> HashMap<ObjectKey, Outcome> {
+        self.read_suspensions(runtime, desired);
         let mut p = Publishing {
             runtime,
             desired,
             leadership,
             now,
+            suspended: self.suspended.clone(),
+            suspensions: HashMap::new(),
             server: desired.actionable().find_map(|(key, r)| match r {
                 Resource::Server(server) => Some((key.clone(), server.spec.clone())),
                 _ => None,

@@ -4,6 +4,8 @@
 //! and the drains stay with the `Publisher`, which keeps state between passes.
 
 use super::*;
+use crate::reconcile::health;
+use crate::resources::SuspendedBy;
 
 /// What one publication builds, step by step (see [`Publisher::publish`]).
 pub(super) struct Publishing<'a> {
@@ -20,9 +22,25 @@ pub(super) struct Publishing<'a> {
     pub(super) activations: HashMap<ObjectKey, ActiveActivation>,
     /// When each staged rollout's next stage begins, by Affectation.
     pub(super) wakes: HashMap<String, jiff::Timestamp>,
+    /// Activations and Affectations an operator suspended.
+    pub(super) suspended: HashSet<ObjectKey>,
+    /// What suspends each assignment, by Affectation (`namespace/name`).
+    pub(super) suspensions: HashMap<String, SuspendedBy>,
 }
 
 impl Publishing<'_> {
+    /// What suspends `key`, whose `spec.suspend` is `spec`: the spec first (only a commit
+    /// lifts it), else an operator's override.
+    pub(super) fn suspended_by(&self, key: &ObjectKey, spec: bool) -> Option<SuspendedBy> {
+        if spec {
+            Some(SuspendedBy::Spec)
+        } else if self.suspended.contains(key) {
+            Some(SuspendedBy::Operator)
+        } else {
+            None
+        }
+    }
+
     /// The Activations whose package is built: their package routes and outcomes.
     pub(super) fn activations(&mut self, packages: &HashMap<ObjectKey, Outcome>) {
         // Built packages, by key: (id, success codes, os).
@@ -79,15 +97,25 @@ impl Publishing<'_> {
                     activation.spec.pack_location.as_deref().map(strip_scheme),
                 ),
             );
+            // Suspended, the route stays: computers already notified fetch and report.
+            let suspended = self.suspended_by(key, activation.spec.suspend);
             let details = outcome::details(&ActivationStatus {
                 package_id: Some(id.clone()),
+                suspended,
                 ..ActivationStatus::default()
             });
-            self.outcomes.insert(
-                key.clone(),
-                Outcome::ready(Reason::Active, format!("agents are offered package {id}"))
-                    .with_details(details),
-            );
+            let outcome = match suspended {
+                None => Outcome::ready(Reason::Active, format!("agents are offered package {id}")),
+                Some(_) => Outcome::not_ready(
+                    Reason::Suspended,
+                    format!(
+                        "{}: package {id} is offered to no computer not yet notified; those notified may finish",
+                        health::suspended_message(suspended)
+                    ),
+                ),
+            };
+            self.outcomes
+                .insert(key.clone(), outcome.with_details(details));
         }
     }
 
@@ -133,9 +161,24 @@ impl Publishing<'_> {
             // A staged rollout: its clock starts when this package version (and redeploy
             // token) is first assigned, and is kept in the database across restarts.
             let (share, next_stage) = self.rollout_share(key, id, spec);
+            let activation_suspended = match self
+                .desired
+                .entries
+                .get(&activation_key)
+                .and_then(|e| e.resource())
+            {
+                Some(Resource::Activation(activation)) => activation.spec.suspend,
+                _ => false,
+            };
+            let suspended = self
+                .suspended_by(key, spec.suspend)
+                .or_else(|| self.suspended_by(&activation_key, activation_suspended));
+            if let Some(by) = suspended {
+                self.suspensions.insert(qualified(key), by);
+            }
             self.routes.assignments.push(Assignment {
                 share,
-                paused: false,
+                paused: suspended.is_some(),
                 affectation: qualified(key),
                 activation: qualified(&activation_key),
                 package: package.clone(),
@@ -249,10 +292,11 @@ impl Publishing<'_> {
             let rollout = rollout.map(|rollout| {
                 // Too many errors pause it: nothing new is offered until it is fixed (a new
                 // package version or redeploy token restarts the rollout).
-                assignment.paused = rollout.max_errors.is_some_and(|max| c.error >= max);
+                let gated = rollout.max_errors.is_some_and(|max| c.error >= max);
+                assignment.paused |= gated;
                 RolloutStatus {
                     percent: i64::from(assignment.share),
-                    paused: assignment.paused,
+                    paused: gated,
                     next_stage: self
                         .wakes
                         .get(&assignment.affectation)
@@ -267,6 +311,7 @@ impl Publishing<'_> {
                     .cloned()
                     .unwrap_or_default(),
                 rollout,
+                suspended: self.suspensions.get(&assignment.affectation).copied(),
             };
             let mut outcome = affectation_outcome(&facts);
             outcome.wake = self.wakes.get(&assignment.affectation).copied();

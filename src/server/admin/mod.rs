@@ -1,7 +1,8 @@
 //! The admin API: `/healthz`, `/readyz`, and the objects with their conditions and problems
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
 //! `/api/v1/computers/{id}`), the fleet a page at a time (`/api/v1/computers`), events
-//! (`/api/v1/events`) and `/metrics`.
+//! (`/api/v1/events`) and `/metrics`; and the leader's steering actions (`actions`:
+//! suspend, resume, reconcile, renew).
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -15,12 +16,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
+mod actions;
 mod fleet;
 mod host;
 mod render;
 mod report;
 mod routes;
 
+pub use actions::{
+    ActionReport, Leader, LeaderView, PASS_WAIT, PassDone, PassQueue, PassTrigger,
+    SUSPENDED_DETAIL, Steering, actions_app, pass_channel,
+};
 pub use fleet::{
     FleetComputer, FleetDeployment, FleetPage, FleetQuery, FleetQueryError, fleet_page_of,
     qualified,

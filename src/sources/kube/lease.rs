@@ -42,6 +42,9 @@ pub struct LeaseLock {
     namespace: String,
     name: String,
     identity: String,
+    /// Where the holder read at each round is published (who leads, for followers that
+    /// refuse an operator's action), if anyone listens.
+    holder: Option<watch::Sender<Option<String>>>,
 }
 
 impl LeaseLock {
@@ -52,7 +55,14 @@ impl LeaseLock {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             identity: identity.to_owned(),
+            holder: None,
         }
+    }
+
+    /// The same, publishing on `holder` who holds the Lease at each round.
+    pub fn reporting_holder(mut self, holder: watch::Sender<Option<String>>) -> Self {
+        self.holder = Some(holder);
+        self
     }
 
     /// One round: creates the Lease if there is none, renews it if we hold it, takes it
@@ -80,6 +90,9 @@ impl LeaseLock {
         };
         let spec = current.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().unwrap_or_default();
+        if let Some(report) = &self.holder {
+            report.send_replace((!holder.is_empty()).then(|| holder.to_owned()));
+        }
         let transitions = spec.lease_transitions.unwrap_or(0);
         let replacement = if holder == self.identity {
             let acquired = spec.acquire_time.map_or(now, |t| t.0);

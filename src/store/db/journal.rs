@@ -42,6 +42,15 @@ pub const HISTORY_REASONS: [&str; 3] = ["Offered", "Succeeded", "Failed"];
 /// The reason of a refused request (`Reason::Refused`).
 pub const REFUSED: &str = "Refused";
 
+/// The reasons of operators' actions, which the admin API records (`Reason::Suspended`,
+/// `Resumed`, `ReconcileRequested`, `RenewalRequested`).
+pub const OPERATOR_REASONS: [&str; 4] = [
+    "Suspended",
+    "Resumed",
+    "ReconcileRequested",
+    "RenewalRequested",
+];
+
 /// Whether an event is news or trouble (Kubernetes Events' two types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {

@@ -16,8 +16,9 @@
 //! (the PostgreSQL client blocks on its own runtime and must not run on an async worker).
 //!
 //! One file per part: `file` (the SQLite file's checks), `schema` (migrations),
-//! `computers`, `deployments`, `tokens`, `settings` (with the shared files) and `journal`
-//! (what happened, for `tessera events`).
+//! `computers`, `deployments`, `tokens`, `settings` (with the shared files), `journal`
+//! (what happened, for `tessera events`) and `steering` (operators' suspensions and renewal
+//! requests).
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -55,12 +56,14 @@ mod file;
 pub mod journal;
 mod schema;
 mod settings;
+mod steering;
 mod tokens;
 
 pub use computers::{CONTACT_PRECISION, CodeCount, Computer, FLEET_PAGE, Facts, FleetFilter};
 pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State};
 pub use file::{Health, Lost, Opened, STATE_MARKER};
 pub use settings::{SHARED_GENERATION, SharedFile};
+pub use steering::{OperatorAction, OperatorRequest};
 pub use tokens::{TokenRecord, TokenRefusal};
 
 use file::{Watched, disk_trouble};

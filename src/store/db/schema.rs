@@ -162,6 +162,21 @@ const MIGRATIONS: &[(i64, Step)] = &[
     );",
         },
     ),
+    // What operators asked for that outlives a request: suspensions (`tessera suspend`)
+    // and renewal requests (`tessera renew`) (see `steering`).
+    (
+        10,
+        Step::Both(
+            "CREATE TABLE operator_requests (
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        requested_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, namespace, name, action)
+    );",
+        ),
+    ),
 ];
 
 /// The version the last migration brings the schema to.
