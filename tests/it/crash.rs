@@ -9,13 +9,13 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::ocs_agent::{self, OcsAgent};
-use crate::support::{Reaped, free_port, quickstart_copy};
+use crate::support::{Reaped, free_port, quickstart_copy, serve_child};
 
 /// A wait that lasts this long is a hung server, not a slow one: far above the 17 to 28 s
 /// the whole test takes on an idle machine, and the 30 s of the budget that once failed it
@@ -42,19 +42,6 @@ spec:
   packageRef:
     name: big
 ";
-
-fn serve(config: &Path, admin: u16) -> Reaped {
-    Reaped(
-        Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tessera serve starts"),
-    )
-}
 
 /// GET on the admin API with curl (the server runs as another process).
 fn admin(port: u16, path: &str) -> Option<Value> {
@@ -149,7 +136,7 @@ fn assert_store_complete(download: &Path) {
 fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
     let dir = quickstart_copy();
     let port = free_port();
-    let mut server = serve(dir.path(), port);
+    let mut server = serve_child(dir.path(), port);
     let https = https_address(port, &mut server);
 
     // A real deployment first: its results must survive the crash.
@@ -218,7 +205,7 @@ fn kill_9_during_a_build_loses_no_state_and_serves_no_half_built_package() {
     assert_store_complete(&state.join("download"));
 
     // Restart: the recorded results are all there, and the big package is built whole.
-    let mut server = serve(dir.path(), port);
+    let mut server = serve_child(dir.path(), port);
     https_address(port, &mut server);
     assert_eq!(states(port, &device), before);
     let id = until("the big package rebuilt", &mut server, || {

@@ -3,26 +3,12 @@
 //! configuration edit.
 
 use std::io::BufRead;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::support::{Reaped, eventually, free_port, quickstart_copy, wait_for_port};
-
-fn serve(config: &Path, admin: u16) -> Reaped {
-    Reaped(
-        Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tessera serve starts"),
-    )
-}
+use crate::support::{Reaped, eventually, free_port, quickstart_copy, serve_child, wait_for_port};
 
 /// `tessera events ARGS`, from no environment that could name another server.
 fn events_command(args: &[&str]) -> Command {
@@ -69,7 +55,7 @@ async fn events_tell_builds_through_the_api_and_the_state_directory_and_follow_e
     let dir = quickstart_copy();
     let port = free_port();
     let admin = format!("http://127.0.0.1:{port}");
-    let mut server = serve(dir.path(), port);
+    let mut server = serve_child(dir.path(), port);
     tokio::task::block_in_place(|| wait_for_port(port, "tessera serve"));
     let api = ["--admin", admin.as_str()];
 

@@ -1383,6 +1383,34 @@ async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
     Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
 }
 
+/// What a process presenting a `kubernetes.io/tls` Secret must do: present its certificate
+/// (serial `first`) at `address`, and once cert-manager renews the Secret with a new key
+/// pair, the new one, with no restart.
+async fn follows_the_secret(
+    address: &str,
+    ca: &tessera::pki::authority::Authority,
+    secrets: &FakeSecrets,
+    secret: &str,
+    first: &str,
+) {
+    let root = ca.certificate_pem().to_owned();
+    let (presented, _) =
+        crate::support::eventually("the Secret's certificate presented", async || {
+            served_serial(address, &root).await
+        })
+        .await;
+    assert_eq!(presented, first);
+    let (chain, key, second) = serving_leaf(ca);
+    assert_ne!(first, second);
+    secrets.put(FakeSecrets::tls(secret, &chain, &key));
+    crate::support::eventually("the renewed certificate presented", async || {
+        served_serial(address, &root)
+            .await
+            .filter(|serial| *serial == second)
+    })
+    .await;
+}
+
 /// Issue 16, living beside cert-manager, for the DMZ: `tessera gateway --kube` presents the
 /// key pair of a `kubernetes.io/tls` Secret named by the Gateway's `certificateSecretRef` at
 /// its edge (tunnel mode), and the renewed one once the Secret is replaced, without a restart.
@@ -1449,25 +1477,7 @@ async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
     )
     .await
     .expect("the gateway starts from the cluster's resources");
-    let root = ca.certificate_pem().to_owned();
-
-    let (presented, _) =
-        crate::support::eventually("the Secret's certificate presented", async || {
-            served_serial(&address, &root).await
-        })
-        .await;
-    assert_eq!(presented, first);
-
-    // cert-manager renews: the Secret gets a new key pair.
-    let (chain, key, second) = serving_leaf(&ca);
-    assert_ne!(first, second);
-    secrets.put(FakeSecrets::tls("edge-tls", &chain, &key));
-    crate::support::eventually("the renewed certificate presented", async || {
-        served_serial(&address, &root)
-            .await
-            .filter(|serial| *serial == second)
-    })
-    .await;
+    follows_the_secret(&address, &ca, &secrets, "edge-tls", &first).await;
     assert!(
         !watchdog.is_finished(),
         "the fake cluster saw a request it should not have"
@@ -1517,24 +1527,7 @@ async fn a_server_serves_a_tls_secret_and_follows_its_renewal() {
     });
     let state = tempfile::tempdir().unwrap();
     let running = serve_kube(client, state.path()).await;
-    let root = ca.certificate_pem().to_owned();
-
-    let (served, _) = crate::support::eventually("the Secret's certificate served", async || {
-        served_serial(&address, &root).await
-    })
-    .await;
-    assert_eq!(served, first);
-
-    // cert-manager renews: the Secret gets a new key pair.
-    let (chain, key, second) = serving_leaf(&ca);
-    assert_ne!(first, second);
-    secrets.put(FakeSecrets::tls("agents-tls", &chain, &key));
-    crate::support::eventually("the renewed certificate served", async || {
-        served_serial(&address, &root)
-            .await
-            .filter(|serial| *serial == second)
-    })
-    .await;
+    follows_the_secret(&address, &ca, &secrets, "agents-tls", &first).await;
     assert!(
         !watchdog.is_finished(),
         "the fake cluster saw a request it should not have"

@@ -156,6 +156,21 @@ impl Drop for Reaped {
     }
 }
 
+/// `tessera serve --config CONFIG` as a child process with its admin API on loopback port
+/// `admin`, its output discarded.
+pub(crate) fn serve_child(config: &std::path::Path, admin: u16) -> Reaped {
+    Reaped(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tessera serve starts"),
+    )
+}
+
 /// A static web server (`python3 -m http.server`) on loopback serving `dir`, killed when
 /// dropped.
 pub(crate) struct StaticServer {
