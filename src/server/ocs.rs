@@ -284,17 +284,13 @@ async fn refuse_plain(
         );
         journal::record(
             &shared.db,
-            journal::Record::warning(
-                "Computer",
-                "",
+            journal::Record::refused(
                 &computer,
-                journal::REFUSED,
                 &format!(
                     "an OCS agent called over plain HTTP from {} and was told to use HTTPS (spec.ocs.plainHttp is off)",
                     address.as_deref().unwrap_or("an unknown address")
                 ),
-            )
-            .on_computer(&computer),
+            ),
         );
     }
     let phrase = match &url {

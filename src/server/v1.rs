@@ -224,14 +224,10 @@ fn record_refused_enrollment(shared: &Shared, client: IpAddr, hostname: &str, wh
     };
     journal::record(
         &shared.db,
-        journal::Record::warning(
-            "Computer",
-            "",
+        journal::Record::refused(
             &computer,
-            journal::REFUSED,
             &format!("enrollment from {client} refused: {why}"),
-        )
-        .on_computer(&computer),
+        ),
     );
 }
 

@@ -119,6 +119,11 @@ impl Record {
         self.computer = Some(computer.to_owned());
         self
     }
+
+    /// A request of `computer` refused (a warning on `Computer/NAME`, reason [`REFUSED`]).
+    pub fn refused(computer: &str, message: &str) -> Self {
+        Self::warning("Computer", "", computer, REFUSED, message).on_computer(computer)
+    }
 }
 
 /// One event as `tessera events` and `/api/v1/events` show it.
