@@ -16,12 +16,15 @@ use tokio_util::sync::CancellationToken;
 /// `tessera agent`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples (`tessera-agent` takes the same flags):
+  # enroll with a token, then one pass (cron, first run)
   tessera agent --once --server https://tessera.example.com:8443 --state /var/lib/tessera-agent \\
-      --ca ca.crt --token tsr_... --tag lab          enroll, then one pass
+      --ca ca.crt --token tsr_... --tag lab
+  # a service, woken by `tessera notify` between its hourly passes
   tessera agent --server https://tessera.example.com:8443 --state /var/lib/tessera-agent \\
-      --interval 1h --listen 0.0.0.0:9443          a service that `tessera notify` can wake
+      --interval 1h --listen 0.0.0.0:9443
+  # a roaming laptop, through a tunnel gateway in the DMZ
   tessera agent --server https://tessera.internal:8443 --state /var/lib/tessera-agent \\
-      --gateway dmz.example.com:443                 roaming, through a tunnel gateway")]
+      --gateway dmz.example.com:443")]
 pub(crate) struct AgentArgs {
     /// The server, `https://host:port`.
     #[arg(long, env = "TESSERA_SERVER", help_heading = "Server")]
