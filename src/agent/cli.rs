@@ -15,50 +15,80 @@ use tokio_util::sync::CancellationToken;
 
 /// `tessera agent`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples (`tessera-agent` takes the same flags):
+  # enroll with a token, then one pass (cron, first run)
+  tessera agent --once --server https://tessera.example.com:8443 --state /var/lib/tessera-agent \\
+      --ca ca.crt --token tsr_... --tag lab
+  # a service, woken by `tessera notify` between its hourly passes
+  tessera agent --server https://tessera.example.com:8443 --state /var/lib/tessera-agent \\
+      --interval 1h --listen 0.0.0.0:9443
+  # a roaming laptop, through a tunnel gateway in the DMZ
+  tessera agent --server https://tessera.internal:8443 --state /var/lib/tessera-agent \\
+      --gateway dmz.example.com:443")]
 pub(crate) struct AgentArgs {
     /// The server, `https://host:port`.
-    #[arg(long, env = "TESSERA_SERVER")]
+    #[arg(long, env = "TESSERA_SERVER", help_heading = "Server")]
     server: String,
     /// Where the agent keeps its identity, downloads and results.
-    #[arg(long, env = "TESSERA_AGENT_STATE")]
+    #[arg(long, env = "TESSERA_AGENT_STATE", help_heading = "Agent")]
     state: PathBuf,
     /// The CA certificate to trust for the server at enrollment (`ca.crt` of the server's
     /// Certificate); afterwards the agent keeps the one the server gave it.
-    #[arg(long, env = "TESSERA_CA")]
+    #[arg(long, env = "TESSERA_CA", help_heading = "Server")]
     ca: Option<PathBuf>,
     /// An enrollment token (`tessera token create`), needed once.
-    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TESSERA_TOKEN",
+        hide_env_values = true,
+        help_heading = "Server"
+    )]
     token: Option<String>,
     /// A tag to report (may be repeated), matched by Affectations' `targets.tags`.
-    #[arg(long)]
+    #[arg(long, help_heading = "Agent")]
     tag: Vec<String>,
     /// One pass, then exit (for cron, tests and first runs).
-    #[arg(long)]
+    #[arg(long, help_heading = "Agent")]
     once: bool,
     /// An HTTP proxy to reach the server through (CONNECT; TLS stays end to end),
     /// `http://[user:password@]host:port`, with `@`, `:` and `%` in the credentials
     /// percent-encoded as in any URL (`https_proxy` too).
-    #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HTTPS_PROXY",
+        hide_env_values = true,
+        help_heading = "Network"
+    )]
     proxy: Option<String>,
     /// Servers reached without the proxy, as curl reads it: comma-separated host names (and
     /// their subdomains), IP addresses, networks (`10.0.0.0/8`), or `*` (`no_proxy` too).
-    #[arg(long, env = "NO_PROXY")]
+    #[arg(long, env = "NO_PROXY", help_heading = "Network")]
     no_proxy: Option<String>,
     /// A Tessera gateway in tunnel mode to reach the server through, `host:port`: the agent
     /// shows its certificate to the gateway, and its TLS session with the server runs inside.
-    #[arg(long, env = "TESSERA_GATEWAY", conflicts_with = "proxy")]
+    #[arg(
+        long,
+        env = "TESSERA_GATEWAY",
+        conflicts_with = "proxy",
+        help_heading = "Network"
+    )]
     gateway: Option<String>,
     /// The CA that issued the gateway's certificate (default: the server's CA).
-    #[arg(long, env = "TESSERA_GATEWAY_CA", requires = "gateway")]
+    #[arg(
+        long,
+        env = "TESSERA_GATEWAY_CA",
+        requires = "gateway",
+        help_heading = "Network"
+    )]
     gateway_ca: Option<PathBuf>,
     /// Time between passes when running as a service (default: an hour).
-    #[arg(long)]
+    #[arg(long, help_heading = "Agent")]
     interval: Option<crate::resources::quantity::Duration>,
     /// Listen here for the server's "check in now" (`tessera notify`), with mutual TLS.
-    #[arg(long)]
+    #[arg(long, help_heading = "Check-in calls")]
     listen: Option<SocketAddr>,
     /// The address the server should call (default: the --listen address).
-    #[arg(long, requires = "listen")]
+    #[arg(long, requires = "listen", help_heading = "Check-in calls")]
     notify_address: Option<String>,
 }
 

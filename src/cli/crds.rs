@@ -11,6 +11,9 @@ use crate::resources::crd;
 
 /// `tessera crds`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera crds | kubectl apply -f -
+  tessera crds --output-dir charts/tessera/crds")]
 pub(super) struct CrdsArgs {
     /// Write one file per CRD into this directory instead of printing them.
     #[arg(long)]

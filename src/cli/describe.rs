@@ -267,9 +267,12 @@ fn write_events(
             let rows: Vec<Vec<String>> = events
                 .iter()
                 .map(|e| {
+                    // Offers and results already name their computer in the message.
                     let message = match &e.computer {
-                        Some(computer) => format!("{computer}: {}", e.message),
-                        None => e.message.clone(),
+                        Some(computer) if !e.message.contains(computer.as_str()) => {
+                            format!("{computer}: {}", e.message)
+                        }
+                        _ => e.message.clone(),
                     };
                     vec![age(&e.at, now), e.type_.clone(), e.reason.clone(), message]
                 })
@@ -429,6 +432,34 @@ mod tests {
         );
         assert!(
             text.contains("Events:      <needs a running server>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_event_names_its_computer_once() {
+        let event = |message: &str| EventLine {
+            id: Value::from(1),
+            at: Value::from("2026-01-01T00:04:00Z"),
+            type_: "Normal".into(),
+            reason: "Offered".into(),
+            message: message.into(),
+            computer: Some("pc-1".into()),
+        };
+        let events = [
+            event("package 1700000001 offered to pc-1"),
+            event("offered package 1700000001"),
+        ];
+        let mut out = Vec::new();
+        let now = "2026-01-01T00:05:00Z".parse().unwrap();
+        write_events(&mut out, Some(&events), true, now).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("  Offered  package 1700000001 offered to pc-1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Offered  pc-1: offered package 1700000001\n"),
             "{text}"
         );
     }

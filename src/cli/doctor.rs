@@ -10,6 +10,10 @@ use super::running::runtime;
 
 /// `tessera doctor`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera doctor tessera.example.com:8443 --ca cacert.pem        as an OCS agent sees the server
+  tessera doctor 127.0.0.1:8443 --server-name tessera.local --ca .tessera/certificates/default/tessera-server/ca.crt
+  tessera doctor gw.example.com:443 --ca ca.crt --cert agent.crt --key agent.key")]
 pub(super) struct DoctorArgs {
     /// The server, `host:port`.
     address: String,

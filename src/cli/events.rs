@@ -22,25 +22,27 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// `tessera events`.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  tessera events\n  tessera events --for Package/hello -o json\n  tessera events -w --admin http://127.0.0.1:9090"
-)]
+#[command(after_help = "Examples:
+  tessera events                              the last events, newest last
+  tessera events --for Package/hello -o json  one object's
+  tessera events --for Certificate -n lab     every Certificate's in namespace lab
+  tessera events -w --admin http://127.0.0.1:9090")]
 pub(super) struct EventsArgs {
     /// Only events of this object: `Kind/NAME` (`Package/hello`), or a whole kind.
-    #[arg(long = "for", value_name = "KIND/NAME")]
+    #[arg(long = "for", value_name = "KIND/NAME", help_heading = "Selection")]
     object: Option<String>,
     /// Only events of objects in this namespace.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, help_heading = "Selection")]
     namespace: Option<String>,
     /// After printing, follow: print new events as they happen, until interrupted.
-    #[arg(short = 'w', long)]
+    #[arg(short = 'w', long, help_heading = "Output")]
     watch: bool,
     /// At most this many events (the newest).
-    #[arg(long, default_value_t = crate::server::admin::EVENTS_LIMIT)]
+    #[arg(long, default_value_t = crate::server::admin::EVENTS_LIMIT, help_heading = "Selection")]
     limit: usize,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Output")]
     format: FormatArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Server")]
     server: ServerArgs,
 }
 

@@ -16,6 +16,10 @@ use crate::resources::{Kind, ObjectKey, Resource};
 
 /// `tessera export`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera export --config fleet/ --output /srv/www/download      for a static web server
+  tessera export --config fleet/ --output mirror/ --state /var/lib/tessera
+  rsync -a mirror/ mirror.lab.example:/srv/download/            then a site mirror serves it")]
 pub(super) struct ExportArgs {
     /// The configuration directory.
     #[arg(long, env = "TESSERA_CONFIG")]

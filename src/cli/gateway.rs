@@ -48,10 +48,16 @@ const ADMIN_PORT: u16 = 9091;
 
 /// `tessera gateway`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera gateway --config gateway.yaml         the DMZ relay a Gateway resource describes
+  tessera gateway --config dmz/ --name roaming --admin-address 127.0.0.1:9091
+  tessera gateway --git https://git.example.com/it/dmz.git --state /var/lib/tessera-gateway
+  tessera gateway --kube --namespace dmz")]
 pub struct GatewayArgs {
     /// A YAML file, or a directory, holding the Gateway resource (and the Issuers and
     /// Certificates it uses).
     #[arg(
+        help_heading = "Source",
         long,
         env = "TESSERA_CONFIG",
         required_unless_present_any = ["git", "kube"],
@@ -59,24 +65,34 @@ pub struct GatewayArgs {
     )]
     pub config: Option<PathBuf>,
     /// The same from a git branch (`--state` is then required), as `tessera serve --git`.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Git source")]
     pub git: GitArgs,
     /// The same from the cluster's Tessera custom resources (in-cluster configuration, or
     /// the kubeconfig); Issuers of type `ca` may read their key pair from a Secret.
-    #[arg(long, env = "TESSERA_KUBE", conflicts_with = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_KUBE",
+        conflicts_with = "git",
+        help_heading = "Kubernetes"
+    )]
     pub kube: bool,
     /// With --kube: the namespace to watch (default: all).
-    #[arg(long = "namespace", env = "TESSERA_NAMESPACE", requires = "kube")]
+    #[arg(
+        long = "namespace",
+        env = "TESSERA_NAMESPACE",
+        requires = "kube",
+        help_heading = "Kubernetes"
+    )]
     pub namespace: Option<String>,
     /// Which Gateway, when there are several.
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub name: Option<String>,
     /// Where the gateway keeps the certificates it issues and renews (default: `.tessera`
     /// beside the configuration, `/var/lib/tessera-gateway` with --kube; required with
     /// --git).
-    #[arg(long, env = "TESSERA_STATE")]
+    #[arg(long, env = "TESSERA_STATE", help_heading = "State")]
     pub state: Option<PathBuf>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Admin API")]
     pub admin: AdminArgs,
 }
 

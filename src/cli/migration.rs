@@ -16,6 +16,10 @@ use clap::Args;
 
 /// `tessera migration-package`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera migration-package --https-url https://tessera.example.com:8443/ocsinventory \\
+      --ca .tessera/certificates/default/tessera-server/ca.crt --out packages/
+  git add packages/ocs-https-migration* && git commit -m 'move OCS agents to HTTPS'")]
 pub(super) struct MigrationArgs {
     /// The URL agents move to, e.g. `https://tessera.example.com:8443/ocsinventory`; its
     /// host must be a name or address the Server's certificate carries.

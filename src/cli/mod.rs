@@ -104,7 +104,13 @@ enum Command {
     /// Deployment states: packages × states, or one computer's deployments and history.
     Status(StatusArgs),
     /// Enrollment tokens for Tessera's own agents: create, list, revoke.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  tessera token create --uses 50 --ttl 24h --note 'lab rollout'
+  tessera token list
+  tessera token revoke 1a2b3c4d5e6f"
+    )]
     Token(TokenCommand),
     /// Tessera's own agent: enroll, check in, download, verify, install, report.
     Agent(AgentArgs),

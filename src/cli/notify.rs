@@ -12,6 +12,9 @@ use super::state::StateArgs;
 
 /// `tessera notify`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera notify lab-01                          ask lab-01's agent to check in now
+  tessera notify 74cdb8084e27758aa046fe2008e796c9 --state /var/lib/tessera")]
 pub(super) struct NotifyArgs {
     #[command(flatten)]
     state: StateArgs,

@@ -20,42 +20,82 @@ use crate::store::db::{Computer, Database};
 
 /// `tessera plan`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera plan .                                     against the state in ./.tessera
+  tessera plan checkout/ --state /var/lib/tessera    what merging this checkout would change
+  tessera plan --git https://git.example.com/it/fleet.git --branch release --state /var/lib/tessera
+  tessera plan . --output json                       for a merge request's comment")]
 pub(super) struct PlanArgs {
     /// The configuration directory (a checkout of the commit to merge).
     #[arg(required_unless_present = "git", conflicts_with = "git")]
     dir: Option<PathBuf>,
     /// The state directory of the running `tessera serve` (default `<dir>/.tessera`). Only
     /// read: nothing is written there.
-    #[arg(long, env = "TESSERA_STATE", required_unless_present = "dir")]
+    #[arg(
+        long,
+        env = "TESSERA_STATE",
+        required_unless_present = "dir",
+        help_heading = "State"
+    )]
     state: Option<PathBuf>,
     /// The servers' PostgreSQL database, when they use one (`tessera serve --database`):
     /// computers are read from it, in read-only transactions.
-    #[arg(long, env = "TESSERA_DATABASE")]
+    #[arg(long, env = "TESSERA_DATABASE", help_heading = "State")]
     database: Option<String>,
     /// Plan a branch of a git repository instead of a directory (fetched into a scratch
     /// directory, with the credential flags of `tessera serve --git`).
-    #[arg(long)]
+    #[arg(long, help_heading = "Git source")]
     git: Option<String>,
     /// With --git: the branch to plan.
-    #[arg(long, default_value = "main", requires = "git")]
+    #[arg(
+        long,
+        default_value = "main",
+        requires = "git",
+        help_heading = "Git source"
+    )]
     branch: String,
     /// With --git: the folder of the repository holding the configuration.
-    #[arg(long, default_value = "", requires = "git")]
+    #[arg(
+        long,
+        default_value = "",
+        requires = "git",
+        help_heading = "Git source"
+    )]
     path: String,
     /// With --git: SSH private key.
-    #[arg(long, env = "TESSERA_GIT_SSH_KEY_FILE", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_SSH_KEY_FILE",
+        requires = "git",
+        help_heading = "Git source"
+    )]
     ssh_key_file: Option<PathBuf>,
     /// With --git: `known_hosts`, checked strictly.
-    #[arg(long, env = "TESSERA_GIT_KNOWN_HOSTS_FILE", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_KNOWN_HOSTS_FILE",
+        requires = "git",
+        help_heading = "Git source"
+    )]
     known_hosts_file: Option<PathBuf>,
     /// With --git: HTTPS user name.
-    #[arg(long, env = "TESSERA_GIT_USERNAME", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_USERNAME",
+        requires = "git",
+        help_heading = "Git source"
+    )]
     username: Option<String>,
     /// With --git: a file holding the HTTPS password or token.
-    #[arg(long, env = "TESSERA_GIT_PASSWORD_FILE", requires = "git")]
+    #[arg(
+        long,
+        env = "TESSERA_GIT_PASSWORD_FILE",
+        requires = "git",
+        help_heading = "Git source"
+    )]
     password_file: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human, help_heading = "Output")]
     output: OutputFormat,
 }
 

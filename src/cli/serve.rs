@@ -37,9 +37,15 @@ const ADMIN_PORT: u16 = 9090;
 
 /// `tessera serve`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  tessera serve --config fleet/                 a directory; state in fleet/.tessera
+  tessera serve --git https://git.example.com/it/fleet.git --branch main --state /var/lib/tessera
+  tessera serve --kube --namespace tessera      the cluster's Tessera resources
+  tessera serve --config fleet/ --database postgres://tessera@db.example.com:5432/tessera")]
 pub struct ServeArgs {
     /// The configuration directory to serve (directory mode).
     #[arg(
+        help_heading = "Source",
         long,
         env = "TESSERA_CONFIG",
         required_unless_present_any = ["kube", "git"],
@@ -49,29 +55,29 @@ pub struct ServeArgs {
     /// State directory (database, fragments, certificates, status files).
     /// Default: `<config>/.tessera`, or `/var/lib/tessera` with `--kube`; required with
     /// `--git`.
-    #[arg(long, env = "TESSERA_STATE")]
+    #[arg(long, env = "TESSERA_STATE", help_heading = "State")]
     pub state: Option<PathBuf>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Git source")]
     pub git: GitArgs,
     /// Keep computers, inventories and deployment states in this PostgreSQL database
     /// (`postgres://user@host:port/name`, no TLS: a trusted network) instead of SQLite in
     /// the state directory. Several servers on one database serve agents together; one of
     /// them (an advisory lock decides) reconciles, and the others follow it. Each keeps its
     /// own state directory.
-    #[arg(long, env = "TESSERA_DATABASE")]
+    #[arg(long, env = "TESSERA_DATABASE", help_heading = "State")]
     pub database: Option<String>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Admin API")]
     pub admin: AdminArgs,
     /// Accept a configuration with no objects at all as "remove everything". Without it, an
     /// empty read (a broken mount, a bad checkout) prunes nothing.
-    #[arg(long, env = "TESSERA_ALLOW_EMPTY")]
+    #[arg(long, env = "TESSERA_ALLOW_EMPTY", help_heading = "Source")]
     pub allow_empty: bool,
     /// Start with an empty state database where the state directory has state but its
     /// database is missing (deleted) or damaged (the damaged file is moved aside).
     /// Computers, deployment states and enrollment tokens are then lost.
-    #[arg(long, env = "TESSERA_RESET_STATE")]
+    #[arg(long, env = "TESSERA_RESET_STATE", help_heading = "State")]
     pub reset_state: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Kubernetes")]
     pub kube: KubeArgs,
 }
 

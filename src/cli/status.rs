@@ -13,6 +13,10 @@ use crate::server::admin;
 
 /// `tessera status`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera status --config fleet/               packages × deployment states
+  tessera status --computer lab-01             one computer's deployments and history
+  tessera status --state /var/lib/tessera --output json")]
 pub(super) struct StatusArgs {
     #[command(flatten)]
     state: StateArgs,

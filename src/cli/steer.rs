@@ -14,44 +14,57 @@ use super::running::runtime;
 
 /// `tessera suspend` and `tessera resume`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera suspend activation/firefox           stop offering firefox now; notified computers may finish
+  tessera suspend affectation/lab-firefox -n lab
+  tessera resume activation/firefox            offer it again
+  tessera get activation/firefox               SUSPENDED says who holds it: operator or spec")]
 pub(super) struct SuspendArgs {
     /// The object, as `activation/NAME` or `affectation/NAME`.
     #[arg(value_name = "KIND/NAME")]
     object: String,
     /// Its namespace [default: the only object of that name].
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, help_heading = "Selection")]
     namespace: Option<String>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Server")]
     server: ServerArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Output")]
     format: FormatArgs,
 }
 
 /// `tessera reconcile`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera reconcile                            a pass now, and what it did
+  tessera reconcile --source                   fetch the git branch first
+  tessera reconcile --admin http://tessera.internal:9090 -o json")]
 pub(super) struct ReconcileArgs {
     /// Fetch the git branch first (the webhook's path); a new commit then starts a pass of
     /// its own.
     #[arg(long)]
     source: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Server")]
     server: ServerArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Output")]
     format: FormatArgs,
 }
 
 /// `tessera renew`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera renew tessera-server                 a new certificate now, served without a restart
+  tessera renew gateway-tls -n dmz -o json
+  tessera events --for Certificate/tessera-server   the request and the renewal")]
 pub(super) struct RenewArgs {
     /// The Certificate's name.
     #[arg(value_name = "CERTIFICATE")]
     certificate: String,
     /// Its namespace [default: the only Certificate of that name].
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, help_heading = "Selection")]
     namespace: Option<String>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Server")]
     server: ServerArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Output")]
     format: FormatArgs,
 }
 

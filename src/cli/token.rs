@@ -13,6 +13,10 @@ use super::{OutputFormat, plural};
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
     /// Make a token; it is printed once and stored only as a hash.
+    #[command(after_help = "Examples:
+  tessera token create --config fleet/                    one enrollment, within the hour
+  tessera token create --uses 50 --ttl 24h --note 'lab rollout' --state /var/lib/tessera
+  tessera agent --token \"$(tessera token create)\" --server https://tessera.example.com:8443 ...")]
     Create {
         #[command(flatten)]
         state: StateArgs,
@@ -27,6 +31,9 @@ pub(super) enum TokenCommand {
         note: String,
     },
     /// List tokens with their uses, last use, expiry and revocation (never the secrets).
+    #[command(after_help = "Examples:
+  tessera token list --config fleet/
+  tessera token list --state /var/lib/tessera --output json")]
     List {
         #[command(flatten)]
         state: StateArgs,
@@ -34,6 +41,9 @@ pub(super) enum TokenCommand {
         output: OutputFormat,
     },
     /// Revoke a token by its id: agents can no longer enroll with it.
+    #[command(after_help = "Examples:
+  tessera token revoke 1a2b3c4d5e6f --config fleet/   the id is the 12 hex digits after tsr_
+  tessera token list --state /var/lib/tessera         its revocation shows there")]
     Revoke {
         #[command(flatten)]
         state: StateArgs,

@@ -19,6 +19,10 @@ use crate::sources::inputs;
 
 /// `tessera validate`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tessera validate .                       every problem of the configuration here, exit 1 if any
+  tessera validate fleet/ --output json    for CI annotations
+  tessera validate \"$(git rev-parse --show-toplevel)\"   in a pre-commit hook")]
 pub(super) struct ValidateArgs {
     /// The configuration directory.
     dir: PathBuf,

@@ -34,6 +34,7 @@ mod logs;
 mod metrics;
 mod ocs;
 mod ocs_agent;
+mod operating;
 mod packages;
 mod plan;
 mod proxy_protocol;
