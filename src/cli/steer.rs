@@ -169,7 +169,8 @@ fn namespace_query(namespace: Option<&str>) -> Result<String> {
 fn write_action(out: &mut impl std::io::Write, answer: &Value) -> Result<()> {
     writeln!(out, "{}", answer["message"].as_str().unwrap_or_default())?;
     let pass = &answer["pass"];
-    if pass.is_object() {
+    // A reconcile's message is already the pass's summary.
+    if pass.is_object() && answer["action"] != "reconcile" {
         writeln!(
             out,
             "pass: revision {}, {} objects, {} ready, {} problems",
@@ -256,6 +257,18 @@ mod tests {
              pass: revision 3f2a9c1, 9 objects, 8 ready, 0 problems\n\
              Activation/default/firefox: Ready=False Suspended: suspended by an operator\n\
              suspended by: operator\n"
+        );
+        // A reconcile's message is the pass's summary: said once.
+        let reconciled = serde_json::json!({
+            "action": "reconcile",
+            "message": "reconciled revision 3f2a9c1: 9 objects, 9 ready",
+            "pass": {"revision": "3f2a9c1", "objects": 9, "ready": 9, "problems": 0}
+        });
+        let mut out = Vec::new();
+        write_action(&mut out, &reconciled).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "reconciled revision 3f2a9c1: 9 objects, 9 ready\n"
         );
         let queued = serde_json::json!({"message": "a pass is queued", "queued": true});
         let mut out = Vec::new();

@@ -88,9 +88,9 @@ pub fn write_computer_report(
             &c.name
         }
     )?;
-    writeln!(out, "  os:        {} {}", c.os_name, c.os_version)?;
-    writeln!(out, "  tags:      {}", c.tags.join(", "))?;
-    writeln!(out, "  addresses: {}", c.ip_addresses.join(", "))?;
+    writeln!(out, "  os:        {}", os_line(&c.os_name, &c.os_version))?;
+    writeln!(out, "  tags:      {}", or_none(&c.tags.join(", ")))?;
+    writeln!(out, "  addresses: {}", or_none(&c.ip_addresses.join(", ")))?;
     if let Some(address) = &c.address {
         writeln!(out, "  connects from: {address}")?;
     }
@@ -144,6 +144,24 @@ pub fn write_computer_report(
     }
     Ok(())
 }
+/// The OS name with its version, once: agents often put the version in the name already
+/// ("Debian GNU/Linux 12" with version "12").
+fn os_line(name: &str, version: &str) -> String {
+    let (name, version) = (name.trim(), version.trim());
+    if version.is_empty() || name.contains(version) {
+        or_none(name).to_owned()
+    } else if name.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{name} {version}")
+    }
+}
+
+/// `-` for a fact the computer has not reported.
+fn or_none(text: &str) -> &str {
+    if text.trim().is_empty() { "-" } else { text }
+}
+
 #[cfg(test)]
 mod render_tests {
     use super::*;
@@ -156,6 +174,18 @@ mod render_tests {
         let mut out = Vec::new();
         write(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_os_version_already_in_its_name_is_written_once_and_missing_facts_are_a_dash() {
+        assert_eq!(os_line("Debian GNU/Linux 12", "12"), "Debian GNU/Linux 12");
+        assert_eq!(
+            os_line("Debian GNU/Linux 12 (bookworm) ", ""),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
+        assert_eq!(os_line("Debian", "13"), "Debian 13");
+        assert_eq!(os_line("", ""), "-");
+        assert_eq!(or_none(""), "-");
     }
 
     #[test]
