@@ -355,7 +355,13 @@ impl Database {
         let mut values: Vec<Value<'_>> = vec![Value::Int(after)];
         let mut sql = format!(
             "SELECT e.{order}, e.at, e.activation, e.package_id, e.state, e.code,
-                 COALESCE(NULLIF(c.name, ''), e.device_id)
+                 CASE
+                     WHEN c.name IS NULL OR c.name = '' THEN e.device_id
+                     WHEN EXISTS (SELECT 1 FROM computers AS d
+                                  WHERE d.name = c.name AND d.device_id <> c.device_id)
+                         THEN c.name || ' (' || e.device_id || ')'
+                     ELSE c.name
+                 END
              FROM events AS e LEFT JOIN computers AS c ON c.device_id = e.device_id
              WHERE e.{order} > $1 AND e.state IN ('notified', 'success', 'error')"
         );
@@ -513,6 +519,7 @@ mod tests {
         the_journal_keeps_the_newest_rows,
         events_come_oldest_first_and_filter_by_object,
         offers_and_results_are_merged_in_by_time,
+        two_computers_of_one_name_are_told_apart_by_device_id,
         after_a_cursor_comes_only_what_is_new,
     );
 
@@ -705,6 +712,39 @@ mod tests {
                 .unwrap();
             assert_eq!(found.len(), count, "{kind:?} {namespace:?}: {found:?}");
         }
+    }
+
+    /// An OCS agent and Tessera's agent on one host both call themselves `vm`: their offers
+    /// name the device too, and a computer alone with its name is named alone.
+    fn two_computers_of_one_name_are_told_apart_by_device_id(db: &Database) {
+        for (device, name) in [("vm-1", "vm"), ("vm-2", "vm"), ("pc-3", "pc")] {
+            db.record_inventory(
+                device,
+                &Facts {
+                    name: name.into(),
+                    ..Facts::default()
+                },
+                b"",
+                1,
+            )
+            .unwrap();
+            for change in [
+                Change::Arm {
+                    activation: "default/hello".into(),
+                    package: "default/hello".into(),
+                    package_id: "42".into(),
+                    token: String::new(),
+                },
+                Change::Notify {
+                    activation: "default/hello".into(),
+                },
+            ] {
+                db.apply(device, &[change], 2).unwrap();
+            }
+        }
+        let mut named: Vec<String> = all(db).into_iter().filter_map(|e| e.computer).collect();
+        named.sort();
+        assert_eq!(named, ["pc", "vm (vm-1)", "vm (vm-2)"]);
     }
 
     fn after_a_cursor_comes_only_what_is_new(db: &Database) {

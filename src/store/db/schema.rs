@@ -177,6 +177,13 @@ const MIGRATIONS: &[(i64, Step)] = &[
     );",
         ),
     ),
+    // Computers by name: the events of two computers of one name say which is which
+    // (`store::db::journal`). Names change only with an inventory, so the index costs
+    // nothing on the contacts that update a computer's row.
+    (
+        11,
+        Step::Both("CREATE INDEX computers_by_name ON computers (name);"),
+    ),
 ];
 
 /// The version the last migration brings the schema to.
