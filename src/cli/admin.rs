@@ -1,11 +1,28 @@
 //! The admin listener's flags, written once for `serve` and `gateway`: where it listens and
-//! the host names it answers to besides loopback's.
+//! the host names it answers to besides loopback's, and who may call it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-/// `--admin-address` and `--admin-host`.
+use crate::server::admin::{AdminAuth, AuthError, AuthMode};
+use crate::store::db::Database;
+
+/// `--admin-auth`: how callers of the admin API prove who they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum AdminAuthMode {
+    /// No credentials: allowed only on a loopback address (or with --admin-insecure); every
+    /// caller is an operator.
+    #[default]
+    None,
+    /// A bearer token (`tessera admin-token create`) on every call but /healthz, /readyz and
+    /// the git webhook.
+    Token,
+}
+
+/// `--admin-address`, `--admin-host`, `--admin-auth`, `--admin-insecure` and
+/// `--admin-public-metrics`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct AdminArgs {
     /// Address of the admin API (health, readiness, objects, `/metrics`) [default:
@@ -27,6 +44,23 @@ pub struct AdminArgs {
         value_delimiter = ','
     )]
     pub hosts: Vec<String>,
+    /// How callers prove who they are: `token` (Authorization: Bearer, or the console's
+    /// session) or `none`. `none` is refused on a non-loopback address unless
+    /// --admin-insecure.
+    #[arg(
+        long = "admin-auth",
+        env = "TESSERA_ADMIN_AUTH",
+        value_enum,
+        default_value_t
+    )]
+    pub auth: AdminAuthMode,
+    /// Serve the admin API without authentication on a non-loopback address anyway (anyone
+    /// who reaches it reads the fleet and steers deployments).
+    #[arg(long = "admin-insecure", env = "TESSERA_ADMIN_INSECURE")]
+    pub insecure: bool,
+    /// Leave /metrics open to callers without a token (for a Prometheus that has none).
+    #[arg(long = "admin-public-metrics", env = "TESSERA_ADMIN_PUBLIC_METRICS")]
+    pub public_metrics: bool,
 }
 
 impl AdminArgs {
@@ -35,7 +69,36 @@ impl AdminArgs {
         Self {
             address: Some(address),
             hosts: Vec::new(),
+            auth: AdminAuthMode::None,
+            insecure: false,
+            public_metrics: false,
         }
+    }
+
+    /// Refuses an admin listener on `bound` without authentication unless it is on loopback
+    /// or --admin-insecure says so: checked before anything else starts.
+    pub(super) fn refuse_unprotected(&self, bound: SocketAddr) -> Result<(), AuthError> {
+        if self.auth == AdminAuthMode::None {
+            self.authentication(bound, None)?;
+        }
+        Ok(())
+    }
+
+    /// The admin API's authentication for a listener bound to `bound`, with tokens in `db`
+    /// (`None`: this command keeps no state database). Refused as `AdminAuth::new` says.
+    pub(super) fn authentication(
+        &self,
+        bound: SocketAddr,
+        db: Option<Arc<Database>>,
+    ) -> Result<AdminAuth, AuthError> {
+        let mode = match self.auth {
+            AdminAuthMode::None => AuthMode::None,
+            AdminAuthMode::Token => AuthMode::Token,
+        };
+        Ok(
+            AdminAuth::new(mode, bound, self.insecure, db)?
+                .with_public_metrics(self.public_metrics),
+        )
     }
 
     /// The address asked for, else the command's own default port on loopback.

@@ -37,6 +37,18 @@ pub(super) struct ServerArgs {
     /// nothing listens there, the state directory is read instead].
     #[arg(long, env = "TESSERA_ADMIN", value_name = "URL")]
     pub(super) admin: Option<String>,
+    /// An admin token (`tessera admin-token create`), sent as `Authorization: Bearer`: needed
+    /// when the server runs with --admin-auth token.
+    #[arg(
+        long,
+        env = "TESSERA_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub(super) token: Option<String>,
+    /// A file holding the admin token (kept out of the process list and shell history).
+    #[arg(long, env = "TESSERA_TOKEN_FILE", value_name = "FILE")]
+    pub(super) token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(super) state: StateArgs,
 }
@@ -83,7 +95,7 @@ pub(super) enum Target {
 impl ServerArgs {
     /// The running server, or the state database when none answers at the default address.
     pub(super) async fn target(&self) -> Result<Target> {
-        let api = Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+        let api = self.client()?;
         match api.get_raw("/healthz").await {
             Ok(_) => return Ok(Target::Api(api)),
             Err(error) if self.admin.is_some() => return Err(error),
@@ -104,9 +116,25 @@ impl ServerArgs {
     /// The running server's admin API: for the commands that steer, which a state directory
     /// cannot do.
     pub(super) async fn api(&self) -> Result<Api> {
-        let api = Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+        let api = self.client()?;
         api.get_raw("/healthz").await?;
         Ok(api)
+    }
+
+    /// A client of the admin API asked for, with the token given, if any.
+    fn client(&self) -> Result<Api> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("failed to read --token-file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?
+            .with_token(token.filter(|t| !t.is_empty())))
     }
 }
 
@@ -116,6 +144,8 @@ pub(super) struct Api {
     /// `http://host:port`, without a trailing slash.
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer`.
+    token: Option<String>,
 }
 
 impl Api {
@@ -133,7 +163,16 @@ impl Api {
         base.parse::<hyper::Uri>()
             .with_context(|| format!("--admin {base}: not a URL"))?;
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { base, client })
+        Ok(Self {
+            base,
+            client,
+            token: None,
+        })
+    }
+
+    /// The same client, sending `token` with every call.
+    fn with_token(self, token: Option<String>) -> Self {
+        Self { token, ..self }
     }
 
     /// The address asked, for messages.
@@ -208,6 +247,9 @@ impl Api {
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .with_context(|| format!("{url}: not a valid request"))?;
@@ -236,10 +278,19 @@ fn refusal(base: &str, path: &str, status: StatusCode, body: &[u8]) -> anyhow::E
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| text.trim().to_owned());
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => {
+            "; pass an admin token with --token, TESSERA_TOKEN or --token-file (`tessera admin-token create`)"
+        }
+        StatusCode::FORBIDDEN => {
+            "; this needs a token with the operator role (`tessera admin-token create --role operator`)"
+        }
+        _ => "",
+    };
     if message.is_empty() {
-        anyhow::anyhow!("{base}{path}: {status}")
+        anyhow::anyhow!("{base}{path}: {status}{hint}")
     } else {
-        anyhow::anyhow!("{base}{path}: {status}: {message}")
+        anyhow::anyhow!("{base}{path}: {status}: {message}{hint}")
     }
 }
 
@@ -282,6 +333,8 @@ mod tests {
         drop(free);
         let args = ServerArgs {
             admin: Some(format!("http://{address}")),
+            token: None,
+            token_file: None,
             state: StateArgs {
                 state: None,
                 config: std::path::PathBuf::from("/nonexistent"),

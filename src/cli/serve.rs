@@ -124,6 +124,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let (report_tx, report_rx) = watch::channel(Report::default());
     let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
+    args.admin.refuse_unprotected(admin_address)?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
     let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
     super::journal::record_reports(
@@ -152,8 +153,10 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         wait: admin::PASS_WAIT,
         replica: runtime.identity.clone(),
     };
+    let auth = args.admin.authentication(admin_address, Some(db.clone()))?;
     let (app, stats) = admin_app(
         &args,
+        auth,
         &report_rx,
         db,
         &metrics,
@@ -498,6 +501,7 @@ fn start_reconcile(
 /// its listener.
 fn admin_app(
     args: &ServeArgs,
+    auth: admin::AdminAuth,
     reports: &watch::Receiver<Report>,
     db: Arc<Database>,
     metrics: &Arc<Metrics>,
@@ -516,6 +520,7 @@ fn admin_app(
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = admin::protect(app, auth);
     let app = crate::server::metrics::requests::layer(app, metrics, Timed::Admin);
     (
         admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts)),

@@ -2,7 +2,8 @@
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
 //! `/api/v1/computers/{id}`), the fleet a page at a time (`/api/v1/computers`), events
 //! (`/api/v1/events`) and `/metrics`; and the leader's steering actions (`actions`:
-//! suspend, resume, reconcile, renew).
+//! suspend, resume, reconcile, renew); who may call them (`auth`: tokens with a role, the
+//! console's session, the open loopback).
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
 mod actions;
+mod auth;
 mod fleet;
 mod host;
 mod render;
@@ -26,6 +28,10 @@ mod routes;
 pub use actions::{
     ActionReport, Leader, LeaderView, PASS_WAIT, PassDone, PassQueue, PassTrigger,
     SUSPENDED_DETAIL, Steering, actions_app, pass_channel,
+};
+pub use auth::{
+    AdminAuth, AuthError, AuthMode, Caller, LOGIN_PATH, Role, SESSION_COOKIE, generate_token,
+    protect, token_id,
 };
 pub use fleet::{
     FleetComputer, FleetDeployment, FleetPage, FleetQuery, FleetQueryError, fleet_page_of,
