@@ -37,7 +37,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use admin::AdminArgs;
+pub use admin::{AdminArgs, AdminAuthMode};
 pub use gateway::{GatewayArgs, start_gateway};
 pub use git::GitArgs;
 pub use kube::KubeArgs;

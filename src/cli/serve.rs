@@ -122,9 +122,10 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
 pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result<Running> {
     let mut tasks = Tasks::default();
     let (report_tx, report_rx) = watch::channel(Report::default());
+    args.admin
+        .refuse_unprotected(args.admin.address_or(ADMIN_PORT))?;
     let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
-    args.admin.refuse_unprotected(admin_address)?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
     let (db, leadership) = open_state(&args, &source, &mut tasks).await?;
     super::journal::record_reports(
