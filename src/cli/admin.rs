@@ -2,6 +2,7 @@
 //! the host names it answers to besides loopback's, and who may call it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
@@ -19,6 +20,10 @@ pub enum AdminAuthMode {
     /// A bearer token (`tessera admin-token create`) on every call but /healthz, /readyz and
     /// the git webhook.
     Token,
+    /// A client certificate issued by --admin-client-ca (needs --admin-tls-cert and
+    /// --admin-tls-key): its common name names the caller, a URI SAN
+    /// `tessera:role:operator` (or `viewer`, the default) gives the role.
+    Mtls,
 }
 
 /// `--admin-address`, `--admin-host`, `--admin-auth`, `--admin-insecure` and
@@ -61,6 +66,32 @@ pub struct AdminArgs {
     /// Leave /metrics open to callers without a token (for a Prometheus that has none).
     #[arg(long = "admin-public-metrics", env = "TESSERA_ADMIN_PUBLIC_METRICS")]
     pub public_metrics: bool,
+    /// Serve the admin API over TLS with this certificate chain (PEM; with
+    /// --admin-tls-key).
+    #[arg(
+        long = "admin-tls-cert",
+        env = "TESSERA_ADMIN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(
+        long = "admin-tls-key",
+        env = "TESSERA_ADMIN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that admin clients' certificates must be issued by (for
+    /// --admin-auth mtls).
+    #[arg(
+        long = "admin-client-ca",
+        env = "TESSERA_ADMIN_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl AdminArgs {
@@ -72,7 +103,42 @@ impl AdminArgs {
             auth: AdminAuthMode::None,
             insecure: false,
             public_metrics: false,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
+    }
+
+    /// The admin listener's TLS configuration, when --admin-tls-cert asks for TLS; refused
+    /// when --admin-auth mtls lacks what it needs.
+    pub(super) fn tls(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        use anyhow::Context;
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {flag} {}", path.display()))
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.auth == AdminAuthMode::Mtls {
+                anyhow::bail!(
+                    "--admin-auth mtls needs --admin-tls-cert, --admin-tls-key and --admin-client-ca"
+                );
+            }
+            return Ok(None);
+        };
+        if self.auth == AdminAuthMode::Mtls && self.client_ca.is_none() {
+            anyhow::bail!("--admin-auth mtls needs --admin-client-ca (the CA of admin clients)");
+        }
+        let client_ca = self
+            .client_ca
+            .as_ref()
+            .map(|path| read("--admin-client-ca", path))
+            .transpose()?;
+        let config = crate::server::admin::server_config(
+            &read("--admin-tls-cert", cert)?,
+            &read("--admin-tls-key", key)?,
+            client_ca.as_deref(),
+        )?;
+        Ok(Some(config))
     }
 
     /// Refuses an admin listener on `bound` without authentication unless it is on loopback
@@ -94,11 +160,11 @@ impl AdminArgs {
         let mode = match self.auth {
             AdminAuthMode::None => AuthMode::None,
             AdminAuthMode::Token => AuthMode::Token,
+            AdminAuthMode::Mtls => AuthMode::Mtls,
         };
-        Ok(
-            AdminAuth::new(mode, bound, self.insecure, db)?
-                .with_public_metrics(self.public_metrics),
-        )
+        Ok(AdminAuth::new(mode, bound, self.insecure, db)?
+            .with_tls(self.tls_cert.is_some())
+            .with_public_metrics(self.public_metrics))
     }
 
     /// The address asked for, else the command's own default port on loopback.

@@ -101,6 +101,7 @@ pub(super) fn run(args: &GatewayArgs) -> Result<ExitCode> {
 pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> Result<Running> {
     args.admin
         .refuse_unprotected(args.admin.address_or(ADMIN_PORT))?;
+    let admin_tls = args.admin.tls()?;
     let mut tasks = Tasks::default();
     let configuration = read_configuration(args, client, &mut tasks).await?;
     let (key, spec) = choose_gateway(args, &configuration.snapshot)?;
@@ -144,7 +145,7 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts));
     let admin_budget = budget.clone();
     tasks.spawn(|token| async move {
-        admin::serve(admin, app, admin_budget, Arc::default(), token)
+        admin::serve(admin, app, admin_tls, admin_budget, Arc::default(), token)
             .await
             .map_err(Into::into)
     });

@@ -124,6 +124,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let (report_tx, report_rx) = watch::channel(Report::default());
     args.admin
         .refuse_unprotected(args.admin.address_or(ADMIN_PORT))?;
+    let admin_tls = args.admin.tls()?;
     let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
@@ -166,7 +167,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     );
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
-        admin::serve(admin, app, budget, stats, token)
+        admin::serve(admin, app, admin_tls, budget, stats, token)
             .await
             .map_err(Into::into)
     });

@@ -196,3 +196,127 @@ async fn with_token_auth_only_tokens_open_the_api_and_only_an_operator_steers() 
     assert!(!out.contains(secret), "{out}");
     running.stop().await.unwrap();
 }
+
+/// `curl` `method` `path` at 127.0.0.1:`port` over TLS trusting `ca`, with the client
+/// certificate `identity` (certificate and key files) if any: the status ("000" when the
+/// handshake failed) and the body.
+fn curl(
+    port: u16,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    method: &str,
+    path: &str,
+) -> (String, String) {
+    let mut command = std::process::Command::new("curl");
+    command
+        .args(["-sS", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+        .arg(ca);
+    if let Some((cert, key)) = identity {
+        command.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    command.arg(format!("https://127.0.0.1:{port}{path}"));
+    let output = tokio::task::block_in_place(|| command.output().expect("curl runs"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mtls_a_client_certificate_names_the_caller_and_its_role_uri_the_role() {
+    let dir = quickstart_copy();
+    let pki = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = pki.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let authority = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let certificate = params.self_signed(&key).unwrap();
+        (certificate.pem(), key)
+    };
+    let (ca_pem, ca_key) = authority("admin clients and server");
+    let (other_pem, other_key) = authority("someone else");
+    let issue = |ca_pem: &str, ca_key: &rcgen::KeyPair, name: &str, sans| {
+        let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.subject_alt_names = sans;
+        let certificate = params.signed_by(&key, &issuer).unwrap();
+        (
+            write(&format!("{name}.crt"), &certificate.pem()),
+            write(&format!("{name}.key"), &key.serialize_pem()),
+        )
+    };
+    let ca = write("ca.crt", &ca_pem);
+    let server = issue(
+        &ca_pem,
+        &ca_key,
+        "server",
+        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    let role = |role: &str| {
+        rcgen::SanType::URI(format!("tessera:role:{role}").as_str().try_into().unwrap())
+    };
+    let alice = issue(&ca_pem, &ca_key, "alice", vec![role("operator")]);
+    let bob = issue(&ca_pem, &ca_key, "bob", vec![]);
+    let mallory = issue(&other_pem, &other_key, "mallory", vec![role("operator")]);
+
+    let mut args = tessera::cli::ServeArgs::for_config(dir.path());
+    args.admin.address = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+    args.admin.auth = tessera::cli::AdminAuthMode::Mtls;
+    args.admin.tls_cert = Some(server.0.clone());
+    args.admin.tls_key = Some(server.1.clone());
+    let error = tessera::cli::start(args.clone()).await.err().unwrap();
+    assert!(
+        format!("{error:#}").contains("--admin-client-ca"),
+        "{error:#}"
+    );
+    args.admin.client_ca = Some(ca.clone());
+    let running = tessera::cli::start(args).await.expect("serve starts");
+    let port = running.admin_address.port();
+    let as_of =
+        |(cert, key): &(std::path::PathBuf, std::path::PathBuf)| Some((cert.clone(), key.clone()));
+    let call = |who: Option<(std::path::PathBuf, std::path::PathBuf)>, method: &str, path: &str| {
+        curl(
+            port,
+            &ca,
+            who.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            method,
+            path,
+        )
+    };
+
+    assert_eq!(
+        call(None, "GET", "/healthz").0,
+        "200",
+        "the probes need no certificate"
+    );
+    assert_eq!(call(None, "GET", "/api/v1/objects").0, "401");
+    let (status, _) = call(as_of(&mallory), "GET", "/api/v1/objects");
+    assert!(
+        status == "000" || status == "401",
+        "another CA's client: {status}"
+    );
+    eventually("the objects, read by a viewer's certificate", || async {
+        (call(as_of(&bob), "GET", "/api/v1/objects").0 == "200").then_some(())
+    })
+    .await;
+    assert_eq!(call(as_of(&bob), "POST", "/api/v1/reconcile").0, "403");
+    let (status, body) = call(as_of(&alice), "POST", "/api/v1/reconcile");
+    assert_eq!(status, "200", "{body}");
+    let (_, events) = call(as_of(&bob), "GET", "/api/v1/events");
+    assert!(
+        events.contains("operator alice asked for a pass"),
+        "{events}"
+    );
+    running.stop().await.unwrap();
+}

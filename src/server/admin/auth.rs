@@ -1,6 +1,6 @@
 //! Who may use the admin API, and as whom: bearer tokens with a role (`viewer` reads,
-//! `operator` also steers), the console's session cookie carrying the same token, and the
-//! open loopback of a one-machine setup.
+//! `operator` also steers), the console's session cookie carrying the same token, client
+//! certificates (`mtls`), and the open loopback of a one-machine setup.
 //!
 //! Every route goes through [`protect`]'s middleware except the probes (`/healthz`,
 //! `/readyz`), the git webhook (its own HMAC check) and the console's login page; it puts a
@@ -77,6 +77,9 @@ pub enum AuthMode {
     None,
     /// Every call but the probes and the webhook needs a valid admin token.
     Token,
+    /// Every call but the probes and the webhook needs a client certificate from a trusted
+    /// CA (see `mtls`); a valid admin token is accepted too.
+    Mtls,
 }
 
 /// Errors of the admin API's authentication set-up.
@@ -119,7 +122,7 @@ impl AdminAuth {
     ) -> Result<Self, AuthError> {
         let open = match mode {
             AuthMode::Token if db.is_none() => return Err(AuthError::NoDatabase),
-            AuthMode::Token => None,
+            AuthMode::Token | AuthMode::Mtls => None,
             AuthMode::None if bound.ip().is_loopback() => Some(Caller {
                 name: "loopback".into(),
                 role: Role::Operator,
@@ -137,6 +140,12 @@ impl AdminAuth {
             tls: false,
             public_metrics: false,
         })
+    }
+
+    /// The listener speaks TLS: the session cookie is `Secure`, origins `https://`.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Leaves `/metrics` open to callers without credentials.
@@ -233,10 +242,12 @@ fn is_open(path: &str, auth: &AdminAuth) -> bool {
         || (auth.public_metrics && path == "/metrics")
 }
 
-/// How a request presented its token.
+/// How a request was authenticated: only the cookie, which a browser sends by itself, needs
+/// the same-origin check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Presented {
-    Bearer,
+    /// A bearer token, a client certificate, or the open loopback.
+    Direct,
     Cookie,
 }
 
@@ -246,14 +257,19 @@ async fn check(State(auth): State<Arc<AdminAuth>>, mut request: Request, next: N
     }
     let headers = request.headers();
     let presented = bearer(headers)
-        .map(|t| (Presented::Bearer, t))
+        .map(|t| (Presented::Direct, t))
         .or_else(|| cookie(headers).map(|t| (Presented::Cookie, t)));
     let caller = match presented {
         Some((how, token)) => match auth.verify(&token).await {
             Some(caller) => Some((how, caller)),
             None => return unauthenticated(&request, "the admin token is unknown or revoked"),
         },
-        None => auth.open.clone().map(|caller| (Presented::Bearer, caller)),
+        None => request
+            .extensions()
+            .get::<super::mtls::PeerCaller>()
+            .map(|peer| peer.0.clone())
+            .or_else(|| auth.open.clone())
+            .map(|caller| (Presented::Direct, caller)),
     };
     let Some((how, caller)) = caller else {
         return unauthenticated(&request, "the admin API needs a token");

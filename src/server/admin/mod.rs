@@ -21,6 +21,7 @@ mod actions;
 mod auth;
 mod fleet;
 mod host;
+mod mtls;
 mod render;
 mod report;
 mod routes;
@@ -38,6 +39,7 @@ pub use fleet::{
     qualified,
 };
 pub use host::{AdminHosts, host_checked};
+pub use mtls::{PeerCaller, ROLE_URI, TlsError, caller_of, server_config};
 pub use render::{write_computer_report, write_deployment_table};
 pub use report::{
     ConditionReport, ConditionStatus, ConditionType, ObjectKind, ObjectReport, ProblemReport,
@@ -67,11 +69,14 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { address, source })
 }
 
-/// Serves `app` on `listener` within `budget` (its own cap, `admin_connections`, and the
-/// same timeouts as the agent-facing listeners) until `shutdown`; counts in `stats`.
+/// Serves `app` on `listener` (over `tls` when given: the handshake within the budget's
+/// handshake timeout, a verified client certificate's caller added to each request as a
+/// [`PeerCaller`]) within `budget` (its own cap, `admin_connections`, and the same timeouts
+/// as the agent-facing listeners) until `shutdown`; counts in `stats`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     budget: Arc<ConnectionBudget>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -95,10 +100,32 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (app, tls) = (app.clone(), tls.clone());
         let (budget, stats, shutdown) = (budget.clone(), stats.clone(), shutdown.clone());
         tracker.spawn(async move {
             let _permit = permit;
+            let Some(tls) = tls else {
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                budget::serve(stream, service, &budget, &stats, &shutdown, ADMIN_DRAIN).await;
+                return;
+            };
+            // In the connection's own task: one stalled handshake holds up no other client.
+            let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+            let Ok(Ok(stream)) = tokio::time::timeout(budget.handshake, accept).await else {
+                tracing::debug!(%peer, "admin TLS handshake failed or timed out");
+                return;
+            };
+            let caller = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| caller_of(der));
+            let app = match caller {
+                Some(caller) => app.layer(axum::Extension(PeerCaller(caller))),
+                None => app,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
             budget::serve(stream, service, &budget, &stats, &shutdown, ADMIN_DRAIN).await;
         });
     }
