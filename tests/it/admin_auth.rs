@@ -318,5 +318,38 @@ async fn with_mtls_a_client_certificate_names_the_caller_and_its_role_uri_the_ro
         events.contains("operator alice asked for a pass"),
         "{events}"
     );
+
+    // The CLI speaks TLS with --admin-ca, and presents --admin-cert.
+    let admin = format!("https://127.0.0.1:{port}");
+    let ca = ca.to_str().unwrap();
+    let (ok, _, err) = tessera(&["get", "--admin", &admin, "--admin-ca", ca]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = tessera(&[
+        "reconcile",
+        "--admin",
+        &admin,
+        "--admin-ca",
+        ca,
+        "--admin-cert",
+        bob.0.to_str().unwrap(),
+        "--admin-key",
+        bob.1.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("403"),
+        "a viewer's certificate: {out}{err}"
+    );
+    let (ok, out, err) = tessera(&[
+        "reconcile",
+        "--admin",
+        &admin,
+        "--admin-ca",
+        ca,
+        "--admin-cert",
+        alice.0.to_str().unwrap(),
+        "--admin-key",
+        alice.1.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
     running.stop().await.unwrap();
 }
