@@ -202,4 +202,39 @@ mod tests {
         assert_eq!(set.address_or(9090), "0.0.0.0:7000".parse().unwrap());
         assert_eq!(set.hosts, ["tessera.internal"]);
     }
+
+    #[test]
+    fn mtls_needs_a_certificate_a_key_and_the_clients_ca() {
+        let mtls = Command::parse_from(["test", "--admin-auth", "mtls"]).admin;
+        let error = mtls.tls().err().unwrap().to_string();
+        for flag in ["--admin-tls-cert", "--admin-tls-key", "--admin-client-ca"] {
+            assert!(error.contains(flag), "{error}");
+        }
+        let without_ca = Command::parse_from([
+            "test",
+            "--admin-auth",
+            "mtls",
+            "--admin-tls-cert",
+            "c.pem",
+            "--admin-tls-key",
+            "k.pem",
+        ])
+        .admin;
+        let error = without_ca.tls().err().unwrap().to_string();
+        assert!(error.contains("--admin-client-ca"), "{error}");
+        // mtls is authentication: an address off loopback is not refused for it.
+        assert!(
+            mtls.refuse_unprotected("0.0.0.0:9090".parse().unwrap())
+                .is_ok()
+        );
+        let open = Command::parse_from(["test"]).admin;
+        assert!(
+            open.refuse_unprotected("0.0.0.0:9090".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            open.refuse_unprotected("127.0.0.1:9090".parse().unwrap())
+                .is_ok()
+        );
+    }
 }

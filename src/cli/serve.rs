@@ -199,7 +199,12 @@ async fn start_source(
     reports: &watch::Receiver<Report>,
     tasks: &mut Tasks,
 ) -> Result<Source> {
-    let admin = format!("http://{admin_address}");
+    let scheme = if args.admin.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let admin = format!("{scheme}://{admin_address}");
     match (&args.git.git, &args.config, client) {
         (Some(_), _, _) => {
             let (state_dir, source, wake, first) =

@@ -242,13 +242,18 @@ fn is_open(path: &str, auth: &AdminAuth) -> bool {
         || (auth.public_metrics && path == "/metrics")
 }
 
-/// How a request was authenticated: only the cookie, which a browser sends by itself, needs
-/// the same-origin check.
+/// How a request was authenticated, which decides how a mutating request is checked for
+/// cross-site forgery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Presented {
-    /// A bearer token, a client certificate, or the open loopback.
-    Direct,
+    /// A bearer token: no other site's page can make a browser send it.
+    Bearer,
+    /// The console's session: it must come from the same origin, proven by the browser.
     Cookie,
+    /// A client certificate or the open loopback, which a browser also brings along to
+    /// another site's request: refused when the browser says it is cross-site (the CLI
+    /// and curl send no `Origin`).
+    Ambient,
 }
 
 async fn check(State(auth): State<Arc<AdminAuth>>, mut request: Request, next: Next) -> Response {
@@ -257,7 +262,7 @@ async fn check(State(auth): State<Arc<AdminAuth>>, mut request: Request, next: N
     }
     let headers = request.headers();
     let presented = bearer(headers)
-        .map(|t| (Presented::Direct, t))
+        .map(|t| (Presented::Bearer, t))
         .or_else(|| cookie(headers).map(|t| (Presented::Cookie, t)));
     let caller = match presented {
         Some((how, token)) => match auth.verify(&token).await {
@@ -269,7 +274,7 @@ async fn check(State(auth): State<Arc<AdminAuth>>, mut request: Request, next: N
             .get::<super::mtls::PeerCaller>()
             .map(|peer| peer.0.clone())
             .or_else(|| auth.open.clone())
-            .map(|caller| (Presented::Direct, caller)),
+            .map(|caller| (Presented::Ambient, caller)),
     };
     let Some((how, caller)) = caller else {
         return unauthenticated(&request, "the admin API needs a token");
@@ -278,10 +283,15 @@ async fn check(State(auth): State<Arc<AdminAuth>>, mut request: Request, next: N
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if mutating && how == Presented::Cookie && !same_origin(request.headers(), auth.tls) {
+    let forged = match how {
+        Presented::Bearer => false,
+        Presented::Cookie => !same_origin(request.headers(), auth.tls),
+        Presented::Ambient => cross_site(request.headers(), auth.tls),
+    };
+    if mutating && forged {
         return refuse(
             StatusCode::FORBIDDEN,
-            "a cross-site request with the console's session is refused",
+            "a cross-site request is refused (the console's actions come from its own pages)",
         );
     }
     if mutating && caller.role != Role::Operator {
@@ -324,9 +334,30 @@ fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    if text("sec-fetch-site") == Some("same-origin") {
-        return true;
-    }
+    text("sec-fetch-site") == Some("same-origin") || own_origin(headers, tls)
+}
+
+/// Whether a browser says the request comes from another site: a `Sec-Fetch-Site` other
+/// than `same-origin` or `none` (typed by the user), or an `Origin` that is not ours.
+fn cross_site(headers: &HeaderMap, tls: bool) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let fetch_site =
+        text("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none");
+    let origin = text(header::ORIGIN.as_str()).is_some() && !own_origin(headers, tls);
+    fetch_site || origin
+}
+
+/// Whether the `Origin` header is our own scheme and `Host`.
+fn own_origin(headers: &HeaderMap, tls: bool) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let scheme = if tls { "https" } else { "http" };
     match (text(header::ORIGIN.as_str()), text(header::HOST.as_str())) {
         (Some(origin), Some(host)) => origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")),
@@ -675,6 +706,28 @@ mod tests {
         assert_eq!(
             (answer.0, answer.2.as_str()),
             (StatusCode::OK, "operator loopback")
+        );
+        // A page of another site cannot steer through the open loopback.
+        let forged = [
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://evil.example"),
+        ];
+        assert_eq!(
+            call(&app, "POST", "/api/v1/reconcile", &forged).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let fetched = [("sec-fetch-site", "cross-site")];
+        assert_eq!(
+            call(&app, "POST", "/api/v1/reconcile", &fetched).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let own = [
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+        ];
+        assert_eq!(
+            call(&app, "POST", "/api/v1/reconcile", &own).await.0,
+            StatusCode::OK
         );
         let as_viewer = format!("Bearer {viewer}");
         let named = call(
