@@ -428,8 +428,13 @@ struct LoginForm {
 /// `POST /ui/login`: a valid token becomes the session cookie.
 async fn login(
     State(auth): State<Arc<AdminAuth>>,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
+    // Another site's page must not sign the browser in with the attacker's token.
+    if cross_site(&headers, auth.tls) {
+        return page(StatusCode::FORBIDDEN, "Sign in from this page.");
+    }
     let token = form.token.trim();
     if auth.verify(token).await.is_none() {
         return page(
@@ -680,6 +685,7 @@ mod tests {
             "{set}"
         );
         let bad = app
+            .clone()
             .oneshot(
                 Request::post(LOGIN_PATH)
                     .header("content-type", "application/x-www-form-urlencoded")
@@ -689,6 +695,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+        let forged = app
+            .oneshot(
+                Request::post(LOGIN_PATH)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("host", "127.0.0.1:9090")
+                    .header("origin", "http://evil.example")
+                    .body(Body::from(format!("token={operator}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN, "login CSRF");
+        assert!(!forged.headers().contains_key(header::SET_COOKIE));
     }
 
     #[tokio::test]
