@@ -27,7 +27,8 @@ COPY --from=build /src/target/release/tessera /usr/local/bin/tessera
 # git and ssh keep what they write (known hosts, temporary files) under HOME, on /tmp.
 ENV HOME=/tmp
 USER 65532:65532
-# Agent-facing HTTPS and HTTP, and the admin API (health, readiness, metrics).
+# Agent-facing HTTPS and HTTP, and the admin API (health, readiness, metrics). Off loopback
+# the admin API needs a token (`tessera admin-token create`); /metrics stays open.
 EXPOSE 8443 8080 9090
 ENTRYPOINT ["/usr/local/bin/tessera"]
-CMD ["serve", "--kube", "--state", "/var/lib/tessera", "--admin-address", "0.0.0.0:9090"]
+CMD ["serve", "--kube", "--state", "/var/lib/tessera", "--admin-address", "0.0.0.0:9090", "--admin-auth", "token", "--admin-public-metrics"]

@@ -37,6 +37,38 @@ pub(super) struct ServerArgs {
     /// nothing listens there, the state directory is read instead].
     #[arg(long, env = "TESSERA_ADMIN", value_name = "URL")]
     pub(super) admin: Option<String>,
+    /// An admin token (`tessera admin-token create`), sent as `Authorization: Bearer`: needed
+    /// when the server runs with --admin-auth token.
+    #[arg(
+        long,
+        env = "TESSERA_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub(super) token: Option<String>,
+    /// A file holding the admin token (kept out of the process list and shell history).
+    #[arg(long, env = "TESSERA_TOKEN_FILE", value_name = "FILE")]
+    pub(super) token_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) to verify an admin API served over TLS (`--admin https://...`).
+    #[arg(long, env = "TESSERA_ADMIN_CA", value_name = "FILE")]
+    pub(super) admin_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for an admin API with --admin-auth mtls (with
+    /// --admin-key).
+    #[arg(
+        long,
+        env = "TESSERA_ADMIN_CERT",
+        value_name = "FILE",
+        requires = "admin_key"
+    )]
+    pub(super) admin_cert: Option<std::path::PathBuf>,
+    /// The private key of --admin-cert (PEM).
+    #[arg(
+        long,
+        env = "TESSERA_ADMIN_KEY",
+        value_name = "FILE",
+        requires = "admin_cert"
+    )]
+    pub(super) admin_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(super) state: StateArgs,
 }
@@ -83,7 +115,7 @@ pub(super) enum Target {
 impl ServerArgs {
     /// The running server, or the state database when none answers at the default address.
     pub(super) async fn target(&self) -> Result<Target> {
-        let api = Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+        let api = self.client()?;
         match api.get_raw("/healthz").await {
             Ok(_) => return Ok(Target::Api(api)),
             Err(error) if self.admin.is_some() => return Err(error),
@@ -104,36 +136,110 @@ impl ServerArgs {
     /// The running server's admin API: for the commands that steer, which a state directory
     /// cannot do.
     pub(super) async fn api(&self) -> Result<Api> {
-        let api = Api::new(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+        let api = self.client()?;
         api.get_raw("/healthz").await?;
         Ok(api)
     }
+
+    /// A client of the admin API asked for, with the token given, if any.
+    fn client(&self) -> Result<Api> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("failed to read --token-file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let read = |flag: &str, path: &std::path::PathBuf| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {flag} {}", path.display()))
+        };
+        let tls = match &self.admin_ca {
+            Some(ca) => {
+                let identity = match (&self.admin_cert, &self.admin_key) {
+                    (Some(cert), Some(key)) => {
+                        Some((read("--admin-cert", cert)?, read("--admin-key", key)?))
+                    }
+                    _ => None,
+                };
+                let identity = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+                Some(
+                    crate::pki::tls::client_config(&read("--admin-ca", ca)?, identity)
+                        .context("failed to set up TLS for the admin API")?,
+                )
+            }
+            None if self.admin_cert.is_some() => {
+                bail!("--admin-cert needs --admin-ca (the CA of the admin API's certificate)")
+            }
+            None => None,
+        };
+        Ok(
+            Api::with_tls(self.admin.as_deref().unwrap_or(DEFAULT_ADMIN), tls)?
+                .with_token(token.filter(|t| !t.is_empty())),
+        )
+    }
 }
 
-/// A client of one server's admin API (plain HTTP: it listens on loopback or behind the
-/// cluster's network).
+/// A client of one server's admin API: plain HTTP (on loopback or behind the cluster's
+/// network), or HTTPS with --admin-ca (and a client certificate for mutual TLS).
 pub(super) struct Api {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` or `https://host:port`, without a trailing slash.
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Connection,
+    /// Sent as `Authorization: Bearer`.
+    token: Option<String>,
 }
 
 impl Api {
     /// A client of the admin API at `base` (`http://host:port`; `host:port` is read as HTTP).
+    #[cfg(test)]
     pub(super) fn new(base: &str) -> Result<Self> {
+        Self::with_tls(base, None)
+    }
+
+    /// A client of the admin API at `base`: `https://` with `tls` (from --admin-ca), else
+    /// `http://` (`host:port` is read as HTTP).
+    fn with_tls(base: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> Result<Self> {
         let base = base.trim_end_matches('/');
         let base = if base.contains("://") {
             base.to_owned()
         } else {
             format!("http://{base}")
         };
-        if !base.starts_with("http://") {
-            bail!("--admin {base}: the admin API is plain HTTP; write it as http://HOST:PORT");
-        }
         base.parse::<hyper::Uri>()
             .with_context(|| format!("--admin {base}: not a URL"))?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { base, client })
+        let client = match (base.starts_with("https://"), tls) {
+            (true, Some(tls)) => {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls).clone())
+                    .https_only()
+                    .enable_http1()
+                    .build();
+                Connection::Tls(Client::builder(TokioExecutor::new()).build(connector))
+            }
+            (true, None) => bail!(
+                "--admin {base}: an admin API over TLS needs --admin-ca (the CA of its certificate)"
+            ),
+            (false, _) if base.starts_with("http://") => {
+                Connection::Plain(Client::builder(TokioExecutor::new()).build_http())
+            }
+            (false, _) => {
+                bail!("--admin {base}: write it as http://HOST:PORT or https://HOST:PORT")
+            }
+        };
+        Ok(Self {
+            base,
+            client,
+            token: None,
+        })
+    }
+
+    /// The same client, sending `token` with every call.
+    fn with_token(self, token: Option<String>) -> Self {
+        Self { token, ..self }
     }
 
     /// The address asked, for messages.
@@ -208,11 +314,17 @@ impl Api {
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .with_context(|| format!("{url}: not a valid request"))?;
         let exchange = async {
-            let response = self.client.request(request).await?;
+            let response = match &self.client {
+                Connection::Plain(client) => client.request(request).await?,
+                Connection::Tls(client) => client.request(request).await?,
+            };
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, anyhow::Error>((status, body))
@@ -222,6 +334,12 @@ impl Api {
             .map_err(|_| anyhow::anyhow!("{url}: no answer within {} s", CALL_TIMEOUT.as_secs()))?
             .with_context(|| format!("no server answers at {}", self.base))
     }
+}
+
+/// The HTTP client of an [`Api`].
+enum Connection {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
 }
 
 /// The error for a non-success answer: the server's own message when it sent one.
@@ -236,10 +354,19 @@ fn refusal(base: &str, path: &str, status: StatusCode, body: &[u8]) -> anyhow::E
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| text.trim().to_owned());
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => {
+            "; pass an admin token with --token, TESSERA_TOKEN or --token-file (`tessera admin-token create`)"
+        }
+        StatusCode::FORBIDDEN => {
+            "; this needs a token with the operator role (`tessera admin-token create --role operator`)"
+        }
+        _ => "",
+    };
     if message.is_empty() {
-        anyhow::anyhow!("{base}{path}: {status}")
+        anyhow::anyhow!("{base}{path}: {status}{hint}")
     } else {
-        anyhow::anyhow!("{base}{path}: {status}: {message}")
+        anyhow::anyhow!("{base}{path}: {status}: {message}{hint}")
     }
 }
 
@@ -248,13 +375,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_address_without_a_scheme_is_read_as_http_and_https_is_refused() {
+    fn an_address_without_a_scheme_is_read_as_http_and_https_needs_a_ca() {
         assert_eq!(
             Api::new("127.0.0.1:9090/").unwrap().base(),
             "http://127.0.0.1:9090"
         );
         let error = Api::new("https://127.0.0.1:9090").err().unwrap();
-        assert!(error.to_string().contains("plain HTTP"), "{error}");
+        assert!(error.to_string().contains("--admin-ca"), "{error}");
     }
 
     #[test]
@@ -282,6 +409,11 @@ mod tests {
         drop(free);
         let args = ServerArgs {
             admin: Some(format!("http://{address}")),
+            token: None,
+            token_file: None,
+            admin_ca: None,
+            admin_cert: None,
+            admin_key: None,
             state: StateArgs {
                 state: None,
                 config: std::path::PathBuf::from("/nonexistent"),

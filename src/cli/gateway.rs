@@ -115,6 +115,9 @@ pub(super) fn run(args: &GatewayArgs) -> Result<ExitCode> {
 /// Starts everything `tessera gateway` runs and returns once the admin API listens; with
 /// `client`, the configuration comes from the cluster (tests hand in a mock).
 pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> Result<Running> {
+    args.admin
+        .refuse_unprotected(args.admin.address_or(ADMIN_PORT))?;
+    let admin_tls = args.admin.tls()?;
     let mut tasks = Tasks::default();
     let configuration = read_configuration(args, client, &mut tasks).await?;
     let (key, spec) = choose_gateway(args, &configuration.snapshot)?;
@@ -147,15 +150,18 @@ pub async fn start_gateway(args: &GatewayArgs, client: Option<kube::Client>) -> 
     let budget = connection_budget()?;
     let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
+    // The gateway keeps no state database, so no admin tokens: loopback, or --admin-insecure.
+    let auth = args.admin.authentication(admin_address, None)?;
     let pool = relay.inside.as_ref().map(|(_, pool)| pool.clone());
     let mut app = admin::app(report_rx.clone()).merge(metrics(counters.clone(), pool, listening));
     if let Some(hooks) = configuration.hooks {
         app = app.merge(hooks);
     }
+    let app = admin::protect(app, auth);
     let app = admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts));
     let admin_budget = budget.clone();
     tasks.spawn(|token| async move {
-        admin::serve(admin, app, admin_budget, Arc::default(), token)
+        admin::serve(admin, app, admin_tls, admin_budget, Arc::default(), token)
             .await
             .map_err(Into::into)
     });

@@ -37,7 +37,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use admin::AdminArgs;
+pub use admin::{AdminArgs, AdminAuthMode};
 pub use gateway::{GatewayArgs, start_gateway};
 pub use git::GitArgs;
 pub use kube::KubeArgs;
@@ -60,7 +60,7 @@ use notify::NotifyArgs;
 use plan::PlanArgs;
 use running::runtime;
 use status::StatusArgs;
-use token::TokenCommand;
+use token::{AdminTokenCommand, TokenCommand};
 use validate::ValidateArgs;
 
 /// Declarative, GitOps-driven software deployment for endpoint fleets.
@@ -112,6 +112,9 @@ enum Command {
   tessera token revoke 1a2b3c4d5e6f"
     )]
     Token(TokenCommand),
+    /// Tokens for the admin API (`viewer` reads, `operator` also steers): create, list, revoke.
+    #[command(subcommand)]
+    AdminToken(AdminTokenCommand),
     /// Tessera's own agent: enroll, check in, download, verify, install, report.
     Agent(AgentArgs),
     /// Write the Package that moves OCS Unix agents still on plain HTTP to verified HTTPS
@@ -172,6 +175,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Token(command) => token::run(command),
+        Command::AdminToken(command) => token::run_admin(command),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent(args))),
         Command::MigrationPackage(args) => migration::run(&args),
         Command::Notify(args) => notify::run(&args),

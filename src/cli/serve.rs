@@ -128,6 +128,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
 pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result<Running> {
     let mut tasks = Tasks::default();
     let (report_tx, report_rx) = watch::channel(Report::default());
+    args.admin
+        .refuse_unprotected(args.admin.address_or(ADMIN_PORT))?;
+    let admin_tls = args.admin.tls()?;
     let admin = admin::bind(args.admin.address_or(ADMIN_PORT)).await?;
     let admin_address = admin.local_addr()?;
     let source = start_source(&args, client, admin_address, &report_rx, &mut tasks).await?;
@@ -158,8 +161,10 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         wait: admin::PASS_WAIT,
         replica: runtime.identity.clone(),
     };
+    let auth = args.admin.authentication(admin_address, Some(db.clone()))?;
     let (app, stats) = admin_app(
         &args,
+        auth,
         &report_rx,
         db,
         &metrics,
@@ -168,7 +173,7 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     );
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
-        admin::serve(admin, app, budget, stats, token)
+        admin::serve(admin, app, admin_tls, budget, stats, token)
             .await
             .map_err(Into::into)
     });
@@ -200,7 +205,12 @@ async fn start_source(
     reports: &watch::Receiver<Report>,
     tasks: &mut Tasks,
 ) -> Result<Source> {
-    let admin = format!("http://{admin_address}");
+    let scheme = if args.admin.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let admin = format!("{scheme}://{admin_address}");
     match (&args.git.git, &args.config, client) {
         (Some(_), _, _) => {
             let (state_dir, source, wake, first) =
@@ -504,6 +514,7 @@ fn start_reconcile(
 /// its listener.
 fn admin_app(
     args: &ServeArgs,
+    auth: admin::AdminAuth,
     reports: &watch::Receiver<Report>,
     db: Arc<Database>,
     metrics: &Arc<Metrics>,
@@ -522,6 +533,7 @@ fn admin_app(
     if let Some(hooks) = hooks {
         app = app.merge(hooks);
     }
+    let app = admin::protect(app, auth);
     let app = crate::server::metrics::requests::layer(app, metrics, Timed::Admin);
     (
         admin::host_checked(app, admin::AdminHosts::new(&args.admin.hosts)),

@@ -1,4 +1,5 @@
-//! `tessera token`: enrollment tokens for Tessera's own agents (create, list, revoke).
+//! `tessera token`: enrollment tokens for Tessera's own agents (create, list, revoke); and
+//! `tessera admin-token`: tokens for the admin API, with a name and a role.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use clap::Subcommand;
 
 use super::state::StateArgs;
 use super::{OutputFormat, plural};
+use crate::server::admin::Role;
 
 /// `tessera token`.
 #[derive(Debug, Subcommand)]
@@ -139,6 +141,113 @@ pub(super) fn run(command: TokenCommand) -> Result<ExitCode> {
                 bail!("no enrollment token {id}");
             }
             writeln!(out, "token {id} revoked")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tessera admin-token`: who may use the admin API. A command of its own rather than
+/// `token --admin`: an admin token has a name and a role and no expiry or use count, and
+/// keeping the two lists apart keeps agents' one-time secrets from being mistaken for
+/// operators' standing ones.
+#[derive(Debug, Subcommand)]
+pub(super) enum AdminTokenCommand {
+    /// Make a token for the admin API; it is printed once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        state: StateArgs,
+        /// `viewer` reads; `operator` also suspends, resumes, reconciles and renews.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Who holds it: named in events ("suspended by operator alice") and logs.
+        #[arg(long)]
+        name: String,
+    },
+    /// List admin tokens with their name, role, last use and revocation (never the secrets).
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+        output: OutputFormat,
+    },
+    /// Revoke an admin token by its id: it stops working at once, also in console sessions.
+    Revoke {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The token's id (the 12 hex digits after `tsa_`).
+        id: String,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, crate::server::admin::AuthError> {
+    text.parse()
+}
+
+/// Runs one admin token command.
+pub(super) fn run_admin(command: AdminTokenCommand) -> Result<ExitCode> {
+    let now = jiff::Timestamp::now().as_second();
+    let mut out = std::io::stdout().lock();
+    match command {
+        AdminTokenCommand::Create { state, role, name } => {
+            if name.trim().is_empty() {
+                bail!("--name must name who holds the token");
+            }
+            let db = state.open()?;
+            let (id, whole, secret_sha256) = crate::server::admin::generate_token();
+            db.create_admin_token(&crate::store::db::AdminTokenRecord {
+                id: id.clone(),
+                secret_sha256,
+                name: name.clone(),
+                role: role.as_str().to_owned(),
+                created_at: now,
+                last_used_at: None,
+                revoked_at: None,
+            })?;
+            writeln!(out, "{whole}")?;
+            eprintln!(
+                "admin token {id} for {} {name}; it is shown only now (use it with --token or TESSERA_TOKEN)",
+                role.as_str()
+            );
+        }
+        AdminTokenCommand::List { state, output } => {
+            let tokens = state.open()?.admin_tokens()?;
+            match output {
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&tokens)?)?,
+                OutputFormat::Human => {
+                    let when = |t: Option<i64>| {
+                        t.and_then(|t| jiff::Timestamp::from_second(t).ok())
+                            .map_or_else(|| "-".to_owned(), |t| t.to_string())
+                    };
+                    writeln!(
+                        out,
+                        "{:12}  {:8}  {:20}  {:20}  {:7}  NAME",
+                        "ID", "ROLE", "CREATED", "LAST USED", "STATE"
+                    )?;
+                    for t in &tokens {
+                        writeln!(
+                            out,
+                            "{:12}  {:8}  {:20}  {:20}  {:7}  {}",
+                            t.id,
+                            t.role,
+                            when(Some(t.created_at)),
+                            when(t.last_used_at),
+                            if t.revoked_at.is_some() {
+                                "revoked"
+                            } else {
+                                "usable"
+                            },
+                            t.name
+                        )?;
+                    }
+                }
+            }
+        }
+        AdminTokenCommand::Revoke { state, id } => {
+            let id = crate::server::admin::token_id(&id);
+            if !state.open()?.revoke_admin_token(&id, now)? {
+                bail!("no admin token {id}");
+            }
+            writeln!(out, "admin token {id} revoked")?;
         }
     }
     Ok(ExitCode::SUCCESS)

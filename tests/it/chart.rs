@@ -349,6 +349,69 @@ fn notes_tell_how_to_reach_the_server_and_get_the_ca() {
     assert!(text.contains("ca\\.crt"), "{text}");
 }
 
+/// The chart's server arguments with `values`.
+fn server_args(values: Value) -> Vec<String> {
+    let objects: Vec<Value> = render_all(values)
+        .into_iter()
+        .flat_map(|(_, docs)| docs)
+        .collect();
+    let deployment = find(&objects, "Deployment")[0];
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_admin_api_needs_a_token_by_default_and_the_notes_say_how_to_make_and_use_one() {
+    let args = server_args(default_values());
+    assert!(args.contains(&"--admin-auth=token".to_owned()), "{args:?}");
+    assert!(
+        args.contains(&"--admin-public-metrics".to_owned()),
+        "{args:?}"
+    );
+    assert!(!args.contains(&"--admin-insecure".to_owned()), "{args:?}");
+    let text = render(&read("templates/NOTES.txt"), &context(default_values()));
+    assert!(!text.contains("{{"), "{text}");
+    // The command the notes give is one `tessera` accepts, and the token is then used.
+    let create = text
+        .lines()
+        .find(|line| line.contains("admin-token create"))
+        .expect("the notes say how to make a token");
+    let command = create
+        .split(" -- ")
+        .nth(1)
+        .unwrap()
+        .split(" >")
+        .next()
+        .unwrap();
+    let argv: Vec<&str> = command.split_whitespace().collect();
+    tessera::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(text.contains("port-forward"), "{text}");
+    assert!(text.contains("--token-file tessera-admin.token"), "{text}");
+
+    let mut values = default_values();
+    values["admin"] = json!({"auth": "none", "insecure": true, "publicMetrics": false});
+    assert_eq!(schema_problems(&values), Vec::<String>::new());
+    let args = server_args(values.clone());
+    assert!(args.contains(&"--admin-auth=none".to_owned()), "{args:?}");
+    assert!(args.contains(&"--admin-insecure".to_owned()), "{args:?}");
+    assert!(
+        !args.contains(&"--admin-public-metrics".to_owned()),
+        "{args:?}"
+    );
+    let mut argv = vec!["tessera".to_owned()];
+    argv.extend(args);
+    tessera::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let text = render(&read("templates/NOTES.txt"), &context(values));
+    assert!(text.contains("WITHOUT authentication"), "{text}");
+    values = default_values();
+    values["admin"]["auth"] = json!("open");
+    assert!(!schema_problems(&values).is_empty());
+}
+
 #[test]
 fn default_values_match_the_schema_and_mistakes_do_not() {
     let schema: Value = serde_json::from_str(&read("values.schema.json")).unwrap();

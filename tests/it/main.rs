@@ -6,6 +6,7 @@
 // Test builders take their `json!` literals by value, as they are written at the call.
 #![allow(clippy::needless_pass_by_value)]
 
+mod admin_auth;
 mod agent;
 mod cert_lifetimes;
 mod certificates;

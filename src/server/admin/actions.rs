@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+use super::auth::Caller;
 use super::report::{ObjectKind, ObjectReport, Report};
 use crate::store::db::journal::{self, Record};
 use crate::store::db::{Database, OperatorAction};
@@ -221,26 +222,52 @@ impl IntoResponse for Refusal {
 
 async fn suspend(
     State(steering): State<Steering>,
+    caller: Option<Extension<Caller>>,
     Path((kind, name)): Path<(String, String)>,
     Query(namespace): Query<Namespace>,
 ) -> Response {
-    suspension(steering, &kind, &name, namespace.namespace, true)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    suspension(
+        steering,
+        &by(caller),
+        &kind,
+        &name,
+        namespace.namespace,
+        true,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn resume(
     State(steering): State<Steering>,
+    caller: Option<Extension<Caller>>,
     Path((kind, name)): Path<(String, String)>,
     Query(namespace): Query<Namespace>,
 ) -> Response {
-    suspension(steering, &kind, &name, namespace.namespace, false)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    suspension(
+        steering,
+        &by(caller),
+        &kind,
+        &name,
+        namespace.namespace,
+        false,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Who made a call, for its event: "operator alice"; "an operator" when the admin API runs
+/// without the authentication middleware (tests of the actions alone).
+fn by(caller: Option<Extension<Caller>>) -> String {
+    caller.map_or_else(
+        || "an operator".to_owned(),
+        |Extension(caller)| caller.to_string(),
+    )
 }
 
 async fn suspension(
     steering: Steering,
+    by: &str,
     kind: &str,
     name: &str,
     namespace: Option<String>,
@@ -280,16 +307,19 @@ async fn suspension(
     })?;
     let verb = if suspend { "suspend" } else { "resume" };
     let qualified = format!("{kind}/{namespace}/{name}");
-    tracing::info!(action = verb, object = %qualified, changed, "operator action");
+    tracing::info!(action = verb, object = %qualified, changed, caller = by, "operator action");
     if changed {
         let (reason, message) = if suspend {
-            ("Suspended", "suspended by an operator (`tessera suspend`)")
+            (
+                "Suspended",
+                format!("suspended by {by} (`tessera suspend`)"),
+            )
         } else {
-            ("Resumed", "resumed by an operator (`tessera resume`)")
+            ("Resumed", format!("resumed by {by} (`tessera resume`)"))
         };
         journal::record(
             &steering.db,
-            Record::normal(kind.as_str(), &namespace, &name, reason, message),
+            Record::normal(kind.as_str(), &namespace, &name, reason, &message),
         );
     }
     let spec_holds = |after: &Option<ObjectReport>| {
@@ -310,7 +340,12 @@ async fn suspension(
     Ok(answer(verb, Some(qualified), message, pass, after))
 }
 
-async fn reconcile(State(steering): State<Steering>, body: axum::body::Bytes) -> Response {
+async fn reconcile(
+    State(steering): State<Steering>,
+    caller: Option<Extension<Caller>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let by = by(caller);
     let request: ReconcileRequest = if body.is_empty() {
         ReconcileRequest::default()
     } else {
@@ -338,6 +373,7 @@ async fn reconcile(State(steering): State<Steering>, body: axum::body::Bytes) ->
     tracing::info!(
         action = "reconcile",
         source = request.source,
+        caller = by,
         "operator action"
     );
     journal::record(
@@ -347,10 +383,10 @@ async fn reconcile(State(steering): State<Steering>, body: axum::body::Bytes) ->
             "",
             &steering.replica,
             "ReconcileRequested",
-            if request.source {
-                "an operator asked for a fetch and a pass now (`tessera reconcile --source`)"
+            &if request.source {
+                format!("{by} asked for a fetch and a pass now (`tessera reconcile --source`)")
             } else {
-                "an operator asked for a pass now (`tessera reconcile`)"
+                format!("{by} asked for a pass now (`tessera reconcile`)")
             },
         ),
     );
@@ -367,16 +403,18 @@ async fn reconcile(State(steering): State<Steering>, body: axum::body::Bytes) ->
 
 async fn renew(
     State(steering): State<Steering>,
+    caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
     Query(namespace): Query<Namespace>,
 ) -> Response {
-    renewal(steering, &name, namespace.namespace)
+    renewal(steering, &by(caller), &name, namespace.namespace)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn renewal(
     steering: Steering,
+    by: &str,
     name: &str,
     namespace: Option<String>,
 ) -> Result<Response, Refusal> {
@@ -399,7 +437,7 @@ async fn renewal(
         ))
     })?;
     let qualified = format!("{kind}/{namespace}/{name}");
-    tracing::info!(action = "renew", object = %qualified, "operator action");
+    tracing::info!(action = "renew", object = %qualified, caller = by, "operator action");
     journal::record(
         &steering.db,
         Record::normal(
@@ -407,7 +445,7 @@ async fn renewal(
             &namespace,
             &name,
             "RenewalRequested",
-            "renewal requested by an operator (`tessera renew`)",
+            &format!("renewal requested by {by} (`tessera renew`)"),
         ),
     );
     let (pass, after) = pass_and_object(&steering, kind, &namespace, &name).await;

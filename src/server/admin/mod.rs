@@ -2,7 +2,8 @@
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
 //! `/api/v1/computers/{id}`), the fleet a page at a time (`/api/v1/computers`), events
 //! (`/api/v1/events`) and `/metrics`; and the leader's steering actions (`actions`:
-//! suspend, resume, reconcile, renew).
+//! suspend, resume, reconcile, renew); who may call them (`auth`: tokens with a role, the
+//! console's session, the open loopback).
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -17,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
 mod actions;
+mod auth;
 mod fleet;
 mod host;
+mod mtls;
 mod render;
 mod report;
 mod routes;
@@ -27,11 +30,16 @@ pub use actions::{
     ActionReport, Leader, LeaderView, PASS_WAIT, PassDone, PassQueue, PassTrigger,
     SUSPENDED_DETAIL, Steering, actions_app, pass_channel,
 };
+pub use auth::{
+    AdminAuth, AuthError, AuthMode, Caller, LOGIN_PATH, Role, SESSION_COOKIE, generate_token,
+    protect, token_id,
+};
 pub use fleet::{
     FleetComputer, FleetDeployment, FleetPage, FleetQuery, FleetQueryError, fleet_page_of,
     qualified,
 };
 pub use host::{AdminHosts, host_checked};
+pub use mtls::{PeerCaller, ROLE_URI, TlsError, caller_of, server_config};
 pub use render::{write_computer_report, write_deployment_table};
 pub use report::{
     ConditionReport, ConditionStatus, ConditionType, ObjectKind, ObjectReport, ProblemReport,
@@ -61,11 +69,14 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { address, source })
 }
 
-/// Serves `app` on `listener` within `budget` (its own cap, `admin_connections`, and the
-/// same timeouts as the agent-facing listeners) until `shutdown`; counts in `stats`.
+/// Serves `app` on `listener` (over `tls` when given: the handshake within the budget's
+/// handshake timeout, a verified client certificate's caller added to each request as a
+/// [`PeerCaller`]) within `budget` (its own cap, `admin_connections`, and the same timeouts
+/// as the agent-facing listeners) until `shutdown`; counts in `stats`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     budget: Arc<ConnectionBudget>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -89,10 +100,32 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (app, tls) = (app.clone(), tls.clone());
         let (budget, stats, shutdown) = (budget.clone(), stats.clone(), shutdown.clone());
         tracker.spawn(async move {
             let _permit = permit;
+            let Some(tls) = tls else {
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                budget::serve(stream, service, &budget, &stats, &shutdown, ADMIN_DRAIN).await;
+                return;
+            };
+            // In the connection's own task: one stalled handshake holds up no other client.
+            let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+            let Ok(Ok(stream)) = tokio::time::timeout(budget.handshake, accept).await else {
+                tracing::debug!(%peer, "admin TLS handshake failed or timed out");
+                return;
+            };
+            let caller = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| caller_of(der));
+            let app = match caller {
+                Some(caller) => app.layer(axum::Extension(PeerCaller(caller))),
+                None => app,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
             budget::serve(stream, service, &budget, &stats, &shutdown, ADMIN_DRAIN).await;
         });
     }

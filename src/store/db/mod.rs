@@ -17,8 +17,8 @@
 //!
 //! One file per part: `file` (the SQLite file's checks), `schema` (migrations),
 //! `computers`, `deployments`, `tokens`, `settings` (with the shared files), `journal`
-//! (what happened, for `tessera events`) and `steering` (operators' suspensions and renewal
-//! requests).
+//! (what happened, for `tessera events`), `steering` (operators' suspensions and renewal
+//! requests) and `admin_tokens` (who may use the admin API).
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -50,6 +50,7 @@ macro_rules! on_both {
     };
 }
 
+mod admin_tokens;
 mod computers;
 mod deployments;
 mod file;
@@ -59,6 +60,7 @@ mod settings;
 mod steering;
 mod tokens;
 
+pub use admin_tokens::AdminTokenRecord;
 pub use computers::{CONTACT_PRECISION, CodeCount, Computer, FLEET_PAGE, Facts, FleetFilter};
 pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State};
 pub use file::{Health, Lost, Opened, STATE_MARKER};

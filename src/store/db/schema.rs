@@ -184,6 +184,22 @@ const MIGRATIONS: &[(i64, Step)] = &[
         11,
         Step::Both("CREATE INDEX computers_by_name ON computers (name);"),
     ),
+    // Who may use the admin API (`tessera admin-token`): a name and a role per token, the
+    // secret only as its SHA-256 (see `server::admin::auth`).
+    (
+        12,
+        Step::Both(
+            "CREATE TABLE admin_tokens (
+        id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_used_at BIGINT,
+        revoked_at BIGINT
+    );",
+        ),
+    ),
 ];
 
 /// The version the last migration brings the schema to.
