@@ -873,7 +873,7 @@ fn every_object_has_the_standard_labels_and_names_follow_the_overrides() {
             let name = object["metadata"]["name"].as_str().unwrap();
             let labels = labels(object);
             let at = format!("{what}: {kind} {name}");
-            assert_eq!(labels["helm.sh/chart"], "tessera-0.2.0", "{at}");
+            assert_eq!(labels["helm.sh/chart"], "tessera-0.3.0", "{at}");
             assert_eq!(labels["app.kubernetes.io/name"], app_name, "{at}");
             assert_eq!(labels["app.kubernetes.io/instance"], release, "{at}");
             assert_eq!(labels["app.kubernetes.io/version"], "0.1.0", "{at}");
