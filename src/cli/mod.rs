@@ -113,7 +113,13 @@ enum Command {
     )]
     Token(TokenCommand),
     /// Tokens for the admin API (`viewer` reads, `operator` also steers): create, list, revoke.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  tessera admin-token create --role operator --name alice
+  tessera admin-token list
+  tessera admin-token revoke 0123456789ab"
+    )]
     AdminToken(AdminTokenCommand),
     /// Tessera's own agent: enroll, check in, download, verify, install, report.
     Agent(AgentArgs),

@@ -153,6 +153,10 @@ pub(super) fn run(command: TokenCommand) -> Result<ExitCode> {
 #[derive(Debug, Subcommand)]
 pub(super) enum AdminTokenCommand {
     /// Make a token for the admin API; it is printed once and stored only as a hash.
+    #[command(after_help = "Examples:
+  tessera admin-token create --role viewer --name grafana --config fleet/
+  tessera admin-token create --role operator --name alice --state /var/lib/tessera > alice.token
+  tessera get --admin http://10.0.0.5:9090 --token-file alice.token")]
     Create {
         #[command(flatten)]
         state: StateArgs,
@@ -164,6 +168,9 @@ pub(super) enum AdminTokenCommand {
         name: String,
     },
     /// List admin tokens with their name, role, last use and revocation (never the secrets).
+    #[command(after_help = "Examples:
+  tessera admin-token list --config fleet/
+  tessera admin-token list --state /var/lib/tessera --output json")]
     List {
         #[command(flatten)]
         state: StateArgs,
@@ -171,6 +178,9 @@ pub(super) enum AdminTokenCommand {
         output: OutputFormat,
     },
     /// Revoke an admin token by its id: it stops working at once, also in console sessions.
+    #[command(after_help = "Examples:
+  tessera admin-token revoke 0123456789ab --config fleet/   the id is the 12 hex digits after tsa_
+  tessera admin-token list --state /var/lib/tessera        its revocation shows there")]
     Revoke {
         #[command(flatten)]
         state: StateArgs,
