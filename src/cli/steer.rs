@@ -41,7 +41,7 @@ pub(super) struct SuspendArgs {
 pub(super) struct ReconcileArgs {
     /// Fetch the git branch first (the webhook's path); a new commit then starts a pass of
     /// its own.
-    #[arg(long)]
+    #[arg(long, help_heading = "Selection")]
     source: bool,
     #[command(flatten, next_help_heading = "Server")]
     server: ServerArgs,
