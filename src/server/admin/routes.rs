@@ -138,6 +138,7 @@ async fn metrics(State(state): State<Deployments>) -> Response {
             report: &report,
             fleet: fleet.as_deref(),
             health: &health,
+            dropped_events: state.db.dropped_events(),
         })
     };
     (

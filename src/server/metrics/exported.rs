@@ -51,4 +51,5 @@ pub const EXPORTED: &[&str] = &[
     "tessera_issuer_ready_status",
     "tessera_issuer_crl_next_update_timestamp_seconds",
     "tessera_state_database_health",
+    "tessera_events_dropped_total",
 ];

@@ -689,6 +689,7 @@ mod tests {
             report: &report,
             fleet: Some(&fleet),
             health: &crate::store::db::Health::Writable,
+            dropped_events: 0,
         });
         let shown: std::collections::BTreeSet<&str> = text
             .lines()

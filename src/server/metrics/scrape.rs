@@ -36,6 +36,9 @@ pub struct Scrape<'a> {
     /// `None` when the database could not be read (the fleet series are then absent).
     pub fleet: Option<&'a [FleetCount]>,
     pub health: &'a Health,
+    /// Events the journal could not write since the process started (queue full, disk
+    /// full): [`crate::store::db::Database::dropped_events`].
+    pub dropped_events: u64,
 }
 
 /// The registry of this scrape's gauges.
@@ -63,6 +66,13 @@ pub fn registry(scrape: &Scrape<'_>) -> Registry {
         "tessera_state_database_health",
         "The state database's health (1 for its current state)",
         health,
+    );
+    let dropped = prometheus_client::metrics::counter::Counter::<u64>::default();
+    dropped.inc_by(scrape.dropped_events);
+    registry.register(
+        "tessera_events_dropped",
+        "Events the journal could not write (queue or disk full) since the process started",
+        dropped,
     );
     registry
 }
@@ -360,6 +370,7 @@ mod tests {
             report: &Report::default(),
             fleet: Some(&fleet),
             health: &Health::Writable,
+            dropped_events: 0,
         });
         for expected in [
             "tessera_fleet_computers{activation=\"app\",state=\"error\"} 3\n",
@@ -369,6 +380,7 @@ mod tests {
             "tessera_fleet_result_codes{activation=\"app\",code=\"ERRBADX\"} 1\n",
             "tessera_fleet_result_codes_folded{activation=\"app\"} 0\n",
             "tessera_state_database_health{state=\"writable\"} 1\n",
+            "tessera_events_dropped_total 0\n",
         ] {
             assert!(text.contains(expected), "{expected}in:\n{text}");
         }
@@ -384,6 +396,7 @@ mod tests {
             report: &Report::default(),
             fleet: Some(&fleet),
             health: &Health::Writable,
+            dropped_events: 0,
         });
         assert!(text.contains("code=\"ERR_FREQUENT\"} 50\n"), "{text}");
         assert!(text.contains("code=\"other\"} 4\n"), "{text}");
@@ -431,6 +444,7 @@ mod tests {
             report: &report,
             fleet: None,
             health: &Health::Writable,
+            dropped_events: 0,
         });
         for expected in [
             "tessera_certificate_expiration_timestamp_seconds{name=\"agents\",namespace=\"default\"} 1798761600",
