@@ -2,7 +2,7 @@
 //! as JSON (`/api/v1/objects`, `/api/v1/problems`); deployments (`/api/v1/deployments`,
 //! `/api/v1/computers/{id}`), the fleet a page at a time (`/api/v1/computers`), events
 //! (`/api/v1/events`) and `/metrics`; and the leader's steering actions (`actions`:
-//! suspend, resume, reconcile, renew).
+//! suspend, resume, reconcile, renew); the web console (`console`, `/ui/`) over the same reads.
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
 mod actions;
+mod console;
 mod fleet;
 mod host;
 mod render;
@@ -27,6 +28,7 @@ pub use actions::{
     ActionReport, Leader, LeaderView, PASS_WAIT, PassDone, PassQueue, PassTrigger,
     SUSPENDED_DETAIL, Steering, actions_app, pass_channel,
 };
+pub use console::{CONTENT_SECURITY_POLICY, ConsoleError, console_app};
 pub use fleet::{
     FleetComputer, FleetDeployment, FleetPage, FleetQuery, FleetQueryError, fleet_page_of,
     qualified,
