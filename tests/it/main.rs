@@ -12,6 +12,7 @@ mod certificates;
 mod chart;
 mod cluster;
 mod connections;
+mod console;
 mod crash;
 mod crds;
 mod dial_out;
