@@ -195,7 +195,10 @@ fn object(kind: ObjectKind, name: String, details: serde_json::Value) -> ObjectR
         generation: 1,
         observed_generation: Some(1),
         source_revision: "0123abcd".into(),
-        details: details.as_object().cloned().unwrap_or_default(),
+        details: match details {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        },
         conditions: vec![ConditionReport {
             type_: ConditionType::Ready,
             status: ConditionStatus::True,

@@ -69,7 +69,7 @@ impl IntoResponse for ConsoleError {
             message.push_str(&format!(": {cause}"));
             source = cause.source();
         }
-        let page = pages::layout("Error", None, None, pages::error(&message));
+        let page = pages::layout("Error", None, None, &pages::error(&message));
         (status, Html(page.into_string())).into_response()
     }
 }
@@ -139,7 +139,7 @@ impl View {
         let markup = if self.fragment.is_some() {
             page.live
         } else {
-            pages::layout(page.title, Some(page.nav), page.controls, page.live)
+            pages::layout(page.title, Some(page.nav), page.controls, &page.live)
         };
         Html(markup.into_string()).into_response()
     }

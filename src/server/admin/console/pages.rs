@@ -78,7 +78,7 @@ pub(super) fn layout(
     title: &str,
     nav: Option<Nav>,
     controls: Option<Markup>,
-    live: Markup,
+    live: &Markup,
 ) -> Markup {
     html! {
         (DOCTYPE)
