@@ -250,6 +250,11 @@ async fn pages_show_what_the_api_counts_and_the_actions_of_each_object() {
         page.contains(r#"data-post="/api/v1/objects/Activation/held/resume?namespace=default""#)
     );
     assert!(page.contains("suspended (operator)"));
+    // Result codes on the Fleet for a chosen activation (not recounted at every poll else).
+    let (_, _, page) = get(&app, "/ui/?activation=hello").await;
+    assert!(page.contains("Result codes"), "{page}");
+    let (_, _, page) = get(&app, "/ui/").await;
+    assert!(!page.contains("Result codes"), "{page}");
     let (_, _, page) = get(&app, "/ui/certificates").await;
     assert!(page.contains(r#"<tr class="expiry-ok">"#), "{page}");
     assert!(page.contains("2099-01-01T00:00:00Z"));
