@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tessera's tests need from Debian's packages: real peers (curl, openssl,
 # tar, md5sum, Python's zipfile, Java's keytool, the OCS Inventory NG Unix agent, git for
-# `tessera serve --git` and its local bare repositories, Prometheus's promtool) that tests drive against the
+# `tessera serve --git` and its local bare repositories, Prometheus's promtool, headless Chromium for the
+# web console) that tests drive against the
 # server, and the PostgreSQL server that scripts/postgres.sh starts for the state-store
 # tests. And cargo-deny, which .ci/run checks the dependency tree with (deny.toml).
 # Idempotent; quick when everything is there.
@@ -31,6 +32,8 @@ command -v ocsinventory-agent >/dev/null || missing+=(ocsinventory-agent)
 # promtool (from Prometheus's package; its service stays stopped) checks /metrics and the
 # chart's alerting rules in tests/it/metrics.rs and tests/it/chart.rs.
 command -v promtool >/dev/null || missing+=(prometheus)
+# Headless Chromium drives the web console in tests/it/console.rs (DevTools protocol).
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -529,6 +529,7 @@ fn admin_app(
             metrics: metrics.clone(),
             reports: reports.clone(),
         }))
+        .merge(admin::console_app(steering.clone()))
         .merge(admin::actions_app(steering));
     if let Some(hooks) = hooks {
         app = app.merge(hooks);

@@ -13,6 +13,7 @@ mod certificates;
 mod chart;
 mod cluster;
 mod connections;
+mod console;
 mod crash;
 mod crds;
 mod dial_out;

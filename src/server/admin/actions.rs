@@ -58,7 +58,7 @@ impl LeaderView {
         Self::new(|| Leader::This)
     }
 
-    fn now(&self) -> Leader {
+    pub(super) fn now(&self) -> Leader {
         (self.0)()
     }
 }

@@ -3,7 +3,8 @@
 //! `/api/v1/computers/{id}`), the fleet a page at a time (`/api/v1/computers`), events
 //! (`/api/v1/events`) and `/metrics`; and the leader's steering actions (`actions`:
 //! suspend, resume, reconcile, renew); who may call them (`auth`: tokens with a role, the
-//! console's session, the open loopback).
+//! console's session, the open loopback); the web console (`console`, `/ui/`) over the same
+//! reads.
 //!
 //! It listens on loopback by default: it tells what is deployed where, which is for
 //! operators, not for agents.
@@ -19,6 +20,7 @@ use crate::budget::{self, ConnectionBudget, Gate, Stats, Throttle};
 
 mod actions;
 mod auth;
+mod console;
 mod fleet;
 mod host;
 mod mtls;
@@ -34,6 +36,7 @@ pub use auth::{
     AdminAuth, AuthError, AuthMode, Caller, LOGIN_PATH, Role, SESSION_COOKIE, generate_token,
     protect, token_id,
 };
+pub use console::{CONTENT_SECURITY_POLICY, ConsoleError, console_app};
 pub use fleet::{
     FleetComputer, FleetDeployment, FleetPage, FleetQuery, FleetQueryError, fleet_page_of,
     qualified,
