@@ -101,7 +101,7 @@ pub fn deployment_table_of(db: &Database, now: i64) -> Result<DeploymentTable, D
         .unwrap_or_default();
     Ok(DeploymentTable {
         stale_after,
-        packages: deployments::table(&db.deployments()?, now - stale_after),
+        packages: deployments::table(&db.state_counts(now - stale_after)?),
         draining,
     })
 }

@@ -169,6 +169,19 @@ pub struct OpenOffer {
     pub since: i64,
 }
 
+/// Computers in one state, per activation and package id (see [`Database::state_counts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateCount {
+    pub activation: String,
+    /// `namespace/name` of the Package.
+    pub package: String,
+    pub package_id: String,
+    pub state: State,
+    /// Notified before the stale limit.
+    pub stale: bool,
+    pub computers: i64,
+}
+
 /// One line of [`Database::fleet_counts`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetCount {
@@ -246,6 +259,29 @@ impl Database {
             &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY activation, device_id"),
             &[],
             deployment_row,
+        )
+    }
+
+    /// How many computers stand in each state, per activation and package id, with those
+    /// notified before `stale_before` apart: one `GROUP BY` (the deployment table of
+    /// `tessera status`, `/api/v1/deployments` and the console).
+    pub fn state_counts(&self, stale_before: i64) -> Result<Vec<StateCount>, DbError> {
+        self.all(
+            "SELECT activation, package, package_id, state,
+                 CASE WHEN state = 'notified' AND notified_at < $1 THEN 1 ELSE 0 END,
+                 COUNT(*)
+             FROM deployments GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3",
+            params![stale_before],
+            |row| {
+                Ok(StateCount {
+                    activation: row.text(0)?,
+                    package: row.text(1)?,
+                    package_id: row.text(2)?,
+                    state: State::parse(&row.text(3)?),
+                    stale: row.int(4)? == 1,
+                    computers: row.int(5)?,
+                })
+            },
         )
     }
 
@@ -587,7 +623,49 @@ mod tests {
         events_of_one_second_keep_the_order_they_were_written_in,
         arming_again_resets_the_state_and_a_result_reaches_every_activation_of_the_package,
         a_result_on_a_superseded_version_is_filed_under_its_own_id_while_its_offer_stands,
+        states_are_counted_per_activation_and_package_id_with_the_stale_apart,
     );
+
+    /// The deployment table's counts come from one `GROUP BY`: per activation and package
+    /// id, each state, and notified computers before the stale limit counted apart.
+    fn states_are_counted_per_activation_and_package_id_with_the_stale_apart(db: &Database) {
+        for (pc, notified_at) in [("pc-1", Some(10)), ("pc-2", Some(500)), ("pc-3", None)] {
+            db.apply(pc, &[arm("hello", "42", "")], 1).unwrap();
+            if let Some(at) = notified_at {
+                let notify = Change::Notify {
+                    activation: "hello".into(),
+                };
+                db.apply(pc, &[notify], at).unwrap();
+            }
+        }
+        db.apply("pc-4", &[arm("other", "7", "")], 1).unwrap();
+        let mut counts = db.state_counts(100).unwrap();
+        counts.sort_by(|a, b| {
+            (&a.activation, a.state, a.stale).cmp(&(&b.activation, b.state, b.stale))
+        });
+        let seen: Vec<(&str, &str, State, bool, i64)> = counts
+            .iter()
+            .map(|c| {
+                (
+                    c.activation.as_str(),
+                    c.package_id.as_str(),
+                    c.state,
+                    c.stale,
+                    c.computers,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("hello", "42", State::Waiting, false, 1),
+                ("hello", "42", State::Notified, false, 1),
+                ("hello", "42", State::Notified, true, 1),
+                ("other", "7", State::Waiting, false, 1),
+            ]
+        );
+        assert_eq!(counts[0].package, "default/hello");
+    }
 
     fn a_result_on_a_superseded_version_is_filed_under_its_own_id_while_its_offer_stands(
         db: &Database,

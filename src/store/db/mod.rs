@@ -62,7 +62,7 @@ mod tokens;
 
 pub use admin_tokens::AdminTokenRecord;
 pub use computers::{CONTACT_PRECISION, CodeCount, Computer, FLEET_PAGE, Facts, FleetFilter};
-pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State};
+pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State, StateCount};
 pub use file::{Health, Lost, Opened, STATE_MARKER};
 pub use settings::{SHARED_GENERATION, SharedFile};
 pub use steering::{OperatorAction, OperatorRequest};
