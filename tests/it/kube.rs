@@ -1160,20 +1160,7 @@ async fn gateway_kube_relays_as_its_custom_resource_says() {
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(fake_cluster(handle, objects, seen_tx));
     let state = tempfile::tempdir().unwrap();
-    let gateway = tessera::cli::start_gateway(
-        &tessera::cli::GatewayArgs {
-            config: None,
-            git: Default::default(),
-            kube: true,
-            namespace: Some("fleet".into()),
-            name: None,
-            state: Some(state.path().to_path_buf()),
-            admin: tessera::cli::AdminArgs::on("127.0.0.1:0".parse().unwrap()),
-        },
-        Some(client),
-    )
-    .await
-    .expect("the gateway starts from the cluster's resources");
+    let gateway = gateway_kube(client, state.path()).await;
     let (object, _) = crate::support::eventually("the Gateway to be Ready", async || {
         let (status, body) =
             crate::support::get(gateway.admin_address, "/api/v1/objects/Gateway/dmz").await;
@@ -1218,6 +1205,24 @@ async fn gateway_kube_relays_as_its_custom_resource_says() {
     assert_eq!(status["kind"], "Gateway", "{status}");
     gateway.stop().await.unwrap();
     running.stop().await.unwrap();
+}
+
+/// Starts `gateway --kube` on namespace `fleet` of a fake cluster.
+async fn gateway_kube(client: Client, state: &std::path::Path) -> tessera::cli::Running {
+    tessera::cli::start_gateway(
+        &tessera::cli::GatewayArgs {
+            config: None,
+            git: Default::default(),
+            kube: true,
+            namespace: Some("fleet".into()),
+            name: None,
+            state: Some(state.to_path_buf()),
+            admin: tessera::cli::AdminArgs::on("127.0.0.1:0".parse().unwrap()),
+        },
+        Some(client),
+    )
+    .await
+    .expect("the gateway starts from the cluster's resources")
 }
 
 /// Starts `serve --kube` on namespace `fleet` of a fake cluster.
@@ -1463,20 +1468,7 @@ async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
         }
     });
     let state = tempfile::tempdir().unwrap();
-    let gateway = tessera::cli::start_gateway(
-        &tessera::cli::GatewayArgs {
-            config: None,
-            git: Default::default(),
-            kube: true,
-            namespace: Some("fleet".into()),
-            name: None,
-            state: Some(state.path().to_path_buf()),
-            admin: tessera::cli::AdminArgs::on("127.0.0.1:0".parse().unwrap()),
-        },
-        Some(client),
-    )
-    .await
-    .expect("the gateway starts from the cluster's resources");
+    let gateway = gateway_kube(client, state.path()).await;
     follows_the_secret(&address, &ca, &secrets, "edge-tls", &first).await;
     assert!(
         !watchdog.is_finished(),
