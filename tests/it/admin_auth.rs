@@ -30,7 +30,12 @@ fn tessera(args: &[&str]) -> (bool, String, String) {
 }
 
 /// `METHOD path` on 127.0.0.1 at `port`, with `token` as a bearer: (status, body).
-async fn call(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect(address).await.expect("connect");
     let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
@@ -51,7 +56,7 @@ async fn call(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16,
 }
 
 /// `tessera admin-token create` on the state of `config`: the token printed.
-fn create_token(config: &Path, role: &str, name: &str) -> String {
+pub(crate) fn create_token(config: &Path, role: &str, name: &str) -> String {
     let config = config.to_str().unwrap();
     let (ok, out, err) = tessera(&[
         "admin-token",

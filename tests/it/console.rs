@@ -507,6 +507,124 @@ async fn the_console_shows_the_fleet_steers_an_activation_and_keeps_hostile_name
     running.stop().await.unwrap();
 }
 
+/// Issue 18 with authentication on (`--admin-auth token`): the console sends a browser
+/// without a session to its sign-in page, a viewer's token shows the fleet but its Suspend
+/// is refused (the API's 403 shown on the page, nothing suspended), an operator's token
+/// suspends, and the event names the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_with_a_token_and_only_an_operator_steers() {
+    let Some(binary) = chromium() else {
+        installed("chromium", false);
+        return;
+    };
+    let dir = quickstart_copy();
+    let mut args = tessera::cli::ServeArgs::for_config(dir.path());
+    args.admin.auth = tessera::cli::AdminAuthMode::Token;
+    let running = tessera::cli::start(args)
+        .await
+        .expect("tessera serve starts");
+    let viewer = crate::admin_auth::create_token(dir.path(), "viewer", "vera");
+    let operator = crate::admin_auth::create_token(dir.path(), "operator", "otto");
+    let base = format!("http://{}", running.admin_address);
+    // Without a session every console page and API path is refused.
+    for path in ["/ui/", "/ui/deployments", "/api/v1/objects"] {
+        let (status, _) = crate::support::get(running.admin_address, path).await;
+        assert!(matches!(status, 401 | 303), "{path}: {status}");
+    }
+
+    let browser = Browser::start(&binary).await;
+    let mut page = browser.page().await;
+    let suspend = "button[data-post='/api/v1/objects/Activation/hello/suspend?namespace=default']";
+    for (token, may_steer) in [(&viewer, false), (&operator, true)] {
+        // Not `open`: the page asked for is not the page reached.
+        page.call(
+            "Page.navigate",
+            json!({ "url": format!("{base}/ui/deployments") }),
+        )
+        .await;
+        page.until(
+            "the sign-in page",
+            "location.pathname === '/ui/login' && document.readyState === 'complete'",
+        )
+        .await;
+        page.eval(&format!(
+            "document.querySelector('input[name=token]').value = {}; document.querySelector('form').submit()",
+            json!(token)
+        ))
+        .await;
+        page.until(
+            "signed in",
+            "location.pathname.startsWith('/ui/') && location.pathname !== '/ui/login' && document.readyState === 'complete'",
+        )
+        .await;
+        page.open(&format!("{base}/ui/deployments")).await;
+        page.until(
+            "the Suspend button",
+            &format!("document.querySelector({}) !== null", json!(suspend)),
+        )
+        .await;
+        page.eval(&format!(
+            "document.querySelector({}).click()",
+            json!(suspend)
+        ))
+        .await;
+        if may_steer {
+            crate::support::eventually("hello suspended by the operator", async || {
+                let hello = get_json_with(
+                    running.admin_address,
+                    "/api/v1/objects/Activation/hello",
+                    &operator,
+                )
+                .await;
+                (hello["details"]["suspended"] == "operator").then_some(())
+            })
+            .await;
+        } else {
+            page.until(
+                "the refusal shown",
+                "(document.getElementById('flash') || {}).textContent?.startsWith('403')",
+            )
+            .await;
+            let hello = get_json_with(
+                running.admin_address,
+                "/api/v1/objects/Activation/hello",
+                &viewer,
+            )
+            .await;
+            assert!(hello["details"]["suspended"].is_null(), "{hello}");
+        }
+        // Signed out for the next token.
+        page.eval(
+            "fetch('/ui/logout', {method: 'POST', credentials: 'same-origin'}).then(r => r.status)",
+        )
+        .await;
+        page.until(
+            "signed out",
+            "fetch('/api/v1/objects', {credentials: 'same-origin'}).then(r => r.status === 401)",
+        )
+        .await;
+    }
+    assert!(page.dialogs().is_empty(), "a dialog opened");
+    let events = get_json_with(
+        running.admin_address,
+        "/api/v1/events?for=Activation/hello",
+        &operator,
+    )
+    .await;
+    assert!(
+        events.to_string().contains("suspended by operator otto"),
+        "{events}"
+    );
+    running.stop().await.unwrap();
+}
+
+/// `GET path` as JSON with `token` as a bearer.
+async fn get_json_with(address: std::net::SocketAddr, path: &str, token: &str) -> Value {
+    let (status, body) = crate::admin_auth::call(address.port(), "GET", path, Some(token)).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// A minimal HTTP/1.1 POST without a body to the admin API: (status, body).
 async fn post(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
