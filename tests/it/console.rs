@@ -346,6 +346,23 @@ async fn the_console_shows_the_fleet_steers_an_activation_and_keeps_hostile_name
         let run = tokio::task::block_in_place(|| agent.run()).expect("the agent runs");
         assert!(run.completed(), "the agent did not finish: {run:?}");
     }
+    // Tessera's own agent, enrolled with a token as an operator makes one.
+    let created = crate::operating::run_tessera(&[
+        "token".as_ref(),
+        "create".as_ref(),
+        "--state".as_ref(),
+        dir.path().join(".tessera").as_os_str(),
+    ]);
+    assert!(created.success, "{}", created.stderr);
+    let native_state = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        crate::operating::native_pass(&https, native_state.path(), &ca, created.stdout.trim());
+    }
+    let identity: Value = serde_json::from_slice(
+        &std::fs::read(native_state.path().join("identity/agent.json")).unwrap(),
+    )
+    .unwrap();
+    let native = identity["agentId"].as_str().unwrap().to_owned();
     // The hostile one, through the OCS endpoint as any agent would send it.
     let hostile = "evil-2026-01-01-00-00-00";
     let (status, body, _) =
@@ -359,10 +376,11 @@ async fn the_console_shows_the_fleet_steers_an_activation_and_keeps_hostile_name
     // Fleet: both computers; the hostile name is a text node, not an element.
     page.open(&format!("{base}/ui/")).await;
     page.until(
-        "both computers listed",
+        "the OCS computer, Tessera's agent's and the hostile one listed",
         &format!(
-            "document.getElementById('live').innerText.includes({}) && document.getElementById('live').innerText.includes({})",
+            "[{}, {}, {}].every(t => document.getElementById('live').innerHTML.includes(t) || document.getElementById('live').innerText.includes(t))",
             json!(device),
+            json!(native),
             json!(SCRIPT_NAME)
         ),
     )

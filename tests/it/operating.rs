@@ -24,15 +24,15 @@ use crate::support::{Reaped, addresses, eventually, get, quickstart_copy, server
 const COMMAND_LIMIT: Duration = Duration::from_secs(120);
 
 /// What a `tessera` command did.
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs the `tessera` binary with `args` (no admin address from the environment), bounded by
 /// [`COMMAND_LIMIT`] and killed if the test panics meanwhile.
-fn run_tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+pub(crate) fn run_tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     // Files rather than pipes: nothing to drain while polling for the end.
     let mut stdout = tempfile::tempfile().unwrap();
     let mut stderr = tempfile::tempfile().unwrap();
@@ -156,7 +156,7 @@ fn state_of<'a>(states: &'a [(String, String)], activation: &str) -> &'a str {
 const ACTIVATIONS: [&str; 4] = ["hello", "lab-tools", "check-disk", "baseline"];
 
 /// One pass of Tessera's own agent, as an endpoint's cron job runs it: `tessera agent --once`.
-fn native_pass(https: &str, state: &Path, ca: &Path, token: &str) {
+pub(crate) fn native_pass(https: &str, state: &Path, ca: &Path, token: &str) {
     let server = format!("https://{https}");
     let args: Vec<&std::ffi::OsStr> = [
         "agent",
