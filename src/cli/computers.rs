@@ -22,13 +22,15 @@ use crate::store::db::CodeCount;
 #[command(after_help = "Examples:
   tessera computers                                    the whole fleet
   tessera computers --selector tag=lab,os=linux        computers tagged lab running Linux
+  tessera computers --selector silent=7d               computers not heard from for a week
   tessera computers --activation hello --status error  who failed hello, and with which codes
   tessera computers lab-01                             one computer: facts, deployments, history")]
 pub(super) struct ComputersArgs {
     /// One computer (device id or name): its facts, deployments with their output, and
     /// history.
     name: Option<String>,
-    /// `name=GLOB,tag=TAG,os=TEXT`: only the computers every term holds for.
+    /// `name=GLOB,tag=TAG,os=TEXT,silent=7d`: only the computers every term holds for
+    /// (`silent`: no contact for that long; units s, m, h, d).
     #[arg(long, short = 'l', help_heading = "Selection")]
     selector: Option<String>,
     /// Only the computers this Activation targets (`name`, or `namespace/name`).

@@ -20,8 +20,26 @@ pub enum FleetQueryError {
         "unknown state {0:?}: one of waiting, notified, downloading, installing, success, error"
     )]
     State(String),
-    #[error("selector term {0:?} is not KEY=VALUE with KEY one of name (a glob), tag, os")]
+    #[error(
+        "selector term {0:?} is not KEY=VALUE with KEY one of name (a glob), tag, os, silent (a duration such as 7d)"
+    )]
     Selector(String),
+}
+
+/// Seconds in `text`, a whole number and one unit: `90s`, `30m`, `12h`, `7d` (a selector's
+/// `silent=` term: the computers not heard from for that long).
+pub(super) fn silent_seconds(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(scale).filter(|s| *s >= 0)
 }
 
 /// The query of `/api/v1/computers`.
@@ -63,6 +81,12 @@ impl FleetQuery {
             .map(str::trim)
             .filter(|t| !t.is_empty())
         {
+            if let Some(("silent", value)) = term.split_once('=') {
+                let seconds = silent_seconds(value)
+                    .ok_or_else(|| FleetQueryError::Selector(term.to_owned()))?;
+                filter.contact_before = Some(jiff::Timestamp::now().as_second() - seconds);
+                continue;
+            }
             let slot = match term.split_once('=') {
                 Some(("name", value)) => (&mut filter.name, value),
                 Some(("tag", value)) => (&mut filter.tag, value),
@@ -203,8 +227,26 @@ mod tests {
                 os: Some("debian".into()),
                 activation: Some("default/hello".into()),
                 state: Some(db::State::Error),
+                contact_before: None,
             }
         );
+        let silent = FleetQuery {
+            selector: Some("silent=7d".into()),
+            ..FleetQuery::default()
+        }
+        .filter()
+        .unwrap();
+        let week_ago = jiff::Timestamp::now().as_second() - 7 * 86_400;
+        assert!(
+            silent
+                .contact_before
+                .is_some_and(|t| (t - week_ago).abs() < 60)
+        );
+        assert_eq!(silent_seconds("90s"), Some(90));
+        assert_eq!(silent_seconds("12h"), Some(43_200));
+        for wrong in ["7", "d", "7w", "-1d", "1.5d"] {
+            assert_eq!(silent_seconds(wrong), None, "{wrong}");
+        }
         let wrong = FleetQuery {
             state: Some("broken".into()),
             ..FleetQuery::default()

@@ -52,6 +52,9 @@ pub struct FleetFilter {
     pub activation: Option<String>,
     /// Only the computers with a deployment in this state (of `activation`, when given).
     pub state: Option<State>,
+    /// Only the computers whose last contact came before this (Unix seconds): those gone
+    /// silent.
+    pub contact_before: Option<i64>,
 }
 
 /// How many computers gave one result code for one activation.
@@ -312,6 +315,10 @@ impl Database {
         if let Some(os) = &filter.os {
             let p = placeholder(&mut texts, format!("%{}%", escape_like(&os.to_lowercase())));
             clauses.push(format!("lower(os_name) LIKE {p} ESCAPE '\\'"));
+        }
+        if let Some(before) = filter.contact_before {
+            // An integer, not a text: written into the statement, never a parameter.
+            clauses.push(format!("last_contact < {before}"));
         }
         if filter.activation.is_some() || filter.state.is_some() {
             let mut inner = String::from(
@@ -673,6 +680,12 @@ mod tests {
             ..FleetFilter::default()
         };
         assert_eq!(names(waiting), ["a_b%"]);
+        db.contact("lab-01-x", 5_000).unwrap();
+        let silent = FleetFilter {
+            contact_before: Some(2_000),
+            ..FleetFilter::default()
+        };
+        assert_eq!(names(silent).len(), 3, "lab-01 called since");
     }
 
     fn result_codes_are_counted_per_activation_most_frequent_first(db: &Database) {

@@ -175,6 +175,9 @@ pub(super) struct FleetParams {
     /// An Activation, `namespace/name` or `name`.
     #[serde(default)]
     pub activation: String,
+    /// Not heard from for this long (`1h`, `1d`, `7d`, `30d`).
+    #[serde(default)]
+    pub silent: String,
     /// The device id the page starts after (the API's `next`).
     #[serde(default)]
     pub after: String,
@@ -192,6 +195,9 @@ impl FleetParams {
             state: given(&self.state)
                 .map(|s| db::State::named(&s).ok_or(ConsoleError::State(s)))
                 .transpose()?,
+            contact_before: given(&self.silent)
+                .and_then(|s| super::fleet::silent_seconds(&s))
+                .map(|seconds| jiff::Timestamp::now().as_second() - seconds),
         })
     }
 }

@@ -210,6 +210,13 @@ pub(super) fn fleet(
                     }
                 }
             }
+            label { "Silent for "
+                select name="silent" {
+                    @for (value, label) in [("", "any time"), ("1h", "1 hour"), ("1d", "1 day"), ("7d", "7 days"), ("30d", "30 days")] {
+                        option value=(value) selected[value == params.silent] { (label) }
+                    }
+                }
+            }
             button type="submit" { "Filter" }
             a href="/ui/" { "Clear" }
         }
