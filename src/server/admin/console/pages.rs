@@ -369,10 +369,16 @@ pub(super) fn inventory(device_id: &str, text: &str) -> Page {
     }
 }
 
-/// A JSON value as text: strings as they are, the rest as compact JSON.
+/// A JSON value as text: strings as they are, an object of counts as `key: n` pairs
+/// (an Affectation's `counts`), the rest as compact JSON.
 fn value_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
+        Value::Object(map) if map.values().all(Value::is_number) => map
+            .iter()
+            .map(|(key, n)| format!("{key}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
@@ -720,5 +726,18 @@ pub(super) fn events(events: &[LoggedEvent], now: jiff::Timestamp) -> Page {
         nav: Nav::Events,
         controls: None,
         live,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_pairs_and_other_values_as_json() {
+        let counts = serde_json::json!({"error": 0, "success": 3});
+        assert_eq!(value_text(&counts), "error: 0, success: 3");
+        assert_eq!(value_text(&serde_json::json!("operator")), "operator");
+        assert_eq!(value_text(&serde_json::json!(["a"])), r#"["a"]"#);
     }
 }
