@@ -274,7 +274,7 @@ impl Database {
             "SELECT activation, package, package_id, state,
                  CASE WHEN state = 'notified' AND notified_at < $1 THEN 1 ELSE 0 END,
                  COUNT(*)
-             FROM deployments GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3",
+             FROM deployments GROUP BY 1, 3, 4, 2, 5 ORDER BY 1, 3",
             params![stale_before],
             |row| {
                 Ok(StateCount {

@@ -200,6 +200,18 @@ const MIGRATIONS: &[(i64, Step)] = &[
     );",
         ),
     ),
+    // The deployment counts (`tessera status`, the console's Deployments, `/metrics`) read
+    // from an index that holds every column they group by, so a fleet's 200,000 rows are
+    // counted from the index alone; its first column still serves the lookups by activation
+    // the narrower index served. A state change now also moves one index entry.
+    (
+        13,
+        Step::Both(
+            "DROP INDEX deployments_by_activation;
+    CREATE INDEX deployments_by_activation ON deployments
+        (activation, package_id, state, package, code, notified_at);",
+        ),
+    ),
 ];
 
 /// The version the last migration brings the schema to.
