@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::served_serial;
 use base64::Engine as _;
 use http::{Request, Response, StatusCode};
 use kube::Client;
@@ -1362,30 +1363,6 @@ fn serving_leaf(ca: &tessera::pki::authority::Authority) -> (String, String, Str
     let der = tessera::pki::facts::pem_certificates(&issued.chain_pem).unwrap();
     let serial = tessera::pki::facts::read(&der[0]).unwrap().serial;
     (issued.chain_pem, key.serialize_pem(), serial)
-}
-
-/// The serial of the certificate a TLS server at `address` presents, verified against
-/// `root_pem`; `None` while it does not answer or presents none.
-async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().unwrap().into());
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .ok()?;
-    let peer = tls.get_ref().1.peer_certificates()?;
-    Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
 }
 
 /// What a process presenting a `kubernetes.io/tls` Secret must do: present its certificate

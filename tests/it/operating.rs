@@ -9,13 +9,13 @@
 use std::io::{Read, Seek};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::metrics::value;
 use crate::ocs_agent::{self, OcsAgent};
+use crate::support::served_serial;
 use crate::support::{Reaped, addresses, eventually, get, quickstart_copy, server_ca, start};
 
 /// How long one CLI command may take, `tessera agent --once` included (it downloads and
@@ -188,30 +188,6 @@ pub(crate) fn native_pass(https: &str, state: &Path, ca: &Path, token: &str) {
 fn ocs_pass(agent: &OcsAgent) {
     let run = tokio::task::block_in_place(|| agent.run()).expect("the OCS agent runs");
     assert!(run.completed(), "the OCS agent did not finish: {run:?}");
-}
-
-/// The serial of the certificate the TLS server at `address` presents, verified against
-/// `root_pem`; `None` while it does not answer.
-async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(certificate.ok()?).ok()?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().ok()?.into());
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .ok()?;
-    let peer = tls.get_ref().1.peer_certificates()?;
-    Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,12 +2,11 @@
 //! (issue 17), the CLI binary against `tessera serve` on the quickstart, with the real
 //! Debian OCS agent as the computer that is (or is not) offered a package.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use tessera::cli::Running;
 
 use crate::ocs_agent::{self, OcsAgent};
+use crate::support::served_serial;
 use crate::support::{addresses, eventually, free_port, get, get_json, quickstart_copy, start};
 
 /// `tessera ARGS --admin <running's admin API>`: (exit success, stdout, stderr).
@@ -223,30 +222,6 @@ async fn a_suspended_activation_or_affectation_offers_nothing_until_resumed_and_
     )
     .await;
     running.stop().await.unwrap();
-}
-
-/// The serial of the certificate a TLS server at `address` presents, verified against
-/// `root_pem`; `None` while it does not answer.
-async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(certificate.ok()?).ok()?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().ok()?.into());
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .ok()?;
-    let peer = tls.get_ref().1.peer_certificates()?;
-    Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

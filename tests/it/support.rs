@@ -359,3 +359,27 @@ pub(crate) async fn package_id(running: &tessera::cli::Running, name: &str) -> S
         .unwrap_or_else(|| panic!("Package/{name} has no id: {package}"))
         .to_owned()
 }
+
+/// The serial of the certificate the TLS server at `address` presents, verified against
+/// `root_pem`; `None` while it does not answer or presents none.
+pub(crate) async fn served_serial(address: &str, root_pem: &str) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(certificate.ok()?).ok()?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().ok()?.into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, stream)
+        .await
+        .ok()?;
+    let peer = tls.get_ref().1.peer_certificates()?;
+    Some(tessera::pki::facts::read(&peer[0]).ok()?.serial)
+}
