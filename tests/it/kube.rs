@@ -1365,6 +1365,18 @@ fn serving_leaf(ca: &tessera::pki::authority::Authority) -> (String, String, Str
     (issued.chain_pem, key.serialize_pem(), serial)
 }
 
+/// Panics on what a process reading someone else's Secret must never do: write a Secret, or
+/// ask the cluster anything unexpected. Runs until the fake cluster stops.
+async fn no_secret_written(mut seen: tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+    while let Some(event) = seen.recv().await {
+        match event {
+            Seen::Secret { path, .. } => panic!("wrote a Secret it does not own: {path}"),
+            Seen::Unexpected(request) => panic!("unexpected request {request}"),
+            _ => {}
+        }
+    }
+}
+
 /// What a process presenting a `kubernetes.io/tls` Secret must do: present its certificate
 /// (serial `first`) at `address`, and once cert-manager renews the Secret with a new key
 /// pair, the new one, with no restart.
@@ -1432,18 +1444,10 @@ async fn a_gateway_presents_a_tls_secret_and_follows_its_renewal() {
         ),
     ]);
     let (client, handle) = mock_client();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
     // The Secret is cert-manager's: the gateway reads it and never writes one.
-    let watchdog = tokio::spawn(async move {
-        while let Some(event) = seen.recv().await {
-            match event {
-                Seen::Secret { path, .. } => panic!("wrote a Secret it does not own: {path}"),
-                Seen::Unexpected(request) => panic!("unexpected request {request}"),
-                _ => {}
-            }
-        }
-    });
+    let watchdog = tokio::spawn(no_secret_written(seen));
     let state = tempfile::tempdir().unwrap();
     let gateway = gateway_kube(client, state.path()).await;
     follows_the_secret(&address, &ca, &secrets, "edge-tls", &first).await;
@@ -1481,19 +1485,11 @@ async fn a_server_serves_a_tls_secret_and_follows_its_renewal() {
         ],
     )]);
     let (client, handle) = mock_client();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(fake_cluster_with(handle, objects, secrets.clone(), seen_tx));
     // Nothing unexpected asked of the cluster, and no Secret written (the Secret is not
     // Tessera's).
-    let watchdog = tokio::spawn(async move {
-        while let Some(event) = seen.recv().await {
-            match event {
-                Seen::Secret { path, .. } => panic!("wrote a Secret it does not own: {path}"),
-                Seen::Unexpected(request) => panic!("unexpected request {request}"),
-                _ => {}
-            }
-        }
-    });
+    let watchdog = tokio::spawn(no_secret_written(seen));
     let state = tempfile::tempdir().unwrap();
     let running = serve_kube(client, state.path()).await;
     follows_the_secret(&address, &ca, &secrets, "agents-tls", &first).await;
