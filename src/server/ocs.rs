@@ -373,36 +373,47 @@ async fn prolog(
 ) -> Result<Response, crate::server::agent::ServeError> {
     let routes = shared.routes.borrow().clone();
     let now = shared.now();
-    let device = request.device_id.clone();
-    let assignments = routes.clone();
-    let (computer, offers, changed, reported) = shared
-        .db(move |db| {
-            let (computer, current) = db.contact(&device, now)?;
-            let (mut offers, mut changes) =
-                deployments::prolog(&assignments.assignments, &computer, &current, now);
-            // Deployment switched off (`ON="0"`): agents stop their download workers, so
-            // nothing is offered and nothing counts as notified.
-            if !assignments.download.on {
-                offers.clear();
-                changes.retain(|c| !matches!(c, crate::store::db::Change::Notify { .. }));
-            }
-            let offers: Vec<_> = offers
-                .into_iter()
-                .map(|offer| {
-                    let how = Offered::of(&offer, &changes);
-                    (offer, how)
-                })
-                .collect();
-            db.apply(&device, &changes, now)?;
-            // Results since the last inventory: the agent's history has changed.
-            let reported = current.iter().any(|d| {
-                !d.state.is_open()
-                    && d.code.as_deref() != Some(deployments::ALREADY_IN_HISTORY)
-                    && computer.last_inventory.is_some_and(|at| d.changed_at >= at)
-            });
-            Ok((computer, offers, !changes.is_empty(), reported))
+    // From memory, on this worker, when the computer is indexed and this PROLOG changes no
+    // deployment: no database read, no blocking-pool hop. Otherwise (a computer not yet
+    // indexed, a deployment to arm or to mark notified) the database decides and records,
+    // as durable as before.
+    let remembered = shared
+        .db
+        .contact_in_memory(&request.device_id, now)
+        .map(|(computer, current)| {
+            let decision = decide(&routes, &computer, &current, now);
+            (computer, decision)
         })
-        .await?;
+        .filter(|(_, decision)| decision.changes.is_empty());
+    let from_memory = remembered.is_some();
+    let (computer, decision) = match remembered {
+        Some(found) => found,
+        None => {
+            let device = request.device_id.clone();
+            let assignments = routes.clone();
+            shared
+                .db(move |db| {
+                    let (computer, current) = db.contact(&device, now)?;
+                    let decision = decide(&assignments, &computer, &current, now);
+                    db.apply(&device, &decision.changes, now)?;
+                    Ok((computer, decision))
+                })
+                .await?
+        }
+    };
+    let Decision {
+        offers,
+        changes,
+        reported,
+    } = decision;
+    tracing::debug!(
+        device_id = %request.device_id,
+        offers = offers.len(),
+        changes = changes.len(),
+        from_memory,
+        "answered a PROLOG"
+    );
+    let changed = !changes.is_empty();
     if changed {
         shared.touched();
     }
@@ -430,6 +441,50 @@ async fn prolog(
         packs,
     };
     Ok(reply(&answer.to_xml(), encoding))
+}
+
+/// What a PROLOG decides for one computer: the offers (each first or repeated), the
+/// changes to record, and whether results came since its last inventory.
+struct Decision {
+    offers: Vec<(deployments::Offer, Offered)>,
+    changes: Vec<crate::store::db::Change>,
+    /// Results since the last inventory: the agent's history has changed.
+    reported: bool,
+}
+
+/// The decision of a PROLOG from `computer` with deployments `current` at `now` (pure: the
+/// same whether they come from memory or from the database).
+fn decide(
+    routes: &crate::server::agent::Routes,
+    computer: &crate::store::db::Computer,
+    current: &[crate::store::db::Deployment],
+    now: i64,
+) -> Decision {
+    let (mut offers, mut changes) =
+        deployments::prolog(&routes.assignments, computer, current, now);
+    // Deployment switched off (`ON="0"`): agents stop their download workers, so nothing is
+    // offered and nothing counts as notified.
+    if !routes.download.on {
+        offers.clear();
+        changes.retain(|c| !matches!(c, crate::store::db::Change::Notify { .. }));
+    }
+    let offers = offers
+        .into_iter()
+        .map(|offer| {
+            let how = Offered::of(&offer, &changes);
+            (offer, how)
+        })
+        .collect();
+    let reported = current.iter().any(|d| {
+        !d.state.is_open()
+            && d.code.as_deref() != Some(deployments::ALREADY_IN_HISTORY)
+            && computer.last_inventory.is_some_and(|at| d.changed_at >= at)
+    });
+    Decision {
+        offers,
+        changes,
+        reported,
+    }
 }
 
 async fn inventory(

@@ -11,7 +11,9 @@ mod info;
 mod reply;
 mod request;
 
-pub use body::{Encoding, MAX_BODY, MAX_INFLATED, decode_body, decode_body_within, encode_body};
+pub use body::{
+    Encoding, MAX_BODY, MAX_INFLATED, STORED_UP_TO, decode_body, decode_body_within, encode_body,
+};
 pub use info::{Action, Info, Notify, Proto};
 pub use reply::{DownloadConf, Pack, PrologReply, inventory_reply};
 pub use request::{

@@ -88,6 +88,9 @@ impl Database {
         device_id: &str,
         now: i64,
     ) -> Result<(Computer, Vec<Deployment>), DbError> {
+        if let Some(known) = self.contact_in_memory(device_id, now) {
+            return Ok(known);
+        }
         let known = self.with(|c| {
             let Some(known) = computer(c, device_id)? else {
                 return Ok(None);
@@ -95,20 +98,26 @@ impl Database {
             if !(0..CONTACT_PRECISION).contains(&(now - known.last_contact)) {
                 return Ok(None);
             }
-            Ok(Some((known, deployments_of(c, device_id)?)))
+            let deployments = deployments_of(c, device_id)?;
+            // Read holding the connection: no write comes between the read and the index.
+            self.index.fill(&known, &deployments);
+            Ok(Some((known, deployments)))
         })?;
         if let Some(known) = known {
             return Ok(known);
         }
-        self.transaction(|c| {
-            c.execute(
-                "INSERT INTO computers (device_id, first_seen, last_contact) VALUES ($1, $2, $2)
-                 ON CONFLICT (device_id) DO UPDATE SET last_contact = $2",
-                params![device_id, now],
-            )?;
-            let computer = computer(c, device_id)?.unwrap_or_default();
-            Ok((computer, deployments_of(c, device_id)?))
-        })
+        self.transaction_then(
+            |c| {
+                c.execute(
+                    "INSERT INTO computers (device_id, first_seen, last_contact) VALUES ($1, $2, $2)
+                     ON CONFLICT (device_id) DO UPDATE SET last_contact = $2",
+                    params![device_id, now],
+                )?;
+                let computer = computer(c, device_id)?.unwrap_or_default();
+                Ok((computer, deployments_of(c, device_id)?))
+            },
+            |(computer, deployments)| self.index.fill(computer, deployments),
+        )
     }
 
     /// Stores an inventory: its facts, and the raw document (already compressed).
@@ -124,8 +133,9 @@ impl Database {
             facts.ip_addresses.join("\n"),
             facts.history.join("\n"),
         );
-        self.transaction(|c| {
-            c.execute(
+        self.transaction_then(
+            |c| {
+                c.execute(
                 "INSERT INTO computers (device_id, name, os_name, os_version, tags, ip_addresses,
                      history, first_seen, last_contact, last_inventory, inventory)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9)
@@ -144,8 +154,10 @@ impl Database {
                     raw,
                 ],
             )?;
-            Ok(computer(c, device_id)?.unwrap_or_default())
-        })
+                Ok(computer(c, device_id)?.unwrap_or_default())
+            },
+            |_| self.index.facts(device_id, facts, now),
+        )
     }
 
     /// Records where the agent of `device_id` listens for "check in now" (`None`: nowhere).
@@ -213,6 +225,7 @@ impl Database {
         &self,
         device_id: &str,
     ) -> Result<Option<(Computer, Vec<Deployment>)>, DbError> {
+        self.contacts_written();
         self.with(|c| {
             let Some(found) = computer(c, device_id)? else {
                 return Ok(None);
@@ -223,6 +236,7 @@ impl Database {
 
     /// Computers whose device id or name is `wanted` (names are not unique).
     pub fn find_computers(&self, wanted: &str) -> Result<Vec<Computer>, DbError> {
+        self.contacts_written();
         self.all(
             &format!(
                 "SELECT {COMPUTER_COLUMNS} FROM computers
@@ -242,6 +256,7 @@ impl Database {
         &self,
         mut visit: impl FnMut(&[Computer], &[Deployment]) -> Result<(), DbError>,
     ) -> Result<(), DbError> {
+        self.contacts_written();
         let mut after: Option<String> = None;
         loop {
             let (computers, deployments) = self.transaction(|c| {
@@ -294,6 +309,7 @@ impl Database {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(Computer, Vec<Deployment>)>, DbError> {
+        self.contacts_written();
         let mut texts = Vec::new();
         let mut clauses = Vec::new();
         if let Some(after) = after {
@@ -388,6 +404,7 @@ impl Database {
 
     /// Every computer, by device id.
     pub fn computers(&self) -> Result<Vec<Computer>, DbError> {
+        self.contacts_written();
         self.all(
             &format!("SELECT {COMPUTER_COLUMNS} FROM computers ORDER BY device_id"),
             &[],

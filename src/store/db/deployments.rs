@@ -336,29 +336,30 @@ impl Database {
         if changes.is_empty() {
             return Ok(());
         }
-        self.transaction(|c| {
-            for change in changes {
-                let (activation, package_id, state, code) = match change {
-                    Change::Arm {
-                        activation,
-                        package,
-                        package_id,
-                        token,
-                    }
-                    | Change::ArmSettled {
-                        activation,
-                        package,
-                        package_id,
-                        token,
-                        ..
-                    } => {
-                        let (state, code) = match change {
-                            Change::ArmSettled { code, .. } => {
-                                (State::Success, Some(code.as_str()))
-                            }
-                            _ => (State::Waiting, None),
-                        };
-                        c.execute(
+        self.transaction_then(
+            |c| {
+                for change in changes {
+                    let (activation, package_id, state, code) = match change {
+                        Change::Arm {
+                            activation,
+                            package,
+                            package_id,
+                            token,
+                        }
+                        | Change::ArmSettled {
+                            activation,
+                            package,
+                            package_id,
+                            token,
+                            ..
+                        } => {
+                            let (state, code) = match change {
+                                Change::ArmSettled { code, .. } => {
+                                    (State::Success, Some(code.as_str()))
+                                }
+                                _ => (State::Waiting, None),
+                            };
+                            c.execute(
                             "INSERT INTO deployments (device_id, activation, package, package_id,
                                  token, state, code, changed_at, notified_at)
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
@@ -376,36 +377,38 @@ impl Database {
                                 now
                             ],
                         )?;
-                        (activation, package_id.clone(), state, code)
-                    }
-                    Change::Notify { activation } => {
-                        let notified = c.query_opt(
+                            (activation, package_id.clone(), state, code)
+                        }
+                        Change::Notify { activation } => {
+                            let notified = c.query_opt(
                             "UPDATE deployments SET state = $1, changed_at = $2, notified_at = $2
                              WHERE device_id = $3 AND activation = $4 AND state = 'waiting'
                              RETURNING package_id",
                             params![State::Notified.as_str(), now, device_id, activation],
                         )?;
-                        let Some(row) = notified else {
-                            continue;
-                        };
-                        (activation, row.text(0)?, State::Notified, None)
-                    }
-                };
-                c.execute(
-                    "INSERT INTO events (device_id, activation, package_id, state, code, at)
+                            let Some(row) = notified else {
+                                continue;
+                            };
+                            (activation, row.text(0)?, State::Notified, None)
+                        }
+                    };
+                    c.execute(
+                        "INSERT INTO events (device_id, activation, package_id, state, code, at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    params![
-                        device_id,
-                        activation,
-                        &package_id,
-                        state.as_str(),
-                        code,
-                        now
-                    ],
-                )?;
-            }
-            Ok(())
-        })
+                        params![
+                            device_id,
+                            activation,
+                            &package_id,
+                            state.as_str(),
+                            code,
+                            now
+                        ],
+                    )?;
+                }
+                Ok(())
+            },
+            |()| self.index.apply(device_id, changes, now),
+        )
     }
 
     /// Files the agent's result for `package_id` on `device_id`, only where it can come
@@ -424,28 +427,35 @@ impl Database {
         now: i64,
     ) -> Result<Filed, DbError> {
         let order = self.event_order();
-        self.transaction(|c| {
-            if computer(c, device_id)?.is_none() {
-                return Ok(Filed::UnknownDevice);
+        let filed = |filed: &Filed| {
+            // A result changes states only where it is filed: the computer is read again.
+            if matches!(filed, Filed::Recorded(_)) {
+                self.index.evict(device_id);
             }
-            // One offered deployment of the package is enough to file the result on every
-            // open one: a package reached through two activations is offered once.
-            let activations = c
-                .query(
-                    "UPDATE deployments SET state = $1, code = $2, output = $3, changed_at = $4
+        };
+        self.transaction_then(
+            |c| {
+                if computer(c, device_id)?.is_none() {
+                    return Ok(Filed::UnknownDevice);
+                }
+                // One offered deployment of the package is enough to file the result on every
+                // open one: a package reached through two activations is offered once.
+                let activations = c
+                    .query(
+                        "UPDATE deployments SET state = $1, code = $2, output = $3, changed_at = $4
                      WHERE device_id = $5 AND package_id = $6
                          AND state IN ('waiting', 'notified', 'downloading', 'installing')
                          AND EXISTS (SELECT 1 FROM deployments AS offered
                              WHERE offered.device_id = $5 AND offered.package_id = $6
                                  AND offered.state IN ('notified', 'downloading', 'installing'))
                      RETURNING activation",
-                    params![state.as_str(), code, output, now, device_id, package_id],
-                )?
-                .iter()
-                .map(|row| row.text(0))
-                .collect::<Result<Vec<_>, _>>()?;
-            if activations.is_empty() {
-                let settled = c
+                        params![state.as_str(), code, output, now, device_id, package_id],
+                    )?
+                    .iter()
+                    .map(|row| row.text(0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if activations.is_empty() {
+                    let settled = c
                     .query(
                         "SELECT state FROM deployments WHERE device_id = $1 AND package_id = $2",
                         params![device_id, package_id],
@@ -453,41 +463,41 @@ impl Database {
                     .iter()
                     .map(|row| row.text(0).map(|s| !State::parse(&s).is_open()))
                     .collect::<Result<Vec<bool>, _>>()?;
-                if !settled.is_empty() && settled.iter().all(|s| *s) {
-                    return Ok(Filed::Settled);
-                }
-                // A version superseded while the agent had it (its Package edited): the
-                // agent's answer to an offer that still stands, filed under its own id.
-                if let Some((activation, _)) = open_offer_of(c, order, device_id, package_id)? {
-                    c.execute(
-                        "INSERT INTO events (device_id, activation, package_id, state, code,
+                    if !settled.is_empty() && settled.iter().all(|s| *s) {
+                        return Ok(Filed::Settled);
+                    }
+                    // A version superseded while the agent had it (its Package edited): the
+                    // agent's answer to an offer that still stands, filed under its own id.
+                    if let Some((activation, _)) = open_offer_of(c, order, device_id, package_id)? {
+                        c.execute(
+                            "INSERT INTO events (device_id, activation, package_id, state, code,
                              output, at)
                          VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        params![
-                            device_id,
-                            &activation,
-                            package_id,
-                            state.as_str(),
-                            code,
-                            output,
-                            now
-                        ],
-                    )?;
-                    return Ok(Filed::Recorded(vec![activation]));
-                }
-                let offered_once = c.query_opt(
-                    "SELECT 1 FROM events WHERE device_id = $1 AND package_id = $2
+                            params![
+                                device_id,
+                                &activation,
+                                package_id,
+                                state.as_str(),
+                                code,
+                                output,
+                                now
+                            ],
+                        )?;
+                        return Ok(Filed::Recorded(vec![activation]));
+                    }
+                    let offered_once = c.query_opt(
+                        "SELECT 1 FROM events WHERE device_id = $1 AND package_id = $2
                          AND state = 'notified' LIMIT 1",
-                    params![device_id, package_id],
-                )?;
-                return Ok(if offered_once.is_some() {
-                    Filed::Superseded
-                } else {
-                    Filed::NotOffered
-                });
-            }
-            for activation in &activations {
-                c.execute(
+                        params![device_id, package_id],
+                    )?;
+                    return Ok(if offered_once.is_some() {
+                        Filed::Superseded
+                    } else {
+                        Filed::NotOffered
+                    });
+                }
+                for activation in &activations {
+                    c.execute(
                     "INSERT INTO events (device_id, activation, package_id, state, code, output,
                          at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -501,9 +511,11 @@ impl Database {
                         now
                     ],
                 )?;
-            }
-            Ok(Filed::Recorded(activations))
-        })
+                }
+                Ok(Filed::Recorded(activations))
+            },
+            filed,
+        )
     }
 }
 

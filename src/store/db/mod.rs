@@ -51,6 +51,7 @@ macro_rules! on_both {
 }
 
 mod admin_tokens;
+mod cache;
 mod computers;
 mod deployments;
 mod file;
@@ -61,6 +62,7 @@ mod steering;
 mod tokens;
 
 pub use admin_tokens::AdminTokenRecord;
+pub use cache::{MAX_INDEXED, WRITE_BEHIND_SECONDS};
 pub use computers::{CONTACT_PRECISION, CodeCount, Computer, FLEET_PAGE, Facts, FleetFilter};
 pub use deployments::{Change, Deployment, Event, Filed, FleetCount, OpenOffer, State, StateCount};
 pub use file::{Health, Lost, Opened, STATE_MARKER};
@@ -146,6 +148,13 @@ pub struct Database {
     full: AtomicBool,
     /// The journal's writer queue (`journal::record`).
     journal: journal::Queue,
+    /// What decides an offer, per computer, in memory (SQLite only; see `cache`).
+    index: cache::Index,
+    /// The write-behind thread, once started ([`Database::write_behind`]).
+    behind: std::sync::OnceLock<()>,
+    /// SQLite's `PRAGMA data_version` when last read: it changes when another connection
+    /// (another process) commits.
+    data_version: Mutex<Option<i64>>,
 }
 
 enum Engine {
@@ -233,11 +242,15 @@ impl Database {
     }
 
     fn new(engine: Engine) -> Self {
+        let indexed = matches!(engine, Engine::Sqlite(_));
         Self {
             engine,
             watched: None,
             full: AtomicBool::new(false),
             journal: journal::Queue::default(),
+            index: cache::Index::new(indexed),
+            behind: std::sync::OnceLock::new(),
+            data_version: Mutex::new(None),
         }
     }
 
@@ -277,6 +290,17 @@ impl Database {
         &self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
+        self.transaction_then(work, |_| {})
+    }
+
+    /// Runs `work` in one transaction and, once it is committed, `committed` with its
+    /// outcome while the SQLite connection is still held: the in-memory index is updated
+    /// there, so it follows the database in commit order.
+    fn transaction_then<T>(
+        &self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        committed: impl FnOnce(&T),
+    ) -> Result<T, DbError> {
         match &self.engine {
             Engine::Sqlite(connection) => {
                 self.still_opened()?;
@@ -288,10 +312,17 @@ impl Database {
                     tx.commit()?;
                     Ok(done)
                 })();
+                if let Ok(done) = &done {
+                    committed(done);
+                }
                 self.observe(&done, connection.total_changes() > before);
                 done
             }
-            Engine::Postgres(pool) => pool.take()?.transaction(work),
+            Engine::Postgres(pool) => {
+                let done = pool.take()?.transaction(work)?;
+                committed(&done);
+                Ok(done)
+            }
         }
     }
 
@@ -421,6 +452,7 @@ pub(crate) mod tests {
     fn every_statement_numbers_its_parameters_in_order_of_use() {
         let sources = [
             include_str!("mod.rs"),
+            include_str!("cache.rs"),
             include_str!("computers.rs"),
             include_str!("deployments.rs"),
             include_str!("file.rs"),

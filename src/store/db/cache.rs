@@ -1,0 +1,492 @@
+//! The index of what decides an offer, per computer, in memory: its facts (name, OS,
+//! tags, installed history, last inventory) and its deployment states, so that a PROLOG or
+//! a check-in from a known computer reads no database.
+//!
+//! The database stays the durable record. The index is filled lazily, one database read on
+//! a miss, so start-up reads nothing; and every write of computers and deployments through
+//! [`Database`](super::Database) updates it (write-through) while still holding SQLite's
+//! one connection, right after the commit: the index follows the database in commit order,
+//! and never holds what a failed commit did not write. Only the last contact is written
+//! behind: [`Index::touch`] notes it, and the notes are written in one transaction every
+//! few seconds, before any read that shows it, and when the database is dropped.
+//!
+//! Entries are compact: no raw inventory, no addresses, no command output; the strings
+//! many computers share (OS names, tags, package ids, activations, tokens, codes) are held
+//! once (`Arc<str>` from one table). What is not kept is returned empty by [`Index::view`],
+//! which is why it serves only the callers that decide offers.
+//!
+//! SQLite only: on PostgreSQL other replicas write the same rows, so the index is off and
+//! every call answers from the database as before. Another process writing the same SQLite
+//! file (no `tessera` command does; a second server would) is caught by `PRAGMA
+//! data_version`, polled by the write-behind thread, which clears the index.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::computers::{CONTACT_PRECISION, Computer, Facts};
+use super::deployments::{Change, Deployment, State};
+
+/// Independent locks over the index, so async workers answering PROLOGs on different
+/// computers rarely wait for one another (a lock is held for a lookup, well under a
+/// microsecond; 16 is several times the workers of a large machine).
+const SHARDS: usize = 16;
+
+/// The most computers the index holds (about 300 bytes each, so some 600 MB at most):
+/// past it, computers not yet indexed are answered from the database, as without the
+/// index. Far above the 100,000 computers one server is sized for.
+pub const MAX_INDEXED: usize = 2_000_000;
+
+/// The in-memory index of one database (see the module's opening comment).
+pub(super) struct Index {
+    /// Off on PostgreSQL.
+    on: bool,
+    shards: Box<[Mutex<HashMap<Box<str>, Entry>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Strings shared by many entries, held once.
+    strings: Mutex<HashSet<Arc<str>>>,
+    /// Last contacts not yet written: device id -> Unix seconds.
+    pending: Mutex<HashMap<Box<str>, i64>>,
+    indexed: AtomicUsize,
+}
+
+/// One computer, as far as offers go.
+struct Entry {
+    name: Box<str>,
+    os_name: Arc<str>,
+    os_version: Arc<str>,
+    tags: Box<[Arc<str>]>,
+    history: Box<[Arc<str>]>,
+    first_seen: i64,
+    last_contact: i64,
+    last_inventory: Option<i64>,
+    /// By activation, as the database orders them.
+    deployments: Vec<Slot>,
+}
+
+/// One deployment state, without the command's output.
+struct Slot {
+    activation: Arc<str>,
+    package: Arc<str>,
+    package_id: Arc<str>,
+    token: Arc<str>,
+    state: State,
+    code: Option<Arc<str>>,
+    changed_at: i64,
+    notified_at: Option<i64>,
+}
+
+impl Index {
+    /// An index that holds entries (`on`), or one that never does (PostgreSQL).
+    pub(super) fn new(on: bool) -> Self {
+        Self {
+            on,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            strings: Mutex::default(),
+            pending: Mutex::default(),
+            indexed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this index holds entries at all.
+    pub(super) fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// How many computers it holds.
+    pub(super) fn len(&self) -> usize {
+        self.indexed.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, device_id: &str) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+        let mut hasher = self.hasher.build_hasher();
+        device_id.hash(&mut hasher);
+        // The remainder is below SHARDS, so it fits.
+        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
+        lock(&self.shards[index])
+    }
+
+    /// A contact from `device_id` at `now`, answered from the index: the computer and its
+    /// deployments, with the contact noted to be written behind when the last one written
+    /// is `CONTACT_PRECISION` old (as [`Database::contact`](super::Database::contact)
+    /// writes it). `None` when the computer is not indexed.
+    pub(super) fn touch(&self, device_id: &str, now: i64) -> Option<(Computer, Vec<Deployment>)> {
+        if !self.on {
+            return None;
+        }
+        let mut shard = self.shard(device_id);
+        let entry = shard.get_mut(device_id)?;
+        if !(0..CONTACT_PRECISION).contains(&(now - entry.last_contact)) {
+            entry.last_contact = now;
+            lock(&self.pending).insert(device_id.into(), now);
+        }
+        Some(entry.view(device_id))
+    }
+
+    /// The computer and its deployments as indexed, if it is.
+    #[cfg(test)]
+    pub(super) fn view(&self, device_id: &str) -> Option<(Computer, Vec<Deployment>)> {
+        let shard = self.shard(device_id);
+        shard.get(device_id).map(|entry| entry.view(device_id))
+    }
+
+    /// Indexes `computer` with `deployments`, as just read from the database (call it
+    /// holding the connection, so no write comes between the read and this).
+    pub(super) fn fill(&self, computer: &Computer, deployments: &[Deployment]) {
+        if !self.on || self.len() >= MAX_INDEXED {
+            return;
+        }
+        let mut entry = Entry {
+            name: computer.name.as_str().into(),
+            os_name: self.shared(&computer.os_name),
+            os_version: self.shared(&computer.os_version),
+            tags: computer.tags.iter().map(|t| self.shared(t)).collect(),
+            history: computer.history.iter().map(|h| self.shared(h)).collect(),
+            first_seen: computer.first_seen,
+            last_contact: computer.last_contact,
+            last_inventory: computer.last_inventory,
+            deployments: deployments.iter().map(|d| self.slot(d)).collect(),
+        };
+        // A contact noted but not yet written is newer than what was read.
+        if let Some(noted) = lock(&self.pending).get(computer.device_id.as_str()) {
+            entry.last_contact = entry.last_contact.max(*noted);
+        }
+        let mut shard = self.shard(&computer.device_id);
+        if shard
+            .insert(computer.device_id.as_str().into(), entry)
+            .is_none()
+        {
+            self.indexed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An inventory (or a check-in's facts) committed for `device_id` at `now`.
+    pub(super) fn facts(&self, device_id: &str, facts: &Facts, now: i64) {
+        if !self.on {
+            return;
+        }
+        let (os_name, os_version) = (self.shared(&facts.os_name), self.shared(&facts.os_version));
+        let tags: Box<[Arc<str>]> = facts.tags.iter().map(|t| self.shared(t)).collect();
+        let history: Box<[Arc<str>]> = facts.history.iter().map(|h| self.shared(h)).collect();
+        let mut shard = self.shard(device_id);
+        let Some(entry) = shard.get_mut(device_id) else {
+            return;
+        };
+        entry.name = facts.name.as_str().into();
+        entry.os_name = os_name;
+        entry.os_version = os_version;
+        entry.tags = tags;
+        entry.history = history;
+        entry.last_contact = entry.last_contact.max(now);
+        entry.last_inventory = Some(now);
+    }
+
+    /// `changes` committed to the deployments of `device_id` at `now`: the same upserts
+    /// and notifications as the statements of [`Database::apply`](super::Database::apply).
+    pub(super) fn apply(&self, device_id: &str, changes: &[Change], now: i64) {
+        if !self.on || changes.is_empty() {
+            return;
+        }
+        let slots: Vec<Option<Slot>> = changes
+            .iter()
+            .map(|change| match change {
+                Change::Arm {
+                    activation,
+                    package,
+                    package_id,
+                    token,
+                } => Some(self.armed(activation, package, package_id, token, None, now)),
+                Change::ArmSettled {
+                    activation,
+                    package,
+                    package_id,
+                    token,
+                    code,
+                } => Some(self.armed(activation, package, package_id, token, Some(code), now)),
+                Change::Notify { .. } => None,
+            })
+            .collect();
+        let mut shard = self.shard(device_id);
+        let Some(entry) = shard.get_mut(device_id) else {
+            return;
+        };
+        for (change, slot) in changes.iter().zip(slots) {
+            match (change, slot) {
+                (_, Some(slot)) => {
+                    match entry
+                        .deployments
+                        .binary_search_by(|d| d.activation.as_ref().cmp(&slot.activation))
+                    {
+                        Ok(at) => entry.deployments[at] = slot,
+                        Err(at) => entry.deployments.insert(at, slot),
+                    }
+                }
+                (Change::Notify { activation }, None) => {
+                    if let Some(slot) = entry
+                        .deployments
+                        .iter_mut()
+                        .find(|d| d.activation.as_ref() == activation.as_str())
+                        .filter(|d| d.state == State::Waiting)
+                    {
+                        slot.state = State::Notified;
+                        slot.changed_at = now;
+                        slot.notified_at = Some(now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Forgets `device_id`: its next contact reads the database.
+    pub(super) fn evict(&self, device_id: &str) {
+        if self.shard(device_id).remove(device_id).is_some() {
+            self.indexed.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets every computer (another process wrote the database).
+    pub(super) fn clear(&self) {
+        for shard in &*self.shards {
+            let mut shard = lock(shard);
+            self.indexed.fetch_sub(shard.len(), Ordering::Relaxed);
+            shard.clear();
+        }
+    }
+
+    /// Takes the contacts noted since the last call, to write.
+    pub(super) fn take_pending(&self) -> Vec<(Box<str>, i64)> {
+        let mut pending = lock(&self.pending);
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        pending.drain().collect()
+    }
+
+    /// Puts back contacts whose write failed (a newer note wins).
+    pub(super) fn restore_pending(&self, contacts: Vec<(Box<str>, i64)>) {
+        let mut pending = lock(&self.pending);
+        for (device, at) in contacts {
+            let noted = pending.entry(device).or_insert(at);
+            *noted = (*noted).max(at);
+        }
+    }
+
+    /// Whether contacts wait to be written.
+    pub(super) fn has_pending(&self) -> bool {
+        self.on && !lock(&self.pending).is_empty()
+    }
+
+    fn armed(
+        &self,
+        activation: &str,
+        package: &str,
+        package_id: &str,
+        token: &str,
+        code: Option<&str>,
+        now: i64,
+    ) -> Slot {
+        Slot {
+            activation: self.shared(activation),
+            package: self.shared(package),
+            package_id: self.shared(package_id),
+            token: self.shared(token),
+            state: if code.is_some() {
+                State::Success
+            } else {
+                State::Waiting
+            },
+            code: code.map(|c| self.shared(c)),
+            changed_at: now,
+            notified_at: None,
+        }
+    }
+
+    fn slot(&self, d: &Deployment) -> Slot {
+        Slot {
+            activation: self.shared(&d.activation),
+            package: self.shared(&d.package),
+            package_id: self.shared(&d.package_id),
+            token: self.shared(&d.token),
+            state: d.state,
+            code: d.code.as_deref().map(|c| self.shared(c)),
+            changed_at: d.changed_at,
+            notified_at: d.notified_at,
+        }
+    }
+
+    /// `text`, held once however many entries use it.
+    fn shared(&self, text: &str) -> Arc<str> {
+        let mut strings = lock(&self.strings);
+        if let Some(found) = strings.get(text) {
+            return found.clone();
+        }
+        let new: Arc<str> = Arc::from(text);
+        strings.insert(new.clone());
+        new
+    }
+}
+
+impl Entry {
+    fn view(&self, device_id: &str) -> (Computer, Vec<Deployment>) {
+        let computer = Computer {
+            device_id: device_id.to_owned(),
+            name: self.name.to_string(),
+            os_name: self.os_name.to_string(),
+            os_version: self.os_version.to_string(),
+            tags: self.tags.iter().map(ToString::to_string).collect(),
+            ip_addresses: Vec::new(),
+            history: self.history.iter().map(ToString::to_string).collect(),
+            first_seen: self.first_seen,
+            last_contact: self.last_contact,
+            last_inventory: self.last_inventory,
+            address: None,
+        };
+        let deployments = self
+            .deployments
+            .iter()
+            .map(|slot| Deployment {
+                device_id: device_id.to_owned(),
+                activation: slot.activation.to_string(),
+                package: slot.package.to_string(),
+                package_id: slot.package_id.to_string(),
+                token: slot.token.to_string(),
+                state: slot.state,
+                code: slot.code.as_deref().map(str::to_owned),
+                output: None,
+                changed_at: slot.changed_at,
+                notified_at: slot.notified_at,
+            })
+            .collect();
+        (computer, deployments)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update leaves an entry whole before it can panic, so a poisoned lock is usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Seconds between two writes of the contacts noted in the index: a kill -9 loses at most
+/// this much of "last contact" (never a result or an inventory, which are written before
+/// the agent's answer), and a fleet of 100,000 polling hourly costs one transaction of
+/// about 140 updates each time.
+pub const WRITE_BEHIND_SECONDS: u64 = 5;
+/// How often the write-behind thread asks SQLite whether another process wrote the file:
+/// the longest an index entry can trail such a write.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl super::Database {
+    /// A contact from `device_id` at `now`, answered from memory without waiting for the
+    /// database: the computer (facts only: no addresses) and its deployments (no output),
+    /// the contact written behind. `None` when the computer is not indexed yet, on
+    /// PostgreSQL, or when the database is in trouble: then ask [`Self::contact`].
+    pub fn contact_in_memory(
+        &self,
+        device_id: &str,
+        now: i64,
+    ) -> Option<(Computer, Vec<Deployment>)> {
+        if !self.index.is_on() || self.still_opened().is_err() {
+            return None;
+        }
+        self.index.touch(device_id, now)
+    }
+
+    /// How many computers the in-memory index holds.
+    pub fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Writes the contacts noted in memory, in one transaction; returns how many.
+    pub fn write_contacts(&self) -> Result<usize, super::DbError> {
+        let contacts = self.index.take_pending();
+        if contacts.is_empty() {
+            return Ok(0);
+        }
+        let written = self.transaction(|c| {
+            for (device, at) in &contacts {
+                c.execute(
+                    "UPDATE computers SET last_contact = $1 WHERE device_id = $2
+                         AND last_contact < $1",
+                    crate::store::sql::params![*at, &**device],
+                )?;
+            }
+            Ok(contacts.len())
+        });
+        if written.is_err() {
+            self.index.restore_pending(contacts);
+        }
+        written
+    }
+
+    /// Writes the noted contacts first when there are any, so a read shows them.
+    pub(super) fn contacts_written(&self) {
+        if self.index.has_pending()
+            && let Err(error) = self.write_contacts()
+        {
+            tracing::debug!(error = %crate::error_chain(&error), "failed to write the last contacts");
+        }
+    }
+
+    /// Starts, once, the thread that writes the noted contacts every
+    /// [`WRITE_BEHIND_SECONDS`] and clears the index when another process wrote the SQLite
+    /// file. It ends when the database is dropped (which writes what is left).
+    pub fn write_behind(db: &Arc<Self>) {
+        if !db.index.is_on() {
+            return;
+        }
+        db.behind.get_or_init(|| {
+            db.watch_other_writers();
+            let weak = Arc::downgrade(db);
+            let spawned = std::thread::Builder::new()
+                .name("tessera-write-behind".into())
+                .spawn(move || {
+                    let mut ticks = 0u64;
+                    loop {
+                        std::thread::sleep(WATCH_INTERVAL);
+                        let Some(db) = weak.upgrade() else { return };
+                        ticks += 1;
+                        db.watch_other_writers();
+                        if ticks % WRITE_BEHIND_SECONDS == 0 {
+                            db.contacts_written();
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "failed to start the write-behind thread; contacts are written when read");
+            }
+        });
+    }
+
+    /// Clears the index when another connection committed to the SQLite file since the
+    /// last look (`PRAGMA data_version` changes only then).
+    pub fn watch_other_writers(&self) {
+        let super::Engine::Sqlite(connection) = &self.engine else {
+            return;
+        };
+        let connection = Self::lock(connection);
+        let Ok(version) =
+            connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+        else {
+            return;
+        };
+        let mut seen = lock(&self.data_version);
+        if seen.is_some_and(|seen| seen != version) {
+            tracing::debug!(
+                "another process wrote the state database: the in-memory index starts afresh"
+            );
+            self.index.clear();
+        }
+        *seen = Some(version);
+    }
+}
+
+impl Drop for super::Database {
+    fn drop(&mut self) {
+        self.contacts_written();
+    }
+}
