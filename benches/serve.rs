@@ -2,10 +2,14 @@
 //!
 //! `cargo bench --bench serve` starts the release `tessera serve` on loopback ports with the
 //! quickstart configuration plus a 64 MiB package of incompressible content in 1 MiB
-//! fragments, registers 1,000 computers (tag `lab`, Debian 12) with one inventory each, and
+//! fragments, registers 10,000 computers (tag `lab`, Debian 12) with one inventory each, and
 //! measures with one minimal HTTP/1.1 keep-alive client (tokio, rustls with ring):
 //!
-//! - PROLOG requests per second and p99 latency over HTTPS at 1, 4 and 64 connections;
+//! - PROLOG requests per second and p99 latency over HTTPS at 1, 4 and 64 connections, next
+//!   to the floor: nginx answering the same requests with a fixed ~100-byte body over HTTPS
+//!   with the same certificate (no work at all), and the ratio PROLOG/floor;
+//! - small-inventory ingest (~2.7 KB zlib, each from a new computer, 4 connections): rate,
+//!   p50 and p99;
 //! - the time to ingest a ~350 KB inventory, zlib-compressed as the agent sends it;
 //! - fragment throughput over HTTPS and plain HTTP at 1 and 16 connections, against nginx
 //!   rooted at the same fragment store (started here on loopback ports, when installed:
@@ -42,7 +46,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Computers registered before PROLOG runs, so PROLOG looks up many different devices.
-const COMPUTERS: usize = 1_000;
+const COMPUTERS: usize = 10_000;
+/// PROLOG should cost little more than the transport: at least this share of the rate of
+/// nginx answering a fixed body over the same TLS (the "floor", issue 19).
+const FLOOR_RATIO_TARGET: f64 = 0.8;
+/// The floor's body: about the size of a PROLOG reply's headers and a short body.
+const FLOOR_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><REPLY><RESPONSE>STOP</RESPONSE></REPLY>0123456789abcdefghij";
+/// Small inventories posted for the ingest row, each from a computer not seen before.
+const SMALL_INVENTORIES: usize = 3_000;
+/// Connections posting them.
+const SMALL_INVENTORY_CONNECTIONS: usize = 4;
+/// About the compressed size of a small inventory (a server or a thin client).
+const SMALL_INVENTORY_ZLIB: usize = 2_700;
 /// Concurrent connections for PROLOG.
 const PROLOG_LEVELS: [usize; 3] = [1, 4, 64];
 /// Concurrent connections for fragments.
@@ -194,35 +209,6 @@ async fn run(setup: &Setup, server: &Process) -> String {
         started.elapsed().as_secs_f64()
     );
 
-    let prologs: Vec<Vec<u8>> = (0..COMPUTERS)
-        .map(|i| ocs_post(&host, &prolog_xml(i)))
-        .collect();
-    let offered = check_prolog(&https, &prologs[0]).await;
-    // One untimed round: first notifications are written once, later PROLOGs repeat them.
-    send_each(&https, 4, &prologs).await;
-    let mut prolog_rows = Vec::new();
-    for connections in PROLOG_LEVELS {
-        let before = cpu.sample();
-        let load = load_for(&https, connections, setup.duration, &prologs).await;
-        let used = cpu.used(before, load.elapsed);
-        eprintln!(
-            "serve bench: PROLOG x{connections}: {:.0} req/s",
-            load.rate()
-        );
-        prolog_rows.push((connections, load, used));
-    }
-
-    let big = inventory_xml(0, INVENTORY_BYTES);
-    let inventories: Vec<Vec<u8>> = (0..INVENTORY_WARMUP + INVENTORY_POSTS)
-        .map(|i| ocs_post(&host, &inventory_xml(i % COMPUTERS, INVENTORY_BYTES)))
-        .collect();
-    let compressed = zlib(big.as_bytes()).len();
-    send_each(&https, 1, &inventories[..INVENTORY_WARMUP]).await;
-    let ingest = send_each(&https, 1, &inventories[INVENTORY_WARMUP..]).await;
-    check_inventory(&https, &inventories[0]).await;
-    let hwm_agents = peak_memory(server.id());
-
-    let fragments = fragment_paths(&state.join("download").join(&package_id));
     let nginx = match Nginx::start(&setup.work, &state, &tls_dir) {
         Ok(nginx) => Some(nginx),
         Err(NginxMissing) => {
@@ -241,6 +227,66 @@ async fn run(setup: &Setup, server: &Process) -> String {
             Target::new(n.http, None),
         )
     });
+    let prologs: Vec<Vec<u8>> = (0..COMPUTERS)
+        .map(|i| ocs_post(&host, &prolog_xml(i)))
+        .collect();
+    let offered = check_prolog(&https, &prologs[0]).await;
+    // One untimed round: first notifications are written once, later PROLOGs repeat them.
+    send_each(&https, 4, &prologs).await;
+    let mut prolog_rows = Vec::new();
+    for connections in PROLOG_LEVELS {
+        // The floor first, then PROLOG, at each level: both see the same machine.
+        let floor = match &nginx_targets {
+            Some((nginx_https, _)) => {
+                let before = cpu.sample();
+                let load = load_for(nginx_https, connections, setup.duration, &prologs).await;
+                let used = cpu.used(before, load.elapsed);
+                Some((load, used))
+            }
+            None => None,
+        };
+        let before = cpu.sample();
+        let load = load_for(&https, connections, setup.duration, &prologs).await;
+        let used = cpu.used(before, load.elapsed);
+        eprintln!(
+            "serve bench: PROLOG x{connections}: {:.0} req/s, floor {}",
+            load.rate(),
+            floor
+                .as_ref()
+                .map_or("-".to_owned(), |(f, _)| format!("{:.0} req/s", f.rate()))
+        );
+        prolog_rows.push((connections, load, used, floor));
+    }
+
+    // Small inventories, each from a computer not seen before, on 4 connections.
+    let mut small_bytes = 1_000;
+    while zlib(inventory_xml(COMPUTERS, small_bytes).as_bytes()).len() < SMALL_INVENTORY_ZLIB {
+        small_bytes += 500;
+    }
+    let small: Vec<Vec<u8>> = (COMPUTERS..COMPUTERS + SMALL_INVENTORIES)
+        .map(|i| ocs_post(&host, &inventory_xml(i, small_bytes)))
+        .collect();
+    let small_zlib = zlib(inventory_xml(COMPUTERS, small_bytes).as_bytes()).len();
+    let before = cpu.sample();
+    let small_ingest = send_each(&https, SMALL_INVENTORY_CONNECTIONS, &small).await;
+    let small_cpu = cpu.used(before, small_ingest.elapsed);
+    eprintln!(
+        "serve bench: small inventories x{SMALL_INVENTORY_CONNECTIONS}: {:.0}/s, p99 {} ms",
+        small_ingest.rate(),
+        millis(small_ingest.percentile(99.0))
+    );
+
+    let big = inventory_xml(0, INVENTORY_BYTES);
+    let inventories: Vec<Vec<u8>> = (0..INVENTORY_WARMUP + INVENTORY_POSTS)
+        .map(|i| ocs_post(&host, &inventory_xml(i % COMPUTERS, INVENTORY_BYTES)))
+        .collect();
+    let compressed = zlib(big.as_bytes()).len();
+    send_each(&https, 1, &inventories[..INVENTORY_WARMUP]).await;
+    let ingest = send_each(&https, 1, &inventories[INVENTORY_WARMUP..]).await;
+    check_inventory(&https, &inventories[0]).await;
+    let hwm_agents = peak_memory(server.id());
+
+    let fragments = fragment_paths(&state.join("download").join(&package_id));
     if let Some((nginx_https, _)) = &nginx_targets {
         same_bytes(&https, nginx_https, "nginx", &host, &fragments[0]).await;
     }
@@ -299,15 +345,26 @@ async fn run(setup: &Setup, server: &Process) -> String {
         "target",
         "met",
     ]);
-    for (connections, load, used) in &prolog_rows {
+    for (connections, load, used, floor) in &prolog_rows {
+        let (floor_figure, floor_cpu, check) = match floor {
+            Some((floor, floor_used)) => {
+                let ratio = load.rate() / floor.rate();
+                (
+                    format!("{:.0} (floor)", floor.rate()),
+                    floor_used.to_string(),
+                    format!("{} ({ratio:.2}x)", verdict(ratio >= FLOOR_RATIO_TARGET)),
+                )
+            }
+            None => ("-".to_owned(), String::new(), String::new()),
+        };
         table.row([
             &format!("PROLOG HTTPS, {connections} conn: req/s"),
             &format!("{:.0}", load.rate()),
             &used.to_string(),
-            "-",
-            "",
-            ">= 5,000",
-            verdict(load.rate() >= 5_000.0),
+            &floor_figure,
+            &floor_cpu,
+            &format!(">= {FLOOR_RATIO_TARGET}x floor"),
+            &check,
         ]);
         let p99 = load.percentile(99.0);
         table.row([
@@ -320,6 +377,37 @@ async fn run(setup: &Setup, server: &Process) -> String {
             verdict(p99 < Duration::from_millis(5)),
         ]);
     }
+    table.row([
+        &format!(
+            "Inventory {:.1} KB zlib, new computers, {SMALL_INVENTORY_CONNECTIONS} conn: /s",
+            small_zlib as f64 / 1000.0
+        ),
+        &format!("{:.0}", small_ingest.rate()),
+        &small_cpu.to_string(),
+        "-",
+        "",
+        "",
+        "",
+    ]);
+    table.row([
+        "  same: p50 ms",
+        &millis(small_ingest.percentile(50.0)),
+        "",
+        "-",
+        "",
+        "",
+        "",
+    ]);
+    let small_p99 = small_ingest.percentile(99.0);
+    table.row([
+        "  same: p99 ms",
+        &millis(small_p99),
+        "",
+        "-",
+        "",
+        "< 20",
+        verdict(small_p99 < Duration::from_millis(20)),
+    ]);
     let median = ingest.percentile(50.0);
     table.row([
         "Inventory 350 KB: median ms",
@@ -372,8 +460,12 @@ async fn run(setup: &Setup, server: &Process) -> String {
         "",
     ]);
 
-    let errors: u64 = prolog_rows.iter().map(|(_, l, _)| l.errors).sum::<u64>()
+    let errors: u64 = prolog_rows
+        .iter()
+        .map(|(_, l, _, f)| l.errors + f.as_ref().map_or(0, |(f, _)| f.errors))
+        .sum::<u64>()
         + ingest.errors
+        + small_ingest.errors
         + fragment_rows
             .iter()
             .map(|(_, _, (o, _), t)| o.errors + t.as_ref().map_or(0, |(t, _)| t.errors))
@@ -417,7 +509,9 @@ async fn run(setup: &Setup, server: &Process) -> String {
     .unwrap();
     let other = prolog_rows
         .iter()
-        .map(|(_, _, used)| used)
+        .flat_map(|(_, _, used, floor)| {
+            std::iter::once(used).chain(floor.as_ref().map(|(_, used)| used))
+        })
         .chain(fragment_rows.iter().flat_map(|(_, _, (_, ours), theirs)| {
             std::iter::once(ours).chain(theirs.as_ref().map(|(_, used)| used))
         }))
@@ -1366,7 +1460,7 @@ fn zlib(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn device_id(computer: usize) -> String {
-    format!("bench-{computer:04}-2026-01-01-00-00-00")
+    format!("bench-{computer:05}-2026-01-01-00-00-00")
 }
 
 fn prolog_xml(computer: usize) -> String {
@@ -1711,13 +1805,17 @@ impl Nginx {
         let cert = tls.join("tls.crt");
         let key = tls.join("tls.key");
         let locations = "    location /download/ { }\n    location / { return 404; }\n";
+        // The floor: the PROLOG requests answered with a fixed body, no work at all.
+        let floor = format!(
+            "    location = /ocsinventory {{ default_type application/x-compressed; return 200 '{FLOOR_BODY}'; }}\n"
+        );
         let config = format!(
             "daemon off;\nmaster_process on;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n  keepalive_timeout 300s;\n  access_log off;\n  default_type application/octet-stream;\n\
              \x20 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
              \x20 server {{\n    listen {http};\n    root {root};\n{locations}  }}\n\
-             \x20 server {{\n    listen {https} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n    root {root};\n{locations}  }}\n}}\n",
+             \x20 server {{\n    listen {https} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n    root {root};\n{floor}{locations}  }}\n}}\n",
             cert.display(),
             key.display()
         );

@@ -335,7 +335,10 @@ async fn open_state(
             (db, Leadership::new(receiver))
         }
     };
-    Ok((Arc::new(db), leadership))
+    let db = Arc::new(db);
+    // Last contacts kept in memory are written every few seconds (SQLite).
+    Database::write_behind(&db);
+    Ok((db, leadership))
 }
 
 /// Connects to PostgreSQL (blocking, so on a blocking thread).

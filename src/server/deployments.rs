@@ -128,20 +128,38 @@ impl Selector {
     /// Whether `computer` is selected. Computers that have sent no inventory yet have no
     /// facts and are never selected.
     pub fn matches(&self, computer: &Computer) -> bool {
-        if computer.last_inventory.is_none() {
+        self.matches_seen(&Seen::of(computer))
+    }
+
+    fn matches_seen(&self, seen: &Seen<'_>) -> bool {
+        if seen.computer.last_inventory.is_none() {
             return false;
         }
-        let name = computer.name.to_lowercase();
         let chosen = self.all
-            || self.names.contains(&name)
-            || self.globs.as_ref().is_some_and(|g| g.is_match(&name))
-            || computer
-                .tags
-                .iter()
-                .any(|t| self.tags.contains(&t.to_lowercase()));
-        chosen
-            && (self.os.is_empty()
-                || OsFamily::of(&computer.os_name).is_some_and(|f| self.os.contains(&f)))
+            || self.names.contains(&seen.name)
+            || self.globs.as_ref().is_some_and(|g| g.is_match(&seen.name))
+            || seen.tags.iter().any(|t| self.tags.contains(t));
+        chosen && (self.os.is_empty() || seen.family.is_some_and(|f| self.os.contains(&f)))
+    }
+}
+
+/// A computer's facts as targeting compares them (lowercase name and tags, OS family),
+/// worked out once per decision rather than once per Affectation.
+struct Seen<'a> {
+    computer: &'a Computer,
+    name: String,
+    tags: Vec<String>,
+    family: Option<OsFamily>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(computer: &'a Computer) -> Self {
+        Self {
+            computer,
+            name: computer.name.to_lowercase(),
+            tags: computer.tags.iter().map(|t| t.to_lowercase()).collect(),
+            family: OsFamily::of(&computer.os_name),
+        }
     }
 }
 
@@ -177,9 +195,14 @@ pub struct Assignment {
 impl Assignment {
     /// Whether this assignment applies to `computer`.
     pub fn targets(&self, computer: &Computer) -> bool {
-        self.selector.matches(computer)
-            && OsFamily::of(&computer.os_name).is_some_and(|f| f == self.package_os)
-            && (self.share >= 100 || bucket(&self.affectation, &computer.device_id) < self.share)
+        self.targets_seen(&Seen::of(computer))
+    }
+
+    fn targets_seen(&self, seen: &Seen<'_>) -> bool {
+        seen.family == Some(self.package_os)
+            && self.selector.matches_seen(seen)
+            && (self.share >= 100
+                || bucket(&self.affectation, &seen.computer.device_id) < self.share)
     }
 }
 
@@ -216,7 +239,8 @@ impl Wanted<'_> {
 /// Per activation, what `computer` should have.
 pub fn wanted<'a>(assignments: &'a [Assignment], computer: &Computer) -> Vec<Wanted<'a>> {
     let mut by_activation: BTreeMap<&str, Wanted<'a>> = BTreeMap::new();
-    for assignment in assignments.iter().filter(|a| a.targets(computer)) {
+    let seen = Seen::of(computer);
+    for assignment in assignments.iter().filter(|a| a.targets_seen(&seen)) {
         let entry = by_activation
             .entry(&assignment.activation)
             .or_insert_with(|| Wanted {
@@ -241,8 +265,13 @@ pub fn wanted<'a>(assignments: &'a [Assignment], computer: &Computer) -> Vec<Wan
 /// The changes that bring `computer`'s states in line with `assignments`: arming what is
 /// new (a new target, a new package id, a new redeploy token).
 pub fn arm(assignments: &[Assignment], computer: &Computer, current: &[Deployment]) -> Vec<Change> {
+    arm_wanted(&wanted(assignments, computer), computer, current)
+}
+
+/// [`arm`] for what `computer` is `wanted` to have, worked out already.
+fn arm_wanted(wanted: &[Wanted<'_>], computer: &Computer, current: &[Deployment]) -> Vec<Change> {
     let mut changes = Vec::new();
-    for wanted in wanted(assignments, computer) {
+    for wanted in wanted {
         let existing = current.iter().find(|d| d.activation == wanted.activation);
         let up_to_date =
             existing.is_some_and(|d| d.package_id == wanted.package_id && d.token == wanted.token);
@@ -288,9 +317,10 @@ pub fn prolog(
     current: &[Deployment],
     now: i64,
 ) -> (Vec<Offer>, Vec<Change>) {
-    let mut changes = arm(assignments, computer, current);
+    let wanted = wanted(assignments, computer);
+    let mut changes = arm_wanted(&wanted, computer, current);
     let mut offers = Vec::new();
-    for wanted in wanted(assignments, computer) {
+    for wanted in &wanted {
         // The state after this PROLOG's arms.
         let state = match changes
             .iter()

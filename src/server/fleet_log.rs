@@ -93,6 +93,19 @@ pub fn offer(
     }
 }
 
+/// One PROLOG or check-in answered: DEBUG, whatever it offered (the offers and results
+/// that are news have their own INFO lines), so a fleet polling hourly writes nothing at
+/// INFO. `from_memory`: answered from the in-memory index, without the database.
+pub fn answered(protocol: Protocol, device_id: &str, offers: usize, from_memory: bool) {
+    tracing::debug!(
+        protocol = protocol.as_str(),
+        device_id,
+        offers,
+        from_memory,
+        "answered a contact"
+    );
+}
+
 /// A result filed on `activations`' deployments: INFO when it settles them (a result code),
 /// DEBUG for a native agent's progress (`downloading`, `installing`).
 pub fn result(

@@ -406,13 +406,7 @@ async fn prolog(
         changes,
         reported,
     } = decision;
-    tracing::debug!(
-        device_id = %request.device_id,
-        offers = offers.len(),
-        changes = changes.len(),
-        from_memory,
-        "answered a PROLOG"
-    );
+    fleet_log::answered(Protocol::Ocs, &request.device_id, offers.len(), from_memory);
     let changed = !changes.is_empty();
     if changed {
         shared.touched();
@@ -1096,5 +1090,120 @@ mod tests {
             "info files only over HTTPS"
         );
         drop(f.store);
+    }
+
+    /// A small random generator for the comparison below (no dependency for a test).
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// The same fixture with its own database and a clock the test moves.
+    fn twin(f: &Fixture, db: Database, clock: Arc<std::sync::atomic::AtomicI64>) -> Shared {
+        let mut routes = (**f.shared.routes.borrow()).clone();
+        let mut redeployed = routes.assignments[0].clone();
+        redeployed.affectation = "default/paris".into();
+        redeployed.activation = "default/tools".into();
+        redeployed.package = "default/tools".into();
+        redeployed.package_id = "2222222222".into();
+        redeployed.redeploy = Some("2".into());
+        redeployed.selector =
+            Selector::new(false, &[], &["lab-0*".into()], &["paris".into()], vec![]).unwrap();
+        let mut later = routes.assignments[0].clone();
+        later.affectation = "default/later".into();
+        later.activation = "default/later".into();
+        later.package_id = "3333333333".into();
+        later.not_before = Some(1_000_000 + 3_000);
+        later.share = 50;
+        routes.assignments.extend([redeployed, later]);
+        let (_, routes) = watch::channel(Arc::new(routes));
+        Shared {
+            routes,
+            db: Arc::new(db),
+            clock: Arc::new(move || clock.load(std::sync::atomic::Ordering::Relaxed)),
+            results: Arc::default(),
+            ..f.shared.clone()
+        }
+    }
+
+    /// A PROLOG answered from the in-memory index offers exactly what the database path
+    /// offers: random fleets (tags, OS, installed history), three Affectations (one with a
+    /// redeploy token and a name glob, one staged and scheduled), and random sequences of
+    /// PROLOGs, inventories and results over time, sent to a server with the index and to
+    /// one without. Every answer, and in the end every row, is the same.
+    #[tokio::test]
+    async fn prologs_from_the_index_offer_exactly_what_the_database_offers() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let f = fixture();
+        for seed in [1u64, 7, 42, 2026] {
+            let mut random = Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let clock = Arc::new(AtomicI64::new(1_000_000));
+            let indexed = twin(&f, Database::in_memory().unwrap(), clock.clone());
+            let plain = twin(
+                &f,
+                Database::in_memory_without_index().unwrap(),
+                clock.clone(),
+            );
+            let computers = 12;
+            let device = |n: u64| format!("lab-{n:02}-2026-01-01-00-00-00");
+            for step in 0..400 {
+                clock.fetch_add(i64::try_from(random.below(40)).unwrap(), Ordering::Relaxed);
+                let n = random.below(computers);
+                let xml = match random.below(10) {
+                    0 | 1 => {
+                        let tags = ["<KEYVALUE>lab</KEYVALUE>", "<KEYVALUE>paris</KEYVALUE>", ""];
+                        let os = ["Debian GNU/Linux 12", "Microsoft Windows 11 Pro"];
+                        let history = [
+                            "",
+                            "<PACKAGE ID=\"1234567890\"/>",
+                            "<PACKAGE ID=\"2222222222\"/>",
+                        ];
+                        format!(
+                            "<REQUEST><CONTENT><ACCOUNTINFO><KEYNAME>TAG</KEYNAME>{}</ACCOUNTINFO>\
+                             <HARDWARE><NAME>lab-{n:02}</NAME><OSNAME>{}</OSNAME><OSVERSION>1</OSVERSION></HARDWARE>\
+                             <DOWNLOAD><HISTORY>{}</HISTORY></DOWNLOAD></CONTENT>\
+                             <DEVICEID>{}</DEVICEID><QUERY>INVENTORY</QUERY></REQUEST>",
+                            tags[usize::try_from(random.below(3)).unwrap()],
+                            os[usize::try_from(random.below(8) / 7).unwrap()],
+                            history[usize::try_from(random.below(3)).unwrap()],
+                            device(n)
+                        )
+                    }
+                    2 => {
+                        let ids = [ID, "2222222222", "3333333333"];
+                        let codes = ["SUCCESS", "EXIT_CODE_1", "ERR_DOWNLOAD_INFO"];
+                        format!(
+                            "<REQUEST DEVICEID=\"{}\" ERR=\"{}\" ID=\"{}\" QUERY=\"DOWNLOAD\" />",
+                            device(n),
+                            codes[usize::try_from(random.below(3)).unwrap()],
+                            ids[usize::try_from(random.below(3)).unwrap()]
+                        )
+                    }
+                    _ => format!(
+                        "<REQUEST><DEVICEID>{}</DEVICEID><QUERY>PROLOG</QUERY></REQUEST>",
+                        device(n)
+                    ),
+                };
+                let theirs = ask(&plain, &xml).await;
+                let ours = ask(&indexed, &xml).await;
+                assert_eq!(ours, theirs, "seed {seed}, step {step}: {xml}");
+            }
+            assert!(indexed.db.indexed() > 0, "answered from the index");
+            assert_eq!(plain.db.indexed(), 0);
+            assert_eq!(
+                indexed.db.computers().unwrap(),
+                plain.db.computers().unwrap()
+            );
+            assert_eq!(
+                indexed.db.deployments().unwrap(),
+                plain.db.deployments().unwrap()
+            );
+        }
     }
 }

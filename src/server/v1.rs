@@ -345,6 +345,7 @@ pub async fn check_in(
         })
         .await?;
     shared.touched();
+    fleet_log::answered(Protocol::Native, agent.as_str(), offers.len(), false);
     if new {
         fleet_log::new_computer(Protocol::Native, &computer);
     }

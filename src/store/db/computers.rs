@@ -259,7 +259,7 @@ impl Database {
         self.contacts_written();
         let mut after: Option<String> = None;
         loop {
-            let (computers, deployments) = self.transaction(|c| {
+            let (computers, deployments) = self.read(|c| {
                 let rows = match &after {
                     None => c.query(
                         &format!(
@@ -362,7 +362,7 @@ impl Database {
         );
         let mut values: Vec<Value<'_>> = texts.iter().map(|t| Value::from(t.as_str())).collect();
         values.push(Value::Int(limit.clamp(1, FLEET_PAGE)));
-        self.transaction(|c| {
+        self.read(|c| {
             let computers = c
                 .query(&sql, &values)?
                 .iter()

@@ -283,11 +283,28 @@ impl Database {
                 detail: format!("quick_check: {check}"),
             });
         }
+        let exclusive = connection
+            .pragma_query_value(None, "locking_mode", |row| row.get::<_, String>(0))
+            .map_err(|source| Self::opening(path, source))?
+            .eq_ignore_ascii_case("exclusive");
         let mut db = Self::sqlite(connection).map_err(|error| match error {
             DbError::Query(source) if damaged(&source) => Self::opening(path, source),
             other => other,
         })?;
         db.watched = Watched::new(path);
+        // Exclusive locking (a full disk) admits no second connection.
+        if !exclusive {
+            let reader = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|source| Self::opening(path, source))?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(|source| Self::opening(path, source))?;
+            db.reader = Some(std::sync::Mutex::new(reader));
+        }
         Ok(db)
     }
 

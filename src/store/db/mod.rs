@@ -155,6 +155,10 @@ pub struct Database {
     /// SQLite's `PRAGMA data_version` when last read: it changes when another connection
     /// (another process) commits.
     data_version: Mutex<Option<i64>>,
+    /// For a SQLite file: a second, read-only connection for the reads that scan (counts,
+    /// fleet pages, lists) and for checkpoints, so they never hold the one connection that
+    /// agents' writes wait for (WAL lets it read while the other writes).
+    reader: Option<Mutex<Connection>>,
 }
 
 enum Engine {
@@ -173,6 +177,15 @@ impl Database {
             source,
         })?;
         Self::sqlite(connection)
+    }
+
+    /// A SQLite database in memory without the in-memory index: every contact reads the
+    /// database, as on PostgreSQL (tests compare both paths).
+    #[cfg(test)]
+    pub(crate) fn in_memory_without_index() -> Result<Self, DbError> {
+        let mut db = Self::in_memory()?;
+        db.index = cache::Index::new(false);
+        Ok(db)
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://user@host:port/name`,
@@ -251,6 +264,7 @@ impl Database {
             index: cache::Index::new(indexed),
             behind: std::sync::OnceLock::new(),
             data_version: Mutex::new(None),
+            reader: None,
         }
     }
 
@@ -326,14 +340,28 @@ impl Database {
         }
     }
 
-    /// Every row `sql` selects, read by `row`.
+    /// Every row `sql` selects, read by `row` (on the reader connection when there is one).
     fn all<T>(
         &self,
         sql: &str,
         params: &[Value<'_>],
         row: fn(&Row) -> Result<T, DbError>,
     ) -> Result<Vec<T>, DbError> {
-        self.with(|c| c.query(sql, params)?.iter().map(row).collect())
+        self.read(|c| c.query(sql, params)?.iter().map(row).collect())
+    }
+
+    /// Runs `work`, which only reads, in one read transaction: on the reader connection of
+    /// a SQLite file (agents' writes go ahead meanwhile), else as [`Self::transaction`].
+    fn read<T>(&self, work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
+        let Some(reader) = &self.reader else {
+            return self.transaction(work);
+        };
+        self.still_opened()?;
+        let mut connection = Self::lock(reader);
+        let tx = connection.transaction()?;
+        let done = work(&mut Sqlite(&tx))?;
+        tx.commit()?;
+        Ok(done)
     }
 }
 
