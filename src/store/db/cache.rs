@@ -46,6 +46,11 @@ pub(super) struct Index {
     hasher: std::collections::hash_map::RandomState,
     /// Strings shared by many entries, held once.
     strings: Mutex<HashSet<Arc<str>>>,
+    /// Lists of tags or installed package ids, held once however many computers have the
+    /// same (a fleet's computers mostly do).
+    lists: Mutex<HashSet<Arc<[Arc<str>]>>>,
+    /// What a deployment was armed with, held once per activation, package id and token.
+    arms: Mutex<HashSet<Arc<Armed>>>,
     /// Last contacts not yet written: device id -> Unix seconds.
     pending: Mutex<HashMap<Box<str>, i64>>,
     indexed: AtomicUsize,
@@ -56,8 +61,8 @@ struct Entry {
     name: Box<str>,
     os_name: Arc<str>,
     os_version: Arc<str>,
-    tags: Box<[Arc<str>]>,
-    history: Box<[Arc<str>]>,
+    tags: Arc<[Arc<str>]>,
+    history: Arc<[Arc<str>]>,
     first_seen: i64,
     last_contact: i64,
     last_inventory: Option<i64>,
@@ -67,14 +72,20 @@ struct Entry {
 
 /// One deployment state, without the command's output.
 struct Slot {
-    activation: Arc<str>,
-    package: Arc<str>,
-    package_id: Arc<str>,
-    token: Arc<str>,
+    armed: Arc<Armed>,
     state: State,
     code: Option<Arc<str>>,
     changed_at: i64,
     notified_at: Option<i64>,
+}
+
+/// What arms a deployment: the same for every computer an Affectation reaches.
+#[derive(PartialEq, Eq, Hash)]
+struct Armed {
+    activation: Box<str>,
+    package: Box<str>,
+    package_id: Box<str>,
+    token: Box<str>,
 }
 
 impl Index {
@@ -85,6 +96,8 @@ impl Index {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             strings: Mutex::default(),
+            lists: Mutex::default(),
+            arms: Mutex::default(),
             pending: Mutex::default(),
             indexed: AtomicUsize::new(0),
         }
@@ -142,8 +155,8 @@ impl Index {
             name: computer.name.as_str().into(),
             os_name: self.shared(&computer.os_name),
             os_version: self.shared(&computer.os_version),
-            tags: computer.tags.iter().map(|t| self.shared(t)).collect(),
-            history: computer.history.iter().map(|h| self.shared(h)).collect(),
+            tags: self.list(&computer.tags),
+            history: self.list(&computer.history),
             first_seen: computer.first_seen,
             last_contact: computer.last_contact,
             last_inventory: computer.last_inventory,
@@ -168,8 +181,7 @@ impl Index {
             return;
         }
         let (os_name, os_version) = (self.shared(&facts.os_name), self.shared(&facts.os_version));
-        let tags: Box<[Arc<str>]> = facts.tags.iter().map(|t| self.shared(t)).collect();
-        let history: Box<[Arc<str>]> = facts.history.iter().map(|h| self.shared(h)).collect();
+        let (tags, history) = (self.list(&facts.tags), self.list(&facts.history));
         let mut shard = self.shard(device_id);
         let Some(entry) = shard.get_mut(device_id) else {
             return;
@@ -217,7 +229,7 @@ impl Index {
                 (_, Some(slot)) => {
                     match entry
                         .deployments
-                        .binary_search_by(|d| d.activation.as_ref().cmp(&slot.activation))
+                        .binary_search_by(|d| d.armed.activation.cmp(&slot.armed.activation))
                     {
                         Ok(at) => entry.deployments[at] = slot,
                         Err(at) => entry.deployments.insert(at, slot),
@@ -227,7 +239,7 @@ impl Index {
                     if let Some(slot) = entry
                         .deployments
                         .iter_mut()
-                        .find(|d| d.activation.as_ref() == activation.as_str())
+                        .find(|d| &*d.armed.activation == activation.as_str())
                         .filter(|d| d.state == State::Waiting)
                     {
                         slot.state = State::Notified;
@@ -289,10 +301,7 @@ impl Index {
         now: i64,
     ) -> Slot {
         Slot {
-            activation: self.shared(activation),
-            package: self.shared(package),
-            package_id: self.shared(package_id),
-            token: self.shared(token),
+            armed: self.armed_with(activation, package, package_id, token),
             state: if code.is_some() {
                 State::Success
             } else {
@@ -306,15 +315,47 @@ impl Index {
 
     fn slot(&self, d: &Deployment) -> Slot {
         Slot {
-            activation: self.shared(&d.activation),
-            package: self.shared(&d.package),
-            package_id: self.shared(&d.package_id),
-            token: self.shared(&d.token),
+            armed: self.armed_with(&d.activation, &d.package, &d.package_id, &d.token),
             state: d.state,
             code: d.code.as_deref().map(|c| self.shared(c)),
             changed_at: d.changed_at,
             notified_at: d.notified_at,
         }
+    }
+
+    /// `items` as a list held once however many entries have the same.
+    fn list(&self, items: &[String]) -> Arc<[Arc<str>]> {
+        let shared: Vec<Arc<str>> = items.iter().map(|i| self.shared(i)).collect();
+        let mut lists = lock(&self.lists);
+        if let Some(found) = lists.get(shared.as_slice()) {
+            return found.clone();
+        }
+        let new: Arc<[Arc<str>]> = shared.into();
+        lists.insert(new.clone());
+        new
+    }
+
+    /// The arming of a deployment, held once however many entries share it.
+    fn armed_with(
+        &self,
+        activation: &str,
+        package: &str,
+        package_id: &str,
+        token: &str,
+    ) -> Arc<Armed> {
+        let armed = Armed {
+            activation: activation.into(),
+            package: package.into(),
+            package_id: package_id.into(),
+            token: token.into(),
+        };
+        let mut arms = lock(&self.arms);
+        if let Some(found) = arms.get(&armed) {
+            return found.clone();
+        }
+        let new = Arc::new(armed);
+        arms.insert(new.clone());
+        new
     }
 
     /// `text`, held once however many entries use it.
@@ -349,10 +390,10 @@ impl Entry {
             .iter()
             .map(|slot| Deployment {
                 device_id: device_id.to_owned(),
-                activation: slot.activation.to_string(),
-                package: slot.package.to_string(),
-                package_id: slot.package_id.to_string(),
-                token: slot.token.to_string(),
+                activation: slot.armed.activation.to_string(),
+                package: slot.armed.package.to_string(),
+                package_id: slot.armed.package_id.to_string(),
+                token: slot.armed.token.to_string(),
                 state: slot.state,
                 code: slot.code.as_deref().map(str::to_owned),
                 output: None,
