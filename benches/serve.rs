@@ -20,7 +20,8 @@
 //!   at 1 and 16 connections, and the time to open a new TLS connection and get the
 //!   package's small `info` document, direct and through each relay.
 //!
-//! `TESSERA_BENCH_SECS` sets the seconds per measured level (default 5). Client and servers
+//! `TESSERA_BENCH_SECS` sets the seconds per measured level (default 5);
+//! `TESSERA_BENCH_BINARY` measures another `tessera` build with the same client. Client and servers
 //! share the machine's cores: each row shows the CPU the server, the client and every other
 //! process used meanwhile (a build running alongside skews the figures). It prints figures;
 //! it asserts nothing.
@@ -98,7 +99,11 @@ fn main() {
         .filter(|&s| s > 0)
         .unwrap_or(5);
     let duration = Duration::from_secs(secs);
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
+    // Another build may be measured with the same client (before/after comparisons).
+    let binary = std::env::var_os("TESSERA_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_tessera")),
+        PathBuf::from,
+    );
     assert!(
         binary.exists(),
         "{} is missing: run `cargo bench --bench serve`",

@@ -1206,4 +1206,27 @@ mod tests {
             );
         }
     }
+
+    /// An operator's suspension (a paused assignment in the routes reconcile publishes)
+    /// reaches PROLOGs answered from memory at once, and lifting it offers the package
+    /// again, recorded in the database: the index holds facts and states, never what to
+    /// offer.
+    #[tokio::test]
+    async fn a_suspension_reaches_prologs_answered_from_memory() {
+        let f = fixture();
+        ask(&f.shared, &inventory_xml("")).await;
+        let paused = with_routes(&f.shared, |r| r.assignments[0].paused = true);
+        let (_, reply) = ask(&paused, &prolog_xml()).await;
+        assert!(!reply.contains("TYPE=\"PACK\""), "{reply}");
+        assert!(f.shared.db.indexed() == 1, "answered from the index");
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(rows[0].state, DeploymentState::Waiting);
+        let (_, reply) = ask(&f.shared, &prolog_xml()).await;
+        assert!(reply.contains(&format!("ID=\"{ID}\"")), "{reply}");
+        let (_, rows) = f.shared.db.computer(DEVICE).unwrap().unwrap();
+        assert_eq!(rows[0].state, DeploymentState::Notified);
+        // Notified: offered from memory while suspended, so the agent may finish.
+        let (_, reply) = ask(&paused, &prolog_xml()).await;
+        assert!(reply.contains(&format!("ID=\"{ID}\"")), "{reply}");
+    }
 }

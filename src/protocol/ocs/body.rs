@@ -168,16 +168,54 @@ fn zlib_deflate(data: &[u8]) -> Vec<u8> {
 
 /// The content of a zlib stream; `None` when `body` is not one.
 fn zlib_inflate(body: &[u8], max_inflated: usize) -> Result<Option<Vec<u8>>, CodecError> {
-    use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_zlib_with_limit};
-    // One-shot: the output is its own window, so the decompressor's state is a few
-    // kilobytes of tables, not flate2's 32 KiB window cleared at every reset (33,000
-    // instructions a PROLOG under callgrind, more than its TLS record).
-    match decompress_to_vec_zlib_with_limit(body, max_inflated) {
-        Ok(xml) if !xml.is_empty() => Ok(Some(xml)),
-        Ok(_) => Ok(None),
-        Err(error) if error.status == TINFLStatus::HasMoreOutput => Err(CodecError::InflatesTooFar),
-        Err(_) => Ok(None),
+    use miniz_oxide::inflate::TINFLStatus;
+    use miniz_oxide::inflate::core::inflate_flags::{
+        TINFL_FLAG_COMPUTE_ADLER32, TINFL_FLAG_PARSE_ZLIB_HEADER,
+        TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+    };
+    use miniz_oxide::inflate::core::{DecompressorOxide, decompress};
+    thread_local! {
+        // A few kilobytes of tables, kept per thread: made afresh, they cost a PROLOG a
+        // 10 KB clear and a 10 KB copy (under callgrind).
+        static INFLATE: std::cell::RefCell<Box<DecompressorOxide>> =
+            std::cell::RefCell::new(Box::default());
     }
+    // The output is its own window (no 32 KiB window cleared per request, as flate2's
+    // `Decompress::reset` does: 33,000 instructions a PROLOG, more than its TLS record).
+    const FLAGS: u32 = TINFL_FLAG_PARSE_ZLIB_HEADER
+        | TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF
+        | TINFL_FLAG_COMPUTE_ADLER32;
+    INFLATE.with(|cell| {
+        let mut inflater = cell.borrow_mut();
+        inflater.init();
+        let mut out = vec![0u8; body.len().saturating_mul(4).clamp(256, max_inflated.max(1))];
+        let (mut read, mut written) = (0, 0);
+        loop {
+            let (status, in_used, out_used) = decompress(
+                &mut inflater,
+                &body[read.min(body.len())..],
+                &mut out,
+                written,
+                FLAGS,
+            );
+            read += in_used;
+            written += out_used;
+            match status {
+                TINFLStatus::Done => {
+                    out.truncate(written);
+                    return Ok((!out.is_empty()).then_some(out));
+                }
+                TINFLStatus::HasMoreOutput if out.len() >= max_inflated => {
+                    return Err(CodecError::InflatesTooFar);
+                }
+                TINFLStatus::HasMoreOutput => {
+                    let grown = out.len().saturating_mul(2).min(max_inflated);
+                    out.resize(grown, 0);
+                }
+                _ => return Ok(None),
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -292,11 +292,13 @@ impl Database {
             other => other,
         })?;
         db.watched = Watched::new(path);
-        // Exclusive locking (a full disk) admits no second connection.
+        // Exclusive locking (a full disk) admits no second connection. Opened for writing
+        // because a read-only connection cannot checkpoint; it is used only for reads and
+        // checkpoints.
         if !exclusive {
             let reader = Connection::open_with_flags(
                 path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|source| Self::opening(path, source))?;
