@@ -12,8 +12,10 @@
 //!
 //! Entries are compact: no raw inventory, no addresses, no command output; the strings
 //! many computers share (OS names, tags, package ids, activations, tokens, codes) are held
-//! once (`Arc<str>` from one table). What is not kept is returned empty by [`Index::view`],
-//! which is why it serves only the callers that decide offers.
+//! once (`Arc<str>` from one table), as are whole tag and history lists and what armed each
+//! deployment. What is not kept is returned empty by [`Index::touch`], which is why it
+//! serves only the callers that decide offers. Shared values no entry uses any more are
+//! dropped by [`Index::prune`], so the tables follow the fleet, not its history.
 //!
 //! SQLite only: on PostgreSQL other replicas write the same rows, so the index is off and
 //! every call answers from the database as before. Another process writing the same SQLite
@@ -33,10 +35,11 @@ use super::deployments::{Change, Deployment, State};
 /// microsecond; 16 is several times the workers of a large machine).
 const SHARDS: usize = 16;
 
-/// The most computers the index holds (about 300 bytes each, so some 600 MB at most):
-/// past it, computers not yet indexed are answered from the database, as without the
-/// index. Far above the 100,000 computers one server is sized for.
-pub const MAX_INDEXED: usize = 2_000_000;
+/// The most computers the index holds (under 800 bytes each as measured by
+/// `an_entry_is_compact`, so some 400 MB at most): past it, computers not yet indexed are
+/// answered from the database, as without the index. Five times the 100,000 computers one
+/// server is sized for.
+pub const MAX_INDEXED: usize = 500_000;
 
 /// The in-memory index of one database (see the module's opening comment).
 pub(super) struct Index {
@@ -286,6 +289,15 @@ impl Index {
         }
     }
 
+    /// Drops the shared values no entry holds any more (a history list replaced by a new
+    /// inventory, a package id no longer armed).
+    pub(super) fn prune(&self) {
+        // Held by the table alone: a count of one.
+        lock(&self.arms).retain(|a| Arc::strong_count(a) > 1);
+        lock(&self.lists).retain(|l| Arc::strong_count(l) > 1);
+        lock(&self.strings).retain(|s| Arc::strong_count(s) > 1);
+    }
+
     /// Whether contacts wait to be written.
     pub(super) fn has_pending(&self) -> bool {
         self.on && !lock(&self.pending).is_empty()
@@ -504,6 +516,7 @@ impl super::Database {
                         db.watch_other_writers();
                         if ticks % WRITE_BEHIND_SECONDS == 0 {
                             db.contacts_written();
+                            db.index.prune();
                         }
                         db.checkpoint();
                     }
@@ -522,6 +535,11 @@ impl super::Database {
         let Some(reader) = &self.reader else {
             return;
         };
+        // A checkpoint writes pages back into the file: never over a file replaced or
+        // overwritten under the server, whose loss must stay visible.
+        if !self.still_opened_now() {
+            return;
+        }
         let connection = Self::lock(reader);
         if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(%error, "failed to checkpoint the state database");
@@ -774,5 +792,37 @@ mod tests {
         assert_eq!(index.len(), 20_000);
         // A generous bound: the point is no raw inventory and no copies of shared strings.
         assert!(per < 2_000, "{per} bytes per computer");
+    }
+
+    /// Shared values no entry holds any more are dropped, the ones in use kept.
+    #[test]
+    fn shared_values_follow_the_fleet() {
+        let index = Index::new(true);
+        let computer = |history: &str| Computer {
+            device_id: PC.into(),
+            history: vec![history.into()],
+            ..Computer::default()
+        };
+        index.fill(&computer("111"), &[]);
+        index.facts(
+            PC,
+            &Facts {
+                history: vec!["222".into()],
+                ..Facts::default()
+            },
+            1,
+        );
+        index.prune();
+        let strings: Vec<String> = lock(&index.strings)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(strings.contains(&"222".to_owned()), "{strings:?}");
+        assert!(!strings.contains(&"111".to_owned()), "{strings:?}");
+        assert_eq!(
+            lock(&index.lists).len(),
+            2,
+            "tags (none) and the new history"
+        );
     }
 }
