@@ -23,7 +23,7 @@
 //! data_version`, polled by the write-behind thread, which clears the index.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,11 +41,14 @@ const SHARDS: usize = 16;
 /// server is sized for.
 pub const MAX_INDEXED: usize = 500_000;
 
+/// Part of the index, under its own lock: device id -> entry.
+type Shard = Mutex<HashMap<Box<str>, Entry>>;
+
 /// The in-memory index of one database (see the module's opening comment).
 pub(super) struct Index {
     /// Off on PostgreSQL.
     on: bool,
-    shards: Box<[Mutex<HashMap<Box<str>, Entry>>]>,
+    shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     /// Strings shared by many entries, held once.
     strings: Mutex<HashSet<Arc<str>>>,
@@ -117,10 +120,8 @@ impl Index {
     }
 
     fn shard(&self, device_id: &str) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
-        let mut hasher = self.hasher.build_hasher();
-        device_id.hash(&mut hasher);
         // The remainder is below SHARDS, so it fits.
-        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
+        let index = usize::try_from(self.hasher.hash_one(device_id) % SHARDS as u64).unwrap_or(0);
         lock(&self.shards[index])
     }
 
@@ -514,7 +515,7 @@ impl super::Database {
                         let Some(db) = weak.upgrade() else { return };
                         ticks += 1;
                         db.watch_other_writers();
-                        if ticks % WRITE_BEHIND_SECONDS == 0 {
+                        if ticks.is_multiple_of(WRITE_BEHIND_SECONDS) {
                             db.contacts_written();
                             db.index.prune();
                         }

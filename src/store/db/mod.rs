@@ -148,8 +148,9 @@ pub struct Database {
     full: AtomicBool,
     /// The journal's writer queue (`journal::record`).
     journal: journal::Queue,
-    /// What decides an offer, per computer, in memory (SQLite only; see `cache`).
-    index: cache::Index,
+    /// What decides an offer, per computer, in memory (SQLite only; see `cache`). Boxed:
+    /// its tables' handles would double the size of every `Database` value.
+    index: Box<cache::Index>,
     /// The write-behind thread, once started ([`Database::write_behind`]).
     behind: std::sync::OnceLock<()>,
     /// SQLite's `PRAGMA data_version` when last read: it changes when another connection
@@ -184,7 +185,7 @@ impl Database {
     #[cfg(test)]
     pub(crate) fn in_memory_without_index() -> Result<Self, DbError> {
         let mut db = Self::in_memory()?;
-        db.index = cache::Index::new(false);
+        db.index = Box::new(cache::Index::new(false));
         Ok(db)
     }
 
@@ -261,7 +262,7 @@ impl Database {
             watched: None,
             full: AtomicBool::new(false),
             journal: journal::Queue::default(),
-            index: cache::Index::new(indexed),
+            index: Box::new(cache::Index::new(indexed)),
             behind: std::sync::OnceLock::new(),
             data_version: Mutex::new(None),
             reader: None,
