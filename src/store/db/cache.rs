@@ -430,9 +430,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the agent's answer), and a fleet of 100,000 polling hourly costs one transaction of
 /// about 140 updates each time.
 pub const WRITE_BEHIND_SECONDS: u64 = 5;
-/// With the write-behind thread checkpointing every second, a committing write checkpoints
-/// only past this many pages of log (40 MB of 4 KiB pages): a safety net, not the rule.
-const AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// How often the write-behind thread asks SQLite whether another process wrote the file:
 /// the longest an index entry can trail such a write.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -498,13 +495,6 @@ impl super::Database {
         }
         db.behind.get_or_init(|| {
             db.watch_other_writers();
-            if let super::Engine::Sqlite(connection) = &db.engine
-                && db.reader.is_some()
-                && let Err(error) =
-                    Self::lock(connection).pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
-            {
-                tracing::debug!(%error, "failed to move checkpoints off the writes");
-            }
             let weak = Arc::downgrade(db);
             let spawned = std::thread::Builder::new()
                 .name("tessera-write-behind".into())
@@ -519,32 +509,12 @@ impl super::Database {
                             db.contacts_written();
                             db.index.prune();
                         }
-                        db.checkpoint();
                     }
                 });
             if let Err(error) = spawned {
                 tracing::warn!(%error, "failed to start the write-behind thread; contacts are written when read");
             }
         });
-    }
-
-    /// Copies the write-ahead log into the database file without waiting for anyone
-    /// (`PASSIVE`), on the reader connection: agents' writes never pay for it. Without it
-    /// SQLite checkpoints inside a committing write every 1,000 pages, which stalled one
-    /// agent's answer now and then (the p99 of small-inventory ingest).
-    fn checkpoint(&self) {
-        let Some(reader) = &self.reader else {
-            return;
-        };
-        // A checkpoint writes pages back into the file: never over a file replaced or
-        // overwritten under the server, whose loss must stay visible.
-        if !self.still_opened_now() {
-            return;
-        }
-        let connection = Self::lock(reader);
-        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(%error, "failed to checkpoint the state database");
-        }
     }
 
     /// Clears the index when another connection committed to the SQLite file since the

@@ -116,23 +116,6 @@ impl Watched {
     }
 }
 
-impl Watched {
-    /// [`Self::check`] now, whatever the interval: before a checkpoint, which would write
-    /// a sound header back over garbage and hide it.
-    fn check_now(&self) -> Option<Lost> {
-        {
-            let mut last = self
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if matches!(*last, Some((_, None))) {
-                *last = None;
-            }
-        }
-        self.check()
-    }
-}
-
 /// Device and inode of `path`.
 fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -309,13 +292,11 @@ impl Database {
             other => other,
         })?;
         db.watched = Watched::new(path);
-        // Exclusive locking (a full disk) admits no second connection. Opened for writing
-        // because a read-only connection cannot checkpoint; it is used only for reads and
-        // checkpoints.
+        // Exclusive locking (a full disk) admits no second connection.
         if !exclusive {
             let reader = Connection::open_with_flags(
                 path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|source| Self::opening(path, source))?;
@@ -393,13 +374,6 @@ impl Database {
             },
             None => Ok(()),
         }
-    }
-
-    /// Whether the file is still the one opened, checked now (see `Watched::check_now`).
-    pub(super) fn still_opened_now(&self) -> bool {
-        self.watched
-            .as_ref()
-            .is_none_or(|watched| watched.check_now().is_none())
     }
 
     /// Keeps `full` up to date: set by a write failing for lack of space, cleared by one

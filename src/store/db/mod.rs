@@ -157,8 +157,8 @@ pub struct Database {
     /// (another process) commits.
     data_version: Mutex<Option<i64>>,
     /// For a SQLite file: a second, read-only connection for the reads that scan (counts,
-    /// fleet pages, lists) and for checkpoints, so they never hold the one connection that
-    /// agents' writes wait for (WAL lets it read while the other writes).
+    /// fleet pages, lists), so they never hold the one connection that agents' writes wait
+    /// for (WAL lets it read while the other writes).
     reader: Option<Mutex<Connection>>,
 }
 
