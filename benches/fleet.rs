@@ -146,7 +146,11 @@ fn main() {
                     served.pid
                 );
                 let outcome = sim::run(plan.clone(), target).await;
-                let row = report::Row::of(engine, &plan, outcome, &served);
+                let metrics = sim::admin_get(served.admin, "/metrics")
+                    .await
+                    .map(|m| String::from_utf8_lossy(&m).into_owned())
+                    .unwrap_or_default();
+                let row = report::Row::of(engine, &plan, outcome, &served, &metrics);
                 drop(served);
                 row
             });

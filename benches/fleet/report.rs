@@ -24,10 +24,35 @@ pub(crate) struct Row {
     pub database: Option<u64>,
     pub log_lines: usize,
     pub warnings: Vec<String>,
+    /// Reconcile passes over the run and their total seconds (`/metrics`).
+    pub reconcile: Option<(f64, f64)>,
+}
+
+/// Reconcile passes and their total seconds, from the server's `/metrics` text.
+pub(crate) fn reconcile_passes(metrics: &str) -> Option<(f64, f64)> {
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((
+        value("tessera_reconcile_duration_seconds_count")?,
+        value("tessera_reconcile_duration_seconds_sum")?,
+    ))
 }
 
 impl Row {
-    pub(crate) fn of(engine: Engine, plan: &Plan, outcome: Outcome, served: &Served) -> Self {
+    pub(crate) fn of(
+        engine: Engine,
+        plan: &Plan,
+        outcome: Outcome,
+        served: &Served,
+        metrics: &str,
+    ) -> Self {
         let (log_lines, warnings) = served.log_lines();
         Self {
             engine,
@@ -36,6 +61,7 @@ impl Row {
             database: served.database_size(),
             log_lines,
             warnings,
+            reconcile: reconcile_passes(metrics),
         }
     }
 
@@ -110,6 +136,13 @@ impl Row {
                 None => String::new(),
             }
         );
+        if let Some((passes, seconds)) = self.reconcile {
+            let _ = writeln!(
+                out,
+                "reconcile: {passes:.0} passes, {:.1} ms each on average, {seconds:.1} s in all",
+                1e3 * seconds / passes.max(1.0)
+            );
+        }
         for warning in &self.warnings {
             let _ = writeln!(out, "  server: {warning}");
         }

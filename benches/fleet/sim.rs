@@ -697,6 +697,11 @@ async fn settle(target: &Target, package_id: &str, expected: usize) -> (i64, i64
 
 /// GETs `path` of the admin API (plain HTTP on loopback); the JSON of a 200.
 pub(crate) async fn admin_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&admin_get(admin, path).await?).ok()
+}
+
+/// GETs `path` of the admin API (plain HTTP on loopback); the body of a 200.
+pub(crate) async fn admin_get(admin: SocketAddr, path: &str) -> Option<Vec<u8>> {
     let mut tcp = TcpStream::connect(admin).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.ok()?;
@@ -716,7 +721,7 @@ pub(crate) async fn admin_json(admin: SocketAddr, path: &str) -> Option<serde_js
     } else if let Some(length) = length {
         body.truncate(length);
     }
-    serde_json::from_slice(&body).ok()
+    Some(body)
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
