@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use super::server::{Engine, Served};
 use super::sim::{Kind, Outcome, Plan};
@@ -149,13 +150,16 @@ impl Row {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "| hour | contacts | requests | req/s | server CPU s / 1,000 contacts | other processes' CPU | latest contact behind |"
+            "| hour | contacts | requests | req/s | server CPU s / 1,000 contacts | other processes' CPU | latest contact behind | PROLOG p50 / p99 ms | check-in p50 / p99 ms |"
         );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for h in &o.hours {
+            let ms = |(_, p50, p99): (usize, Duration, Duration)| {
+                format!("{:.2} / {:.2}", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {} | {} | {:.1} s |",
+                "| {} | {} | {} | {:.0} | {} | {} | {:.1} s | {} | {} |",
                 h.name,
                 h.contacts,
                 h.requests,
@@ -168,7 +172,9 @@ impl Row {
                     "{:.0}% of a core",
                     100.0 * c / h.took.as_secs_f64()
                 )),
-                h.max_lag.as_secs_f64()
+                h.max_lag.as_secs_f64(),
+                ms(h.prolog),
+                ms(h.check_in)
             );
         }
         let _ = writeln!(out);

@@ -158,13 +158,24 @@ impl Timings {
         }
     }
 
+    /// Requests of `kind` so far: where the next hour's start.
+    pub(crate) fn mark(&self, kind: Kind) -> usize {
+        let latencies = self.latencies.lock().expect("timings");
+        latencies.get(kind as usize).map_or(0, Vec::len)
+    }
+
     /// Requests of `kind`, its median and 99th percentile.
     pub(crate) fn summary(&self, kind: Kind) -> (usize, Duration, Duration) {
+        self.summary_since(kind, 0)
+    }
+
+    /// As [`Self::summary`], for the requests after the first `from`.
+    pub(crate) fn summary_since(&self, kind: Kind, from: usize) -> (usize, Duration, Duration) {
         let latencies = self.latencies.lock().expect("timings");
         let Some(list) = latencies.get(kind as usize) else {
             return (0, Duration::ZERO, Duration::ZERO);
         };
-        let mut sorted = list.clone();
+        let mut sorted = list.get(from..).unwrap_or_default().to_vec();
         sorted.sort_unstable();
         let at = |p: f64| {
             if sorted.is_empty() {
@@ -202,6 +213,9 @@ pub(crate) struct Hour {
     pub other_cpu: Option<f64>,
     /// How late the latest contact started after its moment.
     pub max_lag: Duration,
+    /// PROLOGs and native check-ins of this hour: count, median, 99th percentile.
+    pub prolog: (usize, Duration, Duration),
+    pub check_in: (usize, Duration, Duration),
 }
 
 /// What a run gave.
@@ -290,6 +304,10 @@ async fn play_hour(fleet: &Arc<Fleet>, name: &str) -> Hour {
     let agents = plan.ocs + plan.native;
     let before = Cpu::read(fleet.target.pid);
     let requests_before = fleet.requests.load(Ordering::Relaxed);
+    let marks = (
+        fleet.timings.mark(Kind::Prolog),
+        fleet.timings.mark(Kind::CheckIn),
+    );
     let started = Instant::now();
     // Contacts in a shuffled order (a stride coprime with the count), evenly spread.
     let stride = coprime_stride(agents);
@@ -356,6 +374,8 @@ async fn play_hour(fleet: &Arc<Fleet>, name: &str) -> Hour {
             .zip(after.other)
             .map(|(b, a)| (a - b).max(0.0)),
         max_lag,
+        prolog: fleet.timings.summary_since(Kind::Prolog, marks.0),
+        check_in: fleet.timings.summary_since(Kind::CheckIn, marks.1),
     };
     eprintln!(
         "fleet sim: {name}: {agents} contacts, {} requests in {:.1} s, latest contact {:.1} s behind",
