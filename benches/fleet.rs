@@ -17,7 +17,7 @@
 //!     --hour 60 --native-share 10 --connections 16
 //! ```
 //!
-//! `--wrap "heaptrack --record-only -o /tmp/fleet"` runs the server under a profiler;
+//! `--wrap "heaptrack -o /tmp/fleet-heap"` runs the server under a profiler;
 //! `--log info` keeps the server's INFO lines (counted per contact). Client and server share
 //! the machine's cores: each hour shows the CPU every other process used. It prints
 //! figures; it asserts nothing.
@@ -69,7 +69,7 @@ struct Flags {
     /// Native agents contacting at once (each on its own connection).
     #[arg(long, default_value_t = 8)]
     native_workers: usize,
-    /// A command to run the server under (e.g. `heaptrack --record-only -o /tmp/fleet`).
+    /// A command to run the server under (e.g. `heaptrack -o /tmp/fleet-heap`).
     #[arg(long)]
     wrap: Option<String>,
     /// The server's log level (`warn`; `info` to count its log lines per contact).
@@ -127,7 +127,7 @@ fn main() {
                 connections: flags.connections,
                 native_workers: flags.native_workers,
             };
-            let row = runtime.block_on(async {
+            let (served, outcome, metrics) = runtime.block_on(async {
                 let served = Served::start(&binary, engine, flags.wrap.as_deref(), &flags.log).await;
                 let target = sim::Target {
                     https: served.https,
@@ -150,10 +150,11 @@ fn main() {
                     .await
                     .map(|m| String::from_utf8_lossy(&m).into_owned())
                     .unwrap_or_default();
-                let row = report::Row::of(engine, &plan, outcome, &served, &metrics);
-                drop(served);
-                row
+                (served, outcome, metrics)
             });
+            // Outside the runtime: the PostgreSQL client blocks.
+            let row = report::Row::of(engine, &plan, outcome, &served, &metrics);
+            drop(served);
             print!("{}", row.render());
             rows.push(row);
         }

@@ -208,45 +208,40 @@ impl Row {
     }
 }
 
-/// Writes `fleet.csv` and `fleet.svg` into `dir` and says where.
+/// The CSV's header: one line per engine and fleet size.
+const CSV_HEADER: &str = "engine,computers,ocs,native,hour_seconds,rss_end_bytes,rss_peak_bytes,database_bytes,cpu_seconds_per_1000_contacts,prolog_p50_ms,prolog_p99_ms,inventory_p99_ms,result_p99_ms,checkin_p99_ms,report_p99_ms,errors";
+
+/// Writes `fleet.csv` and `fleet.svg` into `dir` and says where. Lines of an earlier run
+/// for other engines or sizes are kept, so runs of one size at a time add up to one plot.
 pub(crate) fn write_files(dir: &Path, rows: &[Row]) {
     std::fs::create_dir_all(dir).expect("create the output directory");
-    let mut csv = String::from(
-        "engine,computers,ocs,native,hour_seconds,rss_end_bytes,rss_peak_bytes,database_bytes,cpu_seconds_per_1000_contacts,prolog_p50_ms,prolog_p99_ms,inventory_p99_ms,result_p99_ms,checkin_p99_ms,report_p99_ms,errors\n",
-    );
-    for row in rows {
-        let p = |kind| {
-            let (_, p50, p99) = row.outcome.timings.summary(kind);
-            (p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
-        };
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{:.0},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
-            row.engine.name(),
-            row.size(),
-            row.plan.ocs,
-            row.plan.native,
-            row.plan.hour.as_secs_f64(),
-            row.last_rss(),
-            row.peak(),
-            row.database.unwrap_or(0),
-            row.cpu_per_thousand().map_or(String::new(), |c| format!("{c:.3}")),
-            p(Kind::Prolog).0,
-            p(Kind::Prolog).1,
-            p(Kind::Inventory).1,
-            p(Kind::Result).1,
-            p(Kind::CheckIn).1,
-            p(Kind::Report).1,
-            row.outcome
-                .timings
-                .errors
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-    }
     let csv_path = dir.join("fleet.csv");
+    let mut lines: Vec<String> = std::fs::read_to_string(&csv_path)
+        .ok()
+        .filter(|text| text.lines().next() == Some(CSV_HEADER))
+        .map(|text| text.lines().skip(1).map(str::to_owned).collect())
+        .unwrap_or_default();
+    for row in rows {
+        let key = format!("{},{},", row.engine.name(), row.size());
+        lines.retain(|line| !line.starts_with(&key));
+        lines.push(row.csv());
+    }
+    let key = |line: &String| {
+        let mut fields = line.split(',');
+        let engine = fields.next().unwrap_or_default().to_owned();
+        let size: usize = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        (engine, size)
+    };
+    lines.sort_by_key(key);
+    let csv = std::iter::once(CSV_HEADER.to_owned())
+        .chain(lines.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     std::fs::write(&csv_path, csv).expect("write the CSV");
+    let points: Vec<Point> = lines.iter().filter_map(|line| Point::parse(line)).collect();
     let svg_path = dir.join("fleet.svg");
-    std::fs::write(&svg_path, svg(rows)).expect("write the SVG");
+    std::fs::write(&svg_path, svg(&points)).expect("write the SVG");
     println!(
         "\nfleet bench: wrote {} and {}",
         csv_path.display(),
@@ -254,9 +249,61 @@ pub(crate) fn write_files(dir: &Path, rows: &[Row]) {
     );
 }
 
+impl Row {
+    fn csv(&self) -> String {
+        let p = |kind| {
+            let (_, p50, p99) = self.outcome.timings.summary(kind);
+            (p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
+        };
+        format!(
+            "{},{},{},{},{:.0},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
+            self.engine.name(),
+            self.size(),
+            self.plan.ocs,
+            self.plan.native,
+            self.plan.hour.as_secs_f64(),
+            self.last_rss(),
+            self.peak(),
+            self.database.unwrap_or(0),
+            self.cpu_per_thousand()
+                .map_or(String::new(), |c| format!("{c:.3}")),
+            p(Kind::Prolog).0,
+            p(Kind::Prolog).1,
+            p(Kind::Inventory).1,
+            p(Kind::Result).1,
+            p(Kind::CheckIn).1,
+            p(Kind::Report).1,
+            self.outcome
+                .timings
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+/// What the plot shows of one CSV line.
+struct Point {
+    engine: String,
+    size: f64,
+    peak_mib: f64,
+    prolog_p99_ms: f64,
+}
+
+impl Point {
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split(',').collect();
+        Some(Self {
+            engine: (*fields.first()?).to_owned(),
+            size: fields.get(1)?.parse().ok()?,
+            peak_mib: fields.get(6)?.parse::<f64>().ok()? / f64::from(1 << 20),
+            prolog_p99_ms: fields.get(10)?.parse().ok()?,
+        })
+    }
+}
+
 /// Two panels side by side: peak resident memory (MiB) and PROLOG p99 (ms) against fleet
 /// size on a logarithmic axis, one line per engine.
-fn svg(rows: &[Row]) -> String {
+fn svg(rows: &[Point]) -> String {
     const W: f64 = 360.0;
     const H: f64 = 240.0;
     const M: f64 = 48.0;
@@ -265,21 +312,15 @@ fn svg(rows: &[Row]) -> String {
         2.0 * W,
         H + 20.0
     );
-    let sizes: Vec<f64> = rows.iter().map(|r| r.size() as f64).collect();
+    let sizes: Vec<f64> = rows.iter().map(|r| r.size).collect();
     let (lo, hi) = (
         sizes.iter().copied().fold(f64::MAX, f64::min).max(1.0),
         sizes.iter().copied().fold(0.0, f64::max).max(10.0),
     );
     let (lo, hi) = if hi / lo < 10.0 { (lo, lo * 10.0) } else { (lo, hi) };
-    let panels: [(&str, Box<dyn Fn(&Row) -> f64>); 2] = [
-        (
-            "peak resident memory (MiB)",
-            Box::new(|r: &Row| r.peak() as f64 / f64::from(1 << 20)),
-        ),
-        (
-            "PROLOG p99 (ms)",
-            Box::new(|r: &Row| r.outcome.timings.summary(Kind::Prolog).2.as_secs_f64() * 1e3),
-        ),
+    let panels: [(&str, fn(&Point) -> f64); 2] = [
+        ("peak resident memory (MiB)", |p| p.peak_mib),
+        ("PROLOG p99 (ms)", |p| p.prolog_p99_ms),
     ];
     let colours = ["#1f77b4", "#d62728"];
     for (panel, (title, value)) in panels.iter().enumerate() {
@@ -325,8 +366,8 @@ fn svg(rows: &[Row]) -> String {
         for (n, engine) in [Engine::Sqlite, Engine::Postgres].into_iter().enumerate() {
             let mut points: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r.engine == engine)
-                .map(|r| (px(r.size() as f64), py(value(r))))
+                .filter(|r| r.engine == engine.name())
+                .map(|r| (px(r.size), py(value(r))))
                 .collect();
             if points.is_empty() {
                 continue;

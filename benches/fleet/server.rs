@@ -199,7 +199,8 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        // SIGTERM to the wrapper (heaptrack passes it on and writes its file), then SIGKILL.
+        // SIGTERM to tessera itself (a wrapper such as heaptrack then writes its file and
+        // exits), then SIGKILL.
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())
