@@ -128,7 +128,8 @@ fn main() {
                 native_workers: flags.native_workers,
             };
             let (served, outcome, metrics) = runtime.block_on(async {
-                let served = Served::start(&binary, engine, flags.wrap.as_deref(), &flags.log).await;
+                let served =
+                    Served::start(&binary, engine, flags.wrap.as_deref(), &flags.log).await;
                 let target = sim::Target {
                     https: served.https,
                     admin: served.admin,

@@ -83,7 +83,10 @@ pub(crate) async fn contact(fleet: &Fleet, number: usize) {
         fleet.timings.error("native check-in: not JSON".into());
         return;
     };
-    let assignments = answer["assignments"].as_array().cloned().unwrap_or_default();
+    let assignments = answer["assignments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for assignment in assignments {
         let Some(id) = assignment["packageId"].as_str() else {
             continue;
@@ -109,7 +112,8 @@ pub(crate) async fn contact(fleet: &Fleet, number: usize) {
                 return;
             }
         }
-        let report = serde_json::json!({"packageId": id, "state": "done", "exitCode": 0}).to_string();
+        let report =
+            serde_json::json!({"packageId": id, "state": "done", "exitCode": 0}).to_string();
         if exchange(
             fleet,
             &mut connection,

@@ -75,7 +75,12 @@ impl Row {
     }
 
     fn peak(&self) -> u64 {
-        self.outcome.samples.iter().map(|s| s.hwm).max().unwrap_or(0)
+        self.outcome
+            .samples
+            .iter()
+            .map(|s| s.hwm)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Resident memory at the start and end of the steady hours (the flatness check).
@@ -91,7 +96,12 @@ impl Row {
 
     /// Server CPU seconds per 1,000 contacts over the whole run.
     fn cpu_per_thousand(&self) -> Option<f64> {
-        let cpu: f64 = self.outcome.hours.iter().map(|h| h.server_cpu).sum::<Option<f64>>()?;
+        let cpu: f64 = self
+            .outcome
+            .hours
+            .iter()
+            .map(|h| h.server_cpu)
+            .sum::<Option<f64>>()?;
         let contacts: usize = self.outcome.hours.iter().map(|h| h.contacts).sum();
         Some(cpu * 1000.0 / contacts.max(1) as f64)
     }
@@ -129,11 +139,8 @@ impl Row {
             self.database.map_or("-".to_owned(), mib),
             self.log_lines,
             match self.steady_span() {
-                Some((first, last)) => format!(
-                    "; over the steady hours {} -> {}",
-                    mib(first),
-                    mib(last)
-                ),
+                Some((first, last)) =>
+                    format!("; over the steady hours {} -> {}", mib(first), mib(last)),
                 None => String::new(),
             }
         );
@@ -152,10 +159,17 @@ impl Row {
             out,
             "| hour | contacts | requests | req/s | server CPU s / 1,000 contacts | other processes' CPU | latest contact behind | PROLOG p50 / p99 ms | check-in p50 / p99 ms |"
         );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(
+            out,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for h in &o.hours {
             let ms = |(_, p50, p99): (usize, Duration, Duration)| {
-                format!("{:.2} / {:.2}", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
+                format!(
+                    "{:.2} / {:.2}",
+                    p50.as_secs_f64() * 1e3,
+                    p99.as_secs_f64() * 1e3
+                )
             };
             let _ = writeln!(
                 out,
@@ -301,6 +315,9 @@ impl Point {
     }
 }
 
+/// A panel of the plot: its title and the value it shows of a point.
+type Panel = (&'static str, fn(&Point) -> f64);
+
 /// Two panels side by side: peak resident memory (MiB) and PROLOG p99 (ms) against fleet
 /// size on a logarithmic axis, one line per engine.
 fn svg(rows: &[Point]) -> String {
@@ -317,15 +334,19 @@ fn svg(rows: &[Point]) -> String {
         sizes.iter().copied().fold(f64::MAX, f64::min).max(1.0),
         sizes.iter().copied().fold(0.0, f64::max).max(10.0),
     );
-    let (lo, hi) = if hi / lo < 10.0 { (lo, lo * 10.0) } else { (lo, hi) };
-    let panels: [(&str, fn(&Point) -> f64); 2] = [
+    let (lo, hi) = if hi / lo < 10.0 {
+        (lo, lo * 10.0)
+    } else {
+        (lo, hi)
+    };
+    let panels: [Panel; 2] = [
         ("peak resident memory (MiB)", |p| p.peak_mib),
         ("PROLOG p99 (ms)", |p| p.prolog_p99_ms),
     ];
     let colours = ["#1f77b4", "#d62728"];
     for (panel, (title, value)) in panels.iter().enumerate() {
         let x0 = panel as f64 * W;
-        let top = rows.iter().map(|r| value(r)).fold(0.0, f64::max).max(1e-3) * 1.15;
+        let top = rows.iter().map(value).fold(0.0, f64::max).max(1e-3) * 1.15;
         let px = |size: f64| x0 + M + (size.ln() - lo.ln()) / (hi.ln() - lo.ln()) * (W - M - 16.0);
         let py = |v: f64| H - M + 8.0 - v / top * (H - M - 16.0);
         let _ = writeln!(
@@ -373,7 +394,10 @@ fn svg(rows: &[Point]) -> String {
                 continue;
             }
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let line: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let line: Vec<String> = points
+                .iter()
+                .map(|(x, y)| format!("{x:.1},{y:.1}"))
+                .collect();
             let _ = writeln!(
                 out,
                 "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",

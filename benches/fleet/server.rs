@@ -65,7 +65,9 @@ impl Served {
         let database = postgres.as_ref().map(|p| p.url.clone());
         let log = work.path().join("tessera.log");
         let mut serve = common::serve_command(binary, &config, admin, &log);
-        serve.env("TESSERA_LOG", log_level).env("RUST_LOG", log_level);
+        serve
+            .env("TESSERA_LOG", log_level)
+            .env("RUST_LOG", log_level);
         if let Some(url) = &database {
             serve.arg("--database").arg(url);
         }
@@ -73,7 +75,10 @@ impl Served {
             Some(wrapper) => {
                 let mut words = wrapper.split_whitespace();
                 let mut wrapped = Command::new(words.next().expect("a wrapper command"));
-                wrapped.args(words).arg(serve.get_program()).args(serve.get_args());
+                wrapped
+                    .args(words)
+                    .arg(serve.get_program())
+                    .args(serve.get_args());
                 for (name, value) in serve.get_envs() {
                     match value {
                         Some(value) => wrapped.env(name, value),

@@ -312,8 +312,7 @@ async fn play_hour(fleet: &Arc<Fleet>, name: &str) -> Hour {
     // Contacts in a shuffled order (a stride coprime with the count), evenly spread.
     let stride = coprime_stride(agents);
     let (ocs_queue, ocs_jobs) = tokio::sync::mpsc::channel::<(usize, Instant)>(agents.max(1));
-    let (native_queue, native_jobs) =
-        tokio::sync::mpsc::channel::<(usize, Instant)>(agents.max(1));
+    let (native_queue, native_jobs) = tokio::sync::mpsc::channel::<(usize, Instant)>(agents.max(1));
     let ocs_jobs = Arc::new(tokio::sync::Mutex::new(ocs_jobs));
     let native_jobs = Arc::new(tokio::sync::Mutex::new(native_jobs));
     let max_lag = Arc::new(Mutex::new(Duration::ZERO));
@@ -369,10 +368,7 @@ async fn play_hour(fleet: &Arc<Fleet>, name: &str) -> Hour {
         requests: fleet.requests.load(Ordering::Relaxed) - requests_before,
         took,
         server_cpu: before.server.zip(after.server).map(|(b, a)| a - b),
-        other_cpu: before
-            .other
-            .zip(after.other)
-            .map(|(b, a)| (a - b).max(0.0)),
+        other_cpu: before.other.zip(after.other).map(|(b, a)| (a - b).max(0.0)),
         max_lag,
         prolog: fleet.timings.summary_since(Kind::Prolog, marks.0),
         check_in: fleet.timings.summary_since(Kind::CheckIn, marks.1),
@@ -449,7 +445,11 @@ async fn ocs_contact(fleet: &Fleet, agent: usize, connection: &mut Option<Connec
             continue;
         }
         let Some(info) = fleet
-            .ocs_exchange(connection, Kind::Info, &get(&host, &format!("/download/{id}/info")))
+            .ocs_exchange(
+                connection,
+                Kind::Info,
+                &get(&host, &format!("/download/{id}/info")),
+            )
             .await
         else {
             return;
@@ -469,14 +469,19 @@ async fn ocs_contact(fleet: &Fleet, agent: usize, connection: &mut Option<Connec
         }
         let result = ocs_post(
             &host,
-            &format!("<REQUEST DEVICEID=\"{device}\" ERR=\"SUCCESS\" ID=\"{id}\" QUERY=\"DOWNLOAD\" />"),
+            &format!(
+                "<REQUEST DEVICEID=\"{device}\" ERR=\"SUCCESS\" ID=\"{id}\" QUERY=\"DOWNLOAD\" />"
+            ),
         );
         if fleet
             .ocs_exchange(connection, Kind::Result, &result)
             .await
             .is_some()
         {
-            fleet.ocs_done[agent].lock().expect("done").push(id.to_owned());
+            fleet.ocs_done[agent]
+                .lock()
+                .expect("done")
+                .push(id.to_owned());
             fleet.reported.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -579,7 +584,13 @@ pub(crate) fn inventory_xml(computer: usize) -> String {
     for row in 0..SOFTWARE_ROWS {
         // Distinct names and versions, varying a little between computers.
         let package = format!("{}{}{}", STEMS[row % 12], WORDS[row / 12 % 10], row % 7);
-        let version = format!("{}.{}.{}-{}", row % 5, (row * 7 + computer) % 13, row % 11, row % 3 + 1);
+        let version = format!(
+            "{}.{}.{}-{}",
+            row % 5,
+            (row * 7 + computer) % 13,
+            row % 11,
+            row % 3 + 1
+        );
         let _ = write!(
             xml,
             "    <SOFTWARES>\n      <ARCH>amd64</ARCH>\n      <FROM>deb</FROM>\n      <NAME>{package}</NAME>\n      <VERSION>{version}</VERSION>\n    </SOFTWARES>\n"
@@ -704,8 +715,14 @@ async fn settle(target: &Target, package_id: &str, expected: usize) -> (i64, i64
                     (line["packageId"] == package_id).then(|| line["counts"].clone())
                 })
             });
-        let targets = counts.as_ref().and_then(|c| c["targets"].as_i64()).unwrap_or(0);
-        let success = counts.as_ref().and_then(|c| c["success"].as_i64()).unwrap_or(0);
+        let targets = counts
+            .as_ref()
+            .and_then(|c| c["targets"].as_i64())
+            .unwrap_or(0);
+        let success = counts
+            .as_ref()
+            .and_then(|c| c["success"].as_i64())
+            .unwrap_or(0);
         if usize::try_from(success).is_ok_and(|s| s >= expected)
             || started.elapsed() > SETTLE_TIMEOUT
         {
@@ -749,7 +766,11 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     loop {
         let line = data.windows(2).position(|w| w == b"\r\n")?;
         let size = usize::from_str_radix(
-            std::str::from_utf8(&data[..line]).ok()?.split(';').next()?.trim(),
+            std::str::from_utf8(&data[..line])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
             16,
         )
         .ok()?;
@@ -869,7 +890,8 @@ impl Connection {
         let connect = async {
             let tcp = TcpStream::connect(address).await?;
             tcp.set_nodelay(true)?;
-            tls.connect(ServerName::from(Ipv4Addr::LOCALHOST), tcp).await
+            tls.connect(ServerName::from(Ipv4Addr::LOCALHOST), tcp)
+                .await
         };
         let stream = tokio::time::timeout(EXCHANGE_TIMEOUT, connect)
             .await
@@ -905,7 +927,8 @@ impl Connection {
         let body = if chunked {
             loop {
                 if let Some(end) = chunked_end(&self.buffer) {
-                    let body = dechunk(&self.buffer[..end]).ok_or(std::io::ErrorKind::InvalidData)?;
+                    let body =
+                        dechunk(&self.buffer[..end]).ok_or(std::io::ErrorKind::InvalidData)?;
                     self.buffer.drain(..end);
                     break body;
                 }
@@ -942,7 +965,11 @@ fn chunked_end(data: &[u8]) -> Option<usize> {
     loop {
         let line = data[at..].windows(2).position(|w| w == b"\r\n")?;
         let size = usize::from_str_radix(
-            std::str::from_utf8(&data[at..at + line]).ok()?.split(';').next()?.trim(),
+            std::str::from_utf8(&data[at..at + line])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
             16,
         )
         .ok()?;

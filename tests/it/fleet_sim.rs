@@ -62,7 +62,11 @@ async fn a_small_fleet_registers_and_files_every_result_of_the_wave() {
     let count = |kind| outcome.timings.summary(kind).0;
     // Three hours: first contact, one steady hour, the wave.
     assert_eq!(count(sim::Kind::Prolog), 3 * OCS);
-    assert_eq!(count(sim::Kind::Inventory), OCS, "one inventory each, at first contact");
+    assert_eq!(
+        count(sim::Kind::Inventory),
+        OCS,
+        "one inventory each, at first contact"
+    );
     assert_eq!(count(sim::Kind::Result), OCS);
     assert_eq!(count(sim::Kind::Enroll), NATIVE);
     assert_eq!(count(sim::Kind::CheckIn), 3 * NATIVE);
