@@ -10,7 +10,8 @@
 //! For each size it prints the server's resident memory (`VmRSS`, peak `VmHWM`) sampled
 //! through the run, the database size, the server's CPU seconds per 1,000 agent contacts,
 //! and the median and 99th percentile of each kind of request; then a CSV and an SVG plot of
-//! memory and p99 against fleet size under `target/fleet/`.
+//! memory and p99 against fleet size under `target/fleet/` (the README shows a copy kept in
+//! `benches/fleet/`, with the CSV it was drawn from).
 //!
 //! ```text
 //! cargo bench --bench fleet -- --sizes 1000,10000,100000 --engines sqlite,postgres \
