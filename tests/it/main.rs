@@ -24,6 +24,7 @@ mod events;
 mod examples;
 mod export;
 mod fetch;
+mod fleet_sim;
 mod fuzz_corpus;
 mod gateway;
 mod git;
