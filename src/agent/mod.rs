@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod client;
 pub mod extract;
+pub mod push;
 pub mod schedule;
 
 use std::collections::BTreeSet;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 mod watchdog;
 
-pub use watchdog::{Ended, TrackedBody, serve};
+pub use watchdog::{Ended, Park, Parked, TrackedBody, serve};
 
 /// The environment variable that overrides the budget, for tests and tuning:
 /// `key=value` pairs separated by commas, durations as `250ms` or `30s`, e.g.

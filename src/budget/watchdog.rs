@@ -106,6 +106,8 @@ struct Activity {
     started: AtomicU64,
     /// Milliseconds from `start` to when the last request in flight ended.
     idle_since: AtomicU64,
+    /// Requests in flight that wait on purpose (a long poll, see [`Park`]).
+    parked: AtomicUsize,
 }
 
 impl Activity {
@@ -116,6 +118,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            parked: AtomicUsize::new(0),
         }
     }
 
@@ -146,7 +149,9 @@ async fn watchdog(activity: &Activity, budget: &ConnectionBudget) -> Ended {
                 return Ended::Idle;
             }
         }
-        busy_throughout &= in_flight;
+        // A parked request moves nothing on purpose: its window never counts as stalled.
+        let moving = in_flight && activity.parked.load(Ordering::Acquire) == 0;
+        busy_throughout &= moving;
         if window_start.elapsed() >= budget.progress_window {
             let bytes = activity.bytes.load(Ordering::Relaxed);
             if busy_throughout && bytes - window_bytes < budget.min_progress {
@@ -154,7 +159,7 @@ async fn watchdog(activity: &Activity, budget: &ConnectionBudget) -> Ended {
             }
             window_start = Instant::now();
             window_bytes = bytes;
-            busy_throughout = in_flight;
+            busy_throughout = moving;
         }
     }
 }
@@ -243,6 +248,31 @@ impl Drop for InFlight {
     }
 }
 
+/// In every request's extensions: lets its handler say that it waits on purpose (a long
+/// poll that answers when something happens), so the progress check leaves the connection
+/// alone while it does. The handler bounds the wait itself; only handlers that have already
+/// authenticated the caller should park, so a stranger still meets every bound.
+#[derive(Clone, Debug)]
+pub struct Park(Arc<Activity>);
+
+impl Park {
+    /// Parks the request until the guard is dropped.
+    pub fn hold(&self) -> Parked {
+        self.0.parked.fetch_add(1, Ordering::AcqRel);
+        Parked(self.0.clone())
+    }
+}
+
+/// A parked request (see [`Park`]); unparked when dropped.
+#[derive(Debug)]
+pub struct Parked(Arc<Activity>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The service, counting the requests in flight.
 struct Tracked<S> {
     inner: Arc<S>,
@@ -274,8 +304,11 @@ where
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
-    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InFlight::new(self.activity.clone());
+        request
+            .extensions_mut()
+            .insert(Park(self.activity.clone()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
