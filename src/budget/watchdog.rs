@@ -345,3 +345,60 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One request over an in-memory connection served within a budget whose progress
+    /// check closes a quiet request after 200 ms; the handler takes 1 s, parked or not.
+    /// Whether the answer came, and how the connection ended.
+    async fn quiet_request(parked: bool) -> (bool, Ended) {
+        let (client, server) = tokio::io::duplex(4096);
+        let budget = ConnectionBudget {
+            progress_window: Duration::from_millis(200),
+            ..ConnectionBudget::test(Duration::from_secs(5), 10, 10)
+        };
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            let park = request.extensions().get::<Park>().cloned();
+            async move {
+                let _parked = park.filter(|_| parked).map(|p| p.hold());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                    http_body_util::Full::new(hyper::body::Bytes::from_static(b"ok")),
+                ))
+            }
+        });
+        let stats = Stats::default();
+        let served = tokio::spawn(async move {
+            serve(
+                server,
+                service,
+                &budget,
+                &stats,
+                &CancellationToken::new(),
+                Duration::ZERO,
+            )
+            .await
+        });
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(
+                TokioIo::new(client),
+            )
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let answered = sender
+            .send_request(hyper::Request::new(http_body_util::Empty::new()))
+            .await
+            .is_ok();
+        drop(sender);
+        (answered, served.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_parked_request_outlives_the_progress_check_and_a_quiet_one_does_not() {
+        assert_eq!(quiet_request(true).await, (true, Ended::Closed));
+        assert_eq!(quiet_request(false).await, (false, Ended::Stalled));
+    }
+}

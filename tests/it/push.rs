@@ -1,0 +1,255 @@
+//! Push: real `tessera-agent` processes on an hourly schedule get a change within seconds
+//! over the push channel; when the server goes away they keep running on their schedule, and
+//! when it returns on the same state they reconnect and the next change reaches them too.
+//! And `tessera notify` goes through the channel when the agent holds one.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::{free_port, get};
+
+/// How long a change may take to reach every agent here: generous (the goal is seconds; a
+/// loaded CI machine builds and serves slower).
+const REACH: Duration = Duration::from_secs(60);
+/// How long agents may take to notice the server is gone, or back (their backoff is at most
+/// 30 s, plus a hold of up to 75 s for a connection that died silently).
+const NOTICE: Duration = Duration::from_secs(90);
+
+/// A `tessera-agent` process, killed when dropped (even when a test panics), its log in a
+/// file.
+struct Agent {
+    child: std::process::Child,
+    state: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &str, ca: &Path, token: &str) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let log = state.path().join("agent.log");
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera-agent"))
+            .args(["--server", server, "--state"])
+            .arg(state.path())
+            .arg("--ca")
+            .arg(ca)
+            .args(["--token", token, "--tag", "lab", "--interval", "1h"])
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env("TESSERA_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("tessera-agent starts");
+        Self { child, state, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn installed(&self) -> Vec<String> {
+        std::fs::read(self.state.path().join("installed.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn id(&self) -> Option<String> {
+        let kept: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.state.path().join("identity/agent.json")).ok()?,
+        )
+        .ok()?;
+        kept["agentId"].as_str().map(str::to_owned)
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the agent exited ({status}):\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 100 ms until it holds, or panics after `limit` naming `what` and
+/// the agents' logs.
+async fn within(what: &str, limit: Duration, agents: &[Agent], mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > limit {
+            let logs: Vec<String> = agents.iter().map(Agent::log).collect();
+            panic!("timed out waiting for: {what}\n{}", logs.join("\n---\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A command-only Package, its Activation, and an Affectation to the `lab` agents.
+fn add_package(config: &Path, name: &str) {
+    std::fs::write(
+        config.join(format!("packages/{name}.yaml")),
+        format!(
+            "apiVersion: tessera.dev/v1alpha1
+kind: Package
+metadata:
+  name: {name}
+spec:
+  os: linux
+  action:
+    execute:
+      command: echo {name}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Activation
+metadata:
+  name: {name}
+spec:
+  packageRef:
+    name: {name}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Affectation
+metadata:
+  name: {name}
+spec:
+  activationRef:
+    name: {name}
+  targets:
+    tags: [lab]
+    os: [linux]
+"
+        ),
+    )
+    .unwrap();
+}
+
+/// The id of Package/`name` once it is built.
+async fn built(running: &tessera::cli::Running, name: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(running.admin_address, &format!("/api/v1/objects/Package/{name}")).await;
+        let package: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 200
+            && let Some(id) = package["details"]["packageId"].as_str()
+        {
+            return id.to_owned();
+        }
+        assert!(start.elapsed() < REACH, "{name} was never built: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The quickstart with its HTTPS listener on a fixed free port (the agents must find the
+/// server at the same address after a restart).
+fn quickstart_on_fixed_port() -> (tempfile::TempDir, u16) {
+    let dir = crate::support::quickstart_copy();
+    let port = free_port();
+    let server = dir.path().join("server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    let text = text.replacen("https: 127.0.0.1:0", &format!("https: 127.0.0.1:{port}"), 1);
+    std::fs::write(&server, text).unwrap();
+    (dir, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_disk_reaches_hourly_agents_at_once_and_again_after_a_server_restart() {
+    let (dir, port) = quickstart_on_fixed_port();
+    let running = crate::support::start(dir.path()).await;
+    crate::support::addresses(&running).await;
+    let state = dir.path().join(".tessera");
+    let token = crate::support::token(&state, 3, 600).reveal();
+    let server = format!("https://127.0.0.1:{port}");
+    let ca = crate::support::server_ca(dir.path());
+    let mut agents: Vec<Agent> = (0..3).map(|_| Agent::start(&server, &ca, &token)).collect();
+    within("each agent's first pass", REACH, &agents, || {
+        agents.iter().all(|a| a.log().contains("pass done"))
+    })
+    .await;
+
+    // A new package for the lab: on an hourly schedule, only the push brings it now.
+    add_package(dir.path(), "pushed-1");
+    let first = built(&running, "pushed-1").await;
+    within("pushed-1 installed by every agent", REACH, &agents, || {
+        agents.iter().all(|a| a.installed().contains(&first))
+    })
+    .await;
+    assert!(
+        agents
+            .iter()
+            .all(|a| a.log().contains("the server asked for a check-in now (push)")),
+        "woken by the push channel"
+    );
+
+    // The server goes away: the agents notice, keep running, and fall back to their schedule.
+    running.stop().await.unwrap();
+    within("every agent noticing the server is gone", NOTICE, &agents, || {
+        agents.iter().all(|a| a.log().contains("push channel lost"))
+    })
+    .await;
+    for agent in &mut agents {
+        agent.assert_running();
+    }
+
+    // Back on the same state and address: they reconnect, and the next change reaches them.
+    let running = crate::support::start(dir.path()).await;
+    crate::support::addresses(&running).await;
+    within("every agent reconnecting", NOTICE, &agents, || {
+        agents.iter().all(|a| a.log().contains("push channel restored"))
+    })
+    .await;
+    add_package(dir.path(), "pushed-2");
+    let second = built(&running, "pushed-2").await;
+    within("pushed-2 installed by every agent", REACH, &agents, || {
+        agents.iter().all(|a| a.installed().contains(&second))
+    })
+    .await;
+
+    // `tessera notify` goes through the channel the agent holds, and says so.
+    let id = agents[0].id().expect("enrolled");
+    let admin = format!("http://{}", running.admin_address);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["notify", &id, "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("push channel"), "{stdout}");
+    let before = agents[0].log().matches("pass done").count();
+    within("the notified agent's pass", REACH, &agents, || {
+        agents[0].log().matches("pass done").count() > before
+    })
+    .await;
+
+    running.stop().await.unwrap();
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_enrolled_agent_may_hold_a_wait() {
+    let (dir, running, https) = crate::support::quickstart_enrolling(None).await;
+    // Without a client certificate: refused at once, nothing held.
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("https://{https}/v1/wait?seen=1"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "403");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    running.stop().await.unwrap();
+    drop(dir);
+}
