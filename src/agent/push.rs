@@ -2,8 +2,10 @@
 //! poll): one `GET /v1/wait?seen=<generation>` held at a time on a connection of its own,
 //! over the same mutual TLS, proxy or gateway as every other call. An answer with a new
 //! generation wakes a pass; a failure backs off (jittered, exponential, up to
-//! [`MAX_BACKOFF`]) while the agent keeps its normal schedule, and the first answer after a
-//! failure wakes a pass too (wakes may have been missed meanwhile).
+//! [`MAX_BACKOFF`]) while the agent keeps its normal schedule. The agent keeps the generation
+//! it saw across reconnections: the server answers at once when it changed meanwhile (or when
+//! the server restarted), so nothing is missed, and a reconnection without a change costs no
+//! pass.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +79,6 @@ pub async fn hold(
     let mut backoff = Backoff::default();
     let mut client: Option<(Client, Option<std::time::SystemTime>)> = None;
     let mut failing = false;
-    let mut first = true;
     loop {
         let identity = identity_changed(config);
         // A renewed certificate (or the first one) means a new connection that shows it.
@@ -105,13 +106,12 @@ pub async fn hold(
                 backoff.reset();
                 let changed = match seen {
                     Some(before) => before != generation,
-                    // (Re)connected: wake unless this is the first answer before any pass.
-                    None => !first || wakes.pass_started.load(Ordering::Acquire),
+                    // The first answer: a pass is due unless the first one starts after it.
+                    None => {
+                        wakes.connected.notify_one();
+                        wakes.pass_started.load(Ordering::Acquire)
+                    }
                 };
-                if first {
-                    first = false;
-                    wakes.connected.notify_one();
-                }
                 seen = Some(generation);
                 if changed {
                     tracing::info!("the server asked for a check-in now (push)");
@@ -126,7 +126,6 @@ pub async fn hold(
                     );
                     failing = true;
                 }
-                seen = None;
                 client = None;
                 let pause = backoff.next(random());
                 tokio::select! {
@@ -157,8 +156,8 @@ async fn wait(client: &Client, seen: Option<u64>) -> Result<u64, AgentError> {
         }
         .into());
     }
-    let wait: v1::Wait = serde_json::from_slice(&answer.body)
-        .map_err(|source| ClientError::Json { url, source })?;
+    let wait: v1::Wait =
+        serde_json::from_slice(&answer.body).map_err(|source| ClientError::Json { url, source })?;
     Ok(wait.generation)
 }
 
@@ -187,7 +186,10 @@ mod tests {
             let ceiling = backoff.ceiling;
             let low = backoff.clone().next(0);
             let high = backoff.clone().next(u64::MAX);
-            assert!(low >= ceiling / 2 && high <= ceiling, "{n}: {low:?} {high:?}");
+            assert!(
+                low >= ceiling / 2 && high <= ceiling,
+                "{n}: {low:?} {high:?}"
+            );
             ceilings.push(ceiling.as_secs());
             backoff.next(n);
         }

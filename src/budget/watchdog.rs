@@ -306,9 +306,7 @@ where
 
     fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InFlight::new(self.activity.clone());
-        request
-            .extensions_mut()
-            .insert(Park(self.activity.clone()));
+        request.extensions_mut().insert(Park(self.activity.clone()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -364,9 +362,9 @@ mod tests {
             async move {
                 let _parked = park.filter(|_| parked).map(|p| p.hold());
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                    http_body_util::Full::new(hyper::body::Bytes::from_static(b"ok")),
-                ))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    hyper::body::Bytes::from_static(b"ok"),
+                )))
             }
         });
         let stats = Stats::default();
@@ -381,12 +379,12 @@ mod tests {
             )
             .await
         });
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(
-                TokioIo::new(client),
-            )
-            .await
-            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<hyper::body::Bytes>,
+        >(TokioIo::new(client))
+        .await
+        .unwrap();
         tokio::spawn(connection);
         let answered = sender
             .send_request(hyper::Request::new(http_body_util::Empty::new()))

@@ -66,10 +66,7 @@ async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
     use std::io::Write as _;
     let pushed = match args.server.api().await {
         Ok(api) => {
-            let path = format!(
-                "/api/v1/computers/{}/wake",
-                url_segment(&args.computer)
-            );
+            let path = format!("/api/v1/computers/{}/wake", url_segment(&args.computer));
             Some(
                 api.post::<_, crate::server::admin::WakeReport>(&path, &serde_json::json!({}))
                     .await,
@@ -92,7 +89,10 @@ async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
     };
     match call_listener(args).await {
         Ok(line) => {
-            writeln!(std::io::stdout().lock(), "{line} (called its listener: {reason})")?;
+            writeln!(
+                std::io::stdout().lock(),
+                "{line} (called its listener: {reason})"
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => Err(error.context(reason)),

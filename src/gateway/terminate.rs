@@ -2,7 +2,8 @@
 //! at the edge; each request then goes to the backend over a mutual-TLS connection of the
 //! gateway's own, with the verified certificate in the `X-Tessera-Client-Certificate` header
 //! and the client's address in `X-Forwarded-For` (whatever the client sent under those
-//! names is replaced).
+//! names is replaced). A push wait (`/v1/wait`, see `server::push`) is relayed like any
+//! request, parked so the gateway's progress check does not close it while it is held.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,7 +11,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::v1::FORWARDED_CERTIFICATE;
+use crate::protocol::v1::{FORWARDED_CERTIFICATE, MAX_HOLD_SECONDS, WAIT_PATH};
+
+/// The longest a push wait is relayed before the gateway answers 504: the server's longest
+/// hold and a margin for a slow backend.
+const WAIT_LIMIT: Duration = Duration::from_secs(MAX_HOLD_SECONDS + 15);
 
 use super::Config;
 use super::edge;
@@ -102,7 +107,30 @@ pub(super) async fn terminate(
                 // Whatever the client sent under these names is replaced, never passed on.
                 headers.insert(FORWARDED_CERTIFICATE, certificate);
                 headers.insert("x-forwarded-for", client_ip);
-                match backend_client.request(request).await {
+                // A push wait is quiet on purpose until the server answers it (within its
+                // longest hold): parked, so the progress check leaves it alone, and bounded
+                // here too. The client's certificate was verified at the edge.
+                let waiting = path.split('?').next() == Some(WAIT_PATH);
+                let _parked = request
+                    .extensions()
+                    .get::<crate::budget::Park>()
+                    .filter(|_| waiting)
+                    .map(crate::budget::Park::hold);
+                let forwarded = backend_client.request(request);
+                let answer = if waiting {
+                    match tokio::time::timeout(WAIT_LIMIT, forwarded).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            return Ok(gateway_response(
+                                hyper::StatusCode::GATEWAY_TIMEOUT,
+                                "the server held the wait past its longest hold\n".into(),
+                            ));
+                        }
+                    }
+                } else {
+                    forwarded.await
+                };
+                match answer {
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
                         for name in HOP_BY_HOP {

@@ -14,12 +14,14 @@
 //! a connection per agent but the agent's client and terminate mode speak HTTP/1.1 only; a
 //! WebSocket needs an upgrade that terminate mode strips as hop-by-hop.
 //!
-//! **Lossless.** The generation is per computer and only grows; a wake bumps it. The agent
-//! sends the last generation it saw, so a wake that lands while it is checking in (between
-//! two waits) is answered at once by its next wait. The first generation of a server process
-//! is its start time in milliseconds, so an agent that saw a generation of a previous process
-//! is answered at once too (and the agent itself checks in after every reconnection, since
-//! it may have missed wakes while it was away).
+//! **Lossless.** A wake gives the computer a new generation. The agent sends the last
+//! generation it saw, so a wake that lands while it is checking in (between two waits, or
+//! while its connection is being re-established) is answered at once by its next wait.
+//! Generations come from one counter per process that starts at the process's start time in
+//! microseconds, so no generation is handed out twice: a computer forgotten after
+//! [`FORGET_AFTER`] without a wait, or an agent that saw a generation of a previous process
+//! (the server restarted, and may have missed changes while down), is answered at once and
+//! checks in. An agent that reconnects without a change in between makes no extra pass.
 //!
 //! **Bounded.** A held request is its small future, a `watch` subscription and the
 //! connection; nothing grows with time. Only a request with a verified agent certificate (or
@@ -37,6 +39,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,8 +93,9 @@ pub enum Delivery {
 /// The waiting agents, by device id (the agent id of the client certificate).
 #[derive(Debug)]
 pub struct Registry {
-    /// The first generation of this process.
-    epoch: u64,
+    /// The next generation to hand out, to a new slot or a wake: one counter for all, so a
+    /// computer forgotten and seen again never gets a generation it saw before.
+    next: AtomicU64,
     slots: Mutex<HashMap<String, Slot>>,
 }
 
@@ -109,18 +113,24 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// An empty registry whose generations start at the current time in milliseconds.
+    /// An empty registry whose generations start at the current time in microseconds: a
+    /// previous process would have had to hand out more than one generation a microsecond
+    /// for one of its generations to come up again.
     pub fn new() -> Self {
-        let epoch = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(1);
+        let epoch = u64::try_from(jiff::Timestamp::now().as_microsecond()).unwrap_or(1);
         Self::starting_at(epoch)
     }
 
     /// An empty registry whose generations start at `epoch`.
     pub fn starting_at(epoch: u64) -> Self {
         Self {
-            epoch,
+            next: AtomicU64::new(epoch),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -131,7 +141,7 @@ impl Registry {
     pub fn subscribe(&self, device: &str) -> watch::Receiver<u64> {
         let mut slots = self.lock();
         let slot = slots.entry(device.to_owned()).or_insert_with(|| Slot {
-            generation: watch::Sender::new(self.epoch),
+            generation: watch::Sender::new(self.next_generation()),
             touched: Instant::now(),
         });
         slot.touched = Instant::now();
@@ -151,7 +161,7 @@ impl Registry {
         let Some(slot) = slots.get(device) else {
             return Delivery::NotConnected;
         };
-        slot.generation.send_modify(|g| *g = g.wrapping_add(1));
+        slot.generation.send_replace(self.next_generation());
         if slot.generation.receiver_count() > 0 {
             Delivery::Held
         } else {
@@ -384,7 +394,7 @@ mod tests {
         assert_eq!(registry.wake("a"), Delivery::Held);
         assert!(a.has_changed().unwrap());
         assert!(!b.has_changed().unwrap());
-        assert_eq!(*a.borrow(), 8);
+        assert_eq!((*a.borrow(), *b.borrow()), (9, 8));
         assert_eq!(registry.wake("nobody"), Delivery::NotConnected);
     }
 
@@ -403,6 +413,17 @@ mod tests {
         drop(registry.subscribe("gone"));
         registry.forget_idle(Duration::ZERO);
         assert_eq!(registry.connected(), ["held"]);
+    }
+
+    #[tokio::test]
+    async fn a_computer_forgotten_and_seen_again_is_answered_at_once() {
+        let registry = Registry::starting_at(1);
+        let seen = *registry.subscribe("a").borrow();
+        // Woken while away (the slot still there), then forgotten.
+        registry.wake("a");
+        registry.forget_idle(Duration::ZERO);
+        assert!(registry.connected().is_empty());
+        assert_ne!(*registry.subscribe("a").borrow(), seen);
     }
 
     #[test]
@@ -428,6 +449,6 @@ mod tests {
         let started = tokio::time::Instant::now();
         spread(&registry, devices).await;
         assert!(started.elapsed() <= spread_window(500));
-        assert!(subscriptions.iter().all(|s| *s.borrow() == 1));
+        assert!(subscriptions.iter().all(|s| *s.borrow() >= 500));
     }
 }

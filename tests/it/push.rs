@@ -90,8 +90,9 @@ async fn within(what: &str, limit: Duration, agents: &[Agent], mut check: impl F
     }
 }
 
-/// A command-only Package, its Activation, and an Affectation to the `lab` agents.
-fn add_package(config: &Path, name: &str) {
+/// A command-only Package, its Activation, and an Affectation to the Linux computers that
+/// `targets` (a line of the Affectation's `targets`) selects.
+fn add_package(config: &Path, name: &str, targets: &str) {
     std::fs::write(
         config.join(format!("packages/{name}.yaml")),
         format!(
@@ -121,7 +122,7 @@ spec:
   activationRef:
     name: {name}
   targets:
-    tags: [lab]
+    {targets}
     os: [linux]
 "
         ),
@@ -133,7 +134,11 @@ spec:
 async fn built(running: &tessera::cli::Running, name: &str) -> String {
     let start = Instant::now();
     loop {
-        let (status, body) = get(running.admin_address, &format!("/api/v1/objects/Package/{name}")).await;
+        let (status, body) = get(
+            running.admin_address,
+            &format!("/api/v1/objects/Package/{name}"),
+        )
+        .await;
         let package: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         if status == 200
             && let Some(id) = package["details"]["packageId"].as_str()
@@ -173,24 +178,27 @@ async fn a_change_on_disk_reaches_hourly_agents_at_once_and_again_after_a_server
     .await;
 
     // A new package for the lab: on an hourly schedule, only the push brings it now.
-    add_package(dir.path(), "pushed-1");
+    add_package(dir.path(), "pushed-1", "tags: [lab]");
     let first = built(&running, "pushed-1").await;
     within("pushed-1 installed by every agent", REACH, &agents, || {
         agents.iter().all(|a| a.installed().contains(&first))
     })
     .await;
     assert!(
-        agents
-            .iter()
-            .all(|a| a.log().contains("the server asked for a check-in now (push)")),
+        agents.iter().all(|a| a
+            .log()
+            .contains("the server asked for a check-in now (push)")),
         "woken by the push channel"
     );
 
     // The server goes away: the agents notice, keep running, and fall back to their schedule.
     running.stop().await.unwrap();
-    within("every agent noticing the server is gone", NOTICE, &agents, || {
-        agents.iter().all(|a| a.log().contains("push channel lost"))
-    })
+    within(
+        "every agent noticing the server is gone",
+        NOTICE,
+        &agents,
+        || agents.iter().all(|a| a.log().contains("push channel lost")),
+    )
     .await;
     for agent in &mut agents {
         agent.assert_running();
@@ -200,10 +208,12 @@ async fn a_change_on_disk_reaches_hourly_agents_at_once_and_again_after_a_server
     let running = crate::support::start(dir.path()).await;
     crate::support::addresses(&running).await;
     within("every agent reconnecting", NOTICE, &agents, || {
-        agents.iter().all(|a| a.log().contains("push channel restored"))
+        agents
+            .iter()
+            .all(|a| a.log().contains("push channel restored"))
     })
     .await;
-    add_package(dir.path(), "pushed-2");
+    add_package(dir.path(), "pushed-2", "tags: [lab]");
     let second = built(&running, "pushed-2").await;
     within("pushed-2 installed by every agent", REACH, &agents, || {
         agents.iter().all(|a| a.installed().contains(&second))
@@ -241,7 +251,15 @@ async fn only_an_enrolled_agent_may_hold_a_wait() {
     let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("curl")
-            .args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-sk",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
             .arg(format!("https://{https}/v1/wait?seen=1"))
             .output()
             .unwrap()
@@ -252,4 +270,273 @@ async fn only_an_enrolled_agent_may_hold_a_wait() {
     assert!(started.elapsed() < Duration::from_secs(10));
     running.stop().await.unwrap();
     drop(dir);
+}
+
+/// A gateway process on `dir`'s configuration whose connection budget checks progress every
+/// second (a held request that were not parked would be closed within two), once Ready.
+async fn quick_gateway(dir: &Path) -> crate::tunnel::Gateway {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = crate::tunnel::Gateway {
+        child: std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["gateway", "--config"])
+            .arg(dir)
+            .args(["--admin-address", &admin.to_string()])
+            .env(tessera::budget::BUDGET_ENV, "progress_window=1s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        admin,
+    };
+    crate::support::wait_for_port(admin.port(), "the gateway's admin API");
+    crate::support::eventually("the gateway to be Ready", async || {
+        crate::tunnel::ready(&gateway.object("Gateway", "dmz").await).then_some(())
+    })
+    .await;
+    gateway
+}
+
+/// A Gateway `dmz` in `mode` on `port` in front of `backend`, admitting the inside's agents
+/// (`inside-ca.crt`); terminate mode also has its client certificate towards the server.
+fn gateway_yaml(mode: &str, port: u16, backend: &str) -> String {
+    let terminate = if mode == "terminate" {
+        "  backendCertificateRef:\n    name: gateway-backend\n  backendIssuerRef:\n    name: inside\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"{edge}apiVersion: tessera.dev/v1alpha1
+kind: Certificate
+metadata:
+  name: gateway-backend
+spec:
+  issuerRef:
+    name: edge-ca
+  commonName: gateway.dmz
+  usages: [client auth, digital signature]
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Issuer
+metadata:
+  name: inside
+spec:
+  ca:
+    certFile: inside-ca.crt
+    crlFile: inside-crl.pem
+---
+apiVersion: tessera.dev/v1alpha1
+kind: Gateway
+metadata:
+  name: dmz
+spec:
+  listen: 127.0.0.1:{port}
+  mode: {mode}
+  backend: {backend}
+  certificateRef:
+    name: gateway-tls
+{terminate}  trustedClientIssuers:
+    - name: inside
+"#,
+        edge = crate::tunnel::edge_pki("localhost")
+    )
+}
+
+/// `curl` of `/v1/wait` through a terminating gateway with an agent's certificate: the HTTP
+/// status and the body.
+fn curl_wait(url: &str, gateway_ca: &Path, agent: &Path) -> std::process::Child {
+    let (cert, key) = crate::tunnel::identity(agent);
+    std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "80", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(gateway_ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `POST path` with an empty JSON body to the admin API: the status and the body.
+async fn post(admin: std::net::SocketAddr, path: &str) -> (String, String) {
+    let url = format!("http://{admin}{path}");
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "content-type: application/json", "-d", "{}"])
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (status.trim().to_owned(), body.to_owned())
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The status and the body a finished `curl_wait` printed.
+fn waited(child: &mut Killed) -> (String, String) {
+    use std::io::Read;
+    let mut text = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let _ = child.0.wait();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (status.trim().to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_is_held_through_a_terminating_gateway_and_a_tunnel_carries_the_push() {
+    let crate::tunnel::Inside {
+        dir,
+        running,
+        https,
+        agents: [roaming, walker],
+        backend,
+        gw,
+        ..
+    } = crate::tunnel::Inside::start().await;
+
+    // Terminate mode: the gateway forwards each request, naming the verified agent.
+    let port = free_port();
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        gateway_yaml("terminate", port, &backend),
+    )
+    .unwrap();
+    let terminating = quick_gateway(gw.path()).await;
+    crate::tunnel::trust_the_dmz(
+        dir.path(),
+        gw.path(),
+        "",
+        "  trustedGateways:\n    - issuerRef:\n        name: dmz-ca\n      names: [gateway.dmz]\n",
+    );
+    let gateway_ca = gw
+        .path()
+        .join(".tessera/certificates/default/gateway-tls/ca.crt");
+    let url = format!("https://127.0.0.1:{port}/v1/wait");
+    let (generation, _) =
+        crate::support::eventually("the server to believe the gateway", async || {
+            let (status, body) = tokio::task::block_in_place(|| {
+                waited(&mut Killed(curl_wait(&url, &gateway_ca, walker.path())))
+            });
+            let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (status == "200")
+                .then(|| answer["generation"].as_u64())
+                .flatten()
+        })
+        .await;
+    let mut held = Killed(curl_wait(
+        &format!("{url}?seen={generation}"),
+        &gateway_ca,
+        walker.path(),
+    ));
+    // Three of the gateway's progress windows: a request that were not parked would be
+    // closed by now.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert!(
+            held.0.try_wait().unwrap().is_none(),
+            "the held wait ended early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let walker_id = crate::tunnel::agent_id(walker.path());
+    let (status, body) = post(
+        running.admin_address,
+        &format!("/api/v1/computers/{walker_id}/wake"),
+    )
+    .await;
+    assert_eq!(status, "200", "{body}");
+    assert!(body.contains("\"held\""), "{body}");
+    let (status, body) = tokio::task::block_in_place(|| waited(&mut held));
+    assert_eq!(status, "200", "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(answer["generation"].as_u64(), Some(generation), "{body}");
+    drop(terminating);
+
+    // Tunnel mode: a real agent on an hourly schedule, its channel inside the tunnel.
+    let tunnel = tempfile::tempdir().unwrap();
+    for file in ["inside-ca.crt", "inside-crl.pem"] {
+        std::fs::copy(gw.path().join(file), tunnel.path().join(file)).unwrap();
+    }
+    let port = free_port();
+    std::fs::write(
+        tunnel.path().join("gateway.yaml"),
+        gateway_yaml("tunnel", port, &backend),
+    )
+    .unwrap();
+    let _tunnel_gateway = quick_gateway(tunnel.path()).await;
+    let tunnel_ca = tunnel
+        .path()
+        .join(".tessera/certificates/default/gateway-tls/ca.crt");
+    let log = roaming.path().join("agent.log");
+    let mut agent = Killed(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera-agent"))
+            .args(["--server", &format!("https://{https}"), "--state"])
+            .arg(roaming.path())
+            .args(["--gateway", &format!("127.0.0.1:{port}"), "--gateway-ca"])
+            .arg(&tunnel_ca)
+            .args(["--interval", "1h"])
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env("TESSERA_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !read_log().contains("pass done") {
+        assert!(start.elapsed() < REACH, "no first pass:\n{}", read_log());
+        assert!(agent.0.try_wait().unwrap().is_none(), "{}", read_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    add_package(dir.path(), "roamed", "all: true");
+    let id = built(&running, "roamed").await;
+    let installed = || {
+        std::fs::read_to_string(roaming.path().join("installed.json"))
+            .unwrap_or_default()
+            .contains(&id)
+    };
+    let start = Instant::now();
+    while !installed() {
+        assert!(
+            start.elapsed() < REACH,
+            "roamed never came:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(read_log().contains("the server asked for a check-in now (push)"));
+    drop(agent);
+    running.stop().await.unwrap();
 }

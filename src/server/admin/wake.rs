@@ -43,7 +43,8 @@ async fn wake(
     let (leader, db) = (steering.leader.clone(), steering.db.clone());
     let looked_up = tokio::task::spawn_blocking(move || {
         let leader = leader.now();
-        db.find_computers(&computer).map(|found| (leader, found, computer))
+        db.find_computers(&computer)
+            .map(|found| (leader, found, computer))
     })
     .await;
     let (leader, found, computer) = match looked_up {
@@ -51,7 +52,10 @@ async fn wake(
         Ok(Err(error)) => {
             return refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("failed to find the computer: {}", crate::error_chain(&error)),
+                format!(
+                    "failed to find the computer: {}",
+                    crate::error_chain(&error)
+                ),
             )
             .into_response();
         }
