@@ -55,12 +55,14 @@ pub(super) async fn terminate(
     config: &Config,
     counters: &Counters,
     budget: &crate::budget::ConnectionBudget,
+    permit: &mut crate::budget::Permit,
 ) {
     use base64::Engine;
     use http_body_util::BodyExt;
     use hyper::header::HeaderValue;
 
-    let Some(stream) = edge::handshake(client, peer, acceptor, config, counters).await else {
+    let Some(stream) = edge::handshake(client, peer, acceptor, config, counters, permit).await
+    else {
         return;
     };
     let Some(backend_tls) = config.backend_tls.clone() else {
