@@ -108,6 +108,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// Requests in flight that wait on purpose (a long poll, see [`Park`]).
     parked: AtomicUsize,
+    /// Signalled when a parked request is unparked (a permit is kept if nobody waits).
+    unparked: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -119,6 +121,7 @@ impl Activity {
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             parked: AtomicUsize::new(0),
+            unparked: tokio::sync::Notify::new(),
         }
     }
 
@@ -134,6 +137,14 @@ async fn watchdog(activity: &Activity, budget: &ConnectionBudget) -> Ended {
     let mut window_bytes = 0;
     let mut busy_throughout = false;
     loop {
+        // While a request is parked there is nothing to check: the watchdog sleeps until it
+        // is unparked instead of ticking (a thousand connections held open by their agents
+        // would otherwise cost the server a wake-up each every tick).
+        if activity.parked.load(Ordering::Acquire) > 0 {
+            activity.unparked.notified().await;
+            busy_throughout = false;
+            continue;
+        }
         tokio::time::sleep(tick).await;
         let in_flight = activity.in_flight.load(Ordering::Acquire) > 0;
         if !in_flight {
@@ -270,6 +281,7 @@ pub struct Parked(Arc<Activity>);
 impl Drop for Parked {
     fn drop(&mut self) {
         self.0.parked.fetch_sub(1, Ordering::AcqRel);
+        self.0.unparked.notify_one();
     }
 }
 
