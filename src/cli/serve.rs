@@ -169,9 +169,11 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         &report_rx,
         db,
         &metrics,
-        source.hooks.clone(),
+        // The push wake route rides with the webhook's: merged before authentication.
+        Some(
+            admin::wake_app(steering.clone(), push).merge(source.hooks.clone().unwrap_or_default()),
+        ),
         steering,
-        push,
     );
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
     tasks.spawn(|token| async move {
@@ -530,7 +532,6 @@ fn admin_app(
     metrics: &Arc<Metrics>,
     hooks: Option<axum::Router>,
     steering: admin::Steering,
-    push: Arc<crate::server::push::Registry>,
 ) -> (axum::Router, Arc<crate::budget::Stats>) {
     let stats = metrics.connections.admin.clone();
     let mut app = admin::app_with_database(reports.clone(), db.clone())
@@ -541,7 +542,6 @@ fn admin_app(
             reports: reports.clone(),
         }))
         .merge(admin::console_app(steering.clone()))
-        .merge(admin::wake_app(steering.clone(), push))
         .merge(admin::actions_app(steering));
     if let Some(hooks) = hooks {
         app = app.merge(hooks);

@@ -109,28 +109,9 @@ pub(super) async fn terminate(
                 // Whatever the client sent under these names is replaced, never passed on.
                 headers.insert(FORWARDED_CERTIFICATE, certificate);
                 headers.insert("x-forwarded-for", client_ip);
-                // A push wait is quiet on purpose until the server answers it (within its
-                // longest hold): parked, so the progress check leaves it alone, and bounded
-                // here too. The client's certificate was verified at the edge.
-                let waiting = path.split('?').next() == Some(WAIT_PATH);
-                let _parked = request
-                    .extensions()
-                    .get::<crate::budget::Park>()
-                    .filter(|_| waiting)
-                    .map(crate::budget::Park::hold);
-                let forwarded = backend_client.request(request);
-                let answer = if waiting {
-                    match tokio::time::timeout(WAIT_LIMIT, forwarded).await {
-                        Ok(answer) => answer,
-                        Err(_) => {
-                            return Ok(gateway_response(
-                                hyper::StatusCode::GATEWAY_TIMEOUT,
-                                "the server held the wait past its longest hold\n".into(),
-                            ));
-                        }
-                    }
-                } else {
-                    forwarded.await
+                let answer = match forward(&backend_client, request, &path).await {
+                    Ok(answer) => answer,
+                    Err(timeout) => return Ok(timeout),
                 };
                 match answer {
                     Ok(response) => {
@@ -171,14 +152,46 @@ pub(super) async fn terminate(
     tracing::debug!(%peer, ?ended, "connection ended");
 }
 
-/// A client to the backend over the gateway's own mutual-TLS identity, HTTP/1.1 only.
-fn backend_pool(
-    config: &Config,
-    backend_tls: &rustls::ClientConfig,
-) -> hyper_util::client::legacy::Client<
+/// A backend's client, as each terminate-mode connection keeps one.
+type BackendClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     hyper::body::Incoming,
+>;
+
+/// Sends `request` (for `path`) to the backend. A push wait is quiet on purpose until the
+/// server answers it (within its longest hold): parked, so the progress check leaves it
+/// alone, and bounded here too (`Err`: the 504 to answer). The client's certificate was
+/// verified at the edge, so only agents park.
+async fn forward(
+    backend: &BackendClient,
+    request: hyper::Request<hyper::body::Incoming>,
+    path: &str,
+) -> Result<
+    Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    hyper::Response<ProxyBody>,
 > {
+    let waiting = path.split('?').next() == Some(WAIT_PATH);
+    let _parked = request
+        .extensions()
+        .get::<crate::budget::Park>()
+        .filter(|_| waiting)
+        .map(crate::budget::Park::hold);
+    let forwarded = backend.request(request);
+    if !waiting {
+        return Ok(forwarded.await);
+    }
+    tokio::time::timeout(WAIT_LIMIT, forwarded)
+        .await
+        .map_err(|_| {
+            gateway_response(
+                hyper::StatusCode::GATEWAY_TIMEOUT,
+                "the server held the wait past its longest hold\n".into(),
+            )
+        })
+}
+
+/// A client to the backend over the gateway's own mutual-TLS identity, HTTP/1.1 only.
+fn backend_pool(config: &Config, backend_tls: &rustls::ClientConfig) -> BackendClient {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
