@@ -426,6 +426,68 @@ mod tests {
         assert_ne!(*registry.subscribe("a").borrow(), seen);
     }
 
+    /// A state database with a Debian computer tagged `lab` and one tagged `office`.
+    fn fleet() -> Database {
+        let db = Database::in_memory().unwrap();
+        for (device, tag) in [("lab-1", "lab"), ("office-1", "office")] {
+            db.contact(device, 1).unwrap();
+            let facts = crate::store::db::Facts {
+                name: device.into(),
+                os_name: "Debian GNU/Linux 12 (bookworm)".into(),
+                tags: vec![tag.into()],
+                ..crate::store::db::Facts::default()
+            };
+            db.record_inventory(device, &facts, b"{}", 1).unwrap();
+        }
+        db
+    }
+
+    fn routes(tag: &str, redeploy: Option<&str>) -> Routes {
+        let selector =
+            deployments::Selector::new(false, &[], &[], &[tag.to_owned()], vec![]).unwrap();
+        Routes {
+            assignments: vec![deployments::Assignment {
+                affectation: format!("default/{tag}-hello"),
+                activation: "default/hello".into(),
+                package: "default/hello".into(),
+                package_id: "1234567890".into(),
+                package_os: deployments::OsFamily::Linux,
+                selector,
+                redeploy: redeploy.map(Into::into),
+                not_before: None,
+                not_after: None,
+                info_location: None,
+                pack_location: None,
+                share: 100,
+                paused: false,
+            }],
+            ..Routes::default()
+        }
+    }
+
+    #[test]
+    fn only_the_computers_whose_wanted_set_changed_are_concerned() {
+        let db = fleet();
+        let connected = ["lab-1".to_owned(), "office-1".to_owned(), "gone".to_owned()];
+        let none = Routes::default();
+        let lab = routes("lab", None);
+        assert_eq!(concerned(&db, &connected, &none, &lab).unwrap(), ["lab-1"]);
+        assert!(concerned(&db, &connected, &lab, &lab).unwrap().is_empty());
+        // A redeploy concerns the targets again; a suspended download (none wanted) too.
+        let redeployed = routes("lab", Some("2"));
+        assert_eq!(
+            concerned(&db, &connected, &lab, &redeployed).unwrap(),
+            ["lab-1"]
+        );
+        let mut paused = lab.clone();
+        paused.download.on = false;
+        assert_eq!(
+            concerned(&db, &connected, &paused, &lab).unwrap(),
+            ["lab-1"]
+        );
+        assert_ne!(fingerprint(&paused), fingerprint(&lab));
+    }
+
     #[test]
     fn the_spread_grows_with_the_wake_and_is_capped() {
         assert_eq!(spread_window(1), Duration::from_millis(2));

@@ -109,3 +109,74 @@ async fn wake(
     })
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::server::admin::{Report, pass_channel};
+    use crate::store::db::Database;
+
+    fn app(leader: Leader, registry: &Arc<Registry>) -> Router {
+        let db = Arc::new(Database::in_memory().unwrap());
+        db.contact("lab-01-id", 0).unwrap();
+        let (_, reports) = tokio::sync::watch::channel(Report::default());
+        let steering = Steering {
+            db,
+            reports,
+            leader: super::super::actions::LeaderView::new(move || leader.clone()),
+            passes: pass_channel().0,
+            fetch: None,
+            wait: Duration::from_secs(1),
+            replica: "test".into(),
+        };
+        wake_app(steering, registry.clone())
+    }
+
+    async fn wake(app: Router, computer: &str) -> (StatusCode, serde_json::Value) {
+        let response = app
+            .oneshot(
+                Request::post(format!("/api/v1/computers/{computer}/wake"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_leader_wakes_a_held_agent_and_a_follower_refuses() {
+        let registry = Arc::new(Registry::starting_at(1));
+        let leader = app(Leader::This, &registry);
+        let (status, body) = wake(leader.clone(), "lab-01-id").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["delivery"], "notConnected");
+        let mut held = registry.subscribe("lab-01-id");
+        held.borrow_and_update();
+        let (_, body) = wake(leader.clone(), "lab-01-id").await;
+        assert_eq!(body["delivery"], "held");
+        assert!(held.has_changed().unwrap());
+        held.borrow_and_update();
+        let (status, _) = wake(leader, "nobody").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let follower = app(Leader::Other(Some("tessera-0".into())), &registry);
+        let (status, body) = wake(follower, "lab-01-id").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            body["error"],
+            "this replica is not the leader; the leader is tessera-0"
+        );
+        assert!(!held.has_changed().unwrap(), "a follower wakes nothing");
+    }
+}
