@@ -17,9 +17,10 @@ use super::state::StateArgs;
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   tessera notify lab-01                          ask lab-01's agent to check in now
+  tessera notify lab-01 --admin http://10.0.0.5:9090 --token-file admin.token
   tessera notify 74cdb8084e27758aa046fe2008e796c9 --state /var/lib/tessera")]
 pub(super) struct NotifyArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Server")]
     server: ServerArgs,
     /// The computer (device id or name) whose agent should check in now.
     computer: String,
