@@ -1,7 +1,9 @@
 //! Push: real `tessera-agent` processes on an hourly schedule get a change within seconds
 //! over the push channel; when the server goes away they keep running on their schedule, and
 //! when it returns on the same state they reconnect and the next change reaches them too.
-//! And `tessera notify` goes through the channel when the agent holds one.
+//! And `tessera notify` goes through the channel when the agent holds one; a wait is held
+//! through a terminating gateway, and the push reaches agents through a tunnel gateway and
+//! over a dial-out connection.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -496,13 +498,34 @@ async fn a_wait_is_held_through_a_terminating_gateway_and_a_tunnel_carries_the_p
     let tunnel_ca = tunnel
         .path()
         .join(".tessera/certificates/default/gateway-tls/ca.crt");
-    let log = roaming.path().join("agent.log");
+    let agent = hourly_agent(
+        roaming.path(),
+        &[
+            "--server".into(),
+            format!("https://{https}"),
+            "--gateway".into(),
+            format!("127.0.0.1:{port}"),
+            "--gateway-ca".into(),
+            tunnel_ca.display().to_string(),
+        ],
+    )
+    .await;
+    add_package(dir.path(), "roamed", "all: true");
+    let id = built(&running, "roamed").await;
+    installed_by_push(roaming.path(), &id).await;
+    drop(agent);
+    running.stop().await.unwrap();
+}
+
+/// A `tessera-agent` on an hourly schedule with the identity in `state` and `args`, its log
+/// in `state/agent.log`, once its first pass is done.
+async fn hourly_agent(state: &Path, args: &[String]) -> Killed {
+    let log = state.join("agent.log");
     let mut agent = Killed(
         std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera-agent"))
-            .args(["--server", &format!("https://{https}"), "--state"])
-            .arg(roaming.path())
-            .args(["--gateway", &format!("127.0.0.1:{port}"), "--gateway-ca"])
-            .arg(&tunnel_ca)
+            .arg("--state")
+            .arg(state)
+            .args(args)
             .args(["--interval", "1h"])
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
@@ -520,23 +543,65 @@ async fn a_wait_is_held_through_a_terminating_gateway_and_a_tunnel_carries_the_p
         assert!(agent.0.try_wait().unwrap().is_none(), "{}", read_log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    add_package(dir.path(), "roamed", "all: true");
-    let id = built(&running, "roamed").await;
+    agent
+}
+
+/// Waits until the agent with `state` has installed `package`, woken by the push channel.
+async fn installed_by_push(state: &Path, package: &str) {
+    let read_log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
     let installed = || {
-        std::fs::read_to_string(roaming.path().join("installed.json"))
+        std::fs::read_to_string(state.join("installed.json"))
             .unwrap_or_default()
-            .contains(&id)
+            .contains(package)
     };
     let start = Instant::now();
     while !installed() {
         assert!(
             start.elapsed() < REACH,
-            "roamed never came:\n{}",
+            "{package} never came:\n{}",
             read_log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(read_log().contains("the server asked for a check-in now (push)"));
-    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_reaches_an_agent_over_a_dial_out_connection() {
+    let crate::tunnel::Inside {
+        dir,
+        running,
+        agents: [agent, _],
+        gw,
+        ..
+    } = crate::tunnel::Inside::start().await;
+    // A passthrough gateway with no way in (its backend is a dead port): the server dials
+    // out to it, and each agent connection takes one of those connections for its life.
+    let (port, dial_port) = (free_port(), free_port());
+    std::fs::write(
+        gw.path().join("gateway.yaml"),
+        format!(
+            "{edge}apiVersion: tessera.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: inside-servers\nspec:\n  ca:\n    certFile: inside-ca.crt\n---\napiVersion: tessera.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: dmz\nspec:\n  listen: 127.0.0.1:{port}\n  mode: passthrough\n  backend: 127.0.0.1:1\n  certificateRef:\n    name: gateway-tls\n  dialOut:\n    listen: 127.0.0.1:{dial_port}\n    trustedServerIssuers:\n      - name: inside-servers\n    names: [inside.tessera]\n",
+            edge = crate::tunnel::edge_pki("")
+        ),
+    )
+    .unwrap();
+    let _gateway = quick_gateway(gw.path()).await;
+    crate::tunnel::trust_the_dmz(
+        dir.path(),
+        gw.path(),
+        "---\napiVersion: tessera.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: inside-dialer\nspec:\n  issuerRef:\n    name: quickstart-ca\n  commonName: inside.tessera\n  usages: [client auth, digital signature]\n",
+        &format!(
+            "  dialOut:\n    gateway: 127.0.0.1:{dial_port}\n    gatewayIssuerRef:\n      name: dmz-ca\n    certificateRef:\n      name: inside-dialer\n    connections: 2\n"
+        ),
+    );
+    let _agent = hourly_agent(
+        agent.path(),
+        &["--server".into(), format!("https://127.0.0.1:{port}")],
+    )
+    .await;
+    add_package(dir.path(), "dialed", "all: true");
+    let id = built(&running, "dialed").await;
+    installed_by_push(agent.path(), &id).await;
     running.stop().await.unwrap();
 }
