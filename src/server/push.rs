@@ -97,6 +97,9 @@ pub struct Registry {
     /// computer forgotten and seen again never gets a generation it saw before.
     next: AtomicU64,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Cancelled when the server shuts down: held waits answer at once instead of holding
+    /// the listener's drain.
+    closing: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -126,6 +129,7 @@ impl Registry {
         Self {
             next: AtomicU64::new(epoch),
             slots: Mutex::new(HashMap::new()),
+            closing: CancellationToken::new(),
         }
     }
 
@@ -229,6 +233,7 @@ pub async fn wait(
     tokio::select! {
         _ = generation.changed() => {}
         () = tokio::time::sleep(hold) => {}
+        () = registry.closing.cancelled() => {}
     }
     let answer = *generation.borrow();
     drop(generation);
@@ -261,7 +266,10 @@ pub async fn follow(
     let mut forget = tokio::time::interval(FORGET_AFTER);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                registry.closing.cancel();
+                return;
+            }
             _ = forget.tick() => {
                 registry.forget_idle(FORGET_AFTER);
                 continue;
