@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
   # enroll with a token, then one pass (cron, first run)
   tessera agent --once --server https://tessera.example.com:8443 --state /var/lib/tessera-agent \\
       --ca ca.crt --token tsr_... --tag lab
-  # a service, woken by `tessera notify` between its hourly passes
+  # a service: hourly passes, and within seconds of a change through the push channel
   tessera agent --server https://tessera.example.com:8443 --state /var/lib/tessera-agent \\
-      --interval 1h --listen 0.0.0.0:9443
+      --interval 1h
   # a roaming laptop, through a tunnel gateway in the DMZ
   tessera agent --server https://tessera.internal:8443 --state /var/lib/tessera-agent \\
       --gateway dmz.example.com:443")]
@@ -90,7 +90,16 @@ pub(crate) struct AgentArgs {
     /// The address the server should call (default: the --listen address).
     #[arg(long, requires = "listen", help_heading = "Check-in calls")]
     notify_address: Option<String>,
+    /// Do not hold the push channel (a long poll to the server that says "check in now"
+    /// within seconds of a change): check in only on the interval and through --listen.
+    #[arg(long, help_heading = "Check-in calls")]
+    no_push: bool,
 }
+
+/// How long the first pass waits for the push channel's first answer, so that a change made
+/// while the pass runs is not missed (and no second pass is needed for it): a connection
+/// and one exchange, well under a second on any working network.
+const FIRST_ANSWER: Duration = Duration::from_secs(5);
 
 /// `tessera-agent`: the agent alone, for endpoints (built with `--no-default-features`, it
 /// links none of the server's code).
@@ -121,8 +130,9 @@ pub fn main() -> ExitCode {
 }
 
 /// `tessera agent` and `tessera-agent`: a pass now, then one per interval (or when the
-/// server calls), until a shutdown signal; with `--once`, one pass. With `--listen`, the
-/// listener is open (and its address logged) before the first pass.
+/// server says so over the push channel, or calls the listener), until a shutdown signal;
+/// with `--once`, one pass. With `--listen`, the listener is open (and its address logged)
+/// before the first pass; the push channel too, unless `--no-push`.
 pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
     // Like curl: the upper-case variable (through clap), else the lower-case one; empty is
     // unset.
@@ -166,7 +176,19 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
         }
         _ => None,
     };
+    let wakes = Arc::new(crate::agent::push::Wakes::default());
+    let mut channel = !args.once && !args.no_push;
     loop {
+        // The push channel needs an identity too; it is open before the first pass.
+        if channel && crate::agent::enroll_if_needed(&config).await.is_ok() {
+            channel = false;
+            let (config, held, token) = (config.clone(), wakes.clone(), shutdown.clone());
+            tokio::spawn(async move { crate::agent::push::hold(&config, held, token).await });
+            let _ = tokio::time::timeout(FIRST_ANSWER, wakes.connected.notified()).await;
+        }
+        wakes
+            .pass_started
+            .store(true, std::sync::atomic::Ordering::Release);
         // Answering needs an identity: enrolled first (a failure is the pass's to report).
         if listener.is_some()
             && crate::agent::enroll_if_needed(&config).await.is_ok()
@@ -197,6 +219,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<ExitCode> {
             }
             () = tokio::time::sleep(wait) => {}
             () = wake.notified() => {}
+            () = wakes.wake.notified() => {}
         }
     }
 }

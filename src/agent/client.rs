@@ -36,8 +36,8 @@ pub enum ClientError {
         #[source]
         source: BoxError,
     },
-    #[error("{url}: no answer within {EXCHANGE_TIMEOUT:?}")]
-    Timeout { url: String },
+    #[error("{url}: no answer within {after:?}")]
+    Timeout { url: String, after: Duration },
     #[error("{url} answered {status}: {body}")]
     Status {
         url: String,
@@ -298,6 +298,19 @@ impl Client {
         body: Option<Vec<u8>>,
         headers: &[(&str, String)],
     ) -> Result<Answer, ClientError> {
+        self.send_within(method, path, body, headers, EXCHANGE_TIMEOUT)
+            .await
+    }
+
+    /// [`Client::send`], with an exchange that may take up to `timeout` (a held wait).
+    pub async fn send_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
         let transport = |source: BoxError| ClientError::Transport {
             url: url.clone(),
@@ -335,9 +348,12 @@ impl Client {
                 body,
             })
         };
-        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout { url: url.clone() })?
+            .map_err(|_| ClientError::Timeout {
+                url: url.clone(),
+                after: timeout,
+            })?
     }
 
     /// POSTs `body` as JSON and reads a JSON answer (2xx), or nothing for 204.

@@ -1,7 +1,9 @@
 //! Tessera's own agent: enrolls with a token (its key never leaves the machine), checks in
 //! over mutual TLS, downloads on the OCS schedule with every fragment verified and resumed
 //! from the last byte kept, unpacks safely, runs the action, and keeps each result on disk
-//! until the server has it. Imports only `protocol` and `pki`; its command line (`cli`) also
+//! until the server has it; between scheduled passes, the push channel (`push`: a long poll
+//! the server answers when something for this computer changed) or the notify listener
+//! starts one within seconds. Imports only `protocol` and `pki`; its command line (`cli`) also
 //! `logging` and the durations of `resources::quantity`, all of which build without the
 //! `server` feature.
 //!
@@ -16,13 +18,14 @@
 //!
 //! About 850 lines, 800 of them code: one pass (check in, download, verify, install,
 //! report) reads top to bottom here, with enrollment and the notify listener beside it.
-//! The client (`client.rs`), archive extraction (`extract.rs`), the schedule and the CLI
-//! are already their own files; the next seam is enrollment and certificate renewal
+//! The client (`client.rs`), archive extraction (`extract.rs`), the schedule, the push
+//! channel and the CLI are already their own files; the next seam is enrollment and certificate renewal
 //! (`enroll.rs`).
 
 pub mod cli;
 pub mod client;
 pub mod extract;
+pub mod push;
 pub mod schedule;
 
 use std::collections::BTreeSet;

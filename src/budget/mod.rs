@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 mod watchdog;
 
-pub use watchdog::{Ended, TrackedBody, serve};
+pub use watchdog::{Ended, Park, Parked, TrackedBody, serve};
 
 /// The environment variable that overrides the budget, for tests and tuning:
 /// `key=value` pairs separated by commas, durations as `250ms` or `30s`, e.g.
@@ -318,7 +318,7 @@ impl Gate {
         stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(Permit {
             gate: self.clone(),
-            ip,
+            ip: Some(ip),
             stats: stats.clone(),
         })
     }
@@ -339,19 +339,41 @@ impl Gate {
 #[derive(Debug)]
 pub struct Permit {
     gate: Arc<Gate>,
-    ip: IpAddr,
+    /// The address whose share it counts in; `None` once vouched for.
+    ip: Option<IpAddr>,
     stats: Arc<Stats>,
+}
+
+impl Permit {
+    /// The connection proved who it is (a client certificate verified at the handshake): it
+    /// stops counting against its address's share and counts only in the total. A site
+    /// behind one NAT address keeps as many agents connected at once as it has (each holds
+    /// its push channel open); strangers, who cannot prove themselves, still meet the
+    /// per-address cap.
+    pub fn vouched(&mut self) {
+        if let Some(ip) = self.ip.take() {
+            self.gate.lock().release(ip);
+        }
+    }
+}
+
+impl GateInner {
+    fn release(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_address.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut inner = self.gate.lock();
         inner.total = inner.total.saturating_sub(1);
-        if let Some(count) = inner.per_address.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                inner.per_address.remove(&self.ip);
-            }
+        if let Some(ip) = self.ip {
+            inner.release(ip);
         }
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -481,6 +503,31 @@ mod tests {
         assert_eq!(stats.refused_per_address.load(Ordering::Relaxed), 1);
         assert_eq!(stats.refused_total.load(Ordering::Relaxed), 1);
         assert_eq!(gate.open(), 3);
+    }
+
+    #[test]
+    fn a_vouched_connection_leaves_its_address_share_but_counts_in_the_total() {
+        let gate = Arc::new(Gate::default());
+        let stats = Arc::new(Stats::default());
+        let nat: IpAddr = "192.0.2.7".parse().unwrap();
+        // Five agents behind one address, each proving itself: more than the share of 2.
+        let mut agents = Vec::new();
+        for _ in 0..5 {
+            let mut permit = gate.admit(nat, 6, 2, &stats).unwrap();
+            permit.vouched();
+            permit.vouched();
+            agents.push(permit);
+        }
+        // Strangers from there still get only their share, and the total still holds.
+        let _stranger = gate.admit(nat, 6, 2, &stats).unwrap();
+        assert_eq!(gate.admit(nat, 6, 2, &stats).unwrap_err(), Refusal::Total);
+        drop(agents);
+        let _second = gate.admit(nat, 6, 2, &stats).unwrap();
+        assert_eq!(
+            gate.admit(nat, 6, 2, &stats).unwrap_err(),
+            Refusal::PerAddress
+        );
+        assert_eq!(gate.open(), 2);
     }
 
     #[test]

@@ -106,6 +106,10 @@ struct Activity {
     started: AtomicU64,
     /// Milliseconds from `start` to when the last request in flight ended.
     idle_since: AtomicU64,
+    /// Requests in flight that wait on purpose (a long poll, see [`Park`]).
+    parked: AtomicUsize,
+    /// Signalled when a parked request is unparked (a permit is kept if nobody waits).
+    unparked: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -116,6 +120,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            parked: AtomicUsize::new(0),
+            unparked: tokio::sync::Notify::new(),
         }
     }
 
@@ -131,6 +137,14 @@ async fn watchdog(activity: &Activity, budget: &ConnectionBudget) -> Ended {
     let mut window_bytes = 0;
     let mut busy_throughout = false;
     loop {
+        // While a request is parked there is nothing to check: the watchdog sleeps until it
+        // is unparked instead of ticking (a thousand connections held open by their agents
+        // would otherwise cost the server a wake-up each every tick).
+        if activity.parked.load(Ordering::Acquire) > 0 {
+            activity.unparked.notified().await;
+            busy_throughout = false;
+            continue;
+        }
         tokio::time::sleep(tick).await;
         let in_flight = activity.in_flight.load(Ordering::Acquire) > 0;
         if !in_flight {
@@ -146,7 +160,9 @@ async fn watchdog(activity: &Activity, budget: &ConnectionBudget) -> Ended {
                 return Ended::Idle;
             }
         }
-        busy_throughout &= in_flight;
+        // A parked request moves nothing on purpose: its window never counts as stalled.
+        let moving = in_flight && activity.parked.load(Ordering::Acquire) == 0;
+        busy_throughout &= moving;
         if window_start.elapsed() >= budget.progress_window {
             let bytes = activity.bytes.load(Ordering::Relaxed);
             if busy_throughout && bytes - window_bytes < budget.min_progress {
@@ -154,7 +170,7 @@ async fn watchdog(activity: &Activity, budget: &ConnectionBudget) -> Ended {
             }
             window_start = Instant::now();
             window_bytes = bytes;
-            busy_throughout = in_flight;
+            busy_throughout = moving;
         }
     }
 }
@@ -243,6 +259,32 @@ impl Drop for InFlight {
     }
 }
 
+/// In every request's extensions: lets its handler say that it waits on purpose (a long
+/// poll that answers when something happens), so the progress check leaves the connection
+/// alone while it does. The handler bounds the wait itself; only handlers that have already
+/// authenticated the caller should park, so a stranger still meets every bound.
+#[derive(Clone, Debug)]
+pub struct Park(Arc<Activity>);
+
+impl Park {
+    /// Parks the request until the guard is dropped.
+    pub fn hold(&self) -> Parked {
+        self.0.parked.fetch_add(1, Ordering::AcqRel);
+        Parked(self.0.clone())
+    }
+}
+
+/// A parked request (see [`Park`]); unparked when dropped.
+#[derive(Debug)]
+pub struct Parked(Arc<Activity>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
+        self.0.unparked.notify_one();
+    }
+}
+
 /// The service, counting the requests in flight.
 struct Tracked<S> {
     inner: Arc<S>,
@@ -274,8 +316,9 @@ where
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
-    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InFlight::new(self.activity.clone());
+        request.extensions_mut().insert(Park(self.activity.clone()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -310,5 +353,62 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One request over an in-memory connection served within a budget whose progress
+    /// check closes a quiet request after 200 ms; the handler takes 1 s, parked or not.
+    /// Whether the answer came, and how the connection ended.
+    async fn quiet_request(parked: bool) -> (bool, Ended) {
+        let (client, server) = tokio::io::duplex(4096);
+        let budget = ConnectionBudget {
+            progress_window: Duration::from_millis(200),
+            ..ConnectionBudget::test(Duration::from_secs(5), 10, 10)
+        };
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            let park = request.extensions().get::<Park>().cloned();
+            async move {
+                let _parked = park.filter(|_| parked).map(|p| p.hold());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    hyper::body::Bytes::from_static(b"ok"),
+                )))
+            }
+        });
+        let stats = Stats::default();
+        let served = tokio::spawn(async move {
+            serve(
+                server,
+                service,
+                &budget,
+                &stats,
+                &CancellationToken::new(),
+                Duration::ZERO,
+            )
+            .await
+        });
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<hyper::body::Bytes>,
+        >(TokioIo::new(client))
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let answered = sender
+            .send_request(hyper::Request::new(http_body_util::Empty::new()))
+            .await
+            .is_ok();
+        drop(sender);
+        (answered, served.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_parked_request_outlives_the_progress_check_and_a_quiet_one_does_not() {
+        assert_eq!(quiet_request(true).await, (true, Ended::Closed));
+        assert_eq!(quiet_request(false).await, (false, Ended::Stalled));
     }
 }

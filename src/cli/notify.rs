@@ -1,5 +1,7 @@
-//! `tessera notify`: ask a computer's agent to check in now, over mutual TLS to the agent's
-//! listener, as the server would.
+//! `tessera notify`: ask a computer's agent to check in now. First through the running
+//! server's push channel (`POST /api/v1/computers/{computer}/wake`), which reaches agents
+//! behind NAT and gateways; when no server answers or the agent holds no channel, over
+//! mutual TLS to the agent's listener, as the server would call it. It says which way went.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::api::ServerArgs;
 use super::running::runtime;
 use super::state::StateArgs;
 
@@ -14,10 +17,11 @@ use super::state::StateArgs;
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   tessera notify lab-01                          ask lab-01's agent to check in now
+  tessera notify lab-01 --admin http://10.0.0.5:9090 --token-file admin.token
   tessera notify 74cdb8084e27758aa046fe2008e796c9 --state /var/lib/tessera")]
 pub(super) struct NotifyArgs {
-    #[command(flatten)]
-    state: StateArgs,
+    #[command(flatten, next_help_heading = "Server")]
+    server: ServerArgs,
     /// The computer (device id or name) whose agent should check in now.
     computer: String,
 }
@@ -60,17 +64,68 @@ fn notify_target(
 }
 
 async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let pushed = match args.server.api().await {
+        Ok(api) => {
+            let path = format!("/api/v1/computers/{}/wake", url_segment(&args.computer));
+            Some(
+                api.post::<_, crate::server::admin::WakeReport>(&path, &serde_json::json!({}))
+                    .await,
+            )
+        }
+        Err(_) => None,
+    };
+    let reason = match pushed {
+        Some(Ok(report)) if report.delivery != "notConnected" => {
+            writeln!(
+                std::io::stdout().lock(),
+                "{} will check in now (told over its push channel to the server)",
+                report.device
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Ok(report)) => format!("{} holds no push channel", report.device),
+        Some(Err(error)) => format!("the server refused the wake: {error:#}"),
+        None => "no server answers".to_owned(),
+    };
+    match call_listener(args).await {
+        Ok(line) => {
+            writeln!(
+                std::io::stdout().lock(),
+                "{line} (called its listener: {reason})"
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => Err(error.context(reason)),
+    }
+}
+
+/// `text` as one URL path segment (percent-encoded but for unreserved characters).
+fn url_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Calls the agent's listener; the line to print.
+async fn call_listener(args: &NotifyArgs) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (state, wanted) = (args.state.clone(), args.computer.clone());
+    let (state, wanted) = (args.server.state.clone(), args.computer.clone());
     let (computer, address, issuer) =
         tokio::task::spawn_blocking(move || notify_target(&state, &wanted))
             .await
             .context("the database lookup panicked")??;
     let state = args
+        .server
         .state
         .state
         .clone()
-        .unwrap_or_else(|| args.state.config.join(".tessera"));
+        .unwrap_or_else(|| args.server.state.config.join(".tessera"));
     let dir = state.join("pki/issuers").join(&issuer);
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
@@ -128,11 +183,8 @@ async fn notify(args: &NotifyArgs) -> Result<ExitCode> {
             answer.lines().next().unwrap_or("")
         );
     }
-    use std::io::Write as _;
-    writeln!(
-        std::io::stdout().lock(),
+    Ok(format!(
         "{} ({address}) will check in now",
         computer.device_id
-    )?;
-    Ok(ExitCode::SUCCESS)
+    ))
 }

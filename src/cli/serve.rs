@@ -144,7 +144,8 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
     let metrics = Arc::new(Metrics::default());
     let budget = connection_budget()?;
     let (passes, queue) = admin::pass_channel();
-    let mut runtime = start_agent_server(&source, &db, &metrics, &budget, &mut tasks)?;
+    let push = Arc::new(crate::server::push::Registry::new());
+    let mut runtime = start_agent_server(&source, &db, &metrics, &budget, &push, &mut tasks)?;
     runtime.passes = Some(queue);
     runtime.identity = identity(&args, admin_address);
     let steering = admin::Steering {
@@ -168,7 +169,10 @@ pub async fn start_with(args: ServeArgs, client: Option<kube::Client>) -> Result
         &report_rx,
         db,
         &metrics,
-        source.hooks.clone(),
+        // The push wake route rides with the webhook's: merged before authentication.
+        Some(
+            admin::wake_app(steering.clone(), push).merge(source.hooks.clone().unwrap_or_default()),
+        ),
         steering,
     );
     start_reconcile(&args, source, leadership, runtime, report_tx, &mut tasks);
@@ -358,6 +362,7 @@ fn start_agent_server(
     db: &Arc<Database>,
     metrics: &Arc<Metrics>,
     budget: &Arc<ConnectionBudget>,
+    push: &Arc<crate::server::push::Registry>,
     tasks: &mut Tasks,
 ) -> Result<reconcile::routes::Runtime> {
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
@@ -383,7 +388,14 @@ fn start_agent_server(
     };
     let tls = crate::pki::tls::server_config(certificate_rx, verifier_rx)
         .context("failed to build the TLS configuration")?;
-    let (https_app, http_app) = (agent::app(shared.clone()), agent::fragments_app(shared));
+    // Push: agents hold `/v1/wait`; route changes wake the computers they concern.
+    let (push_routes, push_db, push_registry) = (shared.routes.clone(), db.clone(), push.clone());
+    tasks.spawn(|token| async move {
+        crate::server::push::follow(push_registry, push_routes, push_db, token).await;
+        Ok(())
+    });
+    let https_app = crate::server::push::layer(agent::app(shared.clone()), push);
+    let http_app = agent::fragments_app(shared);
     // Dial-out: connections the server keeps open to a gateway, served like accepted ones.
     let (dialed_tx, dialed_rx) = tokio::sync::mpsc::channel(64);
     tasks.spawn(|token| async move {

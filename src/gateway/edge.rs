@@ -11,16 +11,22 @@ use super::metrics::Counters;
 pub(super) type EdgeStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// The edge handshake: the client's certificate is verified during it, so nothing reaches
-/// the backend before it is done. `None` (counted by reason and logged) when refused.
+/// the backend before it is done. `None` (counted by reason and logged) when refused. A
+/// client that proved itself leaves its address's share of connections (`permit`): a site
+/// behind one NAT address keeps all its agents' push channels open.
 pub(super) async fn handshake(
     client: TcpStream,
     peer: std::net::SocketAddr,
     acceptor: &tokio_rustls::TlsAcceptor,
     config: &Config,
     counters: &Counters,
+    permit: &mut crate::budget::Permit,
 ) -> Option<EdgeStream> {
     match tokio::time::timeout(config.handshake_timeout, acceptor.accept(client)).await {
-        Ok(Ok(stream)) => Some(stream),
+        Ok(Ok(stream)) => {
+            permit.vouched();
+            Some(stream)
+        }
         Ok(Err(error)) => {
             let (counter, reason) = refusal(&error, counters);
             counter.fetch_add(1, Ordering::Relaxed);

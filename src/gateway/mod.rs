@@ -188,7 +188,7 @@ pub async fn run(
         let (counters, shutdown, acceptor) = (counters.clone(), shutdown.clone(), acceptor.clone());
         let inside = inside.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let mut permit = permit;
             let _ = client.set_nodelay(true);
             let relay = async {
                 match (config.mode, acceptor) {
@@ -200,11 +200,21 @@ pub async fn run(
                             &config,
                             &counters,
                             inside.as_deref(),
+                            &mut permit,
                         )
                         .await;
                     }
                     (Mode::Terminate, Some(acceptor)) => {
-                        terminate(client, peer, &acceptor, &config, &counters, &budget).await;
+                        terminate(
+                            client,
+                            peer,
+                            &acceptor,
+                            &config,
+                            &counters,
+                            &budget,
+                            &mut permit,
+                        )
+                        .await;
                     }
                     (Mode::Tunnel | Mode::Terminate, None) => {
                         tracing::error!(%peer, "listener without TLS settings: connection closed");

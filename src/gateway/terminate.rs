@@ -2,7 +2,8 @@
 //! at the edge; each request then goes to the backend over a mutual-TLS connection of the
 //! gateway's own, with the verified certificate in the `X-Tessera-Client-Certificate` header
 //! and the client's address in `X-Forwarded-For` (whatever the client sent under those
-//! names is replaced).
+//! names is replaced). A push wait (`/v1/wait`, see `server::push`) is relayed like any
+//! request, parked so the gateway's progress check does not close it while it is held.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,7 +11,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::v1::FORWARDED_CERTIFICATE;
+use crate::protocol::v1::{FORWARDED_CERTIFICATE, MAX_HOLD_SECONDS, WAIT_PATH};
+
+/// The longest a push wait is relayed before the gateway answers 504: the server's longest
+/// hold and a margin for a slow backend.
+const WAIT_LIMIT: Duration = Duration::from_secs(MAX_HOLD_SECONDS + 15);
 
 use super::Config;
 use super::edge;
@@ -50,12 +55,14 @@ pub(super) async fn terminate(
     config: &Config,
     counters: &Counters,
     budget: &crate::budget::ConnectionBudget,
+    permit: &mut crate::budget::Permit,
 ) {
     use base64::Engine;
     use http_body_util::BodyExt;
     use hyper::header::HeaderValue;
 
-    let Some(stream) = edge::handshake(client, peer, acceptor, config, counters).await else {
+    let Some(stream) = edge::handshake(client, peer, acceptor, config, counters, permit).await
+    else {
         return;
     };
     let Some(backend_tls) = config.backend_tls.clone() else {
@@ -102,7 +109,11 @@ pub(super) async fn terminate(
                 // Whatever the client sent under these names is replaced, never passed on.
                 headers.insert(FORWARDED_CERTIFICATE, certificate);
                 headers.insert("x-forwarded-for", client_ip);
-                match backend_client.request(request).await {
+                let answer = match forward(&backend_client, request, &path).await {
+                    Ok(answer) => answer,
+                    Err(timeout) => return Ok(timeout),
+                };
+                match answer {
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
                         for name in HOP_BY_HOP {
@@ -141,14 +152,46 @@ pub(super) async fn terminate(
     tracing::debug!(%peer, ?ended, "connection ended");
 }
 
-/// A client to the backend over the gateway's own mutual-TLS identity, HTTP/1.1 only.
-fn backend_pool(
-    config: &Config,
-    backend_tls: &rustls::ClientConfig,
-) -> hyper_util::client::legacy::Client<
+/// A backend's client, as each terminate-mode connection keeps one.
+type BackendClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     hyper::body::Incoming,
+>;
+
+/// Sends `request` (for `path`) to the backend. A push wait is quiet on purpose until the
+/// server answers it (within its longest hold): parked, so the progress check leaves it
+/// alone, and bounded here too (`Err`: the 504 to answer). The client's certificate was
+/// verified at the edge, so only agents park.
+async fn forward(
+    backend: &BackendClient,
+    request: hyper::Request<hyper::body::Incoming>,
+    path: &str,
+) -> Result<
+    Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    hyper::Response<ProxyBody>,
 > {
+    let waiting = path.split('?').next() == Some(WAIT_PATH);
+    let _parked = request
+        .extensions()
+        .get::<crate::budget::Park>()
+        .filter(|_| waiting)
+        .map(crate::budget::Park::hold);
+    let forwarded = backend.request(request);
+    if !waiting {
+        return Ok(forwarded.await);
+    }
+    tokio::time::timeout(WAIT_LIMIT, forwarded)
+        .await
+        .map_err(|_| {
+            gateway_response(
+                hyper::StatusCode::GATEWAY_TIMEOUT,
+                "the server held the wait past its longest hold\n".into(),
+            )
+        })
+}
+
+/// A client to the backend over the gateway's own mutual-TLS identity, HTTP/1.1 only.
+fn backend_pool(config: &Config, backend_tls: &rustls::ClientConfig) -> BackendClient {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -20,9 +20,11 @@ pub(super) async fn tunnel(
     config: &Config,
     counters: &Counters,
     inside: Option<&InsidePool>,
+    permit: &mut crate::budget::Permit,
 ) {
     let local = client.local_addr().unwrap_or(peer);
-    let Some(mut outer) = edge::handshake(client, peer, acceptor, config, counters).await else {
+    let Some(mut outer) = edge::handshake(client, peer, acceptor, config, counters, permit).await
+    else {
         return;
     };
     let subject = edge::client_certificate(&outer)

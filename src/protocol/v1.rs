@@ -238,6 +238,24 @@ pub const FORWARDED_CERTIFICATE: &str = "x-tessera-client-certificate";
 /// The URI SAN of the certificate the server presents when it calls an agent.
 pub const SERVER_URI: &str = "urn:tessera:server";
 
+/// The push channel: an agent holds `GET /v1/wait?seen=<generation>` open, and the server
+/// answers when this computer's wake generation differs from `seen` (at once if it already
+/// does), or after [`MAX_HOLD_SECONDS`] with the same generation (nothing happened: ask
+/// again). See `server::push` and `agent::push`.
+pub const WAIT_PATH: &str = "/v1/wait";
+
+/// The longest the server holds a wait; the agent gives up on one after this and a margin.
+pub const MAX_HOLD_SECONDS: u64 = 55;
+
+/// The answer to a wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Wait {
+    /// This computer's wake generation: when it differs from what the agent saw, something
+    /// for the computer changed since, and it should check in now.
+    pub generation: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

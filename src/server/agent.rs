@@ -237,6 +237,7 @@ pub fn app(shared: Shared) -> Router {
         .route("/v1/results", axum::routing::post(super::v1::report))
         .route("/v1/packages/{id}/manifest", get(super::v1::manifest))
         .route("/v1/packages/{id}/fragments/{n}", get(super::v1::fragment))
+        .route(crate::protocol::v1::WAIT_PATH, get(super::push::wait))
         .fallback(super::ocs::endpoint)
         .layer(DefaultBodyLimit::max(ocs::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

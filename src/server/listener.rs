@@ -363,7 +363,6 @@ async fn accept_tls(
         let stats = accepting.stats.clone();
         let relayed = trusted_proxies.contains(&peer.ip());
         accepting.tracker.spawn(async move {
-            let _permit = permit;
             let mut stream = stream;
             let deadline = tokio::time::Instant::now() + budget.handshake;
             // A trusted relay says first who the client is; nobody else is believed.
@@ -396,7 +395,9 @@ async fn accept_tls(
                 metrics: &metrics,
                 shutdown: &shutdown,
             };
-            connection.serve_tls(stream, deadline, acceptor, app).await;
+            connection
+                .serve_tls(stream, permit, deadline, acceptor, app)
+                .await;
         });
     }
 }
@@ -457,7 +458,6 @@ pub async fn serve_dialed<S>(
         let (acceptor, app, metrics) = (acceptor.clone(), app.clone(), metrics.clone());
         let (budget, stats, shutdown) = (budget.clone(), stats.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let _permit = permit;
             let connection = Connection {
                 client,
                 budget: &budget,
@@ -465,7 +465,9 @@ pub async fn serve_dialed<S>(
                 metrics: &metrics,
                 shutdown: &shutdown,
             };
-            connection.serve_tls(stream, deadline, acceptor, app).await;
+            connection
+                .serve_tls(stream, permit, deadline, acceptor, app)
+                .await;
         });
     }
     tracker.close();
@@ -482,10 +484,11 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    /// The TLS handshake (by `deadline`) and the HTTP exchanges.
+    /// The TLS handshake (by `deadline`) and the HTTP exchanges, holding `permit`.
     async fn serve_tls<S>(
         self,
         stream: S,
+        mut permit: budget::Permit,
         deadline: tokio::time::Instant,
         acceptor: TlsAcceptor,
         app: Router,
@@ -518,6 +521,11 @@ impl Connection<'_> {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|der| Arc::new(der.to_vec()));
+        // A verified client certificate (an agent's, a gateway's) vouches for the
+        // connection: it may stay open (a push wait) beyond its address's share.
+        if leaf.is_some() {
+            permit.vouched();
+        }
         let mut app = app;
         if let Some(agent) = leaf
             .as_deref()

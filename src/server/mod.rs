@@ -12,6 +12,7 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod ocs;
+pub mod push;
 pub mod results;
 pub mod v1;
 pub mod webhook;

@@ -41,6 +41,7 @@ mod operating;
 mod packages;
 mod plan;
 mod proxy_protocol;
+mod push;
 mod quickstart;
 mod rollout_health;
 mod serve;

@@ -27,6 +27,7 @@ mod mtls;
 mod render;
 mod report;
 mod routes;
+mod wake;
 
 pub use actions::{
     ActionReport, Leader, LeaderView, PASS_WAIT, PassDone, PassQueue, PassTrigger,
@@ -53,6 +54,7 @@ pub use routes::{
     deployment_table_of, deployments_app,
 };
 pub use routes::{EVENTS_LIMIT, EventFilter, EventList, events_app};
+pub use wake::{WakeReport, wake_app};
 
 /// Errors of the admin listener.
 #[derive(Debug, thiserror::Error)]
