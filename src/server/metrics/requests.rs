@@ -55,6 +55,9 @@ pub enum Endpoint {
     V1Results,
     V1Manifest,
     V1Fragment,
+    /// The push channel's long poll: held up to a minute, so kept apart from the
+    /// endpoints whose latency means something.
+    V1Wait,
     Metrics,
     Api,
     Healthz,
@@ -65,7 +68,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Self; 15] = [
+    const ALL: [Self; 16] = [
         Self::Ocs,
         Self::Download,
         Self::V1Enroll,
@@ -74,6 +77,7 @@ impl Endpoint {
         Self::V1Results,
         Self::V1Manifest,
         Self::V1Fragment,
+        Self::V1Wait,
         Self::Metrics,
         Self::Api,
         Self::Healthz,
@@ -93,6 +97,7 @@ impl Endpoint {
             Self::V1Results => "v1_results",
             Self::V1Manifest => "v1_manifest",
             Self::V1Fragment => "v1_fragment",
+            Self::V1Wait => "v1_wait",
             Self::Metrics => "metrics",
             Self::Api => "api",
             Self::Healthz => "healthz",
@@ -113,6 +118,7 @@ impl Endpoint {
             "/v1/results" => Self::V1Results,
             "/v1/packages/{id}/manifest" => Self::V1Manifest,
             "/v1/packages/{id}/fragments/{n}" => Self::V1Fragment,
+            crate::protocol::v1::WAIT_PATH => Self::V1Wait,
             "/metrics" => Self::Metrics,
             "/healthz" => Self::Healthz,
             "/readyz" => Self::Readyz,
@@ -213,6 +219,7 @@ mod tests {
             Endpoint::of_route("/v1/packages/{id}/fragments/{n}"),
             Endpoint::V1Fragment
         );
+        assert_eq!(Endpoint::of_route("/v1/wait"), Endpoint::V1Wait);
         assert_eq!(
             Endpoint::of_route("/api/v1/objects/{kind}/{name}"),
             Endpoint::Api
