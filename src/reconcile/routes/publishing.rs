@@ -248,8 +248,10 @@ impl Publishing<'_> {
         }
     }
 
-    /// Counts per Affectation, from the database, and the Affectations' outcomes.
-    pub(super) fn affectation_outcomes(&mut self) {
+    /// Counts per Affectation, from the database, and the Affectations' outcomes; returns
+    /// the failure gate of each assignment, for the next pass's early publication.
+    pub(super) fn affectation_outcomes(&mut self) -> HashMap<GateKey, bool> {
+        let mut gates = HashMap::new();
         // Counts per Affectation, from the database.
         let stale_before = self.now.as_second() - self.routes.stale_after;
         // A page of the fleet at a time: this runs every second while agents report, and
@@ -294,6 +296,7 @@ impl Publishing<'_> {
                 // package version or redeploy token restarts the rollout).
                 let gated = rollout.max_errors.is_some_and(|max| c.error >= max);
                 assignment.paused |= gated;
+                gates.insert(gate_key(assignment), gated);
                 RolloutStatus {
                     percent: i64::from(assignment.share),
                     paused: gated,
@@ -317,5 +320,6 @@ impl Publishing<'_> {
             outcome.wake = self.wakes.get(&assignment.affectation).copied();
             self.outcomes.insert(key.clone(), outcome);
         }
+        gates
     }
 }
