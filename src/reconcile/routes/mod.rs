@@ -140,7 +140,7 @@ pub struct Publisher {
     gates: HashMap<GateKey, bool>,
     /// The `staleAfter` setting as last written, to write it only when it changes.
     stale_after_written: Option<i64>,
-    /// What the last arming read (the assignments' fingerprint) and when, while leader:
+    /// What the last arming read (the revision and assignments' fingerprint) and when, while leader:
     /// arming reads the whole fleet, so it runs only when this changes, when this replica
     /// becomes leader (`None`), or after [`REARM_AFTER`] as a safety net.
     armed: Option<(String, std::time::Instant)>,
@@ -230,7 +230,7 @@ impl Publisher {
     /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
     /// computer armed for what `routes` assign.
     /// Both only when they changed (arming: see `Publisher::armed`).
-    fn arm(&mut self, runtime: &Runtime, routes: &Routes, now: jiff::Timestamp) {
+    fn arm(&mut self, runtime: &Runtime, routes: &Routes, revision: &str, now: jiff::Timestamp) {
         if self.stale_after_written != Some(routes.stale_after) {
             match runtime
                 .db
@@ -242,8 +242,10 @@ impl Publisher {
                 }
             }
         }
-        // Everything arming reads of an assignment is in its Debug form.
-        let fingerprint = format!("{:?}", routes.assignments);
+        // Everything arming reads of an assignment is in its Debug form. The revision: a
+        // change of desired state arms again even when it leaves the assignments as they
+        // were, as every pass did before (passes caused by agents' traffic do not).
+        let fingerprint = format!("{revision} {:?}", routes.assignments);
         if self
             .armed
             .as_ref()
@@ -335,7 +337,7 @@ impl Publisher {
         // rollout stages), when that changed. The leader's job: followers serve the routes,
         // and arm only the agents that check in with them.
         if leadership.is_leader() {
-            self.arm(runtime, &p.routes, now);
+            self.arm(runtime, &p.routes, &desired.revision, now);
         } else {
             // Arms again as soon as this replica becomes leader.
             self.armed = None;
@@ -840,4 +842,48 @@ fn failed(reason: Reason, message: String) -> Outcome {
 /// Not ready because of `error`, its message the whole chain of causes.
 fn invalid(reason: Reason, error: &RoutesError) -> Outcome {
     failed(reason, crate::error_chain(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(package_id: &str, redeploy: Option<&str>) -> Assignment {
+        Assignment {
+            affectation: "fleet/all".into(),
+            activation: "fleet/firefox".into(),
+            package: "fleet/firefox".into(),
+            package_id: package_id.into(),
+            package_os: OsFamily::Linux,
+            selector: Selector::default(),
+            redeploy: redeploy.map(Into::into),
+            not_before: None,
+            not_after: None,
+            info_location: None,
+            pack_location: None,
+            share: 100,
+            paused: false,
+        }
+    }
+
+    /// An Affectation past maxErrors at the last counts stays gated in the early
+    /// publication of the next pass: nothing new is offered before it is counted again.
+    #[test]
+    fn early_publication_keeps_a_closed_gate() {
+        let mut gates = HashMap::new();
+        gates.insert(gate_key(&assignment("1", None)), true);
+        let mut assignments = vec![assignment("1", None)];
+        carry_gates(&mut assignments, &gates);
+        assert!(assignments[0].paused);
+    }
+
+    /// A new package version or redeploy token restarts the rollout: its gate starts open.
+    #[test]
+    fn a_new_version_or_token_starts_open() {
+        let mut gates = HashMap::new();
+        gates.insert(gate_key(&assignment("1", None)), true);
+        let mut assignments = vec![assignment("2", None), assignment("1", Some("again"))];
+        carry_gates(&mut assignments, &gates);
+        assert!(assignments.iter().all(|a| !a.paused));
+    }
 }
