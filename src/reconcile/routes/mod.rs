@@ -230,7 +230,14 @@ impl Publisher {
     /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
     /// computer armed for what `routes` assign.
     /// Both only when they changed (arming: see `Publisher::armed`).
-    fn arm(&mut self, runtime: &Runtime, routes: &Routes, revision: &str, now: jiff::Timestamp) {
+    fn arm(
+        &mut self,
+        runtime: &Runtime,
+        routes: &Routes,
+        revision: &str,
+        fleet: usize,
+        now: jiff::Timestamp,
+    ) {
         if self.stale_after_written != Some(routes.stale_after) {
             match runtime
                 .db
@@ -245,7 +252,9 @@ impl Publisher {
         // Everything arming reads of an assignment is in its Debug form. The revision: a
         // change of desired state arms again even when it leaves the assignments as they
         // were, as every pass did before (passes caused by agents' traffic do not).
-        let fingerprint = format!("{revision} {:?}", routes.assignments);
+        // The fleet's size: computers recorded without being armed (inventory arms them; a
+        // restore or import does not) are armed at the next pass.
+        let fingerprint = format!("{revision} {fleet} {:?}", routes.assignments);
         if self
             .armed
             .as_ref()
@@ -330,14 +339,15 @@ impl Publisher {
         for (assignment, paused) in p.routes.assignments.iter_mut().zip(open) {
             assignment.paused = paused;
         }
-        self.gates = p.affectation_outcomes();
+        let (gates, fleet) = p.affectation_outcomes();
+        self.gates = gates;
         let counted: Vec<bool> = p.routes.assignments.iter().map(|a| a.paused).collect();
 
         // Arm known computers for what is assigned now (new Affectations, versions, tokens,
         // rollout stages), when that changed. The leader's job: followers serve the routes,
         // and arm only the agents that check in with them.
         if leadership.is_leader() {
-            self.arm(runtime, &p.routes, &desired.revision, now);
+            self.arm(runtime, &p.routes, &desired.revision, fleet, now);
         } else {
             // Arms again as soon as this replica becomes leader.
             self.armed = None;

@@ -249,8 +249,10 @@ impl Publishing<'_> {
     }
 
     /// Counts per Affectation, from the database, and the Affectations' outcomes; returns
-    /// the failure gate of each assignment, for the next pass's early publication.
-    pub(super) fn affectation_outcomes(&mut self) -> HashMap<GateKey, bool> {
+    /// the failure gate of each assignment, for the next pass's early publication, and the
+    /// number of computers counted (new ones are armed: see `Publisher::arm`).
+    pub(super) fn affectation_outcomes(&mut self) -> (HashMap<GateKey, bool>, usize) {
+        let mut fleet = 0;
         let mut gates = HashMap::new();
         // Counts per Affectation, from the database.
         let stale_before = self.now.as_second() - self.routes.stale_after;
@@ -260,6 +262,7 @@ impl Publishing<'_> {
         let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
         let assignments = &self.routes.assignments;
         let counted = self.runtime.db.fleet_pages(|computers, rows| {
+            fleet += computers.len();
             let page = deployments::counts(assignments, computers, rows, stale_before);
             for (affectation, page) in page {
                 *counts.entry(affectation).or_default() += page;
@@ -320,6 +323,6 @@ impl Publishing<'_> {
             outcome.wake = self.wakes.get(&assignment.affectation).copied();
             self.outcomes.insert(key.clone(), outcome);
         }
-        gates
+        (gates, fleet)
     }
 }
