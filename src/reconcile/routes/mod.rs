@@ -134,6 +134,41 @@ pub struct Publisher {
     /// Activations and Affectations an operator suspended, as last read from the database
     /// (kept when a read fails: a suspension must not lift because a read did).
     suspended: HashSet<ObjectKey>,
+    /// The failure gate of each assignment as of the last counts, by (Affectation, package
+    /// id, redeploy token): carried into the next early publication, so an Affectation past
+    /// its maxErrors is never offered between two passes. A new version or token starts open.
+    gates: HashMap<GateKey, bool>,
+    /// The `staleAfter` setting as last written, to write it only when it changes.
+    stale_after_written: Option<i64>,
+    /// What the last arming read (the revision and assignments' fingerprint) and when, while leader:
+    /// arming reads the whole fleet, so it runs only when this changes, when this replica
+    /// becomes leader (`None`), or after [`REARM_AFTER`] as a safety net.
+    armed: Option<(String, std::time::Instant)>,
+}
+
+/// An assignment's identity for its failure gate: (Affectation, package id, redeploy token).
+type GateKey = (String, String, Option<String>);
+
+/// Arming again with unchanged assignments, as a safety net: computers are armed as their
+/// inventory arrives and whenever assignments change, so this only catches a failed write;
+/// ten minutes keeps its fleet-wide read rare next to the passes (one a second under traffic).
+const REARM_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn gate_key(a: &Assignment) -> GateKey {
+    (
+        a.affectation.clone(),
+        a.package_id.clone(),
+        a.redeploy.clone(),
+    )
+}
+
+/// Closes in `assignments` the gates that were closed at the last counts.
+fn carry_gates(assignments: &mut [Assignment], gates: &HashMap<GateKey, bool>) {
+    for assignment in assignments {
+        if gates.get(&gate_key(assignment)).copied().unwrap_or(false) {
+            assignment.paused = true;
+        }
+    }
 }
 
 type DialOutInput = (String, usize, String, String, Vec<String>);
@@ -158,6 +193,9 @@ impl Publisher {
             forwarded_input: None,
             dial_out_input: None,
             suspended: HashSet::new(),
+            gates: HashMap::new(),
+            stale_after_written: None,
+            armed: None,
         }
     }
 
@@ -191,17 +229,48 @@ impl Publisher {
 
     /// The leader's writes of a pass: `staleAfter` for `tessera status`, and every known
     /// computer armed for what `routes` assign.
-    fn arm(&self, runtime: &Runtime, routes: &Routes, now: jiff::Timestamp) {
-        if let Err(error) = runtime
-            .db
-            .set_setting("staleAfter", &routes.stale_after.to_string())
+    /// Both only when they changed (arming: see `Publisher::armed`).
+    fn arm(
+        &mut self,
+        runtime: &Runtime,
+        routes: &Routes,
+        revision: &str,
+        fleet: usize,
+        now: jiff::Timestamp,
+    ) {
+        if self.stale_after_written != Some(routes.stale_after) {
+            match runtime
+                .db
+                .set_setting("staleAfter", &routes.stale_after.to_string())
+            {
+                Ok(()) => self.stale_after_written = Some(routes.stale_after),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "failed to record staleAfter")
+                }
+            }
+        }
+        // Everything arming reads of an assignment is in its Debug form. The revision: a
+        // change of desired state arms again even when it leaves the assignments as they
+        // were, as every pass did before (passes caused by agents' traffic do not).
+        // The fleet's size: computers recorded without being armed (inventory arms them; a
+        // restore or import does not) are armed at the next pass.
+        let fingerprint = format!("{revision} {fleet} {:?}", routes.assignments);
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|(last, at)| *last == fingerprint && at.elapsed() < REARM_AFTER)
         {
-            tracing::warn!(error = %crate::error_chain(&error), "failed to record staleAfter");
+            return;
         }
         match crate::server::agent::arm_all(&runtime.db, &routes.assignments, now.as_second()) {
-            Ok(0) => {}
-            Ok(armed) => tracing::info!(armed, "armed deployments for known computers"),
+            Ok(armed) => {
+                self.armed = Some((fingerprint, std::time::Instant::now()));
+                if armed > 0 {
+                    tracing::info!(armed, "armed deployments for known computers");
+                }
+            }
             Err(error) => {
+                // Not recorded as armed: the next pass tries again.
                 tracing::warn!(error = %crate::error_chain(&error), "failed to arm deployments")
             }
         }
@@ -261,15 +330,32 @@ impl Publisher {
         );
 
         p.assignments();
-        p.affectation_outcomes();
+        // Published at once, before counting and arming read the fleet, so agents see a
+        // change without waiting for them; the failure gates are those of the last counts.
+        let open: Vec<bool> = p.routes.assignments.iter().map(|a| a.paused).collect();
+        carry_gates(&mut p.routes.assignments, &self.gates);
+        let early: Vec<bool> = p.routes.assignments.iter().map(|a| a.paused).collect();
+        runtime.routes.send_replace(Arc::new(p.routes.clone()));
+        for (assignment, paused) in p.routes.assignments.iter_mut().zip(open) {
+            assignment.paused = paused;
+        }
+        let (gates, fleet) = p.affectation_outcomes();
+        self.gates = gates;
+        let counted: Vec<bool> = p.routes.assignments.iter().map(|a| a.paused).collect();
 
         // Arm known computers for what is assigned now (new Affectations, versions, tokens,
-        // rollout stages); computers already armed cost a read. The leader's job: followers
-        // serve the routes, and arm only the agents that check in with them.
+        // rollout stages), when that changed. The leader's job: followers serve the routes,
+        // and arm only the agents that check in with them.
         if leadership.is_leader() {
-            self.arm(runtime, &p.routes, now);
+            self.arm(runtime, &p.routes, &desired.revision, fleet, now);
+        } else {
+            // Arms again as soon as this replica becomes leader.
+            self.armed = None;
         }
-        runtime.routes.send_replace(Arc::new(p.routes));
+        // Published again only if the counts opened or closed a gate.
+        if counted != early {
+            runtime.routes.send_replace(Arc::new(p.routes));
+        }
         let listen = p.listen;
         runtime.listen.send_if_modified(|current| {
             let changed = *current != listen;
@@ -766,4 +852,48 @@ fn failed(reason: Reason, message: String) -> Outcome {
 /// Not ready because of `error`, its message the whole chain of causes.
 fn invalid(reason: Reason, error: &RoutesError) -> Outcome {
     failed(reason, crate::error_chain(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(package_id: &str, redeploy: Option<&str>) -> Assignment {
+        Assignment {
+            affectation: "fleet/all".into(),
+            activation: "fleet/firefox".into(),
+            package: "fleet/firefox".into(),
+            package_id: package_id.into(),
+            package_os: OsFamily::Linux,
+            selector: Selector::default(),
+            redeploy: redeploy.map(Into::into),
+            not_before: None,
+            not_after: None,
+            info_location: None,
+            pack_location: None,
+            share: 100,
+            paused: false,
+        }
+    }
+
+    /// An Affectation past maxErrors at the last counts stays gated in the early
+    /// publication of the next pass: nothing new is offered before it is counted again.
+    #[test]
+    fn early_publication_keeps_a_closed_gate() {
+        let mut gates = HashMap::new();
+        gates.insert(gate_key(&assignment("1", None)), true);
+        let mut assignments = vec![assignment("1", None)];
+        carry_gates(&mut assignments, &gates);
+        assert!(assignments[0].paused);
+    }
+
+    /// A new package version or redeploy token restarts the rollout: its gate starts open.
+    #[test]
+    fn a_new_version_or_token_starts_open() {
+        let mut gates = HashMap::new();
+        gates.insert(gate_key(&assignment("1", None)), true);
+        let mut assignments = vec![assignment("2", None), assignment("1", Some("again"))];
+        carry_gates(&mut assignments, &gates);
+        assert!(assignments.iter().all(|a| !a.paused));
+    }
 }

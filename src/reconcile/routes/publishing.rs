@@ -248,8 +248,12 @@ impl Publishing<'_> {
         }
     }
 
-    /// Counts per Affectation, from the database, and the Affectations' outcomes.
-    pub(super) fn affectation_outcomes(&mut self) {
+    /// Counts per Affectation, from the database, and the Affectations' outcomes; returns
+    /// the failure gate of each assignment, for the next pass's early publication, and the
+    /// number of computers counted (new ones are armed: see `Publisher::arm`).
+    pub(super) fn affectation_outcomes(&mut self) -> (HashMap<GateKey, bool>, usize) {
+        let mut fleet = 0;
+        let mut gates = HashMap::new();
         // Counts per Affectation, from the database.
         let stale_before = self.now.as_second() - self.routes.stale_after;
         // A page of the fleet at a time: this runs every second while agents report, and
@@ -258,6 +262,7 @@ impl Publishing<'_> {
         let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
         let assignments = &self.routes.assignments;
         let counted = self.runtime.db.fleet_pages(|computers, rows| {
+            fleet += computers.len();
             let page = deployments::counts(assignments, computers, rows, stale_before);
             for (affectation, page) in page {
                 *counts.entry(affectation).or_default() += page;
@@ -294,6 +299,7 @@ impl Publishing<'_> {
                 // package version or redeploy token restarts the rollout).
                 let gated = rollout.max_errors.is_some_and(|max| c.error >= max);
                 assignment.paused |= gated;
+                gates.insert(gate_key(assignment), gated);
                 RolloutStatus {
                     percent: i64::from(assignment.share),
                     paused: gated,
@@ -317,5 +323,6 @@ impl Publishing<'_> {
             outcome.wake = self.wakes.get(&assignment.affectation).copied();
             self.outcomes.insert(key.clone(), outcome);
         }
+        (gates, fleet)
     }
 }
