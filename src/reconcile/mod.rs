@@ -169,8 +169,14 @@ pub async fn run<S: Input>(
     let metrics = config.runtime.as_ref().map(|r| r.metrics.clone());
     let mut requests = steer::Requests::new(&config);
     let mut reconciler = Reconciler::new(config);
+    // The last operator's request a pass served: a new one counts the fleet at once.
+    let mut served = None;
     loop {
         let serving = requests.serving();
+        if serving.is_some() && serving != served {
+            reconciler.publisher.count_next();
+        }
+        served = serving;
         let snapshot = snapshots.borrow_and_update().snapshot().cloned();
         let Some(snapshot) = snapshot else {
             tokio::select! {

@@ -248,16 +248,15 @@ impl Publishing<'_> {
         }
     }
 
-    /// Counts per Affectation, from the database, and the Affectations' outcomes; returns
-    /// the failure gate of each assignment, for the next pass's early publication, and the
-    /// number of computers counted (new ones are armed: see `Publisher::arm`).
-    pub(super) fn affectation_outcomes(&mut self) -> (HashMap<GateKey, bool>, usize) {
+    /// Reads the whole fleet, a page at a time, to count each Affectation's targets and
+    /// outcomes against the assignments published now (`fingerprint` names them); `None`
+    /// when the read fails (the next pass counts again).
+    pub(super) fn count(&self, fingerprint: String) -> Option<Counted> {
+        let started = std::time::Instant::now();
         let mut fleet = 0;
-        let mut gates = HashMap::new();
-        // Counts per Affectation, from the database.
         let stale_before = self.now.as_second() - self.routes.stale_after;
-        // A page of the fleet at a time: this runs every second while agents report, and
-        // the whole fleet read at once made memory grow with the fleet and stay.
+        // A page of the fleet at a time: the whole fleet read at once made memory grow
+        // with the fleet and stay.
         let mut counts: HashMap<String, deployments::Counts> = HashMap::new();
         let mut found: HashMap<String, HashMap<String, i64>> = HashMap::new();
         let assignments = &self.routes.assignments;
@@ -270,14 +269,48 @@ impl Publishing<'_> {
             error_codes(&mut found, assignments, computers, rows);
             Ok(())
         });
-        let codes = match counted {
-            Ok(()) => by_frequency(found),
+        match counted {
+            Ok(()) => Some(Counted {
+                counts,
+                codes: by_frequency(found),
+                fleet,
+                started,
+                took: started.elapsed(),
+                fingerprint,
+            }),
             Err(error) => {
                 tracing::warn!(error = %crate::error_chain(&error), "failed to read deployment states");
-                counts.clear();
-                HashMap::new()
+                None
             }
-        };
+        }
+    }
+
+    /// The Affectations' outcomes from the last count (`counted`, none when it failed);
+    /// returns the failure gate of each assignment, for the next pass's early publication.
+    /// `reused`: this pass did not count, the last count is reused.
+    /// Counts older than [`COUNTS_AGE_SHOWN`] at `clock` say how old in the message.
+    pub(super) fn affectation_outcomes(
+        &mut self,
+        counted: Option<&Counted>,
+        reused: bool,
+        clock: std::time::Instant,
+    ) -> HashMap<GateKey, bool> {
+        let mut gates = HashMap::new();
+        let (no_counts, no_codes) = (HashMap::new(), HashMap::new());
+        let (counts, codes) = counted.map_or((&no_counts, &no_codes), |c| (&c.counts, &c.codes));
+        let age = counted
+            .map(|c| clock.saturating_duration_since(c.started))
+            .filter(|age| *age >= COUNTS_AGE_SHOWN);
+        // A reused count: the loop is woken when the next one is due, so a result that
+        // arrived since (one reaching maxErrors) is counted within the spacing bound.
+        let due = counted.filter(|_| reused).and_then(|c| {
+            let left =
+                count_spacing(c.took).saturating_sub(clock.saturating_duration_since(c.started));
+            let left = jiff::SignedDuration::try_from(left).ok()?;
+            (!left.is_zero())
+                .then(|| self.now.checked_add(left).ok())
+                .flatten()
+        });
         for assignment in &mut self.routes.assignments {
             let Some(key) =
                 self.desired.entries.keys().find(|k| {
@@ -320,9 +353,19 @@ impl Publishing<'_> {
                 suspended: self.suspensions.get(&assignment.affectation).copied(),
             };
             let mut outcome = affectation_outcome(&facts);
-            outcome.wake = self.wakes.get(&assignment.affectation).copied();
+            if let Some(age) = age {
+                outcome.message =
+                    format!("{} (counts as of {} s ago)", outcome.message, age.as_secs());
+            }
+            outcome.wake = self
+                .wakes
+                .get(&assignment.affectation)
+                .copied()
+                .into_iter()
+                .chain(due)
+                .min();
             self.outcomes.insert(key.clone(), outcome);
         }
-        (gates, fleet)
+        gates
     }
 }
