@@ -6,15 +6,10 @@
 //! every result and inventory an agent got a 200 for, and the server serves the rest of
 //! the wave (the agents resend what was not acknowledged, as real agents do).
 //!
-//! The agents are the fleet simulator's (`benches/fleet/sim.rs`, included as
-//! `fleet_sim.rs` does): its requests, inventories and HTTP client. Waits are for
+//! The agents are the fleet simulator's (`benches/fleet/sim.rs`, through
+//! `fleet_sim.rs`): its requests, inventories and HTTP client. Waits are for
 //! conditions, checked while the server runs; `LAST_RESORT` only ends one that would
 //! otherwise hang. The server is killed when the test ends, even by a panic.
-
-#[path = "../../benches/fleet/native.rs"]
-mod native;
-#[path = "../../benches/fleet/sim.rs"]
-mod sim;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -26,6 +21,7 @@ use std::time::{Duration, Instant};
 use tessera::store::db::{Database, State};
 use tokio_rustls::TlsConnector;
 
+use crate::fleet_sim::sim;
 use crate::support::{Reaped, free_port, quickstart_copy, serve_child};
 
 /// Agents registered and offered the wave before the kill; their results are reported
