@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use tessera::store::db::{Database, State};
 use tokio_rustls::TlsConnector;
 
 use crate::fleet_sim::sim;
-use crate::support::{Reaped, free_port, quickstart_copy, serve_child};
+use crate::support::{Reaped, free_port, quickstart_copy};
 
 /// Agents registered and offered the wave before the kill; their results are reported
 /// under fire.
@@ -129,7 +130,7 @@ fn offers(reply: &str, id: &str) -> bool {
         .any(|param| param.contains("TYPE=\"PACK\"") && param.contains(&format!(" ID=\"{id}\"")))
 }
 
-fn tls(dir: &std::path::Path) -> TlsConnector {
+fn tls(dir: &Path) -> TlsConnector {
     let config = rustls::ClientConfig::builder_with_provider(tessera::pki::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -209,11 +210,22 @@ where
     }
 }
 
-/// The server's HTTPS address, once it serves.
-async fn https_address(admin: SocketAddr, server: &Mutex<Reaped>) -> SocketAddr {
+/// The server's HTTPS address, once it serves there; after a restart (`tls` given), once a
+/// TLS handshake with the server's CA succeeds there: the Server's status may still name
+/// the killed server's listeners, a port something else (even the new server's plain
+/// HTTP) may hold now.
+async fn https_address(
+    admin: SocketAddr,
+    tls: Option<&TlsConnector>,
+    server: &Mutex<Reaped>,
+) -> SocketAddr {
     until("the Server serving", server, || async {
         let found = sim::admin_json(admin, "/api/v1/objects/Server/tessera").await?;
-        found["details"]["addresses"][0].as_str()?.parse().ok()
+        let address = found["details"]["addresses"][0].as_str()?.parse().ok()?;
+        if let Some(tls) = tls {
+            sim::Connection::open(address, tls).await.ok()?;
+        }
+        Some(address)
     })
     .await
 }
@@ -309,6 +321,44 @@ async fn play(
     }
 }
 
+/// `tessera serve --config CONFIG` as a child process with its admin API on loopback port
+/// `admin`, its log appended to `log`.
+fn serve_child(config: &Path, admin: u16, log: &Path) -> Reaped {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Reaped(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tessera serve starts"),
+    )
+}
+
+/// Prints the servers' log when the test fails (kept out of the watched directory).
+struct LogOnPanic(tempfile::TempDir);
+
+impl LogOnPanic {
+    fn path(&self) -> std::path::PathBuf {
+        self.0.path().join("serve.log")
+    }
+}
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.path()).unwrap_or_default();
+            eprintln!("--- the servers' log ---\n{log}");
+        }
+    }
+}
+
 /// The state and code of `device`'s deployment of `package`, read from the database file.
 fn filed(db: &Database, device: &str, package: &str) -> Option<(State, Option<String>)> {
     let (_, deployments) = db.computer(device).unwrap()?;
@@ -321,6 +371,7 @@ fn filed(db: &Database, device: &str, package: &str) -> Option<(State, Option<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_deployment_wave_loses_no_reported_result() {
     let started = Instant::now();
+    let log = LogOnPanic(tempfile::tempdir().unwrap());
     let dir = quickstart_copy();
     // Only the wave is deployed: the quickstart's own packages would be offered too.
     std::fs::remove_dir_all(dir.path().join("packages")).unwrap();
@@ -334,8 +385,8 @@ async fn kill_9_during_a_deployment_wave_loses_no_reported_result() {
     std::fs::write(dir.path().join(format!("{WAVE}.yaml")), wave_yaml()).unwrap();
     let port = free_port();
     let admin: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = Arc::new(Mutex::new(serve_child(dir.path(), port)));
-    let https = https_address(admin, &server).await;
+    let server = Arc::new(Mutex::new(serve_child(dir.path(), port, &log.path())));
+    let https = https_address(admin, None, &server).await;
     let package = wave_package(admin, &server).await;
     let tls = tls(dir.path());
     eprintln!(
@@ -428,8 +479,8 @@ async fn kill_9_during_a_deployment_wave_loses_no_reported_result() {
     );
 
     // Restart on the same state: every acknowledged result and inventory is in the file.
-    *server.lock().unwrap() = serve_child(dir.path(), port);
-    let https = https_address(admin, &server).await;
+    *server.lock().unwrap() = serve_child(dir.path(), port, &log.path());
+    let https = https_address(admin, Some(&tls), &server).await;
     let db = Database::open_read_only(&dir.path().join(".tessera/state.db")).unwrap();
     let lost: Vec<_> = results
         .iter()
