@@ -4,8 +4,9 @@
 
 #[path = "../../benches/fleet/native.rs"]
 mod native;
+// Also the agents of `wave_kill.rs` (a file included twice is a clippy error).
 #[path = "../../benches/fleet/sim.rs"]
-mod sim;
+pub(crate) mod sim;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -54,3 +54,4 @@ mod tunnel;
 mod url_content;
 mod validate;
 mod views;
+mod wave_kill;
