@@ -36,6 +36,8 @@ mod report;
 mod server;
 #[path = "fleet/sim.rs"]
 mod sim;
+#[path = "common/postgres.rs"]
+mod throwaway_postgres;
 
 use std::path::PathBuf;
 use std::time::Duration;

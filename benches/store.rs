@@ -17,12 +17,15 @@
 //! neither is there. `TESSERA_BENCH_AGENTS` changes the fleet size. It prints figures; it
 //! asserts nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/postgres.rs"]
+mod throwaway_postgres;
+
 use tessera::store::db::{CONTACT_PRECISION, Change, Database, Facts, State};
+
+use throwaway_postgres::Throwaway;
 
 /// The simulated fleet.
 const AGENTS: usize = 10_000;
@@ -193,43 +196,4 @@ fn fresh_schema(url: &str) -> String {
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .unwrap();
     schema
-}
-
-/// A PostgreSQL server started by `scripts/postgres.sh`, stopped (and its directory
-/// removed) when dropped.
-struct Throwaway {
-    dir: PathBuf,
-    url: String,
-}
-
-impl Throwaway {
-    fn start() -> Option<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
-        // Made by the script (owned by the server's user when run as root).
-        let dir =
-            std::env::temp_dir().join(format!("tessera-bench-postgres-{}", std::process::id()));
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .ok()?;
-        if !output.status.success() {
-            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-            return None;
-        }
-        let url = String::from_utf8(output.stdout).ok()?.trim().to_owned();
-        Some(Self { dir, url })
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
-        let _ = Command::new("bash")
-            .arg(script)
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
 }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common;
+use super::throwaway_postgres::Throwaway;
 
 /// Start-up, certificates issued: seconds, unless the machine is busy.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -259,46 +260,4 @@ fn write_config(config: &Path, https: SocketAddr, http: SocketAddr) {
         .collect();
     std::fs::write(config.join("server.yaml"), rewritten.join("\n") + "\n")
         .expect("write server.yaml");
-}
-
-/// A PostgreSQL server started by `scripts/postgres.sh`, stopped (and its directory
-/// removed) when dropped.
-struct Throwaway {
-    dir: PathBuf,
-    url: String,
-}
-
-impl Throwaway {
-    fn start() -> Option<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tessera-fleet-postgres-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .ok()?;
-        if !output.status.success() {
-            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-            return None;
-        }
-        let url = String::from_utf8(output.stdout).ok()?.trim().to_owned();
-        Some(Self { dir, url })
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
-        let _ = Command::new("bash")
-            .arg(script)
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
 }

@@ -298,51 +298,6 @@ async fn quick_gateway(dir: &Path) -> crate::tunnel::Gateway {
     gateway
 }
 
-/// A Gateway `dmz` in `mode` on `port` in front of `backend`, admitting the inside's agents
-/// (`inside-ca.crt`); terminate mode also has its client certificate towards the server.
-fn gateway_yaml(mode: &str, port: u16, backend: &str) -> String {
-    let terminate = if mode == "terminate" {
-        "  backendCertificateRef:\n    name: gateway-backend\n  backendIssuerRef:\n    name: inside\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"{edge}apiVersion: tessera.dev/v1alpha1
-kind: Certificate
-metadata:
-  name: gateway-backend
-spec:
-  issuerRef:
-    name: edge-ca
-  commonName: gateway.dmz
-  usages: [client auth, digital signature]
----
-apiVersion: tessera.dev/v1alpha1
-kind: Issuer
-metadata:
-  name: inside
-spec:
-  ca:
-    certFile: inside-ca.crt
-    crlFile: inside-crl.pem
----
-apiVersion: tessera.dev/v1alpha1
-kind: Gateway
-metadata:
-  name: dmz
-spec:
-  listen: 127.0.0.1:{port}
-  mode: {mode}
-  backend: {backend}
-  certificateRef:
-    name: gateway-tls
-{terminate}  trustedClientIssuers:
-    - name: inside
-"#,
-        edge = crate::tunnel::edge_pki("localhost")
-    )
-}
-
 /// `curl` of `/v1/wait` through a terminating gateway with an agent's certificate: the HTTP
 /// status and the body.
 fn curl_wait(url: &str, gateway_ca: &Path, agent: &Path) -> std::process::Child {
@@ -429,7 +384,7 @@ async fn a_wait_is_held_through_a_terminating_gateway_and_a_tunnel_carries_the_p
     let port = free_port();
     std::fs::write(
         gw.path().join("gateway.yaml"),
-        gateway_yaml("terminate", port, &backend),
+        crate::tunnel::mode_gateway_yaml("terminate", port, &backend, "localhost"),
     )
     .unwrap();
     let terminating = quick_gateway(gw.path()).await;
@@ -491,7 +446,7 @@ async fn a_wait_is_held_through_a_terminating_gateway_and_a_tunnel_carries_the_p
     let port = free_port();
     std::fs::write(
         tunnel.path().join("gateway.yaml"),
-        gateway_yaml("tunnel", port, &backend),
+        crate::tunnel::mode_gateway_yaml("tunnel", port, &backend, "localhost"),
     )
     .unwrap();
     let _tunnel_gateway = quick_gateway(tunnel.path()).await;

@@ -701,6 +701,18 @@ async fn a_tunnel_verifies_clients_at_the_edge_and_the_inside_sees_only_the_admi
 /// and its client certificate towards the server, and the inside CA (which signs both the
 /// server's certificate and the agents') as a trust-only Issuer.
 fn terminating_gateway_yaml(port: u16, backend: &str) -> String {
+    mode_gateway_yaml("terminate", port, backend, "")
+}
+
+/// A Gateway `dmz` in `mode` on `port` in front of `backend`, admitting the inside's agents
+/// (`inside-ca.crt`), its edge certificate naming `edge_dns` too; terminate mode also has
+/// its client certificate towards the server.
+pub(crate) fn mode_gateway_yaml(mode: &str, port: u16, backend: &str, edge_dns: &str) -> String {
+    let terminate = if mode == "terminate" {
+        "  backendCertificateRef:\n    name: gateway-backend\n  backendIssuerRef:\n    name: inside\n"
+    } else {
+        ""
+    };
     format!(
         r#"{edge}apiVersion: tessera.dev/v1alpha1
 kind: Certificate
@@ -727,18 +739,14 @@ metadata:
   name: dmz
 spec:
   listen: 127.0.0.1:{port}
-  mode: terminate
+  mode: {mode}
   backend: {backend}
   certificateRef:
     name: gateway-tls
-  backendCertificateRef:
-    name: gateway-backend
-  backendIssuerRef:
-    name: inside
-  trustedClientIssuers:
+{terminate}  trustedClientIssuers:
     - name: inside
 "#,
-        edge = edge_pki("")
+        edge = edge_pki(edge_dns)
     )
 }
 
