@@ -4,7 +4,7 @@
 //! on, the relay settings of `tessera gateway`, the admin report and the status files.
 //! Only the leader (see `crate::leader`) writes what servers share; followers mirror it.
 //!
-//! Just over 800 lines: the loop and a pass read top to bottom here. Its next seam is the
+//! About 850 lines, 810 of them code: the loop and a pass read top to bottom here. Its next seam is the
 //! report (`Reconciler::report`, `server_conditions`, `problem_report`: outcomes into the
 //! admin report) into `reconcile/report.rs`.
 

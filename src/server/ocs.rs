@@ -16,9 +16,10 @@
 //! configured with an `http://` URL is told, in the status line its log shows and in the
 //! body, to use HTTPS and where, and is logged once.
 //!
-//! About 1,000 lines, under half of them code: the rest are the tests of the OCS exchange
-//! (PROLOG, inventory, results, the inventory frequency, plain HTTP), which read best next
-//! to the handlers they drive. The code's next seam is the plain-HTTP refusal and its
+//! About 1,230 lines, 530 of them code: the rest are the tests of the OCS exchange
+//! (PROLOG, inventory, results, the inventory frequency, plain HTTP, and the comparison of
+//! PROLOGs answered from memory with the database path), which read best next to the
+//! handlers they drive. The code's next seam is the plain-HTTP refusal and its
 //! once-per-computer log, which would move to `ocs/plain_http.rs` if it grows.
 
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! Deployments: one state per computer and activation, the changes the reconciler applies,
 //! the agents' results filed on them, and the history of events.
 //!
-//! Over 800 lines, a third of them the tests each engine runs. It stays whole because the
+//! About 940 lines, a third of them the tests each engine runs. It stays whole because the
 //! state machine's writes and the history they append share one transaction shape; its
 //! next seam is the read side (the counts and the history reads) into `deployments/read.rs`.
 
